@@ -1,0 +1,5 @@
+"""minibt: a small BitTorrent client for Raspberry-Pi-class machines."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

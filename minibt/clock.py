@@ -1,0 +1,29 @@
+"""Time source: the only module that reads the system clock (STYLE.md section 4)."""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Monotonic seconds."""
+        ...
+
+    def wall(self) -> float:
+        """Seconds since the epoch (for logs, resume files and tracker stats only)."""
+        ...
+
+
+class MonotonicClock:
+    """The real clock."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+    def cpu_seconds(self) -> float:
+        return time.process_time()
