@@ -1,0 +1,325 @@
+"""Command line: ``minibt download|seed|create|info|verify``.
+
+Exit codes: 0 success; 1 failure (network, disk, interrupted download); 2 bad input
+(malformed .torrent, bad arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from minibt import __version__
+from minibt.client import Client, default_state_dir
+from minibt.clock import MonotonicClock
+from minibt.errors import ConfigError, MetainfoError, MinibtError, StorageError
+from minibt.hasher import Hasher, HashJob, HashResult
+from minibt.metainfo import Metainfo, create_torrent, describe, load_metainfo
+from minibt.peer import Addr
+from minibt.storage import Storage
+from minibt.torrent import Torrent, TorrentState
+
+log = logging.getLogger("minibt")
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def human_duration(s: float) -> str:
+    if s != s or s == float("inf") or s > 99 * 3600:
+        return "--:--:--"
+    s = int(s)
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def parse_peer(text: str) -> Addr:
+    host, sep, port_s = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    host = host.strip("[]")
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad port in {text!r}") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
+    return (host, port)
+
+
+def parse_size(text: str) -> int:
+    t = text.strip().lower()
+    mult = 1
+    for suffix, m in (("kib", 1024), ("k", 1024), ("mib", 1 << 20), ("m", 1 << 20)):
+        if t.endswith(suffix):
+            t, mult = t[: -len(suffix)], m
+            break
+    try:
+        return int(t) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}") from None
+
+
+class Progress:
+    """A one-line progress bar on a terminal; periodic plain lines otherwise."""
+
+    def __init__(self, torrent: Torrent, out: TextIO, *, interval_s: float | None = None) -> None:
+        self.t = torrent
+        self.out = out
+        self.tty = out.isatty()
+        self.interval = interval_s if interval_s is not None else (0.5 if self.tty else 10.0)
+        self._next = 0.0
+
+    def __call__(self, now: float) -> None:
+        if now < self._next:
+            return
+        self._next = now + self.interval
+        st = self.t.status(now)
+        frac = float(st["progress"])  # type: ignore[arg-type]
+        down = float(st["rate_down"])  # type: ignore[arg-type]
+        up = float(st["rate_up"])  # type: ignore[arg-type]
+        left = int(st["bytes_left"])  # type: ignore[call-overload]
+        eta = left / down if down > 1 else float("inf")
+        state = str(st["state"])
+        if state == "checking":
+            frac = int(st["checked"]) / max(1, int(st["num_pieces"]))  # type: ignore[call-overload]
+        line = (
+            f"{state:11s} {frac * 100:5.1f}%  down {human_bytes(down)}/s  up {human_bytes(up)}/s  "
+            f"peers {st['peers']}  ETA {human_duration(eta) if left else '00:00:00'}"
+        )
+        if self.tty:
+            width = 20
+            filled = int(frac * width)
+            bar = "#" * filled + "-" * (width - filled)
+            self.out.write(f"\r[{bar}] {line}\x1b[K")
+        else:
+            self.out.write(f"{self.t.meta.name}: {line}\n")
+        self.out.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="minibt", description="A small BitTorrent client for Raspberry-Pi-class machines.")
+    p.add_argument("--version", action="version", version=f"minibt {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="more logging (-vv for debug)")
+
+    def net_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("torrent", help=".torrent file")
+        sp.add_argument("--dir", required=True, help="download directory (the torrent's files go below it)")
+        sp.add_argument("--port", type=int, default=6881, help="listen port (0 = any free one; default 6881)")
+        sp.add_argument("--bind", default="0.0.0.0", help="listen address (default 0.0.0.0; '::' for IPv6)")
+        sp.add_argument("--peer", action="append", type=parse_peer, default=[], metavar="HOST:PORT",
+                        help="dial this peer directly (repeatable)")
+        sp.add_argument("--state-dir", default=None, help=f"resume data directory (default {default_state_dir()})")
+        sp.add_argument("--max-peers", type=int, default=50, help="connections per torrent (default 50)")
+        sp.add_argument("--cache", type=parse_size, default=16 << 20, help="write cache size (default 16MiB)")
+        sp.add_argument("--quiet", action="store_true", help="no progress output")
+
+    d = sub.add_parser("download", parents=[common], help="download a torrent; exit 0 once every piece is verified on disk")
+    net_args(d)
+    d.add_argument("--seed", action="store_true", help="keep seeding after the download completes")
+    d.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="give up after this long (exit 1)")
+
+    s = sub.add_parser("seed", parents=[common], help="verify (or trust resume data) and seed until stopped")
+    net_args(s)
+
+    c = sub.add_parser("create", parents=[common], help="make a .torrent from a file or directory")
+    c.add_argument("path")
+    c.add_argument("-o", "--output", required=True)
+    c.add_argument("--tracker", action="append", default=[], metavar="URL")
+    c.add_argument("--piece-size", type=parse_size, default=None, help="bytes (power of two, >= 16KiB)")
+    c.add_argument("--private", action="store_true")
+    c.add_argument("--comment", default=None)
+
+    i = sub.add_parser("info", parents=[common], help="print what a .torrent contains")
+    i.add_argument("torrent")
+
+    v = sub.add_parser("verify", parents=[common], help="re-check the data on disk against the piece hashes")
+    v.add_argument("torrent")
+    v.add_argument("--dir", required=True)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * args.verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.cmd == "create":
+            return cmd_create(args)
+        if args.cmd == "info":
+            return cmd_info(args)
+        if args.cmd == "verify":
+            return cmd_verify(args)
+        return cmd_transfer(args)
+    except (MetainfoError, ConfigError) as e:
+        print(f"minibt: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except StorageError as e:
+        print(f"minibt: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except MinibtError as e:
+        print(f"minibt: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except OSError as e:
+        print(f"minibt: {e}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    data = create_torrent(
+        args.path,
+        trackers=args.tracker,
+        piece_length=args.piece_size,
+        private=args.private,
+        comment=args.comment,
+        creation_date=int(MonotonicClock().wall()),
+    )
+    tmp = args.output + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, args.output)
+    meta = load_metainfo(args.output)
+    print(f"wrote {args.output}: {meta.name}, {meta.num_pieces} pieces, info hash {meta.info_hash.hex()}")
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    print(describe(load_metainfo(args.torrent)))
+    return EXIT_OK
+
+
+def verify_pieces(meta: Metainfo, download_dir: str, *, threads: int = 2) -> list[int]:
+    """Hash every piece on disk; returns the indexes that fail."""
+    storage = Storage(meta, download_dir, cache_bytes=0, fsync=False)
+    hasher = Hasher(threads=threads)
+    bad: list[int] = []
+    try:
+        nxt = 0
+        done = 0
+        while done < meta.num_pieces:
+            while nxt < meta.num_pieces and hasher.pending < 2 * threads:
+                hasher.submit(
+                    HashJob(
+                        piece=nxt,
+                        generation=0,
+                        expected=meta.piece_hash(nxt),
+                        data=None,
+                        spans=tuple(storage.read_piece_spans(nxt)),
+                    )
+                )
+                nxt += 1
+            for r in hasher.wait_results(1.0):
+                if isinstance(r, HashResult):
+                    done += 1
+                    if not r.ok:
+                        bad.append(r.piece)
+    finally:
+        hasher.close()
+    return sorted(bad)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    meta = load_metainfo(args.torrent)
+    bad = verify_pieces(meta, os.path.abspath(args.dir))
+    good = meta.num_pieces - len(bad)
+    print(f"{meta.name}: {good}/{meta.num_pieces} pieces OK")
+    if bad:
+        shown = ", ".join(str(i) for i in bad[:20]) + (" ..." if len(bad) > 20 else "")
+        print(f"bad pieces: {shown}")
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from minibt.session import SessionConfig
+    from minibt.torrent import TorrentConfig
+
+    meta = load_metainfo(args.torrent)
+    mode = "seed" if args.cmd == "seed" else "download"
+    if mode == "download":
+        os.makedirs(args.dir, exist_ok=True)
+    elif not os.path.isdir(args.dir):
+        print(f"minibt: {args.dir}: no such directory", file=sys.stderr)
+        return EXIT_USAGE
+    config = SessionConfig(torrent=TorrentConfig(max_peers=args.max_peers, cache_bytes=args.cache))
+    state_dir = args.state_dir or default_state_dir()
+    try:
+        client = Client(bind=args.bind, port=args.port, state_dir=state_dir, config=config)
+    except OSError as e:
+        print(f"minibt: cannot listen on {args.bind}:{args.port}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_FAIL
+    stop_reason: list[str] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop_reason.append(signal.Signals(signum).name)
+        client.stop()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        t = client.add(meta, args.dir, mode=mode, peers=args.peer)
+        print(f"{meta.name}: {meta.info_hash.hex()} listening on port {client.port}", file=sys.stderr, flush=True)
+        progress = None if args.quiet else Progress(t, sys.stderr)
+        deadline = client.clock.now() + args.timeout if getattr(args, "timeout", None) else None
+        timed_out: list[bool] = []
+
+        def done() -> bool:
+            if t.state is TorrentState.ERROR:
+                return True
+            if deadline is not None and client.clock.now() >= deadline:
+                timed_out.append(True)
+                return True
+            return mode == "download" and not args.seed and t.complete and t.state is TorrentState.SEEDING
+
+        def tick(now: float) -> None:
+            if progress is not None:
+                progress(now)
+
+        client.run(until=done, on_tick=tick)
+        if progress is not None:
+            progress(client.clock.now() + 1e9)
+            progress.finish()
+    finally:
+        client.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    if t.state is TorrentState.ERROR:
+        print(f"minibt: {meta.name}: {t.error}", file=sys.stderr)
+        return EXIT_FAIL
+    if mode == "download":
+        if t.complete:
+            print(f"{meta.name}: complete, {meta.num_pieces} pieces verified", file=sys.stderr)
+            return EXIT_OK
+        why = "timed out" if timed_out else (f"interrupted by {stop_reason[0]}" if stop_reason else "stopped")
+        print(
+            f"minibt: {meta.name}: {why} at {t.have.count()}/{meta.num_pieces} pieces; progress saved",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,661 @@
+"""The event loop: the only module that touches sockets and selectors (STYLE.md section 8).
+
+One ``selectors`` loop owns the TCP listener, every peer socket, the UDP socket (UDP trackers
+now; uTP and DHT later), the HTTP(S) tracker connections and the hasher's wake-up socketpair.
+It reads ``now`` once per iteration, feeds the session, performs the session's Actions and
+drains outgoing bytes with backpressure.  Blocking DNS lookups run on the hasher's thread pool.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import selectors
+import socket
+import ssl
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from minibt.clock import Clock
+from minibt.errors import CloseReason, TrackerError
+from minibt.hasher import CallResult, Hasher, HashJob, HashResult
+from minibt.session import Announce, Close, Dial, HashPiece, Session
+from minibt.tracker import (
+    AnnounceDone,
+    AnnounceFailed,
+    AnnounceJob,
+    AnnounceParams,
+    HttpRequest,
+    UdpTrackerClient,
+    build_announce_url,
+    parse_http_announce,
+)
+
+log = logging.getLogger(__name__)
+
+RECV_BUF = 256 * 1024
+SEND_CHUNK = 512 * 1024
+TICK_S = 0.25
+HTTP_TIMEOUT_S = 30.0
+STOPPED_TIMEOUT_S = 5.0
+SOCK_BUF = 1024 * 1024  # enlarged kernel socket buffers for loopback/LAN rates
+
+
+def _norm_ip(ip: str) -> str:
+    if ip.startswith("::ffff:") and "." in ip:
+        return ip[7:]
+    return ip
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+@dataclass(slots=True)
+class _PeerSock:
+    cid: int
+    sock: socket.socket
+    connecting: bool
+    out: memoryview | None = None
+    events: int = 0
+
+
+@dataclass(slots=True)
+class _HttpTxn:
+    tid: int
+    info_hash: bytes
+    job: AnnounceJob
+    params: AnnounceParams
+    url: str
+    req: HttpRequest
+    deadline: float
+    redirects: int = 0
+    sock: socket.socket | None = None
+    connected: bool = False
+    out: bytes = b""
+
+
+@dataclass(slots=True)
+class _UdpTracker:
+    client: UdpTrackerClient
+    addr: tuple[str, int] | None = None
+    pending: list[tuple[bytes, AnnounceJob, AnnounceParams]] = field(default_factory=list)
+    job: tuple[bytes, AnnounceJob] | None = None
+    resolving: bool = False
+
+
+class EventLoop:
+    """Drives a :class:`Session` with real sockets."""
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        clock: Clock,
+        hasher: Hasher,
+        bind: str = "0.0.0.0",
+        port: int = 0,
+    ) -> None:
+        self.session = session
+        self.clock = clock
+        self.hasher = hasher
+        self.bind = bind
+        self.port = port
+        self.sel = selectors.DefaultSelector()
+        self._peers: dict[int, _PeerSock] = {}
+        self._http: dict[int, _HttpTxn] = {}
+        self._udp_trackers: dict[str, _UdpTracker] = {}
+        self._next_tid = 1
+        self._listener: socket.socket | None = None
+        self._udp: socket.socket | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self._rbuf = bytearray(RECV_BUF)
+        self._rview = memoryview(self._rbuf)
+        self._stop_requested = False
+        self._next_tick = 0.0
+        self._tls: ssl.SSLContext | None = None
+        self._hash_backlog: deque[HashJob] = deque()
+        self.counters: dict[str, int] = {"udp_unmatched": 0, "accepted": 0, "refused": 0, "dials": 0}
+
+    # ------------------------------------------------------------------ setup / teardown
+
+    def wake(self) -> None:
+        """Thread-safe: make select() return (used by the hasher)."""
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    def open(self) -> int:
+        """Bind the TCP listener and the UDP socket on the same port; returns the port."""
+        fam = socket.AF_INET6 if ":" in self.bind else socket.AF_INET
+        ls = socket.socket(fam, socket.SOCK_STREAM)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if fam == socket.AF_INET6:
+            ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        ls.bind((self.bind, self.port))
+        ls.listen(128)
+        ls.setblocking(False)
+        self.port = ls.getsockname()[1]
+        self._listener = ls
+        self.sel.register(ls, selectors.EVENT_READ, ("listen", None))
+        us = socket.socket(fam, socket.SOCK_DGRAM)
+        if fam == socket.AF_INET6:
+            us.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            us.bind((self.bind, self.port))
+        except OSError:
+            us.bind((self.bind, 0))
+        us.setblocking(False)
+        self._udp = us
+        self.sel.register(us, selectors.EVENT_READ, ("udp", None))
+        self.session.set_listen(self.bind, self.port)
+        return self.port
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+        self.wake()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested
+
+    def close(self) -> None:
+        for ps in list(self._peers.values()):
+            self._close_sock(ps)
+        self._peers.clear()
+        for txn in list(self._http.values()):
+            self._http_close(txn)
+        for s in (self._listener, self._udp, self._wake_r, self._wake_w):
+            if s is not None:
+                try:
+                    self.sel.unregister(s)
+                except (KeyError, ValueError):
+                    pass
+                s.close()
+        self._listener = self._udp = None
+        self.sel.close()
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self, *, until: Callable[[], bool] | None = None, on_tick: Callable[[float], None] | None = None) -> None:
+        """Run until ``until()`` is true or a stop is requested."""
+        while not self._stop_requested:
+            self.run_once(on_tick=on_tick)
+            if until is not None and until():
+                return
+
+    def shutdown(self, *, grace_s: float = STOPPED_TIMEOUT_S) -> None:
+        """Stop every torrent (announce 'stopped', save resume), give announces a moment, close."""
+        now = self.clock.now()
+        self.session.stop(now=now)
+        self._perform(now)
+        self._flush_dirty(now)
+        deadline = now + grace_s
+        self._stop_requested = False
+        while (self._http or any(u.job or u.pending for u in self._udp_trackers.values())) and self.clock.now() < deadline:
+            self.run_once(tick_session=False)
+        self._stop_requested = True
+
+    def run_once(self, *, on_tick: Callable[[float], None] | None = None, tick_session: bool = True) -> None:
+        now = self.clock.now()
+        timeout = max(0.0, min(TICK_S, self._next_tick - now))
+        events = self.sel.select(timeout)
+        now = self.clock.now()
+        for key, mask in events:
+            kind, obj = key.data
+            if kind == "peer":
+                self._peer_event(obj, mask, now)
+            elif kind == "listen":
+                self._accept(now)
+            elif kind == "wake":
+                self._drain_wake(now)
+            elif kind == "udp":
+                self._udp_read(now)
+            elif kind == "http":
+                self._http_event(obj, mask, now)
+        if now >= self._next_tick:
+            self._next_tick = now + TICK_S
+            if tick_session:
+                self.session.tick(now=now)
+            self._tick_trackers(now)
+            if on_tick is not None:
+                on_tick(now)
+        self._perform(now)
+        self._flush_dirty(now)
+
+    # ------------------------------------------------------------------ actions
+
+    def _perform(self, now: float) -> None:
+        for _ in range(100):
+            acts = self.session.take_actions()
+            if not acts:
+                return
+            for a in acts:
+                if isinstance(a, Dial):
+                    self._dial(a.cid, a.addr, now)
+                elif isinstance(a, Close):
+                    ps = self._peers.pop(a.cid, None)
+                    if ps is not None:
+                        # Best effort: push out what is queued (e.g. a final message), then close.
+                        self._close_sock(ps)
+                elif isinstance(a, HashPiece):
+                    self._hash_backlog.append(a.job)
+                    self._pump_hasher()
+                elif isinstance(a, Announce):
+                    self._announce(a.info_hash, a.job, a.params, now)
+
+    def _dial(self, cid: int, addr: tuple[str, int], now: float) -> None:
+        ip, port = addr
+        fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        self.counters["dials"] += 1
+        try:
+            s = socket.socket(fam, socket.SOCK_STREAM)
+        except OSError as e:
+            self.session.on_closed(cid, CloseReason.CONNECT_FAILED, str(e), now=now)
+            return
+        s.setblocking(False)
+        self._tune(s)
+        err = s.connect_ex((ip, port))
+        if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            s.close()
+            self.session.on_closed(cid, CloseReason.CONNECT_FAILED, errno.errorcode.get(err, str(err)), now=now)
+            return
+        ps = _PeerSock(cid, s, connecting=True)
+        self._peers[cid] = ps
+        self._set_events(ps, selectors.EVENT_WRITE)
+
+    @staticmethod
+    def _tune(s: socket.socket) -> None:
+        try:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCK_BUF)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCK_BUF)
+        except OSError:
+            pass
+
+    def _set_events(self, ps: _PeerSock, events: int) -> None:
+        if events == ps.events:
+            return
+        if ps.events == 0:
+            self.sel.register(ps.sock, events, ("peer", ps.cid))
+        elif events == 0:
+            self.sel.unregister(ps.sock)
+        else:
+            self.sel.modify(ps.sock, events, ("peer", ps.cid))
+        ps.events = events
+
+    def _close_sock(self, ps: _PeerSock) -> None:
+        if ps.events:
+            try:
+                self.sel.unregister(ps.sock)
+            except (KeyError, ValueError):
+                pass
+            ps.events = 0
+        try:
+            ps.sock.close()
+        except OSError:
+            pass
+
+    def _lost(self, ps: _PeerSock, reason: CloseReason, detail: str, now: float) -> None:
+        self._peers.pop(ps.cid, None)
+        self._close_sock(ps)
+        self.session.on_closed(ps.cid, reason, detail, now=now)
+
+    # ------------------------------------------------------------------ peers
+
+    def _accept(self, now: float) -> None:
+        assert self._listener is not None
+        for _ in range(64):
+            try:
+                s, addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.warning("accept failed: %s", e)
+                return
+            ip = _norm_ip(addr[0])
+            cid = self.session.on_incoming((ip, addr[1]), now=now)
+            if cid is None:
+                self.counters["refused"] += 1
+                s.close()
+                continue
+            self.counters["accepted"] += 1
+            s.setblocking(False)
+            self._tune(s)
+            ps = _PeerSock(cid, s, connecting=False)
+            self._peers[cid] = ps
+            self._set_events(ps, selectors.EVENT_READ)
+
+    def _peer_event(self, cid: int, mask: int, now: float) -> None:
+        ps = self._peers.get(cid)
+        if ps is None:
+            return
+        if ps.connecting:
+            if not mask & selectors.EVENT_WRITE:
+                return
+            err = ps.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self._lost(ps, CloseReason.CONNECT_FAILED, errno.errorcode.get(err, str(err)), now)
+                return
+            ps.connecting = False
+            self._set_events(ps, selectors.EVENT_READ)
+            self.session.on_connected(cid, now=now)
+            self._flush(ps, now)
+            return
+        if mask & selectors.EVENT_READ:
+            try:
+                n = ps.sock.recv_into(self._rbuf)
+            except (BlockingIOError, InterruptedError):
+                n = -1
+            except OSError as e:
+                self._lost(ps, CloseReason.IO_ERROR, e.strerror or str(e), now)
+                return
+            if n == 0:
+                self._lost(ps, CloseReason.CLOSED_BY_REMOTE, "connection closed by peer", now)
+                return
+            if n > 0:
+                self.session.on_data(cid, self._rview[:n], now=now)
+                if cid not in self._peers:
+                    return
+        if mask & selectors.EVENT_WRITE:
+            self._flush(ps, now)
+            if cid in self._peers:
+                self.session.on_writable(cid, now=now)
+
+    def _flush_dirty(self, now: float) -> None:
+        for _ in range(4):
+            dirty = self.session.take_dirty()
+            if not dirty:
+                return
+            for cid in dirty:
+                ps = self._peers.get(cid)
+                if ps is not None and not ps.connecting:
+                    self._flush(ps, now)
+                    if cid in self._peers and ps.out is None:
+                        self.session.on_writable(cid, now=now)
+
+    def _flush(self, ps: _PeerSock, now: float) -> None:
+        """Send what the session has for this peer until the kernel buffer is full."""
+        while True:
+            if ps.out is None:
+                data = self.session.data_to_send(ps.cid, SEND_CHUNK, now=now)
+                if not data:
+                    break
+                ps.out = memoryview(data)
+            try:
+                sent = ps.sock.send(ps.out)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as e:
+                self._lost(ps, CloseReason.IO_ERROR, e.strerror or str(e), now)
+                return
+            if sent < len(ps.out):
+                ps.out = ps.out[sent:] if sent else ps.out
+                self._set_events(ps, selectors.EVENT_READ | selectors.EVENT_WRITE)
+                return
+            ps.out = None
+        self._set_events(ps, selectors.EVENT_READ)
+
+    # ------------------------------------------------------------------ hasher
+
+    def _drain_wake(self, now: float) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        for res in self.hasher.results():
+            if isinstance(res, HashResult):
+                self.session.on_hash_result(res, now=now)
+            elif isinstance(res, CallResult):
+                self._call_done(res, now)
+        self._pump_hasher()
+
+    def _pump_hasher(self) -> None:
+        while self._hash_backlog and self.hasher.can_submit():
+            self.hasher.submit(self._hash_backlog.popleft())
+
+    def _call_done(self, res: CallResult, now: float) -> None:
+        tag = res.tag
+        if not isinstance(tag, tuple):
+            return
+        if tag[0] == "dns-http":
+            txn = self._http.get(tag[1])
+            if txn is None:
+                return
+            if res.error is not None or not res.value:
+                self._http_fail(txn, f"cannot resolve {txn.req.host}: {res.error}", now)
+                return
+            infos: Any = res.value
+            fam, _, _, _, sockaddr = infos[0]
+            self._http_connect(txn, fam, sockaddr, now)
+        elif tag[0] == "dns-udp":
+            ut = self._udp_trackers.get(tag[1])
+            if ut is None:
+                return
+            ut.resolving = False
+            infos = res.value
+            if res.error is not None or not infos:
+                for info_hash, job, _ in ut.pending:
+                    self.session.on_announce_result(info_hash, job, None, f"cannot resolve: {res.error}", now=now)
+                ut.pending.clear()
+                return
+            ut.addr = (_norm_ip(infos[0][4][0]), infos[0][4][1])
+            self._udp_next(ut, now)
+
+    # ------------------------------------------------------------------ trackers
+
+    def _announce(self, info_hash: bytes, job: AnnounceJob, params: AnnounceParams, now: float) -> None:
+        url = job.url
+        if url.startswith(("http://", "https://")):
+            self._http_start(info_hash, job, params, url, now, redirects=0)
+        elif url.startswith("udp://"):
+            self._udp_start(info_hash, job, params, url, now)
+        else:
+            self.session.on_announce_result(info_hash, job, None, "unsupported tracker scheme", now=now)
+
+    def _http_start(
+        self, info_hash: bytes, job: AnnounceJob, params: AnnounceParams, url: str, now: float, *, redirects: int
+    ) -> None:
+        try:
+            full = build_announce_url(url, params)
+            if url.startswith("https://"):
+                if self._tls is None:
+                    self._tls = ssl.create_default_context()
+                req = HttpRequest(full, tls_context=self._tls)
+            else:
+                req = HttpRequest(full)
+        except TrackerError as e:
+            self.session.on_announce_result(info_hash, job, None, str(e), now=now)
+            return
+        tid = self._next_tid
+        self._next_tid += 1
+        timeout = min(job.timeout_s, STOPPED_TIMEOUT_S if params.event == "stopped" else HTTP_TIMEOUT_S)
+        txn = _HttpTxn(tid, info_hash, job, params, url, req, now + timeout, redirects)
+        self._http[tid] = txn
+        host = req.host.strip("[]")
+        if _is_ip(host):
+            fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self._http_connect(txn, fam, (host, req.port), now)
+        else:
+            port = req.port
+            if not self.hasher.can_submit():
+                self._http_fail(txn, "busy: resolver queue full", now)
+                return
+            self.hasher.run(
+                lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), ("dns-http", tid)
+            )
+
+    def _http_connect(self, txn: _HttpTxn, fam: int, sockaddr: Any, now: float) -> None:
+        try:
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            s.setblocking(False)
+            err = s.connect_ex(sockaddr)
+        except OSError as e:
+            self._http_fail(txn, str(e), now)
+            return
+        if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            s.close()
+            self._http_fail(txn, f"connect: {errno.errorcode.get(err, err)}", now)
+            return
+        txn.sock = s
+        self.sel.register(s, selectors.EVENT_WRITE, ("http", txn.tid))
+
+    def _http_event(self, tid: int, mask: int, now: float) -> None:
+        txn = self._http.get(tid)
+        if txn is None or txn.sock is None:
+            return
+        s = txn.sock
+        if not txn.connected:
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self._http_fail(txn, f"connect: {errno.errorcode.get(err, err)}", now)
+                return
+            txn.connected = True
+        try:
+            if mask & selectors.EVENT_READ:
+                data = s.recv(65536)
+                if data:
+                    txn.req.receive_data(data)
+                else:
+                    txn.req.eof()
+            txn.out += txn.req.data_to_send()
+            if txn.out:
+                sent = s.send(txn.out)
+                txn.out = txn.out[sent:]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except (OSError, TrackerError) as e:
+            self._http_fail(txn, str(e), now)
+            return
+        if txn.req.done:
+            self._http_finish(txn, now)
+            return
+        self.sel.modify(s, selectors.EVENT_READ | (selectors.EVENT_WRITE if txn.out else 0), ("http", tid))
+
+    def _http_finish(self, txn: _HttpTxn, now: float) -> None:
+        self._http_close(txn)
+        try:
+            status, body = txn.req.result()
+            loc = txn.req.redirect_location
+            if loc and txn.redirects < 3:
+                self._http_start(txn.info_hash, txn.job, txn.params, loc, now, redirects=txn.redirects + 1)
+                return
+            if status != 200:
+                raise TrackerError(f"HTTP status {status}")
+            result = parse_http_announce(body)
+        except TrackerError as e:
+            self.session.on_announce_result(txn.info_hash, txn.job, None, str(e), now=now)
+            return
+        self.session.on_announce_result(txn.info_hash, txn.job, result, None, now=now)
+
+    def _http_fail(self, txn: _HttpTxn, msg: str, now: float) -> None:
+        self._http_close(txn)
+        self.session.on_announce_result(txn.info_hash, txn.job, None, msg, now=now)
+
+    def _http_close(self, txn: _HttpTxn) -> None:
+        self._http.pop(txn.tid, None)
+        if txn.sock is not None:
+            try:
+                self.sel.unregister(txn.sock)
+            except (KeyError, ValueError):
+                pass
+            txn.sock.close()
+            txn.sock = None
+
+    def _udp_start(self, info_hash: bytes, job: AnnounceJob, params: AnnounceParams, url: str, now: float) -> None:
+        ut = self._udp_trackers.get(url)
+        if ut is None:
+            ut = _UdpTracker(UdpTrackerClient(self.session.rng))
+            self._udp_trackers[url] = ut
+        ut.pending.append((info_hash, job, params))
+        if ut.addr is None and not ut.resolving:
+            hostport = url[len("udp://") :].split("/", 1)[0]
+            host, _, port_s = hostport.rpartition(":")
+            host = host.strip("[]")
+            try:
+                port = int(port_s)
+            except ValueError:
+                ut.pending.pop()
+                self.session.on_announce_result(info_hash, job, None, "bad UDP tracker URL", now=now)
+                return
+            if _is_ip(host):
+                ut.addr = (host, port)
+            else:
+                if not self.hasher.can_submit():
+                    ut.pending.pop()
+                    self.session.on_announce_result(info_hash, job, None, "busy: resolver queue full", now=now)
+                    return
+                ut.resolving = True
+                self.hasher.run(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM), ("dns-udp", url))
+                return
+        self._udp_next(ut, now)
+
+    def _udp_next(self, ut: _UdpTracker, now: float) -> None:
+        if ut.job is not None or not ut.pending or ut.addr is None:
+            return
+        info_hash, job, params = ut.pending.pop(0)
+        ut.job = (info_hash, job)
+        ut.client.announce(params, now=now)
+        self._udp_send(ut, now)
+
+    def _udp_send(self, ut: _UdpTracker, now: float) -> None:
+        if self._udp is None or ut.addr is None:
+            return
+        for dgram in ut.client.datagrams_to_send(now=now):
+            try:
+                self._udp.sendto(dgram, ut.addr)
+            except OSError as e:
+                log.debug("udp send to %s failed: %s", ut.addr, e)
+
+    def _udp_read(self, now: float) -> None:
+        assert self._udp is not None
+        for _ in range(256):
+            try:
+                data, addr = self._udp.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            src = (_norm_ip(addr[0]), addr[1])
+            matched = False
+            for ut in self._udp_trackers.values():
+                if ut.addr == src and ut.job is not None:
+                    matched = True
+                    self._udp_events(ut, ut.client.receive_datagram(data, now=now), now)
+            if not matched:
+                self.counters["udp_unmatched"] += 1
+
+    def _udp_events(self, ut: _UdpTracker, events: list[Any], now: float) -> None:
+        for ev in events:
+            if ut.job is None:
+                break
+            info_hash, job = ut.job
+            if isinstance(ev, AnnounceDone):
+                ut.job = None
+                self.session.on_announce_result(info_hash, job, ev.result, None, now=now)
+            elif isinstance(ev, AnnounceFailed):
+                ut.job = None
+                self.session.on_announce_result(info_hash, job, None, ev.message, now=now)
+        self._udp_send(ut, now)
+        self._udp_next(ut, now)
+
+    def _tick_trackers(self, now: float) -> None:
+        for txn in list(self._http.values()):
+            if now >= txn.deadline:
+                self._http_fail(txn, "timed out", now)
+        for ut in self._udp_trackers.values():
+            dl = ut.client.next_deadline()
+            if ut.job is not None and dl is not None and now >= dl:
+                self._udp_events(ut, ut.client.handle_timeout(now=now), now)

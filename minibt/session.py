@@ -1,0 +1,414 @@
+"""The orchestrator: routes loop events to torrents and peers, emits Actions.
+
+``Session`` is pure (STYLE.md section 3): the loop calls ``on_*`` methods with ``now`` and
+performs the Actions it takes from ``take_actions()``.  Outgoing peer bytes are not actions:
+the session marks connections dirty and the loop drains ``data_to_send(cid)`` for each.
+
+Error boundary (STYLE.md P4): ``on_data`` is the one place where a peer's
+``RemoteProtocolError`` becomes ``Close(reason)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from minibt.errors import CloseReason, RemoteProtocolError
+from minibt.handshake import HandshakeReceived, InfoHashReceived, make_reserved, supports_extension, supports_fast
+from minibt.handshake import Handshake
+from minibt.hasher import HashJob, HashResult
+from minibt.metainfo import Metainfo
+from minibt.peer import Addr, PeerConnection, PeerSource
+from minibt.torrent import Torrent, TorrentConfig, TorrentState
+from minibt.tracker import AnnounceJob, AnnounceParams, AnnounceResult
+from minibt.wire import PeerWire
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_PENALTY = 5  # reputation points for a protocol violation (issue 3 refines)
+PEER_ID_PREFIX = b"-MB0100-"  # Azureus-style client id: minibt 0.1.0.0
+
+
+# ---------------------------------------------------------------------- actions (to the loop)
+
+
+@dataclass(frozen=True, slots=True)
+class Dial:
+    cid: int
+    addr: Addr
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    cid: int
+    reason: CloseReason
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class HashPiece:
+    job: HashJob
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    info_hash: bytes
+    job: AnnounceJob
+    params: AnnounceParams
+
+
+Action = Dial | Close | HashPiece | Announce
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    max_connections: int = 200
+    handshake_timeout_s: float = 30.0
+    torrent: TorrentConfig = TorrentConfig()
+
+
+def make_peer_id(rng: random.Random) -> bytes:
+    tail = bytes(rng.choice(b"0123456789abcdefghijklmnopqrstuvwxyz") for _ in range(12))
+    return PEER_ID_PREFIX + tail
+
+
+class Session:
+    """All torrents and connections of one client."""
+
+    def __init__(
+        self,
+        *,
+        rng: random.Random,
+        config: SessionConfig | None = None,
+        wall_clock: Callable[[], float] | None = None,
+        peer_id: bytes | None = None,
+    ) -> None:
+        self.rng = rng
+        self.config = config or SessionConfig()
+        self.peer_id = peer_id or make_peer_id(rng)
+        self.announce_key = rng.getrandbits(32)
+        self.listen_port = 0
+        self.listen_ip = "0.0.0.0"
+        self.reserved = make_reserved(fast=True, extension=True)
+        self.torrents: dict[bytes, Torrent] = {}
+        self.conns: dict[int, PeerConnection] = {}
+        self._torrent_of: dict[int, Torrent] = {}  # cid -> torrent (outgoing from the start, incoming after handshake)
+        self._actions: list[Action] = []
+        self._dirty: set[int] = set()
+        self._next_cid = 1
+        self._wall = wall_clock or (lambda: 0.0)
+        self._local_ips: set[str] = {"127.0.0.1", "::1"}
+        self.closed_log: list[tuple[int, Addr, CloseReason, str]] = []  # bounded, newest last
+
+    # ------------------------------------------------------------------ setup
+
+    def set_listen(self, ip: str, port: int) -> None:
+        self.listen_ip = ip
+        self.listen_port = port
+        if ip not in ("0.0.0.0", "::"):
+            self._local_ips.add(ip)
+
+    def own_addresses(self) -> set[Addr]:
+        return {(ip, self.listen_port) for ip in self._local_ips}
+
+    def wall_time(self) -> float:
+        return self._wall()
+
+    def add_torrent(
+        self, meta: Metainfo, download_dir: str, *, mode: str, resume_path: str | None, now: float
+    ) -> Torrent:
+        if meta.info_hash in self.torrents:
+            raise ValueError(f"torrent {meta.info_hash.hex()} already added")
+        t = Torrent(
+            self,
+            meta,
+            download_dir,
+            mode=mode,
+            resume_path=resume_path,
+            config=self.config.torrent,
+            rng=self.rng,
+            now=now,
+        )
+        self.torrents[meta.info_hash] = t
+        t.start(now=now)
+        return t
+
+    def add_peers(self, info_hash: bytes, addrs: list[Addr], source: PeerSource, *, now: float) -> None:
+        self.torrents[info_hash].add_candidates(addrs, source, now=now)
+
+    def stop(self, *, now: float) -> None:
+        for t in self.torrents.values():
+            t.stop(now=now)
+
+    # ------------------------------------------------------------------ used by torrents
+
+    def hash(self, job: HashJob) -> None:
+        self._actions.append(HashPiece(job))
+
+    def announce(self, torrent: Torrent, job: AnnounceJob, params: AnnounceParams) -> None:
+        self._actions.append(Announce(torrent.info_hash, job, params))
+
+    def mark_dirty(self, cid: int) -> None:
+        self._dirty.add(cid)
+
+    def dialing_addrs(self) -> set[Addr]:
+        return {c.addr for c in self.conns.values() if c.outgoing}
+
+    def dial(self, torrent: Torrent, addr: Addr, source: PeerSource, *, now: float) -> int | None:
+        if len(self.conns) >= self.config.max_connections:
+            return None
+        cid = self._new_cid()
+        hs = Handshake(
+            peer_id=self.peer_id,
+            reserved=self.reserved,
+            info_hash=torrent.info_hash,
+            now=now,
+            timeout_s=self.config.handshake_timeout_s,
+        )
+        conn = PeerConnection(cid, addr, outgoing=True, source=source, handshake=hs, now=now)
+        self.conns[cid] = conn
+        self._torrent_of[cid] = torrent
+        self._actions.append(Dial(cid, addr))
+        return cid
+
+    def close(self, cid: int, reason: CloseReason, detail: str) -> None:
+        """Ask the loop to close ``cid``; state is torn down at once."""
+        conn = self.conns.get(cid)
+        if conn is None or conn.closing:
+            return
+        conn.closing = True
+        self._actions.append(Close(cid, reason, detail))
+        self._teardown(conn, reason, detail, now=None)
+
+    def _teardown(self, conn: PeerConnection, reason: CloseReason, detail: str, *, now: float | None) -> None:
+        self.conns.pop(conn.cid, None)
+        self._dirty.discard(conn.cid)
+        t = self._torrent_of.pop(conn.cid, None)
+        log.debug("close #%d %s:%d %s %s", conn.cid, conn.ip, conn.port, reason.name, detail)
+        self.closed_log.append((conn.cid, conn.addr, reason, detail))
+        if len(self.closed_log) > 200:
+            del self.closed_log[:100]
+        if t is not None:
+            t_now = now if now is not None else conn.connected_at
+            if conn.wire is None and conn.outgoing:
+                t.peer_connect_failed(conn.addr, now=t_now)
+            t.peer_closed(conn, now=t_now)
+
+    def _new_cid(self) -> int:
+        cid = self._next_cid
+        self._next_cid += 1
+        return cid
+
+    # ------------------------------------------------------------------ loop inputs
+
+    def take_actions(self) -> list[Action]:
+        acts, self._actions = self._actions, []
+        return acts
+
+    def take_dirty(self) -> set[int]:
+        d, self._dirty = self._dirty, set()
+        return d
+
+    def on_incoming(self, addr: Addr, *, now: float) -> int | None:
+        """A connection was accepted; returns its cid, or None to refuse it."""
+        if len(self.conns) >= self.config.max_connections:
+            return None
+        for t in self.torrents.values():
+            if addr[0] in t.banned and len(self.torrents) == 1:
+                return None
+        cid = self._new_cid()
+        hs = Handshake(
+            peer_id=self.peer_id,
+            reserved=self.reserved,
+            info_hash=None,
+            now=now,
+            timeout_s=self.config.handshake_timeout_s,
+        )
+        conn = PeerConnection(cid, addr, outgoing=False, source=PeerSource.INCOMING, handshake=hs, now=now)
+        conn.established = True
+        self.conns[cid] = conn
+        return cid
+
+    def on_connected(self, cid: int, *, now: float) -> None:
+        """An outgoing TCP connect finished: send our handshake."""
+        conn = self.conns.get(cid)
+        if conn is None or conn.handshake is None:
+            return
+        conn.established = True
+        conn.handshake.start()
+        self._dirty.add(cid)
+
+    def on_closed(self, cid: int, reason: CloseReason, detail: str, *, now: float) -> None:
+        """The loop saw the connection end (EOF, error, failed connect)."""
+        conn = self.conns.get(cid)
+        if conn is None:
+            return
+        conn.closing = True
+        self._teardown(conn, reason, detail, now=now)
+
+    def on_data(self, cid: int, data: bytes | memoryview, *, now: float) -> None:
+        conn = self.conns.get(cid)
+        if conn is None or conn.closing:
+            return
+        try:
+            if conn.wire is not None:
+                t = self._torrent_of[cid]
+                for ev in conn.wire.receive_data(data, now=now):
+                    t.on_message(conn, ev, now=now)
+                    if conn.closing:
+                        return
+            else:
+                self._handshake_data(conn, data, now)
+        except RemoteProtocolError as e:
+            t2 = self._torrent_of.get(cid)
+            self.close(cid, e.reason, e.detail)
+            if t2 is not None:
+                t2.penalize(conn.ip, PROTOCOL_PENALTY, e.detail)
+        if not conn.closing and conn.wire is not None and (conn.wire.wants_write):
+            self._dirty.add(cid)
+
+    def _handshake_data(self, conn: PeerConnection, data: bytes | memoryview, now: float) -> None:
+        hs = conn.handshake
+        assert hs is not None
+        for ev in hs.receive_data(bytes(data), now=now):
+            if isinstance(ev, InfoHashReceived) and not conn.outgoing:
+                t = self.torrents.get(ev.info_hash)
+                if t is None:
+                    self.close(conn.cid, CloseReason.UNKNOWN_INFO_HASH, ev.info_hash.hex())
+                    return
+                if t.state is TorrentState.CHECKING:
+                    self.close(conn.cid, CloseReason.HASH_CHECKING, "torrent is being checked")
+                    return
+                if conn.ip in t.banned:
+                    self.close(conn.cid, CloseReason.BANNED, "banned")
+                    return
+                if not t.can_accept_peer():
+                    self.close(conn.cid, CloseReason.TOO_MANY_PEERS, "per-torrent peer limit")
+                    return
+                self._torrent_of[conn.cid] = t
+                hs.accept(ev.info_hash)
+                self._dirty.add(conn.cid)
+            elif isinstance(ev, HandshakeReceived):
+                self._handshake_done(conn, ev, now)
+                return
+
+    def _handshake_done(self, conn: PeerConnection, ev: HandshakeReceived, now: float) -> None:
+        t = self._torrent_of.get(conn.cid)
+        hs = conn.handshake
+        assert hs is not None
+        if t is None:
+            self.close(conn.cid, CloseReason.UNKNOWN_INFO_HASH, ev.info_hash.hex())
+            return
+        if ev.peer_id == self.peer_id:
+            self.close(conn.cid, CloseReason.SELF_CONNECTION, "connected to ourselves")
+            self._local_ips.add(conn.ip)
+            t.candidates.pop(conn.addr, None)
+            return
+        for other in t.peers.values():
+            if other.peer_id == ev.peer_id and ev.peer_id != bytes(20):
+                self.close(conn.cid, CloseReason.DUPLICATE_PEER_ID, ev.peer_id.hex())
+                return
+        if not conn.outgoing and not t.can_accept_peer():
+            self.close(conn.cid, CloseReason.TOO_MANY_PEERS, "per-torrent peer limit")
+            return
+        conn.peer_id = ev.peer_id
+        conn.reserved = ev.reserved
+        conn.info_hash = ev.info_hash
+        meta = t.meta
+        conn.wire = PeerWire(
+            num_pieces=meta.num_pieces,
+            piece_length=meta.piece_length,
+            total_length=meta.total_length,
+            fast=supports_fast(ev.reserved) and supports_fast(self.reserved),
+            extension=supports_extension(ev.reserved) and supports_extension(self.reserved),
+            now=now,
+        )
+        pending = hs.data_to_send()
+        leftover = hs.leftover()
+        conn.handshake = None
+        conn.pending_handshake_bytes = pending
+        t.attach(conn, now=now)
+        self._dirty.add(conn.cid)
+        if leftover:
+            for msg in conn.wire.receive_data(leftover, now=now):
+                t.on_message(conn, msg, now=now)
+                if conn.closing:
+                    return
+
+    def on_writable(self, cid: int, *, now: float) -> None:
+        """The socket drained: let the torrent serve more queued requests."""
+        conn = self.conns.get(cid)
+        if conn is None or conn.wire is None:
+            return
+        t = self._torrent_of.get(cid)
+        if t is not None and conn.requests_in:
+            t.serve(conn, now)
+
+    def data_to_send(self, cid: int, limit: int, *, now: float) -> bytes:
+        conn = self.conns.get(cid)
+        if conn is None:
+            return b""
+        if conn.handshake is not None:
+            return conn.handshake.data_to_send()
+        out = b""
+        if conn.pending_handshake_bytes:
+            out = conn.pending_handshake_bytes
+            conn.pending_handshake_bytes = b""
+        assert conn.wire is not None
+        rest = conn.wire.data_to_send(max(0, limit - len(out)), now=now)
+        return out + rest if out else rest
+
+    def has_output(self, cid: int) -> bool:
+        conn = self.conns.get(cid)
+        if conn is None:
+            return False
+        if conn.handshake is not None:
+            return False
+        return bool(conn.pending_handshake_bytes) or (conn.wire is not None and conn.wire.wants_write)
+
+    def on_hash_result(self, res: HashResult, *, now: float) -> None:
+        tag = res.tag
+        if isinstance(tag, tuple) and len(tag) == 2:
+            t = self.torrents.get(tag[1])
+            if t is not None:
+                t.on_hash_result(res, now=now)
+
+    def on_announce_result(
+        self,
+        info_hash: bytes,
+        job: AnnounceJob,
+        result: AnnounceResult | None,
+        error: str | None,
+        *,
+        now: float,
+    ) -> None:
+        t = self.torrents.get(info_hash)
+        if t is not None:
+            t.on_announce_result(job, result, error, now=now)
+
+    def tick(self, *, now: float) -> None:
+        """Timers: handshake/wire deadlines, then every torrent's tick."""
+        for conn in list(self.conns.values()):
+            if conn.closing:
+                continue
+            try:
+                if conn.handshake is not None:
+                    dl = conn.handshake.next_deadline()
+                    if dl is not None and now >= dl:
+                        conn.handshake.handle_timeout(now=now)
+                elif conn.wire is not None:
+                    dl = conn.wire.next_deadline()
+                    if dl is not None and now >= dl:
+                        for ev in conn.wire.handle_timeout(now=now):
+                            t = self._torrent_of.get(conn.cid)
+                            if t is not None:
+                                t.on_message(conn, ev, now=now)
+                        if conn.wire.wants_write:
+                            self._dirty.add(conn.cid)
+            except RemoteProtocolError as e:
+                self.close(conn.cid, e.reason, e.detail)
+        for t in self.torrents.values():
+            t.tick(now=now)
+

@@ -1,0 +1,576 @@
+"""Piece <-> file mapping, a flash-friendly piece write cache, and fast-resume files.
+
+BEP 3 lays the files of a torrent end to end and cuts the result into pieces; ``piece_spans``
+maps a byte range of a piece onto ``(file, offset, length)`` spans.  BEP 47 pad files are never
+created on disk: reads of them give zeros and writes to them are dropped.  ``Storage`` gathers
+the blocks of a piece in memory and writes the verified piece with one ``os.pwrite`` per file
+span (large writes are kinder to SD cards), keeps a bounded LRU of open fds, and wraps every
+``OSError`` in :class:`StorageError`.  No threads, sockets or clock here: hashing runs in
+hasher.py (fed by ``piece_buffer`` / ``read_piece_spans``) and ``saved_at`` comes from the caller.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import tempfile
+from bisect import bisect_right
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import bencode2
+
+from minibt.bitfield import Bitfield
+from minibt.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+BLOCK_LEN = 16 * 1024  # BEP 3: requests are 2^14 bytes; the unit of the received-block bitmap
+DEFAULT_CACHE_BYTES = 16 * 1024 * 1024  # minibt default write cache (our choice, sized for a Pi)
+MAX_OPEN_FILES = 64  # minibt convention: bound on simultaneously open fds per torrent
+PAD_PATH = ""  # path used in read_piece_spans() for a BEP 47 pad span: `length` zero bytes
+RESUME_VERSION = 1  # minibt resume-file format version
+MAX_RESUME_BYTES = 64 * 1024 * 1024  # minibt cap: never read a bigger resume file into memory
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_BINARY = getattr(os, "O_BINARY", 0)
+
+
+class FileEntryLike(Protocol):
+    """The parts of metainfo.FileEntry that storage uses."""
+
+    @property
+    def length(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def pad(self) -> bool: ...
+
+
+class TorrentLayout(Protocol):
+    """The parts of metainfo.Metainfo that storage uses (read-only, so frozen dataclasses fit)."""
+
+    @property
+    def info_hash(self) -> bytes: ...
+    @property
+    def piece_length(self) -> int: ...
+    @property
+    def total_length(self) -> int: ...
+    @property
+    def num_pieces(self) -> int: ...
+    @property
+    def files(self) -> Sequence[FileEntryLike]: ...
+    def piece_size(self, i: int) -> int: ...
+    def file_path(self, download_dir: str, i: int) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A contiguous byte range inside one file."""
+
+    file_index: int
+    file_offset: int
+    length: int
+
+
+def _file_offset(f: FileEntryLike) -> int:
+    return f.offset
+
+
+def piece_spans(layout: TorrentLayout, piece: int, begin: int = 0, length: int | None = None) -> list[Span]:
+    """Map ``length`` bytes at ``begin`` inside ``piece`` onto file spans (zero-length files skipped).
+
+    Pad files appear as ordinary spans; callers check ``files[i].pad``.
+    Raises ValueError if the range is not inside the piece.
+    """
+    if not 0 <= piece < layout.num_pieces:
+        raise ValueError(f"piece {piece} out of range (num_pieces={layout.num_pieces})")
+    size = layout.piece_size(piece)
+    if length is None:
+        length = size - begin
+    if begin < 0 or length < 0 or begin + length > size:
+        raise ValueError(f"range {begin}+{length} outside piece {piece} of {size} bytes")
+    spans: list[Span] = []
+    if length == 0:
+        return spans
+    files = layout.files
+    pos = piece * layout.piece_length + begin
+    end = pos + length
+    # The last file starting at or before pos has positive length and contains pos
+    # (a zero-length file at pos is followed by a file with the same offset).
+    i = bisect_right(files, pos, key=_file_offset) - 1
+    nfiles = len(files)
+    while pos < end:
+        if i >= nfiles:
+            raise ValueError(f"file list shorter than total_length (piece {piece})")
+        f = files[i]
+        f_end = f.offset + f.length
+        if f_end > pos:
+            n = min(end, f_end) - pos
+            spans.append(Span(i, pos - f.offset, n))
+            pos += n
+        i += 1
+    return spans
+
+
+def disk_file_sizes(layout: TorrentLayout, download_dir: str) -> tuple[int, ...]:
+    """Size on disk of every file (-1 if missing; a pad file counts as its declared length).
+
+    After ``Storage.open(create=True)`` this equals ``tuple(f.length for f in layout.files)``.
+    """
+    sizes: list[int] = []
+    for i, f in enumerate(layout.files):
+        if f.pad:
+            sizes.append(f.length)
+            continue
+        try:
+            sizes.append(os.stat(layout.file_path(download_dir, i)).st_size)
+        except OSError:
+            sizes.append(-1)
+    return tuple(sizes)
+
+
+@dataclass(slots=True)
+class _PieceBuf:
+    data: bytearray
+    received: int  # bitmask of received BLOCK_LEN blocks
+    full: int  # the mask value when every block is in
+
+
+class Storage:
+    """File I/O for one torrent: span mapping, piece write cache, bounded fd LRU."""
+
+    def __init__(
+        self,
+        layout: TorrentLayout,
+        download_dir: str,
+        *,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        fsync: bool = True,
+        max_open_files: int = MAX_OPEN_FILES,
+    ) -> None:
+        if max_open_files < 1:
+            raise ValueError("max_open_files must be >= 1")
+        self._layout = layout
+        self._dir = download_dir
+        self._cache_limit = cache_bytes
+        self._fsync = fsync
+        self._max_fds = max_open_files
+        self._paths: list[str | None] = [
+            None if f.pad else layout.file_path(download_dir, i) for i, f in enumerate(layout.files)
+        ]
+        self._fds: OrderedDict[int, int] = OrderedDict()  # file index -> fd, LRU order
+        self._flags = os.O_RDONLY
+        self._opened = False
+        self._dirty: set[int] = set()
+        self._cache: dict[int, _PieceBuf] = {}
+        self._buffered = 0
+        self._stats = {
+            "bytes_written": 0,
+            "write_calls": 0,
+            "bytes_read": 0,
+            "read_calls": 0,
+            "cache_hits": 0,
+            "pieces_committed": 0,
+            "pieces_discarded": 0,
+            "peak_cache_bytes": 0,
+            "fd_opens": 0,
+            "fsyncs": 0,
+        }
+
+    # -- files -------------------------------------------------------------------------------
+
+    def open(self, create: bool) -> None:
+        """Open (and with ``create`` make, sparse and full-size) every non-pad file.
+
+        With ``create=False`` (seed mode) every file must already exist with its exact size and is
+        opened read-only; otherwise StorageError.
+        """
+        self.close()
+        self._flags = (os.O_RDWR if create else os.O_RDONLY) | _O_CLOEXEC | _O_BINARY
+        for i, f in enumerate(self._layout.files):
+            path = self._paths[i]
+            if path is None:
+                continue
+            if create:
+                try:
+                    parent = os.path.dirname(path)
+                    if parent:
+                        os.makedirs(parent, exist_ok=True)
+                    fd = os.open(path, self._flags | os.O_CREAT, 0o644)
+                except OSError as e:
+                    raise StorageError("create", path, e) from e
+                self._stats["fd_opens"] += 1
+                try:
+                    if os.fstat(fd).st_size != f.length:
+                        # Sparse: ftruncate extends with holes, never writes zeros (flash wear).
+                        os.ftruncate(fd, f.length)
+                        self._dirty.add(i)
+                except OSError as e:
+                    os.close(fd)
+                    raise StorageError("truncate", path, e) from e
+                if f.length:
+                    self._remember_fd(i, fd)
+                else:
+                    os.close(fd)
+            else:
+                try:
+                    size = os.stat(path).st_size
+                except OSError as e:
+                    raise StorageError("open", path, e) from e
+                if size != f.length:
+                    cause = OSError(errno.EINVAL, f"size is {size} bytes, expected {f.length}")
+                    raise StorageError("open", path, cause)
+                if f.length:
+                    self._fd(i)
+        self._opened = True
+
+    def _remember_fd(self, i: int, fd: int) -> None:
+        self._fds[i] = fd
+        while len(self._fds) > self._max_fds:
+            _, old = self._fds.popitem(last=False)
+            os.close(old)
+
+    def _fd(self, i: int) -> int:
+        fd = self._fds.get(i)
+        if fd is not None:
+            self._fds.move_to_end(i)
+            return fd
+        path = self._paths[i]
+        assert path is not None
+        try:
+            fd = os.open(path, self._flags)
+        except OSError as e:
+            raise StorageError("open", path, e) from e
+        self._stats["fd_opens"] += 1
+        self._remember_fd(i, fd)
+        return fd
+
+    def _path(self, i: int) -> str:
+        return self._paths[i] or PAD_PATH
+
+    def sync(self) -> None:
+        """fsync every file written since the last sync (call before saving resume data)."""
+        dirty = sorted(self._dirty)
+        for i in dirty:
+            if self._fsync:
+                try:
+                    os.fsync(self._fd(i))
+                except OSError as e:
+                    raise StorageError("fsync", self._path(i), e) from e
+                self._stats["fsyncs"] += 1
+            self._dirty.discard(i)
+
+    def close(self) -> None:
+        """Close every fd (without fsync: call sync() first) and drop the write cache."""
+        while self._fds:
+            _, fd = self._fds.popitem()
+            try:
+                os.close(fd)
+            except OSError as e:  # pragma: no cover - close of a valid fd only fails on NFS
+                log.debug("close failed: %s", e)
+        self._cache.clear()
+        self._buffered = 0
+        self._opened = False
+
+    # -- write cache ---------------------------------------------------------------------------
+
+    def write_block(self, piece: int, begin: int, data: bytes | bytearray | memoryview) -> bool:
+        """Copy a received block into the piece's buffer; True once every byte of the piece is in.
+
+        Blocks are tracked in BLOCK_LEN units: a block counts when it covers whole BLOCK_LEN units
+        (or the short tail).  Once a piece is complete further writes are ignored, so a buffer being
+        hashed in another thread never changes under it.
+        """
+        n = len(data)
+        size = self._layout.piece_size(piece) if 0 <= piece < self._layout.num_pieces else 0
+        if size == 0 or begin < 0 or n <= 0 or begin + n > size:
+            raise ValueError(f"block {piece}:{begin}+{n} outside the torrent")
+        nblocks = (size + BLOCK_LEN - 1) // BLOCK_LEN
+        pb = self._cache.get(piece)
+        if pb is None:
+            pb = _PieceBuf(bytearray(size), 0, (1 << nblocks) - 1)
+            self._cache[piece] = pb
+            self._buffered += size
+            if self._buffered > self._stats["peak_cache_bytes"]:
+                self._stats["peak_cache_bytes"] = self._buffered
+        elif pb.received == pb.full:
+            return True
+        end = begin + n
+        first = (begin + BLOCK_LEN - 1) // BLOCK_LEN
+        last = nblocks if end == size else end // BLOCK_LEN  # exclusive: only fully covered blocks
+        pb.data[begin:end] = data
+        if last > first:
+            pb.received |= ((1 << (last - first)) - 1) << first
+        return pb.received == pb.full
+
+    def piece_buffer(self, piece: int) -> memoryview:
+        """The whole buffer of a buffered piece (for hashing; do not write through it)."""
+        pb = self._cache.get(piece)
+        if pb is None:
+            raise ValueError(f"piece {piece} is not buffered")
+        return memoryview(pb.data)
+
+    def is_complete(self, piece: int) -> bool:
+        """True if ``piece`` is buffered and every block of it has been received."""
+        pb = self._cache.get(piece)
+        return pb is not None and pb.received == pb.full
+
+    def commit_piece(self, piece: int) -> None:
+        """Write a complete, verified piece with one pwrite per file span, then drop its buffer.
+
+        On StorageError the buffer is kept, so the caller may retry (e.g. after ENOSPC) or discard.
+        """
+        pb = self._cache.get(piece)
+        if pb is None or pb.received != pb.full:
+            raise ValueError(f"piece {piece} is not complete in the cache")
+        mv = memoryview(pb.data)
+        files = self._layout.files
+        pos = 0
+        for span in piece_spans(self._layout, piece):
+            chunk = mv[pos : pos + span.length]
+            pos += span.length
+            if files[span.file_index].pad:
+                continue  # BEP 47: pad files are never written
+            fd = self._fd(span.file_index)
+            off = span.file_offset
+            try:
+                while chunk:
+                    written = os.pwrite(fd, chunk, off)
+                    self._stats["write_calls"] += 1
+                    if written <= 0:
+                        raise OSError(errno.EIO, "pwrite wrote nothing")
+                    self._stats["bytes_written"] += written
+                    chunk = chunk[written:]
+                    off += written
+            except OSError as e:
+                raise StorageError("write", self._path(span.file_index), e) from e
+            self._dirty.add(span.file_index)
+        mv.release()
+        self._drop(piece)
+        self._stats["pieces_committed"] += 1
+
+    def discard_piece(self, piece: int) -> None:
+        """Drop a piece's buffer (hash failed, or the piece was given up); no-op if not buffered."""
+        if piece in self._cache:
+            self._drop(piece)
+            self._stats["pieces_discarded"] += 1
+
+    def _drop(self, piece: int) -> None:
+        pb = self._cache.pop(piece)
+        self._buffered -= len(pb.data)
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._buffered
+
+    def can_start_piece(self, piece: int) -> bool:
+        """Would buffering ``piece`` keep the cache within cache_bytes?  True if nothing is buffered."""
+        if piece in self._cache or not self._cache:
+            return True
+        return self._buffered + self._layout.piece_size(piece) <= self._cache_limit
+
+    def pieces_in_cache(self) -> set[int]:
+        return set(self._cache)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def read_block(self, piece: int, begin: int, length: int) -> bytes:
+        """Read a block, from the cache if that range of a buffered piece was received, else from disk."""
+        spans = piece_spans(self._layout, piece, begin, length)
+        pb = self._cache.get(piece)
+        if pb is not None and length > 0:
+            first = begin // BLOCK_LEN
+            last = (begin + length - 1) // BLOCK_LEN
+            mask = ((1 << (last - first + 1)) - 1) << first
+            if pb.received & mask == mask:
+                self._stats["cache_hits"] += 1
+                return bytes(pb.data[begin : begin + length])
+        files = self._layout.files
+        parts: list[bytes] = []
+        for span in spans:
+            if files[span.file_index].pad:
+                parts.append(bytes(span.length))
+                continue
+            path = self._path(span.file_index)
+            fd = self._fd(span.file_index)
+            try:
+                got = os.pread(fd, span.length, span.file_offset)
+            except OSError as e:
+                raise StorageError("read", path, e) from e
+            self._stats["read_calls"] += 1
+            self._stats["bytes_read"] += len(got)
+            if len(got) != span.length:
+                cause = OSError(errno.EIO, f"short read: {len(got)} of {span.length} bytes")
+                raise StorageError("read", path, cause)
+            parts.append(got)
+        if len(parts) == 1:
+            return parts[0]
+        return b"".join(parts)
+
+    def read_piece_spans(self, piece: int) -> list[tuple[str, int, int]]:
+        """(path, offset, length) of every span of ``piece`` for the hasher; pad spans use PAD_PATH."""
+        return [(self._path(s.file_index), s.file_offset, s.length) for s in piece_spans(self._layout, piece)]
+
+    def stats(self) -> dict[str, int]:
+        d = dict(self._stats)
+        d["cache_bytes"] = self._buffered
+        d["cache_pieces"] = len(self._cache)
+        d["cache_limit"] = self._cache_limit
+        d["open_fds"] = len(self._fds)
+        d["dirty_files"] = len(self._dirty)
+        return d
+
+
+# -- fast resume -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeData:
+    """What we need to skip a full recheck after a restart."""
+
+    info_hash: bytes
+    piece_length: int
+    num_pieces: int
+    have: bytes  # BEP 3 bitfield: high bit of byte 0 = piece 0
+    file_sizes: tuple[int, ...]  # see disk_file_sizes()
+    uploaded: int
+    downloaded: int
+    saved_at: float  # wall-clock seconds
+
+
+def encode_resume(rd: ResumeData) -> bytes:
+    """Bencode resume data (saved_at kept as its repr() so it round-trips exactly)."""
+    return bencode2.bencode(
+        {
+            b"version": RESUME_VERSION,
+            b"info_hash": rd.info_hash,
+            b"piece_length": rd.piece_length,
+            b"num_pieces": rd.num_pieces,
+            b"have": rd.have,
+            b"file_sizes": list(rd.file_sizes),
+            b"uploaded": rd.uploaded,
+            b"downloaded": rd.downloaded,
+            b"saved_at": repr(float(rd.saved_at)).encode(),
+        }
+    )
+
+
+def _int_field(d: dict[bytes, object], key: bytes, source: str, lo: int = 0) -> int:
+    v = d.get(key)
+    if type(v) is not int or v < lo:
+        raise StorageError(f"decode (bad {key.decode()})", source)
+    return v
+
+
+def decode_resume(data: bytes, source: str = "<resume data>") -> ResumeData:
+    """Parse resume data; StorageError("decode (...)", source) on anything corrupt or inconsistent."""
+    try:
+        d = bencode2.bdecode(data)
+    except Exception as e:  # noqa: BLE001 - the C decoder may raise several types; all mean corrupt
+        raise StorageError(f"decode (not bencode: {e})", source) from e
+    if not isinstance(d, dict):
+        raise StorageError("decode (not a dict)", source)
+    if d.get(b"version") != RESUME_VERSION:
+        raise StorageError("decode (unknown version)", source)
+    info_hash = d.get(b"info_hash")
+    if not isinstance(info_hash, bytes) or len(info_hash) != 20:
+        raise StorageError("decode (bad info_hash)", source)
+    piece_length = _int_field(d, b"piece_length", source, 1)
+    num_pieces = _int_field(d, b"num_pieces", source)
+    have = d.get(b"have")
+    if not isinstance(have, bytes):
+        raise StorageError("decode (bad have)", source)
+    try:
+        Bitfield.from_bytes(num_pieces, have)
+    except ValueError as e:
+        raise StorageError(f"decode (bad have: {e})", source) from e
+    sizes = d.get(b"file_sizes")
+    if not isinstance(sizes, list) or not all(type(s) is int and s >= -1 for s in sizes):
+        raise StorageError("decode (bad file_sizes)", source)
+    uploaded = _int_field(d, b"uploaded", source)
+    downloaded = _int_field(d, b"downloaded", source)
+    saved_raw = d.get(b"saved_at")
+    try:
+        if not isinstance(saved_raw, bytes) or len(saved_raw) > 64:
+            raise ValueError("not a short string")
+        saved_at = float(saved_raw.decode("ascii"))
+        if not math.isfinite(saved_at):
+            raise ValueError("not finite")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StorageError(f"decode (bad saved_at: {e})", source) from e
+    return ResumeData(info_hash, piece_length, num_pieces, have, tuple(sizes), uploaded, downloaded, saved_at)
+
+
+def save_resume(path: str, rd: ResumeData) -> None:
+    """Write resume data atomically: temp file in the same dir, fsync, rename, fsync the dir."""
+    data = encode_resume(rd)
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(directory)
+    except OSError as e:
+        raise StorageError("save_resume", path, e) from e
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _fsync_dir(directory: str) -> None:
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    try:
+        dfd = os.open(directory, flags)
+    except OSError:  # pragma: no cover - platforms (Windows) that cannot open directories
+        return
+    try:
+        os.fsync(dfd)
+    except OSError as e:  # pragma: no cover - some filesystems refuse fsync on directories
+        if e.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(dfd)
+
+
+def load_resume(path: str, layout: TorrentLayout, download_dir: str) -> tuple[ResumeData | None, str | None]:
+    """Load and check resume data: (data, None) if usable, else (None, warning) — (None, None) if missing."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_RESUME_BYTES + 1)
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        return None, f"cannot read resume file {path}: {e.strerror or e}"
+    if len(raw) > MAX_RESUME_BYTES:
+        return None, f"resume file {path} is larger than {MAX_RESUME_BYTES} bytes"
+    try:
+        rd = decode_resume(raw, path)
+    except StorageError as e:
+        return None, f"corrupt resume file: {e}"
+    if rd.info_hash != layout.info_hash:
+        return None, f"resume file {path} is for another torrent (info-hash differs)"
+    if rd.piece_length != layout.piece_length or rd.num_pieces != layout.num_pieces:
+        return None, f"resume file {path}: piece length/count differ from the torrent"
+    if len(rd.file_sizes) != len(layout.files):
+        return None, f"resume file {path}: file count differs from the torrent"
+    on_disk = disk_file_sizes(layout, download_dir)
+    for i, (want, got) in enumerate(zip(rd.file_sizes, on_disk, strict=True)):
+        if want != got and not layout.files[i].pad:
+            name = layout.file_path(download_dir, i)
+            return None, f"resume file {path}: size of {name} changed ({want} -> {got} bytes)"
+    return rd, None

@@ -1,0 +1,430 @@
+"""Peer wire message codec: BEP 3 messages, BEP 6 fast extension, BEP 5 PORT, BEP 10 framing.
+
+Pure and stateless: frozen message dataclasses, :func:`encode` and :func:`decode` (one complete
+frame ``<u32 length><u8 id><payload>``; length 0 is a keep-alive), plus the size table and body
+decoder that :class:`minibt.wire.PeerWire` uses on its hot path.  Torrent-dependent checks
+(indexes, block bounds, bitfield length/spare bits, message order) live in ``minibt.wire``.
+Extension payloads are carried raw as ``Extended(ext_id, payload)``; ext id 0 decodes to
+:class:`ExtHandshake` (strict bencode via bencode2).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import bencode2
+
+from minibt.errors import CloseReason, WireError
+
+# Message ids.
+CHOKE = 0  # BEP 3
+UNCHOKE = 1  # BEP 3
+INTERESTED = 2  # BEP 3
+NOT_INTERESTED = 3  # BEP 3
+HAVE = 4  # BEP 3
+BITFIELD = 5  # BEP 3
+REQUEST = 6  # BEP 3
+PIECE = 7  # BEP 3
+CANCEL = 8  # BEP 3
+PORT = 9  # BEP 5
+SUGGEST = 0x0D  # BEP 6
+HAVE_ALL = 0x0E  # BEP 6
+HAVE_NONE = 0x0F  # BEP 6
+REJECT = 0x10  # BEP 6
+ALLOWED_FAST = 0x11  # BEP 6
+EXTENDED = 20  # BEP 10
+
+BLOCK_LEN = 16 * 1024  # BEP 3: "All current implementations use 2^14 (16 kiB)"
+MAX_EXT_LEN = 1024 * 1024  # minibt convention (libtorrent closes on frames > 1 MiB)
+EXT_HANDSHAKE_ID = 0  # BEP 10: extended message id 0 is the handshake
+
+MSG_NAMES: dict[int, str] = {
+    CHOKE: "choke",
+    UNCHOKE: "unchoke",
+    INTERESTED: "interested",
+    NOT_INTERESTED: "not_interested",
+    HAVE: "have",
+    BITFIELD: "bitfield",
+    REQUEST: "request",
+    PIECE: "piece",
+    CANCEL: "cancel",
+    PORT: "port",
+    SUGGEST: "suggest",
+    HAVE_ALL: "have_all",
+    HAVE_NONE: "have_none",
+    REJECT: "reject",
+    ALLOWED_FAST: "allowed_fast",
+    EXTENDED: "extended",
+}
+# Exact length-prefix values (id byte + payload) of the fixed-size messages.
+_FIXED_LEN: dict[int, int] = {
+    CHOKE: 1,
+    UNCHOKE: 1,
+    INTERESTED: 1,
+    NOT_INTERESTED: 1,
+    HAVE: 5,
+    REQUEST: 13,
+    CANCEL: 13,
+    PORT: 3,
+    SUGGEST: 5,
+    HAVE_ALL: 1,
+    HAVE_NONE: 1,
+    REJECT: 13,
+    ALLOWED_FAST: 5,
+}
+FAST_IDS = frozenset({SUGGEST, HAVE_ALL, HAVE_NONE, REJECT, ALLOWED_FAST})  # BEP 6
+FIRST_IDS = frozenset({BITFIELD, HAVE_ALL, HAVE_NONE})  # BEP 3/6: only as the first message
+# Messages that may precede the bitfield without breaking the first-message rule (see PeerWire).
+NOT_CORE_IDS = frozenset({EXTENDED, PORT})
+
+_U32 = struct.Struct(">I")
+_HDR = struct.Struct(">IB")
+_HDR_U16 = struct.Struct(">IBH")
+_HDR_U32 = struct.Struct(">IBI")
+_HDR_2U32 = struct.Struct(">IBII")
+_HDR_3U32 = struct.Struct(">IBIII")
+_HDR_U8 = struct.Struct(">IBB")
+_2U32 = struct.Struct(">II")
+_3U32 = struct.Struct(">III")
+KEEPALIVE_BYTES = b"\x00\x00\x00\x00"
+
+
+def _pack(st: struct.Struct, *args: int) -> bytes:
+    try:
+        return st.pack(*args)
+    except struct.error as e:
+        raise ValueError(f"field out of range: {args!r}: {e}") from None
+
+
+# -- messages ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class KeepAlive:
+    """BEP 3: zero-length message."""
+
+    def encode(self) -> bytes:
+        return KEEPALIVE_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class Choke:
+    ID: ClassVar[int] = CHOKE
+
+    def encode(self) -> bytes:
+        return _pack(_HDR, 1, self.ID)
+
+
+@dataclass(frozen=True, slots=True)
+class Unchoke:
+    ID: ClassVar[int] = UNCHOKE
+
+    def encode(self) -> bytes:
+        return _pack(_HDR, 1, self.ID)
+
+
+@dataclass(frozen=True, slots=True)
+class Interested:
+    ID: ClassVar[int] = INTERESTED
+
+    def encode(self) -> bytes:
+        return _pack(_HDR, 1, self.ID)
+
+
+@dataclass(frozen=True, slots=True)
+class NotInterested:
+    ID: ClassVar[int] = NOT_INTERESTED
+
+    def encode(self) -> bytes:
+        return _pack(_HDR, 1, self.ID)
+
+
+@dataclass(frozen=True, slots=True)
+class HaveAll:
+    ID: ClassVar[int] = HAVE_ALL
+
+    def encode(self) -> bytes:
+        return _pack(_HDR, 1, self.ID)
+
+
+@dataclass(frozen=True, slots=True)
+class HaveNone:
+    ID: ClassVar[int] = HAVE_NONE
+
+    def encode(self) -> bytes:
+        return _pack(_HDR, 1, self.ID)
+
+
+@dataclass(frozen=True, slots=True)
+class Have:
+    ID: ClassVar[int] = HAVE
+    index: int
+
+    def encode(self) -> bytes:
+        return _pack(_HDR_U32, 5, self.ID, self.index)
+
+
+@dataclass(frozen=True, slots=True)
+class Suggest:
+    ID: ClassVar[int] = SUGGEST
+    index: int
+
+    def encode(self) -> bytes:
+        return _pack(_HDR_U32, 5, self.ID, self.index)
+
+
+@dataclass(frozen=True, slots=True)
+class AllowedFast:
+    ID: ClassVar[int] = ALLOWED_FAST
+    index: int
+
+    def encode(self) -> bytes:
+        return _pack(_HDR_U32, 5, self.ID, self.index)
+
+
+@dataclass(frozen=True, slots=True)
+class BitfieldMsg:
+    """BEP 3 bitfield: high bit of byte 0 is piece 0; spare bits zero."""
+
+    ID: ClassVar[int] = BITFIELD
+    bits: bytes
+
+    def encode(self) -> bytes:
+        return _pack(_HDR, 1 + len(self.bits), self.ID) + self.bits
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    ID: ClassVar[int] = REQUEST
+    index: int
+    begin: int
+    length: int
+
+    def encode(self) -> bytes:
+        return _pack(_HDR_3U32, 13, self.ID, self.index, self.begin, self.length)
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    ID: ClassVar[int] = CANCEL
+    index: int
+    begin: int
+    length: int
+
+    def encode(self) -> bytes:
+        return _pack(_HDR_3U32, 13, self.ID, self.index, self.begin, self.length)
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    ID: ClassVar[int] = REJECT
+    index: int
+    begin: int
+    length: int
+
+    def encode(self) -> bytes:
+        return _pack(_HDR_3U32, 13, self.ID, self.index, self.begin, self.length)
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """BEP 3 piece (a block).  Received blocks are ``bytes`` (copied once from the buffer)."""
+
+    ID: ClassVar[int] = PIECE
+    index: int
+    begin: int
+    data: bytes | memoryview
+
+    def header(self) -> bytes:
+        return _pack(_HDR_2U32, 9 + len(self.data), self.ID, self.index, self.begin)
+
+    def encode(self) -> bytes:
+        return self.header() + self.data
+
+
+@dataclass(frozen=True, slots=True)
+class Port:
+    """BEP 5: the sender's DHT UDP port."""
+
+    ID: ClassVar[int] = PORT
+    port: int
+
+    def encode(self) -> bytes:
+        return _pack(_HDR_U16, 3, self.ID, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class Extended:
+    """BEP 10 extended message; ``ext_id`` is the receiver's local id from its ``m`` dict."""
+
+    ID: ClassVar[int] = EXTENDED
+    ext_id: int
+    payload: bytes
+
+    def encode(self) -> bytes:
+        return _pack(_HDR_U8, 2 + len(self.payload), self.ID, self.ext_id) + self.payload
+
+
+@dataclass(frozen=True, slots=True)
+class ExtHandshake:
+    """BEP 10 extension handshake (extended id 0): the decoded dict (keys are bytes)."""
+
+    ID: ClassVar[int] = EXTENDED
+    data: dict[Any, Any]
+
+    def encode(self) -> bytes:
+        try:
+            payload = bencode2.bencode(self.data)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"extension handshake dict cannot be bencoded: {e}") from None
+        return _pack(_HDR_U8, 2 + len(payload), self.ID, EXT_HANDSHAKE_ID) + payload
+
+
+Message = (
+    KeepAlive
+    | Choke
+    | Unchoke
+    | Interested
+    | NotInterested
+    | Have
+    | BitfieldMsg
+    | Request
+    | Piece
+    | Cancel
+    | Port
+    | Suggest
+    | HaveAll
+    | HaveNone
+    | Reject
+    | AllowedFast
+    | Extended
+    | ExtHandshake
+)
+Event = Message
+
+_CHOKE = Choke()
+_UNCHOKE = Unchoke()
+_INTERESTED = Interested()
+_NOT_INTERESTED = NotInterested()
+_HAVE_ALL = HaveAll()
+_HAVE_NONE = HaveNone()
+KEEPALIVE = KeepAlive()
+_NO_PAYLOAD: dict[int, Message] = {
+    CHOKE: _CHOKE,
+    UNCHOKE: _UNCHOKE,
+    INTERESTED: _INTERESTED,
+    NOT_INTERESTED: _NOT_INTERESTED,
+    HAVE_ALL: _HAVE_ALL,
+    HAVE_NONE: _HAVE_NONE,
+}
+
+
+# -- stateless codec --------------------------------------------------------------------
+def encode(msg: Message) -> bytes:
+    """Encode one message with its length prefix.  Raises ValueError on out-of-range fields."""
+    return msg.encode()
+
+
+def _malformed(detail: str) -> WireError:
+    return WireError(CloseReason.MALFORMED_MESSAGE, detail)
+
+
+def _too_large(detail: str) -> WireError:
+    return WireError(CloseReason.MESSAGE_TOO_LARGE, detail)
+
+
+def check_size(mid: int, length: int, max_block_len: int, bitfield_len: int | None, max_ext_len: int) -> bool:
+    """Check a frame's length prefix for its id; False for unknown ids (skip them)."""
+    fixed = _FIXED_LEN.get(mid)
+    if fixed is not None:
+        if length != fixed:
+            raise _malformed(f"{MSG_NAMES[mid]} length prefix {length}, expected {fixed}")
+        return True
+    if mid == PIECE:
+        if length > 9 + max_block_len:
+            raise _too_large(f"piece with {length - 9}-byte block > {max_block_len}")
+        if length <= 9:
+            raise _malformed(f"piece length prefix {length}: no block data")
+        return True
+    if mid == BITFIELD:
+        if bitfield_len is not None and length != 1 + bitfield_len:
+            if length > 1 + bitfield_len:
+                raise _too_large(f"bitfield of {length - 1} bytes, expected {bitfield_len}")
+            raise _malformed(f"bitfield of {length - 1} bytes, expected {bitfield_len}")
+        return True
+    if mid == EXTENDED:
+        if length > 2 + max_ext_len:
+            raise _too_large(f"extended message of {length - 2} bytes > {max_ext_len}")
+        if length < 2:
+            raise _malformed("extended message without an extended id")
+        return True
+    return False
+
+
+def _decode_ext_dict(payload: memoryview) -> dict[Any, Any]:
+    try:
+        d = bencode2.bdecode(payload)
+    except (bencode2.BencodeDecodeError, ValueError, TypeError, RecursionError) as e:
+        raise _malformed(f"extension handshake is not valid bencode: {e}") from None
+    if not isinstance(d, dict):
+        raise _malformed(f"extension handshake is a {type(d).__name__}, not a dict")
+    return d
+
+
+def decode_body(mid: int, buf: memoryview, start: int, stop: int) -> Message:
+    """Decode a known message whose size was checked; payload is ``buf[start:stop]``."""
+    msg = _NO_PAYLOAD.get(mid)
+    if msg is not None:
+        return msg
+    if mid == HAVE:
+        return Have(_U32.unpack_from(buf, start)[0])
+    if mid == REQUEST:
+        return Request(*_3U32.unpack_from(buf, start))
+    if mid == PIECE:
+        index, begin = _2U32.unpack_from(buf, start)
+        return Piece(index, begin, bytes(buf[start + 8 : stop]))
+    if mid == CANCEL:
+        return Cancel(*_3U32.unpack_from(buf, start))
+    if mid == REJECT:
+        return Reject(*_3U32.unpack_from(buf, start))
+    if mid == BITFIELD:
+        return BitfieldMsg(bytes(buf[start:stop]))
+    if mid == SUGGEST:
+        return Suggest(_U32.unpack_from(buf, start)[0])
+    if mid == ALLOWED_FAST:
+        return AllowedFast(_U32.unpack_from(buf, start)[0])
+    if mid == PORT:
+        return Port(int.from_bytes(buf[start:stop], "big"))
+    if mid == EXTENDED:
+        ext_id = buf[start]
+        if ext_id == EXT_HANDSHAKE_ID:
+            return ExtHandshake(_decode_ext_dict(buf[start + 1 : stop]))
+        return Extended(ext_id, bytes(buf[start + 1 : stop]))
+    raise AssertionError(f"unhandled message id {mid}")  # pragma: no cover - check_size guards
+
+
+def decode(
+    frame: bytes | bytearray | memoryview,
+    *,
+    max_block_len: int = BLOCK_LEN,
+    max_ext_len: int = MAX_EXT_LEN,
+) -> Message | None:
+    """Decode exactly one complete frame (length prefix included), without torrent context.
+
+    Returns None for an unknown message id.  Extended id 0 decodes to :class:`ExtHandshake`.
+
+    Raises:
+        WireError: truncated/oversized frame, wrong payload size, bad extension handshake.
+    """
+    mv = memoryview(frame).cast("B")
+    if len(mv) < 4:
+        raise _malformed(f"frame of {len(mv)} bytes has no length prefix")
+    length = _U32.unpack_from(mv, 0)[0]
+    if len(mv) != 4 + length:
+        raise _malformed(f"length prefix {length} but {len(mv) - 4} bytes follow")
+    if length == 0:
+        return KEEPALIVE
+    mid = mv[4]
+    if not check_size(mid, length, max_block_len, None, max_ext_len):
+        return None
+    return decode_body(mid, mv, 5, 4 + length)

@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""One libtorrent session in its own process, driven by tests/integration/clients.py.
+
+Runs as a subprocess (not in the test process) so the GIL is not shared with the code under test and the
+harness can stop it by PID. Loopback only: DHT, LSD, UPnP and NAT-PMP are off and no DHT bootstrap node
+is configured, so it never leaves 127.0.0.0/8.
+
+stdout: one JSON object per line: {"type": "status", ...} every --status-interval seconds.
+stderr: a log of libtorrent alerts (error/status/tracker/connect categories) with timestamps.
+stdin:  commands, one per line: "connect IP PORT", "reannounce", "recheck", "pause", "resume", "quit".
+        EOF on stdin (the harness died) also ends the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import select
+import signal
+import sys
+import time
+from typing import Any
+
+import libtorrent as lt
+
+ENC_POLICIES = {"disabled": lt.enc_policy.pe_disabled, "enabled": lt.enc_policy.pe_enabled,
+                "forced": lt.enc_policy.pe_forced}
+MAX_ERRORS = 20  # only the most recent errors are reported in each status line
+MAX_SEEN_PEERS = 200  # bound on the "seen_peers" history in the status line
+# peer_info::utp_socket (bit 17 of peer_info::flags, libtorrent peer_info.hpp) is not exported by the
+# Python bindings of 2.1; the other flags are.
+PEER_FLAG_UTP = 1 << 17
+PEER_SOURCES = {"tracker": lt.peer_info.tracker, "dht": lt.peer_info.dht, "pex": lt.peer_info.pex,
+                "lsd": lt.peer_info.lsd, "resume": lt.peer_info.resume_data}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--torrent", required=True)
+    p.add_argument("--save-dir", required=True)
+    p.add_argument("--seed", action="store_true", help="data is already in save-dir; check it and seed")
+    p.add_argument("--listen-ip", default="127.0.0.1")
+    p.add_argument("--listen-port", type=int, default=0)
+    p.add_argument("--peer", action="append", default=[], help="HOST:PORT to connect to (repeatable)")
+    p.add_argument("--utp", action="store_true", help="enable uTP (off by default)")
+    p.add_argument("--no-tcp", action="store_true", help="disable TCP peer connections")
+    p.add_argument("--out-enc", choices=sorted(ENC_POLICIES), default="enabled")
+    p.add_argument("--in-enc", choices=sorted(ENC_POLICIES), default="enabled")
+    p.add_argument("--no-pex", action="store_true", help="create the session without the ut_pex plugin")
+    p.add_argument("--settings", default="{}", help="JSON object of extra libtorrent settings")
+    p.add_argument("--status-interval", type=float, default=0.25)
+    return p.parse_args(argv)
+
+
+def session_settings(ns: argparse.Namespace) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "listen_interfaces": f"{ns.listen_ip}:{ns.listen_port}",
+        "listen_system_port_fallback": False,
+        "enable_dht": False,
+        "dht_bootstrap_nodes": "",
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "enable_ip_notifier": False,
+        "enable_outgoing_utp": ns.utp,
+        "enable_incoming_utp": ns.utp,
+        "enable_outgoing_tcp": not ns.no_tcp,
+        "enable_incoming_tcp": not ns.no_tcp,
+        # PROTOCOL.md 7.8: libtorrent tries encryption first when out_enc_policy is "enabled".
+        "out_enc_policy": ENC_POLICIES[ns.out_enc],
+        "in_enc_policy": ENC_POLICIES[ns.in_enc],
+        "allowed_enc_level": lt.enc_level.pe_both,
+        "prefer_rc4": False,
+        # Every peer is on 127.0.0.1, so several connections per IP must be allowed.
+        "allow_multiple_connections_per_ip": True,
+        "upload_rate_limit": 0,
+        "download_rate_limit": 0,
+        "ignore_limits_on_local_network": True,
+        # Both HTTP and UDP trackers of a torrent are announced to, each in its own tier.
+        "announce_to_all_trackers": True,
+        "announce_to_all_tiers": True,
+        # Tests want quick retries, not the internet-friendly 60 s.
+        "min_reconnect_time": 1,
+        "stop_tracker_timeout": 1,
+        "alert_mask": (lt.alert_category.error | lt.alert_category.status | lt.alert_category.tracker
+                       | lt.alert_category.connect | lt.alert_category.storage),
+    }
+    extra = json.loads(ns.settings)
+    if not isinstance(extra, dict):
+        raise SystemExit("--settings must be a JSON object")
+    settings.update(extra)
+    return settings
+
+
+def make_session(ns: argparse.Namespace) -> Any:
+    settings = session_settings(ns)
+    if ns.no_pex:
+        # PROTOCOL.md 7.5: the disable_pex torrent flag does not remove ut_pex; leave the plugin out.
+        ses = lt.session(settings, flags=0)
+        ses.add_extension("ut_metadata")
+        ses.add_extension("smart_ban")
+    else:
+        ses = lt.session(settings, flags=lt.session_flags_t.add_default_plugins)
+    return ses
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def client_name(raw: object) -> str:
+    # The 2.1 bindings return peer_info.client as bytes.
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", "replace")
+    return str(raw)
+
+
+def peer_json(p: Any) -> dict[str, Any]:
+    ip, port = p.ip
+    flags = int(p.flags)
+    source = int(p.source)
+    return {
+        "ip": ip,
+        "port": port,
+        "client": client_name(p.client),
+        "utp": bool(flags & PEER_FLAG_UTP),
+        "rc4": bool(flags & int(lt.peer_info.rc4_encrypted)),
+        "outgoing": bool(flags & int(lt.peer_info.outgoing_connection)),
+        "seed": bool(flags & int(lt.peer_info.seed)),
+        "connecting": bool(flags & int(lt.peer_info.connecting)),
+        "handshake": bool(flags & int(lt.peer_info.handshake)),
+        "interested": bool(flags & int(lt.peer_info.interesting)),  # we are interested in them
+        "choked": bool(flags & int(lt.peer_info.choked)),  # we choke them
+        "remote_interested": bool(flags & int(lt.peer_info.remote_interested)),
+        "remote_choked": bool(flags & int(lt.peer_info.remote_choked)),  # they choke us
+        "total_download": p.total_download,
+        "total_upload": p.total_upload,
+        "sources": sorted(name for name, bit in PEER_SOURCES.items() if source & int(bit)),
+    }
+
+
+def status_json(ses: Any, h: Any, errors: collections.deque[str], seen: dict[str, dict[str, Any]]
+                ) -> dict[str, Any]:
+    st = h.status()
+    try:
+        peers = [peer_json(p) for p in h.get_peer_info()]
+    except RuntimeError:
+        peers = []
+    for p in peers:
+        key = f"{p['ip']}:{p['port']}"
+        if key in seen or len(seen) < MAX_SEEN_PEERS:
+            seen[key] = {"ip": p["ip"], "port": p["port"], "client": p["client"], "utp": p["utp"],
+                         "rc4": p["rc4"], "outgoing": p["outgoing"]}
+    return {
+        "type": "status",
+        "t": time.monotonic(),
+        "state": str(st.state),
+        "paused": bool(st.paused),
+        "progress": st.progress,
+        "total_done": st.total_done,
+        "total_wanted": st.total_wanted,
+        "num_peers": st.num_peers,
+        "num_seeds": st.num_seeds,
+        "total_download": st.total_download,
+        "total_upload": st.total_upload,
+        "total_payload_download": st.total_payload_download,
+        "total_payload_upload": st.total_payload_upload,
+        "total_failed_bytes": st.total_failed_bytes,
+        "is_seeding": bool(st.is_seeding),
+        "is_finished": bool(st.is_finished),
+        "listen_port": ses.listen_port(),
+        "errors": list(errors),
+        "peers": peers,
+        # every peer connected at some status tick (latest info wins): survives disconnects
+        "seen_peers": list(seen.values()),
+    }
+
+
+def run_command(line: str, h: Any) -> bool:
+    """Apply one stdin command; returns False on "quit"."""
+    parts = line.split()
+    if not parts:
+        return True
+    cmd = parts[0]
+    if cmd == "connect" and len(parts) == 3:
+        h.connect_peer((parts[1], int(parts[2])))
+    elif cmd == "reannounce":
+        h.force_reannounce()
+    elif cmd == "recheck":
+        h.force_recheck()
+    elif cmd == "pause":
+        h.pause()
+    elif cmd == "resume":
+        h.resume()
+    elif cmd == "quit":
+        return False
+    else:
+        print(f"unknown command: {line!r}", file=sys.stderr, flush=True)
+    return True
+
+
+def main(argv: list[str]) -> int:
+    ns = parse_args(argv)
+    stop = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+
+    ses = make_session(ns)
+    atp = lt.add_torrent_params()
+    atp.ti = lt.torrent_info(ns.torrent)
+    atp.save_path = ns.save_dir
+    # Not auto-managed: the queueing logic must never pause the one torrent under test. Without resume
+    # data libtorrent checks the files on add, so a seeder verifies its data and then seeds.
+    atp.flags = lt.torrent_flags.default_flags & ~lt.torrent_flags.auto_managed & ~lt.torrent_flags.paused
+    h = ses.add_torrent(atp)
+    for peer in ns.peer:
+        h.connect_peer(parse_hostport(peer))
+
+    errors: collections.deque[str] = collections.deque(maxlen=MAX_ERRORS)
+    seen: dict[str, dict[str, Any]] = {}
+    stdin_fd = sys.stdin.fileno()
+    stdin_open = True
+    pending = b""
+    next_status = 0.0
+    t0 = time.monotonic()
+    while not stop:
+        now = time.monotonic()
+        for a in ses.pop_alerts():
+            msg = f"{now - t0:9.3f} {type(a).__name__}: {a.message()}"
+            print(msg, file=sys.stderr, flush=True)
+            if a.category() & lt.alert_category.error:
+                errors.append(msg)
+        if now >= next_status:
+            print(json.dumps(status_json(ses, h, errors, seen)), flush=True)
+            next_status = now + ns.status_interval
+        timeout = max(0.0, min(next_status - time.monotonic(), 0.05))
+        if stdin_open:
+            ready, _, _ = select.select([stdin_fd], [], [], timeout)
+            if ready:
+                chunk = os.read(stdin_fd, 4096)
+                if not chunk:
+                    stdin_open = False
+                    stop = True
+                pending += chunk
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    try:
+                        if not run_command(line.decode("utf-8", "replace"), h):
+                            stop = True
+                    except (ValueError, RuntimeError) as e:
+                        print(f"command {line!r} failed: {e}", file=sys.stderr, flush=True)
+        else:
+            ses.wait_for_alert(int(timeout * 1000))
+    ses.pause()
+    del ses
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
