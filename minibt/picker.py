@@ -256,7 +256,7 @@ class PiecePicker:
             return
         st.bits[i] = 1
         st.count += 1
-        self._inc(i)
+        self._inc_many((i,))
         if self._need[i]:
             st.interest += 1
         if self._fresh[i]:
@@ -541,7 +541,7 @@ class PiecePicker:
     # ------------------------------------------------------------------ internals: order buckets
 
     def _inc_many(self, pieces: Iterable[int]) -> None:
-        """:meth:`_inc` for many pieces (a bitfield), inlined: this is the slow part of a bitfield."""
+        """Availability +1 for each piece: one swap moves a FRESH piece up one bucket."""
         avail, pos, order, bs = self._avail, self._pos, self._order, self._bstart
         for p in pieces:
             a = avail[p]
@@ -558,6 +558,7 @@ class PiecePicker:
                 bs[a + 1] = j
 
     def _dec_many(self, pieces: Iterable[int]) -> None:
+        """Availability -1 for each piece (the mirror of :meth:`_inc_many`)."""
         avail, pos, order, bs = self._avail, self._pos, self._order, self._bstart
         for p in pieces:
             a = avail[p]
@@ -572,22 +573,6 @@ class PiecePicker:
                     pos[q] = i
                     pos[p] = j
                 bs[a] = j + 1
-
-    def _inc(self, p: int) -> None:
-        a = self._avail[p]
-        self._avail[p] = a + 1
-        i = self._pos[p]
-        if i >= 0:
-            bs = self._bstart
-            j = bs[a + 1] - 1  # last slot of bucket a becomes the first of bucket a + 1
-            if i != j:
-                order = self._order
-                q = order[j]
-                order[i] = q
-                order[j] = p
-                self._pos[q] = i
-                self._pos[p] = j
-            bs[a + 1] = j
 
     def _order_insert(self, p: int, *, update_peers: bool = True) -> None:
         order, pos, bs = self._order, self._pos, self._bstart

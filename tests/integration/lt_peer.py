@@ -118,6 +118,12 @@ def client_name(raw: object) -> str:
     return str(raw)
 
 
+def peer_id_text(pid: Any) -> str:
+    """The 20-byte peer id as printable ASCII ("." for other bytes): "-TR3000-...", "A2-1-36-0-..."."""
+    raw = pid.to_bytes() if hasattr(pid, "to_bytes") else bytes(pid)
+    return "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in raw)
+
+
 def peer_json(p: Any) -> dict[str, Any]:
     ip, port = p.ip
     flags = int(p.flags)
@@ -126,6 +132,7 @@ def peer_json(p: Any) -> dict[str, Any]:
         "ip": ip,
         "port": port,
         "client": client_name(p.client),
+        "peer_id": peer_id_text(p.pid),
         "utp": bool(flags & PEER_FLAG_UTP),
         "rc4": bool(flags & int(lt.peer_info.rc4_encrypted)),
         "outgoing": bool(flags & int(lt.peer_info.outgoing_connection)),
@@ -142,18 +149,58 @@ def peer_json(p: Any) -> dict[str, Any]:
     }
 
 
-def status_json(ses: Any, h: Any, errors: collections.deque[str], seen: dict[str, dict[str, Any]]
-                ) -> dict[str, Any]:
-    st = h.status()
+class SeenPeers:
+    """Every peer connected at some point (bounded): survives disconnects, e.g. seed-to-seed closes.
+
+    Updated from get_peer_info() on every loop iteration (~20 Hz) and from peer alerts, so a transfer
+    that starts and ends between two status lines is still recorded with its peer id.
+    """
+
+    KEYS = ("client", "peer_id", "utp", "rc4", "outgoing", "total_download", "total_upload")
+
+    def __init__(self) -> None:
+        self.by_addr: dict[str, dict[str, Any]] = {}
+
+    def _entry(self, ip: str, port: int) -> dict[str, Any] | None:
+        key = f"{ip}:{port}"
+        entry = self.by_addr.get(key)
+        if entry is None and len(self.by_addr) < MAX_SEEN_PEERS:
+            entry = self.by_addr[key] = {"ip": ip, "port": port}
+        return entry
+
+    def update(self, peers: list[dict[str, Any]]) -> None:
+        for p in peers:
+            entry = self._entry(p["ip"], p["port"])
+            if entry is not None:
+                entry.update({k: p[k] for k in self.KEYS if p[k] or k not in entry})
+
+    def alert(self, a: Any) -> None:
+        if not isinstance(a, (lt.peer_connect_alert, lt.peer_disconnected_alert)):
+            return
+        ip, port = a.ip
+        entry = self._entry(ip, port)
+        if entry is None:
+            return
+        pid = peer_id_text(a.pid)
+        if pid.strip("."):
+            entry["peer_id"] = pid
+        if isinstance(a, lt.peer_disconnected_alert):
+            entry["disconnect"] = a.message()
+
+    def json(self) -> list[dict[str, Any]]:
+        return list(self.by_addr.values())
+
+
+def current_peers(h: Any) -> list[dict[str, Any]]:
     try:
-        peers = [peer_json(p) for p in h.get_peer_info()]
+        return [peer_json(p) for p in h.get_peer_info()]
     except RuntimeError:
-        peers = []
-    for p in peers:
-        key = f"{p['ip']}:{p['port']}"
-        if key in seen or len(seen) < MAX_SEEN_PEERS:
-            seen[key] = {"ip": p["ip"], "port": p["port"], "client": p["client"], "utp": p["utp"],
-                         "rc4": p["rc4"], "outgoing": p["outgoing"]}
+        return []
+
+
+def status_json(ses: Any, h: Any, errors: collections.deque[str], peers: list[dict[str, Any]],
+                seen: SeenPeers) -> dict[str, Any]:
+    st = h.status()
     return {
         "type": "status",
         "t": time.monotonic(),
@@ -174,8 +221,7 @@ def status_json(ses: Any, h: Any, errors: collections.deque[str], seen: dict[str
         "listen_port": ses.listen_port(),
         "errors": list(errors),
         "peers": peers,
-        # every peer connected at some status tick (latest info wins): survives disconnects
-        "seen_peers": list(seen.values()),
+        "seen_peers": seen.json(),
     }
 
 
@@ -225,7 +271,7 @@ def main(argv: list[str]) -> int:
         h.connect_peer(parse_hostport(peer))
 
     errors: collections.deque[str] = collections.deque(maxlen=MAX_ERRORS)
-    seen: dict[str, dict[str, Any]] = {}
+    seen = SeenPeers()
     stdin_fd = sys.stdin.fileno()
     stdin_open = True
     pending = b""
@@ -238,8 +284,11 @@ def main(argv: list[str]) -> int:
             print(msg, file=sys.stderr, flush=True)
             if a.category() & lt.alert_category.error:
                 errors.append(msg)
+            seen.alert(a)
+        peers = current_peers(h)
+        seen.update(peers)
         if now >= next_status:
-            print(json.dumps(status_json(ses, h, errors, seen)), flush=True)
+            print(json.dumps(status_json(ses, h, errors, peers, seen)), flush=True)
             next_status = now + ns.status_interval
         timeout = max(0.0, min(next_status - time.monotonic(), 0.05))
         if stdin_open:
