@@ -161,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _error(msg: str) -> None:
+    """Print ``minibt: msg`` as exactly one line (a path given to us may contain newlines)."""
+    print("minibt: " + msg.replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -175,16 +180,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_verify(args)
         return cmd_transfer(args)
     except (MetainfoError, ConfigError) as e:
-        print(f"minibt: {e}", file=sys.stderr)
+        _error(str(e))
         return EXIT_USAGE
     except StorageError as e:
-        print(f"minibt: {e}", file=sys.stderr)
+        _error(str(e))
         return EXIT_FAIL
     except MinibtError as e:
-        print(f"minibt: {e}", file=sys.stderr)
+        _error(str(e))
         return EXIT_FAIL
     except OSError as e:
-        print(f"minibt: {e}", file=sys.stderr)
+        _error(str(e))
         return EXIT_FAIL
 
 

@@ -11,6 +11,7 @@ has the same interface and runs everything synchronously, for tests and single-t
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -41,6 +42,9 @@ class HashJob:
     data: bytes | bytearray | memoryview | None = None
     spans: tuple[tuple[str, int, int], ...] | None = None
     tag: object = None
+    # (fd, offset, data) writes done by the worker when the hash matches, so the event loop never
+    # blocks in pwrite (Storage.prepare_commit pins the fds until the result is handled).
+    writes: tuple[tuple[int, int, memoryview], ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.expected) != SHA1_LEN:
@@ -58,6 +62,8 @@ class HashResult:
     ok: bool
     tag: object
     error: str | None = None
+    written: bool = False  # the job's writes were all done
+    write_errno: int | None = None  # set when a write failed (e.g. ENOSPC); ``written`` is then False
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +142,20 @@ def _execute(item: HashJob | _Call, buf: bytearray) -> Result:
         except BaseException as e:  # noqa: B036 - the caller gets every failure back as data
             return CallResult(item.tag, None, e)
     if item.data is not None:
-        return HashResult(
-            item.piece, item.generation, hashlib.sha1(item.data).digest() == item.expected, item.tag
-        )
+        ok = hashlib.sha1(item.data).digest() == item.expected
+        if not ok or item.writes is None:
+            return HashResult(item.piece, item.generation, ok, item.tag)
+        try:
+            for fd, offset, chunk in item.writes:
+                while chunk:
+                    n = os.pwrite(fd, chunk, offset)
+                    if n <= 0:
+                        raise OSError(errno.EIO, "pwrite wrote nothing")
+                    chunk = chunk[n:]
+                    offset += n
+        except OSError as e:
+            return HashResult(item.piece, item.generation, True, item.tag, f"write: {e}", False, e.errno or errno.EIO)
+        return HashResult(item.piece, item.generation, True, item.tag, None, True)
     assert item.spans is not None
     digest, error = _hash_spans(item.spans, buf)
     return HashResult(item.piece, item.generation, digest == item.expected, item.tag, error)

@@ -203,7 +203,12 @@ class EventLoop:
         self._flush_dirty(now)
         deadline = now + grace_s
         self._stop_requested = False
-        while (self._http or any(u.job or u.pending for u in self._udp_trackers.values())) and self.clock.now() < deadline:
+        while (
+            self._http
+            or any(u.job or u.pending for u in self._udp_trackers.values())
+            or self.hasher.pending
+            or self._hash_backlog
+        ) and self.clock.now() < deadline:
             self.run_once(tick_session=False)
         self._stop_requested = True
 

@@ -32,6 +32,7 @@ MAX_AUTO_PIECE_LENGTH = 16 * MiB  # convention (libtorrent/qBittorrent creators)
 AUTO_PIECE_COUNT_MAX = 2000  # convention: auto piece length gives ~1000-2000 pieces
 CREATE_READ_BYTES = 1 * MiB  # read size while hashing files for create_torrent()
 DESCRIBE_MAX_FILES = 200  # describe() lists at most this many files
+SHOWN_ELEMENT_CHARS = 64  # convention: hostile names are cut to this in error messages (one short line)
 
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 # Anything _element_problem() might object to; lets the common, clean case skip the checks.
@@ -107,6 +108,13 @@ class Metainfo:
 # Path sanitising
 
 
+def _shown(elem: str) -> str:
+    """repr() of a (possibly hostile, huge) name, cut short so an error message stays one short line."""
+    if len(elem) <= SHOWN_ELEMENT_CHARS:
+        return repr(elem)
+    return f"{elem[:SHOWN_ELEMENT_CHARS]!r}... ({len(elem)} chars)"
+
+
 def _element_problem(elem: str) -> str | None:
     """Why a single path element is unsafe, or None if it is fine."""
     if _SUSPECT_ELEMENT.search(elem) is None:
@@ -114,13 +122,13 @@ def _element_problem(elem: str) -> str | None:
     if elem == "":
         return "empty path element is not allowed"
     if elem in (".", ".."):
-        return f"{elem!r} is not allowed"
+        return f"{_shown(elem)} is not allowed"
     if "\x00" in elem:
         return "NUL byte is not allowed"
     if "/" in elem or "\\" in elem:
-        return f"{elem!r}: path separators are not allowed"
+        return f"{_shown(elem)}: path separators are not allowed"
     if _WINDOWS_DRIVE.match(elem):
-        return f"{elem!r}: drive prefixes are not allowed"
+        return f"{_shown(elem)}: drive prefixes are not allowed"
     return None
 
 
@@ -309,7 +317,7 @@ def _files(info: dict[bytes, Any]) -> tuple[list[FileEntry], int]:
                 prefix = path[:k]
                 if prefix in file_at:
                     raise MetainfoError(
-                        f"{where}.path: directory {'/'.join(prefix)!r} is also info.files[{file_at[prefix]}]"
+                        f"{where}.path: directory {_shown('/'.join(prefix))} is also info.files[{file_at[prefix]}]"
                     )
                 dir_at.setdefault(prefix, i)
             file_at[path] = i

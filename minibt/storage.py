@@ -163,6 +163,8 @@ class Storage:
             None if f.pad else layout.file_path(download_dir, i) for i, f in enumerate(layout.files)
         ]
         self._fds: OrderedDict[int, int] = OrderedDict()  # file index -> fd, LRU order
+        self._pins: dict[int, int] = {}  # file index -> commits in flight writing through its fd
+        self._committing: dict[int, tuple[int, ...]] = {}  # piece -> file indexes it pinned
         self._flags = os.O_RDONLY
         self._opened = False
         self._dirty: set[int] = set()
@@ -230,9 +232,13 @@ class Storage:
 
     def _remember_fd(self, i: int, fd: int) -> None:
         self._fds[i] = fd
-        while len(self._fds) > self._max_fds:
-            _, old = self._fds.popitem(last=False)
-            os.close(old)
+        # Evict least recently used fds, never one a worker thread is writing through.
+        for idx in list(self._fds):
+            if len(self._fds) <= self._max_fds:
+                break
+            if self._pins.get(idx):
+                continue
+            os.close(self._fds.pop(idx))
 
     def _fd(self, i: int) -> int:
         fd = self._fds.get(i)
@@ -265,7 +271,13 @@ class Storage:
             self._dirty.discard(i)
 
     def close(self) -> None:
-        """Close every fd (without fsync: call sync() first) and drop the write cache."""
+        """Close every fd (without fsync: call sync() first) and drop the write cache.
+
+        Raises ValueError while commits are in flight: their fds must stay valid (a closed fd number
+        could be reused by another file and receive the piece's bytes).
+        """
+        if self._committing:
+            raise ValueError(f"{len(self._committing)} piece commits still in flight")
         while self._fds:
             _, fd = self._fds.popitem()
             try:
@@ -352,6 +364,59 @@ class Storage:
         mv.release()
         self._drop(piece)
         self._stats["pieces_committed"] += 1
+
+    def prepare_commit(self, piece: int) -> tuple[tuple[int, int, memoryview], ...]:
+        """The (fd, offset, data) writes of a complete piece, for a worker thread to perform.
+
+        Pins the fds (and the buffer) until :meth:`finish_commit`.  Same layout as commit_piece.
+        """
+        pb = self._cache.get(piece)
+        if pb is None or pb.received != pb.full:
+            raise ValueError(f"piece {piece} is not complete in the cache")
+        if piece in self._committing:
+            raise ValueError(f"piece {piece} is already being committed")
+        mv = memoryview(pb.data)
+        files = self._layout.files
+        writes: list[tuple[int, int, memoryview]] = []
+        pinned: list[int] = []
+        pos = 0
+        for span in piece_spans(self._layout, piece):
+            chunk = mv[pos : pos + span.length]
+            pos += span.length
+            if files[span.file_index].pad:
+                continue  # BEP 47: pad files are never written
+            fd = self._fd(span.file_index)
+            self._pins[span.file_index] = self._pins.get(span.file_index, 0) + 1
+            pinned.append(span.file_index)
+            writes.append((fd, span.file_offset, chunk))
+        self._committing[piece] = tuple(pinned)
+        return tuple(writes)
+
+    def finish_commit(self, piece: int, *, written: bool) -> None:
+        """A worker finished the writes of :meth:`prepare_commit`: unpin, and drop the buffer if written.
+
+        If the writes failed the buffer is kept, so the caller may retry (prepare_commit again) or discard.
+        """
+        pinned = self._committing.pop(piece, ())
+        for i in pinned:
+            n = self._pins.get(i, 0) - 1
+            if n > 0:
+                self._pins[i] = n
+            else:
+                self._pins.pop(i, None)
+        if not written:
+            return
+        size = self._layout.piece_size(piece)
+        self._dirty.update(pinned)
+        self._stats["write_calls"] += len(pinned)
+        self._stats["bytes_written"] += size
+        self._stats["pieces_committed"] += 1
+        if piece in self._cache:
+            self._drop(piece)
+
+    @property
+    def commits_in_flight(self) -> int:
+        return len(self._committing)
 
     def discard_piece(self, piece: int) -> None:
         """Drop a piece's buffer (hash failed, or the piece was given up); no-op if not buffered."""

@@ -138,6 +138,7 @@ class Torrent:
         self._piece_ips: dict[int, set[str]] = {}  # who sent blocks of each piece in progress
         self._check_queue: deque[int] = deque()
         self._check_inflight = 0
+        self._commits_inflight = 0
         self._generation = 0
         self._unchoked: set[int] = set()
         self._next_resume_at = now + config.resume_interval_s
@@ -203,6 +204,13 @@ class Torrent:
         if self.state is not TorrentState.ERROR:
             self.announcer.stop(now=now)
             self._poll_announcer(now)
+        if self._commits_inflight == 0:
+            self._finalize(now)
+        # else: the last commit result calls _finalize (the loop waits for the hasher to drain).
+
+    def _finalize(self, now: float) -> None:
+        if self.state is TorrentState.STOPPED:
+            return
         self.save_resume(now)
         self.storage.close()
         if self.state is not TorrentState.ERROR:
@@ -263,12 +271,32 @@ class Torrent:
                     self._enter_transfer(now)
                     self.save_resume(now)
             return
-        if res.generation != self._generation or self.state not in (TorrentState.DOWNLOADING,):
+        if kind != "piece":
             return
-        if res.ok:
-            self._piece_passed(res.piece, now)
+        # A verified piece's bytes were written by the worker (off the event loop); its result is
+        # handled even while stopping, so the final resume data includes it.
+        self._commits_inflight -= 1
+        i = res.piece
+        if res.ok and res.written:
+            self.storage.finish_commit(i, written=True)
+            if self.state is TorrentState.DOWNLOADING:
+                self._piece_passed(i, now)
+            elif self.state is not TorrentState.ERROR:
+                self._mark_have(i)
+                self.stats.downloaded += self.meta.piece_size(i)
+        elif res.ok:
+            self.storage.finish_commit(i, written=False)
+            self.storage.discard_piece(i)
+            self.picker.piece_failed(i)
+            self._fail(f"write failed: {res.error}")
         else:
-            self._piece_failed(res.piece, now)
+            self.storage.finish_commit(i, written=False)
+            if self.state is TorrentState.DOWNLOADING:
+                self._piece_failed(i, now)
+            else:
+                self.storage.discard_piece(i)
+        if self._stopping and self._commits_inflight == 0:
+            self._finalize(now)
 
     # ------------------------------------------------------------------ peers joining / leaving
 
@@ -512,6 +540,12 @@ class Torrent:
             return
         if done:
             self.picker.piece_hashing(block.index)
+            try:
+                writes = self.storage.prepare_commit(block.index)
+            except StorageError as e:
+                self._fail(str(e))
+                return
+            self._commits_inflight += 1
             self.session.hash(
                 HashJob(
                     piece=block.index,
@@ -520,18 +554,12 @@ class Torrent:
                     data=self.storage.piece_buffer(block.index),
                     spans=None,
                     tag=("piece", self.info_hash),
+                    writes=writes,
                 )
             )
         self._fill_requests(peer, now)
 
     def _piece_passed(self, index: int, now: float) -> None:
-        try:
-            self.storage.commit_piece(index)
-        except StorageError as e:
-            self.storage.discard_piece(index)
-            self.picker.piece_failed(index)
-            self._fail(f"write failed: {e}")
-            return
         self._mark_have(index)
         self.picker.piece_passed(index)
         self.stats.downloaded += self.meta.piece_size(index)
@@ -615,6 +643,11 @@ class Torrent:
             return
         if wire.am_choking and msg.index not in peer.allowed_fast_out:
             if wire.fast:
+                if not wire.can_send():
+                    # Each 17-byte request queues a 17-byte reject: a peer that floods requests while
+                    # choked and never reads would grow our outbox without bound (STYLE.md 7).
+                    self.session.close(peer.cid, CloseReason.PROTOCOL_VIOLATION, "request flood while choked")
+                    return
                 wire.reject(msg.index, msg.begin, msg.length)  # BEP 6: answer every request
                 self.session.mark_dirty(peer.cid)
             return

@@ -14,6 +14,22 @@ How peers find each other:
   call, so the other side must dial ``TransmissionPeer.port``.
 - aria2 has no option to add a peer; it learns peers from trackers only. ``Aria2Peer(peers=[...])``
   therefore points aria2 at a small in-process ``StaticTracker`` that answers with exactly those peers.
+
+Quirks seen with Debian 12 packages + pip libtorrent 2.1.1 (see also PROTOCOL.md section 7):
+- Transmission 3.00 unchoke waits for its 10 s rechoke timer: a new peer gets no data for up to ~10 s.
+- Transmission with encryption=0 closes an incoming encrypted handshake; libtorrent (out_enc="enabled")
+  then retries in plaintext about 1 s later. encryption=1 accepts RC4 at once.
+- Transmission does not check existing data when a torrent is added; seeding needs torrent-verify.
+- opentracker (Debian) serves whitelisted hashes only, chroots + drops to nobody when root, reloads the
+  whitelist on SIGHUP, and answers event=stopped before the whitelist check.
+- Trackers hand each client its own address; libtorrent dials it and drops it ("connected to ourselves").
+- libtorrent dials a connect_peer() address on its next tick (~0.5 s); it closes seed-to-seed links once
+  done, so use ``status()["seen_peers"]`` (history with peer ids) rather than ``peers`` after completion.
+- libtorrent 2.1 bindings: peer_info.client is bytes and peer_info.utp_socket is not exported.
+- aria2, Transmission (libcurl) and urllib honour *_proxy variables: children get an environment without
+  them, and the harness's own HTTP requests bypass proxies.
+- If the test process is SIGKILLed: lt_peer.py exits on stdin EOF and aria2 on --stop-with-process;
+  transmission-daemon and opentracker keep running (new session, so a terminal ^C does not reach them).
 """
 
 from __future__ import annotations
@@ -84,9 +100,17 @@ class _HasLog:
         raise NotImplementedError
 
 
+# Clients between start() and stop(): their log tails go into every wait_until failure message.
+_LIVE: list[_HasLog] = []
+
+
 def wait_until(pred: Callable[[], object], timeout_s: float, what: str,
                clients: Iterable[_HasLog] = ()) -> None:
-    """Poll ``pred`` until it is truthy; on timeout (or a client exiting) raise AssertionError with log tails."""
+    """Poll ``pred`` until it is truthy, at most ``timeout_s`` seconds.
+
+    Raises AssertionError when the deadline passes or one of ``clients`` exits; the message holds the log
+    tails of ``clients`` and of every other running harness client.
+    """
     watched = list(clients)
     deadline = time.monotonic() + timeout_s
     while True:
@@ -103,7 +127,9 @@ def wait_until(pred: Callable[[], object], timeout_s: float, what: str,
 
 
 def _tails(clients: Iterable[_HasLog]) -> str:
-    return "".join(f"----- {c.name} log tail -----\n{c.log_tail()}\n" for c in clients)
+    shown = list(clients)
+    shown += [c for c in _LIVE if c not in shown]
+    return "".join(f"----- {c.name} log tail -----\n{c.log_tail()}\n" for c in shown)
 
 
 # --------------------------------------------------------------------------------------------- ports
@@ -193,12 +219,18 @@ def make_torrent(path: Path, out: Path, trackers: Sequence[str] = (), piece_leng
     """A v1-only .torrent for a file or directory (libtorrent's creator; one tracker per tier)."""
     import libtorrent as lt
 
-    fs = lt.file_storage()
-    lt.add_files(fs, str(path))
-    if fs.num_files() == 0:
-        raise ValueError(f"no files under {path}")
     # v1_only: no v2 tree and no pad files, which Transmission 3.00 and aria2 would not understand.
-    ct = lt.create_torrent(fs, piece_length, flags=lt.create_torrent.v1_only)
+    if hasattr(lt, "list_files"):  # libtorrent >= 2.1
+        files = lt.list_files(str(path))
+        if len(files) == 0:
+            raise ValueError(f"no files under {path}")
+        ct = lt.create_torrent(files, piece_length, flags=lt.create_torrent.v1_only)
+    else:  # 2.0.x
+        fs = lt.file_storage()
+        lt.add_files(fs, str(path))
+        if fs.num_files() == 0:
+            raise ValueError(f"no files under {path}")
+        ct = lt.create_torrent(fs, piece_length, flags=lt.create_torrent.v1_only)
     for tier, url in enumerate(trackers):
         ct.add_tracker(url, tier)
     ct.set_creator("minibt test harness")
@@ -256,6 +288,7 @@ class Client(_HasLog):
     def start(self) -> None:
         if self._proc is not None:
             raise RuntimeError(f"{self.name} already started")
+        _LIVE.append(self)
         try:
             self._launch()
             self._wait_ready()
@@ -295,6 +328,8 @@ class Client(_HasLog):
                     proc.kill()
                 proc.wait(timeout=10)
         self._after_stop()
+        if self in _LIVE:
+            _LIVE.remove(self)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

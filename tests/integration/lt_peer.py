@@ -96,13 +96,15 @@ def session_settings(ns: argparse.Namespace) -> dict[str, Any]:
 
 def make_session(ns: argparse.Namespace) -> Any:
     settings = session_settings(ns)
+    # The bundled stubs type settings as settings_pack; the bindings accept a plain dict with flags.
+    new_session: Any = lt.session
     if ns.no_pex:
         # PROTOCOL.md 7.5: the disable_pex torrent flag does not remove ut_pex; leave the plugin out.
-        ses = lt.session(settings, flags=0)
+        ses = new_session(settings, flags=0)
         ses.add_extension("ut_metadata")
         ses.add_extension("smart_ban")
     else:
-        ses = lt.session(settings, flags=lt.session_flags_t.add_default_plugins)
+        ses = new_session(settings, flags=lt.session_flags_t.add_default_plugins)
     return ses
 
 
@@ -156,7 +158,7 @@ class SeenPeers:
     that starts and ends between two status lines is still recorded with its peer id.
     """
 
-    KEYS = ("client", "peer_id", "utp", "rc4", "outgoing", "total_download", "total_upload")
+    KEYS = ("client", "peer_id", "utp", "rc4", "outgoing", "sources", "total_download", "total_upload")
 
     def __init__(self) -> None:
         self.by_addr: dict[str, dict[str, Any]] = {}

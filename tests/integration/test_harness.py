@@ -92,6 +92,8 @@ def test_libtorrent_seeds_to_libtorrent_through_opentracker_udp(tmp_path: Path) 
                 assert seeder.port != leecher.port
                 assert_same_tree(tmp_path / "seed" / t.name, tmp_path / "leech" / t.name)
                 assert leecher.status()["total_payload_download"] >= t.total_size
+                # No peers were given: the leecher can only have learnt the seeder's port from the tracker.
+                assert any(p["port"] == seeder.port for p in leecher.status()["seen_peers"])
     assert time.monotonic() - t0 < 60
 
 
@@ -107,7 +109,7 @@ def test_transmission_seeds_to_libtorrent_by_direct_connect(tmp_path: Path) -> N
             leecher.wait_complete(timeout_s=TEST_DEADLINE_S)
             assert_loopback_only(seeder, leecher)
             assert_same_tree(tmp_path / "seed" / t.name, tmp_path / "leech" / t.name)
-            assert any(pid.startswith("-TR3000-") for pid in seen_peer_ids(leecher, seeder.port))
+            assert any(pid.startswith("-TR") for pid in seen_peer_ids(leecher, seeder.port))
     assert time.monotonic() - t0 < 60
 
 
@@ -122,7 +124,7 @@ def test_aria2_seeds_to_libtorrent_by_direct_connect(tmp_path: Path) -> None:
             leecher.wait_complete(timeout_s=TEST_DEADLINE_S)
             assert_loopback_only(seeder, leecher)
             assert_same_tree(tmp_path / "seed" / t.name, tmp_path / "leech" / t.name)
-            assert any(pid.startswith("A2-1-36-") for pid in seen_peer_ids(leecher, seeder.port))
+            assert any(pid.startswith("A2-") for pid in seen_peer_ids(leecher, seeder.port))
     assert time.monotonic() - t0 < 60
 
 
