@@ -100,6 +100,8 @@ class Session:
         self._next_cid = 1
         self._wall = wall_clock or (lambda: 0.0)
         self._local_ips: set[str] = {"127.0.0.1", "::1"}
+        self.banned: set[str] = set()  # IPs banned for the rest of the session (any torrent)
+        self._now = 0.0  # the latest `now` any input brought (for teardown started by a command)
         self.closed_log: list[tuple[int, Addr, CloseReason, str]] = []  # bounded, newest last
 
     # ------------------------------------------------------------------ setup
@@ -119,6 +121,7 @@ class Session:
     def add_torrent(
         self, meta: Metainfo, download_dir: str, *, mode: str, resume_path: str | None, now: float
     ) -> Torrent:
+        self._now = now
         if meta.info_hash in self.torrents:
             raise ValueError(f"torrent {meta.info_hash.hex()} already added")
         t = Torrent(
@@ -139,6 +142,7 @@ class Session:
         self.torrents[info_hash].add_candidates(addrs, source, now=now)
 
     def stop(self, *, now: float) -> None:
+        self._now = now
         for t in self.torrents.values():
             t.stop(now=now)
 
@@ -180,9 +184,9 @@ class Session:
             return
         conn.closing = True
         self._actions.append(Close(cid, reason, detail))
-        self._teardown(conn, reason, detail, now=None)
+        self._teardown(conn, reason, detail, now=self._now)
 
-    def _teardown(self, conn: PeerConnection, reason: CloseReason, detail: str, *, now: float | None) -> None:
+    def _teardown(self, conn: PeerConnection, reason: CloseReason, detail: str, *, now: float) -> None:
         self.conns.pop(conn.cid, None)
         self._dirty.discard(conn.cid)
         t = self._torrent_of.pop(conn.cid, None)
@@ -191,10 +195,9 @@ class Session:
         if len(self.closed_log) > 200:
             del self.closed_log[:100]
         if t is not None:
-            t_now = now if now is not None else conn.connected_at
             if conn.wire is None and conn.outgoing:
-                t.peer_connect_failed(conn.addr, now=t_now)
-            t.peer_closed(conn, now=t_now)
+                t.peer_connect_failed(conn.addr, now=now)
+            t.peer_closed(conn, now=now)
 
     def _new_cid(self) -> int:
         cid = self._next_cid
@@ -213,11 +216,11 @@ class Session:
 
     def on_incoming(self, addr: Addr, *, now: float) -> int | None:
         """A connection was accepted; returns its cid, or None to refuse it."""
+        self._now = now
         if len(self.conns) >= self.config.max_connections:
             return None
-        for t in self.torrents.values():
-            if addr[0] in t.banned and len(self.torrents) == 1:
-                return None
+        if addr[0] in self.banned:
+            return None  # refused at accept: a banned IP gets no handshake at all
         cid = self._new_cid()
         hs = Handshake(
             peer_id=self.peer_id,
@@ -233,6 +236,7 @@ class Session:
 
     def on_connected(self, cid: int, *, now: float) -> None:
         """An outgoing TCP connect finished: send our handshake."""
+        self._now = now
         conn = self.conns.get(cid)
         if conn is None or conn.handshake is None:
             return
@@ -242,6 +246,7 @@ class Session:
 
     def on_closed(self, cid: int, reason: CloseReason, detail: str, *, now: float) -> None:
         """The loop saw the connection end (EOF, error, failed connect)."""
+        self._now = now
         conn = self.conns.get(cid)
         if conn is None:
             return
@@ -249,6 +254,7 @@ class Session:
         self._teardown(conn, reason, detail, now=now)
 
     def on_data(self, cid: int, data: bytes | memoryview, *, now: float) -> None:
+        self._now = now
         conn = self.conns.get(cid)
         if conn is None or conn.closing:
             return
@@ -339,6 +345,7 @@ class Session:
 
     def on_writable(self, cid: int, *, now: float) -> None:
         """The socket drained: let the torrent serve more queued requests."""
+        self._now = now
         conn = self.conns.get(cid)
         if conn is None or conn.wire is None:
             return
@@ -347,6 +354,7 @@ class Session:
             t.serve(conn, now)
 
     def data_to_send(self, cid: int, limit: int, *, now: float) -> bytes:
+        self._now = now
         conn = self.conns.get(cid)
         if conn is None:
             return b""
@@ -360,15 +368,8 @@ class Session:
         rest = conn.wire.data_to_send(max(0, limit - len(out)), now=now)
         return out + rest if out else rest
 
-    def has_output(self, cid: int) -> bool:
-        conn = self.conns.get(cid)
-        if conn is None:
-            return False
-        if conn.handshake is not None:
-            return False
-        return bool(conn.pending_handshake_bytes) or (conn.wire is not None and conn.wire.wants_write)
-
     def on_hash_result(self, res: HashResult, *, now: float) -> None:
+        self._now = now
         tag = res.tag
         if isinstance(tag, tuple) and len(tag) == 2:
             t = self.torrents.get(tag[1])
@@ -384,12 +385,14 @@ class Session:
         *,
         now: float,
     ) -> None:
+        self._now = now
         t = self.torrents.get(info_hash)
         if t is not None:
             t.on_announce_result(job, result, error, now=now)
 
     def tick(self, *, now: float) -> None:
         """Timers: handshake/wire deadlines, then every torrent's tick."""
+        self._now = now
         for conn in list(self.conns.values()):
             if conn.closing:
                 continue

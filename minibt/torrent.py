@@ -380,7 +380,7 @@ class Torrent:
         for addr, cand in list(self.candidates.items()):
             if want <= 0 or len(self.half_open) >= self.config.max_half_open:
                 break
-            if addr in connected or cand.retry_at > now or addr[0] in self.banned:
+            if addr in connected or cand.retry_at > now or addr[0] in self.session.banned:
                 continue
             if seeding and cand.source is PeerSource.TRACKER and cand.fails > 0:
                 continue
@@ -614,6 +614,7 @@ class Torrent:
             return
         log.warning("%s: banning %s: %s", self.meta.name, ip, why)
         self.banned.add(ip)
+        self.session.banned.add(ip)
         for addr in [a for a in self.candidates if a[0] == ip]:
             del self.candidates[addr]
         for peer in list(self.peers.values()):

@@ -1,0 +1,136 @@
+"""CLI commands that need no network: create, info, verify, and the progress display."""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import pytest
+
+from minibt.cli import Progress, human_bytes, human_duration, main, parse_peer
+from minibt.metainfo import load_metainfo
+
+
+def make_tree(root: Path) -> Path:
+    rng = random.Random(5)
+    d = root / "payload"
+    (d / "sub").mkdir(parents=True)
+    (d / "a.bin").write_bytes(rng.randbytes(100_000))
+    (d / "sub" / "b.bin").write_bytes(rng.randbytes(70_001))
+    return d
+
+
+def test_create_then_info_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = make_tree(tmp_path)
+    out = tmp_path / "t.torrent"
+    rc = main(["create", str(d), "-o", str(out), "--tracker", "http://127.0.0.1:1/announce",
+               "--tracker", "udp://127.0.0.1:2", "--piece-size", "16KiB", "--private", "--comment", "hi"])
+    assert rc == 0
+    meta = load_metainfo(str(out))
+    assert meta.piece_length == 16384
+    assert meta.private
+    assert meta.announce_tiers == (("http://127.0.0.1:1/announce",), ("udp://127.0.0.1:2",))
+    assert [f.path for f in meta.files] == [("a.bin",), ("sub", "b.bin")]
+    assert meta.creation_date is not None and meta.creation_date > 1_600_000_000
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert meta.info_hash.hex() in text
+    assert "sub/b.bin" in text or "sub" in text
+
+
+def test_create_rejects_bad_piece_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = make_tree(tmp_path)
+    rc = main(["create", str(d), "-o", str(tmp_path / "t.torrent"), "--piece-size", "20000"])
+    assert rc == 2
+    assert capsys.readouterr().err.startswith("minibt: ")
+    assert not (tmp_path / "t.torrent").exists()
+
+
+def test_verify_good_then_corrupt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = make_tree(tmp_path)
+    out = tmp_path / "t.torrent"
+    assert main(["create", str(d), "-o", str(out), "--piece-size", "16KiB"]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(out), "--dir", str(tmp_path)]) == 0
+    assert "11/11 pieces OK" in capsys.readouterr().out
+    # Flip one byte in the second file: piece (100000 + 5) // 16384 = 6 must fail, nothing else.
+    b = d / "sub" / "b.bin"
+    data = bytearray(b.read_bytes())
+    data[5] ^= 0xFF
+    b.write_bytes(bytes(data))
+    assert main(["verify", str(out), "--dir", str(tmp_path)]) == 1
+    text = capsys.readouterr().out
+    assert "10/11 pieces OK" in text
+    assert "bad pieces: 6" in text
+
+
+def test_verify_missing_data_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = make_tree(tmp_path)
+    out = tmp_path / "t.torrent"
+    assert main(["create", str(d), "-o", str(out)]) == 0
+    (d / "a.bin").unlink()
+    capsys.readouterr()
+    assert main(["verify", str(out), "--dir", str(tmp_path)]) == 1
+
+
+def test_parse_peer() -> None:
+    assert parse_peer("127.0.0.1:6881") == ("127.0.0.1", 6881)
+    assert parse_peer("[::1]:51413") == ("::1", 51413)
+    import argparse
+
+    for bad in ("127.0.0.1", "127.0.0.1:0", "127.0.0.1:70000", ":80", "h:x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_peer(bad)
+
+
+def test_human_units() -> None:
+    assert human_bytes(512) == "512 B"
+    assert human_bytes(1536) == "1.5 KiB"
+    assert human_bytes(3 * 2**30) == "3.0 GiB"
+    assert human_duration(3661) == "01:01:01"
+    assert human_duration(float("inf")) == "--:--:--"
+
+
+class _FakeTorrent:
+    class meta:  # noqa: N801 - mimics Torrent.meta
+        name = "demo"
+
+    def __init__(self) -> None:
+        self.st = {"progress": 0.5, "rate_down": 1024.0 * 1024, "rate_up": 0.0, "bytes_left": 10 * 2**20,
+                   "state": "downloading", "peers": 3, "checked": 0, "num_pieces": 10}
+
+    def status(self, now: float) -> dict[str, object]:
+        return self.st
+
+
+class _Out(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self._tty = tty
+
+    def isatty(self) -> bool:
+        return self._tty
+
+
+def test_progress_bar_on_terminal() -> None:
+    out = _Out(tty=True)
+    p = Progress(_FakeTorrent(), out)  # type: ignore[arg-type]
+    p(0.0)
+    p(0.1)  # too soon: nothing new
+    text = out.getvalue()
+    assert text.count("\r") == 1
+    assert "[##########----------]" in text
+    assert "50.0%" in text and "1.0 MiB/s" in text and "peers 3" in text and "ETA 00:00:10" in text
+
+
+def test_progress_plain_lines_when_not_a_terminal() -> None:
+    out = _Out(tty=False)
+    p = Progress(_FakeTorrent(), out)  # type: ignore[arg-type]
+    p(0.0)
+    p(5.0)  # within the 10 s interval
+    p(10.0)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert all(line.startswith("demo: downloading") and "\r" not in line for line in lines)
