@@ -333,9 +333,10 @@ class PiecePicker:
         out: list[Block] = []
         if st is None or count <= 0:
             return out
-        # (1a) pieces this peer is already working on
+        # (1a) pieces this peer is already working on; a later bitfield / Have None may have
+        # taken the piece away while its requests stay outstanding, so check it still has it
         for p in list(st.pieces):
-            if p in self._open and (allowed is None or p in allowed):
+            if p in self._open and (allowed is None or p in allowed) and (st.seed or st.bits[p]):
                 self._take_free(peer, st, p, count - len(out), out)
                 if len(out) >= count:
                     return out

@@ -16,8 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from minibt.errors import CloseReason, RemoteProtocolError
-from minibt.handshake import HandshakeReceived, InfoHashReceived, make_reserved, supports_extension, supports_fast
-from minibt.handshake import Handshake
+from minibt.handshake import (
+    Handshake,
+    HandshakeReceived,
+    InfoHashReceived,
+    make_reserved,
+    supports_extension,
+    supports_fast,
+)
 from minibt.hasher import HashJob, HashResult
 from minibt.metainfo import Metainfo
 from minibt.peer import Addr, PeerConnection, PeerSource

@@ -30,7 +30,7 @@ from minibt.metainfo import Metainfo
 from minibt.peer import Addr, IncomingRequest, PeerConnection, PeerSource
 from minibt.picker import Block, PiecePicker
 from minibt.storage import ResumeData, Storage, load_resume, save_resume
-from minibt.tracker import AnnounceJob, AnnounceParams, AnnounceResult, Announcer
+from minibt.tracker import AnnounceJob, AnnounceParams, Announcer, AnnounceResult
 
 if TYPE_CHECKING:
     from minibt.session import Session
@@ -42,6 +42,9 @@ ALLOWED_FAST_K = 10  # BEP 6 default set size
 SNUB_TIMEOUT_S = 30.0  # no block for this long with requests out => snubbed, requests re-issued
 IDLE_TIMEOUT_S = 180.0  # neither interested nor interesting for 3 minutes => disconnect
 CORRUPT_PENALTY = 20  # reputation points per failed piece (issue 3's rule: start 100, cut at <= 50)
+USER_RETRY_S = 2.0
+PEER_RETRY_S = 30.0
+MAX_RETRY_S = 1800.0
 REPUTATION_START = 100
 REPUTATION_CUT = 50
 
@@ -354,8 +357,11 @@ class Torrent:
         cand = self.candidates.get(addr)
         if cand is not None:
             cand.fails += 1
-            cand.retry_at = now + min(30.0 * 2 ** cand.fails, 1800.0)
-            if cand.fails >= 5:
+            # Peers the user named are retried soon and never forgotten (the other side may still be
+            # starting or hash-checking); others back off from 30 s and are dropped after 5 failures.
+            base = USER_RETRY_S if cand.source is PeerSource.USER else PEER_RETRY_S
+            cand.retry_at = now + min(base * 2 ** (cand.fails - 1), MAX_RETRY_S)
+            if cand.fails >= 5 and cand.source is not PeerSource.USER:
                 del self.candidates[addr]
 
     def add_candidates(self, addrs: list[Addr], source: PeerSource, *, now: float) -> None:
@@ -597,8 +603,8 @@ class Torrent:
             rep.score -= CORRUPT_PENALTY
             if len(ips) == 1:
                 rep.sole_bad += 1
-            if rep.score <= REPUTATION_CUT or rep.sole_bad >= 1:
-                self.ban(ip, f"sent corrupt data (piece {index})")
+            if rep.score <= REPUTATION_CUT:
+                self.ban(ip, f"sent corrupt data (piece {index}; {rep.pieces_bad} bad pieces)")
         for peer in list(self.peers.values()):
             if peer.wire is not None and not peer.wire.peer_choking:
                 self._fill_requests(peer, now)

@@ -172,7 +172,7 @@ def main() -> int:
         peer = f"127.0.0.1:{port}"
         print(f"libtorrent seeder pid {seeder.pid} on {peer}; payload {args.size_mib} MiB, "
               f"{args.piece_kib} KiB pieces", flush=True)
-        for run in range(args.runs):
+        for _run in range(args.runs):
             for name in ("minibt", "libtorrent"):
                 dest = os.path.join(work, f"leech-{name}")
                 shutil.rmtree(dest, ignore_errors=True)

@@ -70,7 +70,10 @@ Maker = Callable[[Path], None]
 
 
 def _bytes(data: bytes) -> Maker:
-    return lambda p: p.write_bytes(data)
+    def make(p: Path) -> None:
+        p.write_bytes(data)
+
+    return make
 
 
 def _sparse(size: int) -> Maker:

@@ -1,0 +1,756 @@
+"""An in-memory network that drives several pure :class:`minibt.session.Session` objects.
+
+No sockets, no threads, no wall clock: a :class:`SimNet` owns a FakeClock and an event heap and
+plays the part of ``minibt.loop.EventLoop`` for every endpoint (STYLE.md section 9, P5/P6/P10):
+
+* ``Dial`` -> after one link latency the dialled endpoint gets ``on_incoming`` and the dialler
+  ``on_connected`` (``CONNECT_FAILED`` when nobody listens on the address);
+* outgoing bytes are pulled with ``data_to_send`` while the connection's send window has room,
+  split into random chunk sizes and delivered after ``len/rate + latency``; a full window is
+  backpressure (``on_writable`` once it drains, like the loop after a socket flush);
+* received bytes are handed over as a memoryview of a reused receive buffer that is poisoned
+  right after the call, as the real loop reuses its ``recv_into`` buffer;
+* ``Close`` -> the other side sees ``CLOSED_BY_REMOTE`` after the data already in flight;
+* ``HashPiece`` -> a synchronous :class:`minibt.hasher.InlineHasher`, result delivered as the next
+  event (P10); ``Announce`` -> an optional in-memory tracker that returns every other peer;
+* the clock jumps to the next delivery or tick; every endpoint is ticked every ``TICK_S``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from helpers import FakeClock
+
+from minibt.errors import CloseReason, RemoteProtocolError
+from minibt.handshake import Handshake, HandshakeReceived, InfoHashReceived, make_reserved, supports_fast
+from minibt.hasher import HashJob, HashResult, InlineHasher
+from minibt.metainfo import Metainfo, create_torrent, parse_metainfo
+from minibt.peer import Addr, PeerConnection, PeerSource
+from minibt.session import Action, Announce, Close, Dial, HashPiece, Session, SessionConfig
+from minibt.torrent import Torrent, TorrentConfig
+from minibt.tracker import AnnounceJob, AnnounceResult
+from minibt.wire import Cancel, Interested, PeerWire, Request
+
+KiB = 1024
+MiB = 1024 * 1024
+TICK_S = 0.25  # minibt.loop.TICK_S: the loop ticks the session at least this often
+RECV_BUF = 256 * KiB  # minibt.loop.RECV_BUF
+SIM_TRACKER = "http://tracker.sim/announce"
+_POISON = b"\xee" * RECV_BUF
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """What one endpoint's side of every connection looks like."""
+
+    up_Bps: float = 8 * MiB  # bytes/s this endpoint sends on each connection
+    latency_s: float = 0.002  # one-way delay of what it sends
+    window: int = 256 * KiB  # bytes in flight per connection and direction (socket buffers)
+    chunk: tuple[int, int] | None = (256, 40 * KiB)  # random delivery split sizes; None: as pulled
+
+
+# ---------------------------------------------------------------------- endpoints
+
+
+class Endpoint:
+    """The loop-facing surface of a Session; subclasses are real sessions or scripted peers."""
+
+    def __init__(self, name: str, addr: Addr, link: LinkSpec) -> None:
+        self.name = name
+        self.addr = addr
+        self.link = link
+        self.dead = False
+
+    @property
+    def ip(self) -> str:
+        return self.addr[0]
+
+    def on_incoming(self, addr: Addr, *, now: float) -> int | None:
+        raise NotImplementedError
+
+    def on_connected(self, cid: int, *, now: float) -> None:
+        raise NotImplementedError
+
+    def on_data(self, cid: int, data: memoryview, *, now: float) -> None:
+        raise NotImplementedError
+
+    def on_closed(self, cid: int, reason: CloseReason, detail: str, *, now: float) -> None:
+        raise NotImplementedError
+
+    def on_writable(self, cid: int, *, now: float) -> None:
+        pass
+
+    def data_to_send(self, cid: int, limit: int, *, now: float) -> bytes:
+        raise NotImplementedError
+
+    def take_actions(self) -> list[Action]:
+        return []
+
+    def take_dirty(self) -> set[int]:
+        return set()
+
+    def tick(self, *, now: float) -> None:
+        pass
+
+    def on_hash_result(self, res: HashResult, *, now: float) -> None:
+        pass
+
+    def on_announce_result(self, info_hash: bytes, job: AnnounceJob, result: AnnounceResult, *, now: float) -> None:
+        pass
+
+    def hash(self, job: HashJob) -> list[HashResult]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.addr[0]}:{self.addr[1]}>"
+
+
+class SimPeer(Endpoint):
+    """A real minibt Session on the simulated network."""
+
+    def __init__(
+        self,
+        name: str,
+        addr: Addr,
+        link: LinkSpec,
+        *,
+        rng: random.Random,
+        clock: FakeClock,
+        config: SessionConfig,
+        fast: bool = True,
+        extension: bool = True,
+    ) -> None:
+        super().__init__(name, addr, link)
+        self.session = Session(rng=rng, config=config, wall_clock=clock.wall)
+        self.session.set_listen(addr[0], addr[1])
+        self.session.reserved = make_reserved(fast=fast, extension=extension)
+        self.hasher = InlineHasher()
+        self.seen: dict[int, PeerConnection] = {}  # every connection it ever had, for wire stats
+
+    @property
+    def torrent(self) -> Torrent:
+        """The (single) torrent of this session."""
+        (t,) = self.session.torrents.values()
+        return t
+
+    def _remember(self, cid: int) -> None:
+        conn = self.session.conns.get(cid)
+        if conn is not None:
+            self.seen[cid] = conn
+
+    def on_incoming(self, addr: Addr, *, now: float) -> int | None:
+        cid = self.session.on_incoming(addr, now=now)
+        if cid is not None:
+            self._remember(cid)
+        return cid
+
+    def on_connected(self, cid: int, *, now: float) -> None:
+        self.session.on_connected(cid, now=now)
+
+    def on_data(self, cid: int, data: memoryview, *, now: float) -> None:
+        self.session.on_data(cid, data, now=now)
+
+    def on_closed(self, cid: int, reason: CloseReason, detail: str, *, now: float) -> None:
+        self.session.on_closed(cid, reason, detail, now=now)
+
+    def on_writable(self, cid: int, *, now: float) -> None:
+        self.session.on_writable(cid, now=now)
+
+    def data_to_send(self, cid: int, limit: int, *, now: float) -> bytes:
+        return self.session.data_to_send(cid, limit, now=now)
+
+    def take_actions(self) -> list[Action]:
+        acts = self.session.take_actions()
+        for a in acts:
+            if isinstance(a, Dial):
+                self._remember(a.cid)
+        return acts
+
+    def take_dirty(self) -> set[int]:
+        return self.session.take_dirty()
+
+    def tick(self, *, now: float) -> None:
+        self.session.tick(now=now)
+
+    def on_hash_result(self, res: HashResult, *, now: float) -> None:
+        self.session.on_hash_result(res, now=now)
+
+    def on_announce_result(self, info_hash: bytes, job: AnnounceJob, result: AnnounceResult, *, now: float) -> None:
+        self.session.on_announce_result(info_hash, job, result, None, now=now)
+
+    def hash(self, job: HashJob) -> list[HashResult]:
+        self.hasher.submit(job)
+        return [r for r in self.hasher.results() if isinstance(r, HashResult)]
+
+    # ------------------------------------------------------------------ observations
+
+    def wire_stats(self) -> dict[str, int]:
+        """Wire counters summed over every connection this session ever had."""
+        total: dict[str, int] = {}
+        for conn in self.seen.values():
+            if conn.wire is None:
+                continue
+            for k, v in conn.wire.stats().items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    def wire_stats_with(self, ip: str) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for conn in self.seen.values():
+            if conn.wire is None or conn.ip != ip:
+                continue
+            for k, v in conn.wire.stats().items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    def conn_to(self, ip: str) -> PeerConnection | None:
+        """The live, handshaken connection with the peer at ``ip``, if any."""
+        for conn in self.session.conns.values():
+            if conn.ip == ip and conn.wire is not None:
+                return conn
+        return None
+
+    def close_reasons(self) -> list[tuple[str, CloseReason]]:
+        return [(addr[0], reason) for _, addr, reason, _ in self.session.closed_log]
+
+
+class RawPeer(Endpoint):
+    """A scripted remote built from minibt's own Handshake/PeerWire machines, without a Session.
+
+    ``mode="silent"``: accepts or makes connections and never sends a byte.
+    ``mode="snub"``: completes the handshake, announces every piece, unchokes, accepts requests
+    and never answers them (a snubbing peer).
+    """
+
+    def __init__(self, name: str, addr: Addr, link: LinkSpec, meta: Metainfo, *, mode: str, peer_id: bytes) -> None:
+        super().__init__(name, addr, link)
+        if mode not in ("silent", "snub"):
+            raise ValueError(mode)
+        self.meta = meta
+        self.mode = mode
+        self.peer_id = peer_id
+        self.reserved = make_reserved(fast=True, extension=False)
+        self._next_cid = 1
+        self._hs: dict[int, Handshake] = {}
+        self._wire: dict[int, PeerWire] = {}
+        self._out: dict[int, bytearray] = {}
+        self._actions: list[Action] = []
+        self._dirty: set[int] = set()
+        self.open: set[int] = set()
+        self.bytes_in = 0
+        self.requests: list[Request] = []
+        self.cancels: list[Cancel] = []
+        self.interested = 0
+        self.closed: list[tuple[int, CloseReason]] = []
+
+    def dial(self, addr: Addr, *, now: float) -> int:
+        cid = self._new(now, info_hash=self.meta.info_hash)
+        self._actions.append(Dial(cid, addr))
+        return cid
+
+    def _new(self, now: float, info_hash: bytes | None) -> int:
+        cid = self._next_cid
+        self._next_cid += 1
+        self.open.add(cid)
+        self._out[cid] = bytearray()
+        if self.mode != "silent":
+            self._hs[cid] = Handshake(peer_id=self.peer_id, reserved=self.reserved, info_hash=info_hash, now=now)
+        return cid
+
+    def on_incoming(self, addr: Addr, *, now: float) -> int | None:
+        return self._new(now, info_hash=None)
+
+    def on_connected(self, cid: int, *, now: float) -> None:
+        hs = self._hs.get(cid)
+        if hs is not None:
+            hs.start()
+            self._out[cid] += hs.data_to_send()
+            self._dirty.add(cid)
+
+    def on_data(self, cid: int, data: memoryview, *, now: float) -> None:
+        if cid not in self.open:
+            return
+        self.bytes_in += len(data)
+        if self.mode == "silent":
+            return
+        try:
+            self._receive(cid, bytes(data), now)
+        except RemoteProtocolError as e:
+            self._close(cid, e.reason, e.detail)
+
+    def _receive(self, cid: int, data: bytes, now: float) -> None:
+        hs = self._hs.get(cid)
+        if hs is not None:
+            for ev in hs.receive_data(data, now=now):
+                if isinstance(ev, InfoHashReceived) and not hs.outgoing:
+                    if ev.info_hash != self.meta.info_hash:
+                        self._close(cid, CloseReason.UNKNOWN_INFO_HASH, "not ours")
+                        return
+                    hs.accept(ev.info_hash)
+                elif isinstance(ev, HandshakeReceived):
+                    self._out[cid] += hs.data_to_send()
+                    wire = PeerWire(
+                        num_pieces=self.meta.num_pieces,
+                        piece_length=self.meta.piece_length,
+                        total_length=self.meta.total_length,
+                        fast=supports_fast(ev.reserved),
+                        extension=False,
+                        now=now,
+                    )
+                    self._wire[cid] = wire
+                    if wire.fast:
+                        wire.send_have_all()
+                    else:
+                        wire.send_bitfield(_all_bits(self.meta.num_pieces))
+                    wire.unchoke()
+                    data = hs.leftover()
+                    del self._hs[cid]
+                    break
+            else:
+                self._out[cid] += hs.data_to_send()
+                self._dirty.add(cid)
+                return
+        self._dirty.add(cid)
+        wire = self._wire[cid]
+        for msg in wire.receive_data(data, now=now):
+            if isinstance(msg, Request):
+                self.requests.append(msg)  # and never answered: snubbing
+            elif isinstance(msg, Cancel):
+                self.cancels.append(msg)
+            elif isinstance(msg, Interested):
+                self.interested += 1
+
+    def _close(self, cid: int, reason: CloseReason, detail: str) -> None:
+        if cid in self.open:
+            self.open.discard(cid)
+            self.closed.append((cid, reason))
+            self._actions.append(Close(cid, reason, detail))
+
+    def on_closed(self, cid: int, reason: CloseReason, detail: str, *, now: float) -> None:
+        if cid in self.open:
+            self.open.discard(cid)
+            self.closed.append((cid, reason))
+
+    def data_to_send(self, cid: int, limit: int, *, now: float) -> bytes:
+        if cid not in self.open:
+            return b""
+        out = self._out[cid]
+        wire = self._wire.get(cid)
+        if wire is not None:
+            out += wire.data_to_send(max(0, limit - len(out)), now=now)
+        data = bytes(out[:limit])
+        del out[:limit]
+        return data
+
+    def take_actions(self) -> list[Action]:
+        acts, self._actions = self._actions, []
+        return acts
+
+    def take_dirty(self) -> set[int]:
+        d, self._dirty = self._dirty, set()
+        return d
+
+
+def _all_bits(n: int) -> bytes:
+    bits = bytearray(b"\xff" * ((n + 7) // 8))
+    spare = len(bits) * 8 - n
+    if spare:
+        bits[-1] &= (0xFF << spare) & 0xFF
+    return bytes(bits)
+
+
+# ---------------------------------------------------------------------- the network
+
+
+@dataclass(eq=False)
+class _End:
+    """One side of a simulated TCP connection, and the pipe of what it sends."""
+
+    ep: Endpoint
+    cid: int
+    peer: _End | None = None
+    closed: bool = False  # this side's connection is gone (closed locally, reset, or EOF seen)
+    free_at: float = 0.0  # when the pipe finishes serialising what is queued
+    inflight: int = 0  # bytes sent and not yet delivered
+    blocked: bool = False  # the window filled up: flush + on_writable once it drains
+    sent: int = 0
+
+
+@dataclass
+class SimTracker:
+    """In-memory tracker: every announce returns the other peers of the swarm."""
+
+    swarms: dict[bytes, dict[Addr, int]] = field(default_factory=dict)
+    announces: list[tuple[Addr, str]] = field(default_factory=list)
+
+    def announce(self, addr: Addr, info_hash: bytes, event: str, left: int) -> AnnounceResult:
+        self.announces.append((addr, event))
+        swarm = self.swarms.setdefault(info_hash, {})
+        if event == "stopped":
+            swarm.pop(addr, None)
+            peers: tuple[Addr, ...] = ()
+        else:
+            swarm[addr] = left
+            peers = tuple(a for a in swarm if a != addr)
+        seeds = sum(1 for v in swarm.values() if v == 0)
+        return AnnounceResult(1800, None, peers, complete=seeds, incomplete=len(swarm) - seeds)
+
+
+class SimNet:
+    """Drives endpoints with simulated links and time; see the module docstring."""
+
+    def __init__(
+        self,
+        clock: FakeClock,
+        rng: random.Random,
+        *,
+        link: LinkSpec | None = None,
+        tracker: bool = True,
+        hash_delay_s: float = 0.0,
+    ) -> None:
+        self.clock = clock
+        self.rng = rng
+        self.link = link or LinkSpec()
+        self.tracker = SimTracker() if tracker else None
+        self.hash_delay_s = hash_delay_s
+        self.endpoints: list[Endpoint] = []
+        self._listeners: dict[Addr, Endpoint] = {}
+        self._ends: dict[tuple[int, int], _End] = {}
+        self._heap: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
+        self._seq = itertools.count()
+        self._next_tick = clock.now()
+        self._ports = itertools.count(40000)
+        self._rbuf = bytearray(RECV_BUF)
+        self._rview = memoryview(self._rbuf)
+        self.checks: list[Callable[[], None]] = []  # invariants run after every event and tick
+        self.log: list[tuple[float, str, int, str, str]] = []  # (t, endpoint, cid, what, detail)
+        self.counters = {"events": 0, "deliveries": 0, "bytes": 0, "ticks": 0, "dials": 0, "refused": 0}
+
+    @property
+    def now(self) -> float:
+        return self.clock.now()
+
+    # ------------------------------------------------------------------ building the swarm
+
+    def add_peer(
+        self,
+        name: str,
+        ip: str,
+        port: int = 6881,
+        *,
+        link: LinkSpec | None = None,
+        config: SessionConfig | None = None,
+        fast: bool = True,
+        extension: bool = True,
+    ) -> SimPeer:
+        cfg = config or SessionConfig(torrent=TorrentConfig(fsync=False))
+        ep = SimPeer(
+            name,
+            (ip, port),
+            link or self.link,
+            rng=random.Random(self.rng.getrandbits(64)),
+            clock=self.clock,
+            config=cfg,
+            fast=fast,
+            extension=extension,
+        )
+        self._register(ep)
+        return ep
+
+    def add_raw(self, name: str, ip: str, meta: Metainfo, *, mode: str, port: int = 6881,
+                link: LinkSpec | None = None) -> RawPeer:
+        peer_id = b"-RAW001-" + bytes(self.rng.getrandbits(8) for _ in range(12))
+        ep = RawPeer(name, (ip, port), link or self.link, meta, mode=mode, peer_id=peer_id)
+        self._register(ep)
+        return ep
+
+    def _register(self, ep: Endpoint) -> None:
+        if ep.addr in self._listeners:
+            raise ValueError(f"address {ep.addr} already in use")
+        self.endpoints.append(ep)
+        self._listeners[ep.addr] = ep
+
+    def add_torrent(
+        self, peer: SimPeer, meta: Metainfo, download_dir: Path, *, mode: str, resume_path: Path | None = None
+    ) -> Torrent:
+        t = peer.session.add_torrent(
+            meta, str(download_dir), mode=mode, resume_path=None if resume_path is None else str(resume_path),
+            now=self.now,
+        )
+        self._settle(peer)
+        return t
+
+    def add_peers(self, peer: SimPeer, addrs: Iterable[Addr]) -> None:
+        peer.session.add_peers(peer.torrent.info_hash, list(addrs), PeerSource.USER, now=self.now)
+        self._settle(peer)
+
+    def dial(self, raw: RawPeer, addr: Addr) -> int:
+        cid = raw.dial(addr, now=self.now)
+        self._settle(raw)
+        return cid
+
+    def stop(self, ep: SimPeer) -> None:
+        """Graceful shutdown: Session.stop (closes peers, announces, saves resume), then leave."""
+        ep.session.stop(now=self.now)
+        self._settle(ep)
+        self.kill(ep)
+
+    def kill(self, ep: Endpoint) -> None:
+        """The endpoint vanishes: its peers see their connections reset, nobody answers its address."""
+        if ep.dead:
+            return
+        ep.dead = True
+        self._listeners.pop(ep.addr, None)
+        for end in list(self._ends.values()):
+            if end.ep is ep and not end.closed:
+                end.closed = True
+                if end.peer is not None and not end.peer.closed:
+                    self._at(self.now + ep.link.latency_s, self._ev_fin, end.peer, CloseReason.IO_ERROR, "reset")
+
+    def at(self, t: float, fn: Callable[[], None]) -> None:
+        """Run a test callback at simulated time ``t`` (e.g. a peer joining later)."""
+        self._at(t, lambda: fn(), )
+
+    # ------------------------------------------------------------------ running
+
+    def run_until(self, pred: Callable[[], bool], max_s: float) -> bool:
+        """Advance time event by event until ``pred()`` holds (True) or ``max_s`` passed (False)."""
+        deadline = self.now + max_s
+        while not pred():
+            nxt = self._next_tick
+            if self._heap and self._heap[0][0] < nxt:
+                nxt = self._heap[0][0]
+            if nxt > deadline:
+                self.clock.jump_to(deadline)
+                return pred()
+            if nxt > self.now:
+                self.clock.jump_to(nxt)
+            self._run_due()
+        return True
+
+    def run_for(self, dt: float) -> None:
+        self.run_until(lambda: False, dt)
+
+    def _run_due(self) -> None:
+        now = self.now
+        if now >= self._next_tick:
+            while self._next_tick <= now:
+                self._next_tick += TICK_S
+            self.counters["ticks"] += 1
+            for ep in list(self.endpoints):
+                if not ep.dead:
+                    ep.tick(now=now)
+                    self._settle(ep)
+            self._check()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, fn, args = heapq.heappop(heap)
+            self.counters["events"] += 1
+            fn(*args)
+            self._check()
+
+    def _check(self) -> None:
+        for c in self.checks:
+            c()
+
+    def _at(self, t: float, fn: Callable[..., None], *args: Any) -> None:
+        heapq.heappush(self._heap, (t, next(self._seq), fn, args))
+
+    # ------------------------------------------------------------------ the loop's job
+
+    def _settle(self, ep: Endpoint) -> None:
+        """Perform the endpoint's actions and drain its dirty connections until it is quiet."""
+        for _ in range(10_000):
+            acts = ep.take_actions()
+            for a in acts:
+                self._perform(ep, a)
+            dirty = ep.take_dirty()
+            for cid in sorted(dirty):
+                end = self._ends.get((id(ep), cid))
+                if end is not None and end.peer is not None and self._flush(end):
+                    ep.on_writable(cid, now=self.now)
+            if not acts and not dirty:
+                return
+        raise AssertionError(f"{ep} never settles: it keeps producing actions or output")
+
+    def _perform(self, ep: Endpoint, a: Action) -> None:
+        now = self.now
+        if isinstance(a, Dial):
+            self.counters["dials"] += 1
+            end = _End(ep, a.cid)
+            self._ends[(id(ep), a.cid)] = end
+            self.log.append((now, ep.name, a.cid, "dial", f"{a.addr[0]}:{a.addr[1]}"))
+            self._at(now + ep.link.latency_s, self._ev_connect, end, a.addr)
+        elif isinstance(a, Close):
+            self.log.append((now, ep.name, a.cid, "close", f"{a.reason.name} {a.detail}"))
+            end = self._ends.get((id(ep), a.cid))
+            if end is not None and not end.closed:
+                end.closed = True
+                if end.peer is not None and not end.peer.closed:
+                    # FIN after the bytes already handed to the "kernel"
+                    t = max(now, end.free_at) + ep.link.latency_s
+                    self._at(t, self._ev_fin, end.peer, CloseReason.CLOSED_BY_REMOTE, "connection closed by peer")
+        elif isinstance(a, HashPiece):
+            for res in ep.hash(a.job):
+                self._at(now + self.hash_delay_s, self._ev_hash, ep, res)
+        elif isinstance(a, Announce):
+            if self.tracker is not None:
+                result = self.tracker.announce(ep.addr, a.info_hash, a.params.event, a.params.left)
+                self._at(now + 2 * ep.link.latency_s, self._ev_announce, ep, a.info_hash, a.job, result)
+
+    def _flush(self, end: _End) -> bool:
+        """Pull bytes while the window has room; True when the endpoint had nothing more to send."""
+        ep, window = end.ep, end.ep.link.window
+        while not end.closed and end.inflight < window:
+            data = ep.data_to_send(end.cid, window - end.inflight, now=self.now)
+            if not data:
+                end.blocked = False
+                return True
+            self._transmit(end, data)
+        end.blocked = not end.closed
+        return end.closed
+
+    def _transmit(self, end: _End, data: bytes) -> None:
+        link = end.ep.link
+        now = self.now
+        n = len(data)
+        pos = 0
+        while pos < n:
+            if link.chunk is None:
+                k = n
+            else:
+                k = self.rng.randint(*link.chunk)
+            piece = data[pos : pos + k]
+            pos += len(piece)
+            start = max(now, end.free_at)
+            end.free_at = start + len(piece) / link.up_Bps
+            end.inflight += len(piece)
+            end.sent += len(piece)
+            self._at(end.free_at + link.latency_s, self._ev_deliver, end, piece)
+
+    # ------------------------------------------------------------------ events
+
+    def _ev_connect(self, end: _End, addr: Addr) -> None:
+        now = self.now
+        ep = end.ep
+        if end.closed or ep.dead:
+            return
+        dst = self._listeners.get(addr)
+        if dst is None or dst.dead:
+            end.closed = True
+            self.log.append((now, ep.name, end.cid, "connect-failed", f"{addr[0]}:{addr[1]}"))
+            self._at(now + ep.link.latency_s, self._ev_fin, end, CloseReason.CONNECT_FAILED, "connection refused")
+            return
+        src = (ep.ip, next(self._ports))
+        cid = dst.on_incoming(src, now=now)
+        if cid is None:
+            # The real loop accepts and closes at once: the dialler sees a connect, then EOF.
+            self.counters["refused"] += 1
+            self.log.append((now, dst.name, 0, "refused", f"{src[0]}:{src[1]}"))
+            ep.on_connected(end.cid, now=now)
+            self._at(now + dst.link.latency_s, self._ev_fin, end, CloseReason.CLOSED_BY_REMOTE, "refused")
+            self._settle(ep)
+            return
+        other = _End(dst, cid, peer=end)
+        end.peer = other
+        self._ends[(id(dst), cid)] = other
+        self.log.append((now, dst.name, cid, "accept", f"{src[0]}:{src[1]}"))
+        self._settle(dst)
+        ep.on_connected(end.cid, now=now)
+        if self._flush(end):
+            ep.on_writable(end.cid, now=now)
+        self._settle(ep)
+
+    def _ev_deliver(self, src: _End, data: bytes) -> None:
+        now = self.now
+        src.inflight -= len(data)
+        dst = src.peer
+        assert dst is not None
+        if not dst.closed and not dst.ep.dead:
+            n = len(data)
+            self.counters["deliveries"] += 1
+            self.counters["bytes"] += n
+            self._rbuf[:n] = data
+            dst.ep.on_data(dst.cid, self._rview[:n], now=now)
+            self._rbuf[:n] = _POISON[:n]  # whoever kept a view of the receive buffer sees garbage
+            self._settle(dst.ep)
+        if src.blocked and not src.closed and not src.ep.dead and src.inflight < src.ep.link.window:
+            if self._flush(src):
+                src.ep.on_writable(src.cid, now=now)
+            self._settle(src.ep)
+
+    def _ev_fin(self, end: _End, reason: CloseReason, detail: str) -> None:
+        if end.closed and reason is not CloseReason.CONNECT_FAILED:
+            return
+        end.closed = True
+        if end.ep.dead:
+            return
+        self.log.append((self.now, end.ep.name, end.cid, "closed", f"{reason.name} {detail}"))
+        end.ep.on_closed(end.cid, reason, detail, now=self.now)
+        self._settle(end.ep)
+
+    def _ev_hash(self, ep: Endpoint, res: HashResult) -> None:
+        if not ep.dead:
+            ep.on_hash_result(res, now=self.now)
+            self._settle(ep)
+
+    def _ev_announce(self, ep: Endpoint, info_hash: bytes, job: AnnounceJob, result: AnnounceResult) -> None:
+        if not ep.dead:
+            ep.on_announce_result(info_hash, job, result, now=self.now)
+            self._settle(ep)
+
+    # ------------------------------------------------------------------ reporting
+
+    def describe(self) -> str:
+        """A short status of every endpoint, for assertion messages."""
+        lines = [f"t={self.now:.2f} {self.counters}"]
+        for ep in self.endpoints:
+            if isinstance(ep, SimPeer) and ep.session.torrents:
+                st = ep.torrent.status(self.now)
+                lines.append(
+                    f"  {ep.name}{' (dead)' if ep.dead else ''}: {st['state']} {st['have_pieces']}/{st['num_pieces']}"
+                    f" peers={st['peers']} half_open={st['half_open']} cand={st['candidates']}"
+                    f" down={st['downloaded']} up={st['uploaded']} wasted={st['wasted']}"
+                    f" fails={st['hash_failures']} banned={st['banned']}"
+                )
+            else:
+                lines.append(f"  {ep}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- payloads
+
+
+def make_payload(root: Path, layout: dict[str, int], seed: int) -> Path:
+    """Write files of pseudo-random bytes under ``root`` (created); returns ``root``."""
+    r = random.Random(seed)
+    for rel, size in layout.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(r.randbytes(size))
+    return root
+
+
+def make_torrent(payload: Path, piece_length: int, trackers: tuple[str, ...] = (SIM_TRACKER,)) -> Metainfo:
+    return parse_metainfo(create_torrent(str(payload), trackers=list(trackers), piece_length=piece_length))
+
+
+def copy_payload(meta: Metainfo, src_dir: Path, dst_dir: Path) -> Path:
+    """Copy a torrent's files from download dir ``src_dir`` to download dir ``dst_dir``."""
+    shutil.copytree(src_dir / meta.name, dst_dir / meta.name)
+    return dst_dir
+
+
+def same_files(meta: Metainfo, a_dir: Path, b_dir: Path) -> bool:
+    return all(
+        Path(meta.file_path(str(a_dir), i)).read_bytes() == Path(meta.file_path(str(b_dir), i)).read_bytes()
+        for i in range(len(meta.files))
+    )
