@@ -225,7 +225,11 @@ class PiecePicker:
     # ------------------------------------------------------------------ availability
 
     def peer_bitfield(self, peer: Peer, bits: bytes) -> None:
-        """A peer's BEP 3 bitfield (high bit of byte 0 = piece 0); replaces what we knew."""
+        """A peer's BEP 3 bitfield (high bit of byte 0 = piece 0); replaces what we knew.
+
+        Like Have All / Have None, a repeated bitfield keeps the peer's outstanding requests,
+        but nothing more is picked from pieces it no longer has.
+        """
         n = self._n
         if len(bits) != (n + 7) // 8:
             raise WireError(CloseReason.MALFORMED_MESSAGE, f"bitfield of {len(bits)} bytes for {n} pieces")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -477,6 +477,7 @@ OPS = st.lists(
         st.tuples(st.just("set_have"), st.none(), st.integers(0, 12)),
         st.tuples(st.just("wanted"), st.none(), st.lists(st.booleans(), min_size=13, max_size=13)),
         st.tuples(st.just("pick"), st.integers(0, 3), st.integers(1, 5)),
+        st.tuples(st.just("choke"), st.integers(0, 3), st.none()),
     ),
     max_size=40,
 )
@@ -518,15 +519,73 @@ def test_is_interesting_and_availability_match_brute_force(ops: list[tuple[str, 
             assert isinstance(arg, list)
             pk.set_wanted(bytes(arg))
             wanted = {i for i, b in enumerate(arg) if b}
+        elif op == "choke":
+            pk.peer_choked(peer)
         else:
             assert isinstance(arg, int)
             for b in pk.pick(peer, arg):
                 assert b.index in peers[peer] and b.index in wanted and b.index not in ours  # type: ignore[index]
         for p in range(4):
             assert pk.is_interesting(p) == bool(peers.get(p, set()) & (wanted - ours))
+            assert pk.peer_is_seed(p) == (len(peers.get(p, ())) == n)
+        assert pk.stats()["seeds"] == sum(len(s) == n for s in peers.values())
         for i in range(n):
             assert pk.availability(i) == sum(i in s for s in peers.values())
         assert pk.missing() == len(wanted - ours)
+
+
+@pytest.mark.parametrize(
+    "replace",
+    [
+        lambda pk: pk.peer_bitfield("p", bitfield([False] * 13)),
+        lambda pk: pk.peer_bitfield("p", bitfield([i == 3 for i in range(13)])),
+        lambda pk: pk.peer_have_none("p"),
+    ],
+    ids=["empty-bitfield", "other-bitfield", "have-none"],
+)
+def test_replaced_availability_stops_picks_from_a_started_piece(
+    replace: Callable[[PiecePicker], None],
+) -> None:
+    # Regression (found by the brute-force test): requests outstanding from a peer survive a new
+    # bitfield / Have None, and the pieces they belong to used to be served first to that peer
+    # without checking that it still has them.
+    pk = make_picker("0" * 13, blocks=2)
+    pk.peer_bitfield("p", bitfield([i == 12 for i in range(13)]))
+    first = pk.pick("p", 1)
+    assert first == [Block(12, 0, BL)]
+    replace(pk)
+    assert not pk.peer_has("p", 12) and pk.availability(12) == 0
+    got = pk.pick("p", 5)
+    assert all(pk.peer_has("p", b.index) for b in got)
+    assert pieces_of(got) == ([3] if pk.peer_has("p", 3) else [])
+    assert pk.outstanding("p") == first + got  # the old request is still the peer's to answer
+    pk.peer_bitfield("q", bitfield([i == 12 for i in range(13)]))
+    assert pk.pick("q", 5) == [Block(12, BL, BL)]  # the rest of piece 12 goes to a peer that has it
+
+
+def test_have_all_transitions_keep_the_seed_counter_and_availability() -> None:
+    pk = make_picker("1" * 9)  # bg0 has every piece via a full bitfield: one seed already
+    seeds = pk.stats()["seeds"]
+    pk.peer_have_all("s")
+    pk.peer_have_all("s")  # repeated: still one seed
+    assert pk.stats()["seeds"] == seeds + 1 and pk.availability(0) == 2
+    pk.peer_have("s", 4)  # have after have all: no-op
+    assert pk.availability(4) == 2 and pk.peer_is_seed("s")
+    pk.peer_bitfield("s", bitfield([i < 2 for i in range(9)]))  # bitfield after have all
+    assert not pk.peer_is_seed("s") and pk.stats()["seeds"] == seeds
+    assert [pk.availability(i) for i in range(9)] == [2, 2] + [1] * 7
+    assert all(pk.pick("s", 1)[0].index < 2 for _ in range(4))
+    assert pk.pick("s", 1) == []
+    pk.peer_have_none("s")  # have none after bitfield
+    assert [pk.availability(i) for i in range(9)] == [1] * 9 and not pk.is_interesting("s")
+    pk.peer_have_all("s")
+    pk.peer_gone("s")  # gone after have all
+    assert pk.stats()["seeds"] == seeds and [pk.availability(i) for i in range(9)] == [1] * 9
+    for i in range(9):
+        pk.peer_have("t", i)  # a seed by have messages, then replaced
+    assert pk.stats()["seeds"] == seeds + 1
+    pk.peer_have_none("t")
+    assert pk.stats()["seeds"] == seeds and pk.availability(8) == 1
 
 
 # ---------------------------------------------------------------- whole-download simulation
