@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 BLOCK_LEN = 16384  # BEP 3: requests are 2^14 bytes
 ALLOWED_FAST_K = 10  # BEP 6 default set size
 SNUB_TIMEOUT_S = 30.0  # no block for this long with requests out => snubbed, requests re-issued
+SNUBBED_QUEUE_DEPTH = 1  # convention (libtorrent): a snubbed peer gets one outstanding request
 IDLE_TIMEOUT_S = 180.0  # neither interested nor interesting for 3 minutes => disconnect
 CORRUPT_PENALTY = 20  # reputation points per failed piece (issue 3's rule: start 100, cut at <= 50)
 USER_RETRY_S = 2.0
@@ -381,7 +382,10 @@ class Torrent:
         want = self.config.max_peers - len(self.peers) - len(self.half_open)
         if want <= 0 or not self.candidates:
             return
+        # Also skip the listen address of peers that dialled us (known from their BEP 10 'p'):
+        # dialling it would only end in a duplicate-peer-id close.
         connected = {p.addr for p in self.peers.values()} | self.session.dialing_addrs()
+        connected |= {(p.ip, p.listen_port) for p in self.peers.values() if p.listen_port}
         seeding = self.state is TorrentState.SEEDING
         for addr, cand in list(self.candidates.items()):
             if want <= 0 or len(self.half_open) >= self.config.max_half_open:
@@ -497,6 +501,8 @@ class Torrent:
     # ------------------------------------------------------------------ downloading
 
     def _queue_depth(self, peer: PeerConnection, now: float) -> int:
+        if peer.snubbed:
+            return SNUBBED_QUEUE_DEPTH  # else its re-issued requests go straight back to it
         cfg = self.config
         depth = int(peer.down.rate(now) * cfg.request_queue_seconds / BLOCK_LEN) + cfg.request_queue_min
         return max(cfg.request_queue_min, min(depth, cfg.request_queue_max, peer.reqq))
@@ -743,7 +749,9 @@ class Torrent:
                 self._connect_more(now)
             if len(self.peers) < 5 and self.candidates == {}:
                 self.announcer.want_more_peers(now=now)
-        self._poll_announcer(now)
+            # Not while checking: 'left' is unknown until the check ends, and a seed that announced
+            # left=<everything> would be listed as a leecher until its next interval (30 min).
+            self._poll_announcer(now)
         if self._resume_dirty and now >= self._next_resume_at:
             self.save_resume(now)
 

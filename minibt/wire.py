@@ -188,7 +188,7 @@ class PeerWire:
 
         self._rbuf = bytearray()
         self._skip = 0  # bytes of an unknown message's payload still to discard
-        self._got_first = False  # a core message was received (bitfield no longer allowed)
+        self._got_first = False  # a core message was received (Have None no longer allowed)
         self._sent_first = False
         self._outbox: deque[bytes | memoryview] = deque()
         self._outbox_len = 0
@@ -353,8 +353,11 @@ class PeerWire:
     def _apply(self, mid: int, msg: Message) -> None:
         """Validate a received non-piece message against torrent and connection state."""
         if mid in FIRST_IDS:
-            if self._got_first:
-                raise _violation(f"{MSG_NAMES[mid]} not as the first message (BEP 3/6)")
+            # aria2 1.36 sends Bitfield (or Have All once complete) again mid-connection instead of
+            # Have messages whenever that is shorter; libtorrent takes a later one as a replacement,
+            # and so do we (the picker replaces the peer's set).  A late Have None has no such use.
+            if self._got_first and mid == HAVE_NONE:
+                raise _violation(f"{MSG_NAMES[mid]} not as the first message (BEP 6)")
             self._got_first = True
             if isinstance(msg, BitfieldMsg) and self._spare_mask and msg.bits[-1] & self._spare_mask:
                 raise _malformed("bitfield spare bits are not zero (BEP 3)")

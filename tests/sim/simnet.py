@@ -68,6 +68,7 @@ class Endpoint:
         self.addr = addr
         self.link = link
         self.dead = False
+        self.drop_inflight = False  # set by SimNet.kill: what it already sent is lost (reset)
 
     @property
     def ip(self) -> str:
@@ -245,9 +246,9 @@ class RawPeer(Endpoint):
         self._actions: list[Action] = []
         self._dirty: set[int] = set()
         self.open: set[int] = set()
-        self.bytes_in = 0
-        self.requests: list[Request] = []
-        self.cancels: list[Cancel] = []
+        self.bytes_in: dict[int, int] = {}  # per connection
+        self.requests: list[tuple[float, Request]] = []  # (arrival time, message)
+        self.cancels: list[tuple[float, Cancel]] = []
         self.interested = 0
         self.closed: list[tuple[int, CloseReason]] = []
 
@@ -278,7 +279,7 @@ class RawPeer(Endpoint):
     def on_data(self, cid: int, data: memoryview, *, now: float) -> None:
         if cid not in self.open:
             return
-        self.bytes_in += len(data)
+        self.bytes_in[cid] = self.bytes_in.get(cid, 0) + len(data)
         if self.mode == "silent":
             return
         try:
@@ -322,9 +323,9 @@ class RawPeer(Endpoint):
         wire = self._wire[cid]
         for msg in wire.receive_data(data, now=now):
             if isinstance(msg, Request):
-                self.requests.append(msg)  # and never answered: snubbing
+                self.requests.append((now, msg))  # and never answered: snubbing
             elif isinstance(msg, Cancel):
-                self.cancels.append(msg)
+                self.cancels.append((now, msg))
             elif isinstance(msg, Interested):
                 self.interested += 1
 
@@ -430,13 +431,15 @@ class SimNet:
         self._ports = itertools.count(40000)
         self._rbuf = bytearray(RECV_BUF)
         self._rview = memoryview(self._rbuf)
+        self._hash_pending: dict[int, list[HashResult]] = {}
         self.checks: list[Callable[[], None]] = []  # invariants run after every event and tick
         self.log: list[tuple[float, str, int, str, str]] = []  # (t, endpoint, cid, what, detail)
         self.counters = {"events": 0, "deliveries": 0, "bytes": 0, "ticks": 0, "dials": 0, "refused": 0}
 
     @property
     def now(self) -> float:
-        return self.clock.now()
+        now: float = self.clock.now()
+        return now
 
     # ------------------------------------------------------------------ building the swarm
 
@@ -498,26 +501,36 @@ class SimNet:
         return cid
 
     def stop(self, ep: SimPeer) -> None:
-        """Graceful shutdown: Session.stop (closes peers, announces, saves resume), then leave."""
+        """Graceful shutdown, like EventLoop.shutdown: Session.stop (closes peers, announces 'stopped',
+        saves resume data once the hash results in flight are handled), then the endpoint leaves."""
         ep.session.stop(now=self.now)
         self._settle(ep)
-        self.kill(ep)
+        for res in self._hash_pending.pop(id(ep), []):
+            ep.on_hash_result(res, now=self.now)
+            self._settle(ep)
+        self.kill(ep, reset=False)
 
-    def kill(self, ep: Endpoint) -> None:
-        """The endpoint vanishes: its peers see their connections reset, nobody answers its address."""
+    def kill(self, ep: Endpoint, *, reset: bool = True) -> None:
+        """The endpoint vanishes: its peers see their connections end, nobody answers its address.
+
+        ``reset``: a crash; bytes it sent that are still in flight are lost.
+        """
         if ep.dead:
             return
         ep.dead = True
+        ep.drop_inflight = reset
+        self._hash_pending.pop(id(ep), None)
         self._listeners.pop(ep.addr, None)
         for end in list(self._ends.values()):
             if end.ep is ep and not end.closed:
                 end.closed = True
-                if end.peer is not None and not end.peer.closed:
+                if end.peer is None or end.peer.closed:
+                    continue
+                if reset:
                     self._at(self.now + ep.link.latency_s, self._ev_fin, end.peer, CloseReason.IO_ERROR, "reset")
-
-    def at(self, t: float, fn: Callable[[], None]) -> None:
-        """Run a test callback at simulated time ``t`` (e.g. a peer joining later)."""
-        self._at(t, lambda: fn(), )
+                else:
+                    t = max(self.now, end.free_at) + ep.link.latency_s
+                    self._at(t, self._ev_fin, end.peer, CloseReason.CLOSED_BY_REMOTE, "connection closed by peer")
 
     # ------------------------------------------------------------------ running
 
@@ -591,15 +604,16 @@ class SimNet:
             self._at(now + ep.link.latency_s, self._ev_connect, end, a.addr)
         elif isinstance(a, Close):
             self.log.append((now, ep.name, a.cid, "close", f"{a.reason.name} {a.detail}"))
-            end = self._ends.get((id(ep), a.cid))
-            if end is not None and not end.closed:
-                end.closed = True
-                if end.peer is not None and not end.peer.closed:
+            closing = self._ends.get((id(ep), a.cid))
+            if closing is not None and not closing.closed:
+                closing.closed = True
+                if closing.peer is not None and not closing.peer.closed:
                     # FIN after the bytes already handed to the "kernel"
-                    t = max(now, end.free_at) + ep.link.latency_s
-                    self._at(t, self._ev_fin, end.peer, CloseReason.CLOSED_BY_REMOTE, "connection closed by peer")
+                    t = max(now, closing.free_at) + ep.link.latency_s
+                    self._at(t, self._ev_fin, closing.peer, CloseReason.CLOSED_BY_REMOTE, "connection closed by peer")
         elif isinstance(a, HashPiece):
             for res in ep.hash(a.job):
+                self._hash_pending.setdefault(id(ep), []).append(res)
                 self._at(now + self.hash_delay_s, self._ev_hash, ep, res)
         elif isinstance(a, Announce):
             if self.tracker is not None:
@@ -609,14 +623,16 @@ class SimNet:
     def _flush(self, end: _End) -> bool:
         """Pull bytes while the window has room; True when the endpoint had nothing more to send."""
         ep, window = end.ep, end.ep.link.window
-        while not end.closed and end.inflight < window:
+        if end.closed:
+            return False
+        while end.inflight < window:
             data = ep.data_to_send(end.cid, window - end.inflight, now=self.now)
             if not data:
                 end.blocked = False
                 return True
             self._transmit(end, data)
-        end.blocked = not end.closed
-        return end.closed
+        end.blocked = True
+        return False
 
     def _transmit(self, end: _End, data: bytes) -> None:
         link = end.ep.link
@@ -645,7 +661,6 @@ class SimNet:
             return
         dst = self._listeners.get(addr)
         if dst is None or dst.dead:
-            end.closed = True
             self.log.append((now, ep.name, end.cid, "connect-failed", f"{addr[0]}:{addr[1]}"))
             self._at(now + ep.link.latency_s, self._ev_fin, end, CloseReason.CONNECT_FAILED, "connection refused")
             return
@@ -674,7 +689,7 @@ class SimNet:
         src.inflight -= len(data)
         dst = src.peer
         assert dst is not None
-        if not dst.closed and not dst.ep.dead:
+        if not dst.closed and not dst.ep.dead and not src.ep.drop_inflight:
             n = len(data)
             self.counters["deliveries"] += 1
             self.counters["bytes"] += n
@@ -688,7 +703,7 @@ class SimNet:
             self._settle(src.ep)
 
     def _ev_fin(self, end: _End, reason: CloseReason, detail: str) -> None:
-        if end.closed and reason is not CloseReason.CONNECT_FAILED:
+        if end.closed:
             return
         end.closed = True
         if end.ep.dead:
@@ -698,9 +713,12 @@ class SimNet:
         self._settle(end.ep)
 
     def _ev_hash(self, ep: Endpoint, res: HashResult) -> None:
-        if not ep.dead:
-            ep.on_hash_result(res, now=self.now)
-            self._settle(ep)
+        pending = self._hash_pending.get(id(ep), [])
+        if ep.dead or not any(r is res for r in pending):
+            return
+        pending[:] = [r for r in pending if r is not res]
+        ep.on_hash_result(res, now=self.now)
+        self._settle(ep)
 
     def _ev_announce(self, ep: Endpoint, info_hash: bytes, job: AnnounceJob, result: AnnounceResult) -> None:
         if not ep.dead:

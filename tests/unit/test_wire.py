@@ -348,18 +348,40 @@ def test_bitfield_spare_bits_must_be_zero() -> None:
 @pytest.mark.parametrize(
     "first", [Have(1), Interested(), Request(0, 0, 16384), Piece(0, 0, b"x"), AllowedFast(1)]
 )
-@pytest.mark.parametrize("late", [BitfieldMsg(b"\x00\x00"), HaveAll(), HaveNone()])
-def test_bitfield_like_not_first_is_violation(first: Message, late: Message) -> None:
+def test_have_none_not_first_is_violation(first: Message) -> None:
     wire = make_wire()
     assert wire.receive_data(encode(first), now=0.0) == [first]
-    expect_error(wire, encode(late), CloseReason.PROTOCOL_VIOLATION)
+    expect_error(wire, encode(HaveNone()), CloseReason.PROTOCOL_VIOLATION)
 
 
-@pytest.mark.parametrize("second", [BitfieldMsg(b"\x00\x00"), HaveAll(), HaveNone()])
-def test_second_bitfield_like_is_violation(second: Message) -> None:
+@pytest.mark.parametrize(
+    "first", [Have(1), Interested(), Request(0, 0, 16384), Piece(0, 0, b"x"), AllowedFast(1)]
+)
+@pytest.mark.parametrize("late", [BitfieldMsg(b"\x80\x00"), HaveAll()])
+def test_late_bitfield_or_have_all_is_accepted(first: Message, late: Message) -> None:
+    # aria2 1.36 sends Bitfield / Have All mid-connection instead of Have messages (libtorrent accepts it).
+    wire = make_wire()
+    assert wire.receive_data(encode(first), now=0.0) == [first]
+    assert wire.receive_data(encode(late), now=0.0) == [late]
+
+
+@pytest.mark.parametrize("second", [BitfieldMsg(b"\x00\x00"), HaveAll()])
+def test_second_bitfield_or_have_all_is_accepted(second: Message) -> None:
+    wire = make_wire()
+    wire.receive_data(encode(HaveNone()), now=0.0)
+    assert wire.receive_data(encode(second), now=0.0) == [second]
+
+
+def test_second_have_none_is_violation() -> None:
     wire = make_wire()
     wire.receive_data(encode(HaveAll()), now=0.0)
-    expect_error(wire, encode(second), CloseReason.PROTOCOL_VIOLATION)
+    expect_error(wire, encode(HaveNone()), CloseReason.PROTOCOL_VIOLATION)
+
+
+def test_late_bitfield_spare_bits_still_checked() -> None:
+    wire = make_wire()
+    wire.receive_data(encode(Interested()), now=0.0)
+    expect_error(wire, frame(5, b"\xff\xe0"), CloseReason.MALFORMED_MESSAGE)
 
 
 def test_bitfield_after_ext_handshake_port_and_keepalive_is_allowed() -> None:
