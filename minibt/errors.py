@@ -86,6 +86,10 @@ class WireError(RemoteProtocolError):
     """A peer-wire message was malformed, oversized or not allowed now."""
 
 
+class UtpError(RemoteProtocolError):
+    """A uTP (BEP 29) datagram was malformed or not allowed now."""
+
+
 class TrackerError(MinibtError):
     """A tracker reply was malformed (a 'failure reason' is an event, not this)."""
 

@@ -27,6 +27,7 @@ from minibt.handshake import (
 from minibt.hasher import HashJob, HashResult
 from minibt.metainfo import Metainfo
 from minibt.peer import Addr, PeerConnection, PeerSource
+from minibt.reputation import Banned, RepEvent, Reputation
 from minibt.torrent import Torrent, TorrentConfig, TorrentState
 from minibt.tracker import AnnounceJob, AnnounceParams, AnnounceResult
 from minibt.wire import PeerWire
@@ -106,7 +107,7 @@ class Session:
         self._next_cid = 1
         self._wall = wall_clock or (lambda: 0.0)
         self._local_ips: set[str] = {"127.0.0.1", "::1"}
-        self.banned: set[str] = set()  # IPs banned for the rest of the session (any torrent)
+        self.reputation = Reputation()  # per-IP scores and bans, shared by every torrent
         self._now = 0.0  # the latest `now` any input brought (for teardown started by a command)
         self.closed_log: list[tuple[int, Addr, CloseReason, str]] = []  # bounded, newest last
 
@@ -159,6 +160,27 @@ class Session:
 
     def announce(self, torrent: Torrent, job: AnnounceJob, params: AnnounceParams) -> None:
         self._actions.append(Announce(torrent.info_hash, job, params))
+
+    @property
+    def banned(self) -> set[str]:
+        return set(self.reputation.banned())
+
+    def penalize(self, ip: str, points: int, why: str) -> None:
+        """Protocol abuse or bad data from ``ip`` costs ``points`` reputation."""
+        self.reputation_events(self.reputation.adjust(ip, -points, why))
+
+    def ban(self, ip: str, why: str) -> None:
+        self.reputation_events(self.reputation.ban(ip, why))
+
+    def reputation_events(self, events: list[RepEvent]) -> None:
+        """Act on reputation changes: a ban closes every connection from that IP."""
+        for ev in events:
+            if isinstance(ev, Banned):
+                log.warning("banning %s for the rest of the session: %s", ev.ip, ev.reason)
+                for t in self.torrents.values():
+                    t.forget_ip(ev.ip)
+                for conn in [c for c in self.conns.values() if c.ip == ev.ip]:
+                    self.close(conn.cid, CloseReason.REPUTATION_TOO_LOW, ev.reason)
 
     def mark_dirty(self, cid: int) -> None:
         self._dirty.add(cid)
@@ -225,7 +247,7 @@ class Session:
         self._now = now
         if len(self.conns) >= self.config.max_connections:
             return None
-        if addr[0] in self.banned:
+        if self.reputation.is_banned(addr[0]):
             return None  # refused at accept: a banned IP gets no handshake at all
         cid = self._new_cid()
         hs = Handshake(
@@ -274,10 +296,8 @@ class Session:
             else:
                 self._handshake_data(conn, data, now)
         except RemoteProtocolError as e:
-            t2 = self._torrent_of.get(cid)
             self.close(cid, e.reason, e.detail)
-            if t2 is not None:
-                t2.penalize(conn.ip, PROTOCOL_PENALTY, e.detail)
+            self.penalize(conn.ip, PROTOCOL_PENALTY, e.detail)
         if not conn.closing and conn.wire is not None and (conn.wire.wants_write):
             self._dirty.add(cid)
 
@@ -293,7 +313,7 @@ class Session:
                 if t.state is TorrentState.CHECKING:
                     self.close(conn.cid, CloseReason.HASH_CHECKING, "torrent is being checked")
                     return
-                if conn.ip in t.banned:
+                if self.reputation.is_banned(conn.ip):
                     self.close(conn.cid, CloseReason.BANNED, "banned")
                     return
                 if not t.can_accept_peer():

@@ -14,11 +14,12 @@ States::
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 import os
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from minibt import wire as w
@@ -29,6 +30,7 @@ from minibt.hasher import HashJob, HashResult
 from minibt.metainfo import Metainfo
 from minibt.peer import Addr, IncomingRequest, PeerConnection, PeerSource
 from minibt.picker import Block, PiecePicker
+from minibt.reputation import BlockRecord
 from minibt.storage import ResumeData, Storage, load_resume, save_resume
 from minibt.tracker import AnnounceJob, AnnounceParams, Announcer, AnnounceResult
 
@@ -42,12 +44,9 @@ ALLOWED_FAST_K = 10  # BEP 6 default set size
 SNUB_TIMEOUT_S = 30.0  # no block for this long with requests out => snubbed, requests re-issued
 SNUBBED_QUEUE_DEPTH = 1  # convention (libtorrent): a snubbed peer gets one outstanding request
 IDLE_TIMEOUT_S = 180.0  # neither interested nor interesting for 3 minutes => disconnect
-CORRUPT_PENALTY = 20  # reputation points per failed piece (issue 3's rule: start 100, cut at <= 50)
 USER_RETRY_S = 2.0
 PEER_RETRY_S = 30.0
 MAX_RETRY_S = 1800.0
-REPUTATION_START = 100
-REPUTATION_CUT = 50
 
 
 class TorrentState(enum.Enum):
@@ -92,15 +91,6 @@ class _Candidate:
     retry_at: float = 0.0
 
 
-@dataclass(slots=True)
-class _Reputation:
-    score: int = REPUTATION_START
-    pieces_ok: int = 0
-    pieces_bad: int = 0
-    sole_bad: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
-
-
 class Torrent:
     """All per-torrent state; driven by :class:`minibt.session.Session`."""
 
@@ -137,9 +127,7 @@ class Torrent:
         self.peers: dict[int, PeerConnection] = {}  # handshaken connections by cid
         self.half_open: set[int] = set()
         self.candidates: dict[Addr, _Candidate] = {}
-        self.reputation: dict[str, _Reputation] = {}
-        self.banned: set[str] = set()
-        self._piece_ips: dict[int, set[str]] = {}  # who sent blocks of each piece in progress
+        self._block_src: dict[int, dict[int, str]] = {}  # piece in progress -> block -> IP that sent it
         self._check_queue: deque[int] = deque()
         self._check_inflight = 0
         self._commits_inflight = 0
@@ -282,7 +270,16 @@ class Torrent:
         self._commits_inflight -= 1
         i = res.piece
         if res.ok and res.written:
+            rep = self.session.reputation
+            digests = None
+            if rep.has_ledger(self.info_hash, i):
+                buf = self.storage.piece_buffer(i)
+                digests = [
+                    hashlib.sha1(buf[o : o + BLOCK_LEN]).digest() for o in range(0, len(buf), BLOCK_LEN)
+                ]
+            srcs = self._block_src.pop(i, {})
             self.storage.finish_commit(i, written=True)
+            self.session.reputation_events(rep.piece_passed(self.info_hash, i, set(srcs.values()), digests))
             if self.state is TorrentState.DOWNLOADING:
                 self._piece_passed(i, now)
             elif self.state is not TorrentState.ERROR:
@@ -370,7 +367,7 @@ class Torrent:
         for addr in addrs:
             if addr in own or addr[1] == 0:
                 continue  # PROTOCOL.md 7.3: trackers return our own address
-            if addr[0] in self.banned or addr in self.candidates:
+            if self.session.reputation.is_banned(addr[0]) or addr in self.candidates:
                 continue
             if len(self.candidates) >= 1000:
                 break
@@ -390,7 +387,7 @@ class Torrent:
         for addr, cand in list(self.candidates.items()):
             if want <= 0 or len(self.half_open) >= self.config.max_half_open:
                 break
-            if addr in connected or cand.retry_at > now or addr[0] in self.session.banned:
+            if addr in connected or cand.retry_at > now or self.session.reputation.is_banned(addr[0]):
                 continue
             if seeding and cand.source is PeerSource.TRACKER and cand.fails > 0:
                 continue
@@ -544,7 +541,7 @@ class Torrent:
             if op is not None and op.wire is not None:
                 op.wire.cancel(block.index, block.begin, block.length)
                 self.session.mark_dirty(op.cid)
-        self._piece_ips.setdefault(block.index, set()).add(peer.ip)
+        self._block_src.setdefault(block.index, {})[block.begin // BLOCK_LEN] = peer.ip
         try:
             done = self.storage.write_block(block.index, block.begin, msg.data)
         except StorageError as e:
@@ -576,10 +573,6 @@ class Torrent:
         self.picker.piece_passed(index)
         self.stats.downloaded += self.meta.piece_size(index)
         self._resume_dirty = True
-        for ip in self._piece_ips.pop(index, ()):
-            rep = self.reputation.setdefault(ip, _Reputation())
-            rep.score += 1
-            rep.pieces_ok += 1
         for peer in self.peers.values():
             if peer.wire is None:
                 continue
@@ -597,41 +590,36 @@ class Torrent:
                     self._fill_requests(peer, now)
 
     def _piece_failed(self, index: int, now: float) -> None:
+        blocks = self.block_records(index, self.storage.piece_buffer(index))
         self.storage.discard_piece(index)
         self.picker.piece_failed(index)
         self.stats.hash_failures += 1
         self.stats.wasted += self.meta.piece_size(index)
-        ips = self._piece_ips.pop(index, set())
-        log.warning("%s: piece %d failed its hash check (from %s)", self.meta.name, index, ", ".join(sorted(ips)))
-        for ip in ips:
-            rep = self.reputation.setdefault(ip, _Reputation())
-            rep.pieces_bad += 1
-            rep.score -= CORRUPT_PENALTY
-            if len(ips) == 1:
-                rep.sole_bad += 1
-            if rep.score <= REPUTATION_CUT:
-                self.ban(ip, f"sent corrupt data (piece {index}; {rep.pieces_bad} bad pieces)")
+        srcs = self._block_src.pop(index, {})
+        log.warning(
+            "%s: piece %d failed its hash check (from %s)", self.meta.name, index, ", ".join(sorted(set(srcs.values())))
+        )
+        self.session.reputation_events(self.session.reputation.piece_failed(self.info_hash, index, blocks))
         for peer in list(self.peers.values()):
             if peer.wire is not None and not peer.wire.peer_choking:
                 self._fill_requests(peer, now)
 
-    def penalize(self, ip: str, points: int, why: str) -> None:
-        rep = self.reputation.setdefault(ip, _Reputation())
-        rep.score -= points
-        if rep.score <= REPUTATION_CUT:
-            self.ban(ip, why)
+    def block_records(self, index: int, buf: memoryview) -> list[BlockRecord]:
+        """Who sent each block of a piece in progress and the SHA-1 of the bytes (smart-ban ledger)."""
+        srcs = self._block_src.get(index, {})
+        return [
+            BlockRecord(b, ip, hashlib.sha1(buf[b * BLOCK_LEN : (b + 1) * BLOCK_LEN]).digest())
+            for b, ip in sorted(srcs.items())
+        ]
 
-    def ban(self, ip: str, why: str) -> None:
-        if ip in self.banned:
-            return
-        log.warning("%s: banning %s: %s", self.meta.name, ip, why)
-        self.banned.add(ip)
-        self.session.banned.add(ip)
+    @property
+    def banned(self) -> set[str]:
+        return set(self.session.reputation.banned())
+
+    def forget_ip(self, ip: str) -> None:
+        """A banned IP: never dial it again."""
         for addr in [a for a in self.candidates if a[0] == ip]:
             del self.candidates[addr]
-        for peer in list(self.peers.values()):
-            if peer.ip == ip:
-                self.session.close(peer.cid, CloseReason.REPUTATION_TOO_LOW, why)
 
     def _on_complete(self, now: float) -> None:
         self.state = TorrentState.SEEDING
@@ -859,5 +847,5 @@ class Torrent:
             "peers": len(self.peers),
             "half_open": len(self.half_open),
             "candidates": len(self.candidates),
-            "banned": sorted(self.banned),
+            "banned": sorted(self.session.reputation.banned()),
         }

@@ -1,0 +1,167 @@
+"""Peer reputation: per-IP scores, session bans and the smart-ban block ledger.
+
+Rules (issue 3, after Net::BitTorrent's Peer documentation):
+- every IP starts at 100; a verified piece it contributed to: +1 (no upper cap);
+- a piece that fails its hash: -20 for the IP(s) that sent bad blocks.  When one IP sent the whole
+  piece the blame is certain at once.  When several IPs shared it, the block digests are kept in a
+  ledger and compared with the piece's good data once it verifies, so an honest peer that shared a
+  piece with a liar is not punished (libtorrent's smart-ban idea);
+- protocol abuse costs points too (the caller chooses how many);
+- at 50 or below the IP is banned for the rest of the session.
+
+Pure: no I/O; callers pass digests in.  Outputs are events (``ReputationChanged``, ``Banned``).
+Memory is bounded: at most ``max_ips`` scores (least recently touched dropped first; banned IPs are
+kept) and ``max_ledger_pieces`` pieces in the ledger.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+REPUTATION_START = 100  # issue 3 / Net::BitTorrent::Peer
+REPUTATION_CUT = 50  # at or below: disconnect and ban for the session
+PIECE_OK_POINTS = 1
+PIECE_BAD_POINTS = 20
+MAX_IPS = 4096  # bounded table (STYLE.md section 7)
+MAX_LEDGER_PIECES = 64
+MAX_LEDGER_ATTEMPTS = 8  # failed attempts remembered per piece
+
+
+@dataclass(frozen=True, slots=True)
+class ReputationChanged:
+    ip: str
+    old: int
+    new: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Banned:
+    ip: str
+    reason: str
+
+
+RepEvent = ReputationChanged | Banned
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRecord:
+    """Who sent one block of a piece, and the SHA-1 of what they sent."""
+
+    block: int
+    ip: str
+    digest: bytes
+
+
+class Reputation:
+    """Scores and bans for one session."""
+
+    def __init__(
+        self,
+        *,
+        start: int = REPUTATION_START,
+        cut: int = REPUTATION_CUT,
+        max_ips: int = MAX_IPS,
+        max_ledger_pieces: int = MAX_LEDGER_PIECES,
+    ) -> None:
+        self.start = start
+        self.cut = cut
+        self._max_ips = max_ips
+        self._max_ledger = max_ledger_pieces
+        self._scores: OrderedDict[str, int] = OrderedDict()
+        self._banned: dict[str, str] = {}
+        # (torrent key, piece) -> one list of block records per failed attempt
+        self._ledger: OrderedDict[tuple[bytes, int], list[list[BlockRecord]]] = OrderedDict()
+        self.counters = {"pieces_blamed": 0, "honest_spared": 0, "bans": 0}
+
+    # ------------------------------------------------------------------ scores and bans
+
+    def score(self, ip: str) -> int:
+        return self._scores.get(ip, self.start)
+
+    def is_banned(self, ip: str) -> bool:
+        return ip in self._banned
+
+    def banned(self) -> dict[str, str]:
+        """Banned IPs and why."""
+        return dict(self._banned)
+
+    def adjust(self, ip: str, delta: int, reason: str) -> list[RepEvent]:
+        """Add ``delta`` to ``ip``'s score; ban it when the score reaches the cut."""
+        old = self.score(ip)
+        new = old + delta
+        self._scores[ip] = new
+        self._scores.move_to_end(ip)
+        while len(self._scores) > self._max_ips:
+            victim = next(iter(self._scores))
+            self._scores.pop(victim)
+        events: list[RepEvent] = [ReputationChanged(ip, old, new, reason)]
+        if new <= self.cut and ip not in self._banned:
+            events.extend(self.ban(ip, f"reputation {new}: {reason}"))
+        return events
+
+    def ban(self, ip: str, reason: str) -> list[RepEvent]:
+        if ip in self._banned:
+            return []
+        self._banned[ip] = reason
+        self.counters["bans"] += 1
+        return [Banned(ip, reason)]
+
+    def unban(self, ip: str) -> None:
+        self._banned.pop(ip, None)
+        self._scores.pop(ip, None)
+
+    # ------------------------------------------------------------------ pieces
+
+    def piece_failed(self, key: bytes, piece: int, blocks: Sequence[BlockRecord]) -> list[RepEvent]:
+        """A piece failed its hash.  ``blocks`` says who sent each block and its digest."""
+        ips = {b.ip for b in blocks}
+        if not ips:
+            return []
+        if len(ips) == 1:
+            self.counters["pieces_blamed"] += 1
+            return self.adjust(next(iter(ips)), -PIECE_BAD_POINTS, f"sent corrupt data (piece {piece})")
+        entry = self._ledger.get((key, piece))
+        if entry is None:
+            entry = self._ledger[(key, piece)] = []
+            while len(self._ledger) > self._max_ledger:
+                self._ledger.popitem(last=False)
+        self._ledger.move_to_end((key, piece))
+        if len(entry) < MAX_LEDGER_ATTEMPTS:
+            entry.append(list(blocks))
+        return []
+
+    def has_ledger(self, key: bytes, piece: int) -> bool:
+        return (key, piece) in self._ledger
+
+    def piece_passed(
+        self, key: bytes, piece: int, contributors: Iterable[str], good_digests: Sequence[bytes] | None = None
+    ) -> list[RepEvent]:
+        """A piece verified: +1 to each contributor; settle any ledger of earlier failures.
+
+        ``good_digests[i]`` is the SHA-1 of block ``i`` of the good piece; it is needed only when
+        :meth:`has_ledger` is true.
+        """
+        events: list[RepEvent] = []
+        liars: set[str] = set()
+        entry = self._ledger.pop((key, piece), None)
+        if entry is not None and good_digests is not None:
+            honest: set[str] = set()
+            for attempt in entry:
+                # -20 per failed attempt for each IP whose block differs from the good data.
+                bad = {r.ip for r in attempt if r.block < len(good_digests) and r.digest != good_digests[r.block]}
+                honest |= {r.ip for r in attempt} - bad
+                liars |= bad
+                for ip in sorted(bad):
+                    self.counters["pieces_blamed"] += 1
+                    events.extend(self.adjust(ip, -PIECE_BAD_POINTS, f"sent corrupt data (blocks of piece {piece})"))
+            self.counters["honest_spared"] += len(honest - liars)
+        for ip in sorted(set(contributors) - liars):
+            events.extend(self.adjust(ip, PIECE_OK_POINTS, f"piece {piece} verified"))
+        return events
+
+    def forget_torrent(self, key: bytes) -> None:
+        for k in [k for k in self._ledger if k[0] == key]:
+            del self._ledger[k]
