@@ -504,7 +504,12 @@ class Torrent:
         depth = int(peer.down.rate(now) * cfg.request_queue_seconds / BLOCK_LEN) + cfg.request_queue_min
         return max(cfg.request_queue_min, min(depth, cfg.request_queue_max, peer.reqq))
 
-    def _fill_requests(self, peer: PeerConnection, now: float) -> None:
+    def _fill_requests(self, peer: PeerConnection, now: float, *, batch: bool = False) -> None:
+        """Top the peer's request pipeline up to its depth.
+
+        With ``batch`` (after each received block) it waits until a quarter of the pipeline is free,
+        so requests go out in groups: fewer picker calls and fewer, larger sends.
+        """
         wire = peer.wire
         if wire is None or self.state is not TorrentState.DOWNLOADING or peer.closing:
             return
@@ -515,8 +520,9 @@ class Torrent:
             if not peer.allowed_fast_in:
                 return
             allowed = peer.allowed_fast_in
-        n = self._queue_depth(peer, now) - self.picker.num_outstanding(peer.cid)
-        if n <= 0:
+        depth = self._queue_depth(peer, now)
+        n = depth - self.picker.num_outstanding(peer.cid)
+        if n <= 0 or (batch and n < depth >> 2):
             return
         blocks = self.picker.pick(peer.cid, n, allowed=allowed, can_start=self.storage.can_start_piece)
         if not blocks and self.picker.num_outstanding(peer.cid) == 0:
@@ -566,7 +572,7 @@ class Torrent:
                     writes=writes,
                 )
             )
-        self._fill_requests(peer, now)
+        self._fill_requests(peer, now, batch=True)
 
     def _piece_passed(self, index: int, now: float) -> None:
         self._mark_have(index)

@@ -1,0 +1,216 @@
+"""LEDBAT congestion control for uTP (BEP 29 'congestion control'; RFC 6817), as a plug-in.
+
+Pure (aioquic ``congestion/`` split): :class:`Ledbat` is fed one-way delay samples (the peer's
+``timestamp_difference_microseconds`` echo), acked byte counts, losses and timeouts, each with a
+keyword-only ``now``, and exposes ``max_window`` (bytes the connection may have in flight).
+
+* base delay: sliding minimum over 2 minutes, kept as per-minute minima (BEP 29); delays are 32-bit
+  wrapping microseconds compared modulo 2**32, so clock offsets and wrap-around are harmless;
+* growth: ``gain * off_target/target * bytes_acked/max_window`` per ACK, i.e. at most ``gain`` bytes
+  per RTT (libtorrent ``utp_gain_factor``), only while the window is actually the limit;
+* loss: ``max_window *= 0.5`` at most once per RTT; timeout: ``max_window`` = minimum packet (BEP 29);
+* slow start: ON by default, like libtorrent: while the queueing delay is below target and no loss
+  was seen, the window grows by the bytes acked (doubling per RTT) up to ``ssthresh``.  It ends at the
+  first loss, when the delay reaches the target or when linear growth would be larger; after a
+  timeout it restarts from the minimum window up to half the old window (TCP-style ssthresh).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from minibt.errors import ConfigError
+
+TS_MASK = 0xFFFFFFFF  # BEP 29: timestamps are 32-bit microseconds
+TARGET_DELAY_US = 100_000  # BEP 29 CCONTROL_TARGET; libtorrent utp_target_delay 100 ms
+GAIN_BYTES_PER_RTT = 3000  # libtorrent utp_gain_factor (BEP 29 MAX_CWND_INCREASE_PACKETS_PER_RTT, in bytes)
+LOSS_MULTIPLIER = 0.5  # BEP 29 (2012 revision: 0.78 -> 0.5); libtorrent utp_loss_multiplier 50 %
+MIN_WINDOW_BYTES = 150  # BEP 29 'timeouts'/'packet sizes': the smallest packet size
+INITIAL_WINDOW_BYTES = 3000  # minibt convention: about two full packets
+MAX_WINDOW_BYTES = 1024 * 1024  # minibt convention: bounded like the send buffer
+BASE_DELAY_BUCKET_S = 60.0  # BEP 29: base delay over the last two minutes, one minimum per minute
+BASE_DELAY_BUCKETS = 2  # BEP 29: two minutes
+CWND_REDUCE_INTERVAL_S = 0.1  # libtorrent utp_cwnd_reduce_timer: at most one loss cut per max(rtt, 100 ms)
+DELAY_FILTER_SAMPLES = 3  # RFC 6817 section 3.4.2 'current delay' noise filter (minibt: min of 3)
+
+
+@dataclass(frozen=True, slots=True)
+class LedbatConfig:
+    """Congestion-control parameters (bytes and microseconds)."""
+
+    target_delay_us: int = TARGET_DELAY_US
+    gain_bytes_per_rtt: int = GAIN_BYTES_PER_RTT
+    loss_multiplier: float = LOSS_MULTIPLIER
+    min_window_bytes: int = MIN_WINDOW_BYTES
+    initial_window_bytes: int = INITIAL_WINDOW_BYTES
+    max_window_bytes: int = MAX_WINDOW_BYTES
+    slow_start: bool = True
+
+    def __post_init__(self) -> None:
+        if self.target_delay_us <= 0:
+            raise ConfigError(None, "utp.target_delay_us", "must be > 0")
+        if self.gain_bytes_per_rtt <= 0:
+            raise ConfigError(None, "utp.gain_bytes_per_rtt", "must be > 0")
+        if not 0.0 < self.loss_multiplier < 1.0:
+            raise ConfigError(None, "utp.loss_multiplier", "must be in (0, 1)")
+        if not 0 < self.min_window_bytes <= self.initial_window_bytes <= self.max_window_bytes:
+            raise ConfigError(None, "utp.window", "need 0 < min <= initial <= max window bytes")
+
+
+def _before32(a: int, b: int) -> bool:
+    """True if 32-bit wrapping value ``a`` is below ``b``."""
+    return ((a - b) & TS_MASK) > 0x7FFFFFFF
+
+
+class Ledbat:
+    """One connection's send window (``max_window``) under LEDBAT."""
+
+    __slots__ = (
+        "_cfg",
+        "_cwnd",
+        "_ssthresh",
+        "_slow_start",
+        "_hist",
+        "_bucket_start",
+        "_recent",
+        "_base",
+        "_our_delay",
+        "_last_cut",
+        "_cuts",
+        "_timeouts",
+        "_min_seen",
+    )
+
+    def __init__(self, config: LedbatConfig | None = None, *, now: float) -> None:
+        self._cfg = config or LedbatConfig()
+        self._cwnd = float(self._cfg.initial_window_bytes)
+        self._ssthresh = float(self._cfg.max_window_bytes)
+        self._slow_start = self._cfg.slow_start
+        self._hist: list[int] = []  # per-minute minima of the raw samples, newest last
+        self._bucket_start = now
+        self._recent: deque[int] = deque(maxlen=DELAY_FILTER_SAMPLES)
+        self._base: int | None = None
+        self._our_delay: int | None = None
+        self._last_cut = -1e18
+        self._cuts = 0
+        self._timeouts = 0
+        self._min_seen = self._cwnd
+
+    @property
+    def max_window(self) -> int:
+        """Bytes that may be in flight."""
+        return int(self._cwnd)
+
+    @property
+    def base_delay_us(self) -> int | None:
+        return self._base
+
+    @property
+    def our_delay_us(self) -> int | None:
+        """Filtered queueing delay (sample minus base delay), None before the first sample."""
+        return self._our_delay
+
+    def on_delay_sample(self, sample_us: int, *, now: float) -> None:
+        """Record one ``timestamp_difference_microseconds`` echo (0 means 'no sample': skip it)."""
+        sample_us &= TS_MASK
+        if sample_us == 0:
+            return
+        hist = self._hist
+        elapsed = now - self._bucket_start
+        if not hist or elapsed >= BASE_DELAY_BUCKET_S:
+            if not hist:
+                self._bucket_start = now
+            else:
+                steps = int(elapsed // BASE_DELAY_BUCKET_S)
+                if steps >= BASE_DELAY_BUCKETS:
+                    hist.clear()  # nothing heard for two minutes or more: every minimum is stale
+                self._bucket_start += BASE_DELAY_BUCKET_S * steps
+            hist.append(sample_us)
+            if len(hist) > BASE_DELAY_BUCKETS:
+                del hist[0]
+            base = hist[0]
+            for v in hist:
+                if _before32(v, base):
+                    base = v
+            self._base = base
+        else:
+            if _before32(sample_us, hist[-1]):
+                hist[-1] = sample_us
+            base = self._base if self._base is not None else sample_us
+            if _before32(sample_us, base):
+                base = sample_us
+            self._base = base
+        recent = self._recent
+        recent.append(sample_us)
+        low = recent[0]
+        for v in recent:
+            if _before32(v, low):
+                low = v
+        self._our_delay = (low - base) & TS_MASK if not _before32(low, base) else 0
+
+    def on_ack(self, *, bytes_acked: int, bytes_in_flight: int, packet_bytes: int, now: float) -> None:
+        """Grow or shrink the window for ``bytes_acked`` newly acknowledged bytes.
+
+        ``bytes_in_flight`` is the in-flight count before this ACK; the window only moves while it
+        was the limit (``in_flight + packet > max_window``), as in libtorrent.
+        """
+        if bytes_acked <= 0:
+            return
+        cfg = self._cfg
+        target = cfg.target_delay_us
+        delay = self._our_delay if self._our_delay is not None else 0
+        if delay >= target:
+            self._slow_start = False
+        if bytes_in_flight + packet_bytes <= self._cwnd:
+            return  # application-limited: don't inflate a window nobody uses
+        delay_factor = (target - delay) / target
+        window_factor = bytes_acked / max(self._cwnd, float(bytes_acked))
+        gain = cfg.gain_bytes_per_rtt * delay_factor * window_factor
+        if self._slow_start:
+            if bytes_acked >= gain:
+                gain = float(bytes_acked)
+                if self._cwnd + gain >= self._ssthresh:
+                    self._slow_start = False
+                    gain = max(self._ssthresh - self._cwnd, 0.0)
+            else:
+                self._slow_start = False
+        cwnd = self._cwnd + gain
+        self._cwnd = min(max(cwnd, float(cfg.min_window_bytes)), float(cfg.max_window_bytes))
+        if self._cwnd < self._min_seen:
+            self._min_seen = self._cwnd
+
+    def on_loss(self, *, rtt_s: float, now: float) -> bool:
+        """A packet was lost: multiply the window by the loss factor, once per RTT. True if cut."""
+        if now - self._last_cut < max(rtt_s, CWND_REDUCE_INTERVAL_S):
+            return False
+        cfg = self._cfg
+        self._cwnd = max(self._cwnd * cfg.loss_multiplier, float(cfg.min_window_bytes))
+        self._ssthresh = self._cwnd
+        self._slow_start = False
+        self._last_cut = now
+        self._cuts += 1
+        self._min_seen = min(self._min_seen, self._cwnd)
+        return True
+
+    def on_timeout(self, *, now: float) -> None:
+        """Retransmission timeout: the window drops to the smallest packet (BEP 29 'timeouts')."""
+        cfg = self._cfg
+        self._ssthresh = max(self._cwnd * cfg.loss_multiplier, 2.0 * cfg.min_window_bytes)
+        self._cwnd = float(cfg.min_window_bytes)
+        self._slow_start = cfg.slow_start
+        self._last_cut = now
+        self._timeouts += 1
+        self._min_seen = min(self._min_seen, self._cwnd)
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "cwnd": self._cwnd,
+            "cwnd_min": self._min_seen,
+            "ssthresh": self._ssthresh,
+            "slow_start": float(self._slow_start),
+            "base_delay_us": float(self._base if self._base is not None else -1),
+            "our_delay_us": float(self._our_delay if self._our_delay is not None else -1),
+            "loss_cuts": float(self._cuts),
+            "cc_timeouts": float(self._timeouts),
+        }

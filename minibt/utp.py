@@ -1,0 +1,1001 @@
+"""uTorrent transport protocol (BEP 29): packet codec, per-connection machine, connection multiplexer.
+
+Pure: datagrams, commands and ``now`` in; events, datagrams and deadlines out (aioquic shape).
+The loop owns the UDP socket, routes datagrams whose first byte passes :func:`is_utp_datagram` to
+:class:`UtpMux`, calls ``socket_drained`` after draining the socket (ACKs coalesce, libtorrent) and
+sends what ``datagrams_to_send`` returns.  Congestion control lives in :mod:`minibt.ledbat`.
+Out of scope: MTU discovery (fixed payload size from config), the close-reason extension.
+
+    connect() --> SYN_SENT --ST_STATE acking our SYN--------------------> CONNECTED
+    SYN --> accept() --> SYN_RECV --initiator's first ST_DATA (acks us)--> CONNECTED
+    CONNECTED --close(): FIN after queued data--> FIN_SENT
+    CONNECTED/FIN_SENT --our FIN acked + their FIN reached, linger--> CLOSED
+    any --ST_RESET / reset() / timeout--> CLOSED
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+
+from minibt.errors import CloseReason, ConfigError, LocalProtocolError, UtpError
+from minibt.ledbat import Ledbat, LedbatConfig
+
+ST_DATA = 0  # BEP 29 'type'
+ST_FIN = 1  # BEP 29
+ST_STATE = 2  # BEP 29
+ST_RESET = 3  # BEP 29
+ST_SYN = 4  # BEP 29
+UTP_VERSION = 1  # BEP 29 'version'
+HEADER_LEN = 20  # BEP 29 'header format'
+EXT_NONE = 0  # BEP 29 'extension'
+EXT_SACK = 1  # BEP 29 'Selective ACK'
+UTP_FIRST_BYTES = frozenset((t << 4) | UTP_VERSION for t in range(5))  # 0x01 0x11 0x21 0x31 0x41
+SEQ_MASK = 0xFFFF  # BEP 29: seq_nr / ack_nr are 16 bit and wrap
+TS_MASK = 0xFFFFFFFF  # BEP 29: 32-bit microsecond timestamps
+HALF_SEQ = 0x8000
+MIN_PACKET_BYTES = 150  # BEP 29 'packet sizes'
+DUP_ACK_LIMIT = 3  # BEP 29 'packet loss': 3 duplicate ACKs / 3 packets SACKed past the hole
+MAX_SACK_BYTES = 32  # minibt convention: our SACKs cover 256 packets past ack_nr + 1
+MAX_OUTSTANDING_PACKETS = 1024  # minibt convention: bounds the send window in packets (< HALF_SEQ)
+MAX_REORDER_DISTANCE = 2048  # minibt convention: packets further than this past ack_nr are dropped
+MAX_RTO_S = 60.0  # minibt convention: cap of the doubled retransmission timeout
+KiB = 1024
+
+Addr = tuple[str, int]
+ConnKey = tuple[Addr, int]  # (remote address, our receive connection id)
+
+_HDR = struct.Struct(">BBHIIIHH")
+
+
+def _seq_before(a: int, b: int) -> bool:
+    """True if 16-bit sequence number ``a`` comes before ``b`` (wrap-around)."""
+    return ((a - b) & SEQ_MASK) >= HALF_SEQ
+
+
+def timestamp_us(now: float) -> int:
+    """BEP 29 timestamp field from the injected clock."""
+    return int(now * 1e6) & TS_MASK
+
+
+# ---------------------------------------------------------------------------- codec
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UtpHeader:
+    """The 20-byte BEP 29 header; ``extension`` is the first extension type of the chain."""
+
+    type: int
+    version: int = UTP_VERSION
+    extension: int = EXT_NONE
+    connection_id: int
+    timestamp_us: int
+    timestamp_diff_us: int
+    wnd_size: int
+    seq_nr: int
+    ack_nr: int
+
+
+def encode_packet(header: UtpHeader, sack: bytes | None, payload: bytes = b"") -> bytes:
+    """Header (+ SACK extension) + payload.  ``header.extension`` must be 1 exactly when ``sack`` is given."""
+    if header.extension != (EXT_SACK if sack is not None else EXT_NONE):
+        raise LocalProtocolError(CloseReason.PROTOCOL_VIOLATION, "header.extension does not match sack")
+    if sack is not None and (not sack or len(sack) % 4 or len(sack) > 252):
+        raise LocalProtocolError(CloseReason.PROTOCOL_VIOLATION, "SACK bitmask must be 4..252 bytes, x4")
+    hdr = _HDR.pack(
+        (header.type << 4) | header.version,
+        header.extension,
+        header.connection_id,
+        header.timestamp_us,
+        header.timestamp_diff_us,
+        header.wnd_size,
+        header.seq_nr,
+        header.ack_nr,
+    )
+    if sack is None:
+        return hdr + payload
+    return b"".join((hdr, bytes((EXT_NONE, len(sack))), sack, payload))
+
+
+def decode_packet(data: bytes | bytearray | memoryview) -> tuple[UtpHeader, bytes | None, bytes]:
+    """Parse one datagram into ``(header, sack bitmask or None, payload)``; raises :class:`UtpError`."""
+    n = len(data)
+    if n < HEADER_LEN:
+        raise UtpError(CloseReason.MALFORMED_MESSAGE, f"uTP datagram of {n} bytes")
+    tv, ext, cid, ts, tsd, wnd, seq, ack = _HDR.unpack_from(data, 0)
+    if tv & 0x0F != UTP_VERSION:
+        raise UtpError(CloseReason.MALFORMED_MESSAGE, f"uTP version {tv & 0x0F}")
+    typ = tv >> 4
+    if typ > ST_SYN:
+        raise UtpError(CloseReason.MALFORMED_MESSAGE, f"uTP type {typ}")
+    off = HEADER_LEN
+    sack: bytes | None = None
+    nxt = ext
+    while nxt != EXT_NONE:  # BEP 29: linked list of (next type, len, body); every hop eats >= 2 bytes
+        if off + 2 > n:
+            raise UtpError(CloseReason.MALFORMED_MESSAGE, "truncated uTP extension header")
+        this, nxt, ln = nxt, data[off], data[off + 1]
+        off += 2
+        if off + ln > n:
+            raise UtpError(CloseReason.MALFORMED_MESSAGE, "truncated uTP extension")
+        if this == EXT_SACK:
+            if ln == 0 or ln % 4 or sack is not None:
+                raise UtpError(CloseReason.MALFORMED_MESSAGE, "bad uTP selective ACK extension")
+            sack = bytes(data[off : off + ln])
+        off += ln  # BEP 29: unknown extensions are skipped
+    header = UtpHeader(
+        type=typ,
+        extension=ext,
+        connection_id=cid,
+        timestamp_us=ts,
+        timestamp_diff_us=tsd,
+        wnd_size=wnd,
+        seq_nr=seq,
+        ack_nr=ack,
+    )
+    return header, sack, bytes(data[off:])
+
+
+def is_utp_datagram(data: bytes | bytearray | memoryview) -> bool:
+    """Cheap demux test for the loop: version-1 uTP type byte and a full header."""
+    return len(data) >= HEADER_LEN and data[0] in UTP_FIRST_BYTES
+
+
+# ---------------------------------------------------------------------------- config, events
+
+
+@dataclass(frozen=True, slots=True)
+class UtpConfig:
+    """Per-connection and multiplexer limits (libtorrent defaults where it has one)."""
+
+    payload_bytes: int = 1200  # minibt: conservative (no MTU discovery); BEP 29 allows 150..path MTU
+    send_buffer_bytes: int = 1024 * KiB  # queued + unacked payload per connection
+    reorder_buffer_bytes: int = 1024 * KiB  # out-of-order payload held per connection; our wnd_size
+    connect_timeout_s: float = 3.0  # libtorrent utp_connect_timeout 3000 ms
+    syn_resends: int = 2  # libtorrent utp_syn_resends
+    syn_recv_timeout_s: float = 6.0  # minibt: acceptor waits this long for the initiator's first ST_DATA
+    num_resends: int = 3  # libtorrent utp_num_resends: consecutive timeouts before giving up
+    fin_resends: int = 2  # libtorrent utp_fin_resends
+    initial_timeout_s: float = 1.0  # BEP 29 'timeouts'
+    min_timeout_s: float = 0.5  # BEP 29; libtorrent utp_min_timeout 500 ms
+    keepalive_s: float = 29.0  # libtorrent: an ST_STATE every ~29 s idle keeps NAT mappings open
+    ack_delay_s: float = 0.01  # minibt: deferred ACK fallback when socket_drained() is not called
+    fin_wait_s: float = 10.0  # minibt: after our FIN is acked, wait this long for theirs
+    linger_s: float = 2.0  # minibt: keep a finished connection to re-ACK a retransmitted FIN
+    max_connections: int = 500  # minibt: incoming connections per multiplexer
+    max_half_open: int = 50  # minibt: acceptors in SYN_RECV (spoofed SYNs cost only this)
+    rst_per_s: float = 10.0  # minibt, after libutp RST_INFO_LIMIT: RESETs to unknown connections
+    ledbat: LedbatConfig = field(default_factory=LedbatConfig)
+
+    def __post_init__(self) -> None:
+        if not MIN_PACKET_BYTES <= self.payload_bytes <= 1452:
+            raise ConfigError(None, "utp.payload_bytes", "must be within 150..1452")
+        if self.send_buffer_bytes < self.payload_bytes or self.reorder_buffer_bytes < self.payload_bytes:
+            raise ConfigError(None, "utp.buffers", "buffers must hold at least one packet")
+        if self.min_timeout_s <= 0 or self.initial_timeout_s <= 0 or self.connect_timeout_s <= 0:
+            raise ConfigError(None, "utp.timeouts", "must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """The handshake completed (initiator: SYN acked; acceptor: first ST_DATA arrived)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataReceived:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The peer's FIN was reached: every byte before it has been delivered."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionReset:
+    """ST_RESET received."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionTimedOut:
+    """Connect timeout or too many consecutive retransmission timeouts."""
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingConnection:
+    """A SYN created an acceptor connection (emitted by :class:`UtpMux`)."""
+
+    conn: UtpConnection
+
+
+UtpEvent = (
+    Connected | DataReceived | ConnectionClosed | ConnectionReset | ConnectionTimedOut | IncomingConnection
+)
+MuxEvent = tuple[ConnKey, UtpEvent]
+
+
+class UtpState(enum.Enum):  # names after BEP 29 / libutp CS_*
+    SYN_SENT = enum.auto()
+    SYN_RECV = enum.auto()
+    CONNECTED = enum.auto()
+    FIN_SENT = enum.auto()
+    CLOSED = enum.auto()
+
+
+class _Sent:
+    """One packet in the send window (mutable, private)."""
+
+    __slots__ = ("seq", "type", "payload", "size", "sent_at", "tx", "in_flight", "sacked")
+
+    def __init__(self, seq: int, typ: int, payload: bytes | bytearray) -> None:
+        self.seq = seq
+        self.type = typ
+        self.payload = payload
+        self.size = len(payload)
+        self.sent_at = 0.0
+        self.tx = 0
+        self.in_flight = False
+        self.sacked = False
+
+
+# ---------------------------------------------------------------------------- connection
+
+
+class UtpConnection:
+    """One uTP connection (BEP 29) as a pure state machine; build with :meth:`connect` / :meth:`accept`."""
+
+    def __init__(
+        self,
+        state: UtpState,
+        recv_id: int,
+        send_id: int,
+        seq_nr: int,
+        ack_nr: int,
+        now: float,
+        config: UtpConfig,
+    ) -> None:
+        self._cfg = config
+        self._state = state
+        self._recv_id = recv_id
+        self._send_id = send_id
+        self._cc = Ledbat(config.ledbat, now=now)
+        # send side
+        self._seq_nr = seq_nr  # next sequence number to use
+        self._acked = (seq_nr - 1) & SEQ_MASK  # last sequence number cumulatively acked by the peer
+        self._out: dict[int, _Sent] = {}
+        self._tx_queue: deque[int] = deque()  # sequence numbers waiting for a (re)transmission
+        self._inflight = 0
+        self._unacked_bytes = 0
+        self._send_buf = bytearray()
+        self._peer_wnd = config.reorder_buffer_bytes
+        self._fast_resend_seq = seq_nr
+        self._dup_acks = 0
+        self._rtt = 0.0
+        self._rtt_var = 0.0
+        self._have_rtt = False
+        self._rto = config.initial_timeout_s
+        self._rto_at: float | None = None
+        self._consec_timeouts = 0
+        self._fin_requested = False
+        self._fin_seq: int | None = None
+        self._fin_acked = False
+        # receive side
+        self._ack_nr = ack_nr  # last sequence number received in order
+        self._reorder: dict[int, bytes] = {}
+        self._reorder_bytes = 0
+        self._sack: bytes | None = None
+        self._sack_dirty = False
+        self._eof_seq: int | None = None
+        self._fin_reached = False
+        self._reply_micro = 0
+        self._ack_pending = False
+        self._ack_due: float | None = None
+        # timers
+        self._connect_deadline: float | None = None
+        self._syn_resend_at: float | None = None
+        self._close_at: float | None = None
+        self._last_send = now
+        self._outbox: list[bytes] = []
+        # counters
+        self._n = dict.fromkeys(
+            (
+                "packets_sent packets_received bytes_sent bytes_received acks_sent retransmits "
+                "fast_retransmits timeouts dup_acks dup_packets reorder_drops invalid_acks ignored keepalives"
+            ).split(),
+            0,
+        )
+
+    @classmethod
+    def connect(
+        cls, rng: random.Random, *, now: float, config: UtpConfig | None = None, recv_id: int | None = None
+    ) -> UtpConnection:
+        """Initiator: pick ``recv_id`` at random, send on ``recv_id + 1``; the SYN carries ``recv_id``."""
+        cfg = config or UtpConfig()
+        rid = rng.randrange(0x10000) if recv_id is None else recv_id & SEQ_MASK
+        conn = cls(UtpState.SYN_SENT, rid, (rid + 1) & SEQ_MASK, 1, 0, now, cfg)  # BEP 29: c.seq_nr = 1
+        syn = _Sent(1, ST_SYN, b"")
+        conn._out[1] = syn
+        conn._seq_nr = 2
+        conn._connect_deadline = now + cfg.connect_timeout_s
+        conn._syn_resend_at = now + cfg.connect_timeout_s / (cfg.syn_resends + 1)
+        conn._transmit(syn, now)
+        return conn
+
+    @classmethod
+    def accept(
+        cls, syn: UtpHeader, rng: random.Random, *, now: float, config: UtpConfig | None = None
+    ) -> UtpConnection:
+        """Acceptor for a received SYN: send on ``syn.connection_id``, receive on it + 1, reply ST_STATE.
+
+        BEP 29 (2015 reflection fix): we stay in SYN_RECV, sending nothing but that ACK, until the
+        initiator's first ST_DATA proves it saw our random ``seq_nr``.
+        """
+        if syn.type != ST_SYN:
+            raise LocalProtocolError(CloseReason.PROTOCOL_VIOLATION, "accept() needs an ST_SYN header")
+        cfg = config or UtpConfig()
+        cid = syn.connection_id
+        conn = cls(UtpState.SYN_RECV, (cid + 1) & SEQ_MASK, cid, rng.randrange(0x10000), syn.seq_nr, now, cfg)
+        conn._reply_micro = (timestamp_us(now) - syn.timestamp_us) & TS_MASK
+        conn._peer_wnd = syn.wnd_size
+        conn._connect_deadline = now + cfg.syn_recv_timeout_s
+        conn._emit(ST_STATE, conn._seq_nr, b"", now)
+        return conn
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def state(self) -> UtpState:
+        return self._state
+
+    @property
+    def recv_id(self) -> int:
+        return self._recv_id
+
+    @property
+    def send_id(self) -> int:
+        return self._send_id
+
+    @property
+    def is_finished(self) -> bool:
+        """CLOSED with nothing left to send: the multiplexer may forget it."""
+        return self._state is UtpState.CLOSED and not self._outbox
+
+    def send_room(self) -> int:
+        """Bytes :meth:`send` would accept now (send buffer cap minus queued and unacked bytes)."""
+        if self._state is UtpState.CLOSED or self._fin_requested:
+            return 0
+        return max(0, self._cfg.send_buffer_bytes - len(self._send_buf) - self._unacked_bytes)
+
+    # ------------------------------------------------------------------ commands
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        """Queue application bytes; returns how many were accepted (backpressure when short)."""
+        if self._state is UtpState.CLOSED or self._fin_requested:
+            raise LocalProtocolError(CloseReason.PROTOCOL_VIOLATION, "send() on a closed uTP connection")
+        n = min(len(data), self.send_room())
+        if n:
+            self._send_buf += data[:n] if n < len(data) else data
+        return n
+
+    def close(self) -> None:
+        """Graceful close: ST_FIN after every queued byte.  Before the handshake completes: reset()."""
+        if self._state in (UtpState.SYN_SENT, UtpState.SYN_RECV):
+            self.reset()
+        elif self._state is not UtpState.CLOSED:
+            self._fin_requested = True
+
+    def reset(self) -> None:
+        """Abort: send ST_RESET, drop all state."""
+        if self._state is UtpState.CLOSED:
+            return
+        self._outbox.clear()
+        self._emit_raw(ST_RESET, self._send_id, self._seq_nr, 0)
+        self._terminate()
+
+    def flush_acks(self, *, now: float) -> None:
+        """End of a receive batch: send data (ACKs ride on it) or one ST_STATE if an ACK is owed."""
+        if self._state in (UtpState.CONNECTED, UtpState.FIN_SENT):
+            self._fill(now)
+        if self._ack_pending and self._state is not UtpState.CLOSED:
+            self._emit(ST_STATE, self._seq_nr, b"", now)
+
+    def datagrams_to_send(self, *, now: float) -> list[bytes]:
+        """Packetize queued data within min(cwnd, peer window) and drain the outbox."""
+        if self._state in (UtpState.CONNECTED, UtpState.FIN_SENT):
+            self._fill(now)
+        out = self._outbox
+        self._outbox = []
+        return out
+
+    # ------------------------------------------------------------------ input
+
+    def receive_packet(
+        self, header: UtpHeader, sack: bytes | None, payload: bytes, *, now: float
+    ) -> list[UtpEvent]:
+        """Feed one decoded packet addressed to this connection; packets that don't fit are ignored."""
+        st = self._state
+        if st is UtpState.CLOSED:
+            return []
+        n = self._n
+        n["packets_received"] += 1
+        typ = header.type
+        if typ == ST_RESET:
+            self._outbox.clear()
+            self._terminate()
+            return [ConnectionReset()]
+        self._reply_micro = (timestamp_us(now) - header.timestamp_us) & TS_MASK
+        self._peer_wnd = header.wnd_size
+        events: list[UtpEvent] = []
+        if typ == ST_SYN:
+            if st is UtpState.SYN_RECV and header.seq_nr == self._ack_nr:
+                self._emit(ST_STATE, self._seq_nr, b"", now)  # our ST_STATE was lost: repeat it
+            else:
+                n["ignored"] += 1
+            return events
+        if st is UtpState.SYN_SENT:
+            if typ not in (ST_STATE, ST_DATA) or header.ack_nr != 1:
+                n["ignored"] += 1
+                return events
+            # BEP 29: ST_STATE carries the acceptor's next seq_nr without consuming it (libutp/libtorrent)
+            self._ack_nr = (header.seq_nr - 1) & SEQ_MASK
+            self._become_connected(events)
+        elif st is UtpState.SYN_RECV:
+            if typ not in (ST_DATA, ST_FIN) or header.ack_nr != (self._seq_nr - 1) & SEQ_MASK:
+                n["ignored"] += 1  # BEP 29 2015 fix: must ack our random seq_nr
+                return events
+            self._become_connected(events)
+        if not self._process_ack(header, sack, now):
+            return events
+        if typ == ST_DATA or typ == ST_FIN:
+            self._process_data(header, payload, now, events)
+        return events
+
+    def next_deadline(self) -> float | None:
+        """Earliest absolute time :meth:`handle_timeout` has work to do."""
+        if self._state is UtpState.CLOSED:
+            return None
+        cands = [self._connect_deadline, self._syn_resend_at, self._rto_at, self._close_at]
+        if self._ack_pending:
+            cands.append(self._ack_due)
+        if self._state in (UtpState.CONNECTED, UtpState.FIN_SENT):
+            cands.append(self._last_send + self._cfg.keepalive_s)
+        return min((t for t in cands if t is not None), default=None)
+
+    def handle_timeout(self, *, now: float) -> list[UtpEvent]:
+        """Run due timers: connect timeout, SYN resends, RTO, deferred ACK, keep-alive, linger."""
+        if self._state is UtpState.CLOSED:
+            return []
+        cfg = self._cfg
+        if self._connect_deadline is not None and now >= self._connect_deadline:
+            self._terminate()
+            return [ConnectionTimedOut()]
+        if self._syn_resend_at is not None and now >= self._syn_resend_at:
+            syn = self._out.get(1)
+            if syn is not None:
+                self._n["retransmits"] += 1
+                self._transmit(syn, now)
+            self._syn_resend_at = now + cfg.connect_timeout_s / (cfg.syn_resends + 1)
+        if self._close_at is not None and now >= self._close_at:
+            self._terminate()
+            return []
+        if self._rto_at is not None and now >= self._rto_at:
+            if self._on_rto(now):
+                return [ConnectionTimedOut()]
+        if self._ack_pending and self._ack_due is not None and now >= self._ack_due:
+            self._emit(ST_STATE, self._seq_nr, b"", now)
+        if (
+            self._state in (UtpState.CONNECTED, UtpState.FIN_SENT)
+            and now >= self._last_send + cfg.keepalive_s
+        ):
+            self._n["keepalives"] += 1
+            self._emit(ST_STATE, self._seq_nr, b"", now)  # BEP 29 leaves this open; keeps NATs open
+        return []
+
+    def stats(self) -> dict[str, float]:
+        """Counters and gauges for tests and diagnostics (libutp ``utp_get_stats`` style)."""
+        s: dict[str, float] = {k: float(v) for k, v in self._n.items()}
+        s.update(self._cc.stats())
+        s.update(
+            inflight=float(self._inflight),
+            outstanding_packets=float(len(self._out)),
+            peer_wnd=float(self._peer_wnd),
+            rtt_ms=self._rtt * 1e3,
+            rtt_var_ms=self._rtt_var * 1e3,
+            rto_ms=self._rto * 1e3,
+            send_buffered=float(len(self._send_buf)),
+            reorder_bytes=float(self._reorder_bytes),
+            max_window=float(self._cc.max_window),
+        )
+        return s
+
+    # ------------------------------------------------------------------ internals: sending
+
+    def _emit_raw(
+        self,
+        typ: int,
+        cid: int,
+        seq: int,
+        wnd: int,
+        payload: bytes | bytearray = b"",
+        sack: bytes | None = None,
+        now_us: int = 0,
+    ) -> None:
+        hdr = _HDR.pack(
+            (typ << 4) | UTP_VERSION,
+            EXT_NONE if sack is None else EXT_SACK,
+            cid,
+            now_us,
+            self._reply_micro,
+            wnd,
+            seq,
+            self._ack_nr,
+        )
+        if sack is not None:
+            self._outbox.append(b"".join((hdr, bytes((EXT_NONE, len(sack))), sack, payload)))
+        else:
+            self._outbox.append(hdr + payload if payload else hdr)
+        self._n["packets_sent"] += 1
+
+    def _emit(self, typ: int, seq: int, payload: bytes | bytearray, now: float) -> None:
+        """Build one packet carrying our current ACK state (and SACK if we have holes)."""
+        if self._sack_dirty:
+            self._sack = self._build_sack()
+            self._sack_dirty = False
+        cid = self._recv_id if typ == ST_SYN else self._send_id  # BEP 29: only the SYN uses recv_id
+        wnd = max(0, self._cfg.reorder_buffer_bytes - self._reorder_bytes)
+        self._emit_raw(typ, cid, seq, wnd, payload, self._sack if self._reorder else None, timestamp_us(now))
+        if typ == ST_STATE:
+            self._n["acks_sent"] += 1
+        self._ack_pending = False
+        self._ack_due = None
+        self._last_send = now
+
+    def _build_sack(self) -> bytes | None:
+        """BEP 29: bit i (LSB first, byte 0 first) acks ack_nr + 2 + i, i.e. a little-endian integer."""
+        base = (self._ack_nr + 2) & SEQ_MASK
+        mask = 0
+        for seq in self._reorder:
+            off = (seq - base) & SEQ_MASK
+            if off < MAX_SACK_BYTES * 8:
+                mask |= 1 << off
+        if not mask:
+            return None
+        return mask.to_bytes((mask.bit_length() + 31) // 32 * 4, "little")
+
+    def _transmit(self, p: _Sent, now: float) -> None:
+        if not p.in_flight:
+            self._inflight += p.size
+            p.in_flight = True
+        p.tx += 1
+        p.sent_at = now
+        self._n["bytes_sent"] += p.size
+        if self._rto_at is None and self._state is not UtpState.SYN_SENT:
+            self._rto_at = now + self._current_rto()
+        self._emit(p.type, p.seq, p.payload, now)
+
+    def _fill(self, now: float) -> None:
+        """Send retransmissions, then new data, then a queued FIN, while the window allows.
+
+        BEP 29: send while cur_window + packet <= min(max_window, wnd_size); one packet is always
+        allowed when nothing is in flight (how a connection restarts after a timeout).
+        """
+        limit = min(self._cc.max_window, self._peer_wnd)
+        out = self._out
+        queue = self._tx_queue
+        while queue:
+            p = out.get(queue[0])
+            if p is None or p.in_flight or p.sacked:
+                queue.popleft()
+                continue
+            if self._inflight and self._inflight + p.size > limit:
+                return
+            queue.popleft()
+            self._n["retransmits"] += 1
+            self._transmit(p, now)
+        buf = self._send_buf
+        size = self._cfg.payload_bytes
+        while buf and len(out) < MAX_OUTSTANDING_PACKETS:
+            k = min(len(buf), size)
+            if self._inflight and self._inflight + k > limit:
+                return
+            payload = buf[:k]
+            del buf[:k]
+            seq = self._seq_nr
+            self._seq_nr = (seq + 1) & SEQ_MASK
+            p = _Sent(seq, ST_DATA, payload)
+            out[seq] = p
+            self._unacked_bytes += k
+            self._transmit(p, now)
+        if self._fin_requested and not buf and self._fin_seq is None and len(out) < MAX_OUTSTANDING_PACKETS:
+            seq = self._fin_seq = self._seq_nr
+            self._seq_nr = (seq + 1) & SEQ_MASK
+            p = _Sent(seq, ST_FIN, b"")
+            out[seq] = p
+            self._state = UtpState.FIN_SENT
+            self._transmit(p, now)
+
+    def _current_rto(self) -> float:
+        return min(self._rto * (1 << min(self._consec_timeouts, 16)), MAX_RTO_S)
+
+    # ------------------------------------------------------------------ internals: receiving
+
+    def _become_connected(self, events: list[UtpEvent]) -> None:
+        self._state = UtpState.CONNECTED
+        self._connect_deadline = None
+        self._syn_resend_at = None
+        events.append(Connected())
+
+    def _rtt_sample(self, sample: float) -> None:
+        if self._have_rtt:  # BEP 29 'timeouts'
+            delta = self._rtt - sample
+            self._rtt_var += (abs(delta) - self._rtt_var) / 4
+            self._rtt += (sample - self._rtt) / 8
+        else:  # first sample seeds both (RFC 6298 2.2) instead of converging from zero
+            self._rtt = sample
+            self._rtt_var = sample / 2
+            self._have_rtt = True
+        self._rto = max(self._rtt + 4 * self._rtt_var, self._cfg.min_timeout_s)
+
+    def _acked_one(self, p: _Sent, now: float) -> int:
+        """Account one packet the peer has; returns its bytes if this is news."""
+        if p.in_flight:
+            self._inflight -= p.size
+            p.in_flight = False
+        if p.sacked:
+            return 0
+        if p.tx == 1:  # BEP 29: only packets sent once give RTT samples
+            self._rtt_sample(now - p.sent_at)
+        return p.size
+
+    def _process_ack(self, h: UtpHeader, sack: bytes | None, now: float) -> bool:
+        """Cumulative ACK, duplicate ACKs, SACK, LEDBAT.  False: the packet acks what we never sent."""
+        ack = h.ack_nr
+        acked = self._acked
+        adv = (ack - acked) & SEQ_MASK
+        if adv >= HALF_SEQ:
+            return True  # an old ACK on a reordered packet: nothing to learn, data still counts
+        if adv > ((self._seq_nr - 1 - acked) & SEQ_MASK):
+            self._n["invalid_acks"] += 1
+            return False
+        if h.timestamp_diff_us:
+            self._cc.on_delay_sample(h.timestamp_diff_us, now=now)
+        out = self._out
+        inflight_before = self._inflight
+        newly = 0
+        lost = False
+        if adv:
+            for i in range(1, adv + 1):
+                p = out.pop((acked + i) & SEQ_MASK, None)
+                if p is not None:
+                    newly += self._acked_one(p, now)
+                    self._unacked_bytes -= p.size
+            self._acked = ack
+            self._dup_acks = 0
+            self._consec_timeouts = 0
+            self._rto_at = now + self._current_rto() if out else None
+            if _seq_before(self._fast_resend_seq, (ack + 1) & SEQ_MASK):
+                self._fast_resend_seq = (ack + 1) & SEQ_MASK
+            if self._fin_seq is not None and not self._fin_acked and self._fin_seq not in out:
+                self._fin_acked = True
+                self._close_at = now + (self._cfg.linger_s if self._fin_reached else self._cfg.fin_wait_s)
+        elif out and h.type == ST_STATE:
+            self._n["dup_acks"] += 1
+            self._dup_acks += 1
+            first = (ack + 1) & SEQ_MASK
+            if self._dup_acks >= DUP_ACK_LIMIT and not _seq_before(first, self._fast_resend_seq):
+                lost = self._mark_lost(first)
+                self._fast_resend_seq = (first + 1) & SEQ_MASK
+        if sack is not None and out:
+            got, sack_lost = self._process_sack(sack, now)
+            newly += got
+            lost = lost or sack_lost
+        if lost:
+            self._cc.on_loss(rtt_s=self._rtt, now=now)
+        if newly:
+            self._cc.on_ack(
+                bytes_acked=newly,
+                bytes_in_flight=inflight_before,
+                packet_bytes=self._cfg.payload_bytes,
+                now=now,
+            )
+        return True
+
+    def _mark_lost(self, seq: int) -> bool:
+        p = self._out.get(seq)
+        if p is None or not p.in_flight or p.sacked:
+            return False
+        p.in_flight = False
+        self._inflight -= p.size
+        queue = self._tx_queue
+        if queue and _seq_before(seq, queue[0]):
+            queue.appendleft(seq)
+        else:
+            queue.append(seq)
+        self._n["fast_retransmits"] += 1
+        return True
+
+    def _process_sack(self, sack: bytes, now: float) -> tuple[int, bool]:
+        """BEP 29: each SACKed packet counts as a duplicate ACK; a packet with >= 3 SACKed after it is lost."""
+        base = (self._acked + 2) & SEQ_MASK
+        span = (self._seq_nr - base) & SEQ_MASK
+        if span >= HALF_SEQ:
+            return 0, False
+        mask = int.from_bytes(sack, "little") & ((1 << span) - 1)
+        out = self._out
+        offsets: list[int] = []
+        newly = 0
+        while mask:
+            low = mask & -mask
+            mask ^= low
+            off = low.bit_length() - 1
+            p = out.get((base + off) & SEQ_MASK)
+            if p is None:
+                continue
+            offsets.append(off)
+            if not p.sacked:
+                newly += self._acked_one(p, now)
+                p.sacked = True
+        lost = False
+        if len(offsets) >= DUP_ACK_LIMIT:
+            end = (base + offsets[-DUP_ACK_LIMIT]) & SEQ_MASK  # everything before has >= 3 SACKed after it
+            seq = self._fast_resend_seq
+            if _seq_before(seq, (self._acked + 1) & SEQ_MASK):
+                seq = (self._acked + 1) & SEQ_MASK
+            while _seq_before(seq, end):
+                lost = self._mark_lost(seq) or lost
+                seq = (seq + 1) & SEQ_MASK
+            if _seq_before(self._fast_resend_seq, end):
+                self._fast_resend_seq = end
+        return newly, lost
+
+    def _process_data(self, h: UtpHeader, payload: bytes, now: float, events: list[UtpEvent]) -> None:
+        seq = h.seq_nr
+        n = self._n
+        if not self._ack_pending:
+            self._ack_pending = True
+            self._ack_due = now + self._cfg.ack_delay_s
+        if h.type == ST_FIN and self._eof_seq is None:
+            self._eof_seq = seq  # BEP 29 eof_pkt: nothing after it exists
+        elif self._eof_seq is not None and _seq_before(self._eof_seq, seq):
+            n["ignored"] += 1
+            return
+        dist = (seq - self._ack_nr) & SEQ_MASK
+        if dist == 0 or dist >= HALF_SEQ:
+            n["dup_packets"] += 1  # already have it; the ACK we owe tells the sender
+            return
+        if dist > 1:
+            if (
+                dist > MAX_REORDER_DISTANCE
+                or seq in self._reorder
+                or self._reorder_bytes + len(payload) > self._cfg.reorder_buffer_bytes
+            ):
+                n["reorder_drops" if seq not in self._reorder else "dup_packets"] += 1
+                return
+            self._reorder[seq] = payload
+            self._reorder_bytes += len(payload)
+            self._sack_dirty = True
+            return
+        self._ack_nr = seq
+        chunks = [payload] if payload else []
+        reorder = self._reorder
+        if reorder:
+            nxt = (seq + 1) & SEQ_MASK
+            while nxt in reorder:
+                more = reorder.pop(nxt)
+                self._reorder_bytes -= len(more)
+                if more:
+                    chunks.append(more)
+                self._ack_nr = nxt
+                nxt = (nxt + 1) & SEQ_MASK
+            self._sack_dirty = True
+        if chunks:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            n["bytes_received"] += len(data)
+            events.append(DataReceived(data))
+        if self._eof_seq is not None and self._ack_nr == self._eof_seq and not self._fin_reached:
+            self._fin_reached = True
+            if reorder:
+                reorder.clear()
+                self._reorder_bytes = 0
+            events.append(ConnectionClosed("fin"))
+            if self._fin_acked:
+                self._close_at = now + self._cfg.linger_s
+
+    def _on_rto(self, now: float) -> bool:
+        """Retransmission timeout (BEP 29 'timeouts').  True: give up (ConnectionTimedOut)."""
+        out = self._out
+        if not out:
+            self._rto_at = None
+            return False
+        self._n["timeouts"] += 1
+        self._consec_timeouts += 1
+        if self._state is UtpState.FIN_SENT and self._consec_timeouts > self._cfg.fin_resends:
+            self._terminate()  # we are leaving anyway (libtorrent utp_fin_resends)
+            return False
+        if self._consec_timeouts > self._cfg.num_resends:
+            self._terminate()
+            return True
+        self._cc.on_timeout(now=now)
+        queue: deque[int] = deque()
+        seq = (self._acked + 1) & SEQ_MASK
+        for _ in range((self._seq_nr - seq) & SEQ_MASK):
+            p = out.get(seq)
+            if p is not None and not p.sacked:
+                if p.in_flight:
+                    p.in_flight = False
+                    self._inflight -= p.size
+                queue.append(seq)
+            seq = (seq + 1) & SEQ_MASK
+        self._tx_queue = queue
+        self._fast_resend_seq = self._seq_nr
+        self._rto_at = now + self._current_rto()
+        self._fill(now)
+        return False
+
+    def _terminate(self) -> None:
+        self._state = UtpState.CLOSED
+        self._out.clear()
+        self._tx_queue.clear()
+        self._send_buf = bytearray()
+        self._reorder.clear()
+        self._inflight = self._unacked_bytes = self._reorder_bytes = 0
+        self._rto_at = self._connect_deadline = self._syn_resend_at = self._close_at = self._ack_due = None
+        self._ack_pending = False
+
+
+# ---------------------------------------------------------------------------- multiplexer
+
+
+class UtpMux:
+    """All uTP connections behind one UDP socket, keyed by (address, our receive connection id)."""
+
+    def __init__(self, rng: random.Random, *, config: UtpConfig | None = None) -> None:
+        self._rng = rng
+        self._cfg = config or UtpConfig()
+        self._conns: dict[ConnKey, UtpConnection] = {}
+        self._touched: set[ConnKey] = set()
+        self._rst_out: list[tuple[bytes, Addr]] = []
+        self._rst_tokens = self._cfg.rst_per_s
+        self._rst_time: float | None = None
+        self._n = dict.fromkeys(
+            "datagrams garbage unknown_connection resets_sent resets_suppressed syns_refused accepted connects".split(),
+            0,
+        )
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def connection(self, key: ConnKey) -> UtpConnection | None:
+        return self._conns.get(key)
+
+    def connect(self, addr: Addr, *, now: float) -> UtpConnection:
+        """Start an outgoing connection; its key is ``(addr, conn.recv_id)``."""
+        while True:
+            rid = self._rng.randrange(0x10000)
+            if (addr, rid) not in self._conns:
+                break
+        conn = UtpConnection.connect(self._rng, now=now, config=self._cfg, recv_id=rid)
+        self._conns[(addr, rid)] = conn
+        self._n["connects"] += 1
+        return conn
+
+    def receive_datagram(
+        self, data: bytes | bytearray | memoryview, addr: Addr, *, now: float
+    ) -> list[MuxEvent]:
+        """Route one datagram.  Never raises on remote input: garbage is counted and dropped."""
+        self._n["datagrams"] += 1
+        try:
+            header, sack, payload = decode_packet(data)
+        except UtpError:
+            self._n["garbage"] += 1
+            return []
+        cid = header.connection_id
+        typ = header.type
+        conns = self._conns
+        if typ == ST_SYN:
+            key = (addr, (cid + 1) & SEQ_MASK)
+            conn = conns.get(key)
+            if conn is None:
+                return self._accept(key, header, now)
+        elif typ == ST_RESET:  # libutp: the id is our recv id, or our send id (either role)
+            key = (addr, cid)
+            conn = conns.get(key)
+            if conn is None:
+                for k in ((addr, (cid + 1) & SEQ_MASK), (addr, (cid - 1) & SEQ_MASK)):
+                    c = conns.get(k)
+                    if c is not None and c.send_id == cid:
+                        key, conn = k, c
+                        break
+            if conn is None:
+                self._n["unknown_connection"] += 1
+                return []
+        else:
+            key = (addr, cid)
+            conn = conns.get(key)
+            if conn is None:
+                self._n["unknown_connection"] += 1
+                self._send_reset(header, addr, now)
+                return []
+        self._touched.add(key)
+        return [(key, ev) for ev in conn.receive_packet(header, sack, payload, now=now)]
+
+    def _accept(self, key: ConnKey, syn: UtpHeader, now: float) -> list[MuxEvent]:
+        cfg = self._cfg
+        half_open = sum(1 for c in self._conns.values() if c.state is UtpState.SYN_RECV)
+        if len(self._conns) >= cfg.max_connections or half_open >= cfg.max_half_open:
+            self._n["syns_refused"] += 1
+            self._send_reset(syn, key[0], now)
+            return []
+        conn = UtpConnection.accept(syn, self._rng, now=now, config=cfg)
+        self._conns[key] = conn
+        self._n["accepted"] += 1
+        return [(key, IncomingConnection(conn))]
+
+    def _send_reset(self, h: UtpHeader, addr: Addr, now: float) -> None:
+        """ST_RESET to a packet for a connection we don't have, token-bucket limited (libutp RST_INFO_LIMIT)."""
+        rate = self._cfg.rst_per_s
+        if self._rst_time is not None:
+            self._rst_tokens = min(rate, self._rst_tokens + (now - self._rst_time) * rate)
+        self._rst_time = now
+        if self._rst_tokens < 1.0:
+            self._n["resets_suppressed"] += 1
+            return
+        self._rst_tokens -= 1.0
+        self._n["resets_sent"] += 1
+        pkt = _HDR.pack(
+            (ST_RESET << 4) | UTP_VERSION,
+            EXT_NONE,
+            h.connection_id,
+            timestamp_us(now),
+            0,
+            0,
+            self._rng.randrange(0x10000),
+            h.seq_nr,
+        )
+        self._rst_out.append((pkt, addr))
+
+    def socket_drained(self, *, now: float) -> None:
+        """The loop emptied the UDP socket: connections that got packets send their (coalesced) ACKs."""
+        conns = self._conns
+        for key in self._touched:
+            conn = conns.get(key)
+            if conn is not None:
+                conn.flush_acks(now=now)
+        self._touched.clear()
+
+    def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Addr]]:
+        """Everything every connection wants sent now; finished connections are forgotten afterwards."""
+        out = self._rst_out
+        self._rst_out = []
+        dead: list[ConnKey] = []
+        for key, conn in self._conns.items():
+            addr = key[0]
+            for d in conn.datagrams_to_send(now=now):
+                out.append((d, addr))
+            if conn.is_finished:
+                dead.append(key)
+        for key in dead:
+            del self._conns[key]
+        return out
+
+    def next_deadline(self) -> float | None:
+        return min((t for c in self._conns.values() if (t := c.next_deadline()) is not None), default=None)
+
+    def handle_timeout(self, *, now: float) -> list[MuxEvent]:
+        events: list[MuxEvent] = []
+        for key, conn in self._conns.items():
+            t = conn.next_deadline()
+            if t is not None and now >= t:
+                events.extend((key, ev) for ev in conn.handle_timeout(now=now))
+        return events
+
+    def stats(self) -> dict[str, int]:
+        s = dict(self._n)
+        s["connections"] = len(self._conns)
+        s["half_open"] = sum(1 for c in self._conns.values() if c.state is UtpState.SYN_RECV)
+        return s
