@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from clients import Client as ProcessClient
-from clients import running
+from clients import LibtorrentPeer, running
 from evil_peer import EvilPeer, Mode
 
 from minibt.client import Client
@@ -232,6 +232,30 @@ def test_download_from_liar_bans_it_and_completes_from_honest_seed(tmp_path: Pat
         run_until(client, lambda: len(liar.records) > n_before and liar.records[-1].closed_at is not None,
                   "the banned liar's new connection refused", time.monotonic() + 10)
         assert liar.records[-1].handshake_at is None and liar.records[-1].closed_by_remote
+    assert_same_payload(dl / "payload.bin", swarm.payload)
+
+
+def test_liar_is_banned_while_a_libtorrent_seeder_completes_the_download(tmp_path: Path, swarm: Swarm) -> None:
+    """Issue 3: a peer serving corrupt blocks is banned; the download completes from a libtorrent seeder."""
+    deadline = time.monotonic() + TEST_DEADLINE_S
+    # Throttle libtorrent (PROTOCOL.md 7.10: its limits skip loopback unless told otherwise) so the
+    # liar gets to serve several pieces before the honest seeder has sent everything.
+    lt_seed = LibtorrentPeer(tmp_path / "lt-seed", torrent_path=swarm.torrent_path, save_dir=swarm.seed_dir,
+                             seed=True, extra_settings={"upload_rate_limit": 600_000,
+                                                        "ignore_limits_on_local_network": False})
+    with running(lt_seed), evil_for(swarm, Mode.LIAR) as liar, in_process_client(tmp_path) as client:
+        lt_seed.wait_until(lambda: bool(lt_seed.status().get("is_seeding")), 20.0, "libtorrent seeding")
+        dl = tmp_path / "dl"
+        t = client.add(swarm.meta, str(dl), mode="download", peers=[liar.listen(), (HONEST_HOST, lt_seed.port)])
+        run_until(client, lambda: done_downloading(t) and EVIL_HOST in t.banned,
+                  "download complete and the liar banned", deadline,
+                  lambda: f"status: {t.status(client.clock.now())}\n{lt_seed.log_tail()}")
+        st = t.status(client.clock.now())
+        assert isinstance(st["hash_failures"], int) and st["hash_failures"] >= 3  # 100 - 3 * 20 <= 50
+        assert EVIL_HOST in t.banned and HONEST_HOST not in t.banned
+        assert client.session.reputation.score(EVIL_HOST) <= 50
+        assert_evil_closed(client, frozenset({R.REPUTATION_TOO_LOW}), r"corrupt data")
+        assert lt_seed.status()["total_payload_upload"] > 0
     assert_same_payload(dl / "payload.bin", swarm.payload)
 
 
