@@ -10,9 +10,11 @@ keyword-only ``now``, and exposes ``max_window`` (bytes the connection may have 
   per RTT (libtorrent ``utp_gain_factor``), only while the window is actually the limit;
 * loss: ``max_window *= 0.5`` at most once per RTT; timeout: ``max_window`` = minimum packet (BEP 29);
 * slow start: ON by default, like libtorrent: while the queueing delay is below target and no loss
-  was seen, the window grows by the bytes acked (doubling per RTT) up to ``ssthresh``.  It ends at the
-  first loss, when the delay reaches the target or when linear growth would be larger; after a
-  timeout it restarts from the minimum window up to half the old window (TCP-style ssthresh).
+  was seen, the window grows by max(bytes acked, linear gain) (doubling per RTT).  It ends at the
+  first loss, when the delay reaches the target, or at ``ssthresh``; after a timeout it restarts from
+  the minimum window up to half the old window (TCP-style ssthresh).  Unlike libtorrent it does not
+  end merely because linear gain is larger (true for any window below the gain factor, e.g. right
+  after a timeout), so a connection recovers from a timeout in a few RTTs.
 """
 
 from __future__ import annotations
@@ -168,13 +170,10 @@ class Ledbat:
         window_factor = bytes_acked / max(self._cwnd, float(bytes_acked))
         gain = cfg.gain_bytes_per_rtt * delay_factor * window_factor
         if self._slow_start:
-            if bytes_acked >= gain:
-                gain = float(bytes_acked)
-                if self._cwnd + gain >= self._ssthresh:
-                    self._slow_start = False
-                    gain = max(self._ssthresh - self._cwnd, 0.0)
-            else:
+            gain = max(gain, float(bytes_acked))
+            if self._cwnd + gain >= self._ssthresh:
                 self._slow_start = False
+                gain = max(self._ssthresh - self._cwnd, 0.0)
         cwnd = self._cwnd + gain
         self._cwnd = min(max(cwnd, float(cfg.min_window_bytes)), float(cfg.max_window_bytes))
         if self._cwnd < self._min_seen:

@@ -1,10 +1,12 @@
 """uTorrent transport protocol (BEP 29): packet codec, per-connection machine, connection multiplexer.
 
 Pure: datagrams, commands and ``now`` in; events, datagrams and deadlines out (aioquic shape).
-The loop owns the UDP socket, routes datagrams whose first byte passes :func:`is_utp_datagram` to
-:class:`UtpMux`, calls ``socket_drained`` after draining the socket (ACKs coalesce, libtorrent) and
-sends what ``datagrams_to_send`` returns.  Congestion control lives in :mod:`minibt.ledbat`.
-Out of scope: MTU discovery (fixed payload size from config), the close-reason extension.
+The loop owns the UDP socket: for each datagram passing :func:`is_utp_datagram` it calls
+``mux.receive_datagram``; after draining the socket ``mux.socket_drained`` (ACKs coalesce, libtorrent);
+then sends ``mux.datagrams_to_send`` and re-arms on ``mux.next_deadline``.  Congestion control lives
+in :mod:`minibt.ledbat`.  Out of scope: MTU discovery (fixed payload size), the close-reason extension.
+Interop (libtorrent utp_stream.cpp): ST_STATE carries the sender's next seq_nr unconsumed; SACKs of
+any length are accepted (libtorrent sends (span + 7) // 8 bytes); we send BEP-sized ones.
 
     connect() --> SYN_SENT --ST_STATE acking our SYN--------------------> CONNECTED
     SYN --> accept() --> SYN_RECV --initiator's first ST_DATA (acks us)--> CONNECTED
@@ -121,11 +123,10 @@ def decode_packet(data: bytes | bytearray | memoryview) -> tuple[UtpHeader, byte
         off += 2
         if off + ln > n:
             raise UtpError(CloseReason.MALFORMED_MESSAGE, "truncated uTP extension")
-        if this == EXT_SACK:
-            if ln == 0 or ln % 4 or sack is not None:
-                raise UtpError(CloseReason.MALFORMED_MESSAGE, "bad uTP selective ACK extension")
+        if this == EXT_SACK and sack is None:
+            # BEP 29 says len is a multiple of 4, but libtorrent sends (span + 7) // 8 bytes: accept any
             sack = bytes(data[off : off + ln])
-        off += ln  # BEP 29: unknown extensions are skipped
+        off += ln  # BEP 29: unknown extensions are skipped (so is a second SACK)
     header = UtpHeader(
         type=typ,
         extension=ext,
@@ -163,7 +164,7 @@ class UtpConfig:
     min_timeout_s: float = 0.5  # BEP 29; libtorrent utp_min_timeout 500 ms
     keepalive_s: float = 29.0  # libtorrent: an ST_STATE every ~29 s idle keeps NAT mappings open
     ack_delay_s: float = 0.01  # minibt: deferred ACK fallback when socket_drained() is not called
-    fin_wait_s: float = 10.0  # minibt: after our FIN is acked, wait this long for theirs
+    fin_wait_s: float = 3.0  # minibt: after our FIN is acked, wait this long for theirs
     linger_s: float = 2.0  # minibt: keep a finished connection to re-ACK a retransmitted FIN
     max_connections: int = 500  # minibt: incoming connections per multiplexer
     max_half_open: int = 50  # minibt: acceptors in SYN_RECV (spoofed SYNs cost only this)
@@ -425,6 +426,9 @@ class UtpConnection:
         n["packets_received"] += 1
         typ = header.type
         if typ == ST_RESET:
+            if _seq_before(self._seq_nr, header.ack_nr):
+                n["ignored"] += 1  # acks what we never sent: spoofed (libtorrent checks this too)
+                return []
             self._outbox.clear()
             self._terminate()
             return [ConnectionReset()]
@@ -612,6 +616,15 @@ class UtpConnection:
             self._unacked_bytes += k
             self._transmit(p, now)
         if self._fin_requested and not buf and self._fin_seq is None and len(out) < MAX_OUTSTANDING_PACKETS:
+            if self._fin_reached and not out:
+                # The peer closed first and has all our data.  libtorrent's FIN does not take a seq_nr and
+                # in fin_sent it ignores non-ST_STATE packets acking it, so our FIN would only be resent
+                # in vain: linger to re-ACK their FIN instead.
+                self._fin_seq = self._seq_nr
+                self._fin_acked = True
+                self._state = UtpState.FIN_SENT
+                self._close_at = now + self._cfg.linger_s
+                return
             seq = self._fin_seq = self._seq_nr
             self._seq_nr = (seq + 1) & SEQ_MASK
             p = _Sent(seq, ST_FIN, b"")

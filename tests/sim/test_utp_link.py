@@ -181,28 +181,47 @@ def _payload(n: int, seed: int) -> bytes:
 
 @pytest.mark.parametrize("loss", [0.0, 0.01, 0.05])
 def test_transfer_byte_exact_both_directions_under_loss(clock: FakeClock, loss: float) -> None:
+    """Data flows both ways at once; every datagram (data and ACK) on either link may be lost."""
     size = 3 * MiB
-    spec = LinkSpec(delay_s=0.02, loss=loss)
-    sim = Sim(clock, seed=7, ab=spec)
+    sim = Sim(clock, seed=7, ab=LinkSpec(delay_s=0.02, loss=loss))
     sim.connect()
     sim.a.to_send = _payload(size, 1)
-    sim.run(lambda: sim.a.sent > 0 and sim.b.conn is not None, max_s=5)
+    sim.run(lambda: sim.b.conn is not None and sim.b.conn.state is UtpState.CONNECTED, max_s=5)
     sim.b.to_send = _payload(size, 2)
     sim.run(lambda: len(sim.b.received) == size and len(sim.a.received) == size, max_s=300)
     assert bytes(sim.b.received) == sim.a.to_send
     assert bytes(sim.a.received) == sim.b.to_send
     assert sim.a.conn is not None and sim.b.conn is not None
-    sa, sb = sim.a.conn.stats(), sim.b.conn.stats()
-    data_packets = size / UtpConfig().payload_bytes
-    for s in (sa, sb):
-        if loss == 0.0:
-            assert s["retransmits"] == 0 and s["timeouts"] == 0 and s["fast_retransmits"] == 0
-        else:
-            # every lost data packet is resent once, some resends are lost again, a few spurious
-            assert 0.5 * loss * data_packets <= s["retransmits"] <= 3 * loss * data_packets + 10
-            assert s["fast_retransmits"] >= 0.3 * loss * data_packets
-            assert s["timeouts"] <= 0.5 * loss * data_packets + 3
+    for s in (sim.a.conn.stats(), sim.b.conn.stats()):
+        check_loss_counters(s, loss, size)
     assert sim.a.count(ConnectionTimedOut) == sim.b.count(ConnectionTimedOut) == 0
+
+
+def check_loss_counters(s: dict[str, float], loss: float, size: int) -> None:
+    data_packets = size / UtpConfig().payload_bytes
+    if loss == 0.0:
+        assert s["retransmits"] == s["timeouts"] == s["fast_retransmits"] == 0
+        return
+    lost = loss * data_packets
+    # each lost packet is resent about once (resends get lost too, a few are spurious) ...
+    assert 0.5 * lost <= s["retransmits"] <= 2 * lost + 10
+    # ... mostly found by duplicate ACKs / SACK, rarely by the retransmission timer
+    assert s["fast_retransmits"] >= 0.6 * s["retransmits"]
+    assert s["timeouts"] <= 0.15 * lost + 3
+
+
+def test_one_way_transfer_at_5_percent_loss(clock: FakeClock) -> None:
+    """Only ST_STATE (with SACK) flows back: ACK loss and SACK-driven recovery without piggybacking."""
+    size = 4 * MiB
+    sim = Sim(clock, seed=9, ab=LinkSpec(delay_s=0.03, loss=0.05))
+    sim.connect()
+    sim.a.to_send = _payload(size, 6)
+    sim.run(lambda: len(sim.b.received) == size, max_s=300)
+    assert bytes(sim.b.received) == sim.a.to_send
+    assert sim.a.conn is not None and sim.b.conn is not None
+    check_loss_counters(sim.a.conn.stats(), 0.05, size)
+    sb = sim.b.conn.stats()
+    assert sb["acks_sent"] <= 0.8 * sb["packets_received"]  # ACKs coalesce per receive batch
 
 
 def test_transfer_survives_reordering_and_duplication(clock: FakeClock) -> None:
@@ -243,22 +262,21 @@ def test_ledbat_keeps_bottleneck_queue_near_target(clock: FakeClock, b_offset_s:
     """
     rate = 250_000.0
     up = LinkSpec(delay_s=0.025, rate_Bps=rate, queue_s=1.0)
-    down = LinkSpec(delay_s=0.025)
-    sim = Sim(clock, seed=3, ab=up, ba=down, b_offset_s=b_offset_s)
+    sim = Sim(clock, seed=3, ab=up, ba=LinkSpec(delay_s=0.025), b_offset_s=b_offset_s)
     sim.connect()
     start = clock.now()
-    sim.a.to_send = _payload(8 * MiB, 5)
-    sim.run(lambda: clock.now() - start >= 40.0, max_s=60)
-    warm = start + 15.0
-    delays = [d for t, d in sim.links["a"].queue_delays if t >= warm]
-    median = statistics.median(delays)
-    assert 0.05 <= median <= 0.15, median
-    assert max(delays) < 0.4
-    got = len(sim.b.received)
-    assert got >= 0.85 * rate * 40.0 * 1000 / 1020 - 256 * KiB  # the link stays busy
-    assert bytes(sim.b.received) == sim.a.to_send[:got]
+    sim.a.to_send = _payload(16 * MiB, 5)
+    sim.run(lambda: clock.now() - start >= 15.0, max_s=20)  # warm-up: slow start and its overshoot
+    got_warm = len(sim.b.received)
+    sim.run(lambda: clock.now() - start >= 40.0, max_s=30)
+    delays = [d for t, d in sim.links["a"].queue_delays if t >= start + 15.0]
+    assert 0.05 <= statistics.median(delays) <= 0.15
+    assert max(delays) < 0.3
+    goodput = (len(sim.b.received) - got_warm) / 25.0
+    assert goodput >= 0.9 * rate * 1200 / 1220  # the link stays busy (payload share of each datagram)
+    assert bytes(sim.b.received) == sim.a.to_send[: len(sim.b.received)]
     assert sim.a.conn is not None
     sa = sim.a.conn.stats()
-    assert sa["timeouts"] == 0
-    assert sa["retransmits"] <= 20
-    assert 80_000 <= sa["our_delay_us"] + 60_000 and sa["our_delay_us"] <= 200_000
+    assert sa["timeouts"] == 0 and sa["retransmits"] == 0  # the 1 s buffer never overflows
+    assert 50_000 <= sa["our_delay_us"] <= 150_000
+    assert 20_000 <= sa["max_window"] <= 60_000  # ~ rate * (RTT + target) = 250 kB/s * 0.15 s
