@@ -1,4 +1,7 @@
-"""uTorrent transport protocol (BEP 29): packet codec, per-connection machine, connection multiplexer.
+"""uTorrent transport protocol (BEP 29): the per-connection machine (config, events, states).
+
+The packet codec is :mod:`minibt.utp_codec`, the multiplexer :mod:`minibt.utp_mux`; their public
+names are re-exported here, so ``from minibt.utp import UtpMux, decode_packet`` keeps working.
 
 Pure: datagrams, commands and ``now`` in; events, datagrams and deadlines out (aioquic shape).
 The loop owns the UDP socket: for each datagram passing :func:`is_utp_datagram` it calls
@@ -19,29 +22,38 @@ from __future__ import annotations
 
 import enum
 import random
-import struct
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from minibt.errors import CloseReason, ConfigError, LocalProtocolError, UtpError
+from minibt.errors import CloseReason, ConfigError, LocalProtocolError
 from minibt.ledbat import Ledbat, LedbatConfig
+from minibt.utp_codec import EXT_NONE as EXT_NONE
+from minibt.utp_codec import EXT_SACK as EXT_SACK
+from minibt.utp_codec import HALF_SEQ as HALF_SEQ
+from minibt.utp_codec import HEADER_LEN as HEADER_LEN
+from minibt.utp_codec import HEADER_STRUCT, build_sack, seq_before
+from minibt.utp_codec import MAX_SACK_BYTES as MAX_SACK_BYTES
+from minibt.utp_codec import MIN_PACKET_BYTES as MIN_PACKET_BYTES
+from minibt.utp_codec import SEQ_MASK as SEQ_MASK
+from minibt.utp_codec import ST_DATA as ST_DATA
+from minibt.utp_codec import ST_FIN as ST_FIN
+from minibt.utp_codec import ST_RESET as ST_RESET
+from minibt.utp_codec import ST_STATE as ST_STATE
+from minibt.utp_codec import ST_SYN as ST_SYN
+from minibt.utp_codec import TS_MASK as TS_MASK
+from minibt.utp_codec import UTP_FIRST_BYTES as UTP_FIRST_BYTES
+from minibt.utp_codec import UTP_VERSION as UTP_VERSION
+from minibt.utp_codec import UtpHeader as UtpHeader
+from minibt.utp_codec import decode_packet as decode_packet
+from minibt.utp_codec import encode_packet as encode_packet
+from minibt.utp_codec import is_utp_datagram as is_utp_datagram
+from minibt.utp_codec import timestamp_us as timestamp_us
 
-ST_DATA = 0  # BEP 29 'type'
-ST_FIN = 1  # BEP 29
-ST_STATE = 2  # BEP 29
-ST_RESET = 3  # BEP 29
-ST_SYN = 4  # BEP 29
-UTP_VERSION = 1  # BEP 29 'version'
-HEADER_LEN = 20  # BEP 29 'header format'
-EXT_NONE = 0  # BEP 29 'extension'
-EXT_SACK = 1  # BEP 29 'Selective ACK'
-UTP_FIRST_BYTES = frozenset((t << 4) | UTP_VERSION for t in range(5))  # 0x01 0x11 0x21 0x31 0x41
-SEQ_MASK = 0xFFFF  # BEP 29: seq_nr / ack_nr are 16 bit and wrap
-TS_MASK = 0xFFFFFFFF  # BEP 29: 32-bit microsecond timestamps
-HALF_SEQ = 0x8000
-MIN_PACKET_BYTES = 150  # BEP 29 'packet sizes'
+if TYPE_CHECKING:  # re-exported lazily at run time (see __getattr__): utp_mux imports this module
+    from minibt.utp_mux import UtpMux as UtpMux
+
 DUP_ACK_LIMIT = 3  # BEP 29 'packet loss': 3 duplicate ACKs / 3 packets SACKed past the hole
-MAX_SACK_BYTES = 32  # minibt convention: our SACKs cover 256 packets past ack_nr + 1
 MAX_OUTSTANDING_PACKETS = 1024  # minibt convention: bounds the send window in packets (< HALF_SEQ)
 MAX_REORDER_DISTANCE = 2048  # minibt convention: packets further than this past ack_nr are dropped
 MAX_RTO_S = 60.0  # minibt convention: cap of the doubled retransmission timeout
@@ -49,101 +61,6 @@ KiB = 1024
 
 Addr = tuple[str, int]
 ConnKey = tuple[Addr, int]  # (remote address, our receive connection id)
-
-_HDR = struct.Struct(">BBHIIIHH")
-
-
-def _seq_before(a: int, b: int) -> bool:
-    """True if 16-bit sequence number ``a`` comes before ``b`` (wrap-around)."""
-    return ((a - b) & SEQ_MASK) >= HALF_SEQ
-
-
-def timestamp_us(now: float) -> int:
-    """BEP 29 timestamp field from the injected clock."""
-    return int(now * 1e6) & TS_MASK
-
-
-# ---------------------------------------------------------------------------- codec
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UtpHeader:
-    """The 20-byte BEP 29 header; ``extension`` is the first extension type of the chain."""
-
-    type: int
-    version: int = UTP_VERSION
-    extension: int = EXT_NONE
-    connection_id: int
-    timestamp_us: int
-    timestamp_diff_us: int
-    wnd_size: int
-    seq_nr: int
-    ack_nr: int
-
-
-def encode_packet(header: UtpHeader, sack: bytes | None, payload: bytes = b"") -> bytes:
-    """Header (+ SACK extension) + payload.  ``header.extension`` must be 1 exactly when ``sack`` is given."""
-    if header.extension != (EXT_SACK if sack is not None else EXT_NONE):
-        raise LocalProtocolError(CloseReason.PROTOCOL_VIOLATION, "header.extension does not match sack")
-    if sack is not None and (not sack or len(sack) % 4 or len(sack) > 252):
-        raise LocalProtocolError(CloseReason.PROTOCOL_VIOLATION, "SACK bitmask must be 4..252 bytes, x4")
-    hdr = _HDR.pack(
-        (header.type << 4) | header.version,
-        header.extension,
-        header.connection_id,
-        header.timestamp_us,
-        header.timestamp_diff_us,
-        header.wnd_size,
-        header.seq_nr,
-        header.ack_nr,
-    )
-    if sack is None:
-        return hdr + payload
-    return b"".join((hdr, bytes((EXT_NONE, len(sack))), sack, payload))
-
-
-def decode_packet(data: bytes | bytearray | memoryview) -> tuple[UtpHeader, bytes | None, bytes]:
-    """Parse one datagram into ``(header, sack bitmask or None, payload)``; raises :class:`UtpError`."""
-    n = len(data)
-    if n < HEADER_LEN:
-        raise UtpError(CloseReason.MALFORMED_MESSAGE, f"uTP datagram of {n} bytes")
-    tv, ext, cid, ts, tsd, wnd, seq, ack = _HDR.unpack_from(data, 0)
-    if tv & 0x0F != UTP_VERSION:
-        raise UtpError(CloseReason.MALFORMED_MESSAGE, f"uTP version {tv & 0x0F}")
-    typ = tv >> 4
-    if typ > ST_SYN:
-        raise UtpError(CloseReason.MALFORMED_MESSAGE, f"uTP type {typ}")
-    off = HEADER_LEN
-    sack: bytes | None = None
-    nxt = ext
-    while nxt != EXT_NONE:  # BEP 29: linked list of (next type, len, body); every hop eats >= 2 bytes
-        if off + 2 > n:
-            raise UtpError(CloseReason.MALFORMED_MESSAGE, "truncated uTP extension header")
-        this, nxt, ln = nxt, data[off], data[off + 1]
-        off += 2
-        if off + ln > n:
-            raise UtpError(CloseReason.MALFORMED_MESSAGE, "truncated uTP extension")
-        if this == EXT_SACK and sack is None:
-            # BEP 29 says len is a multiple of 4, but libtorrent sends (span + 7) // 8 bytes: accept any
-            sack = bytes(data[off : off + ln])
-        off += ln  # BEP 29: unknown extensions are skipped (so is a second SACK)
-    header = UtpHeader(
-        type=typ,
-        extension=ext,
-        connection_id=cid,
-        timestamp_us=ts,
-        timestamp_diff_us=tsd,
-        wnd_size=wnd,
-        seq_nr=seq,
-        ack_nr=ack,
-    )
-    return header, sack, bytes(data[off:])
-
-
-def is_utp_datagram(data: bytes | bytearray | memoryview) -> bool:
-    """Cheap demux test for the loop: version-1 uTP type byte and a full header."""
-    return len(data) >= HEADER_LEN and data[0] in UTP_FIRST_BYTES
-
 
 # ---------------------------------------------------------------------------- config, events
 
@@ -426,7 +343,7 @@ class UtpConnection:
         n["packets_received"] += 1
         typ = header.type
         if typ == ST_RESET:
-            if _seq_before(self._seq_nr, header.ack_nr):
+            if seq_before(self._seq_nr, header.ack_nr):
                 n["ignored"] += 1  # acks what we never sent: spoofed (libtorrent checks this too)
                 return []
             self._outbox.clear()
@@ -529,7 +446,7 @@ class UtpConnection:
         sack: bytes | None = None,
         now_us: int = 0,
     ) -> None:
-        hdr = _HDR.pack(
+        hdr = HEADER_STRUCT.pack(
             (typ << 4) | UTP_VERSION,
             EXT_NONE if sack is None else EXT_SACK,
             cid,
@@ -560,16 +477,8 @@ class UtpConnection:
         self._last_send = now
 
     def _build_sack(self) -> bytes | None:
-        """BEP 29: bit i (LSB first, byte 0 first) acks ack_nr + 2 + i, i.e. a little-endian integer."""
-        base = (self._ack_nr + 2) & SEQ_MASK
-        mask = 0
-        for seq in self._reorder:
-            off = (seq - base) & SEQ_MASK
-            if off < MAX_SACK_BYTES * 8:
-                mask |= 1 << off
-        if not mask:
-            return None
-        return mask.to_bytes((mask.bit_length() + 31) // 32 * 4, "little")
+        """BEP 29 SACK for the packets held in the reorder buffer (see :func:`build_sack`)."""
+        return build_sack(self._ack_nr, self._reorder)
 
     def _transmit(self, p: _Sent, now: float) -> None:
         if not p.in_flight:
@@ -691,7 +600,7 @@ class UtpConnection:
             self._dup_acks = 0
             self._consec_timeouts = 0
             self._rto_at = now + self._current_rto() if out else None
-            if _seq_before(self._fast_resend_seq, (ack + 1) & SEQ_MASK):
+            if seq_before(self._fast_resend_seq, (ack + 1) & SEQ_MASK):
                 self._fast_resend_seq = (ack + 1) & SEQ_MASK
             if self._fin_seq is not None and not self._fin_acked and self._fin_seq not in out:
                 self._fin_acked = True
@@ -700,7 +609,7 @@ class UtpConnection:
             self._n["dup_acks"] += 1
             self._dup_acks += 1
             first = (ack + 1) & SEQ_MASK
-            if self._dup_acks >= DUP_ACK_LIMIT and not _seq_before(first, self._fast_resend_seq):
+            if self._dup_acks >= DUP_ACK_LIMIT and not seq_before(first, self._fast_resend_seq):
                 lost = self._mark_lost(first)
                 self._fast_resend_seq = (first + 1) & SEQ_MASK
         if sack is not None and out:
@@ -725,7 +634,7 @@ class UtpConnection:
         p.in_flight = False
         self._inflight -= p.size
         queue = self._tx_queue
-        if queue and _seq_before(seq, queue[0]):
+        if queue and seq_before(seq, queue[0]):
             queue.appendleft(seq)
         else:
             queue.append(seq)
@@ -757,12 +666,12 @@ class UtpConnection:
         if len(offsets) >= DUP_ACK_LIMIT:
             end = (base + offsets[-DUP_ACK_LIMIT]) & SEQ_MASK  # everything before has >= 3 SACKed after it
             seq = self._fast_resend_seq
-            if _seq_before(seq, (self._acked + 1) & SEQ_MASK):
+            if seq_before(seq, (self._acked + 1) & SEQ_MASK):
                 seq = (self._acked + 1) & SEQ_MASK
-            while _seq_before(seq, end):
+            while seq_before(seq, end):
                 lost = self._mark_lost(seq) or lost
                 seq = (seq + 1) & SEQ_MASK
-            if _seq_before(self._fast_resend_seq, end):
+            if seq_before(self._fast_resend_seq, end):
                 self._fast_resend_seq = end
         return newly, lost
 
@@ -774,7 +683,7 @@ class UtpConnection:
             self._ack_due = now + self._cfg.ack_delay_s
         if h.type == ST_FIN and self._eof_seq is None:
             self._eof_seq = seq  # BEP 29 eof_pkt: nothing after it exists
-        elif self._eof_seq is not None and _seq_before(self._eof_seq, seq):
+        elif self._eof_seq is not None and seq_before(self._eof_seq, seq):
             n["ignored"] += 1
             return
         dist = (seq - self._ack_nr) & SEQ_MASK
@@ -861,154 +770,10 @@ class UtpConnection:
         self._ack_pending = False
 
 
-# ---------------------------------------------------------------------------- multiplexer
+def __getattr__(name: str) -> Any:
+    """PEP 562: ``UtpMux`` lives in :mod:`minibt.utp_mux` (which imports this module); load it on first use."""
+    if name == "UtpMux":
+        from minibt.utp_mux import UtpMux
 
-
-class UtpMux:
-    """All uTP connections behind one UDP socket, keyed by (address, our receive connection id)."""
-
-    def __init__(self, rng: random.Random, *, config: UtpConfig | None = None) -> None:
-        self._rng = rng
-        self._cfg = config or UtpConfig()
-        self._conns: dict[ConnKey, UtpConnection] = {}
-        self._touched: set[ConnKey] = set()
-        self._rst_out: list[tuple[bytes, Addr]] = []
-        self._rst_tokens = self._cfg.rst_per_s
-        self._rst_time: float | None = None
-        self._n = dict.fromkeys(
-            "datagrams garbage unknown_connection resets_sent resets_suppressed syns_refused accepted connects".split(),
-            0,
-        )
-
-    def __len__(self) -> int:
-        return len(self._conns)
-
-    def connection(self, key: ConnKey) -> UtpConnection | None:
-        return self._conns.get(key)
-
-    def connect(self, addr: Addr, *, now: float) -> UtpConnection:
-        """Start an outgoing connection; its key is ``(addr, conn.recv_id)``."""
-        while True:
-            rid = self._rng.randrange(0x10000)
-            if (addr, rid) not in self._conns:
-                break
-        conn = UtpConnection.connect(self._rng, now=now, config=self._cfg, recv_id=rid)
-        self._conns[(addr, rid)] = conn
-        self._n["connects"] += 1
-        return conn
-
-    def receive_datagram(
-        self, data: bytes | bytearray | memoryview, addr: Addr, *, now: float
-    ) -> list[MuxEvent]:
-        """Route one datagram.  Never raises on remote input: garbage is counted and dropped."""
-        self._n["datagrams"] += 1
-        try:
-            header, sack, payload = decode_packet(data)
-        except UtpError:
-            self._n["garbage"] += 1
-            return []
-        cid = header.connection_id
-        typ = header.type
-        conns = self._conns
-        if typ == ST_SYN:
-            key = (addr, (cid + 1) & SEQ_MASK)
-            conn = conns.get(key)
-            if conn is None:
-                return self._accept(key, header, now)
-        elif typ == ST_RESET:  # libutp: the id is our recv id, or our send id (either role)
-            key = (addr, cid)
-            conn = conns.get(key)
-            if conn is None:
-                for k in ((addr, (cid + 1) & SEQ_MASK), (addr, (cid - 1) & SEQ_MASK)):
-                    c = conns.get(k)
-                    if c is not None and c.send_id == cid:
-                        key, conn = k, c
-                        break
-            if conn is None:
-                self._n["unknown_connection"] += 1
-                return []
-        else:
-            key = (addr, cid)
-            conn = conns.get(key)
-            if conn is None:
-                self._n["unknown_connection"] += 1
-                self._send_reset(header, addr, now)
-                return []
-        self._touched.add(key)
-        return [(key, ev) for ev in conn.receive_packet(header, sack, payload, now=now)]
-
-    def _accept(self, key: ConnKey, syn: UtpHeader, now: float) -> list[MuxEvent]:
-        cfg = self._cfg
-        half_open = sum(1 for c in self._conns.values() if c.state is UtpState.SYN_RECV)
-        if len(self._conns) >= cfg.max_connections or half_open >= cfg.max_half_open:
-            self._n["syns_refused"] += 1
-            self._send_reset(syn, key[0], now)
-            return []
-        conn = UtpConnection.accept(syn, self._rng, now=now, config=cfg)
-        self._conns[key] = conn
-        self._n["accepted"] += 1
-        return [(key, IncomingConnection(conn))]
-
-    def _send_reset(self, h: UtpHeader, addr: Addr, now: float) -> None:
-        """ST_RESET to a packet for a connection we don't have, token-bucket limited (libutp RST_INFO_LIMIT)."""
-        rate = self._cfg.rst_per_s
-        if self._rst_time is not None:
-            self._rst_tokens = min(rate, self._rst_tokens + (now - self._rst_time) * rate)
-        self._rst_time = now
-        if self._rst_tokens < 1.0:
-            self._n["resets_suppressed"] += 1
-            return
-        self._rst_tokens -= 1.0
-        self._n["resets_sent"] += 1
-        pkt = _HDR.pack(
-            (ST_RESET << 4) | UTP_VERSION,
-            EXT_NONE,
-            h.connection_id,
-            timestamp_us(now),
-            0,
-            0,
-            self._rng.randrange(0x10000),
-            h.seq_nr,
-        )
-        self._rst_out.append((pkt, addr))
-
-    def socket_drained(self, *, now: float) -> None:
-        """The loop emptied the UDP socket: connections that got packets send their (coalesced) ACKs."""
-        conns = self._conns
-        for key in self._touched:
-            conn = conns.get(key)
-            if conn is not None:
-                conn.flush_acks(now=now)
-        self._touched.clear()
-
-    def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Addr]]:
-        """Everything every connection wants sent now; finished connections are forgotten afterwards."""
-        out = self._rst_out
-        self._rst_out = []
-        dead: list[ConnKey] = []
-        for key, conn in self._conns.items():
-            addr = key[0]
-            for d in conn.datagrams_to_send(now=now):
-                out.append((d, addr))
-            if conn.is_finished:
-                dead.append(key)
-        for key in dead:
-            del self._conns[key]
-        return out
-
-    def next_deadline(self) -> float | None:
-        return min((t for c in self._conns.values() if (t := c.next_deadline()) is not None), default=None)
-
-    def handle_timeout(self, *, now: float) -> list[MuxEvent]:
-        events: list[MuxEvent] = []
-        for key, conn in self._conns.items():
-            t = conn.next_deadline()
-            if t is not None and now >= t:
-                events.extend((key, ev) for ev in conn.handle_timeout(now=now))
-        return events
-
-    def stats(self) -> dict[str, int]:
-        s = dict(self._n)
-        s["connections"] = len(self._conns)
-        s["half_open"] = sum(1 for c in self._conns.values() if c.state is UtpState.SYN_RECV)
-        return s
+        return UtpMux
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
