@@ -90,6 +90,18 @@ class UtpError(RemoteProtocolError):
     """A uTP (BEP 29) datagram was malformed or not allowed now."""
 
 
+class PexError(RemoteProtocolError):
+    """A ut_pex (BEP 11) message was malformed, oversized or sent too often."""
+
+
+class MetadataError(RemoteProtocolError):
+    """A ut_metadata (BEP 9) message was malformed or inconsistent."""
+
+
+class MagnetError(MinibtError):
+    """A magnet URI (BEP 9) is malformed or unsupported."""
+
+
 class TrackerError(MinibtError):
     """A tracker reply was malformed (a 'failure reason' is an event, not this)."""
 

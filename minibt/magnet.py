@@ -1,0 +1,167 @@
+"""Magnet URIs (BEP 9): ``magnet:?xt=urn:btih:<hash>&dn=<name>&tr=<tracker>&x.pe=<host:port>``.
+
+In scope: parsing into a :class:`Magnet` (info-hash in 40 hex or 32 base32 characters, display
+name, trackers, direct peers) with caps on counts and lengths, and building one back.
+Out of scope: v2 ``urn:btmh:`` (BEP 52) hashes -- a v2-only magnet is refused with a clear
+message, a hybrid one is used through its ``btih`` -- and ``ws``/``xs``/``as``/``kt`` (ignored).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+import urllib.parse
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from minibt.errors import MagnetError
+
+Addr = tuple[str, int]
+
+MAGNET_PREFIX = "magnet:?"
+BTIH_PREFIX = "urn:btih:"  # BEP 9
+BTMH_PREFIX = "urn:btmh:"  # BEP 52 (v2); not supported
+MAX_MAGNET_CHARS = 64 * 1024  # convention: a longer URI is refused before parsing
+MAX_FIELDS = 1000  # convention: parameters looked at (urllib max_num_fields)
+MAX_TRACKERS = 50  # convention (PROTOCOL.md section 5: cap tr counts); further tr are ignored
+MAX_PEERS = 50  # convention: further x.pe are ignored
+MAX_TRACKER_CHARS = 2048  # convention: longer tracker URLs are ignored
+MAX_NAME_CHARS = 1024  # convention: dn is cut to this length
+MAX_HOSTNAME_CHARS = 253  # RFC 1035 section 2.3.4
+
+_HEX = re.compile(r"[0-9a-fA-F]{40}")
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+
+
+@dataclass(frozen=True, slots=True)
+class Magnet:
+    info_hash: bytes  # 20-byte SHA-1 info-hash
+    name: str | None = None
+    trackers: tuple[str, ...] = ()
+    peers: tuple[Addr, ...] = ()  # x.pe: IP literal (canonical form) or host name, and port
+
+    @property
+    def info_hash_hex(self) -> str:
+        return self.info_hash.hex()
+
+
+def _key_is(key: str, name: str) -> bool:
+    # "tr", and the numbered form "tr.1", "tr.2", ... some clients write.
+    return key == name or (key.startswith(name + ".") and key[len(name) + 1 :].isdigit())
+
+
+def _parse_btih(value: str) -> bytes:
+    h = value[len(BTIH_PREFIX) :]
+    if len(h) == 40:
+        if not _HEX.fullmatch(h):
+            raise MagnetError(f"info-hash {h!r} is not hexadecimal")
+        return bytes.fromhex(h)
+    if len(h) == 32:
+        try:
+            return base64.b32decode(h.upper())
+        except (binascii.Error, ValueError):
+            raise MagnetError(f"info-hash {h!r} is not valid base32") from None
+    raise MagnetError(f"info-hash has {len(h)} characters; expected 40 (hex) or 32 (base32)")
+
+
+def parse_peer_address(text: str) -> Addr:
+    """``host:port``, ``ipv4:port`` or ``[ipv6]:port`` (BEP 9 ``x.pe``); raises MagnetError."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise MagnetError(f"peer address {text!r}: expected [ipv6]:port")
+        port_text = rest[1:]
+        try:
+            host = ipaddress.IPv6Address(host).compressed
+        except ValueError:
+            raise MagnetError(f"peer address {text!r}: {host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise MagnetError(f"peer address {text!r}: no port")
+        if ":" in host:
+            raise MagnetError(f"peer address {text!r}: put an IPv6 address in brackets, [addr]:port")
+        try:
+            host = str(ipaddress.IPv4Address(host))
+        except ValueError:
+            if not _HOSTNAME.fullmatch(host) or host.replace(".", "").isdigit():
+                raise MagnetError(f"peer address {text!r}: {host!r} is not an IP address or host name") from None
+            host = host.rstrip(".").lower()
+    if not port_text.isascii() or not port_text.isdigit() or len(port_text) > 5 or not 0 < int(port_text) <= 0xFFFF:
+        raise MagnetError(f"peer address {text!r}: bad port {port_text!r} (expected 1-65535)")
+    return (host, int(port_text))
+
+
+def _tracker_ok(url: str) -> bool:
+    return 0 < len(url) <= MAX_TRACKER_CHARS and url.isprintable() and not any(c.isspace() for c in url)
+
+
+def parse_magnet(uri: str) -> Magnet:
+    """Parse a magnet URI; raises MagnetError with a readable message if it is malformed.
+
+    Requires exactly one ``urn:btih`` info-hash (repeats of the same hash are fine).  Keeps the
+    first ``MAX_TRACKERS`` distinct usable ``tr`` and the first ``MAX_PEERS`` distinct ``x.pe``.
+    """
+    if not isinstance(uri, str):
+        raise MagnetError("a magnet URI must be a string")
+    uri = uri.strip()
+    if len(uri) > MAX_MAGNET_CHARS:
+        raise MagnetError(f"magnet URI of {len(uri)} characters (limit {MAX_MAGNET_CHARS})")
+    if not uri[: len(MAGNET_PREFIX)].lower() == MAGNET_PREFIX:
+        raise MagnetError("not a magnet URI: it must start with 'magnet:?'")
+    try:
+        fields = urllib.parse.parse_qsl(
+            uri[len(MAGNET_PREFIX) :], keep_blank_values=True, errors="replace", max_num_fields=MAX_FIELDS
+        )
+    except ValueError as e:
+        raise MagnetError(f"magnet URI: {e}") from None
+    hashes: list[bytes] = []
+    v2 = False
+    name: str | None = None
+    trackers: dict[str, None] = {}
+    peers: dict[Addr, None] = {}
+    for key, value in fields:
+        key = key.lower()
+        if _key_is(key, "xt"):
+            if value[: len(BTIH_PREFIX)].lower() == BTIH_PREFIX:
+                hashes.append(_parse_btih(value))
+            elif value[: len(BTMH_PREFIX)].lower() == BTMH_PREFIX:
+                v2 = True
+        elif key == "dn":
+            if name is None:
+                name = value[:MAX_NAME_CHARS]
+        elif _key_is(key, "tr"):
+            if len(trackers) < MAX_TRACKERS and _tracker_ok(value):
+                trackers[value] = None
+        elif key == "x.pe":
+            if len(peers) < MAX_PEERS:
+                peers[parse_peer_address(value)] = None
+    if not hashes:
+        if v2:
+            raise MagnetError("v2-only magnet (urn:btmh) is not supported; need an xt=urn:btih: info-hash")
+        raise MagnetError("magnet URI has no 'xt=urn:btih:' info-hash")
+    if any(h != hashes[0] for h in hashes):
+        raise MagnetError("magnet URI has two different 'urn:btih' info-hashes")
+    return Magnet(hashes[0], name, tuple(trackers), tuple(peers))
+
+
+def _quote(s: str) -> str:
+    return urllib.parse.quote(s, safe="")
+
+
+def make_magnet(
+    info_hash: bytes, name: str | None = None, trackers: Iterable[str] = (), peers: Iterable[Addr] = ()
+) -> str:
+    """Build ``magnet:?xt=urn:btih:<40 hex>[&dn=...][&tr=...]*[&x.pe=...]*``."""
+    if not isinstance(info_hash, bytes | bytearray) or len(info_hash) != 20:
+        raise ValueError("info_hash must be 20 bytes")
+    parts = [f"xt={BTIH_PREFIX}{bytes(info_hash).hex()}"]
+    if name is not None:
+        parts.append(f"dn={_quote(name)}")
+    parts.extend(f"tr={_quote(t)}" for t in trackers)
+    for host, port in peers:
+        host_text = f"[{host}]" if ":" in host else host
+        parts.append(f"x.pe={_quote(f'{host_text}:{port}')}")
+    return MAGNET_PREFIX + "&".join(parts)
