@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -73,6 +74,23 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"bad size {text!r}") from None
 
 
+_RATE_UNITS = {  # binary multiples, plus SI kB/MB/GB for those who mean them
+    "": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+}
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*(?:/s)?\s*$")
+
+
+def parse_rate(text: str) -> float | None:
+    """A rate limit in bytes/s: ``500KiB``, ``2MiB``, ``1.5M``, ``300kB/s``, ``1000``; ``0`` = unlimited (None)."""
+    m = _RATE_RE.match(text.lower())
+    unit = _RATE_UNITS.get(m.group(2)) if m else None
+    if m is None or unit is None:
+        raise argparse.ArgumentTypeError(f"bad rate {text!r} (examples: 500KiB, 2MiB, 0 = unlimited)")
+    rate = float(m.group(1)) * unit
+    return rate if rate > 0 else None
+
+
 class Progress:
     """A one-line progress bar on a terminal; periodic plain lines otherwise."""
 
@@ -135,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--max-peers", type=int, default=50, help="connections per torrent (default 50)")
         sp.add_argument("--cache", type=parse_size, default=16 << 20, help="write cache size (default 16MiB)")
         sp.add_argument("--quiet", action="store_true", help="no progress output")
+        sp.add_argument("--up-limit", type=parse_rate, default=None, metavar="RATE",
+                        help="upload limit, payload bytes/s (e.g. 500KiB, 2MiB; default 0 = unlimited)")
+        sp.add_argument("--down-limit", type=parse_rate, default=None, metavar="RATE",
+                        help="download limit, payload bytes/s (e.g. 500KiB, 2MiB; default 0 = unlimited)")
 
     d = sub.add_parser("download", parents=[common], help="download a torrent; exit 0 once every piece is verified on disk")
     net_args(d)
@@ -143,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("seed", parents=[common], help="verify (or trust resume data) and seed until stopped")
     net_args(s)
+    s.add_argument("--super-seed", action="store_true",
+                   help="BEP 16 super-seeding: reveal pieces one at a time (for an initial seeder)")
 
     c = sub.add_parser("create", parents=[common], help="make a .torrent from a file or directory")
     c.add_argument("path")
@@ -269,7 +293,11 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     elif not os.path.isdir(args.dir):
         print(f"minibt: {args.dir}: no such directory", file=sys.stderr)
         return EXIT_USAGE
-    config = SessionConfig(torrent=TorrentConfig(max_peers=args.max_peers, cache_bytes=args.cache))
+    config = SessionConfig(
+        torrent=TorrentConfig(max_peers=args.max_peers, cache_bytes=args.cache),
+        upload_limit_bps=args.up_limit,
+        download_limit_bps=args.down_limit,
+    )
     state_dir = args.state_dir or default_state_dir()
     try:
         client = Client(bind=args.bind, port=args.port, state_dir=state_dir, config=config)
@@ -284,7 +312,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        t = client.add(meta, args.dir, mode=mode, peers=args.peer)
+        t = client.add(meta, args.dir, mode=mode, peers=args.peer, super_seed=getattr(args, "super_seed", False))
         print(f"{meta.name}: {meta.info_hash.hex()} listening on port {client.port}", file=sys.stderr, flush=True)
         progress = None if args.quiet else Progress(t, sys.stderr)
         deadline = client.clock.now() + args.timeout if getattr(args, "timeout", None) else None

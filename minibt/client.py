@@ -8,19 +8,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import random
 from collections.abc import Callable, Iterable
 from types import TracebackType
 
+from minibt.api import Dispatcher, Event, Peer
 from minibt.clock import Clock, MonotonicClock
 from minibt.hasher import Hasher
 from minibt.loop import EventLoop
 from minibt.metainfo import Metainfo, load_metainfo
 from minibt.peer import Addr, PeerSource
+from minibt.ratelimit import KEEP, Keep
 from minibt.session import Session, SessionConfig
-from minibt.torrent import Torrent
+from minibt.torrent import Torrent, TorrentConfig
 
 
 def default_state_dir() -> str:
@@ -54,6 +57,9 @@ class Client:
         wake.append(self.loop.wake)
         self.port = self.loop.open()
         self._closed = False
+        # Public API events: the session queues them, the loop hands over before each flush.
+        self.dispatcher = Dispatcher(self.session)
+        self.loop.before_flush = self.dispatch_events
 
     def __enter__(self) -> Client:
         return self
@@ -78,12 +84,17 @@ class Client:
         *,
         mode: str = "download",
         peers: Iterable[Addr] = (),
+        config: TorrentConfig | None = None,
+        super_seed: bool = False,
     ) -> Torrent:
+        """Add a torrent; ``super_seed`` turns on BEP 16 super-seeding (mode='seed' only, else ValueError)."""
         meta = load_metainfo(torrent) if isinstance(torrent, str) else torrent
+        if super_seed:
+            config = dataclasses.replace(config or self.session.config.torrent, super_seed=True)
         download_dir = os.path.abspath(download_dir)
         now = self.clock.now()
         t = self.session.add_torrent(
-            meta, download_dir, mode=mode, resume_path=self.resume_path(meta, download_dir), now=now
+            meta, download_dir, mode=mode, resume_path=self.resume_path(meta, download_dir), now=now, config=config
         )
         plist = list(peers)
         if plist:
@@ -92,6 +103,57 @@ class Client:
 
     def run(self, *, until: Callable[[], bool] | None = None, on_tick: Callable[[float], None] | None = None) -> None:
         self.loop.run(until=until, on_tick=on_tick)
+
+    # ------------------------------------------------------------------ public API: events and peers
+
+    def on(self, name: str, callback: Callable[[Event], object]) -> None:
+        """Call ``callback(event)`` for every event of this client (names: minibt.EventName).
+
+        Callbacks run on the loop's thread after each iteration; peer callbacks first, then torrent,
+        then client ones.  An exception in a callback is logged and never stops the loop.
+        """
+        self.dispatcher.listeners.on(name, callback)
+
+    def off(self, name: str, callback: Callable[[Event], object]) -> None:
+        self.dispatcher.listeners.off(name, callback)
+
+    def dispatch_events(self) -> int:
+        """Deliver queued events now (the loop does this every iteration); returns how many."""
+        return self.dispatcher.dispatch()
+
+    def peers(self, torrent: Torrent | None = None) -> list[Peer]:
+        """Every live connection (of ``torrent`` only, if given), handshaking ones included."""
+        s = self.session
+        return [
+            Peer.of(c, s)
+            for c in list(s.conns.values())
+            if torrent is None or s.torrent_of(c.cid) is torrent
+        ]
+
+    # ------------------------------------------------------------------ rate limits (issue 3)
+
+    def set_rate_limits(
+        self,
+        *,
+        up: float | None | Keep = KEEP,
+        down: float | None | Keep = KEEP,
+        torrent: Torrent | None = None,
+    ) -> None:
+        """Change the upload/download limits (payload bytes/s; None or 0 = unlimited) at run time.
+
+        Global limits without ``torrent``, else that torrent's own (both apply); an omitted direction
+        keeps its limit.  Call from the loop's thread (e.g. an ``on_tick`` or ``on()`` callback) or
+        while ``run()`` is not running.
+        """
+        now = self.clock.now()
+        if torrent is None:
+            self.session.set_rate_limits(up=up, down=down, now=now)
+        else:
+            torrent.set_rate_limits(up=up, down=down, now=now)
+
+    def rate_limits(self, torrent: Torrent | None = None) -> tuple[float | None, float | None]:
+        """(upload, download) limits in bytes/s, global or of ``torrent``; None = unlimited."""
+        return self.session.rate_limits() if torrent is None else torrent.rate_limits()
 
     def stop(self) -> None:
         """Signal-safe: make run() return."""
@@ -103,6 +165,7 @@ class Client:
         self._closed = True
         try:
             self.loop.shutdown()
+            self.dispatch_events()  # the disconnects of the shutdown itself
         finally:
             self.loop.close()
             self.hasher.close()

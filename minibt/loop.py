@@ -65,6 +65,7 @@ class _PeerSock:
     connecting: bool
     out: memoryview | None = None
     events: int = 0
+    read_paused: bool = False  # download rate limit: EVENT_READ dropped until tokens refill
 
 
 @dataclass(slots=True)
@@ -123,9 +124,15 @@ class EventLoop:
         self._rview = memoryview(self._rbuf)
         self._stop_requested = False
         self._next_tick = 0.0
+        # Called once per iteration before actions and output are flushed (the Client delivers the
+        # public API events here, so what callbacks queue goes out in the same iteration).
+        self.before_flush: Callable[[], object] | None = None
         self._tls: ssl.SSLContext | None = None
         self._hash_backlog: deque[HashJob] = deque()
         self.counters: dict[str, int] = {"udp_unmatched": 0, "accepted": 0, "refused": 0, "dials": 0}
+        self.counters["read_pauses"] = 0
+        self._throttled: dict[int, _PeerSock] = {}  # sockets paused by the download limit, oldest first
+        self._throttle_at = 0.0  # when the first of them may read again
 
     # ------------------------------------------------------------------ setup / teardown
 
@@ -215,6 +222,9 @@ class EventLoop:
     def run_once(self, *, on_tick: Callable[[float], None] | None = None, tick_session: bool = True) -> None:
         now = self.clock.now()
         timeout = max(0.0, min(TICK_S, self._next_tick - now))
+        rate_at = self._rate_wake_at(now)
+        if rate_at is not None:
+            timeout = max(0.0, min(timeout, rate_at - now))
         events = self.sel.select(timeout)
         now = self.clock.now()
         for key, mask in events:
@@ -229,6 +239,8 @@ class EventLoop:
                 self._udp_read(now)
             elif kind == "http":
                 self._http_event(obj, mask, now)
+        if rate_at is not None and now >= rate_at:
+            self._rate_refill(now)
         if now >= self._next_tick:
             self._next_tick = now + TICK_S
             if tick_session:
@@ -236,6 +248,8 @@ class EventLoop:
             self._tick_trackers(now)
             if on_tick is not None:
                 on_tick(now)
+        if self.before_flush is not None:
+            self.before_flush()
         self._perform(now)
         self._flush_dirty(now)
 
@@ -359,8 +373,9 @@ class EventLoop:
             self._flush(ps, now)
             return
         if mask & selectors.EVENT_READ:
+            want = self._read_budget(ps, now) if self.session.down_limited else RECV_BUF
             try:
-                n = ps.sock.recv_into(self._rbuf)
+                n = ps.sock.recv_into(self._rbuf, want) if want else -1
             except (BlockingIOError, InterruptedError):
                 n = -1
             except OSError as e:
@@ -407,10 +422,60 @@ class EventLoop:
                 return
             if sent < len(ps.out):
                 ps.out = ps.out[sent:] if sent else ps.out
-                self._set_events(ps, selectors.EVENT_READ | selectors.EVENT_WRITE)
+                self._set_events(ps, (0 if ps.read_paused else selectors.EVENT_READ) | selectors.EVENT_WRITE)
                 return
             ps.out = None
-        self._set_events(ps, selectors.EVENT_READ)
+        self._set_events(ps, 0 if ps.read_paused else selectors.EVENT_READ)
+
+    # ------------------------------------------------------------------ rate limits (session.read_quota etc.)
+
+    def _read_budget(self, ps: _PeerSock, now: float) -> int:
+        """How much to read from a socket under a download limit; 0 pauses its reads."""
+        q = self.session.read_quota(ps.cid, now=now)
+        if q <= 0:
+            self._pause_reads(ps, now)
+            return 0
+        return q if q < RECV_BUF else RECV_BUF
+
+    def _pause_reads(self, ps: _PeerSock, now: float) -> None:
+        ps.read_paused = True
+        self.counters["read_pauses"] += 1
+        self._throttled.pop(ps.cid, None)
+        at = self.session.read_retry_at(ps.cid, now=now)
+        if not self._throttled or at < self._throttle_at:
+            self._throttle_at = at
+        self._throttled[ps.cid] = ps  # to the back of the line: paused sockets resume round robin
+        self._set_events(ps, selectors.EVENT_WRITE if ps.out is not None else 0)
+
+    def _rate_wake_at(self, now: float) -> float | None:
+        """When uploads waiting for tokens or paused reads can go on (None: nothing is rate limited)."""
+        at = self.session.rate_wake_at(now=now)
+        if self._throttled:
+            if not self.session.down_limited:
+                return now  # the limit was lifted
+            if at is None or self._throttle_at < at:
+                at = self._throttle_at
+        return at
+
+    def _rate_refill(self, now: float) -> None:
+        self.session.on_rate_refill(now=now)
+        if self._throttled and (now >= self._throttle_at or not self.session.down_limited):
+            self._resume_reads(now)
+
+    def _resume_reads(self, now: float) -> None:
+        nxt: float | None = None
+        for cid, ps in list(self._throttled.items()):
+            if self._peers.get(cid) is not ps:
+                del self._throttled[cid]  # closed meanwhile
+            elif not self.session.down_limited or self.session.read_quota(cid, now=now) > 0:
+                del self._throttled[cid]
+                ps.read_paused = False
+                self._set_events(ps, selectors.EVENT_READ | (selectors.EVENT_WRITE if ps.out is not None else 0))
+            else:
+                at = self.session.read_retry_at(cid, now=now)
+                if nxt is None or at < nxt:
+                    nxt = at
+        self._throttle_at = nxt if nxt is not None else now
 
     # ------------------------------------------------------------------ hasher
 

@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from minibt.errors import CloseReason
 from minibt.handshake import Handshake
 
 if TYPE_CHECKING:
@@ -108,6 +109,9 @@ class PeerConnection:
         self.corrupt_strikes = 0
         self.closing = False
         self.pending_handshake_bytes = b""
+        self.api: object | None = None  # its public minibt.api.Peer facade, made on first use
+        self.close_reason: CloseReason | None = None  # set when the session tears it down
+        self.close_detail = ""
 
     @property
     def ip(self) -> str:

@@ -37,6 +37,7 @@ ENDGAME_DUP_LIMIT = 2  # convention: each block requested from at most 2 peers i
 
 # b"0"/b"1" -> 0/1, to expand a bitfield through its binary string representation in C.
 _BIN_TO_BYTES = bytes.maketrans(b"01", b"\x00\x01")
+_BYTES_TO_BIN = bytes.maketrans(b"\x00\x01", b"01")  # the reverse, for peer_pieces()
 
 Peer = Hashable
 
@@ -446,6 +447,53 @@ class PiecePicker:
     def num_outstanding(self, peer: Peer) -> int:
         st = self._peers.get(peer)
         return 0 if st is None else len(st.out)
+
+    # ------------------------------------------------------------------ user-driven requests (minibt.Peer)
+
+    def mark_requested(self, peer: Peer, block: Block) -> None:
+        """Record that ``block`` was requested from ``peer`` outside :meth:`pick` (``Peer.request()``).
+
+        Raises ``ValueError`` when the block is malformed, we have the piece or are hashing it, the
+        peer lacks the piece, or the block is already received or already requested from ``peer``.
+        Asking for a block requested from another peer is allowed (as in end game).
+        """
+        j = self._slot(block)
+        if j is None:
+            raise ValueError(f"block {block.index}:{block.begin}+{block.length} is not a block of this torrent")
+        p = block.index
+        if self._have[p] or p in self._hashing:
+            raise ValueError(f"piece {p} is already had or being hashed")
+        st = self._peers.get(peer)
+        if st is None or not (st.seed or st.bits[p]):
+            raise ValueError(f"the peer does not have piece {p}")
+        pp = self._partials.get(p)
+        if pp is None:
+            pp = self._start(p)
+        if pp.recv[j]:
+            raise ValueError(f"block {p}:{block.begin} is already received")
+        key = p * self._bpp + j
+        if key in st.out:
+            raise ValueError(f"block {p}:{block.begin} is already requested from this peer")
+        reqs = pp.requested.get(j)
+        if reqs is None:
+            pp.requested[j] = [peer]
+            pp.free -= 1
+            if not pp.free:
+                self._open.pop(p, None)
+        else:
+            reqs.append(peer)
+        st.out[key] = None
+        st.pieces[p] = st.pieces.get(p, 0) + 1
+
+    def peer_pieces(self, peer: Peer) -> bytes:
+        """The peer's pieces as a BEP 3 bitfield (high bit of byte 0 = piece 0); zeros if unknown."""
+        n = self._n
+        nbytes = (n + 7) // 8
+        st = self._peers.get(peer)
+        if st is None or (not st.seed and (st.count == 0 or len(st.bits) != n)):
+            return bytes(nbytes)
+        digits = b"1" * n if st.seed else bytes(st.bits).translate(_BYTES_TO_BIN)
+        return int(digits + b"0" * (nbytes * 8 - n), 2).to_bytes(nbytes, "big")
 
     # ------------------------------------------------------------------ hashing
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from minibt.errors import CloseReason, RemoteProtocolError
+from minibt.events import EventName, EventQueue, EventRecord
 from minibt.handshake import (
     Handshake,
     HandshakeReceived,
@@ -27,14 +28,16 @@ from minibt.handshake import (
 from minibt.hasher import HashJob, HashResult
 from minibt.metainfo import Metainfo
 from minibt.peer import Addr, PeerConnection, PeerSource
-from minibt.reputation import Banned, RepEvent, Reputation
-from minibt.torrent import Torrent, TorrentConfig, TorrentState
+from minibt.ratelimit import KEEP, Keep, RateLimiter, TokenBucket
+from minibt.reputation import Banned, RepEvent, Reputation, ReputationChanged
+from minibt.torrent import BLOCK_LEN, Torrent, TorrentConfig, TorrentState
 from minibt.tracker import AnnounceJob, AnnounceParams, AnnounceResult
 from minibt.wire import PeerWire
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_PENALTY = 5  # reputation points for a protocol violation (issue 3 refines)
+READ_MIN_BYTES = 16384  # a throttled socket is read again once a 16 KiB block (BEP 3) fits the limit
 PEER_ID_PREFIX = b"-MB0100-"  # Azureus-style client id: minibt 0.1.0.0
 
 
@@ -72,6 +75,8 @@ Action = Dial | Close | HashPiece | Announce
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
     max_connections: int = 200
+    upload_limit_bps: float | None = None  # global payload bytes/s; None or 0 = unlimited (ratelimit.py)
+    download_limit_bps: float | None = None
     handshake_timeout_s: float = 30.0
     torrent: TorrentConfig = TorrentConfig()
 
@@ -110,6 +115,8 @@ class Session:
         self.reputation = Reputation()  # per-IP scores and bans, shared by every torrent
         self._now = 0.0  # the latest `now` any input brought (for teardown started by a command)
         self.closed_log: list[tuple[int, Addr, CloseReason, str]] = []  # bounded, newest last
+        self.events = EventQueue()  # public API events; off until a Client enables it (minibt/events.py)
+        self._init_rate_limits()
 
     # ------------------------------------------------------------------ setup
 
@@ -126,7 +133,14 @@ class Session:
         return self._wall()
 
     def add_torrent(
-        self, meta: Metainfo, download_dir: str, *, mode: str, resume_path: str | None, now: float
+        self,
+        meta: Metainfo,
+        download_dir: str,
+        *,
+        mode: str,
+        resume_path: str | None,
+        now: float,
+        config: TorrentConfig | None = None,
     ) -> Torrent:
         self._now = now
         if meta.info_hash in self.torrents:
@@ -137,11 +151,12 @@ class Session:
             download_dir,
             mode=mode,
             resume_path=resume_path,
-            config=self.config.torrent,
+            config=config or self.config.torrent,
             rng=self.rng,
             now=now,
         )
         self.torrents[meta.info_hash] = t
+        self.rate_limits_changed()
         t.start(now=now)
         return t
 
@@ -175,6 +190,8 @@ class Session:
     def reputation_events(self, events: list[RepEvent]) -> None:
         """Act on reputation changes: a ban closes every connection from that IP."""
         for ev in events:
+            if self.events.enabled:
+                self._emit_reputation(ev)
             if isinstance(ev, Banned):
                 log.warning("banning %s for the rest of the session: %s", ev.ip, ev.reason)
                 for t in self.torrents.values():
@@ -218,7 +235,9 @@ class Session:
         self.conns.pop(conn.cid, None)
         self._dirty.discard(conn.cid)
         t = self._torrent_of.pop(conn.cid, None)
-        log.debug("close #%d %s:%d %s %s", conn.cid, conn.ip, conn.port, reason.name, detail)
+        conn.close_reason, conn.close_detail = reason, detail
+        log.info("peer %s:%d (#%d) disconnected: %s (%d) %s", conn.ip, conn.port, conn.cid, reason.name, reason, detail)
+        self.emit(EventName.PEER_DISCONNECTED, conn, t, reason=reason, detail=detail)
         self.closed_log.append((conn.cid, conn.addr, reason, detail))
         if len(self.closed_log) > 200:
             del self.closed_log[:100]
@@ -226,6 +245,51 @@ class Session:
             if conn.wire is None and conn.outgoing:
                 t.peer_connect_failed(conn.addr, now=now)
             t.peer_closed(conn, now=now)
+
+    # ------------------------------------------------------------------ public API support (minibt/api.py)
+
+    @property
+    def now(self) -> float:
+        """The latest ``now`` an input brought (what library-driven actions use)."""
+        return self._now
+
+    def torrent_of(self, cid: int) -> Torrent | None:
+        """The torrent of connection ``cid`` (None before an incoming handshake named one)."""
+        return self._torrent_of.get(cid)
+
+    def emit(
+        self,
+        name: EventName,
+        conn: PeerConnection | None,
+        torrent: Torrent | None,
+        *,
+        index: int | None = None,
+        reason: CloseReason | None = None,
+        detail: str = "",
+    ) -> None:
+        """Queue an event for the Client's callbacks (no-op unless a Client enabled the queue)."""
+        if self.events.enabled:
+            self.events.push(EventRecord(name, torrent, conn, index, reason, detail))
+
+    def _emit_reputation(self, ev: RepEvent) -> None:
+        conn = next((c for c in self.conns.values() if c.ip == ev.ip), None)
+        t = self._torrent_of.get(conn.cid) if conn is not None else None
+        if isinstance(ev, ReputationChanged):
+            self.events.push(
+                EventRecord(EventName.REPUTATION_CHANGED, t, conn, detail=ev.reason, ip=ev.ip, old=ev.old, new=ev.new)
+            )
+        else:
+            self.events.push(EventRecord(EventName.BANNED, t, conn, detail=ev.reason, ip=ev.ip))
+
+    def _refused(self, addr: Addr, reason: CloseReason, detail: str, now: float) -> None:
+        """An incoming connection refused at accept: logged and reported like any disconnect."""
+        log.info("peer %s:%d refused at accept: %s (%d) %s", addr[0], addr[1], reason.name, reason, detail)
+        if self.events.enabled:
+            hs = Handshake(peer_id=self.peer_id, reserved=self.reserved, info_hash=None, now=now)
+            conn = PeerConnection(0, addr, outgoing=False, source=PeerSource.INCOMING, handshake=hs, now=now)
+            conn.closing = True  # never registered: the facade shows it as closed
+            conn.close_reason, conn.close_detail = reason, detail
+            self.events.push(EventRecord(EventName.PEER_DISCONNECTED, None, conn, reason=reason, detail=detail))
 
     def _new_cid(self) -> int:
         cid = self._next_cid
@@ -246,9 +310,12 @@ class Session:
         """A connection was accepted; returns its cid, or None to refuse it."""
         self._now = now
         if len(self.conns) >= self.config.max_connections:
+            self._refused(addr, CloseReason.TOO_MANY_PEERS, "global connection limit", now)
             return None
         if self.reputation.is_banned(addr[0]):
-            return None  # refused at accept: a banned IP gets no handshake at all
+            # refused at accept: a banned IP gets no handshake at all
+            self._refused(addr, CloseReason.BANNED, self.reputation.banned().get(addr[0], "banned"), now)
+            return None
         cid = self._new_cid()
         hs = Handshake(
             peer_id=self.peer_id,
@@ -260,6 +327,7 @@ class Session:
         conn = PeerConnection(cid, addr, outgoing=False, source=PeerSource.INCOMING, handshake=hs, now=now)
         conn.established = True
         self.conns[cid] = conn
+        self.emit(EventName.PEER_CONNECTED, conn, None)
         return cid
 
     def on_connected(self, cid: int, *, now: float) -> None:
@@ -271,6 +339,7 @@ class Session:
         conn.established = True
         conn.handshake.start()
         self._dirty.add(cid)
+        self.emit(EventName.PEER_CONNECTED, conn, self._torrent_of.get(cid))
 
     def on_closed(self, cid: int, reason: CloseReason, detail: str, *, now: float) -> None:
         """The loop saw the connection end (EOF, error, failed connect)."""
@@ -282,6 +351,12 @@ class Session:
         self._teardown(conn, reason, detail, now=now)
 
     def on_data(self, cid: int, data: bytes | memoryview, *, now: float) -> None:
+        if self.down_limited:
+            self._on_data_limited(cid, data, now=now)
+        else:
+            self._on_data(cid, data, now=now)
+
+    def _on_data(self, cid: int, data: bytes | memoryview, *, now: float) -> None:
         self._now = now
         conn = self.conns.get(cid)
         if conn is None or conn.closing:
@@ -363,6 +438,7 @@ class Session:
         conn.pending_handshake_bytes = pending
         t.attach(conn, now=now)
         self._dirty.add(conn.cid)
+        self.emit(EventName.HANDSHAKE_DONE, conn, t)
         if leftover:
             for msg in conn.wire.receive_data(leftover, now=now):
                 t.on_message(conn, msg, now=now)
@@ -440,4 +516,96 @@ class Session:
                 self.close(conn.cid, e.reason, e.detail)
         for t in self.torrents.values():
             t.tick(now=now)
+        if self._rate_waiting:
+            self.on_rate_refill(now=now)  # also driven by rate_wake_at(); this is the fallback
 
+    # ------------------------------------------------------------------ rate limits (issue 3, ratelimit.py)
+    # Payload bytes only, both directions.  Upload: Torrent.serve() takes tokens before queueing a
+    # block; peers that found none wait in the torrent's TransferLimits until ``rate_wake_at()``, when
+    # the loop calls ``on_rate_refill()``.  Download: the loop reads a socket only up to
+    # ``read_quota()`` (0: stop reading until ``read_retry_at()``); the payload a read delivered is
+    # charged in ``on_data``.  With no download limit anywhere, ``down_limited`` is False and neither
+    # the loop nor on_data does any of this.
+
+    def _init_rate_limits(self) -> None:
+        cfg = self.config
+        self.global_up = TokenBucket(cfg.upload_limit_bps, now=self._now)
+        self.global_down = TokenBucket(cfg.download_limit_bps, now=self._now)
+        self._down_global_only = RateLimiter(self.global_down)  # connections not bound to a torrent yet
+        self._rate_waiting: dict[bytes, Torrent] = {}  # torrents with peers waiting for upload tokens
+        self.down_limited = self.global_down.limited
+
+    def set_rate_limits(
+        self, *, up: float | None | Keep = KEEP, down: float | None | Keep = KEEP, now: float | None = None
+    ) -> None:
+        """Global upload/download limits in payload bytes/s (None or 0 = unlimited), at run time."""
+        t = self._now if now is None else now
+        if not isinstance(up, Keep):
+            self.global_up.set_rate(up, now=t)
+        if not isinstance(down, Keep):
+            self.global_down.set_rate(down, now=t)
+        self.rate_limits_changed()
+
+    def rate_limits(self) -> tuple[float | None, float | None]:
+        """The global (upload, download) limits, bytes/s; None = unlimited."""
+        return self.global_up.rate_bps, self.global_down.rate_bps
+
+    def rate_limits_changed(self) -> None:
+        """Recompute the fast-path flags after any limit (global or a torrent's) changed."""
+        self.down_limited = self.global_down.limited or any(
+            t.limits.down_bucket.limited for t in self.torrents.values()
+        )
+        for t in self.torrents.values():
+            t.limits.refresh()
+
+    def down_limiter(self, cid: int) -> RateLimiter:
+        t = self._torrent_of.get(cid)
+        return t.limits.down if t is not None else self._down_global_only
+
+    def read_quota(self, cid: int, *, now: float) -> int:
+        """How many bytes the loop may read from ``cid`` now; 0 = pause reading until ``read_retry_at``."""
+        lim = self.down_limiter(cid)
+        q = lim.available(now=now)
+        return q if q >= min(READ_MIN_BYTES, lim.burst_bytes) else 0
+
+    def read_retry_at(self, cid: int, *, now: float) -> float:
+        """When ``read_quota(cid)`` will be non-zero again (at the current limits)."""
+        lim = self.down_limiter(cid)
+        return lim.next_refill_deadline(lim.quantum(READ_MIN_BYTES), now=now)
+
+    def _on_data_limited(self, cid: int, data: bytes | memoryview, *, now: float) -> None:
+        conn = self.conns.get(cid)
+        if conn is None:
+            return
+        t = self._torrent_of.get(cid)
+        before = conn.down.total
+        self._on_data(cid, data, now=now)
+        got = conn.down.total - before  # payload bytes of the blocks this read completed
+        if got:
+            if t is None:
+                t = self._torrent_of.get(cid)
+            (t.limits.down if t is not None else self._down_global_only).charge(got, now=now)
+
+    def rate_waiting(self, torrent: Torrent) -> None:
+        """``torrent`` has peers whose requests wait for upload tokens."""
+        self._rate_waiting[torrent.info_hash] = torrent
+
+    def rate_wake_at(self, *, now: float) -> float | None:
+        """When ``on_rate_refill`` should run next (None: nothing waits for tokens)."""
+        if not self._rate_waiting:
+            return None
+        best: float | None = None
+        for t in self._rate_waiting.values():
+            at = t.limits.wake_at(BLOCK_LEN, now=now)
+            if at is None:
+                return now  # nothing left to wait for: let on_rate_refill drop it
+            if best is None or at < best:
+                best = at
+        return best
+
+    def on_rate_refill(self, *, now: float) -> None:
+        """Tokens came back: serve the requests that waited for them."""
+        self._now = now
+        for key, t in list(self._rate_waiting.items()):
+            if t.state is TorrentState.STOPPED or not t.serve_waiting(now=now):
+                self._rate_waiting.pop(key, None)

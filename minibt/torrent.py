@@ -19,19 +19,23 @@ import logging
 import os
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from minibt import wire as w
 from minibt.bitfield import Bitfield
 from minibt.choker import Choker, PeerSnapshot, allowed_fast_set
-from minibt.errors import CloseReason, StorageError
+from minibt.errors import CloseReason, LocalProtocolError, StorageError
+from minibt.events import EventName, Listeners
 from minibt.hasher import HashJob, HashResult
 from minibt.metainfo import Metainfo
 from minibt.peer import Addr, IncomingRequest, PeerConnection, PeerSource
 from minibt.picker import Block, PiecePicker
+from minibt.ratelimit import KEEP, Keep, TransferLimits
 from minibt.reputation import BlockRecord
 from minibt.storage import ResumeData, Storage, load_resume, save_resume
+from minibt.superseed import Offer, SuperSeeder
 from minibt.tracker import AnnounceJob, AnnounceParams, Announcer, AnnounceResult
 
 if TYPE_CHECKING:
@@ -47,6 +51,19 @@ IDLE_TIMEOUT_S = 180.0  # neither interested nor interesting for 3 minutes => di
 USER_RETRY_S = 2.0
 PEER_RETRY_S = 30.0
 MAX_RETRY_S = 1800.0
+
+
+# Wire messages that are also public events (minibt/events.py); Have carries its index.
+_WIRE_EVENTS: dict[type, EventName] = {
+    w.Have: EventName.HAVE,
+    w.BitfieldMsg: EventName.BITFIELD,
+    w.HaveAll: EventName.BITFIELD,
+    w.HaveNone: EventName.BITFIELD,
+    w.Choke: EventName.PEER_CHOKED_US,
+    w.Unchoke: EventName.PEER_UNCHOKED_US,
+    w.Interested: EventName.PEER_INTERESTED,
+    w.NotInterested: EventName.PEER_NOT_INTERESTED,
+}
 
 
 class TorrentState(enum.Enum):
@@ -71,6 +88,11 @@ class TorrentConfig:
     numwant: int = 50
     fsync: bool = True
     upload_outbox_bytes: int = 256 * 1024  # serve queued requests while the outbox is below this
+    upload_limit_bps: float | None = None  # this torrent's payload bytes/s; None or 0 = unlimited (ratelimit.py)
+    download_limit_bps: float | None = None
+    auto_choke: bool = True  # False: the built-in choker never runs; library code unchokes (Peer.unchoke)
+    auto_request: bool = True  # False: never pick/request by itself; library code calls Peer.request
+    super_seed: bool = False  # BEP 16 super-seeding (initial seeder only; minibt/superseed.py)
 
 
 @dataclass(slots=True)
@@ -108,6 +130,8 @@ class Torrent:
     ) -> None:
         if mode not in ("download", "seed"):
             raise ValueError(f"unknown mode {mode!r}")
+        if config.super_seed and mode != "seed":
+            raise ValueError("super-seeding (BEP 16) is for seeding a complete torrent (mode='seed')")
         self.session = session
         self.meta = meta
         self.info_hash = meta.info_hash
@@ -138,6 +162,15 @@ class Torrent:
         self._stopping = False
         self._last_connect_at = 0.0
         self.completed_event_sent = False
+        self.limits = TransferLimits(
+            session.global_up,
+            session.global_down,
+            up_bps=config.upload_limit_bps,
+            down_bps=config.download_limit_bps,
+            now=now,
+        )
+        self.listeners = Listeners()  # callbacks for this torrent's events (called by the Client only)
+        self.superseed: SuperSeeder | None = None  # set while super-seeding (BEP 16)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -183,6 +216,8 @@ class Torrent:
             self.state = TorrentState.DOWNLOADING
         if self.state is TorrentState.SEEDING or self.mode == "download":
             self._resume_dirty = True
+        if self.config.super_seed and self.superseed is None:
+            self._super_seed_from_config(now)
 
     def stop(self, *, now: float) -> None:
         """Announce 'stopped', close every peer, save resume data, close files."""
@@ -314,7 +349,9 @@ class Torrent:
         meta = self.meta
         assert peer.wire is not None
         wire = peer.wire
-        if wire.fast:
+        if self.superseed is not None:
+            self._super_seed_attach(peer)  # BEP 16: pretend to have nothing, then offer
+        elif wire.fast:
             if self.have.all():
                 wire.send_have_all()
             elif self.have.none():
@@ -332,7 +369,7 @@ class Torrent:
             if self.session.listen_port:
                 hs[b"p"] = self.session.listen_port
             wire.ext_handshake(hs)
-        if wire.fast and not self.have.all() and ":" not in peer.ip:
+        if wire.fast and not self.have.all() and self.superseed is None and ":" not in peer.ip:
             # BEP 6: grant the canonical allowed-fast set to this peer's /24.
             for i in allowed_fast_set(peer.ip, self.info_hash, meta.num_pieces, ALLOWED_FAST_K):
                 if self.have[i]:
@@ -347,6 +384,8 @@ class Torrent:
         if self.peers.pop(peer.cid, None) is None:
             return
         self.picker.peer_gone(peer.cid)
+        if self.superseed is not None:
+            self._super_seed_offers(self.superseed.remove_peer(peer.cid))
         if peer.cid in self._unchoked:
             self._unchoked.discard(peer.cid)
             self._rechoke(now, scheduled=False)
@@ -404,6 +443,10 @@ class Torrent:
         wire = peer.wire
         assert wire is not None
         t = type(msg)
+        if self.session.events.enabled and t in _WIRE_EVENTS:
+            self.session.emit(_WIRE_EVENTS[t], peer, self, index=msg.index if isinstance(msg, w.Have) else None)
+        if self.superseed is not None:
+            self._super_seed_message(peer, msg)
         if t is w.Piece:
             assert isinstance(msg, w.Piece)
             self._on_block(peer, msg, now)
@@ -513,7 +556,7 @@ class Torrent:
         wire = peer.wire
         if wire is None or self.state is not TorrentState.DOWNLOADING or peer.closing:
             return
-        if not wire.am_interested:
+        if not wire.am_interested or not self.config.auto_request:
             return
         allowed: set[int] | None = None
         if wire.peer_choking:
@@ -576,6 +619,7 @@ class Torrent:
 
     def _piece_passed(self, index: int, now: float) -> None:
         self._mark_have(index)
+        self.session.emit(EventName.PIECE_VERIFIED, None, self, index=index)
         self.picker.piece_passed(index)
         self.stats.downloaded += self.meta.piece_size(index)
         self._resume_dirty = True
@@ -602,6 +646,7 @@ class Torrent:
         self.stats.hash_failures += 1
         self.stats.wasted += self.meta.piece_size(index)
         srcs = self._block_src.pop(index, {})
+        self.session.emit(EventName.PIECE_FAILED, None, self, index=index, detail=", ".join(sorted(set(srcs.values()))))
         log.warning(
             "%s: piece %d failed its hash check (from %s)", self.meta.name, index, ", ".join(sorted(set(srcs.values())))
         )
@@ -631,6 +676,7 @@ class Torrent:
         self.state = TorrentState.SEEDING
         self.stats.completed_at = now
         log.info("%s: download complete", self.meta.name)
+        self.session.emit(EventName.TORRENT_COMPLETE, None, self)
         self.save_resume(now)
         if not self.completed_event_sent:
             self.completed_event_sent = True
@@ -647,6 +693,9 @@ class Torrent:
         if not self.have[msg.index]:
             # Asking for what we never announced is a protocol violation (BEP 3).
             self.session.close(peer.cid, CloseReason.PROTOCOL_VIOLATION, f"request for piece {msg.index} we lack")
+            return
+        if self.superseed is not None and not self.superseed.may_request(peer.cid, msg.index):
+            self._super_seed_refuse(peer, msg)  # BEP 16: only the pieces we revealed to it
             return
         if wire.am_choking and msg.index not in peer.allowed_fast_out:
             if wire.fast:
@@ -672,6 +721,10 @@ class Torrent:
         limit = self.config.upload_outbox_bytes
         served = False
         while peer.requests_in and wire.outbox_len < limit:
+            if self.limits.up_gated and not self.limits.up.consume(peer.requests_in[0].length, now=now):
+                self.limits.wait(peer.cid, peer.requests_in[0].length)  # serve_waiting() retries it
+                self.session.rate_waiting(self)
+                break
             r = peer.requests_in.popleft()
             try:
                 data = self.storage.read_block(r.index, r.begin, r.length)
@@ -685,9 +738,39 @@ class Torrent:
         if served:
             self.session.mark_dirty(peer.cid)
 
+    # ------------------------------------------------------------------ rate limits (issue 3, ratelimit.py)
+
+    def set_rate_limits(
+        self, *, up: float | None | Keep = KEEP, down: float | None | Keep = KEEP, now: float | None = None
+    ) -> None:
+        """This torrent's own upload/download limits in payload bytes/s (None or 0 = unlimited).
+
+        The global limits apply as well.  Takes effect at once; ``now`` defaults to the session's latest time.
+        """
+        self.limits.set_rates(up=up, down=down, now=self.session.now if now is None else now)
+        self.session.rate_limits_changed()
+
+    def rate_limits(self) -> tuple[float | None, float | None]:
+        """(upload, download) limits of this torrent alone, bytes/s; None = unlimited."""
+        return self.limits.up_bucket.rate_bps, self.limits.down_bucket.rate_bps
+
+    def serve_waiting(self, *, now: float) -> bool:
+        """Serve peers whose requests waited for upload tokens, round robin; True if some still wait."""
+        waiting = self.limits.waiting
+        for cid in list(waiting):
+            waiting.pop(cid, None)
+            peer = self.peers.get(cid)
+            if peer is not None and peer.requests_in:
+                self.serve(peer, now)
+            if cid in waiting:
+                break  # out of tokens again: the others keep their places ahead of it
+        return bool(waiting)
+
     # ------------------------------------------------------------------ choking
 
     def _rechoke(self, now: float, *, scheduled: bool) -> None:
+        if not self.config.auto_choke:
+            return  # library code chokes and unchokes (minibt.Peer)
         seeding = self.have.all()
         snaps = []
         for p in self.peers.values():
@@ -711,10 +794,12 @@ class Torrent:
             if p.cid in unchoke and wire.am_choking:
                 wire.unchoke()
                 self.session.mark_dirty(p.cid)
+                self.session.emit(EventName.WE_UNCHOKED_PEER, p, self)
             elif p.cid not in unchoke and not wire.am_choking:
                 wire.choke()
                 self._reject_pending(p)
                 self.session.mark_dirty(p.cid)
+                self.session.emit(EventName.WE_CHOKED_PEER, p, self)
         self._unchoked = {k for k in unchoke if isinstance(k, int)}
 
     def _reject_pending(self, peer: PeerConnection) -> None:
@@ -727,6 +812,70 @@ class Torrent:
             elif wire.fast:
                 wire.reject(r.index, r.begin, r.length)  # BEP 6: choke no longer cancels implicitly
         peer.requests_in = keep
+
+    # ------------------------------------------------------------------ public API (minibt.Peer, on())
+
+    def on(self, name: str, callback: Callable[[Any], object]) -> None:
+        """Call ``callback(event)`` for this torrent's events (the Client delivers them; minibt/events.py)."""
+        self.listeners.on(name, callback)
+
+    def off(self, name: str, callback: Callable[[Any], object]) -> None:
+        self.listeners.off(name, callback)
+
+    def choke_peer(self, peer: PeerConnection, *, now: float) -> None:
+        """Choke ``peer`` on behalf of library code (the built-in choker may undo it if enabled)."""
+        wire = peer.wire
+        assert wire is not None
+        self._unchoked.discard(peer.cid)
+        if wire.am_choking:
+            return
+        wire.choke()
+        self._reject_pending(peer)
+        self.session.mark_dirty(peer.cid)
+        self.session.emit(EventName.WE_CHOKED_PEER, peer, self)
+
+    def unchoke_peer(self, peer: PeerConnection, *, now: float) -> None:
+        wire = peer.wire
+        assert wire is not None
+        self._unchoked.add(peer.cid)
+        if not wire.am_choking:
+            return
+        wire.unchoke()
+        self.session.mark_dirty(peer.cid)
+        self.session.emit(EventName.WE_UNCHOKED_PEER, peer, self)
+
+    def request_block(self, peer: PeerConnection, index: int, begin: int, length: int, *, now: float) -> None:
+        """Request one block from ``peer`` for library code, with the picker's bookkeeping.
+
+        Raises LocalProtocolError when the request is not allowed (see ``minibt.Peer.request``).
+        """
+        wire = peer.wire
+        if wire is None or peer.closing:
+            raise LocalProtocolError(CloseReason.PROTOCOL_VIOLATION, "request: the peer is not connected")
+        if self.state is not TorrentState.DOWNLOADING:
+            raise LocalProtocolError(
+                CloseReason.PROTOCOL_VIOLATION, f"request: the torrent is {self.state.value}, not downloading"
+            )
+        if wire.peer_choking and index not in peer.allowed_fast_in:
+            # BEP 3 drops (BEP 6 rejects) requests while choked, except for allowed-fast pieces.
+            raise LocalProtocolError(
+                CloseReason.PROTOCOL_VIOLATION, f"request: the peer chokes us and piece {index} is not allowed fast"
+            )
+        outstanding = self.picker.num_outstanding(peer.cid)
+        if outstanding >= min(peer.reqq, self.config.request_queue_max):
+            raise LocalProtocolError(
+                CloseReason.PROTOCOL_VIOLATION, f"request: {outstanding} requests already outstanding (queue full)"
+            )
+        try:
+            self.picker.mark_requested(peer.cid, Block(index, begin, length))
+        except ValueError as e:
+            raise LocalProtocolError(CloseReason.PROTOCOL_VIOLATION, f"request: {e}") from None
+        if outstanding == 0:
+            peer.last_block_at = now  # the snub timer counts from the first outstanding request
+        if not wire.am_interested:
+            wire.interested()
+        wire.request(index, begin, length)
+        self.session.mark_dirty(peer.cid)
 
     # ------------------------------------------------------------------ timers
 
@@ -827,6 +976,103 @@ class Torrent:
         except (StorageError, OSError) as e:
             log.warning("%s: could not save resume data: %s", self.meta.name, e)
 
+    # ------------------------------------------------------------------ super-seeding (BEP 16)
+
+    @property
+    def super_seeding(self) -> bool:
+        return self.superseed is not None
+
+    def set_super_seed(self, on: bool, *, now: float) -> None:
+        """Switch BEP 16 super-seeding on or off at run time (minibt/superseed.py has the rules).
+
+        On is only valid while seeding a complete torrent (ValueError otherwise).  Peers connected
+        before have seen our full bitfield: they are served as before and only count toward piece
+        availability.  Off (or the automatic end): every peer is sent a ``have`` for each piece it
+        lacks and was never shown, and seeding goes on normally.
+        """
+        if not on:
+            if self.superseed is not None:
+                self._super_seed_end("switched off")
+            return
+        if self.superseed is not None:
+            return
+        if self.state is not TorrentState.SEEDING or not self.have.all():
+            raise ValueError(f"super-seeding needs a complete torrent that is seeding (it is {self.state.value})")
+        ss = self.superseed = SuperSeeder(self.meta.num_pieces, self.rng)
+        log.info("%s: super-seeding (BEP 16)", self.meta.name)
+        for p in self.peers.values():
+            if p.wire is not None:
+                ss.add_peer(p.cid, exempt=True)
+                ss.peer_bitfield(p.cid, self.picker.peer_pieces(p.cid))
+        if ss.finished:
+            self._super_seed_end("another seed is connected")
+
+    def _super_seed_from_config(self, now: float) -> None:
+        if self.state is TorrentState.SEEDING:
+            self.set_super_seed(True, now=now)
+        else:
+            self._fail(
+                f"super-seeding needs complete data ({self.have.count()}/{self.meta.num_pieces} pieces verified)"
+            )
+
+    def _super_seed_attach(self, peer: PeerConnection) -> None:
+        assert self.superseed is not None and peer.wire is not None
+        if peer.wire.fast:
+            peer.wire.send_have_none()  # BEP 16: "masquerades as a normal client with no data"
+        self._super_seed_offers(self.superseed.add_peer(peer.cid))
+
+    def _super_seed_message(self, peer: PeerConnection, msg: object) -> None:
+        ss = self.superseed
+        assert ss is not None
+        if isinstance(msg, w.Have):
+            offers = ss.peer_have(peer.cid, msg.index)
+        elif isinstance(msg, w.BitfieldMsg):
+            offers = ss.peer_bitfield(peer.cid, msg.bits)
+        elif isinstance(msg, w.HaveAll):
+            offers = ss.peer_have_all(peer.cid)
+        else:
+            return
+        self._super_seed_offers(offers)
+
+    def _super_seed_offers(self, offers: list[Offer]) -> None:
+        """Send a ``have`` for each offer; end super-seeding once it has done its job."""
+        for o in offers:
+            p = self.peers.get(o.peer) if isinstance(o.peer, int) else None
+            if p is not None and p.wire is not None and not p.closing and not p.wire.closed:
+                p.wire.have(o.index)
+                self.session.mark_dirty(p.cid)
+        if self.superseed is not None and self.superseed.finished:
+            self._super_seed_end("another peer is a seed or every piece is on two peers")
+
+    def _super_seed_refuse(self, peer: PeerConnection, msg: w.Request) -> None:
+        """A request for a piece not revealed to the peer: reject it (BEP 6) or ignore it (BEP 3)."""
+        wire = peer.wire
+        assert wire is not None
+        if not wire.fast:
+            return
+        if not wire.can_send():
+            self.session.close(peer.cid, CloseReason.PROTOCOL_VIOLATION, "request flood for pieces not offered")
+            return
+        wire.reject(msg.index, msg.begin, msg.length)
+        self.session.mark_dirty(peer.cid)
+
+    def _super_seed_end(self, why: str) -> None:
+        ss = self.superseed
+        assert ss is not None
+        self.superseed = None
+        log.info("%s: super-seeding ends (%s); seeding normally (%s)", self.meta.name, why, ss.stats())
+        for p in self.peers.values():
+            if p.wire is None or p.closing or p.wire.closed:
+                continue
+            try:
+                missing = ss.unrevealed_missing(p.cid)
+            except ValueError:
+                continue
+            for i in missing:
+                p.wire.have(i)  # a later bitfield is not allowed (BEP 3): one have per piece
+            if missing:
+                self.session.mark_dirty(p.cid)
+
     # ------------------------------------------------------------------ reporting
 
     def status(self, now: float) -> dict[str, object]:
@@ -854,4 +1100,5 @@ class Torrent:
             "half_open": len(self.half_open),
             "candidates": len(self.candidates),
             "banned": sorted(self.session.reputation.banned()),
+            "super_seeding": self.superseed is not None,
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import random
 from pathlib import Path
@@ -134,3 +135,49 @@ def test_progress_plain_lines_when_not_a_terminal() -> None:
     lines = out.getvalue().splitlines()
     assert len(lines) == 2
     assert all(line.startswith("demo: downloading") and "\r" not in line for line in lines)
+
+
+# ---------------------------------------------------------------------- rate limits (issue 3)
+
+
+def test_parse_rate() -> None:
+    from minibt.cli import parse_rate
+
+    assert parse_rate("500KiB") == 500 * 1024
+    assert parse_rate("2MiB") == 2 * 1024 * 1024
+    assert parse_rate("1.5m") == 1.5 * 1024 * 1024
+    assert parse_rate("300kB/s") == 300_000
+    assert parse_rate(" 1G ") == 1 << 30
+    assert parse_rate("1000") == 1000
+    assert parse_rate("0") is None and parse_rate("0KiB") is None  # 0 = unlimited
+    for bad in ("", "fast", "-1", "1 parsec", "2MiB/h", "1e6"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_rate(bad)
+
+
+def test_rate_limit_options_reach_the_session_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import minibt.cli
+    from minibt.session import SessionConfig
+
+    out = tmp_path / "t.torrent"
+    assert main(["create", str(make_tree(tmp_path)), "-o", str(out)]) == 0
+    seen: list[SessionConfig] = []
+
+    class NoClient:
+        def __init__(self, *, config: SessionConfig, **kw: object) -> None:
+            seen.append(config)
+            raise OSError("not listening in this test")
+
+    monkeypatch.setattr(minibt.cli, "Client", NoClient)
+    argv = [str(out), "--dir", str(tmp_path / "dl"), "--port", "0", "--state-dir", str(tmp_path / "st")]
+    assert main(["download", *argv, "--up-limit", "500KiB", "--down-limit", "2MiB"]) == 1
+    assert main(["seed", str(out), "--dir", str(tmp_path), "--port", "0", "--up-limit", "1MiB"]) == 1
+    assert main(["download", *argv]) == 1
+    assert [(c.upload_limit_bps, c.download_limit_bps) for c in seen] == [
+        (500 * 1024, 2 * 1024 * 1024), (1024 * 1024, None), (None, None)]
+    with pytest.raises(SystemExit) as e:
+        main(["download", *argv, "--down-limit", "lots"])
+    assert e.value.code == 2
+    capsys.readouterr()

@@ -1,0 +1,196 @@
+"""Public event names and the bounded queue the pure machines fill (issue 3, STYLE.md section 3).
+
+The session and its torrents never call user code: they append small :class:`EventRecord`\\ s to
+an :class:`EventQueue` (bounded, off until a :class:`~minibt.client.Client` enables it).  The Client
+drains the queue after every loop iteration and calls the callbacks registered with ``on(name, cb)``
+on the Client, a Torrent or a Peer (:class:`Listeners`).  Also here: the text of the README tables
+(events and disconnect reasons) so a unit test can check the README against the enums.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from minibt.errors import CloseReason
+
+if TYPE_CHECKING:
+    from minibt.peer import PeerConnection
+    from minibt.torrent import Torrent
+
+MAX_QUEUED_EVENTS = 10_000  # minibt convention: the Client drains every iteration; oldest dropped beyond
+
+
+class EventName(enum.StrEnum):
+    """Names accepted by ``on(name, callback)``; a plain string with the same value works too."""
+
+    PEER_CONNECTED = "peer_connected"
+    HANDSHAKE_DONE = "handshake_done"
+    PEER_DISCONNECTED = "peer_disconnected"
+    HAVE = "have"
+    BITFIELD = "bitfield"
+    PEER_CHOKED_US = "peer_choked_us"
+    PEER_UNCHOKED_US = "peer_unchoked_us"
+    PEER_INTERESTED = "peer_interested"
+    PEER_NOT_INTERESTED = "peer_not_interested"
+    WE_CHOKED_PEER = "we_choked_peer"
+    WE_UNCHOKED_PEER = "we_unchoked_peer"
+    PIECE_VERIFIED = "piece_verified"
+    PIECE_FAILED = "piece_failed"
+    TORRENT_COMPLETE = "torrent_complete"
+    REPUTATION_CHANGED = "reputation_changed"
+    BANNED = "banned"
+
+
+# (fields set besides name/torrent/peer, meaning) for the README events table.
+EVENT_DOCS: dict[EventName, tuple[str, str]] = {
+    EventName.PEER_CONNECTED: ("", "a TCP connection is up (incoming: accepted; outgoing: connect finished)"),
+    EventName.HANDSHAKE_DONE: ("", "the BitTorrent handshake completed; `peer.peer_id`, `peer.client` are known"),
+    EventName.PEER_DISCONNECTED: (
+        "reason, detail",
+        "the connection ended; also for failed dials and for connections refused at accept (banned, too many)",
+    ),
+    EventName.HAVE: ("index", "the peer announced a piece (Have)"),
+    EventName.BITFIELD: ("", "the peer sent its bitfield, Have All or Have None (`peer.bitfield_status`)"),
+    EventName.PEER_CHOKED_US: ("", "the peer choked us"),
+    EventName.PEER_UNCHOKED_US: ("", "the peer unchoked us: requests are possible now"),
+    EventName.PEER_INTERESTED: ("", "the peer is interested in our pieces"),
+    EventName.PEER_NOT_INTERESTED: ("", "the peer is no longer interested"),
+    EventName.WE_CHOKED_PEER: ("", "we choked the peer (built-in choker or `peer.choke()`)"),
+    EventName.WE_UNCHOKED_PEER: ("", "we unchoked the peer (built-in choker or `peer.unchoke()`)"),
+    EventName.PIECE_VERIFIED: ("index", "a downloaded piece passed its SHA-1 check and was written"),
+    EventName.PIECE_FAILED: ("index", "a downloaded piece failed its SHA-1 check (its senders lose reputation)"),
+    EventName.TORRENT_COMPLETE: ("", "the last piece was verified: the torrent is seeding now"),
+    EventName.REPUTATION_CHANGED: ("ip, old, new, detail", "an IP's reputation score changed"),
+    EventName.BANNED: ("ip, detail", "an IP is banned for the rest of the session"),
+}
+
+# Meaning of each CloseReason for the README table (issue 3 "Disconnect reasons").
+CLOSE_REASON_DOCS: dict[CloseReason, str] = {
+    CloseReason.CLOSED_BY_REMOTE: "the remote peer closed the connection",
+    CloseReason.SELF_CONNECTION: "we connected to ourselves (our own peer id came back)",
+    CloseReason.UNKNOWN_INFO_HASH: "the peer asked for a torrent we do not serve (detail: the info-hash)",
+    CloseReason.BAD_HANDSHAKE: "malformed BitTorrent handshake",
+    CloseReason.INFO_HASH_MISMATCH: "the peer answered with another info-hash than the one we dialled for",
+    CloseReason.MALFORMED_MESSAGE: "a peer-wire message of the wrong size or with bad contents",
+    CloseReason.DUPLICATE_PEER_ID: "already connected to a peer with this peer id (detail: the id, hex)",
+    CloseReason.TOO_MANY_PEERS: "the global or per-torrent connection limit is reached",
+    CloseReason.HASH_CHECKING: "the torrent is still being hash-checked",
+    CloseReason.BOTH_SEEDS: "both sides are seeds",
+    CloseReason.HANDSHAKE_TIMEOUT: "the handshake did not finish within 30 s",
+    CloseReason.IDLE: "3 minutes neither interested nor interesting",
+    CloseReason.REPUTATION_TOO_LOW: "the peer's reputation fell to 50 or below; its IP is banned for the session",
+    CloseReason.BANNED: "the IP is banned (refused at accept or after the handshake)",
+    CloseReason.PROTOCOL_VIOLATION: "a BEP 3/6/10 rule was broken (detail says which)",
+    CloseReason.ENCRYPTION_FAILED: "the encryption (MSE) handshake failed (encryption is not implemented yet)",
+    CloseReason.MESSAGE_TOO_LARGE: "a message length prefix above the limit for its type",
+    CloseReason.CONNECT_FAILED: "the outgoing TCP connect failed",
+    CloseReason.IO_ERROR: "a socket error",
+    CloseReason.SHUTDOWN: "we are stopping the torrent or the client",
+    CloseReason.TORRENT_REMOVED: "the torrent was removed",
+    CloseReason.KEEPALIVE_TIMEOUT: "nothing received from the peer for 180 s",
+    CloseReason.CORRUPT_DATA: "the peer sent data that failed the hash check",
+}
+
+
+def close_reason_table() -> str:
+    """The README's disconnect-reasons table (markdown), generated from :class:`CloseReason`."""
+    rows = ["| value | name | meaning |", "|---|---|---|"]
+    for r in CloseReason:
+        rows.append(f"| {r.value} | `{r.name}` | {CLOSE_REASON_DOCS.get(r, '(undocumented)')} |")
+    return "\n".join(rows)
+
+
+def event_table() -> str:
+    """The README's events table (markdown), generated from :class:`EventName`."""
+    rows = ["| event | fields | when |", "|---|---|---|"]
+    for n in EventName:
+        fields, when = EVENT_DOCS.get(n, ("", "(undocumented)"))
+        rows.append(f"| `{n.value}` | {fields or '-'} | {when} |")
+    return "\n".join(rows)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One fact for the event callbacks, queued by the session or a torrent."""
+
+    name: EventName
+    torrent: Torrent | None
+    conn: PeerConnection | None
+    index: int | None = None
+    reason: CloseReason | None = None
+    detail: str = ""
+    ip: str | None = None
+    old: int | None = None
+    new: int | None = None
+
+
+class EventQueue:
+    """Bounded FIFO of :class:`EventRecord`; ``push`` is a no-op until ``enabled``."""
+
+    __slots__ = ("enabled", "dropped", "_q", "_max")
+
+    def __init__(self, *, max_events: int = MAX_QUEUED_EVENTS, enabled: bool = False) -> None:
+        if max_events <= 0:
+            raise ValueError("max_events must be positive")
+        self.enabled = enabled
+        self.dropped = 0
+        self._q: deque[EventRecord] = deque()
+        self._max = max_events
+
+    def push(self, rec: EventRecord) -> None:
+        if not self.enabled:
+            return
+        if len(self._q) >= self._max:
+            self._q.popleft()  # keep the newest: a disconnect matters more than an old Have
+            self.dropped += 1
+        self._q.append(rec)
+
+    def take(self) -> list[EventRecord]:
+        out = list(self._q)
+        self._q.clear()
+        return out
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+
+Callback = Callable[[Any], object]
+
+
+def check_event_name(name: str) -> EventName:
+    try:
+        return EventName(name)
+    except ValueError:
+        known = ", ".join(n.value for n in EventName)
+        raise ValueError(f"unknown event {name!r}; known events: {known}") from None
+
+
+class Listeners:
+    """Callbacks by event name (the registry behind ``on``/``off``); never calls them itself."""
+
+    __slots__ = ("_by_name",)
+
+    def __init__(self) -> None:
+        self._by_name: dict[EventName, list[Callback]] = {}
+
+    def on(self, name: str, callback: Callback) -> None:
+        if not callable(callback):
+            raise TypeError(f"callback {callback!r} is not callable")
+        self._by_name.setdefault(check_event_name(name), []).append(callback)
+
+    def off(self, name: str, callback: Callback) -> None:
+        """Remove one registration of ``callback`` for ``name`` (no error if absent)."""
+        cbs = self._by_name.get(check_event_name(name))
+        if cbs and callback in cbs:
+            cbs.remove(callback)
+
+    def get(self, name: EventName) -> tuple[Callback, ...]:
+        cbs = self._by_name.get(name)
+        return tuple(cbs) if cbs else ()
+
+    def __bool__(self) -> bool:
+        return any(self._by_name.values())
