@@ -40,7 +40,7 @@ class PeerFlags(enum.IntFlag):
     ENCRYPTED = 1  # MSE/PE (not implemented yet: never set)
     SEEDER = 2  # the peer has every piece
     INCOMING = 4  # the peer dialled us
-    UTP = 8  # uTP transport (BEP 29; TCP only so far)
+    UTP = 8  # uTP transport (BEP 29)
     HOLEPUNCH = 16  # the peer supports ut_holepunch (BEP 55) per its BEP 10 handshake
     FAST = 32  # BEP 6 fast extension negotiated
     EXTENSION = 64  # BEP 10 extension protocol negotiated
@@ -148,7 +148,8 @@ class Peer:
 
     @property
     def transport(self) -> str:
-        return "tcp"
+        """'tcp' or 'utp' (BEP 29)."""
+        return self._conn.transport
 
     @property
     def torrent(self) -> Torrent | None:
@@ -214,6 +215,8 @@ class Peer:
             f |= PeerFlags.SEEDER
         if not c.outgoing:
             f |= PeerFlags.INCOMING
+        if c.transport == "utp":
+            f |= PeerFlags.UTP
         if c.wire is not None:
             f |= PeerFlags.HANDSHAKE_DONE
             if c.wire.fast:

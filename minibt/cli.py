@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 failure (network, disk, interrupted download); 2 bad in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import re
@@ -38,6 +39,13 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def parse_transports(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip().lower() for t in text.split(",") if t.strip())
+    if not names or any(n not in ("tcp", "utp") for n in names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected a list of tcp and utp, e.g. utp,tcp; got {text!r}")
+    return names
 
 
 def human_duration(s: float) -> str:
@@ -153,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--max-peers", type=int, default=50, help="connections per torrent (default 50)")
         sp.add_argument("--cache", type=parse_size, default=16 << 20, help="write cache size (default 16MiB)")
         sp.add_argument("--quiet", action="store_true", help="no progress output")
+        sp.add_argument("--transport", type=parse_transports, default=None, metavar="LIST",
+                        help="peer transports in outgoing preference order, e.g. utp,tcp or utp "
+                        "(incoming: all listed; default tcp,utp)")
         sp.add_argument("--up-limit", type=parse_rate, default=None, metavar="RATE",
                         help="upload limit, payload bytes/s (e.g. 500KiB, 2MiB; default 0 = unlimited)")
         sp.add_argument("--down-limit", type=parse_rate, default=None, metavar="RATE",
@@ -298,6 +309,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         upload_limit_bps=args.up_limit,
         download_limit_bps=args.down_limit,
     )
+    if args.transport is not None:
+        config = dataclasses.replace(config, transports=args.transport)
     state_dir = args.state_dir or default_state_dir()
     try:
         client = Client(bind=args.bind, port=args.port, state_dir=state_dir, config=config)
@@ -338,6 +351,12 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         client.close()
         for s, h in old.items():
             signal.signal(s, h)
+    bans = client.session.reputation.banned()
+    if bans:
+        # Bans are session-wide and end with the process; say who and why.
+        print(f"{meta.name}: {len(bans)} peer(s) banned this session:", file=sys.stderr)
+        for ip, why in sorted(bans.items()):
+            print(f"  banned {ip}: {why}", file=sys.stderr)
     if t.state is TorrentState.ERROR:
         print(f"minibt: {meta.name}: {t.error}", file=sys.stderr)
         return EXIT_FAIL

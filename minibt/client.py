@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import os
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 
 from minibt.api import Dispatcher, Event, Peer
@@ -24,6 +24,7 @@ from minibt.peer import Addr, PeerSource
 from minibt.ratelimit import KEEP, Keep
 from minibt.session import Session, SessionConfig
 from minibt.torrent import Torrent, TorrentConfig
+from minibt.utp import UtpConfig
 
 
 def default_state_dir() -> str:
@@ -44,16 +45,23 @@ class Client:
         rng: random.Random | None = None,
         clock: Clock | None = None,
         hash_threads: int = 2,
+        transports: Sequence[str] | None = None,
+        utp_config: UtpConfig | None = None,
     ) -> None:
+        """``transports`` overrides ``config.transports``: outgoing preference order, e.g. ("utp", "tcp")."""
         self.clock: Clock = clock or MonotonicClock()
         self.rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
         self.state_dir = state_dir
+        if transports is not None:
+            config = dataclasses.replace(config or SessionConfig(), transports=tuple(transports))
         self.session = Session(rng=self.rng, config=config, wall_clock=self.clock.wall)
         wake: list[Callable[[], None]] = []
         self.hasher = Hasher(
             threads=hash_threads, notify=lambda: wake[0]() if wake else None, max_pending=256
         )
-        self.loop = EventLoop(self.session, clock=self.clock, hasher=self.hasher, bind=bind, port=port)
+        self.loop = EventLoop(
+            self.session, clock=self.clock, hasher=self.hasher, bind=bind, port=port, utp_config=utp_config
+        )
         wake.append(self.loop.wake)
         self.port = self.loop.open()
         self._closed = False

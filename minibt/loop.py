@@ -1,9 +1,14 @@
 """The event loop: the only module that touches sockets and selectors (STYLE.md section 8).
 
-One ``selectors`` loop owns the TCP listener, every peer socket, the UDP socket (UDP trackers
-now; uTP and DHT later), the HTTP(S) tracker connections and the hasher's wake-up socketpair.
+One ``selectors`` loop owns the TCP listener, every peer socket, the UDP socket (UDP trackers and
+uTP; DHT later), the HTTP(S) tracker connections and the hasher's wake-up socketpair.
 It reads ``now`` once per iteration, feeds the session, performs the session's Actions and
 drains outgoing bytes with backpressure.  Blocking DNS lookups run on the hasher's thread pool.
+
+Datagrams are routed by their first byte: uTP (BEP 29, ``is_utp_datagram``) to the
+:class:`~minibt.utp_mux.UtpMux`, ``0x00`` (a BEP 15 action) to the UDP tracker with that address;
+anything else is counted and dropped.  A uTP connection is a peer connection like a TCP socket
+(same cid space); the mux's ``next_deadline`` bounds the select timeout (ms-level uTP timers).
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ from minibt.tracker import (
     build_announce_url,
     parse_http_announce,
 )
+from minibt.utp import Addr, UtpConfig
+from minibt.utp_codec import is_utp_datagram
+from minibt.utp_peers import UtpPeers
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,12 @@ TICK_S = 0.25
 HTTP_TIMEOUT_S = 30.0
 STOPPED_TIMEOUT_S = 5.0
 SOCK_BUF = 1024 * 1024  # enlarged kernel socket buffers for loopback/LAN rates
+# uTP needs large UDP buffers: with Linux's ~208 KiB default, libtorrent's uTP drops ~2 % of datagrams
+# on loopback and runs ~8x slower (PROTOCOL.md 7.14).  The kernel caps this at net.core.rmem_max/wmem_max.
+UDP_SOCK_BUF = 4 * 1024 * 1024
+UDP_BATCH = 512  # datagrams read per readiness event before the ACKs of the batch go out (socket_drained)
+UDP_MAX_DATAGRAM = 65536
+MAX_TIMEOUT_S = 1.0  # STYLE.md 4: select(timeout=clamp(deadline - now, 0, 1.0))
 
 
 def _norm_ip(ip: str) -> str:
@@ -103,6 +117,7 @@ class EventLoop:
         hasher: Hasher,
         bind: str = "0.0.0.0",
         port: int = 0,
+        utp_config: UtpConfig | None = None,
     ) -> None:
         self.session = session
         self.clock = clock
@@ -133,6 +148,14 @@ class EventLoop:
         self.counters["read_pauses"] = 0
         self._throttled: dict[int, _PeerSock] = {}  # sockets paused by the download limit, oldest first
         self._throttle_at = 0.0  # when the first of them may read again
+        self.counters.update(udp_dropped=0, udp_send_errors=0)
+        self._utp: UtpPeers | None = (
+            UtpPeers(session, session.rng, config=utp_config) if "utp" in session.config.transports else None
+        )
+        self._ubuf = bytearray(UDP_MAX_DATAGRAM)
+        self._uview = memoryview(self._ubuf)
+        self._udp_v6 = False
+        self.udp_buffers = (0, 0)  # (SO_RCVBUF, SO_SNDBUF) the kernel granted
 
     # ------------------------------------------------------------------ setup / teardown
 
@@ -164,6 +187,17 @@ class EventLoop:
         except OSError:
             us.bind((self.bind, 0))
         us.setblocking(False)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                us.setsockopt(socket.SOL_SOCKET, opt, UDP_SOCK_BUF)
+            except OSError as e:
+                log.warning("cannot set UDP socket buffer: %s", e)
+        self.udp_buffers = (
+            us.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+            us.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+        )
+        log.debug("UDP socket buffers granted: rcv %d, snd %d bytes", *self.udp_buffers)
+        self._udp_v6 = fam == socket.AF_INET6
         self._udp = us
         self.sel.register(us, selectors.EVENT_READ, ("udp", None))
         self.session.set_listen(self.bind, self.port)
@@ -181,6 +215,9 @@ class EventLoop:
         for ps in list(self._peers.values()):
             self._close_sock(ps)
         self._peers.clear()
+        if self._utp is not None:
+            self._utp.reset_all()
+            self._utp_send(self.clock.now())
         for txn in list(self._http.values()):
             self._http_close(txn)
         for s in (self._listener, self._udp, self._wake_r, self._wake_w):
@@ -225,6 +262,9 @@ class EventLoop:
         rate_at = self._rate_wake_at(now)
         if rate_at is not None:
             timeout = max(0.0, min(timeout, rate_at - now))
+        utp_at = self._utp.next_deadline() if self._utp is not None else None
+        if utp_at is not None:
+            timeout = max(0.0, min(timeout, utp_at - now))
         events = self.sel.select(timeout)
         now = self.clock.now()
         for key, mask in events:
@@ -241,6 +281,8 @@ class EventLoop:
                 self._http_event(obj, mask, now)
         if rate_at is not None and now >= rate_at:
             self._rate_refill(now)
+        if utp_at is not None and now >= utp_at and self._utp is not None:
+            self._utp.handle_timeout(now=now)
         if now >= self._next_tick:
             self._next_tick = now + TICK_S
             if tick_session:
@@ -252,6 +294,7 @@ class EventLoop:
             self.before_flush()
         self._perform(now)
         self._flush_dirty(now)
+        self._utp_send(now)
 
     # ------------------------------------------------------------------ actions
 
@@ -262,12 +305,17 @@ class EventLoop:
                 return
             for a in acts:
                 if isinstance(a, Dial):
-                    self._dial(a.cid, a.addr, now)
+                    if a.transport == "utp":
+                        self._utp_dial(a.cid, a.addr, now)
+                    else:
+                        self._dial(a.cid, a.addr, now)
                 elif isinstance(a, Close):
                     ps = self._peers.pop(a.cid, None)
                     if ps is not None:
                         # Best effort: push out what is queued (e.g. a final message), then close.
                         self._close_sock(ps)
+                    elif self._utp is not None:
+                        self._utp.close(a.cid)
                 elif isinstance(a, HashPiece):
                     self._hash_backlog.append(a.job)
                     self._pump_hasher()
@@ -404,6 +452,9 @@ class EventLoop:
                     self._flush(ps, now)
                     if cid in self._peers and ps.out is None:
                         self.session.on_writable(cid, now=now)
+                    continue
+                if self._utp is not None and self._utp.flush(cid, now=now):
+                    self.session.on_writable(cid, now=now)
 
     def _flush(self, ps: _PeerSock, now: float) -> None:
         """Send what the session has for this peer until the kernel buffer is full."""
@@ -685,27 +736,71 @@ class EventLoop:
             return
         for dgram in ut.client.datagrams_to_send(now=now):
             try:
-                self._udp.sendto(dgram, ut.addr)
+                self._udp.sendto(dgram, self._udp_addr(ut.addr))
             except OSError as e:
                 log.debug("udp send to %s failed: %s", ut.addr, e)
 
     def _udp_read(self, now: float) -> None:
+        """Drain the UDP socket (up to a batch) and route each datagram by its first byte."""
         assert self._udp is not None
-        for _ in range(256):
+        sock, buf, view, utp = self._udp, self._ubuf, self._uview, self._utp
+        counters = self.counters
+        for _ in range(UDP_BATCH):
             try:
-                data, addr = self._udp.recvfrom(65536)
+                n, addr = sock.recvfrom_into(buf)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError:
-                return
-            src = (_norm_ip(addr[0]), addr[1])
-            matched = False
-            for ut in self._udp_trackers.values():
-                if ut.addr == src and ut.job is not None:
-                    matched = True
-                    self._udp_events(ut, ut.client.receive_datagram(data, now=now), now)
-            if not matched:
-                self.counters["udp_unmatched"] += 1
+                break
+            ip = addr[0]
+            src = (ip[7:] if ip.startswith("::ffff:") else ip, addr[1])
+            data = view[:n]
+            if utp is not None and is_utp_datagram(data):
+                utp.receive_datagram(data, src, now=now)
+            elif n and buf[0] == 0:  # BEP 15 responses start with a 32-bit action < 256
+                matched = False
+                for ut in self._udp_trackers.values():
+                    if ut.addr == src and ut.job is not None:
+                        matched = True
+                        self._udp_events(ut, ut.client.receive_datagram(bytes(data), now=now), now)
+                if not matched:
+                    counters["udp_unmatched"] += 1
+            else:
+                counters["udp_dropped"] += 1
+        if utp is not None:
+            utp.socket_drained(now=now)
+
+    # ------------------------------------------------------------------ uTP (BEP 29) peers
+
+    def _udp_addr(self, addr: Addr) -> Addr:
+        """Destination for sendto(): an IPv4 address needs its mapped form on a dual-stack socket."""
+        if self._udp_v6 and ":" not in addr[0]:
+            return ("::ffff:" + addr[0], addr[1])
+        return addr
+
+    def _utp_dial(self, cid: int, addr: Addr, now: float) -> None:
+        self.counters["dials"] += 1
+        if self._utp is None or self._udp is None:
+            self.session.on_closed(cid, CloseReason.CONNECT_FAILED, "uTP is not enabled", now=now)
+            return
+        self._utp.dial(cid, (_norm_ip(addr[0]), addr[1]), now=now)
+
+    def _utp_send(self, now: float) -> None:
+        utp, sock = self._utp, self._udp
+        if utp is None or sock is None:
+            return
+        for dgram, addr in utp.datagrams_to_send(now=now):
+            try:
+                sock.sendto(dgram, self._udp_addr(addr))
+            except (BlockingIOError, InterruptedError):
+                self.counters["udp_send_errors"] += 1  # kernel buffer full: uTP retransmits it
+            except OSError as e:
+                self.counters["udp_send_errors"] += 1
+                log.debug("uTP send to %s failed: %s", addr, e)
+
+    def utp_stats(self) -> dict[str, int]:
+        """The uTP multiplexer's counters (empty without uTP)."""
+        return self._utp.stats() if self._utp is not None else {}
 
     def _udp_events(self, ut: _UdpTracker, events: list[Any], now: float) -> None:
         for ev in events:

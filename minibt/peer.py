@@ -92,6 +92,8 @@ class PeerConnection:
         self.reserved: bytes = bytes(8)
         self.connected_at = now
         self.established = False  # TCP connect finished (always True for incoming)
+        self.transport = "tcp"  # "tcp" or "utp" (BEP 29)
+        self.fallbacks: list[str] = []  # transports still to try if the dial fails before the handshake
         self.down = RateMeter(now)  # payload bytes received from the peer
         self.up = RateMeter(now)  # payload bytes sent to the peer
         self.last_block_at = now

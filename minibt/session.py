@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from minibt.errors import CloseReason, RemoteProtocolError
+from minibt.errors import CloseReason, ConfigError, RemoteProtocolError
 from minibt.events import EventName, EventQueue, EventRecord
 from minibt.handshake import (
     Handshake,
@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 PROTOCOL_PENALTY = 5  # reputation points for a protocol violation (issue 3 refines)
 READ_MIN_BYTES = 16384  # a throttled socket is read again once a 16 KiB block (BEP 3) fits the limit
 PEER_ID_PREFIX = b"-MB0100-"  # Azureus-style client id: minibt 0.1.0.0
+TRANSPORTS = ("tcp", "utp")  # BEP 3 over TCP, BEP 29 uTP
+# A dial that ends like this before the BT handshake completes is retried on the next transport
+# (PROTOCOL.md 7.9: a uTP-only libtorrent accepts TCP and closes it at once).
+FALLBACK_REASONS = frozenset({CloseReason.CONNECT_FAILED, CloseReason.CLOSED_BY_REMOTE, CloseReason.IO_ERROR})
 
 
 # ---------------------------------------------------------------------- actions (to the loop)
@@ -48,6 +52,7 @@ PEER_ID_PREFIX = b"-MB0100-"  # Azureus-style client id: minibt 0.1.0.0
 class Dial:
     cid: int
     addr: Addr
+    transport: str = "tcp"  # "tcp" or "utp" (BEP 29)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +84,16 @@ class SessionConfig:
     download_limit_bps: float | None = None
     handshake_timeout_s: float = 30.0
     torrent: TorrentConfig = TorrentConfig()
+    # Outgoing preference order; incoming connections are accepted on every transport listed.
+    # TCP first: on a LAN/loopback it moves data at a fraction of uTP's per-packet CPU cost in CPython,
+    # and it keeps the TCP-only behaviour of earlier versions; uTP is the fallback (PROTOCOL.md 7.9).
+    transports: tuple[str, ...] = ("tcp", "utp")
+
+    def __post_init__(self) -> None:
+        if not self.transports or any(t not in TRANSPORTS for t in self.transports):
+            raise ConfigError(None, "transports", f"must be a non-empty subset of {TRANSPORTS}")
+        if len(set(self.transports)) != len(self.transports):
+            raise ConfigError(None, "transports", "lists a transport twice")
 
 
 def make_peer_id(rng: random.Random) -> bytes:
@@ -217,10 +232,38 @@ class Session:
             timeout_s=self.config.handshake_timeout_s,
         )
         conn = PeerConnection(cid, addr, outgoing=True, source=source, handshake=hs, now=now)
+        order = self.config.transports
+        conn.transport = order[0]
+        conn.fallbacks = list(order[1:])
         self.conns[cid] = conn
         self._torrent_of[cid] = torrent
-        self._actions.append(Dial(cid, addr))
+        self._actions.append(Dial(cid, addr, conn.transport))
         return cid
+
+    def _fall_back(self, conn: PeerConnection, reason: CloseReason, detail: str, now: float) -> bool:
+        """Redial an outgoing connection that failed before the BT handshake on its next transport."""
+        if not conn.outgoing or conn.wire is not None or not conn.fallbacks or reason not in FALLBACK_REASONS:
+            return False
+        t = self._torrent_of.get(conn.cid)
+        if t is None:
+            return False
+        log.info(
+            "peer %s:%d (#%d) over %s: %s %s; trying %s",
+            conn.ip, conn.port, conn.cid, conn.transport, reason.name, detail, conn.fallbacks[0],
+        )
+        conn.transport = conn.fallbacks.pop(0)
+        conn.handshake = Handshake(
+            peer_id=self.peer_id,
+            reserved=self.reserved,
+            info_hash=t.info_hash,
+            now=now,
+            timeout_s=self.config.handshake_timeout_s,
+        )
+        conn.established = False
+        conn.pending_handshake_bytes = b""
+        self._dirty.discard(conn.cid)
+        self._actions.append(Dial(conn.cid, conn.addr, conn.transport))
+        return True
 
     def close(self, cid: int, reason: CloseReason, detail: str) -> None:
         """Ask the loop to close ``cid``; state is torn down at once."""
@@ -306,8 +349,8 @@ class Session:
         d, self._dirty = self._dirty, set()
         return d
 
-    def on_incoming(self, addr: Addr, *, now: float) -> int | None:
-        """A connection was accepted; returns its cid, or None to refuse it."""
+    def on_incoming(self, addr: Addr, *, now: float, transport: str = "tcp") -> int | None:
+        """A connection was accepted (over ``transport``); returns its cid, or None to refuse it."""
         self._now = now
         if len(self.conns) >= self.config.max_connections:
             self._refused(addr, CloseReason.TOO_MANY_PEERS, "global connection limit", now)
@@ -326,6 +369,7 @@ class Session:
         )
         conn = PeerConnection(cid, addr, outgoing=False, source=PeerSource.INCOMING, handshake=hs, now=now)
         conn.established = True
+        conn.transport = transport
         self.conns[cid] = conn
         self.emit(EventName.PEER_CONNECTED, conn, None)
         return cid
@@ -346,6 +390,8 @@ class Session:
         self._now = now
         conn = self.conns.get(cid)
         if conn is None:
+            return
+        if not conn.closing and self._fall_back(conn, reason, detail, now):
             return
         conn.closing = True
         self._teardown(conn, reason, detail, now=now)

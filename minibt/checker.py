@@ -1,0 +1,133 @@
+"""Which pieces of one torrent are on disk: the hash check of existing data, and the resume file.
+
+At start the torrent trusts valid resume data (storage.py ``load_resume``) or, if data files
+exist, checks every piece: :meth:`Checker.jobs` hands out hash jobs (hasher.py reads the spans off
+the event loop), at most ``jobs_in_flight`` at a time.  While the torrent runs, the resume file is
+rewritten every ``resume_interval_s`` once something changed, data synced first.
+Pure (STYLE.md): no clock or threads; jobs go back to the torrent, which submits them and reports
+each result.  Out of scope: what a verified or failed piece means for the torrent (torrent.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Callable
+
+from minibt.bitfield import Bitfield
+from minibt.errors import StorageError
+from minibt.hasher import HashJob
+from minibt.metainfo import Metainfo
+from minibt.storage import ResumeData, Storage, load_resume, save_resume
+
+log = logging.getLogger(__name__)
+
+
+class Checker:
+    """The check queue and the resume-file schedule of one torrent."""
+
+    def __init__(
+        self,
+        meta: Metainfo,
+        storage: Storage,
+        download_dir: str,
+        *,
+        resume_path: str | None,
+        jobs_in_flight: int,
+        resume_interval_s: float,
+        now: float,
+    ) -> None:
+        self._meta = meta
+        self._storage = storage
+        self._download_dir = download_dir
+        self._resume_path = resume_path
+        self._jobs_in_flight = jobs_in_flight
+        self._resume_interval_s = resume_interval_s
+        self._queue: deque[int] = deque()
+        self._inflight = 0
+        self._next_save_at = now + resume_interval_s
+        self.resume_dirty = False  # something the resume file records has changed since it was saved
+
+    # ------------------------------------------------------------------ checking
+
+    def data_exists(self) -> bool:
+        """True if any data file is on disk already (call before ``Storage.open`` creates them)."""
+        meta = self._meta
+        return any(
+            os.path.exists(meta.file_path(self._download_dir, i))
+            for i, f in enumerate(meta.files)
+            if not getattr(f, "pad", False)
+        )
+
+    def check_all(self) -> None:
+        """Queue every piece for checking."""
+        self._queue.extend(range(self._meta.num_pieces))
+
+    def jobs(self, generation: int) -> list[HashJob]:
+        """The next check jobs, as many as fit in the in-flight limit."""
+        out = []
+        while self._queue and self._inflight < self._jobs_in_flight:
+            i = self._queue.popleft()
+            out.append(
+                HashJob(
+                    piece=i,
+                    generation=generation,
+                    expected=self._meta.piece_hash(i),
+                    data=None,
+                    spans=tuple(self._storage.read_piece_spans(i)),
+                    tag=("check", self._meta.info_hash),
+                )
+            )
+            self._inflight += 1
+        return out
+
+    def job_done(self) -> None:
+        """One check job's result arrived."""
+        self._inflight -= 1
+
+    @property
+    def done(self) -> bool:
+        """Every queued piece has been checked."""
+        return not self._queue and self._inflight == 0
+
+    # ------------------------------------------------------------------ resume data
+
+    def load_resume(self) -> ResumeData | None:
+        """Valid resume data, or None (no resume file configured, missing, stale or damaged)."""
+        if self._resume_path is None:
+            return None
+        rd, warning = load_resume(self._resume_path, self._meta, self._download_dir)
+        if warning:
+            log.warning("%s: %s; checking data on disk", self._meta.name, warning)
+        return rd
+
+    def save_due(self, now: float) -> bool:
+        return self.resume_dirty and now >= self._next_save_at
+
+    def save_resume(
+        self, now: float, *, have: Bitfield, uploaded: int, downloaded: int, wall_time: Callable[[], float]
+    ) -> None:
+        """Sync the data, then write the resume file stamped ``wall_time()``; a failure is only logged."""
+        if self._resume_path is None:
+            return
+        self._next_save_at = now + self._resume_interval_s
+        self.resume_dirty = False
+        meta = self._meta
+        try:
+            self._storage.sync()  # data first, then the record that says it is there
+            save_resume(
+                self._resume_path,
+                ResumeData(
+                    info_hash=meta.info_hash,
+                    piece_length=meta.piece_length,
+                    num_pieces=meta.num_pieces,
+                    have=have.to_bytes(),
+                    file_sizes=tuple(f.length for f in meta.files),
+                    uploaded=uploaded,
+                    downloaded=downloaded,
+                    saved_at=wall_time(),
+                ),
+            )
+        except (StorageError, OSError) as e:
+            log.warning("%s: could not save resume data: %s", meta.name, e)

@@ -1,0 +1,246 @@
+"""The download side of one torrent: the request pipeline and the blocks that come back.
+
+Pure (STYLE.md): no sockets or clock.  Requests go out through the peers' PeerWire machines, the
+picker (picker.py) chooses the blocks and storage.py buffers them; the torrent, seen through the
+narrow :class:`DownloadHost`, says whether it is downloading and verifies a completed piece.
+In scope: our interest in a peer (BEP 3), pipeline depth from the peer's rate, requests while
+choked only for allowed-fast pieces (BEP 6), rejects, snubbing, cancels to the other requesters of
+an end-game block, library-driven requests (minibt.Peer.request), and the ledger of which IP sent
+each block of a piece in progress (the smart-ban input of reputation.py).
+Out of scope: what a verified or failed piece means for the torrent (torrent.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Protocol
+
+from minibt import wire as w
+from minibt.bitfield import Bitfield
+from minibt.errors import CloseReason, LocalProtocolError, StorageError
+from minibt.peer import PeerConnection
+from minibt.picker import Block, PiecePicker
+from minibt.reputation import BlockRecord
+from minibt.storage import Storage
+
+BLOCK_LEN = 16384  # BEP 3: requests are 2^14 bytes
+SNUB_TIMEOUT_S = 30.0  # no block for this long with requests out => snubbed, requests re-issued
+SNUBBED_QUEUE_DEPTH = 1  # convention (libtorrent): a snubbed peer gets one outstanding request
+
+
+class DownloadHost(Protocol):
+    """What the download side asks of its torrent (:class:`minibt.torrent.Torrent` implements it)."""
+
+    @property
+    def downloading(self) -> bool: ...
+
+    def mark_dirty(self, cid: int) -> None: ...
+
+    def fail(self, message: str) -> None: ...
+
+    def verify_piece(self, index: int, writes: tuple[tuple[int, int, memoryview], ...]) -> None: ...
+
+
+class DownloadStats(Protocol):
+    """The counter the download side adds to (:class:`minibt.torrent.TorrentStats`)."""
+
+    wasted: int
+
+
+class Downloader:
+    """What we ask each peer for, and where the blocks it sends go."""
+
+    def __init__(
+        self,
+        host: DownloadHost,
+        *,
+        peers: dict[int, PeerConnection],
+        have: Bitfield,
+        picker: PiecePicker,
+        storage: Storage,
+        stats: DownloadStats,
+        queue_min: int,
+        queue_max: int,
+        queue_seconds: float,
+        auto_request: bool,
+    ) -> None:
+        self._host = host
+        self._peers = peers  # the torrent's handshaken connections (shared, not copied)
+        self._have = have
+        self._picker = picker
+        self._storage = storage
+        self._stats = stats
+        self._queue_min = queue_min
+        self._queue_max = queue_max  # stay under libtorrent's 'reqq' (PROTOCOL.md 7.13)
+        self._queue_seconds = queue_seconds  # pipeline depth = rate * this
+        self._auto_request = auto_request
+        self._block_src: dict[int, dict[int, str]] = {}  # piece in progress -> block -> IP that sent it
+
+    # ------------------------------------------------------------------ interest and the pipeline
+
+    def update_interest(self, peer: PeerConnection) -> None:
+        wire = peer.wire
+        if wire is None:
+            return
+        interesting = not self._have.all() and self._picker.is_interesting(peer.cid)
+        if interesting and not wire.am_interested:
+            wire.interested()
+        elif not interesting and wire.am_interested:
+            wire.not_interested()
+
+    def queue_depth(self, peer: PeerConnection, now: float) -> int:
+        if peer.snubbed:
+            return SNUBBED_QUEUE_DEPTH  # else its re-issued requests go straight back to it
+        depth = int(peer.down.rate(now) * self._queue_seconds / BLOCK_LEN) + self._queue_min
+        return max(self._queue_min, min(depth, self._queue_max, peer.reqq))
+
+    def fill(self, peer: PeerConnection, now: float, *, batch: bool = False) -> None:
+        """Top the peer's request pipeline up to its depth.
+
+        With ``batch`` (after each received block) it waits until a quarter of the pipeline is free,
+        so requests go out in groups: fewer picker calls and fewer, larger sends.
+        """
+        wire = peer.wire
+        if wire is None or not self._host.downloading or peer.closing:
+            return
+        if not wire.am_interested or not self._auto_request:
+            return
+        allowed: set[int] | None = None
+        if wire.peer_choking:
+            if not peer.allowed_fast_in:
+                return
+            allowed = peer.allowed_fast_in
+        picker = self._picker
+        depth = self.queue_depth(peer, now)
+        n = depth - picker.num_outstanding(peer.cid)
+        if n <= 0 or (batch and n < depth >> 2):
+            return
+        blocks = picker.pick(peer.cid, n, allowed=allowed, can_start=self._storage.can_start_piece)
+        if not blocks and picker.num_outstanding(peer.cid) == 0:
+            self.update_interest(peer)
+        for b in blocks:
+            wire.request(b.index, b.begin, b.length)
+        self._host.mark_dirty(peer.cid)
+
+    def fill_all(self, now: float) -> None:
+        """Top up the pipeline of every peer that does not choke us."""
+        for peer in list(self._peers.values()):
+            if peer.wire is not None and not peer.wire.peer_choking:
+                self.fill(peer, now)
+
+    def request(self, peer: PeerConnection, index: int, begin: int, length: int, *, now: float) -> None:
+        """Request one block for library code, with the picker's bookkeeping.
+
+        The torrent has checked that the peer is connected and that it is downloading.
+        Raises LocalProtocolError when the request is not allowed (see ``minibt.Peer.request``).
+        """
+        wire = peer.wire
+        assert wire is not None
+        if wire.peer_choking and index not in peer.allowed_fast_in:
+            # BEP 3 drops (BEP 6 rejects) requests while choked, except for allowed-fast pieces.
+            raise LocalProtocolError(
+                CloseReason.PROTOCOL_VIOLATION, f"request: the peer chokes us and piece {index} is not allowed fast"
+            )
+        outstanding = self._picker.num_outstanding(peer.cid)
+        if outstanding >= min(peer.reqq, self._queue_max):
+            raise LocalProtocolError(
+                CloseReason.PROTOCOL_VIOLATION, f"request: {outstanding} requests already outstanding (queue full)"
+            )
+        try:
+            self._picker.mark_requested(peer.cid, Block(index, begin, length))
+        except ValueError as e:
+            raise LocalProtocolError(CloseReason.PROTOCOL_VIOLATION, f"request: {e}") from None
+        if outstanding == 0:
+            peer.last_block_at = now  # the snub timer counts from the first outstanding request
+        if not wire.am_interested:
+            wire.interested()
+        wire.request(index, begin, length)
+        self._host.mark_dirty(peer.cid)
+
+    def check_snub(self, peer: PeerConnection, now: float) -> None:
+        """No block for SNUB_TIMEOUT_S with requests out: hand them to others, keep the connection.
+
+        BEP 3 anti-snubbing; the snubbed peer's pipeline shrinks to SNUBBED_QUEUE_DEPTH.
+        """
+        wire = peer.wire
+        assert wire is not None
+        picker = self._picker
+        if picker.num_outstanding(peer.cid) and now - peer.last_block_at > SNUB_TIMEOUT_S:
+            peer.snubbed = True
+            for b in picker.outstanding(peer.cid):
+                picker.request_failed(peer.cid, b)
+                wire.cancel(b.index, b.begin, b.length)
+            peer.last_block_at = now
+            self._host.mark_dirty(peer.cid)
+
+    # ------------------------------------------------------------------ what the peer sends
+
+    def on_choke(self, peer: PeerConnection) -> None:
+        assert peer.wire is not None
+        if not peer.wire.fast:
+            # BEP 3: a choke discards all our pending requests.
+            self._picker.peer_choked(peer.cid)
+
+    def on_reject(self, peer: PeerConnection, msg: w.Reject, now: float) -> None:
+        self._picker.request_failed(peer.cid, Block(msg.index, msg.begin, msg.length))
+        assert peer.wire is not None
+        if not peer.wire.peer_choking:
+            self.fill(peer, now)
+
+    def on_allowed_fast(self, peer: PeerConnection, msg: w.AllowedFast, now: float) -> None:
+        peer.allowed_fast_in.add(msg.index)
+        assert peer.wire is not None
+        if peer.wire.peer_choking:
+            self.fill(peer, now)
+
+    def on_block(self, peer: PeerConnection, msg: w.Piece, now: float) -> None:
+        n = len(msg.data)
+        peer.down.add(n, now)
+        peer.last_block_at = now
+        peer.snubbed = False
+        block = Block(msg.index, msg.begin, n)
+        picker = self._picker
+        if not self._host.downloading or self._have[msg.index] or not picker.is_requested(peer.cid, block):
+            self._stats.wasted += n  # unsolicited, late or duplicate: never written
+            self.fill(peer, now)
+            return
+        expected, others = picker.block_received(peer.cid, block)
+        for other in others:
+            op = self._peers.get(other)  # type: ignore[call-overload]
+            if op is not None and op.wire is not None:
+                op.wire.cancel(block.index, block.begin, block.length)
+                self._host.mark_dirty(op.cid)
+        self._block_src.setdefault(block.index, {})[block.begin // BLOCK_LEN] = peer.ip
+        try:
+            done = self._storage.write_block(block.index, block.begin, msg.data)
+        except StorageError as e:
+            self._host.fail(str(e))
+            return
+        if done:
+            picker.piece_hashing(block.index)
+            try:
+                writes = self._storage.prepare_commit(block.index)
+            except StorageError as e:
+                self._host.fail(str(e))
+                return
+            self._host.verify_piece(block.index, writes)
+        self.fill(peer, now, batch=True)
+
+    # ------------------------------------------------------------------ the smart-ban ledger
+
+    def block_records(self, index: int, buf: memoryview) -> list[BlockRecord]:
+        """Who sent each block of a piece in progress and the SHA-1 of the bytes (smart-ban ledger)."""
+        srcs = self._block_src.get(index, {})
+        return [
+            BlockRecord(b, ip, hashlib.sha1(buf[b * BLOCK_LEN : (b + 1) * BLOCK_LEN]).digest())
+            for b, ip in sorted(srcs.items())
+        ]
+
+    def block_digests(self, index: int) -> list[bytes]:
+        """SHA-1 of each block of piece ``index`` as buffered (before its commit finishes)."""
+        buf = self._storage.piece_buffer(index)
+        return [hashlib.sha1(buf[o : o + BLOCK_LEN]).digest() for o in range(0, len(buf), BLOCK_LEN)]
+
+    def pop_sources(self, index: int) -> set[str]:
+        """The IPs that sent blocks of piece ``index``; its ledger entry is dropped."""
+        return set(self._block_src.pop(index, {}).values())

@@ -1,0 +1,42 @@
+"""BEP 10 extension protocol: the handshake we send, and what we keep from the peer's.
+
+Pure functions over plain data.  In scope: our handshake dictionary ('m' with the extended
+messages we support -- none registered yet -- 'v', 'reqq', 'p') and copying the peer's 'm',
+'reqq', 'p' and 'v' into its :class:`~minibt.peer.PeerConnection`, bounded and type-checked
+(the dictionary comes from the remote peer).  Out of scope: the extended messages themselves.
+"""
+
+from __future__ import annotations
+
+from minibt.peer import PeerConnection
+
+CLIENT_VERSION = b"minibt 0.1.0"  # BEP 10 'v'
+MAX_PEER_REQQ = 2000  # convention: the largest 'reqq' of a peer we believe
+MAX_CLIENT_NAME_BYTES = 64  # convention: how much of a peer's 'v' we keep
+
+
+def our_handshake(*, reqq: int, listen_port: int | None) -> dict[bytes, object]:
+    """Our extension handshake: ``reqq`` requests queued per peer, ``listen_port`` if we listen."""
+    hs: dict[bytes, object] = {b"m": {}, b"v": CLIENT_VERSION, b"reqq": reqq}
+    if listen_port:
+        hs[b"p"] = listen_port
+    return hs
+
+
+def apply_peer_handshake(peer: PeerConnection, d: dict[bytes, object]) -> None:
+    """Keep what the peer's extension handshake ``d`` says; ignore entries of the wrong type."""
+    peer.ext = d
+    m = d.get(b"m")
+    if isinstance(m, dict):
+        peer.ext_ids = {
+            k.decode("utf-8", "replace"): v for k, v in m.items() if isinstance(k, bytes) and isinstance(v, int)
+        }
+    reqq = d.get(b"reqq")
+    if isinstance(reqq, int) and reqq > 0:
+        peer.reqq = min(reqq, MAX_PEER_REQQ)
+    p = d.get(b"p")
+    if isinstance(p, int) and 0 < p < 65536:
+        peer.listen_port = p
+    v = d.get(b"v")
+    if isinstance(v, bytes):
+        peer.client_name = v[:MAX_CLIENT_NAME_BYTES].decode("utf-8", "replace")

@@ -1,0 +1,256 @@
+"""The upload side of one torrent: choking, incoming requests, serving blocks under the rate limit.
+
+Pure (STYLE.md): no sockets or clock.  Bytes go out through the peers' PeerWire machines; the torrent,
+seen through the narrow :class:`UploadHost`, does the session-level work (marking connections dirty,
+closing them, queueing events).  In scope: applying the choker's decisions (BEP 3), the per-peer
+queue of incoming requests with rejects while choked and on floods (BEP 6), serving that queue while
+the outbox has room and upload tokens last (ratelimit.py), allowed-fast grants (BEP 6), and refusing
+requests for pieces super-seeding has not revealed (BEP 16, superseeding.py).
+Out of scope: what we download (download.py) and which pieces we announce (torrent.py).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Protocol
+
+from minibt import wire as w
+from minibt.bitfield import Bitfield
+from minibt.choker import Choker, PeerSnapshot, allowed_fast_set
+from minibt.errors import CloseReason, StorageError
+from minibt.events import EventName
+from minibt.peer import IncomingRequest, PeerConnection
+from minibt.ratelimit import TransferLimits
+from minibt.storage import Storage
+from minibt.superseeding import SuperSeeding
+
+ALLOWED_FAST_K = 10  # BEP 6 default set size
+
+
+class UploadHost(Protocol):
+    """What the upload side asks of its torrent (:class:`minibt.torrent.Torrent` implements it)."""
+
+    def mark_dirty(self, cid: int) -> None: ...
+
+    def close_peer(self, cid: int, reason: CloseReason, detail: str) -> None: ...
+
+    def emit(self, name: EventName, peer: PeerConnection) -> None: ...
+
+    def rate_waiting(self) -> None: ...
+
+    def fail(self, message: str) -> None: ...
+
+
+class UploadStats(Protocol):
+    """The counter the upload side adds to (:class:`minibt.torrent.TorrentStats`)."""
+
+    uploaded: int
+
+
+class Uploader:
+    """Who is unchoked, and which queued requests are answered, rejected or kept waiting."""
+
+    def __init__(
+        self,
+        host: UploadHost,
+        *,
+        info_hash: bytes,
+        peers: dict[int, PeerConnection],
+        have: Bitfield,
+        storage: Storage,
+        limits: TransferLimits,
+        choker: Choker,
+        stats: UploadStats,
+        superseeding: SuperSeeding,
+        outbox_bytes: int,
+        max_requests: int,
+        auto_choke: bool,
+    ) -> None:
+        self._host = host
+        self._info_hash = info_hash
+        self._peers = peers  # the torrent's handshaken connections (shared, not copied)
+        self._have = have
+        self._storage = storage
+        self._limits = limits
+        self._choker = choker
+        self._stats = stats
+        self._superseeding = superseeding
+        self._outbox_bytes = outbox_bytes  # serve queued requests while the outbox is below this
+        self._max_requests = max_requests
+        self._auto_choke = auto_choke
+        self.unchoked: set[int] = set()  # cids unchoked by the choker or by library code
+
+    # ------------------------------------------------------------------ incoming requests
+
+    def grant_allowed_fast(self, peer: PeerConnection) -> None:
+        """BEP 6: grant the canonical allowed-fast set to this peer's /24 (IPv4, not while super-seeding)."""
+        wire = peer.wire
+        assert wire is not None
+        have = self._have
+        if not wire.fast or have.all() or self._superseeding.active or ":" in peer.ip:
+            return
+        for i in allowed_fast_set(peer.ip, self._info_hash, len(have), ALLOWED_FAST_K):
+            if have[i]:
+                wire.allowed_fast(i)
+                peer.allowed_fast_out.add(i)
+
+    def on_request(self, peer: PeerConnection, msg: w.Request, now: float) -> None:
+        wire = peer.wire
+        assert wire is not None
+        if not self._have[msg.index]:
+            # Asking for what we never announced is a protocol violation (BEP 3).
+            self._host.close_peer(peer.cid, CloseReason.PROTOCOL_VIOLATION, f"request for piece {msg.index} we lack")
+            return
+        if not self._superseeding.may_request(peer.cid, msg.index):
+            self._refuse(peer, msg, "request flood for pieces not offered")  # BEP 16: only the revealed pieces
+            return
+        if wire.am_choking and msg.index not in peer.allowed_fast_out:
+            self._refuse(peer, msg, "request flood while choked")
+            return
+        if len(peer.requests_in) >= self._max_requests:
+            self._host.close_peer(peer.cid, CloseReason.PROTOCOL_VIOLATION, "request queue flood")
+            return
+        peer.requests_in.append(IncomingRequest(msg.index, msg.begin, msg.length))
+        self.serve(peer, now)
+
+    def _refuse(self, peer: PeerConnection, msg: w.Request, flood_detail: str) -> None:
+        """A request we will not serve: reject it (BEP 6: answer every request) or ignore it (BEP 3)."""
+        wire = peer.wire
+        assert wire is not None
+        if not wire.fast:
+            return
+        if not wire.can_send():
+            # Each 17-byte request queues a 17-byte reject: a peer that floods requests and never
+            # reads would grow our outbox without bound (STYLE.md 7).
+            self._host.close_peer(peer.cid, CloseReason.PROTOCOL_VIOLATION, flood_detail)
+            return
+        wire.reject(msg.index, msg.begin, msg.length)
+        self._host.mark_dirty(peer.cid)
+
+    def on_cancel(self, peer: PeerConnection, msg: w.Cancel) -> None:
+        try:
+            peer.requests_in.remove(IncomingRequest(msg.index, msg.begin, msg.length))
+        except ValueError:
+            pass
+
+    def serve(self, peer: PeerConnection, now: float) -> None:
+        """Answer queued requests while the peer's outbox has room (backpressure)."""
+        wire = peer.wire
+        if wire is None or peer.closing:
+            return
+        limits = self._limits
+        limit = self._outbox_bytes
+        served = False
+        while peer.requests_in and wire.outbox_len < limit:
+            if limits.up_gated and not limits.up.consume(peer.requests_in[0].length, now=now):
+                limits.wait(peer.cid, peer.requests_in[0].length)  # serve_waiting() retries it
+                self._host.rate_waiting()
+                break
+            r = peer.requests_in.popleft()
+            try:
+                data = self._storage.read_block(r.index, r.begin, r.length)
+            except StorageError as e:
+                self._host.fail(f"read failed: {e}")
+                return
+            wire.piece(r.index, r.begin, data)
+            peer.up.add(r.length, now)
+            self._stats.uploaded += r.length
+            served = True
+        if served:
+            self._host.mark_dirty(peer.cid)
+
+    def serve_waiting(self, *, now: float) -> bool:
+        """Serve peers whose requests waited for upload tokens, round robin; True if some still wait."""
+        waiting = self._limits.waiting
+        for cid in list(waiting):
+            waiting.pop(cid, None)
+            peer = self._peers.get(cid)
+            if peer is not None and peer.requests_in:
+                self.serve(peer, now)
+            if cid in waiting:
+                break  # out of tokens again: the others keep their places ahead of it
+        return bool(waiting)
+
+    # ------------------------------------------------------------------ choking
+
+    def on_interested(self, now: float) -> None:
+        if len(self.unchoked) < 5:
+            self.rechoke(now, scheduled=False)
+
+    def on_not_interested(self, peer: PeerConnection, now: float) -> None:
+        if peer.cid in self.unchoked:
+            self.rechoke(now, scheduled=False)
+
+    def peer_gone(self, cid: int, now: float) -> None:
+        if cid in self.unchoked:
+            self.unchoked.discard(cid)
+            self.rechoke(now, scheduled=False)
+
+    def rechoke(self, now: float, *, scheduled: bool) -> None:
+        """Run the choker over the connected peers and apply its decision to their wires."""
+        if not self._auto_choke:
+            return  # library code chokes and unchokes (minibt.Peer)
+        seeding = self._have.all()
+        snaps = []
+        for p in self._peers.values():
+            if p.wire is None:
+                continue
+            snaps.append(
+                PeerSnapshot(
+                    key=p.cid,
+                    interested=p.wire.peer_interested,
+                    rate=p.up.rate(now) if seeding else p.down.rate(now),
+                    snubbed=p.snubbed,
+                    connected_at=p.connected_at,
+                    unchoked=not p.wire.am_choking,
+                )
+            )
+        unchoke = self._choker.rechoke(snaps, now=now, scheduled=scheduled)
+        host = self._host
+        for p in self._peers.values():
+            wire = p.wire
+            if wire is None:
+                continue
+            if p.cid in unchoke and wire.am_choking:
+                wire.unchoke()
+                host.mark_dirty(p.cid)
+                host.emit(EventName.WE_UNCHOKED_PEER, p)
+            elif p.cid not in unchoke and not wire.am_choking:
+                wire.choke()
+                self._reject_pending(p)
+                host.mark_dirty(p.cid)
+                host.emit(EventName.WE_CHOKED_PEER, p)
+        self.unchoked = {k for k in unchoke if isinstance(k, int)}
+
+    def choke(self, peer: PeerConnection) -> None:
+        """Choke ``peer`` on behalf of library code (the built-in choker may undo it if enabled)."""
+        wire = peer.wire
+        assert wire is not None
+        self.unchoked.discard(peer.cid)
+        if wire.am_choking:
+            return
+        wire.choke()
+        self._reject_pending(peer)
+        self._host.mark_dirty(peer.cid)
+        self._host.emit(EventName.WE_CHOKED_PEER, peer)
+
+    def unchoke(self, peer: PeerConnection) -> None:
+        wire = peer.wire
+        assert wire is not None
+        self.unchoked.add(peer.cid)
+        if not wire.am_choking:
+            return
+        wire.unchoke()
+        self._host.mark_dirty(peer.cid)
+        self._host.emit(EventName.WE_UNCHOKED_PEER, peer)
+
+    def _reject_pending(self, peer: PeerConnection) -> None:
+        wire = peer.wire
+        assert wire is not None
+        keep: deque[IncomingRequest] = deque()
+        for r in peer.requests_in:
+            if r.index in peer.allowed_fast_out:
+                keep.append(r)
+            elif wire.fast:
+                wire.reject(r.index, r.begin, r.length)  # BEP 6: choke no longer cancels implicitly
+        peer.requests_in = keep

@@ -1,0 +1,206 @@
+"""uTP (BEP 29) connections as session peer connections: the glue between UtpMux and Session.
+
+Pure (no socket): the loop hands in datagrams, ``now`` and the end of each receive batch, and sends
+what :meth:`UtpPeers.datagrams_to_send` returns (libtorrent's utp_socket_manager shape).  Each uTP
+connection is a peer connection exactly like a TCP socket, in the session's cid space:
+``Connected`` -> ``session.on_connected``; payload -> ``session.on_data`` (one call per connection
+per receive batch); FIN/RESET/timeout -> ``session.on_closed`` with a CloseReason; the session's
+bytes move into the connection's send buffer while ``send_room()`` allows (backpressure), again after
+ACKs free room.  Not here: receive-side rate limiting (uTP has no read pause; the limiter is charged).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from minibt.errors import CloseReason
+from minibt.session import Session
+from minibt.utp import (
+    Addr,
+    Connected,
+    ConnectionClosed,
+    ConnectionReset,
+    ConnectionTimedOut,
+    ConnKey,
+    DataReceived,
+    IncomingConnection,
+    MuxEvent,
+    UtpConfig,
+    UtpConnection,
+    UtpState,
+)
+from minibt.utp_mux import UtpMux
+
+SEND_CHUNK = 512 * 1024  # bytes taken from the session per data_to_send call (as for TCP in loop.py)
+
+
+@dataclass(slots=True)
+class _UtpPeer:
+    cid: int
+    key: ConnKey
+    conn: UtpConnection
+    connected: bool  # outgoing: the session heard on_connected (incoming: always True)
+    blocked: bool = False  # the send buffer was full: refill when ACKs free room
+    out: bytes = b""  # taken from the session but not yet accepted by the send buffer
+
+
+class UtpPeers:
+    """Every uTP peer connection of one session behind one UDP socket."""
+
+    def __init__(self, session: Session, rng: random.Random, *, config: UtpConfig | None = None) -> None:
+        self.session = session
+        self.mux = UtpMux(rng, config=config)
+        self._by_cid: dict[int, _UtpPeer] = {}
+        self._by_key: dict[ConnKey, _UtpPeer] = {}
+        self._rx: dict[int, list[bytes]] = {}  # payload of one receive batch per cid
+        self.counters = {"utp_dials": 0, "utp_accepted": 0, "utp_refused": 0}
+
+    def __contains__(self, cid: int) -> bool:
+        return cid in self._by_cid
+
+    # ------------------------------------------------------------------ commands from the loop
+
+    def dial(self, cid: int, addr: Addr, *, now: float) -> None:
+        self.counters["utp_dials"] += 1
+        conn = self.mux.connect(addr, now=now)
+        up = _UtpPeer(cid, (addr, conn.recv_id), conn, connected=False)
+        self._by_cid[cid] = up
+        self._by_key[up.key] = up
+
+    def close(self, cid: int) -> None:
+        """The session closed ``cid``: FIN after what is queued (a RESET before the handshake)."""
+        up = self._by_cid.get(cid)
+        if up is not None:
+            self._forget(up)
+            up.conn.close()
+
+    def reset_all(self) -> None:
+        for up in list(self._by_cid.values()):
+            self._forget(up)
+            up.conn.reset()
+
+    def flush(self, cid: int, *, now: float) -> bool:
+        """Fill ``cid``'s send buffer from the session; True if it is a uTP peer with room left."""
+        up = self._by_cid.get(cid)
+        return up is not None and up.connected and self._fill(up, now)
+
+    # ------------------------------------------------------------------ input
+
+    def receive_datagram(self, data: bytes | bytearray | memoryview, addr: Addr, *, now: float) -> None:
+        evs = self.mux.receive_datagram(data, addr, now=now)
+        if evs:
+            self._events(evs, now)
+
+    def socket_drained(self, *, now: float) -> None:
+        """End of a receive batch: deliver payload, send coalesced ACKs, refill freed send buffers."""
+        if self._rx:
+            for cid in list(self._rx):
+                self._deliver(cid, now)
+        self.mux.socket_drained(now=now)
+        self._unblock(now)
+
+    def next_deadline(self) -> float | None:
+        return self.mux.next_deadline()
+
+    def handle_timeout(self, *, now: float) -> None:
+        self._events(self.mux.handle_timeout(now=now), now)
+        self._unblock(now)
+
+    def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Addr]]:
+        return self.mux.datagrams_to_send(now=now)
+
+    def stats(self) -> dict[str, int]:
+        s = self.mux.stats()
+        s.update(self.counters)
+        return s
+
+    # ------------------------------------------------------------------ internals
+
+    def _forget(self, up: _UtpPeer) -> None:
+        self._by_cid.pop(up.cid, None)
+        self._by_key.pop(up.key, None)
+        self._rx.pop(up.cid, None)
+
+    def _lost(self, up: _UtpPeer, reason: CloseReason, detail: str, now: float) -> None:
+        self._deliver(up.cid, now)  # bytes that arrived before the close come first
+        self._forget(up)
+        self.session.on_closed(up.cid, reason, detail, now=now)
+
+    def _events(self, evs: list[MuxEvent], now: float) -> None:
+        by_key = self._by_key
+        for key, ev in evs:
+            if isinstance(ev, DataReceived):
+                up = by_key.get(key)
+                if up is not None:
+                    rx = self._rx.get(up.cid)
+                    if rx is None:
+                        self._rx[up.cid] = [ev.data]
+                    else:
+                        rx.append(ev.data)
+                continue
+            if isinstance(ev, IncomingConnection):
+                self._incoming(key, ev.conn, now)
+                continue
+            up = by_key.get(key)
+            if up is None:
+                continue  # a connection the session already closed (lingering for its FIN)
+            if isinstance(ev, Connected):
+                if not up.connected:
+                    up.connected = True
+                    self.session.on_connected(up.cid, now=now)
+                    self._fill(up, now)
+            elif isinstance(ev, ConnectionClosed):
+                up.conn.close()  # answer their FIN with ours
+                self._lost(up, CloseReason.CLOSED_BY_REMOTE, "uTP FIN", now)
+            elif isinstance(ev, ConnectionReset):
+                reason = CloseReason.CLOSED_BY_REMOTE if up.connected else CloseReason.CONNECT_FAILED
+                self._lost(up, reason, "uTP reset by peer", now)
+            elif isinstance(ev, ConnectionTimedOut):
+                if up.connected:
+                    self._lost(up, CloseReason.IO_ERROR, "uTP timed out", now)
+                else:
+                    self._lost(up, CloseReason.CONNECT_FAILED, "uTP connect timed out", now)
+
+    def _incoming(self, key: ConnKey, conn: UtpConnection, now: float) -> None:
+        cid = self.session.on_incoming(key[0], now=now, transport="utp")
+        if cid is None:
+            self.counters["utp_refused"] += 1
+            conn.reset()
+            return
+        self.counters["utp_accepted"] += 1
+        up = _UtpPeer(cid, key, conn, connected=True)
+        self._by_cid[cid] = up
+        self._by_key[key] = up
+
+    def _deliver(self, cid: int, now: float) -> None:
+        chunks = self._rx.pop(cid, None)
+        if chunks:
+            self.session.on_data(cid, chunks[0] if len(chunks) == 1 else b"".join(chunks), now=now)
+
+    def _fill(self, up: _UtpPeer, now: float) -> bool:
+        """Move the session's bytes for ``up`` into its send buffer; True if room is left."""
+        conn = up.conn
+        while True:
+            if conn.state is UtpState.CLOSED or up.cid not in self._by_cid:
+                return False
+            room = conn.send_room()
+            if room <= 0:
+                up.blocked = True
+                return False
+            if up.out:
+                data, up.out = up.out, b""
+            else:
+                data = self.session.data_to_send(up.cid, min(room, SEND_CHUNK), now=now)
+                if not data:
+                    up.blocked = False
+                    return True
+            n = conn.send(data)
+            if n < len(data):
+                up.out = data[n:]
+
+    def _unblock(self, now: float) -> None:
+        """ACKs freed send-buffer room: refill blocked connections and let their torrents serve more."""
+        for up in [u for u in self._by_cid.values() if u.blocked]:
+            if up.conn.send_room() > 0 and self._fill(up, now):
+                self.session.on_writable(up.cid, now=now)

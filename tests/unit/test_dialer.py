@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import pytest
+
+from minibt.dialer import DIAL_HOLD_S, MAX_CANDIDATES, MAX_FAILS, PEER_RETRY_S, USER_RETRY_S, Dialer
+from minibt.handshake import Handshake
+from minibt.peer import Addr, PeerConnection, PeerSource
+from minibt.reputation import Reputation
+
+
+class Host:
+    """Records dials; refuses once ``capacity`` connections were handed out (like Session.dial)."""
+
+    def __init__(self, capacity: int = 1000) -> None:
+        self.dials: list[tuple[Addr, PeerSource]] = []
+        self.capacity = capacity
+
+    def dial(self, addr: Addr, source: PeerSource, *, now: float) -> int | None:
+        if len(self.dials) >= self.capacity:
+            return None
+        self.dials.append((addr, source))
+        return 100 + len(self.dials)
+
+
+def addrs(n: int, port: int = 6881) -> list[Addr]:
+    return [(f"198.51.100.{i}", port) for i in range(1, n + 1)]
+
+
+def peer(cid: int, addr: Addr) -> PeerConnection:
+    hs = Handshake(peer_id=bytes(20), reserved=bytes(8), info_hash=None, now=0.0)
+    return PeerConnection(cid, addr, outgoing=False, source=PeerSource.INCOMING, handshake=hs, now=0.0)
+
+
+def make(
+    *, max_peers: int = 50, max_half_open: int = 8, capacity: int = 1000
+) -> tuple[Dialer, Host, dict[int, PeerConnection], set[int], Reputation]:
+    host, rep = Host(capacity), Reputation()
+    peers: dict[int, PeerConnection] = {}
+    half_open: set[int] = set()
+    d = Dialer(host, peers=peers, half_open=half_open, reputation=rep, max_peers=max_peers, max_half_open=max_half_open)
+    return d, host, peers, half_open, rep
+
+
+def test_dials_stop_at_the_half_open_budget() -> None:
+    d, host, _, half_open, _ = make(max_half_open=3)
+    d.add(addrs(10), PeerSource.TRACKER, own=set())
+    d.connect_more(0.0, seeding=False, dialing=set())
+    assert [a for a, _ in host.dials] == addrs(3) and len(half_open) == 3
+    d.connect_more(1.0, seeding=False, dialing=set())
+    assert len(host.dials) == 3
+
+
+def test_dials_stop_at_the_peer_budget_counting_connected_and_half_open() -> None:
+    d, host, peers, half_open, _ = make(max_peers=5)
+    peers.update({i: peer(i, ("203.0.113.1", 7000 + i)) for i in range(3)})
+    half_open.add(99)
+    d.add(addrs(10), PeerSource.TRACKER, own=set())
+    assert d.wants_more()
+    d.connect_more(0.0, seeding=False, dialing=set())
+    assert len(host.dials) == 1 and not d.wants_more()
+
+
+def test_dialing_stops_when_the_session_refuses() -> None:
+    d, host, _, half_open, _ = make(capacity=2)
+    d.add(addrs(5), PeerSource.TRACKER, own=set())
+    d.connect_more(0.0, seeding=False, dialing=set())
+    assert len(host.dials) == 2 and len(half_open) == 2
+
+
+def test_no_redial_while_an_attempt_may_last() -> None:
+    d, host, _, half_open, _ = make()
+    d.add(addrs(1), PeerSource.TRACKER, own=set())
+    d.connect_more(0.0, seeding=False, dialing=set())
+    half_open.clear()  # the attempt ended without a verdict (e.g. the connection was closed)
+    d.connect_more(DIAL_HOLD_S - 1, seeding=False, dialing=set())
+    assert len(host.dials) == 1
+    d.connect_more(DIAL_HOLD_S, seeding=False, dialing=set())
+    assert len(host.dials) == 2
+
+
+def test_connected_dialing_and_listen_addresses_are_skipped() -> None:
+    d, host, peers, _, _ = make()
+    a, b, c, e = addrs(4)
+    incoming = peer(1, (c[0], 50000))
+    incoming.listen_port = c[1]  # BEP 10 'p': its listen address is c
+    peers.update({0: peer(0, a), 1: incoming})
+    d.add([a, b, c, e], PeerSource.TRACKER, own=set())
+    d.connect_more(0.0, seeding=False, dialing={b})
+    assert [x for x, _ in host.dials] == [e]
+
+
+def test_add_skips_own_banned_port_zero_duplicates() -> None:
+    d, _, _, _, rep = make()
+    rep.ban("198.51.100.2", "test")
+    own = {("198.51.100.1", 6881)}
+    d.add([*addrs(3), ("198.51.100.4", 0), addrs(3)[2]], PeerSource.TRACKER, own=own)
+    assert list(d.candidates) == [("198.51.100.3", 6881)]
+
+
+def test_candidates_are_capped() -> None:
+    d, *_ = make()
+    d.add([(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 1) for i in range(MAX_CANDIDATES + 10)], PeerSource.TRACKER, own=set())
+    assert len(d.candidates) == MAX_CANDIDATES
+
+
+def test_failed_dials_back_off_then_are_forgotten() -> None:
+    d, host, _, half_open, _ = make()
+    (a,) = addrs(1)
+    d.add([a], PeerSource.TRACKER, own=set())
+    now = 0.0
+    for fails in range(1, MAX_FAILS):
+        d.connect_failed(a, now)
+        assert d.candidates[a].fails == fails and d.candidates[a].retry_at == now + PEER_RETRY_S * 2 ** (fails - 1)
+    d.connect_failed(a, now)
+    assert a not in d.candidates
+    d.connect_more(10_000.0, seeding=False, dialing=set())
+    assert host.dials == [] and not half_open
+
+
+def test_user_candidates_retry_soon_and_stay() -> None:
+    d, host, _, _, _ = make()
+    (a,) = addrs(1)
+    d.add([a], PeerSource.USER, own=set())
+    for _ in range(MAX_FAILS + 3):
+        d.connect_failed(a, 0.0)
+    assert a in d.candidates and d.candidates[a].fails == MAX_FAILS + 3
+    d.connect_failed(a, 0.0)
+    assert d.candidates[a].retry_at <= 1800.0
+    d.connected(a)
+    assert d.candidates[a].fails == 0
+    d.connect_failed(a, 0.0)
+    assert d.candidates[a].retry_at == USER_RETRY_S
+
+
+@pytest.mark.parametrize("seeding", [False, True])
+def test_a_seed_does_not_retry_failed_tracker_peers(seeding: bool) -> None:
+    d, host, _, _, _ = make()
+    t, u = addrs(2)
+    d.add([t], PeerSource.TRACKER, own=set())
+    d.add([u], PeerSource.USER, own=set())
+    d.connect_failed(t, 0.0)
+    d.connect_failed(u, 0.0)
+    d.connect_more(10_000.0, seeding=seeding, dialing=set())
+    assert sorted(a for a, _ in host.dials) == ([u] if seeding else [t, u])
+
+
+def test_forget_ip_drops_every_port() -> None:
+    d, *_ = make()
+    d.add([("192.0.2.9", 1), ("192.0.2.9", 2), ("192.0.2.10", 1)], PeerSource.PEX, own=set())
+    d.forget_ip("192.0.2.9")
+    assert list(d.candidates) == [("192.0.2.10", 1)]

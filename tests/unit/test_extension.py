@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minibt.extension import (
+    CLIENT_VERSION,
+    MAX_CLIENT_NAME_BYTES,
+    MAX_PEER_REQQ,
+    apply_peer_handshake,
+    our_handshake,
+)
+from minibt.handshake import Handshake
+from minibt.peer import PeerConnection, PeerSource
+
+
+def conn() -> PeerConnection:
+    hs = Handshake(peer_id=bytes(20), reserved=bytes(8), info_hash=None, now=0.0)
+    return PeerConnection(1, ("192.0.2.1", 6881), outgoing=True, source=PeerSource.TRACKER, handshake=hs, now=0.0)
+
+
+def test_our_handshake_names_port_only_when_listening() -> None:
+    assert our_handshake(reqq=500, listen_port=6881) == {b"m": {}, b"v": CLIENT_VERSION, b"reqq": 500, b"p": 6881}
+    assert b"p" not in our_handshake(reqq=500, listen_port=0)
+    assert b"p" not in our_handshake(reqq=500, listen_port=None)
+
+
+def test_peer_handshake_is_kept_within_bounds() -> None:
+    c = conn()
+    d: dict[bytes, object] = {
+        b"m": {b"ut_pex": 1, b"ut_metadata": 3, b"bad": b"x", 5: 2},
+        b"reqq": 10**9,
+        b"p": 51413,
+        b"v": b"\xce\xbcTorrent 3.6" + b"x" * 100,
+    }
+    apply_peer_handshake(c, d)
+    assert c.ext is d
+    assert c.ext_ids == {"ut_pex": 1, "ut_metadata": 3}
+    assert c.reqq == MAX_PEER_REQQ and c.listen_port == 51413
+    assert c.client_name.startswith("\u03bcTorrent 3.6") and len(c.client_name.encode()) <= MAX_CLIENT_NAME_BYTES
+
+
+def test_out_of_range_values_change_nothing() -> None:
+    c = conn()
+    before = (c.reqq, c.listen_port, c.client_name, c.ext_ids)
+    apply_peer_handshake(c, {b"m": [1], b"reqq": 0, b"p": 65536, b"v": 7})
+    apply_peer_handshake(c, {b"reqq": -5, b"p": 0})
+    assert (c.reqq, c.listen_port, c.client_name, c.ext_ids) == before
+
+
+values = st.recursive(
+    st.none() | st.integers() | st.binary(max_size=80) | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.binary(max_size=8) | st.integers(), inner, max_size=4),
+    max_leaves=10,
+)
+
+
+@given(st.dictionaries(st.sampled_from([b"m", b"reqq", b"p", b"v", b"x"]), values))
+def test_any_peer_handshake_is_accepted_without_error(d: dict[bytes, object]) -> None:
+    c = conn()
+    apply_peer_handshake(c, d)
+    assert 0 < c.reqq <= MAX_PEER_REQQ
+    assert c.listen_port is None or 0 < c.listen_port < 65536
+    assert all(isinstance(k, str) and isinstance(v, int) for k, v in c.ext_ids.items())
