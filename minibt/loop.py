@@ -56,6 +56,11 @@ UDP_SOCK_BUF = 4 * 1024 * 1024
 UDP_BATCH = 512  # datagrams read per readiness event before the ACKs of the batch go out (socket_drained)
 UDP_MAX_DATAGRAM = 65536
 MAX_TIMEOUT_S = 1.0  # STYLE.md 4: select(timeout=clamp(deadline - now, 0, 1.0))
+# Linux ip(7)/ipv6(7): IP_MTU_DISCOVER / IPV6_MTU_DISCOVER; PMTUDISC_PROBE sets DF and ignores the cached
+# path MTU (what an MTU probe needs); other datagrams keep the socket's default (fragment when needed).
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", None)
+IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", None)
+PMTUDISC_PROBE = 3
 
 
 def _norm_ip(ip: str) -> str:
@@ -148,7 +153,7 @@ class EventLoop:
         self.counters["read_pauses"] = 0
         self._throttled: dict[int, _PeerSock] = {}  # sockets paused by the download limit, oldest first
         self._throttle_at = 0.0  # when the first of them may read again
-        self.counters.update(udp_dropped=0, udp_send_errors=0)
+        self.counters.update(udp_dropped=0, udp_send_errors=0, utp_mtu_probes=0)
         self._utp: UtpPeers | None = (
             UtpPeers(session, session.rng, config=utp_config) if "utp" in session.config.transports else None
         )
@@ -789,7 +794,12 @@ class EventLoop:
         utp, sock = self._utp, self._udp
         if utp is None or sock is None:
             return
-        for dgram, addr in utp.datagrams_to_send(now=now):
+        dgrams = utp.datagrams_to_send(now=now)
+        df = utp.mux.dont_fragment
+        for dgram, addr in dgrams:
+            if df and id(dgram) in df:
+                self._send_probe(sock, dgram, addr)
+                continue
             try:
                 sock.sendto(dgram, self._udp_addr(addr))
             except (BlockingIOError, InterruptedError):
@@ -797,6 +807,33 @@ class EventLoop:
             except OSError as e:
                 self.counters["udp_send_errors"] += 1
                 log.debug("uTP send to %s failed: %s", addr, e)
+
+    def _send_probe(self, sock: socket.socket, dgram: bytes, addr: Addr) -> None:
+        """Send a uTP MTU probe with the don't-fragment bit (utp_mtu); a probe that cannot go is lost."""
+        opts = []
+        if IP_MTU_DISCOVER is not None:
+            opts.append((socket.IPPROTO_IP, IP_MTU_DISCOVER))
+        if self._udp_v6 and IPV6_MTU_DISCOVER is not None:
+            opts.append((socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER))
+        saved = []
+        for level, opt in opts:
+            try:
+                saved.append((level, opt, sock.getsockopt(level, opt)))
+                sock.setsockopt(level, opt, PMTUDISC_PROBE)
+            except OSError:
+                pass
+        try:
+            sock.sendto(dgram, self._udp_addr(addr))
+            self.counters["utp_mtu_probes"] += 1
+        except OSError as e:  # EMSGSIZE: larger than the interface MTU; it is retransmitted without DF
+            self.counters["udp_send_errors"] += 1
+            log.debug("uTP MTU probe of %d bytes to %s not sent: %s", len(dgram), addr, e)
+        finally:
+            for level, opt, value in saved:
+                try:
+                    sock.setsockopt(level, opt, value)
+                except OSError:
+                    pass
 
     def utp_stats(self) -> dict[str, int]:
         """The uTP multiplexer's counters (empty without uTP)."""

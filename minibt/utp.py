@@ -7,7 +7,8 @@ Pure: datagrams, commands and ``now`` in; events, datagrams and deadlines out (a
 The loop owns the UDP socket: for each datagram passing :func:`is_utp_datagram` it calls
 ``mux.receive_datagram``; after draining the socket ``mux.socket_drained`` (ACKs coalesce, libtorrent);
 then sends ``mux.datagrams_to_send`` and re-arms on ``mux.next_deadline``.  Congestion control lives
-in :mod:`minibt.ledbat`.  Out of scope: MTU discovery (fixed payload size), the close-reason extension.
+in :mod:`minibt.ledbat`, the packet-size search (MTU probes) in :mod:`minibt.utp_mtu`.  Out of scope:
+the close-reason extension.
 Interop (libtorrent utp_stream.cpp): ST_STATE carries the sender's next seq_nr unconsumed; SACKs of
 any length are accepted (libtorrent sends (span + 7) // 8 bytes); we send BEP-sized ones.
 
@@ -49,6 +50,7 @@ from minibt.utp_codec import decode_packet as decode_packet
 from minibt.utp_codec import encode_packet as encode_packet
 from minibt.utp_codec import is_utp_datagram as is_utp_datagram
 from minibt.utp_codec import timestamp_us as timestamp_us
+from minibt.utp_mtu import MTU_PROBE_AFTER_BYTES, MtuSearch
 
 if TYPE_CHECKING:  # re-exported lazily at run time (see __getattr__): utp_mux imports this module
     from minibt.utp_mux import UtpMux as UtpMux
@@ -69,7 +71,8 @@ ConnKey = tuple[Addr, int]  # (remote address, our receive connection id)
 class UtpConfig:
     """Per-connection and multiplexer limits (libtorrent defaults where it has one)."""
 
-    payload_bytes: int = 1200  # minibt: conservative (no MTU discovery); BEP 29 allows 150..path MTU
+    payload_bytes: int = 1200  # minibt: conservative start, fits the 1280-byte IPv6 minimum MTU (utp_mtu)
+    max_payload_bytes: int = 1400  # minibt: MTU probes search up to this (Ethernet, room for a SACK)
     send_buffer_bytes: int = 1024 * KiB  # queued + unacked payload per connection
     reorder_buffer_bytes: int = 1024 * KiB  # out-of-order payload held per connection; our wnd_size
     connect_timeout_s: float = 3.0  # libtorrent utp_connect_timeout 3000 ms
@@ -91,6 +94,8 @@ class UtpConfig:
     def __post_init__(self) -> None:
         if not MIN_PACKET_BYTES <= self.payload_bytes <= 1452:
             raise ConfigError(None, "utp.payload_bytes", "must be within 150..1452")
+        if not self.payload_bytes <= self.max_payload_bytes <= 1452:
+            raise ConfigError(None, "utp.max_payload_bytes", "must be within payload_bytes..1452")
         if self.send_buffer_bytes < self.payload_bytes or self.reorder_buffer_bytes < self.payload_bytes:
             raise ConfigError(None, "utp.buffers", "buffers must hold at least one packet")
         if self.min_timeout_s <= 0 or self.initial_timeout_s <= 0 or self.connect_timeout_s <= 0:
@@ -148,7 +153,7 @@ class UtpState(enum.Enum):  # names after BEP 29 / libutp CS_*
 class _Sent:
     """One packet in the send window (mutable, private)."""
 
-    __slots__ = ("seq", "type", "payload", "size", "sent_at", "tx", "in_flight", "sacked")
+    __slots__ = ("seq", "type", "payload", "size", "sent_at", "tx", "in_flight", "sacked", "probe")
 
     def __init__(self, seq: int, typ: int, payload: bytes | bytearray) -> None:
         self.seq = seq
@@ -159,6 +164,7 @@ class _Sent:
         self.tx = 0
         self.in_flight = False
         self.sacked = False
+        self.probe = False  # an MTU probe whose fate is not known yet (utp_mtu)
 
 
 # ---------------------------------------------------------------------------- connection
@@ -219,11 +225,15 @@ class UtpConnection:
         self._close_at: float | None = None
         self._last_send = now
         self._outbox: list[bytes] = []
+        self._mtu = MtuSearch(config.payload_bytes, config.max_payload_bytes)
+        self._probe_seq: int | None = None
+        self._probe_dgram: bytes | None = None  # the probe's first transmission: sent with don't-fragment
         # counters
         self._n = dict.fromkeys(
             (
                 "packets_sent packets_received bytes_sent bytes_received acks_sent retransmits "
-                "fast_retransmits timeouts dup_acks dup_packets reorder_drops invalid_acks ignored keepalives"
+                "fast_retransmits timeouts dup_acks dup_packets reorder_drops invalid_acks ignored keepalives "
+                "mtu_probes mtu_probes_lost"
             ).split(),
             0,
         )
@@ -330,6 +340,11 @@ class UtpConnection:
         self._outbox = []
         return out
 
+    def take_probe_datagram(self) -> bytes | None:
+        """The datagram (one of the last :meth:`datagrams_to_send`) to send with don't-fragment, if any."""
+        d, self._probe_dgram = self._probe_dgram, None
+        return d
+
     # ------------------------------------------------------------------ input
 
     def receive_packet(
@@ -431,6 +446,8 @@ class UtpConnection:
             send_buffered=float(len(self._send_buf)),
             reorder_bytes=float(self._reorder_bytes),
             max_window=float(self._cc.max_window),
+            mtu_payload=float(self._mtu.size),
+            mtu_ceiling=float(self._mtu.ceiling),
         )
         return s
 
@@ -490,6 +507,8 @@ class UtpConnection:
         if self._rto_at is None and self._state is not UtpState.SYN_SENT:
             self._rto_at = now + self._current_rto()
         self._emit(p.type, p.seq, p.payload, now)
+        if p.probe and p.tx == 1:
+            self._probe_dgram = self._outbox[-1]
 
     def _fill(self, now: float) -> None:
         """Send retransmissions, then new data, then a queued FIN, while the window allows.
@@ -511,9 +530,20 @@ class UtpConnection:
             self._n["retransmits"] += 1
             self._transmit(p, now)
         buf = self._send_buf
-        size = self._cfg.payload_bytes
+        size = self._mtu.size
         while buf and len(out) < MAX_OUTSTANDING_PACKETS:
             k = min(len(buf), size)
+            probe = None
+            if (
+                self._probe_seq is None
+                and self._state is UtpState.CONNECTED
+                and self._n["bytes_sent"] >= MTU_PROBE_AFTER_BYTES
+            ):
+                probe = self._mtu.probe_size()
+                if probe is not None and len(buf) >= probe:
+                    k = probe
+                else:
+                    probe = None
             if self._inflight and self._inflight + k > limit:
                 return
             payload = buf[:k]
@@ -521,6 +551,11 @@ class UtpConnection:
             seq = self._seq_nr
             self._seq_nr = (seq + 1) & SEQ_MASK
             p = _Sent(seq, ST_DATA, payload)
+            if probe is not None:
+                p.probe = True
+                self._probe_seq = seq
+                self._mtu.probe_sent()
+                self._n["mtu_probes"] += 1
             out[seq] = p
             self._unacked_bytes += k
             self._transmit(p, now)
@@ -570,6 +605,8 @@ class UtpConnection:
             p.in_flight = False
         if p.sacked:
             return 0
+        if p.probe:
+            self._probe_done(p, lost=False)
         if p.tx == 1:  # BEP 29: only packets sent once give RTT samples
             self._rtt_sample(now - p.sent_at)
         return p.size
@@ -622,7 +659,7 @@ class UtpConnection:
             self._cc.on_ack(
                 bytes_acked=newly,
                 bytes_in_flight=inflight_before,
-                packet_bytes=self._cfg.payload_bytes,
+                packet_bytes=self._mtu.size,
                 now=now,
             )
         return True
@@ -639,7 +676,19 @@ class UtpConnection:
         else:
             queue.append(seq)
         self._n["fast_retransmits"] += 1
+        if p.probe:  # a lost MTU probe says the packet was too large, not that the path is congested
+            self._probe_done(p, lost=True)
+            return False
         return True
+
+    def _probe_done(self, p: _Sent, *, lost: bool) -> None:
+        p.probe = False
+        self._probe_seq = None
+        if lost:
+            self._n["mtu_probes_lost"] += 1
+            self._mtu.probe_lost(p.size)
+        else:
+            self._mtu.probe_acked(p.size)
 
     def _process_sack(self, sack: bytes, now: float) -> tuple[int, bool]:
         """BEP 29: each SACKed packet counts as a duplicate ACK; a packet with >= 3 SACKed after it is lost."""
@@ -751,6 +800,8 @@ class UtpConnection:
                 if p.in_flight:
                     p.in_flight = False
                     self._inflight -= p.size
+                if p.probe:
+                    self._probe_done(p, lost=True)
                 queue.append(seq)
             seq = (seq + 1) & SEQ_MASK
         self._tx_queue = queue

@@ -42,6 +42,7 @@ class UtpMux:
         self._rst_out: list[tuple[bytes, Addr]] = []
         self._rst_tokens = self._cfg.rst_per_s
         self._rst_time: float | None = None
+        self.dont_fragment: set[int] = set()  # see datagrams_to_send
         self._n = dict.fromkeys(
             "datagrams garbage unknown_connection resets_sent resets_suppressed syns_refused accepted connects".split(),
             0,
@@ -149,14 +150,23 @@ class UtpMux:
         self._touched.clear()
 
     def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Addr]]:
-        """Everything every connection wants sent now; finished connections are forgotten afterwards."""
+        """Everything every connection wants sent now; finished connections are forgotten afterwards.
+
+        ``dont_fragment`` then holds the ``id()`` of each datagram to send with the IP don't-fragment bit
+        (MTU probes, :mod:`minibt.utp_mtu`); valid while the returned list is alive.
+        """
         out = self._rst_out
         self._rst_out = []
         dead: list[ConnKey] = []
+        df = self.dont_fragment
+        df.clear()
         for key, conn in self._conns.items():
             addr = key[0]
             for d in conn.datagrams_to_send(now=now):
                 out.append((d, addr))
+            probe = conn.take_probe_datagram()
+            if probe is not None:
+                df.add(id(probe))
             if conn.is_finished:
                 dead.append(key)
         for key in dead:

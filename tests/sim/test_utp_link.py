@@ -44,7 +44,7 @@ class LinkSpec:
     jitter_s: float = 0.0  # extra uniform delay per datagram: reorders
     loss: float = 0.0
     dup: float = 0.0
-    mtu: int = 1400  # UDP payload bytes; larger datagrams are dropped
+    mtu: int = 1472  # UDP payload bytes (Ethernet: 1500 - IPv4 20 - UDP 8); larger: dropped with DF, else fragmented
     rate_Bps: float | None = None  # bottleneck serialisation rate; None: unlimited
     queue_s: float = 1.0  # bottleneck buffer in seconds of queueing before tail drop
 
@@ -57,12 +57,22 @@ class Link:
     queue_delays: list[tuple[float, float]] = field(default_factory=list)  # (time, queueing delay)
     sent: int = 0
     dropped: int = 0
+    fragmented: int = 0
 
-    def transit(self, size: int, now: float) -> list[float]:
-        """Arrival times of one datagram sent at ``now`` (empty: lost; two: duplicated)."""
+    def transit(self, size: int, now: float, df: bool = False) -> list[float]:
+        """Arrival times of one datagram sent at ``now`` (empty: lost; two: duplicated).
+
+        Over the MTU: dropped with don't-fragment (DF), else sent as IP fragments, each of which may be lost.
+        """
         s = self.spec
         self.sent += 1
-        if size > s.mtu or self.rng.random() < s.loss:
+        fragments = -(-size // s.mtu)
+        if df and fragments > 1:
+            self.dropped += 1
+            return []
+        if fragments > 1:
+            self.fragmented += 1
+        if any(self.rng.random() < s.loss for _ in range(fragments)):
             self.dropped += 1
             return []
         depart = now
@@ -136,8 +146,10 @@ class Sim:
             ep.feed_app()
             link = self.links[ep.name]
             dst = self.peer[ep.name].name
-            for data, _addr in ep.mux.datagrams_to_send(now=self.t(ep)):
-                for at in link.transit(len(data), self.clock.now()):
+            dgrams = ep.mux.datagrams_to_send(now=self.t(ep))
+            df = ep.mux.dont_fragment
+            for data, _addr in dgrams:
+                for at in link.transit(len(data), self.clock.now(), id(data) in df):
                     heapq.heappush(self.heap, (at, next(self.seq), dst, data))
 
     def step(self) -> None:
@@ -238,20 +250,50 @@ def test_transfer_survives_reordering_and_duplication(clock: FakeClock) -> None:
     assert sb["reorder_bytes"] == 0
 
 
-def test_mtu_smaller_than_packets_times_out_and_smaller_payload_works(clock: FakeClock) -> None:
-    spec = LinkSpec(delay_s=0.01, mtu=1000)
-    sim = Sim(clock, seed=5, ab=spec)
-    sim.connect()  # SYN and ST_STATE are 20 bytes: the handshake passes
-    sim.a.to_send = _payload(100 * KiB, 4)
-    sim.run(lambda: sim.a.count(ConnectionTimedOut) == 1, max_s=60)
-    assert sim.b.received == b""
+@pytest.mark.parametrize("mtu", [1472, 1300, 1250])
+def test_mtu_probes_find_the_largest_payload_the_path_carries(clock: FakeClock, mtu: int) -> None:
+    """Ethernet (1472 UDP bytes), a tunnel (1300) and a tight path (1250): uTP starts at 1200 payload
+    bytes and its DF probes settle within 16 bytes of the largest size that fits (ceiling 1400)."""
+    sim = Sim(clock, seed=11, ab=LinkSpec(delay_s=0.01, mtu=mtu))
+    sim.connect()
+    sim.a.to_send = _payload(4 * MiB, 6)
+    sim.run(lambda: len(sim.b.received) == 4 * MiB, max_s=120)
+    assert bytes(sim.b.received) == sim.a.to_send
+    assert sim.a.conn is not None
+    s = sim.a.conn.stats()
+    best = min(1400, mtu - 20)  # no SACK without reordering: a datagram is the 20-byte header + payload
+    assert best - 16 <= s["mtu_payload"] <= best
+    assert s["mtu_probes"] >= 3
+    assert s["timeouts"] == 0
+    assert s["retransmits"] == s["mtu_probes_lost"]  # only lost probes were resent (as fragments)
+    if mtu - 20 >= 1400:
+        assert s["mtu_probes_lost"] == 0
 
-    clock2 = FakeClock()
-    sim2 = Sim(clock2, seed=5, ab=spec, config=UtpConfig(payload_bytes=950))
+
+def test_path_below_the_floor_is_carried_by_fragments_and_probes_stop(clock: FakeClock) -> None:
+    """MTU 1000: 1220-byte datagrams go as IP fragments; every DF probe is lost and the search ends."""
+    sim = Sim(clock, seed=5, ab=LinkSpec(delay_s=0.01, mtu=1000))
+    sim.connect()
+    sim.a.to_send = _payload(4 * MiB, 4)
+    sim.run(lambda: len(sim.b.received) == 4 * MiB, max_s=120)
+    assert bytes(sim.b.received) == sim.a.to_send
+    assert sim.a.conn is not None
+    s = sim.a.conn.stats()
+    assert s["mtu_payload"] == 1200 and s["mtu_probes_lost"] == s["mtu_probes"] > 0
+    assert s["mtu_ceiling"] < 1216  # converged: each size was lost twice (1300, 1250, 1225, 1212)
+    assert s["mtu_probes"] == 8
+    assert sim.links["a"].fragmented > 100
+
+    clock2 = FakeClock()  # a payload that fits: nothing is fragmented but the resent probes
+    sim2 = Sim(clock2, seed=5, ab=LinkSpec(delay_s=0.01, mtu=1000), config=UtpConfig(payload_bytes=950))
     sim2.connect()
-    sim2.a.to_send = _payload(100 * KiB, 4)
-    sim2.run(lambda: len(sim2.b.received) == 100 * KiB, max_s=60)
+    sim2.a.to_send = _payload(1 * MiB, 4)
+    sim2.run(lambda: len(sim2.b.received) == 1 * MiB, max_s=60)
     assert bytes(sim2.b.received) == sim2.a.to_send
+    assert sim2.a.conn is not None
+    s2 = sim2.a.conn.stats()
+    assert 950 <= s2["mtu_payload"] <= 980
+    assert sim2.links["a"].fragmented == s2["mtu_probes_lost"]
 
 
 @pytest.mark.parametrize("b_offset_s", [0.0, -4294.967296 * 7 - 0.05])
