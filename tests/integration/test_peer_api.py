@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from clients import assert_same_tree, make_payload
+from inproc import seeding_in_thread
 
 import minibt
 from minibt.api import Event
@@ -31,29 +30,14 @@ DEADLINE_S = 30.0  # a 3 MiB loopback transfer takes well under a second; start-
 EXAMPLE_DEADLINE_S = 90.0
 
 
-@contextmanager
-def seeder_thread(torrent: Path, data_dir: Path, events: list[Event]) -> Iterator[minibt.Client]:
+def seeder_thread(torrent: Path, data_dir: Path, events: list[Event]) -> AbstractContextManager[minibt.Client]:
     """A seeding Client whose choker is library code: it unchokes every interested peer."""
     cfg = minibt.SessionConfig(torrent=minibt.TorrentConfig(auto_choke=False))
     client = minibt.Client(bind=LOOPBACK, port=0, config=cfg)
-    try:
-        for name in minibt.EventName:
-            client.on(name, events.append)
-        client.on(N.PEER_INTERESTED, lambda ev: ev.peer.unchoke() if ev.peer is not None else None)
-        t = client.add(str(torrent), str(data_dir), mode="seed")
-        deadline = client.clock.now() + DEADLINE_S
-        client.run(until=lambda: t.state is not minibt.TorrentState.CHECKING or client.clock.now() > deadline)
-        assert t.state is minibt.TorrentState.SEEDING, t.status(client.clock.now())
-        th = threading.Thread(target=client.run, name="minibt-seeder", daemon=True)
-        th.start()
-        try:
-            yield client
-        finally:
-            client.stop()
-            th.join(timeout=10)
-            assert not th.is_alive(), "the seeder's loop did not stop"
-    finally:
-        client.close()
+    for name in minibt.EventName:
+        client.on(name, events.append)
+    client.on(N.PEER_INTERESTED, lambda ev: ev.peer.unchoke() if ev.peer is not None else None)
+    return seeding_in_thread(client, torrent, data_dir, DEADLINE_S)
 
 
 def test_library_code_drives_choking_and_requests_over_loopback(tmp_path: Path) -> None:

@@ -9,12 +9,11 @@ listens on TCP and closes accepted connections at once (PROTOCOL.md 7.9), so the
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import struct
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ from clients import (
     make_torrent,
     running,
 )
+from inproc import seeding_in_thread
 from minibt_proc import MinibtProc
 
 import minibt
@@ -128,25 +128,10 @@ def test_minibt_utp_first_falls_back_to_tcp_only_libtorrent(tmp_path: Path) -> N
 # --------------------------------------------------------------------------------------------- minibt <-> minibt
 
 
-@contextmanager
-def utp_seeder(torrent: Path, data_dir: Path) -> Iterator[minibt.Client]:
+def utp_seeder(torrent: Path, data_dir: Path) -> contextlib.AbstractContextManager[minibt.Client]:
     """A uTP-only seeding Client on a thread of its own (one Client per thread)."""
     client = minibt.Client(bind=LOOPBACK, port=0, transports=("utp",))
-    try:
-        t = client.add(str(torrent), str(data_dir), mode="seed")
-        deadline = client.clock.now() + TRANSFER_DEADLINE_S
-        client.run(until=lambda: t.state is not minibt.TorrentState.CHECKING or client.clock.now() > deadline)
-        assert t.state is minibt.TorrentState.SEEDING
-        th = threading.Thread(target=client.run, name="minibt-utp-seeder", daemon=True)
-        th.start()
-        try:
-            yield client
-        finally:
-            client.stop()
-            th.join(timeout=10)
-            assert not th.is_alive(), "the seeder's loop did not stop"
-    finally:
-        client.close()
+    return seeding_in_thread(client, torrent, data_dir, TRANSFER_DEADLINE_S)
 
 
 def own_torrent(tmp_path: Path) -> Path:
