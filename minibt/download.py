@@ -157,6 +157,20 @@ class Downloader:
         wire.request(index, begin, length)
         self._host.mark_dirty(peer.cid)
 
+    def release_all(self) -> None:
+        """Cancel every outstanding request and give the blocks back to the picker (download paused)."""
+        picker = self._picker
+        for peer in list(self._peers.values()):
+            wire = peer.wire
+            if wire is None or peer.closing:
+                continue
+            blocks = picker.outstanding(peer.cid)
+            for b in blocks:
+                picker.request_failed(peer.cid, b)
+                wire.cancel(b.index, b.begin, b.length)
+            if blocks:
+                self._host.mark_dirty(peer.cid)
+
     def check_snub(self, peer: PeerConnection, now: float) -> None:
         """No block for SNUB_TIMEOUT_S with requests out: hand them to others, keep the connection.
 

@@ -480,6 +480,14 @@ class Storage:
         """(path, offset, length) of every span of ``piece`` for the hasher; pad spans use PAD_PATH."""
         return [(self._path(s.file_index), s.file_offset, s.length) for s in piece_spans(self._layout, piece)]
 
+    def free_bytes(self) -> int | None:
+        """Bytes available to us on the download directory's file system (None if unknown)."""
+        try:
+            st = os.statvfs(self._dir)
+        except (OSError, AttributeError):
+            return None
+        return st.f_bavail * st.f_frsize
+
     def stats(self) -> dict[str, int]:
         d = dict(self._stats)
         d["cache_bytes"] = self._buffered

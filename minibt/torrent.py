@@ -19,6 +19,7 @@ States::
 from __future__ import annotations
 
 import enum
+import errno
 import logging
 import random
 from collections.abc import Callable
@@ -54,6 +55,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT_S = 180.0  # neither interested nor interesting for 3 minutes => disconnect
+# A write that fails with one of these pauses downloading (verified data stays, seeding goes on)
+# and is retried every disk_retry_s once the disk has room for a piece again; other errors are fatal.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 # Wire messages that are also public events (minibt/events.py); Have carries its index.
 _WIRE_EVENTS: dict[type, EventName] = {
@@ -95,6 +99,7 @@ class TorrentConfig:
     auto_choke: bool = True  # False: the built-in choker never runs; library code unchokes (Peer.unchoke)
     auto_request: bool = True  # False: never pick/request by itself; library code calls Peer.request
     super_seed: bool = False  # BEP 16 super-seeding (initial seeder only; minibt/superseed.py)
+    disk_retry_s: float = 30.0  # a download paused by a full disk looks for free space this often
 
 
 @dataclass(slots=True)
@@ -150,6 +155,9 @@ class Torrent:
         self._stopping = False
         self._last_connect_at = 0.0
         self.completed_event_sent = False
+        self.disk_error: str | None = None  # set while downloading is paused by a full disk
+        self._disk_retry_at = 0.0
+        self.paused_reason: str | None = None  # set while downloading is paused by the user (pause_download)
         self.limits = TransferLimits(
             session.global_up,
             session.global_down,
@@ -254,6 +262,47 @@ class Torrent:
     def complete(self) -> bool:
         return self.have.all()
 
+    # ------------------------------------------------------------------ pausing the download side
+
+    def _disk_full(self, message: str, now: float) -> None:
+        """A write hit a full disk: stop requesting, keep every verified piece, retry later."""
+        if self.disk_error is None:
+            log.error(
+                "%s: disk full, download paused (verified pieces stay; retrying every %.0f s): %s",
+                self.meta.name, self.config.disk_retry_s, message,
+            )
+        self.disk_error = f"disk full: {message}"
+        self._disk_retry_at = now + self.config.disk_retry_s
+        self.download.release_all()
+        self.checker.resume_dirty = True
+
+    def _disk_retry(self, now: float) -> None:
+        if now < self._disk_retry_at:
+            return
+        self._disk_retry_at = now + self.config.disk_retry_s
+        need = self.meta.piece_length * 2
+        free = self.storage.free_bytes()
+        if free is not None and free < need:
+            log.info("%s: still no room on disk (%d bytes free, need %d)", self.meta.name, free, need)
+            return
+        log.warning("%s: disk has room again (%s bytes free); download resumed", self.meta.name, free)
+        self.disk_error = None
+        self.download.fill_all(now)
+
+    def pause_download(self, reason: str, *, now: float) -> None:
+        """Stop requesting pieces (e.g. outside a download window); seeding and verified data stay."""
+        if self.paused_reason is None:
+            log.info("%s: download paused: %s", self.meta.name, reason)
+            self.download.release_all()
+        self.paused_reason = reason
+
+    def resume_download(self, *, now: float) -> None:
+        if self.paused_reason is None:
+            return
+        log.info("%s: download resumed", self.meta.name)
+        self.paused_reason = None
+        self.download.fill_all(now)
+
     @property
     def bytes_left(self) -> int:
         if self.have.all():
@@ -311,7 +360,10 @@ class Torrent:
             self.storage.finish_commit(i, written=False)
             self.storage.discard_piece(i)
             self.picker.piece_failed(i)
-            self.fail(f"write failed: {res.error}")
+            if res.write_errno in DISK_FULL_ERRNOS and self.state is TorrentState.DOWNLOADING:
+                self._disk_full(f"write failed: {res.error}", now)
+            else:
+                self.fail(f"write failed: {res.error}")
         else:
             self.storage.finish_commit(i, written=False)
             if self.state is TorrentState.DOWNLOADING:
@@ -554,6 +606,8 @@ class Torrent:
     def tick(self, *, now: float) -> None:
         if self.state in (TorrentState.STOPPED, TorrentState.ERROR):
             return
+        if self.disk_error is not None:
+            self._disk_retry(now)
         if self.state is not TorrentState.CHECKING:
             if self.choker.due(now):
                 self.upload.rechoke(now, scheduled=True)
@@ -672,7 +726,8 @@ class Torrent:
 
     @property
     def downloading(self) -> bool:
-        return self.state is TorrentState.DOWNLOADING
+        """True while pieces may be requested (not paused by a full disk or by pause_download)."""
+        return self.state is TorrentState.DOWNLOADING and self.disk_error is None and self.paused_reason is None
 
     def mark_dirty(self, cid: int) -> None:
         """Connection ``cid`` has bytes to send."""
@@ -732,4 +787,6 @@ class Torrent:
             "candidates": len(self.candidates),
             "banned": sorted(self.session.reputation.banned()),
             "super_seeding": self.superseed is not None,
+            "disk_error": self.disk_error,
+            "paused": self.paused_reason,
         }
