@@ -302,15 +302,22 @@ class Runner:
             self.write_status()
             self.save_state()
 
+    def _fire_hooks(self) -> None:
+        """on_complete, once per download, as soon as every piece is verified (data synced by then)."""
+        for job in self.jobs.values():
+            t = job.torrent
+            if t is not None and t.complete and t.state is TorrentState.SEEDING and job.entry.mode == "download" \
+                    and not job.hook_done:
+                job.hook_done = True
+                self._run_hook(job)
+                self.save_state()
+
     def _each_second(self, now: float) -> None:
+        self._fire_hooks()
         for job in self.jobs.values():
             t = job.torrent
             if t is None:
                 continue
-            if t.complete and t.state is TorrentState.SEEDING and job.entry.mode == "download" and not job.hook_done:
-                job.hook_done = True
-                self._run_hook(job)
-                self.save_state()
             if not self.once and job.finished is None and t.state is TorrentState.SEEDING:
                 why = stop_reason(job.entry, uploaded=t.stats.uploaded, size=t.meta.total_length, seeding_s=job.seed_s)
                 if why is not None:
@@ -388,7 +395,10 @@ class Runner:
 
     def done(self) -> bool:
         """For Client.run(until=...): --once has its answer."""
-        return self.once and self.once_result(self.client.clock.now()) is not None
+        if not self.once or self.once_result(self.client.clock.now()) is None:
+            return False
+        self._fire_hooks()
+        return True
 
     # ------------------------------------------------------------------ SIGHUP
 
@@ -699,6 +709,9 @@ def _run_locked(cfg: Config, *, once: bool, max_time_s: float | None, until_min:
         client.run(until=runner.done, on_tick=runner.tick)
         if runner.stop_signal is not None:
             log.info("%s: announcing 'stopped' and saving state", runner.stop_signal)
+        # Judged before the shutdown turns every torrent to 'stopped'.
+        once_rc = runner.once_result(client.clock.now())
+        outcomes = runner.outcomes()
     finally:
         try:
             client.close()
@@ -709,9 +722,8 @@ def _run_locked(cfg: Config, *, once: bool, max_time_s: float | None, until_min:
             runner.save_state()
             runner.write_status()
     if once:
-        res = runner.once_result(client.clock.now())
-        rc = res if res is not None else EXIT_TIME_UP
-        for o, job in zip(runner.outcomes(), [j for j in runner.jobs.values() if j.entry.mode == "download"], strict=True):
+        rc = once_rc if once_rc is not None else EXIT_TIME_UP
+        for o, job in zip(outcomes, [j for j in runner.jobs.values() if j.entry.mode == "download"], strict=True):
             state = "complete" if o.complete else (f"error: {o.error}" if o.error else "incomplete, progress saved")
             _stderr(f"{job.meta.name}: {state}")
     else:
