@@ -33,7 +33,6 @@ _SIZE_UNITS = {
 }
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*(?:/s)?\s*$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([a-z]*)\s*$")
 _HHMM_RE = re.compile(r"^([01]?\d|2[0-4]):([0-5]\d)$")
 
 
@@ -148,14 +147,14 @@ def parse_duration(text: str | int | float) -> float:
         return float(text)
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"bad duration {text!r}")
+    t = text.strip().lower()
+    if not re.fullmatch(r"(?:\d+(?:\.\d*)?\s*[a-z]*\s*)+", t):
+        raise ValueError(f"bad duration {text!r} (examples: 90, 90s, 15m, 2h, 1d, 1h30m)")
     total = 0.0
-    for part in re.findall(r"\d+(?:\.\d*)?\s*[a-z]*", text.lower()):
-        m = _DURATION_RE.match(part)
-        if m is None or m.group(2) not in _DURATION_UNITS:
-            raise ValueError(f"bad duration {text!r}")
-        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    if re.sub(r"[\d.\sa-z]", "", text.lower()):
-        raise ValueError(f"bad duration {text!r}")
+    for num, unit in re.findall(r"(\d+(?:\.\d*)?)\s*([a-z]*)", t):
+        if unit not in _DURATION_UNITS:
+            raise ValueError(f"bad duration {text!r}: unknown unit {unit!r} (s, m, h, d)")
+        total += float(num) * _DURATION_UNITS[unit]
     return total
 
 

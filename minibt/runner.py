@@ -524,7 +524,7 @@ class Runner:
         if isinstance(bans, dict):
             for ip, why in bans.items():
                 if isinstance(ip, str) and isinstance(why, str):
-                    self.client.session.ban(ip, f"{why} (remembered)")
+                    self.client.session.ban(ip, why if why.endswith("(remembered)") else f"{why} (remembered)")
 
     def save_state(self) -> None:
         d = self.cfg.state_dir
