@@ -61,7 +61,8 @@ class TorrentEntry:
     source: str  # absolute .torrent path, or a magnet URI
     dir: str  # absolute download directory
     mode: str = "download"
-    files: tuple[str, ...] | None = None  # file selection (not supported yet: refused by validation)
+    files: tuple[str, ...] | None = None  # file selection: paths inside the torrent; None = every file
+    file_indexes: tuple[int, ...] | None = None  # the same as indexes into meta.files
     seed_ratio: float | None = None  # stop seeding at uploaded/size >= this
     seed_time_s: float | None = None  # stop seeding after this long seeding
     on_complete: tuple[str, ...] | None = None  # argv; None = the global hook; () = no hook
@@ -280,6 +281,32 @@ def _schedule(file: str, table: dict[str, Any]) -> Schedule:
     return s
 
 
+def torrent_file_names(meta: Metainfo) -> list[str]:
+    """The names ``files = [...]`` uses: paths inside the torrent joined by "/" (the name itself if single-file)."""
+    if not meta.multi_file:
+        return [meta.name]
+    return ["/".join(f.path) for f in meta.files]
+
+
+def _select_files(r: _Reader, files: tuple[str, ...], meta: Metainfo | None, mode: str) -> tuple[int, ...]:
+    if meta is None:
+        raise r.error("files", "file selection needs a .torrent source (a magnet's file list is not known yet)")
+    if mode != "download":
+        raise r.error("files", "file selection is for mode = \"download\" (a seed serves the files it has)")
+    if not files:
+        raise r.error("files", "expected at least one file (leave the key out to download every file)")
+    names = torrent_file_names(meta)
+    index = {n: i for i, n in enumerate(names) if not meta.files[i].pad}
+    out = []
+    for name in files:
+        i = index.get(name.strip("/"))
+        if i is None:
+            shown = ", ".join(repr(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
+            raise r.error("files", f"no file {name!r} in the torrent (its files: {shown})")
+        out.append(i)
+    return tuple(sorted(set(out)))
+
+
 def _torrent(file: str, base: str, i: int, table: object, default_dir: str) -> TorrentEntry:
     if not isinstance(table, dict):
         raise ConfigError(file, f"torrent[{i}]", "expected a table ([[torrent]])")
@@ -312,11 +339,7 @@ def _torrent(file: str, base: str, i: int, table: object, default_dir: str) -> T
     if mode == "seed" and magnet is not None:
         raise r.error("mode", "a magnet source cannot be seeded before its data is downloaded; use mode = \"download\"")
     files = r.str_list("files", "a list of file paths inside the torrent")
-    if files is not None:
-        raise r.error(
-            "files",
-            "file selection is not supported yet (every file is downloaded); remove this key",
-        )
+    file_indexes = _select_files(r, files, meta, mode) if files is not None else None
     ratio = r.take("seed_ratio", (int, float), "a number >= 0 (0 = no ratio limit)")
     if ratio is not None and (ratio < 0 or not math.isfinite(ratio)):
         raise r.error("seed_ratio", f"expected a number >= 0, got {ratio!r}")
@@ -329,7 +352,7 @@ def _torrent(file: str, base: str, i: int, table: object, default_dir: str) -> T
     hook = _hook(r, "on_complete")
     r.finish()
     return TorrentEntry(
-        source=source, dir=directory, mode=mode, files=files,
+        source=source, dir=directory, mode=mode, files=files, file_indexes=file_indexes,
         seed_ratio=float(ratio) if ratio else None, seed_time_s=seed_time or None,
         on_complete=hook, peers=peer_addrs, magnet=magnet, meta=meta,
     )

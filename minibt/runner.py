@@ -86,11 +86,11 @@ def stop_reason(entry: TorrentEntry, *, uploaded: int, size: int, seeding_s: flo
 class ReloadPlan:
     remove: tuple[str, ...]  # info-hash hex of torrents to stop and drop
     add: tuple[TorrentEntry, ...]  # new entries (including replaced ones, added once the old is gone)
-    update: tuple[TorrentEntry, ...]  # same torrent, dir and mode: new stop conditions/hook/peers in place
+    update: tuple[TorrentEntry, ...]  # same torrent, dir, mode and files: new stop conditions/hook/peers in place
 
 
 def plan_reload(old: Mapping[str, TorrentEntry], new: Iterable[TorrentEntry]) -> ReloadPlan:
-    """What a SIGHUP changes: torrents whose info-hash, dir and mode are unchanged keep running."""
+    """What a SIGHUP changes: torrents whose info-hash, dir, mode and file selection are unchanged keep running."""
     remove: list[str] = []
     add: list[TorrentEntry] = []
     update: list[TorrentEntry] = []
@@ -99,7 +99,7 @@ def plan_reload(old: Mapping[str, TorrentEntry], new: Iterable[TorrentEntry]) ->
         n = new_by_ih.get(ih)
         if n is None:
             remove.append(ih)
-        elif n.dir != e.dir or n.mode != e.mode:
+        elif n.dir != e.dir or n.mode != e.mode or n.file_indexes != e.file_indexes:
             remove.append(ih)
             add.append(n)
         elif n != e:
@@ -244,11 +244,12 @@ class Runner:
         self._apply_schedule(self.client.clock.now(), force=True)
         self.write_status()
 
-    def torrent_config(self) -> TorrentConfig:
+    def torrent_config(self, entry: TorrentEntry) -> TorrentConfig:
         lim = self.limits
         return TorrentConfig(
             max_peers=lim.max_peers, cache_bytes=lim.cache_bytes, upload_outbox_bytes=lim.outbox_bytes,
             resume_interval_s=self.cfg.resume_interval_s, disk_retry_s=self.cfg.disk_retry_s,
+            wanted_files=entry.file_indexes,
         )
 
     def _add(self, entry: TorrentEntry) -> None:
@@ -272,7 +273,7 @@ class Runner:
             if entry.mode == "download":
                 os.makedirs(entry.dir, exist_ok=True)
             job.torrent = self.client.add(meta, entry.dir, mode=entry.mode, peers=entry.peers,
-                                          config=self.torrent_config())
+                                          config=self.torrent_config(entry))
         except (OSError, ValueError, MinibtError) as e:
             job.error = str(e)
             log.error("%s: cannot start: %s", meta.name, e)

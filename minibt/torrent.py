@@ -43,7 +43,7 @@ from minibt.peer import Addr, PeerConnection, PeerSource
 from minibt.picker import PiecePicker
 from minibt.ratelimit import KEEP, Keep, TransferLimits
 from minibt.reputation import BlockRecord
-from minibt.storage import Storage
+from minibt.storage import Storage, wanted_pieces
 from minibt.superseed import SuperSeeder
 from minibt.superseeding import SuperSeeding
 from minibt.tracker import AnnounceJob, AnnounceParams, Announcer, AnnounceResult
@@ -100,6 +100,7 @@ class TorrentConfig:
     auto_request: bool = True  # False: never pick/request by itself; library code calls Peer.request
     super_seed: bool = False  # BEP 16 super-seeding (initial seeder only; minibt/superseed.py)
     disk_retry_s: float = 30.0  # a download paused by a full disk looks for free space this often
+    wanted_files: tuple[int, ...] | None = None  # file selection (indexes into meta.files); None = all
 
 
 @dataclass(slots=True)
@@ -147,7 +148,16 @@ class Torrent:
         self.picker = PiecePicker(meta.num_pieces, meta.piece_length, meta.total_length, rng)
         self.choker = Choker(rng)
         self.announcer = Announcer(meta.announce_tiers, rng, now=now)
-        self.storage = Storage(meta, download_dir, cache_bytes=config.cache_bytes, fsync=config.fsync)
+        # File selection: pieces wholly inside unselected files are never requested and files no wanted
+        # piece touches are never created; complete = every wanted piece verified.
+        self.wanted: bytes | None = None
+        only: frozenset[int] | None = None
+        if config.wanted_files is not None:
+            self.wanted, only = wanted_pieces(meta, config.wanted_files)
+            self.picker.set_wanted(self.wanted)
+        self.storage = Storage(
+            meta, download_dir, cache_bytes=config.cache_bytes, fsync=config.fsync, only_files=only
+        )
         self.peers: dict[int, PeerConnection] = {}  # handshaken connections by cid
         self.half_open: set[int] = set()  # cids we dialled whose BT handshake is not complete
         self._commits_inflight = 0
@@ -217,7 +227,7 @@ class Torrent:
         self.announcer.start(now=now)
 
     def _enter_transfer(self, now: float) -> None:
-        if self.have.all():
+        if self.complete:
             self.state = TorrentState.SEEDING
             if self.stats.completed_at is None:
                 self.stats.completed_at = now
@@ -260,7 +270,15 @@ class Torrent:
 
     @property
     def complete(self) -> bool:
-        return self.have.all()
+        """Every wanted piece (all of them without a file selection) is verified."""
+        return self.have.all() if self.wanted is None else self.picker.complete
+
+    @property
+    def wanted_bytes(self) -> int:
+        """Bytes of the wanted pieces (the whole torrent without a file selection)."""
+        if self.wanted is None:
+            return self.meta.total_length
+        return sum(self.meta.piece_size(i) for i, w in enumerate(self.wanted) if w)
 
     # ------------------------------------------------------------------ pausing the download side
 
@@ -305,9 +323,12 @@ class Torrent:
 
     @property
     def bytes_left(self) -> int:
-        if self.have.all():
+        if self.complete:
             return 0
         meta = self.meta
+        if self.wanted is not None:
+            have = self.have
+            return sum(meta.piece_size(i) for i, w in enumerate(self.wanted) if w and not have[i])
         missing = meta.num_pieces - self.have.count()
         left = missing * meta.piece_length
         last = meta.num_pieces - 1
@@ -388,7 +409,7 @@ class Torrent:
             if peer.wire.am_interested and not self.picker.is_interesting(peer.cid):
                 peer.wire.not_interested()
                 self.session.mark_dirty(peer.cid)
-        if self.have.all():
+        if self.complete:
             self._on_complete(now)
         else:
             self.download.fill_all(now)
@@ -541,7 +562,7 @@ class Torrent:
     def _check_seed(self, peer: PeerConnection, now: float) -> None:
         if not peer.is_seed and self.picker.peer_is_seed(peer.cid):
             peer.is_seed = True
-            if self.have.all():
+            if self.complete:
                 self.session.close(peer.cid, CloseReason.BOTH_SEEDS, "both sides are seeds")
 
     @property
@@ -764,13 +785,15 @@ class Torrent:
     def status(self, now: float) -> dict[str, object]:
         down = sum(p.down.rate(now) for p in self.peers.values())
         up = sum(p.up.rate(now) for p in self.peers.values())
-        have_bytes = self.meta.total_length - self.bytes_left
+        wanted = self.wanted_bytes
+        have_bytes = wanted - self.bytes_left
         return {
             "name": self.meta.name,
             "info_hash": self.meta.info_hash.hex(),
             "state": self.state.value,
             "error": self.error,
-            "progress": have_bytes / self.meta.total_length if self.meta.total_length else 1.0,
+            "progress": have_bytes / wanted if wanted else 1.0,
+            "wanted_bytes": wanted,
             "have_pieces": self.have.count(),
             "num_pieces": self.meta.num_pieces,
             "checked": self.stats.checked,

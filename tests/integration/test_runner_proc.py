@@ -257,6 +257,23 @@ def test_disk_full_pauses_with_error_then_continues_when_space_returns(tmp_path:
             assert rc == 0
 
 
+def test_once_with_file_selection_fetches_only_the_selected_file(tmp_path: Path) -> None:
+    t = make_seed(tmp_path, layout={"a.bin": 2 * MIB + 100, "b.bin": 1 * MIB, "c.bin": 2 * MIB - 100})
+    state, data = tmp_path / "state", tmp_path / "data"
+    seeder = LibtorrentPeer(tmp_path / "lt", torrent_path=t.path, save_dir=tmp_path / "seed", seed=True)
+    with running(seeder):
+        seeder.wait_complete(timeout_s=20)
+        cfg = write_config(tmp_path / "cron.toml", client=base_client(state, data),
+                           torrents=[{"source": str(t.path), "files": ["c.bin"], "peers": [f"{LOOPBACK}:{seeder.port}"]}])
+        r = run_cli(["run", "-c", str(cfg), "--once", "--max-time", "60s"])
+        assert r.returncode == 0, r.stderr
+    assert (data / t.name / "c.bin").read_bytes() == (tmp_path / "seed" / t.name / "c.bin").read_bytes()
+    assert not (data / t.name / "a.bin").exists()
+    st = json.loads((state / "status.json").read_text())["torrents"][0]
+    # c.bin starts inside the piece that ends b.bin: that piece and c.bin's own are all that was fetched.
+    assert st["downloaded"] == st["wanted_bytes"] < 2 * MIB + PIECE_LEN and st["progress"] == 1.0
+
+
 # --------------------------------------------------------------------------------------------- reload, watch dir
 
 
