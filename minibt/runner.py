@@ -263,8 +263,9 @@ class Runner:
             job.seed_s = float(st.get("seed_s", 0.0))
             job.hook_done = bool(st.get("hook_done", False))
             fin = st.get("finished")
-            has_stop = entry.seed_ratio is not None or entry.seed_time_s is not None
-            job.finished = fin if isinstance(fin, str) and has_stop and not self.once else None
+            same_stop = st.get("finished_for") == [entry.seed_ratio, entry.seed_time_s]
+            # A torrent that reached its stop condition stays stopped until that condition is changed.
+            job.finished = fin if isinstance(fin, str) and same_stop and not self.once else None
         self.jobs[job.ih] = job
         if job.finished is not None and not self.once:
             log.info("%s: not started: finished seeding earlier (%s)", meta.name, job.finished)
@@ -531,7 +532,8 @@ class Runner:
         d = self.cfg.state_dir
         state = dict(self._persist)
         for job in self.jobs.values():
-            state[job.key] = {"seed_s": round(job.seed_s, 1), "hook_done": job.hook_done, "finished": job.finished}
+            state[job.key] = {"seed_s": round(job.seed_s, 1), "hook_done": job.hook_done, "finished": job.finished,
+                              "finished_for": [job.entry.seed_ratio, job.entry.seed_time_s]}
         self._persist = state
         try:
             write_json_atomic(os.path.join(d, STATE_NAME), state)

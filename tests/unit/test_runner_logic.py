@@ -291,6 +291,15 @@ def test_completion_runs_hook_once_and_stop_condition_stops_seeding(tmp_path: Pa
     r2.tick(clock.now())
     assert client2.added == [] and spawned2 == []
     assert r2.status()["torrents"][0]["state"] == "finished"
+    # A changed stop condition starts it again (and still no second hook).
+    cfg3 = dataclasses.replace(cfg, torrents=(dataclasses.replace(cfg.torrents[0], seed_ratio=3.0),))
+    r3, client3, spawned3 = make_runner(tmp_path, cfg3, clock)
+    r3.start()
+    assert len(client3.added) == 1
+    client3.added[0].state = TorrentState.SEEDING
+    clock.advance(1.0)
+    r3.tick(clock.now())
+    assert spawned3 == [] and client3.session.removed == []
 
 
 def test_download_window_pauses_and_alt_rates_switch(tmp_path: Path, clock: FakeClock) -> None:
