@@ -228,6 +228,8 @@ class Runner:
         self.started_wall = client.clock.wall()
         self.peak_rss = 0
         self._proc: Any = None
+        self._cpu_sample = (now, 0.0)  # (clock.now(), process CPU seconds) of the last status
+        self._cpu_percent = 0.0
 
     # ------------------------------------------------------------------ set-up
 
@@ -574,15 +576,24 @@ class Runner:
     def _process_info(self) -> dict[str, Any]:
         import psutil
 
-        if self._proc is None:
+        now = self.client.clock.now()
+        first = self._proc is None
+        if first:
             self._proc = psutil.Process()
-            self._proc.cpu_percent(None)
         p = self._proc
         rss = int(p.memory_info().rss)
         self.peak_rss = max(self.peak_rss, rss)
         cpu = p.cpu_times()
-        return {"rss_bytes": rss, "peak_rss_bytes": self.peak_rss, "cpu_percent": p.cpu_percent(None),
-                "cpu_seconds": round(cpu.user + cpu.system, 2), "threads": p.num_threads()}
+        cpu_s = float(cpu.user + cpu.system)
+        if first:
+            self._cpu_sample = (now, cpu_s)
+        # CPU % over the time since the previous sample (at least 1 s apart, else the last figure stays).
+        last_now, last_cpu = self._cpu_sample
+        if now - last_now >= 1.0:
+            self._cpu_percent = 100.0 * (cpu_s - last_cpu) / (now - last_now)
+            self._cpu_sample = (now, cpu_s)
+        return {"rss_bytes": rss, "peak_rss_bytes": self.peak_rss, "cpu_percent": round(self._cpu_percent, 1),
+                "cpu_seconds": round(cpu_s, 2), "threads": p.num_threads()}
 
     def write_status(self) -> None:
         try:

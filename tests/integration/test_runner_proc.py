@@ -21,6 +21,7 @@ from clients import (
     LOOPBACK,
     LibtorrentPeer,
     MadeTorrent,
+    Opentracker,
     assert_same_tree,
     make_payload,
     make_torrent,
@@ -43,9 +44,10 @@ TRANSFER_DEADLINE_S = 40.0
 EXIT_DEADLINE_S = 10.0
 
 
-def make_seed(tmp_path: Path, name: str = "payload", layout: dict[str, int] = LAYOUT, seed: int = 21) -> MadeTorrent:
+def make_seed(tmp_path: Path, name: str = "payload", layout: dict[str, int] = LAYOUT, seed: int = 21,
+              trackers: list[str] | None = None) -> MadeTorrent:
     src = make_payload(tmp_path / "seed" / name, layout, seed)
-    return make_torrent(src, tmp_path / f"{name}.torrent", [], PIECE_LEN)
+    return make_torrent(src, tmp_path / f"{name}.torrent", trackers or [], PIECE_LEN)
 
 
 def slow_seeder(tmp_path: Path, t: MadeTorrent, rate: int, label: str = "lt-seed") -> LibtorrentPeer:
@@ -70,13 +72,15 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 # --------------------------------------------------------------------------------------------- daemon
 
 
-def test_daemon_seeds_config_entry_to_libtorrent_and_status_reports_it(tmp_path: Path) -> None:
-    t = make_seed(tmp_path)
+def test_daemon_seeds_config_entry_to_libtorrent_and_status_reports_it(tmp_path: Path, opentracker: Opentracker) -> None:
+    t = make_seed(tmp_path, trackers=[opentracker.announce_url_http])
+    opentracker.whitelist(t.info_hash)
     state = tmp_path / "state"
     cfg = write_config(tmp_path / "minibt.toml", client=base_client(state, tmp_path / "dl"),
                        torrents=[{"source": str(t.path), "dir": str(tmp_path / "seed"), "mode": "seed"}])
     runner = RunnerProc(tmp_path / "run", cfg, state)
     with running(runner):
+        opentracker.wait_seeders(t.info_hash, 1)
         leecher = LibtorrentPeer(tmp_path / "lt", torrent_path=t.path, save_dir=tmp_path / "leech", seed=False,
                                  peers=[(LOOPBACK, runner.port)])
         with running(leecher):
@@ -95,7 +99,9 @@ def test_daemon_seeds_config_entry_to_libtorrent_and_status_reports_it(tmp_path:
         raw = run_cli(["status", "-c", str(cfg), "--json"])
         assert json.loads(raw.stdout)["torrents"][0]["info_hash"] == t.info_hash
         rc, took = runner.terminate(EXIT_DEADLINE_S)
-    assert rc == 0, runner.log_tail()
+        assert rc == 0, runner.log_tail()
+        # The 'stopped' announce went out before the exit: opentracker lists no seeder any more.
+        assert opentracker.scrape(t.info_hash).get("complete", 0) == 0, runner.log_tail()
     assert "SIGTERM: announcing 'stopped' and saving state" in runner.log_text()
     final = runner.status()
     assert final["running"] is False
