@@ -214,7 +214,10 @@ class Runner:
         self._removing: dict[str, Job] = {}
         self._pending_add: list[TorrentEntry] = []
         self._hooks: list[Any] = []
-        self._persist = read_json(os.path.join(cfg.state_dir, STATE_NAME)) or {}
+        persisted = read_json(os.path.join(cfg.state_dir, STATE_NAME))
+        self._persist: dict[str, Any] = persisted if isinstance(persisted, dict) else {}
+        self._saved_state: dict[str, Any] | None = None
+        self._saved_bans: dict[str, str] | None = None
         self._watch_sizes: dict[str, tuple[int, int]] = {}
         self._watch_seen: set[str] = set()
         now = client.clock.now()
@@ -348,7 +351,7 @@ class Runner:
         may_download = in_windows(sched.download_windows, sod)
         for job in self.jobs.values():
             t = job.torrent
-            if t is None or t.state is not TorrentState.DOWNLOADING:
+            if t is None or t.complete or t.state in (TorrentState.STOPPED, TorrentState.ERROR):
                 continue
             if may_download:
                 t.resume_download(now=now)
@@ -537,9 +540,17 @@ class Runner:
             state[job.key] = {"seed_s": round(job.seed_s, 1), "hook_done": job.hook_done, "finished": job.finished,
                               "finished_for": [job.entry.seed_ratio, job.entry.seed_time_s]}
         self._persist = state
+        bans = self.client.session.reputation.banned()
         try:
-            write_json_atomic(os.path.join(d, STATE_NAME), state)
-            write_json_atomic(os.path.join(d, BANS_NAME), self.client.session.reputation.banned())
+            # Rewritten only when something changed (SD-card wear): the status file is the one that ticks.
+            coarse = {k: {**v, "seed_s": int(v.get("seed_s", 0) // 60)} if isinstance(v, dict) else v
+                      for k, v in state.items()}  # seeding time alone: saved once a minute
+            if coarse != self._saved_state:
+                write_json_atomic(os.path.join(d, STATE_NAME), state)
+                self._saved_state = coarse
+            if bans != self._saved_bans:
+                write_json_atomic(os.path.join(d, BANS_NAME), bans)
+                self._saved_bans = bans
         except OSError as e:
             log.warning("could not save runner state: %s", e)
 
