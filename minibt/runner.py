@@ -533,7 +533,7 @@ class Runner:
                 if isinstance(ip, str) and isinstance(why, str):
                     self.client.session.ban(ip, why if why.endswith("(remembered)") else f"{why} (remembered)")
 
-    def save_state(self) -> None:
+    def save_state(self, *, force: bool = False) -> None:
         d = self.cfg.state_dir
         state = dict(self._persist)
         for job in self.jobs.values():
@@ -545,7 +545,7 @@ class Runner:
             # Rewritten only when something changed (SD-card wear): the status file is the one that ticks.
             coarse = {k: {**v, "seed_s": int(v.get("seed_s", 0) // 60)} if isinstance(v, dict) else v
                       for k, v in state.items()}  # seeding time alone: saved once a minute
-            if coarse != self._saved_state:
+            if force or coarse != self._saved_state:
                 write_json_atomic(os.path.join(d, STATE_NAME), state)
                 self._saved_state = coarse
             if bans != self._saved_bans:
@@ -744,7 +744,7 @@ def _run_locked(cfg: Config, *, once: bool, max_time_s: float | None, until_min:
             for s, h in old.items():
                 signal.signal(s, h)
             runner.stop_signal = runner.stop_signal or "exit"
-            runner.save_state()
+            runner.save_state(force=True)
             runner.write_status()
     if once:
         rc = once_rc if once_rc is not None else EXIT_TIME_UP
