@@ -246,8 +246,11 @@ class Runner:
                 self._add(e)
         if self.cfg.watch_dir:
             self._poll_watch()
-        self._apply_schedule(self.client.clock.now(), force=True)
+        now = self.client.clock.now()
+        self._apply_schedule(now, force=True)
         self.write_status()
+        self.save_state()
+        self._next_status = now + self.cfg.status_interval_s
 
     def torrent_config(self, entry: TorrentEntry) -> TorrentConfig:
         lim = self.limits
