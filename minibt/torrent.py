@@ -165,9 +165,6 @@ class Torrent:
         self._stopping = False
         self._last_connect_at = 0.0
         self.completed_event_sent = False
-        self.disk_error: str | None = None  # set while downloading is paused by a full disk
-        self._disk_retry_at = 0.0
-        self.paused_reason: str | None = None  # set while downloading is paused by the user (pause_download)
         self.limits = TransferLimits(
             session.global_up,
             session.global_down,
@@ -192,6 +189,7 @@ class Torrent:
             self, peers=self.peers, have=self.have, picker=self.picker, storage=self.storage, stats=self.stats,
             queue_min=config.request_queue_min, queue_max=config.request_queue_max,
             queue_seconds=config.request_queue_seconds, auto_request=config.auto_request,
+            disk_retry_s=config.disk_retry_s, need_free_bytes=2 * meta.piece_length,
         )
         self.upload = Uploader(
             self, info_hash=self.info_hash, peers=self.peers, have=self.have, storage=self.storage,
@@ -280,46 +278,23 @@ class Torrent:
             return self.meta.total_length
         return sum(self.meta.piece_size(i) for i, w in enumerate(self.wanted) if w)
 
-    # ------------------------------------------------------------------ pausing the download side
+    # ------------------------------------------------------------------ pausing the download side (download.py)
 
-    def _disk_full(self, message: str, now: float) -> None:
-        """A write hit a full disk: stop requesting, keep every verified piece, retry later."""
-        if self.disk_error is None:
-            log.error(
-                "%s: disk full, download paused (verified pieces stay; retrying every %.0f s): %s",
-                self.meta.name, self.config.disk_retry_s, message,
-            )
-        self.disk_error = f"disk full: {message}"
-        self._disk_retry_at = now + self.config.disk_retry_s
-        self.download.release_all()
-        self.checker.resume_dirty = True
+    @property
+    def disk_error(self) -> str | None:
+        """Set while downloading is paused by a full disk (verified pieces stay, seeding goes on)."""
+        return self.download.disk_error
 
-    def _disk_retry(self, now: float) -> None:
-        if now < self._disk_retry_at:
-            return
-        self._disk_retry_at = now + self.config.disk_retry_s
-        need = self.meta.piece_length * 2
-        free = self.storage.free_bytes()
-        if free is not None and free < need:
-            log.info("%s: still no room on disk (%d bytes free, need %d)", self.meta.name, free, need)
-            return
-        log.warning("%s: disk has room again (%s bytes free); download resumed", self.meta.name, free)
-        self.disk_error = None
-        self.download.fill_all(now)
+    @property
+    def paused_reason(self) -> str | None:
+        return self.download.paused_reason
 
     def pause_download(self, reason: str, *, now: float) -> None:
         """Stop requesting pieces (e.g. outside a download window); seeding and verified data stay."""
-        if self.paused_reason is None:
-            log.info("%s: download paused: %s", self.meta.name, reason)
-            self.download.release_all()
-        self.paused_reason = reason
+        self.download.pause(reason, name=self.meta.name)
 
     def resume_download(self, *, now: float) -> None:
-        if self.paused_reason is None:
-            return
-        log.info("%s: download resumed", self.meta.name)
-        self.paused_reason = None
-        self.download.fill_all(now)
+        self.download.resume(now, name=self.meta.name)
 
     @property
     def bytes_left(self) -> int:
@@ -382,7 +357,8 @@ class Torrent:
             self.storage.discard_piece(i)
             self.picker.piece_failed(i)
             if res.write_errno in DISK_FULL_ERRNOS and self.state is TorrentState.DOWNLOADING:
-                self._disk_full(f"write failed: {res.error}", now)
+                self.download.disk_full(f"write failed: {res.error}", now, name=self.meta.name)
+                self.checker.resume_dirty = True
             else:
                 self.fail(f"write failed: {res.error}")
         else:
@@ -627,8 +603,8 @@ class Torrent:
     def tick(self, *, now: float) -> None:
         if self.state in (TorrentState.STOPPED, TorrentState.ERROR):
             return
-        if self.disk_error is not None:
-            self._disk_retry(now)
+        if self.download.disk_error is not None:
+            self.download.disk_retry(now, name=self.meta.name)
         if self.state is not TorrentState.CHECKING:
             if self.choker.due(now):
                 self.upload.rechoke(now, scheduled=True)
@@ -748,7 +724,7 @@ class Torrent:
     @property
     def downloading(self) -> bool:
         """True while pieces may be requested (not paused by a full disk or by pause_download)."""
-        return self.state is TorrentState.DOWNLOADING and self.disk_error is None and self.paused_reason is None
+        return self.state is TorrentState.DOWNLOADING and not self.download.paused
 
     def mark_dirty(self, cid: int) -> None:
         """Connection ``cid`` has bytes to send."""
