@@ -359,3 +359,33 @@ def test_status_and_bans_are_written_and_bans_reloaded(tmp_path: Path, clock: Fa
     r2, client2, _ = make_runner(tmp_path, cfg, clock)
     r2.start()
     assert client2.session.reputation.banned() == {"10.0.0.9": "sent bad data (remembered)"}
+
+
+def test_status_command_reads_the_runner_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from minibt.cli import main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[client]\nstate_dir = "state"\n')
+    assert main(["status", "-c", str(cfg)]) == 1
+    assert "no status in" in capsys.readouterr().err
+    (tmp_path / "state").mkdir()
+    doc = {"mode": "once", "pid": os.getpid(), "running": True, "listen_port": 1, "updated_at": 0.0,
+           "torrents": [{"name": "t", "state": "seeding", "progress": 1.0, "ratio": 2.0, "finished": "seed ratio 2.00 >= 2"}]}
+    write_json_atomic(str(tmp_path / "state" / "status.json"), doc)
+    assert main(["status", "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert f"minibt once pid {os.getpid()}: running, port 1" in out and "t: finished" in out and "(seed ratio 2.00 >= 2)" in out
+    assert main(["status", "-c", str(cfg), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == doc
+
+
+def test_run_arguments_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from minibt.cli import main
+
+    for argv in (["run", "-c", "x", "--max-time", "2s"], ["run", "-c", "x", "--once", "--until", "25:00"],
+                 ["run", "-c", "x", "--once", "--max-time", "0"], ["run", "-c", "x", "--once", "--max-time", "1s", "--until", "01:00"]):
+        with pytest.raises(SystemExit) as ei:
+            main(argv)
+        assert ei.value.code == 2
+    assert main(["run", "-c", str(tmp_path / "absent.toml"), "--once"]) == 2
+    assert "absent.toml: no such file" in capsys.readouterr().err
