@@ -521,8 +521,13 @@ class Runner:
             _rename(path, path + ".added")
             return
         copy = os.path.join(self._watched_dir(), meta.info_hash.hex() + ".torrent")
-        os.makedirs(self._watched_dir(), exist_ok=True)
-        write_atomic(copy, raw)
+        try:
+            os.makedirs(self._watched_dir(), exist_ok=True)
+            write_atomic(copy, raw)
+        except OSError as e:
+            log.error("watch dir: cannot keep a copy of %s in %s (trying again later): %s", path, copy, e)
+            self._watch_seen.discard(os.path.basename(path))
+            return
         _rename(path, path + ".added")
         log.info("watch dir: %s added (%s)", meta.name, path)
         self._add(TorrentEntry(source=copy, dir=self.cfg.download_dir, mode="download", meta=meta))
