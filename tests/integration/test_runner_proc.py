@@ -396,3 +396,33 @@ def test_five_torrents_seeded_to_libtorrent_stay_under_the_memory_budget(tmp_pat
         assert peak < budget
         assert runner.terminate(EXIT_DEADLINE_S)[0] == 0
     assert os.path.exists(state / "status.json")
+
+
+@pytest.mark.parametrize("budget_mib", [40, 96])
+def test_download_peak_rss_stays_under_the_memory_budget(tmp_path: Path, budget_mib: int) -> None:
+    """The budget shrinks the write cache: a 48 MiB download fits a 40 MiB budget as it does the default."""
+    t = make_seed(tmp_path, layout={"big.bin": 48 * MIB + 1})
+    state, data = tmp_path / "state", tmp_path / "data"
+    seeder = LibtorrentPeer(tmp_path / "lt", torrent_path=t.path, save_dir=tmp_path / "seed", seed=True)
+    with running(seeder):
+        seeder.wait_complete(timeout_s=30)
+        cfg = write_config(tmp_path / "cron.toml",
+                           client={**base_client(state, data), "memory_budget": f"{budget_mib}MiB"},
+                           torrents=[{"source": str(t.path), "peers": [f"{LOOPBACK}:{seeder.port}"]}])
+        run = RunnerProc(tmp_path / "run", cfg, state, once=True, args=["--max-time", "120s"], verbose=0)
+        peak = 0
+        with running(run):
+            proc = psutil.Process(run.pid)
+            while run.returncode() is None:
+                try:
+                    peak = max(peak, proc.memory_info().rss)
+                except psutil.NoSuchProcess:
+                    break
+                time.sleep(0.02)
+            assert run.wait_exit(5) == 0, run.log_tail()
+    lim = run.status()["limits"]
+    print(f"\nmemory: 48 MiB download with memory_budget {budget_mib} MiB: peak RSS {peak / MIB:.1f} MiB "
+          f"(write cache {lim['cache_bytes'] / MIB:.1f} MiB, {lim['max_connections']} connections, "
+          f"outbox {lim['outbox_bytes'] // KIB} KiB)")
+    assert peak < budget_mib * MIB
+    assert_same_tree(tmp_path / "seed" / t.name, data / t.name)
