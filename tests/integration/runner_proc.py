@@ -84,6 +84,12 @@ class RunnerProc(Client):
     def _launch(self) -> None:
         self._spawn(self.argv())
 
+    def spawn(self) -> None:
+        """Start the process without waiting for it to listen (two runs started at the same moment)."""
+        if self._proc is not None:
+            raise RuntimeError(f"{self.name} already started")
+        self._launch()
+
     def _wait_ready(self) -> None:
         def listening() -> bool:
             m = RUN_LISTENING_RE.search(self.log_text())

@@ -170,6 +170,27 @@ def test_two_once_runs_second_exits_75_at_once_and_touches_nothing(tmp_path: Pat
         assert first.wait_exit(EXIT_DEADLINE_S) == 3  # interrupted: progress saved, a rerun resumes
 
 
+def test_two_once_runs_started_at_the_same_moment_one_exits_75(tmp_path: Path) -> None:
+    t = make_seed(tmp_path)
+    state = tmp_path / "state"
+    cfg = write_config(tmp_path / "cron.toml", client=base_client(state, tmp_path / "data"),
+                       torrents=[{"source": str(t.path)}])  # no peers: runs until its time is up
+    a = RunnerProc(tmp_path / "a", cfg, state, once=True, args=["--max-time", "5s"], label="once-a")
+    b = RunnerProc(tmp_path / "b", cfg, state, once=True, args=["--max-time", "5s"], label="once-b")
+    a.spawn()  # both started back to back, neither waited for
+    b.spawn()
+    try:
+        wait_until(lambda: a.returncode() is not None or b.returncode() is not None, 10, "one run to give up")
+        first = a if a.returncode() is not None else b
+        other = b if first is a else a
+        assert first.returncode() == 75, first.log_tail()
+        assert other.returncode() is None  # the lock holder goes on
+        assert other.wait_exit(15) == 3, other.log_tail()
+    finally:
+        a.stop()
+        b.stop()
+
+
 # --------------------------------------------------------------------------------------------- durability
 
 
