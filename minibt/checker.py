@@ -19,7 +19,7 @@ from minibt.bitfield import Bitfield
 from minibt.errors import StorageError
 from minibt.hasher import HashJob
 from minibt.metainfo import Metainfo
-from minibt.storage import ResumeData, Storage, load_resume, save_resume
+from minibt.storage import ResumeData, Storage, disk_file_sizes, load_resume, save_resume
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Checker:
                     piece_length=meta.piece_length,
                     num_pieces=meta.num_pieces,
                     have=have.to_bytes(),
-                    file_sizes=tuple(f.length for f in meta.files),
+                    file_sizes=disk_file_sizes(meta, self._download_dir),  # unselected files: -1
                     uploaded=uploaded,
                     downloaded=downloaded,
                     saved_at=wall_time(),

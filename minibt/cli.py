@@ -1,7 +1,8 @@
-"""Command line: ``minibt download|seed|create|info|verify``.
+"""Command line: ``minibt download|seed|create|info|verify|run|status``.
 
 Exit codes: 0 success; 1 failure (network, disk, interrupted download); 2 bad input
-(malformed .torrent, bad arguments).
+(malformed .torrent, bad arguments, bad config file).  ``run --once`` adds 3 (time up, progress
+saved) and 75 (another run holds the lock); see minibt/runner.py.
 """
 
 from __future__ import annotations
@@ -193,7 +194,43 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", parents=[common], help="re-check the data on disk against the piece hashes")
     v.add_argument("torrent")
     v.add_argument("--dir", required=True)
+
+    r = sub.add_parser("run", parents=[common], help="run from a config file: a seeding daemon, or --once for cron")
+    r.add_argument("-c", "--config", required=True, metavar="FILE", help="TOML config (see config/minibt.toml)")
+    r.add_argument("--once", action="store_true",
+                   help="download the download entries, then exit (0 complete, 3 time up, 75 locked, 2 bad config)")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--max-time", type=parse_duration_arg, default=None, metavar="DURATION",
+                   help="with --once: stop after this long (e.g. 90s, 45m, 2h)")
+    g.add_argument("--until", type=parse_until_arg, default=None, metavar="HH:MM",
+                   help="with --once: stop at this local time")
+    r.add_argument("--port", type=int, default=None, help="override client.listen_port")
+
+    st = sub.add_parser("status", parents=[common], help="show what a running `minibt run` is doing")
+    st.add_argument("-c", "--config", default=None, metavar="FILE", help="its config (default: the built-in one)")
+    st.add_argument("--json", action="store_true", help="print the status JSON as written by the runner")
     return p
+
+
+def parse_duration_arg(text: str) -> float:
+    from minibt.config import parse_duration
+
+    try:
+        v = parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"duration must be positive, got {text!r}")
+    return v
+
+
+def parse_until_arg(text: str) -> int:
+    from minibt.config import parse_hhmm
+
+    try:
+        return parse_hhmm(text) % 1440
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _error(msg: str) -> None:
@@ -213,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_info(args)
         if args.cmd == "verify":
             return cmd_verify(args)
+        if args.cmd == "run":
+            return cmd_run(args, parser)
+        if args.cmd == "status":
+            return cmd_status(args)
         return cmd_transfer(args)
     except (MetainfoError, ConfigError) as e:
         _error(str(e))
@@ -290,6 +331,40 @@ def cmd_verify(args: argparse.Namespace) -> int:
         shown = ", ".join(str(i) for i in bad[:20]) + (" ..." if len(bad) > 20 else "")
         print(f"bad pieces: {shown}")
         return EXIT_FAIL
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from minibt.runner import run_main
+
+    if not args.once and (args.max_time is not None or args.until is not None):
+        parser.error("--max-time and --until need --once")
+    return run_main(args.config, once=args.once, max_time_s=args.max_time, until_min=args.until,
+                    verbose=getattr(args, "verbose", 0), port=args.port)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    import psutil
+
+    from minibt.config import load_config, parse_config
+    from minibt.runner import STATUS_NAME
+    from minibt.statusfile import format_status, read_json
+
+    cfg = load_config(args.config) if args.config else parse_config("", "<built-in default>", base_dir=os.getcwd())
+    path = os.path.join(cfg.state_dir, STATUS_NAME)
+    st = read_json(path)
+    if not isinstance(st, dict):
+        _error(f"no status in {path} (is `minibt run` running with this config?)")
+        return EXIT_FAIL
+    if args.json:
+        print(json.dumps(st, indent=1, sort_keys=True))
+        return EXIT_OK
+    pid = st.get("pid")
+    alive = isinstance(pid, int) and psutil.pid_exists(pid)
+    for line in format_status(st, now_wall=MonotonicClock().wall(), pid_alive=alive):
+        print(line)
     return EXIT_OK
 
 

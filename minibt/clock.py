@@ -27,3 +27,9 @@ class MonotonicClock:
 
     def cpu_seconds(self) -> float:
         return time.process_time()
+
+
+def local_seconds_of_day(wall: float) -> float:
+    """Seconds after local midnight at epoch time ``wall`` (download windows, ``--until HH:MM``)."""
+    tm = time.localtime(wall)
+    return tm.tm_hour * 3600 + tm.tm_min * 60 + tm.tm_sec + (wall % 1.0)

@@ -13,6 +13,7 @@ Out of scope: what a verified or failed piece means for the torrent (torrent.py)
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Protocol
 
 from minibt import wire as w
@@ -22,6 +23,8 @@ from minibt.peer import PeerConnection
 from minibt.picker import Block, PiecePicker
 from minibt.reputation import BlockRecord
 from minibt.storage import Storage
+
+log = logging.getLogger(__name__)
 
 BLOCK_LEN = 16384  # BEP 3: requests are 2^14 bytes
 SNUB_TIMEOUT_S = 30.0  # no block for this long with requests out => snubbed, requests re-issued
@@ -63,6 +66,8 @@ class Downloader:
         queue_max: int,
         queue_seconds: float,
         auto_request: bool,
+        disk_retry_s: float = 30.0,
+        need_free_bytes: int = 0,
     ) -> None:
         self._host = host
         self._peers = peers  # the torrent's handshaken connections (shared, not copied)
@@ -75,6 +80,52 @@ class Downloader:
         self._queue_seconds = queue_seconds  # pipeline depth = rate * this
         self._auto_request = auto_request
         self._block_src: dict[int, dict[int, str]] = {}  # piece in progress -> block -> IP that sent it
+        self._disk_retry_s = disk_retry_s
+        self._need_free = need_free_bytes  # free space that ends a disk-full pause
+        self._disk_retry_at = 0.0
+        self.disk_error: str | None = None  # set while paused by a full disk
+        self.paused_reason: str | None = None  # set while paused by the user (Torrent.pause_download)
+
+    # ------------------------------------------------------------------ pausing (full disk, schedule)
+
+    @property
+    def paused(self) -> bool:
+        return self.disk_error is not None or self.paused_reason is not None
+
+    def disk_full(self, message: str, now: float, *, name: str) -> None:
+        """A verified piece could not be written (ENOSPC): stop requesting, retry every disk_retry_s."""
+        if self.disk_error is None:
+            log.error("%s: disk full, download paused (verified pieces stay; retrying every %.0f s): %s",
+                      name, self._disk_retry_s, message)
+        self.disk_error = f"disk full: {message}"
+        self._disk_retry_at = now + self._disk_retry_s
+        self.release_all()
+
+    def disk_retry(self, now: float, *, name: str) -> None:
+        """Timer: resume once the file system has room for ``need_free_bytes`` again."""
+        if now < self._disk_retry_at:
+            return
+        self._disk_retry_at = now + self._disk_retry_s
+        free = self._storage.free_bytes()
+        if free is not None and free < self._need_free:
+            log.info("%s: still no room on disk (%d bytes free, need %d)", name, free, self._need_free)
+            return
+        log.warning("%s: disk has room again (%s bytes free); download resumed", name, free)
+        self.disk_error = None
+        self.fill_all(now)
+
+    def pause(self, reason: str, *, name: str) -> None:
+        if self.paused_reason is None:
+            log.info("%s: download paused: %s", name, reason)
+            self.release_all()
+        self.paused_reason = reason
+
+    def resume(self, now: float, *, name: str) -> None:
+        if self.paused_reason is None:
+            return
+        log.info("%s: download resumed", name)
+        self.paused_reason = None
+        self.fill_all(now)
 
     # ------------------------------------------------------------------ interest and the pipeline
 
@@ -156,6 +207,20 @@ class Downloader:
             wire.interested()
         wire.request(index, begin, length)
         self._host.mark_dirty(peer.cid)
+
+    def release_all(self) -> None:
+        """Cancel every outstanding request and give the blocks back to the picker (download paused)."""
+        picker = self._picker
+        for peer in list(self._peers.values()):
+            wire = peer.wire
+            if wire is None or peer.closing:
+                continue
+            blocks = picker.outstanding(peer.cid)
+            for b in blocks:
+                picker.request_failed(peer.cid, b)
+                wire.cancel(b.index, b.begin, b.length)
+            if blocks:
+                self._host.mark_dirty(peer.cid)
 
     def check_snub(self, peer: PeerConnection, now: float) -> None:
         """No block for SNUB_TIMEOUT_S with requests out: hand them to others, keep the connection.

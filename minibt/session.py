@@ -175,6 +175,23 @@ class Session:
         t.start(now=now)
         return t
 
+    def remove_torrent(self, info_hash: bytes, *, now: float) -> bool:
+        """Stop a torrent and forget it once its last piece write is done; True when it is gone.
+
+        Call again on later ticks while it returns False (commits in flight finish first).
+        """
+        self._now = now
+        t = self.torrents.get(info_hash)
+        if t is None:
+            return True
+        t.stop(now=now)
+        if t.state not in (TorrentState.STOPPED, TorrentState.ERROR) or t.storage.commits_in_flight:
+            return False
+        del self.torrents[info_hash]
+        self._rate_waiting.pop(info_hash, None)
+        self.rate_limits_changed()
+        return True
+
     def add_peers(self, info_hash: bytes, addrs: list[Addr], source: PeerSource, *, now: float) -> None:
         self.torrents[info_hash].add_candidates(addrs, source, now=now)
 

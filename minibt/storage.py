@@ -18,7 +18,7 @@ import os
 import tempfile
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -116,6 +116,29 @@ def piece_spans(layout: TorrentLayout, piece: int, begin: int = 0, length: int |
     return spans
 
 
+def wanted_pieces(layout: TorrentLayout, files: Collection[int]) -> tuple[bytes, frozenset[int]]:
+    """File selection: (one byte per piece, 1 = wanted; the files that must exist on disk).
+
+    A piece is wanted if any byte of it lies in a selected file; such a piece is downloaded whole, so
+    the unselected neighbour files it touches are created too (sparse).  Every other file is left out.
+    """
+    n = layout.num_pieces
+    mask = bytearray(n)
+    plen = layout.piece_length
+    entries = layout.files
+    for i in files:
+        f = entries[i]
+        if f.pad or f.length == 0:
+            continue
+        first, last = f.offset // plen, (f.offset + f.length - 1) // plen
+        mask[first : last + 1] = b"\x01" * (last - first + 1)
+    needed: set[int] = set(i for i in files if not entries[i].pad)
+    for p in range(n):
+        if mask[p]:
+            needed.update(s.file_index for s in piece_spans(layout, p) if not entries[s.file_index].pad)
+    return bytes(mask), frozenset(needed)
+
+
 def disk_file_sizes(layout: TorrentLayout, download_dir: str) -> tuple[int, ...]:
     """Size on disk of every file (-1 if missing; a pad file counts as its declared length).
 
@@ -151,7 +174,9 @@ class Storage:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         fsync: bool = True,
         max_open_files: int = MAX_OPEN_FILES,
+        only_files: frozenset[int] | None = None,
     ) -> None:
+        """``only_files``: create (download mode) just these files; None = all (file selection)."""
         if max_open_files < 1:
             raise ValueError("max_open_files must be >= 1")
         self._layout = layout
@@ -162,6 +187,7 @@ class Storage:
         self._paths: list[str | None] = [
             None if f.pad else layout.file_path(download_dir, i) for i, f in enumerate(layout.files)
         ]
+        self._only = only_files
         self._fds: OrderedDict[int, int] = OrderedDict()  # file index -> fd, LRU order
         self._pins: dict[int, int] = {}  # file index -> commits in flight writing through its fd
         self._committing: dict[int, tuple[int, ...]] = {}  # piece -> file indexes it pinned
@@ -197,6 +223,8 @@ class Storage:
             path = self._paths[i]
             if path is None:
                 continue
+            if self._only is not None and i not in self._only:
+                continue  # not selected and no wanted piece touches it: never created or opened
             if create:
                 try:
                     parent = os.path.dirname(path)
@@ -479,6 +507,14 @@ class Storage:
     def read_piece_spans(self, piece: int) -> list[tuple[str, int, int]]:
         """(path, offset, length) of every span of ``piece`` for the hasher; pad spans use PAD_PATH."""
         return [(self._path(s.file_index), s.file_offset, s.length) for s in piece_spans(self._layout, piece)]
+
+    def free_bytes(self) -> int | None:
+        """Bytes available to us on the download directory's file system (None if unknown)."""
+        try:
+            st = os.statvfs(self._dir)
+        except (OSError, AttributeError):
+            return None
+        return st.f_bavail * st.f_frsize
 
     def stats(self) -> dict[str, int]:
         d = dict(self._stats)

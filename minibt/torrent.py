@@ -19,6 +19,7 @@ States::
 from __future__ import annotations
 
 import enum
+import errno
 import logging
 import random
 from collections.abc import Callable
@@ -42,7 +43,7 @@ from minibt.peer import Addr, PeerConnection, PeerSource
 from minibt.picker import PiecePicker
 from minibt.ratelimit import KEEP, Keep, TransferLimits
 from minibt.reputation import BlockRecord
-from minibt.storage import Storage
+from minibt.storage import Storage, wanted_pieces
 from minibt.superseed import SuperSeeder
 from minibt.superseeding import SuperSeeding
 from minibt.tracker import AnnounceJob, AnnounceParams, Announcer, AnnounceResult
@@ -54,6 +55,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT_S = 180.0  # neither interested nor interesting for 3 minutes => disconnect
+# A write that fails with one of these pauses downloading (verified data stays, seeding goes on)
+# and is retried every disk_retry_s once the disk has room for a piece again; other errors are fatal.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 # Wire messages that are also public events (minibt/events.py); Have carries its index.
 _WIRE_EVENTS: dict[type, EventName] = {
@@ -95,6 +99,8 @@ class TorrentConfig:
     auto_choke: bool = True  # False: the built-in choker never runs; library code unchokes (Peer.unchoke)
     auto_request: bool = True  # False: never pick/request by itself; library code calls Peer.request
     super_seed: bool = False  # BEP 16 super-seeding (initial seeder only; minibt/superseed.py)
+    disk_retry_s: float = 30.0  # a download paused by a full disk looks for free space this often
+    wanted_files: tuple[int, ...] | None = None  # file selection (indexes into meta.files); None = all
 
 
 @dataclass(slots=True)
@@ -142,7 +148,16 @@ class Torrent:
         self.picker = PiecePicker(meta.num_pieces, meta.piece_length, meta.total_length, rng)
         self.choker = Choker(rng)
         self.announcer = Announcer(meta.announce_tiers, rng, now=now)
-        self.storage = Storage(meta, download_dir, cache_bytes=config.cache_bytes, fsync=config.fsync)
+        # File selection: pieces wholly inside unselected files are never requested and files no wanted
+        # piece touches are never created; complete = every wanted piece verified.
+        self.wanted: bytes | None = None
+        only: frozenset[int] | None = None
+        if config.wanted_files is not None:
+            self.wanted, only = wanted_pieces(meta, config.wanted_files)
+            self.picker.set_wanted(self.wanted)
+        self.storage = Storage(
+            meta, download_dir, cache_bytes=config.cache_bytes, fsync=config.fsync, only_files=only
+        )
         self.peers: dict[int, PeerConnection] = {}  # handshaken connections by cid
         self.half_open: set[int] = set()  # cids we dialled whose BT handshake is not complete
         self._commits_inflight = 0
@@ -174,6 +189,7 @@ class Torrent:
             self, peers=self.peers, have=self.have, picker=self.picker, storage=self.storage, stats=self.stats,
             queue_min=config.request_queue_min, queue_max=config.request_queue_max,
             queue_seconds=config.request_queue_seconds, auto_request=config.auto_request,
+            disk_retry_s=config.disk_retry_s, need_free_bytes=2 * meta.piece_length,
         )
         self.upload = Uploader(
             self, info_hash=self.info_hash, peers=self.peers, have=self.have, storage=self.storage,
@@ -209,7 +225,7 @@ class Torrent:
         self.announcer.start(now=now)
 
     def _enter_transfer(self, now: float) -> None:
-        if self.have.all():
+        if self.complete:
             self.state = TorrentState.SEEDING
             if self.stats.completed_at is None:
                 self.stats.completed_at = now
@@ -252,13 +268,42 @@ class Torrent:
 
     @property
     def complete(self) -> bool:
-        return self.have.all()
+        """Every wanted piece (all of them without a file selection) is verified."""
+        return self.have.all() if self.wanted is None else self.picker.complete
+
+    @property
+    def wanted_bytes(self) -> int:
+        """Bytes of the wanted pieces (the whole torrent without a file selection)."""
+        if self.wanted is None:
+            return self.meta.total_length
+        return sum(self.meta.piece_size(i) for i, w in enumerate(self.wanted) if w)
+
+    # ------------------------------------------------------------------ pausing the download side (download.py)
+
+    @property
+    def disk_error(self) -> str | None:
+        """Set while downloading is paused by a full disk (verified pieces stay, seeding goes on)."""
+        return self.download.disk_error
+
+    @property
+    def paused_reason(self) -> str | None:
+        return self.download.paused_reason
+
+    def pause_download(self, reason: str, *, now: float) -> None:
+        """Stop requesting pieces (e.g. outside a download window); seeding and verified data stay."""
+        self.download.pause(reason, name=self.meta.name)
+
+    def resume_download(self, *, now: float) -> None:
+        self.download.resume(now, name=self.meta.name)
 
     @property
     def bytes_left(self) -> int:
-        if self.have.all():
+        if self.complete:
             return 0
         meta = self.meta
+        if self.wanted is not None:
+            have = self.have
+            return sum(meta.piece_size(i) for i, w in enumerate(self.wanted) if w and not have[i])
         missing = meta.num_pieces - self.have.count()
         left = missing * meta.piece_length
         last = meta.num_pieces - 1
@@ -311,7 +356,11 @@ class Torrent:
             self.storage.finish_commit(i, written=False)
             self.storage.discard_piece(i)
             self.picker.piece_failed(i)
-            self.fail(f"write failed: {res.error}")
+            if res.write_errno in DISK_FULL_ERRNOS and self.state is TorrentState.DOWNLOADING:
+                self.download.disk_full(f"write failed: {res.error}", now, name=self.meta.name)
+                self.checker.resume_dirty = True
+            else:
+                self.fail(f"write failed: {res.error}")
         else:
             self.storage.finish_commit(i, written=False)
             if self.state is TorrentState.DOWNLOADING:
@@ -336,7 +385,7 @@ class Torrent:
             if peer.wire.am_interested and not self.picker.is_interesting(peer.cid):
                 peer.wire.not_interested()
                 self.session.mark_dirty(peer.cid)
-        if self.have.all():
+        if self.complete:
             self._on_complete(now)
         else:
             self.download.fill_all(now)
@@ -489,7 +538,7 @@ class Torrent:
     def _check_seed(self, peer: PeerConnection, now: float) -> None:
         if not peer.is_seed and self.picker.peer_is_seed(peer.cid):
             peer.is_seed = True
-            if self.have.all():
+            if self.complete:
                 self.session.close(peer.cid, CloseReason.BOTH_SEEDS, "both sides are seeds")
 
     @property
@@ -554,6 +603,8 @@ class Torrent:
     def tick(self, *, now: float) -> None:
         if self.state in (TorrentState.STOPPED, TorrentState.ERROR):
             return
+        if self.download.disk_error is not None:
+            self.download.disk_retry(now, name=self.meta.name)
         if self.state is not TorrentState.CHECKING:
             if self.choker.due(now):
                 self.upload.rechoke(now, scheduled=True)
@@ -672,7 +723,8 @@ class Torrent:
 
     @property
     def downloading(self) -> bool:
-        return self.state is TorrentState.DOWNLOADING
+        """True while pieces may be requested (not paused by a full disk or by pause_download)."""
+        return self.state is TorrentState.DOWNLOADING and not self.download.paused
 
     def mark_dirty(self, cid: int) -> None:
         """Connection ``cid`` has bytes to send."""
@@ -709,13 +761,15 @@ class Torrent:
     def status(self, now: float) -> dict[str, object]:
         down = sum(p.down.rate(now) for p in self.peers.values())
         up = sum(p.up.rate(now) for p in self.peers.values())
-        have_bytes = self.meta.total_length - self.bytes_left
+        wanted = self.wanted_bytes
+        have_bytes = wanted - self.bytes_left
         return {
             "name": self.meta.name,
             "info_hash": self.meta.info_hash.hex(),
             "state": self.state.value,
             "error": self.error,
-            "progress": have_bytes / self.meta.total_length if self.meta.total_length else 1.0,
+            "progress": have_bytes / wanted if wanted else 1.0,
+            "wanted_bytes": wanted,
             "have_pieces": self.have.count(),
             "num_pieces": self.meta.num_pieces,
             "checked": self.stats.checked,
@@ -732,4 +786,6 @@ class Torrent:
             "candidates": len(self.candidates),
             "banned": sorted(self.session.reputation.banned()),
             "super_seeding": self.superseed is not None,
+            "disk_error": self.disk_error,
+            "paused": self.paused_reason,
         }

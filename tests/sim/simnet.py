@@ -482,11 +482,12 @@ class SimNet:
         self._listeners[ep.addr] = ep
 
     def add_torrent(
-        self, peer: SimPeer, meta: Metainfo, download_dir: Path, *, mode: str, resume_path: Path | None = None
+        self, peer: SimPeer, meta: Metainfo, download_dir: Path, *, mode: str, resume_path: Path | None = None,
+        config: TorrentConfig | None = None,
     ) -> Torrent:
         t = peer.session.add_torrent(
             meta, str(download_dir), mode=mode, resume_path=None if resume_path is None else str(resume_path),
-            now=self.now,
+            now=self.now, config=config,
         )
         self._settle(peer)
         return t

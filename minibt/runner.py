@@ -1,0 +1,771 @@
+"""The config-file runner: ``minibt run -c FILE [--once [--max-time D | --until HH:MM]]``.
+
+Daemon mode seeds every seed entry, downloads download entries and then seeds them until their
+stop condition (seed ratio / seed time), polls the watch dir, reloads the config on SIGHUP and
+stops cleanly on SIGTERM/SIGINT.  ``--once`` (for cron) works on the download entries only and
+exits with one of the EXIT_* codes below.  Every run holds an ``flock`` on ``state_dir/minibt.lock``.
+
+The decisions (windows, stop conditions, reload plans, exit codes) are pure functions at the top;
+``Runner`` applies them to a :class:`minibt.client.Client` from the loop's ``on_tick`` (the loop stays
+the only socket user; time comes from the client's clock).  Status, bans and runner state are
+JSON files written atomically (temp, fsync, rename) by statusfile.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import logging
+import logging.handlers
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from minibt.budget import Limits, fit_budget
+from minibt.client import Client
+from minibt.clock import local_seconds_of_day
+from minibt.config import Config, TimeWindow, TorrentEntry, load_config
+from minibt.errors import ConfigError, MagnetError, MetainfoError, MinibtError
+from minibt.magnet import parse_magnet
+from minibt.metainfo import Metainfo, load_metainfo
+from minibt.session import SessionConfig
+from minibt.statusfile import read_json, write_atomic, write_json_atomic
+from minibt.torrent import Torrent, TorrentConfig, TorrentState
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0  # --once: every download entry complete and verified; daemon: stopped by a signal
+EXIT_FAIL = 1  # anything else that went wrong (a torrent in error, cannot listen, ...)
+EXIT_CONFIG = 2  # the config file (or a command-line value) is wrong; nothing was started
+EXIT_TIME_UP = 3  # --once: --max-time/--until reached (or interrupted); progress saved, a rerun resumes
+EXIT_LOCKED = 75  # another run holds the lock (EX_TEMPFAIL); exited at once, touched nothing
+
+LOCK_NAME = "minibt.lock"
+STATUS_NAME = "status.json"
+STATE_NAME = "runner-state.json"
+BANS_NAME = "bans.json"
+WATCHED_DIR = "watched"  # copies of watch-dir torrents, so they survive a restart
+MAGNET_UNSUPPORTED = (
+    "magnet sources are validated, but this build cannot download from a magnet yet "
+    "(Client.add takes .torrent files only; needs the magnet-download merge)"
+)
+DAY_S = 86400.0
+
+
+# ---------------------------------------------------------------------- pure decisions
+
+
+def in_windows(windows: Iterable[TimeWindow], seconds_of_day: float) -> bool:
+    """True if the local time is inside one of ``windows`` (no windows: always)."""
+    ws = tuple(windows)
+    minute = int(seconds_of_day // 60) % 1440
+    return not ws or any(w.contains(minute) for w in ws)
+
+
+def seconds_until(minute_of_day: int, seconds_of_day: float) -> float:
+    """Seconds from ``seconds_of_day`` to the next local ``minute_of_day`` (0 < result <= 1 day)."""
+    delta = (minute_of_day * 60 - seconds_of_day) % DAY_S
+    return delta if delta > 0 else DAY_S
+
+
+def stop_reason(entry: TorrentEntry, *, uploaded: int, size: int, seeding_s: float) -> str | None:
+    """Why seeding of ``entry`` should stop now, or None."""
+    ratio = uploaded / size if size else 0.0
+    if entry.seed_ratio is not None and ratio >= entry.seed_ratio:
+        return f"seed ratio {ratio:.2f} >= {entry.seed_ratio:g}"
+    if entry.seed_time_s is not None and seeding_s >= entry.seed_time_s:
+        return f"seeded for {seeding_s:.0f} s >= {entry.seed_time_s:.0f} s"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadPlan:
+    remove: tuple[str, ...]  # info-hash hex of torrents to stop and drop
+    add: tuple[TorrentEntry, ...]  # new entries (including replaced ones, added once the old is gone)
+    update: tuple[TorrentEntry, ...]  # same torrent, dir, mode and files: new stop conditions/hook/peers in place
+
+
+def plan_reload(old: Mapping[str, TorrentEntry], new: Iterable[TorrentEntry]) -> ReloadPlan:
+    """What a SIGHUP changes: torrents whose info-hash, dir, mode and file selection are unchanged keep running."""
+    remove: list[str] = []
+    add: list[TorrentEntry] = []
+    update: list[TorrentEntry] = []
+    new_by_ih = {e.key[0]: e for e in new}
+    for ih, e in old.items():
+        n = new_by_ih.get(ih)
+        if n is None:
+            remove.append(ih)
+        elif n.dir != e.dir or n.mode != e.mode or n.file_indexes != e.file_indexes:
+            remove.append(ih)
+            add.append(n)
+        elif n != e:
+            update.append(n)
+    add.extend(e for ih, e in new_by_ih.items() if ih not in old)
+    return ReloadPlan(tuple(remove), tuple(add), tuple(update))
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    complete: bool  # every piece verified
+    error: str | None  # a fatal error (not a full disk: that pauses)
+
+
+def once_exit_code(outcomes: Iterable[JobOutcome], *, time_up: bool) -> int | None:
+    """The --once exit code, or None while there is still work and time."""
+    outs = list(outcomes)
+    pending = [o for o in outs if not o.complete and o.error is None]
+    if pending and not time_up:
+        return None
+    if any(o.error is not None for o in outs):
+        return EXIT_FAIL
+    return EXIT_TIME_UP if pending else EXIT_OK
+
+
+def state_key(info_hash_hex: str, directory: str) -> str:
+    """The runner-state key (the same tag as Client.resume_path uses)."""
+    return f"{info_hash_hex}-{hashlib.sha1(os.path.abspath(directory).encode()).hexdigest()[:8]}"
+
+
+def hook_argv(hook: tuple[str, ...], name: str, path: str) -> list[str]:
+    """The completion hook's argv: the command, then the torrent's name and data path (no shell)."""
+    return [*hook, name, path]
+
+
+# ---------------------------------------------------------------------- the lock
+
+
+class RunLock:
+    """``flock`` on a file in the state dir: released by the kernel when the process dies."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.path = os.path.join(state_dir, LOCK_NAME)
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """True if we hold the lock now; False (at once) if another process holds it."""
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last fd drops the flock
+            self._fd = None
+
+
+# ---------------------------------------------------------------------- the runner
+
+
+@dataclass(slots=True)
+class Job:
+    """One torrent the runner manages."""
+
+    entry: TorrentEntry
+    meta: Metainfo
+    torrent: Torrent | None = None
+    seed_s: float = 0.0  # seeding time so far, over all runs
+    hook_done: bool = False  # on_complete ran (persisted: runs once per download)
+    finished: str | None = None  # stop condition reached (persisted: not seeded again)
+    error: str | None = None  # could not be added
+
+    @property
+    def ih(self) -> str:
+        return self.meta.info_hash.hex()
+
+    @property
+    def key(self) -> str:
+        return state_key(self.ih, self.entry.dir)
+
+
+class Runner:
+    """Applies a Config to a Client; driven by ``tick(now)`` from the loop."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        client: Client,
+        *,
+        once: bool,
+        deadline: float | None,
+        limits: Limits,
+        local_seconds: Callable[[float], float] = local_seconds_of_day,
+        spawn: Callable[[list[str]], Any] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.once = once
+        self.deadline = deadline
+        self.limits = limits
+        self._local_seconds = local_seconds
+        self._spawn = spawn or _spawn_hook
+        self.jobs: dict[str, Job] = {}  # by info-hash hex
+        self._removing: dict[str, Job] = {}
+        self._pending_add: list[TorrentEntry] = []
+        self._hooks: list[Any] = []
+        persisted = read_json(os.path.join(cfg.state_dir, STATE_NAME))
+        self._persist: dict[str, Any] = persisted if isinstance(persisted, dict) else {}
+        self._saved_state: dict[str, Any] | None = None
+        self._saved_bans: dict[str, str] | None = None
+        self._watch_sizes: dict[str, tuple[int, int]] = {}
+        self._watch_seen: set[str] = set()
+        now = client.clock.now()
+        self._last_tick = now
+        self._next_status = now
+        self._next_watch = now
+        self._next_second = now
+        self._alt_active: bool | None = None
+        self.reload_requested = False
+        self.stop_signal: str | None = None
+        self.started_wall = client.clock.wall()
+        self.peak_rss = 0
+        self._proc: Any = None
+        self._cpu_sample = (now, 0.0)  # (clock.now(), process CPU seconds) of the last status
+        self._cpu_percent = 0.0
+
+    # ------------------------------------------------------------------ set-up
+
+    def start(self) -> None:
+        self._load_bans()
+        entries = [e for e in self.cfg.torrents if not self.once or e.mode == "download"]
+        for e in entries:
+            self._add(e)
+        for e in self._watched_entries():
+            if e.key[0] not in self.jobs:
+                self._add(e)
+        if self.cfg.watch_dir:
+            self._poll_watch()
+        now = self.client.clock.now()
+        self._apply_schedule(now, force=True)
+        self.write_status()
+        self.save_state()
+        self._next_status = now + self.cfg.status_interval_s
+
+    def torrent_config(self, entry: TorrentEntry) -> TorrentConfig:
+        lim = self.limits
+        return TorrentConfig(
+            max_peers=lim.max_peers, cache_bytes=lim.cache_bytes, upload_outbox_bytes=lim.outbox_bytes,
+            resume_interval_s=self.cfg.resume_interval_s, disk_retry_s=self.cfg.disk_retry_s,
+            wanted_files=entry.file_indexes,
+        )
+
+    def _add(self, entry: TorrentEntry) -> None:
+        meta = entry.meta
+        if meta is None:  # a magnet (refused before start; a watch-dir .magnet is refused there)
+            log.error("%s: %s", entry.source, MAGNET_UNSUPPORTED)
+            return
+        job = Job(entry, meta)
+        st = self._persist.get(job.key, {})
+        if isinstance(st, dict):
+            job.seed_s = float(st.get("seed_s", 0.0))
+            job.hook_done = bool(st.get("hook_done", False))
+            fin = st.get("finished")
+            same_stop = st.get("finished_for") == [entry.seed_ratio, entry.seed_time_s]
+            # A torrent that reached its stop condition stays stopped until that condition is changed.
+            job.finished = fin if isinstance(fin, str) and same_stop and not self.once else None
+        self.jobs[job.ih] = job
+        if job.finished is not None and not self.once:
+            log.info("%s: not started: finished seeding earlier (%s)", meta.name, job.finished)
+            return
+        try:
+            if entry.mode == "download":
+                os.makedirs(entry.dir, exist_ok=True)
+            job.torrent = self.client.add(meta, entry.dir, mode=entry.mode, peers=entry.peers,
+                                          config=self.torrent_config(entry))
+        except (OSError, ValueError, MinibtError) as e:
+            job.error = str(e)
+            log.error("%s: cannot start: %s", meta.name, e)
+            return
+        log.info("%s: added (%s, %s)", meta.name, entry.mode, entry.dir)
+
+    # ------------------------------------------------------------------ the tick
+
+    def tick(self, now: float) -> None:
+        dt = max(0.0, now - self._last_tick)
+        self._last_tick = now
+        for job in self.jobs.values():
+            t = job.torrent
+            if t is not None and t.state is TorrentState.SEEDING and job.finished is None:
+                job.seed_s += dt
+        if self.reload_requested:
+            self.reload_requested = False
+            self.reload()
+        if now >= self._next_second:
+            self._next_second = now + 1.0
+            self._each_second(now)
+        if self.cfg.watch_dir and now >= self._next_watch:
+            self._next_watch = now + self.cfg.watch_interval_s
+            self._poll_watch()
+        if now >= self._next_status:
+            self._next_status = now + self.cfg.status_interval_s
+            self.write_status()
+            self.save_state()
+
+    def _fire_hooks(self) -> None:
+        """on_complete, once per download, as soon as every piece is verified (data synced by then)."""
+        for job in self.jobs.values():
+            t = job.torrent
+            if t is not None and t.complete and t.state is TorrentState.SEEDING and job.entry.mode == "download" \
+                    and not job.hook_done:
+                job.hook_done = True
+                self._run_hook(job)
+                self.save_state()
+
+    def _each_second(self, now: float) -> None:
+        self._fire_hooks()
+        for job in self.jobs.values():
+            t = job.torrent
+            if t is None:
+                continue
+            if not self.once and job.finished is None and t.state is TorrentState.SEEDING:
+                why = stop_reason(job.entry, uploaded=t.stats.uploaded, size=t.meta.total_length, seeding_s=job.seed_s)
+                if why is not None:
+                    log.info("%s: stop condition reached (%s): seeding stopped", t.meta.name, why)
+                    job.finished = why
+                    self._removing[job.ih] = job
+                    self.save_state()
+        for ih, job in list(self._removing.items()):
+            if self.client.session.remove_torrent(job.meta.info_hash, now=now):
+                del self._removing[ih]
+                job.torrent = None
+                if job.finished is None:
+                    self.jobs.pop(ih, None)
+        for entry in list(self._pending_add):
+            if entry.key[0] not in self._removing:
+                self._pending_add.remove(entry)
+                self._add(entry)
+        self._apply_schedule(now)
+        self._hooks = [p for p in self._hooks if not _reaped(p)]
+
+    def _apply_schedule(self, now: float, *, force: bool = False) -> None:
+        sched = self.cfg.schedule
+        sod = self._local_seconds(self.client.clock.wall())
+        may_download = in_windows(sched.download_windows, sod)
+        for job in self.jobs.values():
+            t = job.torrent
+            if t is None or t.complete or t.state in (TorrentState.STOPPED, TorrentState.ERROR):
+                continue
+            if may_download:
+                t.resume_download(now=now)
+            else:
+                windows = ", ".join(str(w) for w in sched.download_windows)
+                t.pause_download(f"outside the download windows ({windows})", now=now)
+        alt = bool(sched.alt_windows) and in_windows(sched.alt_windows, sod)
+        if force or alt != self._alt_active:
+            self._alt_active = alt
+            up, down = (
+                (sched.alt_upload_limit_bps, sched.alt_download_limit_bps)
+                if alt else (self.cfg.upload_limit_bps, self.cfg.download_limit_bps)
+            )
+            self.client.set_rate_limits(up=up, down=down)
+            if not force or alt:
+                log.info("rate limits now %s: up %s, down %s B/s", "alternative" if alt else "normal", up, down)
+
+    def _run_hook(self, job: Job) -> None:
+        hook = job.entry.on_complete if job.entry.on_complete is not None else self.cfg.on_complete
+        if not hook:
+            return
+        path = os.path.join(job.entry.dir, job.meta.name)
+        argv = hook_argv(hook, job.meta.name, path)
+        try:
+            self._hooks.append(self._spawn(argv))
+            log.info("%s: on_complete started: %s", job.meta.name, argv)
+        except OSError as e:
+            log.error("%s: on_complete %s failed to start: %s", job.meta.name, argv[0], e)
+
+    # ------------------------------------------------------------------ --once
+
+    def outcomes(self) -> list[JobOutcome]:
+        outs = []
+        for job in self.jobs.values():
+            if job.entry.mode != "download":
+                continue
+            t = job.torrent
+            if t is None:
+                outs.append(JobOutcome(False, job.error or "not started"))
+            else:
+                err = t.error if t.state is TorrentState.ERROR else None
+                outs.append(JobOutcome(t.complete and t.state is TorrentState.SEEDING, err))
+        return outs
+
+    def once_result(self, now: float) -> int | None:
+        time_up = self.deadline is not None and now >= self.deadline
+        return once_exit_code(self.outcomes(), time_up=time_up or self.stop_signal is not None)
+
+    def done(self) -> bool:
+        """For Client.run(until=...): --once has its answer."""
+        if not self.once or self.once_result(self.client.clock.now()) is None:
+            return False
+        self._fire_hooks()
+        return True
+
+    # ------------------------------------------------------------------ SIGHUP
+
+    def reload(self) -> None:
+        path = self.cfg.path
+        if path is None:
+            return
+        try:
+            new = load_config(path)
+            check_supported(new)
+        except ConfigError as e:
+            log.error("reload refused, keeping the running configuration: %s", e)
+            return
+        for key in ("listen_port", "bind", "state_dir", "transports", "memory_budget_bytes", "max_connections"):
+            if getattr(new, key) != getattr(self.cfg, key):
+                log.warning("reload: %s changed; it takes effect at the next restart", key)
+        old_entries = {ih: j.entry for ih, j in self.jobs.items() if not j.entry.source.startswith(self._watched_dir())}
+        entries = [e for e in new.torrents if not self.once or e.mode == "download"]
+        plan = plan_reload(old_entries, entries)
+        for ih in plan.remove:
+            job = self.jobs.pop(ih)
+            log.info("reload: %s removed from the config: stopping it", job.meta.name)
+            if job.torrent is not None:
+                job.finished = None
+                self._removing[ih] = job
+        for upd in plan.update:
+            job = self.jobs[upd.key[0]]
+            job.entry = upd
+            if job.torrent is not None and upd.peers:
+                job.torrent.add_candidates(list(upd.peers), _user_source(), now=self.client.clock.now())
+        self._pending_add.extend(plan.add)
+        self.cfg = dataclasses.replace(
+            new, listen_port=self.cfg.listen_port, bind=self.cfg.bind, state_dir=self.cfg.state_dir,
+            transports=self.cfg.transports, memory_budget_bytes=self.cfg.memory_budget_bytes,
+        )
+        _set_log_level(self.cfg.log_level)
+        self._apply_schedule(self.client.clock.now(), force=True)
+        log.info("reloaded %s: %d removed, %d added, %d updated", path, len(plan.remove), len(plan.add), len(plan.update))
+
+    # ------------------------------------------------------------------ the watch dir
+
+    def _watched_dir(self) -> str:
+        return os.path.join(self.cfg.state_dir, WATCHED_DIR)
+
+    def _watched_entries(self) -> list[TorrentEntry]:
+        d = self._watched_dir()
+        out: list[TorrentEntry] = []
+        try:
+            names = sorted(os.listdir(d))
+        except OSError:
+            return out
+        for n in names:
+            if n.endswith(".torrent"):
+                path = os.path.join(d, n)
+                try:
+                    meta = load_metainfo(path)
+                except (MetainfoError, OSError) as e:
+                    log.warning("ignoring %s: %s", path, e)
+                    continue
+                out.append(TorrentEntry(source=path, dir=self.cfg.download_dir, mode="download", meta=meta))
+        return out
+
+    def _poll_watch(self) -> None:
+        """Pick up new .torrent/.magnet files once their size stopped changing between two polls."""
+        wd = self.cfg.watch_dir
+        if not wd:
+            return
+        try:
+            names = sorted(os.listdir(wd))
+        except OSError as e:
+            log.warning("watch dir %s: %s", wd, e)
+            return
+        for n in names:
+            if not (n.endswith(".torrent") or n.endswith(".magnet")) or n in self._watch_seen:
+                continue
+            path = os.path.join(wd, n)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            sig = (st.st_size, st.st_mtime_ns)
+            if self._watch_sizes.get(n) != sig:
+                self._watch_sizes[n] = sig  # new or still being written: look again next poll
+                if not self.once:
+                    continue
+            self._watch_sizes.pop(n, None)
+            self._watch_seen.add(n)
+            self._take_watch_file(path)
+
+    def _take_watch_file(self, path: str) -> None:
+        if path.endswith(".magnet"):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    parse_magnet(f.read().strip())
+            except (OSError, UnicodeDecodeError, MagnetError) as e:
+                log.error("watch dir: %s: not a valid magnet URI: %s", path, e)
+                return
+            log.error("watch dir: %s: %s", path, MAGNET_UNSUPPORTED)
+            return
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(16 << 20)
+            meta = load_metainfo(path)
+        except (MetainfoError, OSError) as e:
+            log.error("watch dir: %s is not a valid .torrent file: %s", path, e)
+            _rename(path, path + ".invalid")
+            return
+        if meta.info_hash.hex() in self.jobs:
+            log.info("watch dir: %s is already running", path)
+            _rename(path, path + ".added")
+            return
+        copy = os.path.join(self._watched_dir(), meta.info_hash.hex() + ".torrent")
+        try:
+            os.makedirs(self._watched_dir(), exist_ok=True)
+            write_atomic(copy, raw)
+        except OSError as e:
+            log.error("watch dir: cannot keep a copy of %s in %s (trying again later): %s", path, copy, e)
+            self._watch_seen.discard(os.path.basename(path))
+            return
+        _rename(path, path + ".added")
+        log.info("watch dir: %s added (%s)", meta.name, path)
+        self._add(TorrentEntry(source=copy, dir=self.cfg.download_dir, mode="download", meta=meta))
+
+    # ------------------------------------------------------------------ state files
+
+    def _load_bans(self) -> None:
+        bans = read_json(os.path.join(self.cfg.state_dir, BANS_NAME))
+        if isinstance(bans, dict):
+            for ip, why in bans.items():
+                if isinstance(ip, str) and isinstance(why, str):
+                    self.client.session.ban(ip, why if why.endswith("(remembered)") else f"{why} (remembered)")
+
+    def save_state(self, *, force: bool = False) -> None:
+        d = self.cfg.state_dir
+        state = dict(self._persist)
+        for job in self.jobs.values():
+            state[job.key] = {"seed_s": round(job.seed_s, 1), "hook_done": job.hook_done, "finished": job.finished,
+                              "finished_for": [job.entry.seed_ratio, job.entry.seed_time_s]}
+        self._persist = state
+        bans = self.client.session.reputation.banned()
+        try:
+            # Rewritten only when something changed (SD-card wear): the status file is the one that ticks.
+            coarse = {k: {**v, "seed_s": int(v.get("seed_s", 0) // 60)} if isinstance(v, dict) else v
+                      for k, v in state.items()}  # seeding time alone: saved once a minute
+            if force or coarse != self._saved_state:
+                write_json_atomic(os.path.join(d, STATE_NAME), state)
+                self._saved_state = coarse
+            if bans != self._saved_bans:
+                write_json_atomic(os.path.join(d, BANS_NAME), bans)
+                self._saved_bans = bans
+        except OSError as e:
+            log.warning("could not save runner state: %s", e)
+
+    def status(self) -> dict[str, Any]:
+        client = self.client
+        now = client.clock.now()
+        proc = self._process_info()
+        torrents = []
+        for job in self.jobs.values():
+            t = job.torrent
+            if t is not None:
+                st: dict[str, Any] = dict(t.status(now))
+            else:
+                st = {"name": job.meta.name, "info_hash": job.ih, "state": "finished" if job.finished else "error",
+                      "error": job.error, "total_bytes": job.meta.total_length, "progress": None}
+            up = t.stats.uploaded if t is not None else 0
+            st.update({
+                "mode": job.entry.mode, "dir": job.entry.dir, "source": job.entry.source,
+                "ratio": up / job.meta.total_length if job.meta.total_length else 0.0,
+                "seed_seconds": round(job.seed_s, 1), "finished": job.finished,
+            })
+            torrents.append(st)
+        up_limit, down_limit = client.rate_limits()
+        return {
+            "version": 1, "pid": os.getpid(), "running": self.stop_signal is None, "mode": "once" if self.once else "daemon",
+            "config": self.cfg.path, "listen_port": client.port, "started_at": self.started_wall,
+            "updated_at": client.clock.wall(), "process": proc,
+            "limits": {**dataclasses.asdict(self.limits), "memory_budget_bytes": self.cfg.memory_budget_bytes,
+                       "upload_limit_bps": up_limit, "download_limit_bps": down_limit,
+                       "alt_rates": bool(self._alt_active)},
+            "torrents": torrents,
+        }
+
+    def _process_info(self) -> dict[str, Any]:
+        import psutil
+
+        now = self.client.clock.now()
+        first = self._proc is None
+        if first:
+            self._proc = psutil.Process()
+        p = self._proc
+        rss = int(p.memory_info().rss)
+        self.peak_rss = max(self.peak_rss, rss)
+        cpu = p.cpu_times()
+        cpu_s = float(cpu.user + cpu.system)
+        if first:
+            self._cpu_sample = (now, cpu_s)
+        # CPU % over the time since the previous sample (at least 1 s apart, else the last figure stays).
+        last_now, last_cpu = self._cpu_sample
+        if now - last_now >= 1.0:
+            self._cpu_percent = 100.0 * (cpu_s - last_cpu) / (now - last_now)
+            self._cpu_sample = (now, cpu_s)
+        return {"rss_bytes": rss, "peak_rss_bytes": self.peak_rss, "cpu_percent": round(self._cpu_percent, 1),
+                "cpu_seconds": round(cpu_s, 2), "threads": p.num_threads()}
+
+    def write_status(self) -> None:
+        try:
+            write_json_atomic(os.path.join(self.cfg.state_dir, STATUS_NAME), self.status())
+        except OSError as e:
+            log.warning("could not write status: %s", e)
+
+
+def _user_source() -> Any:
+    from minibt.peer import PeerSource
+
+    return PeerSource.USER
+
+
+def _reaped(p: Any) -> bool:
+    rc = p.poll()
+    if rc is None:
+        return False
+    (log.info if rc == 0 else log.warning)("on_complete %s exited with %s", p.args[0], rc)
+    return True
+
+
+def _spawn_hook(argv: list[str]) -> subprocess.Popen[bytes]:
+    # A list, never a shell string: torrent names cannot inject commands.
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True)
+
+
+def _rename(src: str, dst: str) -> None:
+    try:
+        os.replace(src, dst)
+    except OSError as e:
+        log.warning("cannot rename %s: %s", src, e)
+
+
+# ---------------------------------------------------------------------- entry points
+
+
+def check_supported(cfg: Config) -> None:
+    """Refuse what validates but this build cannot do (so nothing starts half-configured)."""
+    for i, e in enumerate(cfg.torrents):
+        if e.is_magnet:
+            raise ConfigError(cfg.path, f"torrent[{i}].source", MAGNET_UNSUPPORTED)
+
+
+def _set_log_level(level: str) -> None:
+    logging.getLogger().setLevel(getattr(logging, level.upper()))
+
+
+def _setup_logging(cfg: Config, verbose: int) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler: logging.Handler
+    if cfg.log_file:
+        os.makedirs(os.path.dirname(cfg.log_file) or ".", exist_ok=True)
+        handler = logging.handlers.WatchedFileHandler(cfg.log_file)  # logrotate-friendly
+    else:
+        handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    _set_log_level("debug" if verbose >= 2 else cfg.log_level)
+
+
+def run_main(config_path: str, *, once: bool, max_time_s: float | None, until_min: int | None,
+             verbose: int = 0, port: int | None = None) -> int:
+    """``minibt run``; returns the exit code."""
+    try:
+        cfg = load_config(config_path)
+        check_supported(cfg)
+    except ConfigError as e:
+        _stderr(str(e))
+        return EXIT_CONFIG
+    if port is not None:
+        cfg = dataclasses.replace(cfg, listen_port=port)
+    try:
+        lock = RunLock(cfg.state_dir)
+        locked = lock.acquire()
+    except OSError as e:
+        _stderr(f"cannot take the lock in {cfg.state_dir}: {e}")
+        return EXIT_FAIL
+    if not locked:
+        _stderr(f"another minibt run holds {lock.path}; exiting (75)")
+        return EXIT_LOCKED
+    try:
+        _setup_logging(cfg, verbose)
+        return _run_locked(cfg, once=once, max_time_s=max_time_s, until_min=until_min)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: Config, *, once: bool, max_time_s: float | None, until_min: int | None) -> int:
+    n = len([e for e in cfg.torrents if not once or e.mode == "download"])
+    limits = fit_budget(cfg.memory_budget_bytes, torrents=n, max_connections=cfg.max_connections,
+                        max_peers=cfg.max_peers_per_torrent)
+    scfg = SessionConfig(max_connections=limits.max_connections, transports=cfg.transports,
+                         upload_limit_bps=cfg.upload_limit_bps, download_limit_bps=cfg.download_limit_bps)
+    try:
+        client = Client(bind=cfg.bind, port=cfg.listen_port, state_dir=cfg.state_dir, config=scfg,
+                        hash_threads=1 if cfg.memory_budget_bytes < (64 << 20) else 2)
+    except OSError as e:
+        _stderr(f"cannot listen on {cfg.bind}:{cfg.listen_port}: {e.strerror or e}")
+        return EXIT_FAIL
+    deadline = None
+    now = client.clock.now()
+    if max_time_s is not None:
+        deadline = now + max_time_s
+    if until_min is not None:
+        d2 = now + seconds_until(until_min, local_seconds_of_day(client.clock.wall()))
+        deadline = d2 if deadline is None else min(deadline, d2)
+    runner = Runner(cfg, client, once=once, deadline=deadline, limits=limits)
+
+    def on_stop(signum: int, frame: Any) -> None:
+        runner.stop_signal = signal.Signals(signum).name
+        client.stop()
+
+    def on_hup(signum: int, frame: Any) -> None:
+        runner.reload_requested = True
+
+    old = {s: signal.signal(s, on_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
+    rc = EXIT_FAIL
+    try:
+        log.info("minibt run (%s) pid %d listening on port %d; limits %s", "once" if once else "daemon",
+                 os.getpid(), client.port, limits)
+        _stderr(f"run: listening on port {client.port}")
+        runner.start()
+        client.run(until=runner.done, on_tick=runner.tick)
+        if runner.stop_signal is not None:
+            log.info("%s: announcing 'stopped' and saving state", runner.stop_signal)
+        # Judged before the shutdown turns every torrent to 'stopped'.
+        once_rc = runner.once_result(client.clock.now())
+        outcomes = runner.outcomes()
+    finally:
+        try:
+            client.close()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            runner.stop_signal = runner.stop_signal or "exit"
+            runner.save_state(force=True)
+            runner.write_status()
+    if once:
+        rc = once_rc if once_rc is not None else EXIT_TIME_UP
+        for o, job in zip(outcomes, [j for j in runner.jobs.values() if j.entry.mode == "download"], strict=True):
+            state = "complete" if o.complete else (f"error: {o.error}" if o.error else "incomplete, progress saved")
+            _stderr(f"{job.meta.name}: {state}")
+    else:
+        rc = EXIT_OK if runner.stop_signal != "exit" else EXIT_FAIL
+    log.info("exit %d (peak RSS %.1f MiB)", rc, runner.peak_rss / (1 << 20))
+    return rc
+
+
+def _stderr(msg: str) -> None:
+    import sys
+
+    print("minibt: " + msg.replace("\n", "\\n"), file=sys.stderr, flush=True)
