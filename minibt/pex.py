@@ -271,6 +271,12 @@ def parse_peer_addr(text: str) -> Addr:
         raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
 
 
+def format_peer_addr(addr: Addr) -> str:
+    """``"1.2.3.4:6881"`` or ``"[2001:db8::1]:6881"`` (the WebTorrent ut_pex event form)."""
+    ip, port = addr
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
 def _is_v6(ip: str) -> bool:
     return ":" in ip
 

@@ -457,7 +457,7 @@ class Session:
         if ev.peer_id == self.peer_id:
             self.close(conn.cid, CloseReason.SELF_CONNECTION, "connected to ourselves")
             self._local_ips.add(conn.ip)
-            t.candidates.pop(conn.addr, None)
+            t.candidates.discard(conn.addr)
             return
         for other in t.peers.values():
             if other.peer_id == ev.peer_id and ev.peer_id != bytes(20):

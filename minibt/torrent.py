@@ -7,7 +7,8 @@ Here: the life cycle, routing wire messages, piece verification results, timers,
 The rest is done by parts this torrent owns, each seeing it only through a small Protocol
 (section "services for the parts"): checker.py (hash check, resume file), dialer.py (whom to
 dial), download.py (request pipeline, received blocks), upload.py (choking, serving requests),
-superseeding.py (BEP 16); extension.py has the BEP 10 handshake.
+superseeding.py (BEP 16), exchange.py (ut_pex, serving ut_metadata); extension.py has the BEP 10
+handshake.
 
 States::
 
@@ -27,18 +28,21 @@ from typing import TYPE_CHECKING, Any
 
 from minibt import wire as w
 from minibt.bitfield import Bitfield
+from minibt.candidates import CandidatePool
 from minibt.checker import Checker
 from minibt.choker import Choker
-from minibt.dialer import DialCandidate, Dialer
+from minibt.dialer import Dialer
 from minibt.download import BLOCK_LEN as BLOCK_LEN  # re-exported: session.py imports it from here
 from minibt.download import SNUB_TIMEOUT_S as SNUB_TIMEOUT_S  # re-exported for tests
 from minibt.download import Downloader
 from minibt.errors import CloseReason, LocalProtocolError, StorageError
-from minibt.events import EventName, Listeners
+from minibt.events import EventName, EventRecord, Listeners
+from minibt.exchange import Exchange
 from minibt.extension import apply_peer_handshake, our_handshake
 from minibt.hasher import HashJob, HashResult
 from minibt.metainfo import Metainfo
 from minibt.peer import Addr, PeerConnection, PeerSource
+from minibt.pex import PexConfig, PexPeer, PexReceived
 from minibt.picker import PiecePicker
 from minibt.ratelimit import KEEP, Keep, TransferLimits
 from minibt.reputation import BlockRecord
@@ -95,6 +99,8 @@ class TorrentConfig:
     auto_choke: bool = True  # False: the built-in choker never runs; library code unchokes (Peer.unchoke)
     auto_request: bool = True  # False: never pick/request by itself; library code calls Peer.request
     super_seed: bool = False  # BEP 16 super-seeding (initial seeder only; minibt/superseed.py)
+    # ut_pex (BEP 11); lower pex.interval_s only in tests whose peer accepts it (PexConfig).
+    pex: PexConfig = PexConfig()
 
 
 @dataclass(slots=True)
@@ -181,6 +187,7 @@ class Torrent:
             outbox_bytes=config.upload_outbox_bytes, max_requests=config.max_incoming_requests,
             auto_choke=config.auto_choke,
         )
+        self.exchange = Exchange(self, peers=self.peers, info_bytes=meta.info_bytes, pex_config=config.pex)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -396,7 +403,15 @@ class Torrent:
         elif not self.have.none():
             wire.send_bitfield(self.have.to_bytes())
         if wire.extension:
-            wire.ext_handshake(our_handshake(reqq=self.config.max_incoming_requests, listen_port=self.session.listen_port))
+            wire.ext_handshake(
+                our_handshake(
+                    reqq=self.config.max_incoming_requests,
+                    listen_port=self.session.listen_port,
+                    pex=self.exchange.pex_enabled,
+                    metadata=True,
+                    metadata_size=len(self.meta.info_bytes),
+                )
+            )
         self.upload.grant_allowed_fast(peer)
         self.dialer.connected(peer.addr)
 
@@ -405,13 +420,46 @@ class Torrent:
         if self.peers.pop(peer.cid, None) is None:
             return
         self.picker.peer_gone(peer.cid)
+        self.exchange.peer_gone(peer.cid)
         self._superseeding.peer_gone(peer.cid)
         self.upload.peer_gone(peer.cid, now)
 
     @property
-    def candidates(self) -> dict[Addr, DialCandidate]:
-        """Addresses we may dial (dialer.py)."""
+    def candidates(self) -> CandidatePool:
+        """Addresses we may dial (dialer.py, candidates.py)."""
         return self.dialer.candidates
+
+    @property
+    def private(self) -> bool:
+        """BEP 27: no PEX (and no DHT) for this torrent."""
+        return self.meta.private
+
+    def own_addresses(self) -> set[Addr]:
+        return self.session.own_addresses()
+
+    def pex_candidates(self, received: PexReceived, via: Addr, *, now: float) -> int:
+        """Addresses a peer told us by PEX: into the pool (source PEX, per-source cap), then dial."""
+        n = self.dialer.add_pex(received, via=via, own=self.session.own_addresses())
+        if n:
+            self._connect_more(now)
+        return n
+
+    def emit_pex(
+        self,
+        name: EventName,
+        peer: PeerConnection,
+        *,
+        added: tuple[PexPeer, ...] = (),
+        dropped: tuple[Addr, ...] = (),
+        added6: tuple[PexPeer, ...] = (),
+        dropped6: tuple[Addr, ...] = (),
+        addr: str | None = None,
+        flags: int | None = None,
+    ) -> None:
+        q = self.session.events
+        if q.enabled:
+            rec = EventRecord(name, self, peer, added=added, dropped=dropped, added6=added6, dropped6=dropped6)
+            q.push(EventRecord(name, self, peer, addr=addr, flags=flags) if addr is not None else rec)
 
     def add_candidates(self, addrs: list[Addr], source: PeerSource, *, now: float) -> None:
         self.dialer.add(addrs, source, own=self.session.own_addresses())
@@ -484,6 +532,10 @@ class Torrent:
         elif t is w.ExtHandshake:
             assert isinstance(msg, w.ExtHandshake)
             apply_peer_handshake(peer, msg.data)
+            self.exchange.on_ext_handshake(peer, now=now)
+        elif t is w.Extended:
+            assert isinstance(msg, w.Extended)
+            self.exchange.on_extended(peer, msg.ext_id, msg.payload, now=now)
         # Suggest, Port, KeepAlive, other extended messages: nothing to do yet.
 
     def _check_seed(self, peer: PeerConnection, now: float) -> None:
@@ -562,7 +614,8 @@ class Torrent:
             if now - self._last_connect_at >= 1.0:
                 self._last_connect_at = now
                 self._connect_more(now)
-            if len(self.peers) < 5 and self.candidates == {}:
+            self.exchange.tick(now=now)
+            if len(self.peers) < 5 and len(self.candidates) == 0:
                 self.announcer.want_more_peers(now=now)
             # Not while checking: 'left' is unknown until the check ends, and a seed that announced
             # left=<everything> would be listed as a leecher until its next interval (30 min).
