@@ -26,6 +26,8 @@ from minibt.handshake import (
     supports_fast,
 )
 from minibt.hasher import HashJob, HashResult
+from minibt.magnet import Magnet
+from minibt.magnetfetch import MagnetFetch
 from minibt.metainfo import Metainfo
 from minibt.peer import Addr, PeerConnection, PeerSource
 from minibt.ratelimit import KEEP, Keep, RateLimiter, TokenBucket
@@ -122,6 +124,8 @@ class Session:
         self.torrents: dict[bytes, Torrent] = {}
         self.conns: dict[int, PeerConnection] = {}
         self._torrent_of: dict[int, Torrent] = {}  # cid -> torrent (outgoing from the start, incoming after handshake)
+        self.fetches: dict[bytes, MagnetFetch] = {}  # magnet links still fetching metadata (magnetfetch.py)
+        self._fetch_of: dict[int, MagnetFetch] = {}  # cid -> magnet fetch (outgoing only)
         self._actions: list[Action] = []
         self._dirty: set[int] = set()
         self._next_cid = 1
@@ -175,11 +179,46 @@ class Session:
         t.start(now=now)
         return t
 
+    def add_magnet(
+        self,
+        magnet: Magnet,
+        download_dir: str,
+        *,
+        mode: str = "download",
+        now: float,
+        config: TorrentConfig | None = None,
+        resume_path: Callable[[Metainfo], str | None] | None = None,
+    ) -> MagnetFetch:
+        """Start fetching a magnet link's metadata (BEP 9); the torrent is added once it verifies."""
+        self._now = now
+        if magnet.info_hash in self.torrents or magnet.info_hash in self.fetches:
+            raise ValueError(f"torrent {magnet.info_hash_hex} already added")
+        f = MagnetFetch(
+            self, magnet, download_dir, mode=mode, config=config or self.config.torrent, rng=self.rng, now=now,
+            resume_path=resume_path,
+        )
+        self.fetches[magnet.info_hash] = f
+        return f
+
+    def magnet_done(self, fetch: MagnetFetch, meta: Metainfo, *, now: float) -> None:
+        """A fetch verified its metadata: replace it with a normal torrent."""
+        self.fetches.pop(fetch.info_hash, None)
+        fetch.torrent = self.add_torrent(
+            meta, fetch.download_dir, mode=fetch.mode, resume_path=fetch.resume_path(meta), now=now,
+            config=fetch.config,
+        )
+
     def add_peers(self, info_hash: bytes, addrs: list[Addr], source: PeerSource, *, now: float) -> None:
+        f = self.fetches.get(info_hash)
+        if f is not None:
+            f.add_peers(addrs, source)
+            return
         self.torrents[info_hash].add_candidates(addrs, source, now=now)
 
     def stop(self, *, now: float) -> None:
         self._now = now
+        for f in list(self.fetches.values()):
+            f.stop(now=now)
         for t in self.torrents.values():
             t.stop(now=now)
 
@@ -188,7 +227,7 @@ class Session:
     def hash(self, job: HashJob) -> None:
         self._actions.append(HashPiece(job))
 
-    def announce(self, torrent: Torrent, job: AnnounceJob, params: AnnounceParams) -> None:
+    def announce(self, torrent: Torrent | MagnetFetch, job: AnnounceJob, params: AnnounceParams) -> None:
         self._actions.append(Announce(torrent.info_hash, job, params))
 
     @property
@@ -220,7 +259,7 @@ class Session:
     def dialing_addrs(self) -> set[Addr]:
         return {c.addr for c in self.conns.values() if c.outgoing}
 
-    def dial(self, torrent: Torrent, addr: Addr, source: PeerSource, *, now: float) -> int | None:
+    def dial(self, torrent: Torrent | MagnetFetch, addr: Addr, source: PeerSource, *, now: float) -> int | None:
         if len(self.conns) >= self.config.max_connections:
             return None
         cid = self._new_cid()
@@ -236,7 +275,10 @@ class Session:
         conn.transport = order[0]
         conn.fallbacks = list(order[1:])
         self.conns[cid] = conn
-        self._torrent_of[cid] = torrent
+        if isinstance(torrent, MagnetFetch):
+            self._fetch_of[cid] = torrent
+        else:
+            self._torrent_of[cid] = torrent
         self._actions.append(Dial(cid, addr, conn.transport))
         return cid
 
@@ -244,7 +286,7 @@ class Session:
         """Redial an outgoing connection that failed before the BT handshake on its next transport."""
         if not conn.outgoing or conn.wire is not None or not conn.fallbacks or reason not in FALLBACK_REASONS:
             return False
-        t = self._torrent_of.get(conn.cid)
+        t = self._torrent_of.get(conn.cid) or self._fetch_of.get(conn.cid)
         if t is None:
             return False
         log.info(
@@ -288,6 +330,9 @@ class Session:
             if conn.wire is None and conn.outgoing:
                 t.peer_connect_failed(conn.addr, now=now)
             t.peer_closed(conn, now=now)
+        f = self._fetch_of.pop(conn.cid, None)
+        if f is not None:
+            f.peer_closed(conn, now=now, failed_dial=conn.fetch_link is None)
 
     # ------------------------------------------------------------------ public API support (minibt/api.py)
 
@@ -414,6 +459,8 @@ class Session:
                     t.on_message(conn, ev, now=now)
                     if conn.closing:
                         return
+            elif conn.fetch_link is not None:
+                self._fetch_of[cid].on_data(conn, data, now=now)
             else:
                 self._handshake_data(conn, data, now)
         except RemoteProtocolError as e:
@@ -451,6 +498,10 @@ class Session:
         t = self._torrent_of.get(conn.cid)
         hs = conn.handshake
         assert hs is not None
+        f = self._fetch_of.get(conn.cid)
+        if t is None and f is not None:
+            self._fetch_handshake_done(f, conn, ev, now)
+            return
         if t is None:
             self.close(conn.cid, CloseReason.UNKNOWN_INFO_HASH, ev.info_hash.hex())
             return
@@ -491,6 +542,30 @@ class Session:
                 if conn.closing:
                     return
 
+    def _fetch_handshake_done(self, f: MagnetFetch, conn: PeerConnection, ev: HandshakeReceived, now: float) -> None:
+        hs = conn.handshake
+        assert hs is not None
+        if ev.peer_id == self.peer_id:
+            self._local_ips.add(conn.ip)
+            f.candidates.discard(conn.addr)
+            self.close(conn.cid, CloseReason.SELF_CONNECTION, "connected to ourselves")
+            return
+        if not supports_extension(ev.reserved):
+            # BEP 9 needs BEP 10: this peer cannot give us the metadata.
+            self.close(conn.cid, CloseReason.PROTOCOL_VIOLATION, "no extension protocol (BEP 10): cannot fetch metadata")
+            return
+        conn.peer_id = ev.peer_id
+        conn.reserved = ev.reserved
+        conn.info_hash = ev.info_hash
+        conn.pending_handshake_bytes = hs.data_to_send()
+        leftover = hs.leftover()
+        conn.handshake = None
+        f.attach(conn, now=now)
+        self._dirty.add(conn.cid)
+        self.emit(EventName.HANDSHAKE_DONE, conn, None)
+        if leftover:
+            f.on_data(conn, leftover, now=now)
+
     def on_writable(self, cid: int, *, now: float) -> None:
         """The socket drained: let the torrent serve more queued requests."""
         self._now = now
@@ -512,6 +587,8 @@ class Session:
         if conn.pending_handshake_bytes:
             out = conn.pending_handshake_bytes
             conn.pending_handshake_bytes = b""
+        if conn.fetch_link is not None:
+            return out + conn.fetch_link.data_to_send(max(0, limit - len(out)))
         assert conn.wire is not None
         rest = conn.wire.data_to_send(max(0, limit - len(out)), now=now)
         return out + rest if out else rest
@@ -537,6 +614,10 @@ class Session:
         t = self.torrents.get(info_hash)
         if t is not None:
             t.on_announce_result(job, result, error, now=now)
+            return
+        f = self.fetches.get(info_hash)
+        if f is not None:
+            f.on_announce_result(job, result, error, now=now)
 
     def tick(self, *, now: float) -> None:
         """Timers: handshake/wire deadlines, then every torrent's tick."""
@@ -560,7 +641,9 @@ class Session:
                             self._dirty.add(conn.cid)
             except RemoteProtocolError as e:
                 self.close(conn.cid, e.reason, e.detail)
-        for t in self.torrents.values():
+        for f in list(self.fetches.values()):
+            f.tick(now=now)
+        for t in list(self.torrents.values()):
             t.tick(now=now)
         if self._rate_waiting:
             self.on_rate_refill(now=now)  # also driven by rate_wake_at(); this is the fallback
