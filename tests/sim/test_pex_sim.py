@@ -1,0 +1,179 @@
+"""ut_pex (BEP 11) and magnet links (BEP 9) wired into the session, on the simulated network.
+
+No tracker: peers only know what the test or PEX tells them.  Time is a FakeClock (simnet), so
+the one-message-per-minute rule is asserted on exact send times.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import bencode2
+import pytest
+from helpers import FakeClock
+from simnet import KiB, LinkSpec, SimNet, SimPeer, make_payload, make_torrent, same_files
+
+from minibt.errors import CloseReason, MetainfoError
+from minibt.events import EventName
+from minibt.extension import LOCAL_UT_PEX_ID
+from minibt.magnet import Magnet
+from minibt.magnetfetch import FetchState
+from minibt.metainfo import Metainfo, create_torrent, metainfo_from_info, parse_metainfo
+from minibt.peer import PeerSource
+from minibt.pex import PEX_MIN_INTERVAL_S, PexMessage, PexPeer, encode_pex
+from minibt.torrent import TorrentState
+
+PIECE_LEN = 32 * KiB
+LAYOUT = {"a.bin": 300 * KiB + 17, "b/c.bin": 200 * KiB}
+
+
+@pytest.fixture
+def net(clock: FakeClock, rng: random.Random) -> SimNet:
+    return SimNet(clock, rng, tracker=False)
+
+
+@pytest.fixture
+def meta(tmp_path: Path) -> Metainfo:
+    make_payload(tmp_path / "src" / "payload", LAYOUT, seed=3)
+    return make_torrent(tmp_path / "src" / "payload", PIECE_LEN, trackers=())
+
+
+def seeder(net: SimNet, meta: Metainfo, tmp: Path, name: str, ip: str, up_Bps: float | None = None) -> SimPeer:
+    p = net.add_peer(name, ip, link=None if up_Bps is None else LinkSpec(up_Bps=up_Bps))
+    t = net.add_torrent(p, meta, tmp / "src", mode="seed")
+    assert net.run_until(lambda: t.state is TorrentState.SEEDING, 1.0)
+    return p
+
+
+def leecher(net: SimNet, meta: Metainfo, tmp: Path, name: str, ip: str) -> SimPeer:
+    p = net.add_peer(name, ip)
+    net.add_torrent(p, meta, tmp / name, mode="download")
+    return p
+
+
+def connected_to(p: SimPeer, ip: str) -> bool:
+    return any(c.ip == ip and c.wire is not None for c in p.session.conns.values())
+
+
+def test_peer_learned_by_pex_is_dialled_with_source_and_flags(net: SimNet, meta: Metainfo, tmp_path: Path) -> None:
+    a = seeder(net, meta, tmp_path, "a", "10.0.0.1", up_Bps=20 * KiB)  # slow: b stays a leecher for a while
+    b = leecher(net, meta, tmp_path, "b", "10.1.0.2")
+    c = leecher(net, meta, tmp_path, "c", "10.2.0.3")
+    net.add_peers(b, [a.addr])
+    assert net.run_until(lambda: connected_to(b, "10.0.0.1"), 5)
+    net.add_peers(c, [b.addr])  # c is told of b only
+    assert net.run_until(lambda: connected_to(c, "10.0.0.1"), 30), net.describe()
+    cand = c.torrent.candidates.get(a.addr)
+    assert cand is not None and cand.source is PeerSource.PEX and cand.via == b.addr
+    # a is a seed and b dialled it: b advertised it with the seed and reachable flags
+    assert cand.flags == 0x02 | 0x10
+    (conn,) = [x for x in c.session.conns.values() if x.ip == "10.0.0.1"]
+    assert conn.outgoing and conn.source is PeerSource.PEX
+    assert net.run_until(lambda: c.torrent.complete, 120)
+    assert same_files(meta, tmp_path / "src", tmp_path / "c")
+
+
+def test_pex_sent_at_most_once_a_minute_and_drops_follow_disconnects(
+    net: SimNet, meta: Metainfo, tmp_path: Path
+) -> None:
+    hub = leecher(net, meta, tmp_path, "hub", "10.0.0.1")
+    peers = [leecher(net, meta, tmp_path, f"p{i}", f"10.{i}.0.2") for i in range(1, 4)]
+    sends: dict[tuple[str, int], list[float]] = {}
+
+    def record() -> None:
+        for cid, conn in hub.session.conns.items():
+            s = hub.torrent.exchange.sender(cid)
+            if s is None:
+                continue
+            times = sends.setdefault((conn.ip, cid), [])
+            n = s.stats()["messages_sent"]
+            while len(times) < n:
+                times.append(net.now)
+
+    net.checks.append(record)
+    net.add_peers(hub, [p.addr for p in peers[:2]])
+    net.run_for(5)
+    net.add_peers(hub, [peers[2].addr])  # joins later: the others hear of it in their next message
+    net.run_for(30)
+    net.kill(peers[0])  # leaves: the others must hear 'dropped'
+    net.run_for(100)  # < 180 s in all: no idle disconnects (nobody has data, nobody is interested)
+    assert all(len(t) >= 2 for k, t in sends.items() if k[0] != "10.1.0.2"), sends
+    for times in sends.values():
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert all(g >= PEX_MIN_INTERVAL_S for g in gaps), (times, gaps)
+    # p2 learned p1 and p3 from the hub, then p1 was dropped
+    (to_hub,) = [x for x in peers[1].session.conns.values() if x.ip == "10.0.0.1"]
+    r = peers[1].torrent.exchange.receiver(to_hub.cid)
+    assert r is not None and set(r.learned()) == {peers[2].addr} and r.stats()["dropped"] == 1
+    assert not any(reason is CloseReason.PROTOCOL_VIOLATION for _, reason in peers[1].close_reasons())
+
+
+def test_no_pex_for_private_torrents(net: SimNet, tmp_path: Path) -> None:
+    make_payload(tmp_path / "src" / "payload", LAYOUT, seed=4)
+    meta = parse_metainfo(create_torrent(str(tmp_path / "src" / "payload"), piece_length=PIECE_LEN, private=True))
+    a = seeder(net, meta, tmp_path, "a", "10.0.0.1")
+    b = leecher(net, meta, tmp_path, "b", "10.1.0.2")
+    c = leecher(net, meta, tmp_path, "c", "10.2.0.3")
+    net.add_peers(b, [a.addr])
+    net.add_peers(c, [b.addr])
+    net.run_for(120)
+    assert not connected_to(c, "10.0.0.1")  # c never heard of a
+    for p in (a, b, c):
+        for conn in p.session.conns.values():
+            # minibt peers do not offer ut_pex for a private torrent, so no PEX state exists
+            assert "ut_pex" not in conn.ext_ids and p.torrent.exchange.sender(conn.cid) is None
+
+
+def test_pex_flood_is_disconnected_and_penalised(net: SimNet, meta: Metainfo, tmp_path: Path) -> None:
+    a = seeder(net, meta, tmp_path, "a", "10.0.0.1")
+    b = leecher(net, meta, tmp_path, "b", "10.1.0.2")
+    events: list[str] = []
+    a.session.events.enabled = True
+    net.add_peers(b, [a.addr])
+    assert net.run_until(lambda: connected_to(b, "10.0.0.1") and any(
+        a.torrent.exchange.receiver(cid) for cid in a.session.conns), 5)
+    (conn,) = [x for x in b.session.conns.values() if x.ip == "10.0.0.1"]
+    assert conn.ext_ids["ut_pex"] == LOCAL_UT_PEX_ID and conn.wire is not None
+    # b misbehaves: two ut_pex messages back to back (its sender would never do that).
+    for i in range(2):
+        payload = encode_pex(PexMessage(added=(PexPeer(f"10.9.0.{i + 1}", 7000),)))
+        conn.wire.extended(conn.ext_ids["ut_pex"], payload)
+    b.session.mark_dirty(conn.cid)
+    net.run_for(2)
+    reasons = [r for ip, r in a.close_reasons() if ip == "10.1.0.2"]
+    assert reasons == [CloseReason.PROTOCOL_VIOLATION]
+    assert a.session.reputation.score("10.1.0.2") < 100
+    events = [r.name for r in a.session.events.take()]
+    assert events.count(EventName.PEX) == 1  # the first message was accepted, the second closed it
+    assert a.torrent.candidates.get(("10.9.0.1", 7000)) is not None
+
+
+def test_magnet_fetches_metadata_from_x_pe_and_downloads(net: SimNet, meta: Metainfo, tmp_path: Path) -> None:
+    a = seeder(net, meta, tmp_path, "a", "10.0.0.1")
+    b = seeder(net, meta, tmp_path, "b", "10.1.0.1")
+    m = net.add_peer("m", "10.2.0.3")
+    f = m.session.add_magnet(Magnet(meta.info_hash, "payload", (), (a.addr, b.addr)), str(tmp_path / "m"), now=net.now)
+    assert f.state is FetchState.FETCHING and f.torrent is None
+    assert net.run_until(lambda: f.torrent is not None, 20), net.describe()
+    assert f.meta is not None and f.meta.info_bytes == meta.info_bytes and f.meta.name == "payload"
+    served = sum(p.torrent.exchange.stats()["metadata_served"] for p in (a, b))
+    assert served >= 1
+    assert net.run_until(lambda: f.complete, 30), net.describe()
+    assert same_files(meta, tmp_path / "src", tmp_path / "m")
+    assert m.session.fetches == {}
+
+
+@pytest.mark.parametrize("name", [b"../../etc", b"/abs", b"a/b", b"..", b"ok\x00name"])
+def test_magnet_name_is_sanitised_like_a_torrent(tmp_path: Path, name: bytes) -> None:
+    make_payload(tmp_path / "src" / "payload", {"x.bin": 40 * KiB}, seed=5)
+    good = make_torrent(tmp_path / "src" / "payload", PIECE_LEN, trackers=())
+    info = bencode2.bdecode(good.info_bytes)
+    info[b"name"] = name
+    evil = bencode2.bencode(info)
+    # magnetfetch.py parses fetched metadata with metainfo_from_info: same verdict as a .torrent.
+    with pytest.raises(MetainfoError) as from_magnet:
+        metainfo_from_info(evil)
+    with pytest.raises(MetainfoError) as from_torrent:
+        parse_metainfo(b"d4:info" + evil + b"e")
+    assert str(from_magnet.value) == str(from_torrent.value)
