@@ -36,9 +36,6 @@ from minibt.pex import (
 
 log = logging.getLogger(__name__)
 
-PEX_PENALTY = 20  # reputation points for a PEX flood / oversize / malformed message (NB's -20 rule)
-
-
 class ExchangeHost(Protocol):
     """What this part asks of its torrent (:class:`minibt.torrent.Torrent` implements it)."""
 

@@ -42,7 +42,7 @@ from minibt.extension import apply_peer_handshake, our_handshake
 from minibt.hasher import HashJob, HashResult
 from minibt.metainfo import Metainfo
 from minibt.peer import Addr, PeerConnection, PeerSource
-from minibt.pex import PexConfig, PexPeer, PexReceived
+from minibt.pex import PEX_SEND_INTERVAL_S, PexConfig, PexPeer, PexReceived
 from minibt.picker import PiecePicker
 from minibt.ratelimit import KEEP, Keep, TransferLimits
 from minibt.reputation import BlockRecord
@@ -100,7 +100,7 @@ class TorrentConfig:
     auto_request: bool = True  # False: never pick/request by itself; library code calls Peer.request
     super_seed: bool = False  # BEP 16 super-seeding (initial seeder only; minibt/superseed.py)
     # ut_pex (BEP 11); lower pex.interval_s only in tests whose peer accepts it (PexConfig).
-    pex: PexConfig = PexConfig()
+    pex: PexConfig = PexConfig(interval_s=PEX_SEND_INTERVAL_S)
 
 
 @dataclass(slots=True)

@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from clients import LOOPBACK, START_TIMEOUT_S, Client, running
 
 from minibt.api import Peer
 from minibt.client import Client as MinibtClient
-from minibt.errors import CloseReason
+from minibt.errors import CloseReason, LocalProtocolError
 from minibt.events import EventName
 from minibt.metainfo import create_torrent, parse_metainfo
 from minibt.peer import PeerSource
@@ -141,7 +140,7 @@ def test_pex_both_ways_with_webtorrent_and_flood_protection(tmp_path: Path, node
         peer = Peer.of(conn, c.session)  # type: ignore[arg-type]
         # minibt -> WebTorrent, through the public API: one IPv4 and one IPv6 entry (with flags).
         peer.send_pex(added=[("127.0.0.11", 7011)], added6=[{"ip": "::1", "port": 7012, "flags": PexFlag.REACHABLE}])
-        with pytest.raises(Exception, match="at most one per 60 s"):
+        with pytest.raises(LocalProtocolError, match="at most one per minute"):
             peer.send_pex(added=[("127.0.0.12", 7012)])  # BEP 11: the second one would be too soon
 
         attackers = [
