@@ -12,7 +12,7 @@ from pathlib import Path
 import bencode2
 import pytest
 from helpers import FakeClock
-from simnet import KiB, LinkSpec, SimNet, SimPeer, make_payload, make_torrent, same_files
+from simnet import SIM_TRACKER, KiB, LinkSpec, SimNet, SimPeer, make_payload, make_torrent, same_files
 
 from minibt.errors import CloseReason, MetainfoError
 from minibt.events import EventName
@@ -177,3 +177,18 @@ def test_magnet_name_is_sanitised_like_a_torrent(tmp_path: Path, name: bytes) ->
     with pytest.raises(MetainfoError) as from_torrent:
         parse_metainfo(b"d4:info" + evil + b"e")
     assert str(from_magnet.value) == str(from_torrent.value)
+
+
+def test_magnet_without_peers_finds_the_seed_through_its_tr_tracker(
+    clock: FakeClock, rng: random.Random, tmp_path: Path
+) -> None:
+    net = SimNet(clock, rng)  # with the in-memory tracker at SIM_TRACKER
+    make_payload(tmp_path / "src" / "payload", LAYOUT, seed=6)
+    meta = make_torrent(tmp_path / "src" / "payload", PIECE_LEN)  # announces to SIM_TRACKER
+    seeder(net, meta, tmp_path, "a", "10.0.0.1")
+    net.run_for(2)  # the seed's 'started' announce
+    m = net.add_peer("m", "10.2.0.3")
+    f = m.session.add_magnet(Magnet(meta.info_hash, None, (SIM_TRACKER,), ()), str(tmp_path / "m"), now=net.now)
+    assert net.run_until(lambda: f.complete, 60), net.describe()
+    assert f.meta is not None and [list(t) for t in f.meta.announce_tiers] == [[SIM_TRACKER]]
+    assert same_files(meta, tmp_path / "src", tmp_path / "m")
