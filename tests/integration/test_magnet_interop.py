@@ -103,3 +103,19 @@ def test_magnet_corrupt_metadata_from_evil_peer_then_completes_from_honest(tmp_p
     assert (evil_addr, CloseReason.CORRUPT_DATA) in closed
     assert rep < 100  # penalised
     assert_same_tree(tmp_path / "seed" / "payload", tmp_path / "mb" / "payload")
+
+
+def test_magnet_x_pe_host_name_is_dialled(tmp_path: Path) -> None:
+    src = many_files(tmp_path / "seed" / "payload", 3, 40 * KIB, seed=43)
+    t = make_torrent(src, tmp_path / "lt.torrent", [], 32 * KIB)
+    seeder = LibtorrentPeer(tmp_path / "lt", torrent_path=t.path, save_dir=tmp_path / "seed", seed=True)
+    with running(seeder):
+        seeder.wait_complete(timeout_s=30)
+        uri = f"magnet:?xt=urn:btih:{t.info_hash}&x.pe=localhost:{seeder.port}"
+        with Client(bind=LOOPBACK, port=0) as c:
+            f = c.add_magnet(uri, str(tmp_path / "mb"))
+            assert f.magnet.peers == (("localhost", seeder.port),)
+            deadline = time.monotonic() + DEADLINE_S
+            c.run(until=lambda: f.complete or time.monotonic() > deadline)
+            assert f.complete, f.status(c.clock.now())
+    assert_same_tree(tmp_path / "seed" / "payload", tmp_path / "mb" / "payload")
