@@ -192,3 +192,40 @@ def test_magnet_without_peers_finds_the_seed_through_its_tr_tracker(
     assert net.run_until(lambda: f.complete, 60), net.describe()
     assert f.meta is not None and [list(t) for t in f.meta.announce_tiers] == [[SIM_TRACKER]]
     assert same_files(meta, tmp_path / "src", tmp_path / "m")
+
+
+def test_pex_api_events_and_controls(net: SimNet, meta: Metainfo, tmp_path: Path) -> None:
+    from minibt.api import Dispatcher, Event, Peer
+    from minibt.errors import LocalProtocolError
+
+    hub = leecher(net, meta, tmp_path, "hub", "10.0.0.1")
+    x = leecher(net, meta, tmp_path, "x", "10.1.0.2")
+    y = leecher(net, meta, tmp_path, "y", "10.2.0.2")
+    seen: list[Event] = []
+    d = Dispatcher(x.session)
+    for name in (EventName.PEX, EventName.PEX_PEER, EventName.PEX_DROPPED):
+        d.listeners.on(name, seen.append)
+    net.checks.append(lambda: [d.dispatch()] and None)  # deliver events as the Client does
+    net.add_peers(hub, [x.addr, y.addr])
+    assert net.run_until(lambda: any(e.name is EventName.PEX_PEER for e in seen), 20), net.describe()
+    assert [(e.addr, e.flags) for e in seen if e.name is EventName.PEX_PEER] == [("10.2.0.2:6881", 0x10)]
+    (pex_ev,) = [e for e in seen if e.name is EventName.PEX]
+    assert pex_ev.peer is not None and pex_ev.peer.ip == "10.0.0.1" and [p.addr for p in pex_ev.added] == [y.addr]
+    # the hub's side of its connection to x, through the public facade
+    (to_x,) = [c for c in hub.session.conns.values() if c.ip == "10.1.0.2"]
+    px = Peer.of(to_x, hub.session)
+    with pytest.raises(LocalProtocolError, match="at most one per minute"):
+        px.send_pex(added=["10.7.0.1:1"])  # the automatic message just went out
+    px.pex.stop()
+    net.kill(y)
+    net.run_for(PEX_MIN_INTERVAL_S + 10)
+    assert not any(e.name is EventName.PEX_DROPPED for e in seen)  # stopped: nothing sent
+    px.pex.add_peer("10.8.0.1:6881")
+    px.pex.start()  # sends at once (the minute is over): y dropped, 10.8.0.1 added
+    net.run_for(1)
+    assert [e.addr for e in seen if e.name is EventName.PEX_DROPPED] == ["10.2.0.2:6881"]
+    assert "10.8.0.1:6881" in [e.addr for e in seen if e.name is EventName.PEX_PEER]
+    assert px.pex.stats()["sent_messages_sent"] == 2
+    px.pex.drop_peer("10.8.0.1:6881")
+    net.run_for(PEX_MIN_INTERVAL_S + 10)
+    assert [e.addr for e in seen if e.name is EventName.PEX_DROPPED][-1] == "10.8.0.1:6881"
