@@ -57,6 +57,9 @@ FETCH_MAX_MESSAGE_BYTES = 1024 * 1024 + 64  # convention (PROTOCOL.md section 5)
 FETCH_MAX_PEERS = 8  # convention: connections while fetching metadata
 FETCH_MAX_HALF_OPEN = 8
 FETCH_KEEPALIVE_S = 60.0  # convention: well inside libtorrent's 120 s keep-alive expectation
+# Convention: a connection whose BEP 10 handshake offers no usable ut_metadata within this long is
+# closed, so peers that cannot help do not hold the few fetch slots.
+FETCH_USELESS_AFTER_S = 30.0
 METADATA_BAD_PENALTY = 20  # reputation points for a copy that did not hash to the info-hash
 UNKNOWN_LEFT = 1  # announce 'left' before the size is known: non-zero, so trackers count us as a leecher
 _U32 = struct.Struct(">I")
@@ -168,7 +171,8 @@ class MagnetFetch:
         self.announcer = Announcer([[t] for t in magnet.trackers], rng, now=now)
         self.links: dict[int, PeerConnection] = {}  # cids past the BT handshake
         self.half_open: set[int] = set()
-        self.served_by: dict[Addr, PeerSource] = {}  # peers that completed the BT handshake
+        self.served_by: dict[Addr, PeerSource] = {}  # dialable addresses of handshaken peers
+        self._attached_at: dict[int, float] = {}  # cid -> when; dropped once it offers metadata
         self._last_connect_at = -1.0
         self.announcer.start(now=now)
 
@@ -203,8 +207,9 @@ class MagnetFetch:
 
     # ------------------------------------------------------------------ connections (called by the session)
 
-    def dialled(self, cid: int) -> None:
-        self.half_open.add(cid)
+    def can_accept(self) -> bool:
+        """Room for one more (incoming) connection while fetching."""
+        return self.state is FetchState.FETCHING and len(self.links) < FETCH_MAX_PEERS
 
     def attach(self, conn: PeerConnection, *, now: float) -> None:
         """The BT handshake with ``conn`` completed: send our extension handshake."""
@@ -212,7 +217,9 @@ class MagnetFetch:
         link = FetchLink(now=now)
         conn.fetch_link = link
         self.links[conn.cid] = conn
-        self.served_by[conn.addr] = conn.source
+        self._attached_at[conn.cid] = now
+        if conn.outgoing:
+            self.served_by[conn.addr] = conn.source
         self.candidates.connect_succeeded(conn.addr)
         # BEP 9: no metadata_size, since we have none; BEP 10 needs the extension bit (checked by the session).
         hs = our_handshake(reqq=self.config.max_incoming_requests, listen_port=self.session.listen_port, metadata=True)
@@ -223,6 +230,7 @@ class MagnetFetch:
         self.half_open.discard(conn.cid)
         if failed_dial:
             self.candidates.connect_failed(conn.addr, now=now)
+        self._attached_at.pop(conn.cid, None)
         if self.links.pop(conn.cid, None) is not None:
             self.fetcher.remove_peer(conn.cid)
             self.server.forget_peer(conn.cid)
@@ -250,10 +258,13 @@ class MagnetFetch:
         if not isinstance(d, dict):
             return
         apply_peer_handshake(conn, d)
+        if not conn.outgoing and conn.listen_port:
+            self.served_by[(conn.ip, conn.listen_port)] = PeerSource.INCOMING  # its BEP 10 'p': dialable
         usable = self.fetcher.add_peer(
             conn.cid, ut_metadata=conn.ext_ids.get(METADATA_EXT_NAME), metadata_size=d.get(b"metadata_size")
         )
         if usable:
+            self._attached_at.pop(conn.cid, None)
             self._ask(conn, now)
 
     def _on_metadata(self, conn: PeerConnection, payload: bytes, now: float) -> None:
@@ -363,6 +374,10 @@ class MagnetFetch:
             if link is not None and link.keepalive_due(now):
                 link.keepalive(now=now)
                 self.session.mark_dirty(conn.cid)
+        for cid, at in list(self._attached_at.items()):
+            if now - at >= FETCH_USELESS_AFTER_S:
+                self._attached_at.pop(cid, None)
+                self.session.close(cid, CloseReason.IDLE, "offers no ut_metadata (BEP 9) while we fetch metadata")
         if now - self._last_connect_at >= 1.0:
             self._last_connect_at = now
             self._connect_more(now)

@@ -475,6 +475,12 @@ class Session:
         for ev in hs.receive_data(bytes(data), now=now):
             if isinstance(ev, InfoHashReceived) and not conn.outgoing:
                 t = self.torrents.get(ev.info_hash)
+                f = self.fetches.get(ev.info_hash) if t is None else None
+                if f is not None and f.can_accept() and not self.reputation.is_banned(conn.ip):
+                    self._fetch_of[conn.cid] = f  # a magnet still fetching metadata: BEP 10 only
+                    hs.accept(ev.info_hash)
+                    self._dirty.add(conn.cid)
+                    continue
                 if t is None:
                     self.close(conn.cid, CloseReason.UNKNOWN_INFO_HASH, ev.info_hash.hex())
                     return

@@ -229,3 +229,31 @@ def test_pex_api_events_and_controls(net: SimNet, meta: Metainfo, tmp_path: Path
     px.pex.drop_peer("10.8.0.1:6881")
     net.run_for(PEX_MIN_INTERVAL_S + 10)
     assert [e.addr for e in seen if e.name is EventName.PEX_DROPPED][-1] == "10.8.0.1:6881"
+
+
+def test_magnet_closes_a_peer_that_offers_no_metadata(net: SimNet, meta: Metainfo, tmp_path: Path) -> None:
+    from minibt.magnetfetch import FETCH_USELESS_AFTER_S
+
+    # a minibt peer fetching the same magnet has no metadata to offer (no metadata_size)
+    p1 = net.add_peer("p1", "10.0.0.1")
+    f1 = p1.session.add_magnet(Magnet(meta.info_hash, None, (), ()), str(tmp_path / "p1"), now=net.now)
+    m = net.add_peer("m", "10.2.0.3")
+    f = m.session.add_magnet(Magnet(meta.info_hash, None, (), ()), str(tmp_path / "m"), now=net.now)
+    f.add_peers([p1.addr], PeerSource.USER)
+    assert net.run_until(lambda: bool(f.links), 5)
+    t0 = net.now
+    assert net.run_until(lambda: not f.links, FETCH_USELESS_AFTER_S + 5)
+    assert net.now - t0 >= FETCH_USELESS_AFTER_S - 1
+    assert CloseReason.IDLE in [r for _, r in m.close_reasons()]
+    assert f.state is FetchState.FETCHING and f1.state is FetchState.FETCHING
+
+
+def test_magnet_takes_metadata_from_a_peer_that_dials_it(net: SimNet, meta: Metainfo, tmp_path: Path) -> None:
+    a = seeder(net, meta, tmp_path, "a", "10.0.0.1")
+    m = net.add_peer("m", "10.2.0.3")
+    f = m.session.add_magnet(Magnet(meta.info_hash, None, (), ()), str(tmp_path / "m"), now=net.now)
+    net.add_peers(a, [m.addr])  # m knows nobody; the seed dials it
+    assert net.run_until(lambda: f.torrent is not None, 20), net.describe()
+    assert a.addr in f.served_by  # its BEP 10 listen port, not the ephemeral one
+    assert net.run_until(lambda: f.complete, 30), net.describe()
+    assert same_files(meta, tmp_path / "src", tmp_path / "m")
