@@ -123,3 +123,34 @@ def test_two_libtorrent_peers_meet_through_minibts_pex(tmp_path: Path) -> None:
             run_until(c, lambda: set(sent()) >= {a.port, b.port} and min(sent().values()) >= 1, 30.0,
                       f"a PEX message to each libtorrent peer ({sent()})")
             assert max(sent().values()) <= 2  # at most one message per 60 s after the first
+
+
+def test_magnet_and_one_peer_address_find_the_rest_of_the_swarm(tmp_path: Path) -> None:
+    """The issue's headline: fed only a magnet link whose x.pe names one peer, minibt fetches the
+    metadata from it and then reaches the other two libtorrent peers through its PEX messages."""
+    from minibt.magnet import make_magnet
+
+    src = payload(tmp_path / "seed" / "payload", 16 * MIB, seed=53)
+    t = make_torrent(src, tmp_path / "lt.torrent", [], 256 * 1024)
+    l1 = LibtorrentPeer(tmp_path / "l1", torrent_path=t.path, save_dir=tmp_path / "seed", seed=True,
+                        extra_settings=SLOW_SEED)
+    with running(l1):
+        l1.wait_complete(timeout_s=30)
+        l2 = LibtorrentPeer(tmp_path / "l2", torrent_path=t.path, save_dir=tmp_path / "l2d", seed=False,
+                            peers=[(LOOPBACK, l1.port)])
+        with running(l2):
+            l3 = LibtorrentPeer(tmp_path / "l3", torrent_path=t.path, save_dir=tmp_path / "l3d", seed=False,
+                                peers=[(LOOPBACK, l1.port), (LOOPBACK, l2.port)])
+            with running(l3):
+                l1.wait_peers(2, timeout_s=20)
+                others = {(LOOPBACK, l2.port), (LOOPBACK, l3.port)}
+                with Client(bind=LOOPBACK, port=0) as c:
+                    f = c.add(make_magnet(bytes.fromhex(t.info_hash), peers=[(LOOPBACK, l1.port)]), str(tmp_path / "mb"))
+                    took = run_until(c, lambda: others <= set(remote_listen_addrs(c)), DEADLINE_S,
+                                     "metadata, then connections to the two peers only PEX named")
+                    print(f"magnet + one peer -> whole swarm after {took:.1f} s", file=sys.stderr)
+                    tor = f.torrent  # type: ignore[union-attr]
+                    assert tor is not None
+                    for a in others:
+                        cand = tor.candidates.get(a)
+                        assert cand is not None and cand.source is PeerSource.PEX
