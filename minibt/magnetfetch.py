@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING
 
 import bencode2
 
+from minibt import bencode
 from minibt.candidates import CandidatePool
-from minibt.errors import CloseReason, MetainfoError, WireError
+from minibt.errors import BencodeError, CloseReason, MetainfoError, WireError
 from minibt.events import EventName, EventRecord
 from minibt.extension import LOCAL_UT_METADATA_ID, apply_peer_handshake, our_handshake
 from minibt.magnet import Magnet
@@ -60,6 +61,8 @@ FETCH_KEEPALIVE_S = 60.0  # convention: well inside libtorrent's 120 s keep-aliv
 # Convention: a connection whose BEP 10 handshake offers no usable ut_metadata within this long is
 # closed, so peers that cannot help do not hold the few fetch slots.
 FETCH_USELESS_AFTER_S = 30.0
+EXT_HANDSHAKE_MAX_DEPTH = 16  # convention: a BEP 10 handshake is a shallow dict
+EXT_HANDSHAKE_MAX_TOKENS = 10_000  # convention: far above any real one (libtorrent's has ~40)
 METADATA_BAD_PENALTY = 20  # reputation points for a copy that did not hash to the info-hash
 UNKNOWN_LEFT = 1  # announce 'left' before the size is known: non-zero, so trackers count us as a leecher
 _U32 = struct.Struct(">I")
@@ -252,9 +255,9 @@ class MagnetFetch:
 
     def _on_ext_handshake(self, conn: PeerConnection, payload: bytes, now: float) -> None:
         try:
-            d = bencode2.bdecode(payload)
-        except Exception:  # bencode2 raises several types; a bad handshake is just ignored (BEP 10)
-            return
+            d = bencode.decode(payload, max_depth=EXT_HANDSHAKE_MAX_DEPTH, max_tokens=EXT_HANDSHAKE_MAX_TOKENS)
+        except BencodeError:
+            return  # a handshake we cannot read is ignored (BEP 10); the 30 s rule closes the peer
         if not isinstance(d, dict):
             return
         apply_peer_handshake(conn, d)

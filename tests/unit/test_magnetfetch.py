@@ -8,6 +8,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minibt.cli import main
 from minibt.errors import CloseReason, WireError
@@ -130,3 +132,15 @@ def test_advertised_flags_follow_bep11() -> None:
     c.ext_ids = {"ut_holepunch": 4}
     assert pex_flags(c) == PexFlag.REACHABLE | PexFlag.SEED | PexFlag.UTP | PexFlag.ENCRYPTION | PexFlag.HOLEPUNCH
     assert pex_flags(conn(outgoing=False)) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=20))
+def test_fetch_link_garbage_gives_messages_or_wire_error_only(chunks: list[bytes]) -> None:
+    link = FetchLink(now=0.0)
+    try:
+        for c in chunks:
+            for ext_id, payload in link.receive_data(c):
+                assert 0 <= ext_id <= 255 and isinstance(payload, bytes)
+    except WireError:
+        pass
