@@ -257,3 +257,22 @@ def test_magnet_takes_metadata_from_a_peer_that_dials_it(net: SimNet, meta: Meta
     assert a.addr in f.served_by  # its BEP 10 listen port, not the ephemeral one
     assert net.run_until(lambda: f.complete, 30), net.describe()
     assert same_files(meta, tmp_path / "src", tmp_path / "m")
+
+
+def test_metadata_requests_are_rejected_while_we_lack_the_metadata(
+    net: SimNet, meta: Metainfo, tmp_path: Path
+) -> None:
+    from minibt.metadata import MSG_REQUEST, encode_metadata_msg
+
+    p1 = net.add_peer("p1", "10.0.0.1")
+    f1 = p1.session.add_magnet(Magnet(meta.info_hash, None, (), ()), str(tmp_path / "p1"), now=net.now)
+    p2 = net.add_peer("p2", "10.2.0.3")
+    f2 = p2.session.add_magnet(Magnet(meta.info_hash, None, (), ()), str(tmp_path / "p2"), now=net.now)
+    f2.add_peers([p1.addr], PeerSource.USER)
+    assert net.run_until(lambda: any(c.ext_ids.get("ut_metadata") for c in f2.links.values()), 5)
+    (conn,) = f2.links.values()
+    assert conn.fetch_link is not None and b"metadata_size" not in conn.ext  # p1 has none to offer
+    conn.fetch_link.extended(conn.ext_ids["ut_metadata"], encode_metadata_msg(MSG_REQUEST, 0), now=net.now)
+    p2.session.mark_dirty(conn.cid)
+    assert net.run_until(lambda: f1.server.stats()["rejected_no_metadata"] == 1, 2)
+    assert f1.server.stats()["served"] == 0
