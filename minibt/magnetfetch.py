@@ -29,6 +29,7 @@ from minibt.candidates import CandidatePool
 from minibt.errors import BencodeError, CloseReason, MetainfoError, WireError
 from minibt.events import EventName, EventRecord
 from minibt.extension import LOCAL_UT_METADATA_ID, apply_peer_handshake, our_handshake
+from minibt.handshake import supports_fast
 from minibt.magnet import Magnet
 from minibt.metadata import (
     DEFAULT_MAX_METADATA_BYTES,
@@ -46,7 +47,7 @@ from minibt.metadata import (
 from minibt.metainfo import Metainfo, metainfo_from_info
 from minibt.peer import Addr, PeerConnection, PeerSource
 from minibt.tracker import AnnounceJob, AnnounceParams, Announcer, AnnounceResult
-from minibt.wire_codec import EXT_HANDSHAKE_ID, EXTENDED
+from minibt.wire_codec import EXT_HANDSHAKE_ID, EXTENDED, HAVE_NONE
 
 if TYPE_CHECKING:
     from minibt.session import Session
@@ -108,6 +109,10 @@ class FetchLink:
     def extended(self, ext_id: int, payload: bytes, *, now: float) -> None:
         self._out += _U32.pack(2 + len(payload)) + bytes((EXTENDED, ext_id)) + payload
         self._last_send = now
+
+    def have_none(self) -> None:
+        """BEP 6 Have None (we have no piece): with the fast extension, our first message."""
+        self._out += _U32.pack(1) + bytes((HAVE_NONE,))
 
     def keepalive_due(self, now: float) -> bool:
         return now - self._last_send >= FETCH_KEEPALIVE_S
@@ -224,6 +229,8 @@ class MagnetFetch:
         if conn.outgoing:
             self.served_by[conn.addr] = conn.source
         self.candidates.connect_succeeded(conn.addr)
+        if supports_fast(conn.reserved) and supports_fast(self.session.reserved):
+            link.have_none()  # BEP 6: bitfield / have all / have none come first
         # BEP 9: no metadata_size, since we have none; BEP 10 needs the extension bit (checked by the session).
         hs = our_handshake(reqq=self.config.max_incoming_requests, listen_port=self.session.listen_port, metadata=True)
         link.extended(EXT_HANDSHAKE_ID, bencode2.bencode(hs), now=now)
