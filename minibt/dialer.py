@@ -43,14 +43,23 @@ class Dialer:
         reputation: Reputation,
         max_peers: int,
         max_half_open: int,
+        client_addr: Addr | None = None,
     ) -> None:
+        """``client_addr``: our address as peers see it, for BEP 40 priorities (None: unknown yet)."""
         self._host = host
         self._peers = peers  # the torrent's handshaken connections (shared, not copied)
         self._half_open = half_open  # the torrent's dials before the BT handshake (shared)
         self._reputation = reputation
         self._max_peers = max_peers
         self._max_half_open = max_half_open
-        self.candidates = CandidatePool()
+        self.candidates = CandidatePool(client_addr=client_addr)
+        self._client_known = client_addr is not None
+
+    def peer_saw_us_as(self, ip: str, port: int) -> None:
+        """A peer's BEP 10 'yourip': use it for BEP 40 priorities unless our address is known."""
+        if not self._client_known:
+            self._client_known = True
+            self.candidates.set_client_addr((ip, port))
 
     def add(self, addrs: list[Addr], source: PeerSource, *, own: set[Addr]) -> None:
         """Remember ``addrs`` (not ``own`` addresses, banned IPs or port 0) up to the pool's cap."""

@@ -46,6 +46,8 @@ class ExchangeHost(Protocol):
 
     def own_addresses(self) -> set[Addr]: ...
 
+    def peer_saw_us_as(self, ip: str) -> None: ...
+
     def pex_candidates(self, received: PexReceived, via: Addr, *, now: float) -> int: ...
 
     def emit_pex(
@@ -82,7 +84,7 @@ def pex_flags(peer: PeerConnection) -> int:
     f = 0
     if peer.ext.get(b"e") == 1:
         f |= PexFlag.ENCRYPTION
-    if peer.is_seed:
+    if peer.is_seed or peer.ext.get(b"upload_only") == 1:  # BEP 21 upload_only counts as a seed
         f |= PexFlag.SEED
     if peer.transport == "utp":
         f |= PexFlag.UTP
@@ -152,6 +154,9 @@ class Exchange:
 
     def on_ext_handshake(self, peer: PeerConnection, *, now: float) -> None:
         """The peer's BEP 10 handshake arrived (maybe again): start PEX with it if it offers ut_pex."""
+        yourip = peer.ext.get(b"yourip")
+        if isinstance(yourip, bytes) and len(yourip) in (4, 16):
+            self._host.peer_saw_us_as(str(ipaddress.ip_address(yourip)))  # BEP 10 'yourip'
         ext_id = peer.ext_ids.get(PEX_EXT_NAME, 0)
         link = self._links.get(peer.cid)
         if not self.pex_enabled or not 0 < ext_id <= 255:

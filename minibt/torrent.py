@@ -172,6 +172,7 @@ class Torrent:
         self.dialer = Dialer(
             self, peers=self.peers, half_open=self.half_open, reputation=session.reputation,
             max_peers=config.max_peers, max_half_open=config.max_half_open,
+            client_addr=None if session.listen_ip in ("0.0.0.0", "::") else (session.listen_ip, session.listen_port),
         )
         self._superseeding = SuperSeeding(  # active while super-seeding (BEP 16)
             self, peers=self.peers, picker=self.picker, num_pieces=meta.num_pieces, rng=rng, name=meta.name
@@ -436,6 +437,10 @@ class Torrent:
 
     def own_addresses(self) -> set[Addr]:
         return self.session.own_addresses()
+
+    def peer_saw_us_as(self, ip: str) -> None:
+        """A peer's BEP 10 'yourip' (BEP 40 priorities need our address)."""
+        self.dialer.peer_saw_us_as(ip, self.session.listen_port)
 
     def pex_candidates(self, received: PexReceived, via: Addr, *, now: float) -> int:
         """Addresses a peer told us by PEX: into the pool (source PEX, per-source cap), then dial."""

@@ -201,10 +201,10 @@ def test_pex_api_events_and_controls(net: SimNet, meta: Metainfo, tmp_path: Path
     hub = leecher(net, meta, tmp_path, "hub", "10.0.0.1")
     x = leecher(net, meta, tmp_path, "x", "10.1.0.2")
     y = leecher(net, meta, tmp_path, "y", "10.2.0.2")
-    seen: list[Event] = []
+    seen: list[Event] = []  # what x hears from the hub (y, told of x by the hub, also dials x)
     d = Dispatcher(x.session)
     for name in (EventName.PEX, EventName.PEX_PEER, EventName.PEX_DROPPED):
-        d.listeners.on(name, seen.append)
+        d.listeners.on(name, lambda ev: seen.append(ev) if ev.peer is not None and ev.peer.ip == "10.0.0.1" else None)
     net.checks.append(lambda: [d.dispatch()] and None)  # deliver events as the Client does
     net.add_peers(hub, [x.addr, y.addr])
     assert net.run_until(lambda: any(e.name is EventName.PEX_PEER for e in seen), 20), net.describe()

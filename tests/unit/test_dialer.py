@@ -171,3 +171,17 @@ def test_forget_ip_drops_every_port() -> None:
     d.add([("192.0.2.9", 1), ("192.0.2.9", 2), ("192.0.2.10", 1)], PeerSource.PEX, own=set())
     d.forget_ip("192.0.2.9")
     assert len(d.candidates) == 1 and ("192.0.2.10", 1) in d.candidates
+
+
+def test_bep40_priority_uses_our_address_once_known() -> None:
+    from minibt.candidates import peer_priority
+
+    d, *_ = make()
+    a = ("198.51.100.7", 6881)
+    d.add([a], PeerSource.TRACKER, own=set())
+    d.peer_saw_us_as("203.0.113.9", 6881)  # BEP 10 'yourip'
+    c = d.candidates.get(a)
+    assert c is not None and c.priority == peer_priority(("203.0.113.9", 6881), a)
+    d.peer_saw_us_as("192.0.2.1", 6881)  # the first one wins
+    c = d.candidates.get(a)
+    assert c is not None and c.priority == peer_priority(("203.0.113.9", 6881), a)

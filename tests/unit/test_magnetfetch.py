@@ -144,3 +144,9 @@ def test_fetch_link_garbage_gives_messages_or_wire_error_only(chunks: list[bytes
                 assert 0 <= ext_id <= 255 and isinstance(payload, bytes)
     except WireError:
         pass
+
+
+def test_bep21_upload_only_is_advertised_as_a_seed() -> None:
+    c = conn(outgoing=False)
+    c.ext = {b"upload_only": 1}
+    assert pex_flags(c) == PexFlag.SEED
