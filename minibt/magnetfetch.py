@@ -6,8 +6,9 @@ run the BEP 10 handshake and ``ut_metadata`` (:class:`FetchLink`: every other me
 unread), feeds a :class:`~minibt.metadata.MetadataFetcher` (several peers, size cap, rejects,
 timeouts, SHA-1 check against the info-hash) and rejects metadata requests (we lack it).  Once the
 info dict verifies, it is parsed -- and its name and paths sanitised -- by the same code as a
-.torrent (:func:`~minibt.metainfo.metainfo_from_info`); the fetch connections are closed and the
-session adds a normal torrent whose first candidates are the peers that just served us.
+.torrent (:func:`~minibt.metainfo.metainfo_from_info`); the session adds a normal torrent and hands
+each fetch connection over to it (a PeerWire fed the frames skipped so far), or -- while the new
+torrent checks existing data -- closes it; the peers that served us become its first candidates.
 
     FETCHING --info dict verified + parsed--> DONE (torrent added)
     FETCHING --stop()--> STOPPED      FETCHING --metadata does not parse--> ERROR
@@ -29,7 +30,6 @@ from minibt.candidates import CandidatePool
 from minibt.errors import BencodeError, CloseReason, MetainfoError, WireError
 from minibt.events import EventName, EventRecord
 from minibt.extension import LOCAL_UT_METADATA_ID, apply_peer_handshake, our_handshake
-from minibt.handshake import supports_fast
 from minibt.magnet import Magnet
 from minibt.metadata import (
     DEFAULT_MAX_METADATA_BYTES,
@@ -47,7 +47,7 @@ from minibt.metadata import (
 from minibt.metainfo import Metainfo, metainfo_from_info
 from minibt.peer import Addr, PeerConnection, PeerSource
 from minibt.tracker import AnnounceJob, AnnounceParams, Announcer, AnnounceResult
-from minibt.wire_codec import EXT_HANDSHAKE_ID, EXTENDED, HAVE_NONE
+from minibt.wire_codec import EXT_HANDSHAKE_ID, EXTENDED
 
 if TYPE_CHECKING:
     from minibt.session import Session
@@ -62,6 +62,9 @@ FETCH_KEEPALIVE_S = 60.0  # convention: well inside libtorrent's 120 s keep-aliv
 # Convention: a connection whose BEP 10 handshake offers no usable ut_metadata within this long is
 # closed, so peers that cannot help do not hold the few fetch slots.
 FETCH_USELESS_AFTER_S = 30.0
+# Convention: the peer's bitfield/have/choke... frames kept for the hand-over to the peer wire (a
+# bitfield of a 4 GiB torrent in 16 KiB pieces is 32 KiB).  Over the cap, the peer is redialled.
+FETCH_REPLAY_MAX_BYTES = 1024 * 1024
 EXT_HANDSHAKE_MAX_DEPTH = 16  # convention: a BEP 10 handshake is a shallow dict
 EXT_HANDSHAKE_MAX_TOKENS = 10_000  # convention: far above any real one (libtorrent's has ~40)
 METADATA_BAD_PENALTY = 20  # reputation points for a copy that did not hash to the info-hash
@@ -88,6 +91,8 @@ class FetchLink:
         self._buf = bytearray()
         self._out = bytearray()
         self._last_send = now
+        self._replay = bytearray()  # the skipped (non-BEP 10) frames, for the hand-over
+        self.replay_overflow = False
 
     def receive_data(self, data: bytes | memoryview) -> list[tuple[int, bytes]]:
         self._buf += data
@@ -102,6 +107,12 @@ class FetchLink:
                 break
             if n >= 2 and buf[pos + 4] == EXTENDED:
                 out.append((buf[pos + 5], bytes(buf[pos + 6 : pos + 4 + n])))
+            elif n and not self.replay_overflow:
+                if len(self._replay) + 4 + n > FETCH_REPLAY_MAX_BYTES:
+                    self.replay_overflow = True
+                    self._replay = bytearray()
+                else:
+                    self._replay += buf[pos : pos + 4 + n]
             pos += 4 + n
         del buf[:pos]
         return out
@@ -110,9 +121,16 @@ class FetchLink:
         self._out += _U32.pack(2 + len(payload)) + bytes((EXTENDED, ext_id)) + payload
         self._last_send = now
 
-    def have_none(self) -> None:
-        """BEP 6 Have None (we have no piece): with the fast extension, our first message."""
-        self._out += _U32.pack(1) + bytes((HAVE_NONE,))
+    def hand_over(self) -> tuple[bytes, bytes] | None:
+        """For the peer wire taking over: (our unsent bytes, the peer's skipped frames followed by
+        any partial frame), or None if the skipped frames were over the cap."""
+        if self.replay_overflow:
+            return None
+        out, replay = bytes(self._out), bytes(self._replay) + bytes(self._buf)
+        self._out.clear()
+        self._replay.clear()
+        self._buf.clear()
+        return out, replay
 
     def keepalive_due(self, now: float) -> bool:
         return now - self._last_send >= FETCH_KEEPALIVE_S
@@ -229,8 +247,8 @@ class MagnetFetch:
         if conn.outgoing:
             self.served_by[conn.addr] = conn.source
         self.candidates.connect_succeeded(conn.addr)
-        if supports_fast(conn.reserved) and supports_fast(self.session.reserved):
-            link.have_none()  # BEP 6: bitfield / have all / have none come first
+        # No bitfield / Have None yet: the peer wire that takes over after the metadata sends it as
+        # our first core message (libtorrent, too, sends its BEP 10 handshake before its bitfield).
         # BEP 9: no metadata_size, since we have none; BEP 10 needs the extension bit (checked by the session).
         hs = our_handshake(reqq=self.config.max_incoming_requests, listen_port=self.session.listen_port, metadata=True)
         link.extended(EXT_HANDSHAKE_ID, bencode2.bencode(hs), now=now)
@@ -338,12 +356,23 @@ class MagnetFetch:
         self.meta = meta
         self.state = FetchState.DONE
         log.info("%s: metadata received (%d bytes), %s", self.name, len(info_bytes), meta.name)
-        self._close_all("metadata received; reconnecting for the download")
+        for cid in list(self.half_open):
+            self.session.close(cid, CloseReason.SHUTDOWN, "metadata received; redialled for the download")
         addrs = dict(self.served_by)
         for addr in self.magnet.peers:
             addrs[addr] = PeerSource.USER
         self.session.magnet_done(self, meta, now=now)
         t = self.torrent
+        links, self.links = list(self.links.values()), {}
+        self._attached_at.clear()
+        for conn in links:
+            # The connection carries on as a peer connection of the new torrent; if it cannot
+            # (the torrent is checking existing data, too much skipped), it is closed and redialled.
+            if conn.closing:
+                continue
+            moved = conn.fetch_link.hand_over() if conn.fetch_link is not None else None
+            if t is None or moved is None or not self.session.hand_over(conn, t, moved[0], moved[1], now=now):
+                self.session.close(conn.cid, CloseReason.SHUTDOWN, "metadata received; redialled for the download")
         if t is not None:
             by_source: dict[PeerSource, list[Addr]] = {}
             for a, src in addrs.items():

@@ -572,6 +572,37 @@ class Session:
         if leftover:
             f.on_data(conn, leftover, now=now)
 
+    def hand_over(self, conn: PeerConnection, t: Torrent, unsent: bytes, replay: bytes, *, now: float) -> bool:
+        """A magnet fetch's connection becomes a peer connection of ``t`` (its metadata arrived):
+        a peer wire, our bitfield and extension handshake, then the peer's frames seen so far."""
+        if t.state not in (TorrentState.DOWNLOADING, TorrentState.SEEDING) or not t.can_accept_peer():
+            return False
+        self._fetch_of.pop(conn.cid, None)
+        conn.fetch_link = None
+        meta = t.meta
+        conn.wire = PeerWire(
+            num_pieces=meta.num_pieces,
+            piece_length=meta.piece_length,
+            total_length=meta.total_length,
+            fast=supports_fast(conn.reserved) and supports_fast(self.reserved),
+            extension=True,
+            now=now,
+        )
+        conn.pending_handshake_bytes += unsent
+        self._torrent_of[conn.cid] = t
+        t.attach(conn, now=now)
+        t.exchange.on_ext_handshake(conn, now=now)  # its BEP 10 handshake came during the fetch
+        self._dirty.add(conn.cid)
+        try:
+            for msg in conn.wire.receive_data(replay, now=now):
+                t.on_message(conn, msg, now=now)
+                if conn.closing:
+                    break
+        except RemoteProtocolError as e:
+            self.close(conn.cid, e.reason, e.detail)
+            self.penalize(conn.ip, PROTOCOL_PENALTY, e.detail)
+        return True
+
     def on_writable(self, cid: int, *, now: float) -> None:
         """The socket drained: let the torrent serve more queued requests."""
         self._now = now

@@ -148,9 +148,16 @@ def test_magnet_and_one_peer_address_find_the_rest_of_the_swarm(tmp_path: Path) 
                     f = c.add(make_magnet(bytes.fromhex(t.info_hash), peers=[(LOOPBACK, l1.port)]), str(tmp_path / "mb"))
                     took = run_until(c, lambda: others <= set(remote_listen_addrs(c)), DEADLINE_S,
                                      "metadata, then connections to the two peers only PEX named")
-                    print(f"magnet + one peer -> whole swarm after {took:.1f} s", file=sys.stderr)
+                    print(f"magnet + one peer -> whole swarm after {took:.1f} s; directions "
+                          f"{remote_listen_addrs(c)}", file=sys.stderr)
                     tor = f.torrent  # type: ignore[union-attr]
                     assert tor is not None
-                    for a in others:
-                        cand = tor.candidates.get(a)
-                        assert cand is not None and cand.source is PeerSource.PEX
+
+                    def learned() -> bool:
+                        cands = [tor.candidates.get(a) for a in others]
+                        return all(x is not None and x.source is PeerSource.PEX for x in cands)
+
+                    # Either direction counts above (l2/l3 may dial us first: l1 advertises us to
+                    # them); minibt's own PEX intake must have named both as well.
+                    took2 = run_until(c, learned, DEADLINE_S, "both addresses in the pool from PEX")
+                    print(f"... and learned both from l1's PEX after {took2:.1f} s more", file=sys.stderr)

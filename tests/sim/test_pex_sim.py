@@ -162,6 +162,11 @@ def test_magnet_fetches_metadata_from_x_pe_and_downloads(net: SimNet, meta: Meta
     assert net.run_until(lambda: f.complete, 30), net.describe()
     assert same_files(meta, tmp_path / "src", tmp_path / "m")
     assert m.session.fetches == {}
+    # The metadata connections were handed over to the download, not closed and redialled.
+    assert not [d for *_, d in m.session.closed_log if "redialled" in d]
+    for p in (a, b):
+        assert len([c for c in p.seen.values() if c.ip == "10.2.0.3"]) == 1
+    assert f.torrent is not None and f.torrent.stats.downloaded == meta.total_length
 
 
 @pytest.mark.parametrize("name", [b"../../etc", b"/abs", b"a/b", b"..", b"ok\x00name"])
@@ -257,6 +262,22 @@ def test_magnet_takes_metadata_from_a_peer_that_dials_it(net: SimNet, meta: Meta
     assert a.addr in f.served_by  # its BEP 10 listen port, not the ephemeral one
     assert net.run_until(lambda: f.complete, 30), net.describe()
     assert same_files(meta, tmp_path / "src", tmp_path / "m")
+    # the seed's own connection was handed over: no second connection between them
+    assert len([c for c in a.seen.values() if c.ip == "10.2.0.3"]) == 1
+
+
+def test_magnet_onto_existing_data_checks_it_then_redials(net: SimNet, meta: Metainfo, tmp_path: Path) -> None:
+    from simnet import copy_payload
+
+    a = seeder(net, meta, tmp_path, "a", "10.0.0.1")
+    m = net.add_peer("m", "10.2.0.3")
+    copy_payload(meta, tmp_path / "src", tmp_path / "m")  # the data is already there: a hash check first
+    f = m.session.add_magnet(Magnet(meta.info_hash, None, (), (a.addr,)), str(tmp_path / "m"), now=net.now)
+    assert net.run_until(lambda: f.torrent is not None, 20), net.describe()
+    # while the new torrent checks its files the connection cannot carry on: closed, redialled later
+    assert [d for *_, d in m.session.closed_log if "redialled" in d]
+    assert net.run_until(lambda: f.complete, 30), net.describe()
+    assert f.torrent is not None and f.torrent.stats.downloaded == 0  # all of it passed the check
 
 
 def test_metadata_requests_are_rejected_while_we_lack_the_metadata(
