@@ -150,3 +150,26 @@ def test_bep21_upload_only_is_advertised_as_a_seed() -> None:
     c = conn(outgoing=False)
     c.ext = {b"upload_only": 1}
     assert pex_flags(c) == PexFlag.SEED
+
+
+def test_fetch_link_hands_over_skipped_frames_in_order_plus_a_partial_one() -> None:
+    link = FetchLink(now=0.0)
+    partial = frame(4, b"\0\0\0\7")[:6]
+    assert link.receive_data(STREAM + partial) == EXPECTED
+    link.extended(9, b"req", now=0.0)
+    moved = link.hand_over()
+    assert moved is not None
+    unsent, replay = moved
+    assert unsent == b"\0\0\0\x05\x14\x09req"
+    # every non-BEP 10 frame with a body, in arrival order (keep-alives dropped), then the partial frame
+    assert replay == frame(0x0E) + frame(5, b"\xff" * 300) + frame(4, b"\0\0\0\1") + partial
+
+
+def test_fetch_link_gives_up_the_hand_over_when_too_much_was_skipped() -> None:
+    from minibt.magnetfetch import FETCH_REPLAY_MAX_BYTES
+
+    link = FetchLink(now=0.0)
+    big = frame(5, bytes(60_000))
+    for _ in range(FETCH_REPLAY_MAX_BYTES // len(big) + 1):
+        link.receive_data(big)
+    assert link.replay_overflow and link.hand_over() is None
