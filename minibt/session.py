@@ -577,6 +577,8 @@ class Session:
         a peer wire, our bitfield and extension handshake, then the peer's frames seen so far."""
         if t.state not in (TorrentState.DOWNLOADING, TorrentState.SEEDING) or not t.can_accept_peer():
             return False
+        if any(p.peer_id == conn.peer_id for p in t.peers.values()):
+            return False  # the same peer twice (e.g. x.pe by name and by address): keep one
         self._fetch_of.pop(conn.cid, None)
         conn.fetch_link = None
         meta = t.meta
