@@ -6,7 +6,10 @@ from minibt.api import Event, Peer, PeerFlags
 from minibt.client import Client
 from minibt.errors import CloseReason
 from minibt.events import EventName
+from minibt.magnet import Magnet, parse_magnet
+from minibt.magnetfetch import MagnetFetch
 from minibt.peer import PeerSource
+from minibt.pex import PexConfig, PexFlag, PexPeer
 from minibt.session import SessionConfig
 from minibt.torrent import Torrent, TorrentConfig, TorrentState
 
@@ -17,12 +20,18 @@ __all__ = [
     "CloseReason",
     "Event",
     "EventName",
+    "Magnet",
+    "MagnetFetch",
     "Peer",
     "PeerFlags",
     "PeerSource",
+    "PexConfig",
+    "PexFlag",
+    "PexPeer",
     "SessionConfig",
     "Torrent",
     "TorrentConfig",
     "TorrentState",
     "__version__",
+    "parse_magnet",
 ]

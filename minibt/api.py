@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ from minibt.events import EventName, EventRecord, Listeners
 from minibt.handshake import supports_dht
 from minibt.peer import PeerConnection, PeerSource
 from minibt.peerid import decode_client
+from minibt.pex import PexPeer, PexSender
 
 if TYPE_CHECKING:
     from minibt.session import Session
@@ -57,7 +58,9 @@ class Event:
     ``peer`` is None for torrent-level events (piece_verified, piece_failed, torrent_complete) and
     for reputation events of an IP with no connection.  ``index`` is the piece for have and the
     piece events; ``reason``/``detail`` come with peer_disconnected; ``ip``/``old``/``new`` with the
-    reputation events (``detail`` says why).
+    reputation events (``detail`` says why); ``added``/``dropped``/``added6``/``dropped6`` with
+    ``pex`` (added entries are :class:`~minibt.pex.PexPeer` with ``ip``, ``port``, ``flags``);
+    ``addr`` (``'ip:port'``) with ``peer`` and ``dropped``, plus ``flags`` with ``peer``.
     """
 
     name: EventName
@@ -69,6 +72,12 @@ class Event:
     ip: str | None = None
     old: int | None = None
     new: int | None = None
+    added: tuple[PexPeer, ...] = ()
+    dropped: tuple[tuple[str, int], ...] = ()
+    added6: tuple[PexPeer, ...] = ()
+    dropped6: tuple[tuple[str, int], ...] = ()
+    addr: str | None = None
+    flags: int | None = None
 
 
 def _not_connected(what: str) -> LocalProtocolError:
@@ -84,13 +93,14 @@ class Peer:
     :class:`~minibt.errors.LocalProtocolError`, as do actions the protocol does not allow now.
     """
 
-    __slots__ = ("_conn", "_session", "_torrent", "listeners")
+    __slots__ = ("_conn", "_session", "_torrent", "listeners", "pex")
 
     def __init__(self, conn: PeerConnection, session: Session) -> None:
         self._conn = conn
         self._session = session
         self._torrent: Torrent | None = session.torrent_of(conn.cid)
         self.listeners = Listeners()
+        self.pex = PexControl(self)  # WebTorrent-style ut_pex controls: start/stop/reset/add_peer/drop_peer
 
     @classmethod
     def of(cls, conn: PeerConnection, session: Session) -> Peer:
@@ -345,6 +355,23 @@ class Peer:
         s = self._session
         s.reputation_events(s.reputation.adjust(self._conn.ip, int(delta), why))
 
+    def send_pex(
+        self,
+        added: Iterable[object] = (),
+        dropped: Iterable[object] = (),
+        added6: Iterable[object] = (),
+        dropped6: Iterable[object] = (),
+    ) -> None:
+        """Send one ut_pex message (BEP 11) now; entries are ``(ip, port)``, ``{'ip':..., 'port':...}``
+        (optionally with ``flags``) or ``'ip:port'``.
+
+        Raises LocalProtocolError if the peer does not support ut_pex, the torrent is private, the
+        last PEX message to this peer was less than 60 s ago, or the message breaks BEP 11 (empty,
+        an address both added and dropped, more than 50 entries in a list after the first message).
+        """
+        c, t = self._live("send_pex")
+        t.exchange.send_pex(c, added, dropped, added6, dropped6, now=self._session.now)
+
     def disconnect(self, reason: CloseReason, detail: str = "closed by the library user") -> None:
         """Close the connection; peer_disconnected follows with this reason."""
         self._session.close(self._conn.cid, CloseReason(reason), detail)
@@ -393,6 +420,54 @@ class Peer:
         )
 
 
+class PexControl:
+    """``peer.pex``: the WebTorrent ``ut_pex`` controls on one connection (automatic PEX is on by
+    default).  Each call raises LocalProtocolError if the peer does not support ut_pex, the
+    torrent is private, or the connection is gone."""
+
+    __slots__ = ("_peer",)
+
+    def __init__(self, peer: Peer) -> None:
+        self._peer = peer
+
+    def _sender(self, what: str) -> tuple[PexSender, PeerConnection, Torrent]:
+        c, t = self._peer._live(f"pex.{what}")
+        return t.exchange.control(c, f"pex.{what}"), c, t
+
+    def start(self) -> None:
+        """Send automatic PEX updates again (at most one message per 60 s)."""
+        s, c, t = self._sender("start")
+        s.start()
+        t.exchange.poll_now(c, now=self._peer._session.now)
+
+    def stop(self) -> None:
+        """Stop automatic PEX updates to this peer."""
+        self._sender("stop")[0].stop()
+
+    def reset(self) -> None:
+        """Stop, and forget what was advertised and every add_peer/drop_peer entry."""
+        self._sender("reset")[0].reset()
+
+    def add_peer(self, addr: str) -> None:
+        """Advertise ``'ip:port'`` (or ``'[ip6]:port'``) in the next PEX message."""
+        self._sender("add_peer")[0].add_peer(addr)
+
+    def drop_peer(self, addr: str) -> None:
+        """Put ``'ip:port'`` in the next message's dropped list (if advertised) and stop advertising it."""
+        self._sender("drop_peer")[0].drop_peer(addr)
+
+    def stats(self) -> dict[str, int]:
+        """Counters of this connection's PEX sender and receiver (messages, entries, ignored...)."""
+        c, t = self._peer._live("pex.stats")
+        s, r = t.exchange.sender(c.cid), t.exchange.receiver(c.cid)
+        out: dict[str, int] = {}
+        if s is not None:
+            out.update({f"sent_{k}": v for k, v in s.stats().items()})
+        if r is not None:
+            out.update({f"received_{k}": v for k, v in r.stats().items()})
+        return out
+
+
 class Dispatcher:
     """Drains a session's event queue and calls callbacks: peer, then torrent, then client ones.
 
@@ -427,7 +502,10 @@ class Dispatcher:
         peer = Peer.of(rec.conn, self.session) if rec.conn is not None else None
         if peer is not None and peer._torrent is None and rec.torrent is not None:
             peer._torrent = rec.torrent
-        ev = Event(rec.name, rec.torrent, peer, rec.index, rec.reason, rec.detail, rec.ip, rec.old, rec.new)
+        ev = Event(
+            rec.name, rec.torrent, peer, rec.index, rec.reason, rec.detail, rec.ip, rec.old, rec.new,
+            rec.added, rec.dropped, rec.added6, rec.dropped6, rec.addr, rec.flags,
+        )
         cbs = (
             (peer.listeners.get(rec.name) if peer is not None else ())
             + (rec.torrent.listeners.get(rec.name) if rec.torrent is not None else ())

@@ -295,21 +295,30 @@ class CandidatePool:
     # -- dialling
 
     def select(
-        self, n: int, *, now: float, we_are_seed: bool = False, exclude: Container[Addr] = ()
+        self,
+        n: int,
+        *,
+        now: float,
+        we_are_seed: bool = False,
+        exclude: Container[Addr] = (),
+        skip_failed: Container[PeerSource] = (),
     ) -> list[Candidate]:
         """Up to ``n`` candidates to dial now, best first; they are held back for ``dial_hold_s``.
 
         Order: user-given peers, then BEP 40 priority (highest first); a batch takes one address
         per subnet (/16, IPv6 /32) before a second one from the same subnet.  Candidates in back-off,
         in ``exclude`` (connected or being dialled), and -- when ``we_are_seed`` -- PEX-flagged
-        seeds are skipped.
+        seeds are skipped, and so are candidates from a ``skip_failed`` source that failed before.
         """
         if n <= 0:
             return []
         eligible = [
             (a, e)
             for a, e in self._entries.items()
-            if e.retry_at <= now and a not in exclude and not (we_are_seed and e.flags & PexFlag.SEED)
+            if e.retry_at <= now
+            and a not in exclude
+            and not (we_are_seed and e.flags & PexFlag.SEED)
+            and not (e.fails and e.source in skip_failed)
         ]
         eligible.sort(key=lambda ae: (ae[1].source is not PeerSource.USER, -ae[1].priority, ae[1].seq))
         picked: list[tuple[Addr, _Entry]] = []
@@ -327,6 +336,17 @@ class CandidatePool:
         for _, e in picked:
             e.retry_at = now + self._cfg.dial_hold_s
         return [self._snapshot(a, e) for a, e in picked]
+
+    def release(self, addr: Addr) -> None:
+        """A selected candidate was not dialled after all: lift its dial hold."""
+        e = self._entries.get(_key(addr))
+        if e is not None:
+            e.retry_at = 0.0  # it was eligible when selected, so it may be dialled now
+
+    def retry_at(self, addr: Addr) -> float | None:
+        """When ``addr`` may be dialled again (0.0: now; None: not held)."""
+        e = self._entries.get(_key(addr))
+        return None if e is None else e.retry_at
 
     def connect_failed(self, addr: Addr, *, now: float) -> None:
         """A dial failed: back off exponentially; forget a non-user candidate after ``max_fails``."""

@@ -20,8 +20,10 @@ from typing import Any, TextIO
 from minibt import __version__
 from minibt.client import Client, default_state_dir
 from minibt.clock import MonotonicClock
-from minibt.errors import ConfigError, MetainfoError, MinibtError, StorageError
+from minibt.errors import ConfigError, MagnetError, MetainfoError, MinibtError, StorageError
 from minibt.hasher import Hasher, HashJob, HashResult
+from minibt.magnet import MAGNET_PREFIX, Magnet, parse_magnet
+from minibt.magnetfetch import FetchState, MagnetFetch, torrent_file_bytes
 from minibt.metainfo import Metainfo, create_torrent, describe, load_metainfo
 from minibt.peer import Addr
 from minibt.storage import Storage
@@ -152,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="more logging (-vv for debug)")
 
     def net_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("torrent", help=".torrent file")
+        sp.add_argument("torrent", help=".torrent file (download: or a magnet:? URI)")
         sp.add_argument("--dir", required=True, help="download directory (the torrent's files go below it)")
         sp.add_argument("--port", type=int, default=6881, help="listen port (0 = any free one; default 6881)")
         sp.add_argument("--bind", default="0.0.0.0", help="listen address (default 0.0.0.0; '::' for IPv6)")
@@ -174,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     net_args(d)
     d.add_argument("--seed", action="store_true", help="keep seeding after the download completes")
     d.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="give up after this long (exit 1)")
+    d.add_argument("--save-torrent", default=None, metavar="FILE",
+                   help="magnet links: write the fetched metadata as a .torrent file")
 
     s = sub.add_parser("seed", parents=[common], help="verify (or trust resume data) and seed until stopped")
     net_args(s)
@@ -255,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "status":
             return cmd_status(args)
         return cmd_transfer(args)
-    except (MetainfoError, ConfigError) as e:
+    except (MetainfoError, ConfigError, MagnetError) as e:
         _error(str(e))
         return EXIT_USAGE
     except StorageError as e:
@@ -368,12 +372,33 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_transfer(args: argparse.Namespace) -> int:
+def _write_torrent(path: str, meta: Metainfo) -> None:
+    """Write fetched metadata as a .torrent (temp file + rename: never a half-written file)."""
+    tmp = f"{path}.part"
+    with open(tmp, "wb") as f:
+        f.write(torrent_file_bytes(meta))
+    os.replace(tmp, path)
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:  # noqa: C901
     from minibt.session import SessionConfig
     from minibt.torrent import TorrentConfig
 
-    meta = load_metainfo(args.torrent)
     mode = "seed" if args.cmd == "seed" else "download"
+    magnet: Magnet | None = None
+    meta: Metainfo | None = None
+    if args.torrent[: len(MAGNET_PREFIX)].lower() == MAGNET_PREFIX:
+        if mode != "download":
+            _error("seeding needs a .torrent file and its data, not a magnet link")
+            return EXIT_USAGE
+        magnet = parse_magnet(args.torrent)
+        name, info_hex = magnet.name or magnet.info_hash_hex, magnet.info_hash_hex
+    else:
+        if getattr(args, "save_torrent", None):
+            _error("--save-torrent is for magnet links")
+            return EXIT_USAGE
+        meta = load_metainfo(args.torrent)
+        name, info_hex = meta.name, meta.info_hash.hex()
     if mode == "download":
         os.makedirs(args.dir, exist_ok=True)
     elif not os.path.isdir(args.dir):
@@ -399,29 +424,61 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         client.stop()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    fetch: MagnetFetch | None = None
+    t: Torrent | None = None
+    save_error: list[str] = []
     try:
-        t = client.add(meta, args.dir, mode=mode, peers=args.peer, super_seed=getattr(args, "super_seed", False))
-        print(f"{meta.name}: {meta.info_hash.hex()} listening on port {client.port}", file=sys.stderr, flush=True)
-        progress = None if args.quiet else Progress(t, sys.stderr)
+        if magnet is not None:
+            fetch = client.add_magnet(magnet, args.dir, peers=args.peer)
+        else:
+            assert meta is not None
+            t = client.add(meta, args.dir, mode=mode, peers=args.peer, super_seed=getattr(args, "super_seed", False))
+        print(f"{name}: {info_hex} listening on port {client.port}", file=sys.stderr, flush=True)
+        progress: list[Progress] = []
         deadline = client.clock.now() + args.timeout if getattr(args, "timeout", None) else None
         timed_out: list[bool] = []
 
+        def current() -> Torrent | None:
+            nonlocal t
+            if t is None and fetch is not None and fetch.torrent is not None:
+                t = fetch.torrent
+                assert fetch.meta is not None
+                print(f"{name}: metadata received: {fetch.meta.name}, {fetch.meta.num_pieces} pieces",
+                      file=sys.stderr, flush=True)
+                if args.save_torrent:
+                    try:
+                        _write_torrent(args.save_torrent, fetch.meta)
+                    except OSError as e:
+                        save_error.append(f"{args.save_torrent}: {e.strerror or e}")
+                        return t
+            if t is not None and not progress and not args.quiet:
+                progress.append(Progress(t, sys.stderr))
+            return t
+
         def done() -> bool:
-            if t.state is TorrentState.ERROR:
+            cur = current()
+            if save_error:
+                return True
+            if fetch is not None and fetch.state is FetchState.ERROR:
                 return True
             if deadline is not None and client.clock.now() >= deadline:
                 timed_out.append(True)
                 return True
-            return mode == "download" and not args.seed and t.complete and t.state is TorrentState.SEEDING
+            if cur is None:
+                return False
+            if cur.state is TorrentState.ERROR:
+                return True
+            return mode == "download" and not args.seed and cur.complete and cur.state is TorrentState.SEEDING
 
         def tick(now: float) -> None:
-            if progress is not None:
-                progress(now)
+            current()
+            if progress:
+                progress[0](now)
 
         client.run(until=done, on_tick=tick)
-        if progress is not None:
-            progress(client.clock.now() + 1e9)
-            progress.finish()
+        if progress:
+            progress[0](client.clock.now() + 1e9)
+            progress[0].finish()
     finally:
         client.close()
         for s, h in old.items():
@@ -429,19 +486,30 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     bans = client.session.reputation.banned()
     if bans:
         # Bans are session-wide and end with the process; say who and why.
-        print(f"{meta.name}: {len(bans)} peer(s) banned this session:", file=sys.stderr)
+        print(f"{name}: {len(bans)} peer(s) banned this session:", file=sys.stderr)
         for ip, why in sorted(bans.items()):
             print(f"  banned {ip}: {why}", file=sys.stderr)
+    if save_error:
+        _error(f"cannot write the .torrent: {save_error[0]}")
+        return EXIT_FAIL
+    why = "timed out" if timed_out else (f"interrupted by {stop_reason[0]}" if stop_reason else "stopped")
+    if t is None:
+        assert fetch is not None
+        if fetch.error:
+            _error(f"{name}: {fetch.error}")
+        else:
+            _error(f"{name}: {why} before the metadata arrived (BEP 9) from {len(fetch.served_by)} peer(s)")
+        return EXIT_FAIL
+    tname = t.meta.name
     if t.state is TorrentState.ERROR:
-        print(f"minibt: {meta.name}: {t.error}", file=sys.stderr)
+        print(f"minibt: {tname}: {t.error}", file=sys.stderr)
         return EXIT_FAIL
     if mode == "download":
         if t.complete:
-            print(f"{meta.name}: complete, {meta.num_pieces} pieces verified", file=sys.stderr)
+            print(f"{tname}: complete, {t.meta.num_pieces} pieces verified", file=sys.stderr)
             return EXIT_OK
-        why = "timed out" if timed_out else (f"interrupted by {stop_reason[0]}" if stop_reason else "stopped")
         print(
-            f"minibt: {meta.name}: {why} at {t.have.count()}/{meta.num_pieces} pieces; progress saved",
+            f"minibt: {tname}: {why} at {t.have.count()}/{t.meta.num_pieces} pieces; progress saved",
             file=sys.stderr,
         )
         return EXIT_FAIL

@@ -4,6 +4,10 @@
     with Client(port=0) as c:
         t = c.add("file.torrent", "/data", mode="download", peers=[("127.0.0.1", 6881)])
         c.run(until=lambda: t.complete)
+
+    # a magnet link (BEP 9): the handle gets .torrent once the metadata arrived and verified
+        m = c.add("magnet:?xt=urn:btih:...&x.pe=127.0.0.1:6881", "/data")
+        c.run(until=lambda: m.complete)
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ import os
 import random
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
+from typing import overload
 
 from minibt.api import Dispatcher, Event, Peer
 from minibt.clock import Clock, MonotonicClock
 from minibt.hasher import Hasher
 from minibt.loop import EventLoop
+from minibt.magnet import MAGNET_PREFIX, Magnet, parse_magnet
+from minibt.magnetfetch import MagnetFetch
 from minibt.metainfo import Metainfo, load_metainfo
 from minibt.peer import Addr, PeerSource
 from minibt.ratelimit import KEEP, Keep
@@ -85,6 +92,30 @@ class Client:
         tag = hashlib.sha1(os.path.abspath(download_dir).encode()).hexdigest()[:8]
         return os.path.join(self.state_dir, f"{meta.info_hash.hex()}-{tag}.resume")
 
+    @overload
+    def add(
+        self,
+        torrent: Metainfo,
+        download_dir: str,
+        *,
+        mode: str = "download",
+        peers: Iterable[Addr] = (),
+        config: TorrentConfig | None = None,
+        super_seed: bool = False,
+    ) -> Torrent: ...
+
+    @overload
+    def add(
+        self,
+        torrent: str,
+        download_dir: str,
+        *,
+        mode: str = "download",
+        peers: Iterable[Addr] = (),
+        config: TorrentConfig | None = None,
+        super_seed: bool = False,
+    ) -> Torrent | MagnetFetch: ...
+
     def add(
         self,
         torrent: str | Metainfo,
@@ -94,8 +125,15 @@ class Client:
         peers: Iterable[Addr] = (),
         config: TorrentConfig | None = None,
         super_seed: bool = False,
-    ) -> Torrent:
-        """Add a torrent; ``super_seed`` turns on BEP 16 super-seeding (mode='seed' only, else ValueError)."""
+    ) -> Torrent | MagnetFetch:
+        """Add a torrent: a .torrent path, a Metainfo, or a magnet URI (then see :meth:`add_magnet`).
+
+        ``super_seed`` turns on BEP 16 super-seeding (mode='seed' only, else ValueError).
+        """
+        if isinstance(torrent, str) and torrent[: len(MAGNET_PREFIX)].lower() == MAGNET_PREFIX:
+            if super_seed:
+                raise ValueError("super-seeding needs the complete data, not a magnet link")
+            return self.add_magnet(torrent, download_dir, peers=peers, config=config)
         meta = load_metainfo(torrent) if isinstance(torrent, str) else torrent
         if super_seed:
             config = dataclasses.replace(config or self.session.config.torrent, super_seed=True)
@@ -108,6 +146,31 @@ class Client:
         if plist:
             t.add_candidates(plist, PeerSource.USER, now=now)
         return t
+
+    def add_magnet(
+        self,
+        magnet: str | Magnet,
+        download_dir: str,
+        *,
+        peers: Iterable[Addr] = (),
+        config: TorrentConfig | None = None,
+    ) -> MagnetFetch:
+        """Add a magnet link (BEP 9): dial its ``x.pe`` peers (and ``peers``), announce to its ``tr``
+        trackers, fetch and verify the info dict, then download it like a .torrent.
+
+        Raises MagnetError for a malformed URI.  The returned handle's ``torrent`` is None until the
+        metadata arrived (event ``metadata_received``); ``complete`` is True once the data is.
+        """
+        m = parse_magnet(magnet) if isinstance(magnet, str) else magnet
+        download_dir = os.path.abspath(download_dir)
+        f = self.session.add_magnet(
+            m, download_dir, now=self.clock.now(), config=config,
+            resume_path=lambda meta: self.resume_path(meta, download_dir),
+        )
+        plist = list(peers)
+        if plist:
+            f.add_peers(plist, PeerSource.USER)
+        return f
 
     def run(self, *, until: Callable[[], bool] | None = None, on_tick: Callable[[float], None] | None = None) -> None:
         self.loop.run(until=until, on_tick=on_tick)

@@ -19,6 +19,7 @@ from minibt.errors import CloseReason
 
 if TYPE_CHECKING:
     from minibt.peer import PeerConnection
+    from minibt.pex import PexPeer
     from minibt.torrent import Torrent
 
 MAX_QUEUED_EVENTS = 10_000  # minibt convention: the Client drains every iteration; oldest dropped beyond
@@ -43,6 +44,10 @@ class EventName(enum.StrEnum):
     TORRENT_COMPLETE = "torrent_complete"
     REPUTATION_CHANGED = "reputation_changed"
     BANNED = "banned"
+    PEX = "pex"
+    PEX_PEER = "peer"
+    PEX_DROPPED = "dropped"
+    METADATA_RECEIVED = "metadata_received"
 
 
 # (fields set besides name/torrent/peer, meaning) for the README events table.
@@ -66,6 +71,16 @@ EVENT_DOCS: dict[EventName, tuple[str, str]] = {
     EventName.TORRENT_COMPLETE: ("", "the last piece was verified: the torrent is seeding now"),
     EventName.REPUTATION_CHANGED: ("ip, old, new, detail", "an IP's reputation score changed"),
     EventName.BANNED: ("ip, detail", "an IP is banned for the rest of the session"),
+    EventName.PEX: (
+        "added, dropped, added6, dropped6",
+        "a ut_pex message (BEP 11) arrived; new addresses only, each `added` entry a `PexPeer(ip, port, flags)`",
+    ),
+    EventName.PEX_PEER: ("addr, flags", "one address the peer added by PEX (`'ip:port'`, `'[ip6]:port'`)"),
+    EventName.PEX_DROPPED: ("addr", "one address the peer dropped by PEX (it had added it before)"),
+    EventName.METADATA_RECEIVED: (
+        "",
+        "a magnet link's info dict arrived and matched the info-hash; `event.torrent` is the new torrent",
+    ),
 }
 
 # Meaning of each CloseReason for the README table (issue 3 "Disconnect reasons").
@@ -126,6 +141,12 @@ class EventRecord:
     ip: str | None = None
     old: int | None = None
     new: int | None = None
+    added: tuple[PexPeer, ...] = ()
+    dropped: tuple[tuple[str, int], ...] = ()
+    added6: tuple[PexPeer, ...] = ()
+    dropped6: tuple[tuple[str, int], ...] = ()
+    addr: str | None = None
+    flags: int | None = None
 
 
 class EventQueue:

@@ -1,7 +1,8 @@
 """BEP 10 extension protocol: the handshake we send, and what we keep from the peer's.
 
 Pure functions over plain data.  In scope: our handshake dictionary ('m' with the extended
-messages we support -- none registered yet -- 'v', 'reqq', 'p') and copying the peer's 'm',
+messages we support -- ut_pex (BEP 11) unless the torrent is private, ut_metadata (BEP 9) --
+'metadata_size', 'v', 'reqq', 'p') and copying the peer's 'm',
 'reqq', 'p' and 'v' into its :class:`~minibt.peer.PeerConnection`, bounded and type-checked
 (the dictionary comes from the remote peer).  Out of scope: the extended messages themselves.
 """
@@ -13,11 +14,25 @@ from minibt.peer import PeerConnection
 CLIENT_VERSION = b"minibt 0.1.0"  # BEP 10 'v'
 MAX_PEER_REQQ = 2000  # convention: the largest 'reqq' of a peer we believe
 MAX_CLIENT_NAME_BYTES = 64  # convention: how much of a peer's 'v' we keep
+# Our local extended-message ids (BEP 10: the peer sends us these ids; 0 would mean disabled).
+LOCAL_UT_PEX_ID = 1
+LOCAL_UT_METADATA_ID = 2
 
 
-def our_handshake(*, reqq: int, listen_port: int | None) -> dict[bytes, object]:
-    """Our extension handshake: ``reqq`` requests queued per peer, ``listen_port`` if we listen."""
-    hs: dict[bytes, object] = {b"m": {}, b"v": CLIENT_VERSION, b"reqq": reqq}
+def our_handshake(
+    *, reqq: int, listen_port: int | None, pex: bool = False, metadata: bool = False, metadata_size: int | None = None
+) -> dict[bytes, object]:
+    """Our extension handshake: ``reqq`` requests queued per peer, ``listen_port`` if we listen,
+    ``ut_pex`` if ``pex`` (never for private torrents, BEP 27), ``ut_metadata`` if ``metadata``
+    with ``metadata_size`` when we have the info dict (BEP 9)."""
+    m: dict[bytes, int] = {}
+    if pex:
+        m[b"ut_pex"] = LOCAL_UT_PEX_ID
+    if metadata:
+        m[b"ut_metadata"] = LOCAL_UT_METADATA_ID
+    hs: dict[bytes, object] = {b"m": m, b"v": CLIENT_VERSION, b"reqq": reqq}
+    if metadata and metadata_size:
+        hs[b"metadata_size"] = metadata_size
     if listen_port:
         hs[b"p"] = listen_port
     return hs

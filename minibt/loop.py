@@ -338,7 +338,13 @@ class EventLoop:
             return
         s.setblocking(False)
         self._tune(s)
-        err = s.connect_ex((ip, port))
+        try:
+            # A host name (magnet x.pe) is resolved here, blocking; one that does not resolve raises.
+            err = s.connect_ex((ip, port))
+        except OSError as e:
+            s.close()
+            self.session.on_closed(cid, CloseReason.CONNECT_FAILED, str(e), now=now)
+            return
         if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
             s.close()
             self.session.on_closed(cid, CloseReason.CONNECT_FAILED, errno.errorcode.get(err, str(err)), now=now)

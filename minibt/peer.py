@@ -19,6 +19,7 @@ from minibt.errors import CloseReason
 from minibt.handshake import Handshake
 
 if TYPE_CHECKING:
+    from minibt.magnetfetch import FetchLink
     from minibt.wire import PeerWire
 
 Addr = tuple[str, int]
@@ -87,6 +88,7 @@ class PeerConnection:
         self.source = source
         self.handshake: Handshake | None = handshake
         self.wire: PeerWire | None = None
+        self.fetch_link: FetchLink | None = None  # magnet phase: BEP 10 only (magnetfetch.py)
         self.info_hash: bytes | None = None
         self.peer_id: bytes | None = None
         self.reserved: bytes = bytes(8)

@@ -29,6 +29,10 @@ Addr = tuple[str, int]
 
 PEX_EXT_NAME = "ut_pex"  # BEP 11: key in the BEP 10 handshake "m" dict
 PEX_MIN_INTERVAL_S = 60.0  # BEP 11: "no more than 1 PEX message per minute"
+# Convention (WebTorrent ut_pex PEX_INTERVAL): what the running client uses (TorrentConfig.pex).  The
+# 5 s over the minimum keep a message delayed behind block data in our outbox from reaching a
+# WebTorrent peer < 60 s after the previous one (it disconnects on that).
+PEX_SEND_INTERVAL_S = 65.0
 PEX_MAX_DELTA = 50  # BEP 11: after the initial message <= 50 added and <= 50 dropped (v4+v6)
 # Convention (libtorrent ut_pex.cpp max_peer_entries): size of the initial full list.
 PEX_MAX_INITIAL_ADDED = 100
@@ -271,6 +275,12 @@ def parse_peer_addr(text: str) -> Addr:
         raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
 
 
+def format_peer_addr(addr: Addr) -> str:
+    """``"1.2.3.4:6881"`` or ``"[2001:db8::1]:6881"`` (the WebTorrent ut_pex event form)."""
+    ip, port = addr
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
 def _is_v6(ip: str) -> bool:
     return ":" in ip
 
@@ -474,7 +484,7 @@ class PexSender:
             raise LocalProtocolError(
                 CloseReason.PROTOCOL_VIOLATION,
                 f"last PEX message to this peer was {now - (allowed - self._cfg.interval_s):.1f} s ago "
-                f"(BEP 11: at most one per {self._cfg.interval_s:.0f} s)",
+                f"(BEP 11: at most one per minute; this sender waits {self._cfg.interval_s:.0f} s)",
             )
         add: dict[Addr, int] = {}
         for entry in itertools.chain(added, added6):

@@ -26,6 +26,8 @@ from minibt.handshake import (
     supports_fast,
 )
 from minibt.hasher import HashJob, HashResult
+from minibt.magnet import Magnet
+from minibt.magnetfetch import MagnetFetch
 from minibt.metainfo import Metainfo
 from minibt.peer import Addr, PeerConnection, PeerSource
 from minibt.ratelimit import KEEP, Keep, RateLimiter, TokenBucket
@@ -122,6 +124,8 @@ class Session:
         self.torrents: dict[bytes, Torrent] = {}
         self.conns: dict[int, PeerConnection] = {}
         self._torrent_of: dict[int, Torrent] = {}  # cid -> torrent (outgoing from the start, incoming after handshake)
+        self.fetches: dict[bytes, MagnetFetch] = {}  # magnet links still fetching metadata (magnetfetch.py)
+        self._fetch_of: dict[int, MagnetFetch] = {}  # cid -> magnet fetch (outgoing only)
         self._actions: list[Action] = []
         self._dirty: set[int] = set()
         self._next_cid = 1
@@ -181,6 +185,9 @@ class Session:
         Call again on later ticks while it returns False (commits in flight finish first).
         """
         self._now = now
+        f = self.fetches.pop(info_hash, None)
+        if f is not None:  # a magnet link still fetching its metadata: nothing on disk yet
+            f.stop(now=now)
         t = self.torrents.get(info_hash)
         if t is None:
             return True
@@ -192,11 +199,46 @@ class Session:
         self.rate_limits_changed()
         return True
 
+    def add_magnet(
+        self,
+        magnet: Magnet,
+        download_dir: str,
+        *,
+        mode: str = "download",
+        now: float,
+        config: TorrentConfig | None = None,
+        resume_path: Callable[[Metainfo], str | None] | None = None,
+    ) -> MagnetFetch:
+        """Start fetching a magnet link's metadata (BEP 9); the torrent is added once it verifies."""
+        self._now = now
+        if magnet.info_hash in self.torrents or magnet.info_hash in self.fetches:
+            raise ValueError(f"torrent {magnet.info_hash_hex} already added")
+        f = MagnetFetch(
+            self, magnet, download_dir, mode=mode, config=config or self.config.torrent, rng=self.rng, now=now,
+            resume_path=resume_path,
+        )
+        self.fetches[magnet.info_hash] = f
+        return f
+
+    def magnet_done(self, fetch: MagnetFetch, meta: Metainfo, *, now: float) -> None:
+        """A fetch verified its metadata: replace it with a normal torrent."""
+        self.fetches.pop(fetch.info_hash, None)
+        fetch.torrent = self.add_torrent(
+            meta, fetch.download_dir, mode=fetch.mode, resume_path=fetch.resume_path(meta), now=now,
+            config=fetch.config,
+        )
+
     def add_peers(self, info_hash: bytes, addrs: list[Addr], source: PeerSource, *, now: float) -> None:
+        f = self.fetches.get(info_hash)
+        if f is not None:
+            f.add_peers(addrs, source)
+            return
         self.torrents[info_hash].add_candidates(addrs, source, now=now)
 
     def stop(self, *, now: float) -> None:
         self._now = now
+        for f in list(self.fetches.values()):
+            f.stop(now=now)
         for t in self.torrents.values():
             t.stop(now=now)
 
@@ -205,7 +247,7 @@ class Session:
     def hash(self, job: HashJob) -> None:
         self._actions.append(HashPiece(job))
 
-    def announce(self, torrent: Torrent, job: AnnounceJob, params: AnnounceParams) -> None:
+    def announce(self, torrent: Torrent | MagnetFetch, job: AnnounceJob, params: AnnounceParams) -> None:
         self._actions.append(Announce(torrent.info_hash, job, params))
 
     @property
@@ -237,7 +279,7 @@ class Session:
     def dialing_addrs(self) -> set[Addr]:
         return {c.addr for c in self.conns.values() if c.outgoing}
 
-    def dial(self, torrent: Torrent, addr: Addr, source: PeerSource, *, now: float) -> int | None:
+    def dial(self, torrent: Torrent | MagnetFetch, addr: Addr, source: PeerSource, *, now: float) -> int | None:
         if len(self.conns) >= self.config.max_connections:
             return None
         cid = self._new_cid()
@@ -253,7 +295,10 @@ class Session:
         conn.transport = order[0]
         conn.fallbacks = list(order[1:])
         self.conns[cid] = conn
-        self._torrent_of[cid] = torrent
+        if isinstance(torrent, MagnetFetch):
+            self._fetch_of[cid] = torrent
+        else:
+            self._torrent_of[cid] = torrent
         self._actions.append(Dial(cid, addr, conn.transport))
         return cid
 
@@ -261,7 +306,7 @@ class Session:
         """Redial an outgoing connection that failed before the BT handshake on its next transport."""
         if not conn.outgoing or conn.wire is not None or not conn.fallbacks or reason not in FALLBACK_REASONS:
             return False
-        t = self._torrent_of.get(conn.cid)
+        t = self._torrent_of.get(conn.cid) or self._fetch_of.get(conn.cid)
         if t is None:
             return False
         log.info(
@@ -305,6 +350,9 @@ class Session:
             if conn.wire is None and conn.outgoing:
                 t.peer_connect_failed(conn.addr, now=now)
             t.peer_closed(conn, now=now)
+        f = self._fetch_of.pop(conn.cid, None)
+        if f is not None:
+            f.peer_closed(conn, now=now, failed_dial=conn.fetch_link is None)
 
     # ------------------------------------------------------------------ public API support (minibt/api.py)
 
@@ -431,6 +479,8 @@ class Session:
                     t.on_message(conn, ev, now=now)
                     if conn.closing:
                         return
+            elif conn.fetch_link is not None:
+                self._fetch_of[cid].on_data(conn, data, now=now)
             else:
                 self._handshake_data(conn, data, now)
         except RemoteProtocolError as e:
@@ -445,6 +495,12 @@ class Session:
         for ev in hs.receive_data(bytes(data), now=now):
             if isinstance(ev, InfoHashReceived) and not conn.outgoing:
                 t = self.torrents.get(ev.info_hash)
+                f = self.fetches.get(ev.info_hash) if t is None else None
+                if f is not None and f.can_accept() and not self.reputation.is_banned(conn.ip):
+                    self._fetch_of[conn.cid] = f  # a magnet still fetching metadata: BEP 10 only
+                    hs.accept(ev.info_hash)
+                    self._dirty.add(conn.cid)
+                    continue
                 if t is None:
                     self.close(conn.cid, CloseReason.UNKNOWN_INFO_HASH, ev.info_hash.hex())
                     return
@@ -468,13 +524,17 @@ class Session:
         t = self._torrent_of.get(conn.cid)
         hs = conn.handshake
         assert hs is not None
+        f = self._fetch_of.get(conn.cid)
+        if t is None and f is not None:
+            self._fetch_handshake_done(f, conn, ev, now)
+            return
         if t is None:
             self.close(conn.cid, CloseReason.UNKNOWN_INFO_HASH, ev.info_hash.hex())
             return
         if ev.peer_id == self.peer_id:
             self.close(conn.cid, CloseReason.SELF_CONNECTION, "connected to ourselves")
             self._local_ips.add(conn.ip)
-            t.candidates.pop(conn.addr, None)
+            t.candidates.discard(conn.addr)
             return
         for other in t.peers.values():
             if other.peer_id == ev.peer_id and ev.peer_id != bytes(20):
@@ -508,6 +568,63 @@ class Session:
                 if conn.closing:
                     return
 
+    def _fetch_handshake_done(self, f: MagnetFetch, conn: PeerConnection, ev: HandshakeReceived, now: float) -> None:
+        hs = conn.handshake
+        assert hs is not None
+        if ev.peer_id == self.peer_id:
+            self._local_ips.add(conn.ip)
+            f.candidates.discard(conn.addr)
+            self.close(conn.cid, CloseReason.SELF_CONNECTION, "connected to ourselves")
+            return
+        if not supports_extension(ev.reserved):
+            # BEP 9 needs BEP 10: this peer cannot give us the metadata.
+            self.close(conn.cid, CloseReason.PROTOCOL_VIOLATION, "no extension protocol (BEP 10): cannot fetch metadata")
+            return
+        conn.peer_id = ev.peer_id
+        conn.reserved = ev.reserved
+        conn.info_hash = ev.info_hash
+        conn.pending_handshake_bytes = hs.data_to_send()
+        leftover = hs.leftover()
+        conn.handshake = None
+        f.attach(conn, now=now)
+        self._dirty.add(conn.cid)
+        self.emit(EventName.HANDSHAKE_DONE, conn, None)
+        if leftover:
+            f.on_data(conn, leftover, now=now)
+
+    def hand_over(self, conn: PeerConnection, t: Torrent, unsent: bytes, replay: bytes, *, now: float) -> bool:
+        """A magnet fetch's connection becomes a peer connection of ``t`` (its metadata arrived):
+        a peer wire, our bitfield and extension handshake, then the peer's frames seen so far."""
+        if t.state not in (TorrentState.DOWNLOADING, TorrentState.SEEDING) or not t.can_accept_peer():
+            return False
+        if any(p.peer_id == conn.peer_id for p in t.peers.values()):
+            return False  # the same peer twice (e.g. x.pe by name and by address): keep one
+        self._fetch_of.pop(conn.cid, None)
+        conn.fetch_link = None
+        meta = t.meta
+        conn.wire = PeerWire(
+            num_pieces=meta.num_pieces,
+            piece_length=meta.piece_length,
+            total_length=meta.total_length,
+            fast=supports_fast(conn.reserved) and supports_fast(self.reserved),
+            extension=True,
+            now=now,
+        )
+        conn.pending_handshake_bytes += unsent
+        self._torrent_of[conn.cid] = t
+        t.attach(conn, now=now)
+        t.exchange.on_ext_handshake(conn, now=now)  # its BEP 10 handshake came during the fetch
+        self._dirty.add(conn.cid)
+        try:
+            for msg in conn.wire.receive_data(replay, now=now):
+                t.on_message(conn, msg, now=now)
+                if conn.closing:
+                    break
+        except RemoteProtocolError as e:
+            self.close(conn.cid, e.reason, e.detail)
+            self.penalize(conn.ip, PROTOCOL_PENALTY, e.detail)
+        return True
+
     def on_writable(self, cid: int, *, now: float) -> None:
         """The socket drained: let the torrent serve more queued requests."""
         self._now = now
@@ -529,6 +646,8 @@ class Session:
         if conn.pending_handshake_bytes:
             out = conn.pending_handshake_bytes
             conn.pending_handshake_bytes = b""
+        if conn.fetch_link is not None:
+            return out + conn.fetch_link.data_to_send(max(0, limit - len(out)))
         assert conn.wire is not None
         rest = conn.wire.data_to_send(max(0, limit - len(out)), now=now)
         return out + rest if out else rest
@@ -554,6 +673,10 @@ class Session:
         t = self.torrents.get(info_hash)
         if t is not None:
             t.on_announce_result(job, result, error, now=now)
+            return
+        f = self.fetches.get(info_hash)
+        if f is not None:
+            f.on_announce_result(job, result, error, now=now)
 
     def tick(self, *, now: float) -> None:
         """Timers: handshake/wire deadlines, then every torrent's tick."""
@@ -577,7 +700,9 @@ class Session:
                             self._dirty.add(conn.cid)
             except RemoteProtocolError as e:
                 self.close(conn.cid, e.reason, e.detail)
-        for t in self.torrents.values():
+        for f in list(self.fetches.values()):
+            f.tick(now=now)
+        for t in list(self.torrents.values()):
             t.tick(now=now)
         if self._rate_waiting:
             self.on_rate_refill(now=now)  # also driven by rate_wake_at(); this is the fallback

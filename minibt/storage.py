@@ -260,11 +260,12 @@ class Storage:
 
     def _remember_fd(self, i: int, fd: int) -> None:
         self._fds[i] = fd
-        # Evict least recently used fds, never one a worker thread is writing through.
+        # Evict least recently used fds, never one a worker thread is writing through, and never the
+        # one just opened (when more than max_fds files are pinned the caller is about to use it).
         for idx in list(self._fds):
             if len(self._fds) <= self._max_fds:
                 break
-            if self._pins.get(idx):
+            if self._pins.get(idx) or idx == i:
                 continue
             os.close(self._fds.pop(idx))
 

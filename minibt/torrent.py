@@ -7,7 +7,8 @@ Here: the life cycle, routing wire messages, piece verification results, timers,
 The rest is done by parts this torrent owns, each seeing it only through a small Protocol
 (section "services for the parts"): checker.py (hash check, resume file), dialer.py (whom to
 dial), download.py (request pipeline, received blocks), upload.py (choking, serving requests),
-superseeding.py (BEP 16); extension.py has the BEP 10 handshake.
+superseeding.py (BEP 16), exchange.py (ut_pex, serving ut_metadata); extension.py has the BEP 10
+handshake.
 
 States::
 
@@ -28,18 +29,21 @@ from typing import TYPE_CHECKING, Any
 
 from minibt import wire as w
 from minibt.bitfield import Bitfield
+from minibt.candidates import CandidatePool
 from minibt.checker import Checker
 from minibt.choker import Choker
-from minibt.dialer import DialCandidate, Dialer
+from minibt.dialer import Dialer
 from minibt.download import BLOCK_LEN as BLOCK_LEN  # re-exported: session.py imports it from here
 from minibt.download import SNUB_TIMEOUT_S as SNUB_TIMEOUT_S  # re-exported for tests
 from minibt.download import Downloader
 from minibt.errors import CloseReason, LocalProtocolError, StorageError
-from minibt.events import EventName, Listeners
+from minibt.events import EventName, EventRecord, Listeners
+from minibt.exchange import Exchange
 from minibt.extension import apply_peer_handshake, our_handshake
 from minibt.hasher import HashJob, HashResult
 from minibt.metainfo import Metainfo
 from minibt.peer import Addr, PeerConnection, PeerSource
+from minibt.pex import PEX_SEND_INTERVAL_S, PexConfig, PexPeer, PexReceived
 from minibt.picker import PiecePicker
 from minibt.ratelimit import KEEP, Keep, TransferLimits
 from minibt.reputation import BlockRecord
@@ -101,6 +105,8 @@ class TorrentConfig:
     super_seed: bool = False  # BEP 16 super-seeding (initial seeder only; minibt/superseed.py)
     disk_retry_s: float = 30.0  # a download paused by a full disk looks for free space this often
     wanted_files: tuple[int, ...] | None = None  # file selection (indexes into meta.files); None = all
+    # ut_pex (BEP 11); lower pex.interval_s only in tests whose peer accepts it (PexConfig).
+    pex: PexConfig = PexConfig(interval_s=PEX_SEND_INTERVAL_S)
 
 
 @dataclass(slots=True)
@@ -181,6 +187,7 @@ class Torrent:
         self.dialer = Dialer(
             self, peers=self.peers, half_open=self.half_open, reputation=session.reputation,
             max_peers=config.max_peers, max_half_open=config.max_half_open,
+            client_addr=None if session.listen_ip in ("0.0.0.0", "::") else (session.listen_ip, session.listen_port),
         )
         self._superseeding = SuperSeeding(  # active while super-seeding (BEP 16)
             self, peers=self.peers, picker=self.picker, num_pieces=meta.num_pieces, rng=rng, name=meta.name
@@ -197,6 +204,7 @@ class Torrent:
             outbox_bytes=config.upload_outbox_bytes, max_requests=config.max_incoming_requests,
             auto_choke=config.auto_choke,
         )
+        self.exchange = Exchange(self, peers=self.peers, info_bytes=meta.info_bytes, pex_config=config.pex)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -445,7 +453,15 @@ class Torrent:
         elif not self.have.none():
             wire.send_bitfield(self.have.to_bytes())
         if wire.extension:
-            wire.ext_handshake(our_handshake(reqq=self.config.max_incoming_requests, listen_port=self.session.listen_port))
+            wire.ext_handshake(
+                our_handshake(
+                    reqq=self.config.max_incoming_requests,
+                    listen_port=self.session.listen_port,
+                    pex=self.exchange.pex_enabled,
+                    metadata=True,
+                    metadata_size=len(self.meta.info_bytes),
+                )
+            )
         self.upload.grant_allowed_fast(peer)
         self.dialer.connected(peer.addr)
 
@@ -454,13 +470,50 @@ class Torrent:
         if self.peers.pop(peer.cid, None) is None:
             return
         self.picker.peer_gone(peer.cid)
+        self.exchange.peer_gone(peer.cid)
         self._superseeding.peer_gone(peer.cid)
         self.upload.peer_gone(peer.cid, now)
 
     @property
-    def candidates(self) -> dict[Addr, DialCandidate]:
-        """Addresses we may dial (dialer.py)."""
+    def candidates(self) -> CandidatePool:
+        """Addresses we may dial (dialer.py, candidates.py)."""
         return self.dialer.candidates
+
+    @property
+    def private(self) -> bool:
+        """BEP 27: no PEX (and no DHT) for this torrent."""
+        return self.meta.private
+
+    def own_addresses(self) -> set[Addr]:
+        return self.session.own_addresses()
+
+    def peer_saw_us_as(self, ip: str) -> None:
+        """A peer's BEP 10 'yourip' (BEP 40 priorities need our address)."""
+        self.dialer.peer_saw_us_as(ip, self.session.listen_port)
+
+    def pex_candidates(self, received: PexReceived, via: Addr, *, now: float) -> int:
+        """Addresses a peer told us by PEX: into the pool (source PEX, per-source cap), then dial."""
+        n = self.dialer.add_pex(received, via=via, own=self.session.own_addresses())
+        if n:
+            self._connect_more(now)
+        return n
+
+    def emit_pex(
+        self,
+        name: EventName,
+        peer: PeerConnection,
+        *,
+        added: tuple[PexPeer, ...] = (),
+        dropped: tuple[Addr, ...] = (),
+        added6: tuple[PexPeer, ...] = (),
+        dropped6: tuple[Addr, ...] = (),
+        addr: str | None = None,
+        flags: int | None = None,
+    ) -> None:
+        q = self.session.events
+        if q.enabled:
+            rec = EventRecord(name, self, peer, added=added, dropped=dropped, added6=added6, dropped6=dropped6)
+            q.push(EventRecord(name, self, peer, addr=addr, flags=flags) if addr is not None else rec)
 
     def add_candidates(self, addrs: list[Addr], source: PeerSource, *, now: float) -> None:
         self.dialer.add(addrs, source, own=self.session.own_addresses())
@@ -533,6 +586,10 @@ class Torrent:
         elif t is w.ExtHandshake:
             assert isinstance(msg, w.ExtHandshake)
             apply_peer_handshake(peer, msg.data)
+            self.exchange.on_ext_handshake(peer, now=now)
+        elif t is w.Extended:
+            assert isinstance(msg, w.Extended)
+            self.exchange.on_extended(peer, msg.ext_id, msg.payload, now=now)
         # Suggest, Port, KeepAlive, other extended messages: nothing to do yet.
 
     def _check_seed(self, peer: PeerConnection, now: float) -> None:
@@ -613,7 +670,8 @@ class Torrent:
             if now - self._last_connect_at >= 1.0:
                 self._last_connect_at = now
                 self._connect_more(now)
-            if len(self.peers) < 5 and self.candidates == {}:
+            self.exchange.tick(now=now)
+            if len(self.peers) < 5 and len(self.candidates) == 0:
                 self.announcer.want_more_peers(now=now)
             # Not while checking: 'left' is unknown until the check ends, and a seed that announced
             # left=<everything> would be listed as a leecher until its next interval (30 min).

@@ -89,6 +89,8 @@ class Uploader:
         have = self._have
         if not wire.fast or have.all() or self._superseeding.active or ":" in peer.ip:
             return
+        if not peer.ip.replace(".", "").isdigit():
+            return  # dialled by host name (magnet x.pe): no IPv4 address to derive the set from
         for i in allowed_fast_set(peer.ip, self._info_hash, len(have), ALLOWED_FAST_K):
             if have[i]:
                 wire.allowed_fast(i)

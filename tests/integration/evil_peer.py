@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import bencode2  # an independent codec (not minibt's) for the BEP 10 / BEP 9 dictionaries
+
 PSTR = b"\x13BitTorrent protocol"  # BEP 3
 HANDSHAKE_LEN = 68  # BEP 3: 1 + 19 + 8 + 20 + 20
 BLOCK_LEN = 16384  # BEP 3
@@ -34,6 +36,8 @@ MAX_FRAME = 2 * 1024 * 1024  # what this peer accepts from minibt before calling
 
 # Message ids (BEP 3, BEP 6).
 CHOKE, UNCHOKE, INTERESTED, NOT_INTERESTED, HAVE, BITFIELD, REQUEST, PIECE, CANCEL = range(9)
+EXTENDED = 20  # BEP 10
+UT_METADATA_ID = 3  # our local ut_metadata id in the BEP 10 handshake
 HAVE_ALL, HAVE_NONE, REJECT, ALLOWED_FAST = 0x0E, 0x0F, 0x10, 0x11
 NAMES = {0: "choke", 1: "unchoke", 2: "interested", 3: "not_interested", 4: "have", 5: "bitfield",
          6: "request", 7: "piece", 8: "cancel", 9: "port", 0x0D: "suggest", 0x0E: "have_all",
@@ -58,6 +62,7 @@ class Mode(enum.Enum):
     REQUEST_FLOOD_CHOKED = "request_flood_choked"  # (g) never interested: requests while choked, rejects unread
     HUGE_REQUEST = "huge_request"  # (b) a request for a 1 MiB block (BEP 3: close on requests > 16 KiB)
     BAD_PSTR = "bad_pstr"  # (h) handshake with the wrong protocol string
+    CORRUPT_METADATA = "corrupt_metadata"  # (issue 4) ut_metadata pieces with one byte flipped
     WRONG_INFO_HASH = "wrong_info_hash"  # (h) handshake for another torrent
 
 
@@ -82,6 +87,8 @@ class ConnRecord:
     received: collections.Counter[str] = field(default_factory=collections.Counter)
     blocks_sent: int = 0
     requests_sent: int = 0
+    remote_ut_metadata: int = 0  # minibt's ut_metadata id from its BEP 10 handshake
+    metadata_pieces_sent: int = 0
 
     @property
     def closed_by_remote(self) -> bool:
@@ -131,7 +138,10 @@ class EvilPeer:
         garbage_bytes: int = 64 * 1024,
         flood_requests: int | None = None,
         unchoke_timeout_s: float = 10.0,
+        info_bytes: bytes | None = None,
     ) -> None:
+        """``info_bytes``: offer ut_metadata (BEP 9) with these bytes (needs ``extension``); in
+        Mode.CORRUPT_METADATA every piece served has one byte flipped."""
         if role not in ("seed", "leech"):
             raise ValueError(role)
         self.info_hash = info_hash
@@ -157,6 +167,7 @@ class EvilPeer:
             flood_requests = 400_000 if mode is Mode.REQUEST_FLOOD_CHOKED else 5000
         self.flood_requests = flood_requests
         self.unchoke_timeout_s = unchoke_timeout_s
+        self.info_bytes = info_bytes
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._records: list[ConnRecord] = []
@@ -296,6 +307,10 @@ class EvilPeer:
         rec.handshake_at = time.monotonic()
         rec.remote_reserved = hs[20:28]
         fast = has_bit(self.reserved, FAST_BIT) and has_bit(rec.remote_reserved, FAST_BIT)
+        if self.info_bytes is not None and has_bit(self.reserved, EXT_BIT) and has_bit(rec.remote_reserved, EXT_BIT):
+            # BEP 10 handshake offering ut_metadata (BEP 9) under our local id
+            conn.send(msg(EXTENDED, b"\0" + bencode2.bencode(
+                {b"m": {b"ut_metadata": UT_METADATA_ID}, b"metadata_size": len(self.info_bytes)})))
         nbytes = (self.num_pieces + 7) // 8
         spare = nbytes * 8 - self.num_pieces
         if self.role == "seed":
@@ -372,8 +387,34 @@ class EvilPeer:
         rec.received[NAMES.get(body[0], f"id{body[0]}")] += 1
         return body[0], body[1:]
 
+    def _serve_metadata(self, conn: _Conn, rec: ConnRecord, payload: bytes) -> None:
+        """BEP 9 over BEP 10: remember minibt's ut_metadata id, answer its requests."""
+        if not payload or self.info_bytes is None:
+            return
+        ext_id, body = payload[0], payload[1:]
+        if ext_id == 0:
+            d = bencode2.bdecode(body)
+            rec.remote_ut_metadata = int(d.get(b"m", {}).get(b"ut_metadata", 0))
+            return
+        if ext_id != UT_METADATA_ID or not rec.remote_ut_metadata:
+            return
+        d = bencode2.bdecode(body)
+        if d.get(b"msg_type") != 0:
+            return
+        piece = int(d[b"piece"])
+        data = bytearray(self.info_bytes[piece * BLOCK_LEN : (piece + 1) * BLOCK_LEN])
+        if self.mode is Mode.CORRUPT_METADATA:
+            data[self.rng.randrange(len(data))] ^= 0xFF
+            rec.misbehaved_at = rec.misbehaved_at or time.monotonic()
+        head = bencode2.bencode({b"msg_type": 1, b"piece": piece, b"total_size": len(self.info_bytes)})
+        conn.send(msg(EXTENDED, bytes([rec.remote_ut_metadata]) + head + bytes(data)))
+        rec.metadata_pieces_sent += 1
+
     def _serve_one(self, conn: _Conn, rec: ConnRecord) -> None:
         mid, payload = self._read_msg(conn, rec)
+        if mid == EXTENDED:
+            self._serve_metadata(conn, rec, payload)
+            return
         if mid != REQUEST or self.mode not in (Mode.HONEST, Mode.LIAR) or len(payload) != 12:
             return
         index, begin, length = struct.unpack(">III", payload)

@@ -261,7 +261,9 @@ def test_have_event_and_peer_bitfield(user_pair: Pair) -> None:
     assert [e.index for e in p.leech.events if e.name == N.PIECE_VERIFIED] == [2]
     haves = [e for e in third.events if e.name == N.HAVE]
     assert [e.index for e in haves] == [2]
-    to_leech = third.remote()
+    # third also learned the seed from the leech's ut_pex message and dialled it
+    (conn,) = [c for c in third.peer.session.conns.values() if c.ip == LEECH_IP]
+    to_leech = Peer.of(conn, third.peer.session)
     assert haves[0].peer is to_leech and to_leech.ip == LEECH_IP
     assert to_leech.bitfield == bytes([0b00100000, 0]) and to_leech.bitfield_status == to_leech.bitfield
     assert not to_leech.is_seeder and to_leech.am_interested

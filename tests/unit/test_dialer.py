@@ -45,7 +45,9 @@ def test_dials_stop_at_the_half_open_budget() -> None:
     d, host, _, half_open, _ = make(max_half_open=3)
     d.add(addrs(10), PeerSource.TRACKER, own=set())
     d.connect_more(0.0, seeding=False, dialing=set())
-    assert [a for a, _ in host.dials] == addrs(3) and len(half_open) == 3
+    # BEP 40 order now (candidates.py): any 3 of the 10, each once
+    assert len({a for a, _ in host.dials}) == 3 and set(a for a, _ in host.dials) <= set(addrs(10))
+    assert len(half_open) == 3
     d.connect_more(1.0, seeding=False, dialing=set())
     assert len(host.dials) == 3
 
@@ -65,6 +67,22 @@ def test_dialing_stops_when_the_session_refuses() -> None:
     d.add(addrs(5), PeerSource.TRACKER, own=set())
     d.connect_more(0.0, seeding=False, dialing=set())
     assert len(host.dials) == 2 and len(half_open) == 2
+    host.capacity = 10
+    d.connect_more(1.0, seeding=False, dialing=set())  # the 3 not tried carry no dial hold
+    assert len({a for a, _ in host.dials}) == 5
+
+
+def test_pex_candidates_keep_flags_and_a_seed_skips_pex_seeds() -> None:
+    from minibt.pex import PexFlag, PexPeer, PexReceived
+
+    d, host, _, _, _ = make()
+    seed, leech = ("203.0.113.5", 6881), ("198.18.0.7", 6881)
+    got = PexReceived((PexPeer(*seed, PexFlag.SEED), PexPeer(*leech, 0)), (), (), ())
+    assert d.add_pex(got, via=("192.0.2.1", 1), own=set()) == 2
+    c = d.candidates.get(seed)
+    assert c is not None and c.source is PeerSource.PEX and c.flags == PexFlag.SEED and c.via == ("192.0.2.1", 1)
+    d.connect_more(0.0, seeding=True, dialing=set())
+    assert [a for a, _ in host.dials] == [leech]
 
 
 def test_no_redial_while_an_attempt_may_last() -> None:
@@ -94,7 +112,7 @@ def test_add_skips_own_banned_port_zero_duplicates() -> None:
     rep.ban("198.51.100.2", "test")
     own = {("198.51.100.1", 6881)}
     d.add([*addrs(3), ("198.51.100.4", 0), addrs(3)[2]], PeerSource.TRACKER, own=own)
-    assert list(d.candidates) == [("198.51.100.3", 6881)]
+    assert ("198.51.100.3", 6881) in d.candidates and len(d.candidates) == 1
 
 
 def test_candidates_are_capped() -> None:
@@ -110,7 +128,9 @@ def test_failed_dials_back_off_then_are_forgotten() -> None:
     now = 0.0
     for fails in range(1, MAX_FAILS):
         d.connect_failed(a, now)
-        assert d.candidates[a].fails == fails and d.candidates[a].retry_at == now + PEER_RETRY_S * 2 ** (fails - 1)
+        c = d.candidates.get(a)
+        assert c is not None and c.fails == fails
+        assert d.candidates.retry_at(a) == now + PEER_RETRY_S * 2 ** (fails - 1)
     d.connect_failed(a, now)
     assert a not in d.candidates
     d.connect_more(10_000.0, seeding=False, dialing=set())
@@ -123,13 +143,15 @@ def test_user_candidates_retry_soon_and_stay() -> None:
     d.add([a], PeerSource.USER, own=set())
     for _ in range(MAX_FAILS + 3):
         d.connect_failed(a, 0.0)
-    assert a in d.candidates and d.candidates[a].fails == MAX_FAILS + 3
+    c = d.candidates.get(a)
+    assert c is not None and c.fails == MAX_FAILS + 3
     d.connect_failed(a, 0.0)
-    assert d.candidates[a].retry_at <= 1800.0
+    assert (d.candidates.retry_at(a) or 0.0) <= 1800.0
     d.connected(a)
-    assert d.candidates[a].fails == 0
+    c = d.candidates.get(a)
+    assert c is not None and c.fails == 0
     d.connect_failed(a, 0.0)
-    assert d.candidates[a].retry_at == USER_RETRY_S
+    assert d.candidates.retry_at(a) == USER_RETRY_S
 
 
 @pytest.mark.parametrize("seeding", [False, True])
@@ -148,4 +170,18 @@ def test_forget_ip_drops_every_port() -> None:
     d, *_ = make()
     d.add([("192.0.2.9", 1), ("192.0.2.9", 2), ("192.0.2.10", 1)], PeerSource.PEX, own=set())
     d.forget_ip("192.0.2.9")
-    assert list(d.candidates) == [("192.0.2.10", 1)]
+    assert len(d.candidates) == 1 and ("192.0.2.10", 1) in d.candidates
+
+
+def test_bep40_priority_uses_our_address_once_known() -> None:
+    from minibt.candidates import peer_priority
+
+    d, *_ = make()
+    a = ("198.51.100.7", 6881)
+    d.add([a], PeerSource.TRACKER, own=set())
+    d.peer_saw_us_as("203.0.113.9", 6881)  # BEP 10 'yourip'
+    c = d.candidates.get(a)
+    assert c is not None and c.priority == peer_priority(("203.0.113.9", 6881), a)
+    d.peer_saw_us_as("192.0.2.1", 6881)  # the first one wins
+    c = d.candidates.get(a)
+    assert c is not None and c.priority == peer_priority(("203.0.113.9", 6881), a)

@@ -62,3 +62,15 @@ def test_any_peer_handshake_is_accepted_without_error(d: dict[bytes, object]) ->
     assert 0 < c.reqq <= MAX_PEER_REQQ
     assert c.listen_port is None or 0 < c.listen_port < 65536
     assert all(isinstance(k, str) and isinstance(v, int) for k, v in c.ext_ids.items())
+
+
+def test_our_handshake_offers_pex_and_metadata_only_when_asked() -> None:
+    from minibt.extension import LOCAL_UT_METADATA_ID, LOCAL_UT_PEX_ID
+
+    hs = our_handshake(reqq=500, listen_port=6881, pex=True, metadata=True, metadata_size=1234)
+    assert hs[b"m"] == {b"ut_pex": LOCAL_UT_PEX_ID, b"ut_metadata": LOCAL_UT_METADATA_ID}
+    assert hs[b"metadata_size"] == 1234
+    private = our_handshake(reqq=500, listen_port=6881, pex=False, metadata=True, metadata_size=1234)
+    assert private[b"m"] == {b"ut_metadata": LOCAL_UT_METADATA_ID}  # BEP 27: no ut_pex
+    fetching = our_handshake(reqq=500, listen_port=None, metadata=True)
+    assert b"metadata_size" not in fetching  # BEP 9: only when we have the metadata

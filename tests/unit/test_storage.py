@@ -562,3 +562,23 @@ def test_load_resume_mismatches_give_reasons(tmp_path: Path) -> None:
     os.unlink(layout.file_path(str(tmp_path), 3))
     rd, warning = load_resume(path, layout, str(tmp_path))
     assert rd is None and warning is not None and "-1" in warning
+
+
+def test_prepare_commit_keeps_fds_valid_when_more_files_are_pinned_than_the_fd_cap(tmp_path: Path) -> None:
+    # Regression: with more in-flight commits' files pinned than max_open_files, the fd just opened
+    # for the next span was evicted (closed) at once and the worker's pwrite hit EBADF.
+    layout = FakeLayout([BLOCK_LEN] * 6, BLOCK_LEN)  # one file per piece
+    storage = Storage(layout, str(tmp_path), max_open_files=2)
+    storage.open(create=True)
+    writes = []
+    for piece in range(6):
+        storage.write_block(piece, 0, bytes([piece]) * BLOCK_LEN)
+        writes.append(storage.prepare_commit(piece))
+    for piece, ws in enumerate(writes):
+        for fd, offset, chunk in ws:
+            assert os.pwrite(fd, chunk, offset) == BLOCK_LEN  # EBADF before the fix
+        storage.finish_commit(piece, written=True)
+    storage.close()
+    for piece in range(6):
+        with open(layout.file_path(str(tmp_path), piece), "rb") as f:
+            assert f.read() == bytes([piece]) * BLOCK_LEN
