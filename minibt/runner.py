@@ -5,8 +5,8 @@ stop condition (seed ratio / seed time), polls the watch dir, reloads the config
 stops cleanly on SIGTERM/SIGINT.  ``--once`` (for cron) works on the download entries only and
 exits with one of the EXIT_* codes below.  Every run holds an ``flock`` on ``state_dir/minibt.lock``.
 
-The decisions (windows, stop conditions, reload plans, exit codes) are pure functions at the top;
-``Runner`` applies them to a :class:`minibt.client.Client` from the loop's ``on_tick`` (the loop stays
+The decisions (windows, stop conditions, reload plans, exit codes) are pure functions in runplan.py
+(re-exported here); ``Runner`` applies them to a :class:`minibt.client.Client` from the loop's ``on_tick`` (the loop stays
 the only socket user; time comes from the client's clock).  Status, bans and runner state are
 JSON files written atomically (temp, fsync, rename) by statusfile.py.
 """
@@ -15,124 +15,50 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import hashlib
 import logging
 import logging.handlers
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from minibt.budget import Limits, fit_budget
 from minibt.client import Client
 from minibt.clock import local_seconds_of_day
-from minibt.config import Config, TimeWindow, TorrentEntry, load_config
+from minibt.config import Config, TorrentEntry, load_config
 from minibt.errors import ConfigError, MagnetError, MetainfoError, MinibtError
 from minibt.magnet import parse_magnet
+from minibt.magnetfetch import FetchState, MagnetFetch, torrent_file_bytes
 from minibt.metainfo import Metainfo, load_metainfo
+from minibt.runplan import (
+    EXIT_CONFIG,
+    EXIT_FAIL,
+    EXIT_LOCKED,
+    EXIT_OK,
+    EXIT_TIME_UP,
+    JobOutcome,
+    hook_argv,
+    in_windows,
+    once_exit_code,
+    plan_reload,
+    seconds_until,
+    state_key,
+    stop_reason,
+)
 from minibt.session import SessionConfig
 from minibt.statusfile import read_json, write_atomic, write_json_atomic
 from minibt.torrent import Torrent, TorrentConfig, TorrentState
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0  # --once: every download entry complete and verified; daemon: stopped by a signal
-EXIT_FAIL = 1  # anything else that went wrong (a torrent in error, cannot listen, ...)
-EXIT_CONFIG = 2  # the config file (or a command-line value) is wrong; nothing was started
-EXIT_TIME_UP = 3  # --once: --max-time/--until reached (or interrupted); progress saved, a rerun resumes
-EXIT_LOCKED = 75  # another run holds the lock (EX_TEMPFAIL); exited at once, touched nothing
-
 LOCK_NAME = "minibt.lock"
 STATUS_NAME = "status.json"
 STATE_NAME = "runner-state.json"
 BANS_NAME = "bans.json"
 WATCHED_DIR = "watched"  # copies of watch-dir torrents, so they survive a restart
-MAGNET_UNSUPPORTED = (
-    "magnet sources are validated, but this build cannot download from a magnet yet "
-    "(Client.add takes .torrent files only; needs the magnet-download merge)"
-)
-DAY_S = 86400.0
-
-
-# ---------------------------------------------------------------------- pure decisions
-
-
-def in_windows(windows: Iterable[TimeWindow], seconds_of_day: float) -> bool:
-    """True if the local time is inside one of ``windows`` (no windows: always)."""
-    ws = tuple(windows)
-    minute = int(seconds_of_day // 60) % 1440
-    return not ws or any(w.contains(minute) for w in ws)
-
-
-def seconds_until(minute_of_day: int, seconds_of_day: float) -> float:
-    """Seconds from ``seconds_of_day`` to the next local ``minute_of_day`` (0 < result <= 1 day)."""
-    delta = (minute_of_day * 60 - seconds_of_day) % DAY_S
-    return delta if delta > 0 else DAY_S
-
-
-def stop_reason(entry: TorrentEntry, *, uploaded: int, size: int, seeding_s: float) -> str | None:
-    """Why seeding of ``entry`` should stop now, or None."""
-    ratio = uploaded / size if size else 0.0
-    if entry.seed_ratio is not None and ratio >= entry.seed_ratio:
-        return f"seed ratio {ratio:.2f} >= {entry.seed_ratio:g}"
-    if entry.seed_time_s is not None and seeding_s >= entry.seed_time_s:
-        return f"seeded for {seeding_s:.0f} s >= {entry.seed_time_s:.0f} s"
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadPlan:
-    remove: tuple[str, ...]  # info-hash hex of torrents to stop and drop
-    add: tuple[TorrentEntry, ...]  # new entries (including replaced ones, added once the old is gone)
-    update: tuple[TorrentEntry, ...]  # same torrent, dir, mode and files: new stop conditions/hook/peers in place
-
-
-def plan_reload(old: Mapping[str, TorrentEntry], new: Iterable[TorrentEntry]) -> ReloadPlan:
-    """What a SIGHUP changes: torrents whose info-hash, dir, mode and file selection are unchanged keep running."""
-    remove: list[str] = []
-    add: list[TorrentEntry] = []
-    update: list[TorrentEntry] = []
-    new_by_ih = {e.key[0]: e for e in new}
-    for ih, e in old.items():
-        n = new_by_ih.get(ih)
-        if n is None:
-            remove.append(ih)
-        elif n.dir != e.dir or n.mode != e.mode or n.file_indexes != e.file_indexes:
-            remove.append(ih)
-            add.append(n)
-        elif n != e:
-            update.append(n)
-    add.extend(e for ih, e in new_by_ih.items() if ih not in old)
-    return ReloadPlan(tuple(remove), tuple(add), tuple(update))
-
-
-@dataclass(frozen=True, slots=True)
-class JobOutcome:
-    complete: bool  # every piece verified
-    error: str | None  # a fatal error (not a full disk: that pauses)
-
-
-def once_exit_code(outcomes: Iterable[JobOutcome], *, time_up: bool) -> int | None:
-    """The --once exit code, or None while there is still work and time."""
-    outs = list(outcomes)
-    pending = [o for o in outs if not o.complete and o.error is None]
-    if pending and not time_up:
-        return None
-    if any(o.error is not None for o in outs):
-        return EXIT_FAIL
-    return EXIT_TIME_UP if pending else EXIT_OK
-
-
-def state_key(info_hash_hex: str, directory: str) -> str:
-    """The runner-state key (the same tag as Client.resume_path uses)."""
-    return f"{info_hash_hex}-{hashlib.sha1(os.path.abspath(directory).encode()).hexdigest()[:8]}"
-
-
-def hook_argv(hook: tuple[str, ...], name: str, path: str) -> list[str]:
-    """The completion hook's argv: the command, then the torrent's name and data path (no shell)."""
-    return [*hook, name, path]
+MAGNET_META_DIR = "magnets"  # metadata fetched for magnet sources, so a rerun need not fetch it again
 
 
 # ---------------------------------------------------------------------- the lock
@@ -173,8 +99,10 @@ class Job:
     """One torrent the runner manages."""
 
     entry: TorrentEntry
-    meta: Metainfo
+    info_hash: bytes
+    meta: Metainfo | None  # None while a magnet link's metadata is being fetched
     torrent: Torrent | None = None
+    fetch: MagnetFetch | None = None  # a magnet link still fetching its metadata (BEP 9)
     seed_s: float = 0.0  # seeding time so far, over all runs
     hook_done: bool = False  # on_complete ran (persisted: runs once per download)
     finished: str | None = None  # stop condition reached (persisted: not seeded again)
@@ -182,7 +110,14 @@ class Job:
 
     @property
     def ih(self) -> str:
-        return self.meta.info_hash.hex()
+        return self.info_hash.hex()
+
+    @property
+    def name(self) -> str:
+        if self.meta is not None:
+            return self.meta.name
+        m = self.entry.magnet
+        return (m.name if m is not None else None) or self.ih
 
     @property
     def key(self) -> str:
@@ -260,12 +195,24 @@ class Runner:
             wanted_files=entry.file_indexes,
         )
 
+    def _magnet_meta_path(self, info_hash: bytes) -> str:
+        return os.path.join(self.cfg.state_dir, MAGNET_META_DIR, info_hash.hex() + ".torrent")
+
     def _add(self, entry: TorrentEntry) -> None:
         meta = entry.meta
-        if meta is None:  # a magnet (refused before start; a watch-dir .magnet is refused there)
-            log.error("%s: %s", entry.source, MAGNET_UNSUPPORTED)
+        if meta is None and entry.magnet is not None:
+            # A magnet whose metadata an earlier run fetched: start from the saved copy (no refetch).
+            try:
+                meta = load_metainfo(self._magnet_meta_path(entry.magnet.info_hash))
+                if meta.info_hash != entry.magnet.info_hash:
+                    meta = None
+            except (MetainfoError, OSError):
+                meta = None
+        if meta is None and entry.magnet is None:
+            log.error("%s: no metadata", entry.source)
             return
-        job = Job(entry, meta)
+        info_hash = meta.info_hash if meta is not None else entry.magnet.info_hash  # type: ignore[union-attr]
+        job = Job(entry, info_hash, meta)
         st = self._persist.get(job.key, {})
         if isinstance(st, dict):
             job.seed_s = float(st.get("seed_s", 0.0))
@@ -276,18 +223,44 @@ class Runner:
             job.finished = fin if isinstance(fin, str) and same_stop and not self.once else None
         self.jobs[job.ih] = job
         if job.finished is not None and not self.once:
-            log.info("%s: not started: finished seeding earlier (%s)", meta.name, job.finished)
+            log.info("%s: not started: finished seeding earlier (%s)", job.name, job.finished)
             return
         try:
             if entry.mode == "download":
                 os.makedirs(entry.dir, exist_ok=True)
-            job.torrent = self.client.add(meta, entry.dir, mode=entry.mode, peers=entry.peers,
-                                          config=self.torrent_config(entry))
+            if meta is None:
+                assert entry.magnet is not None
+                job.fetch = self.client.add_magnet(entry.magnet, entry.dir, peers=entry.peers,
+                                                   config=self.torrent_config(entry))
+            else:
+                job.torrent = self.client.add(meta, entry.dir, mode=entry.mode, peers=entry.peers,
+                                              config=self.torrent_config(entry))
         except (OSError, ValueError, MinibtError) as e:
             job.error = str(e)
-            log.error("%s: cannot start: %s", meta.name, e)
+            log.error("%s: cannot start: %s", job.name, e)
             return
-        log.info("%s: added (%s, %s)", meta.name, entry.mode, entry.dir)
+        log.info("%s: added (%s, %s%s)", job.name, entry.mode, entry.dir,
+                 ", fetching the metadata" if job.fetch is not None else "")
+
+    def _magnets_resolved(self) -> None:
+        """Magnet jobs whose metadata arrived become ordinary torrents; keep the metadata for reruns."""
+        for job in self.jobs.values():
+            f = job.fetch
+            if f is None:
+                continue
+            if f.torrent is not None:
+                job.fetch = None
+                job.torrent = f.torrent
+                job.meta = f.torrent.meta
+                log.info("%s: metadata received from the swarm", job.name)
+                path = self._magnet_meta_path(job.info_hash)
+                try:
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    write_atomic(path, torrent_file_bytes(job.meta))
+                except OSError as e:
+                    log.warning("%s: cannot keep the fetched metadata in %s: %s", job.name, path, e)
+            elif f.state is FetchState.ERROR and job.error is None:
+                job.error = f"metadata: {f.error}"
 
     # ------------------------------------------------------------------ the tick
 
@@ -323,6 +296,7 @@ class Runner:
                 self.save_state()
 
     def _each_second(self, now: float) -> None:
+        self._magnets_resolved()
         self._fire_hooks()
         for job in self.jobs.values():
             t = job.torrent
@@ -336,7 +310,7 @@ class Runner:
                     self._removing[job.ih] = job
                     self.save_state()
         for ih, job in list(self._removing.items()):
-            if self.client.session.remove_torrent(job.meta.info_hash, now=now):
+            if self.client.session.remove_torrent(job.info_hash, now=now):
                 del self._removing[ih]
                 job.torrent = None
                 if job.finished is None:
@@ -376,13 +350,13 @@ class Runner:
         hook = job.entry.on_complete if job.entry.on_complete is not None else self.cfg.on_complete
         if not hook:
             return
-        path = os.path.join(job.entry.dir, job.meta.name)
-        argv = hook_argv(hook, job.meta.name, path)
+        path = os.path.join(job.entry.dir, job.name)
+        argv = hook_argv(hook, job.name, path)
         try:
             self._hooks.append(self._spawn(argv))
-            log.info("%s: on_complete started: %s", job.meta.name, argv)
+            log.info("%s: on_complete started: %s", job.name, argv)
         except OSError as e:
-            log.error("%s: on_complete %s failed to start: %s", job.meta.name, argv[0], e)
+            log.error("%s: on_complete %s failed to start: %s", job.name, argv[0], e)
 
     # ------------------------------------------------------------------ --once
 
@@ -392,7 +366,9 @@ class Runner:
             if job.entry.mode != "download":
                 continue
             t = job.torrent
-            if t is None:
+            if t is None and job.fetch is not None and job.error is None:
+                outs.append(JobOutcome(False, None))  # still fetching the metadata
+            elif t is None:
                 outs.append(JobOutcome(False, job.error or "not started"))
             else:
                 err = t.error if t.state is TorrentState.ERROR else None
@@ -418,7 +394,6 @@ class Runner:
             return
         try:
             new = load_config(path)
-            check_supported(new)
         except ConfigError as e:
             log.error("reload refused, keeping the running configuration: %s", e)
             return
@@ -430,8 +405,8 @@ class Runner:
         plan = plan_reload(old_entries, entries)
         for ih in plan.remove:
             job = self.jobs.pop(ih)
-            log.info("reload: %s removed from the config: stopping it", job.meta.name)
-            if job.torrent is not None:
+            log.info("reload: %s removed from the config: stopping it", job.name)
+            if job.torrent is not None or job.fetch is not None:
                 job.finished = None
                 self._removing[ih] = job
         for upd in plan.update:
@@ -469,6 +444,15 @@ class Runner:
                     log.warning("ignoring %s: %s", path, e)
                     continue
                 out.append(TorrentEntry(source=path, dir=self.cfg.download_dir, mode="download", meta=meta))
+            elif n.endswith(".magnet"):
+                path = os.path.join(d, n)
+                try:
+                    with open(path, encoding="utf-8") as f:
+                        m = parse_magnet(f.read(64 << 10).strip())
+                except (OSError, UnicodeDecodeError, MagnetError) as e:
+                    log.warning("ignoring %s: %s", path, e)
+                    continue
+                out.append(TorrentEntry(source=path, dir=self.cfg.download_dir, mode="download", magnet=m))
         return out
 
     def _poll_watch(self) -> None:
@@ -500,13 +484,7 @@ class Runner:
 
     def _take_watch_file(self, path: str) -> None:
         if path.endswith(".magnet"):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    parse_magnet(f.read().strip())
-            except (OSError, UnicodeDecodeError, MagnetError) as e:
-                log.error("watch dir: %s: not a valid magnet URI: %s", path, e)
-                return
-            log.error("watch dir: %s: %s", path, MAGNET_UNSUPPORTED)
+            self._take_watch_magnet(path)
             return
         try:
             with open(path, "rb") as f:
@@ -531,6 +509,32 @@ class Runner:
         _rename(path, path + ".added")
         log.info("watch dir: %s added (%s)", meta.name, path)
         self._add(TorrentEntry(source=copy, dir=self.cfg.download_dir, mode="download", meta=meta))
+
+    def _take_watch_magnet(self, path: str) -> None:
+        """A ``*.magnet`` file (one magnet URI): kept in the state dir like a watched .torrent."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                uri = f.read(64 << 10).strip()
+            m = parse_magnet(uri)
+        except (OSError, UnicodeDecodeError, MagnetError) as e:
+            log.error("watch dir: %s: not a valid magnet URI: %s", path, e)
+            _rename(path, path + ".invalid")
+            return
+        if m.info_hash.hex() in self.jobs:
+            log.info("watch dir: %s is already running", path)
+            _rename(path, path + ".added")
+            return
+        copy = os.path.join(self._watched_dir(), m.info_hash.hex() + ".magnet")
+        try:
+            os.makedirs(self._watched_dir(), exist_ok=True)
+            write_atomic(copy, uri.encode())
+        except OSError as e:
+            log.error("watch dir: cannot keep a copy of %s in %s (trying again later): %s", path, copy, e)
+            self._watch_seen.discard(os.path.basename(path))
+            return
+        _rename(path, path + ".added")
+        log.info("watch dir: magnet %s added (%s)", m.name or m.info_hash.hex(), path)
+        self._add(TorrentEntry(source=copy, dir=self.cfg.download_dir, mode="download", magnet=m))
 
     # ------------------------------------------------------------------ state files
 
@@ -569,15 +573,18 @@ class Runner:
         torrents = []
         for job in self.jobs.values():
             t = job.torrent
+            size = job.meta.total_length if job.meta is not None else 0
             if t is not None:
                 st: dict[str, Any] = dict(t.status(now))
+            elif job.fetch is not None:
+                st = dict(job.fetch.status(now))
             else:
-                st = {"name": job.meta.name, "info_hash": job.ih, "state": "finished" if job.finished else "error",
-                      "error": job.error, "total_bytes": job.meta.total_length, "progress": None}
+                st = {"name": job.name, "info_hash": job.ih, "state": "finished" if job.finished else "error",
+                      "error": job.error, "total_bytes": size, "progress": None}
             up = t.stats.uploaded if t is not None else 0
             st.update({
                 "mode": job.entry.mode, "dir": job.entry.dir, "source": job.entry.source,
-                "ratio": up / job.meta.total_length if job.meta.total_length else 0.0,
+                "ratio": up / size if size else 0.0,
                 "seed_seconds": round(job.seed_s, 1), "finished": job.finished,
             })
             torrents.append(st)
@@ -650,13 +657,6 @@ def _rename(src: str, dst: str) -> None:
 # ---------------------------------------------------------------------- entry points
 
 
-def check_supported(cfg: Config) -> None:
-    """Refuse what validates but this build cannot do (so nothing starts half-configured)."""
-    for i, e in enumerate(cfg.torrents):
-        if e.is_magnet:
-            raise ConfigError(cfg.path, f"torrent[{i}].source", MAGNET_UNSUPPORTED)
-
-
 def _set_log_level(level: str) -> None:
     logging.getLogger().setLevel(getattr(logging, level.upper()))
 
@@ -681,7 +681,6 @@ def run_main(config_path: str, *, once: bool, max_time_s: float | None, until_mi
     """``minibt run``; returns the exit code."""
     try:
         cfg = load_config(config_path)
-        check_supported(cfg)
     except ConfigError as e:
         _stderr(str(e))
         return EXIT_CONFIG
@@ -758,7 +757,7 @@ def _run_locked(cfg: Config, *, once: bool, max_time_s: float | None, until_min:
         rc = once_rc if once_rc is not None else EXIT_TIME_UP
         for o, job in zip(outcomes, [j for j in runner.jobs.values() if j.entry.mode == "download"], strict=True):
             state = "complete" if o.complete else (f"error: {o.error}" if o.error else "incomplete, progress saved")
-            _stderr(f"{job.meta.name}: {state}")
+            _stderr(f"{job.name}: {state}")
     else:
         rc = EXIT_OK if runner.stop_signal != "exit" else EXIT_FAIL
     log.info("exit %d (peak RSS %.1f MiB)", rc, runner.peak_rss / (1 << 20))

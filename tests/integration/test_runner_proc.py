@@ -361,6 +361,53 @@ def test_watch_dir_torrent_is_picked_up_and_downloaded(tmp_path: Path) -> None:
         assert runner.terminate(EXIT_DEADLINE_S)[0] == 0
 
 
+# --------------------------------------------------------------------------------------------- magnets
+
+
+def test_once_magnet_entry_fetches_metadata_downloads_and_rerun_starts_from_saved_metadata(tmp_path: Path) -> None:
+    t = make_seed(tmp_path, layout={"m.bin": 2 * MIB + 99, "sub/n.bin": MIB - 7})
+    state, data = tmp_path / "state", tmp_path / "data"
+    seeder = LibtorrentPeer(tmp_path / "lt", torrent_path=t.path, save_dir=tmp_path / "seed", seed=True)
+    with running(seeder):
+        seeder.wait_complete(timeout_s=20)
+        uri = f"magnet:?xt=urn:btih:{t.info_hash}&dn=shown-name&x.pe={LOOPBACK}:{seeder.port}"
+        cfg = write_config(tmp_path / "cron.toml", client=base_client(state, data),
+                           torrents=[{"source": uri, "mode": "download"}])
+        first = RunnerProc(tmp_path / "run1", cfg, state, once=True, args=["--max-time", "60s"], label="once-1")
+        with running(first):
+            rc = first.wait_exit(TRANSFER_DEADLINE_S)
+        assert rc == 0, first.log_tail()
+        assert "fetching the metadata" in first.log_text() and "metadata received" in first.log_text()
+        assert f"{t.name}: complete" in first.log_text()
+        assert_same_tree(tmp_path / "seed" / t.name, data / t.name)
+        saved = state / "magnets" / f"{t.info_hash}.torrent"
+        assert load_metainfo(str(saved)).info_hash.hex() == t.info_hash
+    # The seeder is gone: the rerun needs no metadata from anyone and finds the data complete.
+    second = run_cli(["run", "-c", str(cfg), "--once", "--max-time", "30s"])
+    assert second.returncode == 0, second.stderr
+    assert f"{t.name}: complete" in second.stderr
+
+
+def test_watch_dir_magnet_file_is_fetched_and_downloaded(tmp_path: Path) -> None:
+    t = make_seed(tmp_path, layout={"wm.bin": MIB + 3})
+    state, data, watch = tmp_path / "state", tmp_path / "data", tmp_path / "watch"
+    watch.mkdir()
+    cfg = write_config(tmp_path / "minibt.toml", client=base_client(state, data, watch_dir=str(watch)))
+    runner = RunnerProc(tmp_path / "run", cfg, state)
+    seeder = LibtorrentPeer(tmp_path / "lt", torrent_path=t.path, save_dir=tmp_path / "seed", seed=True)
+    with running(runner, seeder):
+        seeder.wait_complete(timeout_s=20)
+        (watch / "bad.magnet").write_text("magnet:?xt=urn:btih:nothex\n")
+        (watch / "new.magnet").write_text(f"magnet:?xt=urn:btih:{t.info_hash}&x.pe={LOOPBACK}:{seeder.port}\n")
+        runner.wait_until(lambda: (watch / "new.magnet.added").exists(), 10, "watch dir pick-up")
+        runner.wait_until(lambda: runner.torrent_status(t.name).get("state") == "seeding", TRANSFER_DEADLINE_S,
+                          "watch-dir magnet download complete")
+        assert_same_tree(tmp_path / "seed" / t.name, data / t.name)
+        assert (watch / "bad.magnet.invalid").exists()
+        assert (state / "watched" / f"{t.info_hash}.magnet").exists()
+        assert runner.terminate(EXIT_DEADLINE_S)[0] == 0
+
+
 # --------------------------------------------------------------------------------------------- bad configs
 
 
@@ -371,7 +418,8 @@ def test_watch_dir_torrent_is_picked_up_and_downloaded(tmp_path: Path) -> None:
         ("[client]\nlisten_port = \"x\"\n", "client.listen_port", "expected a port number"),
         ("[client]\nmemory_budget = \"1MiB\"\n", "client.memory_budget", "at least 32MiB"),
         ("[[torrent]]\nsource = \"nope.torrent\"\n", "torrent[0].source", "no such file"),
-        ("[[torrent]]\nsource = \"magnet:?xt=urn:btih:" + "ab" * 20 + "\"\n", "torrent[0].source", "magnet"),
+        ("[[torrent]]\nsource = \"magnet:?xt=urn:btih:" + "ab" * 20 + "\"\nmode = \"seed\"\ndir = \".\"\n", "torrent[0].mode",
+         "magnet source cannot be seeded"),
         ("[schedule]\ndownload_windows = [\"25:00-26:00\"]\n", "schedule.download_windows", "HH:MM"),
     ],
 )

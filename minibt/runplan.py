@@ -1,0 +1,102 @@
+"""The config-file runner's decisions, as pure functions (no I/O, no clock, no client).
+
+Time windows, ``--until`` arithmetic, stop conditions (seed ratio / seed time), what a SIGHUP reload
+changes, the ``--once`` exit code, runner-state keys and the completion hook's argv.  runner.py
+applies them; tests/unit/test_runner_logic.py checks them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from minibt.config import TimeWindow, TorrentEntry
+
+DAY_S = 86400.0
+
+EXIT_OK = 0  # --once: every download entry complete and verified; daemon: stopped by a signal
+EXIT_FAIL = 1  # anything else that went wrong (a torrent in error, cannot listen, ...)
+EXIT_CONFIG = 2  # the config file (or a command-line value) is wrong; nothing was started
+EXIT_TIME_UP = 3  # --once: --max-time/--until reached (or interrupted); progress saved, a rerun resumes
+EXIT_LOCKED = 75  # another run holds the lock (EX_TEMPFAIL); exited at once, touched nothing
+
+
+# ---------------------------------------------------------------------- pure decisions
+
+
+def in_windows(windows: Iterable[TimeWindow], seconds_of_day: float) -> bool:
+    """True if the local time is inside one of ``windows`` (no windows: always)."""
+    ws = tuple(windows)
+    minute = int(seconds_of_day // 60) % 1440
+    return not ws or any(w.contains(minute) for w in ws)
+
+
+def seconds_until(minute_of_day: int, seconds_of_day: float) -> float:
+    """Seconds from ``seconds_of_day`` to the next local ``minute_of_day`` (0 < result <= 1 day)."""
+    delta = (minute_of_day * 60 - seconds_of_day) % DAY_S
+    return delta if delta > 0 else DAY_S
+
+
+def stop_reason(entry: TorrentEntry, *, uploaded: int, size: int, seeding_s: float) -> str | None:
+    """Why seeding of ``entry`` should stop now, or None."""
+    ratio = uploaded / size if size else 0.0
+    if entry.seed_ratio is not None and ratio >= entry.seed_ratio:
+        return f"seed ratio {ratio:.2f} >= {entry.seed_ratio:g}"
+    if entry.seed_time_s is not None and seeding_s >= entry.seed_time_s:
+        return f"seeded for {seeding_s:.0f} s >= {entry.seed_time_s:.0f} s"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadPlan:
+    remove: tuple[str, ...]  # info-hash hex of torrents to stop and drop
+    add: tuple[TorrentEntry, ...]  # new entries (including replaced ones, added once the old is gone)
+    update: tuple[TorrentEntry, ...]  # same torrent, dir, mode and files: new stop conditions/hook/peers in place
+
+
+def plan_reload(old: Mapping[str, TorrentEntry], new: Iterable[TorrentEntry]) -> ReloadPlan:
+    """What a SIGHUP changes: torrents whose info-hash, dir, mode and file selection are unchanged keep running."""
+    remove: list[str] = []
+    add: list[TorrentEntry] = []
+    update: list[TorrentEntry] = []
+    new_by_ih = {e.key[0]: e for e in new}
+    for ih, e in old.items():
+        n = new_by_ih.get(ih)
+        if n is None:
+            remove.append(ih)
+        elif n.dir != e.dir or n.mode != e.mode or n.file_indexes != e.file_indexes:
+            remove.append(ih)
+            add.append(n)
+        elif n != e:
+            update.append(n)
+    add.extend(e for ih, e in new_by_ih.items() if ih not in old)
+    return ReloadPlan(tuple(remove), tuple(add), tuple(update))
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    complete: bool  # every piece verified
+    error: str | None  # a fatal error (not a full disk: that pauses)
+
+
+def once_exit_code(outcomes: Iterable[JobOutcome], *, time_up: bool) -> int | None:
+    """The --once exit code, or None while there is still work and time."""
+    outs = list(outcomes)
+    pending = [o for o in outs if not o.complete and o.error is None]
+    if pending and not time_up:
+        return None
+    if any(o.error is not None for o in outs):
+        return EXIT_FAIL
+    return EXIT_TIME_UP if pending else EXIT_OK
+
+
+def state_key(info_hash_hex: str, directory: str) -> str:
+    """The runner-state key (the same tag as Client.resume_path uses)."""
+    return f"{info_hash_hex}-{hashlib.sha1(os.path.abspath(directory).encode()).hexdigest()[:8]}"
+
+
+def hook_argv(hook: tuple[str, ...], name: str, path: str) -> list[str]:
+    """The completion hook's argv: the command, then the torrent's name and data path (no shell)."""
+    return [*hook, name, path]
