@@ -19,12 +19,10 @@ States::
 
 from __future__ import annotations
 
-import enum
 import errno
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from minibt import wire as w
@@ -43,13 +41,16 @@ from minibt.extension import apply_peer_handshake, our_handshake
 from minibt.hasher import HashJob, HashResult
 from minibt.metainfo import Metainfo
 from minibt.peer import Addr, PeerConnection, PeerSource
-from minibt.pex import PEX_SEND_INTERVAL_S, PexConfig, PexPeer, PexReceived
+from minibt.pex import PexPeer, PexReceived
 from minibt.picker import PiecePicker
 from minibt.ratelimit import KEEP, Keep, TransferLimits
 from minibt.reputation import BlockRecord
 from minibt.storage import Storage, wanted_pieces
 from minibt.superseed import SuperSeeder
 from minibt.superseeding import SuperSeeding
+from minibt.torrentconfig import TorrentConfig as TorrentConfig
+from minibt.torrentconfig import TorrentState as TorrentState
+from minibt.torrentconfig import TorrentStats as TorrentStats
 from minibt.tracker import AnnounceJob, AnnounceParams, Announcer, AnnounceResult
 from minibt.upload import Uploader
 
@@ -74,50 +75,6 @@ _WIRE_EVENTS: dict[type, EventName] = {
     w.Interested: EventName.PEER_INTERESTED,
     w.NotInterested: EventName.PEER_NOT_INTERESTED,
 }
-
-
-class TorrentState(enum.Enum):
-    CHECKING = "checking"
-    DOWNLOADING = "downloading"
-    SEEDING = "seeding"
-    STOPPED = "stopped"
-    ERROR = "error"
-
-
-@dataclass(frozen=True, slots=True)
-class TorrentConfig:
-    max_peers: int = 50
-    max_half_open: int = 8
-    cache_bytes: int = 16 * 1024 * 1024
-    request_queue_min: int = 16
-    request_queue_max: int = 250  # stay under libtorrent's 'reqq' (PROTOCOL.md 7.13)
-    request_queue_seconds: float = 1.0  # pipeline depth = rate * this
-    max_incoming_requests: int = 500
-    check_jobs_in_flight: int = 4
-    resume_interval_s: float = 60.0
-    numwant: int = 50
-    fsync: bool = True
-    upload_outbox_bytes: int = 256 * 1024  # serve queued requests while the outbox is below this
-    upload_limit_bps: float | None = None  # this torrent's payload bytes/s; None or 0 = unlimited (ratelimit.py)
-    download_limit_bps: float | None = None
-    auto_choke: bool = True  # False: the built-in choker never runs; library code unchokes (Peer.unchoke)
-    auto_request: bool = True  # False: never pick/request by itself; library code calls Peer.request
-    super_seed: bool = False  # BEP 16 super-seeding (initial seeder only; minibt/superseed.py)
-    disk_retry_s: float = 30.0  # a download paused by a full disk looks for free space this often
-    wanted_files: tuple[int, ...] | None = None  # file selection (indexes into meta.files); None = all
-    # ut_pex (BEP 11); lower pex.interval_s only in tests whose peer accepts it (PexConfig).
-    pex: PexConfig = PexConfig(interval_s=PEX_SEND_INTERVAL_S)
-
-
-@dataclass(slots=True)
-class TorrentStats:
-    uploaded: int = 0
-    downloaded: int = 0  # payload bytes of verified pieces
-    wasted: int = 0
-    hash_failures: int = 0
-    checked: int = 0
-    started_at: float = 0.0
-    completed_at: float | None = None
 
 
 class Torrent:
