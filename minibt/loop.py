@@ -310,7 +310,9 @@ class EventLoop:
                 return
             for a in acts:
                 if isinstance(a, Dial):
-                    if a.transport == "utp":
+                    if not _is_ip(a.addr[0]):
+                        self._resolve_dial(a, now)
+                    elif a.transport == "utp":
                         self._utp_dial(a.cid, a.addr, now)
                     else:
                         self._dial(a.cid, a.addr, now)
@@ -327,6 +329,36 @@ class EventLoop:
                 elif isinstance(a, Announce):
                     self._announce(a.info_hash, a.job, a.params, now)
 
+    def _resolve_dial(self, a: Dial, now: float) -> None:
+        """A peer known by host name (magnet x.pe): resolve it on the worker pool, then dial."""
+        host, port = a.addr
+        if not self.hasher.can_submit():
+            self.session.on_closed(a.cid, CloseReason.CONNECT_FAILED, "busy: resolver queue full", now=now)
+            return
+        kind = socket.SOCK_DGRAM if a.transport == "utp" else socket.SOCK_STREAM
+        self.hasher.run(lambda: socket.getaddrinfo(host, port, type=kind), ("dns-dial", a))
+
+    def _resolved_dial(self, a: Dial, res: CallResult, now: float) -> None:
+        if a.cid not in self.session.conns:
+            return  # closed while resolving
+        infos: Any = res.value
+        if res.error is not None or not infos:
+            self.session.on_closed(a.cid, CloseReason.CONNECT_FAILED, f"cannot resolve {a.addr[0]}: {res.error}",
+                                   now=now)
+            return
+        # IPv4 first (what a dial by name did before); IPv6 only where the socket can reach it.
+        v4 = [i for i in infos if i[0] == socket.AF_INET]
+        v6 = [i for i in infos if i[0] == socket.AF_INET6 and (a.transport != "utp" or self._udp_v6)]
+        usable = v4 + v6
+        if not usable:
+            self.session.on_closed(a.cid, CloseReason.CONNECT_FAILED, f"no usable address for {a.addr[0]}", now=now)
+            return
+        addr = (_norm_ip(usable[0][4][0]), a.addr[1])
+        if a.transport == "utp":
+            self._utp_dial(a.cid, addr, now)
+        else:
+            self._dial(a.cid, addr, now)
+
     def _dial(self, cid: int, addr: tuple[str, int], now: float) -> None:
         ip, port = addr
         fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
@@ -339,7 +371,6 @@ class EventLoop:
         s.setblocking(False)
         self._tune(s)
         try:
-            # A host name (magnet x.pe) is resolved here, blocking; one that does not resolve raises.
             err = s.connect_ex((ip, port))
         except OSError as e:
             s.close()
@@ -562,7 +593,9 @@ class EventLoop:
         tag = res.tag
         if not isinstance(tag, tuple):
             return
-        if tag[0] == "dns-http":
+        if tag[0] == "dns-dial":
+            self._resolved_dial(tag[1], res, now)
+        elif tag[0] == "dns-http":
             txn = self._http.get(tag[1])
             if txn is None:
                 return

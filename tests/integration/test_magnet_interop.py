@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import socket
 import sys
 import time
 from pathlib import Path
@@ -116,6 +117,40 @@ def test_magnet_x_pe_host_name_is_dialled(tmp_path: Path) -> None:
             f = c.add_magnet(uri, str(tmp_path / "mb"))
             assert f.magnet.peers == (("localhost", seeder.port),)
             deadline = time.monotonic() + DEADLINE_S
+            c.run(until=lambda: f.complete or time.monotonic() > deadline)
+            assert f.complete, f.status(c.clock.now())
+    assert_same_tree(tmp_path / "seed" / "payload", tmp_path / "mb" / "payload")
+
+
+def test_magnet_x_pe_name_that_does_not_resolve_fails_alone_and_the_loop_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Names are resolved on the worker pool, never on the loop; a failed lookup closes only that dial.
+
+    The failing resolver is simulated (a real lookup of a missing name would query a DNS server)."""
+    real = socket.getaddrinfo
+
+    def fake_getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
+        if host == "peer.unresolvable.test":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+    src = many_files(tmp_path / "seed" / "payload", 3, 40 * KIB, seed=45)
+    t = make_torrent(src, tmp_path / "lt.torrent", [], 32 * KIB)
+    seeder = LibtorrentPeer(tmp_path / "lt", torrent_path=t.path, save_dir=tmp_path / "seed", seed=True)
+    with running(seeder):
+        seeder.wait_complete(timeout_s=30)
+        uri = f"magnet:?xt=urn:btih:{t.info_hash}&x.pe=peer.unresolvable.test:6881"
+        closed: list[tuple[str, CloseReason, str]] = []
+        with Client(bind=LOOPBACK, port=0) as c:
+            c.on("peer_disconnected", lambda ev: closed.append((ev.peer.ip, ev.reason, ev.detail)))
+            f = c.add_magnet(uri, str(tmp_path / "mb"))
+            deadline = time.monotonic() + DEADLINE_S
+            c.run(until=lambda: bool(closed) or time.monotonic() > deadline)
+            assert closed and closed[0][:2] == ("peer.unresolvable.test", CloseReason.CONNECT_FAILED), closed
+            assert "cannot resolve" in closed[0][2]
+            f.add_peers([(LOOPBACK, seeder.port)], PeerSource.USER)  # the loop goes on: an honest peer
             c.run(until=lambda: f.complete or time.monotonic() > deadline)
             assert f.complete, f.status(c.clock.now())
     assert_same_tree(tmp_path / "seed" / "payload", tmp_path / "mb" / "payload")
