@@ -373,11 +373,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _write_torrent(path: str, meta: Metainfo) -> None:
-    """Write fetched metadata as a .torrent (temp file + rename: never a half-written file)."""
-    tmp = f"{path}.part"
-    with open(tmp, "wb") as f:
-        f.write(torrent_file_bytes(meta))
-    os.replace(tmp, path)
+    """Write fetched metadata as a .torrent, atomically (never a half-written file)."""
+    from minibt.storage import write_atomic
+
+    write_atomic(path, torrent_file_bytes(meta))
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:  # noqa: C901

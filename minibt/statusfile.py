@@ -9,38 +9,11 @@ the lines ``minibt status`` prints.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from typing import Any
 
+from minibt.storage import write_atomic as write_atomic  # the one atomic writer (also resume data)
+
 MAX_STATE_FILE_BYTES = 16 << 20  # never read a bigger state file into memory
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically (OSError on failure; the old file stays)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        tmp = ""
-        dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    finally:
-        if tmp:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def write_json_atomic(path: str, obj: Any) -> None:

@@ -608,8 +608,19 @@ def decode_resume(data: bytes, source: str = "<resume data>") -> ResumeData:
 
 
 def save_resume(path: str, rd: ResumeData) -> None:
-    """Write resume data atomically: temp file in the same dir, fsync, rename, fsync the dir."""
-    data = encode_resume(rd)
+    """Write resume data atomically (see :func:`write_atomic`); StorageError on failure."""
+    try:
+        write_atomic(path, encode_resume(rd))
+    except OSError as e:
+        raise StorageError("save_resume", path, e) from e
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data``: temp file in the same dir, fsync, rename, fsync the dir.
+
+    After a power cut the file holds the old or the new content, never a mix.  OSError on failure
+    (the old file stays, the temp file is removed).
+    """
     directory = os.path.dirname(os.path.abspath(path))
     tmp: str | None = None
     try:
@@ -624,8 +635,6 @@ def save_resume(path: str, rd: ResumeData) -> None:
         os.replace(tmp, path)
         tmp = None
         _fsync_dir(directory)
-    except OSError as e:
-        raise StorageError("save_resume", path, e) from e
     finally:
         if tmp is not None:
             try:
