@@ -11,6 +11,7 @@ ACKs free room.  Not here: receive-side rate limiting (uTP has no read pause; th
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 
@@ -31,6 +32,8 @@ from minibt.utp import (
     UtpState,
 )
 from minibt.utp_mux import UtpMux
+
+log = logging.getLogger(__name__)
 
 SEND_CHUNK = 512 * 1024  # bytes taken from the session per data_to_send call (as for TCP in loop.py)
 
@@ -118,6 +121,14 @@ class UtpPeers:
     # ------------------------------------------------------------------ internals
 
     def _forget(self, up: _UtpPeer) -> None:
+        if up.cid in self._by_cid:
+            st = up.conn.stats()
+            log.info(
+                "uTP connection #%d %s:%d ends: %d packets sent, %d retransmits, %d timeouts, "
+                "payload %d bytes after %d MTU probes (%d lost)",
+                up.cid, up.key[0][0], up.key[0][1], st["packets_sent"], st["retransmits"], st["timeouts"],
+                st["mtu_payload"], st["mtu_probes"], st["mtu_probes_lost"],
+            )
         self._by_cid.pop(up.cid, None)
         self._by_key.pop(up.key, None)
         self._rx.pop(up.cid, None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import socket
 import struct
 import threading
@@ -32,6 +33,8 @@ from minibt_proc import MinibtProc
 import minibt
 from minibt.api import PeerFlags
 from minibt.metainfo import create_torrent
+
+UTP_END_RE = re.compile(r"uTP connection #\d+ \S+ ends: .* payload (\d+) bytes after (\d+) MTU probes \((\d+) lost\)")
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("reference_clients")]
 
@@ -103,6 +106,13 @@ def test_utp_only_libtorrent_downloads_from_minibt(tmp_path: Path) -> None:
             leecher.wait_until(lambda: seen_minibt(leecher), 5, "libtorrent lists minibt")
             peers = seen_minibt(leecher)
             assert peers and all(p["utp"] for p in peers), peers
+            # minibt's MTU probes (don't-fragment) grew its packets past the 1200-byte start, and
+            # libtorrent took every one of them (loopback carries 64 KiB datagrams).
+            seeder.wait_until(lambda: UTP_END_RE.search(seeder.log_text()), 30, "the uTP connection's summary")
+            m = UTP_END_RE.search(seeder.log_text())
+            assert m is not None
+            payload, probes, lost = (int(g) for g in m.groups())
+            assert payload >= 1384 and probes >= 4 and lost == 0, m.group(0)
 
 
 def test_minibt_utp_first_falls_back_to_tcp_only_libtorrent(tmp_path: Path) -> None:
