@@ -46,7 +46,7 @@ from minibt.metadata import (
 )
 from minibt.metainfo import Metainfo, metainfo_from_info
 from minibt.peer import Addr, PeerConnection, PeerSource
-from minibt.tracker import AnnounceJob, AnnounceParams, Announcer, AnnounceResult
+from minibt.tracker import AnnounceJob, Announcer, AnnounceResult
 from minibt.wire_codec import EXT_HANDSHAKE_ID, EXTENDED
 
 if TYPE_CHECKING:
@@ -442,19 +442,7 @@ class MagnetFetch:
         job = self.announcer.poll(now=now)
         if job is None:
             return
-        params = AnnounceParams(
-            info_hash=self.info_hash,
-            peer_id=self.session.peer_id,
-            port=self.session.listen_port,
-            uploaded=0,
-            downloaded=0,
-            left=UNKNOWN_LEFT,
-            event=job.event,
-            numwant=0 if job.event == "stopped" else self.config.numwant,
-            key=self.session.announce_key,
-            tracker_id=job.tracker_id,
-        )
-        self.session.announce(self, job, params)
+        self.session.announce(self, job, uploaded=0, downloaded=0, left=UNKNOWN_LEFT, numwant=self.config.numwant)
 
     def on_announce_result(
         self, job: AnnounceJob, result: AnnounceResult | None, error: str | None, *, now: float

@@ -247,7 +247,23 @@ class Session:
     def hash(self, job: HashJob) -> None:
         self._actions.append(HashPiece(job))
 
-    def announce(self, torrent: Torrent | MagnetFetch, job: AnnounceJob, params: AnnounceParams) -> None:
+    def announce(
+        self, torrent: Torrent | MagnetFetch, job: AnnounceJob, *, uploaded: int, downloaded: int, left: int,
+        numwant: int,
+    ) -> None:
+        """Queue ``job``'s announce with our peer id, listen port and key (no peers wanted when stopping)."""
+        params = AnnounceParams(
+            info_hash=torrent.info_hash,
+            peer_id=self.peer_id,
+            port=self.listen_port,
+            uploaded=uploaded,
+            downloaded=downloaded,
+            left=left,
+            event=job.event,
+            numwant=0 if job.event == "stopped" else numwant,
+            key=self.announce_key,
+            tracker_id=job.tracker_id,
+        )
         self._actions.append(Announce(torrent.info_hash, job, params))
 
     @property

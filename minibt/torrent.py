@@ -51,7 +51,7 @@ from minibt.superseeding import SuperSeeding
 from minibt.torrentconfig import TorrentConfig as TorrentConfig
 from minibt.torrentconfig import TorrentState as TorrentState
 from minibt.torrentconfig import TorrentStats as TorrentStats
-from minibt.tracker import AnnounceJob, AnnounceParams, Announcer, AnnounceResult
+from minibt.tracker import AnnounceJob, Announcer, AnnounceResult
 from minibt.upload import Uploader
 
 if TYPE_CHECKING:
@@ -653,19 +653,8 @@ class Torrent:
         job = self.announcer.poll(now=now)
         if job is None:
             return
-        params = AnnounceParams(
-            info_hash=self.info_hash,
-            peer_id=self.session.peer_id,
-            port=self.session.listen_port,
-            uploaded=self.stats.uploaded,
-            downloaded=self.stats.downloaded,
-            left=self.bytes_left,
-            event=job.event,
-            numwant=0 if job.event == "stopped" else self.config.numwant,
-            key=self.session.announce_key,
-            tracker_id=job.tracker_id,
-        )
-        self.session.announce(self, job, params)
+        self.session.announce(self, job, uploaded=self.stats.uploaded, downloaded=self.stats.downloaded,
+                              left=self.bytes_left, numwant=self.config.numwant)
 
     def on_announce_result(
         self, job: AnnounceJob, result: AnnounceResult | None, error: str | None, *, now: float
