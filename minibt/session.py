@@ -295,17 +295,21 @@ class Session:
     def dialing_addrs(self) -> set[Addr]:
         return {c.addr for c in self.conns.values() if c.outgoing}
 
+    def _handshake(self, info_hash: bytes | None, now: float) -> Handshake:
+        """A BT handshake machine with our id, reserved bits and timeout (``None``: incoming, any torrent)."""
+        return Handshake(
+            peer_id=self.peer_id,
+            reserved=self.reserved,
+            info_hash=info_hash,
+            now=now,
+            timeout_s=self.config.handshake_timeout_s,
+        )
+
     def dial(self, torrent: Torrent | MagnetFetch, addr: Addr, source: PeerSource, *, now: float) -> int | None:
         if len(self.conns) >= self.config.max_connections:
             return None
         cid = self._new_cid()
-        hs = Handshake(
-            peer_id=self.peer_id,
-            reserved=self.reserved,
-            info_hash=torrent.info_hash,
-            now=now,
-            timeout_s=self.config.handshake_timeout_s,
-        )
+        hs = self._handshake(torrent.info_hash, now)
         conn = PeerConnection(cid, addr, outgoing=True, source=source, handshake=hs, now=now)
         order = self.config.transports
         conn.transport = order[0]
@@ -330,13 +334,7 @@ class Session:
             conn.ip, conn.port, conn.cid, conn.transport, reason.name, detail, conn.fallbacks[0],
         )
         conn.transport = conn.fallbacks.pop(0)
-        conn.handshake = Handshake(
-            peer_id=self.peer_id,
-            reserved=self.reserved,
-            info_hash=t.info_hash,
-            now=now,
-            timeout_s=self.config.handshake_timeout_s,
-        )
+        conn.handshake = self._handshake(t.info_hash, now)
         conn.established = False
         conn.pending_handshake_bytes = b""
         self._dirty.discard(conn.cid)
@@ -409,7 +407,7 @@ class Session:
         """An incoming connection refused at accept: logged and reported like any disconnect."""
         log.info("peer %s:%d refused at accept: %s (%d) %s", addr[0], addr[1], reason.name, reason, detail)
         if self.events.enabled:
-            hs = Handshake(peer_id=self.peer_id, reserved=self.reserved, info_hash=None, now=now)
+            hs = self._handshake(None, now)
             conn = PeerConnection(0, addr, outgoing=False, source=PeerSource.INCOMING, handshake=hs, now=now)
             conn.closing = True  # never registered: the facade shows it as closed
             conn.close_reason, conn.close_detail = reason, detail
@@ -441,13 +439,7 @@ class Session:
             self._refused(addr, CloseReason.BANNED, self.reputation.banned().get(addr[0], "banned"), now)
             return None
         cid = self._new_cid()
-        hs = Handshake(
-            peer_id=self.peer_id,
-            reserved=self.reserved,
-            info_hash=None,
-            now=now,
-            timeout_s=self.config.handshake_timeout_s,
-        )
+        hs = self._handshake(None, now)
         conn = PeerConnection(cid, addr, outgoing=False, source=PeerSource.INCOMING, handshake=hs, now=now)
         conn.established = True
         conn.transport = transport
