@@ -25,7 +25,7 @@ from minibt.hasher import Hasher, HashJob, HashResult
 from minibt.magnet import MAGNET_PREFIX, Magnet, parse_magnet
 from minibt.magnetfetch import FetchState, MagnetFetch, torrent_file_bytes
 from minibt.metainfo import Metainfo, create_torrent, describe, load_metainfo
-from minibt.peer import Addr
+from minibt.peer import Addr, valid_transports
 from minibt.storage import Storage
 from minibt.torrent import Torrent, TorrentState
 
@@ -46,7 +46,7 @@ def human_bytes(n: float) -> str:
 
 def parse_transports(text: str) -> tuple[str, ...]:
     names = tuple(t.strip().lower() for t in text.split(",") if t.strip())
-    if not names or any(n not in ("tcp", "utp") for n in names) or len(set(names)) != len(names):
+    if not valid_transports(names):
         raise argparse.ArgumentTypeError(f"expected a list of tcp and utp, e.g. utp,tcp; got {text!r}")
     return names
 

@@ -20,9 +20,9 @@ from typing import Any
 from minibt.errors import ConfigError, MagnetError, MetainfoError
 from minibt.magnet import Magnet, parse_magnet
 from minibt.metainfo import Metainfo, load_metainfo
+from minibt.peer import valid_transports
 
 MODES = ("seed", "download")
-TRANSPORT_NAMES = ("tcp", "utp")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MIN_MEMORY_BUDGET = 32 << 20  # below this the interpreter alone does not fit (measured ~25 MiB RSS)
 DEFAULT_MEMORY_BUDGET = 96 << 20  # a 512 MiB Pi Zero 2 keeps ~400 MiB for the OS, page cache and others
@@ -385,9 +385,7 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
     if budget is not None and budget < MIN_MEMORY_BUDGET:
         raise client.error("memory_budget", f"expected at least {MIN_MEMORY_BUDGET >> 20}MiB, got {budget} bytes")
     transports = client.str_list("transports", "a list of \"tcp\" and \"utp\"")
-    if transports is not None and (
-        not transports or any(t not in TRANSPORT_NAMES for t in transports) or len(set(transports)) != len(transports)
-    ):
+    if transports is not None and not valid_transports(transports):
         raise client.error("transports", f"expected a non-empty list of distinct \"tcp\"/\"utp\", got {list(transports)}")
     watch_dir = client.take("watch_dir", str, "a directory path (\"\" = off)")
     durations = {}

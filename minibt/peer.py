@@ -18,6 +18,13 @@ from typing import TYPE_CHECKING, Any
 from minibt.errors import CloseReason
 from minibt.handshake import Handshake
 
+TRANSPORTS = ("tcp", "utp")  # BEP 3 over TCP, BEP 29 uTP
+
+
+def valid_transports(names: tuple[str, ...] | list[str]) -> bool:
+    """A non-empty preference order of distinct known transports."""
+    return bool(names) and all(n in TRANSPORTS for n in names) and len(set(names)) == len(names)
+
 if TYPE_CHECKING:
     from minibt.magnetfetch import FetchLink
     from minibt.wire import PeerWire

@@ -29,7 +29,7 @@ from minibt.hasher import HashJob, HashResult
 from minibt.magnet import Magnet
 from minibt.magnetfetch import MagnetFetch
 from minibt.metainfo import Metainfo
-from minibt.peer import Addr, PeerConnection, PeerSource
+from minibt.peer import TRANSPORTS, Addr, PeerConnection, PeerSource, valid_transports
 from minibt.ratelimit import KEEP, Keep, RateLimiter, TokenBucket
 from minibt.reputation import Banned, RepEvent, Reputation, ReputationChanged
 from minibt.torrent import BLOCK_LEN, Torrent, TorrentConfig, TorrentState
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 PROTOCOL_PENALTY = 5  # reputation points for a protocol violation (issue 3 refines)
 READ_MIN_BYTES = 16384  # a throttled socket is read again once a 16 KiB block (BEP 3) fits the limit
 PEER_ID_PREFIX = b"-MB0100-"  # Azureus-style client id: minibt 0.1.0.0
-TRANSPORTS = ("tcp", "utp")  # BEP 3 over TCP, BEP 29 uTP
 # A dial that ends like this before the BT handshake completes is retried on the next transport
 # (PROTOCOL.md 7.9: a uTP-only libtorrent accepts TCP and closes it at once).
 FALLBACK_REASONS = frozenset({CloseReason.CONNECT_FAILED, CloseReason.CLOSED_BY_REMOTE, CloseReason.IO_ERROR})
@@ -92,10 +91,8 @@ class SessionConfig:
     transports: tuple[str, ...] = ("tcp", "utp")
 
     def __post_init__(self) -> None:
-        if not self.transports or any(t not in TRANSPORTS for t in self.transports):
-            raise ConfigError(None, "transports", f"must be a non-empty subset of {TRANSPORTS}")
-        if len(set(self.transports)) != len(self.transports):
-            raise ConfigError(None, "transports", "lists a transport twice")
+        if not valid_transports(self.transports):
+            raise ConfigError(None, "transports", f"must be distinct names out of {TRANSPORTS}, got {self.transports}")
 
 
 def make_peer_id(rng: random.Random) -> bytes:
