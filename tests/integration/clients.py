@@ -358,6 +358,13 @@ class Client(_HasLog):
     def returncode(self) -> int | None:
         return None if self._proc is None else self._proc.poll()
 
+    def log_text(self) -> str:
+        """The whole log (log_tail() may cut off the first line)."""
+        try:
+            return self.log_path.read_text("utf-8", "replace")
+        except OSError:
+            return ""
+
     def log_tail(self, n_bytes: int = LOG_TAIL_BYTES) -> str:
         try:
             with open(self.log_path, "rb") as f:

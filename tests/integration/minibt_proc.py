@@ -93,13 +93,6 @@ class MinibtProc(Client):
             raise RuntimeError(f"{self.name} is not listening yet")
         return self._port
 
-    def log_text(self) -> str:
-        """The whole log (log_tail() may cut off the first line)."""
-        try:
-            return self.log_path.read_text("utf-8", "replace")
-        except OSError:
-            return ""
-
     def progress_lines(self) -> list[Progress]:
         return [Progress(m.group("state"), float(m.group("pct"))) for m in PROGRESS_RE.finditer(self.log_text())]
 

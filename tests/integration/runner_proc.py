@@ -105,12 +105,6 @@ class RunnerProc(Client):
             raise RuntimeError(f"{self.name} is not listening yet")
         return self._port
 
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text("utf-8", "replace")
-        except OSError:
-            return ""
-
     def status(self) -> dict[str, Any]:
         try:
             d = json.loads((self.state_dir / "status.json").read_text())
