@@ -361,7 +361,9 @@ def check_size(mid: int, length: int, max_block_len: int, bitfield_len: int | No
     return False
 
 
-def _decode_ext_dict(payload: memoryview) -> dict[Any, Any]:
+def _decode_ext_dict(payload: bytes) -> dict[Any, Any]:
+    # Takes bytes, never a view of the receive buffer: an exception raised here keeps its frame
+    # (and so its arguments) alive in the traceback, and a live view blocks the buffer's resize.
     try:
         d = bencode2.bdecode(payload)
     except (bencode2.BencodeDecodeError, ValueError, TypeError, RecursionError) as e:
@@ -398,7 +400,7 @@ def decode_body(mid: int, buf: memoryview, start: int, stop: int) -> Message:
     if mid == EXTENDED:
         ext_id = buf[start]
         if ext_id == EXT_HANDSHAKE_ID:
-            return ExtHandshake(_decode_ext_dict(buf[start + 1 : stop]))
+            return ExtHandshake(_decode_ext_dict(bytes(buf[start + 1 : stop])))
         return Extended(ext_id, bytes(buf[start + 1 : stop]))
     raise AssertionError(f"unhandled message id {mid}")  # pragma: no cover - check_size guards
 

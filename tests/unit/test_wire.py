@@ -750,3 +750,17 @@ def test_constructor_validates_geometry() -> None:
 def test_ext_handshake_vector_is_bep10_example() -> None:
     payload = load_vector("ext_handshake")[6:]
     assert bencode2.bdecode(payload) == BEP10_EXAMPLE
+
+
+@pytest.mark.parametrize("payload", [b"xyz", b"d1:ai1e", b"i1e", b"l" * 5000])
+def test_bad_ext_handshake_after_a_message_in_one_segment_is_wire_error(payload: bytes) -> None:
+    # Issue 9: a complete message followed by an extended id 0 that is not bencode, in one read.
+    # The error must stay a WireError: no view of the receive buffer may outlive the parse (a live
+    # one turned `del buf[:pos]` into a BufferError that killed the process).
+    wire = make_wire()
+    data = frame(0x0E) + frame(20, b"\x00" + payload)  # Have All, then extended id 0
+    expect_error(wire, data, CloseReason.MALFORMED_MESSAGE)
+
+
+def test_issue9_attack_bytes_are_wire_error() -> None:
+    expect_error(make_wire(), bytes.fromhex("00000001020000000514" + "00" + "78797a"), CloseReason.MALFORMED_MESSAGE)
