@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from minibt.errors import CloseReason, LocalProtocolError
 from minibt.events import EventName, EventRecord, Listeners
+from minibt.faults import FaultKind
 from minibt.handshake import supports_dht
 from minibt.peer import PeerConnection, PeerSource
 from minibt.peerid import decode_client
@@ -515,6 +516,6 @@ class Dispatcher:
             self.counters["callbacks"] += 1
             try:
                 cb(ev)
-            except Exception:
+            except Exception as e:  # one library callback (STYLE.md section 13)
                 self.counters["callback_errors"] += 1
-                log.exception("callback %r for event %s raised", cb, rec.name.value)
+                self.session.faults.record(FaultKind.CALLBACK, f"callback {cb!r} for event {rec.name.value}", e)

@@ -36,6 +36,7 @@ class CloseReason(enum.IntEnum):
     TORRENT_REMOVED = 21
     KEEPALIVE_TIMEOUT = 22
     CORRUPT_DATA = 23
+    INTERNAL_ERROR = 24  # a contained fault (a bug) while handling this connection (STYLE.md section 13)
 
 
 class MinibtError(Exception):

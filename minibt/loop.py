@@ -26,6 +26,7 @@ from typing import Any
 
 from minibt.clock import Clock
 from minibt.errors import CloseReason, TrackerError
+from minibt.faults import FaultKind
 from minibt.hasher import CallResult, Hasher, HashJob, HashResult
 from minibt.session import Announce, Close, Dial, HashPiece, Session
 from minibt.tracker import (
@@ -274,20 +275,26 @@ class EventLoop:
         now = self.clock.now()
         for key, mask in events:
             kind, obj = key.data
-            if kind == "peer":
-                self._peer_event(obj, mask, now)
-            elif kind == "listen":
-                self._accept(now)
-            elif kind == "wake":
-                self._drain_wake(now)
-            elif kind == "udp":
-                self._udp_read(now)
-            elif kind == "http":
-                self._http_event(obj, mask, now)
+            try:
+                if kind == "peer":
+                    self._peer_event(obj, mask, now)
+                elif kind == "listen":
+                    self._accept(now)
+                elif kind == "wake":
+                    self._drain_wake(now)
+                elif kind == "udp":
+                    self._udp_read(now)
+                elif kind == "http":
+                    self._http_event(obj, mask, now)
+            except Exception as e:
+                self._contain(kind, obj, e, now)
         if rate_at is not None and now >= rate_at:
             self._rate_refill(now)
         if utp_at is not None and now >= utp_at and self._utp is not None:
-            self._utp.handle_timeout(now=now)
+            try:
+                self._utp.handle_timeout(now=now)
+            except Exception as e:
+                self.session.faults.record(FaultKind.DATAGRAM, "uTP timers", e)
         if now >= self._next_tick:
             self._next_tick = now + TICK_S
             if tick_session:
@@ -300,6 +307,23 @@ class EventLoop:
         self._perform(now)
         self._flush_dirty(now)
         self._utp_send(now)
+
+    def _contain(self, kind: str, obj: Any, exc: Exception, now: float) -> None:
+        """A fault while handling one input outside the session's own boundaries (STYLE.md section 13):
+        close the one connection or tracker transaction it belonged to; the loop goes on."""
+        if kind == "peer":
+            self.session.fault(obj, exc)
+            ps = self._peers.pop(obj, None)
+            if ps is not None:
+                self._close_sock(ps)
+        elif kind == "http":
+            txn = self._http.get(obj)
+            detail = self.session.faults.record(FaultKind.TRACKER, f"tracker {txn.url if txn else obj}", exc)
+            if txn is not None:
+                self._http_fail(txn, detail, now)
+        else:
+            what = {"udp": FaultKind.DATAGRAM, "listen": FaultKind.ACCEPT}.get(kind, FaultKind.WORKER)
+            self.session.faults.record(what, f"{kind} input", exc)
 
     # ------------------------------------------------------------------ actions
 
@@ -580,9 +604,12 @@ class EventLoop:
             pass
         for res in self.hasher.results():
             if isinstance(res, HashResult):
-                self.session.on_hash_result(res, now=now)
+                self.session.on_hash_result(res, now=now)  # contained per torrent by the session
             elif isinstance(res, CallResult):
-                self._call_done(res, now)
+                try:
+                    self._call_done(res, now)
+                except Exception as e:  # one name lookup's result
+                    self.session.faults.record(FaultKind.DNS, f"lookup {res.tag!r}", e)
         self._pump_hasher()
 
     def _pump_hasher(self) -> None:
@@ -799,20 +826,26 @@ class EventLoop:
             ip = addr[0]
             src = (ip[7:] if ip.startswith("::ffff:") else ip, addr[1])
             data = view[:n]
-            if utp is not None and is_utp_datagram(data):
-                utp.receive_datagram(data, src, now=now)
-            elif n and buf[0] == 0:  # BEP 15 responses start with a 32-bit action < 256
-                matched = False
-                for ut in self._udp_trackers.values():
-                    if ut.addr == src and ut.job is not None:
-                        matched = True
-                        self._udp_events(ut, ut.client.receive_datagram(bytes(data), now=now), now)
-                if not matched:
-                    counters["udp_unmatched"] += 1
-            else:
-                counters["udp_dropped"] += 1
+            try:
+                if utp is not None and is_utp_datagram(data):
+                    utp.receive_datagram(data, src, now=now)
+                elif n and buf[0] == 0:  # BEP 15 responses start with a 32-bit action < 256
+                    matched = False
+                    for ut in self._udp_trackers.values():
+                        if ut.addr == src and ut.job is not None:
+                            matched = True
+                            self._udp_events(ut, ut.client.receive_datagram(bytes(data), now=now), now)
+                    if not matched:
+                        counters["udp_unmatched"] += 1
+                else:
+                    counters["udp_dropped"] += 1
+            except Exception as e:  # one datagram: dropped, the loop goes on (STYLE.md section 13)
+                self.session.faults.record(FaultKind.DATAGRAM, f"datagram from {src[0]}:{src[1]}", e)
         if utp is not None:
-            utp.socket_drained(now=now)
+            try:
+                utp.socket_drained(now=now)
+            except Exception as e:
+                self.session.faults.record(FaultKind.DATAGRAM, "uTP receive batch", e)
 
     # ------------------------------------------------------------------ uTP (BEP 29) peers
 

@@ -392,6 +392,13 @@ class MagnetFetch:
         for cid in list(self.links) + list(self.half_open):
             self.session.close(cid, CloseReason.SHUTDOWN, why)
 
+    def fail(self, message: str) -> None:
+        """Enter the ERROR state and close every connection (a contained fault, STYLE.md section 13)."""
+        log.error("%s: %s", self.name, message)
+        self.state = FetchState.ERROR
+        self.error = message
+        self._close_all(message)
+
     def stop(self, *, now: float) -> None:
         if self.state is FetchState.FETCHING:
             self.state = FetchState.STOPPED

@@ -29,6 +29,7 @@ from minibt.client import Client
 from minibt.clock import local_seconds_of_day
 from minibt.config import Config, TorrentEntry, load_config
 from minibt.errors import ConfigError, MagnetError, MetainfoError, MinibtError
+from minibt.faults import FaultKind
 from minibt.magnet import parse_magnet
 from minibt.magnetfetch import FetchState, MagnetFetch, torrent_file_bytes
 from minibt.metainfo import Metainfo, load_metainfo
@@ -443,6 +444,9 @@ class Runner:
                 except (MetainfoError, OSError) as e:
                     log.warning("ignoring %s: %s", path, e)
                     continue
+                except Exception as e:
+                    self.client.session.faults.record(FaultKind.WATCH_FILE, path, e)
+                    continue
                 out.append(TorrentEntry(source=path, dir=self.cfg.download_dir, mode="download", meta=meta))
             elif n.endswith(".magnet"):
                 path = os.path.join(d, n)
@@ -480,7 +484,12 @@ class Runner:
                     continue
             self._watch_sizes.pop(n, None)
             self._watch_seen.add(n)
-            self._take_watch_file(path)
+            try:
+                self._take_watch_file(path)
+            except Exception as e:  # one watch-dir file never stops the daemon (STYLE.md section 13)
+                self.client.session.faults.record(FaultKind.WATCH_FILE, path, e)
+                if os.path.exists(path):
+                    _rename(path, path + ".invalid")
 
     def _take_watch_file(self, path: str) -> None:
         if path.endswith(".magnet"):
@@ -597,6 +606,7 @@ class Runner:
                        "upload_limit_bps": up_limit, "download_limit_bps": down_limit,
                        "alt_rates": bool(self._alt_active)},
             "torrents": torrents,
+            "faults": client.session.faults.stats(),
         }
 
     def _process_info(self) -> dict[str, Any]:

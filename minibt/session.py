@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from minibt.errors import CloseReason, ConfigError, RemoteProtocolError
 from minibt.events import EventName, EventQueue, EventRecord
+from minibt.faults import FaultKind, Faults
 from minibt.handshake import (
     Handshake,
     HandshakeReceived,
@@ -132,6 +133,7 @@ class Session:
         self._now = 0.0  # the latest `now` any input brought (for teardown started by a command)
         self.closed_log: list[tuple[int, Addr, CloseReason, str]] = []  # bounded, newest last
         self.events = EventQueue()  # public API events; off until a Client enables it (minibt/events.py)
+        self.faults = Faults()  # contained faults while handling outside input (STYLE.md section 13)
         self._init_rate_limits()
 
     # ------------------------------------------------------------------ setup
@@ -428,6 +430,18 @@ class Session:
     def on_incoming(self, addr: Addr, *, now: float, transport: str = "tcp") -> int | None:
         """A connection was accepted (over ``transport``); returns its cid, or None to refuse it."""
         self._now = now
+        first_cid = self._next_cid
+        try:
+            return self._on_incoming(addr, now, transport)
+        except Exception as e:
+            self.faults.record(FaultKind.ACCEPT, f"connection from {addr[0]}:{addr[1]}", e)
+            for cid in range(first_cid, self._next_cid):
+                conn = self.conns.get(cid)
+                if conn is not None:
+                    self._drop(conn, CloseReason.INTERNAL_ERROR, "internal error at accept")
+            return None
+
+    def _on_incoming(self, addr: Addr, now: float, transport: str) -> int | None:
         if len(self.conns) >= self.config.max_connections:
             self._refused(addr, CloseReason.TOO_MANY_PEERS, "global connection limit", now)
             return None
@@ -450,10 +464,13 @@ class Session:
         conn = self.conns.get(cid)
         if conn is None or conn.handshake is None:
             return
-        conn.established = True
-        conn.handshake.start()
-        self._dirty.add(cid)
-        self.emit(EventName.PEER_CONNECTED, conn, self._torrent_of.get(cid))
+        try:
+            conn.established = True
+            conn.handshake.start()
+            self._dirty.add(cid)
+            self.emit(EventName.PEER_CONNECTED, conn, self._torrent_of.get(cid))
+        except Exception as e:
+            self.fault(cid, e)
 
     def on_closed(self, cid: int, reason: CloseReason, detail: str, *, now: float) -> None:
         """The loop saw the connection end (EOF, error, failed connect)."""
@@ -461,16 +478,74 @@ class Session:
         conn = self.conns.get(cid)
         if conn is None:
             return
-        if not conn.closing and self._fall_back(conn, reason, detail, now):
+        try:
+            if not conn.closing and self._fall_back(conn, reason, detail, now):
+                return
+            conn.closing = True
+            self._teardown(conn, reason, detail, now=now)
+        except Exception as e:
+            self.fault(cid, e)
+
+    # ------------------------------------------------------------------ containment (STYLE.md section 13)
+
+    def fault(self, cid: int, exc: Exception) -> None:
+        """An unexpected exception while handling connection ``cid``: close that connection alone.
+
+        The traceback is logged once and counted in ``faults``; no reputation penalty (the bug is
+        ours, even when a peer's input triggered it).  If even the orderly close fails, the
+        connection is dropped from every table without calling into its torrent.
+        """
+        conn = self.conns.get(cid)
+        what = f"peer {conn.ip}:{conn.port} (#{cid})" if conn is not None else f"connection #{cid}"
+        detail = self.faults.record(FaultKind.PEER, what, exc)
+        if conn is None:
             return
+        if not conn.closing:
+            try:
+                self.close(cid, CloseReason.INTERNAL_ERROR, detail)
+                if cid not in self.conns:
+                    return
+            except Exception as e2:
+                self.faults.record(FaultKind.PEER, f"closing {what}", e2)
+        self._drop(conn, CloseReason.INTERNAL_ERROR, detail)
+
+    def _drop(self, conn: PeerConnection, reason: CloseReason, detail: str) -> None:
+        """Last resort after a fault: forget ``conn`` everywhere and ask the loop to close it."""
+        cid = conn.cid
         conn.closing = True
-        self._teardown(conn, reason, detail, now=now)
+        conn.close_reason, conn.close_detail = reason, detail
+        self.conns.pop(cid, None)
+        self._dirty.discard(cid)
+        t = self._torrent_of.pop(cid, None)
+        if t is not None:
+            t.peers.pop(cid, None)
+            t.half_open.discard(cid)
+        self._fetch_of.pop(cid, None)
+        self._actions.append(Close(cid, reason, detail))
+
+    def _torrent_fault(self, owner: Torrent | MagnetFetch, kind: FaultKind, exc: Exception, now: float) -> None:
+        """A fault in a torrent's (or magnet fetch's) own handling: stop that torrent with an error."""
+        name = owner.meta.name if isinstance(owner, Torrent) else owner.name
+        detail = self.faults.record(kind, f"torrent {name!r}", exc)
+        try:
+            if isinstance(owner, Torrent):
+                if owner.state is not TorrentState.ERROR:
+                    owner.save_resume(now)  # verified pieces only; ERROR state saves nothing more
+                    owner.fail(detail)
+                    owner.stop(now=now)  # closes its peers and files
+            else:
+                owner.fail(detail)
+        except Exception as e2:
+            self.faults.record(kind, f"stopping torrent {name!r}", e2)
 
     def on_data(self, cid: int, data: bytes | memoryview, *, now: float) -> None:
-        if self.down_limited:
-            self._on_data_limited(cid, data, now=now)
-        else:
-            self._on_data(cid, data, now=now)
+        try:
+            if self.down_limited:
+                self._on_data_limited(cid, data, now=now)
+            else:
+                self._on_data(cid, data, now=now)
+        except Exception as e:
+            self.fault(cid, e)
 
     def _on_data(self, cid: int, data: bytes | memoryview, *, now: float) -> None:
         self._now = now
@@ -638,10 +713,20 @@ class Session:
             return
         t = self._torrent_of.get(cid)
         if t is not None and conn.requests_in:
-            t.serve(conn, now)
+            try:
+                t.serve(conn, now)
+            except Exception as e:
+                self.fault(cid, e)
 
     def data_to_send(self, cid: int, limit: int, *, now: float) -> bytes:
         self._now = now
+        try:
+            return self._data_to_send(cid, limit, now)
+        except Exception as e:
+            self.fault(cid, e)
+            return b""
+
+    def _data_to_send(self, cid: int, limit: int, now: float) -> bytes:
         conn = self.conns.get(cid)
         if conn is None:
             return b""
@@ -663,7 +748,10 @@ class Session:
         if isinstance(tag, tuple) and len(tag) == 2:
             t = self.torrents.get(tag[1])
             if t is not None:
-                t.on_hash_result(res, now=now)
+                try:
+                    t.on_hash_result(res, now=now)
+                except Exception as e:
+                    self._torrent_fault(t, FaultKind.WORKER, e, now)
 
     def on_announce_result(
         self,
@@ -675,13 +763,16 @@ class Session:
         now: float,
     ) -> None:
         self._now = now
-        t = self.torrents.get(info_hash)
-        if t is not None:
-            t.on_announce_result(job, result, error, now=now)
-            return
-        f = self.fetches.get(info_hash)
-        if f is not None:
-            f.on_announce_result(job, result, error, now=now)
+        try:
+            t = self.torrents.get(info_hash)
+            if t is not None:
+                t.on_announce_result(job, result, error, now=now)
+                return
+            f = self.fetches.get(info_hash)
+            if f is not None:
+                f.on_announce_result(job, result, error, now=now)
+        except Exception as e:
+            self.faults.record(FaultKind.TRACKER, f"announce to {job.url}", e)
 
     def tick(self, *, now: float) -> None:
         """Timers: handshake/wire deadlines, then every torrent's tick."""
@@ -705,10 +796,18 @@ class Session:
                             self._dirty.add(conn.cid)
             except RemoteProtocolError as e:
                 self.close(conn.cid, e.reason, e.detail)
+            except Exception as e:
+                self.fault(conn.cid, e)
         for f in list(self.fetches.values()):
-            f.tick(now=now)
+            try:
+                f.tick(now=now)
+            except Exception as e:
+                self._torrent_fault(f, FaultKind.TORRENT, e, now)
         for t in list(self.torrents.values()):
-            t.tick(now=now)
+            try:
+                t.tick(now=now)
+            except Exception as e:
+                self._torrent_fault(t, FaultKind.TORRENT, e, now)
         if self._rate_waiting:
             self.on_rate_refill(now=now)  # also driven by rate_wake_at(); this is the fallback
 

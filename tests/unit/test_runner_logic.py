@@ -13,6 +13,7 @@ from helpers import FakeClock
 
 from minibt.budget import BASE_RSS_BYTES, fit_budget, worst_case_bytes
 from minibt.config import Config, Schedule, TorrentEntry, parse_config, parse_window
+from minibt.faults import Faults
 from minibt.metainfo import create_torrent, load_metainfo
 from minibt.runner import (
     EXIT_FAIL,
@@ -200,6 +201,7 @@ class FakeSession:
     def __init__(self) -> None:
         self.reputation = FakeReputation()
         self.removed: list[bytes] = []
+        self.faults = Faults()
 
     def ban(self, ip: str, why: str) -> None:
         self.reputation.bans[ip] = why
