@@ -64,6 +64,8 @@ class Mode(enum.Enum):
     BAD_PSTR = "bad_pstr"  # (h) handshake with the wrong protocol string
     CORRUPT_METADATA = "corrupt_metadata"  # (issue 4) ut_metadata pieces with one byte flipped
     WRONG_INFO_HASH = "wrong_info_hash"  # (h) handshake for another torrent
+    EXT_HANDSHAKE_SEGMENT = "ext_handshake_segment"  # (issue 9) a valid first message and a non-bencode
+    # BEP 10 handshake in the same segment: once killed the process (BufferError)
 
 
 class _Closed(Exception):
@@ -322,9 +324,10 @@ class EvilPeer:
                 bits = bytearray(b"\xff" * nbytes)
                 bits[-1] = (0xFF << spare) & 0xFF
                 first = msg(BITFIELD, bytes(bits))
-            conn.send(first + msg(UNCHOKE))
+            conn.send(first + self._segment_tail(rec) + msg(UNCHOKE))
         else:
             first = msg(HAVE_NONE) if (fast or mode is Mode.FAST_NOT_NEGOTIATED) else b""
+            first += self._segment_tail(rec)
             conn.send(first if mode is Mode.REQUEST_FLOOD_CHOKED else first + msg(INTERESTED))
         if mode is Mode.FAST_NOT_NEGOTIATED:
             rec.misbehaved_at = time.monotonic()
@@ -349,6 +352,13 @@ class EvilPeer:
             conn.send(bad)
         if mode in (Mode.REQUEST_FLOOD, Mode.REQUEST_FLOOD_CHOKED):
             self._flood(conn, rec, wait_unchoke=mode is Mode.REQUEST_FLOOD)
+
+    def _segment_tail(self, rec: ConnRecord) -> bytes:
+        """What goes in the same segment as the first message (issue 9's attack), if anything."""
+        if self.mode is not Mode.EXT_HANDSHAKE_SEGMENT:
+            return b""
+        rec.misbehaved_at = time.monotonic()
+        return msg(EXTENDED, b"\x00xyz")  # hex 00000005 14 00 78797a
 
     def _flood(self, conn: _Conn, rec: ConnRecord, *, wait_unchoke: bool) -> None:
         deadline = time.monotonic() + self.unchoke_timeout_s

@@ -119,7 +119,8 @@ def in_process_client(tmp_path: Path) -> Iterator[Client]:
 def evil_for(swarm: Swarm, mode: Mode, *, role: str = "seed") -> EvilPeer:
     m = swarm.meta
     return EvilPeer(info_hash=m.info_hash, num_pieces=m.num_pieces, piece_length=m.piece_length,
-                    total_length=m.total_length, mode=mode, payload=swarm.payload, host=EVIL_HOST, role=role)
+                    total_length=m.total_length, mode=mode, payload=swarm.payload, host=EVIL_HOST, role=role,
+                    extension=mode is Mode.EXT_HANDSHAKE_SEGMENT)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -182,6 +183,7 @@ DOWNLOAD_CASES: dict[Mode, Case] = {
     Mode.FAST_NOT_NEGOTIATED: (frozenset({R.PROTOCOL_VIOLATION}), r"have_all without the fast extension"),
     Mode.BAD_PSTR: (frozenset({R.BAD_HANDSHAKE}), r"pstr"),
     Mode.WRONG_INFO_HASH: (frozenset({R.INFO_HASH_MISMATCH}), r"info-hash"),
+    Mode.EXT_HANDSHAKE_SEGMENT: (frozenset({R.MALFORMED_MESSAGE}), r"extension handshake is not valid bencode"),
 }
 
 
@@ -285,6 +287,7 @@ SEED_CASES: dict[Mode, Case] = {
     Mode.FAST_NOT_NEGOTIATED: (frozenset({R.PROTOCOL_VIOLATION}), r"have_none without the fast extension"),
     Mode.BAD_PSTR: (frozenset({R.BAD_HANDSHAKE}), r"pstr"),
     Mode.WRONG_INFO_HASH: (frozenset({R.UNKNOWN_INFO_HASH}), r"^[0-9a-f]{40}$"),
+    Mode.EXT_HANDSHAKE_SEGMENT: (frozenset({R.MALFORMED_MESSAGE}), r"extension handshake is not valid bencode"),
 }
 
 
