@@ -108,6 +108,7 @@ CLOSE_REASON_DOCS: dict[CloseReason, str] = {
     CloseReason.TORRENT_REMOVED: "the torrent was removed",
     CloseReason.KEEPALIVE_TIMEOUT: "nothing received from the peer for 180 s",
     CloseReason.CORRUPT_DATA: "the peer sent data that failed the hash check",
+    CloseReason.INTERNAL_ERROR: "a bug in minibt while handling this peer; only this connection was closed",
 }
 
 
