@@ -750,6 +750,10 @@ class EventLoop:
         except TrackerError as e:
             self.session.on_announce_result(txn.info_hash, txn.job, None, str(e), now=now)
             return
+        except Exception as e:  # one tracker transaction (STYLE.md section 13): the announce fails
+            detail = self.session.faults.record(FaultKind.TRACKER, f"tracker {txn.url}", e)
+            self.session.on_announce_result(txn.info_hash, txn.job, None, detail, now=now)
+            return
         self.session.on_announce_result(txn.info_hash, txn.job, result, None, now=now)
 
     def _http_fail(self, txn: _HttpTxn, msg: str, now: float) -> None:
