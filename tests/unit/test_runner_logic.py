@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -391,3 +392,30 @@ def test_run_arguments_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture
         assert ei.value.code == 2
     assert main(["run", "-c", str(tmp_path / "absent.toml"), "--once"]) == 2
     assert "absent.toml: no such file" in capsys.readouterr().err
+
+
+def test_a_fault_on_one_watch_dir_file_is_contained_and_the_next_file_is_added(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # STYLE.md section 13: one watch-dir file never stops the daemon.  The fault is planted in the
+    # client's add() for one torrent (a stand-in for any bug a crafted file may reach).
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    src = make_cfg(tmp_path, 2)
+    for e in src.torrents:
+        shutil.copy(e.source, watch / os.path.basename(e.source))
+    cfg = dataclasses.replace(src, torrents=(), watch_dir=str(watch))
+    r, client, _ = make_runner(tmp_path, cfg, clock, once=True)
+    bad_name = src.torrents[0].meta.name
+    real_add = client.add
+
+    def add(meta: Any, d: str, **kw: Any) -> Any:
+        if meta.name == bad_name:
+            raise RuntimeError("planted")
+        return real_add(meta, d, **kw)
+
+    client.add = add  # type: ignore[method-assign]
+    r.start()
+    assert [t.meta.name for t in client.added] == [src.torrents[1].meta.name]
+    assert client.session.faults.stats()["watch_file"] == 1
+    assert r.status()["faults"]["watch_file"] == 1
