@@ -19,6 +19,7 @@ same names, and storage records it in the resume data so later runs find the fil
 from __future__ import annotations
 
 import enum
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,6 +56,31 @@ class FsRules(enum.Enum):
 def rules_for_fs_type(fs_type: str) -> FsRules:
     """The rules for a Linux file-system type name as it appears in /proc/self/mountinfo."""
     return FsRules.WINDOWS if fs_type.lower() in WINDOWS_FS_TYPES else FsRules.POSIX
+
+
+_MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def _unescape(field: str) -> str:
+    # proc(5): mountinfo writes space, tab, newline and backslash in paths as \ooo octal escapes.
+    return _MOUNTINFO_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def fs_type_from_mountinfo(text: str, path: str) -> str | None:
+    """The file-system type of the mount holding absolute ``path``: the longest mount point that
+    contains it, per /proc/self/mountinfo ``text`` (proc(5) layout); None if no line matches."""
+    best: tuple[int, str] | None = None
+    for line in text.splitlines():
+        fields = line.split(" ")
+        try:
+            sep = fields.index("-", 6)
+            mount_point, fs_type = _unescape(fields[4]), fields[sep + 1]
+        except (ValueError, IndexError):
+            continue
+        inside = mount_point == "/" or path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
+        if inside and (best is None or len(mount_point) >= best[0]):
+            best = (len(mount_point), fs_type)  # ">=": a later mount on the same point hides the earlier
+    return None if best is None else best[1]
 
 
 def _cut_utf8(s: str, max_bytes: int) -> str:
