@@ -187,3 +187,100 @@ def dict_value_span(
     plus sorted unique top-level keys).  Linear in the number of tokens, not bytes.
     """
     return _scan(_as_buffer(data), max_depth, max_tokens, bytes(key))
+
+
+def decode_lenient_with_span(
+    data: bytes | bytearray | memoryview,
+    key: bytes | None,
+    *,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+) -> tuple[Any, tuple[int, int] | None, int]:
+    """Decode bencode as other clients read .torrent files from disk; for disk files only.
+
+    Unlike decode(): dict keys may come in any order (a repeated key is still an error: which value
+    would count is ambiguous), and bytes after the first complete value are ignored.  Integers and
+    string lengths stay strict.  Iterative, with the same depth and token limits as decode().
+    Returns (value, span of top-level dict value ``key`` or None, end of the value).
+    Raises BencodeError.  Peer input (wire, ut_metadata, KRPC) must keep using the strict decode().
+    """
+    buf = _as_buffer(data)
+    n = len(buf)
+    if n == 0:
+        raise BencodeError("empty input")
+    # Each open container: [the list or dict, the dict key waiting for its value (or None)].
+    stack: list[list[Any]] = []
+    pos = 0
+    tokens = 0
+    span: tuple[int, int] | None = None
+    span_start = -1
+    value: Any = None
+    while True:
+        if pos >= n:
+            raise BencodeError(f"truncated input: {len(stack)} unclosed list/dict at end (byte {n})")
+        c = buf[pos]
+        start = pos
+        done = False
+        if c == _E:
+            if not stack:
+                raise BencodeError(f"unexpected 'e' at byte {pos}")
+            frame = stack.pop()
+            if frame[1] is not None:
+                raise BencodeError(f"dict key without a value before byte {pos}")
+            value = frame[0]
+            pos += 1
+            done = True
+        else:
+            tokens += 1
+            if tokens > max_tokens:
+                raise BencodeError(f"more than {max_tokens} tokens (at byte {pos})")
+            top = stack[-1] if stack else None
+            expecting_key = top is not None and isinstance(top[0], dict) and top[1] is None
+            if 0x30 <= c <= 0x39:
+                m = _STR_LEN.match(buf, pos)
+                if m is None:
+                    raise BencodeError(f"invalid string length at byte {pos}")
+                body = m.end()
+                end = body + int(m.group(1))
+                if end > n:
+                    raise BencodeError(
+                        f"truncated string at byte {pos}: {end - body} bytes announced, {n - body} present"
+                    )
+                s = bytes(buf[body:end])
+                pos = end
+                if expecting_key:
+                    assert top is not None
+                    if s in top[0]:
+                        raise BencodeError(f"duplicate dict key at byte {start}")
+                    top[1] = s
+                    if key is not None and len(stack) == 1 and s == key:
+                        span_start = pos
+                    continue
+                value, done = s, True
+            elif expecting_key:
+                raise BencodeError(f"dict key must be a string at byte {pos}")
+            elif c == _I:
+                m = _INT.match(buf, pos)
+                if m is None:
+                    raise BencodeError(f"invalid integer at byte {pos}")
+                value, done = int(m.group()[1:-1]), True
+                pos = m.end()
+            elif c == _L or c == _D:
+                if len(stack) >= max_depth:
+                    raise BencodeError(f"nesting deeper than {max_depth} at byte {pos}")
+                stack.append([[] if c == _L else {}, None])
+                pos += 1
+            else:
+                raise BencodeError(f"unexpected byte 0x{c:02x} at byte {pos}")
+        if not done:
+            continue
+        if not stack:
+            return value, span, pos
+        parent = stack[-1]
+        if isinstance(parent[0], list):
+            parent[0].append(value)
+        else:
+            parent[0][parent[1]] = value
+            parent[1] = None
+            if len(stack) == 1 and span_start >= 0 and span is None:
+                span = (span_start, pos)

@@ -19,7 +19,8 @@ from minibt.bitfield import Bitfield
 from minibt.errors import StorageError
 from minibt.hasher import HashJob
 from minibt.metainfo import Metainfo
-from minibt.storage import ResumeData, Storage, disk_file_sizes, load_resume, save_resume
+from minibt.resume import ResumeData
+from minibt.storage import PAD_PATH, Storage, load_resume, save_resume
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,9 @@ class Checker:
 
     def data_exists(self) -> bool:
         """True if any data file is on disk already (call before ``Storage.open`` creates them)."""
-        meta = self._meta
-        return any(
-            os.path.exists(meta.file_path(self._download_dir, i))
-            for i, f in enumerate(meta.files)
-            if not getattr(f, "pad", False)
-        )
+        storage = self._storage
+        paths = (storage.file_path(i) for i in range(len(self._meta.files)))
+        return any(os.path.exists(p) for p in paths if p != PAD_PATH)
 
     def check_all(self) -> None:
         """Queue every piece for checking."""
@@ -97,7 +95,7 @@ class Checker:
         """Valid resume data, or None (no resume file configured, missing, stale or damaged)."""
         if self._resume_path is None:
             return None
-        rd, warning = load_resume(self._resume_path, self._meta, self._download_dir)
+        rd, warning = load_resume(self._resume_path, self._meta, self._download_dir, self._storage.names)
         if warning:
             log.warning("%s: %s; checking data on disk", self._meta.name, warning)
         return rd
@@ -114,6 +112,7 @@ class Checker:
         self._next_save_at = now + self._resume_interval_s
         self.resume_dirty = False
         meta = self._meta
+        names = self._storage.names
         try:
             self._storage.sync()  # data first, then the record that says it is there
             save_resume(
@@ -123,10 +122,12 @@ class Checker:
                     piece_length=meta.piece_length,
                     num_pieces=meta.num_pieces,
                     have=have.to_bytes(),
-                    file_sizes=disk_file_sizes(meta, self._download_dir),  # unselected files: -1
+                    file_sizes=self._storage.disk_file_sizes(),  # unselected files: -1
                     uploaded=uploaded,
                     downloaded=downloaded,
                     saved_at=wall_time(),
+                    rules=names.rules,
+                    renamed=tuple(sorted(names.renamed(meta.torrent_paths()).items())),
                 ),
             )
         except (StorageError, OSError) as e:

@@ -1,10 +1,14 @@
-"""BEP 3 .torrent files (metainfo): strict, hostile-input-safe parsing, creation and description.
+"""BEP 3 .torrent files (metainfo): hostile-input-safe parsing, creation and description.
 
 In scope: v1 info dicts (single- and multi-file), BEP 12 announce-list, BEP 19 url-list, BEP 27
-private flag, BEP 47 padding files (kept, marked ``pad``), the v1 part of BEP 52 hybrid torrents.
-Out of scope: v2-only torrents (refused), BEP 47 symlink/executable attributes (ignored).
+private flag, BEP 47 padding files (kept, marked ``pad``) and symlinks (kept with no data, never
+created on disk), the v1 part of BEP 52 hybrid torrents (whose v2 part must agree: hybrid.py).
+Out of scope: v2-only torrents (refused), the BEP 47 executable/hidden attributes (ignored).
 The info-hash is SHA-1 over the raw ``info`` bytes as they appear in the file, never re-encoded.
-Every path element is sanitised here and re-checked against the real filesystem by safe_join().
+.torrent files from disk are decoded leniently (unsorted keys, trailing bytes), as other clients
+do; info dicts fetched from peers (metainfo_from_info) strictly.  Every path element is checked
+here, bounded in depth and length, and re-checked against the real filesystem by safe_join();
+the names files get on disk are filenames.py's business.
 parse_metainfo() raises only MetainfoError, with a one-line message naming the offending field.
 """
 
@@ -19,12 +23,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from minibt.bencode import decode_with_span, encode
+from minibt.bencode import decode_lenient_with_span, decode_with_span, encode
 from minibt.errors import BencodeError, MetainfoError
+from minibt.filenames import MAX_PATH_BYTES, MAX_PATH_DEPTH
+from minibt.hybrid import check_hybrid, is_hybrid
 
 MiB = 1 << 20
 DEFAULT_MAX_METAINFO_BYTES = 64 * MiB  # convention: libtorrent's default max .torrent size is 30 MiB
-MAX_PIECE_LENGTH = 128 * MiB  # convention: libtorrent refuses piece sizes above 128 MiB
+MAX_PIECE_LENGTH = 512 * MiB  # convention: libtorrent loads piece sizes up to 512 MiB (storage bounds what it buffers)
+MAX_CREATE_PIECE_LENGTH = 128 * MiB  # minibt: created torrents stay downloadable (storage.MAX_BUFFERED_PIECE_BYTES)
 MAX_LENGTH = 1 << 50  # convention: 1 PiB, caps each file and the total; far beyond any real torrent
 HASH_LEN = 20  # BEP 3: 'pieces' is a concatenation of 20-byte SHA-1 digests
 MIN_CREATE_PIECE_LENGTH = 16 * 1024  # BEP 3 block size; smaller pieces are not useful
@@ -46,12 +53,20 @@ class FileEntry:
     ``path`` is relative to the torrent's root directory (``name``) for multi-file torrents;
     for a single-file torrent it is ``(name,)``.  ``offset`` is the file's position in the
     torrent's concatenated byte stream.  ``pad`` marks a BEP 47 padding file (never written).
+    ``symlink`` is a BEP 47 symlink's target (relative to the torrent root, never leaving it); a
+    symlink has no data (length 0) and minibt does not create it.
     """
 
     path: tuple[str, ...]
     length: int
     offset: int
     pad: bool = False
+    symlink: tuple[str, ...] | None = None
+
+    @property
+    def on_disk(self) -> bool:
+        """True for a file that holds data on disk (not a pad file, not a symlink)."""
+        return not self.pad and self.symlink is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +111,21 @@ class Metainfo:
             return self.total_length - self.piece_length * (n - 1)
         return self.piece_length
 
+    def torrent_paths(self) -> tuple[tuple[str, ...] | None, ...]:
+        """Every file's path as the torrent names it, from the save directory: ``(name, *path)``
+        (multi-file) or ``(name,)``; None for files that are never on disk (pad files, symlinks).
+        filenames.map_paths() turns these into the names actually used on disk."""
+        if not self.multi_file:
+            return ((self.name,),)
+        return tuple((self.name, *f.path) if f.on_disk else None for f in self.files)
+
     def file_path(self, download_dir: str, i: int) -> str:
-        """Absolute path of file ``i``: ``<download_dir>/<name>/<path...>`` (multi-file) or
-        ``<download_dir>/<name>`` (single-file).  MetainfoError if it would leave download_dir."""
+        """Absolute path of file ``i`` by the torrent's own names: ``<download_dir>/<name>/<path...>``
+        (multi-file) or ``<download_dir>/<name>``.  MetainfoError if it would leave download_dir.
+
+        The file's real disk path may differ (over-long or, on Windows-type file systems, refused
+        names are changed): use ``Storage.file_path(i)`` for I/O.
+        """
         entry = self.files[i]
         parts = (self.name, *entry.path) if self.multi_file else (self.name,)
         return safe_join(download_dir, parts)
@@ -207,7 +234,7 @@ def _path(d: dict[bytes, Any], where: str, cache: dict[bytes, str]) -> tuple[str
     # Prefer 'path.utf-8' when it is present and entirely valid (older clients put a legacy
     # code page in 'path').
     alt = d.get(b"path.utf-8")
-    if isinstance(alt, list) and alt:
+    if isinstance(alt, list) and alt and len(alt) <= MAX_PATH_DEPTH:
         elems = [_utf8_element(e) for e in alt]
         if all(e is not None for e in elems):
             return tuple(e for e in elems if e is not None)
@@ -218,6 +245,9 @@ def _path(d: dict[bytes, Any], where: str, cache: dict[bytes, str]) -> tuple[str
         raise MetainfoError(f"{where}.path: expected a list of strings, got {_what(raw)}")
     if not raw:
         raise MetainfoError(f"{where}.path: empty path")
+    if len(raw) > MAX_PATH_DEPTH:
+        # os.makedirs() recurses once per level: 2000 levels killed a download with RecursionError.
+        raise MetainfoError(f"{where}.path: {len(raw)} levels, more than the limit of {MAX_PATH_DEPTH}")
     out: list[str] = []
     for j, e in enumerate(raw):
         # Directory names repeat across files: decode and check each distinct one once.
@@ -287,7 +317,24 @@ def _url_list(top: dict[bytes, Any]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(urls))
 
 
-def _files(info: dict[bytes, Any]) -> tuple[list[FileEntry], int]:
+def _path_bytes(name: str, path: Sequence[str], where: str) -> None:
+    n = len(name.encode("utf-8")) + sum(len(e.encode("utf-8")) + 1 for e in path)
+    if n > MAX_PATH_BYTES:
+        raise MetainfoError(f"{where}: {n} bytes long with the torrent name, more than the limit of {MAX_PATH_BYTES}")
+
+
+def _symlink(fd: dict[bytes, Any], where: str) -> tuple[str, ...]:
+    """A BEP 47 symlink's target: path elements under the torrent root, never leaving it."""
+    raw = fd.get(b"symlink path")
+    if not isinstance(raw, list) or not raw:
+        raise MetainfoError(f"{where}.symlink path: expected a non-empty list of strings")
+    if len(raw) > MAX_PATH_DEPTH:
+        raise MetainfoError(f"{where}.symlink path: more than {MAX_PATH_DEPTH} levels")
+    # '..' is refused like in any path, so the target stays inside the torrent (PROTOCOL.md section 5).
+    return tuple(_element(e, f"{where}.symlink path[{j}]") for j, e in enumerate(raw))
+
+
+def _files(info: dict[bytes, Any], name: str) -> tuple[list[FileEntry], int]:
     """The multi-file list and total length; checks duplicates and file/directory clashes."""
     raw = info[b"files"]
     if not isinstance(raw, list):
@@ -303,11 +350,22 @@ def _files(info: dict[bytes, Any]) -> tuple[list[FileEntry], int]:
         where = f"info.files[{i}]"
         if not isinstance(fd, dict):
             raise MetainfoError(f"{where}: expected a dictionary, got {_what(fd)}")
-        length = _int_field(fd, b"length", f"{where}.length", 0, MAX_LENGTH, f"an integer in 0..{MAX_LENGTH}")
-        path = _path(fd, where, cache)
         attr = fd.get(b"attr")
         pad = isinstance(attr, bytes) and b"p" in attr
-        if not pad:
+        link = isinstance(attr, bytes) and b"l" in attr
+        if pad and link:
+            raise MetainfoError(f"{where}.attr: a file cannot be both a pad file and a symlink (BEP 47)")
+        target = _symlink(fd, where) if link else None
+        # BEP 47: a symlink holds no data; libtorrent counts it as 0 bytes whatever 'length' says.
+        length = 0 if link else _int_field(
+            fd, b"length", f"{where}.length", 0, MAX_LENGTH, f"an integer in 0..{MAX_LENGTH}"
+        )
+        if pad and b"path" not in fd and b"path.utf-8" not in fd:
+            path: tuple[str, ...] = (".pad", str(length))  # BEP 47 pad files need no path (libtorrent)
+        else:
+            path = _path(fd, where, cache)
+        _path_bytes(name, path, f"{where}.path")
+        if not pad and target is None:
             # BEP 47 padding files may share paths (".pad/N"); they are never written to disk.
             if path in file_at:
                 raise MetainfoError(f"{where}.path: duplicate of info.files[{file_at[path]}]")
@@ -321,7 +379,7 @@ def _files(info: dict[bytes, Any]) -> tuple[list[FileEntry], int]:
                     )
                 dir_at.setdefault(prefix, i)
             file_at[path] = i
-        entries.append(FileEntry(path=path, length=length, offset=offset, pad=pad))
+        entries.append(FileEntry(path=path, length=length, offset=offset, pad=pad, symlink=target))
         offset += length
         if offset > MAX_LENGTH:
             raise MetainfoError(f"info.files: total length exceeds {MAX_LENGTH}")
@@ -343,6 +401,7 @@ def _build(info: dict[bytes, Any], info_bytes: bytes, top: dict[bytes, Any]) -> 
             raise MetainfoError("v2-only torrents are not supported")
         raise MetainfoError("info.pieces: missing")
     name = _name(info)
+    _path_bytes(name, (), "info.name")
     piece_length = _int_field(
         info,
         b"piece length",
@@ -359,7 +418,7 @@ def _build(info: dict[bytes, Any], info_bytes: bytes, top: dict[bytes, Any]) -> 
     if b"files" in info:
         if b"length" in info:
             raise MetainfoError("info: both 'length' and 'files' present")
-        entries, total = _files(info)
+        entries, total = _files(info, name)
         multi = True
     else:
         total = _int_field(info, b"length", "info.length", 0, MAX_LENGTH, f"an integer in 0..{MAX_LENGTH}")
@@ -367,6 +426,9 @@ def _build(info: dict[bytes, Any], info_bytes: bytes, top: dict[bytes, Any]) -> 
         multi = False
     if total <= 0:
         raise MetainfoError("info: total length must be positive")
+    if is_hybrid(info):
+        v1 = [(f.path, f.length) for f in entries if not f.pad]
+        check_hybrid(info, v1, piece_length, element=_element, max_depth=MAX_PATH_DEPTH, max_length=MAX_LENGTH)
     expected = -(-total // piece_length)
     if len(pieces) // HASH_LEN != expected:
         raise MetainfoError(
@@ -399,14 +461,33 @@ def _decode(data: bytes, what: str, key: bytes | None) -> tuple[Any, tuple[int, 
         raise MetainfoError(f"{what}: not valid bencode: {e}") from None
 
 
+def _decode_file(data: bytes) -> tuple[Any, tuple[int, int] | None]:
+    """Strict decoding first (fast, C); if that fails, the lenient reading other clients use for
+    .torrent files: unsorted dict keys, bytes after the top-level dict.  The info-hash is taken
+    from the raw bytes either way, so key order cannot change it."""
+    try:
+        return decode_with_span(data, b"info")
+    except BencodeError:
+        pass
+    try:
+        top, span, _end = decode_lenient_with_span(data, b"info")
+    except BencodeError as e:
+        raise MetainfoError(f"metainfo: not valid bencode: {e}") from None
+    return top, span
+
+
 def parse_metainfo(data: bytes, *, max_size: int = DEFAULT_MAX_METAINFO_BYTES) -> Metainfo:
-    """Parse and validate a .torrent file's bytes.  Raises only MetainfoError."""
+    """Parse and validate a .torrent file's bytes.  Raises only MetainfoError.
+
+    Lenient about encoding details other clients accept (see _decode_file); strict about
+    everything that matters for safety or for the data (paths, lengths, hashes, hybrid v2 part).
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MetainfoError(f"metainfo: expected bytes, got {type(data).__name__}")
     data = bytes(data)
     if len(data) > max_size:
         raise MetainfoError(f"metainfo: {len(data)} bytes exceeds the limit of {max_size}")
-    top, span = _decode(data, "metainfo", b"info")
+    top, span = _decode_file(data)
     if not isinstance(top, dict):
         raise MetainfoError(f"metainfo: expected a dictionary at top level, got {_what(top)}")
     if b"info" not in top:
@@ -414,7 +495,7 @@ def parse_metainfo(data: bytes, *, max_size: int = DEFAULT_MAX_METAINFO_BYTES) -
     info = top[b"info"]
     if not isinstance(info, dict):
         raise MetainfoError(f"info: expected a dictionary, got {_what(info)}")
-    assert span is not None  # the scan found the same 'info' key that bencode2 decoded
+    assert span is not None  # the scan found the same 'info' key that the decoder decoded
     return _build(info, data[span[0] : span[1]], top)
 
 
@@ -566,11 +647,11 @@ def create_torrent(
             raise MetainfoError(f"trackers: invalid tracker URL {t!r}")
     if piece_length is not None and (
         piece_length < MIN_CREATE_PIECE_LENGTH
-        or piece_length > MAX_PIECE_LENGTH
+        or piece_length > MAX_CREATE_PIECE_LENGTH
         or piece_length & (piece_length - 1)
     ):
         raise MetainfoError(
-            f"piece length: expected a power of two in {MIN_CREATE_PIECE_LENGTH}..{MAX_PIECE_LENGTH}, "
+            f"piece length: expected a power of two in {MIN_CREATE_PIECE_LENGTH}..{MAX_CREATE_PIECE_LENGTH}, "
             f"got {piece_length}"
         )
     root = os.path.abspath(path)
@@ -673,7 +754,10 @@ def describe(meta: Metainfo) -> str:
     lines.append(f"files ({len(real)}{f', plus {pads} padding' if pads else ''}):")
     for f in real[:DESCRIBE_MAX_FILES]:
         shown = "/".join((meta.name, *f.path)) if meta.multi_file else meta.name
-        lines.append(f"  {shown}  ({_human(f.length)})")
+        if f.symlink is not None:
+            lines.append(f"  {shown}  (symlink to {'/'.join(f.symlink)}, not created)")
+        else:
+            lines.append(f"  {shown}  ({_human(f.length)})")
     if len(real) > DESCRIBE_MAX_FILES:
         lines.append(f"  ... and {len(real) - DESCRIBE_MAX_FILES} more")
     return "\n".join(lines)

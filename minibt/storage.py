@@ -7,13 +7,14 @@ the blocks of a piece in memory and writes the verified piece with one ``os.pwri
 span (large writes are kinder to SD cards), keeps a bounded LRU of open fds, and wraps every
 ``OSError`` in :class:`StorageError`.  No threads, sockets or clock here: hashing runs in
 hasher.py (fed by ``piece_buffer`` / ``read_piece_spans``) and ``saved_at`` comes from the caller.
+Each file's name on disk comes from filenames.py, under the rules of the save directory's file
+system (detected here from /proc/self/mountinfo), or as recorded in the resume file (resume.py).
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import math
 import os
 import tempfile
 from bisect import bisect_right
@@ -22,10 +23,10 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import bencode2
-
-from minibt.bitfield import Bitfield
-from minibt.errors import StorageError
+from minibt.errors import MetainfoError, StorageError
+from minibt.filenames import DiskNames, FsRules, fs_type_from_mountinfo, rules_for_fs_type
+from minibt.metainfo import safe_join
+from minibt.resume import MAX_RESUME_BYTES, ResumeData, decode_resume, encode_resume
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,12 @@ BLOCK_LEN = 16 * 1024  # BEP 3: requests are 2^14 bytes; the unit of the receive
 DEFAULT_CACHE_BYTES = 16 * 1024 * 1024  # minibt default write cache (our choice, sized for a Pi)
 MAX_OPEN_FILES = 64  # minibt convention: bound on simultaneously open fds per torrent
 PAD_PATH = ""  # path used in read_piece_spans() for a BEP 47 pad span: `length` zero bytes
-RESUME_VERSION = 1  # minibt resume-file format version
-MAX_RESUME_BYTES = 64 * 1024 * 1024  # minibt cap: never read a bigger resume file into memory
+# Downloading buffers each piece whole in memory until it is verified (write cache, hash job), so a
+# piece may not be bigger than a Pi can spare; seeding and checking read 1 MiB at a time and have no
+# such limit.  libtorrent's old parse limit; torrents with bigger pieces can be seeded, not downloaded.
+MAX_BUFFERED_PIECE_BYTES = 128 * 1024 * 1024
+PATH_MAX_BYTES = 4096  # Linux PATH_MAX: checked for every file before the first one is created
+MOUNTINFO = "/proc/self/mountinfo"
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)
 
@@ -64,7 +69,7 @@ class TorrentLayout(Protocol):
     @property
     def files(self) -> Sequence[FileEntryLike]: ...
     def piece_size(self, i: int) -> int: ...
-    def file_path(self, download_dir: str, i: int) -> str: ...
+    def torrent_paths(self) -> Sequence[tuple[str, ...] | None]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,18 +144,69 @@ def wanted_pieces(layout: TorrentLayout, files: Collection[int]) -> tuple[bytes,
     return bytes(mask), frozenset(needed)
 
 
-def disk_file_sizes(layout: TorrentLayout, download_dir: str) -> tuple[int, ...]:
-    """Size on disk of every file (-1 if missing; a pad file counts as its declared length).
+def detect_rules(download_dir: str, mountinfo: str = MOUNTINFO) -> FsRules:
+    """The naming rules for the file system holding ``download_dir`` (POSIX if it cannot be told)."""
+    try:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read(4 * 1024 * 1024)
+    except OSError:
+        return FsRules.POSIX
+    fs_type = fs_type_from_mountinfo(text, os.path.realpath(download_dir))
+    return FsRules.POSIX if fs_type is None else rules_for_fs_type(fs_type)
 
-    After ``Storage.open(create=True)`` this equals ``tuple(f.length for f in layout.files)``.
+
+def _recorded_names(layout: TorrentLayout, resume_path: str | None) -> DiskNames | None:
+    """The names a resume file recorded for this torrent, or None (none, unreadable, or not fitting)."""
+    if resume_path is None:
+        return None
+    try:
+        with open(resume_path, "rb") as fh:
+            raw = fh.read(MAX_RESUME_BYTES + 1)
+        if len(raw) > MAX_RESUME_BYTES:
+            return None
+        rd = decode_resume(raw, resume_path)
+    except (OSError, StorageError):
+        return None  # load_resume() reports the problem when the torrent starts
+    return _names_of(rd, layout)
+
+
+def _names_of(rd: ResumeData, layout: TorrentLayout) -> DiskNames | None:
+    if rd.rules is None or rd.info_hash != layout.info_hash:
+        return None
+    try:
+        return DiskNames.restore(rd.rules, layout.torrent_paths(), dict(rd.renamed))
+    except ValueError as e:
+        log.warning("resume data: recorded file names ignored: %s", e)
+        return None
+
+
+def plan_names(layout: TorrentLayout, download_dir: str, resume_path: str | None = None) -> DiskNames:
+    """Every file's disk name: as recorded in the resume file, else by the save directory's rules."""
+    recorded = _recorded_names(layout, resume_path)
+    if recorded is not None:
+        return recorded
+    return DiskNames.plan(layout.torrent_paths(), detect_rules(download_dir))
+
+
+def _disk_paths(names: DiskNames, download_dir: str) -> list[str | None]:
+    """Absolute paths; MetainfoError if one would leave download_dir (safe_join's checks)."""
+    return [None if p is None else safe_join(download_dir, p) for p in names.paths]
+
+
+def disk_file_sizes(layout: TorrentLayout, download_dir: str, names: DiskNames | None = None) -> tuple[int, ...]:
+    """Size on disk of every file (-1 if missing; pad files and symlinks count as their declared length).
+
+    ``names`` default to :func:`plan_names` without a resume file.  After ``Storage.open(create=True)``
+    this equals ``tuple(f.length for f in layout.files)``.
     """
+    paths = _disk_paths(names or plan_names(layout, download_dir), download_dir)
     sizes: list[int] = []
-    for i, f in enumerate(layout.files):
-        if f.pad:
+    for f, path in zip(layout.files, paths, strict=True):
+        if path is None:
             sizes.append(f.length)
             continue
         try:
-            sizes.append(os.stat(layout.file_path(download_dir, i)).st_size)
+            sizes.append(os.stat(path).st_size)
         except OSError:
             sizes.append(-1)
     return tuple(sizes)
@@ -175,8 +231,11 @@ class Storage:
         fsync: bool = True,
         max_open_files: int = MAX_OPEN_FILES,
         only_files: frozenset[int] | None = None,
+        names: DiskNames | None = None,
     ) -> None:
-        """``only_files``: create (download mode) just these files; None = all (file selection)."""
+        """``only_files``: create (download mode) just these files; None = all (file selection).
+        ``names``: each file's disk name (default :func:`plan_names` without a resume file).
+        MetainfoError if a name would lead outside ``download_dir``."""
         if max_open_files < 1:
             raise ValueError("max_open_files must be >= 1")
         self._layout = layout
@@ -184,9 +243,8 @@ class Storage:
         self._cache_limit = cache_bytes
         self._fsync = fsync
         self._max_fds = max_open_files
-        self._paths: list[str | None] = [
-            None if f.pad else layout.file_path(download_dir, i) for i, f in enumerate(layout.files)
-        ]
+        self.names = names if names is not None else plan_names(layout, download_dir)
+        self._paths = _disk_paths(self.names, download_dir)
         self._only = only_files
         self._fds: OrderedDict[int, int] = OrderedDict()  # file index -> fd, LRU order
         self._pins: dict[int, int] = {}  # file index -> commits in flight writing through its fd
@@ -218,6 +276,8 @@ class Storage:
         opened read-only; otherwise StorageError.
         """
         self.close()
+        if create:
+            self._check_creatable()
         self._flags = (os.O_RDWR if create else os.O_RDONLY) | _O_CLOEXEC | _O_BINARY
         for i, f in enumerate(self._layout.files):
             path = self._paths[i]
@@ -257,6 +317,29 @@ class Storage:
                 if f.length:
                     self._fd(i)
         self._opened = True
+
+    def _check_creatable(self) -> None:
+        """Refuse, before creating anything, what would fail half-way through (no half-made tree)."""
+        plen = self._layout.piece_length
+        if plen > MAX_BUFFERED_PIECE_BYTES:
+            cause = OSError(
+                errno.ENOMEM,
+                f"piece length {plen} is over the {MAX_BUFFERED_PIECE_BYTES}-byte limit: downloading holds "
+                "a whole piece in memory (such a torrent can only be seeded)",
+            )
+            raise StorageError("download", self._dir, cause)
+        for path in self._paths:
+            if path is not None and len(os.fsencode(path)) >= PATH_MAX_BYTES:
+                cause = OSError(errno.ENAMETOOLONG, f"path longer than {PATH_MAX_BYTES} bytes")
+                raise StorageError("create", path[:200] + "...", cause)
+
+    def file_path(self, i: int) -> str:
+        """Absolute disk path of file ``i`` (PAD_PATH for a pad file or symlink, which are never on disk)."""
+        return self._path(i)
+
+    def disk_file_sizes(self) -> tuple[int, ...]:
+        """:func:`disk_file_sizes` with this storage's names."""
+        return disk_file_sizes(self._layout, self._dir, self.names)
 
     def _remember_fd(self, i: int, fd: int) -> None:
         self._fds[i] = fd
@@ -530,83 +613,6 @@ class Storage:
 # -- fast resume -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ResumeData:
-    """What we need to skip a full recheck after a restart."""
-
-    info_hash: bytes
-    piece_length: int
-    num_pieces: int
-    have: bytes  # BEP 3 bitfield: high bit of byte 0 = piece 0
-    file_sizes: tuple[int, ...]  # see disk_file_sizes()
-    uploaded: int
-    downloaded: int
-    saved_at: float  # wall-clock seconds
-
-
-def encode_resume(rd: ResumeData) -> bytes:
-    """Bencode resume data (saved_at kept as its repr() so it round-trips exactly)."""
-    return bencode2.bencode(
-        {
-            b"version": RESUME_VERSION,
-            b"info_hash": rd.info_hash,
-            b"piece_length": rd.piece_length,
-            b"num_pieces": rd.num_pieces,
-            b"have": rd.have,
-            b"file_sizes": list(rd.file_sizes),
-            b"uploaded": rd.uploaded,
-            b"downloaded": rd.downloaded,
-            b"saved_at": repr(float(rd.saved_at)).encode(),
-        }
-    )
-
-
-def _int_field(d: dict[bytes, object], key: bytes, source: str, lo: int = 0) -> int:
-    v = d.get(key)
-    if type(v) is not int or v < lo:
-        raise StorageError(f"decode (bad {key.decode()})", source)
-    return v
-
-
-def decode_resume(data: bytes, source: str = "<resume data>") -> ResumeData:
-    """Parse resume data; StorageError("decode (...)", source) on anything corrupt or inconsistent."""
-    try:
-        d = bencode2.bdecode(data)
-    except Exception as e:  # noqa: BLE001 - the C decoder may raise several types; all mean corrupt
-        raise StorageError(f"decode (not bencode: {e})", source) from e
-    if not isinstance(d, dict):
-        raise StorageError("decode (not a dict)", source)
-    if d.get(b"version") != RESUME_VERSION:
-        raise StorageError("decode (unknown version)", source)
-    info_hash = d.get(b"info_hash")
-    if not isinstance(info_hash, bytes) or len(info_hash) != 20:
-        raise StorageError("decode (bad info_hash)", source)
-    piece_length = _int_field(d, b"piece_length", source, 1)
-    num_pieces = _int_field(d, b"num_pieces", source)
-    have = d.get(b"have")
-    if not isinstance(have, bytes):
-        raise StorageError("decode (bad have)", source)
-    try:
-        Bitfield.from_bytes(num_pieces, have)
-    except ValueError as e:
-        raise StorageError(f"decode (bad have: {e})", source) from e
-    sizes = d.get(b"file_sizes")
-    if not isinstance(sizes, list) or not all(type(s) is int and s >= -1 for s in sizes):
-        raise StorageError("decode (bad file_sizes)", source)
-    uploaded = _int_field(d, b"uploaded", source)
-    downloaded = _int_field(d, b"downloaded", source)
-    saved_raw = d.get(b"saved_at")
-    try:
-        if not isinstance(saved_raw, bytes) or len(saved_raw) > 64:
-            raise ValueError("not a short string")
-        saved_at = float(saved_raw.decode("ascii"))
-        if not math.isfinite(saved_at):
-            raise ValueError("not finite")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise StorageError(f"decode (bad saved_at: {e})", source) from e
-    return ResumeData(info_hash, piece_length, num_pieces, have, tuple(sizes), uploaded, downloaded, saved_at)
-
-
 def save_resume(path: str, rd: ResumeData) -> None:
     """Write resume data atomically (see :func:`write_atomic`); StorageError on failure."""
     try:
@@ -658,8 +664,13 @@ def _fsync_dir(directory: str) -> None:
         os.close(dfd)
 
 
-def load_resume(path: str, layout: TorrentLayout, download_dir: str) -> tuple[ResumeData | None, str | None]:
-    """Load and check resume data: (data, None) if usable, else (None, warning) — (None, None) if missing."""
+def load_resume(
+    path: str, layout: TorrentLayout, download_dir: str, names: DiskNames | None = None
+) -> tuple[ResumeData | None, str | None]:
+    """Load and check resume data: (data, None) if usable, else (None, warning) — (None, None) if missing.
+
+    ``names``: the disk names in use (default: those the file records, else :func:`plan_names`).
+    """
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_RESUME_BYTES + 1)
@@ -679,9 +690,17 @@ def load_resume(path: str, layout: TorrentLayout, download_dir: str) -> tuple[Re
         return None, f"resume file {path}: piece length/count differ from the torrent"
     if len(rd.file_sizes) != len(layout.files):
         return None, f"resume file {path}: file count differs from the torrent"
-    on_disk = disk_file_sizes(layout, download_dir)
+    recorded = _names_of(rd, layout)
+    if names is None:
+        names = recorded or plan_names(layout, download_dir)
+    elif recorded is not None and recorded.paths != names.paths:
+        return None, f"resume file {path}: recorded file names differ from the ones in use"
+    try:
+        paths = _disk_paths(names, download_dir)
+    except MetainfoError as e:
+        return None, f"resume file {path}: {e}"
+    on_disk = disk_file_sizes(layout, download_dir, names)
     for i, (want, got) in enumerate(zip(rd.file_sizes, on_disk, strict=True)):
-        if want != got and not layout.files[i].pad:
-            name = layout.file_path(download_dir, i)
-            return None, f"resume file {path}: size of {name} changed ({want} -> {got} bytes)"
+        if want != got and paths[i] is not None:
+            return None, f"resume file {path}: size of {paths[i]} changed ({want} -> {got} bytes)"
     return rd, None

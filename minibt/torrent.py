@@ -45,7 +45,7 @@ from minibt.pex import PexPeer, PexReceived
 from minibt.picker import PiecePicker
 from minibt.ratelimit import KEEP, Keep, TransferLimits
 from minibt.reputation import BlockRecord
-from minibt.storage import Storage, wanted_pieces
+from minibt.storage import Storage, plan_names, wanted_pieces
 from minibt.superseed import SuperSeeder
 from minibt.superseeding import SuperSeeding
 from minibt.torrentconfig import TorrentConfig as TorrentConfig
@@ -119,7 +119,8 @@ class Torrent:
             self.wanted, only = wanted_pieces(meta, config.wanted_files)
             self.picker.set_wanted(self.wanted)
         self.storage = Storage(
-            meta, download_dir, cache_bytes=config.cache_bytes, fsync=config.fsync, only_files=only
+            meta, download_dir, cache_bytes=config.cache_bytes, fsync=config.fsync, only_files=only,
+            names=plan_names(meta, download_dir, resume_path),  # the names the resume file recorded, if any
         )
         self.peers: dict[int, PeerConnection] = {}  # handshaken connections by cid
         self.half_open: set[int] = set()  # cids we dialled whose BT handshake is not complete

@@ -87,7 +87,6 @@ def _sparse(size: int) -> Maker:
 CASES: dict[str, tuple[Maker, str]] = {
     "truncated_half": (_bytes(VALID[: len(VALID) // 2]), "bencode"),
     "truncated_last_byte": (_bytes(VALID[:-1]), "truncated"),
-    "trailing_garbage": (_bytes(VALID + b"xx"), "trailing"),
     "empty_file": (_bytes(b""), "empty"),
     "not_bencode_text": (_bytes(b"this is not a torrent file\n"), "bencode"),
     "not_bencode_binary": (_bytes(bytes(range(256)) * 8), "bencode"),
@@ -145,10 +144,52 @@ CASES: dict[str, tuple[Maker, str]] = {
     "huge_string_length": (_bytes(b"d4:info99999999999999999999:xe"), "bencode"),
     "huge_integer": (_bytes(b"d4:infoi" + b"9" * 5000 + b"ee"), "bencode"),
     "file_over_size_limit": (_sparse(65 * 1024 * 1024), "limit"),
-    # Non-canonical bencode.
-    "unsorted_keys": (_bytes(b"d4:infod6:lengthi1e4:name1:ae8:announce1:xe"), "sorted"),
+    # Non-canonical bencode that stays refused (other clients refuse it too, or it is ambiguous).
     "leading_zero_int": (_bytes(b"d4:infod6:lengthi01eee"), "bencode"),
+    "duplicate_key": (_bytes(VALID[:-1] + b"4:infoi1ee"), "duplicate"),
+    # Paths too deep or too long for any disk (2000 levels killed os.makedirs with RecursionError).
+    "path_2000_levels": (_bytes(_torrent(_multi([b"d"] * 1999 + [b"f"]))), "levels"),
+    "path_over_path_max": (_bytes(_torrent(_multi([b"d" * 200] * 30))), "4096"),
+    # BEP 47 symlinks: the target must stay inside the torrent, and a pad file cannot be one.
+    "symlink_escapes": (_bytes(_torrent({**_multi([b"a"], [b"l"]), b"files": [
+        {b"length": 2 * PIECE_LEN, b"path": [b"a"]},
+        {b"attr": b"l", b"path": [b"l"], b"symlink path": [b"..", b"..", b"etc", b"passwd"]}]})), "symlink path"),
+    "symlink_without_target": (_bytes(_torrent({**_multi([b"a"], [b"l"]), b"files": [
+        {b"length": 2 * PIECE_LEN, b"path": [b"a"]}, {b"attr": b"l", b"path": [b"l"]}]})), "symlink path"),
+    "pad_and_symlink": (_bytes(_torrent({**_multi([b"a"], [b"l"]), b"files": [
+        {b"length": 2 * PIECE_LEN, b"path": [b"a"]},
+        {b"attr": b"pl", b"path": [b"l"], b"symlink path": [b"a"]}]})), "symlink"),
+    # BEP 52 hybrid whose v2 half is malformed or lists other files than the v1 half.
+    "hybrid_inconsistent": (_bytes(_torrent(_info(meta_version=2, file_tree={
+        b"other.bin": {b"": {b"length": PAYLOAD_LEN, b"pieces root": b"\x01" * 32}}}))), "inconsistent"),
+    "hybrid_wrong_length": (_bytes(_torrent(_info(meta_version=2, file_tree={
+        b"payload.bin": {b"": {b"length": 1, b"pieces root": b"\x01" * 32}}}))), "inconsistent"),
+    "hybrid_malformed_tree": (_bytes(_torrent(_info(meta_version=2, file_tree={
+        b"payload.bin": {b"": {b"length": PAYLOAD_LEN}}}))), "pieces root"),
+    "hybrid_tree_not_dict": (_bytes(_torrent(_info(meta_version=2, file_tree=[1]))), "file tree"),
 }
+
+# Files other clients (libtorrent, Transmission) open: minibt reads them too (names as in libtorrent's
+# test/test_torrents where one exists).
+ACCEPTED: dict[str, bytes] = {
+    "trailing_garbage": VALID + b"xx",
+    "unordered": b"d4:info" + VALID.split(b"4:info", 1)[1][:-1] + b"8:announce27:http://127.0.0.1:1/announcee",
+    "pad_file_no_path": _torrent({**_multi([b"a"], [b"b"]), b"files": [
+        {b"length": PIECE_LEN - 1, b"path": [b"a"]}, {b"attr": b"p", b"length": 1},
+        {b"length": PIECE_LEN, b"path": [b"b"]}]}),
+    "symlink_zero_size": _torrent({**_multi([b"a"]), b"files": [
+        {b"length": PIECE_LEN, b"path": [b"a"]}, {b"attr": b"l", b"path": [b"l"], b"symlink path": [b"a"]}]}),
+    "large_piece_size": _torrent(_info(piece_length=256 * 1024 * 1024, pieces=b"\x22" * 20)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACCEPTED))
+def test_info_accepts_what_other_clients_open(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    t = tmp_path / f"{name}.torrent"
+    t.write_bytes(ACCEPTED[name])
+    assert main(["info", str(t)]) == 0
+    out, err = capsys.readouterr()
+    assert "info hash:" in out and err == ""
 
 
 def _tree(root: Path) -> set[str]:

@@ -12,15 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minibt.errors import StorageError
+from minibt.resume import ResumeData, decode_resume, encode_resume
 from minibt.storage import (
     BLOCK_LEN,
     PAD_PATH,
-    ResumeData,
     Span,
     Storage,
-    decode_resume,
     disk_file_sizes,
-    encode_resume,
     load_resume,
     piece_spans,
     save_resume,
@@ -64,6 +62,9 @@ class FakeLayout:
         if i == self.num_pieces - 1:
             return self.total_length - self.piece_length * i
         return self.piece_length
+
+    def torrent_paths(self) -> tuple[tuple[str, ...] | None, ...]:
+        return tuple(None if f.pad else ("t", *f.path) for f in self.files)
 
     def file_path(self, download_dir: str, i: int) -> str:
         return os.path.join(download_dir, "t", *self.files[i].path)
