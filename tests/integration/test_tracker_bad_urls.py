@@ -91,6 +91,8 @@ def test_bad_redirect_fails_announce_and_download_completes(tmp_path: Path, loca
                 assert t.complete, t.status(leecher.clock.now())
                 assert t.announcer.tracker_count == 1
                 assert _bad_redirect_errors(t.announcer), t.announcer.status()
+                # Refused where the URL is parsed, not caught by the loop's containment (STYLE.md 13).
+                assert leecher.session.faults.total == 0, leecher.session.faults.stats()
         assert seen  # the announces did reach the tracker
     assert (tmp_path / "dl" / "payload.bin").read_bytes() == (seed_dir / "payload.bin").read_bytes()
 
@@ -109,4 +111,5 @@ def test_magnet_with_bad_trackers_still_downloads(tmp_path: Path) -> None:
                 deadline = time.monotonic() + DEADLINE_S
                 leecher.run(until=lambda: fetch.complete or time.monotonic() > deadline)
                 assert fetch.complete, fetch.error
+                assert leecher.session.faults.total == 0, leecher.session.faults.stats()
     assert (tmp_path / "dl" / "payload.bin").read_bytes() == (seed_dir / "payload.bin").read_bytes()

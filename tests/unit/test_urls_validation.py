@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -229,3 +230,17 @@ def test_announcer_skips_invalid_urls_from_any_source() -> None:
     a = Announcer([[u] for u in FUZZ_FOUND_URLS] + [["udp://127.0.0.1:6969"]], random.Random(1), now=0.0)
     assert a.tracker_count == 1
     assert [t["url"] for t in a.status()] == ["udp://127.0.0.1:6969"]
+
+
+def test_cli_info_shows_torrent_without_bad_udp_trackers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from minibt.cli import main
+    from minibt.metainfo import create_torrent
+
+    payload = tmp_path / "p.bin"
+    payload.write_bytes(b"x" * 40000)
+    torrent = tmp_path / "p.torrent"
+    torrent.write_bytes(create_torrent(str(payload), trackers=["udp://127.0.0.1:99999", "udp://127.0.0.1:-1",
+                                                               "udp://127.0.0.1:6969/announce"]))
+    assert main(["info", str(torrent)]) == 0
+    out = capsys.readouterr().out
+    assert "udp://127.0.0.1:6969/announce" in out and "99999" not in out and ":-1" not in out
