@@ -10,6 +10,7 @@ file's directory; ``~`` is expanded.  Pure: no sockets, threads or clock (file e
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -457,6 +458,11 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
     rate = (str, int)
     port = client.convert("listen_port", int, "a port number 0..65535", _positive_int(0, 65535))
     bind = client.take("bind", str, "an IP address to listen on")
+    if bind is not None:
+        try:
+            ipaddress.ip_address(bind)
+        except ValueError:
+            raise client.error("bind", f"expected an IP address to listen on, got {bind[:80]!r}") from None
     state_dir = client.take("state_dir", str, "a directory path")
     download_dir = client.take("download_dir", str, "a directory path")
     max_conn = client.convert("max_connections", int, "an integer 1..10000", _positive_int(1, 10000))

@@ -108,6 +108,8 @@ MAGNET = "magnet:?xt=urn:btih:" + "ab" * 20
         (f'[[torrent]]\nsource = "{MAGNET}"\nseed_ratio = inf\n', "torrent[0].seed_ratio"),
         (f'[[torrent]]\nsource = "{MAGNET}"\npeers = ["127.0.0.1:99999"]\n', "torrent[0].peers"),
         (f'[[torrent]]\nsource = "{MAGNET}"\npeers = ["127.0.0.1:-1"]\n', "torrent[0].peers"),
+        ('[client]\nbind = "0.0.0.0\\u0000"\n', "client.bind"),
+        ('[client]\nbind = "zz::"\n', "client.bind"),
     ],
 )
 def test_config_file_refuses_with_key(tmp_path: Path, body: str, key: str) -> None:
