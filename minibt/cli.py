@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from minibt.metainfo import Metainfo, create_torrent, describe, load_metainfo
 from minibt.peer import Addr, valid_transports
 from minibt.storage import Storage
 from minibt.torrent import Torrent, TorrentState
+from minibt.urls import parse_host_port, parse_tracker_url
 
 log = logging.getLogger("minibt")
 
@@ -59,47 +59,57 @@ def human_duration(s: float) -> str:
 
 
 def parse_peer(text: str) -> Addr:
-    host, sep, port_s = text.rpartition(":")
-    if not sep or not host:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    host = host.strip("[]")
+    """``--peer HOST:PORT`` (urls.parse_host_port: port 1..65535, IPv6 in brackets)."""
     try:
-        port = int(port_s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad port in {text!r}") from None
-    if not 0 < port < 65536:
-        raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
-    return (host, port)
+        return parse_host_port(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text[:80]!r}: {e}") from None
 
 
 def parse_size(text: str) -> int:
-    t = text.strip().lower()
-    mult = 1
-    for suffix, m in (("kib", 1024), ("k", 1024), ("mib", 1 << 20), ("m", 1 << 20)):
-        if t.endswith(suffix):
-            t, mult = t[: -len(suffix)], m
-            break
+    """``--cache``, ``--piece-size``: config.parse_size (bounded by MAX_SIZE_BYTES)."""
+    from minibt.config import parse_size as size
+
     try:
-        return int(t) * mult
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad size {text!r}") from None
-
-
-_RATE_UNITS = {  # binary multiples, plus SI kB/MB/GB for those who mean them
-    "": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30,
-    "kb": 1000, "mb": 1000**2, "gb": 1000**3,
-}
-_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*(?:/s)?\s*$")
+        return size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_rate(text: str) -> float | None:
     """A rate limit in bytes/s: ``500KiB``, ``2MiB``, ``1.5M``, ``300kB/s``, ``1000``; ``0`` = unlimited (None)."""
-    m = _RATE_RE.match(text.lower())
-    unit = _RATE_UNITS.get(m.group(2)) if m else None
-    if m is None or unit is None:
-        raise argparse.ArgumentTypeError(f"bad rate {text!r} (examples: 500KiB, 2MiB, 0 = unlimited)")
-    rate = float(m.group(1)) * unit
-    return rate if rate > 0 else None
+    from minibt.config import parse_rate as rate
+
+    try:
+        return rate(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e} (examples: 500KiB, 2MiB, 0 = unlimited)") from None
+
+
+def _int_arg(lo: int, hi: int, what: str) -> Any:
+    def parse(text: str) -> int:
+        t = text.strip()
+        if not t or len(t) > 10 or not t.isascii() or not (t.isdigit() or (t[0] == "-" and t[1:].isdigit())):
+            raise argparse.ArgumentTypeError(f"expected {what} {lo}..{hi}, got {text[:40]!r}")
+        v = int(t)
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"expected {what} {lo}..{hi}, got {v}")
+        return v
+
+    return parse
+
+
+parse_port = _int_arg(0, 65535, "a port number")
+parse_max_peers = _int_arg(1, 1000, "a number of connections")
+
+
+def parse_tracker(text: str) -> str:
+    """``create --tracker URL``: an http, https or udp URL that urls.parse_tracker_url accepts."""
+    try:
+        parse_tracker_url(text.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"bad tracker URL {text[:80]!r}: {e}") from None
+    return text.strip()
 
 
 class Progress:
@@ -156,12 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     def net_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("torrent", help=".torrent file (download: or a magnet:? URI)")
         sp.add_argument("--dir", required=True, help="download directory (the torrent's files go below it)")
-        sp.add_argument("--port", type=int, default=6881, help="listen port (0 = any free one; default 6881)")
+        sp.add_argument("--port", type=parse_port, default=6881, help="listen port (0 = any free one; default 6881)")
         sp.add_argument("--bind", default="0.0.0.0", help="listen address (default 0.0.0.0; '::' for IPv6)")
         sp.add_argument("--peer", action="append", type=parse_peer, default=[], metavar="HOST:PORT",
                         help="dial this peer directly (repeatable)")
         sp.add_argument("--state-dir", default=None, help=f"resume data directory (default {default_state_dir()})")
-        sp.add_argument("--max-peers", type=int, default=50, help="connections per torrent (default 50)")
+        sp.add_argument("--max-peers", type=parse_max_peers, default=50, help="connections per torrent (default 50)")
         sp.add_argument("--cache", type=parse_size, default=16 << 20, help="write cache size (default 16MiB)")
         sp.add_argument("--quiet", action="store_true", help="no progress output")
         sp.add_argument("--transport", type=parse_transports, default=None, metavar="LIST",
@@ -175,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("download", parents=[common], help="download a torrent; exit 0 once every piece is verified on disk")
     net_args(d)
     d.add_argument("--seed", action="store_true", help="keep seeding after the download completes")
-    d.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="give up after this long (exit 1)")
+    d.add_argument("--timeout", type=parse_duration_arg, default=None, metavar="DURATION",
+                   help="give up after this long, e.g. 600, 90s, 2h (exit 1)")
     d.add_argument("--save-torrent", default=None, metavar="FILE",
                    help="magnet links: write the fetched metadata as a .torrent file")
 
@@ -187,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("create", parents=[common], help="make a .torrent from a file or directory")
     c.add_argument("path")
     c.add_argument("-o", "--output", required=True)
-    c.add_argument("--tracker", action="append", default=[], metavar="URL")
+    c.add_argument("--tracker", action="append", type=parse_tracker, default=[], metavar="URL")
     c.add_argument("--piece-size", type=parse_size, default=None, help="bytes (power of two, >= 16KiB)")
     c.add_argument("--private", action="store_true")
     c.add_argument("--comment", default=None)
@@ -208,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --once: stop after this long (e.g. 90s, 45m, 2h)")
     g.add_argument("--until", type=parse_until_arg, default=None, metavar="HH:MM",
                    help="with --once: stop at this local time")
-    r.add_argument("--port", type=int, default=None, help="override client.listen_port")
+    r.add_argument("--port", type=parse_port, default=None, help="override client.listen_port")
 
     st = sub.add_parser("status", parents=[common], help="show what a running `minibt run` is doing")
     st.add_argument("-c", "--config", default=None, metavar="FILE", help="its config (default: the built-in one)")

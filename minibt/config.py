@@ -10,17 +10,20 @@ file's directory; ``~`` is expanded.  Pure: no sockets, threads or clock (file e
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from minibt.errors import ConfigError, MagnetError, MetainfoError
 from minibt.magnet import Magnet, parse_magnet
 from minibt.metainfo import Metainfo, load_metainfo
 from minibt.peer import valid_transports
+from minibt.urls import parse_host_port
 
 MODES = ("seed", "download")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -31,8 +34,14 @@ _SIZE_UNITS = {
     "": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30,
     "kb": 1000, "mb": 1000**2, "gb": 1000**3,
 }
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*(?:/s)?\s*$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+_DIGITS = frozenset("0123456789")
+MAX_VALUE_CHARS = 64  # convention: "1d 2h 30m 15s" needs 13; a longer size/rate/duration is refused
+MAX_SIZE_BYTES = 1 << 50  # convention: 1 PiB, the metainfo.MAX_LENGTH cap on a whole torrent
+MAX_RATE_BPS = 1 << 40  # convention: 1 TiB/s, far beyond any link; larger means a typo
+MAX_DURATION_S = 100 * 365 * 86400  # convention: 100 years; anything longer means "no limit" (use 0)
+MAX_KEY_DOTS = 100  # convention: the config's deepest key has one dot; tomllib is quadratic in this
+MAX_SEED_RATIO = 1_000_000  # convention: upload a million times the torrent; larger means a typo
 _HHMM_RE = re.compile(r"^([01]?\d|2[0-4]):([0-5]\d)$")
 
 
@@ -121,42 +130,104 @@ class Config:
 # ---------------------------------------------------------------------- value parsers
 
 
-def parse_size(text: str | int) -> int:
-    """Bytes: 96MiB, 512k, 1G, 1000; ValueError otherwise."""
+def _number_and_unit(text: str, what: str) -> tuple[Fraction, str]:
+    """``"1.5 MiB"`` -> (Fraction(3, 2), "mib"); linear time, no regular expression."""
+    t = text.strip().lower()
+    if len(t) > MAX_VALUE_CHARS:
+        raise ValueError(f"bad {what}: {len(t)} characters (limit {MAX_VALUE_CHARS})")
+    i = _skip_number(t, 0)
+    if i == 0 or t[:i] == ".":
+        raise ValueError(f"bad {what} {text[:40]!r}")
+    unit = t[i:].lstrip(" \t")
+    return Fraction(t[:i]), unit
+
+
+def _skip_number(t: str, i: int) -> int:
+    """End of the ``123``, ``1.5``, ``1.`` or ``.5`` that starts at ``t[i]`` (i itself if none)."""
+    n = len(t)
+    while i < n and t[i] in _DIGITS:
+        i += 1
+    if i < n and t[i] == ".":
+        i += 1
+        while i < n and t[i] in _DIGITS:
+            i += 1
+    return i
+
+
+def _bytes_value(text: str | int, what: str, limit: int, *, per_second: bool) -> int:
+    if isinstance(text, bool) or not isinstance(text, int | str):
+        raise ValueError(f"bad {what} {text!r}")
     if isinstance(text, int):
-        if text < 0:
-            raise ValueError("negative")
-        return text
-    m = _SIZE_RE.match(text.lower())
-    unit = _SIZE_UNITS.get(m.group(2)) if m else None
-    if m is None or unit is None:
-        raise ValueError(f"bad size {text!r}")
-    return int(float(m.group(1)) * unit)
+        n = text
+    else:
+        value, unit = _number_and_unit(text, what)
+        if per_second and unit.endswith("/s"):
+            unit = unit[:-2].rstrip(" \t")
+        mult = _SIZE_UNITS.get(unit)
+        if mult is None:
+            raise ValueError(f"bad {what} {text[:40]!r}: unknown unit {unit[:10]!r} (B, KiB, MiB, GiB, kB, MB, GB)")
+        n = int(value * mult)
+    if n < 0:
+        raise ValueError(f"bad {what}: negative")
+    if n > limit:
+        raise ValueError(f"{what} larger than the limit of {limit} bytes{'/s' if per_second else ''}")
+    return n
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes: 96MiB, 512k, 1G, 1000 (at most MAX_SIZE_BYTES); ValueError otherwise."""
+    return _bytes_value(text, "size", MAX_SIZE_BYTES, per_second=False)
 
 
 def parse_rate(text: str | int) -> float | None:
-    """Bytes/s: 500KiB, 2MiB, 300kB/s, 1000; 0 = unlimited (None)."""
-    n = parse_size(text)
+    """Bytes/s: 500KiB, 2MiB, 300kB/s, 1000 (at most MAX_RATE_BPS); 0 = unlimited (None)."""
+    n = _bytes_value(text, "rate", MAX_RATE_BPS, per_second=True)
     return float(n) if n > 0 else None
 
 
 def parse_duration(text: str | int | float) -> float:
-    """Seconds: 90, "90s", "15m", "2h", "1d", "1h30m"."""
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        if text < 0 or not math.isfinite(text):
-            raise ValueError("must be a finite number >= 0")
-        return float(text)
-    if not isinstance(text, str) or not text.strip():
+    """Seconds: 90, "90s", "15m", "2h", "1d", "1h30m" (at most MAX_DURATION_S).
+
+    A hand-written tokenizer: linear in the length of the text, which is itself capped.
+    """
+    if isinstance(text, bool) or not isinstance(text, int | float | str):
         raise ValueError(f"bad duration {text!r}")
+    if isinstance(text, int | float):
+        if isinstance(text, float) and not math.isfinite(text):
+            raise ValueError("must be a finite number >= 0")
+        if text < 0:
+            raise ValueError("must be a finite number >= 0")
+        if text > MAX_DURATION_S:
+            raise ValueError(f"longer than the limit of {MAX_DURATION_S} s (100 years)")
+        return float(text)
     t = text.strip().lower()
-    if not re.fullmatch(r"(?:\d+(?:\.\d*)?\s*[a-z]*\s*)+", t):
-        raise ValueError(f"bad duration {text!r} (examples: 90, 90s, 15m, 2h, 1d, 1h30m)")
-    total = 0.0
-    for num, unit in re.findall(r"(\d+(?:\.\d*)?)\s*([a-z]*)", t):
-        if unit not in _DURATION_UNITS:
-            raise ValueError(f"bad duration {text!r}: unknown unit {unit!r} (s, m, h, d)")
-        total += float(num) * _DURATION_UNITS[unit]
-    return total
+    if not t:
+        raise ValueError(f"bad duration {text!r}")
+    if len(t) > MAX_VALUE_CHARS:
+        raise ValueError(f"bad duration: {len(t)} characters (limit {MAX_VALUE_CHARS})")
+    total = Fraction(0)
+    i, n = 0, len(t)
+    while i < n:
+        start = i
+        if t[i] not in _DIGITS:
+            raise ValueError(f"bad duration {text[:40]!r} (examples: 90, 90s, 15m, 2h, 1d, 1h30m)")
+        i = _skip_number(t, i)
+        number = Fraction(t[start:i])
+        while i < n and t[i] in " \t":
+            i += 1
+        unit_start = i
+        while i < n and "a" <= t[i] <= "z":
+            i += 1
+        unit = t[unit_start:i]
+        mult = _DURATION_UNITS.get(unit)
+        if mult is None:
+            raise ValueError(f"bad duration {text[:40]!r}: unknown unit {unit[:10]!r} (s, m, h, d)")
+        total += number * mult
+        while i < n and t[i] in " \t":
+            i += 1
+    if total > MAX_DURATION_S:
+        raise ValueError(f"longer than the limit of {MAX_DURATION_S} s (100 years)")
+    return float(total)
 
 
 def parse_hhmm(text: str) -> int:
@@ -181,10 +252,11 @@ def parse_window(text: str) -> TimeWindow:
 
 
 def parse_peer_addr(text: str) -> tuple[str, int]:
-    host, sep, port_s = text.rpartition(":")
-    if not sep or not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
-        raise ValueError(f"bad peer {text!r}, expected HOST:PORT")
-    return host.strip("[]"), int(port_s)
+    """``host:port``, ``ipv4:port`` or ``[ipv6]:port`` (urls.parse_host_port); ValueError otherwise."""
+    try:
+        return parse_host_port(text)
+    except ValueError as e:
+        raise ValueError(f"bad peer {text[:80]!r}, expected HOST:PORT: {e}") from None
 
 
 # ---------------------------------------------------------------------- the checker
@@ -244,7 +316,7 @@ def _path(base: str, p: str) -> str:
 def _positive_int(lo: int, hi: int) -> Any:
     def f(v: int) -> int:
         if not lo <= v <= hi:
-            raise ValueError(f"{v} is out of range")
+            raise ValueError(f"{str(v)[:40]} is out of range")
         return v
 
     return f
@@ -341,8 +413,8 @@ def _torrent(file: str, base: str, i: int, table: object, default_dir: str) -> T
     files = r.str_list("files", "a list of file paths inside the torrent")
     file_indexes = _select_files(r, files, meta, mode) if files is not None else None
     ratio = r.take("seed_ratio", (int, float), "a number >= 0 (0 = no ratio limit)")
-    if ratio is not None and (ratio < 0 or not math.isfinite(ratio)):
-        raise r.error("seed_ratio", f"expected a number >= 0, got {ratio!r}")
+    if ratio is not None and not (0 <= ratio <= MAX_SEED_RATIO):  # also False for nan; no float(huge int)
+        raise r.error("seed_ratio", f"expected a number >= 0 and <= {MAX_SEED_RATIO}, got {str(ratio)[:40]}")
     seed_time = r.convert("seed_time", (str, int, float), "a duration such as \"48h\" (0 = no time limit)", parse_duration)
     peers = r.str_list("peers", 'a list of "HOST:PORT" strings')
     try:
@@ -358,12 +430,23 @@ def _torrent(file: str, base: str, i: int, table: object, default_dir: str) -> T
     )
 
 
+def _check_key_depth(text: str, file: str) -> None:
+    """Refuse absurdly deep dotted keys before tomllib, whose time grows with the square of the depth."""
+    for n, line in enumerate(text.splitlines(), 1):
+        key = line if line.lstrip().startswith("[") else line.partition("=")[0]
+        if key.count(".") > MAX_KEY_DOTS:
+            raise ConfigError(file, None, f"line {n}: a key with more than {MAX_KEY_DOTS} dots")
+
+
 def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = None) -> Config:
     """Validate TOML text; ConfigError(file, key, what was expected) on the first problem."""
+    _check_key_depth(text, file)
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(file, None, f"not valid TOML: {e}") from None
+    except (ValueError, RecursionError) as e:  # an integer of > 4300 digits; arrays nested too deeply
+        raise ConfigError(file, None, f"not valid TOML: {str(e)[:120]}") from None
     base = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(file))
     top = _Reader(file, "", doc)
     client = _Reader(file, "client.", top.take("client", dict, "a table [client]") or {})
@@ -375,6 +458,11 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
     rate = (str, int)
     port = client.convert("listen_port", int, "a port number 0..65535", _positive_int(0, 65535))
     bind = client.take("bind", str, "an IP address to listen on")
+    if bind is not None:
+        try:
+            ipaddress.ip_address(bind)
+        except ValueError:
+            raise client.error("bind", f"expected an IP address to listen on, got {bind[:80]!r}") from None
     state_dir = client.take("state_dir", str, "a directory path")
     download_dir = client.take("download_dir", str, "a directory path")
     max_conn = client.convert("max_connections", int, "an integer 1..10000", _positive_int(1, 10000))

@@ -20,11 +20,11 @@ import urllib.parse
 from dataclasses import dataclass
 
 from .errors import TrackerError
+from .urls import DEFAULT_PORTS, HTTP_SCHEMES, split_url
 
 HTTP_MAX_HEADER_BYTES = 64 * 1024  # convention for tracker replies (minibt brief); h11 uses 16 KiB
 HTTP_MAX_BODY_BYTES = 2 * 1024 * 1024  # PROTOCOL.md section 5: cap tracker response sizes
 HTTP_MAX_CHUNK_LINE_BYTES = 1024  # convention: chunk-size line incl. extensions (RFC 9112 7.1)
-HTTP_DEFAULT_PORTS = {"http": 80, "https": 443}  # RFC 9110 4.2
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})  # RFC 9110 15.4
 USER_AGENT = "minibt/0.1.0"
 
@@ -54,40 +54,22 @@ class HttpTarget:
     @property
     def host_header(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        if self.port == HTTP_DEFAULT_PORTS[self.scheme]:
+        if self.port == DEFAULT_PORTS[self.scheme]:
             return host
         return f"{host}:{self.port}"
 
 
 def parse_http_url(url: str) -> HttpTarget:
-    """Split an http/https URL; anything else raises TrackerError."""
+    """Split an http/https URL (host and port checked by urls.split_url); else TrackerError."""
     try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port
+        parts = split_url(url, HTTP_SCHEMES)
     except ValueError as exc:
-        raise TrackerError(f"bad tracker URL {url!r}: {exc}") from None
-    scheme = parts.scheme.lower()
-    if scheme not in HTTP_DEFAULT_PORTS:
-        raise TrackerError(f"unsupported URL scheme {parts.scheme!r} in {url!r}")
-    host = parts.hostname or ""
-    if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise TrackerError(f"bad host name in tracker URL {url!r}") from None
-    if not host or any(not 0x21 <= ord(c) < 0x7F or c in "/\\@" for c in host):
-        raise TrackerError(f"no usable host in tracker URL {url!r}")
-    if port is None:
-        port = HTTP_DEFAULT_PORTS[scheme]
-    elif port == 0:
-        raise TrackerError(f"port 0 in tracker URL {url!r}")
-    target = parts.path or "/"
+        raise TrackerError(f"bad tracker URL {url[:200]!r}: {exc}") from None
+    target = parts.target
     if not target.startswith("/"):
         target = "/" + target
-    if parts.query:
-        target += "?" + parts.query
     target = urllib.parse.quote(target, safe=_TARGET_SAFE)
-    return HttpTarget(scheme, host, port, target)
+    return HttpTarget(parts.scheme, parts.host, parts.port, target)
 
 
 def encode_get_request(target: HttpTarget, *, user_agent: str = USER_AGENT) -> bytes:

@@ -39,6 +39,7 @@ from minibt.tracker import (
     build_announce_url,
     parse_http_announce,
 )
+from minibt.urls import parse_tracker_url
 from minibt.utp import Addr, UtpConfig
 from minibt.utp_codec import is_utp_datagram
 from minibt.utp_peers import UtpPeers
@@ -668,7 +669,7 @@ class EventLoop:
                 req = HttpRequest(full, tls_context=self._tls)
             else:
                 req = HttpRequest(full)
-        except TrackerError as e:
+        except (TrackerError, ValueError) as e:  # ValueError (UnicodeError) from ssl: defence in depth
             self.session.on_announce_result(info_hash, job, None, str(e), now=now)
             return
         tid = self._next_tid
@@ -777,15 +778,13 @@ class EventLoop:
             self._udp_trackers[url] = ut
         ut.pending.append((info_hash, job, params))
         if ut.addr is None and not ut.resolving:
-            hostport = url[len("udp://") :].split("/", 1)[0]
-            host, _, port_s = hostport.rpartition(":")
-            host = host.strip("[]")
             try:
-                port = int(port_s)
-            except ValueError:
+                parsed = parse_tracker_url(url, ("udp",))
+            except ValueError as e:
                 ut.pending.pop()
-                self.session.on_announce_result(info_hash, job, None, "bad UDP tracker URL", now=now)
+                self.session.on_announce_result(info_hash, job, None, f"bad UDP tracker URL: {e}", now=now)
                 return
+            host, port = parsed.host, parsed.port
             if _is_ip(host):
                 ut.addr = (host, port)
             else:
@@ -812,7 +811,7 @@ class EventLoop:
         for dgram in ut.client.datagrams_to_send(now=now):
             try:
                 self._udp.sendto(dgram, self._udp_addr(ut.addr))
-            except OSError as e:
+            except (OSError, OverflowError, ValueError) as e:  # the URL was validated; defence in depth
                 log.debug("udp send to %s failed: %s", ut.addr, e)
 
     def _udp_read(self, now: float) -> None:

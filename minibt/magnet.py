@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
+import logging
 import re
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from minibt.errors import MagnetError
+from minibt.urls import is_tracker_url, parse_host_port
+
+log = logging.getLogger(__name__)
 
 Addr = tuple[str, int]
 
@@ -27,12 +30,9 @@ MAX_MAGNET_CHARS = 64 * 1024  # convention: a longer URI is refused before parsi
 MAX_FIELDS = 1000  # convention: parameters looked at (urllib max_num_fields)
 MAX_TRACKERS = 50  # convention (PROTOCOL.md section 5: cap tr counts); further tr are ignored
 MAX_PEERS = 50  # convention: further x.pe are ignored
-MAX_TRACKER_CHARS = 2048  # convention: longer tracker URLs are ignored
 MAX_NAME_CHARS = 1024  # convention: dn is cut to this length
-MAX_HOSTNAME_CHARS = 253  # RFC 1035 section 2.3.4
 
 _HEX = re.compile(r"[0-9a-fA-F]{40}")
-_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,34 +68,10 @@ def _parse_btih(value: str) -> bytes:
 
 def parse_peer_address(text: str) -> Addr:
     """``host:port``, ``ipv4:port`` or ``[ipv6]:port`` (BEP 9 ``x.pe``); raises MagnetError."""
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise MagnetError(f"peer address {text!r}: expected [ipv6]:port")
-        port_text = rest[1:]
-        try:
-            host = ipaddress.IPv6Address(host).compressed
-        except ValueError:
-            raise MagnetError(f"peer address {text!r}: {host!r} is not an IPv6 address") from None
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep:
-            raise MagnetError(f"peer address {text!r}: no port")
-        if ":" in host:
-            raise MagnetError(f"peer address {text!r}: put an IPv6 address in brackets, [addr]:port")
-        try:
-            host = str(ipaddress.IPv4Address(host))
-        except ValueError:
-            if not _HOSTNAME.fullmatch(host) or host.replace(".", "").isdigit():
-                raise MagnetError(f"peer address {text!r}: {host!r} is not an IP address or host name") from None
-            host = host.rstrip(".").lower()
-    if not port_text.isascii() or not port_text.isdigit() or len(port_text) > 5 or not 0 < int(port_text) <= 0xFFFF:
-        raise MagnetError(f"peer address {text!r}: bad port {port_text!r} (expected 1-65535)")
-    return (host, int(port_text))
-
-
-def _tracker_ok(url: str) -> bool:
-    return 0 < len(url) <= MAX_TRACKER_CHARS and url.isprintable() and not any(c.isspace() for c in url)
+    try:
+        return parse_host_port(text)
+    except ValueError as e:
+        raise MagnetError(f"peer address {text[:300]!r}: {e}") from None
 
 
 def parse_magnet(uri: str) -> Magnet:
@@ -133,8 +109,11 @@ def parse_magnet(uri: str) -> Magnet:
             if name is None:
                 name = value[:MAX_NAME_CHARS]
         elif _key_is(key, "tr"):
-            if len(trackers) < MAX_TRACKERS and _tracker_ok(value):
-                trackers[value] = None
+            if len(trackers) < MAX_TRACKERS:
+                if is_tracker_url(value):
+                    trackers[value] = None
+                else:
+                    log.debug("magnet: dropping unusable tracker %r", value[:200])
         elif key == "x.pe":
             if len(peers) < MAX_PEERS:
                 peers[parse_peer_address(value)] = None

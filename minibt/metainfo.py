@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import logging
 import os
 import re
 import stat
@@ -27,6 +28,9 @@ from minibt.bencode import decode_lenient_with_span, decode_with_span, encode
 from minibt.errors import BencodeError, MetainfoError
 from minibt.filenames import MAX_PATH_BYTES, MAX_PATH_DEPTH
 from minibt.hybrid import check_hybrid, is_hybrid
+from minibt.urls import HTTP_SCHEMES, TRACKER_SCHEMES, parse_tracker_url
+
+log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 DEFAULT_MAX_METAINFO_BYTES = 64 * MiB  # convention: libtorrent's default max .torrent size is 30 MiB
@@ -267,14 +271,23 @@ def _text(d: dict[bytes, Any], key: bytes) -> str | None:
     return None
 
 
-def _url(v: object) -> str | None:
+def _url(v: object, schemes: tuple[str, ...] = TRACKER_SCHEMES) -> str | None:
+    # An unusable URL is dropped with a log line, not fatal to the torrent (as libtorrent does).
     if not isinstance(v, bytes):
         return None
     try:
         s = v.decode("utf-8").strip()
     except UnicodeDecodeError:
+        log.debug("dropping a tracker/web seed URL that is not valid UTF-8: %r", v[:200])
         return None
-    return s or None
+    if not s:
+        return None
+    try:
+        parse_tracker_url(s, schemes)
+    except ValueError as e:
+        log.debug("dropping unusable URL %r: %s", s[:200], e)
+        return None
+    return s
 
 
 def _trackers(top: dict[bytes, Any]) -> tuple[tuple[str, ...], ...]:
@@ -284,8 +297,6 @@ def _trackers(top: dict[bytes, Any]) -> tuple[tuple[str, ...], ...]:
         if not isinstance(raw, bytes):
             raise MetainfoError(f"announce: expected a string URL, got {_what(raw)}")
         announce = _url(raw)
-        if announce is None and raw.strip():
-            raise MetainfoError("announce: not valid UTF-8")
     tiers: list[tuple[str, ...]] = []
     if b"announce-list" in top:
         # BEP 12; entries that are not strings are skipped, wrong containers are errors.
@@ -313,7 +324,7 @@ def _url_list(top: dict[bytes, Any]) -> tuple[str, ...]:
     # BEP 19: a single string or a list of strings; anything else is ignored (as libtorrent does).
     raw = top.get(b"url-list")
     items = [raw] if isinstance(raw, bytes) else raw if isinstance(raw, list) else []
-    urls = [u for u in (_url(x) for x in items) if u is not None]
+    urls = [u for u in (_url(x, HTTP_SCHEMES) for x in items) if u is not None]
     return tuple(dict.fromkeys(urls))
 
 

@@ -33,6 +33,7 @@ from .httpclient import (
     encode_get_request,
     parse_http_url,
 )
+from .urls import is_tracker_url, resolve_redirect
 
 ANNOUNCE_EVENTS = ("", "started", "completed", "stopped")  # BEP 3 "event" values
 INTERVAL_MIN_S = 30  # convention: clamp tracker intervals (minibt brief)
@@ -273,13 +274,19 @@ class HttpRequest:
 
     @property
     def redirect_location(self) -> str | None:
-        """Absolute target of a 301/302/303/307/308 reply (the caller follows, at most 3 times)."""
+        """Absolute target of a 301/302/303/307/308 reply (the caller follows, at most 3 times).
+
+        Raises TrackerError ("bad redirect: ...") when the Location is not a usable http(s) URL.
+        """
         if self._parser.status not in REDIRECT_STATUSES:
             return None
         location = self._parser.header("location")
         if not location:
             return None
-        return urllib.parse.urljoin(self.url, location.strip())
+        try:
+            return resolve_redirect(self.url, location)
+        except ValueError as e:
+            raise TrackerError(f"bad redirect: {e}") from None
 
     def data_to_send(self) -> bytes:
         """Bytes for the socket: the request, or TLS records (handshake included) when https."""
@@ -532,7 +539,6 @@ class UdpTrackerClient:
 
 # -- Announcer: tiers and scheduling (BEP 12) -------------------------------------------------
 
-ANNOUNCE_SCHEMES = frozenset({"http", "https", "udp"})  # others (wss://, ...) are skipped
 RETRY_BACKOFF_BASE_S = 30.0  # convention: after a whole round fails, 30 s, 60 s, 120 s ...
 RETRY_BACKOFF_MAX_S = 1800.0  # convention: ... capped at 30 min
 EARLY_REANNOUNCE_MIN_S = 60.0  # convention: want_more_peers() floor without a "min interval"
@@ -585,7 +591,7 @@ class Announcer:
         for urls in tiers:
             tier: list[_Tracker] = []
             for url in urls:
-                if url in seen or urllib.parse.urlsplit(url).scheme.lower() not in ANNOUNCE_SCHEMES:
+                if url in seen or not is_tracker_url(url):
                     continue
                 seen.add(url)
                 tier.append(_Tracker(url, len(self._tiers)))

@@ -116,8 +116,14 @@ def test_make_magnet_shape() -> None:
 
 names = st.none() | st.text(max_size=40)
 trackers = st.lists(
-    st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FF), min_size=1, max_size=30).filter(
-        str.isprintable
+    st.builds(
+        "{}://{}:{}/{}".format,
+        st.sampled_from(["http", "https", "udp"]),
+        st.sampled_from(["t.example", "127.0.0.1", "[2001:db8::1]", "b\u00fccher.example"]),
+        st.integers(1, 65535),
+        st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FF), max_size=30).filter(
+            lambda s: s.isprintable() and not any(c.isspace() for c in s)
+        ),
     ),
     max_size=5,
     unique=True,
