@@ -45,9 +45,8 @@ CREATE_READ_BYTES = 1 * MiB  # read size while hashing files for create_torrent(
 DESCRIBE_MAX_FILES = 200  # describe() lists at most this many files
 SHOWN_ELEMENT_CHARS = 64  # convention: hostile names are cut to this in error messages (one short line)
 
-_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 # Anything _element_problem() might object to; lets the common, clean case skip the checks.
-_SUSPECT_ELEMENT = re.compile(r"[/\\\x00]|^[A-Za-z]:|^\.{0,2}\Z")
+_SUSPECT_ELEMENT = re.compile(r"[/\\\x00]|^\.{0,2}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,15 +157,13 @@ def _element_problem(elem: str) -> str | None:
         return "NUL byte is not allowed"
     if "/" in elem or "\\" in elem:
         return f"{_shown(elem)}: path separators are not allowed"
-    if _WINDOWS_DRIVE.match(elem):
-        return f"{_shown(elem)}: drive prefixes are not allowed"
     return None
 
 
 def safe_join(base_dir: str, parts: Sequence[str]) -> str:
     """Join ``parts`` under ``base_dir`` and return the absolute path.
 
-    Every element is checked again (no '', '.', '..', separators, NUL, drive prefixes), and the
+    Every element is checked again (no '', '.', '..', separators, NUL), and the
     realpath of the result must stay inside the realpath of base_dir, so symlinks that lead out
     of the tree are refused.  Raises MetainfoError.
     """
