@@ -13,7 +13,6 @@ import struct
 from typing import Any
 
 from fuzzkit import (
-    BYTEWISE,
     EDGE_U32,
     WHOLE,
     Target,
