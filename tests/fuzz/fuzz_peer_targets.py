@@ -40,7 +40,7 @@ from minibt.handshake import (
     supports_extension,
     supports_fast,
 )
-from minibt.magnetfetch import EXT_HANDSHAKE_MAX_DEPTH, EXT_HANDSHAKE_MAX_TOKENS, FetchLink
+from minibt.magnetfetch import FetchLink
 from minibt.metadata import (
     METADATA_PIECE_LEN,
     MSG_DATA,
@@ -58,6 +58,7 @@ from minibt.utp import DataReceived, IncomingConnection, UtpState
 from minibt.utp_codec import EXT_NONE, HEADER_STRUCT, UtpHeader, decode_packet, encode_packet
 from minibt.utp_mux import UtpMux
 from minibt.wire import PeerWire
+from minibt.wire_codec import EXT_HANDSHAKE_MAX_DEPTH, EXT_HANDSHAKE_MAX_TOKENS
 
 OUR_ID = b"-MB0100-fuzzfuzzfuzz"
 THEIR_ID = b"-XX0001-000000000000"
