@@ -47,7 +47,7 @@ from minibt.metadata import (
 from minibt.metainfo import Metainfo, metainfo_from_info
 from minibt.peer import Addr, PeerConnection, PeerSource
 from minibt.tracker import AnnounceJob, Announcer, AnnounceResult
-from minibt.wire_codec import EXT_HANDSHAKE_ID, EXTENDED
+from minibt.wire_codec import EXT_HANDSHAKE_ID, EXT_HANDSHAKE_MAX_DEPTH, EXT_HANDSHAKE_MAX_TOKENS, EXTENDED
 
 if TYPE_CHECKING:
     from minibt.session import Session
@@ -65,8 +65,6 @@ FETCH_USELESS_AFTER_S = 30.0
 # Convention: the peer's bitfield/have/choke... frames kept for the hand-over to the peer wire (a
 # bitfield of a 4 GiB torrent in 16 KiB pieces is 32 KiB).  Over the cap, the peer is redialled.
 FETCH_REPLAY_MAX_BYTES = 1024 * 1024
-EXT_HANDSHAKE_MAX_DEPTH = 16  # convention: a BEP 10 handshake is a shallow dict
-EXT_HANDSHAKE_MAX_TOKENS = 10_000  # convention: far above any real one (libtorrent's has ~40)
 METADATA_BAD_PENALTY = 20  # reputation points for a copy that did not hash to the info-hash
 UNKNOWN_LEFT = 1  # announce 'left' before the size is known: non-zero, so trackers count us as a leecher
 _U32 = struct.Struct(">I")

@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 
 import bencode2
 
-from minibt.errors import CloseReason, WireError
+from minibt import bencode
+from minibt.errors import BencodeError, CloseReason, WireError
 
 # Message ids.
 CHOKE = 0  # BEP 3
@@ -39,6 +40,10 @@ EXTENDED = 20  # BEP 10
 BLOCK_LEN = 16 * 1024  # BEP 3: "All current implementations use 2^14 (16 kiB)"
 MAX_EXT_LEN = 1024 * 1024  # minibt convention (libtorrent closes on frames > 1 MiB)
 EXT_HANDSHAKE_ID = 0  # BEP 10: extended message id 0 is the handshake
+# Convention: a BEP 10 handshake is a shallow dict (libtorrent's has ~40 tokens).  Without a cap a
+# peer could hand the session a 2000-level structure that breaks any recursive use (==, repr).
+EXT_HANDSHAKE_MAX_DEPTH = 16
+EXT_HANDSHAKE_MAX_TOKENS = 10_000
 
 MSG_NAMES: dict[int, str] = {
     CHOKE: "choke",
@@ -365,8 +370,8 @@ def _decode_ext_dict(payload: bytes) -> dict[Any, Any]:
     # Takes bytes, never a view of the receive buffer: an exception raised here keeps its frame
     # (and so its arguments) alive in the traceback, and a live view blocks the buffer's resize.
     try:
-        d = bencode2.bdecode(payload)
-    except (bencode2.BencodeDecodeError, ValueError, TypeError, RecursionError) as e:
+        d = bencode.decode(payload, max_depth=EXT_HANDSHAKE_MAX_DEPTH, max_tokens=EXT_HANDSHAKE_MAX_TOKENS)
+    except BencodeError as e:
         raise _malformed(f"extension handshake is not valid bencode: {e}") from None
     if not isinstance(d, dict):
         raise _malformed(f"extension handshake is a {type(d).__name__}, not a dict")

@@ -1,0 +1,9 @@
+"""Imports every target module so the registry is complete (new target modules go here)."""
+
+from __future__ import annotations
+
+import fuzz_outside_targets  # noqa: F401
+import fuzz_peer_targets  # noqa: F401
+from fuzzkit import REGISTRY
+
+TARGETS = sorted(REGISTRY)
