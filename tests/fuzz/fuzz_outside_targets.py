@@ -12,7 +12,6 @@ import base64
 import json
 import math
 import random
-import re
 import ssl
 import struct
 import urllib.parse
@@ -51,8 +50,6 @@ from minibt.tracker import (
 TLS = ssl.create_default_context()
 PARAMS = AnnounceParams(info_hash=bytes(range(20)), peer_id=b"-MB0100-fuzzfuzzfuzz", port=6881, uploaded=0,
                         downloaded=0, left=1000, event="started", key=7)
-NAMES_BRANCH = "fixed on branch names (paths, config values)"
-URLS_BRANCH = "fixed on branch urls (tracker URLs, redirects, ports)"
 
 # ------------------------------------------------------------------------------- tracker URLs
 
@@ -204,12 +201,7 @@ def _run_metainfo(data: bytes) -> None:
     _path_limits(name, meta)
 
 
-def _metainfo_known(data: bytes, f: Finding) -> str | None:
-    return NAMES_BRANCH if f.stage == "path-limits" else None
-
-
-register(Target("metainfo", metainfo_inputs, _run_metainfo, from_bytes=lambda d, plan: d, to_bytes=lambda d: d,
-                known_failure=_metainfo_known))
+register(Target("metainfo", metainfo_inputs, _run_metainfo, from_bytes=lambda d, plan: d, to_bytes=lambda d: d))
 
 # ------------------------------------------------------------------------------- magnets
 
@@ -333,7 +325,7 @@ def _run_http_tracker(inp: tuple[bool, bytes, tuple[int, ...], bool]) -> None:
     if eof:
         call(name, "eof", (), req.eof)
     call(name, "state", (), lambda: (req.done, req.error, req.status))
-    loc, _ = call(name, "redirect", (), lambda: req.redirect_location)
+    loc, _ = call(name, "redirect", TrackerError, lambda: req.redirect_location)
     if loc is not None:
         call(name, "follow", TrackerError, HttpRequest, loc, tls_context=TLS)
         return
@@ -343,15 +335,9 @@ def _run_http_tracker(inp: tuple[bool, bytes, tuple[int, ...], bool]) -> None:
             call(name, "parse_http_announce", TrackerError, parse_http_announce, res[1])
 
 
-def _http_known(inp: Any, f: Finding) -> str | None:
-    if f.stage in ("redirect", "follow") and isinstance(f.cause, ValueError):  # UnicodeError is a ValueError
-        return URLS_BRANCH
-    return None
-
-
 register(Target(
     "http_tracker", st.tuples(st.sampled_from((False, False, False, True)), http_response(), feed_plans, st.booleans()),
-    _run_http_tracker, known_failure=_http_known,
+    _run_http_tracker,
     from_bytes=lambda d, plan: (False, d, plan, True), to_bytes=lambda inp: None if inp[0] or not inp[3] else inp[1],
 ))
 
@@ -492,21 +478,7 @@ def _run_config(text: str) -> None:
     call("config", "parse_config", ConfigError, parse_config, text, "fuzz.toml", base_dir="/nonexistent/minibt-fuzz")
 
 
-# parse_duration's pattern backtracks exponentially on a long run of digits that does not match,
-# and numbers past float range overflow: both being fixed on another branch.
-_LONG_DIGITS = re.compile(r"\d{16}")
-
-
-def _config_skip(text: str) -> str | None:
-    return NAMES_BRANCH if _LONG_DIGITS.search(text) else None
-
-
-def _config_known(text: str, f: Finding) -> str | None:
-    return NAMES_BRANCH if isinstance(f.cause, OverflowError) else None
-
-
 register(Target(
     "config", st.one_of(config_text(), st.text(max_size=80)), _run_config,
     from_bytes=lambda d, plan: d.decode("utf-8", "replace"), to_bytes=lambda s: s.encode("utf-8", "surrogatepass"),
-    known_skip=_config_skip, known_failure=_config_known,
 ))

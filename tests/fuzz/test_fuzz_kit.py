@@ -6,7 +6,7 @@ from pathlib import Path
 
 import fuzzkit
 import pytest
-from fuzzkit import Finding, Target, call, fuzz, read_vector, replay, run_input, save_finding, split
+from fuzzkit import Finding, Target, call, fuzz, read_vector, replay, save_finding, split
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -54,15 +54,6 @@ def test_fuzz_finds_a_planted_bug_and_counts_it() -> None:
         fuzz(target, max_examples=200, use_database=False)
     assert target.stats.failures >= 1
     assert target.last_failure is not None
-
-
-def test_known_failure_is_counted_not_raised() -> None:
-    target = Target("known", st.just(b""), lambda d: call("known", "s", (), _boom, d),
-                    known_failure=lambda inp, f: "elsewhere" if isinstance(f.cause, KeyError) else None)
-    run_input(target, b"x")
-    assert (target.stats.inputs, target.stats.known, target.stats.failures) == (1, 1, 0)
-    with pytest.raises(Finding):
-        run_input(target, b"x", allow_known=False)
 
 
 def test_corpus_vector_needs_a_comment_and_round_trips(tmp_path: Path) -> None:
