@@ -48,6 +48,7 @@ from minibt.runplan import (
     state_key,
     stop_reason,
 )
+from minibt.procmem import peak_rss_bytes
 from minibt.session import SessionConfig
 from minibt.statusfile import read_json, write_atomic, write_json_atomic
 from minibt.torrent import Torrent, TorrentConfig, TorrentState
@@ -618,7 +619,8 @@ class Runner:
             self._proc = psutil.Process()
         p = self._proc
         rss = int(p.memory_info().rss)
-        self.peak_rss = max(self.peak_rss, rss)
+        # The kernel's peak: a burst between two samples is what the OOM killer sees.
+        self.peak_rss = max(self.peak_rss, rss, peak_rss_bytes())
         cpu = p.cpu_times()
         cpu_s = float(cpu.user + cpu.system)
         if first:
