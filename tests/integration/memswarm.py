@@ -161,7 +161,9 @@ def seed_swarm(root: Path, *, torrents: int, leechers: int, size: int, budget: s
             for i in range(leechers):
                 t = made[i % torrents]
                 p = LibtorrentPeer(root / f"lt{i}", torrent_path=t.path, save_dir=root / f"leech{i}", seed=False,
-                                   pex=False, listen_ip=peer_ip(i), peers=[("127.0.0.1", runner.port)])
+                                   pex=False, listen_ip=peer_ip(i), peers=[("127.0.0.1", runner.port)],
+                                   # plaintext (minibt has no MSE, PROTOCOL.md 7.8); dial from its own address
+                                   out_enc="disabled", extra_settings={"outgoing_interfaces": peer_ip(i)})
                 peers.append(p)
                 p.start()
             deadline = time.monotonic() + timeout_s
