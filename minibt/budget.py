@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 MiB = 1 << 20
 # CPython + minibt + psutil + loop buffers + one hasher thread, 'minibt run' seeding one torrent, no
-# peers: VmHWM 29.4 MiB on x86-64 (tools/memswarm.py --case idle); 1.6 MiB of allocator slack on top.
+# peers: VmHWM 30.6 MiB on x86-64 (tools/memswarm.py --case idle), rounded up.
 BASE_RSS_BYTES = 31 * MiB
 MAX_CACHE_PER_TORRENT = 16 * MiB  # the storage.py default; bigger buys little on an SD card
 MIN_CACHE_PER_TORRENT = 256 * 1024  # one usual piece; storage.py always lets one piece in, even above it
