@@ -166,12 +166,17 @@ class Downloader:
         n = depth - picker.num_outstanding(peer.cid)
         if n <= 0 or (batch and n < depth >> 2):
             return
-        blocks = picker.pick(peer.cid, n, allowed=allowed, can_start=self._storage.can_start_piece)
+        blocks = picker.pick(peer.cid, n, allowed=allowed, can_start=self._can_start)
         if not blocks and picker.num_outstanding(peer.cid) == 0:
             self.update_interest(peer)
         for b in blocks:
             wire.request(b.index, b.begin, b.length)
         self._host.mark_dirty(peer.cid)
+
+    def _can_start(self, piece: int) -> bool:
+        # Every started piece takes a whole buffer once its first block is in: the write cache bounds
+        # the pieces in memory across all peers, and with them the requests outstanding.
+        return self._storage.can_start_piece(piece, self._picker.partial_pieces())
 
     def fill_all(self, now: float) -> None:
         """Top up the pipeline of every peer that does not choke us."""

@@ -419,6 +419,10 @@ class PiecePicker:
             self._blocks_unexpected += 1
         return expected, others
 
+    def partial_pieces(self) -> Collection[int]:
+        """The started pieces (some block requested or received), not yet hashing; a read-only view."""
+        return self._partials.keys()
+
     def piece_complete(self, i: int) -> bool:
         """True when piece ``i`` is started, every block is in, and it isn't hashing yet."""
         pp = self._partials.get(i)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from minibt.budget import Limits, fit_budget
+from minibt.budget import Limits, fit_budget, over_budget_message
 from minibt.client import Client
 from minibt.clock import local_seconds_of_day
 from minibt.config import Config, TorrentEntry, load_config
@@ -33,6 +33,7 @@ from minibt.faults import FaultKind
 from minibt.magnet import parse_magnet
 from minibt.magnetfetch import FetchState, MagnetFetch, torrent_file_bytes
 from minibt.metainfo import Metainfo, load_metainfo
+from minibt.procmem import peak_rss_bytes
 from minibt.runplan import (
     EXIT_CONFIG,
     EXIT_FAIL,
@@ -618,7 +619,8 @@ class Runner:
             self._proc = psutil.Process()
         p = self._proc
         rss = int(p.memory_info().rss)
-        self.peak_rss = max(self.peak_rss, rss)
+        # The kernel's peak: a burst between two samples is what the OOM killer sees.
+        self.peak_rss = max(self.peak_rss, rss, peak_rss_bytes())
         cpu = p.cpu_times()
         cpu_s = float(cpu.user + cpu.system)
         if first:
@@ -716,6 +718,10 @@ def _run_locked(cfg: Config, *, once: bool, max_time_s: float | None, until_min:
     n = len([e for e in cfg.torrents if not once or e.mode == "download"])
     limits = fit_budget(cfg.memory_budget_bytes, torrents=n, max_connections=cfg.max_connections,
                         max_peers=cfg.max_peers_per_torrent)
+    warning = over_budget_message(limits, cfg.memory_budget_bytes, torrents=n)
+    if warning is not None:
+        log.warning("%s", warning)
+        _stderr(warning)
     scfg = SessionConfig(max_connections=limits.max_connections, transports=cfg.transports,
                          upload_limit_bps=cfg.upload_limit_bps, download_limit_bps=cfg.download_limit_bps)
     try:

@@ -19,7 +19,7 @@ import os
 import tempfile
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -544,11 +544,22 @@ class Storage:
     def buffered_bytes(self) -> int:
         return self._buffered
 
-    def can_start_piece(self, piece: int) -> bool:
-        """Would buffering ``piece`` keep the cache within cache_bytes?  True if nothing is buffered."""
-        if piece in self._cache or not self._cache:
+    def can_start_piece(self, piece: int, pending: Iterable[int] = ()) -> bool:
+        """Would buffering ``piece`` keep the cache within cache_bytes?  True if nothing is buffered.
+
+        ``pending``: pieces already requested whose first block has not arrived yet; each will take
+        a whole buffer when it does, so they count as if buffered (with many peers, requests for
+        many pieces are out at once and would otherwise all be let in).
+        """
+        if piece in self._cache:
             return True
-        return self._buffered + self._layout.piece_size(piece) <= self._cache_limit
+        total = self._buffered
+        for p in pending:
+            if p not in self._cache and p != piece:
+                total += self._layout.piece_size(p)
+        if total == 0:
+            return True
+        return total + self._layout.piece_size(piece) <= self._cache_limit
 
     def pieces_in_cache(self) -> set[int]:
         return set(self._cache)

@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 from helpers import FakeClock
 
-from minibt.budget import BASE_RSS_BYTES, fit_budget, worst_case_bytes
+from minibt.budget import (
+    BASE_RSS_BYTES,
+    MIN_CACHE_PER_TORRENT,
+    fit_budget,
+    over_budget_message,
+    worst_case_bytes,
+)
 from minibt.config import Config, Schedule, TorrentEntry, parse_config, parse_window
 from minibt.faults import Faults
 from minibt.metainfo import create_torrent, load_metainfo
@@ -107,9 +113,21 @@ def test_budget_limits_fit_and_only_shrink(budget_mib: int, torrents: int) -> No
     budget = budget_mib * MIB
     lim = fit_budget(budget, torrents=torrents, max_connections=100, max_peers=30)
     assert lim.max_connections <= 100 and lim.max_peers <= 30 and lim.cache_bytes <= 16 * MIB
-    assert lim.max_connections >= 4 and lim.cache_bytes >= MIB
-    if budget_mib >= 48:
-        assert worst_case_bytes(lim, torrents=max(torrents, 4)) <= budget or lim.cache_bytes == MIB
+    assert lim.max_connections >= 4 and lim.cache_bytes >= MIN_CACHE_PER_TORRENT
+    fits = worst_case_bytes(lim, torrents=max(torrents, 4)) <= budget
+    assert fits or lim.cache_bytes == MIN_CACHE_PER_TORRENT
+    assert (over_budget_message(lim, budget, torrents=max(torrents, 4)) is None) == fits
+
+
+def test_forty_mib_fits_one_download_and_twenty_seeding_torrents() -> None:
+    """The issue-10 cases: a 40 MiB budget fits them; 32 MiB with 40 torrents is refused with the numbers."""
+    one = fit_budget(40 * MIB, torrents=1, max_connections=100, max_peers=30)
+    assert over_budget_message(one, 40 * MIB, torrents=1) is None
+    twenty = fit_budget(40 * MIB, torrents=20, max_connections=100, max_peers=50)
+    assert over_budget_message(twenty, 40 * MIB, torrents=20) is None
+    tight = fit_budget(32 * MIB, torrents=40, max_connections=100, max_peers=30)
+    msg = over_budget_message(tight, 32 * MIB, torrents=40)
+    assert msg is not None and "32 MiB" in msg and "40 torrent(s)" in msg
 
 
 def test_budget_shrinks_with_less_memory() -> None:

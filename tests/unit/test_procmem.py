@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from minibt.procmem import peak_rss_bytes, proc_status_bytes
+
+MIB = 1 << 20
+
+
+def test_proc_status_fields_are_read_in_bytes(tmp_path: Path) -> None:
+    p = tmp_path / "status"
+    p.write_text("Name:\tpython\nVmHWM:\t   40960 kB\nVmRSS:\t   30720 kB\nRssAnon:\t 1024 kB\nThreads:\t2\n")
+    assert proc_status_bytes(str(p)) == {"VmHWM": 40 * MIB, "VmRSS": 30 * MIB, "RssAnon": MIB}
+    assert peak_rss_bytes(str(p)) == 40 * MIB
+
+
+def test_peak_falls_back_to_getrusage_without_proc(tmp_path: Path) -> None:
+    pytest.importorskip("resource")
+    assert proc_status_bytes(str(tmp_path / "absent")) == {}
+    assert peak_rss_bytes(str(tmp_path / "absent")) > 8 * MIB  # an interpreter is bigger than that
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/status is Linux")
+def test_peak_keeps_a_burst_that_is_already_freed() -> None:
+    """The kernel's high-water mark, not the current RSS: a 48 MiB burst freed again still counts."""
+    before = proc_status_bytes()["VmRSS"]
+    burst = bytearray(48 * MIB)  # zero-filled, so every page is touched
+    during = proc_status_bytes()["VmRSS"]
+    del burst
+    after = proc_status_bytes()["VmRSS"]
+    assert during >= before + 40 * MIB
+    assert after < during - 40 * MIB  # a buffer this big is an mmap and goes back at once
+    assert peak_rss_bytes() >= before + 40 * MIB  # VmHWM trails VmRSS by a few per-thread pages
