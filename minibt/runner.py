@@ -14,7 +14,6 @@ JSON files written atomically (temp, fsync, rename) by statusfile.py.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import logging
 import logging.handlers
 import os
@@ -49,47 +48,17 @@ from minibt.runplan import (
     stop_reason,
 )
 from minibt.session import SessionConfig
-from minibt.statusfile import read_json, write_atomic, write_json_atomic
+from minibt.statusfile import LOCK_NAME as LOCK_NAME
+from minibt.statusfile import RunLock, read_json, write_atomic, write_json_atomic
 from minibt.torrent import Torrent, TorrentConfig, TorrentState
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = "minibt.lock"
 STATUS_NAME = "status.json"
 STATE_NAME = "runner-state.json"
 BANS_NAME = "bans.json"
 WATCHED_DIR = "watched"  # copies of watch-dir torrents, so they survive a restart
 MAGNET_META_DIR = "magnets"  # metadata fetched for magnet sources, so a rerun need not fetch it again
-
-
-# ---------------------------------------------------------------------- the lock
-
-
-class RunLock:
-    """``flock`` on a file in the state dir: released by the kernel when the process dies."""
-
-    def __init__(self, state_dir: str) -> None:
-        self.path = os.path.join(state_dir, LOCK_NAME)
-        self._fd: int | None = None
-
-    def acquire(self) -> bool:
-        """True if we hold the lock now; False (at once) if another process holds it."""
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the last fd drops the flock
-            self._fd = None
 
 
 # ---------------------------------------------------------------------- the runner
