@@ -38,7 +38,9 @@ from minibt.runplan import (
     EXIT_LOCKED,
     EXIT_OK,
     EXIT_TIME_UP,
+    DirWait,
     JobOutcome,
+    dir_problem,
     hook_argv,
     in_windows,
     once_exit_code,
@@ -77,6 +79,7 @@ class Job:
     hook_done: bool = False  # on_complete ran (persisted: runs once per download)
     finished: str | None = None  # stop condition reached (persisted: not seeded again)
     error: str | None = None  # could not be added
+    wait: DirWait | None = None  # its directory is missing (a share not mounted yet): retried
 
     @property
     def ih(self) -> str:
@@ -125,6 +128,7 @@ class Runner:
         self._saved_bans: dict[str, str] | None = None
         self._watch_sizes: dict[str, tuple[int, int]] = {}
         self._watch_seen: set[str] = set()
+        self._watch_wait: DirWait | None = None  # the watch dir is missing or unreadable
         now = client.clock.now()
         self._last_tick = now
         self._next_status = now
@@ -195,15 +199,34 @@ class Runner:
         if job.finished is not None and not self.once:
             log.info("%s: not started: finished seeding earlier (%s)", job.name, job.finished)
             return
-        try:
-            if entry.mode == "download":
+        self._start(job)
+
+    def _start(self, job: Job) -> None:
+        """Add ``job``'s torrent to the client, or wait (and retry) while its directory is missing."""
+        entry, now = job.entry, self.client.clock.now()
+        problem = dir_problem(entry, isdir=os.path.isdir)
+        if problem is None and entry.mode == "download":
+            try:
                 os.makedirs(entry.dir, exist_ok=True)
-            if meta is None:
+            except OSError as e:
+                problem = (entry.dir, f"cannot be created ({e.strerror or e})")
+        if problem is not None:
+            if job.wait is None:
+                job.wait = DirWait(*problem, since=now, retry_s=self.cfg.disk_retry_s)
+                log.warning("%s: %s", job.name, job.wait.describe(now))
+            else:
+                job.wait.still_waiting(*problem, now=now)
+            return
+        if job.wait is not None:
+            log.info("%s: directory %s is there now: starting", job.name, job.wait.path)
+            job.wait = None
+        try:
+            if job.meta is None:
                 assert entry.magnet is not None
                 job.fetch = self.client.add_magnet(entry.magnet, entry.dir, peers=entry.peers,
                                                    config=self.torrent_config(entry))
             else:
-                job.torrent = self.client.add(meta, entry.dir, mode=entry.mode, peers=entry.peers,
+                job.torrent = self.client.add(job.meta, entry.dir, mode=entry.mode, peers=entry.peers,
                                               config=self.torrent_config(entry))
         except (OSError, ValueError, MinibtError) as e:
             job.error = str(e)
@@ -266,6 +289,9 @@ class Runner:
                 self.save_state()
 
     def _each_second(self, now: float) -> None:
+        for job in self.jobs.values():
+            if job.wait is not None and job.wait.due(now):
+                self._start(job)
         self._magnets_resolved()
         self._fire_hooks()
         for job in self.jobs.values():
@@ -336,8 +362,8 @@ class Runner:
             if job.entry.mode != "download":
                 continue
             t = job.torrent
-            if t is None and job.fetch is not None and job.error is None:
-                outs.append(JobOutcome(False, None))  # still fetching the metadata
+            if t is None and (job.fetch is not None or job.wait is not None) and job.error is None:
+                outs.append(JobOutcome(False, None))  # still fetching the metadata / waiting for its dir
             elif t is None:
                 outs.append(JobOutcome(False, job.error or "not started"))
             else:
@@ -433,11 +459,20 @@ class Runner:
         wd = self.cfg.watch_dir
         if not wd:
             return
+        now = self.client.clock.now()
         try:
             names = sorted(os.listdir(wd))
-        except OSError as e:
-            log.warning("watch dir %s: %s", wd, e)
+        except OSError as e:  # a share not mounted yet: said once, in the status, and tried every interval
+            why = "missing" if isinstance(e, FileNotFoundError) else f"unreadable ({e.strerror or e})"
+            if self._watch_wait is None:
+                self._watch_wait = DirWait(wd, why, since=now, retry_s=self.cfg.watch_interval_s)
+                log.warning("watch dir: %s", self._watch_wait.describe(now))
+            else:
+                self._watch_wait.still_waiting(wd, why, now=now)
             return
+        if self._watch_wait is not None:
+            log.info("watch dir %s is there now", wd)
+            self._watch_wait = None
         for n in names:
             if not (n.endswith(".torrent") or n.endswith(".magnet")) or n in self._watch_seen:
                 continue
@@ -556,6 +591,9 @@ class Runner:
                 st: dict[str, Any] = dict(t.status(now))
             elif job.fetch is not None:
                 st = dict(job.fetch.status(now))
+            elif job.wait is not None:
+                st = {"name": job.name, "info_hash": job.ih, "state": "waiting", "waiting": job.wait.describe(now),
+                      "error": None, "total_bytes": size, "progress": None}
             else:
                 st = {"name": job.name, "info_hash": job.ih, "state": "finished" if job.finished else "error",
                       "error": job.error, "total_bytes": size, "progress": None}
@@ -575,6 +613,9 @@ class Runner:
                        "upload_limit_bps": up_limit, "download_limit_bps": down_limit,
                        "alt_rates": bool(self._alt_active)},
             "torrents": torrents,
+            "watch_dir": None if not self.cfg.watch_dir else {
+                "path": self.cfg.watch_dir,
+                "waiting": self._watch_wait.describe(now) if self._watch_wait is not None else None},
             "faults": client.session.faults.stats(),
         }
 

@@ -252,6 +252,8 @@ def format_status(st: dict[str, Any], *, now_wall: float, pid_alive: bool) -> li
             extra = f"  PAUSED: {t['disk_error']}"
         elif t.get("paused"):
             extra = f"  paused: {t['paused']}"
+        elif t.get("waiting"):
+            extra = f"  {t['waiting']}"
         elif t.get("error"):
             extra = f"  ERROR: {t['error']}"
         elif t.get("finished"):
@@ -263,4 +265,7 @@ def format_status(st: dict[str, Any], *, now_wall: float, pid_alive: bool) -> li
         )
     if not st.get("torrents"):
         lines.append("no torrents")
+    watch = st.get("watch_dir")
+    if isinstance(watch, dict) and watch.get("waiting"):
+        lines.append(f"watch dir {watch.get('path')}: {watch['waiting']}")
     return lines
