@@ -369,14 +369,19 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     import psutil
 
-    from minibt.config import load_config, parse_config
     from minibt.runner import STATUS_NAME
-    from minibt.statusfile import format_status, read_json
+    from minibt.statusfile import StatusUnreadable, format_status, read_status, status_state_dir
 
-    cfg = load_config(args.config) if args.config else parse_config("", "<built-in default>", base_dir=os.getcwd())
-    path = os.path.join(cfg.state_dir, STATUS_NAME)
-    st = read_json(path)
-    if not isinstance(st, dict):
+    state_dir, warning = status_state_dir(args.config, cwd=os.getcwd())  # ConfigError: exit 2
+    if warning is not None:
+        _error(warning)
+    path = os.path.join(state_dir, STATUS_NAME)
+    try:
+        st = read_status(path)
+    except StatusUnreadable as e:
+        _error(str(e))
+        return EXIT_FAIL
+    if st is None:
         _error(f"no status in {path} (is `minibt run` running with this config?)")
         return EXIT_FAIL
     if args.json:

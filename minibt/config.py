@@ -406,8 +406,7 @@ def _torrent(file: str, base: str, i: int, table: object, default_dir: str) -> T
         raise r.error("mode", f"expected one of {', '.join(MODES)}, got {mode!r}")
     d = r.take("dir", str, "a directory path")
     directory = _path(base, d) if d else default_dir
-    if mode == "seed" and not os.path.isdir(directory):
-        raise r.error("dir", f"{directory}: no such directory (a seed entry needs its data)")
+    # A missing dir is not an error here: the runner waits for it (a share that mounts late, runplan.dir_problem).
     if mode == "seed" and magnet is not None:
         raise r.error("mode", "a magnet source cannot be seeded before its data is downloaded; use mode = \"download\"")
     files = r.str_list("files", "a list of file paths inside the torrent")
@@ -491,9 +490,7 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
     log.finish()
     ddir = _path(base, download_dir) if download_dir else _path(base, d.download_dir)
     if watch_dir:
-        watch_dir = _path(base, watch_dir)
-        if not os.path.isdir(watch_dir):
-            raise ConfigError(file, "client.watch_dir", f"{watch_dir}: no such directory")
+        watch_dir = _path(base, watch_dir)  # polled; while missing the runner says so and retries
     entries = tuple(_torrent(file, base, i, t, ddir) for i, t in enumerate(torrents_raw))
     seen: dict[str, int] = {}
     for i, entry in enumerate(entries):

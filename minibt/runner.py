@@ -14,7 +14,6 @@ JSON files written atomically (temp, fsync, rename) by statusfile.py.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import logging
 import logging.handlers
 import os
@@ -40,7 +39,9 @@ from minibt.runplan import (
     EXIT_LOCKED,
     EXIT_OK,
     EXIT_TIME_UP,
+    DirWait,
     JobOutcome,
+    dir_problem,
     hook_argv,
     in_windows,
     once_exit_code,
@@ -50,47 +51,17 @@ from minibt.runplan import (
     stop_reason,
 )
 from minibt.session import SessionConfig
-from minibt.statusfile import read_json, write_atomic, write_json_atomic
+from minibt.statusfile import LOCK_NAME as LOCK_NAME
+from minibt.statusfile import RunLock, read_json, write_atomic, write_json_atomic
 from minibt.torrent import Torrent, TorrentConfig, TorrentState
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = "minibt.lock"
 STATUS_NAME = "status.json"
 STATE_NAME = "runner-state.json"
 BANS_NAME = "bans.json"
 WATCHED_DIR = "watched"  # copies of watch-dir torrents, so they survive a restart
 MAGNET_META_DIR = "magnets"  # metadata fetched for magnet sources, so a rerun need not fetch it again
-
-
-# ---------------------------------------------------------------------- the lock
-
-
-class RunLock:
-    """``flock`` on a file in the state dir: released by the kernel when the process dies."""
-
-    def __init__(self, state_dir: str) -> None:
-        self.path = os.path.join(state_dir, LOCK_NAME)
-        self._fd: int | None = None
-
-    def acquire(self) -> bool:
-        """True if we hold the lock now; False (at once) if another process holds it."""
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the last fd drops the flock
-            self._fd = None
 
 
 # ---------------------------------------------------------------------- the runner
@@ -109,6 +80,7 @@ class Job:
     hook_done: bool = False  # on_complete ran (persisted: runs once per download)
     finished: str | None = None  # stop condition reached (persisted: not seeded again)
     error: str | None = None  # could not be added
+    wait: DirWait | None = None  # its directory is missing (a share not mounted yet): retried
 
     @property
     def ih(self) -> str:
@@ -157,6 +129,7 @@ class Runner:
         self._saved_bans: dict[str, str] | None = None
         self._watch_sizes: dict[str, tuple[int, int]] = {}
         self._watch_seen: set[str] = set()
+        self._watch_wait: DirWait | None = None  # the watch dir is missing or unreadable
         now = client.clock.now()
         self._last_tick = now
         self._next_status = now
@@ -227,15 +200,34 @@ class Runner:
         if job.finished is not None and not self.once:
             log.info("%s: not started: finished seeding earlier (%s)", job.name, job.finished)
             return
-        try:
-            if entry.mode == "download":
+        self._start(job)
+
+    def _start(self, job: Job) -> None:
+        """Add ``job``'s torrent to the client, or wait (and retry) while its directory is missing."""
+        entry, now = job.entry, self.client.clock.now()
+        problem = dir_problem(entry, isdir=os.path.isdir)
+        if problem is None and entry.mode == "download":
+            try:
                 os.makedirs(entry.dir, exist_ok=True)
-            if meta is None:
+            except OSError as e:
+                problem = (entry.dir, f"cannot be created ({e.strerror or e})")
+        if problem is not None:
+            if job.wait is None:
+                job.wait = DirWait(*problem, since=now, retry_s=self.cfg.disk_retry_s)
+                log.warning("%s: %s", job.name, job.wait.describe(now))
+            else:
+                job.wait.still_waiting(*problem, now=now)
+            return
+        if job.wait is not None:
+            log.info("%s: directory %s is there now: starting", job.name, job.wait.path)
+            job.wait = None
+        try:
+            if job.meta is None:
                 assert entry.magnet is not None
                 job.fetch = self.client.add_magnet(entry.magnet, entry.dir, peers=entry.peers,
                                                    config=self.torrent_config(entry))
             else:
-                job.torrent = self.client.add(meta, entry.dir, mode=entry.mode, peers=entry.peers,
+                job.torrent = self.client.add(job.meta, entry.dir, mode=entry.mode, peers=entry.peers,
                                               config=self.torrent_config(entry))
         except (OSError, ValueError, MinibtError) as e:
             job.error = str(e)
@@ -298,6 +290,9 @@ class Runner:
                 self.save_state()
 
     def _each_second(self, now: float) -> None:
+        for job in self.jobs.values():
+            if job.wait is not None and job.wait.due(now):
+                self._start(job)
         self._magnets_resolved()
         self._fire_hooks()
         for job in self.jobs.values():
@@ -368,8 +363,8 @@ class Runner:
             if job.entry.mode != "download":
                 continue
             t = job.torrent
-            if t is None and job.fetch is not None and job.error is None:
-                outs.append(JobOutcome(False, None))  # still fetching the metadata
+            if t is None and (job.fetch is not None or job.wait is not None) and job.error is None:
+                outs.append(JobOutcome(False, None))  # still fetching the metadata / waiting for its dir
             elif t is None:
                 outs.append(JobOutcome(False, job.error or "not started"))
             else:
@@ -465,11 +460,20 @@ class Runner:
         wd = self.cfg.watch_dir
         if not wd:
             return
+        now = self.client.clock.now()
         try:
             names = sorted(os.listdir(wd))
-        except OSError as e:
-            log.warning("watch dir %s: %s", wd, e)
+        except OSError as e:  # a share not mounted yet: said once, in the status, and tried every interval
+            why = "missing" if isinstance(e, FileNotFoundError) else f"unreadable ({e.strerror or e})"
+            if self._watch_wait is None:
+                self._watch_wait = DirWait(wd, why, since=now, retry_s=self.cfg.watch_interval_s)
+                log.warning("watch dir: %s", self._watch_wait.describe(now))
+            else:
+                self._watch_wait.still_waiting(wd, why, now=now)
             return
+        if self._watch_wait is not None:
+            log.info("watch dir %s is there now", wd)
+            self._watch_wait = None
         for n in names:
             if not (n.endswith(".torrent") or n.endswith(".magnet")) or n in self._watch_seen:
                 continue
@@ -588,6 +592,9 @@ class Runner:
                 st: dict[str, Any] = dict(t.status(now))
             elif job.fetch is not None:
                 st = dict(job.fetch.status(now))
+            elif job.wait is not None:
+                st = {"name": job.name, "info_hash": job.ih, "state": "waiting", "waiting": job.wait.describe(now),
+                      "error": None, "total_bytes": size, "progress": None}
             else:
                 st = {"name": job.name, "info_hash": job.ih, "state": "finished" if job.finished else "error",
                       "error": job.error, "total_bytes": size, "progress": None}
@@ -607,6 +614,9 @@ class Runner:
                        "upload_limit_bps": up_limit, "download_limit_bps": down_limit,
                        "alt_rates": bool(self._alt_active)},
             "torrents": torrents,
+            "watch_dir": None if not self.cfg.watch_dir else {
+                "path": self.cfg.watch_dir,
+                "waiting": self._watch_wait.describe(now) if self._watch_wait is not None else None},
             "faults": client.session.faults.stats(),
         }
 

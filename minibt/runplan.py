@@ -1,7 +1,8 @@
 """The config-file runner's decisions, as pure functions (no I/O, no clock, no client).
 
 Time windows, ``--until`` arithmetic, stop conditions (seed ratio / seed time), what a SIGHUP reload
-changes, the ``--once`` exit code, runner-state keys and the completion hook's argv.  runner.py
+changes, the ``--once`` exit code, runner-state keys, the completion hook's argv, and when a torrent
+waits for its directory (a share that mounts after the daemon started) and when it tries again.  runner.py
 applies them; tests/unit/test_runner_logic.py checks them.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from minibt.config import TimeWindow, TorrentEntry
@@ -100,3 +101,43 @@ def state_key(info_hash_hex: str, directory: str) -> str:
 def hook_argv(hook: tuple[str, ...], name: str, path: str) -> list[str]:
     """The completion hook's argv: the command, then the torrent's name and data path (no shell)."""
     return [*hook, name, path]
+
+
+def dir_problem(entry: TorrentEntry, *, isdir: Callable[[str], bool]) -> tuple[str, str] | None:
+    """(directory, what is wrong) that keeps ``entry`` from starting now, or None.
+
+    A seed needs its data dir.  A download needs its dir or the dir's parent, where the dir is created:
+    below a missing parent (the mount point of a share not mounted yet) it would land on the SD card.
+    """
+    if entry.mode == "seed":
+        return None if isdir(entry.dir) else (entry.dir, "missing")
+    parent = os.path.dirname(entry.dir)
+    if isdir(entry.dir) or isdir(parent):
+        return None
+    return parent, "missing"
+
+
+@dataclass(slots=True)
+class DirWait:
+    """A torrent (or the watch dir) waiting for a directory: looked at again every ``retry_s``."""
+
+    path: str
+    reason: str  # "missing", or why it could not be created
+    since: float  # clock.now() when the wait began
+    retry_s: float
+    next_check: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.next_check = self.since + self.retry_s
+
+    def due(self, now: float) -> bool:
+        return now >= self.next_check
+
+    def still_waiting(self, path: str, reason: str, *, now: float) -> None:
+        """A retry at ``now`` found the directory still unusable: next try one interval later."""
+        self.path, self.reason = path, reason
+        self.next_check = now + self.retry_s
+
+    def describe(self, now: float) -> str:
+        return (f"waiting: directory {self.path} {self.reason}, retrying every {self.retry_s:g} s "
+                f"(for {max(0.0, now - self.since):.0f} s)")

@@ -4,20 +4,192 @@ A file is replaced with temp file + fsync + rename + fsync of the directory, so 
 cut it holds either the old or the new content, never a mix or NULs (transmission#650).  A
 missing or damaged file reads as None.  ``format_status`` turns the runner's status JSON into
 the lines ``minibt status`` prints.
+
+Who may read them: the state dir is made 0750 and the JSON state files 0640 with the state dir's
+group, so the Pi's administrator reads ``minibt status`` once in the daemon's group (the daemon runs
+as its own user under systemd).  Resume data and the copies of watched torrents stay 0600: nothing
+but the daemon reads them.  ``minibt status`` needs only the state dir; ``status_state_dir`` finds it
+even in a config file that was edited into an invalid state while the daemon runs on the old one.
 """
 
 from __future__ import annotations
 
+import fcntl
+import grp
 import json
+import os
+import re
+import stat
+import tomllib
 from typing import Any
 
+from minibt.config import Config, load_config
+from minibt.errors import ConfigError
 from minibt.storage import write_atomic as write_atomic  # the one atomic writer (also resume data)
 
 MAX_STATE_FILE_BYTES = 16 << 20  # never read a bigger state file into memory
+STATE_DIR_MODE = 0o750  # owner writes, the daemon's group (the administrator) reads, others nothing
+STATE_FILE_MODE = 0o640  # status.json, runner-state.json, bans.json: no secrets in them
+LOCK_NAME = "minibt.lock"
+
+
+def ensure_state_dir(path: str) -> None:
+    """Create the state dir 0750 if missing; an existing one keeps its mode and group."""
+    os.makedirs(path, mode=STATE_DIR_MODE, exist_ok=True)
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    write_atomic(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+    """A state file, group-readable (STATE_FILE_MODE) with the group of the state dir."""
+    data = (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
+    write_atomic(path, data, mode=STATE_FILE_MODE, group_of_dir=True)
+
+
+class RunLock:
+    """``flock`` on a file in the state dir: released by the kernel when the process dies."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.path = os.path.join(state_dir, LOCK_NAME)
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """True if we hold the lock now; False (at once) if another process holds it."""
+        ensure_state_dir(os.path.dirname(self.path))
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last fd drops the flock
+            self._fd = None
+
+
+# ---------------------------------------------------------------------- reading, for `minibt status`
+
+
+class StatusUnreadable(Exception):
+    """The status file exists (or may) but this user may not read it; ``str()`` says what to do."""
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def permission_advice(path: str) -> str:
+    """What a user who got EACCES on ``path`` (or its directory) can do about it."""
+    try:
+        st = os.stat(path)
+        where = path
+    except OSError:  # the state dir itself is closed to us: its group is the one to join
+        where = os.path.dirname(path)
+        try:
+            st = os.stat(where)
+        except OSError:
+            return f"permission denied reading {path}"
+    group = _group_name(st.st_gid)
+    in_group = st.st_gid == os.getegid() or st.st_gid in os.getgroups()
+    if in_group and stat.S_ISREG(st.st_mode) and not st.st_mode & stat.S_IRGRP:
+        return (f"permission denied reading {path}: it is mode {stat.S_IMODE(st.st_mode):04o}, not readable by "
+                f"group {group}; restart the daemon (this minibt writes it 0640)")
+    return (f"permission denied reading {path}: add your user to group {group} "
+            f"(sudo usermod -aG {group} $USER, then log in again)")
+
+
+def read_status(path: str) -> dict[str, Any] | None:
+    """The status document, None if missing or damaged; StatusUnreadable if access is denied."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_STATE_FILE_BYTES + 1)
+    except PermissionError:
+        raise StatusUnreadable(permission_advice(path)) from None
+    except OSError:
+        return None
+    if len(raw) > MAX_STATE_FILE_BYTES:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+_STATE_DIR_LINE = re.compile(r"""^\s*state_dir\s*=\s*(?:"([^"\\]*)"|'([^']*)')\s*(?:#.*)?$""")
+_TABLE_LINE = re.compile(r"^\s*\[+\s*([^\]]*?)\s*\]+\s*(?:#.*)?$")
+_NOT_FOUND = object()
+
+
+def _state_dir_in_text(text: str) -> object:
+    """``client.state_dir`` of a config file that failed validation: a str, None (not set) or _NOT_FOUND."""
+    try:
+        doc = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError):
+        doc = None
+    if doc is not None:
+        client = doc.get("client", {})
+        if not isinstance(client, dict):
+            return _NOT_FOUND
+        sd = client.get("state_dir")
+        return sd if sd is None or isinstance(sd, str) else _NOT_FOUND
+    # Not TOML at all: one plain `state_dir = "..."` line in [client], else (no such key anywhere) the default.
+    table, found = "", []
+    for line in text.splitlines():
+        m = _TABLE_LINE.match(line)
+        if m:
+            table = m.group(1)
+            continue
+        m = _STATE_DIR_LINE.match(line)
+        if m and table == "client":
+            found.append(m.group(1) if m.group(1) is not None else m.group(2))
+    if len(found) == 1:
+        return found[0]
+    return None if not found and "state_dir" not in text else _NOT_FOUND
+
+
+def status_state_dir(config_path: str | None, *, cwd: str) -> tuple[str, str | None]:
+    """(state dir, warning or None) for ``minibt status -c config_path``.
+
+    A valid file gives its state dir.  An invalid one (edited while the daemon runs on its previous
+    config) still gives the state dir it names, with a one-line warning; ConfigError if the file is
+    missing or unreadable, or if its state dir cannot be told.
+    """
+    if config_path is None:
+        return _default_state_dir(cwd), None
+    try:
+        return load_config(config_path).state_dir, None
+    except ConfigError as e:
+        err = e
+    try:
+        with open(config_path, "rb") as f:
+            text = f.read(1 << 20).decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        raise err from None
+    sd = _state_dir_in_text(text)
+    if sd is _NOT_FOUND or (isinstance(sd, str) and not sd):
+        raise ConfigError(config_path, None, f"invalid ({err.key + ': ' if err.key else ''}{err.msg}), and the "
+                          "state dir cannot be told from it: fix the file to see the status")
+    base = os.path.dirname(os.path.abspath(config_path))
+    state_dir = _default_state_dir(base) if sd is None else _resolve(base, str(sd))
+    return state_dir, f"warning: {err}; showing the status in {state_dir} (the daemon keeps running on the " \
+                      "config it loaded last)"
+
+
+def _resolve(base: str, p: str) -> str:
+    p = os.path.expanduser(p)
+    return os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p))
+
+
+def _default_state_dir(base: str) -> str:
+    return _resolve(base, Config().state_dir)
 
 
 def read_json(path: str) -> Any:
@@ -80,6 +252,8 @@ def format_status(st: dict[str, Any], *, now_wall: float, pid_alive: bool) -> li
             extra = f"  PAUSED: {t['disk_error']}"
         elif t.get("paused"):
             extra = f"  paused: {t['paused']}"
+        elif t.get("waiting"):
+            extra = f"  {t['waiting']}"
         elif t.get("error"):
             extra = f"  ERROR: {t['error']}"
         elif t.get("finished"):
@@ -91,4 +265,7 @@ def format_status(st: dict[str, Any], *, now_wall: float, pid_alive: bool) -> li
         )
     if not st.get("torrents"):
         lines.append("no torrents")
+    watch = st.get("watch_dir")
+    if isinstance(watch, dict) and watch.get("waiting"):
+        lines.append(f"watch dir {watch.get('path')}: {watch['waiting']}")
     return lines

@@ -632,17 +632,23 @@ def save_resume(path: str, rd: ResumeData) -> None:
         raise StorageError("save_resume", path, e) from e
 
 
-def write_atomic(path: str, data: bytes) -> None:
+def write_atomic(path: str, data: bytes, *, mode: int = 0o600, group_of_dir: bool = False) -> None:
     """Replace ``path`` with ``data``: temp file in the same dir, fsync, rename, fsync the dir.
 
     After a power cut the file holds the old or the new content, never a mix.  OSError on failure
-    (the old file stays, the temp file is removed).
+    (the old file stays, the temp file is removed).  The file gets ``mode`` (not masked by the umask);
+    ``group_of_dir`` gives it the directory's group when the process may (a state dir whose group
+    the administrator chose).
     """
     directory = os.path.dirname(os.path.abspath(path))
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
         try:
+            if mode != 0o600:  # mkstemp's own mode
+                os.fchmod(fd, mode)
+            if group_of_dir:
+                _take_dir_group(fd, directory)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -658,6 +664,15 @@ def write_atomic(path: str, data: bytes) -> None:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def _take_dir_group(fd: int, directory: str) -> None:
+    gid = os.stat(directory).st_gid
+    if os.fstat(fd).st_gid != gid:
+        try:
+            os.fchown(fd, -1, gid)
+        except PermissionError:  # not a member of that group: the file keeps ours
+            pass
 
 
 def _fsync_dir(directory: str) -> None:

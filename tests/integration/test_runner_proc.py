@@ -155,8 +155,8 @@ def test_two_once_runs_second_exits_75_at_once_and_touches_nothing(tmp_path: Pat
                        torrents=[{"source": str(t.path), "mode": "download"}])  # no peers: never finishes
     first = RunnerProc(tmp_path / "run1", cfg, state, once=True, args=["--max-time", "60s"], label="once-1")
     with running(first):
-        first.wait_until(lambda: (state / "status.json").exists() and (state / "runner-state.json").exists(), 10,
-                         "first status")  # written at start; the next ones are an hour away
+        first.wait_until(lambda: all((state / n).exists() for n in ("status.json", "runner-state.json", "bans.json")),
+                         10, "first status")  # written at start (bans.json last); the next ones are an hour away
         before_state, before_data = snapshot(state), snapshot(data)
         t0 = time.monotonic()
         second = run_cli(["run", "-c", str(cfg), "--once", "--max-time", "60s"], timeout_s=20)
