@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import logging
 import os
 import signal
@@ -21,6 +22,7 @@ from minibt.client import Client, default_state_dir
 from minibt.clock import MonotonicClock
 from minibt.errors import ConfigError, MagnetError, MetainfoError, MinibtError, StorageError
 from minibt.hasher import Hasher, HashJob, HashResult
+from minibt.ifwatch import valid_interface_name
 from minibt.magnet import MAGNET_PREFIX, Magnet, parse_magnet
 from minibt.magnetfetch import FetchState, MagnetFetch, torrent_file_bytes
 from minibt.metainfo import Metainfo, create_torrent, describe, load_metainfo
@@ -100,6 +102,21 @@ def _int_arg(lo: int, hi: int, what: str) -> Any:
 
 
 parse_port = _int_arg(0, 65535, "a port number")
+
+
+def parse_bind(text: str) -> str:
+    """``--bind ADDRESS``: an IP address (a name would leave the source of each connection to chance)."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an IP address, got {text[:80]!r}") from None
+
+
+def parse_interface(text: str) -> str:
+    """``--interface NAME``: a Linux interface name (it need not exist yet: minibt waits for it)."""
+    if not valid_interface_name(text):
+        raise argparse.ArgumentTypeError(f"bad interface name {text[:40]!r}: expected a name such as wg0")
+    return text
 parse_max_peers = _int_arg(1, 1000, "a number of connections")
 
 
@@ -167,7 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("torrent", help=".torrent file (download: or a magnet:? URI)")
         sp.add_argument("--dir", required=True, help="download directory (the torrent's files go below it)")
         sp.add_argument("--port", type=parse_port, default=6881, help="listen port (0 = any free one; default 6881)")
-        sp.add_argument("--bind", default="0.0.0.0", help="listen address (default 0.0.0.0; '::' for IPv6)")
+        sp.add_argument("--bind", type=parse_bind, default="0.0.0.0",
+                        help="listen and source address of every connection (default 0.0.0.0; '::' for IPv6)")
+        sp.add_argument("--interface", type=parse_interface, default=None, metavar="NAME",
+                        help="send and receive only through this interface (e.g. wg0); pause while it is down")
         sp.add_argument("--peer", action="append", type=parse_peer, default=[], metavar="HOST:PORT",
                         help="dial this peer directly (repeatable)")
         sp.add_argument("--state-dir", default=None, help=f"resume data directory (default {default_state_dir()})")
@@ -434,7 +454,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:  # noqa: C901
         config = dataclasses.replace(config, transports=args.transport)
     state_dir = args.state_dir or default_state_dir()
     try:
-        client = Client(bind=args.bind, port=args.port, state_dir=state_dir, config=config)
+        client = Client(bind=args.bind, port=args.port, state_dir=state_dir, config=config, interface=args.interface)
     except OSError as e:
         print(f"minibt: cannot listen on {args.bind}:{args.port}: {e.strerror or e}", file=sys.stderr)
         return EXIT_FAIL

@@ -54,8 +54,14 @@ class Client:
         hash_threads: int = 2,
         transports: Sequence[str] | None = None,
         utp_config: UtpConfig | None = None,
+        interface: str | None = None,
     ) -> None:
-        """``transports`` overrides ``config.transports``: outgoing preference order, e.g. ("utp", "tcp")."""
+        """``transports`` overrides ``config.transports``: outgoing preference order, e.g. ("utp", "tcp").
+
+        ``bind`` is the source address of every socket (listener, peers, uTP/UDP, trackers);
+        ``interface`` binds them all to that device (SO_BINDTODEVICE), and networking pauses while it
+        is down or gone (see :attr:`paused_reason`).
+        """
         self.clock: Clock = clock or MonotonicClock()
         self.rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
         self.state_dir = state_dir
@@ -67,14 +73,25 @@ class Client:
             threads=hash_threads, notify=lambda: wake[0]() if wake else None, max_pending=256
         )
         self.loop = EventLoop(
-            self.session, clock=self.clock, hasher=self.hasher, bind=bind, port=port, utp_config=utp_config
+            self.session, clock=self.clock, hasher=self.hasher, bind=bind, port=port, utp_config=utp_config,
+            interface=interface,
         )
         wake.append(self.loop.wake)
-        self.port = self.loop.open()
+        self.loop.open()
         self._closed = False
         # Public API events: the session queues them, the loop hands over before each flush.
         self.dispatcher = Dispatcher(self.session)
         self.loop.before_flush = self.dispatch_events
+
+    @property
+    def port(self) -> int:
+        """The listen port (0 while a bound interface that was missing at start has not appeared)."""
+        return self.loop.port
+
+    @property
+    def paused_reason(self) -> str | None:
+        """Why networking is paused, e.g. "interface wg0 is down"; None while it runs."""
+        return self.loop.paused_reason
 
     def __enter__(self) -> Client:
         return self

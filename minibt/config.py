@@ -20,6 +20,7 @@ from fractions import Fraction
 from typing import Any
 
 from minibt.errors import ConfigError, MagnetError, MetainfoError
+from minibt.ifwatch import valid_interface_name
 from minibt.magnet import Magnet, parse_magnet
 from minibt.metainfo import Metainfo, load_metainfo
 from minibt.peer import valid_transports
@@ -107,6 +108,7 @@ class Config:
     path: str | None = None
     listen_port: int = 6881
     bind: str = "0.0.0.0"
+    interface: str | None = None  # SO_BINDTODEVICE for every socket; networking pauses while it is down
     state_dir: str = "~/.local/state/minibt"
     download_dir: str = "~/Downloads"
     max_connections: int = 100
@@ -462,6 +464,9 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
             ipaddress.ip_address(bind)
         except ValueError:
             raise client.error("bind", f"expected an IP address to listen on, got {bind[:80]!r}") from None
+    interface = client.take("interface", str, "a network interface name such as \"wg0\" (\"\" = any)")
+    if interface and not valid_interface_name(interface):
+        raise client.error("interface", f"expected a network interface name such as \"wg0\", got {interface[:80]!r}")
     state_dir = client.take("state_dir", str, "a directory path")
     download_dir = client.take("download_dir", str, "a directory path")
     max_conn = client.convert("max_connections", int, "an integer 1..10000", _positive_int(1, 10000))
@@ -508,6 +513,7 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
         path=file,
         listen_port=pick(port, d.listen_port),
         bind=pick(bind, d.bind),
+        interface=interface or None,
         state_dir=_path(base, state_dir or d.state_dir),
         download_dir=ddir,
         max_connections=pick(max_conn, d.max_connections),

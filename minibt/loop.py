@@ -28,6 +28,8 @@ from minibt.clock import Clock
 from minibt.errors import CloseReason, TrackerError
 from minibt.faults import FaultKind
 from minibt.hasher import CallResult, Hasher, HashJob, HashResult
+from minibt.ifwatch import InterfaceWatch
+from minibt.netif import Source, link_state, open_listen_sockets, send_probe, tune_tcp
 from minibt.session import Announce, Close, Dial, HashPiece, Session
 from minibt.tracker import (
     AnnounceDone,
@@ -58,11 +60,6 @@ UDP_SOCK_BUF = 4 * 1024 * 1024
 UDP_BATCH = 512  # datagrams read per readiness event before the ACKs of the batch go out (socket_drained)
 UDP_MAX_DATAGRAM = 65536
 MAX_TIMEOUT_S = 1.0  # STYLE.md 4: select(timeout=clamp(deadline - now, 0, 1.0))
-# Linux ip(7)/ipv6(7): IP_MTU_DISCOVER / IPV6_MTU_DISCOVER; PMTUDISC_PROBE sets DF and ignores the cached
-# path MTU (what an MTU probe needs); other datagrams keep the socket's default (fragment when needed).
-IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", None)
-IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", None)
-PMTUDISC_PROBE = 3
 
 
 def _norm_ip(ip: str) -> str:
@@ -125,12 +122,17 @@ class EventLoop:
         bind: str = "0.0.0.0",
         port: int = 0,
         utp_config: UtpConfig | None = None,
+        interface: str | None = None,
     ) -> None:
+        """``bind``: source address of every socket (0.0.0.0/:: = any); ``interface``: SO_BINDTODEVICE
+        for every socket, and networking pauses while that device is down or gone (ifwatch.py)."""
         self.session = session
         self.clock = clock
         self.hasher = hasher
         self.bind = bind
         self.port = port
+        self.source = Source.from_bind(bind, interface)
+        self.watch = InterfaceWatch(interface) if interface is not None else None
         self.sel = selectors.DefaultSelector()
         self._peers: dict[int, _PeerSock] = {}
         self._http: dict[int, _HttpTxn] = {}
@@ -174,41 +176,74 @@ class EventLoop:
             pass
 
     def open(self) -> int:
-        """Bind the TCP listener and the UDP socket on the same port; returns the port."""
-        fam = socket.AF_INET6 if ":" in self.bind else socket.AF_INET
-        ls = socket.socket(fam, socket.SOCK_STREAM)
-        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if fam == socket.AF_INET6:
-            ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        ls.bind((self.bind, self.port))
-        ls.listen(128)
-        ls.setblocking(False)
+        """Bind the TCP listener and the UDP socket on the same port; returns the port.
+
+        With an interface that is missing (or whose sockets cannot be opened yet), networking starts
+        paused and the sockets are opened when it appears (the port is 0 until then if 0 was asked).
+        """
+        if self.watch is None:
+            self._open_sockets()
+        else:
+            self._check_link(self.clock.now())
+        return self.port
+
+    def _open_sockets(self) -> None:
+        ls, us = open_listen_sockets(self.bind, self.port, self.source.interface, udp_buf=UDP_SOCK_BUF)
         self.port = ls.getsockname()[1]
-        self._listener = ls
+        self._listener, self._udp = ls, us
         self.sel.register(ls, selectors.EVENT_READ, ("listen", None))
-        us = socket.socket(fam, socket.SOCK_DGRAM)
-        if fam == socket.AF_INET6:
-            us.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        try:
-            us.bind((self.bind, self.port))
-        except OSError:
-            us.bind((self.bind, 0))
-        us.setblocking(False)
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            try:
-                us.setsockopt(socket.SOL_SOCKET, opt, UDP_SOCK_BUF)
-            except OSError as e:
-                log.warning("cannot set UDP socket buffer: %s", e)
         self.udp_buffers = (
             us.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
             us.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
         )
         log.debug("UDP socket buffers granted: rcv %d, snd %d bytes", *self.udp_buffers)
-        self._udp_v6 = fam == socket.AF_INET6
-        self._udp = us
+        self._udp_v6 = us.family == socket.AF_INET6
         self.sel.register(us, selectors.EVENT_READ, ("udp", None))
         self.session.set_listen(self.bind, self.port)
-        return self.port
+
+    # ------------------------------------------------------------------ the bound interface (ifwatch.py)
+
+    @property
+    def paused_reason(self) -> str | None:
+        """Why networking is paused (the bound interface is down or gone); None while it runs."""
+        return self.watch.paused if self.watch is not None else None
+
+    def _check_link(self, now: float) -> None:
+        """Read the interface state (at most once per second) and pause, resume or rebind."""
+        watch = self.watch
+        if watch is None or not watch.due(now):
+            return
+        before = watch.paused
+        state = link_state(watch.name)
+        dec = watch.observe(state, now=now)
+        if dec.close_sockets:
+            self._drop_network(f"interface {watch.name} is gone", now)
+        if dec.open_sockets and state.index is not None:
+            try:
+                self._open_sockets()
+            except OSError as e:
+                watch.sockets_failed(e.strerror or str(e))
+            else:
+                watch.sockets_opened(state.index)
+                log.info("listening on %s:%d on interface %s", self.bind, self.port, watch.name)
+        if watch.paused != before:
+            if watch.paused is not None:
+                log.warning("networking paused: %s", watch.paused)
+            else:
+                log.info("interface %s is up: networking resumes", watch.name)
+            self.session.set_network_paused(watch.paused, now=now)
+
+    def _drop_network(self, reason: str, now: float) -> None:
+        """The device the sockets were bound to is gone: close every connection and both sockets."""
+        for cid in list(self.session.conns):
+            self.session.close(cid, CloseReason.IO_ERROR, reason)
+        self._perform(now)
+        if self._utp is not None:
+            self._utp.reset_all()
+            self._utp.datagrams_to_send(now=now)  # nowhere to send them: discarded
+        for txn in list(self._http.values()):
+            self._http_fail(txn, reason, now)
+        self._close_socks(self._listener, self._udp)
 
     def request_stop(self) -> None:
         self._stop_requested = True
@@ -227,7 +262,11 @@ class EventLoop:
             self._utp_send(self.clock.now())
         for txn in list(self._http.values()):
             self._http_close(txn)
-        for s in (self._listener, self._udp, self._wake_r, self._wake_w):
+        self._close_socks(self._listener, self._udp, self._wake_r, self._wake_w)
+        self.sel.close()
+
+    def _close_socks(self, *socks: socket.socket | None) -> None:
+        for s in socks:
             if s is not None:
                 try:
                     self.sel.unregister(s)
@@ -235,7 +274,6 @@ class EventLoop:
                     pass
                 s.close()
         self._listener = self._udp = None
-        self.sel.close()
 
     # ------------------------------------------------------------------ main loop
 
@@ -298,6 +336,8 @@ class EventLoop:
                 self.session.faults.record(FaultKind.DATAGRAM, "uTP timers", e)
         if now >= self._next_tick:
             self._next_tick = now + TICK_S
+            if self.watch is not None:
+                self._check_link(now)
             if tick_session:
                 self.session.tick(now=now)
             self._tick_trackers(now)
@@ -334,7 +374,9 @@ class EventLoop:
             if not acts:
                 return
             for a in acts:
-                if isinstance(a, Dial):
+                if isinstance(a, Dial) and self.paused_reason is not None:
+                    self.session.on_closed(a.cid, CloseReason.CONNECT_FAILED, f"paused: {self.paused_reason}", now=now)
+                elif isinstance(a, Dial):
                     if not _is_ip(a.addr[0]):
                         self._resolve_dial(a, now)
                     elif a.transport == "utp":
@@ -374,7 +416,7 @@ class EventLoop:
         # IPv4 first (what a dial by name did before); IPv6 only where the socket can reach it.
         v4 = [i for i in infos if i[0] == socket.AF_INET]
         v6 = [i for i in infos if i[0] == socket.AF_INET6 and (a.transport != "utp" or self._udp_v6)]
-        usable = v4 + v6
+        usable = [i for i in v4 + v6 if self.source.reaches(i[4][0])]  # a v4 source cannot reach v6
         if not usable:
             self.session.on_closed(a.cid, CloseReason.CONNECT_FAILED, f"no usable address for {a.addr[0]}", now=now)
             return
@@ -388,14 +430,18 @@ class EventLoop:
         ip, port = addr
         fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
         self.counters["dials"] += 1
+        if not self.source.reaches(ip):
+            self.session.on_closed(cid, CloseReason.CONNECT_FAILED, f"{ip} is not reachable from {self.bind}", now=now)
+            return
         try:
             s = socket.socket(fam, socket.SOCK_STREAM)
         except OSError as e:
             self.session.on_closed(cid, CloseReason.CONNECT_FAILED, str(e), now=now)
             return
         s.setblocking(False)
-        self._tune(s)
+        tune_tcp(s, SOCK_BUF)
         try:
+            self.source.prepare(s)  # the bound address / interface (issue 10): nothing leaves elsewhere
             err = s.connect_ex((ip, port))
         except OSError as e:
             s.close()
@@ -408,15 +454,6 @@ class EventLoop:
         ps = _PeerSock(cid, s, connecting=True)
         self._peers[cid] = ps
         self._set_events(ps, selectors.EVENT_WRITE)
-
-    @staticmethod
-    def _tune(s: socket.socket) -> None:
-        try:
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCK_BUF)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCK_BUF)
-        except OSError:
-            pass
 
     def _set_events(self, ps: _PeerSock, events: int) -> None:
         if events == ps.events:
@@ -466,7 +503,7 @@ class EventLoop:
                 continue
             self.counters["accepted"] += 1
             s.setblocking(False)
-            self._tune(s)
+            tune_tcp(s, SOCK_BUF)
             ps = _PeerSock(cid, s, connecting=False)
             self._peers[cid] = ps
             self._set_events(ps, selectors.EVENT_READ)
@@ -630,7 +667,8 @@ class EventLoop:
             if res.error is not None or not res.value:
                 self._http_fail(txn, f"cannot resolve {txn.req.host}: {res.error}", now)
                 return
-            infos: Any = res.value
+            found: Any = res.value
+            infos: Any = [i for i in found if self.source.reaches(i[4][0])] or found
             fam, _, _, _, sockaddr = infos[0]
             self._http_connect(txn, fam, sockaddr, now)
         elif tag[0] == "dns-udp":
@@ -638,10 +676,13 @@ class EventLoop:
             if ut is None:
                 return
             ut.resolving = False
-            infos = res.value
+            found = res.value or ()
+            infos = [i for i in found if self._udp_reaches(i[4][0])]
             if res.error is not None or not infos:
+                why = f"cannot resolve: {res.error}" if res.error is not None or not found else (
+                    f"no address reachable from the UDP socket on {self.bind}")
                 for info_hash, job, _ in ut.pending:
-                    self.session.on_announce_result(info_hash, job, None, f"cannot resolve: {res.error}", now=now)
+                    self.session.on_announce_result(info_hash, job, None, why, now=now)
                 ut.pending.clear()
                 return
             ut.addr = (_norm_ip(infos[0][4][0]), infos[0][4][1])
@@ -651,6 +692,9 @@ class EventLoop:
 
     def _announce(self, info_hash: bytes, job: AnnounceJob, params: AnnounceParams, now: float) -> None:
         url = job.url
+        if self.paused_reason is not None:
+            self.session.on_announce_result(info_hash, job, None, f"paused: {self.paused_reason}", now=now)
+            return
         if url.startswith(("http://", "https://")):
             self._http_start(info_hash, job, params, url, now, redirects=0)
         elif url.startswith("udp://"):
@@ -691,11 +735,20 @@ class EventLoop:
             )
 
     def _http_connect(self, txn: _HttpTxn, fam: int, sockaddr: Any, now: float) -> None:
+        if not self.source.reaches(sockaddr[0]):
+            self._http_fail(txn, f"{sockaddr[0]} is not reachable from {self.bind}", now)
+            return
         try:
             s = socket.socket(fam, socket.SOCK_STREAM)
+        except OSError as e:
+            self._http_fail(txn, str(e), now)
+            return
+        try:
             s.setblocking(False)
+            self.source.prepare(s)  # the bound address / interface (issue 10)
             err = s.connect_ex(sockaddr)
         except OSError as e:
+            s.close()
             self._http_fail(txn, str(e), now)
             return
         if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
@@ -786,6 +839,12 @@ class EventLoop:
                 return
             host, port = parsed.host, parsed.port
             if _is_ip(host):
+                if not self._udp_reaches(host):
+                    ut.pending.pop()
+                    self.session.on_announce_result(info_hash, job, None,
+                                                    f"{host} is not reachable from the UDP socket on {self.bind}",
+                                                    now=now)
+                    return
                 ut.addr = (host, port)
             else:
                 if not self.hasher.can_submit():
@@ -852,6 +911,10 @@ class EventLoop:
 
     # ------------------------------------------------------------------ uTP (BEP 29) peers
 
+    def _udp_reaches(self, ip: str) -> bool:
+        """The one UDP socket is bound to the bind address: a v4 socket cannot reach a v6 tracker."""
+        return self.source.reaches(ip) and (self._udp_v6 or ":" not in ip)
+
     def _udp_addr(self, addr: Addr) -> Addr:
         """Destination for sendto(): an IPv4 address needs its mapped form on a dual-stack socket."""
         if self._udp_v6 and ":" not in addr[0]:
@@ -862,6 +925,10 @@ class EventLoop:
         self.counters["dials"] += 1
         if self._utp is None or self._udp is None:
             self.session.on_closed(cid, CloseReason.CONNECT_FAILED, "uTP is not enabled", now=now)
+            return
+        if not self.source.reaches(addr[0]):
+            self.session.on_closed(cid, CloseReason.CONNECT_FAILED, f"{addr[0]} is not reachable from {self.bind}",
+                                   now=now)
             return
         self._utp.dial(cid, (_norm_ip(addr[0]), addr[1]), now=now)
 
@@ -885,30 +952,12 @@ class EventLoop:
 
     def _send_probe(self, sock: socket.socket, dgram: bytes, addr: Addr) -> None:
         """Send a uTP MTU probe with the don't-fragment bit (utp_mtu); a probe that cannot go is lost."""
-        opts = []
-        if IP_MTU_DISCOVER is not None:
-            opts.append((socket.IPPROTO_IP, IP_MTU_DISCOVER))
-        if self._udp_v6 and IPV6_MTU_DISCOVER is not None:
-            opts.append((socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER))
-        saved = []
-        for level, opt in opts:
-            try:
-                saved.append((level, opt, sock.getsockopt(level, opt)))
-                sock.setsockopt(level, opt, PMTUDISC_PROBE)
-            except OSError:
-                pass
         try:
-            sock.sendto(dgram, self._udp_addr(addr))
+            send_probe(sock, dgram, self._udp_addr(addr))
             self.counters["utp_mtu_probes"] += 1
         except OSError as e:  # EMSGSIZE: larger than the interface MTU; it is retransmitted without DF
             self.counters["udp_send_errors"] += 1
             log.debug("uTP MTU probe of %d bytes to %s not sent: %s", len(dgram), addr, e)
-        finally:
-            for level, opt, value in saved:
-                try:
-                    sock.setsockopt(level, opt, value)
-                except OSError:
-                    pass
 
     def utp_stats(self) -> dict[str, int]:
         """The uTP multiplexer's counters (empty without uTP)."""

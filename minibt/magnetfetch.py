@@ -222,6 +222,7 @@ class MagnetFetch:
             "peers": len(self.links),
             "half_open": len(self.half_open),
             "candidates": len(self.candidates),
+            "paused": self.session.network_paused,
         }
 
     def add_peers(self, addrs: list[Addr], source: PeerSource) -> None:
@@ -444,6 +445,8 @@ class MagnetFetch:
             self.half_open.add(cid)
 
     def _poll_announcer(self, now: float) -> None:
+        if self.session.network_paused is not None:
+            return  # the announce waits until the bound interface is back (issue 10)
         job = self.announcer.poll(now=now)
         if job is None:
             return

@@ -394,7 +394,8 @@ class Runner:
         except ConfigError as e:
             log.error("reload refused, keeping the running configuration: %s", e)
             return
-        for key in ("listen_port", "bind", "state_dir", "transports", "memory_budget_bytes", "max_connections"):
+        for key in ("listen_port", "bind", "interface", "state_dir", "transports", "memory_budget_bytes",
+                    "max_connections"):
             if getattr(new, key) != getattr(self.cfg, key):
                 log.warning("reload: %s changed; it takes effect at the next restart", key)
         old_entries = {ih: j.entry for ih, j in self.jobs.items() if not j.entry.source.startswith(self._watched_dir())}
@@ -413,7 +414,8 @@ class Runner:
                 job.torrent.add_candidates(list(upd.peers), _user_source(), now=self.client.clock.now())
         self._pending_add.extend(plan.add)
         self.cfg = dataclasses.replace(
-            new, listen_port=self.cfg.listen_port, bind=self.cfg.bind, state_dir=self.cfg.state_dir,
+            new, listen_port=self.cfg.listen_port, bind=self.cfg.bind, interface=self.cfg.interface,
+            state_dir=self.cfg.state_dir,
             transports=self.cfg.transports, memory_budget_bytes=self.cfg.memory_budget_bytes,
         )
         _set_log_level(self.cfg.log_level)
@@ -609,6 +611,7 @@ class Runner:
         return {
             "version": 1, "pid": os.getpid(), "running": self.stop_signal is None, "mode": "once" if self.once else "daemon",
             "config": self.cfg.path, "listen_port": client.port, "started_at": self.started_wall,
+            "paused": client.paused_reason,
             "updated_at": client.clock.wall(), "process": proc,
             "limits": {**dataclasses.asdict(self.limits), "memory_budget_bytes": self.cfg.memory_budget_bytes,
                        "upload_limit_bps": up_limit, "download_limit_bps": down_limit,
@@ -735,7 +738,7 @@ def _run_locked(cfg: Config, *, once: bool, max_time_s: float | None, until_min:
     scfg = SessionConfig(max_connections=limits.max_connections, transports=cfg.transports,
                          upload_limit_bps=cfg.upload_limit_bps, download_limit_bps=cfg.download_limit_bps)
     try:
-        client = Client(bind=cfg.bind, port=cfg.listen_port, state_dir=cfg.state_dir, config=scfg,
+        client = Client(bind=cfg.bind, port=cfg.listen_port, state_dir=cfg.state_dir, config=scfg, interface=cfg.interface,
                         hash_threads=1 if cfg.memory_budget_bytes < (64 << 20) else 2)
     except OSError as e:
         _stderr(f"cannot listen on {cfg.bind}:{cfg.listen_port}: {e.strerror or e}")

@@ -134,6 +134,9 @@ class Session:
         self.closed_log: list[tuple[int, Addr, CloseReason, str]] = []  # bounded, newest last
         self.events = EventQueue()  # public API events; off until a Client enables it (minibt/events.py)
         self.faults = Faults()  # contained faults while handling outside input (STYLE.md section 13)
+        # Why networking is paused (the bound interface is down or gone, ifwatch.py): no dials, and
+        # torrents hold their announces until it is None again.
+        self.network_paused: str | None = None
         self._init_rate_limits()
 
     # ------------------------------------------------------------------ setup
@@ -143,6 +146,11 @@ class Session:
         self.listen_port = port
         if ip not in ("0.0.0.0", "::"):
             self._local_ips.add(ip)
+
+    def set_network_paused(self, reason: str | None, *, now: float) -> None:
+        """The loop saw the bound interface go down (``reason``) or come back (None)."""
+        self._now = now
+        self.network_paused = reason
 
     def own_addresses(self) -> set[Addr]:
         return {(ip, self.listen_port) for ip in self._local_ips}
@@ -305,7 +313,7 @@ class Session:
         )
 
     def dial(self, torrent: Torrent | MagnetFetch, addr: Addr, source: PeerSource, *, now: float) -> int | None:
-        if len(self.conns) >= self.config.max_connections:
+        if len(self.conns) >= self.config.max_connections or self.network_paused is not None:
             return None
         cid = self._new_cid()
         hs = self._handshake(torrent.info_hash, now)
@@ -324,6 +332,8 @@ class Session:
     def _fall_back(self, conn: PeerConnection, reason: CloseReason, detail: str, now: float) -> bool:
         """Redial an outgoing connection that failed before the BT handshake on its next transport."""
         if not conn.outgoing or conn.wire is not None or not conn.fallbacks or reason not in FALLBACK_REASONS:
+            return False
+        if self.network_paused is not None:
             return False
         t = self._torrent_of.get(conn.cid) or self._fetch_of.get(conn.cid)
         if t is None:

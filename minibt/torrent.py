@@ -651,6 +651,8 @@ class Torrent:
             self.download.fill(peer, now)
 
     def _poll_announcer(self, now: float) -> None:
+        if self.session.network_paused is not None:
+            return  # the announce waits until the bound interface is back (issue 10)
         job = self.announcer.poll(now=now)
         if job is None:
             return
@@ -792,5 +794,5 @@ class Torrent:
             "banned": sorted(self.session.reputation.banned()),
             "super_seeding": self.superseed is not None,
             "disk_error": self.disk_error,
-            "paused": self.paused_reason,
+            "paused": self.session.network_paused or self.paused_reason,
         }

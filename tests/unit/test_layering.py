@@ -11,7 +11,7 @@ PKG = Path(__file__).resolve().parents[2] / "minibt"
 
 # module name -> the only minibt module allowed to import it
 RESTRICTED = {
-    "socket": {"loop.py"},
+    "socket": {"loop.py", "netif.py"},  # netif.py: socket options and interface state for the loop
     "selectors": {"loop.py"},
     "select": {"loop.py"},
     "ssl": {"loop.py", "tracker.py"},  # tracker.py uses ssl.MemoryBIO only: no sockets

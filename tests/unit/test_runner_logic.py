@@ -232,6 +232,7 @@ class FakeSession:
 
 class FakeClient:
     port = 6881
+    paused_reason: str | None = None
 
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
