@@ -36,6 +36,7 @@ from hypothesis import strategies as st
 from minibt import bencode
 from minibt.config import parse_config
 from minibt.errors import ConfigError, MagnetError, MetainfoError, TrackerError
+from minibt.filenames import MAX_PATH_BYTES, FsRules, collision_key, disk_element_problem, map_paths
 from minibt.magnet import make_magnet, parse_magnet
 from minibt.metainfo import describe, metainfo_from_info, parse_metainfo
 from minibt.tracker import (
@@ -176,13 +177,17 @@ metainfo_inputs = st.one_of(
 
 
 def _path_limits(name: str, meta: Any) -> None:
-    # What the OS can create (Linux NAME_MAX 255 bytes, PATH_MAX 4096): a torrent whose paths
-    # cannot exist must be refused at parse time, not when the files are opened.
-    for f in meta.files[:200]:
-        parts = (meta.name, *f.path) if meta.multi_file else (meta.name,)
-        enc = [p.encode("utf-8", "surrogateescape") for p in parts]
-        check(name, "path-limits", all(len(p) <= 255 for p in enc) and len(b"/".join(enc)) <= 4096,
-              f"accepted a path of {len(parts)} elements, {len(b'/'.join(enc))} bytes")
+    # What the OS can create (NAME_MAX 255 bytes, PATH_MAX 4096): the disk names minibt plans for an
+    # accepted torrent, under either rule set, are safe single elements, fit, and never collide.
+    for rules in FsRules:
+        paths = [p for p in map_paths(meta.torrent_paths()[:200], rules) if p is not None]
+        for p in paths:
+            problems = [e for e in p if disk_element_problem(e) is not None]
+            size = len("/".join(p).encode("utf-8", "surrogatepass"))
+            check(name, "path-limits", not problems and size <= MAX_PATH_BYTES + 64,
+                  f"{rules.name}: disk path of {len(p)} elements, {size} bytes, bad elements {problems[:2]!r}")
+        keys = {tuple(collision_key(e, rules) for e in p) for p in paths}
+        check(name, "path-limits", len(keys) == len(paths), f"{rules.name}: two files on one disk path")
 
 
 def _run_metainfo(data: bytes) -> None:
