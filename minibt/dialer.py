@@ -17,7 +17,7 @@ from minibt.candidates import MAX_FAILS as MAX_FAILS
 from minibt.candidates import MAX_RETRY_S as MAX_RETRY_S
 from minibt.candidates import RETRY_S as PEER_RETRY_S
 from minibt.candidates import USER_RETRY_S as USER_RETRY_S
-from minibt.candidates import CandidatePool
+from minibt.candidates import CandidateConfig, CandidatePool
 from minibt.peer import Addr, PeerConnection, PeerSource
 from minibt.pex import PexReceived
 from minibt.reputation import Reputation
@@ -44,6 +44,7 @@ class Dialer:
         max_peers: int,
         max_half_open: int,
         client_addr: Addr | None = None,
+        max_candidates: int = MAX_CANDIDATES,
     ) -> None:
         """``client_addr``: our address as peers see it, for BEP 40 priorities (None: unknown yet)."""
         self._host = host
@@ -52,7 +53,7 @@ class Dialer:
         self._reputation = reputation
         self._max_peers = max_peers
         self._max_half_open = max_half_open
-        self.candidates = CandidatePool(client_addr=client_addr)
+        self.candidates = CandidatePool(client_addr=client_addr, config=CandidateConfig(max_candidates=max_candidates))
         self._client_known = client_addr is not None
 
     def peer_saw_us_as(self, ip: str, port: int) -> None:

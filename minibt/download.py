@@ -27,6 +27,7 @@ from minibt.storage import Storage
 log = logging.getLogger(__name__)
 
 BLOCK_LEN = 16384  # BEP 3: requests are 2^14 bytes
+MAX_ALLOWED_FAST_IN = 32  # convention: allowed-fast pieces kept per peer (BEP 6 suggests 10; libtorrent sends 5)
 SNUB_TIMEOUT_S = 30.0  # no block for this long with requests out => snubbed, requests re-issued
 SNUBBED_QUEUE_DEPTH = 1  # convention (libtorrent): a snubbed peer gets one outstanding request
 
@@ -258,7 +259,8 @@ class Downloader:
             self.fill(peer, now)
 
     def on_allowed_fast(self, peer: PeerConnection, msg: w.AllowedFast, now: float) -> None:
-        peer.allowed_fast_in.add(msg.index)
+        if len(peer.allowed_fast_in) < MAX_ALLOWED_FAST_IN:  # one per piece otherwise (STYLE.md 7)
+            peer.allowed_fast_in.add(msg.index)
         assert peer.wire is not None
         if peer.wire.peer_choking:
             self.fill(peer, now)

@@ -14,6 +14,10 @@ from minibt.peer import PeerConnection
 CLIENT_VERSION = b"minibt 0.1.0"  # BEP 10 'v'
 MAX_PEER_REQQ = 2000  # convention: the largest 'reqq' of a peer we believe
 MAX_CLIENT_NAME_BYTES = 64  # convention: how much of a peer's 'v' we keep
+# What PeerConnection.ext keeps of the peer's handshake: BEP 21 'upload_only', BEP 6-era 'e', BEP 10
+# 'yourip', 'p', 'reqq', 'v', BEP 9 'metadata_size'; byte strings up to MAX_KEPT_VALUE_BYTES.
+KEPT_KEYS = frozenset((b"e", b"upload_only", b"yourip", b"p", b"reqq", b"v", b"metadata_size"))
+MAX_KEPT_VALUE_BYTES = 64
 # Our local extended-message ids (BEP 10: the peer sends us these ids; 0 would mean disabled).
 LOCAL_UT_PEX_ID = 1
 LOCAL_UT_METADATA_ID = 2
@@ -40,7 +44,10 @@ def our_handshake(
 
 def apply_peer_handshake(peer: PeerConnection, d: dict[bytes, object]) -> None:
     """Keep what the peer's extension handshake ``d`` says; ignore entries of the wrong type."""
-    peer.ext = d
+    # Only the scalars someone reads: the whole dict (up to EXT_HANDSHAKE_MAX_TOKENS) could be ~100x
+    # its bencoded size in Python objects, per connection.
+    peer.ext = {k: v for k, v in d.items() if k in KEPT_KEYS and (isinstance(v, int) or
+                                                               (isinstance(v, bytes) and len(v) <= MAX_KEPT_VALUE_BYTES))}
     m = d.get(b"m")
     if isinstance(m, dict):
         peer.ext_ids = {

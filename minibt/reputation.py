@@ -27,6 +27,9 @@ PIECE_BAD_POINTS = 20
 MAX_IPS = 4096  # bounded table (STYLE.md section 7)
 MAX_LEDGER_PIECES = 64
 MAX_LEDGER_ATTEMPTS = 8  # failed attempts remembered per piece
+# Block records in the whole ledger (oldest pieces dropped beyond): 64 pieces x 8 attempts of a 4 MiB piece
+# would be 131,072 records (~20 MiB); this is ~0.6 MiB (budget.py SESSION_TABLES_BYTES).  Convention.
+MAX_LEDGER_RECORDS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,7 @@ class Reputation:
         self._banned: dict[str, str] = {}
         # (torrent key, piece) -> one list of block records per failed attempt
         self._ledger: OrderedDict[tuple[bytes, int], list[list[BlockRecord]]] = OrderedDict()
+        self._ledger_records = 0
         self.counters = {"pieces_blamed": 0, "honest_spared": 0, "bans": 0}
 
     # ------------------------------------------------------------------ scores and bans
@@ -123,15 +127,28 @@ class Reputation:
         if len(ips) == 1:
             self.counters["pieces_blamed"] += 1
             return self.adjust(next(iter(ips)), -PIECE_BAD_POINTS, f"sent corrupt data (piece {piece})")
+        if len(blocks) > MAX_LEDGER_RECORDS:
+            return []  # a piece of more than 4096 blocks (64 MiB): nobody is blamed for it
         entry = self._ledger.get((key, piece))
         if entry is None:
             entry = self._ledger[(key, piece)] = []
-            while len(self._ledger) > self._max_ledger:
-                self._ledger.popitem(last=False)
         self._ledger.move_to_end((key, piece))
         if len(entry) < MAX_LEDGER_ATTEMPTS:
             entry.append(list(blocks))
+            self._ledger_records += len(blocks)
+        while len(self._ledger) > self._max_ledger or self._ledger_records > MAX_LEDGER_RECORDS:
+            self._drop_ledger(next(iter(self._ledger)))
         return []
+
+    def _drop_ledger(self, k: tuple[bytes, int]) -> list[list[BlockRecord]] | None:
+        entry = self._ledger.pop(k, None)
+        if entry is not None:
+            self._ledger_records -= sum(len(a) for a in entry)
+        return entry
+
+    def ledger_records(self) -> int:
+        """Block records held by the smart-ban ledger (at most MAX_LEDGER_RECORDS)."""
+        return self._ledger_records
 
     def has_ledger(self, key: bytes, piece: int) -> bool:
         return (key, piece) in self._ledger
@@ -146,7 +163,7 @@ class Reputation:
         """
         events: list[RepEvent] = []
         liars: set[str] = set()
-        entry = self._ledger.pop((key, piece), None)
+        entry = self._drop_ledger((key, piece))
         if entry is not None and good_digests is not None:
             honest: set[str] = set()
             for attempt in entry:
@@ -164,4 +181,4 @@ class Reputation:
 
     def forget_torrent(self, key: bytes) -> None:
         for k in [k for k in self._ledger if k[0] == key]:
-            del self._ledger[k]
+            self._drop_ledger(k)

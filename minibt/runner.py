@@ -54,6 +54,7 @@ from minibt.session import SessionConfig
 from minibt.statusfile import LOCK_NAME as LOCK_NAME
 from minibt.statusfile import RunLock, read_json, write_atomic, write_json_atomic
 from minibt.torrent import Torrent, TorrentConfig, TorrentState
+from minibt.utp_config import UtpConfig
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ class Runner:
         lim = self.limits
         return TorrentConfig(
             max_peers=lim.max_peers, cache_bytes=lim.cache_bytes, upload_outbox_bytes=lim.outbox_bytes,
+            max_incoming_requests=lim.incoming_requests, max_candidates=lim.max_candidates,
             resume_interval_s=self.cfg.resume_interval_s, disk_retry_s=self.cfg.disk_retry_s,
             wanted_files=entry.file_indexes,
         )
@@ -729,8 +731,10 @@ def run_main(config_path: str, *, once: bool, max_time_s: float | None, until_mi
 
 def _run_locked(cfg: Config, *, once: bool, max_time_s: float | None, until_min: int | None) -> int:
     n = len([e for e in cfg.torrents if not once or e.mode == "download"])
+    metas = [e.meta for e in cfg.torrents if e.meta is not None]
     limits = fit_budget(cfg.memory_budget_bytes, torrents=n, max_connections=cfg.max_connections,
-                        max_peers=cfg.max_peers_per_torrent)
+                        max_peers=cfg.max_peers_per_torrent, num_pieces=max((m.num_pieces for m in metas), default=0),
+                        piece_length=max((m.piece_length for m in metas), default=0), utp="utp" in cfg.transports)
     warning = over_budget_message(limits, cfg.memory_budget_bytes, torrents=n)
     if warning is not None:
         log.warning("%s", warning)
@@ -739,7 +743,10 @@ def _run_locked(cfg: Config, *, once: bool, max_time_s: float | None, until_min:
                          upload_limit_bps=cfg.upload_limit_bps, download_limit_bps=cfg.download_limit_bps)
     try:
         client = Client(bind=cfg.bind, port=cfg.listen_port, state_dir=cfg.state_dir, config=scfg, interface=cfg.interface,
-                        hash_threads=1 if cfg.memory_budget_bytes < (64 << 20) else 2)
+                        hash_threads=1 if cfg.memory_budget_bytes < (64 << 20) else 2,
+                        utp_config=UtpConfig(send_buffer_bytes=limits.utp_buffer_bytes,
+                                             reorder_buffer_bytes=limits.utp_buffer_bytes)
+                        if limits.utp_buffer_bytes else None)
     except OSError as e:
         _stderr(f"cannot listen on {cfg.bind}:{cfg.listen_port}: {e.strerror or e}")
         return EXIT_FAIL

@@ -144,7 +144,7 @@ class Torrent:
         )
         self.dialer = Dialer(
             self, peers=self.peers, half_open=self.half_open, reputation=session.reputation,
-            max_peers=config.max_peers, max_half_open=config.max_half_open,
+            max_peers=config.max_peers, max_half_open=config.max_half_open, max_candidates=config.max_candidates,
             client_addr=None if session.listen_ip in ("0.0.0.0", "::") else (session.listen_ip, session.listen_port),
         )
         self._superseeding = SuperSeeding(  # active while super-seeding (BEP 16)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from minibt.candidates import DEFAULT_MAX_CANDIDATES
 from minibt.pex import PEX_SEND_INTERVAL_S, PexConfig
 
 
@@ -20,6 +21,7 @@ class TorrentState(enum.Enum):
 class TorrentConfig:
     max_peers: int = 50
     max_half_open: int = 8
+    max_candidates: int = DEFAULT_MAX_CANDIDATES  # addresses kept to dial (candidates.py); budget.py may lower it
     cache_bytes: int = 16 * 1024 * 1024
     request_queue_min: int = 16
     request_queue_max: int = 250  # stay under libtorrent's 'reqq' (PROTOCOL.md 7.13)

@@ -59,6 +59,10 @@ if TYPE_CHECKING:  # re-exported lazily at run time (see __getattr__): utp_mux i
 DUP_ACK_LIMIT = 3  # BEP 29 'packet loss': 3 duplicate ACKs / 3 packets SACKed past the hole
 MAX_OUTSTANDING_PACKETS = 1024  # minibt convention: bounds the send window in packets (< HALF_SEQ)
 MAX_REORDER_DISTANCE = 2048  # minibt convention: packets further than this past ack_nr are dropped
+# minibt convention: out-of-order packets held per reorder_buffer_bytes // this.  Each one also costs
+# ~70 bytes of dict entry and bytes header, so 1-byte packets would otherwise hold 2048 x 70 bytes
+# whatever the buffer size (budget.py, tests/unit/test_budget_accounting.py).
+REORDER_MIN_AVG_PAYLOAD = 256
 MAX_RTO_S = 60.0  # minibt convention: cap of the doubled retransmission timeout
 KiB = 1024
 
@@ -710,6 +714,7 @@ class UtpConnection:
                 dist > MAX_REORDER_DISTANCE
                 or seq in self._reorder
                 or self._reorder_bytes + len(payload) > self._cfg.reorder_buffer_bytes
+                or len(self._reorder) >= max(4, self._cfg.reorder_buffer_bytes // REORDER_MIN_AVG_PAYLOAD)
             ):
                 n["reorder_drops" if seq not in self._reorder else "dup_packets"] += 1
                 return

@@ -38,7 +38,10 @@ ALLOWED_FAST = 0x11  # BEP 6
 EXTENDED = 20  # BEP 10
 
 BLOCK_LEN = 16 * 1024  # BEP 3: "All current implementations use 2^14 (16 kiB)"
-MAX_EXT_LEN = 1024 * 1024  # minibt convention (libtorrent closes on frames > 1 MiB)
+# minibt convention: twice the largest extended message in use (a BEP 9 ut_metadata piece: 16 KiB plus
+# its dict); BEP 10 handshakes, ut_pex and ut_holepunch are far smaller.  The receive buffer holds one
+# partial frame per connection, so this bounds it (budget.py).  libtorrent closes on frames > 1 MiB.
+MAX_EXT_LEN = 32 * 1024
 EXT_HANDSHAKE_ID = 0  # BEP 10: extended message id 0 is the handshake
 # Convention: a BEP 10 handshake is a shallow dict (libtorrent's has ~40 tokens).  Without a cap a
 # peer could hand the session a 2000-level structure that breaks any recursive use (==, repr).

@@ -34,7 +34,7 @@ def test_peer_handshake_is_kept_within_bounds() -> None:
         b"v": b"\xce\xbcTorrent 3.6" + b"x" * 100,
     }
     apply_peer_handshake(c, d)
-    assert c.ext is d
+    assert c.ext == {b"reqq": 10**9, b"p": 51413}  # 'm' is in ext_ids; a 112-byte 'v' is over the kept size
     assert c.ext_ids == {"ut_pex": 1, "ut_metadata": 3}
     assert c.reqq == MAX_PEER_REQQ and c.listen_port == 51413
     assert c.client_name.startswith("\u03bcTorrent 3.6") and len(c.client_name.encode()) <= MAX_CLIENT_NAME_BYTES

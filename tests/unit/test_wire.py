@@ -37,6 +37,7 @@ from minibt.wire import (
     decode,
     encode,
 )
+from minibt.wire_codec import MAX_EXT_LEN
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "bep3"
 
@@ -417,24 +418,24 @@ def test_ext_handshake_must_be_strict_bencoded_dict(payload: bytes) -> None:
 
 def test_unknown_id_skipped_without_buffering() -> None:
     wire = make_wire()
-    big = 1000 * 1000
+    big = MAX_EXT_LEN
     assert wire.receive_data(struct.pack(">IB", 1 + big, 42) + b"\x00" * 100, now=0.0) == []
     assert wire.stats()["rx_buffered"] == 0
     for _ in range(9):
-        assert wire.receive_data(b"\x00" * 100000, now=0.0) == []
+        assert wire.receive_data(b"\x00" * (big // 10), now=0.0) == []
         assert wire.stats()["rx_buffered"] == 0
-    assert wire.receive_data(b"\x00" * (big - 100 - 900000) + encode(Have(5)), now=0.0) == [Have(5)]
+    assert wire.receive_data(b"\x00" * (big - 100 - 9 * (big // 10)) + encode(Have(5)), now=0.0) == [Have(5)]
     assert wire.stats()["in_unknown"] == 1
 
 
 def test_unknown_id_over_max_frame_rejected() -> None:
-    expect_error(make_wire(), struct.pack(">IB", 2 + MIB + 1, 42), CloseReason.MESSAGE_TOO_LARGE)
+    expect_error(make_wire(), struct.pack(">IB", 2 + MAX_EXT_LEN + 1, 42), CloseReason.MESSAGE_TOO_LARGE)
 
 
 def test_receive_buffer_holds_at_most_one_partial_frame(rng: random.Random) -> None:
     data, _ = sample_stream(rng)
     wire = make_wire()
-    max_frame = 4 + 2 + MIB
+    max_frame = 4 + 2 + MAX_EXT_LEN
     for off in range(0, len(data), 7000):
         wire.receive_data(data[off : off + 7000], now=0.0)
         assert wire.stats()["rx_buffered"] < min(max_frame, 4 + 9 + 16384)
