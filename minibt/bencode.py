@@ -32,6 +32,18 @@ MAX_LEN_DIGITS = 20
 _STR_LEN = re.compile(rb"(0|[1-9][0-9]{0,%d}):" % (MAX_LEN_DIGITS - 1))
 _INT = re.compile(rb"i(?:0|-?[1-9][0-9]{0,%d})e" % (MAX_INT_DIGITS - 1))
 
+
+def _string_span(buf: bytes | bytearray | memoryview, pos: int, n: int) -> tuple[int, int]:
+    """The ``(body, end)`` offsets of the bencode string whose length prefix starts at ``pos``."""
+    m = _STR_LEN.match(buf, pos)
+    if m is None:
+        raise BencodeError(f"invalid string length at byte {pos}")
+    body = m.end()
+    end = body + int(m.group(1))
+    if end > n:
+        raise BencodeError(f"truncated string at byte {pos}: {end - body} bytes announced, {n - body} present")
+    return body, end
+
 # Container states kept on the scan stack.
 _LIST = 0
 _DICT_KEY = 1  # a dict that expects a key (or its closing 'e') next
@@ -82,15 +94,7 @@ def _scan(
                 raise BencodeError(f"more than {max_tokens} tokens (at byte {pos})")
             top = stack[-1] if stack else _LIST
             if 0x30 <= c <= 0x39:
-                m = _STR_LEN.match(data, pos)
-                if m is None:
-                    raise BencodeError(f"invalid string length at byte {pos}")
-                body = m.end()
-                end = body + int(m.group(1))
-                if end > n:
-                    raise BencodeError(
-                        f"truncated string at byte {pos}: {end - body} bytes announced, {n - body} present"
-                    )
+                body, end = _string_span(data, pos, n)
                 if top == _DICT_KEY:
                     stack[-1] = _DICT_VALUE
                     if want is not None and len(stack) == 1:
@@ -237,15 +241,7 @@ def decode_lenient_with_span(
             top = stack[-1] if stack else None
             expecting_key = top is not None and isinstance(top[0], dict) and top[1] is None
             if 0x30 <= c <= 0x39:
-                m = _STR_LEN.match(buf, pos)
-                if m is None:
-                    raise BencodeError(f"invalid string length at byte {pos}")
-                body = m.end()
-                end = body + int(m.group(1))
-                if end > n:
-                    raise BencodeError(
-                        f"truncated string at byte {pos}: {end - body} bytes announced, {n - body} present"
-                    )
+                body, end = _string_span(buf, pos, n)
                 s = bytes(buf[body:end])
                 pos = end
                 if expecting_key:
