@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from minibt.errors import CloseReason, LocalProtocolError
 from minibt.peer import PeerSource
 from minibt.pex import PEX_MAX_PEERS_PER_SOURCE, PexFlag, PexReceived, canonical_ip
-
-Addr = tuple[str, int]
+from minibt.urls import Addr
 
 DEFAULT_MAX_CANDIDATES = 1000  # convention: torrent.py's candidate cap
 PEX_SOURCE_SHARE = 4  # convention: one PEX source may fill at most 1/4 of the pool

@@ -24,8 +24,7 @@ from typing import Any, TypeGuard
 
 from minibt import bencode
 from minibt.errors import BencodeError, CloseReason, LocalProtocolError, PexError
-
-Addr = tuple[str, int]
+from minibt.urls import Addr
 
 PEX_EXT_NAME = "ut_pex"  # BEP 11: key in the BEP 10 handshake "m" dict
 PEX_MIN_INTERVAL_S = 60.0  # BEP 11: "no more than 1 PEX message per minute"

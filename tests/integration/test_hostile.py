@@ -27,7 +27,8 @@ from evil_peer import EvilPeer, Mode
 from minibt.client import Client
 from minibt.errors import CloseReason
 from minibt.metainfo import Metainfo, create_torrent, load_metainfo
-from minibt.torrent import Torrent, TorrentState
+from minibt.torrent import Torrent
+from minibt.torrentconfig import TorrentState
 
 pytestmark = pytest.mark.integration
 

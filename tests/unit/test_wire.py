@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minibt.errors import CloseReason, LocalProtocolError, WireError
-from minibt.wire import (
+from minibt.wire import PeerWire, WireConfig
+from minibt.wire_codec import (
     AllowedFast,
     BitfieldMsg,
     Cancel,
@@ -26,14 +27,12 @@ from minibt.wire import (
     KeepAlive,
     Message,
     NotInterested,
-    PeerWire,
     Piece,
     Port,
     Reject,
     Request,
     Suggest,
     Unchoke,
-    WireConfig,
     decode,
     encode,
 )
