@@ -11,7 +11,8 @@ from minibt.magnetfetch import MagnetFetch
 from minibt.peer import PeerSource
 from minibt.pex import PexConfig, PexFlag, PexPeer
 from minibt.session import SessionConfig
-from minibt.torrent import Torrent, TorrentConfig, TorrentState
+from minibt.torrent import Torrent
+from minibt.torrentconfig import TorrentConfig, TorrentState
 
 __version__ = "0.1.0"
 

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from minibt.errors import CloseReason, LocalProtocolError
 from minibt.peer import PeerSource
 from minibt.pex import PEX_MAX_PEERS_PER_SOURCE, PexFlag, PexReceived, canonical_ip
+from minibt.torrentconfig import DEFAULT_MAX_CANDIDATES
+from minibt.urls import Addr
 
-Addr = tuple[str, int]
-
-DEFAULT_MAX_CANDIDATES = 1000  # convention: torrent.py's candidate cap
 PEX_SOURCE_SHARE = 4  # convention: one PEX source may fill at most 1/4 of the pool
 RETRY_S = 30.0  # convention (torrent.py PEER_RETRY_S): first back-off after a failed dial
 USER_RETRY_S = 2.0  # convention (torrent.py USER_RETRY_S): user-given peers are retried soon

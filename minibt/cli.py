@@ -26,15 +26,15 @@ from minibt.ifwatch import valid_interface_name
 from minibt.magnet import MAGNET_PREFIX, Magnet, parse_magnet
 from minibt.magnetfetch import FetchState, MagnetFetch, torrent_file_bytes
 from minibt.metainfo import Metainfo, create_torrent, describe, load_metainfo
-from minibt.peer import Addr, valid_transports
+from minibt.peer import valid_transports
+from minibt.runplan import EXIT_FAIL, EXIT_OK
 from minibt.storage import Storage
-from minibt.torrent import Torrent, TorrentState
-from minibt.urls import parse_host_port, parse_tracker_url
+from minibt.torrent import Torrent
+from minibt.torrentconfig import TorrentState
+from minibt.urls import Addr, parse_host_port, parse_tracker_url
 
 log = logging.getLogger("minibt")
 
-EXIT_OK = 0
-EXIT_FAIL = 1
 EXIT_USAGE = 2
 
 
@@ -423,7 +423,7 @@ def _write_torrent(path: str, meta: Metainfo) -> None:
 
 def cmd_transfer(args: argparse.Namespace) -> int:  # noqa: C901
     from minibt.session import SessionConfig
-    from minibt.torrent import TorrentConfig
+    from minibt.torrentconfig import TorrentConfig
 
     mode = "seed" if args.cmd == "seed" else "download"
     magnet: Magnet | None = None

@@ -27,11 +27,13 @@ from minibt.loop import EventLoop
 from minibt.magnet import MAGNET_PREFIX, Magnet, parse_magnet
 from minibt.magnetfetch import MagnetFetch
 from minibt.metainfo import Metainfo, load_metainfo
-from minibt.peer import Addr, PeerSource
+from minibt.peer import PeerSource
 from minibt.ratelimit import KEEP, Keep
 from minibt.session import Session, SessionConfig
-from minibt.torrent import Torrent, TorrentConfig
-from minibt.utp import UtpConfig
+from minibt.torrent import Torrent
+from minibt.torrentconfig import TorrentConfig
+from minibt.urls import Addr
+from minibt.utp_config import UtpConfig
 
 
 def default_state_dir() -> str:

@@ -11,18 +11,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from minibt.candidates import DEFAULT_MAX_CANDIDATES as MAX_CANDIDATES
-from minibt.candidates import DIAL_HOLD_S as DIAL_HOLD_S
-from minibt.candidates import MAX_FAILS as MAX_FAILS
-from minibt.candidates import MAX_RETRY_S as MAX_RETRY_S
-from minibt.candidates import RETRY_S as PEER_RETRY_S
-from minibt.candidates import USER_RETRY_S as USER_RETRY_S
 from minibt.candidates import CandidateConfig, CandidatePool
-from minibt.peer import Addr, PeerConnection, PeerSource
+from minibt.peer import PeerConnection, PeerSource
 from minibt.pex import PexReceived
 from minibt.reputation import Reputation
-
-__all__ = ["DIAL_HOLD_S", "MAX_CANDIDATES", "MAX_FAILS", "MAX_RETRY_S", "PEER_RETRY_S", "USER_RETRY_S", "Dialer"]
+from minibt.torrentconfig import DEFAULT_MAX_CANDIDATES
+from minibt.urls import Addr
 
 
 class DialHost(Protocol):
@@ -44,7 +38,7 @@ class Dialer:
         max_peers: int,
         max_half_open: int,
         client_addr: Addr | None = None,
-        max_candidates: int = MAX_CANDIDATES,
+        max_candidates: int = DEFAULT_MAX_CANDIDATES,
     ) -> None:
         """``client_addr``: our address as peers see it, for BEP 40 priorities (None: unknown yet)."""
         self._host = host

@@ -16,17 +16,17 @@ import hashlib
 import logging
 from typing import Protocol
 
-from minibt import wire as w
+from minibt import wire_codec as w
 from minibt.bitfield import Bitfield
 from minibt.errors import CloseReason, LocalProtocolError, StorageError
 from minibt.peer import PeerConnection
 from minibt.picker import Block, PiecePicker
 from minibt.reputation import BlockRecord
 from minibt.storage import Storage
+from minibt.wire_codec import BLOCK_LEN
 
 log = logging.getLogger(__name__)
 
-BLOCK_LEN = 16384  # BEP 3: requests are 2^14 bytes
 MAX_ALLOWED_FAST_IN = 32  # convention: allowed-fast pieces kept per peer (BEP 6 suggests 10; libtorrent sends 5)
 SNUB_TIMEOUT_S = 30.0  # no block for this long with requests out => snubbed, requests re-issued
 SNUBBED_QUEUE_DEPTH = 1  # convention (libtorrent): a snubbed peer gets one outstanding request

@@ -21,7 +21,7 @@ from minibt.errors import CloseReason, LocalProtocolError
 from minibt.events import EventName
 from minibt.extension import LOCAL_UT_METADATA_ID, LOCAL_UT_PEX_ID
 from minibt.metadata import METADATA_EXT_NAME, MSG_REQUEST, MetadataServer, decode_metadata_msg
-from minibt.peer import Addr, PeerConnection
+from minibt.peer import PeerConnection
 from minibt.pex import (
     PEX_EXT_NAME,
     PexConfig,
@@ -33,6 +33,7 @@ from minibt.pex import (
     canonical_ip,
     format_peer_addr,
 )
+from minibt.urls import Addr
 
 log = logging.getLogger(__name__)
 

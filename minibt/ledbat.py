@@ -23,8 +23,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from minibt.errors import ConfigError
+from minibt.utp_codec import TS_MASK
 
-TS_MASK = 0xFFFFFFFF  # BEP 29: timestamps are 32-bit microseconds
 TARGET_DELAY_US = 100_000  # BEP 29 CCONTROL_TARGET; libtorrent utp_target_delay 100 ms
 GAIN_BYTES_PER_RTT = 3000  # libtorrent utp_gain_factor (BEP 29 MAX_CWND_INCREASE_PACKETS_PER_RTT, in bytes)
 LOSS_MULTIPLIER = 0.5  # BEP 29 (2012 revision: 0.78 -> 0.5); libtorrent utp_loss_multiplier 50 %

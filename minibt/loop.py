@@ -41,15 +41,14 @@ from minibt.tracker import (
     build_announce_url,
     parse_http_announce,
 )
-from minibt.urls import parse_tracker_url
-from minibt.utp import Addr, UtpConfig
+from minibt.urls import Addr, parse_tracker_url
 from minibt.utp_codec import is_utp_datagram
-from minibt.utp_peers import UtpPeers
+from minibt.utp_config import UtpConfig
+from minibt.utp_peers import SEND_CHUNK, UtpPeers
 
 log = logging.getLogger(__name__)
 
 RECV_BUF = 256 * 1024
-SEND_CHUNK = 512 * 1024
 TICK_S = 0.25
 HTTP_TIMEOUT_S = 30.0
 STOPPED_TIMEOUT_S = 5.0

@@ -17,11 +17,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from minibt.errors import MagnetError
-from minibt.urls import is_tracker_url, parse_host_port
+from minibt.urls import Addr, is_tracker_url, parse_host_port
 
 log = logging.getLogger(__name__)
 
-Addr = tuple[str, int]
 
 MAGNET_PREFIX = "magnet:?"
 BTIH_PREFIX = "urn:btih:"  # BEP 9

@@ -45,13 +45,15 @@ from minibt.metadata import (
     encode_metadata_msg,
 )
 from minibt.metainfo import Metainfo, metainfo_from_info
-from minibt.peer import Addr, PeerConnection, PeerSource
+from minibt.peer import PeerConnection, PeerSource
 from minibt.tracker import AnnounceJob, Announcer, AnnounceResult
+from minibt.urls import Addr
 from minibt.wire_codec import EXT_HANDSHAKE_ID, EXT_HANDSHAKE_MAX_DEPTH, EXT_HANDSHAKE_MAX_TOKENS, EXTENDED
 
 if TYPE_CHECKING:
     from minibt.session import Session
-    from minibt.torrent import Torrent, TorrentConfig
+    from minibt.torrent import Torrent
+    from minibt.torrentconfig import TorrentConfig
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from minibt.errors import CloseReason
 from minibt.handshake import Handshake
+from minibt.urls import Addr
 
 TRANSPORTS = ("tcp", "utp")  # BEP 3 over TCP, BEP 29 uTP
 
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from minibt.magnetfetch import FetchLink
     from minibt.wire import PeerWire
 
-Addr = tuple[str, int]
 
 
 class PeerSource(enum.Enum):

@@ -24,8 +24,7 @@ from typing import Any, TypeGuard
 
 from minibt import bencode
 from minibt.errors import BencodeError, CloseReason, LocalProtocolError, PexError
-
-Addr = tuple[str, int]
+from minibt.urls import Addr, parse_host_port
 
 PEX_EXT_NAME = "ut_pex"  # BEP 11: key in the BEP 10 handshake "m" dict
 PEX_MIN_INTERVAL_S = 60.0  # BEP 11: "no more than 1 PEX message per minute"
@@ -253,26 +252,17 @@ def canonical_ip(ip: str) -> str:
 
 
 def parse_peer_addr(text: str) -> Addr:
-    """Parse ``"1.2.3.4:6881"`` or ``"[2001:db8::1]:6881"`` (IP literals only).
+    """Parse ``"1.2.3.4:6881"`` or ``"[2001:db8::1]:6881"`` (IP literals only, in canonical form).
 
-    Raises ValueError with a readable message on anything else.
+    The text is read by :func:`minibt.urls.parse_host_port`, the one ``host:port`` parser; a host
+    name is refused.  Raises ValueError with a readable message on anything else.
     """
     text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ValueError(f"{text!r}: expected [ipv6]:port")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep or ":" in host:
-            raise ValueError(f"{text!r}: expected ip:port (put IPv6 addresses in brackets)")
-    if not port_text.isdigit() or len(port_text) > 5 or not 0 < int(port_text) <= 0xFFFF:
-        raise ValueError(f"{text!r}: bad port {port_text!r}")
+    host, port = parse_host_port(text)
     try:
-        return (canonical_ip(host), int(port_text))
+        return (canonical_ip(host), port)
     except ValueError:
-        raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
+        raise ValueError(f"{text[:80]!r}: {host[:80]!r} is not an IP address") from None
 
 
 def format_peer_addr(addr: Addr) -> str:

@@ -29,9 +29,10 @@ from collections.abc import Callable, Collection, Hashable, Iterable
 from dataclasses import dataclass
 from itertools import compress
 
+from minibt.wire_codec import BLOCK_LEN
+
 from .errors import CloseReason, WireError
 
-BLOCK_LEN = 16384  # BEP 3: requests are 2^14 bytes ("all current implementations use 2^14")
 RANDOM_FIRST = 4  # convention (mainline/libtorrent): random pieces until a few are complete
 ENDGAME_DUP_LIMIT = 2  # convention: each block requested from at most 2 peers in end game
 

@@ -51,9 +51,10 @@ from minibt.runplan import (
     stop_reason,
 )
 from minibt.session import SessionConfig
-from minibt.statusfile import LOCK_NAME as LOCK_NAME
-from minibt.statusfile import RunLock, read_json, write_atomic, write_json_atomic
-from minibt.torrent import Torrent, TorrentConfig, TorrentState
+from minibt.statusfile import RunLock, read_json, write_json_atomic
+from minibt.storage import write_atomic
+from minibt.torrent import Torrent
+from minibt.torrentconfig import TorrentConfig, TorrentState
 from minibt.utp_config import UtpConfig
 
 log = logging.getLogger(__name__)

@@ -30,12 +30,15 @@ from minibt.hasher import HashJob, HashResult
 from minibt.magnet import Magnet
 from minibt.magnetfetch import MagnetFetch
 from minibt.metainfo import Metainfo
-from minibt.peer import TRANSPORTS, Addr, PeerConnection, PeerSource, valid_transports
+from minibt.peer import TRANSPORTS, PeerConnection, PeerSource, valid_transports
 from minibt.ratelimit import KEEP, Keep, RateLimiter, TokenBucket
 from minibt.reputation import Banned, RepEvent, Reputation, ReputationChanged
-from minibt.torrent import BLOCK_LEN, Torrent, TorrentConfig, TorrentState
+from minibt.torrent import Torrent
+from minibt.torrentconfig import TorrentConfig, TorrentState
 from minibt.tracker import AnnounceJob, AnnounceParams, AnnounceResult
+from minibt.urls import Addr
 from minibt.wire import PeerWire
+from minibt.wire_codec import BLOCK_LEN
 
 log = logging.getLogger(__name__)
 

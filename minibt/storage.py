@@ -27,10 +27,10 @@ from minibt.errors import MetainfoError, StorageError
 from minibt.filenames import DiskNames, FsRules, fs_type_from_mountinfo, rules_for_fs_type
 from minibt.metainfo import safe_join
 from minibt.resume import MAX_RESUME_BYTES, ResumeData, decode_resume, encode_resume
+from minibt.wire_codec import BLOCK_LEN
 
 log = logging.getLogger(__name__)
 
-BLOCK_LEN = 16 * 1024  # BEP 3: requests are 2^14 bytes; the unit of the received-block bitmap
 DEFAULT_CACHE_BYTES = 16 * 1024 * 1024  # minibt default write cache (our choice, sized for a Pi)
 MAX_OPEN_FILES = 64  # minibt convention: bound on simultaneously open fds per torrent
 PAD_PATH = ""  # path used in read_piece_spans() for a BEP 47 pad span: `length` zero bytes

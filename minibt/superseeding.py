@@ -14,7 +14,7 @@ import logging
 import random
 from typing import Protocol
 
-from minibt import wire as w
+from minibt import wire_codec as w
 from minibt.peer import PeerConnection
 from minibt.picker import PiecePicker
 from minibt.superseed import Offer, SuperSeeder

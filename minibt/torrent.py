@@ -25,14 +25,12 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from minibt import wire as w
+from minibt import wire_codec as w
 from minibt.bitfield import Bitfield
 from minibt.candidates import CandidatePool
 from minibt.checker import Checker
 from minibt.choker import Choker
 from minibt.dialer import Dialer
-from minibt.download import BLOCK_LEN as BLOCK_LEN  # re-exported: session.py imports it from here
-from minibt.download import SNUB_TIMEOUT_S as SNUB_TIMEOUT_S  # re-exported for tests
 from minibt.download import Downloader
 from minibt.errors import CloseReason, LocalProtocolError, StorageError
 from minibt.events import EventName, EventRecord, Listeners
@@ -40,7 +38,7 @@ from minibt.exchange import Exchange
 from minibt.extension import apply_peer_handshake, our_handshake
 from minibt.hasher import HashJob, HashResult
 from minibt.metainfo import Metainfo
-from minibt.peer import Addr, PeerConnection, PeerSource
+from minibt.peer import PeerConnection, PeerSource
 from minibt.pex import PexPeer, PexReceived
 from minibt.picker import PiecePicker
 from minibt.ratelimit import KEEP, Keep, TransferLimits
@@ -48,11 +46,10 @@ from minibt.reputation import BlockRecord
 from minibt.storage import Storage, plan_names, wanted_pieces
 from minibt.superseed import SuperSeeder
 from minibt.superseeding import SuperSeeding
-from minibt.torrentconfig import TorrentConfig as TorrentConfig
-from minibt.torrentconfig import TorrentState as TorrentState
-from minibt.torrentconfig import TorrentStats as TorrentStats
+from minibt.torrentconfig import TorrentConfig, TorrentState, TorrentStats
 from minibt.tracker import AnnounceJob, Announcer, AnnounceResult
 from minibt.upload import Uploader
+from minibt.urls import Addr
 
 if TYPE_CHECKING:
     from minibt.session import Session

@@ -5,8 +5,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from minibt.candidates import DEFAULT_MAX_CANDIDATES
 from minibt.pex import PEX_SEND_INTERVAL_S, PexConfig
+
+DEFAULT_MAX_CANDIDATES = 1000  # convention: addresses a torrent keeps to dial (candidates.py)
 
 
 class TorrentState(enum.Enum):

@@ -14,17 +14,15 @@ from __future__ import annotations
 from collections import deque
 from typing import Protocol
 
-from minibt import wire as w
+from minibt import wire_codec as w
 from minibt.bitfield import Bitfield
-from minibt.choker import Choker, PeerSnapshot, allowed_fast_set
+from minibt.choker import ALLOWED_FAST_K, Choker, PeerSnapshot, allowed_fast_set
 from minibt.errors import CloseReason, StorageError
 from minibt.events import EventName
 from minibt.peer import IncomingRequest, PeerConnection
 from minibt.ratelimit import TransferLimits
 from minibt.storage import Storage
 from minibt.superseeding import SuperSeeding
-
-ALLOWED_FAST_K = 10  # BEP 6 default set size
 
 
 class UploadHost(Protocol):

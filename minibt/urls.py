@@ -24,6 +24,8 @@ HTTP_SCHEMES = ("http", "https")
 DEFAULT_PORTS = {"http": 80, "https": 443}  # RFC 9110 section 4.2; udp:// has no default (BEP 15)
 MAX_PORT = 0xFFFF
 
+Addr = tuple[str, int]  # a peer address: (host name or IP literal, port); the one definition
+
 _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789+.-")  # RFC 3986 section 3.1
 # Host-name characters: RFC 1123 letters, digits and hyphen, plus "_" seen in real tracker names.
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -93,7 +95,7 @@ def _ipv6_literal(text: str) -> str:
         raise ValueError(f"{text[:80]!r} is not an IPv6 address") from None
 
 
-def split_host_port(text: str, *, default_port: int | None = None) -> tuple[str, int]:
+def split_host_port(text: str, *, default_port: int | None = None) -> Addr:
     """``host:port``, ``ipv4:port`` or ``[ipv6]:port`` -> (canonical host, port).
 
     Without a port (or with an empty one after ``:``) ``default_port`` is used when given.
@@ -120,7 +122,7 @@ def split_host_port(text: str, *, default_port: int | None = None) -> tuple[str,
     return host, parse_port(port_text)
 
 
-def parse_host_port(text: str) -> tuple[str, int]:
+def parse_host_port(text: str) -> Addr:
     """A peer address ``host:port`` / ``[ipv6]:port`` with a port that must be present."""
     if not isinstance(text, str) or len(text) > MAX_HOSTNAME_CHARS + 8 or not text.isprintable():
         raise ValueError(f"{str(text)[:80]!r}: not a HOST:PORT address")

@@ -1,7 +1,7 @@
 """uTorrent transport protocol (BEP 29): the per-connection machine (config, events, states).
 
-The packet codec is :mod:`minibt.utp_codec`, the multiplexer :mod:`minibt.utp_mux`; their public
-names are re-exported here, so ``from minibt.utp import UtpMux, decode_packet`` keeps working.
+The packet codec is :mod:`minibt.utp_codec`, the multiplexer :mod:`minibt.utp_mux`, the settings
+:mod:`minibt.utp_config`.
 
 Pure: datagrams, commands and ``now`` in; events, datagrams and deadlines out (aioquic shape).
 The loop owns the UDP socket: for each datagram passing :func:`is_utp_datagram` it calls
@@ -25,36 +25,30 @@ import enum
 import random
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from minibt.errors import CloseReason, LocalProtocolError
 from minibt.ledbat import Ledbat
-from minibt.utp_codec import EXT_NONE as EXT_NONE
-from minibt.utp_codec import EXT_SACK as EXT_SACK
-from minibt.utp_codec import HALF_SEQ as HALF_SEQ
-from minibt.utp_codec import HEADER_LEN as HEADER_LEN
-from minibt.utp_codec import HEADER_STRUCT, build_sack, seq_before
-from minibt.utp_codec import MAX_SACK_BYTES as MAX_SACK_BYTES
-from minibt.utp_codec import MIN_PACKET_BYTES as MIN_PACKET_BYTES
-from minibt.utp_codec import SEQ_MASK as SEQ_MASK
-from minibt.utp_codec import ST_DATA as ST_DATA
-from minibt.utp_codec import ST_FIN as ST_FIN
-from minibt.utp_codec import ST_RESET as ST_RESET
-from minibt.utp_codec import ST_STATE as ST_STATE
-from minibt.utp_codec import ST_SYN as ST_SYN
-from minibt.utp_codec import TS_MASK as TS_MASK
-from minibt.utp_codec import UTP_FIRST_BYTES as UTP_FIRST_BYTES
-from minibt.utp_codec import UTP_VERSION as UTP_VERSION
-from minibt.utp_codec import UtpHeader as UtpHeader
-from minibt.utp_codec import decode_packet as decode_packet
-from minibt.utp_codec import encode_packet as encode_packet
-from minibt.utp_codec import is_utp_datagram as is_utp_datagram
-from minibt.utp_codec import timestamp_us as timestamp_us
-from minibt.utp_config import UtpConfig as UtpConfig
+from minibt.urls import Addr
+from minibt.utp_codec import (
+    EXT_NONE,
+    EXT_SACK,
+    HALF_SEQ,
+    HEADER_STRUCT,
+    SEQ_MASK,
+    ST_DATA,
+    ST_FIN,
+    ST_RESET,
+    ST_STATE,
+    ST_SYN,
+    TS_MASK,
+    UTP_VERSION,
+    UtpHeader,
+    build_sack,
+    seq_before,
+    timestamp_us,
+)
+from minibt.utp_config import UtpConfig
 from minibt.utp_mtu import MTU_PROBE_AFTER_BYTES, MtuSearch
-
-if TYPE_CHECKING:  # re-exported lazily at run time (see __getattr__): utp_mux imports this module
-    from minibt.utp_mux import UtpMux as UtpMux
 
 DUP_ACK_LIMIT = 3  # BEP 29 'packet loss': 3 duplicate ACKs / 3 packets SACKed past the hole
 MAX_OUTSTANDING_PACKETS = 1024  # minibt convention: bounds the send window in packets (< HALF_SEQ)
@@ -64,9 +58,7 @@ MAX_REORDER_DISTANCE = 2048  # minibt convention: packets further than this past
 # whatever the buffer size (budget.py, tests/unit/test_budget_accounting.py).
 REORDER_MIN_AVG_PAYLOAD = 256
 MAX_RTO_S = 60.0  # minibt convention: cap of the doubled retransmission timeout
-KiB = 1024
 
-Addr = tuple[str, int]
 ConnKey = tuple[Addr, int]  # (remote address, our receive connection id)
 
 # ---------------------------------------------------------------------------- events
@@ -791,11 +783,3 @@ class UtpConnection:
         self._rto_at = self._connect_deadline = self._syn_resend_at = self._close_at = self._ack_due = None
         self._ack_pending = False
 
-
-def __getattr__(name: str) -> Any:
-    """PEP 562: ``UtpMux`` lives in :mod:`minibt.utp_mux` (which imports this module); load it on first use."""
-    if name == "UtpMux":
-        from minibt.utp_mux import UtpMux
-
-        return UtpMux
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,15 +9,8 @@ from __future__ import annotations
 import random
 
 from minibt.errors import UtpError
-from minibt.utp import (
-    Addr,
-    ConnKey,
-    IncomingConnection,
-    MuxEvent,
-    UtpConfig,
-    UtpConnection,
-    UtpState,
-)
+from minibt.urls import Addr
+from minibt.utp import ConnKey, IncomingConnection, MuxEvent, UtpConnection, UtpState
 from minibt.utp_codec import (
     EXT_NONE,
     HEADER_STRUCT,
@@ -29,6 +22,7 @@ from minibt.utp_codec import (
     decode_packet,
     timestamp_us,
 )
+from minibt.utp_config import UtpConfig
 
 
 class UtpMux:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from minibt.errors import CloseReason
 from minibt.session import Session
+from minibt.urls import Addr
 from minibt.utp import (
-    Addr,
     Connected,
     ConnectionClosed,
     ConnectionReset,
@@ -27,15 +27,15 @@ from minibt.utp import (
     DataReceived,
     IncomingConnection,
     MuxEvent,
-    UtpConfig,
     UtpConnection,
     UtpState,
 )
+from minibt.utp_config import UtpConfig
 from minibt.utp_mux import UtpMux
 
 log = logging.getLogger(__name__)
 
-SEND_CHUNK = 512 * 1024  # bytes taken from the session per data_to_send call (as for TCP in loop.py)
+SEND_CHUNK = 512 * 1024  # bytes taken from the session per data_to_send call (uTP here, TCP in loop.py)
 
 
 @dataclass(slots=True)

@@ -5,8 +5,7 @@ event); commands queue encoded bytes that the loop drains with ``data_to_send()`
 frame limits checked before a body is buffered, per-torrent validation (indexes, block bounds,
 bitfield length and spare bits), first-message rules, choke/interest state, keep-alive and idle
 timers, counters.  Out of scope: request queues, allowed-fast sets and unsolicited-piece detection
-(the session's job) and extension payloads.  The codec lives in :mod:`minibt.wire_codec` and
-is re-exported here.
+(the session's job) and extension payloads.  The codec lives in :mod:`minibt.wire_codec`.
 """
 
 from __future__ import annotations
@@ -48,55 +47,16 @@ from minibt.wire_codec import (
     AllowedFast,
     BitfieldMsg,
     Cancel,
-    Choke,
     Event,
-    Extended,
-    ExtHandshake,
     Have,
-    HaveAll,
-    HaveNone,
-    Interested,
-    KeepAlive,
     Message,
-    NotInterested,
     Piece,
-    Port,
     Reject,
     Request,
     Suggest,
-    Unchoke,
     check_size,
-    decode,
     decode_body,
-    encode,
 )
-
-__all__ = [
-    "AllowedFast",
-    "BitfieldMsg",
-    "Cancel",
-    "Choke",
-    "Event",
-    "ExtHandshake",
-    "Extended",
-    "Have",
-    "HaveAll",
-    "HaveNone",
-    "Interested",
-    "KeepAlive",
-    "Message",
-    "NotInterested",
-    "PeerWire",
-    "Piece",
-    "Port",
-    "Reject",
-    "Request",
-    "Suggest",
-    "Unchoke",
-    "WireConfig",
-    "decode",
-    "encode",
-]
 
 KEEPALIVE_INTERVAL_S = 120.0  # BEP 3: keep-alives "generally sent once every two minutes"
 IDLE_TIMEOUT_S = 180.0  # minibt convention (libtorrent inactivity_timeout is 600 s)

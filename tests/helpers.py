@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from minibt.client import Client
+
 
 class FakeClock:
     """A clock that only moves when told to."""
@@ -23,3 +30,18 @@ class FakeClock:
     def jump_to(self, t: float) -> None:
         assert t >= self._now
         self._now = t
+
+
+def run_client_until(client: Client, pred: Callable[[], object], what: str, deadline: float,
+                     extra: Callable[[], str] = lambda: "") -> float:
+    """Drive an in-process client (real sockets) until ``pred()`` or the absolute monotonic ``deadline``.
+
+    Returns the seconds it took; raises AssertionError with the tail of the client's close log and
+    ``extra()`` when the deadline passes first.
+    """
+    t0 = time.monotonic()
+    client.run(until=lambda: bool(pred()) or time.monotonic() >= deadline)
+    if not pred():
+        log = "\n".join(f"  {c}" for c in client.session.closed_log[-20:])
+        raise AssertionError(f"timed out waiting for {what}\nclosed_log tail:\n{log}\n{extra()}")
+    return time.monotonic() - t0

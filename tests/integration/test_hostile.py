@@ -15,7 +15,7 @@ import random
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +23,13 @@ import pytest
 from clients import Client as ProcessClient
 from clients import LibtorrentPeer, running
 from evil_peer import EvilPeer, Mode
+from helpers import run_client_until
 
 from minibt.client import Client
 from minibt.errors import CloseReason
 from minibt.metainfo import Metainfo, create_torrent, load_metainfo
-from minibt.torrent import Torrent, TorrentState
+from minibt.torrent import Torrent
+from minibt.torrentconfig import TorrentState
 
 pytestmark = pytest.mark.integration
 
@@ -126,15 +128,6 @@ def evil_for(swarm: Swarm, mode: Mode, *, role: str = "seed") -> EvilPeer:
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def run_until(client: Client, pred: Callable[[], bool], what: str, deadline: float,
-              extra: Callable[[], str] = lambda: "") -> None:
-    """Drive the in-process client until ``pred()`` or the absolute monotonic ``deadline``."""
-    client.run(until=lambda: pred() or time.monotonic() >= deadline)
-    if not pred():
-        log = "\n".join(f"  {c}" for c in client.session.closed_log[-20:])
-        raise AssertionError(f"timed out waiting for {what}\nclosed_log tail:\n{log}\n{extra()}")
-
-
 def closes_of(client: Client, ip: str) -> list[tuple[int, tuple[str, int], CloseReason, str]]:
     return [c for c in client.session.closed_log if c[1][0] == ip]
 
@@ -197,7 +190,7 @@ def test_download_completes_and_evil_seed_is_disconnected(mode: Mode, tmp_path: 
         dl = tmp_path / "dl"
         # The evil peer goes first, so minibt meets it before the honest seeder has sent everything.
         t = client.add(swarm.meta, str(dl), mode="download", peers=[evil_addr, (HONEST_HOST, seeder.port)])
-        run_until(client, lambda: done_downloading(t) and bool(closes_of(client, EVIL_HOST)),
+        run_client_until(client, lambda: done_downloading(t) and bool(closes_of(client, EVIL_HOST)),
                   f"download complete and {mode.value} peer disconnected", deadline,
                   lambda: f"evil records: {evil.records}\n{seeder.log_tail()}")
         assert_evil_closed(client, expected, detail)
@@ -217,7 +210,7 @@ def test_download_from_liar_bans_it_and_completes_from_honest_seed(tmp_path: Pat
         liar_addr = liar.listen()
         dl = tmp_path / "dl"
         t = client.add(swarm.meta, str(dl), mode="download", peers=[liar_addr, (HONEST_HOST, seeder.port)])
-        run_until(client, lambda: done_downloading(t) and EVIL_HOST in t.banned,
+        run_client_until(client, lambda: done_downloading(t) and EVIL_HOST in t.banned,
                   "download complete and the liar banned", deadline,
                   lambda: f"status: {t.status(client.clock.now())}\nliar: {liar.records}")
         st = t.status(client.clock.now())
@@ -231,7 +224,7 @@ def test_download_from_liar_bans_it_and_completes_from_honest_seed(tmp_path: Pat
         # A banned IP is refused when it comes back (here: it dials minibt itself).
         n_before = len(liar.records)
         liar.dial((HONEST_HOST, client.port))
-        run_until(client, lambda: len(liar.records) > n_before and liar.records[-1].closed_at is not None,
+        run_client_until(client, lambda: len(liar.records) > n_before and liar.records[-1].closed_at is not None,
                   "the banned liar's new connection refused", time.monotonic() + 10)
         assert liar.records[-1].handshake_at is None and liar.records[-1].closed_by_remote
     assert_same_payload(dl / "payload.bin", swarm.payload)
@@ -249,7 +242,7 @@ def test_liar_is_banned_while_a_libtorrent_seeder_completes_the_download(tmp_pat
         lt_seed.wait_until(lambda: bool(lt_seed.status().get("is_seeding")), 20.0, "libtorrent seeding")
         dl = tmp_path / "dl"
         t = client.add(swarm.meta, str(dl), mode="download", peers=[liar.listen(), (HONEST_HOST, lt_seed.port)])
-        run_until(client, lambda: done_downloading(t) and EVIL_HOST in t.banned,
+        run_client_until(client, lambda: done_downloading(t) and EVIL_HOST in t.banned,
                   "download complete and the liar banned", deadline,
                   lambda: f"status: {t.status(client.clock.now())}\n{lt_seed.log_tail()}")
         st = t.status(client.clock.now())
@@ -268,7 +261,7 @@ def test_honest_mode_evil_peer_alone_serves_a_complete_download(tmp_path: Path, 
         addr = peer.listen()
         dl = tmp_path / "dl"
         t = client.add(swarm.meta, str(dl), mode="download", peers=[addr])
-        run_until(client, lambda: done_downloading(t), "download from the honest-mode peer", deadline)
+        run_client_until(client, lambda: done_downloading(t), "download from the honest-mode peer", deadline)
         assert [c for c in closes_of(client, EVIL_HOST) if c[2] is not R.BOTH_SEEDS] == []
         assert t.status(client.clock.now())["hash_failures"] == 0
         assert sum(r.blocks_sent for r in peer.records) >= swarm.meta.num_pieces
@@ -297,7 +290,7 @@ def test_seeding_survives_evil_leecher_and_serves_honest_one(mode: Mode, tmp_pat
     expected, detail = SEED_CASES[mode]
     with evil_for(swarm, mode, role="leech") as evil, in_process_client(tmp_path) as client:
         t = client.add(swarm.meta, str(swarm.seed_dir), mode="seed")
-        run_until(client, lambda: t.state is TorrentState.SEEDING, "the seed's check", deadline)
+        run_client_until(client, lambda: t.state is TorrentState.SEEDING, "the seed's check", deadline)
         leecher = MinibtProcess(
             tmp_path / "honest-leecher",
             ["download", str(swarm.torrent_path), "--dir", str(tmp_path / "dl"), "--port", "0", "--bind",
@@ -307,7 +300,7 @@ def test_seeding_survives_evil_leecher_and_serves_honest_one(mode: Mode, tmp_pat
         )
         evil.dial((HONEST_HOST, client.port))
         with running(leecher):
-            run_until(client, lambda: leecher.returncode() is not None and bool(closes_of(client, EVIL_HOST)),
+            run_client_until(client, lambda: leecher.returncode() is not None and bool(closes_of(client, EVIL_HOST)),
                       f"honest leecher done and {mode.value} leecher disconnected", deadline,
                       lambda: f"evil records: {evil.records}\n{leecher.log_tail()}")
             assert leecher.returncode() == 0, leecher.log_tail()

@@ -32,7 +32,7 @@ from minibt_proc import MinibtProc, minibt_create
 from minibt.client import Client as MinibtClient
 from minibt.metainfo import load_metainfo
 from minibt.storage import load_resume
-from minibt.torrent import TorrentState
+from minibt.torrentconfig import TorrentState
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("reference_clients")]
 

@@ -19,7 +19,7 @@ import minibt
 from minibt.api import Event
 from minibt.events import EventName as N
 from minibt.metainfo import create_torrent, parse_metainfo
-from minibt.storage import BLOCK_LEN
+from minibt.wire_codec import BLOCK_LEN
 
 ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from clients import LOOPBACK, LibtorrentPeer, make_torrent, running
+from helpers import run_client_until
 
 from minibt.client import Client
 from minibt.events import EventName
@@ -35,14 +36,6 @@ def payload(root: Path, size: int, seed: int) -> Path:
     root.mkdir(parents=True)
     (root / "data.bin").write_bytes(random.Random(seed).randbytes(size))
     return root
-
-
-def run_until(c: Client, pred: object, timeout_s: float, what: str) -> float:
-    t0 = time.monotonic()
-    deadline = t0 + timeout_s
-    c.run(until=lambda: bool(pred()) or time.monotonic() > deadline)  # type: ignore[operator]
-    assert pred(), f"timed out after {timeout_s} s waiting for {what}"  # type: ignore[operator]
-    return time.monotonic() - t0
 
 
 def remote_listen_addrs(c: Client) -> dict[tuple[str, int], str]:
@@ -78,8 +71,9 @@ def test_minibt_told_of_one_libtorrent_peer_finds_the_other_two_by_pex(tmp_path:
                     pex_events: list[tuple[str, int]] = []
                     c.on(EventName.PEX_PEER, lambda ev: pex_events.append((ev.peer.port, ev.addr)))
                     tor = c.add(str(t.path), str(tmp_path / "mb"), peers=[(LOOPBACK, l1.port)])
-                    took = run_until(c, lambda: others <= set(remote_listen_addrs(c)), DEADLINE_S,
-                                     "connections to the two peers minibt was not told of")
+                    took = run_client_until(c, lambda: others <= set(remote_listen_addrs(c)),
+                                            "connections to the two peers minibt was not told of",
+                                            time.monotonic() + DEADLINE_S)
                     print(f"(a) connected to both PEX-learned peers after {took:.1f} s; "
                           f"directions {remote_listen_addrs(c)}", file=sys.stderr)
                     directions = remote_listen_addrs(c)
@@ -115,7 +109,7 @@ def test_two_libtorrent_peers_meet_through_minibts_pex(tmp_path: Path) -> None:
                             return True
                 return False
 
-            took = run_until(c, met, DEADLINE_S, "libtorrent a and b connected via PEX")
+            took = run_client_until(c, met, "libtorrent a and b connected via PEX", time.monotonic() + DEADLINE_S)
             print(f"(b) a and b met through minibt's PEX after {took:.1f} s", file=sys.stderr)
 
             def sent() -> dict[int, int]:
@@ -127,8 +121,9 @@ def test_two_libtorrent_peers_meet_through_minibts_pex(tmp_path: Path) -> None:
                 return out
 
             # Each side is told of the other: the first-connected one when its idle re-check (10 s) sees the second.
-            run_until(c, lambda: set(sent()) >= {a.port, b.port} and min(sent().values()) >= 1, 30.0,
-                      f"a PEX message to each libtorrent peer ({sent()})")
+            run_client_until(c, lambda: set(sent()) >= {a.port, b.port} and min(sent().values()) >= 1,
+                             "a PEX message to each libtorrent peer", time.monotonic() + 30.0,
+                             lambda: f"sent: {sent()}")
             assert max(sent().values()) <= 2  # at most one message per 60 s after the first
 
 
@@ -153,8 +148,9 @@ def test_magnet_and_one_peer_address_find_the_rest_of_the_swarm(tmp_path: Path) 
                 others = {(LOOPBACK, l2.port), (LOOPBACK, l3.port)}
                 with Client(bind=LOOPBACK, port=0) as c:
                     f = c.add(make_magnet(bytes.fromhex(t.info_hash), peers=[(LOOPBACK, l1.port)]), str(tmp_path / "mb"))
-                    took = run_until(c, lambda: others <= set(remote_listen_addrs(c)), DEADLINE_S,
-                                     "metadata, then connections to the two peers only PEX named")
+                    took = run_client_until(c, lambda: others <= set(remote_listen_addrs(c)),
+                                            "metadata, then connections to the two peers only PEX named",
+                                            time.monotonic() + DEADLINE_S)
                     print(f"magnet + one peer -> whole swarm after {took:.1f} s; directions "
                           f"{remote_listen_addrs(c)}", file=sys.stderr)
                     tor = f.torrent  # type: ignore[union-attr]
@@ -166,5 +162,5 @@ def test_magnet_and_one_peer_address_find_the_rest_of_the_swarm(tmp_path: Path) 
 
                     # Either direction counts above (l2/l3 may dial us first: l1 advertises us to
                     # them); minibt's own PEX intake must have named both as well.
-                    took2 = run_until(c, learned, DEADLINE_S, "both addresses in the pool from PEX")
+                    took2 = run_client_until(c, learned, "both addresses in the pool from PEX", time.monotonic() + DEADLINE_S)
                     print(f"... and learned both from l1's PEX after {took2:.1f} s more", file=sys.stderr)

@@ -255,6 +255,9 @@ def small_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+STILL_FULL = "still no room on disk"  # download.py logs this on each retry that finds no room
+
+
 def test_disk_full_pauses_with_error_then_continues_when_space_returns(tmp_path: Path, small_tmpfs: Path) -> None:
     t = make_seed(tmp_path, layout={"big.bin": 5 * MIB + 3})
     state, data = tmp_path / "state", small_tmpfs
@@ -271,7 +274,10 @@ def test_disk_full_pauses_with_error_then_continues_when_space_returns(tmp_path:
             assert "disk full, download paused" in runner.log_text()
             got = ts["have_pieces"]
             assert 0 < got < t.num_pieces
-            time.sleep(3)  # a few retries (disk_retry_interval = 1 s) while the disk stays full
+            # A few retries (disk_retry_interval = 1 s) while the disk stays full, each one logged.
+            retries = runner.log_text().count(STILL_FULL)
+            runner.wait_until(lambda: runner.log_text().count(STILL_FULL) >= retries + 2, 15,
+                              "two disk-space retries while the disk stays full")
             still = runner.torrent_status(t.name)
             assert still["disk_error"] and still["have_pieces"] == got and runner.returncode() is None
             r = subprocess.run(["mount", "-o", "remount,size=16m", str(data)], capture_output=True, text=True)

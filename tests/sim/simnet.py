@@ -33,11 +33,14 @@ from minibt.errors import CloseReason, RemoteProtocolError
 from minibt.handshake import Handshake, HandshakeReceived, InfoHashReceived, make_reserved, supports_fast
 from minibt.hasher import HashJob, HashResult, InlineHasher
 from minibt.metainfo import Metainfo, create_torrent, parse_metainfo
-from minibt.peer import Addr, PeerConnection, PeerSource
+from minibt.peer import PeerConnection, PeerSource
 from minibt.session import Action, Announce, Close, Dial, HashPiece, Session, SessionConfig
-from minibt.torrent import Torrent, TorrentConfig
+from minibt.torrent import Torrent
+from minibt.torrentconfig import TorrentConfig
 from minibt.tracker import AnnounceJob, AnnounceResult
-from minibt.wire import Cancel, Interested, PeerWire, Request
+from minibt.urls import Addr
+from minibt.wire import PeerWire
+from minibt.wire_codec import Cancel, Interested, Request
 
 KiB = 1024
 MiB = 1024 * 1024

@@ -18,8 +18,8 @@ from simnet import KiB, MiB, SimNet, SimPeer, make_payload, make_torrent, same_f
 from minibt.errors import CloseReason
 from minibt.hasher import HashResult
 from minibt.metainfo import Metainfo
-from minibt.torrent import TorrentState
-from minibt.wire import Interested
+from minibt.torrentconfig import TorrentState
+from minibt.wire_codec import Interested
 
 PIECE_LEN = 32 * KiB
 LAYOUT = {"a.bin": MiB + 5000, "b.bin": 300_000}

@@ -12,7 +12,7 @@ from helpers import FakeClock
 from simnet import KiB, LinkSpec, MiB, SimNet, make_payload, make_torrent, same_files
 
 from minibt.hasher import HashJob, HashResult, InlineHasher
-from minibt.torrent import TorrentConfig, TorrentState
+from minibt.torrentconfig import TorrentConfig, TorrentState
 
 PIECE_LEN = 32 * KiB
 LAYOUT = {"a.bin": MiB + 5000, "b.bin": 700_000}

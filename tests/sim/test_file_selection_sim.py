@@ -9,8 +9,9 @@ from pathlib import Path
 from helpers import FakeClock
 from simnet import KiB, LinkSpec, MiB, SimNet, make_payload, make_torrent
 
-from minibt.storage import BLOCK_LEN, load_resume, piece_spans, wanted_pieces
-from minibt.torrent import TorrentConfig, TorrentState
+from minibt.storage import load_resume, piece_spans, wanted_pieces
+from minibt.torrentconfig import TorrentConfig, TorrentState
+from minibt.wire_codec import BLOCK_LEN
 
 PIECE_LEN = 32 * KiB
 LAYOUT = {"a.bin": MiB + 5000, "empty.txt": 0, "sub/b.bin": MiB + 20000, "sub/c.bin": 700_000}

@@ -24,8 +24,8 @@ from minibt.metainfo import Metainfo
 from minibt.peer import PeerSource
 from minibt.reputation import REPUTATION_START
 from minibt.session import SessionConfig
-from minibt.storage import BLOCK_LEN
-from minibt.torrent import TorrentConfig, TorrentState
+from minibt.torrentconfig import TorrentConfig, TorrentState
+from minibt.wire_codec import BLOCK_LEN
 
 PIECE_LEN = 32 * KiB
 LAYOUT = {"a.bin": 300 * KiB + 123, "b/c.bin": 200 * KiB}  # 16 pieces, the last one short

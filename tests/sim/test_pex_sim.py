@@ -22,7 +22,7 @@ from minibt.magnetfetch import FetchState
 from minibt.metainfo import Metainfo, create_torrent, metainfo_from_info, parse_metainfo
 from minibt.peer import PeerSource
 from minibt.pex import PEX_MIN_INTERVAL_S, PexMessage, PexPeer, encode_pex
-from minibt.torrent import TorrentState
+from minibt.torrentconfig import TorrentState
 
 PIECE_LEN = 32 * KiB
 LAYOUT = {"a.bin": 300 * KiB + 17, "b/c.bin": 200 * KiB}

@@ -17,8 +17,9 @@ from simnet import KiB, LinkSpec, RawPeer, SimNet, SimPeer, make_payload, make_t
 from minibt.handshake import HandshakeReceived, InfoHashReceived, supports_fast
 from minibt.metainfo import Metainfo
 from minibt.session import SessionConfig
-from minibt.torrent import TorrentConfig, TorrentState
-from minibt.wire import Have, PeerWire, Piece, Reject, Unchoke
+from minibt.torrentconfig import TorrentConfig, TorrentState
+from minibt.wire import PeerWire
+from minibt.wire_codec import Have, Piece, Reject, Unchoke
 
 PIECE_LEN = 32 * KiB
 LAYOUT = {"a.bin": 48 * PIECE_LEN + 1000}  # 49 pieces, the last one short

@@ -27,11 +27,14 @@ from simnet import (
 )
 
 from minibt.bitfield import Bitfield
+from minibt.download import SNUB_TIMEOUT_S
 from minibt.errors import CloseReason
 from minibt.metainfo import Metainfo
 from minibt.picker import Block
-from minibt.storage import BLOCK_LEN, load_resume, piece_spans
-from minibt.torrent import IDLE_TIMEOUT_S, SNUB_TIMEOUT_S, TorrentState
+from minibt.storage import load_resume, piece_spans
+from minibt.torrent import IDLE_TIMEOUT_S
+from minibt.torrentconfig import TorrentState
+from minibt.wire_codec import BLOCK_LEN
 
 PIECE_LEN = 32 * KiB
 # ~2.7 MiB: a.bin ends inside a piece, a zero-length file sits at that boundary, the last piece is short.

@@ -24,11 +24,11 @@ from minibt.utp import (
     DataReceived,
     IncomingConnection,
     MuxEvent,
-    UtpConfig,
     UtpConnection,
-    UtpMux,
     UtpState,
 )
+from minibt.utp_config import UtpConfig
+from minibt.utp_mux import UtpMux
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -28,8 +28,9 @@ from minibt.events import (
 )
 from minibt.handshake import Handshake
 from minibt.peer import PeerConnection, PeerSource
-from minibt.picker import BLOCK_LEN, Block, PiecePicker
+from minibt.picker import Block, PiecePicker
 from minibt.session import Session
+from minibt.wire_codec import BLOCK_LEN
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"

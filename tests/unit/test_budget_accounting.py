@@ -38,7 +38,7 @@ from minibt.budget import (
     wire_recv_bytes,
     worst_case_bytes,
 )
-from minibt.candidates import DEFAULT_MAX_CANDIDATES, CandidatePool
+from minibt.candidates import CandidatePool
 from minibt.download import MAX_ALLOWED_FAST_IN
 from minibt.errors import CloseReason
 from minibt.extension import apply_peer_handshake
@@ -46,10 +46,11 @@ from minibt.peer import IncomingRequest, PeerConnection, PeerSource
 from minibt.pex import PEX_MAX_PEERS_PER_SOURCE, PexReceiver, PexSender
 from minibt.picker import Block, PiecePicker
 from minibt.reputation import MAX_IPS, MAX_LEDGER_RECORDS, BlockRecord, Reputation
+from minibt.torrentconfig import DEFAULT_MAX_CANDIDATES
 from minibt.utp_codec import decode_packet
 from minibt.utp_config import UtpConfig
-from minibt.wire import PeerWire, Request
-from minibt.wire_codec import BLOCK_LEN, MAX_EXT_LEN
+from minibt.wire import PeerWire
+from minibt.wire_codec import BLOCK_LEN, MAX_EXT_LEN, Request
 
 TOLERANCE = 3.0  # a term is at most this many times what was measured
 PIECE_LEN = 256 * 1024

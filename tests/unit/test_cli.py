@@ -9,7 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from minibt.cli import Progress, human_bytes, human_duration, main, parse_peer
+from minibt import config, magnet, urls
+from minibt.cli import (
+    Progress,
+    human_bytes,
+    human_duration,
+    main,
+    parse_duration_arg,
+    parse_peer,
+    parse_rate,
+    parse_size,
+)
+from minibt.errors import MagnetError
 from minibt.metainfo import load_metainfo
 
 
@@ -181,3 +192,42 @@ def test_rate_limit_options_reach_the_session_config(
         main(["download", *argv, "--down-limit", "lots"])
     assert e.value.code == 2
     capsys.readouterr()
+
+
+def _outcome(parse: object, text: str) -> object:
+    try:
+        return parse(text)  # type: ignore[operator]
+    except (ValueError, argparse.ArgumentTypeError, MagnetError):
+        return "error"
+
+
+SIZES = ["1G", "1GiB", "96MiB", "512k", ".5k", "1000", "1.5 MiB", "0", "-1", "1T", "1X", "", "1e3", "99999G"]
+RATES = ["500KiB", "2MiB", "300kB/s", "1.5 MiB/s", "1000", "0", "1G", "-5", "fast", "1 M /s"]
+DURATIONS = ["90", "90s", "15m", "2h", "1d", "1h30m", "1h 30m 15s", "1.5m", "2 min", "36501d", "x", "-1", "1w"]
+PEERS = ["1.2.3.4:6881", "[::1]:7000", "host.example:80", "Host.Example.:80", "[::ffff:1.2.3.4]:5",
+         "1.2.3.4", "1.2.3.4:0", "127.0.0.1:99999", "::1:80", "[zz]:80", "host:", "a b:80"]
+
+
+@pytest.mark.parametrize("text", SIZES)
+def test_cli_size_accepts_what_the_config_accepts(text: str) -> None:
+    assert _outcome(parse_size, text) == _outcome(config.parse_size, text)
+
+
+@pytest.mark.parametrize("text", RATES)
+def test_cli_rate_accepts_what_the_config_accepts(text: str) -> None:
+    assert _outcome(parse_rate, text) == _outcome(config.parse_rate, text)
+
+
+@pytest.mark.parametrize("text", DURATIONS)
+def test_cli_duration_accepts_what_the_config_accepts(text: str) -> None:
+    expected = _outcome(config.parse_duration, text)
+    assert _outcome(parse_duration_arg, text) == (expected if expected != 0 else "error")  # CLI: > 0
+
+
+@pytest.mark.parametrize("text", PEERS)
+def test_peer_address_is_read_the_same_everywhere(text: str) -> None:
+    """--peer, the config file's peers and a magnet's x.pe all go through urls.parse_host_port."""
+    expected = _outcome(urls.parse_host_port, text)
+    assert _outcome(parse_peer, text) == expected
+    assert _outcome(config.parse_peer_addr, text) == expected
+    assert _outcome(magnet.parse_peer_address, text) == expected

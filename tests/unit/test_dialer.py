@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from minibt.dialer import DIAL_HOLD_S, MAX_CANDIDATES, MAX_FAILS, PEER_RETRY_S, USER_RETRY_S, Dialer
+from minibt.candidates import DIAL_HOLD_S, MAX_FAILS, RETRY_S, USER_RETRY_S
+from minibt.dialer import Dialer
 from minibt.handshake import Handshake
-from minibt.peer import Addr, PeerConnection, PeerSource
+from minibt.peer import PeerConnection, PeerSource
 from minibt.reputation import Reputation
+from minibt.torrentconfig import DEFAULT_MAX_CANDIDATES
+from minibt.urls import Addr
 
 
 class Host:
@@ -117,8 +120,9 @@ def test_add_skips_own_banned_port_zero_duplicates() -> None:
 
 def test_candidates_are_capped() -> None:
     d, *_ = make()
-    d.add([(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 1) for i in range(MAX_CANDIDATES + 10)], PeerSource.TRACKER, own=set())
-    assert len(d.candidates) == MAX_CANDIDATES
+    addrs = [(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 1) for i in range(DEFAULT_MAX_CANDIDATES + 10)]
+    d.add(addrs, PeerSource.TRACKER, own=set())
+    assert len(d.candidates) == DEFAULT_MAX_CANDIDATES
 
 
 def test_failed_dials_back_off_then_are_forgotten() -> None:
@@ -130,7 +134,7 @@ def test_failed_dials_back_off_then_are_forgotten() -> None:
         d.connect_failed(a, now)
         c = d.candidates.get(a)
         assert c is not None and c.fails == fails
-        assert d.candidates.retry_at(a) == now + PEER_RETRY_S * 2 ** (fails - 1)
+        assert d.candidates.retry_at(a) == now + RETRY_S * 2 ** (fails - 1)
     d.connect_failed(a, now)
     assert a not in d.candidates
     d.connect_more(10_000.0, seeding=False, dialing=set())

@@ -22,7 +22,8 @@ from minibt.handshake import (
     supports_extension,
     supports_fast,
 )
-from minibt.wire import BitfieldMsg, Have, PeerWire, encode
+from minibt.wire import PeerWire
+from minibt.wire_codec import BitfieldMsg, Have, encode
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "bep3"
 

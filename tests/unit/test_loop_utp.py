@@ -26,8 +26,8 @@ from minibt.metainfo import create_torrent, parse_metainfo
 from minibt.peer import PeerSource
 from minibt.session import Dial, Session, SessionConfig
 from minibt.torrent import Torrent
-from minibt.utp import UtpConfig
 from minibt.utp_codec import HEADER_STRUCT, ST_STATE, ST_SYN, UTP_VERSION
+from minibt.utp_config import UtpConfig
 from tests.helpers import FakeClock
 
 PEER = ("127.0.0.9", 6881)

@@ -22,14 +22,13 @@ from minibt.budget import (
 from minibt.config import Config, Schedule, TorrentEntry, parse_config, parse_window
 from minibt.faults import Faults
 from minibt.metainfo import create_torrent, load_metainfo
-from minibt.runner import (
+from minibt.runner import Runner
+from minibt.runplan import (
     EXIT_FAIL,
     EXIT_LOCKED,
     EXIT_OK,
     EXIT_TIME_UP,
     JobOutcome,
-    RunLock,
-    Runner,
     hook_argv,
     in_windows,
     once_exit_code,
@@ -37,8 +36,8 @@ from minibt.runner import (
     seconds_until,
     stop_reason,
 )
-from minibt.statusfile import format_status, read_json, write_json_atomic
-from minibt.torrent import TorrentState
+from minibt.statusfile import RunLock, format_status, read_json, write_json_atomic
+from minibt.torrentconfig import TorrentState
 
 MIB = 1 << 20
 

@@ -13,16 +13,8 @@ from hypothesis import strategies as st
 
 from minibt.errors import StorageError
 from minibt.resume import ResumeData, decode_resume, encode_resume
-from minibt.storage import (
-    BLOCK_LEN,
-    PAD_PATH,
-    Span,
-    Storage,
-    disk_file_sizes,
-    load_resume,
-    piece_spans,
-    save_resume,
-)
+from minibt.storage import PAD_PATH, Span, Storage, disk_file_sizes, load_resume, piece_spans, save_resume
+from minibt.wire_codec import BLOCK_LEN
 
 KIB = 1024
 

@@ -11,28 +11,30 @@ from hypothesis import strategies as st
 from minibt.errors import LocalProtocolError, UtpError
 from minibt.ledbat import LedbatConfig
 from minibt.utp import (
-    ST_DATA,
-    ST_FIN,
-    ST_RESET,
-    ST_STATE,
-    ST_SYN,
     Connected,
     ConnectionClosed,
     ConnectionReset,
     ConnectionTimedOut,
     DataReceived,
     IncomingConnection,
-    UtpConfig,
     UtpConnection,
     UtpEvent,
-    UtpHeader,
-    UtpMux,
     UtpState,
+)
+from minibt.utp_codec import (
+    ST_DATA,
+    ST_FIN,
+    ST_RESET,
+    ST_STATE,
+    ST_SYN,
+    UtpHeader,
     decode_packet,
     encode_packet,
     is_utp_datagram,
     timestamp_us,
 )
+from minibt.utp_config import UtpConfig
+from minibt.utp_mux import UtpMux
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "bep29"
 A = ("192.0.2.1", 6881)

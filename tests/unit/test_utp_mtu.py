@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from minibt.errors import ConfigError
-from minibt.utp import UtpConfig
+from minibt.utp_config import UtpConfig
 from minibt.utp_mtu import MTU_PROBE_FAILURES_MAX, MTU_SEARCH_DONE_BYTES, MtuSearch
 
 

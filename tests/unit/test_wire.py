@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minibt.errors import CloseReason, LocalProtocolError, WireError
-from minibt.wire import (
+from minibt.wire import PeerWire, WireConfig
+from minibt.wire_codec import (
+    MAX_EXT_LEN,
     AllowedFast,
     BitfieldMsg,
     Cancel,
@@ -26,18 +28,15 @@ from minibt.wire import (
     KeepAlive,
     Message,
     NotInterested,
-    PeerWire,
     Piece,
     Port,
     Reject,
     Request,
     Suggest,
     Unchoke,
-    WireConfig,
     decode,
     encode,
 )
-from minibt.wire_codec import MAX_EXT_LEN
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "bep3"
 
