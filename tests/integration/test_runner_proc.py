@@ -338,8 +338,10 @@ def test_sighup_adds_a_torrent_without_dropping_the_running_one(tmp_path: Path) 
             assert not leecher.status().get("is_seeding"), "the leecher finished before the reload was checked"
             leecher.wait_complete(timeout_s=TRANSFER_DEADLINE_S)
             after = runner.log_text()[log_before:]
-            drops = [ln for ln in after.splitlines() if "disconnected" in ln and "BOTH_SEEDS" not in ln]
-            assert not drops, drops  # the reload dropped no connection of the unaffected torrent
+            # The reload dropped no connection of the unaffected torrent: the one connection ended only when
+            # the leecher completed, closed by whichever side saw first that both are seeds.
+            ends = [ln for ln in after.splitlines() if "disconnected" in ln]
+            assert len(ends) <= 1 and all("BOTH_SEEDS" in ln or "CLOSED_BY_REMOTE" in ln for ln in ends), ends
             assert_same_tree(tmp_path / "seed" / a.name, tmp_path / "leech-a" / a.name)
             write_config(cfg, client={**base_client(state, tmp_path / "dl"), "nonsense": 1}, torrents=[seed_a])
             runner.signal(signal.SIGHUP)
