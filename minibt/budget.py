@@ -114,19 +114,22 @@ class Limits:
 
 
 def fit_budget(budget_bytes: int, *, torrents: int, max_connections: int, max_peers: int,
-               num_pieces: int = 0, piece_length: int = 0, utp: bool = False) -> Limits:
+               num_pieces: int = 0, piece_length: int = 0, utp: bool = False, seeds: int = 0) -> Limits:
     """The largest limits (never above the configured ones) whose worst case fits ``budget_bytes``.
 
+    ``torrents``: the downloading ones (each gets a piece cache); ``seeds``: torrents that only seed
+    (their tables, but no cache: uploads read blocks from disk as they are requested).
     ``num_pieces`` and ``piece_length``: of the largest torrent (0 when unknown, e.g. a magnet);
     ``utp``: uTP is among the transports, so every connection may carry its buffers.
     """
     slots = max(torrents, TORRENT_SLOTS_MIN)
+    tables = slots + max(0, seeds)
     # Many torrents: fewer addresses kept per torrent, down to MIN_CANDIDATES, before anything else.
     cands = MAX_CANDIDATES
-    while cands > MIN_CANDIDATES and slots * torrent_bytes(num_pieces, cands) > budget_bytes // 16:
+    while cands > MIN_CANDIDATES and tables * torrent_bytes(num_pieces, cands) > budget_bytes // 16:
         cands = max(MIN_CANDIDATES, cands // 2)
     per_torrent = torrent_bytes(num_pieces, cands)
-    avail = max(0, budget_bytes - BASE_RSS_BYTES - SESSION_TABLES_BYTES - slots * per_torrent)
+    avail = max(0, budget_bytes - BASE_RSS_BYTES - SESSION_TABLES_BYTES - tables * per_torrent)
     cache = int(avail * CACHE_SHARE) // slots
     cache = max(MIN_CACHE_PER_TORRENT, min(MAX_CACHE_PER_TORRENT, cache))
     # When the smallest caches take more than their share (many torrents), connections get what they leave.
@@ -155,22 +158,24 @@ def fit_budget(budget_bytes: int, *, torrents: int, max_connections: int, max_pe
                   max_candidates=cands)
 
 
-def worst_case_bytes(limits: Limits, *, torrents: int) -> int:
-    """What these limits allow at most (the bound fit_budget keeps under the budget)."""
+def worst_case_bytes(limits: Limits, *, torrents: int, seeds: int = 0) -> int:
+    """What these limits allow at most (the bound fit_budget keeps under the budget); ``torrents``
+    downloading (cache and tables), ``seeds`` only seeding (tables)."""
     return (
         BASE_RSS_BYTES
         + SESSION_TABLES_BYTES
         + (limits.cache_bytes + limits.torrent_bytes) * torrents
+        + limits.torrent_bytes * seeds
         + limits.max_connections * limits.conn_bytes
     )
 
 
-def over_budget_message(limits: Limits, budget_bytes: int, *, torrents: int) -> str | None:
+def over_budget_message(limits: Limits, budget_bytes: int, *, torrents: int, seeds: int = 0) -> str | None:
     """Why the smallest limits still exceed the budget (None when they fit): say it, never exceed silently."""
-    need = worst_case_bytes(limits, torrents=max(torrents, 1))
+    need = worst_case_bytes(limits, torrents=max(torrents, 1), seeds=seeds)
     if need <= budget_bytes:
         return None
-    return (f"memory_budget {budget_bytes / MiB:.0f} MiB is below what {torrents} torrent(s) need at the smallest "
+    return (f"memory_budget {budget_bytes / MiB:.0f} MiB is below what {torrents + seeds} torrent(s) need at the smallest "
             f"limits ({need / MiB:.1f} MiB: {BASE_RSS_BYTES / MiB:.0f} MiB interpreter base, "
             f"{limits.cache_bytes >> 10} KiB of pieces per downloading torrent, {limits.max_connections} connections "
             f"x {limits.conn_bytes >> 10} KiB); raise it or list fewer torrents")

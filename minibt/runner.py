@@ -731,12 +731,14 @@ def run_main(config_path: str, *, once: bool, max_time_s: float | None, until_mi
 
 
 def _run_locked(cfg: Config, *, once: bool, max_time_s: float | None, until_min: int | None) -> int:
-    n = len([e for e in cfg.torrents if not once or e.mode == "download"])
+    n = len([e for e in cfg.torrents if e.mode == "download"])
+    seeds = 0 if once else len(cfg.torrents) - n  # --once runs the downloads only
     metas = [e.meta for e in cfg.torrents if e.meta is not None]
     limits = fit_budget(cfg.memory_budget_bytes, torrents=n, max_connections=cfg.max_connections,
                         max_peers=cfg.max_peers_per_torrent, num_pieces=max((m.num_pieces for m in metas), default=0),
-                        piece_length=max((m.piece_length for m in metas), default=0), utp="utp" in cfg.transports)
-    warning = over_budget_message(limits, cfg.memory_budget_bytes, torrents=n)
+                        piece_length=max((m.piece_length for m in metas), default=0), utp="utp" in cfg.transports,
+                        seeds=seeds)
+    warning = over_budget_message(limits, cfg.memory_budget_bytes, torrents=n, seeds=seeds)
     if warning is not None:
         log.warning("%s", warning)
         _stderr(warning)

@@ -129,6 +129,18 @@ def test_forty_mib_fits_one_download_and_twenty_seeding_torrents() -> None:
     assert msg is not None and "32 MiB" in msg and "40 torrent(s)" in msg
 
 
+@pytest.mark.parametrize("utp", [False, True])
+def test_seeding_torrents_take_tables_but_no_piece_cache(utp: bool) -> None:
+    # A seed only reads blocks from disk as they are asked for: twenty of them leave more room for
+    # connections than twenty downloads, and their worst case still fits the budget.
+    kw = dict(max_connections=200, max_peers=50, num_pieces=64, piece_length=256 * 1024, utp=utp)
+    as_seeds = fit_budget(40 * MIB, torrents=0, seeds=20, **kw)  # type: ignore[arg-type]
+    as_downloads = fit_budget(40 * MIB, torrents=20, **kw)  # type: ignore[arg-type]
+    assert as_seeds.max_connections > as_downloads.max_connections
+    assert worst_case_bytes(as_seeds, torrents=4, seeds=20) <= 40 * MIB
+    assert over_budget_message(as_seeds, 40 * MIB, torrents=0, seeds=20) is None
+
+
 def test_budget_shrinks_with_less_memory() -> None:
     big = fit_budget(256 * MIB, torrents=5, max_connections=200, max_peers=50)
     small = fit_budget(48 * MIB, torrents=5, max_connections=200, max_peers=50)
