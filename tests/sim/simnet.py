@@ -542,14 +542,8 @@ class SimNet:
         """Advance time event by event until ``pred()`` holds (True) or ``max_s`` passed (False)."""
         deadline = self.now + max_s
         while not pred():
-            nxt = self._next_tick
-            if self._heap and self._heap[0][0] < nxt:
-                nxt = self._heap[0][0]
-            if nxt > deadline:
-                self.clock.jump_to(deadline)
+            if not self.clock.jump_to_next(self._next_tick, self._heap[0][0] if self._heap else None, end=deadline):
                 return pred()
-            if nxt > self.now:
-                self.clock.jump_to(nxt)
             self._run_due()
         return True
 
