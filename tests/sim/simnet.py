@@ -550,6 +550,11 @@ class SimNet:
     def run_for(self, dt: float) -> None:
         self.run_until(lambda: False, dt)
 
+    def must_run_until(self, pred: Callable[[], bool], max_s: float) -> None:
+        """``run_until`` that fails the test, with :meth:`describe` as the message, when ``max_s`` passes first."""
+        if not self.run_until(pred, max_s):
+            raise AssertionError(f"not met within {max_s} simulated seconds\n{self.describe()}")
+
     def _run_due(self) -> None:
         now = self.now
         if now >= self._next_tick:
