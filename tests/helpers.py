@@ -1,10 +1,17 @@
-"""Shared test helpers: a fake clock and small utilities (STYLE.md section 9)."""
+"""Shared test helpers (STYLE.md section 9).
+
+* :class:`FakeClock`: time moves only when told to; ``jump_to_next`` jumps to the earliest deadline
+  (the step every fake loop takes: simnet.SimNet, test_ratelimit_sim.Pipe, test_utp_link.Sim);
+* :func:`pump`: hand one stream machine's outbox to another (``data_to_send`` -> ``receive_data``);
+* :func:`run_client_until`: drive an in-process Client (real sockets) until a condition or a deadline.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from minibt.client import Client
@@ -30,6 +37,33 @@ class FakeClock:
     def jump_to(self, t: float) -> None:
         assert t >= self._now
         self._now = t
+
+    def jump_to_next(self, *deadlines: float | None, end: float = math.inf) -> bool:
+        """Jump to the earliest of ``deadlines`` (None: no deadline), never backwards.
+
+        When that is past ``end`` (or there is no deadline and ``end`` is finite), jump to ``end``
+        instead and return False: the caller's time budget is spent.
+        """
+        earliest = min((d for d in deadlines if d is not None), default=math.inf)
+        if earliest > end:
+            self.jump_to(end)
+            return False
+        assert earliest < math.inf, "nothing scheduled and no end: the clock would jump to infinity"
+        self.jump_to(max(self._now, earliest))
+        return True
+
+
+class StreamMachine(Protocol):
+    """The stream half of the machine contract (STYLE.md section 3)."""
+
+    def data_to_send(self) -> bytes: ...
+
+    def receive_data(self, data: bytes, *, now: float) -> list[Any]: ...
+
+
+def pump(src: StreamMachine, dst: StreamMachine, *, now: float = 0.0) -> list[Any]:
+    """Deliver everything ``src`` has to send to ``dst`` in one piece; ``dst``'s events."""
+    return dst.receive_data(src.data_to_send(), now=now)
 
 
 def run_client_until(client: Client, pred: Callable[[], object], what: str, deadline: float,

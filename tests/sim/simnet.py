@@ -542,19 +542,18 @@ class SimNet:
         """Advance time event by event until ``pred()`` holds (True) or ``max_s`` passed (False)."""
         deadline = self.now + max_s
         while not pred():
-            nxt = self._next_tick
-            if self._heap and self._heap[0][0] < nxt:
-                nxt = self._heap[0][0]
-            if nxt > deadline:
-                self.clock.jump_to(deadline)
+            if not self.clock.jump_to_next(self._next_tick, self._heap[0][0] if self._heap else None, end=deadline):
                 return pred()
-            if nxt > self.now:
-                self.clock.jump_to(nxt)
             self._run_due()
         return True
 
     def run_for(self, dt: float) -> None:
         self.run_until(lambda: False, dt)
+
+    def must_run_until(self, pred: Callable[[], bool], max_s: float) -> None:
+        """``run_until`` that fails the test, with :meth:`describe` as the message, when ``max_s`` passes first."""
+        if not self.run_until(pred, max_s):
+            raise AssertionError(f"not met within {max_s} simulated seconds\n{self.describe()}")
 
     def _run_due(self) -> None:
         now = self.now

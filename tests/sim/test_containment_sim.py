@@ -36,7 +36,7 @@ def setup(tmp: Path, clock: FakeClock, rng: random.Random) -> tuple[SimNet, Meta
     net = SimNet(clock, rng)
     seed = net.add_peer("seed", "127.0.0.2")
     t = net.add_torrent(seed, meta, tmp / "src", mode="seed")
-    assert net.run_until(lambda: t.state is TorrentState.SEEDING, 1.0), net.describe()
+    net.must_run_until(lambda: t.state is TorrentState.SEEDING, 1.0)
     return net, meta, seed
 
 
@@ -62,7 +62,7 @@ def test_fault_on_one_peers_message_closes_only_that_peer(
     caplog.set_level(logging.ERROR, logger="minibt.faults")
     evil = leecher(net, meta, tmp_path, "evil", EVIL_IP)
     honest = leecher(net, meta, tmp_path, "honest", "127.0.0.4")
-    assert net.run_until(lambda: honest.torrent.complete, 30), net.describe()
+    net.must_run_until(lambda: honest.torrent.complete, 30)
     assert same_files(meta, tmp_path / "src", tmp_path / "honest")
     reasons = seed.close_reasons()
     assert (EVIL_IP, CloseReason.INTERNAL_ERROR) in reasons
@@ -95,7 +95,7 @@ def test_fault_in_one_torrents_hash_result_stops_that_torrent_only(
 
     vt.on_hash_result = buggy  # type: ignore[method-assign]
     other = leecher(net, meta, tmp_path, "other", "127.0.0.6")
-    assert net.run_until(lambda: other.torrent.complete and vt.state is TorrentState.ERROR, 30), net.describe()
+    net.must_run_until(lambda: other.torrent.complete and vt.state is TorrentState.ERROR, 30)
     assert vt.error is not None and "internal error: PlantedBug" in vt.error
     assert victim.session.faults.stats()["worker"] == 1
     assert not victim.session.conns  # the failed torrent closed its peers

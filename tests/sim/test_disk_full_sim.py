@@ -54,11 +54,11 @@ def test_disk_full_pauses_then_resumes_when_space_returns(tmp_path: Path, clock:
     leech.hasher = hasher  # type: ignore[assignment]
     t = net.add_torrent(leech, meta, tmp_path / "leech", mode="download", resume_path=tmp_path / "l.resume",
                         config=TorrentConfig(disk_retry_s=RETRY_S))
-    assert net.run_until(lambda: t.have.count() >= 10, 30), net.describe()
+    net.must_run_until(lambda: t.have.count() >= 10, 30)
     free = [0]
     t.storage.free_bytes = lambda: free[0]  # type: ignore[method-assign]
     hasher.full = True
-    assert net.run_until(lambda: t.disk_error is not None, 10), net.describe()
+    net.must_run_until(lambda: t.disk_error is not None, 10)
     assert "No space left on device" in t.disk_error
     assert t.state is TorrentState.DOWNLOADING and not t.downloading
     assert t.status(net.now)["disk_error"] == t.disk_error
@@ -71,7 +71,7 @@ def test_disk_full_pauses_then_resumes_when_space_returns(tmp_path: Path, clock:
     assert 0 < have < meta.num_pieces
     free[0] = 1 << 30
     hasher.full = False
-    assert net.run_until(lambda: t.complete, 30), net.describe()
+    net.must_run_until(lambda: t.complete, 30)
     assert t.disk_error is None and t.state is TorrentState.SEEDING
     assert same_files(meta, tmp_path / "src", tmp_path / "leech")
     assert t.stats.hash_failures == 0

@@ -44,7 +44,7 @@ def test_selected_file_downloads_alone_and_completes(tmp_path: Path, clock: Fake
     cfg = TorrentConfig(wanted_files=(C,))
     t = net.add_torrent(leech, meta, tmp_path / "leech", mode="download", resume_path=resume, config=cfg)
     assert not t.complete
-    assert net.run_until(lambda: t.complete, 30), net.describe()
+    net.must_run_until(lambda: t.complete, 30)
     mask, _ = wanted_pieces(meta, [C])
     wanted = [i for i, w in enumerate(mask) if w]
     assert t.state is TorrentState.SEEDING and sorted(t.have.indexes()) == wanted and not t.have.all()

@@ -42,7 +42,7 @@ def test_pieces_in_memory_stay_within_the_write_cache_with_many_seeders(
         most_conns = max(most_conns, len(leech.session.conns))
         return lt.complete
 
-    assert net.run_until(done, 60), net.describe()
+    net.must_run_until(done, 60)
     assert same_files(meta, tmp_path / "src", tmp_path / "leech")
     assert lt.storage.stats()["peak_cache_bytes"] <= cache
     assert most_started <= CACHE_PIECES

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,9 +60,6 @@ class Pair:
         self.net.add_torrent(self.leech.peer, self.meta, self.tmp / "leech", mode="download")
         self.net.add_peers(self.leech.peer, [self.seed.peer.addr])
 
-    def run_until(self, pred: Callable[[], bool], max_s: float) -> None:
-        assert self.net.run_until(pred, max_s), self.net.describe()
-
 
 def add_side(net: SimNet, name: str, ip: str, tcfg: TorrentConfig) -> Side:
     """A session on the net whose events are all recorded (delivered after every simulated event)."""
@@ -85,7 +81,7 @@ def make_pair(tmp: Path, clock: FakeClock, rng: random.Random, *, seed_cfg: Torr
         sides.append(add_side(net, name, ip, tcfg))
     pair = Pair(net, meta, tmp / "src", tmp, sides[0], sides[1])
     t = net.add_torrent(pair.seed.peer, meta, tmp / "src", mode="seed")
-    pair.run_until(lambda: t.state is TorrentState.SEEDING, 1.0)
+    pair.net.must_run_until(lambda: t.state is TorrentState.SEEDING, 1.0)
     return pair
 
 
@@ -150,7 +146,7 @@ def test_user_driven_choker_and_requests_complete_the_download(user_pair: Pair) 
     p.leech.dispatcher.listeners.on(N.PIECE_VERIFIED, on_verified)
     p.connect()
     lt = p.leech.peer.torrent
-    p.run_until(lambda: lt.complete and not p.leech.peer.session.conns and not p.seed.peer.session.conns, 30)
+    p.net.must_run_until(lambda: lt.complete and not p.leech.peer.session.conns and not p.seed.peer.session.conns, 30)
     assert same_files(p.meta, p.src, p.tmp / "leech")
     assert sorted(verified) == list(range(p.meta.num_pieces))
     assert lt.stats.wasted == 0 and lt.stats.hash_failures == 0
@@ -203,7 +199,7 @@ def test_auto_choke_off_never_unchokes_until_library_code_does(tmp_path: Path, c
     assert p.leech.peer.torrent.have.count() == 0
     peer.unchoke()
     lt = p.leech.peer.torrent
-    p.run_until(lambda: lt.complete, 20)
+    p.net.must_run_until(lambda: lt.complete, 20)
     assert same_files(p.meta, p.src, p.tmp / "leech")
     assert p.seed.names(N.WE_UNCHOKED_PEER) == [N.WE_UNCHOKED_PEER]
 

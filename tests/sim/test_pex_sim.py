@@ -63,7 +63,7 @@ def test_peer_learned_by_pex_is_dialled_with_source_and_flags(net: SimNet, meta:
     net.add_peers(b, [a.addr])
     assert net.run_until(lambda: connected_to(b, "10.0.0.1"), 5)
     net.add_peers(c, [b.addr])  # c is told of b only
-    assert net.run_until(lambda: connected_to(c, "10.0.0.1"), 30), net.describe()
+    net.must_run_until(lambda: connected_to(c, "10.0.0.1"), 30)
     cand = c.torrent.candidates.get(a.addr)
     assert cand is not None and cand.source is PeerSource.PEX and cand.via == b.addr
     # a is a seed and b dialled it: b advertised it with the seed and reachable flags
@@ -155,11 +155,11 @@ def test_magnet_fetches_metadata_from_x_pe_and_downloads(net: SimNet, meta: Meta
     m = net.add_peer("m", "10.2.0.3")
     f = m.session.add_magnet(Magnet(meta.info_hash, "payload", (), (a.addr, b.addr)), str(tmp_path / "m"), now=net.now)
     assert f.state is FetchState.FETCHING and f.torrent is None
-    assert net.run_until(lambda: f.torrent is not None, 20), net.describe()
+    net.must_run_until(lambda: f.torrent is not None, 20)
     assert f.meta is not None and f.meta.info_bytes == meta.info_bytes and f.meta.name == "payload"
     served = sum(p.torrent.exchange.stats()["metadata_served"] for p in (a, b))
     assert served >= 1
-    assert net.run_until(lambda: f.complete, 30), net.describe()
+    net.must_run_until(lambda: f.complete, 30)
     assert same_files(meta, tmp_path / "src", tmp_path / "m")
     assert m.session.fetches == {}
     # The metadata connections were handed over to the download, not closed and redialled.
@@ -194,7 +194,7 @@ def test_magnet_without_peers_finds_the_seed_through_its_tr_tracker(
     net.run_for(2)  # the seed's 'started' announce
     m = net.add_peer("m", "10.2.0.3")
     f = m.session.add_magnet(Magnet(meta.info_hash, None, (SIM_TRACKER,), ()), str(tmp_path / "m"), now=net.now)
-    assert net.run_until(lambda: f.complete, 60), net.describe()
+    net.must_run_until(lambda: f.complete, 60)
     assert f.meta is not None and [list(t) for t in f.meta.announce_tiers] == [[SIM_TRACKER]]
     assert same_files(meta, tmp_path / "src", tmp_path / "m")
 
@@ -212,7 +212,7 @@ def test_pex_api_events_and_controls(net: SimNet, meta: Metainfo, tmp_path: Path
         d.listeners.on(name, lambda ev: seen.append(ev) if ev.peer is not None and ev.peer.ip == "10.0.0.1" else None)
     net.checks.append(lambda: [d.dispatch()] and None)  # deliver events as the Client does
     net.add_peers(hub, [x.addr, y.addr])
-    assert net.run_until(lambda: any(e.name is EventName.PEX_PEER for e in seen), 20), net.describe()
+    net.must_run_until(lambda: any(e.name is EventName.PEX_PEER for e in seen), 20)
     assert [(e.addr, e.flags) for e in seen if e.name is EventName.PEX_PEER] == [("10.2.0.2:6881", 0x10)]
     (pex_ev,) = [e for e in seen if e.name is EventName.PEX]
     assert pex_ev.peer is not None and pex_ev.peer.ip == "10.0.0.1" and [p.addr for p in pex_ev.added] == [y.addr]
@@ -258,9 +258,9 @@ def test_magnet_takes_metadata_from_a_peer_that_dials_it(net: SimNet, meta: Meta
     m = net.add_peer("m", "10.2.0.3")
     f = m.session.add_magnet(Magnet(meta.info_hash, None, (), ()), str(tmp_path / "m"), now=net.now)
     net.add_peers(a, [m.addr])  # m knows nobody; the seed dials it
-    assert net.run_until(lambda: f.torrent is not None, 20), net.describe()
+    net.must_run_until(lambda: f.torrent is not None, 20)
     assert a.addr in f.served_by  # its BEP 10 listen port, not the ephemeral one
-    assert net.run_until(lambda: f.complete, 30), net.describe()
+    net.must_run_until(lambda: f.complete, 30)
     assert same_files(meta, tmp_path / "src", tmp_path / "m")
     # the seed's own connection was handed over: no second connection between them
     assert len([c for c in a.seen.values() if c.ip == "10.2.0.3"]) == 1
@@ -273,10 +273,10 @@ def test_magnet_onto_existing_data_checks_it_then_redials(net: SimNet, meta: Met
     m = net.add_peer("m", "10.2.0.3")
     copy_payload(meta, tmp_path / "src", tmp_path / "m")  # the data is already there: a hash check first
     f = m.session.add_magnet(Magnet(meta.info_hash, None, (), (a.addr,)), str(tmp_path / "m"), now=net.now)
-    assert net.run_until(lambda: f.torrent is not None, 20), net.describe()
+    net.must_run_until(lambda: f.torrent is not None, 20)
     # while the new torrent checks its files the connection cannot carry on: closed, redialled later
     assert [d for *_, d in m.session.closed_log if "redialled" in d]
-    assert net.run_until(lambda: f.complete, 30), net.describe()
+    net.must_run_until(lambda: f.complete, 30)
     assert f.torrent is not None and f.torrent.stats.downloaded == 0  # all of it passed the check
 
 

@@ -43,13 +43,13 @@ def test_long_name_and_symlink_download_and_resume(tmp_path: Path, clock: FakeCl
     net = SimNet(clock, rng)
     seed = net.add_peer("seed", "127.0.0.2")
     st = net.add_torrent(seed, meta, src, mode="seed")
-    assert net.run_until(lambda: st.state is TorrentState.SEEDING, 5.0), net.describe()
+    net.must_run_until(lambda: st.state is TorrentState.SEEDING, 5.0)
     assert st.have.all()  # the check found the shortened file: every piece verified
     leech = net.add_peer("leech", "127.0.0.3", 6881)
     resume = tmp_path / "leech.resume"
     dst = tmp_path / "leech"
     t = net.add_torrent(leech, meta, dst, mode="download", resume_path=resume)
-    assert net.run_until(lambda: t.complete, 30), net.describe()
+    net.must_run_until(lambda: t.complete, 30)
     assert (dst / "t" / ("y" * 251 + ".bin")).read_bytes() == payload[: sizes[0]]
     assert (dst / "t" / "b.bin").read_bytes() == payload[sizes[0] :]
     assert sorted(p.name for p in (dst / "t").iterdir()) == ["b.bin", "y" * 251 + ".bin"]  # no link made

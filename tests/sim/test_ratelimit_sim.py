@@ -203,13 +203,9 @@ class Pipe:
         end = self.clock.now() + max_s
         while not pred():
             self.step()
-            nxt = self.next_deadline()
-            if nxt > end:
-                self.clock.jump_to(end)
+            if not self.clock.jump_to_next(self.next_deadline(), end=end):
                 self.step()
                 return pred()
-            if nxt > self.clock.now():
-                self.clock.jump_to(nxt)
         return True
 
     def run_for(self, dt: float) -> None:

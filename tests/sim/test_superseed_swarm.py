@@ -47,7 +47,7 @@ def start(tmp: Path, *, super_seed: bool, seed_fast: bool = True) -> Run:
     cfg = SessionConfig(torrent=TorrentConfig(fsync=False, super_seed=super_seed))
     seed = net.add_peer("seed", "127.0.0.2", link=SEED_LINK, config=cfg, fast=seed_fast)
     t = net.add_torrent(seed, meta, tmp / "src", mode="seed")
-    assert net.run_until(lambda: t.state is TorrentState.SEEDING, 1.0), net.describe()
+    net.must_run_until(lambda: t.state is TorrentState.SEEDING, 1.0)
     assert t.super_seeding == super_seed
     return Run(net, meta, tmp / "src", tmp, seed)
 
@@ -62,7 +62,7 @@ def add_leechers(run: Run, n: int) -> None:
 def swarm_ratio(tmp: Path, *, super_seed: bool) -> float:
     run = start(tmp, super_seed=super_seed)
     add_leechers(run, 3)
-    assert run.net.run_until(run.done, 300), run.net.describe()
+    run.net.must_run_until(run.done, 300)
     for p in run.leechers:
         assert same_files(run.meta, run.src, run.tmp / p.name)
         assert p.torrent.stats.hash_failures == 0
@@ -153,7 +153,7 @@ def test_request_for_a_piece_not_offered_is_refused(tmp_path: Path, fast: bool) 
     net = run.net
     probe = Probe(net, "probe", "127.0.0.50", run.meta, fast=fast)
     net.add_peers(run.seed, [probe.addr])
-    assert net.run_until(lambda: any(isinstance(m, Piece) for m in probe.got), 10), net.describe()
+    net.must_run_until(lambda: any(isinstance(m, Piece) for m in probe.got), 10)
     net.run_for(1.0)
     assert probe.asked is not None
     offered, other = probe.asked
@@ -186,7 +186,7 @@ def test_super_seeding_is_only_for_a_complete_torrent(tmp_path: Path) -> None:
     assert run.net.run_until(lambda: run.seed.conn_to("127.0.0.10") is not None, 5)
     run.seed.torrent.set_super_seed(True, now=run.net.now)
     assert run.seed.torrent.super_seeding
-    assert run.net.run_until(run.done, 60), run.net.describe()
+    run.net.must_run_until(run.done, 60)
     assert same_files(run.meta, run.src, tmp_path / "leech0")
 
 
@@ -199,6 +199,6 @@ def test_super_seed_option_on_incomplete_data_is_an_error(tmp_path: Path) -> Non
     net = SimNet(FakeClock(), random.Random(5))
     seed = net.add_peer("seed", "127.0.0.2", config=SessionConfig(torrent=TorrentConfig(fsync=False, super_seed=True)))
     t = net.add_torrent(seed, meta, tmp_path / "src", mode="seed")
-    assert net.run_until(lambda: t.state is TorrentState.ERROR, 5.0), net.describe()
+    net.must_run_until(lambda: t.state is TorrentState.ERROR, 5.0)
     assert t.error is not None and "super-seeding" in t.error
     assert not t.super_seeding

@@ -55,7 +55,7 @@ class Swarm:
         p = self.net.add_peer(name, ip, link=link, fast=fast)
         d = copy_payload(self.meta, self.src, self.tmp / name) if copy else self.src
         t = self.net.add_torrent(p, self.meta, d, mode="seed")
-        assert self.net.run_until(lambda: t.state is TorrentState.SEEDING, 1.0), self.net.describe()
+        self.net.must_run_until(lambda: t.state is TorrentState.SEEDING, 1.0)
         return p
 
     def leecher(self, name: str, ip: str, *, link: LinkSpec | None = None, fast: bool = True,
@@ -111,7 +111,7 @@ def test_one_seeder_one_leecher_completes_byte_exact(swarm: Swarm, chunk: tuple[
     seed = swarm.seeder("seed", "127.0.0.2", link=LinkSpec(up_Bps=rate, chunk=chunk))
     t0 = net.now
     leech = swarm.leecher("leech", "127.0.0.3", link=LinkSpec(chunk=chunk))
-    assert net.run_until(lambda: swarm.done(leech), 30), net.describe()
+    net.must_run_until(lambda: swarm.done(leech), 30)
     elapsed = net.now - t0
     swarm.assert_exact(leech)
     total = swarm.meta.total_length
@@ -156,7 +156,7 @@ def test_leechers_joining_over_time_all_complete_within_unchoke_limit(swarm: Swa
     for i in range(n_leechers):
         leechers.append(swarm.leecher(f"leech{i}", f"127.0.0.{10 + i}", link=slow))
         net.run_for(0.5)
-    assert net.run_until(lambda: swarm.done(*leechers), 120), net.describe()
+    net.must_run_until(lambda: swarm.done(*leechers), 120)
     for p in leechers:
         swarm.assert_exact(p)
         assert p.torrent.stats.downloaded == swarm.meta.total_length
@@ -176,7 +176,7 @@ def test_endgame_duplicates_last_blocks_and_cancels(swarm: Swarm) -> None:
     s2 = swarm.seeder("s2", "127.0.0.4", link=LinkSpec(up_Bps=2 * MiB))
     leech = swarm.leecher("leech", "127.0.0.3")
     t0 = net.now
-    assert net.run_until(lambda: swarm.done(leech), 30), net.describe()
+    net.must_run_until(lambda: swarm.done(leech), 30)
     assert net.now - t0 < SNUB_TIMEOUT_S  # so no cancel below comes from snub handling
     swarm.assert_exact(leech)
     picker = leech.torrent.picker.stats()
@@ -198,7 +198,7 @@ def test_restart_from_resume_does_not_redownload_verified_pieces(swarm: Swarm) -
     seed = swarm.seeder("seed", "127.0.0.2", link=LinkSpec(up_Bps=1 * MiB))
     leech = swarm.leecher("leech", "127.0.0.3")
     n = swarm.meta.num_pieces
-    assert net.run_until(lambda: leech.torrent.have.count() >= n // 2, 30), net.describe()
+    net.must_run_until(lambda: leech.torrent.have.count() >= n // 2, 30)
     net.stop(leech)
     have = leech.torrent.have.to_bytes()
     left = leech.torrent.bytes_left
@@ -212,7 +212,7 @@ def test_restart_from_resume_does_not_redownload_verified_pieces(swarm: Swarm) -
                         resume_path=swarm.resume("leech"))
     assert t.state is TorrentState.DOWNLOADING  # resume data trusted: no full check
     assert t.have.to_bytes() == have and t.bytes_left == left
-    assert net.run_until(lambda: swarm.done(again), 30), net.describe()
+    net.must_run_until(lambda: swarm.done(again), 30)
     swarm.assert_exact(again)
     assert t.stats.downloaded == left
     assert seed.torrent.stats.uploaded - uploaded_before == left
@@ -239,7 +239,7 @@ def test_peer_dropping_mid_piece_gets_its_blocks_rerequested(swarm: Swarm) -> No
         lost[:] = owed
         return any(b.index in cached for b in owed)
 
-    assert net.run_until(mid_piece, 30), net.describe()
+    net.must_run_until(mid_piece, 30)
     net.kill(s1)  # a crash: what s1 had in flight is lost too
     assert lost
     at_endgame: list[bool] = []
@@ -250,7 +250,7 @@ def test_peer_dropping_mid_piece_gets_its_blocks_rerequested(swarm: Swarm) -> No
             at_endgame.append(all(t.have[b.index] for b in lost))
 
     net.checks.append(watch)
-    assert net.run_until(lambda: swarm.done(leech), 30), net.describe()
+    net.must_run_until(lambda: swarm.done(leech), 30)
     swarm.assert_exact(leech)
     assert (s1.ip, CloseReason.IO_ERROR) in leech.close_reasons()
     # Re-requested from s2 as soon as s1 was gone, not left for end game to find.
@@ -299,7 +299,7 @@ def run_with_liar(swarm: Swarm, *, bad_pieces: int | None) -> tuple[SimPeer, Sim
     if bad_pieces is None:
         target[:] = list(range(meta.num_pieces))
     else:
-        assert net.run_until(requested_from_liar_only, 10), net.describe()
+        net.must_run_until(requested_from_liar_only, 10)
         del target[bad_pieces:]
     corrupt_pieces(meta, swarm.tmp / "liar", target)
 
@@ -309,7 +309,7 @@ def run_with_liar(swarm: Swarm, *, bad_pieces: int | None) -> tuple[SimPeer, Sim
             assert c is None or c.closing, "a connection to a banned peer is alive"
 
     net.checks.append(liar_stays_out)
-    assert net.run_until(lambda: swarm.done(leech), 30), net.describe()
+    net.must_run_until(lambda: swarm.done(leech), 30)
     swarm.assert_exact(leech)
     return honest, liar, leech, target
 
@@ -359,7 +359,7 @@ def test_transfer_without_fast_extension_on_one_side(swarm: Swarm, side: str) ->
     net = swarm.net
     seed = swarm.seeder("seed", "127.0.0.2", fast=side != "seeder")
     leech = swarm.leecher("leech", "127.0.0.3", fast=side != "leecher")
-    assert net.run_until(lambda: swarm.done(leech), 30), net.describe()
+    net.must_run_until(lambda: swarm.done(leech), 30)
     swarm.assert_exact(leech)
     assert all(c.wire is not None and not c.wire.fast for c in leech.seen.values())
     ss, ls = seed.wire_stats(), leech.wire_stats()
@@ -420,7 +420,7 @@ def test_snubbing_peer_requests_are_reissued_after_snub_timeout(swarm: Swarm) ->
     honest = swarm.seeder("honest", "127.0.0.2", link=LinkSpec(up_Bps=48 * KiB))
     leech = swarm.leecher("leech", "127.0.0.3")
     net.add_peers(leech, [snubber.addr])
-    assert net.run_until(lambda: bool(snubber.requests), 5), net.describe()
+    net.must_run_until(lambda: bool(snubber.requests), 5)
     t_first = snubber.requests[0][0]
     first_batch = {(m.index, m.begin) for t, m in snubber.requests if t == t_first}
     assert len(first_batch) > 1
@@ -436,7 +436,7 @@ def test_snubbing_peer_requests_are_reissued_after_snub_timeout(swarm: Swarm) ->
             seen["have_at_endgame"] = {b for b in first_batch if t.have[b[0]]}
 
     net.checks.append(watch)
-    assert net.run_until(lambda: swarm.done(leech), 200), net.describe()
+    net.must_run_until(lambda: swarm.done(leech), 200)
     swarm.assert_exact(leech)
     assert seen.get("snubbed") is True and seen["endgame_at_snub"] is False
     t_cancel = snubber.cancels[0][0]

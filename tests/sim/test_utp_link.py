@@ -160,7 +160,7 @@ class Sim:
             if d is not None:
                 cands.append(d - ep.offset_s)
         assert cands, "simulation stalled: nothing in flight and no deadline"
-        self.clock.jump_to(max(self.clock.now(), min(cands)))
+        self.clock.jump_to_next(*cands)
         now = self.clock.now()
         touched: set[str] = set()
         while self.heap and self.heap[0][0] <= now:

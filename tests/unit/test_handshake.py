@@ -4,7 +4,7 @@ import random
 from pathlib import Path
 
 import pytest
-from helpers import FakeClock
+from helpers import FakeClock, pump
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -274,10 +274,10 @@ def test_pair_completes_both_sides() -> None:
     a = outgoing()
     b = Handshake(peer_id=THEIR_ID, reserved=make_reserved(fast=False), info_hash=None, now=0.0)
     a.start()
-    b_events = b.receive_data(a.data_to_send(), now=0.0)
+    b_events = pump(a, b, now=0.0)
     assert b_events[0] == InfoHashReceived(INFO_HASH)
     b.accept(INFO_HASH)
-    a_events = a.receive_data(b.data_to_send(), now=0.0)
+    a_events = pump(b, a, now=0.0)
     assert a.done and b.done
     assert a_events[-1] == HandshakeReceived(make_reserved(fast=False), INFO_HASH, THEIR_ID)
     assert b_events[-1] == HandshakeReceived(make_reserved(), INFO_HASH, OUR_ID)

@@ -147,7 +147,8 @@ def udp() -> Iterator[socket.socket]:
         u.close()
 
 
-def pump(loop: EventLoop, clock: FakeClock, until: object, n: int = 50) -> None:
+def run_loop(loop: EventLoop, clock: FakeClock, until: object, n: int = 50) -> None:
+    """A real EventLoop (real UDP socket): up to ``n`` iterations, 10 ms of fake time apart, until ``until()``."""
     for _ in range(n):
         loop.run_once()
         if callable(until) and until():
@@ -175,7 +176,7 @@ def test_datagrams_demuxed_by_first_byte_and_counted(loop: EventLoop, clock: Fak
     udp.sendto(b"\x01" + bytes(10), dst)  # uTP first byte, too short for a header: not uTP
     udp.sendto(HEADER_STRUCT.pack(0x21, 9, 1, 0, 0, 0, 0, 0), dst)  # uTP ext 9 pointing past the end
     udp.sendto(HEADER_STRUCT.pack(0x01, 0, 777, 0, 0, 1000, 5, 5) + b"x", dst)  # unknown connection
-    pump(loop, clock, lambda: loop.utp_stats()["datagrams"] >= 2 and loop.counters["udp_dropped"] >= 3)
+    run_loop(loop, clock, lambda: loop.utp_stats()["datagrams"] >= 2 and loop.counters["udp_dropped"] >= 3)
     assert loop.counters["udp_dropped"] == 3 and loop.counters["udp_unmatched"] == 1
     st = loop.utp_stats()
     assert st["datagrams"] == 2 and st["garbage"] == 1 and st["unknown_connection"] == 1
@@ -189,7 +190,7 @@ def test_syn_gets_bep29_state_reply_and_a_session_peer(loop: EventLoop, clock: F
     recv_id = 4000  # the initiator receives on recv_id and sends the SYN with it (BEP 29)
     syn = HEADER_STRUCT.pack((ST_SYN << 4) | UTP_VERSION, 0, recv_id, 123, 0, 65536, 1, 0)
     udp.sendto(syn, ("127.0.0.1", loop.port))
-    pump(loop, clock, lambda: loop.session.conns)
+    run_loop(loop, clock, lambda: loop.session.conns)
     (conn,) = loop.session.conns.values()
     assert conn.transport == "utp" and not conn.outgoing
     reply, _ = udp.recvfrom(2048)
@@ -214,11 +215,11 @@ def test_utp_connect_timeout_falls_back_to_tcp(loop: EventLoop, clock: FakeClock
             loop.run_once()
             assert loop.utp_stats()["utp_dials"] == 1 and loop.counters["dials"] == 1
             clock.advance(1.5)
-            pump(loop, clock, lambda: loop.counters["dials"] >= 2)
+            run_loop(loop, clock, lambda: loop.counters["dials"] >= 2)
             assert loop.counters["dials"] == 2 and s.conns[cid].transport == "tcp"
             ls.settimeout(2.0)
             a, _ = ls.accept()
-            pump(loop, clock, lambda: s.conns[cid].established)
+            run_loop(loop, clock, lambda: s.conns[cid].established)
             a.settimeout(2.0)
             assert a.recv(68)[:20] == b"\x13BitTorrent protocol"
             a.close()

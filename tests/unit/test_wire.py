@@ -7,7 +7,7 @@ from typing import Any
 
 import bencode2
 import pytest
-from helpers import FakeClock
+from helpers import FakeClock, pump
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -491,10 +491,6 @@ def test_framed_garbage_only_events_or_wire_error(fields: list[tuple[int, bytes]
 # -- state and commands ---------------------------------------------------------------------
 def pair(**kw: Any) -> tuple[PeerWire, PeerWire]:
     return make_wire(**kw), make_wire(**kw)
-
-
-def pump(a: PeerWire, b: PeerWire) -> list[Any]:
-    return b.receive_data(a.data_to_send(), now=0.0)
 
 
 def test_initial_state() -> None:
