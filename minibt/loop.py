@@ -75,6 +75,27 @@ def _is_ip(host: str) -> bool:
         return False
 
 
+@dataclass(frozen=True, slots=True)
+class _DialLookup:
+    """Worker-job tag: resolving the host name of a peer to dial."""
+
+    dial: Dial
+
+
+@dataclass(frozen=True, slots=True)
+class _HttpLookup:
+    """Worker-job tag: resolving the host of HTTP tracker transaction ``tid``."""
+
+    tid: int
+
+
+@dataclass(frozen=True, slots=True)
+class _UdpLookup:
+    """Worker-job tag: resolving the host of the UDP tracker at ``url``."""
+
+    url: str
+
+
 @dataclass(slots=True)
 class _PeerSock:
     cid: int
@@ -402,7 +423,7 @@ class EventLoop:
             self.session.on_closed(a.cid, CloseReason.CONNECT_FAILED, "busy: resolver queue full", now=now)
             return
         kind = socket.SOCK_DGRAM if a.transport == "utp" else socket.SOCK_STREAM
-        self.hasher.run(lambda: socket.getaddrinfo(host, port, type=kind), ("dns-dial", a))
+        self.hasher.run(lambda: socket.getaddrinfo(host, port, type=kind), _DialLookup(a))
 
     def _resolved_dial(self, a: Dial, res: CallResult, now: float) -> None:
         if a.cid not in self.session.conns:
@@ -654,38 +675,42 @@ class EventLoop:
             self.hasher.submit(self._hash_backlog.popleft())
 
     def _call_done(self, res: CallResult, now: float) -> None:
-        tag = res.tag
-        if not isinstance(tag, tuple):
+        match res.tag:
+            case _DialLookup(dial):
+                self._resolved_dial(dial, res, now)
+            case _HttpLookup(tid):
+                self._resolved_http(tid, res, now)
+            case _UdpLookup(url):
+                self._resolved_udp(url, res, now)
+
+    def _resolved_http(self, tid: int, res: CallResult, now: float) -> None:
+        txn = self._http.get(tid)
+        if txn is None:
             return
-        if tag[0] == "dns-dial":
-            self._resolved_dial(tag[1], res, now)
-        elif tag[0] == "dns-http":
-            txn = self._http.get(tag[1])
-            if txn is None:
-                return
-            if res.error is not None or not res.value:
-                self._http_fail(txn, f"cannot resolve {txn.req.host}: {res.error}", now)
-                return
-            found: Any = res.value
-            infos: Any = [i for i in found if self.source.reaches(i[4][0])] or found
-            fam, _, _, _, sockaddr = infos[0]
-            self._http_connect(txn, fam, sockaddr, now)
-        elif tag[0] == "dns-udp":
-            ut = self._udp_trackers.get(tag[1])
-            if ut is None:
-                return
-            ut.resolving = False
-            found = res.value or ()
-            infos = [i for i in found if self._udp_reaches(i[4][0])]
-            if res.error is not None or not infos:
-                why = f"cannot resolve: {res.error}" if res.error is not None or not found else (
-                    f"no address reachable from the UDP socket on {self.bind}")
-                for info_hash, job, _ in ut.pending:
-                    self.session.on_announce_result(info_hash, job, None, why, now=now)
-                ut.pending.clear()
-                return
-            ut.addr = (_norm_ip(infos[0][4][0]), infos[0][4][1])
-            self._udp_next(ut, now)
+        if res.error is not None or not res.value:
+            self._http_fail(txn, f"cannot resolve {txn.req.host}: {res.error}", now)
+            return
+        found: Any = res.value
+        infos: Any = [i for i in found if self.source.reaches(i[4][0])] or found
+        fam, _, _, _, sockaddr = infos[0]
+        self._http_connect(txn, fam, sockaddr, now)
+
+    def _resolved_udp(self, url: str, res: CallResult, now: float) -> None:
+        ut = self._udp_trackers.get(url)
+        if ut is None:
+            return
+        ut.resolving = False
+        found: Any = res.value or ()
+        infos = [i for i in found if self._udp_reaches(i[4][0])]
+        if res.error is not None or not infos:
+            why = f"cannot resolve: {res.error}" if res.error is not None or not found else (
+                f"no address reachable from the UDP socket on {self.bind}")
+            for info_hash, job, _ in ut.pending:
+                self.session.on_announce_result(info_hash, job, None, why, now=now)
+            ut.pending.clear()
+            return
+        ut.addr = (_norm_ip(infos[0][4][0]), infos[0][4][1])
+        self._udp_next(ut, now)
 
     # ------------------------------------------------------------------ trackers
 
@@ -730,7 +755,7 @@ class EventLoop:
                 self._http_fail(txn, "busy: resolver queue full", now)
                 return
             self.hasher.run(
-                lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), ("dns-http", tid)
+                lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), _HttpLookup(tid)
             )
 
     def _http_connect(self, txn: _HttpTxn, fam: int, sockaddr: Any, now: float) -> None:
@@ -851,7 +876,7 @@ class EventLoop:
                     self.session.on_announce_result(info_hash, job, None, "busy: resolver queue full", now=now)
                     return
                 ut.resolving = True
-                self.hasher.run(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM), ("dns-udp", url))
+                self.hasher.run(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM), _UdpLookup(url))
                 return
         self._udp_next(ut, now)
 

@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from minibt.checker import CheckJobTag
 from minibt.errors import CloseReason, ConfigError, RemoteProtocolError
 from minibt.events import EventName, EventQueue, EventRecord
 from minibt.faults import FaultKind, Faults
@@ -33,7 +34,7 @@ from minibt.metainfo import Metainfo
 from minibt.peer import TRANSPORTS, PeerConnection, PeerSource, valid_transports
 from minibt.ratelimit import KEEP, Keep, RateLimiter, TokenBucket
 from minibt.reputation import Banned, RepEvent, Reputation, ReputationChanged
-from minibt.torrent import Torrent
+from minibt.torrent import PieceJobTag, Torrent
 from minibt.torrentconfig import TorrentConfig, TorrentState
 from minibt.tracker import AnnounceJob, AnnounceParams, AnnounceResult
 from minibt.urls import Addr
@@ -757,14 +758,16 @@ class Session:
 
     def on_hash_result(self, res: HashResult, *, now: float) -> None:
         self._now = now
-        tag = res.tag
-        if isinstance(tag, tuple) and len(tag) == 2:
-            t = self.torrents.get(tag[1])
-            if t is not None:
-                try:
-                    t.on_hash_result(res, now=now)
-                except Exception as e:
-                    self._torrent_fault(t, FaultKind.WORKER, e, now)
+        match res.tag:
+            case CheckJobTag(info_hash=ih) | PieceJobTag(info_hash=ih):
+                t = self.torrents.get(ih)
+            case _:
+                return
+        if t is not None:
+            try:
+                t.on_hash_result(res, now=now)
+            except Exception as e:
+                self._torrent_fault(t, FaultKind.WORKER, e, now)
 
     def on_announce_result(
         self,

@@ -23,12 +23,13 @@ import errno
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from minibt import wire_codec as w
 from minibt.bitfield import Bitfield
 from minibt.candidates import CandidatePool
-from minibt.checker import Checker
+from minibt.checker import Checker, CheckJobTag
 from minibt.choker import Choker
 from minibt.dialer import Dialer
 from minibt.download import Downloader
@@ -60,6 +61,13 @@ IDLE_TIMEOUT_S = 180.0  # neither interested nor interesting for 3 minutes => di
 # A write that fails with one of these pauses downloading (verified data stays, seeding goes on)
 # and is retried every disk_retry_s once the disk has room for a piece again; other errors are fatal.
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+@dataclass(frozen=True, slots=True)
+class PieceJobTag:
+    """Tag of a hash job that verifies (and writes) a downloaded piece of ``info_hash``'s torrent."""
+
+    info_hash: bytes
 
 # Wire messages that are also public events (minibt/events.py); Have carries its index.
 _WIRE_EVENTS: dict[type, EventName] = {
@@ -285,21 +293,25 @@ class Torrent:
             self.session.hash(job)
 
     def on_hash_result(self, res: HashResult, *, now: float) -> None:
-        kind = res.tag[0] if isinstance(res.tag, tuple) else None
-        if kind == "check":
-            self.checker.job_done()
-            self.stats.checked += 1
-            if res.ok:
-                self._mark_have(res.piece)
-            if self.state is TorrentState.CHECKING:
-                self._pump_check()
-                if self.checker.done:
-                    log.info("%s: check done, %d/%d pieces", self.meta.name, self.have.count(), self.meta.num_pieces)
-                    self._enter_transfer(now)
-                    self.save_resume(now)
-            return
-        if kind != "piece":
-            return
+        match res.tag:
+            case CheckJobTag():
+                self._check_done(res, now)
+            case PieceJobTag():
+                self._piece_hashed(res, now)
+
+    def _check_done(self, res: HashResult, now: float) -> None:
+        self.checker.job_done()
+        self.stats.checked += 1
+        if res.ok:
+            self._mark_have(res.piece)
+        if self.state is TorrentState.CHECKING:
+            self._pump_check()
+            if self.checker.done:
+                log.info("%s: check done, %d/%d pieces", self.meta.name, self.have.count(), self.meta.num_pieces)
+                self._enter_transfer(now)
+                self.save_resume(now)
+
+    def _piece_hashed(self, res: HashResult, now: float) -> None:
         # A verified piece's bytes were written by the worker (off the event loop); its result is
         # handled even while stopping, so the final resume data includes it.
         self._commits_inflight -= 1
@@ -755,7 +767,7 @@ class Torrent:
                 expected=self.meta.piece_hash(index),
                 data=self.storage.piece_buffer(index),
                 spans=None,
-                tag=("piece", self.info_hash),
+                tag=PieceJobTag(self.info_hash),
                 writes=writes,
             )
         )
