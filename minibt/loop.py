@@ -960,14 +960,13 @@ class EventLoop:
         utp, sock = self._utp, self._udp
         if utp is None or sock is None:
             return
-        dgrams = utp.datagrams_to_send(now=now)
-        df = utp.mux.dont_fragment
-        for dgram, addr in dgrams:
-            if df and id(dgram) in df:
-                self._send_probe(sock, dgram, addr)
+        for out in utp.datagrams_to_send(now=now):
+            if out.dont_fragment:
+                self._send_probe(sock, out.data, out.addr)
                 continue
+            addr = out.addr
             try:
-                sock.sendto(dgram, self._udp_addr(addr))
+                sock.sendto(out.data, self._udp_addr(addr))
             except (BlockingIOError, InterruptedError):
                 self.counters["udp_send_errors"] += 1  # kernel buffer full: uTP retransmits it
             except OSError as e:

@@ -31,7 +31,7 @@ from minibt.utp import (
     UtpState,
 )
 from minibt.utp_config import UtpConfig
-from minibt.utp_mux import UtpMux
+from minibt.utp_mux import OutDatagram, UtpMux
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class UtpPeers:
         self._events(self.mux.handle_timeout(now=now), now)
         self._unblock(now)
 
-    def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Addr]]:
+    def datagrams_to_send(self, *, now: float) -> list[OutDatagram]:
         return self.mux.datagrams_to_send(now=now)
 
     def stats(self) -> dict[str, int]:
