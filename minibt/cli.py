@@ -26,7 +26,7 @@ from minibt.ifwatch import valid_interface_name
 from minibt.magnet import MAGNET_PREFIX, Magnet, parse_magnet
 from minibt.magnetfetch import FetchState, MagnetFetch, torrent_file_bytes
 from minibt.metainfo import Metainfo, create_torrent, describe, load_metainfo
-from minibt.peer import valid_transports
+from minibt.peer import Transport, to_transports, valid_transports
 from minibt.runplan import EXIT_FAIL, EXIT_OK
 from minibt.storage import Storage
 from minibt.torrent import Torrent
@@ -46,11 +46,11 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def parse_transports(text: str) -> tuple[str, ...]:
+def parse_transports(text: str) -> tuple[Transport, ...]:
     names = tuple(t.strip().lower() for t in text.split(",") if t.strip())
     if not valid_transports(names):
         raise argparse.ArgumentTypeError(f"expected a list of tcp and utp, e.g. utp,tcp; got {text!r}")
-    return names
+    return to_transports(names)
 
 
 def human_duration(s: float) -> str:

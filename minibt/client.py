@@ -27,7 +27,7 @@ from minibt.loop import EventLoop
 from minibt.magnet import MAGNET_PREFIX, Magnet, parse_magnet
 from minibt.magnetfetch import MagnetFetch
 from minibt.metainfo import Metainfo, load_metainfo
-from minibt.peer import PeerSource
+from minibt.peer import PeerSource, to_transports
 from minibt.ratelimit import KEEP, Keep
 from minibt.session import Session, SessionConfig
 from minibt.torrent import Torrent
@@ -68,7 +68,7 @@ class Client:
         self.rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
         self.state_dir = state_dir
         if transports is not None:
-            config = dataclasses.replace(config or SessionConfig(), transports=tuple(transports))
+            config = dataclasses.replace(config or SessionConfig(), transports=to_transports(tuple(transports)))
         self.session = Session(rng=self.rng, config=config, wall_clock=self.clock.wall)
         wake: list[Callable[[], None]] = []
         self.hasher = Hasher(

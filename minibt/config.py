@@ -23,7 +23,7 @@ from minibt.errors import ConfigError, MagnetError, MetainfoError
 from minibt.ifwatch import valid_interface_name
 from minibt.magnet import Magnet, parse_magnet
 from minibt.metainfo import Metainfo, load_metainfo
-from minibt.peer import valid_transports
+from minibt.peer import Transport, to_transports, valid_transports
 from minibt.urls import parse_host_port
 
 MODES = ("seed", "download")
@@ -116,7 +116,7 @@ class Config:
     upload_limit_bps: float | None = None
     download_limit_bps: float | None = None
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
-    transports: tuple[str, ...] = ("tcp", "utp")
+    transports: tuple[Transport, ...] = (Transport.TCP, Transport.UTP)
     log_level: str = "info"
     log_file: str | None = None
     watch_dir: str | None = None
@@ -479,6 +479,7 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
     transports = client.str_list("transports", "a list of \"tcp\" and \"utp\"")
     if transports is not None and not valid_transports(transports):
         raise client.error("transports", f"expected a non-empty list of distinct \"tcp\"/\"utp\", got {list(transports)}")
+    transport_order = to_transports(transports) if transports is not None else None
     watch_dir = client.take("watch_dir", str, "a directory path (\"\" = off)")
     durations = {}
     for key in ("watch_interval", "status_interval", "resume_interval", "disk_retry_interval"):
@@ -521,7 +522,7 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
         upload_limit_bps=up,
         download_limit_bps=down,
         memory_budget_bytes=pick(budget, d.memory_budget_bytes),
-        transports=pick(transports, d.transports),
+        transports=pick(transport_order, d.transports),
         log_level=(level or d.log_level).lower(),
         log_file=_path(base, log_file) if log_file else None,
         watch_dir=watch_dir or None,

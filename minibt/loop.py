@@ -30,6 +30,7 @@ from minibt.faults import FaultKind
 from minibt.hasher import CallResult, Hasher, HashJob, HashResult
 from minibt.ifwatch import InterfaceWatch
 from minibt.netif import Source, link_state, open_listen_sockets, send_probe, tune_tcp
+from minibt.peer import Transport
 from minibt.session import Announce, Close, Dial, HashPiece, Session
 from minibt.tracker import (
     AnnounceDone,
@@ -179,7 +180,7 @@ class EventLoop:
         self._throttle_at = 0.0  # when the first of them may read again
         self.counters.update(udp_dropped=0, udp_send_errors=0, utp_mtu_probes=0)
         self._utp: UtpPeers | None = (
-            UtpPeers(session, session.rng, config=utp_config) if "utp" in session.config.transports else None
+            UtpPeers(session, session.rng, config=utp_config) if Transport.UTP in session.config.transports else None
         )
         self._ubuf = bytearray(UDP_MAX_DATAGRAM)
         self._uview = memoryview(self._ubuf)
@@ -399,7 +400,7 @@ class EventLoop:
                 elif isinstance(a, Dial):
                     if not _is_ip(a.addr[0]):
                         self._resolve_dial(a, now)
-                    elif a.transport == "utp":
+                    elif a.transport == Transport.UTP:
                         self._utp_dial(a.cid, a.addr, now)
                     else:
                         self._dial(a.cid, a.addr, now)
@@ -422,7 +423,7 @@ class EventLoop:
         if not self.hasher.can_submit():
             self.session.on_closed(a.cid, CloseReason.CONNECT_FAILED, "busy: resolver queue full", now=now)
             return
-        kind = socket.SOCK_DGRAM if a.transport == "utp" else socket.SOCK_STREAM
+        kind = socket.SOCK_DGRAM if a.transport == Transport.UTP else socket.SOCK_STREAM
         self.hasher.run(lambda: socket.getaddrinfo(host, port, type=kind), _DialLookup(a))
 
     def _resolved_dial(self, a: Dial, res: CallResult, now: float) -> None:
@@ -435,13 +436,13 @@ class EventLoop:
             return
         # IPv4 first (what a dial by name did before); IPv6 only where the socket can reach it.
         v4 = [i for i in infos if i[0] == socket.AF_INET]
-        v6 = [i for i in infos if i[0] == socket.AF_INET6 and (a.transport != "utp" or self._udp_v6)]
+        v6 = [i for i in infos if i[0] == socket.AF_INET6 and (a.transport != Transport.UTP or self._udp_v6)]
         usable = [i for i in v4 + v6 if self.source.reaches(i[4][0])]  # a v4 source cannot reach v6
         if not usable:
             self.session.on_closed(a.cid, CloseReason.CONNECT_FAILED, f"no usable address for {a.addr[0]}", now=now)
             return
         addr = (_norm_ip(usable[0][4][0]), a.addr[1])
-        if a.transport == "utp":
+        if a.transport == Transport.UTP:
             self._utp_dial(a.cid, addr, now)
         else:
             self._dial(a.cid, addr, now)

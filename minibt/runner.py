@@ -32,6 +32,7 @@ from minibt.faults import FaultKind
 from minibt.magnet import parse_magnet
 from minibt.magnetfetch import FetchState, MagnetFetch, torrent_file_bytes
 from minibt.metainfo import Metainfo, load_metainfo
+from minibt.peer import Transport
 from minibt.procmem import peak_rss_bytes
 from minibt.runplan import (
     EXIT_CONFIG,
@@ -735,7 +736,7 @@ def _run_locked(cfg: Config, *, once: bool, max_time_s: float | None, until_min:
     metas = [e.meta for e in cfg.torrents if e.meta is not None]
     limits = fit_budget(cfg.memory_budget_bytes, torrents=n, max_connections=cfg.max_connections,
                         max_peers=cfg.max_peers_per_torrent, num_pieces=max((m.num_pieces for m in metas), default=0),
-                        piece_length=max((m.piece_length for m in metas), default=0), utp="utp" in cfg.transports)
+                        piece_length=max((m.piece_length for m in metas), default=0), utp=Transport.UTP in cfg.transports)
     warning = over_budget_message(limits, cfg.memory_budget_bytes, torrents=n)
     if warning is not None:
         log.warning("%s", warning)

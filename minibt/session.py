@@ -31,7 +31,7 @@ from minibt.hasher import HashJob, HashResult
 from minibt.magnet import Magnet
 from minibt.magnetfetch import MagnetFetch
 from minibt.metainfo import Metainfo
-from minibt.peer import TRANSPORTS, PeerConnection, PeerSource, valid_transports
+from minibt.peer import TRANSPORTS, PeerConnection, PeerSource, Transport, to_transports, valid_transports
 from minibt.ratelimit import KEEP, Keep, RateLimiter, TokenBucket
 from minibt.reputation import Banned, RepEvent, Reputation, ReputationChanged
 from minibt.torrent import PieceJobTag, Torrent
@@ -58,7 +58,7 @@ FALLBACK_REASONS = frozenset({CloseReason.CONNECT_FAILED, CloseReason.CLOSED_BY_
 class Dial:
     cid: int
     addr: Addr
-    transport: str = "tcp"  # "tcp" or "utp" (BEP 29)
+    transport: Transport = Transport.TCP
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +93,13 @@ class SessionConfig:
     # Outgoing preference order; incoming connections are accepted on every transport listed.
     # TCP first: on a LAN/loopback it moves data at a fraction of uTP's per-packet CPU cost in CPython,
     # and it keeps the TCP-only behaviour of earlier versions; uTP is the fallback (PROTOCOL.md 7.9).
-    transports: tuple[str, ...] = ("tcp", "utp")
+    # Names ("tcp", "utp") are accepted and stored as Transport members.
+    transports: tuple[Transport, ...] = (Transport.TCP, Transport.UTP)
 
     def __post_init__(self) -> None:
         if not valid_transports(self.transports):
             raise ConfigError(None, "transports", f"must be distinct names out of {TRANSPORTS}, got {self.transports}")
+        object.__setattr__(self, "transports", to_transports(self.transports))
 
 
 def make_peer_id(rng: random.Random) -> bytes:
@@ -441,7 +443,7 @@ class Session:
         d, self._dirty = self._dirty, set()
         return d
 
-    def on_incoming(self, addr: Addr, *, now: float, transport: str = "tcp") -> int | None:
+    def on_incoming(self, addr: Addr, *, now: float, transport: Transport = Transport.TCP) -> int | None:
         """A connection was accepted (over ``transport``); returns its cid, or None to refuse it."""
         self._now = now
         first_cid = self._next_cid
@@ -455,7 +457,7 @@ class Session:
                     self._drop(conn, CloseReason.INTERNAL_ERROR, "internal error at accept")
             return None
 
-    def _on_incoming(self, addr: Addr, now: float, transport: str) -> int | None:
+    def _on_incoming(self, addr: Addr, now: float, transport: Transport) -> int | None:
         if len(self.conns) >= self.config.max_connections:
             self._refused(addr, CloseReason.TOO_MANY_PEERS, "global connection limit", now)
             return None
@@ -467,7 +469,7 @@ class Session:
         hs = self._handshake(None, now)
         conn = PeerConnection(cid, addr, outgoing=False, source=PeerSource.INCOMING, handshake=hs, now=now)
         conn.established = True
-        conn.transport = transport
+        conn.transport = Transport(transport)
         self.conns[cid] = conn
         self.emit(EventName.PEER_CONNECTED, conn, None)
         return cid

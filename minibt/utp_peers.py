@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass
 
 from minibt.errors import CloseReason
+from minibt.peer import Transport
 from minibt.session import Session
 from minibt.urls import Addr
 from minibt.utp import (
@@ -174,7 +175,7 @@ class UtpPeers:
                     self._lost(up, CloseReason.CONNECT_FAILED, "uTP connect timed out", now)
 
     def _incoming(self, key: ConnKey, conn: UtpConnection, now: float) -> None:
-        cid = self.session.on_incoming(key[0], now=now, transport="utp")
+        cid = self.session.on_incoming(key[0], now=now, transport=Transport.UTP)
         if cid is None:
             self.counters["utp_refused"] += 1
             conn.reset()
