@@ -31,7 +31,7 @@ from minibt.peer import PeerSource, to_transports
 from minibt.ratelimit import KEEP, Keep
 from minibt.session import Session, SessionConfig
 from minibt.torrent import Torrent
-from minibt.torrentconfig import TorrentConfig
+from minibt.torrentconfig import TorrentConfig, parse_mode
 from minibt.urls import Addr
 from minibt.utp_config import UtpConfig
 
@@ -159,7 +159,8 @@ class Client:
         download_dir = os.path.abspath(download_dir)
         now = self.clock.now()
         t = self.session.add_torrent(
-            meta, download_dir, mode=mode, resume_path=self.resume_path(meta, download_dir), now=now, config=config
+            meta, download_dir, mode=parse_mode(mode), resume_path=self.resume_path(meta, download_dir), now=now,
+            config=config,
         )
         plist = list(peers)
         if plist:

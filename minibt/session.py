@@ -35,7 +35,7 @@ from minibt.peer import TRANSPORTS, PeerConnection, PeerSource, Transport, to_tr
 from minibt.ratelimit import KEEP, Keep, RateLimiter, TokenBucket
 from minibt.reputation import Banned, RepEvent, Reputation, ReputationChanged
 from minibt.torrent import PieceJobTag, Torrent
-from minibt.torrentconfig import TorrentConfig, TorrentState
+from minibt.torrentconfig import Mode, TorrentConfig, TorrentState
 from minibt.tracker import AnnounceJob, AnnounceParams, AnnounceResult
 from minibt.urls import Addr
 from minibt.wire import PeerWire
@@ -169,7 +169,7 @@ class Session:
         meta: Metainfo,
         download_dir: str,
         *,
-        mode: str,
+        mode: Mode,
         resume_path: str | None,
         now: float,
         config: TorrentConfig | None = None,
@@ -217,7 +217,7 @@ class Session:
         magnet: Magnet,
         download_dir: str,
         *,
-        mode: str = "download",
+        mode: Mode = Mode.DOWNLOAD,
         now: float,
         config: TorrentConfig | None = None,
         resume_path: Callable[[Metainfo], str | None] | None = None,

@@ -47,7 +47,7 @@ from minibt.reputation import BlockRecord
 from minibt.storage import Storage, plan_names, wanted_pieces
 from minibt.superseed import SuperSeeder
 from minibt.superseeding import SuperSeeding
-from minibt.torrentconfig import TorrentConfig, TorrentState, TorrentStats
+from minibt.torrentconfig import Mode, TorrentConfig, TorrentState, TorrentStats, parse_mode
 from minibt.tracker import AnnounceJob, Announcer, AnnounceResult
 from minibt.upload import Uploader
 from minibt.urls import Addr
@@ -91,15 +91,14 @@ class Torrent:
         meta: Metainfo,
         download_dir: str,
         *,
-        mode: str,
+        mode: Mode,
         resume_path: str | None,
         config: TorrentConfig,
         rng: random.Random,
         now: float,
     ) -> None:
-        if mode not in ("download", "seed"):
-            raise ValueError(f"unknown mode {mode!r}")
-        if config.super_seed and mode != "seed":
+        mode = parse_mode(mode)
+        if config.super_seed and mode is not Mode.SEED:
             raise ValueError("super-seeding (BEP 16) is for seeding a complete torrent (mode='seed')")
         self.session = session
         self.meta = meta
@@ -176,7 +175,7 @@ class Torrent:
         meta = self.meta
         try:
             existed = self.checker.data_exists()  # before open() creates the files
-            self.storage.open(create=self.mode == "download")
+            self.storage.open(create=self.mode is Mode.DOWNLOAD)
         except StorageError as e:
             self.fail(f"cannot open data files: {e}")
             return
@@ -202,7 +201,7 @@ class Torrent:
                 self.stats.completed_at = now
         else:
             self.state = TorrentState.DOWNLOADING
-        if self.state is TorrentState.SEEDING or self.mode == "download":
+        if self.state is TorrentState.SEEDING or self.mode is Mode.DOWNLOAD:
             self.checker.resume_dirty = True
         if self.config.super_seed and self.superseed is None:
             self._super_seed_from_config(now)
