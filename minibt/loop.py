@@ -395,27 +395,28 @@ class EventLoop:
             if not acts:
                 return
             for a in acts:
-                if isinstance(a, Dial) and self.paused_reason is not None:
-                    self.session.on_closed(a.cid, CloseReason.CONNECT_FAILED, f"paused: {self.paused_reason}", now=now)
-                elif isinstance(a, Dial):
-                    if not _is_ip(a.addr[0]):
+                match a:
+                    case Dial() if self.paused_reason is not None:
+                        self.session.on_closed(a.cid, CloseReason.CONNECT_FAILED, f"paused: {self.paused_reason}",
+                                               now=now)
+                    case Dial() if not _is_ip(a.addr[0]):
                         self._resolve_dial(a, now)
-                    elif a.transport == Transport.UTP:
+                    case Dial(transport=Transport.UTP):
                         self._utp_dial(a.cid, a.addr, now)
-                    else:
+                    case Dial():
                         self._dial(a.cid, a.addr, now)
-                elif isinstance(a, Close):
-                    ps = self._peers.pop(a.cid, None)
-                    if ps is not None:
-                        # Best effort: push out what is queued (e.g. a final message), then close.
-                        self._close_sock(ps)
-                    elif self._utp is not None:
-                        self._utp.close(a.cid)
-                elif isinstance(a, HashPiece):
-                    self._hash_backlog.append(a.job)
-                    self._pump_hasher()
-                elif isinstance(a, Announce):
-                    self._announce(a.info_hash, a.job, a.params, now)
+                    case Close(cid=cid):
+                        ps = self._peers.pop(cid, None)
+                        if ps is not None:
+                            # Best effort: push out what is queued (e.g. a final message), then close.
+                            self._close_sock(ps)
+                        elif self._utp is not None:
+                            self._utp.close(cid)
+                    case HashPiece(job=job):
+                        self._hash_backlog.append(job)
+                        self._pump_hasher()
+                    case Announce():
+                        self._announce(a.info_hash, a.job, a.params, now)
 
     def _resolve_dial(self, a: Dial, now: float) -> None:
         """A peer known by host name (magnet x.pe): resolve it on the worker pool, then dial."""
@@ -992,12 +993,13 @@ class EventLoop:
             if ut.job is None:
                 break
             info_hash, job = ut.job
-            if isinstance(ev, AnnounceDone):
-                ut.job = None
-                self.session.on_announce_result(info_hash, job, ev.result, None, now=now)
-            elif isinstance(ev, AnnounceFailed):
-                ut.job = None
-                self.session.on_announce_result(info_hash, job, None, ev.message, now=now)
+            match ev:
+                case AnnounceDone(result=result):
+                    ut.job = None
+                    self.session.on_announce_result(info_hash, job, result, None, now=now)
+                case AnnounceFailed(message=message):
+                    ut.job = None
+                    self.session.on_announce_result(info_hash, job, None, message, now=now)
         self._udp_send(ut, now)
         self._udp_next(ut, now)
 

@@ -589,32 +589,33 @@ class Session:
         hs = conn.handshake
         assert hs is not None
         for ev in hs.receive_data(bytes(data), now=now):
-            if isinstance(ev, InfoHashReceived) and not conn.outgoing:
-                t = self.torrents.get(ev.info_hash)
-                f = self.fetches.get(ev.info_hash) if t is None else None
-                if f is not None and f.can_accept() and not self.reputation.is_banned(conn.ip):
-                    self._fetch_of[conn.cid] = f  # a magnet still fetching metadata: BEP 10 only
-                    hs.accept(ev.info_hash)
+            match ev:
+                case InfoHashReceived(info_hash=info_hash) if not conn.outgoing:
+                    t = self.torrents.get(info_hash)
+                    f = self.fetches.get(info_hash) if t is None else None
+                    if f is not None and f.can_accept() and not self.reputation.is_banned(conn.ip):
+                        self._fetch_of[conn.cid] = f  # a magnet still fetching metadata: BEP 10 only
+                        hs.accept(info_hash)
+                        self._dirty.add(conn.cid)
+                        continue
+                    if t is None:
+                        self.close(conn.cid, CloseReason.UNKNOWN_INFO_HASH, info_hash.hex())
+                        return
+                    if t.state is TorrentState.CHECKING:
+                        self.close(conn.cid, CloseReason.HASH_CHECKING, "torrent is being checked")
+                        return
+                    if self.reputation.is_banned(conn.ip):
+                        self.close(conn.cid, CloseReason.BANNED, "banned")
+                        return
+                    if not t.can_accept_peer():
+                        self.close(conn.cid, CloseReason.TOO_MANY_PEERS, "per-torrent peer limit")
+                        return
+                    self._torrent_of[conn.cid] = t
+                    hs.accept(info_hash)
                     self._dirty.add(conn.cid)
-                    continue
-                if t is None:
-                    self.close(conn.cid, CloseReason.UNKNOWN_INFO_HASH, ev.info_hash.hex())
+                case HandshakeReceived():
+                    self._handshake_done(conn, ev, now)
                     return
-                if t.state is TorrentState.CHECKING:
-                    self.close(conn.cid, CloseReason.HASH_CHECKING, "torrent is being checked")
-                    return
-                if self.reputation.is_banned(conn.ip):
-                    self.close(conn.cid, CloseReason.BANNED, "banned")
-                    return
-                if not t.can_accept_peer():
-                    self.close(conn.cid, CloseReason.TOO_MANY_PEERS, "per-torrent peer limit")
-                    return
-                self._torrent_of[conn.cid] = t
-                hs.accept(ev.info_hash)
-                self._dirty.add(conn.cid)
-            elif isinstance(ev, HandshakeReceived):
-                self._handshake_done(conn, ev, now)
-                return
 
     def _handshake_done(self, conn: PeerConnection, ev: HandshakeReceived, now: float) -> None:
         t = self._torrent_of.get(conn.cid)

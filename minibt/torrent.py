@@ -508,55 +508,47 @@ class Torrent:
             self.session.emit(_WIRE_EVENTS[t], peer, self, index=msg.index if isinstance(msg, w.Have) else None)
         if self._superseeding.seeder is not None:
             self._superseeding.on_message(peer, msg)
-        if t is w.Piece:
-            assert isinstance(msg, w.Piece)
-            self.download.on_block(peer, msg, now)
-        elif t is w.Request:
-            assert isinstance(msg, w.Request)
-            self.upload.on_request(peer, msg, now)
-        elif t is w.Have:
-            assert isinstance(msg, w.Have)
-            if not self.picker.peer_has(peer.cid, msg.index):
-                self.picker.peer_have(peer.cid, msg.index)
-            self.download.update_interest(peer)
-            self._check_seed(peer, now)
-        elif t is w.BitfieldMsg:
-            assert isinstance(msg, w.BitfieldMsg)
-            self.picker.peer_bitfield(peer.cid, msg.bits)
-            self.download.update_interest(peer)
-            self._check_seed(peer, now)
-        elif t is w.HaveAll:
-            self.picker.peer_have_all(peer.cid)
-            self.download.update_interest(peer)
-            self._check_seed(peer, now)
-        elif t is w.HaveNone:
-            self.picker.peer_have_none(peer.cid)
-        elif t is w.Unchoke:
-            self.download.fill(peer, now)
-        elif t is w.Choke:
-            self.download.on_choke(peer)
-        elif t is w.Interested:
-            peer.last_useful_at = now
-            self.upload.on_interested(now)
-        elif t is w.NotInterested:
-            self.upload.on_not_interested(peer, now)
-        elif t is w.Cancel:
-            assert isinstance(msg, w.Cancel)
-            self.upload.on_cancel(peer, msg)
-        elif t is w.Reject:
-            assert isinstance(msg, w.Reject)
-            self.download.on_reject(peer, msg, now)
-        elif t is w.AllowedFast:
-            assert isinstance(msg, w.AllowedFast)
-            self.download.on_allowed_fast(peer, msg, now)
-        elif t is w.ExtHandshake:
-            assert isinstance(msg, w.ExtHandshake)
-            apply_peer_handshake(peer, msg.data)
-            self.exchange.on_ext_handshake(peer, now=now)
-        elif t is w.Extended:
-            assert isinstance(msg, w.Extended)
-            self.exchange.on_extended(peer, msg.ext_id, msg.payload, now=now)
-        # Suggest, Port, KeepAlive, other extended messages: nothing to do yet.
+        match msg:
+            case w.Piece():  # first: the per-block hot path
+                self.download.on_block(peer, msg, now)
+            case w.Request():
+                self.upload.on_request(peer, msg, now)
+            case w.Have(index=index):
+                if not self.picker.peer_has(peer.cid, index):
+                    self.picker.peer_have(peer.cid, index)
+                self.download.update_interest(peer)
+                self._check_seed(peer, now)
+            case w.BitfieldMsg(bits=bits):
+                self.picker.peer_bitfield(peer.cid, bits)
+                self.download.update_interest(peer)
+                self._check_seed(peer, now)
+            case w.HaveAll():
+                self.picker.peer_have_all(peer.cid)
+                self.download.update_interest(peer)
+                self._check_seed(peer, now)
+            case w.HaveNone():
+                self.picker.peer_have_none(peer.cid)
+            case w.Unchoke():
+                self.download.fill(peer, now)
+            case w.Choke():
+                self.download.on_choke(peer)
+            case w.Interested():
+                peer.last_useful_at = now
+                self.upload.on_interested(now)
+            case w.NotInterested():
+                self.upload.on_not_interested(peer, now)
+            case w.Cancel():
+                self.upload.on_cancel(peer, msg)
+            case w.Reject():
+                self.download.on_reject(peer, msg, now)
+            case w.AllowedFast():
+                self.download.on_allowed_fast(peer, msg, now)
+            case w.ExtHandshake(data=data):
+                apply_peer_handshake(peer, data)
+                self.exchange.on_ext_handshake(peer, now=now)
+            case w.Extended(ext_id=ext_id, payload=payload):
+                self.exchange.on_extended(peer, ext_id, payload, now=now)
+            # Suggest, Port, KeepAlive, other extended messages: nothing to do yet.
 
     def _check_seed(self, peer: PeerConnection, now: float) -> None:
         if not peer.is_seed and self.picker.peer_is_seed(peer.cid):

@@ -157,22 +157,23 @@ class UtpPeers:
             up = by_key.get(key)
             if up is None:
                 continue  # a connection the session already closed (lingering for its FIN)
-            if isinstance(ev, Connected):
-                if not up.connected:
-                    up.connected = True
-                    self.session.on_connected(up.cid, now=now)
-                    self._fill(up, now)
-            elif isinstance(ev, ConnectionClosed):
-                up.conn.close()  # answer their FIN with ours
-                self._lost(up, CloseReason.CLOSED_BY_REMOTE, "uTP FIN", now)
-            elif isinstance(ev, ConnectionReset):
-                reason = CloseReason.CLOSED_BY_REMOTE if up.connected else CloseReason.CONNECT_FAILED
-                self._lost(up, reason, "uTP reset by peer", now)
-            elif isinstance(ev, ConnectionTimedOut):
-                if up.connected:
-                    self._lost(up, CloseReason.IO_ERROR, "uTP timed out", now)
-                else:
-                    self._lost(up, CloseReason.CONNECT_FAILED, "uTP connect timed out", now)
+            match ev:
+                case Connected():
+                    if not up.connected:
+                        up.connected = True
+                        self.session.on_connected(up.cid, now=now)
+                        self._fill(up, now)
+                case ConnectionClosed():
+                    up.conn.close()  # answer their FIN with ours
+                    self._lost(up, CloseReason.CLOSED_BY_REMOTE, "uTP FIN", now)
+                case ConnectionReset():
+                    reason = CloseReason.CLOSED_BY_REMOTE if up.connected else CloseReason.CONNECT_FAILED
+                    self._lost(up, reason, "uTP reset by peer", now)
+                case ConnectionTimedOut():
+                    if up.connected:
+                        self._lost(up, CloseReason.IO_ERROR, "uTP timed out", now)
+                    else:
+                        self._lost(up, CloseReason.CONNECT_FAILED, "uTP connect timed out", now)
 
     def _incoming(self, key: ConnKey, conn: UtpConnection, now: float) -> None:
         cid = self.session.on_incoming(key[0], now=now, transport=Transport.UTP)
