@@ -663,13 +663,14 @@ class EventLoop:
         except (BlockingIOError, InterruptedError):
             pass
         for res in self.hasher.results():
-            if isinstance(res, HashResult):
-                self.session.on_hash_result(res, now=now)  # contained per torrent by the session
-            elif isinstance(res, CallResult):
-                try:
-                    self._call_done(res, now)
-                except Exception as e:  # one name lookup's result
-                    self.session.faults.record(FaultKind.DNS, f"lookup {res.tag!r}", e)
+            match res:
+                case HashResult():
+                    self.session.on_hash_result(res, now=now)  # contained per torrent by the session
+                case CallResult():
+                    try:
+                        self._call_done(res, now)
+                    except Exception as e:  # one name lookup's result
+                        self.session.faults.record(FaultKind.DNS, f"lookup {res.tag!r}", e)
         self._pump_hasher()
 
     def _pump_hasher(self) -> None:
