@@ -22,7 +22,7 @@ from minibt.errors import CloseReason, LocalProtocolError
 from minibt.events import EventName, EventRecord, Listeners
 from minibt.faults import FaultKind
 from minibt.handshake import supports_dht
-from minibt.peer import PeerConnection, PeerSource
+from minibt.peer import PeerConnection, PeerSource, Transport
 from minibt.peerid import decode_client
 from minibt.pex import PexPeer, PexSender
 
@@ -160,7 +160,7 @@ class Peer:
     @property
     def transport(self) -> str:
         """'tcp' or 'utp' (BEP 29)."""
-        return self._conn.transport
+        return str(self._conn.transport)
 
     @property
     def torrent(self) -> Torrent | None:
@@ -226,7 +226,7 @@ class Peer:
             f |= PeerFlags.SEEDER
         if not c.outgoing:
             f |= PeerFlags.INCOMING
-        if c.transport == "utp":
+        if c.transport == Transport.UTP:
             f |= PeerFlags.UTP
         if c.wire is not None:
             f |= PeerFlags.HANDSHAKE_DONE

@@ -14,6 +14,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from minibt.bitfield import Bitfield
 from minibt.errors import StorageError
@@ -23,6 +24,13 @@ from minibt.resume import ResumeData
 from minibt.storage import PAD_PATH, Storage, load_resume, save_resume
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckJobTag:
+    """Tag of a hash job that checks a piece already on disk (its result goes to ``info_hash``'s torrent)."""
+
+    info_hash: bytes
 
 
 class Checker:
@@ -74,7 +82,7 @@ class Checker:
                     expected=self._meta.piece_hash(i),
                     data=None,
                     spans=tuple(self._storage.read_piece_spans(i)),
-                    tag=("check", self._meta.info_hash),
+                    tag=CheckJobTag(self._meta.info_hash),
                 )
             )
             self._inflight += 1

@@ -26,11 +26,11 @@ from minibt.ifwatch import valid_interface_name
 from minibt.magnet import MAGNET_PREFIX, Magnet, parse_magnet
 from minibt.magnetfetch import FetchState, MagnetFetch, torrent_file_bytes
 from minibt.metainfo import Metainfo, create_torrent, describe, load_metainfo
-from minibt.peer import valid_transports
+from minibt.peer import Transport, to_transports, valid_transports
 from minibt.runplan import EXIT_FAIL, EXIT_OK
 from minibt.storage import Storage
 from minibt.torrent import Torrent
-from minibt.torrentconfig import TorrentState
+from minibt.torrentconfig import Mode, TorrentState
 from minibt.urls import Addr, parse_host_port, parse_tracker_url
 
 log = logging.getLogger("minibt")
@@ -46,11 +46,11 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def parse_transports(text: str) -> tuple[str, ...]:
+def parse_transports(text: str) -> tuple[Transport, ...]:
     names = tuple(t.strip().lower() for t in text.split(",") if t.strip())
     if not valid_transports(names):
         raise argparse.ArgumentTypeError(f"expected a list of tcp and utp, e.g. utp,tcp; got {text!r}")
-    return names
+    return to_transports(names)
 
 
 def human_duration(s: float) -> str:
@@ -425,11 +425,11 @@ def cmd_transfer(args: argparse.Namespace) -> int:  # noqa: C901
     from minibt.session import SessionConfig
     from minibt.torrentconfig import TorrentConfig
 
-    mode = "seed" if args.cmd == "seed" else "download"
+    mode = Mode.SEED if args.cmd == "seed" else Mode.DOWNLOAD
     magnet: Magnet | None = None
     meta: Metainfo | None = None
     if args.torrent[: len(MAGNET_PREFIX)].lower() == MAGNET_PREFIX:
-        if mode != "download":
+        if mode is not Mode.DOWNLOAD:
             _error("seeding needs a .torrent file and its data, not a magnet link")
             return EXIT_USAGE
         magnet = parse_magnet(args.torrent)
@@ -440,7 +440,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:  # noqa: C901
             return EXIT_USAGE
         meta = load_metainfo(args.torrent)
         name, info_hex = meta.name, meta.info_hash.hex()
-    if mode == "download":
+    if mode is Mode.DOWNLOAD:
         os.makedirs(args.dir, exist_ok=True)
     elif not os.path.isdir(args.dir):
         print(f"minibt: {args.dir}: no such directory", file=sys.stderr)
@@ -509,7 +509,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:  # noqa: C901
                 return False
             if cur.state is TorrentState.ERROR:
                 return True
-            return mode == "download" and not args.seed and cur.complete and cur.state is TorrentState.SEEDING
+            return mode is Mode.DOWNLOAD and not args.seed and cur.complete and cur.state is TorrentState.SEEDING
 
         def tick(now: float) -> None:
             current()
@@ -545,7 +545,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:  # noqa: C901
     if t.state is TorrentState.ERROR:
         print(f"minibt: {tname}: {t.error}", file=sys.stderr)
         return EXIT_FAIL
-    if mode == "download":
+    if mode is Mode.DOWNLOAD:
         if t.complete:
             print(f"{tname}: complete, {t.meta.num_pieces} pieces verified", file=sys.stderr)
             return EXIT_OK

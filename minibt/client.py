@@ -27,11 +27,11 @@ from minibt.loop import EventLoop
 from minibt.magnet import MAGNET_PREFIX, Magnet, parse_magnet
 from minibt.magnetfetch import MagnetFetch
 from minibt.metainfo import Metainfo, load_metainfo
-from minibt.peer import PeerSource
+from minibt.peer import PeerSource, to_transports
 from minibt.ratelimit import KEEP, Keep
 from minibt.session import Session, SessionConfig
 from minibt.torrent import Torrent
-from minibt.torrentconfig import TorrentConfig
+from minibt.torrentconfig import TorrentConfig, parse_mode
 from minibt.urls import Addr
 from minibt.utp_config import UtpConfig
 
@@ -68,7 +68,7 @@ class Client:
         self.rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
         self.state_dir = state_dir
         if transports is not None:
-            config = dataclasses.replace(config or SessionConfig(), transports=tuple(transports))
+            config = dataclasses.replace(config or SessionConfig(), transports=to_transports(tuple(transports)))
         self.session = Session(rng=self.rng, config=config, wall_clock=self.clock.wall)
         wake: list[Callable[[], None]] = []
         self.hasher = Hasher(
@@ -159,7 +159,8 @@ class Client:
         download_dir = os.path.abspath(download_dir)
         now = self.clock.now()
         t = self.session.add_torrent(
-            meta, download_dir, mode=mode, resume_path=self.resume_path(meta, download_dir), now=now, config=config
+            meta, download_dir, mode=parse_mode(mode), resume_path=self.resume_path(meta, download_dir), now=now,
+            config=config,
         )
         plist = list(peers)
         if plist:

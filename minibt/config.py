@@ -23,10 +23,11 @@ from minibt.errors import ConfigError, MagnetError, MetainfoError
 from minibt.ifwatch import valid_interface_name
 from minibt.magnet import Magnet, parse_magnet
 from minibt.metainfo import Metainfo, load_metainfo
-from minibt.peer import valid_transports
+from minibt.peer import Transport, to_transports, valid_transports
+from minibt.torrentconfig import Mode
 from minibt.urls import parse_host_port
 
-MODES = ("seed", "download")
+MODES = tuple(m.value for m in Mode)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MIN_MEMORY_BUDGET = 32 << 20  # below this the interpreter alone does not fit (measured ~25 MiB RSS)
 DEFAULT_MEMORY_BUDGET = 96 << 20  # a 512 MiB Pi Zero 2 keeps ~400 MiB for the OS, page cache and others
@@ -70,7 +71,7 @@ class TorrentEntry:
 
     source: str  # absolute .torrent path, or a magnet URI
     dir: str  # absolute download directory
-    mode: str = "download"
+    mode: Mode = Mode.DOWNLOAD
     files: tuple[str, ...] | None = None  # file selection: paths inside the torrent; None = every file
     file_indexes: tuple[int, ...] | None = None  # the same as indexes into meta.files
     seed_ratio: float | None = None  # stop seeding at uploaded/size >= this
@@ -116,7 +117,7 @@ class Config:
     upload_limit_bps: float | None = None
     download_limit_bps: float | None = None
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
-    transports: tuple[str, ...] = ("tcp", "utp")
+    transports: tuple[Transport, ...] = (Transport.TCP, Transport.UTP)
     log_level: str = "info"
     log_file: str | None = None
     watch_dir: str | None = None
@@ -362,10 +363,10 @@ def torrent_file_names(meta: Metainfo) -> list[str]:
     return ["/".join(f.path) for f in meta.files]
 
 
-def _select_files(r: _Reader, files: tuple[str, ...], meta: Metainfo | None, mode: str) -> tuple[int, ...]:
+def _select_files(r: _Reader, files: tuple[str, ...], meta: Metainfo | None, mode: Mode) -> tuple[int, ...]:
     if meta is None:
         raise r.error("files", "file selection needs a .torrent source (a magnet's file list is not known yet)")
-    if mode != "download":
+    if mode is not Mode.DOWNLOAD:
         raise r.error("files", "file selection is for mode = \"download\" (a seed serves the files it has)")
     if not files:
         raise r.error("files", "expected at least one file (leave the key out to download every file)")
@@ -403,13 +404,14 @@ def _torrent(file: str, base: str, i: int, table: object, default_dir: str) -> T
             meta = load_metainfo(source)
         except (MetainfoError, OSError) as e:
             raise r.error("source", f"{source}: not a valid .torrent file: {e}") from None
-    mode = r.take("mode", str, f"one of {', '.join(MODES)}") or "download"
-    if mode not in MODES:
-        raise r.error("mode", f"expected one of {', '.join(MODES)}, got {mode!r}")
+    mode_name = r.take("mode", str, f"one of {', '.join(MODES)}") or Mode.DOWNLOAD.value
+    if mode_name not in MODES:
+        raise r.error("mode", f"expected one of {', '.join(MODES)}, got {mode_name!r}")
+    mode = Mode(mode_name)
     d = r.take("dir", str, "a directory path")
     directory = _path(base, d) if d else default_dir
     # A missing dir is not an error here: the runner waits for it (a share that mounts late, runplan.dir_problem).
-    if mode == "seed" and magnet is not None:
+    if mode is Mode.SEED and magnet is not None:
         raise r.error("mode", "a magnet source cannot be seeded before its data is downloaded; use mode = \"download\"")
     files = r.str_list("files", "a list of file paths inside the torrent")
     file_indexes = _select_files(r, files, meta, mode) if files is not None else None
@@ -479,6 +481,7 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
     transports = client.str_list("transports", "a list of \"tcp\" and \"utp\"")
     if transports is not None and not valid_transports(transports):
         raise client.error("transports", f"expected a non-empty list of distinct \"tcp\"/\"utp\", got {list(transports)}")
+    transport_order = to_transports(transports) if transports is not None else None
     watch_dir = client.take("watch_dir", str, "a directory path (\"\" = off)")
     durations = {}
     for key in ("watch_interval", "status_interval", "resume_interval", "disk_retry_interval"):
@@ -521,7 +524,7 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
         upload_limit_bps=up,
         download_limit_bps=down,
         memory_budget_bytes=pick(budget, d.memory_budget_bytes),
-        transports=pick(transports, d.transports),
+        transports=pick(transport_order, d.transports),
         log_level=(level or d.log_level).lower(),
         log_file=_path(base, log_file) if log_file else None,
         watch_dir=watch_dir or None,

@@ -21,7 +21,7 @@ from minibt.errors import CloseReason, LocalProtocolError
 from minibt.events import EventName
 from minibt.extension import LOCAL_UT_METADATA_ID, LOCAL_UT_PEX_ID
 from minibt.metadata import METADATA_EXT_NAME, MSG_REQUEST, MetadataServer, decode_metadata_msg
-from minibt.peer import PeerConnection
+from minibt.peer import PeerConnection, Transport
 from minibt.pex import (
     PEX_EXT_NAME,
     PexConfig,
@@ -87,7 +87,7 @@ def pex_flags(peer: PeerConnection) -> int:
         f |= PexFlag.ENCRYPTION
     if peer.is_seed or peer.ext.get(b"upload_only") == 1:  # BEP 21 upload_only counts as a seed
         f |= PexFlag.SEED
-    if peer.transport == "utp":
+    if peer.transport == Transport.UTP:
         f |= PexFlag.UTP
     if peer.ext_ids.get("ut_holepunch", 0) > 0:
         f |= PexFlag.HOLEPUNCH

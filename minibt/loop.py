@@ -30,6 +30,7 @@ from minibt.faults import FaultKind
 from minibt.hasher import CallResult, Hasher, HashJob, HashResult
 from minibt.ifwatch import InterfaceWatch
 from minibt.netif import Source, link_state, open_listen_sockets, send_probe, tune_tcp
+from minibt.peer import Transport
 from minibt.session import Announce, Close, Dial, HashPiece, Session
 from minibt.tracker import (
     AnnounceDone,
@@ -73,6 +74,27 @@ def _is_ip(host: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+@dataclass(frozen=True, slots=True)
+class _DialLookup:
+    """Worker-job tag: resolving the host name of a peer to dial."""
+
+    dial: Dial
+
+
+@dataclass(frozen=True, slots=True)
+class _HttpLookup:
+    """Worker-job tag: resolving the host of HTTP tracker transaction ``tid``."""
+
+    tid: int
+
+
+@dataclass(frozen=True, slots=True)
+class _UdpLookup:
+    """Worker-job tag: resolving the host of the UDP tracker at ``url``."""
+
+    url: str
 
 
 @dataclass(slots=True)
@@ -158,7 +180,7 @@ class EventLoop:
         self._throttle_at = 0.0  # when the first of them may read again
         self.counters.update(udp_dropped=0, udp_send_errors=0, utp_mtu_probes=0)
         self._utp: UtpPeers | None = (
-            UtpPeers(session, session.rng, config=utp_config) if "utp" in session.config.transports else None
+            UtpPeers(session, session.rng, config=utp_config) if Transport.UTP in session.config.transports else None
         )
         self._ubuf = bytearray(UDP_MAX_DATAGRAM)
         self._uview = memoryview(self._ubuf)
@@ -373,27 +395,28 @@ class EventLoop:
             if not acts:
                 return
             for a in acts:
-                if isinstance(a, Dial) and self.paused_reason is not None:
-                    self.session.on_closed(a.cid, CloseReason.CONNECT_FAILED, f"paused: {self.paused_reason}", now=now)
-                elif isinstance(a, Dial):
-                    if not _is_ip(a.addr[0]):
+                match a:
+                    case Dial() if self.paused_reason is not None:
+                        self.session.on_closed(a.cid, CloseReason.CONNECT_FAILED, f"paused: {self.paused_reason}",
+                                               now=now)
+                    case Dial() if not _is_ip(a.addr[0]):
                         self._resolve_dial(a, now)
-                    elif a.transport == "utp":
+                    case Dial(transport=Transport.UTP):
                         self._utp_dial(a.cid, a.addr, now)
-                    else:
+                    case Dial():
                         self._dial(a.cid, a.addr, now)
-                elif isinstance(a, Close):
-                    ps = self._peers.pop(a.cid, None)
-                    if ps is not None:
-                        # Best effort: push out what is queued (e.g. a final message), then close.
-                        self._close_sock(ps)
-                    elif self._utp is not None:
-                        self._utp.close(a.cid)
-                elif isinstance(a, HashPiece):
-                    self._hash_backlog.append(a.job)
-                    self._pump_hasher()
-                elif isinstance(a, Announce):
-                    self._announce(a.info_hash, a.job, a.params, now)
+                    case Close(cid=cid):
+                        ps = self._peers.pop(cid, None)
+                        if ps is not None:
+                            # Best effort: push out what is queued (e.g. a final message), then close.
+                            self._close_sock(ps)
+                        elif self._utp is not None:
+                            self._utp.close(cid)
+                    case HashPiece(job=job):
+                        self._hash_backlog.append(job)
+                        self._pump_hasher()
+                    case Announce():
+                        self._announce(a.info_hash, a.job, a.params, now)
 
     def _resolve_dial(self, a: Dial, now: float) -> None:
         """A peer known by host name (magnet x.pe): resolve it on the worker pool, then dial."""
@@ -401,8 +424,8 @@ class EventLoop:
         if not self.hasher.can_submit():
             self.session.on_closed(a.cid, CloseReason.CONNECT_FAILED, "busy: resolver queue full", now=now)
             return
-        kind = socket.SOCK_DGRAM if a.transport == "utp" else socket.SOCK_STREAM
-        self.hasher.run(lambda: socket.getaddrinfo(host, port, type=kind), ("dns-dial", a))
+        kind = socket.SOCK_DGRAM if a.transport == Transport.UTP else socket.SOCK_STREAM
+        self.hasher.run(lambda: socket.getaddrinfo(host, port, type=kind), _DialLookup(a))
 
     def _resolved_dial(self, a: Dial, res: CallResult, now: float) -> None:
         if a.cid not in self.session.conns:
@@ -414,13 +437,13 @@ class EventLoop:
             return
         # IPv4 first (what a dial by name did before); IPv6 only where the socket can reach it.
         v4 = [i for i in infos if i[0] == socket.AF_INET]
-        v6 = [i for i in infos if i[0] == socket.AF_INET6 and (a.transport != "utp" or self._udp_v6)]
+        v6 = [i for i in infos if i[0] == socket.AF_INET6 and (a.transport != Transport.UTP or self._udp_v6)]
         usable = [i for i in v4 + v6 if self.source.reaches(i[4][0])]  # a v4 source cannot reach v6
         if not usable:
             self.session.on_closed(a.cid, CloseReason.CONNECT_FAILED, f"no usable address for {a.addr[0]}", now=now)
             return
         addr = (_norm_ip(usable[0][4][0]), a.addr[1])
-        if a.transport == "utp":
+        if a.transport == Transport.UTP:
             self._utp_dial(a.cid, addr, now)
         else:
             self._dial(a.cid, addr, now)
@@ -640,13 +663,14 @@ class EventLoop:
         except (BlockingIOError, InterruptedError):
             pass
         for res in self.hasher.results():
-            if isinstance(res, HashResult):
-                self.session.on_hash_result(res, now=now)  # contained per torrent by the session
-            elif isinstance(res, CallResult):
-                try:
-                    self._call_done(res, now)
-                except Exception as e:  # one name lookup's result
-                    self.session.faults.record(FaultKind.DNS, f"lookup {res.tag!r}", e)
+            match res:
+                case HashResult():
+                    self.session.on_hash_result(res, now=now)  # contained per torrent by the session
+                case CallResult():
+                    try:
+                        self._call_done(res, now)
+                    except Exception as e:  # one name lookup's result
+                        self.session.faults.record(FaultKind.DNS, f"lookup {res.tag!r}", e)
         self._pump_hasher()
 
     def _pump_hasher(self) -> None:
@@ -654,38 +678,42 @@ class EventLoop:
             self.hasher.submit(self._hash_backlog.popleft())
 
     def _call_done(self, res: CallResult, now: float) -> None:
-        tag = res.tag
-        if not isinstance(tag, tuple):
+        match res.tag:
+            case _DialLookup(dial):
+                self._resolved_dial(dial, res, now)
+            case _HttpLookup(tid):
+                self._resolved_http(tid, res, now)
+            case _UdpLookup(url):
+                self._resolved_udp(url, res, now)
+
+    def _resolved_http(self, tid: int, res: CallResult, now: float) -> None:
+        txn = self._http.get(tid)
+        if txn is None:
             return
-        if tag[0] == "dns-dial":
-            self._resolved_dial(tag[1], res, now)
-        elif tag[0] == "dns-http":
-            txn = self._http.get(tag[1])
-            if txn is None:
-                return
-            if res.error is not None or not res.value:
-                self._http_fail(txn, f"cannot resolve {txn.req.host}: {res.error}", now)
-                return
-            found: Any = res.value
-            infos: Any = [i for i in found if self.source.reaches(i[4][0])] or found
-            fam, _, _, _, sockaddr = infos[0]
-            self._http_connect(txn, fam, sockaddr, now)
-        elif tag[0] == "dns-udp":
-            ut = self._udp_trackers.get(tag[1])
-            if ut is None:
-                return
-            ut.resolving = False
-            found = res.value or ()
-            infos = [i for i in found if self._udp_reaches(i[4][0])]
-            if res.error is not None or not infos:
-                why = f"cannot resolve: {res.error}" if res.error is not None or not found else (
-                    f"no address reachable from the UDP socket on {self.bind}")
-                for info_hash, job, _ in ut.pending:
-                    self.session.on_announce_result(info_hash, job, None, why, now=now)
-                ut.pending.clear()
-                return
-            ut.addr = (_norm_ip(infos[0][4][0]), infos[0][4][1])
-            self._udp_next(ut, now)
+        if res.error is not None or not res.value:
+            self._http_fail(txn, f"cannot resolve {txn.req.host}: {res.error}", now)
+            return
+        found: Any = res.value
+        infos: Any = [i for i in found if self.source.reaches(i[4][0])] or found
+        fam, _, _, _, sockaddr = infos[0]
+        self._http_connect(txn, fam, sockaddr, now)
+
+    def _resolved_udp(self, url: str, res: CallResult, now: float) -> None:
+        ut = self._udp_trackers.get(url)
+        if ut is None:
+            return
+        ut.resolving = False
+        found: Any = res.value or ()
+        infos = [i for i in found if self._udp_reaches(i[4][0])]
+        if res.error is not None or not infos:
+            why = f"cannot resolve: {res.error}" if res.error is not None or not found else (
+                f"no address reachable from the UDP socket on {self.bind}")
+            for info_hash, job, _ in ut.pending:
+                self.session.on_announce_result(info_hash, job, None, why, now=now)
+            ut.pending.clear()
+            return
+        ut.addr = (_norm_ip(infos[0][4][0]), infos[0][4][1])
+        self._udp_next(ut, now)
 
     # ------------------------------------------------------------------ trackers
 
@@ -730,7 +758,7 @@ class EventLoop:
                 self._http_fail(txn, "busy: resolver queue full", now)
                 return
             self.hasher.run(
-                lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), ("dns-http", tid)
+                lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), _HttpLookup(tid)
             )
 
     def _http_connect(self, txn: _HttpTxn, fam: int, sockaddr: Any, now: float) -> None:
@@ -851,7 +879,7 @@ class EventLoop:
                     self.session.on_announce_result(info_hash, job, None, "busy: resolver queue full", now=now)
                     return
                 ut.resolving = True
-                self.hasher.run(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM), ("dns-udp", url))
+                self.hasher.run(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM), _UdpLookup(url))
                 return
         self._udp_next(ut, now)
 
@@ -935,14 +963,13 @@ class EventLoop:
         utp, sock = self._utp, self._udp
         if utp is None or sock is None:
             return
-        dgrams = utp.datagrams_to_send(now=now)
-        df = utp.mux.dont_fragment
-        for dgram, addr in dgrams:
-            if df and id(dgram) in df:
-                self._send_probe(sock, dgram, addr)
+        for out in utp.datagrams_to_send(now=now):
+            if out.dont_fragment:
+                self._send_probe(sock, out.data, out.addr)
                 continue
+            addr = out.addr
             try:
-                sock.sendto(dgram, self._udp_addr(addr))
+                sock.sendto(out.data, self._udp_addr(addr))
             except (BlockingIOError, InterruptedError):
                 self.counters["udp_send_errors"] += 1  # kernel buffer full: uTP retransmits it
             except OSError as e:
@@ -967,12 +994,13 @@ class EventLoop:
             if ut.job is None:
                 break
             info_hash, job = ut.job
-            if isinstance(ev, AnnounceDone):
-                ut.job = None
-                self.session.on_announce_result(info_hash, job, ev.result, None, now=now)
-            elif isinstance(ev, AnnounceFailed):
-                ut.job = None
-                self.session.on_announce_result(info_hash, job, None, ev.message, now=now)
+            match ev:
+                case AnnounceDone(result=result):
+                    ut.job = None
+                    self.session.on_announce_result(info_hash, job, result, None, now=now)
+                case AnnounceFailed(message=message):
+                    ut.job = None
+                    self.session.on_announce_result(info_hash, job, None, message, now=now)
         self._udp_send(ut, now)
         self._udp_next(ut, now)
 

@@ -53,7 +53,7 @@ from minibt.wire_codec import EXT_HANDSHAKE_ID, EXT_HANDSHAKE_MAX_DEPTH, EXT_HAN
 if TYPE_CHECKING:
     from minibt.session import Session
     from minibt.torrent import Torrent
-    from minibt.torrentconfig import TorrentConfig
+    from minibt.torrentconfig import Mode, TorrentConfig
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class MagnetFetch:
         magnet: Magnet,
         download_dir: str,
         *,
-        mode: str,
+        mode: Mode,
         config: TorrentConfig,
         rng: random.Random,
         now: float,

@@ -19,12 +19,25 @@ from minibt.errors import CloseReason
 from minibt.handshake import Handshake
 from minibt.urls import Addr
 
-TRANSPORTS = ("tcp", "utp")  # BEP 3 over TCP, BEP 29 uTP
+
+class Transport(enum.StrEnum):
+    """How a peer connection is carried; the value is the name used in config, CLI, events and status."""
+
+    TCP = "tcp"  # BEP 3 over TCP
+    UTP = "utp"  # BEP 29 uTP
+
+
+TRANSPORTS = tuple(t.value for t in Transport)
 
 
 def valid_transports(names: tuple[str, ...] | list[str]) -> bool:
     """A non-empty preference order of distinct known transports."""
     return bool(names) and all(n in TRANSPORTS for n in names) and len(set(names)) == len(names)
+
+
+def to_transports(names: tuple[str, ...] | list[str]) -> tuple[Transport, ...]:
+    """Transport names (already checked by :func:`valid_transports`) as enum members, order kept."""
+    return tuple(Transport(n) for n in names)
 
 if TYPE_CHECKING:
     from minibt.magnetfetch import FetchLink
@@ -101,8 +114,8 @@ class PeerConnection:
         self.reserved: bytes = bytes(8)
         self.connected_at = now
         self.established = False  # TCP connect finished (always True for incoming)
-        self.transport = "tcp"  # "tcp" or "utp" (BEP 29)
-        self.fallbacks: list[str] = []  # transports still to try if the dial fails before the handshake
+        self.transport = Transport.TCP
+        self.fallbacks: list[Transport] = []  # transports still to try if the dial fails before the handshake
         self.down = RateMeter(now)  # payload bytes received from the peer
         self.up = RateMeter(now)  # payload bytes sent to the peer
         self.last_block_at = now

@@ -32,6 +32,7 @@ from minibt.faults import FaultKind
 from minibt.magnet import parse_magnet
 from minibt.magnetfetch import FetchState, MagnetFetch, torrent_file_bytes
 from minibt.metainfo import Metainfo, load_metainfo
+from minibt.peer import Transport
 from minibt.procmem import peak_rss_bytes
 from minibt.runplan import (
     EXIT_CONFIG,
@@ -54,7 +55,7 @@ from minibt.session import SessionConfig
 from minibt.statusfile import RunLock, read_json, write_json_atomic
 from minibt.storage import write_atomic
 from minibt.torrent import Torrent
-from minibt.torrentconfig import TorrentConfig, TorrentState
+from minibt.torrentconfig import Mode, TorrentConfig, TorrentState
 from minibt.utp_config import UtpConfig
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ class Runner:
 
     def start(self) -> None:
         self._load_bans()
-        entries = [e for e in self.cfg.torrents if not self.once or e.mode == "download"]
+        entries = [e for e in self.cfg.torrents if not self.once or e.mode == Mode.DOWNLOAD]
         for e in entries:
             self._add(e)
         for e in self._watched_entries():
@@ -209,7 +210,7 @@ class Runner:
         """Add ``job``'s torrent to the client, or wait (and retry) while its directory is missing."""
         entry, now = job.entry, self.client.clock.now()
         problem = dir_problem(entry, isdir=os.path.isdir)
-        if problem is None and entry.mode == "download":
+        if problem is None and entry.mode == Mode.DOWNLOAD:
             try:
                 os.makedirs(entry.dir, exist_ok=True)
             except OSError as e:
@@ -286,7 +287,7 @@ class Runner:
         """on_complete, once per download, as soon as every piece is verified (data synced by then)."""
         for job in self.jobs.values():
             t = job.torrent
-            if t is not None and t.complete and t.state is TorrentState.SEEDING and job.entry.mode == "download" \
+            if t is not None and t.complete and t.state is TorrentState.SEEDING and job.entry.mode == Mode.DOWNLOAD \
                     and not job.hook_done:
                 job.hook_done = True
                 self._run_hook(job)
@@ -363,7 +364,7 @@ class Runner:
     def outcomes(self) -> list[JobOutcome]:
         outs = []
         for job in self.jobs.values():
-            if job.entry.mode != "download":
+            if job.entry.mode != Mode.DOWNLOAD:
                 continue
             t = job.torrent
             if t is None and (job.fetch is not None or job.wait is not None) and job.error is None:
@@ -402,7 +403,7 @@ class Runner:
             if getattr(new, key) != getattr(self.cfg, key):
                 log.warning("reload: %s changed; it takes effect at the next restart", key)
         old_entries = {ih: j.entry for ih, j in self.jobs.items() if not j.entry.source.startswith(self._watched_dir())}
-        entries = [e for e in new.torrents if not self.once or e.mode == "download"]
+        entries = [e for e in new.torrents if not self.once or e.mode == Mode.DOWNLOAD]
         plan = plan_reload(old_entries, entries)
         for ih in plan.remove:
             job = self.jobs.pop(ih)
@@ -448,7 +449,7 @@ class Runner:
                 except Exception as e:
                     self.client.session.faults.record(FaultKind.WATCH_FILE, path, e)
                     continue
-                out.append(TorrentEntry(source=path, dir=self.cfg.download_dir, mode="download", meta=meta))
+                out.append(TorrentEntry(source=path, dir=self.cfg.download_dir, mode=Mode.DOWNLOAD, meta=meta))
             elif n.endswith(".magnet"):
                 path = os.path.join(d, n)
                 try:
@@ -457,7 +458,7 @@ class Runner:
                 except (OSError, UnicodeDecodeError, MagnetError) as e:
                     log.warning("ignoring %s: %s", path, e)
                     continue
-                out.append(TorrentEntry(source=path, dir=self.cfg.download_dir, mode="download", magnet=m))
+                out.append(TorrentEntry(source=path, dir=self.cfg.download_dir, mode=Mode.DOWNLOAD, magnet=m))
         return out
 
     def _poll_watch(self) -> None:
@@ -527,7 +528,7 @@ class Runner:
             return
         _rename(path, path + ".added")
         log.info("watch dir: %s added (%s)", meta.name, path)
-        self._add(TorrentEntry(source=copy, dir=self.cfg.download_dir, mode="download", meta=meta))
+        self._add(TorrentEntry(source=copy, dir=self.cfg.download_dir, mode=Mode.DOWNLOAD, meta=meta))
 
     def _take_watch_magnet(self, path: str) -> None:
         """A ``*.magnet`` file (one magnet URI): kept in the state dir like a watched .torrent."""
@@ -553,7 +554,7 @@ class Runner:
             return
         _rename(path, path + ".added")
         log.info("watch dir: magnet %s added (%s)", m.name or m.info_hash.hex(), path)
-        self._add(TorrentEntry(source=copy, dir=self.cfg.download_dir, mode="download", magnet=m))
+        self._add(TorrentEntry(source=copy, dir=self.cfg.download_dir, mode=Mode.DOWNLOAD, magnet=m))
 
     # ------------------------------------------------------------------ state files
 
@@ -731,13 +732,13 @@ def run_main(config_path: str, *, once: bool, max_time_s: float | None, until_mi
 
 
 def _run_locked(cfg: Config, *, once: bool, max_time_s: float | None, until_min: int | None) -> int:
-    n = len([e for e in cfg.torrents if e.mode == "download"])
+    n = len([e for e in cfg.torrents if e.mode == Mode.DOWNLOAD])
     seeds = 0 if once else len(cfg.torrents) - n  # --once runs the downloads only
     metas = [e.meta for e in cfg.torrents if e.meta is not None]
     limits = fit_budget(cfg.memory_budget_bytes, torrents=n, max_connections=cfg.max_connections,
                         max_peers=cfg.max_peers_per_torrent, num_pieces=max((m.num_pieces for m in metas), default=0),
-                        piece_length=max((m.piece_length for m in metas), default=0), utp="utp" in cfg.transports,
-                        seeds=seeds)
+                        piece_length=max((m.piece_length for m in metas), default=0),
+                        utp=Transport.UTP in cfg.transports, seeds=seeds)
     warning = over_budget_message(limits, cfg.memory_budget_bytes, torrents=n, seeds=seeds)
     if warning is not None:
         log.warning("%s", warning)
@@ -794,7 +795,7 @@ def _run_locked(cfg: Config, *, once: bool, max_time_s: float | None, until_min:
             runner.write_status()
     if once:
         rc = once_rc if once_rc is not None else EXIT_TIME_UP
-        for o, job in zip(outcomes, [j for j in runner.jobs.values() if j.entry.mode == "download"], strict=True):
+        for o, job in zip(outcomes, [j for j in runner.jobs.values() if j.entry.mode == Mode.DOWNLOAD], strict=True):
             state = "complete" if o.complete else (f"error: {o.error}" if o.error else "incomplete, progress saved")
             _stderr(f"{job.name}: {state}")
     else:

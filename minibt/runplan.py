@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from minibt.config import TimeWindow, TorrentEntry
+from minibt.torrentconfig import Mode
 
 DAY_S = 86400.0
 
@@ -109,7 +110,7 @@ def dir_problem(entry: TorrentEntry, *, isdir: Callable[[str], bool]) -> tuple[s
     A seed needs its data dir.  A download needs its dir or the dir's parent, where the dir is created:
     below a missing parent (the mount point of a share not mounted yet) it would land on the SD card.
     """
-    if entry.mode == "seed":
+    if entry.mode == Mode.SEED:
         return None if isdir(entry.dir) else (entry.dir, "missing")
     parent = os.path.dirname(entry.dir)
     if isdir(entry.dir) or isdir(parent):

@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from minibt.checker import CheckJobTag
 from minibt.errors import CloseReason, ConfigError, RemoteProtocolError
 from minibt.events import EventName, EventQueue, EventRecord
 from minibt.faults import FaultKind, Faults
@@ -30,11 +31,11 @@ from minibt.hasher import HashJob, HashResult
 from minibt.magnet import Magnet
 from minibt.magnetfetch import MagnetFetch
 from minibt.metainfo import Metainfo
-from minibt.peer import TRANSPORTS, PeerConnection, PeerSource, valid_transports
+from minibt.peer import TRANSPORTS, PeerConnection, PeerSource, Transport, to_transports, valid_transports
 from minibt.ratelimit import KEEP, Keep, RateLimiter, TokenBucket
 from minibt.reputation import Banned, RepEvent, Reputation, ReputationChanged
-from minibt.torrent import Torrent
-from minibt.torrentconfig import TorrentConfig, TorrentState
+from minibt.torrent import PieceJobTag, Torrent
+from minibt.torrentconfig import Mode, TorrentConfig, TorrentState
 from minibt.tracker import AnnounceJob, AnnounceParams, AnnounceResult
 from minibt.urls import Addr
 from minibt.wire import PeerWire
@@ -57,7 +58,7 @@ FALLBACK_REASONS = frozenset({CloseReason.CONNECT_FAILED, CloseReason.CLOSED_BY_
 class Dial:
     cid: int
     addr: Addr
-    transport: str = "tcp"  # "tcp" or "utp" (BEP 29)
+    transport: Transport = Transport.TCP
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +93,13 @@ class SessionConfig:
     # Outgoing preference order; incoming connections are accepted on every transport listed.
     # TCP first: on a LAN/loopback it moves data at a fraction of uTP's per-packet CPU cost in CPython,
     # and it keeps the TCP-only behaviour of earlier versions; uTP is the fallback (PROTOCOL.md 7.9).
-    transports: tuple[str, ...] = ("tcp", "utp")
+    # Names ("tcp", "utp") are accepted and stored as Transport members.
+    transports: tuple[Transport, ...] = (Transport.TCP, Transport.UTP)
 
     def __post_init__(self) -> None:
         if not valid_transports(self.transports):
             raise ConfigError(None, "transports", f"must be distinct names out of {TRANSPORTS}, got {self.transports}")
+        object.__setattr__(self, "transports", to_transports(self.transports))
 
 
 def make_peer_id(rng: random.Random) -> bytes:
@@ -166,7 +169,7 @@ class Session:
         meta: Metainfo,
         download_dir: str,
         *,
-        mode: str,
+        mode: Mode,
         resume_path: str | None,
         now: float,
         config: TorrentConfig | None = None,
@@ -214,7 +217,7 @@ class Session:
         magnet: Magnet,
         download_dir: str,
         *,
-        mode: str = "download",
+        mode: Mode = Mode.DOWNLOAD,
         now: float,
         config: TorrentConfig | None = None,
         resume_path: Callable[[Metainfo], str | None] | None = None,
@@ -440,7 +443,7 @@ class Session:
         d, self._dirty = self._dirty, set()
         return d
 
-    def on_incoming(self, addr: Addr, *, now: float, transport: str = "tcp") -> int | None:
+    def on_incoming(self, addr: Addr, *, now: float, transport: Transport = Transport.TCP) -> int | None:
         """A connection was accepted (over ``transport``); returns its cid, or None to refuse it."""
         self._now = now
         first_cid = self._next_cid
@@ -454,7 +457,7 @@ class Session:
                     self._drop(conn, CloseReason.INTERNAL_ERROR, "internal error at accept")
             return None
 
-    def _on_incoming(self, addr: Addr, now: float, transport: str) -> int | None:
+    def _on_incoming(self, addr: Addr, now: float, transport: Transport) -> int | None:
         if len(self.conns) >= self.config.max_connections:
             self._refused(addr, CloseReason.TOO_MANY_PEERS, "global connection limit", now)
             return None
@@ -466,7 +469,7 @@ class Session:
         hs = self._handshake(None, now)
         conn = PeerConnection(cid, addr, outgoing=False, source=PeerSource.INCOMING, handshake=hs, now=now)
         conn.established = True
-        conn.transport = transport
+        conn.transport = Transport(transport)
         self.conns[cid] = conn
         self.emit(EventName.PEER_CONNECTED, conn, None)
         return cid
@@ -586,32 +589,33 @@ class Session:
         hs = conn.handshake
         assert hs is not None
         for ev in hs.receive_data(bytes(data), now=now):
-            if isinstance(ev, InfoHashReceived) and not conn.outgoing:
-                t = self.torrents.get(ev.info_hash)
-                f = self.fetches.get(ev.info_hash) if t is None else None
-                if f is not None and f.can_accept() and not self.reputation.is_banned(conn.ip):
-                    self._fetch_of[conn.cid] = f  # a magnet still fetching metadata: BEP 10 only
-                    hs.accept(ev.info_hash)
+            match ev:
+                case InfoHashReceived(info_hash=info_hash) if not conn.outgoing:
+                    t = self.torrents.get(info_hash)
+                    f = self.fetches.get(info_hash) if t is None else None
+                    if f is not None and f.can_accept() and not self.reputation.is_banned(conn.ip):
+                        self._fetch_of[conn.cid] = f  # a magnet still fetching metadata: BEP 10 only
+                        hs.accept(info_hash)
+                        self._dirty.add(conn.cid)
+                        continue
+                    if t is None:
+                        self.close(conn.cid, CloseReason.UNKNOWN_INFO_HASH, info_hash.hex())
+                        return
+                    if t.state is TorrentState.CHECKING:
+                        self.close(conn.cid, CloseReason.HASH_CHECKING, "torrent is being checked")
+                        return
+                    if self.reputation.is_banned(conn.ip):
+                        self.close(conn.cid, CloseReason.BANNED, "banned")
+                        return
+                    if not t.can_accept_peer():
+                        self.close(conn.cid, CloseReason.TOO_MANY_PEERS, "per-torrent peer limit")
+                        return
+                    self._torrent_of[conn.cid] = t
+                    hs.accept(info_hash)
                     self._dirty.add(conn.cid)
-                    continue
-                if t is None:
-                    self.close(conn.cid, CloseReason.UNKNOWN_INFO_HASH, ev.info_hash.hex())
+                case HandshakeReceived():
+                    self._handshake_done(conn, ev, now)
                     return
-                if t.state is TorrentState.CHECKING:
-                    self.close(conn.cid, CloseReason.HASH_CHECKING, "torrent is being checked")
-                    return
-                if self.reputation.is_banned(conn.ip):
-                    self.close(conn.cid, CloseReason.BANNED, "banned")
-                    return
-                if not t.can_accept_peer():
-                    self.close(conn.cid, CloseReason.TOO_MANY_PEERS, "per-torrent peer limit")
-                    return
-                self._torrent_of[conn.cid] = t
-                hs.accept(ev.info_hash)
-                self._dirty.add(conn.cid)
-            elif isinstance(ev, HandshakeReceived):
-                self._handshake_done(conn, ev, now)
-                return
 
     def _handshake_done(self, conn: PeerConnection, ev: HandshakeReceived, now: float) -> None:
         t = self._torrent_of.get(conn.cid)
@@ -757,14 +761,16 @@ class Session:
 
     def on_hash_result(self, res: HashResult, *, now: float) -> None:
         self._now = now
-        tag = res.tag
-        if isinstance(tag, tuple) and len(tag) == 2:
-            t = self.torrents.get(tag[1])
-            if t is not None:
-                try:
-                    t.on_hash_result(res, now=now)
-                except Exception as e:
-                    self._torrent_fault(t, FaultKind.WORKER, e, now)
+        match res.tag:
+            case CheckJobTag(info_hash=ih) | PieceJobTag(info_hash=ih):
+                t = self.torrents.get(ih)
+            case _:
+                return
+        if t is not None:
+            try:
+                t.on_hash_result(res, now=now)
+            except Exception as e:
+                self._torrent_fault(t, FaultKind.WORKER, e, now)
 
     def on_announce_result(
         self,

@@ -99,15 +99,13 @@ class SuperSeeding:
     def on_message(self, peer: PeerConnection, msg: object) -> None:
         ss = self.seeder
         assert ss is not None
-        if isinstance(msg, w.Have):
-            offers = ss.peer_have(peer.cid, msg.index)
-        elif isinstance(msg, w.BitfieldMsg):
-            offers = ss.peer_bitfield(peer.cid, msg.bits)
-        elif isinstance(msg, w.HaveAll):
-            offers = ss.peer_have_all(peer.cid)
-        else:
-            return
-        self._send(offers)
+        match msg:
+            case w.Have(index=index):
+                self._send(ss.peer_have(peer.cid, index))
+            case w.BitfieldMsg(bits=bits):
+                self._send(ss.peer_bitfield(peer.cid, bits))
+            case w.HaveAll():
+                self._send(ss.peer_have_all(peer.cid))
 
     def peer_gone(self, cid: int) -> None:
         if self.seeder is not None:

@@ -23,12 +23,13 @@ import errno
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from minibt import wire_codec as w
 from minibt.bitfield import Bitfield
 from minibt.candidates import CandidatePool
-from minibt.checker import Checker
+from minibt.checker import Checker, CheckJobTag
 from minibt.choker import Choker
 from minibt.dialer import Dialer
 from minibt.download import Downloader
@@ -46,7 +47,7 @@ from minibt.reputation import BlockRecord
 from minibt.storage import Storage, plan_names, wanted_pieces
 from minibt.superseed import SuperSeeder
 from minibt.superseeding import SuperSeeding
-from minibt.torrentconfig import TorrentConfig, TorrentState, TorrentStats
+from minibt.torrentconfig import Mode, TorrentConfig, TorrentState, TorrentStats, parse_mode
 from minibt.tracker import AnnounceJob, Announcer, AnnounceResult
 from minibt.upload import Uploader
 from minibt.urls import Addr
@@ -60,6 +61,13 @@ IDLE_TIMEOUT_S = 180.0  # neither interested nor interesting for 3 minutes => di
 # A write that fails with one of these pauses downloading (verified data stays, seeding goes on)
 # and is retried every disk_retry_s once the disk has room for a piece again; other errors are fatal.
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+@dataclass(frozen=True, slots=True)
+class PieceJobTag:
+    """Tag of a hash job that verifies (and writes) a downloaded piece of ``info_hash``'s torrent."""
+
+    info_hash: bytes
 
 # Wire messages that are also public events (minibt/events.py); Have carries its index.
 _WIRE_EVENTS: dict[type, EventName] = {
@@ -83,15 +91,14 @@ class Torrent:
         meta: Metainfo,
         download_dir: str,
         *,
-        mode: str,
+        mode: Mode,
         resume_path: str | None,
         config: TorrentConfig,
         rng: random.Random,
         now: float,
     ) -> None:
-        if mode not in ("download", "seed"):
-            raise ValueError(f"unknown mode {mode!r}")
-        if config.super_seed and mode != "seed":
+        mode = parse_mode(mode)
+        if config.super_seed and mode is not Mode.SEED:
             raise ValueError("super-seeding (BEP 16) is for seeding a complete torrent (mode='seed')")
         self.session = session
         self.meta = meta
@@ -168,7 +175,7 @@ class Torrent:
         meta = self.meta
         try:
             existed = self.checker.data_exists()  # before open() creates the files
-            self.storage.open(create=self.mode == "download")
+            self.storage.open(create=self.mode is Mode.DOWNLOAD)
         except StorageError as e:
             self.fail(f"cannot open data files: {e}")
             return
@@ -194,7 +201,7 @@ class Torrent:
                 self.stats.completed_at = now
         else:
             self.state = TorrentState.DOWNLOADING
-        if self.state is TorrentState.SEEDING or self.mode == "download":
+        if self.state is TorrentState.SEEDING or self.mode is Mode.DOWNLOAD:
             self.checker.resume_dirty = True
         if self.config.super_seed and self.superseed is None:
             self._super_seed_from_config(now)
@@ -285,21 +292,25 @@ class Torrent:
             self.session.hash(job)
 
     def on_hash_result(self, res: HashResult, *, now: float) -> None:
-        kind = res.tag[0] if isinstance(res.tag, tuple) else None
-        if kind == "check":
-            self.checker.job_done()
-            self.stats.checked += 1
-            if res.ok:
-                self._mark_have(res.piece)
-            if self.state is TorrentState.CHECKING:
-                self._pump_check()
-                if self.checker.done:
-                    log.info("%s: check done, %d/%d pieces", self.meta.name, self.have.count(), self.meta.num_pieces)
-                    self._enter_transfer(now)
-                    self.save_resume(now)
-            return
-        if kind != "piece":
-            return
+        match res.tag:
+            case CheckJobTag():
+                self._check_done(res, now)
+            case PieceJobTag():
+                self._piece_hashed(res, now)
+
+    def _check_done(self, res: HashResult, now: float) -> None:
+        self.checker.job_done()
+        self.stats.checked += 1
+        if res.ok:
+            self._mark_have(res.piece)
+        if self.state is TorrentState.CHECKING:
+            self._pump_check()
+            if self.checker.done:
+                log.info("%s: check done, %d/%d pieces", self.meta.name, self.have.count(), self.meta.num_pieces)
+                self._enter_transfer(now)
+                self.save_resume(now)
+
+    def _piece_hashed(self, res: HashResult, now: float) -> None:
         # A verified piece's bytes were written by the worker (off the event loop); its result is
         # handled even while stopping, so the final resume data includes it.
         self._commits_inflight -= 1
@@ -497,55 +508,47 @@ class Torrent:
             self.session.emit(_WIRE_EVENTS[t], peer, self, index=msg.index if isinstance(msg, w.Have) else None)
         if self._superseeding.seeder is not None:
             self._superseeding.on_message(peer, msg)
-        if t is w.Piece:
-            assert isinstance(msg, w.Piece)
-            self.download.on_block(peer, msg, now)
-        elif t is w.Request:
-            assert isinstance(msg, w.Request)
-            self.upload.on_request(peer, msg, now)
-        elif t is w.Have:
-            assert isinstance(msg, w.Have)
-            if not self.picker.peer_has(peer.cid, msg.index):
-                self.picker.peer_have(peer.cid, msg.index)
-            self.download.update_interest(peer)
-            self._check_seed(peer, now)
-        elif t is w.BitfieldMsg:
-            assert isinstance(msg, w.BitfieldMsg)
-            self.picker.peer_bitfield(peer.cid, msg.bits)
-            self.download.update_interest(peer)
-            self._check_seed(peer, now)
-        elif t is w.HaveAll:
-            self.picker.peer_have_all(peer.cid)
-            self.download.update_interest(peer)
-            self._check_seed(peer, now)
-        elif t is w.HaveNone:
-            self.picker.peer_have_none(peer.cid)
-        elif t is w.Unchoke:
-            self.download.fill(peer, now)
-        elif t is w.Choke:
-            self.download.on_choke(peer)
-        elif t is w.Interested:
-            peer.last_useful_at = now
-            self.upload.on_interested(now)
-        elif t is w.NotInterested:
-            self.upload.on_not_interested(peer, now)
-        elif t is w.Cancel:
-            assert isinstance(msg, w.Cancel)
-            self.upload.on_cancel(peer, msg)
-        elif t is w.Reject:
-            assert isinstance(msg, w.Reject)
-            self.download.on_reject(peer, msg, now)
-        elif t is w.AllowedFast:
-            assert isinstance(msg, w.AllowedFast)
-            self.download.on_allowed_fast(peer, msg, now)
-        elif t is w.ExtHandshake:
-            assert isinstance(msg, w.ExtHandshake)
-            apply_peer_handshake(peer, msg.data)
-            self.exchange.on_ext_handshake(peer, now=now)
-        elif t is w.Extended:
-            assert isinstance(msg, w.Extended)
-            self.exchange.on_extended(peer, msg.ext_id, msg.payload, now=now)
-        # Suggest, Port, KeepAlive, other extended messages: nothing to do yet.
+        match msg:
+            case w.Piece():  # first: the per-block hot path
+                self.download.on_block(peer, msg, now)
+            case w.Request():
+                self.upload.on_request(peer, msg, now)
+            case w.Have(index=index):
+                if not self.picker.peer_has(peer.cid, index):
+                    self.picker.peer_have(peer.cid, index)
+                self.download.update_interest(peer)
+                self._check_seed(peer, now)
+            case w.BitfieldMsg(bits=bits):
+                self.picker.peer_bitfield(peer.cid, bits)
+                self.download.update_interest(peer)
+                self._check_seed(peer, now)
+            case w.HaveAll():
+                self.picker.peer_have_all(peer.cid)
+                self.download.update_interest(peer)
+                self._check_seed(peer, now)
+            case w.HaveNone():
+                self.picker.peer_have_none(peer.cid)
+            case w.Unchoke():
+                self.download.fill(peer, now)
+            case w.Choke():
+                self.download.on_choke(peer)
+            case w.Interested():
+                peer.last_useful_at = now
+                self.upload.on_interested(now)
+            case w.NotInterested():
+                self.upload.on_not_interested(peer, now)
+            case w.Cancel():
+                self.upload.on_cancel(peer, msg)
+            case w.Reject():
+                self.download.on_reject(peer, msg, now)
+            case w.AllowedFast():
+                self.download.on_allowed_fast(peer, msg, now)
+            case w.ExtHandshake(data=data):
+                apply_peer_handshake(peer, data)
+                self.exchange.on_ext_handshake(peer, now=now)
+            case w.Extended(ext_id=ext_id, payload=payload):
+                self.exchange.on_extended(peer, ext_id, payload, now=now)
+            # Suggest, Port, KeepAlive, other extended messages: nothing to do yet.
 
     def _check_seed(self, peer: PeerConnection, now: float) -> None:
         if not peer.is_seed and self.picker.peer_is_seed(peer.cid):
@@ -755,7 +758,7 @@ class Torrent:
                 expected=self.meta.piece_hash(index),
                 data=self.storage.piece_buffer(index),
                 spans=None,
-                tag=("piece", self.info_hash),
+                tag=PieceJobTag(self.info_hash),
                 writes=writes,
             )
         )

@@ -10,6 +10,21 @@ from minibt.pex import PEX_SEND_INTERVAL_S, PexConfig
 DEFAULT_MAX_CANDIDATES = 1000  # convention: addresses a torrent keeps to dial (candidates.py)
 
 
+class Mode(enum.StrEnum):
+    """What a torrent is added for; the value is the name used by Client.add, config files and status."""
+
+    SEED = "seed"  # serve complete data that is already on disk
+    DOWNLOAD = "download"  # fetch what is missing, then seed
+
+
+def parse_mode(name: str) -> Mode:
+    """``name`` ("seed"/"download", or a Mode) as a Mode; ValueError for anything else."""
+    try:
+        return Mode(name)
+    except ValueError:
+        raise ValueError(f"unknown mode {name!r}") from None
+
+
 class TorrentState(enum.Enum):
     CHECKING = "checking"
     DOWNLOADING = "downloading"

@@ -7,6 +7,7 @@ connection-id demux, SYN acceptance limits, rate-limited ST_RESET for unknown co
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 from minibt.errors import UtpError
 from minibt.urls import Addr
@@ -25,6 +26,16 @@ from minibt.utp_codec import (
 from minibt.utp_config import UtpConfig
 
 
+@dataclass(frozen=True, slots=True)
+class OutDatagram:
+    """One datagram to send to ``addr``; ``dont_fragment``: send with the IP don't-fragment bit (an MTU probe,
+    :mod:`minibt.utp_mtu`)."""
+
+    data: bytes
+    addr: Addr
+    dont_fragment: bool = False
+
+
 class UtpMux:
     """All uTP connections behind one UDP socket, keyed by (address, our receive connection id)."""
 
@@ -33,10 +44,9 @@ class UtpMux:
         self._cfg = config or UtpConfig()
         self._conns: dict[ConnKey, UtpConnection] = {}
         self._touched: set[ConnKey] = set()
-        self._rst_out: list[tuple[bytes, Addr]] = []
+        self._rst_out: list[OutDatagram] = []
         self._rst_tokens = self._cfg.rst_per_s
         self._rst_time: float | None = None
-        self.dont_fragment: set[int] = set()  # see datagrams_to_send
         self._n = dict.fromkeys(
             "datagrams garbage unknown_connection resets_sent resets_suppressed syns_refused accepted connects".split(),
             0,
@@ -132,7 +142,7 @@ class UtpMux:
             self._rng.randrange(0x10000),
             h.seq_nr,
         )
-        self._rst_out.append((pkt, addr))
+        self._rst_out.append(OutDatagram(pkt, addr))
 
     def socket_drained(self, *, now: float) -> None:
         """The loop emptied the UDP socket: connections that got packets send their (coalesced) ACKs."""
@@ -143,24 +153,19 @@ class UtpMux:
                 conn.flush_acks(now=now)
         self._touched.clear()
 
-    def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Addr]]:
-        """Everything every connection wants sent now; finished connections are forgotten afterwards.
-
-        ``dont_fragment`` then holds the ``id()`` of each datagram to send with the IP don't-fragment bit
-        (MTU probes, :mod:`minibt.utp_mtu`); valid while the returned list is alive.
-        """
+    def datagrams_to_send(self, *, now: float) -> list[OutDatagram]:
+        """Everything every connection wants sent now; finished connections are forgotten afterwards."""
         out = self._rst_out
         self._rst_out = []
         dead: list[ConnKey] = []
-        df = self.dont_fragment
-        df.clear()
         for key, conn in self._conns.items():
             addr = key[0]
-            for d in conn.datagrams_to_send(now=now):
-                out.append((d, addr))
+            dgrams = conn.datagrams_to_send(now=now)
             probe = conn.take_probe_datagram()
-            if probe is not None:
-                df.add(id(probe))
+            if probe is None:
+                out.extend([OutDatagram(d, addr) for d in dgrams])
+            else:
+                out.extend([OutDatagram(d, addr, d is probe) for d in dgrams])
             if conn.is_finished:
                 dead.append(key)
         for key in dead:

@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass
 
 from minibt.errors import CloseReason
+from minibt.peer import Transport
 from minibt.session import Session
 from minibt.urls import Addr
 from minibt.utp import (
@@ -31,7 +32,7 @@ from minibt.utp import (
     UtpState,
 )
 from minibt.utp_config import UtpConfig
-from minibt.utp_mux import UtpMux
+from minibt.utp_mux import OutDatagram, UtpMux
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class UtpPeers:
         self._events(self.mux.handle_timeout(now=now), now)
         self._unblock(now)
 
-    def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Addr]]:
+    def datagrams_to_send(self, *, now: float) -> list[OutDatagram]:
         return self.mux.datagrams_to_send(now=now)
 
     def stats(self) -> dict[str, int]:
@@ -156,25 +157,26 @@ class UtpPeers:
             up = by_key.get(key)
             if up is None:
                 continue  # a connection the session already closed (lingering for its FIN)
-            if isinstance(ev, Connected):
-                if not up.connected:
-                    up.connected = True
-                    self.session.on_connected(up.cid, now=now)
-                    self._fill(up, now)
-            elif isinstance(ev, ConnectionClosed):
-                up.conn.close()  # answer their FIN with ours
-                self._lost(up, CloseReason.CLOSED_BY_REMOTE, "uTP FIN", now)
-            elif isinstance(ev, ConnectionReset):
-                reason = CloseReason.CLOSED_BY_REMOTE if up.connected else CloseReason.CONNECT_FAILED
-                self._lost(up, reason, "uTP reset by peer", now)
-            elif isinstance(ev, ConnectionTimedOut):
-                if up.connected:
-                    self._lost(up, CloseReason.IO_ERROR, "uTP timed out", now)
-                else:
-                    self._lost(up, CloseReason.CONNECT_FAILED, "uTP connect timed out", now)
+            match ev:
+                case Connected():
+                    if not up.connected:
+                        up.connected = True
+                        self.session.on_connected(up.cid, now=now)
+                        self._fill(up, now)
+                case ConnectionClosed():
+                    up.conn.close()  # answer their FIN with ours
+                    self._lost(up, CloseReason.CLOSED_BY_REMOTE, "uTP FIN", now)
+                case ConnectionReset():
+                    reason = CloseReason.CLOSED_BY_REMOTE if up.connected else CloseReason.CONNECT_FAILED
+                    self._lost(up, reason, "uTP reset by peer", now)
+                case ConnectionTimedOut():
+                    if up.connected:
+                        self._lost(up, CloseReason.IO_ERROR, "uTP timed out", now)
+                    else:
+                        self._lost(up, CloseReason.CONNECT_FAILED, "uTP connect timed out", now)
 
     def _incoming(self, key: ConnKey, conn: UtpConnection, now: float) -> None:
-        cid = self.session.on_incoming(key[0], now=now, transport="utp")
+        cid = self.session.on_incoming(key[0], now=now, transport=Transport.UTP)
         if cid is None:
             self.counters["utp_refused"] += 1
             conn.reset()

@@ -588,8 +588,8 @@ def _run_utp_mux(inp: tuple[int, list[tuple[Any, ...]]]) -> None:
             i = 0
             for from_a in (True, False):
                 out, _ = call(name, "datagrams_to_send", (), mux[from_a].datagrams_to_send, now=now)
-                for dgram, _to in out:
-                    for d in _mangle(dgram, muts[i % len(muts)]):
+                for dgram in out:
+                    for d in _mangle(dgram.data, muts[i % len(muts)]):
                         deliver(not from_a, d)
                     i += 1
             for side in (True, False):

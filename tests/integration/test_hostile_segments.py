@@ -147,8 +147,8 @@ class UtpClient:
         self._pump(time.monotonic())
 
     def _pump(self, now: float) -> None:
-        for dgram, addr in self.mux.datagrams_to_send(now=now):
-            self.sock.sendto(dgram, addr)
+        for out in self.mux.datagrams_to_send(now=now):
+            self.sock.sendto(out.data, out.addr)
 
     def _events(self, evs: list[object]) -> None:
         for _key, ev in evs:  # type: ignore[misc]

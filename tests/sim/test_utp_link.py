@@ -146,11 +146,9 @@ class Sim:
             ep.feed_app()
             link = self.links[ep.name]
             dst = self.peer[ep.name].name
-            dgrams = ep.mux.datagrams_to_send(now=self.t(ep))
-            df = ep.mux.dont_fragment
-            for data, _addr in dgrams:
-                for at in link.transit(len(data), self.clock.now(), id(data) in df):
-                    heapq.heappush(self.heap, (at, next(self.seq), dst, data))
+            for out in ep.mux.datagrams_to_send(now=self.t(ep)):
+                for at in link.transit(len(out.data), self.clock.now(), out.dont_fragment):
+                    heapq.heappush(self.heap, (at, next(self.seq), dst, out.data))
 
     def step(self) -> None:
         self.pump_out()

@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 from minibt.bitfield import Bitfield
-from minibt.checker import Checker
+from minibt.checker import Checker, CheckJobTag
 from minibt.metainfo import Metainfo, create_torrent, parse_metainfo
 from minibt.storage import Storage
 
@@ -37,7 +37,7 @@ def test_check_jobs_stay_within_the_in_flight_limit(tmp_path: Path) -> None:
     assert [j.piece for j in first] == [0, 1] and checker.jobs(7) == []
     seen += [j.piece for j in first]
     for j in first:
-        assert j.generation == 7 and j.data is None and j.spans and j.tag == ("check", meta.info_hash)
+        assert j.generation == 7 and j.data is None and j.spans and j.tag == CheckJobTag(meta.info_hash)
         assert j.expected == meta.piece_hash(j.piece)
     while not checker.done:
         checker.job_done()

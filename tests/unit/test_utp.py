@@ -597,18 +597,18 @@ def mux_pair(clock: FakeClock) -> tuple[UtpMux, UtpMux, UtpConnection, UtpConnec
     ma, mb = UtpMux(random.Random(1)), UtpMux(random.Random(2))
     now = clock.now()
     ca = ma.connect(B, now=now)
-    ev = [e for d, _ in ma.datagrams_to_send(now=now) for e in mb.receive_datagram(d, A, now=now)]
+    ev = [e for d in ma.datagrams_to_send(now=now) for e in mb.receive_datagram(d.data, A, now=now)]
     assert len(ev) == 1 and isinstance(ev[0][1], IncomingConnection) and ev[0][0] == (A, ca.send_id)
     cb = ev[0][1].conn
-    for d, _ in mb.datagrams_to_send(now=now):
-        assert ma.receive_datagram(d, B, now=now) == [((B, ca.recv_id), Connected())]
+    for d in mb.datagrams_to_send(now=now):
+        assert ma.receive_datagram(d.data, B, now=now) == [((B, ca.recv_id), Connected())]
     return ma, mb, ca, cb
 
 
 def shuttle(src: UtpMux, dst: UtpMux, src_addr: tuple[str, int], now: float) -> list[object]:
     events: list[object] = []
-    for d, _ in src.datagrams_to_send(now=now):
-        events += dst.receive_datagram(d, src_addr, now=now)
+    for d in src.datagrams_to_send(now=now):
+        events += dst.receive_datagram(d.data, src_addr, now=now)
     dst.socket_drained(now=now)
     return events
 
@@ -643,8 +643,8 @@ def test_mux_resets_unknown_connection_rate_limited(clock: FakeClock) -> None:
     for _ in range(5):
         m.receive_datagram(stray, A, now=clock.now())
     out = m.datagrams_to_send(now=clock.now())
-    assert len(out) == 2 and all(addr == A for _, addr in out)
-    h = decode_packet(out[0][0])[0]
+    assert len(out) == 2 and all(d.addr == A for d in out)
+    h = decode_packet(out[0].data)[0]
     assert (h.type, h.connection_id, h.ack_nr) == (ST_RESET, 0x1235, 2)
     assert m.stats()["resets_suppressed"] == 3
     m.receive_datagram(vector("reset"), A, now=clock.now())  # never answer a RESET
