@@ -6,7 +6,7 @@ stops cleanly on SIGTERM/SIGINT.  ``--once`` (for cron) works on the download en
 exits with one of the EXIT_* codes below.  Every run holds an ``flock`` on ``state_dir/minibt.lock``.
 
 The decisions (windows, stop conditions, reload plans, exit codes) are pure functions in runplan.py
-(re-exported here); ``Runner`` applies them to a :class:`minibt.client.Client` from the loop's ``on_tick`` (the loop stays
+(imported from there); ``Runner`` applies them to a :class:`minibt.client.Client` from the loop's ``on_tick`` (the loop stays
 the only socket user; time comes from the client's clock).  Status, bans and runner state are
 JSON files written atomically (temp, fsync, rename) by statusfile.py.
 """

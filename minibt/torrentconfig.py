@@ -1,4 +1,4 @@
-"""A torrent's states, configuration section and counters (re-exported by torrent.py)."""
+"""A torrent's states, mode, configuration section and counters (imported from here by torrent.py and its users)."""
 
 from __future__ import annotations
 
