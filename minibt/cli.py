@@ -303,10 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(e))
         return EXIT_FAIL
     except Exception as e:
-        # A fault in minibt's own bookkeeping (STYLE.md section 13): the transfer's `finally` has closed
+        # A fault in minibt's own bookkeeping (STYLE.md section 13): a transfer's `finally` has closed
         # the client, which saved resume data; say so in one line, with the traceback in the log.
         logging.getLogger("minibt").critical("internal error", exc_info=True)
-        _error(f"internal error: {type(e).__name__}: {e}; verified data and resume state were saved")
+        saved = "; verified data and resume state were saved" if args.cmd in ("download", "seed", "run") else ""
+        _error(f"internal error: {type(e).__name__}: {e}{saved}")
         return EXIT_FAIL
 
 
