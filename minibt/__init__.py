@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from minibt.api import Event, Peer, PeerFlags
 from minibt.client import Client
 from minibt.errors import CloseReason
 from minibt.events import EventName
+from minibt.handles import Event, Peer, PeerFlags
 from minibt.magnet import Magnet, parse_magnet
 from minibt.magnetfetch import MagnetFetch
 from minibt.peer import PeerSource
 from minibt.pex import PexConfig, PexFlag, PexPeer
 from minibt.session import SessionConfig
+from minibt.settings import TorrentConfig, TorrentState
 from minibt.torrent import Torrent
-from minibt.torrentconfig import TorrentConfig, TorrentState
 
 __version__ = "0.1.0"
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from minibt.errors import CloseReason, LocalProtocolError
 from minibt.peer import PeerSource
 from minibt.pex import PEX_MAX_PEERS_PER_SOURCE, PexFlag, PexReceived, canonical_ip
-from minibt.torrentconfig import DEFAULT_MAX_CANDIDATES
+from minibt.settings import DEFAULT_MAX_CANDIDATES
 from minibt.urls import Addr
 
 PEX_SOURCE_SHARE = 4  # convention: one PEX source may fill at most 1/4 of the pool

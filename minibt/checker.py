@@ -1,7 +1,7 @@
 """Which pieces of one torrent are on disk: the hash check of existing data, and the resume file.
 
 At start the torrent trusts valid resume data (storage.py ``load_resume``) or, if data files
-exist, checks every piece: :meth:`Checker.jobs` hands out hash jobs (hasher.py reads the spans off
+exist, checks every piece: :meth:`Checker.jobs` hands out hash jobs (workers.py reads the spans off
 the event loop), at most ``jobs_in_flight`` at a time.  While the torrent runs, the resume file is
 rewritten every ``resume_interval_s`` once something changed, data synced first.
 Pure (STYLE.md): no clock or threads; jobs go back to the torrent, which submits them and reports
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 from minibt.bitfield import Bitfield
 from minibt.errors import StorageError
-from minibt.hasher import HashJob
 from minibt.metainfo import Metainfo
 from minibt.resume import ResumeData
 from minibt.storage import PAD_PATH, Storage, load_resume, save_resume
+from minibt.workers import HashJob
 
 log = logging.getLogger(__name__)
 

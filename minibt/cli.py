@@ -21,17 +21,17 @@ from minibt import __version__
 from minibt.client import Client, default_state_dir
 from minibt.clock import MonotonicClock
 from minibt.errors import ConfigError, MagnetError, MetainfoError, MinibtError, StorageError
-from minibt.hasher import Hasher, HashJob, HashResult
 from minibt.ifwatch import valid_interface_name
 from minibt.magnet import MAGNET_PREFIX, Magnet, parse_magnet
 from minibt.magnetfetch import FetchState, MagnetFetch, torrent_file_bytes
 from minibt.metainfo import Metainfo, create_torrent, describe, load_metainfo
 from minibt.peer import Transport, to_transports, valid_transports
 from minibt.runplan import EXIT_FAIL, EXIT_OK
+from minibt.settings import Mode, TorrentState
 from minibt.storage import Storage
 from minibt.torrent import Torrent
-from minibt.torrentconfig import Mode, TorrentState
 from minibt.urls import Addr, parse_host_port, parse_tracker_url
+from minibt.workers import Hasher, HashJob, HashResult
 
 log = logging.getLogger("minibt")
 
@@ -70,7 +70,7 @@ def parse_peer(text: str) -> Addr:
 
 def parse_size(text: str) -> int:
     """``--cache``, ``--piece-size``: config.parse_size (bounded by MAX_SIZE_BYTES)."""
-    from minibt.config import parse_size as size
+    from minibt.configfile import parse_size as size
 
     try:
         return size(text)
@@ -80,7 +80,7 @@ def parse_size(text: str) -> int:
 
 def parse_rate(text: str) -> float | None:
     """A rate limit in bytes/s: ``500KiB``, ``2MiB``, ``1.5M``, ``300kB/s``, ``1000``; ``0`` = unlimited (None)."""
-    from minibt.config import parse_rate as rate
+    from minibt.configfile import parse_rate as rate
 
     try:
         return rate(text)
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_duration_arg(text: str) -> float:
-    from minibt.config import parse_duration
+    from minibt.configfile import parse_duration
 
     try:
         v = parse_duration(text)
@@ -260,7 +260,7 @@ def parse_duration_arg(text: str) -> float:
 
 
 def parse_until_arg(text: str) -> int:
-    from minibt.config import parse_hhmm
+    from minibt.configfile import parse_hhmm
 
     try:
         return parse_hhmm(text) % 1440
@@ -424,7 +424,7 @@ def _write_torrent(path: str, meta: Metainfo) -> None:
 
 def cmd_transfer(args: argparse.Namespace) -> int:  # noqa: C901
     from minibt.session import SessionConfig
-    from minibt.torrentconfig import TorrentConfig
+    from minibt.settings import TorrentConfig
 
     mode = Mode.SEED if args.cmd == "seed" else Mode.DOWNLOAD
     magnet: Magnet | None = None

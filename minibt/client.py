@@ -20,9 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import overload
 
-from minibt.api import Dispatcher, Event, Peer
 from minibt.clock import Clock, MonotonicClock
-from minibt.hasher import Hasher
+from minibt.handles import Dispatcher, Event, Peer
 from minibt.loop import EventLoop
 from minibt.magnet import MAGNET_PREFIX, Magnet, parse_magnet
 from minibt.magnetfetch import MagnetFetch
@@ -30,10 +29,11 @@ from minibt.metainfo import Metainfo, load_metainfo
 from minibt.peer import PeerSource, to_transports
 from minibt.ratelimit import KEEP, Keep
 from minibt.session import Session, SessionConfig
+from minibt.settings import TorrentConfig, parse_mode
 from minibt.torrent import Torrent
-from minibt.torrentconfig import TorrentConfig, parse_mode
 from minibt.urls import Addr
 from minibt.utp_config import UtpConfig
+from minibt.workers import Hasher
 
 
 def default_state_dir() -> str:

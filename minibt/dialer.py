@@ -15,7 +15,7 @@ from minibt.candidates import CandidateConfig, CandidatePool
 from minibt.peer import PeerConnection, PeerSource
 from minibt.pex import PexReceived
 from minibt.reputation import Reputation
-from minibt.torrentconfig import DEFAULT_MAX_CANDIDATES
+from minibt.settings import DEFAULT_MAX_CANDIDATES
 from minibt.urls import Addr
 
 

@@ -27,7 +27,6 @@ from typing import Any
 from minibt.clock import Clock
 from minibt.errors import CloseReason, TrackerError
 from minibt.faults import FaultKind
-from minibt.hasher import CallResult, Hasher, HashJob, HashResult
 from minibt.ifwatch import InterfaceWatch
 from minibt.netif import Source, link_state, open_listen_sockets, send_probe, tune_tcp
 from minibt.peer import Transport
@@ -46,6 +45,7 @@ from minibt.urls import Addr, parse_tracker_url
 from minibt.utp_codec import is_utp_datagram
 from minibt.utp_config import UtpConfig
 from minibt.utp_peers import SEND_CHUNK, UtpPeers
+from minibt.workers import CallResult, Hasher, HashJob, HashResult
 
 log = logging.getLogger(__name__)
 

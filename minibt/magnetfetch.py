@@ -52,8 +52,8 @@ from minibt.wire_codec import EXT_HANDSHAKE_ID, EXT_HANDSHAKE_MAX_DEPTH, EXT_HAN
 
 if TYPE_CHECKING:
     from minibt.session import Session
+    from minibt.settings import Mode, TorrentConfig
     from minibt.torrent import Torrent
-    from minibt.torrentconfig import Mode, TorrentConfig
 
 log = logging.getLogger(__name__)
 

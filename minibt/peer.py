@@ -133,7 +133,7 @@ class PeerConnection:
         self.corrupt_strikes = 0
         self.closing = False
         self.pending_handshake_bytes = b""
-        self.api: object | None = None  # its public minibt.api.Peer facade, made on first use
+        self.api: object | None = None  # its public minibt.handles.Peer facade, made on first use
         self.close_reason: CloseReason | None = None  # set when the session tears it down
         self.close_detail = ""
 

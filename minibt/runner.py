@@ -26,7 +26,7 @@ from typing import Any
 from minibt.budget import Limits, fit_budget, over_budget_message
 from minibt.client import Client
 from minibt.clock import local_seconds_of_day
-from minibt.config import Config, TorrentEntry, load_config
+from minibt.configfile import Config, TorrentEntry, load_config
 from minibt.errors import ConfigError, MagnetError, MetainfoError, MinibtError
 from minibt.faults import FaultKind
 from minibt.magnet import parse_magnet
@@ -52,10 +52,10 @@ from minibt.runplan import (
     stop_reason,
 )
 from minibt.session import SessionConfig
+from minibt.settings import Mode, TorrentConfig, TorrentState
 from minibt.statusfile import RunLock, read_json, write_json_atomic
 from minibt.storage import write_atomic
 from minibt.torrent import Torrent
-from minibt.torrentconfig import Mode, TorrentConfig, TorrentState
 from minibt.utp_config import UtpConfig
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from minibt.config import TimeWindow, TorrentEntry
-from minibt.torrentconfig import Mode
+from minibt.configfile import TimeWindow, TorrentEntry
+from minibt.settings import Mode
 
 DAY_S = 86400.0
 

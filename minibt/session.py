@@ -27,19 +27,19 @@ from minibt.handshake import (
     supports_extension,
     supports_fast,
 )
-from minibt.hasher import HashJob, HashResult
 from minibt.magnet import Magnet
 from minibt.magnetfetch import MagnetFetch
 from minibt.metainfo import Metainfo
 from minibt.peer import TRANSPORTS, PeerConnection, PeerSource, Transport, to_transports, valid_transports
 from minibt.ratelimit import KEEP, Keep, RateLimiter, TokenBucket
 from minibt.reputation import Banned, RepEvent, Reputation, ReputationChanged
+from minibt.settings import Mode, TorrentConfig, TorrentState
 from minibt.torrent import PieceJobTag, Torrent
-from minibt.torrentconfig import Mode, TorrentConfig, TorrentState
 from minibt.tracker import AnnounceJob, AnnounceParams, AnnounceResult
 from minibt.urls import Addr
 from minibt.wire import PeerWire
 from minibt.wire_codec import BLOCK_LEN
+from minibt.workers import HashJob, HashResult
 
 log = logging.getLogger(__name__)
 

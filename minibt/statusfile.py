@@ -23,7 +23,7 @@ import stat
 import tomllib
 from typing import Any
 
-from minibt.config import Config, load_config
+from minibt.configfile import Config, load_config
 from minibt.errors import ConfigError
 from minibt.storage import write_atomic  # the one atomic writer (also resume data)
 

@@ -6,7 +6,7 @@ created on disk: reads of them give zeros and writes to them are dropped.  ``Sto
 the blocks of a piece in memory and writes the verified piece with one ``os.pwrite`` per file
 span (large writes are kinder to SD cards), keeps a bounded LRU of open fds, and wraps every
 ``OSError`` in :class:`StorageError`.  No threads, sockets or clock here: hashing runs in
-hasher.py (fed by ``piece_buffer`` / ``read_piece_spans``) and ``saved_at`` comes from the caller.
+workers.py (fed by ``piece_buffer`` / ``read_piece_spans``) and ``saved_at`` comes from the caller.
 Each file's name on disk comes from filenames.py, under the rules of the save directory's file
 system (detected here from /proc/self/mountinfo), or as recorded in the resume file (resume.py).
 """

@@ -37,20 +37,20 @@ from minibt.errors import CloseReason, LocalProtocolError, StorageError
 from minibt.events import EventName, EventRecord, Listeners
 from minibt.exchange import Exchange
 from minibt.extension import apply_peer_handshake, our_handshake
-from minibt.hasher import HashJob, HashResult
 from minibt.metainfo import Metainfo
 from minibt.peer import PeerConnection, PeerSource
 from minibt.pex import PexPeer, PexReceived
 from minibt.picker import PiecePicker
 from minibt.ratelimit import KEEP, Keep, TransferLimits
 from minibt.reputation import BlockRecord
+from minibt.settings import Mode, TorrentConfig, TorrentState, TorrentStats, parse_mode
 from minibt.storage import Storage, plan_names, wanted_pieces
 from minibt.superseed import SuperSeeder
 from minibt.superseeding import SuperSeeding
-from minibt.torrentconfig import Mode, TorrentConfig, TorrentState, TorrentStats, parse_mode
 from minibt.tracker import AnnounceJob, Announcer, AnnounceResult
 from minibt.upload import Uploader
 from minibt.urls import Addr
+from minibt.workers import HashJob, HashResult
 
 if TYPE_CHECKING:
     from minibt.session import Session

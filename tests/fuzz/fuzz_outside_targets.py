@@ -34,7 +34,7 @@ from fuzzkit import (
 from hypothesis import strategies as st
 
 from minibt import bencode
-from minibt.config import parse_config
+from minibt.configfile import parse_config
 from minibt.errors import ConfigError, MagnetError, MetainfoError, TrackerError
 from minibt.filenames import MAX_PATH_BYTES, FsRules, collision_key, disk_element_problem, map_paths
 from minibt.magnet import make_magnet, parse_magnet

@@ -28,8 +28,8 @@ from helpers import run_client_until
 from minibt.client import Client
 from minibt.errors import CloseReason
 from minibt.metainfo import Metainfo, create_torrent, load_metainfo
+from minibt.settings import TorrentState
 from minibt.torrent import Torrent
-from minibt.torrentconfig import TorrentState
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from minibt.config import load_config
+from minibt.configfile import load_config
 
 pytestmark = pytest.mark.integration
 

@@ -31,8 +31,8 @@ from minibt_proc import MinibtProc, minibt_create
 
 from minibt.client import Client as MinibtClient
 from minibt.metainfo import load_metainfo
+from minibt.settings import TorrentState
 from minibt.storage import load_resume
-from minibt.torrentconfig import TorrentState
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("reference_clients")]
 

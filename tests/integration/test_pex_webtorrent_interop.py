@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 from clients import LOOPBACK, START_TIMEOUT_S, Client, running
 
-from minibt.api import Peer
 from minibt.client import Client as MinibtClient
 from minibt.errors import CloseReason, LocalProtocolError
 from minibt.events import EventName
+from minibt.handles import Peer
 from minibt.metainfo import create_torrent, parse_metainfo
 from minibt.peer import PeerSource
 from minibt.pex import PexFlag

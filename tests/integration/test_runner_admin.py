@@ -35,7 +35,7 @@ STATUS_TIMEOUT_S = 10.0
 DROP_AND_RUN = """
 import json, os, sys
 import psutil
-import minibt.cli, minibt.config, minibt.runner, minibt.statusfile
+import minibt.cli, minibt.configfile, minibt.runner, minibt.statusfile
 uid, gid, groups = int(sys.argv[1]), int(sys.argv[2]), [int(g) for g in sys.argv[3].split(",") if g]
 os.setgroups(groups)
 os.setgid(gid)

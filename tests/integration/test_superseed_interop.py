@@ -25,7 +25,7 @@ from clients import (
 
 from minibt.client import Client
 from minibt.metainfo import load_metainfo
-from minibt.torrentconfig import TorrentState
+from minibt.settings import TorrentState
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("reference_clients")]
 

@@ -23,7 +23,7 @@ from inproc import seeding_in_thread
 from minibt.client import Client
 from minibt.magnet import make_magnet
 from minibt.metainfo import create_torrent, load_metainfo
-from minibt.torrentconfig import TorrentState
+from minibt.settings import TorrentState
 from minibt.tracker import Announcer
 
 pytestmark = pytest.mark.integration

@@ -31,7 +31,7 @@ from inproc import seeding_in_thread
 from minibt_proc import MinibtProc
 
 import minibt
-from minibt.api import PeerFlags
+from minibt.handles import PeerFlags
 from minibt.metainfo import create_torrent
 
 UTP_END_RE = re.compile(r"uTP connection #\d+ \S+ ends: .* payload (\d+) bytes after (\d+) MTU probes \((\d+) lost\)")

@@ -11,7 +11,7 @@ plays the part of ``minibt.loop.EventLoop`` for every endpoint (STYLE.md section
 * received bytes are handed over as a memoryview of a reused receive buffer that is poisoned
   right after the call, as the real loop reuses its ``recv_into`` buffer;
 * ``Close`` -> the other side sees ``CLOSED_BY_REMOTE`` after the data already in flight;
-* ``HashPiece`` -> a synchronous :class:`minibt.hasher.InlineHasher`, result delivered as the next
+* ``HashPiece`` -> a synchronous :class:`minibt.workers.InlineHasher`, result delivered as the next
   event (P10); ``Announce`` -> an optional in-memory tracker that returns every other peer;
 * the clock jumps to the next delivery or tick; every endpoint is ticked every ``TICK_S``.
 """
@@ -31,16 +31,16 @@ from helpers import FakeClock
 
 from minibt.errors import CloseReason, RemoteProtocolError
 from minibt.handshake import Handshake, HandshakeReceived, InfoHashReceived, make_reserved, supports_fast
-from minibt.hasher import HashJob, HashResult, InlineHasher
 from minibt.metainfo import Metainfo, create_torrent, parse_metainfo
 from minibt.peer import PeerConnection, PeerSource
 from minibt.session import Action, Announce, Close, Dial, HashPiece, Session, SessionConfig
+from minibt.settings import TorrentConfig
 from minibt.torrent import Torrent
-from minibt.torrentconfig import TorrentConfig
 from minibt.tracker import AnnounceJob, AnnounceResult
 from minibt.urls import Addr
 from minibt.wire import PeerWire
 from minibt.wire_codec import Cancel, Interested, Request
+from minibt.workers import HashJob, HashResult, InlineHasher
 
 KiB = 1024
 MiB = 1024 * 1024

@@ -16,10 +16,10 @@ from helpers import FakeClock
 from simnet import KiB, MiB, SimNet, SimPeer, make_payload, make_torrent, same_files
 
 from minibt.errors import CloseReason
-from minibt.hasher import HashResult
 from minibt.metainfo import Metainfo
-from minibt.torrentconfig import TorrentState
+from minibt.settings import TorrentState
 from minibt.wire_codec import Interested
+from minibt.workers import HashResult
 
 PIECE_LEN = 32 * KiB
 LAYOUT = {"a.bin": MiB + 5000, "b.bin": 300_000}

@@ -11,8 +11,8 @@ from pathlib import Path
 from helpers import FakeClock
 from simnet import KiB, LinkSpec, MiB, SimNet, make_payload, make_torrent, same_files
 
-from minibt.hasher import HashJob, HashResult, InlineHasher
-from minibt.torrentconfig import TorrentConfig, TorrentState
+from minibt.settings import TorrentConfig, TorrentState
+from minibt.workers import HashJob, HashResult, InlineHasher
 
 PIECE_LEN = 32 * KiB
 LAYOUT = {"a.bin": MiB + 5000, "b.bin": 700_000}

@@ -9,8 +9,8 @@ from pathlib import Path
 from helpers import FakeClock
 from simnet import KiB, LinkSpec, MiB, SimNet, make_payload, make_torrent
 
+from minibt.settings import TorrentConfig, TorrentState
 from minibt.storage import load_resume, piece_spans, wanted_pieces
-from minibt.torrentconfig import TorrentConfig, TorrentState
 from minibt.wire_codec import BLOCK_LEN
 
 PIECE_LEN = 32 * KiB

@@ -8,7 +8,7 @@ from pathlib import Path
 from helpers import FakeClock
 from simnet import KiB, LinkSpec, MiB, SimNet, make_payload, make_torrent, same_files
 
-from minibt.torrentconfig import TorrentConfig, TorrentState
+from minibt.settings import TorrentConfig, TorrentState
 
 PIECE_LEN = 32 * KiB
 CACHE_PIECES = 4

@@ -1,8 +1,8 @@
 """The public Peer API and events on simulated sessions: user-driven choking and requesting.
 
-Two real Sessions on the in-memory SimNet; a :class:`minibt.api.Dispatcher` per session delivers
+Two real Sessions on the in-memory SimNet; a :class:`minibt.handles.Dispatcher` per session delivers
 events after every simulated event (as the Client does after every loop iteration), and the
-callbacks drive choke/unchoke/request through :class:`minibt.api.Peer`.
+callbacks drive choke/unchoke/request through :class:`minibt.handles.Peer`.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import pytest
 from helpers import FakeClock
 from simnet import KiB, SimNet, SimPeer, make_payload, make_torrent, same_files
 
-from minibt.api import Dispatcher, Event, Peer, PeerFlags
 from minibt.errors import CloseReason, LocalProtocolError
 from minibt.events import EventName
+from minibt.handles import Dispatcher, Event, Peer, PeerFlags
 from minibt.metainfo import Metainfo
 from minibt.peer import PeerSource
 from minibt.reputation import REPUTATION_START
 from minibt.session import SessionConfig
-from minibt.torrentconfig import TorrentConfig, TorrentState
+from minibt.settings import TorrentConfig, TorrentState
 from minibt.wire_codec import BLOCK_LEN
 
 PIECE_LEN = 32 * KiB
@@ -381,7 +381,7 @@ def test_listeners_order_and_failing_callbacks(user_pair: Pair, caplog: pytest.L
     p.seed.dispatcher.listeners.on(N.HANDSHAKE_DONE, on_handshake)
     p.seed.peer.torrent.on(N.PEER_INTERESTED, lambda e: calls.append("torrent"))
     p.seed.dispatcher.listeners.on(N.PEER_INTERESTED, lambda e: calls.append("client"))
-    with caplog.at_level(logging.ERROR, logger="minibt.api"):
+    with caplog.at_level(logging.ERROR, logger="minibt.handles"):
         p.connect()
         p.net.run_for(1.0)
     assert calls == ["peer", "torrent", "client"]

@@ -22,7 +22,7 @@ from minibt.magnetfetch import FetchState
 from minibt.metainfo import Metainfo, create_torrent, metainfo_from_info, parse_metainfo
 from minibt.peer import PeerSource
 from minibt.pex import PEX_MIN_INTERVAL_S, PexMessage, PexPeer, encode_pex
-from minibt.torrentconfig import TorrentState
+from minibt.settings import TorrentState
 
 PIECE_LEN = 32 * KiB
 LAYOUT = {"a.bin": 300 * KiB + 17, "b/c.bin": 200 * KiB}
@@ -200,8 +200,8 @@ def test_magnet_without_peers_finds_the_seed_through_its_tr_tracker(
 
 
 def test_pex_api_events_and_controls(net: SimNet, meta: Metainfo, tmp_path: Path) -> None:
-    from minibt.api import Dispatcher, Event, Peer
     from minibt.errors import LocalProtocolError
+    from minibt.handles import Dispatcher, Event, Peer
 
     hub = leecher(net, meta, tmp_path, "hub", "10.0.0.1")
     x = leecher(net, meta, tmp_path, "x", "10.1.0.2")

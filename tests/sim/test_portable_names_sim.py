@@ -14,7 +14,7 @@ from simnet import SIM_TRACKER, KiB, SimNet
 
 from minibt.filenames import FsRules, map_paths
 from minibt.metainfo import parse_metainfo
-from minibt.torrentconfig import TorrentState
+from minibt.settings import TorrentState
 
 PIECE_LEN = 16 * KiB
 LONG = "y" * 300 + ".bin"

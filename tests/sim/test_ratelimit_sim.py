@@ -19,14 +19,14 @@ from helpers import FakeClock
 from simnet import KiB, MiB, make_payload, make_torrent
 
 from minibt.errors import CloseReason
-from minibt.hasher import HashResult, InlineHasher
 from minibt.metainfo import Metainfo
 from minibt.peer import PeerConnection, PeerSource
 from minibt.ratelimit import UNLIMITED
 from minibt.session import Announce, Close, Dial, HashPiece, Session, SessionConfig
+from minibt.settings import TorrentConfig, TorrentState
 from minibt.torrent import Torrent
-from minibt.torrentconfig import TorrentConfig, TorrentState
 from minibt.urls import Addr
+from minibt.workers import HashResult, InlineHasher
 
 TICK_S = 0.25  # minibt.loop.TICK_S
 RECV_BUF = 256 * KiB  # minibt.loop.RECV_BUF

@@ -31,9 +31,9 @@ from minibt.download import SNUB_TIMEOUT_S
 from minibt.errors import CloseReason
 from minibt.metainfo import Metainfo
 from minibt.picker import Block
+from minibt.settings import TorrentState
 from minibt.storage import load_resume, piece_spans
 from minibt.torrent import IDLE_TIMEOUT_S
-from minibt.torrentconfig import TorrentState
 from minibt.wire_codec import BLOCK_LEN
 
 PIECE_LEN = 32 * KiB

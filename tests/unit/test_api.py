@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 import minibt
-from minibt.api import Dispatcher, Event, Peer
 from minibt.errors import CloseReason
 from minibt.events import (
     CLOSE_REASON_DOCS,
@@ -26,6 +25,7 @@ from minibt.events import (
     close_reason_table,
     event_table,
 )
+from minibt.handles import Dispatcher, Event, Peer
 from minibt.handshake import Handshake
 from minibt.peer import PeerConnection, PeerSource
 from minibt.picker import Block, PiecePicker
@@ -100,7 +100,7 @@ def test_dispatcher_isolates_failing_callbacks(caplog: pytest.LogCaptureFixture)
     s.events.push(rec(EventName.HAVE, 1))
     s.events.push(rec(EventName.PIECE_VERIFIED, 2))
     s.events.push(rec(EventName.BITFIELD))
-    with caplog.at_level(logging.ERROR, logger="minibt.api"):
+    with caplog.at_level(logging.ERROR, logger="minibt.handles"):
         assert d.dispatch() == 3
     assert seen == [("have", 1), ("piece_verified", 2)]
     assert d.counters == {"events": 3, "callbacks": 3, "callback_errors": 1}

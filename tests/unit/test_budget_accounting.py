@@ -46,7 +46,7 @@ from minibt.peer import IncomingRequest, PeerConnection, PeerSource
 from minibt.pex import PEX_MAX_PEERS_PER_SOURCE, PexReceiver, PexSender
 from minibt.picker import Block, PiecePicker
 from minibt.reputation import MAX_IPS, MAX_LEDGER_RECORDS, BlockRecord, Reputation
-from minibt.torrentconfig import DEFAULT_MAX_CANDIDATES
+from minibt.settings import DEFAULT_MAX_CANDIDATES
 from minibt.utp_codec import decode_packet
 from minibt.utp_config import UtpConfig
 from minibt.wire import PeerWire

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from minibt import config, magnet, urls
+from minibt import configfile, magnet, urls
 from minibt.cli import (
     Progress,
     human_bytes,
@@ -210,17 +210,17 @@ PEERS = ["1.2.3.4:6881", "[::1]:7000", "host.example:80", "Host.Example.:80", "[
 
 @pytest.mark.parametrize("text", SIZES)
 def test_cli_size_accepts_what_the_config_accepts(text: str) -> None:
-    assert _outcome(parse_size, text) == _outcome(config.parse_size, text)
+    assert _outcome(parse_size, text) == _outcome(configfile.parse_size, text)
 
 
 @pytest.mark.parametrize("text", RATES)
 def test_cli_rate_accepts_what_the_config_accepts(text: str) -> None:
-    assert _outcome(parse_rate, text) == _outcome(config.parse_rate, text)
+    assert _outcome(parse_rate, text) == _outcome(configfile.parse_rate, text)
 
 
 @pytest.mark.parametrize("text", DURATIONS)
 def test_cli_duration_accepts_what_the_config_accepts(text: str) -> None:
-    expected = _outcome(config.parse_duration, text)
+    expected = _outcome(configfile.parse_duration, text)
     assert _outcome(parse_duration_arg, text) == (expected if expected != 0 else "error")  # CLI: > 0
 
 
@@ -229,5 +229,5 @@ def test_peer_address_is_read_the_same_everywhere(text: str) -> None:
     """--peer, the config file's peers and a magnet's x.pe all go through urls.parse_host_port."""
     expected = _outcome(urls.parse_host_port, text)
     assert _outcome(parse_peer, text) == expected
-    assert _outcome(config.parse_peer_addr, text) == expected
+    assert _outcome(configfile.parse_peer_addr, text) == expected
     assert _outcome(magnet.parse_peer_address, text) == expected

@@ -1,4 +1,4 @@
-"""config.py: the example file is the default; every kind of mistake names the file, the key and what was expected."""
+"""configfile.py: the example file is the default; every kind of mistake names the file, the key and what was expected."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from minibt.config import (
+from minibt.configfile import (
     DEFAULT_MEMORY_BUDGET,
     Config,
     TimeWindow,

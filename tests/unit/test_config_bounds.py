@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from minibt.cli import main
-from minibt.config import (
+from minibt.configfile import (
     MAX_DURATION_S,
     MAX_RATE_BPS,
     MAX_SIZE_BYTES,

@@ -7,7 +7,7 @@ from minibt.dialer import Dialer
 from minibt.handshake import Handshake
 from minibt.peer import PeerConnection, PeerSource
 from minibt.reputation import Reputation
-from minibt.torrentconfig import DEFAULT_MAX_CANDIDATES
+from minibt.settings import DEFAULT_MAX_CANDIDATES
 from minibt.urls import Addr
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from minibt.hasher import READ_CHUNK, CallResult, Hasher, HashJob, HashResult, InlineHasher, Result
+from minibt.workers import READ_CHUNK, CallResult, Hasher, HashJob, HashResult, InlineHasher, Result
 
 WAIT_S = 10.0  # generous upper bound on waiting for worker threads; never hit when things work
 

@@ -9,7 +9,7 @@ import pytest
 from helpers import FakeClock
 
 from minibt.cli import parse_bind, parse_interface
-from minibt.config import parse_config
+from minibt.configfile import parse_config
 from minibt.errors import ConfigError
 from minibt.ifwatch import InterfaceWatch, LinkState, valid_interface_name
 from minibt.netif import Source

@@ -19,9 +19,9 @@ RESTRICTED: dict[str, set[str]] = {
     "selectors": {"loop.py"},
     "select": {"loop.py"},
     "ssl": {"loop.py", "tracker.py"},  # tracker.py uses ssl.MemoryBIO only: no sockets
-    "threading": {"hasher.py"},
-    "concurrent": {"hasher.py"},
-    "_thread": {"hasher.py"},
+    "threading": {"workers.py"},
+    "concurrent": {"workers.py"},
+    "_thread": {"workers.py"},
     "multiprocessing": set(),
     "asyncio": set(),
     "time": {"clock.py"},

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from minibt.api import Peer, PeerFlags
 from minibt.errors import CloseReason, ConfigError
-from minibt.hasher import InlineHasher
+from minibt.handles import Peer, PeerFlags
 from minibt.loop import UDP_SOCK_BUF, EventLoop
 from minibt.metainfo import create_torrent, parse_metainfo
 from minibt.peer import PeerSource
@@ -28,6 +27,7 @@ from minibt.session import Dial, Session, SessionConfig
 from minibt.torrent import Torrent
 from minibt.utp_codec import HEADER_STRUCT, ST_STATE, ST_SYN, UTP_VERSION
 from minibt.utp_config import UtpConfig
+from minibt.workers import InlineHasher
 from tests.helpers import FakeClock
 
 PEER = ("127.0.0.9", 6881)

@@ -10,7 +10,7 @@ from pathlib import Path
 from helpers import FakeClock
 from test_runner_logic import make_cfg, make_runner
 
-from minibt.config import TorrentEntry
+from minibt.configfile import TorrentEntry
 from minibt.runplan import DirWait, dir_problem
 from minibt.statusfile import format_status
 

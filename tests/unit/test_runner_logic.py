@@ -19,7 +19,7 @@ from minibt.budget import (
     over_budget_message,
     worst_case_bytes,
 )
-from minibt.config import Config, Schedule, TorrentEntry, parse_config, parse_window
+from minibt.configfile import Config, Schedule, TorrentEntry, parse_config, parse_window
 from minibt.faults import Faults
 from minibt.metainfo import create_torrent, load_metainfo
 from minibt.runner import Runner
@@ -36,8 +36,8 @@ from minibt.runplan import (
     seconds_until,
     stop_reason,
 )
+from minibt.settings import TorrentState
 from minibt.statusfile import RunLock, format_status, read_json, write_json_atomic
-from minibt.torrentconfig import TorrentState
 
 MIB = 1 << 20
 

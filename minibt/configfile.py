@@ -24,7 +24,7 @@ from minibt.ifwatch import valid_interface_name
 from minibt.magnet import Magnet, parse_magnet
 from minibt.metainfo import Metainfo, load_metainfo
 from minibt.peer import Transport, to_transports, valid_transports
-from minibt.torrentconfig import Mode
+from minibt.settings import Mode
 from minibt.urls import parse_host_port
 
 MODES = tuple(m.value for m in Mode)
