@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from minibt.client import Client
 from minibt.errors import CloseReason
-from minibt.events import EventName
-from minibt.handles import Event, Peer, PeerFlags
+from minibt.events import Event, EventName
+from minibt.handles import Peer, PeerFlags
 from minibt.magnet import Magnet, parse_magnet
 from minibt.magnetfetch import MagnetFetch
 from minibt.peer import PeerSource

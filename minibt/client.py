@@ -21,7 +21,8 @@ from types import TracebackType
 from typing import overload
 
 from minibt.clock import Clock, MonotonicClock
-from minibt.handles import Dispatcher, Event, Peer
+from minibt.events import Event
+from minibt.handles import Dispatcher, Peer
 from minibt.loop import EventLoop
 from minibt.magnet import MAGNET_PREFIX, Magnet, parse_magnet
 from minibt.magnetfetch import MagnetFetch
@@ -197,7 +198,7 @@ class Client:
 
     # ------------------------------------------------------------------ public API: events and peers
 
-    def on(self, name: str, callback: Callable[[Event], object]) -> None:
+    def on(self, name: str, callback: Callable[[Event[Torrent, Peer]], object]) -> None:
         """Call ``callback(event)`` for every event of this client (names: minibt.EventName).
 
         Callbacks run on the loop's thread after each iteration; peer callbacks first, then torrent,
@@ -205,7 +206,7 @@ class Client:
         """
         self.dispatcher.listeners.on(name, callback)
 
-    def off(self, name: str, callback: Callable[[Event], object]) -> None:
+    def off(self, name: str, callback: Callable[[Event[Torrent, Peer]], object]) -> None:
         self.dispatcher.listeners.off(name, callback)
 
     def dispatch_events(self) -> int:

@@ -1,8 +1,10 @@
 """The download side of one torrent: the request pipeline and the blocks that come back.
 
 Pure (STYLE.md): no sockets or clock.  Requests go out through the peers' PeerWire machines, the
-picker (picker.py) chooses the blocks and storage.py buffers them; the torrent, seen through the
-narrow :class:`DownloadHost`, says whether it is downloading and verifies a completed piece.
+picker (picker.py) chooses the blocks and storage.py buffers them.  Effects (effects.py) go into the
+caller's ``out`` list: :class:`~minibt.effects.Flush` for connections with requests or cancels
+queued, :class:`~minibt.effects.HashPiece` to verify and write a completed piece.  A StorageError
+propagates (the torrent fails).  The torrent sets :attr:`Downloader.active` while it downloads.
 In scope: our interest in a peer (BEP 3), pipeline depth from the peer's rate, requests while
 choked only for allowed-fast pieces (BEP 6), rejects, snubbing, cancels to the other requesters of
 an end-game block, library-driven requests (minibt.Peer.request), and the ledger of which IP sent
@@ -14,16 +16,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from typing import Protocol
 
 from minibt import wire_codec as w
 from minibt.bitfield import Bitfield
-from minibt.errors import CloseReason, LocalProtocolError, StorageError
+from minibt.effects import Effect, Flush, HashPiece
+from minibt.errors import CloseReason, LocalProtocolError
+from minibt.metainfo import Metainfo
 from minibt.peer import PeerConnection
 from minibt.picker import Block, PiecePicker
 from minibt.reputation import BlockRecord
 from minibt.storage import Storage
 from minibt.wire_codec import BLOCK_LEN
+from minibt.workers import HashJob
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +38,11 @@ SNUB_TIMEOUT_S = 30.0  # no block for this long with requests out => snubbed, re
 SNUBBED_QUEUE_DEPTH = 1  # convention (libtorrent): a snubbed peer gets one outstanding request
 
 
-class DownloadHost(Protocol):
-    """What the download side asks of its torrent (:class:`minibt.torrent.Torrent` implements it)."""
+@dataclass(frozen=True, slots=True)
+class PieceJobTag:
+    """Tag of a hash job that verifies (and writes) a downloaded piece of ``info_hash``'s torrent."""
 
-    @property
-    def downloading(self) -> bool: ...
-
-    def mark_dirty(self, cid: int) -> None: ...
-
-    def fail(self, message: str) -> None: ...
-
-    def verify_piece(self, index: int, writes: tuple[tuple[int, int, memoryview], ...]) -> None: ...
+    info_hash: bytes
 
 
 class DownloadStats(Protocol):
@@ -56,8 +56,8 @@ class Downloader:
 
     def __init__(
         self,
-        host: DownloadHost,
         *,
+        meta: Metainfo,
         peers: dict[int, PeerConnection],
         have: Bitfield,
         picker: PiecePicker,
@@ -70,7 +70,9 @@ class Downloader:
         disk_retry_s: float = 30.0,
         need_free_bytes: int = 0,
     ) -> None:
-        self._host = host
+        self._meta = meta
+        self._tag = PieceJobTag(meta.info_hash)
+        self.active = False  # set by the torrent while it is downloading (TorrentState.DOWNLOADING)
         self._peers = peers  # the torrent's handshaken connections (shared, not copied)
         self._have = have
         self._picker = picker
@@ -93,16 +95,21 @@ class Downloader:
     def paused(self) -> bool:
         return self.disk_error is not None or self.paused_reason is not None
 
-    def disk_full(self, message: str, now: float, *, name: str) -> None:
+    @property
+    def downloading(self) -> bool:
+        """True while pieces may be requested (the torrent downloads, not paused)."""
+        return self.active and self.disk_error is None and self.paused_reason is None
+
+    def disk_full(self, message: str, now: float, *, name: str, out: list[Effect]) -> None:
         """A verified piece could not be written (ENOSPC): stop requesting, retry every disk_retry_s."""
         if self.disk_error is None:
             log.error("%s: disk full, download paused (verified pieces stay; retrying every %.0f s): %s",
                       name, self._disk_retry_s, message)
         self.disk_error = f"disk full: {message}"
         self._disk_retry_at = now + self._disk_retry_s
-        self.release_all()
+        self.release_all(out)
 
-    def disk_retry(self, now: float, *, name: str) -> None:
+    def disk_retry(self, now: float, *, name: str, out: list[Effect]) -> None:
         """Timer: resume once the file system has room for ``need_free_bytes`` again."""
         if now < self._disk_retry_at:
             return
@@ -113,20 +120,20 @@ class Downloader:
             return
         log.warning("%s: disk has room again (%s bytes free); download resumed", name, free)
         self.disk_error = None
-        self.fill_all(now)
+        self.fill_all(now, out)
 
-    def pause(self, reason: str, *, name: str) -> None:
+    def pause(self, reason: str, *, name: str, out: list[Effect]) -> None:
         if self.paused_reason is None:
             log.info("%s: download paused: %s", name, reason)
-            self.release_all()
+            self.release_all(out)
         self.paused_reason = reason
 
-    def resume(self, now: float, *, name: str) -> None:
+    def resume(self, now: float, *, name: str, out: list[Effect]) -> None:
         if self.paused_reason is None:
             return
         log.info("%s: download resumed", name)
         self.paused_reason = None
-        self.fill_all(now)
+        self.fill_all(now, out)
 
     # ------------------------------------------------------------------ interest and the pipeline
 
@@ -146,14 +153,14 @@ class Downloader:
         depth = int(peer.down.rate(now) * self._queue_seconds / BLOCK_LEN) + self._queue_min
         return max(self._queue_min, min(depth, self._queue_max, peer.reqq))
 
-    def fill(self, peer: PeerConnection, now: float, *, batch: bool = False) -> None:
+    def fill(self, peer: PeerConnection, now: float, out: list[Effect], *, batch: bool = False) -> None:
         """Top the peer's request pipeline up to its depth.
 
         With ``batch`` (after each received block) it waits until a quarter of the pipeline is free,
         so requests go out in groups: fewer picker calls and fewer, larger sends.
         """
         wire = peer.wire
-        if wire is None or not self._host.downloading or peer.closing:
+        if wire is None or not self.downloading or peer.closing:
             return
         if not wire.am_interested or not self._auto_request:
             return
@@ -172,20 +179,21 @@ class Downloader:
             self.update_interest(peer)
         for b in blocks:
             wire.request(b.index, b.begin, b.length)
-        self._host.mark_dirty(peer.cid)
+        out.append(Flush(peer.cid))
 
     def _can_start(self, piece: int) -> bool:
         # Every started piece takes a whole buffer once its first block is in: the write cache bounds
         # the pieces in memory across all peers, and with them the requests outstanding.
         return self._storage.can_start_piece(piece, self._picker.partial_pieces())
 
-    def fill_all(self, now: float) -> None:
+    def fill_all(self, now: float, out: list[Effect]) -> None:
         """Top up the pipeline of every peer that does not choke us."""
         for peer in list(self._peers.values()):
             if peer.wire is not None and not peer.wire.peer_choking:
-                self.fill(peer, now)
+                self.fill(peer, now, out)
 
-    def request(self, peer: PeerConnection, index: int, begin: int, length: int, *, now: float) -> None:
+    def request(self, peer: PeerConnection, index: int, begin: int, length: int, *, now: float,
+                out: list[Effect]) -> None:
         """Request one block for library code, with the picker's bookkeeping.
 
         The torrent has checked that the peer is connected and that it is downloading.
@@ -212,9 +220,9 @@ class Downloader:
         if not wire.am_interested:
             wire.interested()
         wire.request(index, begin, length)
-        self._host.mark_dirty(peer.cid)
+        out.append(Flush(peer.cid))
 
-    def release_all(self) -> None:
+    def release_all(self, out: list[Effect]) -> None:
         """Cancel every outstanding request and give the blocks back to the picker (download paused)."""
         picker = self._picker
         for peer in list(self._peers.values()):
@@ -226,9 +234,9 @@ class Downloader:
                 picker.request_failed(peer.cid, b)
                 wire.cancel(b.index, b.begin, b.length)
             if blocks:
-                self._host.mark_dirty(peer.cid)
+                out.append(Flush(peer.cid))
 
-    def check_snub(self, peer: PeerConnection, now: float) -> None:
+    def check_snub(self, peer: PeerConnection, now: float, out: list[Effect]) -> None:
         """No block for SNUB_TIMEOUT_S with requests out: hand them to others, keep the connection.
 
         BEP 3 anti-snubbing; the snubbed peer's pipeline shrinks to SNUBBED_QUEUE_DEPTH.
@@ -242,7 +250,7 @@ class Downloader:
                 picker.request_failed(peer.cid, b)
                 wire.cancel(b.index, b.begin, b.length)
             peer.last_block_at = now
-            self._host.mark_dirty(peer.cid)
+            out.append(Flush(peer.cid))
 
     # ------------------------------------------------------------------ what the peer sends
 
@@ -252,51 +260,55 @@ class Downloader:
             # BEP 3: a choke discards all our pending requests.
             self._picker.peer_choked(peer.cid)
 
-    def on_reject(self, peer: PeerConnection, msg: w.Reject, now: float) -> None:
+    def on_reject(self, peer: PeerConnection, msg: w.Reject, now: float, out: list[Effect]) -> None:
         self._picker.request_failed(peer.cid, Block(msg.index, msg.begin, msg.length))
         assert peer.wire is not None
         if not peer.wire.peer_choking:
-            self.fill(peer, now)
+            self.fill(peer, now, out)
 
-    def on_allowed_fast(self, peer: PeerConnection, msg: w.AllowedFast, now: float) -> None:
+    def on_allowed_fast(self, peer: PeerConnection, msg: w.AllowedFast, now: float, out: list[Effect]) -> None:
         if len(peer.allowed_fast_in) < MAX_ALLOWED_FAST_IN:  # one per piece otherwise (STYLE.md 7)
             peer.allowed_fast_in.add(msg.index)
         assert peer.wire is not None
         if peer.wire.peer_choking:
-            self.fill(peer, now)
+            self.fill(peer, now, out)
 
-    def on_block(self, peer: PeerConnection, msg: w.Piece, now: float) -> None:
+    def on_block(self, peer: PeerConnection, msg: w.Piece, now: float, out: list[Effect]) -> None:
+        """A block arrived.  Raises StorageError if it cannot be buffered (the torrent fails)."""
         n = len(msg.data)
         peer.down.add(n, now)
         peer.last_block_at = now
         peer.snubbed = False
         block = Block(msg.index, msg.begin, n)
         picker = self._picker
-        if not self._host.downloading or self._have[msg.index] or not picker.is_requested(peer.cid, block):
+        if not self.downloading or self._have[msg.index] or not picker.is_requested(peer.cid, block):
             self._stats.wasted += n  # unsolicited, late or duplicate: never written
-            self.fill(peer, now)
+            self.fill(peer, now, out)
             return
         expected, others = picker.block_received(peer.cid, block)
         for other in others:
             op = self._peers.get(other)  # type: ignore[call-overload]
             if op is not None and op.wire is not None:
                 op.wire.cancel(block.index, block.begin, block.length)
-                self._host.mark_dirty(op.cid)
+                out.append(Flush(op.cid))
         self._block_src.setdefault(block.index, {})[block.begin // BLOCK_LEN] = peer.ip
-        try:
-            done = self._storage.write_block(block.index, block.begin, msg.data)
-        except StorageError as e:
-            self._host.fail(str(e))
-            return
-        if done:
+        if self._storage.write_block(block.index, block.begin, msg.data):
             picker.piece_hashing(block.index)
-            try:
-                writes = self._storage.prepare_commit(block.index)
-            except StorageError as e:
-                self._host.fail(str(e))
-                return
-            self._host.verify_piece(block.index, writes)
-        self.fill(peer, now, batch=True)
+            writes = self._storage.prepare_commit(block.index)
+            out.append(HashPiece(self._verify_job(block.index, writes)))
+        self.fill(peer, now, out, batch=True)
+
+    def _verify_job(self, index: int, writes: tuple[tuple[int, int, memoryview], ...]) -> HashJob:
+        """Hash a complete piece; the worker writes it if it matches (result: Torrent.on_hash_result)."""
+        return HashJob(
+            piece=index,
+            generation=0,
+            expected=self._meta.piece_hash(index),
+            data=self._storage.piece_buffer(index),
+            spans=None,
+            tag=self._tag,
+            writes=writes,
+        )
 
     # ------------------------------------------------------------------ the smart-ban ledger
 

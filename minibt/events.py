@@ -1,7 +1,7 @@
 """Public event names and the bounded queue the pure machines fill (issue 3, STYLE.md section 3).
 
-The session and its torrents never call user code: they append small :class:`EventRecord`\\ s to
-an :class:`EventQueue` (bounded, off until a :class:`~minibt.client.Client` enables it).  The Client
+The session never calls user code: it appends small :class:`Event`\\ s to an :class:`EventQueue`
+(bounded, off until a :class:`~minibt.client.Client` enables it).  The Client
 drains the queue after every loop iteration and calls the callbacks registered with ``on(name, cb)``
 on the Client, a Torrent or a Peer (:class:`Listeners`).  Also here: the text of the README tables
 (events and disconnect reasons) so a unit test can check the README against the enums.
@@ -13,14 +13,10 @@ import enum
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, TypeVar
 
 from minibt.errors import CloseReason
-
-if TYPE_CHECKING:
-    from minibt.peer import PeerConnection
-    from minibt.pex import PexPeer
-    from minibt.torrent import Torrent
+from minibt.pex import PexPeer
 
 MAX_QUEUED_EVENTS = 10_000  # minibt convention: the Client drains every iteration; oldest dropped beyond
 
@@ -129,13 +125,31 @@ def event_table() -> str:
     return "\n".join(rows)
 
 
+T = TypeVar("T")
+P = TypeVar("P")
+
+
 @dataclass(frozen=True, slots=True)
-class EventRecord:
-    """One fact for the event callbacks, queued by the session or a torrent."""
+class Event(Generic[T, P]):
+    """What a callback registered with ``on(name, callback)`` receives (``minibt.Event``).
+
+    ``torrent`` is the :class:`~minibt.torrent.Torrent` the event is about, ``peer`` the
+    :class:`~minibt.handles.Peer` (None for torrent-level events -- piece_verified, piece_failed,
+    torrent_complete -- and for reputation events of an IP with no connection).  ``index`` is the
+    piece for have and the piece events; ``reason``/``detail`` come with peer_disconnected;
+    ``ip``/``old``/``new`` with the reputation events (``detail`` says why);
+    ``added``/``dropped``/``added6``/``dropped6`` with ``pex`` (added entries are
+    :class:`~minibt.pex.PexPeer` with ``ip``, ``port``, ``flags``); ``addr`` (``'ip:port'``) with
+    ``peer`` and ``dropped``, plus ``flags`` with ``peer``.
+
+    The session queues each event with the connection itself as ``peer`` (the type parameters keep
+    this module below the torrent and the handles); the Client's dispatcher delivers it with the
+    connection's public :class:`~minibt.handles.Peer` in its place.
+    """
 
     name: EventName
-    torrent: Torrent | None
-    conn: PeerConnection | None
+    torrent: T | None
+    peer: P | None
     index: int | None = None
     reason: CloseReason | None = None
     detail: str = ""
@@ -151,7 +165,7 @@ class EventRecord:
 
 
 class EventQueue:
-    """Bounded FIFO of :class:`EventRecord`; ``push`` is a no-op until ``enabled``."""
+    """Bounded FIFO of :class:`Event`; ``push`` is a no-op until ``enabled``."""
 
     __slots__ = ("enabled", "dropped", "_q", "_max")
 
@@ -160,10 +174,10 @@ class EventQueue:
             raise ValueError("max_events must be positive")
         self.enabled = enabled
         self.dropped = 0
-        self._q: deque[EventRecord] = deque()
+        self._q: deque[Event[Any, Any]] = deque()
         self._max = max_events
 
-    def push(self, rec: EventRecord) -> None:
+    def push(self, rec: Event[Any, Any]) -> None:
         if not self.enabled:
             return
         if len(self._q) >= self._max:
@@ -171,7 +185,7 @@ class EventQueue:
             self.dropped += 1
         self._q.append(rec)
 
-    def take(self) -> list[EventRecord]:
+    def take(self) -> list[Event[Any, Any]]:
         out = list(self._q)
         self._q.clear()
         return out

@@ -1,4 +1,4 @@
-"""The public per-connection API: :class:`Peer`, :class:`PeerFlags`, :class:`Event` (issue 3).
+"""The public per-connection handles: :class:`Peer` and :class:`PeerFlags`, and the event dispatcher (issue 3).
 
 ``Peer`` is a thin facade over one :class:`~minibt.peer.PeerConnection`, its wire machine and its
 torrent, with the names of Net::BitTorrent's Peer in Pythonic form.  Reading a property never
@@ -6,8 +6,9 @@ changes anything; every action goes through the same session/torrent paths the b
 (outbox + mark dirty, picker bookkeeping for requests, reputation events, ``Session.close``).  Like
 the rest of ``minibt`` it touches no socket: bytes an action queues leave on the next loop iteration.
 
-:class:`Dispatcher` turns the session's queued :class:`~minibt.events.EventRecord`\\ s into
-:class:`Event`\\ s and calls the callbacks; only the impure :class:`~minibt.client.Client` runs it.
+:class:`Dispatcher` delivers the session's queued :class:`~minibt.events.Event`\\ s, with each
+connection replaced by its ``Peer``, to the callbacks; only the impure :class:`~minibt.client.Client`
+runs it.
 """
 
 from __future__ import annotations
@@ -15,20 +16,16 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from minibt.errors import CloseReason, LocalProtocolError
-from minibt.events import EventName, EventRecord, Listeners
+from minibt.events import Event, Listeners
 from minibt.faults import FaultKind
 from minibt.handshake import supports_dht
 from minibt.peer import PeerConnection, PeerSource, Transport
 from minibt.peerid import decode_client
-from minibt.pex import PexPeer, PexSender
-
-if TYPE_CHECKING:
-    from minibt.session import Session
-    from minibt.torrent import Torrent
+from minibt.pex import PexSender
+from minibt.session import Session
+from minibt.torrent import Torrent
 
 log = logging.getLogger(__name__)
 
@@ -50,35 +47,6 @@ class PeerFlags(enum.IntFlag):
     PEX = 256  # the peer supports ut_pex (BEP 11) per its BEP 10 handshake
     SNUBBED = 512  # no block from it for 30 s while requests were out
     HANDSHAKE_DONE = 1024  # past the BitTorrent handshake
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """What a callback registered with ``on(name, callback)`` receives.
-
-    ``peer`` is None for torrent-level events (piece_verified, piece_failed, torrent_complete) and
-    for reputation events of an IP with no connection.  ``index`` is the piece for have and the
-    piece events; ``reason``/``detail`` come with peer_disconnected; ``ip``/``old``/``new`` with the
-    reputation events (``detail`` says why); ``added``/``dropped``/``added6``/``dropped6`` with
-    ``pex`` (added entries are :class:`~minibt.pex.PexPeer` with ``ip``, ``port``, ``flags``);
-    ``addr`` (``'ip:port'``) with ``peer`` and ``dropped``, plus ``flags`` with ``peer``.
-    """
-
-    name: EventName
-    torrent: Torrent | None
-    peer: Peer | None
-    index: int | None = None
-    reason: CloseReason | None = None
-    detail: str = ""
-    ip: str | None = None
-    old: int | None = None
-    new: int | None = None
-    added: tuple[PexPeer, ...] = ()
-    dropped: tuple[tuple[str, int], ...] = ()
-    added6: tuple[PexPeer, ...] = ()
-    dropped6: tuple[tuple[str, int], ...] = ()
-    addr: str | None = None
-    flags: int | None = None
 
 
 def _not_connected(what: str) -> LocalProtocolError:
@@ -113,11 +81,11 @@ class Peer:
         conn.api = p
         return p
 
-    def on(self, name: str, callback: Callable[[Event], object]) -> None:
+    def on(self, name: str, callback: Callable[[Event[Torrent, Peer]], object]) -> None:
         """Call ``callback(event)`` for this peer's events (see :class:`~minibt.events.EventName`)."""
         self.listeners.on(name, callback)
 
-    def off(self, name: str, callback: Callable[[Event], object]) -> None:
+    def off(self, name: str, callback: Callable[[Event[Torrent, Peer]], object]) -> None:
         self.listeners.off(name, callback)
 
     # ------------------------------------------------------------------ identity
@@ -371,7 +339,7 @@ class Peer:
         an address both added and dropped, more than 50 entries in a list after the first message).
         """
         c, t = self._live("send_pex")
-        t.exchange.send_pex(c, added, dropped, added6, dropped6, now=self._session.now)
+        t.send_pex(c, added, dropped, added6, dropped6, now=self._session.now)
 
     def disconnect(self, reason: CloseReason, detail: str = "closed by the library user") -> None:
         """Close the connection; peer_disconnected follows with this reason."""
@@ -433,13 +401,13 @@ class PexControl:
 
     def _sender(self, what: str) -> tuple[PexSender, PeerConnection, Torrent]:
         c, t = self._peer._live(f"pex.{what}")
-        return t.exchange.control(c, f"pex.{what}"), c, t
+        return t.extensions.control(c, f"pex.{what}"), c, t
 
     def start(self) -> None:
         """Send automatic PEX updates again (at most one message per 60 s)."""
         s, c, t = self._sender("start")
         s.start()
-        t.exchange.poll_now(c, now=self._peer._session.now)
+        t.pex_poll_now(c, now=self._peer._session.now)
 
     def stop(self) -> None:
         """Stop automatic PEX updates to this peer."""
@@ -460,7 +428,7 @@ class PexControl:
     def stats(self) -> dict[str, int]:
         """Counters of this connection's PEX sender and receiver (messages, entries, ignored...)."""
         c, t = self._peer._live("pex.stats")
-        s, r = t.exchange.sender(c.cid), t.exchange.receiver(c.cid)
+        s, r = t.extensions.sender(c.cid), t.extensions.receiver(c.cid)
         out: dict[str, int] = {}
         if s is not None:
             out.update({f"sent_{k}": v for k, v in s.stats().items()})
@@ -499,11 +467,11 @@ class Dispatcher:
         self.counters["events"] += n
         return n
 
-    def _deliver(self, rec: EventRecord) -> None:
-        peer = Peer.of(rec.conn, self.session) if rec.conn is not None else None
+    def _deliver(self, rec: Event[Torrent, PeerConnection]) -> None:
+        peer = Peer.of(rec.peer, self.session) if rec.peer is not None else None
         if peer is not None and peer._torrent is None and rec.torrent is not None:
             peer._torrent = rec.torrent
-        ev = Event(
+        ev: Event[Torrent, Peer] = Event(
             rec.name, rec.torrent, peer, rec.index, rec.reason, rec.detail, rec.ip, rec.old, rec.new,
             rec.added, rec.dropped, rec.added6, rec.dropped6, rec.addr, rec.flags,
         )

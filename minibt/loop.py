@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from minibt.clock import Clock
+from minibt.effects import Flush, HashPiece
 from minibt.errors import CloseReason, TrackerError
 from minibt.faults import FaultKind
 from minibt.ifwatch import InterfaceWatch
 from minibt.netif import Source, link_state, open_listen_sockets, send_probe, tune_tcp
 from minibt.peer import Transport
-from minibt.session import Announce, Close, Dial, HashPiece, Session
+from minibt.session import Announce, Close, Dial, Session
 from minibt.tracker import (
     AnnounceDone,
     AnnounceFailed,
@@ -53,6 +54,7 @@ RECV_BUF = 256 * 1024
 TICK_S = 0.25
 HTTP_TIMEOUT_S = 30.0
 STOPPED_TIMEOUT_S = 5.0
+FLUSH_ROUNDS = 4  # convention: flush rounds per loop iteration (on_writable may queue more bytes each round)
 SOCK_BUF = 1024 * 1024  # enlarged kernel socket buffers for loopback/LAN rates
 # uTP needs large UDP buffers: with Linux's ~208 KiB default, libtorrent's uTP drops ~2 % of datagrams
 # on loopback and runs ~8x slower (PROTOCOL.md 7.14).  The kernel caps this at net.core.rmem_max/wmem_max.
@@ -156,6 +158,7 @@ class EventLoop:
         self.watch = InterfaceWatch(interface) if interface is not None else None
         self.sel = selectors.DefaultSelector()
         self._peers: dict[int, _PeerSock] = {}
+        self._dirty: set[int] = set()  # connections with bytes to send (Flush actions not flushed yet)
         self._http: dict[int, _HttpTxn] = {}
         self._udp_trackers: dict[str, _UdpTracker] = {}
         self._next_tid = 1
@@ -310,7 +313,6 @@ class EventLoop:
         now = self.clock.now()
         self.session.stop(now=now)
         self._perform(now)
-        self._flush_dirty(now)
         deadline = now + grace_s
         self._stop_requested = False
         while (
@@ -367,7 +369,6 @@ class EventLoop:
         if self.before_flush is not None:
             self.before_flush()
         self._perform(now)
-        self._flush_dirty(now)
         self._utp_send(now)
 
     def _contain(self, kind: str, obj: Any, exc: Exception, now: float) -> None:
@@ -390,12 +391,18 @@ class EventLoop:
     # ------------------------------------------------------------------ actions
 
     def _perform(self, now: float) -> None:
+        """Carry out the session's actions and flush the connections that have bytes (Flush); both
+        may bring more actions.  Bounded: connections still dirty after FLUSH_ROUNDS wait for the
+        next iteration."""
+        flushes = 0
         for _ in range(100):
             acts = self.session.take_actions()
-            if not acts:
+            if not acts and not self._dirty:
                 return
             for a in acts:
                 match a:
+                    case Flush(cid=cid):
+                        self._dirty.add(cid)
                     case Dial() if self.paused_reason is not None:
                         self.session.on_closed(a.cid, CloseReason.CONNECT_FAILED, f"paused: {self.paused_reason}",
                                                now=now)
@@ -417,6 +424,12 @@ class EventLoop:
                         self._pump_hasher()
                     case Announce():
                         self._announce(a.info_hash, a.job, a.params, now)
+            if self._dirty and flushes < FLUSH_ROUNDS:
+                flushes += 1
+                dirty, self._dirty = self._dirty, set()
+                self._flush_dirty(dirty, now)
+            elif not acts:
+                return
 
     def _resolve_dial(self, a: Dial, now: float) -> None:
         """A peer known by host name (magnet x.pe): resolve it on the worker pool, then dial."""
@@ -567,20 +580,16 @@ class EventLoop:
             if cid in self._peers:
                 self.session.on_writable(cid, now=now)
 
-    def _flush_dirty(self, now: float) -> None:
-        for _ in range(4):
-            dirty = self.session.take_dirty()
-            if not dirty:
-                return
-            for cid in dirty:
-                ps = self._peers.get(cid)
-                if ps is not None and not ps.connecting:
-                    self._flush(ps, now)
-                    if cid in self._peers and ps.out is None:
-                        self.session.on_writable(cid, now=now)
-                    continue
-                if self._utp is not None and self._utp.flush(cid, now=now):
+    def _flush_dirty(self, dirty: set[int], now: float) -> None:
+        for cid in dirty:
+            ps = self._peers.get(cid)
+            if ps is not None and not ps.connecting:
+                self._flush(ps, now)
+                if cid in self._peers and ps.out is None:
                     self.session.on_writable(cid, now=now)
+                continue
+            if self._utp is not None and self._utp.flush(cid, now=now):
+                self.session.on_writable(cid, now=now)
 
     def _flush(self, ps: _PeerSock, now: float) -> None:
         """Send what the session has for this peer until the kernel buffer is full."""

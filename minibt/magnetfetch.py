@@ -1,14 +1,19 @@
 """A magnet link before its metadata arrives: find peers, fetch the info dict (BEP 9), hand over.
 
-Pure (STYLE.md): driven by the session like a torrent.  :class:`MagnetFetch` dials the magnet's
-``x.pe`` peers and the peers its ``tr`` trackers return, speaks just enough of the peer wire to
-run the BEP 10 handshake and ``ut_metadata`` (:class:`FetchLink`: every other message is skipped,
-unread), feeds a :class:`~minibt.metadata.MetadataFetcher` (several peers, size cap, rejects,
-timeouts, SHA-1 check against the info-hash) and rejects metadata requests (we lack it).  Once the
-info dict verifies, it is parsed -- and its name and paths sanitised -- by the same code as a
-.torrent (:func:`~minibt.metainfo.metainfo_from_info`); the session adds a normal torrent and hands
-each fetch connection over to it (a PeerWire fed the frames skipped so far), or -- while the new
-torrent checks existing data -- closes it; the peers that served us become its first candidates.
+Pure (STYLE.md): driven by the session like a torrent, and like a torrent it returns effects
+(effects.py) from each entry point and reads session facts from a
+:class:`~minibt.effects.SessionContext`; it holds no reference to the session.
+:class:`MagnetFetch` dials the magnet's ``x.pe`` peers and the peers its ``tr`` trackers return,
+speaks just enough of the peer wire to run the BEP 10 handshake and ``ut_metadata``
+(:class:`~minibt.fetchlink.FetchLink`: every other message is skipped, unread), feeds a
+:class:`~minibt.metadata.MetadataFetcher` (several peers, size cap, rejects, timeouts, SHA-1 check
+against the info-hash) and rejects metadata requests (we lack it).  Once the info dict verifies, it
+is parsed -- and its name and paths sanitised -- by the same code as a .torrent
+(:func:`~minibt.metainfo.metainfo_from_info`) and the fetch returns
+:class:`~minibt.effects.MetadataDone`: the session adds a normal torrent and hands each fetch
+connection (:meth:`MagnetFetch.take_links`) over to it (a PeerWire fed the frames skipped so far),
+or -- while the new torrent checks existing data -- closes it; the peers that served us become its
+first candidates (:meth:`MagnetFetch.handover_candidates`).
 
     FETCHING --info dict verified + parsed--> DONE (torrent added)
     FETCHING --stop()--> STOPPED      FETCHING --metadata does not parse--> ERROR
@@ -19,16 +24,24 @@ from __future__ import annotations
 import enum
 import logging
 import random
-import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import bencode2
 
 from minibt import bencode
-from minibt.candidates import CandidatePool
-from minibt.errors import BencodeError, CloseReason, MetainfoError, WireError
-from minibt.events import EventName, EventRecord
+from minibt.dialer import CandidatePool
+from minibt.effects import (
+    WANT_DIALS,
+    AnnounceDue,
+    ClosePeer,
+    DialPeer,
+    Effect,
+    Flush,
+    MetadataDone,
+    Penalize,
+    SessionContext,
+)
+from minibt.errors import BencodeError, CloseReason, MetainfoError
 from minibt.extension import LOCAL_UT_METADATA_ID, apply_peer_handshake, our_handshake
 from minibt.magnet import Magnet
 from minibt.metadata import (
@@ -46,30 +59,21 @@ from minibt.metadata import (
 )
 from minibt.metainfo import Metainfo, metainfo_from_info
 from minibt.peer import PeerConnection, PeerSource
+from minibt.settings import Mode, TorrentConfig
+from minibt.torrent import Torrent
 from minibt.tracker import AnnounceJob, Announcer, AnnounceResult
 from minibt.urls import Addr
-from minibt.wire_codec import EXT_HANDSHAKE_ID, EXT_HANDSHAKE_MAX_DEPTH, EXT_HANDSHAKE_MAX_TOKENS, EXTENDED
-
-if TYPE_CHECKING:
-    from minibt.session import Session
-    from minibt.settings import Mode, TorrentConfig
-    from minibt.torrent import Torrent
+from minibt.wire_codec import EXT_HANDSHAKE_ID, EXT_HANDSHAKE_MAX_DEPTH, EXT_HANDSHAKE_MAX_TOKENS
 
 log = logging.getLogger(__name__)
 
-FETCH_MAX_MESSAGE_BYTES = 1024 * 1024 + 64  # convention (PROTOCOL.md section 5): > 1 MiB frame => disconnect
 FETCH_MAX_PEERS = 8  # convention: connections while fetching metadata
 FETCH_MAX_HALF_OPEN = 8
-FETCH_KEEPALIVE_S = 60.0  # convention: well inside libtorrent's 120 s keep-alive expectation
 # Convention: a connection whose BEP 10 handshake offers no usable ut_metadata within this long is
 # closed, so peers that cannot help do not hold the few fetch slots.
 FETCH_USELESS_AFTER_S = 30.0
-# Convention: the peer's bitfield/have/choke... frames kept for the hand-over to the peer wire (a
-# bitfield of a 4 GiB torrent in 16 KiB pieces is 32 KiB).  Over the cap, the peer is redialled.
-FETCH_REPLAY_MAX_BYTES = 1024 * 1024
 METADATA_BAD_PENALTY = 20  # reputation points for a copy that did not hash to the info-hash
 UNKNOWN_LEFT = 1  # announce 'left' before the size is known: non-zero, so trackers count us as a leecher
-_U32 = struct.Struct(">I")
 
 
 class FetchState(enum.Enum):
@@ -79,75 +83,6 @@ class FetchState(enum.Enum):
     ERROR = "error"
 
 
-class FetchLink:
-    """The peer wire after the BT handshake while we lack the metadata: BEP 10 messages only.
-
-    ``receive_data`` returns the extended messages as ``(ext_id, payload)``; every other message
-    is skipped after its length was checked against the cap.  Raises WireError on an oversized
-    frame.  Outgoing bytes collect in an outbox drained by :meth:`data_to_send`.
-    """
-
-    def __init__(self, *, now: float) -> None:
-        self._buf = bytearray()
-        self._out = bytearray()
-        self._last_send = now
-        self._replay = bytearray()  # the skipped (non-BEP 10) frames, for the hand-over
-        self.replay_overflow = False
-
-    def receive_data(self, data: bytes | memoryview) -> list[tuple[int, bytes]]:
-        self._buf += data
-        buf = self._buf
-        out: list[tuple[int, bytes]] = []
-        pos = 0
-        while len(buf) - pos >= 4:
-            (n,) = _U32.unpack_from(buf, pos)
-            if n > FETCH_MAX_MESSAGE_BYTES:
-                raise WireError(CloseReason.MESSAGE_TOO_LARGE, f"message of {n} bytes while fetching metadata")
-            if len(buf) - pos - 4 < n:
-                break
-            if n >= 2 and buf[pos + 4] == EXTENDED:
-                out.append((buf[pos + 5], bytes(buf[pos + 6 : pos + 4 + n])))
-            elif n and not self.replay_overflow:
-                if len(self._replay) + 4 + n > FETCH_REPLAY_MAX_BYTES:
-                    self.replay_overflow = True
-                    self._replay = bytearray()
-                else:
-                    self._replay += buf[pos : pos + 4 + n]
-            pos += 4 + n
-        del buf[:pos]
-        return out
-
-    def extended(self, ext_id: int, payload: bytes, *, now: float) -> None:
-        self._out += _U32.pack(2 + len(payload)) + bytes((EXTENDED, ext_id)) + payload
-        self._last_send = now
-
-    def hand_over(self) -> tuple[bytes, bytes] | None:
-        """For the peer wire taking over: (our unsent bytes, the peer's skipped frames followed by
-        any partial frame), or None if the skipped frames were over the cap."""
-        if self.replay_overflow:
-            return None
-        out, replay = bytes(self._out), bytes(self._replay) + bytes(self._buf)
-        self._out.clear()
-        self._replay.clear()
-        self._buf.clear()
-        return out, replay
-
-    def keepalive_due(self, now: float) -> bool:
-        return now - self._last_send >= FETCH_KEEPALIVE_S
-
-    def keepalive(self, *, now: float) -> None:
-        self._out += bytes(4)
-        self._last_send = now
-
-    def data_to_send(self, limit: int) -> bytes:
-        n = min(limit, len(self._out))
-        chunk = bytes(self._out[:n])
-        del self._out[:n]
-        return chunk
-
-    @property
-    def wants_write(self) -> bool:
-        return bool(self._out)
 
 
 def torrent_file_bytes(meta: Metainfo) -> bytes:
@@ -166,7 +101,6 @@ class MagnetFetch:
 
     def __init__(
         self,
-        session: Session,
         magnet: Magnet,
         download_dir: str,
         *,
@@ -174,10 +108,11 @@ class MagnetFetch:
         config: TorrentConfig,
         rng: random.Random,
         now: float,
+        ctx: SessionContext,
         resume_path: Callable[[Metainfo], str | None] | None = None,
         max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES,
     ) -> None:
-        self.session = session
+        self._ctx = ctx
         self.magnet = magnet
         self.info_hash = magnet.info_hash
         self.name = magnet.name or magnet.info_hash_hex
@@ -191,7 +126,7 @@ class MagnetFetch:
         self._resume_path = resume_path
         self.fetcher = MetadataFetcher(magnet.info_hash, max_metadata_bytes=max_metadata_bytes)
         self.server = MetadataServer(None)  # rejects every request: we lack the metadata
-        self.candidates = CandidatePool(own_addrs=session.own_addresses())
+        self.candidates = CandidatePool(own_addrs=ctx.own_addresses())
         for addr in magnet.peers:
             self.candidates.add(addr, source=PeerSource.USER)
         self.announcer = Announcer([[t] for t in magnet.trackers], rng, now=now)
@@ -224,12 +159,12 @@ class MagnetFetch:
             "peers": len(self.links),
             "half_open": len(self.half_open),
             "candidates": len(self.candidates),
-            "paused": self.session.network_paused,
+            "paused": self._ctx.network_paused,
         }
 
     def add_peers(self, addrs: list[Addr], source: PeerSource) -> None:
         for a in addrs:
-            if not self.session.reputation.is_banned(a[0]):
+            if not self._ctx.reputation.is_banned(a[0]):
                 self.candidates.add(a, source=source)
 
     # ------------------------------------------------------------------ connections (called by the session)
@@ -238,11 +173,12 @@ class MagnetFetch:
         """Room for one more (incoming) connection while fetching."""
         return self.state is FetchState.FETCHING and len(self.links) < FETCH_MAX_PEERS
 
-    def attach(self, conn: PeerConnection, *, now: float) -> None:
-        """The BT handshake with ``conn`` completed: send our extension handshake."""
+    def attach(self, conn: PeerConnection, *, now: float) -> list[Effect]:
+        """The BT handshake with ``conn`` completed (its phase is FetchingMetadata): send our
+        extension handshake."""
         self.half_open.discard(conn.cid)
-        link = FetchLink(now=now)
-        conn.fetch_link = link
+        link = conn.fetch_link
+        assert link is not None
         self.links[conn.cid] = conn
         self._attached_at[conn.cid] = now
         if conn.outgoing:
@@ -251,35 +187,46 @@ class MagnetFetch:
         # No bitfield / Have None yet: the peer wire that takes over after the metadata sends it as
         # our first core message (libtorrent, too, sends its BEP 10 handshake before its bitfield).
         # BEP 9: no metadata_size, since we have none; BEP 10 needs the extension bit (checked by the session).
-        hs = our_handshake(reqq=self.config.max_incoming_requests, listen_port=self.session.listen_port, metadata=True)
+        hs = our_handshake(reqq=self.config.max_incoming_requests, listen_port=self._ctx.listen_port, metadata=True)
         link.extended(EXT_HANDSHAKE_ID, bencode2.bencode(hs), now=now)
-        self.session.mark_dirty(conn.cid)
+        return [Flush(conn.cid)]
 
-    def peer_closed(self, conn: PeerConnection, *, now: float, failed_dial: bool) -> None:
+    def peer_closed(self, conn: PeerConnection, *, now: float) -> list[Effect]:
+        """``conn`` is gone (torn down by the session); a dial that failed before the handshake backs off."""
+        out: list[Effect] = []
         self.half_open.discard(conn.cid)
-        if failed_dial:
+        if conn.outgoing and conn.handshake is not None:
             self.candidates.connect_failed(conn.addr, now=now)
         self._attached_at.pop(conn.cid, None)
         if self.links.pop(conn.cid, None) is not None:
             self.fetcher.remove_peer(conn.cid)
             self.server.forget_peer(conn.cid)
-            self._ask_all(now)
+            self._ask_all(now, out)
+        return out
 
-    def on_data(self, conn: PeerConnection, data: bytes | memoryview, *, now: float) -> None:
+    def forget(self, cid: int) -> None:
+        """Drop ``cid`` from the tables without any protocol work (after a contained fault)."""
+        self.half_open.discard(cid)
+        self.links.pop(cid, None)
+        self._attached_at.pop(cid, None)
+
+    def on_data(self, conn: PeerConnection, data: bytes | memoryview, *, now: float) -> list[Effect]:
         """Bytes after the BT handshake.  Raises RemoteProtocolError (the session closes + penalises)."""
+        out: list[Effect] = []
         link = conn.fetch_link
         assert link is not None
         for ext_id, payload in link.receive_data(data):
             if self.state is not FetchState.FETCHING or conn.closing:
-                return
+                return out
             if ext_id == EXT_HANDSHAKE_ID:
-                self._on_ext_handshake(conn, payload, now)
+                self._on_ext_handshake(conn, payload, now, out)
             elif ext_id == LOCAL_UT_METADATA_ID:
-                self._on_metadata(conn, payload, now)
+                self._on_metadata(conn, payload, now, out)
         if link.wants_write:
-            self.session.mark_dirty(conn.cid)
+            out.append(Flush(conn.cid))
+        return out
 
-    def _on_ext_handshake(self, conn: PeerConnection, payload: bytes, now: float) -> None:
+    def _on_ext_handshake(self, conn: PeerConnection, payload: bytes, now: float, out: list[Effect]) -> None:
         try:
             d = bencode.decode(payload, max_depth=EXT_HANDSHAKE_MAX_DEPTH, max_tokens=EXT_HANDSHAKE_MAX_TOKENS)
         except BencodeError:
@@ -294,9 +241,9 @@ class MagnetFetch:
         )
         if usable:
             self._attached_at.pop(conn.cid, None)
-            self._ask(conn, now)
+            self._ask(conn, now, out)
 
-    def _on_metadata(self, conn: PeerConnection, payload: bytes, now: float) -> None:
+    def _on_metadata(self, conn: PeerConnection, payload: bytes, now: float, out: list[Effect]) -> None:
         msg, data = decode_metadata_msg(payload)  # MetadataError propagates
         if msg.piece is None:
             return  # unknown msg_type: BEP 9 says ignore
@@ -307,17 +254,18 @@ class MagnetFetch:
                 link.extended(their, self.server.on_request(conn.cid, msg.piece, now=now), now=now)
         elif msg.msg_type == MSG_REJECT:
             self.fetcher.on_reject(conn.cid, msg.piece, now=now)
-            self._ask_all(now)
+            self._ask_all(now, out)
         elif msg.msg_type == MSG_DATA and msg.total_size is not None:
             for ev in self.fetcher.on_data(conn.cid, msg.piece, msg.total_size, data, now=now):
-                if isinstance(ev, MetadataComplete):
-                    self._complete(ev.info_bytes, now)
-                    return
-                if isinstance(ev, MetadataFailed):
-                    self._bad_copy(ev, now)
-            self._ask(conn, now)
+                match ev:
+                    case MetadataComplete(info_bytes=info_bytes):
+                        self._complete(info_bytes, out)
+                        return
+                    case MetadataFailed():
+                        self._bad_copy(ev, now, out)
+            self._ask(conn, now, out)
 
-    def _ask(self, conn: PeerConnection, now: float) -> None:
+    def _ask(self, conn: PeerConnection, now: float, out: list[Effect]) -> None:
         link = conn.fetch_link
         their = self.fetcher.ext_id(conn.cid)
         if link is None or their is None or conn.closing:
@@ -325,26 +273,26 @@ class MagnetFetch:
         for piece in self.fetcher.next_requests(conn.cid, now=now):
             link.extended(their, encode_metadata_msg(MSG_REQUEST, piece), now=now)
         if link.wants_write:
-            self.session.mark_dirty(conn.cid)
+            out.append(Flush(conn.cid))
 
-    def _ask_all(self, now: float) -> None:
+    def _ask_all(self, now: float, out: list[Effect]) -> None:
         for cid in self.fetcher.askable_peers(now=now):
             conn = self.links.get(cid) if isinstance(cid, int) else None
             if conn is not None:
-                self._ask(conn, now)
+                self._ask(conn, now, out)
 
-    def _bad_copy(self, ev: MetadataFailed, now: float) -> None:
+    def _bad_copy(self, ev: MetadataFailed, now: float, out: list[Effect]) -> None:
         log.warning("%s: fetched metadata does not match the info-hash (from %d peer(s))", self.name, len(ev.suppliers))
         for cid in ev.suppliers:
             conn = self.links.get(cid) if isinstance(cid, int) else None
             if conn is None:
                 continue
             if cid == ev.excluded:
-                self.session.close(conn.cid, CloseReason.CORRUPT_DATA, "sent metadata that fails the info-hash check")
-            self.session.penalize(conn.ip, METADATA_BAD_PENALTY, "metadata failed the info-hash check")
-        self._ask_all(now)
+                out.append(ClosePeer(conn.cid, CloseReason.CORRUPT_DATA, "sent metadata that fails the info-hash check"))
+            out.append(Penalize(conn.ip, METADATA_BAD_PENALTY, "metadata failed the info-hash check"))
+        self._ask_all(now, out)
 
-    def _complete(self, info_bytes: bytes, now: float) -> None:
+    def _complete(self, info_bytes: bytes, out: list[Effect]) -> None:
         try:
             meta = metainfo_from_info(info_bytes, announce_tiers=[[t] for t in self.magnet.trackers])
         except MetainfoError as e:
@@ -352,119 +300,133 @@ class MagnetFetch:
             self.state = FetchState.ERROR
             self.error = f"metadata: {e}"
             log.error("%s: %s", self.name, self.error)
-            self._close_all("metadata unusable")
+            self._close_all("metadata unusable", out)
             return
         self.meta = meta
         self.state = FetchState.DONE
         log.info("%s: metadata received (%d bytes), %s", self.name, len(info_bytes), meta.name)
         for cid in list(self.half_open):
-            self.session.close(cid, CloseReason.SHUTDOWN, "metadata received; redialled for the download")
+            out.append(ClosePeer(cid, CloseReason.SHUTDOWN, "metadata received; redialled for the download"))
+        out.append(MetadataDone(meta))
+
+    def take_links(self) -> list[PeerConnection]:
+        """After MetadataDone: the connections past the handshake, for the session to hand over to
+        the new torrent (or close); the fetch forgets them."""
+        links, self.links = list(self.links.values()), {}
+        self._attached_at.clear()
+        return links
+
+    def handover_candidates(self) -> list[tuple[PeerSource, list[Addr]]]:
+        """After MetadataDone: the new torrent's first candidates -- the peers that served us and the
+        magnet's x.pe (source USER), then the fetch's other candidates (source TRACKER)."""
         addrs = dict(self.served_by)
         for addr in self.magnet.peers:
             addrs[addr] = PeerSource.USER
-        self.session.magnet_done(self, meta, now=now)
-        t = self.torrent
-        links, self.links = list(self.links.values()), {}
-        self._attached_at.clear()
-        for conn in links:
-            # The connection carries on as a peer connection of the new torrent; if it cannot
-            # (the torrent is checking existing data, too much skipped), it is closed and redialled.
-            if conn.closing:
-                continue
-            moved = conn.fetch_link.hand_over() if conn.fetch_link is not None else None
-            if t is None or moved is None or not self.session.hand_over(conn, t, moved[0], moved[1], now=now):
-                self.session.close(conn.cid, CloseReason.SHUTDOWN, "metadata received; redialled for the download")
-        if t is not None:
-            by_source: dict[PeerSource, list[Addr]] = {}
-            for a, src in addrs.items():
-                by_source.setdefault(PeerSource.USER if src is PeerSource.USER else PeerSource.TRACKER, []).append(a)
-            for src, lst in by_source.items():
-                t.add_candidates(lst, src, now=now)
-            for a in self._other_candidates():
-                if a not in addrs:
-                    t.add_candidates([a], PeerSource.TRACKER, now=now)
-            if self.session.events.enabled:
-                self.session.events.push(EventRecord(EventName.METADATA_RECEIVED, t, None))
+        by_source: dict[PeerSource, list[Addr]] = {}
+        for a, src in addrs.items():
+            by_source.setdefault(PeerSource.USER if src is PeerSource.USER else PeerSource.TRACKER, []).append(a)
+        out = list(by_source.items())
+        for a in self._other_candidates():
+            if a not in addrs:
+                out.append((PeerSource.TRACKER, [a]))
+        return out
 
     def _other_candidates(self) -> list[Addr]:
         return [c.addr for c in self.candidates.select(len(self.candidates), now=float("inf"))]
 
-    def _close_all(self, why: str) -> None:
+    def _close_all(self, why: str, out: list[Effect]) -> None:
         for cid in list(self.links) + list(self.half_open):
-            self.session.close(cid, CloseReason.SHUTDOWN, why)
+            out.append(ClosePeer(cid, CloseReason.SHUTDOWN, why))
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str) -> list[Effect]:
         """Enter the ERROR state and close every connection (a contained fault, STYLE.md section 13)."""
         log.error("%s: %s", self.name, message)
         self.state = FetchState.ERROR
         self.error = message
-        self._close_all(message)
+        out: list[Effect] = []
+        self._close_all(message, out)
+        return out
 
-    def stop(self, *, now: float) -> None:
+    def stop(self, *, now: float) -> list[Effect]:
+        out: list[Effect] = []
         if self.state is FetchState.FETCHING:
             self.state = FetchState.STOPPED
-            self._close_all("stopping")
+            self._close_all("stopping", out)
             self.announcer.stop(now=now)
-            self._poll_announcer(now)
+            self._poll_announcer(now, out)
+        return out
 
     # ------------------------------------------------------------------ timers
 
-    def tick(self, *, now: float) -> None:
+    def tick(self, *, now: float) -> list[Effect]:
+        out: list[Effect] = []
         if self.state is not FetchState.FETCHING:
-            return
+            return out
         dl = self.fetcher.next_deadline()
         if dl is not None and now >= dl:
             self.fetcher.handle_timeout(now=now)
-            self._ask_all(now)
+            self._ask_all(now, out)
         for conn in self.links.values():
             link = conn.fetch_link
             if link is not None and link.keepalive_due(now):
                 link.keepalive(now=now)
-                self.session.mark_dirty(conn.cid)
+                out.append(Flush(conn.cid))
         for cid, at in list(self._attached_at.items()):
             if now - at >= FETCH_USELESS_AFTER_S:
                 self._attached_at.pop(cid, None)
-                self.session.close(cid, CloseReason.IDLE, "offers no ut_metadata (BEP 9) while we fetch metadata")
+                out.append(ClosePeer(cid, CloseReason.IDLE, "offers no ut_metadata (BEP 9) while we fetch metadata"))
         if now - self._last_connect_at >= 1.0:
             self._last_connect_at = now
-            self._connect_more(now)
+            out.extend(self._want_dials())
         if not self.links and not self.half_open and len(self.candidates) == 0:
             self.announcer.want_more_peers(now=now)
-        self._poll_announcer(now)
+        self._poll_announcer(now, out)
+        return out
 
-    def _connect_more(self, now: float) -> None:
-        want = min(FETCH_MAX_PEERS - len(self.links) - len(self.half_open), FETCH_MAX_HALF_OPEN - len(self.half_open))
-        if want <= 0:
-            return
-        busy = {c.addr for c in self.links.values()} | self.session.dialing_addrs()
+    def _want_dials(self) -> list[Effect]:
+        room = min(FETCH_MAX_PEERS - len(self.links) - len(self.half_open), FETCH_MAX_HALF_OPEN - len(self.half_open))
+        return [WANT_DIALS] if room > 0 and len(self.candidates) and self.state is FetchState.FETCHING else []
+
+    def connect_more(self, *, now: float, slots: int, dialing: set[Addr]) -> list[Effect]:
+        """Answer to WantDials: DialPeer effects within ``slots`` more connections; ``dialing``: every
+        address the session is dialling."""
+        out: list[Effect] = []
+        want = min(
+            FETCH_MAX_PEERS - len(self.links) - len(self.half_open), FETCH_MAX_HALF_OPEN - len(self.half_open), slots
+        )
+        if want <= 0 or self.state is not FetchState.FETCHING:
+            return out
+        busy = {c.addr for c in self.links.values()} | dialing
         for cand in self.candidates.select(want, now=now, exclude=busy):
-            if self.session.reputation.is_banned(cand.addr[0]):
+            if self._ctx.reputation.is_banned(cand.addr[0]):
                 continue
-            cid = self.session.dial(self, cand.addr, cand.source, now=now)
-            if cid is None:
-                self.candidates.release(cand.addr)
-                break
-            self.half_open.add(cid)
+            out.append(DialPeer(cand.addr, cand.source))
+        return out
 
-    def _poll_announcer(self, now: float) -> None:
-        if self.session.network_paused is not None:
+    def dial_started(self, cid: int) -> None:
+        """The session opened connection ``cid`` for one of our DialPeer effects."""
+        self.half_open.add(cid)
+
+    def _poll_announcer(self, now: float, out: list[Effect]) -> None:
+        if self._ctx.network_paused is not None:
             return  # the announce waits until the bound interface is back (issue 10)
         job = self.announcer.poll(now=now)
         if job is None:
             return
-        self.session.announce(self, job, uploaded=0, downloaded=0, left=UNKNOWN_LEFT, numwant=self.config.numwant)
+        out.append(AnnounceDue(job, 0, 0, UNKNOWN_LEFT, self.config.numwant))
 
     def on_announce_result(
         self, job: AnnounceJob, result: AnnounceResult | None, error: str | None, *, now: float
-    ) -> None:
+    ) -> list[Effect]:
         if result is not None and result.failure is None:
             self.announcer.job_done(job, result, now=now)
             self.add_peers(list(result.peers), PeerSource.TRACKER)
-            self._connect_more(now)
-        elif result is not None:
+            return self._want_dials()
+        if result is not None:
             self.announcer.job_done(job, result, now=now)
         else:
             self.announcer.job_failed(job, error or "unknown error", now=now)
+        return []
 
     def resume_path(self, meta: Metainfo) -> str | None:
         return None if self._resume_path is None else self._resume_path(meta)

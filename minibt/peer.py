@@ -1,10 +1,16 @@
-"""Per-connection state the session keeps beside the wire machine.
+"""Per-connection state the session keeps beside the protocol machines.
 
-A ``PeerConnection`` starts in the handshake phase (``handshake`` set, ``wire`` None) and
-hands over to a :class:`~minibt.wire.PeerWire` once the 68-byte BT handshake is complete
-(the wsproto-style handoff of STYLE.md section 1).  It holds no socket: the loop addresses it by
-its connection id.  Rates are smoothed with an exponential decay over a few seconds so the
-choker and the request pipeline see a stable figure.
+A connection is in one of three phases, each a tagged value holding that phase's machine, handed
+over from one to the next (the wsproto-style handoff of STYLE.md section 1):
+
+    Handshaking(Handshake) --BT handshake done--> Active(PeerWire)
+    Handshaking(Handshake) --BT handshake done, magnet without metadata--> FetchingMetadata(FetchLink)
+    FetchingMetadata(FetchLink) --metadata verified--> Active(PeerWire, the frames skipped so far)
+
+``conn.wire``, ``conn.handshake`` and ``conn.fetch_link`` read the current phase's machine (None in
+the other phases); only :meth:`PeerConnection.enter` changes the phase.  A connection holds no
+socket: the loop addresses it by its connection id.  Rates are smoothed with an exponential decay
+over a few seconds so the choker and the request pipeline see a stable figure.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ import enum
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from minibt.errors import CloseReason
+from minibt.fetchlink import FetchLink
 from minibt.handshake import Handshake
 from minibt.urls import Addr
+from minibt.wire import PeerWire
 
 
 class Transport(enum.StrEnum):
@@ -38,10 +46,6 @@ def valid_transports(names: tuple[str, ...] | list[str]) -> bool:
 def to_transports(names: tuple[str, ...] | list[str]) -> tuple[Transport, ...]:
     """Transport names (already checked by :func:`valid_transports`) as enum members, order kept."""
     return tuple(Transport(n) for n in names)
-
-if TYPE_CHECKING:
-    from minibt.magnetfetch import FetchLink
-    from minibt.wire import PeerWire
 
 
 
@@ -82,6 +86,34 @@ class RateMeter:
         return self._acc / self._tau
 
 
+@dataclass(slots=True)
+class Handshaking:
+    """Phase 1: the 68-byte BT handshake (BEP 3) is in progress."""
+
+    handshake: Handshake
+
+
+@dataclass(slots=True)
+class FetchingMetadata:
+    """Phase 2 of a magnet link's connection: BEP 10 / ut_metadata only (magnetfetch.py).
+
+    ``unsent``: our handshake bytes not yet taken by the loop when the phase began."""
+
+    link: FetchLink
+    unsent: bytes = b""
+
+
+@dataclass(slots=True)
+class Active:
+    """The peer wire of a torrent (BEP 3/6/10).  ``unsent``: bytes of the previous phase to go first."""
+
+    wire: PeerWire
+    unsent: bytes = b""
+
+
+Phase = Handshaking | FetchingMetadata | Active
+
+
 @dataclass(frozen=True, slots=True)
 class IncomingRequest:
     index: int
@@ -106,9 +138,7 @@ class PeerConnection:
         self.addr = addr
         self.outgoing = outgoing
         self.source = source
-        self.handshake: Handshake | None = handshake
-        self.wire: PeerWire | None = None
-        self.fetch_link: FetchLink | None = None  # magnet phase: BEP 10 only (magnetfetch.py)
+        self.phase: Phase = Handshaking(handshake)
         self.info_hash: bytes | None = None
         self.peer_id: bytes | None = None
         self.reserved: bytes = bytes(8)
@@ -132,10 +162,48 @@ class PeerConnection:
         self.is_seed = False
         self.corrupt_strikes = 0
         self.closing = False
-        self.pending_handshake_bytes = b""
         self.api: object | None = None  # its public minibt.handles.Peer facade, made on first use
         self.close_reason: CloseReason | None = None  # set when the session tears it down
         self.close_detail = ""
+
+    # ------------------------------------------------------------------ the phase
+
+    def enter(self, phase: Phase) -> None:
+        """Hand over to the next phase (or a fresh handshake for a redial on another transport)."""
+        self.phase = phase
+
+    @property
+    def handshake(self) -> Handshake | None:
+        """The BT handshake machine while handshaking, else None."""
+        ph = self.phase
+        return ph.handshake if isinstance(ph, Handshaking) else None
+
+    @property
+    def wire(self) -> PeerWire | None:
+        """The peer wire once active, else None."""
+        ph = self.phase
+        return ph.wire if isinstance(ph, Active) else None
+
+    @property
+    def fetch_link(self) -> FetchLink | None:
+        """The BEP 10-only link while fetching a magnet's metadata, else None."""
+        ph = self.phase
+        return ph.link if isinstance(ph, FetchingMetadata) else None
+
+    def data_to_send(self, limit: int, *, now: float) -> bytes:
+        """Up to about ``limit`` bytes of the current phase's output (a previous phase's leftover first)."""
+        match self.phase:
+            case Active(wire=wire) as ph:
+                if ph.unsent:
+                    out, ph.unsent = ph.unsent, b""
+                    return out + wire.data_to_send(max(0, limit - len(out)), now=now)
+                return wire.data_to_send(limit, now=now)
+            case Handshaking(handshake=hs):
+                return hs.data_to_send()
+            case FetchingMetadata(link=link) as ph:
+                out, ph.unsent = ph.unsent, b""
+                return out + link.data_to_send(max(0, limit - len(out)))
+        return b""
 
     @property
     def ip(self) -> str:
@@ -146,5 +214,5 @@ class PeerConnection:
         return self.addr[1]
 
     def __repr__(self) -> str:
-        state = "handshaking" if self.wire is None else "active"
+        state = type(self.phase).__name__
         return f"<PeerConnection #{self.cid} {self.addr[0]}:{self.addr[1]} {state}>"

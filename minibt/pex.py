@@ -3,7 +3,7 @@
 In scope: :func:`encode_pex` / :func:`decode_pex`; :class:`PexSender`, which turns the torrent's set
 of established, handshaken connections into rate-limited diff messages (plus WebTorrent-style
 manual controls and an explicit ``send``); :class:`PexReceiver`, which decodes and polices what one
-peer sends.  The dial-candidate pool with BEP 40 ordering lives in :mod:`minibt.candidates`.
+peer sends.  The dial-candidate pool with BEP 40 ordering lives in :mod:`minibt.dialer`.
 Out of scope: BEP 10 framing (wire.py) and when to dial (session).  The session never creates
 these objects for private torrents (BEP 27) -- nothing here knows about privacy.
 

@@ -1,8 +1,17 @@
-"""The orchestrator: routes loop events to torrents and peers, emits Actions.
+"""The orchestrator: routes loop events to torrents and peers, carries out their effects.
 
-``Session`` is pure (STYLE.md section 3): the loop calls ``on_*`` methods with ``now`` and
-performs the Actions it takes from ``take_actions()``.  Outgoing peer bytes are not actions:
-the session marks connections dirty and the loop drains ``data_to_send(cid)`` for each.
+``Session`` is pure (STYLE.md section 3) and has one pipeline shape, like h2's ``receive_data`` /
+``data_to_send``: the loop calls one ``on_*`` entry point per input kind, each taking ``now``
+(``on_incoming``, ``on_connected``, ``on_data``, ``on_writable``, ``on_closed``, ``on_hash_result``,
+``on_announce_result``, ``on_rate_refill``, ``tick``), then drains the loop actions with
+``take_actions()`` -- Dial, Close, HashPiece, Announce and Flush (connection ``cid`` has bytes:
+the loop pulls them with ``data_to_send(cid)``).  Public events for library code go to the bounded
+``events`` queue, which the Client drains.
+
+Torrents (torrent.py) and magnet fetches (magnetfetch.py) return effects (effects.py) from their
+entry points; :meth:`Session._apply` is the one place that carries them out.  They read session
+facts from ``self.ctx`` (a :class:`~minibt.effects.SessionContext`) and hold no reference to the
+session.  A connection's phase (peer.py: Handshaking, FetchingMetadata, Active) changes only here.
 
 Error boundary (STYLE.md P4): ``on_data`` is the one place where a peer's
 ``RemoteProtocolError`` becomes ``Close(reason)``.
@@ -16,9 +25,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from minibt.checker import CheckJobTag
+from minibt.download import PieceJobTag
+from minibt.effects import (
+    AnnounceDue,
+    ClosePeer,
+    DialPeer,
+    Effect,
+    Emit,
+    Flush,
+    HashPiece,
+    LimitsChanged,
+    MetadataDone,
+    Penalize,
+    PieceFailed,
+    PiecePassed,
+    RateWait,
+    SessionContext,
+    WantDials,
+)
 from minibt.errors import CloseReason, ConfigError, RemoteProtocolError
-from minibt.events import EventName, EventQueue, EventRecord
+from minibt.events import Event, EventName, EventQueue
 from minibt.faults import FaultKind, Faults
+from minibt.fetchlink import FetchLink
 from minibt.handshake import (
     Handshake,
     HandshakeReceived,
@@ -30,16 +58,26 @@ from minibt.handshake import (
 from minibt.magnet import Magnet
 from minibt.magnetfetch import MagnetFetch
 from minibt.metainfo import Metainfo
-from minibt.peer import TRANSPORTS, PeerConnection, PeerSource, Transport, to_transports, valid_transports
+from minibt.peer import (
+    TRANSPORTS,
+    Active,
+    FetchingMetadata,
+    Handshaking,
+    PeerConnection,
+    PeerSource,
+    Transport,
+    to_transports,
+    valid_transports,
+)
 from minibt.ratelimit import KEEP, Keep, RateLimiter, TokenBucket
 from minibt.reputation import Banned, RepEvent, Reputation, ReputationChanged
 from minibt.settings import Mode, TorrentConfig, TorrentState
-from minibt.torrent import PieceJobTag, Torrent
+from minibt.torrent import Torrent
 from minibt.tracker import AnnounceJob, AnnounceParams, AnnounceResult
 from minibt.urls import Addr
 from minibt.wire import PeerWire
 from minibt.wire_codec import BLOCK_LEN
-from minibt.workers import HashJob, HashResult
+from minibt.workers import HashResult
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +87,7 @@ PEER_ID_PREFIX = b"-MB0100-"  # Azureus-style client id: minibt 0.1.0.0
 # A dial that ends like this before the BT handshake completes is retried on the next transport
 # (PROTOCOL.md 7.9: a uTP-only libtorrent accepts TCP and closes it at once).
 FALLBACK_REASONS = frozenset({CloseReason.CONNECT_FAILED, CloseReason.CLOSED_BY_REMOTE, CloseReason.IO_ERROR})
+Owner = Torrent | MagnetFetch  # what a connection belongs to, and whose effects _apply carries out
 
 
 # ---------------------------------------------------------------------- actions (to the loop)
@@ -69,18 +108,13 @@ class Close:
 
 
 @dataclass(frozen=True, slots=True)
-class HashPiece:
-    job: HashJob
-
-
-@dataclass(frozen=True, slots=True)
 class Announce:
     info_hash: bytes
     job: AnnounceJob
     params: AnnounceParams
 
 
-Action = Dial | Close | HashPiece | Announce
+Action = Dial | Close | HashPiece | Announce | Flush  # HashPiece and Flush: effects.py, passed on as they are
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,47 +156,56 @@ class Session:
         self.config = config or SessionConfig()
         self.peer_id = peer_id or make_peer_id(rng)
         self.announce_key = rng.getrandbits(32)
-        self.listen_port = 0
-        self.listen_ip = "0.0.0.0"
         self.reserved = make_reserved(fast=True, extension=True)
         self.torrents: dict[bytes, Torrent] = {}
         self.conns: dict[int, PeerConnection] = {}
         self._torrent_of: dict[int, Torrent] = {}  # cid -> torrent (outgoing from the start, incoming after handshake)
         self.fetches: dict[bytes, MagnetFetch] = {}  # magnet links still fetching metadata (magnetfetch.py)
-        self._fetch_of: dict[int, MagnetFetch] = {}  # cid -> magnet fetch (outgoing only)
+        self._fetch_of: dict[int, MagnetFetch] = {}  # cid -> magnet fetch
         self._actions: list[Action] = []
-        self._dirty: set[int] = set()
         self._next_cid = 1
-        self._wall = wall_clock or (lambda: 0.0)
-        self._local_ips: set[str] = {"127.0.0.1", "::1"}
         self.reputation = Reputation()  # per-IP scores and bans, shared by every torrent
         self._now = 0.0  # the latest `now` any input brought (for teardown started by a command)
         self.closed_log: list[tuple[int, Addr, CloseReason, str]] = []  # bounded, newest last
         self.events = EventQueue()  # public API events; off until a Client enables it (minibt/events.py)
         self.faults = Faults()  # contained faults while handling outside input (STYLE.md section 13)
-        # Why networking is paused (the bound interface is down or gone, ifwatch.py): no dials, and
-        # torrents hold their announces until it is None again.
-        self.network_paused: str | None = None
+        # What the torrent layer may read of the session (effects.py): listen address, our own
+        # addresses, bans, whether events are wanted, whether networking is paused.
+        self.ctx = SessionContext(reputation=self.reputation, events=self.events, wall_time=wall_clock or (lambda: 0.0))
         self._init_rate_limits()
 
     # ------------------------------------------------------------------ setup
 
+    @property
+    def listen_port(self) -> int:
+        return self.ctx.listen_port
+
+    @property
+    def listen_ip(self) -> str:
+        return self.ctx.listen_ip
+
+    @property
+    def network_paused(self) -> str | None:
+        """Why networking is paused (the bound interface is down or gone, ifwatch.py): no dials, and
+        torrents hold their announces until it is None again."""
+        return self.ctx.network_paused
+
     def set_listen(self, ip: str, port: int) -> None:
-        self.listen_ip = ip
-        self.listen_port = port
+        self.ctx.listen_ip = ip
+        self.ctx.listen_port = port
         if ip not in ("0.0.0.0", "::"):
-            self._local_ips.add(ip)
+            self.ctx.local_ips.add(ip)
 
     def set_network_paused(self, reason: str | None, *, now: float) -> None:
         """The loop saw the bound interface go down (``reason``) or come back (None)."""
         self._now = now
-        self.network_paused = reason
+        self.ctx.network_paused = reason
 
     def own_addresses(self) -> set[Addr]:
-        return {(ip, self.listen_port) for ip in self._local_ips}
+        return self.ctx.own_addresses()
 
     def wall_time(self) -> float:
-        return self._wall()
+        return self.ctx.wall_time()
 
     def add_torrent(
         self,
@@ -178,7 +221,6 @@ class Session:
         if meta.info_hash in self.torrents:
             raise ValueError(f"torrent {meta.info_hash.hex()} already added")
         t = Torrent(
-            self,
             meta,
             download_dir,
             mode=mode,
@@ -186,10 +228,13 @@ class Session:
             config=config or self.config.torrent,
             rng=self.rng,
             now=now,
+            ctx=self.ctx,
+            global_up=self.global_up,
+            global_down=self.global_down,
         )
         self.torrents[meta.info_hash] = t
         self.rate_limits_changed()
-        t.start(now=now)
+        self._apply(t, t.start(now=now), now)
         return t
 
     def remove_torrent(self, info_hash: bytes, *, now: float) -> bool:
@@ -200,11 +245,11 @@ class Session:
         self._now = now
         f = self.fetches.pop(info_hash, None)
         if f is not None:  # a magnet link still fetching its metadata: nothing on disk yet
-            f.stop(now=now)
+            self._apply(f, f.stop(now=now), now)
         t = self.torrents.get(info_hash)
         if t is None:
             return True
-        t.stop(now=now)
+        self._apply(t, t.stop(now=now), now)
         if t.state not in (TorrentState.STOPPED, TorrentState.ERROR) or t.storage.commits_in_flight:
             return False
         del self.torrents[info_hash]
@@ -227,57 +272,121 @@ class Session:
         if magnet.info_hash in self.torrents or magnet.info_hash in self.fetches:
             raise ValueError(f"torrent {magnet.info_hash_hex} already added")
         f = MagnetFetch(
-            self, magnet, download_dir, mode=mode, config=config or self.config.torrent, rng=self.rng, now=now,
-            resume_path=resume_path,
+            magnet, download_dir, mode=mode, config=config or self.config.torrent, rng=self.rng, now=now,
+            ctx=self.ctx, resume_path=resume_path,
         )
         self.fetches[magnet.info_hash] = f
         return f
 
-    def magnet_done(self, fetch: MagnetFetch, meta: Metainfo, *, now: float) -> None:
-        """A fetch verified its metadata: replace it with a normal torrent."""
-        self.fetches.pop(fetch.info_hash, None)
-        fetch.torrent = self.add_torrent(
-            meta, fetch.download_dir, mode=fetch.mode, resume_path=fetch.resume_path(meta), now=now,
-            config=fetch.config,
-        )
-
     def add_peers(self, info_hash: bytes, addrs: list[Addr], source: PeerSource, *, now: float) -> None:
+        self._now = now
         f = self.fetches.get(info_hash)
         if f is not None:
             f.add_peers(addrs, source)
             return
-        self.torrents[info_hash].add_candidates(addrs, source, now=now)
+        t = self.torrents[info_hash]
+        self._apply(t, t.add_candidates(addrs, source, now=now), now)
 
     def stop(self, *, now: float) -> None:
         self._now = now
         for f in list(self.fetches.values()):
-            f.stop(now=now)
-        for t in self.torrents.values():
-            t.stop(now=now)
+            self._apply(f, f.stop(now=now), now)
+        for t in list(self.torrents.values()):
+            self._apply(t, t.stop(now=now), now)
 
-    # ------------------------------------------------------------------ used by torrents
+    # ------------------------------------------------------------------ carrying out effects (effects.py)
 
-    def hash(self, job: HashJob) -> None:
-        self._actions.append(HashPiece(job))
+    def _apply(self, owner: Owner | None, effects: list[Effect], now: float) -> None:  # noqa: C901
+        """Carry out what ``owner`` (a torrent or a magnet fetch) asked for."""
+        for e in effects:
+            match e:
+                case Flush():
+                    self._actions.append(e)
+                case ClosePeer(cid=cid, reason=reason, detail=detail):
+                    self.close(cid, reason, detail)
+                case HashPiece():
+                    self._actions.append(e)
+                case Emit():
+                    if self.events.enabled:
+                        self._emit_effect(owner, e)
+                case PiecePassed(info_hash=ih, index=i, sources=srcs, digests=digests):
+                    self.reputation_events(self.reputation.piece_passed(ih, i, set(srcs), digests))
+                case PieceFailed(info_hash=ih, index=i, blocks=blocks):
+                    self.reputation_events(self.reputation.piece_failed(ih, i, blocks))
+                case Penalize(ip=ip, points=points, why=why):
+                    self.penalize(ip, points, why)
+                case WantDials() if owner is not None:
+                    self._connect_more(owner, now)
+                case AnnounceDue() if owner is not None:
+                    self._announce(owner.info_hash, e)
+                case RateWait() if isinstance(owner, Torrent):
+                    self._rate_waiting[owner.info_hash] = owner
+                case LimitsChanged():
+                    self.rate_limits_changed()
+                case MetadataDone(meta=meta) if isinstance(owner, MagnetFetch):
+                    self._metadata_done(owner, meta, now)
+                case DialPeer():
+                    raise AssertionError("DialPeer comes only from connect_more")
 
-    def announce(
-        self, torrent: Torrent | MagnetFetch, job: AnnounceJob, *, uploaded: int, downloaded: int, left: int,
-        numwant: int,
-    ) -> None:
-        """Queue ``job``'s announce with our peer id, listen port and key (no peers wanted when stopping)."""
+    def _emit_effect(self, owner: Owner | None, e: Emit) -> None:
+        conn = e.conn
+        t = owner if isinstance(owner, Torrent) else (self._torrent_of.get(conn.cid) if conn is not None else None)
+        self.events.push(
+            Event(e.name, t, conn, index=e.index, detail=e.detail, added=e.added, dropped=e.dropped,
+                  added6=e.added6, dropped6=e.dropped6, addr=e.addr, flags=e.flags)
+        )
+
+    def _pending_commands(self) -> None:
+        """Effects of library commands on torrents (choke_peer, set_super_seed, ...) since the last call."""
+        for t in list(self.torrents.values()):
+            if t.has_pending:
+                self._apply(t, t.take_pending(), self._now)
+
+    def _announce(self, info_hash: bytes, e: AnnounceDue) -> None:
+        """Queue ``e``'s announce with our peer id, listen port and key (no peers wanted when stopping)."""
+        job = e.job
         params = AnnounceParams(
-            info_hash=torrent.info_hash,
+            info_hash=info_hash,
             peer_id=self.peer_id,
             port=self.listen_port,
-            uploaded=uploaded,
-            downloaded=downloaded,
-            left=left,
+            uploaded=e.uploaded,
+            downloaded=e.downloaded,
+            left=e.left,
             event=job.event,
-            numwant=0 if job.event == "stopped" else numwant,
+            numwant=0 if job.event == "stopped" else e.numwant,
             key=self.announce_key,
             tracker_id=job.tracker_id,
         )
-        self._actions.append(Announce(torrent.info_hash, job, params))
+        self._actions.append(Announce(info_hash, job, params))
+
+    def _connect_more(self, owner: Owner, now: float) -> None:
+        """WantDials: give ``owner`` the global dial budget and open the connections it picks."""
+        slots = self.config.max_connections - len(self.conns)
+        if slots <= 0 or self.network_paused is not None:
+            return
+        dialing = self.dialing_addrs()
+        for e in owner.connect_more(now=now, slots=slots, dialing=dialing):
+            if isinstance(e, DialPeer):
+                owner.dial_started(self._dial(owner, e.addr, e.source, now))
+
+    def _metadata_done(self, f: MagnetFetch, meta: Metainfo, now: float) -> None:
+        """A fetch verified its metadata: replace it with a normal torrent and hand its connections over."""
+        self.fetches.pop(f.info_hash, None)
+        t = f.torrent = self.add_torrent(
+            meta, f.download_dir, mode=f.mode, resume_path=f.resume_path(meta), now=now, config=f.config
+        )
+        for conn in f.take_links():
+            # The connection carries on as a peer connection of the new torrent; if it cannot
+            # (the torrent is checking existing data, too much skipped), it is closed and redialled.
+            if conn.closing:
+                continue
+            self._fetch_of.pop(conn.cid, None)
+            moved = conn.fetch_link.hand_over() if conn.fetch_link is not None else None
+            if moved is None or not self._hand_over(conn, t, moved[0], moved[1], now):
+                self.close(conn.cid, CloseReason.SHUTDOWN, "metadata received; redialled for the download")
+        for source, addrs in f.handover_candidates():
+            self._apply(t, t.add_candidates(addrs, source, now=now), now)
+        self.emit(EventName.METADATA_RECEIVED, None, t)
 
     @property
     def banned(self) -> set[str]:
@@ -303,7 +412,8 @@ class Session:
                     self.close(conn.cid, CloseReason.REPUTATION_TOO_LOW, ev.reason)
 
     def mark_dirty(self, cid: int) -> None:
-        self._dirty.add(cid)
+        """Connection ``cid`` has bytes queued (library code wrote to its wire)."""
+        self._actions.append(Flush(cid))
 
     def dialing_addrs(self) -> set[Addr]:
         return {c.addr for c in self.conns.values() if c.outgoing}
@@ -318,26 +428,34 @@ class Session:
             timeout_s=self.config.handshake_timeout_s,
         )
 
-    def dial(self, torrent: Torrent | MagnetFetch, addr: Addr, source: PeerSource, *, now: float) -> int | None:
+    def dial(self, owner: Owner, addr: Addr, source: PeerSource, *, now: float) -> int | None:
+        """Dial ``addr`` for ``owner`` now, outside its dialer's choice (None: connection limit
+        reached or networking paused); its connection id."""
+        self._now = now
         if len(self.conns) >= self.config.max_connections or self.network_paused is not None:
             return None
+        cid = self._dial(owner, addr, source, now)
+        owner.dial_started(cid)
+        return cid
+
+    def _dial(self, owner: Owner, addr: Addr, source: PeerSource, now: float) -> int:
         cid = self._new_cid()
-        hs = self._handshake(torrent.info_hash, now)
+        hs = self._handshake(owner.info_hash, now)
         conn = PeerConnection(cid, addr, outgoing=True, source=source, handshake=hs, now=now)
         order = self.config.transports
         conn.transport = order[0]
         conn.fallbacks = list(order[1:])
         self.conns[cid] = conn
-        if isinstance(torrent, MagnetFetch):
-            self._fetch_of[cid] = torrent
+        if isinstance(owner, MagnetFetch):
+            self._fetch_of[cid] = owner
         else:
-            self._torrent_of[cid] = torrent
+            self._torrent_of[cid] = owner
         self._actions.append(Dial(cid, addr, conn.transport))
         return cid
 
     def _fall_back(self, conn: PeerConnection, reason: CloseReason, detail: str, now: float) -> bool:
         """Redial an outgoing connection that failed before the BT handshake on its next transport."""
-        if not conn.outgoing or conn.wire is not None or not conn.fallbacks or reason not in FALLBACK_REASONS:
+        if not conn.outgoing or conn.handshake is None or not conn.fallbacks or reason not in FALLBACK_REASONS:
             return False
         if self.network_paused is not None:
             return False
@@ -349,10 +467,8 @@ class Session:
             conn.ip, conn.port, conn.cid, conn.transport, reason.name, detail, conn.fallbacks[0],
         )
         conn.transport = conn.fallbacks.pop(0)
-        conn.handshake = self._handshake(t.info_hash, now)
+        conn.enter(Handshaking(self._handshake(t.info_hash, now)))
         conn.established = False
-        conn.pending_handshake_bytes = b""
-        self._dirty.discard(conn.cid)
         self._actions.append(Dial(conn.cid, conn.addr, conn.transport))
         return True
 
@@ -367,7 +483,6 @@ class Session:
 
     def _teardown(self, conn: PeerConnection, reason: CloseReason, detail: str, *, now: float) -> None:
         self.conns.pop(conn.cid, None)
-        self._dirty.discard(conn.cid)
         t = self._torrent_of.pop(conn.cid, None)
         conn.close_reason, conn.close_detail = reason, detail
         log.info("peer %s:%d (#%d) disconnected: %s (%d) %s", conn.ip, conn.port, conn.cid, reason.name, reason, detail)
@@ -376,14 +491,12 @@ class Session:
         if len(self.closed_log) > 200:
             del self.closed_log[:100]
         if t is not None:
-            if conn.wire is None and conn.outgoing:
-                t.peer_connect_failed(conn.addr, now=now)
-            t.peer_closed(conn, now=now)
+            self._apply(t, t.peer_closed(conn, now=now), now)
         f = self._fetch_of.pop(conn.cid, None)
         if f is not None:
-            f.peer_closed(conn, now=now, failed_dial=conn.fetch_link is None)
+            self._apply(f, f.peer_closed(conn, now=now), now)
 
-    # ------------------------------------------------------------------ public API support (minibt/api.py)
+    # ------------------------------------------------------------------ public API support (minibt/handles.py)
 
     @property
     def now(self) -> float:
@@ -406,17 +519,17 @@ class Session:
     ) -> None:
         """Queue an event for the Client's callbacks (no-op unless a Client enabled the queue)."""
         if self.events.enabled:
-            self.events.push(EventRecord(name, torrent, conn, index, reason, detail))
+            self.events.push(Event(name, torrent, conn, index, reason, detail))
 
     def _emit_reputation(self, ev: RepEvent) -> None:
         conn = next((c for c in self.conns.values() if c.ip == ev.ip), None)
         t = self._torrent_of.get(conn.cid) if conn is not None else None
         if isinstance(ev, ReputationChanged):
             self.events.push(
-                EventRecord(EventName.REPUTATION_CHANGED, t, conn, detail=ev.reason, ip=ev.ip, old=ev.old, new=ev.new)
+                Event(EventName.REPUTATION_CHANGED, t, conn, detail=ev.reason, ip=ev.ip, old=ev.old, new=ev.new)
             )
         else:
-            self.events.push(EventRecord(EventName.BANNED, t, conn, detail=ev.reason, ip=ev.ip))
+            self.events.push(Event(EventName.BANNED, t, conn, detail=ev.reason, ip=ev.ip))
 
     def _refused(self, addr: Addr, reason: CloseReason, detail: str, now: float) -> None:
         """An incoming connection refused at accept: logged and reported like any disconnect."""
@@ -426,7 +539,7 @@ class Session:
             conn = PeerConnection(0, addr, outgoing=False, source=PeerSource.INCOMING, handshake=hs, now=now)
             conn.closing = True  # never registered: the facade shows it as closed
             conn.close_reason, conn.close_detail = reason, detail
-            self.events.push(EventRecord(EventName.PEER_DISCONNECTED, None, conn, reason=reason, detail=detail))
+            self.events.push(Event(EventName.PEER_DISCONNECTED, None, conn, reason=reason, detail=detail))
 
     def _new_cid(self) -> int:
         cid = self._next_cid
@@ -436,12 +549,10 @@ class Session:
     # ------------------------------------------------------------------ loop inputs
 
     def take_actions(self) -> list[Action]:
+        """What the loop is to do: dials, closes, hash jobs, announces, connections to flush."""
+        self._pending_commands()
         acts, self._actions = self._actions, []
         return acts
-
-    def take_dirty(self) -> set[int]:
-        d, self._dirty = self._dirty, set()
-        return d
 
     def on_incoming(self, addr: Addr, *, now: float, transport: Transport = Transport.TCP) -> int | None:
         """A connection was accepted (over ``transport``); returns its cid, or None to refuse it."""
@@ -483,7 +594,7 @@ class Session:
         try:
             conn.established = True
             conn.handshake.start()
-            self._dirty.add(cid)
+            self._actions.append(Flush(cid))
             self.emit(EventName.PEER_CONNECTED, conn, self._torrent_of.get(cid))
         except Exception as e:
             self.fault(cid, e)
@@ -531,15 +642,15 @@ class Session:
         conn.closing = True
         conn.close_reason, conn.close_detail = reason, detail
         self.conns.pop(cid, None)
-        self._dirty.discard(cid)
         t = self._torrent_of.pop(cid, None)
         if t is not None:
-            t.peers.pop(cid, None)
-            t.half_open.discard(cid)
-        self._fetch_of.pop(cid, None)
+            t.forget(cid)
+        f = self._fetch_of.pop(cid, None)
+        if f is not None:
+            f.forget(cid)
         self._actions.append(Close(cid, reason, detail))
 
-    def _torrent_fault(self, owner: Torrent | MagnetFetch, kind: FaultKind, exc: Exception, now: float) -> None:
+    def _torrent_fault(self, owner: Owner, kind: FaultKind, exc: Exception, now: float) -> None:
         """A fault in a torrent's (or magnet fetch's) own handling: stop that torrent with an error."""
         name = owner.meta.name if isinstance(owner, Torrent) else owner.name
         detail = self.faults.record(kind, f"torrent {name!r}", exc)
@@ -548,11 +659,13 @@ class Session:
                 if owner.state is not TorrentState.ERROR:
                     owner.save_resume(now)  # verified pieces only; ERROR state saves nothing more
                     owner.fail(detail)
-                    owner.stop(now=now)  # closes its peers and files
+                    self._apply(owner, owner.stop(now=now), now)  # closes its peers and files
             else:
-                owner.fail(detail)
+                self._apply(owner, owner.fail(detail), now)
         except Exception as e2:
             self.faults.record(kind, f"stopping torrent {name!r}", e2)
+
+    # ------------------------------------------------------------------ peer bytes
 
     def on_data(self, cid: int, data: bytes | memoryview, *, now: float) -> None:
         try:
@@ -569,25 +682,27 @@ class Session:
         if conn is None or conn.closing:
             return
         try:
-            if conn.wire is not None:
-                t = self._torrent_of[cid]
-                for ev in conn.wire.receive_data(data, now=now):
-                    t.on_message(conn, ev, now=now)
-                    if conn.closing:
-                        return
-            elif conn.fetch_link is not None:
-                self._fetch_of[cid].on_data(conn, data, now=now)
-            else:
-                self._handshake_data(conn, data, now)
+            match conn.phase:
+                case Active(wire=wire):
+                    t = self._torrent_of[cid]
+                    for ev in wire.receive_data(data, now=now):
+                        effects = t.on_message(conn, ev, now=now)
+                        if effects:
+                            self._apply(t, effects, now)
+                        if conn.closing:
+                            return
+                    if wire.wants_write:
+                        self._actions.append(Flush(cid))
+                case FetchingMetadata():
+                    f = self._fetch_of[cid]
+                    self._apply(f, f.on_data(conn, data, now=now), now)
+                case Handshaking(handshake=hs):
+                    self._handshake_data(conn, hs, data, now)
         except RemoteProtocolError as e:
             self.close(cid, e.reason, e.detail)
             self.penalize(conn.ip, PROTOCOL_PENALTY, e.detail)
-        if not conn.closing and conn.wire is not None and (conn.wire.wants_write):
-            self._dirty.add(cid)
 
-    def _handshake_data(self, conn: PeerConnection, data: bytes | memoryview, now: float) -> None:
-        hs = conn.handshake
-        assert hs is not None
+    def _handshake_data(self, conn: PeerConnection, hs: Handshake, data: bytes | memoryview, now: float) -> None:
         for ev in hs.receive_data(bytes(data), now=now):
             match ev:
                 case InfoHashReceived(info_hash=info_hash) if not conn.outgoing:
@@ -596,41 +711,56 @@ class Session:
                     if f is not None and f.can_accept() and not self.reputation.is_banned(conn.ip):
                         self._fetch_of[conn.cid] = f  # a magnet still fetching metadata: BEP 10 only
                         hs.accept(info_hash)
-                        self._dirty.add(conn.cid)
+                        self._actions.append(Flush(conn.cid))
                         continue
-                    if t is None:
-                        self.close(conn.cid, CloseReason.UNKNOWN_INFO_HASH, info_hash.hex())
+                    refusal = self._refusal(t, conn)
+                    if refusal is not None:
+                        self.close(conn.cid, *refusal)
                         return
-                    if t.state is TorrentState.CHECKING:
-                        self.close(conn.cid, CloseReason.HASH_CHECKING, "torrent is being checked")
-                        return
-                    if self.reputation.is_banned(conn.ip):
-                        self.close(conn.cid, CloseReason.BANNED, "banned")
-                        return
-                    if not t.can_accept_peer():
-                        self.close(conn.cid, CloseReason.TOO_MANY_PEERS, "per-torrent peer limit")
-                        return
+                    assert t is not None
                     self._torrent_of[conn.cid] = t
                     hs.accept(info_hash)
-                    self._dirty.add(conn.cid)
+                    self._actions.append(Flush(conn.cid))
                 case HandshakeReceived():
-                    self._handshake_done(conn, ev, now)
+                    self._handshake_done(conn, hs, ev, now)
                     return
 
-    def _handshake_done(self, conn: PeerConnection, ev: HandshakeReceived, now: float) -> None:
+    def _refusal(self, t: Torrent | None, conn: PeerConnection) -> tuple[CloseReason, str] | None:
+        """Why an incoming connection naming torrent ``t`` is refused after its info-hash, or None."""
+        if t is None:
+            info_hash = conn.handshake.info_hash if conn.handshake is not None else None
+            return CloseReason.UNKNOWN_INFO_HASH, info_hash.hex() if info_hash else ""
+        if t.state is TorrentState.CHECKING:
+            return CloseReason.HASH_CHECKING, "torrent is being checked"
+        if self.reputation.is_banned(conn.ip):
+            return CloseReason.BANNED, "banned"
+        if not t.can_accept_peer():
+            return CloseReason.TOO_MANY_PEERS, "per-torrent peer limit"
+        return None
+
+    def _new_wire(self, t: Torrent, reserved: bytes, now: float, *, extension: bool) -> PeerWire:
+        meta = t.meta
+        return PeerWire(
+            num_pieces=meta.num_pieces,
+            piece_length=meta.piece_length,
+            total_length=meta.total_length,
+            fast=supports_fast(reserved) and supports_fast(self.reserved),
+            extension=extension,
+            now=now,
+        )
+
+    def _handshake_done(self, conn: PeerConnection, hs: Handshake, ev: HandshakeReceived, now: float) -> None:
         t = self._torrent_of.get(conn.cid)
-        hs = conn.handshake
-        assert hs is not None
         f = self._fetch_of.get(conn.cid)
         if t is None and f is not None:
-            self._fetch_handshake_done(f, conn, ev, now)
+            self._fetch_handshake_done(f, conn, hs, ev, now)
             return
         if t is None:
             self.close(conn.cid, CloseReason.UNKNOWN_INFO_HASH, ev.info_hash.hex())
             return
         if ev.peer_id == self.peer_id:
             self.close(conn.cid, CloseReason.SELF_CONNECTION, "connected to ourselves")
-            self._local_ips.add(conn.ip)
+            self.ctx.local_ips.add(conn.ip)
             t.candidates.discard(conn.addr)
             return
         for other in t.peers.values():
@@ -643,33 +773,24 @@ class Session:
         conn.peer_id = ev.peer_id
         conn.reserved = ev.reserved
         conn.info_hash = ev.info_hash
-        meta = t.meta
-        conn.wire = PeerWire(
-            num_pieces=meta.num_pieces,
-            piece_length=meta.piece_length,
-            total_length=meta.total_length,
-            fast=supports_fast(ev.reserved) and supports_fast(self.reserved),
-            extension=supports_extension(ev.reserved) and supports_extension(self.reserved),
-            now=now,
-        )
+        extension = supports_extension(ev.reserved) and supports_extension(self.reserved)
+        wire = self._new_wire(t, ev.reserved, now, extension=extension)
         pending = hs.data_to_send()
         leftover = hs.leftover()
-        conn.handshake = None
-        conn.pending_handshake_bytes = pending
-        t.attach(conn, now=now)
-        self._dirty.add(conn.cid)
+        conn.enter(Active(wire, pending))
+        self._apply(t, t.attach(conn, now=now), now)
         self.emit(EventName.HANDSHAKE_DONE, conn, t)
         if leftover:
-            for msg in conn.wire.receive_data(leftover, now=now):
-                t.on_message(conn, msg, now=now)
+            for msg in wire.receive_data(leftover, now=now):
+                self._apply(t, t.on_message(conn, msg, now=now), now)
                 if conn.closing:
                     return
 
-    def _fetch_handshake_done(self, f: MagnetFetch, conn: PeerConnection, ev: HandshakeReceived, now: float) -> None:
-        hs = conn.handshake
-        assert hs is not None
+    def _fetch_handshake_done(
+        self, f: MagnetFetch, conn: PeerConnection, hs: Handshake, ev: HandshakeReceived, now: float
+    ) -> None:
         if ev.peer_id == self.peer_id:
-            self._local_ips.add(conn.ip)
+            self.ctx.local_ips.add(conn.ip)
             f.candidates.discard(conn.addr)
             self.close(conn.cid, CloseReason.SELF_CONNECTION, "connected to ourselves")
             return
@@ -680,41 +801,30 @@ class Session:
         conn.peer_id = ev.peer_id
         conn.reserved = ev.reserved
         conn.info_hash = ev.info_hash
-        conn.pending_handshake_bytes = hs.data_to_send()
+        pending = hs.data_to_send()
         leftover = hs.leftover()
-        conn.handshake = None
-        f.attach(conn, now=now)
-        self._dirty.add(conn.cid)
+        conn.enter(FetchingMetadata(FetchLink(now=now), pending))
+        self._apply(f, f.attach(conn, now=now), now)
         self.emit(EventName.HANDSHAKE_DONE, conn, None)
         if leftover:
-            f.on_data(conn, leftover, now=now)
+            self._apply(f, f.on_data(conn, leftover, now=now), now)
 
-    def hand_over(self, conn: PeerConnection, t: Torrent, unsent: bytes, replay: bytes, *, now: float) -> bool:
+    def _hand_over(self, conn: PeerConnection, t: Torrent, unsent: bytes, replay: bytes, now: float) -> bool:
         """A magnet fetch's connection becomes a peer connection of ``t`` (its metadata arrived):
         a peer wire, our bitfield and extension handshake, then the peer's frames seen so far."""
         if t.state not in (TorrentState.DOWNLOADING, TorrentState.SEEDING) or not t.can_accept_peer():
             return False
         if any(p.peer_id == conn.peer_id for p in t.peers.values()):
             return False  # the same peer twice (e.g. x.pe by name and by address): keep one
-        self._fetch_of.pop(conn.cid, None)
-        conn.fetch_link = None
-        meta = t.meta
-        conn.wire = PeerWire(
-            num_pieces=meta.num_pieces,
-            piece_length=meta.piece_length,
-            total_length=meta.total_length,
-            fast=supports_fast(conn.reserved) and supports_fast(self.reserved),
-            extension=True,
-            now=now,
-        )
-        conn.pending_handshake_bytes += unsent
+        ph = conn.phase
+        before = ph.unsent if isinstance(ph, FetchingMetadata) else b""
+        wire = self._new_wire(t, conn.reserved, now, extension=True)
+        conn.enter(Active(wire, before + unsent))
         self._torrent_of[conn.cid] = t
-        t.attach(conn, now=now)
-        t.exchange.on_ext_handshake(conn, now=now)  # its BEP 10 handshake came during the fetch
-        self._dirty.add(conn.cid)
+        self._apply(t, t.attach(conn, now=now, ext_handshake_seen=True), now)
         try:
-            for msg in conn.wire.receive_data(replay, now=now):
-                t.on_message(conn, msg, now=now)
+            for msg in wire.receive_data(replay, now=now):
+                self._apply(t, t.on_message(conn, msg, now=now), now)
                 if conn.closing:
                     break
         except RemoteProtocolError as e:
@@ -726,38 +836,27 @@ class Session:
         """The socket drained: let the torrent serve more queued requests."""
         self._now = now
         conn = self.conns.get(cid)
-        if conn is None or conn.wire is None:
+        if conn is None or conn.wire is None or not conn.requests_in:
             return
         t = self._torrent_of.get(cid)
-        if t is not None and conn.requests_in:
+        if t is not None:
             try:
-                t.serve(conn, now)
+                self._apply(t, t.serve(conn, now=now), now)
             except Exception as e:
                 self.fault(cid, e)
 
     def data_to_send(self, cid: int, limit: int, *, now: float) -> bytes:
         self._now = now
+        conn = self.conns.get(cid)
+        if conn is None:
+            return b""
         try:
-            return self._data_to_send(cid, limit, now)
+            return conn.data_to_send(limit, now=now)
         except Exception as e:
             self.fault(cid, e)
             return b""
 
-    def _data_to_send(self, cid: int, limit: int, now: float) -> bytes:
-        conn = self.conns.get(cid)
-        if conn is None:
-            return b""
-        if conn.handshake is not None:
-            return conn.handshake.data_to_send()
-        out = b""
-        if conn.pending_handshake_bytes:
-            out = conn.pending_handshake_bytes
-            conn.pending_handshake_bytes = b""
-        if conn.fetch_link is not None:
-            return out + conn.fetch_link.data_to_send(max(0, limit - len(out)))
-        assert conn.wire is not None
-        rest = conn.wire.data_to_send(max(0, limit - len(out)), now=now)
-        return out + rest if out else rest
+    # ------------------------------------------------------------------ workers, trackers, timers
 
     def on_hash_result(self, res: HashResult, *, now: float) -> None:
         self._now = now
@@ -768,7 +867,7 @@ class Session:
                 return
         if t is not None:
             try:
-                t.on_hash_result(res, now=now)
+                self._apply(t, t.on_hash_result(res, now=now), now)
             except Exception as e:
                 self._torrent_fault(t, FaultKind.WORKER, e, now)
 
@@ -783,13 +882,9 @@ class Session:
     ) -> None:
         self._now = now
         try:
-            t = self.torrents.get(info_hash)
-            if t is not None:
-                t.on_announce_result(job, result, error, now=now)
-                return
-            f = self.fetches.get(info_hash)
-            if f is not None:
-                f.on_announce_result(job, result, error, now=now)
+            owner: Owner | None = self.torrents.get(info_hash) or self.fetches.get(info_hash)
+            if owner is not None:
+                self._apply(owner, owner.on_announce_result(job, result, error, now=now), now)
         except Exception as e:
             self.faults.record(FaultKind.TRACKER, f"announce to {job.url}", e)
 
@@ -800,35 +895,35 @@ class Session:
             if conn.closing:
                 continue
             try:
-                if conn.handshake is not None:
-                    dl = conn.handshake.next_deadline()
-                    if dl is not None and now >= dl:
-                        conn.handshake.handle_timeout(now=now)
-                elif conn.wire is not None:
-                    dl = conn.wire.next_deadline()
-                    if dl is not None and now >= dl:
-                        for ev in conn.wire.handle_timeout(now=now):
-                            t = self._torrent_of.get(conn.cid)
-                            if t is not None:
-                                t.on_message(conn, ev, now=now)
-                        if conn.wire.wants_write:
-                            self._dirty.add(conn.cid)
+                self._conn_timers(conn, now)
             except RemoteProtocolError as e:
                 self.close(conn.cid, e.reason, e.detail)
             except Exception as e:
                 self.fault(conn.cid, e)
-        for f in list(self.fetches.values()):
+        owners: list[Owner] = [*self.fetches.values(), *self.torrents.values()]
+        for owner in owners:
             try:
-                f.tick(now=now)
+                self._apply(owner, owner.tick(now=now), now)
             except Exception as e:
-                self._torrent_fault(f, FaultKind.TORRENT, e, now)
-        for t in list(self.torrents.values()):
-            try:
-                t.tick(now=now)
-            except Exception as e:
-                self._torrent_fault(t, FaultKind.TORRENT, e, now)
+                self._torrent_fault(owner, FaultKind.TORRENT, e, now)
         if self._rate_waiting:
             self.on_rate_refill(now=now)  # also driven by rate_wake_at(); this is the fallback
+
+    def _conn_timers(self, conn: PeerConnection, now: float) -> None:
+        match conn.phase:
+            case Handshaking(handshake=hs):
+                dl = hs.next_deadline()
+                if dl is not None and now >= dl:
+                    hs.handle_timeout(now=now)
+            case Active(wire=wire):
+                dl = wire.next_deadline()
+                if dl is not None and now >= dl:
+                    t = self._torrent_of.get(conn.cid)
+                    for ev in wire.handle_timeout(now=now):
+                        if t is not None:
+                            self._apply(t, t.on_message(conn, ev, now=now), now)
+                    if wire.wants_write:
+                        self._actions.append(Flush(conn.cid))
 
     # ------------------------------------------------------------------ rate limits (issue 3, ratelimit.py)
     # Payload bytes only, both directions.  Upload: Torrent.serve() takes tokens before queueing a
@@ -897,10 +992,6 @@ class Session:
                 t = self._torrent_of.get(cid)
             (t.limits.down if t is not None else self._down_global_only).charge(got, now=now)
 
-    def rate_waiting(self, torrent: Torrent) -> None:
-        """``torrent`` has peers whose requests wait for upload tokens."""
-        self._rate_waiting[torrent.info_hash] = torrent
-
     def rate_wake_at(self, *, now: float) -> float | None:
         """When ``on_rate_refill`` should run next (None: nothing waits for tokens)."""
         if not self._rate_waiting:
@@ -918,5 +1009,11 @@ class Session:
         """Tokens came back: serve the requests that waited for them."""
         self._now = now
         for key, t in list(self._rate_waiting.items()):
-            if t.state is TorrentState.STOPPED or not t.serve_waiting(now=now):
+            if t.state is TorrentState.STOPPED:
                 self._rate_waiting.pop(key, None)
+                continue
+            waiting, effects = t.serve_waiting(now=now)
+            if not waiting:
+                self._rate_waiting.pop(key, None)
+            if effects:
+                self._apply(t, effects, now)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from minibt.pex import PEX_SEND_INTERVAL_S, PexConfig
 
-DEFAULT_MAX_CANDIDATES = 1000  # convention: addresses a torrent keeps to dial (candidates.py)
+DEFAULT_MAX_CANDIDATES = 1000  # convention: addresses a torrent keeps to dial (dialer.py)
 
 
 class Mode(enum.StrEnum):
@@ -37,7 +37,7 @@ class TorrentState(enum.Enum):
 class TorrentConfig:
     max_peers: int = 50
     max_half_open: int = 8
-    max_candidates: int = DEFAULT_MAX_CANDIDATES  # addresses kept to dial (candidates.py); budget.py may lower it
+    max_candidates: int = DEFAULT_MAX_CANDIDATES  # addresses kept to dial (dialer.py); budget.py may lower it
     cache_bytes: int = 16 * 1024 * 1024
     request_queue_min: int = 16
     request_queue_max: int = 250  # stay under libtorrent's 'reqq' (PROTOCOL.md 7.13)

@@ -1,14 +1,17 @@
 """One torrent: storage, picker, choker, announcer and its peers, wired together.
 
-Pure in the STYLE.md sense: no sockets, threads or clock.  Inputs come from the session
-(wire events of attached peers, hash results, tracker results, ``tick(now)``); outputs are
-Actions appended to the session's action list and bytes queued on the peers' wire machines.
-Here: the life cycle, routing wire messages, piece verification results, timers, announces.
-The rest is done by parts this torrent owns, each seeing it only through a small Protocol
-(section "services for the parts"): checker.py (hash check, resume file), dialer.py (whom to
-dial), download.py (request pipeline, received blocks), upload.py (choking, serving requests),
-superseeding.py (BEP 16), exchange.py (ut_pex, serving ut_metadata); extension.py has the BEP 10
-handshake.
+Pure in the STYLE.md sense: no sockets, threads or clock.  Inputs come from the session, one entry
+point per input kind, each taking ``now`` (wire messages of attached peers, hash results, tracker
+results, ``tick``); each returns the effects (effects.py) the session is to carry out, and bytes are
+queued on the peers' wire machines.  Commands from library code (``set_super_seed``,
+``pause_download``, ``choke_peer``, ...) queue their effects until the session collects them
+(:meth:`Torrent.take_pending`, on its next ``take_actions``).  What it needs to know of the session
+it reads from a :class:`~minibt.effects.SessionContext`; it holds no reference to the session.
+Here: the life cycle, routing wire messages, piece verification results, timers, announces.  The
+rest is done by parts this torrent owns, which append effects to the ``out`` list they are given
+and know nothing above them: checker.py (hash check, resume file), dialer.py (whom to dial),
+download.py (request pipeline, received blocks), upload.py (choking, serving requests),
+superseed.py (BEP 16), extension.py (BEP 10: ut_pex, serving ut_metadata).
 
 States::
 
@@ -20,40 +23,46 @@ States::
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from minibt import wire_codec as w
 from minibt.bitfield import Bitfield
-from minibt.candidates import CandidatePool
 from minibt.checker import Checker, CheckJobTag
 from minibt.choker import Choker
-from minibt.dialer import Dialer
-from minibt.download import Downloader
+from minibt.dialer import CandidatePool, Dialer
+from minibt.download import Downloader, PieceJobTag
+from minibt.effects import (
+    LIMITS_CHANGED,
+    WANT_DIALS,
+    AnnounceDue,
+    ClosePeer,
+    Effect,
+    Emit,
+    Flush,
+    HashPiece,
+    PieceFailed,
+    PiecePassed,
+    SessionContext,
+)
 from minibt.errors import CloseReason, LocalProtocolError, StorageError
-from minibt.events import EventName, EventRecord, Listeners
-from minibt.exchange import Exchange
-from minibt.extension import apply_peer_handshake, our_handshake
+from minibt.events import EventName, Listeners
+from minibt.extension import ExtensionRouter, apply_peer_handshake, our_handshake
 from minibt.metainfo import Metainfo
 from minibt.peer import PeerConnection, PeerSource
-from minibt.pex import PexPeer, PexReceived
 from minibt.picker import PiecePicker
-from minibt.ratelimit import KEEP, Keep, TransferLimits
+from minibt.ratelimit import KEEP, Keep, TokenBucket, TransferLimits
 from minibt.reputation import BlockRecord
 from minibt.settings import Mode, TorrentConfig, TorrentState, TorrentStats, parse_mode
 from minibt.storage import Storage, plan_names, wanted_pieces
-from minibt.superseed import SuperSeeder
-from minibt.superseeding import SuperSeeding
+from minibt.superseed import SuperSeeder, SuperSeeding
 from minibt.tracker import AnnounceJob, Announcer, AnnounceResult
 from minibt.upload import Uploader
 from minibt.urls import Addr
-from minibt.workers import HashJob, HashResult
-
-if TYPE_CHECKING:
-    from minibt.session import Session
+from minibt.workers import HashResult
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +70,6 @@ IDLE_TIMEOUT_S = 180.0  # neither interested nor interesting for 3 minutes => di
 # A write that fails with one of these pauses downloading (verified data stays, seeding goes on)
 # and is retried every disk_retry_s once the disk has room for a piece again; other errors are fatal.
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-@dataclass(frozen=True, slots=True)
-class PieceJobTag:
-    """Tag of a hash job that verifies (and writes) a downloaded piece of ``info_hash``'s torrent."""
-
-    info_hash: bytes
 
 # Wire messages that are also public events (minibt/events.py); Have carries its index.
 _WIRE_EVENTS: dict[type, EventName] = {
@@ -83,11 +85,10 @@ _WIRE_EVENTS: dict[type, EventName] = {
 
 
 class Torrent:
-    """All per-torrent state; driven by :class:`minibt.session.Session`."""
+    """All per-torrent state; driven by :class:`minibt.session.Session`, which carries out its effects."""
 
     def __init__(
         self,
-        session: Session,
         meta: Metainfo,
         download_dir: str,
         *,
@@ -96,11 +97,14 @@ class Torrent:
         config: TorrentConfig,
         rng: random.Random,
         now: float,
+        ctx: SessionContext,
+        global_up: TokenBucket,
+        global_down: TokenBucket,
     ) -> None:
         mode = parse_mode(mode)
         if config.super_seed and mode is not Mode.SEED:
             raise ValueError("super-seeding (BEP 16) is for seeding a complete torrent (mode='seed')")
-        self.session = session
+        self._ctx = ctx
         self.meta = meta
         self.info_hash = meta.info_hash
         self.download_dir = download_dir
@@ -108,7 +112,7 @@ class Torrent:
         self.resume_path = resume_path
         self.config = config
         self.rng = rng
-        self.state = TorrentState.STOPPED
+        self._state = TorrentState.STOPPED
         self.error: str | None = None
         self.stats = TorrentStats(started_at=now)
         self.have = Bitfield(meta.num_pieces)
@@ -128,73 +132,93 @@ class Torrent:
         )
         self.peers: dict[int, PeerConnection] = {}  # handshaken connections by cid
         self.half_open: set[int] = set()  # cids we dialled whose BT handshake is not complete
-        self._commits_inflight = 0
-        self._generation = 0
         self._stopping = False
         self._last_connect_at = 0.0
+        self._now = now  # the latest time an input brought (for library commands without one)
+        self._pending: list[Effect] = []  # effects of library commands, collected by take_pending()
         self.completed_event_sent = False
         self.limits = TransferLimits(
-            session.global_up,
-            session.global_down,
-            up_bps=config.upload_limit_bps,
-            down_bps=config.download_limit_bps,
-            now=now,
+            global_up, global_down, up_bps=config.upload_limit_bps, down_bps=config.download_limit_bps, now=now
         )
         self.listeners = Listeners()  # callbacks for this torrent's events (called by the Client only)
-        # The parts; each sees this torrent only through its small Protocol (UploadHost, ...).
+        # The parts: each appends its effects to the `out` list it is given and holds nothing above it.
         self.checker = Checker(
             meta, self.storage, download_dir, resume_path=resume_path,
             jobs_in_flight=config.check_jobs_in_flight, resume_interval_s=config.resume_interval_s, now=now,
         )
         self.dialer = Dialer(
-            self, peers=self.peers, half_open=self.half_open, reputation=session.reputation,
+            peers=self.peers, half_open=self.half_open, reputation=ctx.reputation,
             max_peers=config.max_peers, max_half_open=config.max_half_open, max_candidates=config.max_candidates,
-            client_addr=None if session.listen_ip in ("0.0.0.0", "::") else (session.listen_ip, session.listen_port),
+            client_addr=ctx.client_addr,
         )
         self._superseeding = SuperSeeding(  # active while super-seeding (BEP 16)
-            self, peers=self.peers, picker=self.picker, num_pieces=meta.num_pieces, rng=rng, name=meta.name
+            peers=self.peers, picker=self.picker, num_pieces=meta.num_pieces, rng=rng, name=meta.name
         )
         self.download = Downloader(
-            self, peers=self.peers, have=self.have, picker=self.picker, storage=self.storage, stats=self.stats,
+            meta=meta, peers=self.peers, have=self.have, picker=self.picker, storage=self.storage, stats=self.stats,
             queue_min=config.request_queue_min, queue_max=config.request_queue_max,
             queue_seconds=config.request_queue_seconds, auto_request=config.auto_request,
             disk_retry_s=config.disk_retry_s, need_free_bytes=2 * meta.piece_length,
         )
         self.upload = Uploader(
-            self, info_hash=self.info_hash, peers=self.peers, have=self.have, storage=self.storage,
+            info_hash=self.info_hash, peers=self.peers, have=self.have, storage=self.storage,
             limits=self.limits, choker=self.choker, stats=self.stats, superseeding=self._superseeding,
             outbox_bytes=config.upload_outbox_bytes, max_requests=config.max_incoming_requests,
             auto_choke=config.auto_choke,
         )
-        self.exchange = Exchange(self, peers=self.peers, info_bytes=meta.info_bytes, pex_config=config.pex)
+        self.extensions = ExtensionRouter(
+            peers=self.peers, info_bytes=meta.info_bytes, private=meta.private, pex_config=config.pex
+        )
+
+    @property
+    def state(self) -> TorrentState:
+        return self._state
+
+    @state.setter
+    def state(self, st: TorrentState) -> None:
+        self._state = st
+        self.download.active = st is TorrentState.DOWNLOADING
+
+    @property
+    def has_pending(self) -> bool:
+        """Library commands queued effects since the last take_pending()."""
+        return bool(self._pending)
+
+    def take_pending(self) -> list[Effect]:
+        """The effects library commands queued since the last call (the session carries them out)."""
+        out, self._pending = self._pending, []
+        return out
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, *, now: float) -> None:
+    def start(self, *, now: float) -> list[Effect]:
         """Open storage, trust resume data or check the files, start announcing."""
+        self._now = now
+        out: list[Effect] = []
         meta = self.meta
         try:
             existed = self.checker.data_exists()  # before open() creates the files
             self.storage.open(create=self.mode is Mode.DOWNLOAD)
         except StorageError as e:
             self.fail(f"cannot open data files: {e}")
-            return
+            return out
         rd = self.checker.load_resume()
         if rd is not None:
             have_from_resume = Bitfield.from_bytes(meta.num_pieces, rd.have)
             self.stats.uploaded = rd.uploaded
             for i in have_from_resume.indexes():
                 self._mark_have(i)
-            self._enter_transfer(now)
+            self._enter_transfer(now, out)
         elif existed:
             self.state = TorrentState.CHECKING
             self.checker.check_all()
-            self._pump_check()
+            self._pump_check(out)
         else:
-            self._enter_transfer(now)
+            self._enter_transfer(now, out)
         self.announcer.start(now=now)
+        return out
 
-    def _enter_transfer(self, now: float) -> None:
+    def _enter_transfer(self, now: float, out: list[Effect]) -> None:
         if self.complete:
             self.state = TorrentState.SEEDING
             if self.stats.completed_at is None:
@@ -204,23 +228,29 @@ class Torrent:
         if self.state is TorrentState.SEEDING or self.mode is Mode.DOWNLOAD:
             self.checker.resume_dirty = True
         if self.config.super_seed and self.superseed is None:
-            self._super_seed_from_config(now)
+            if self.state is TorrentState.SEEDING:
+                self._set_super_seed(True, out)
+            else:
+                self.fail(
+                    f"super-seeding needs complete data ({self.have.count()}/{self.meta.num_pieces} pieces verified)"
+                )
 
-    def stop(self, *, now: float) -> None:
+    def stop(self, *, now: float) -> list[Effect]:
         """Announce 'stopped', close every peer, save resume data, close files."""
+        self._now = now
+        out: list[Effect] = []
         if self._stopping:
-            return
+            return out
         self._stopping = True
-        for peer in list(self.peers.values()):
-            self.session.close(peer.cid, CloseReason.SHUTDOWN, "stopping")
-        for cid in list(self.half_open):
-            self.session.close(cid, CloseReason.SHUTDOWN, "stopping")
+        for cid in [*self.peers, *self.half_open]:
+            out.append(ClosePeer(cid, CloseReason.SHUTDOWN, "stopping"))
         if self.state is not TorrentState.ERROR:
             self.announcer.stop(now=now)
-            self._poll_announcer(now)
-        if self._commits_inflight == 0:
+            self._poll_announcer(now, out)
+        if self.storage.commits_in_flight == 0:
             self._finalize(now)
         # else: the last commit result calls _finalize (the loop waits for the hasher to drain).
+        return out
 
     def _finalize(self, now: float) -> None:
         if self.state is TorrentState.STOPPED:
@@ -248,24 +278,6 @@ class Torrent:
             return self.meta.total_length
         return sum(self.meta.piece_size(i) for i, w in enumerate(self.wanted) if w)
 
-    # ------------------------------------------------------------------ pausing the download side (download.py)
-
-    @property
-    def disk_error(self) -> str | None:
-        """Set while downloading is paused by a full disk (verified pieces stay, seeding goes on)."""
-        return self.download.disk_error
-
-    @property
-    def paused_reason(self) -> str | None:
-        return self.download.paused_reason
-
-    def pause_download(self, reason: str, *, now: float) -> None:
-        """Stop requesting pieces (e.g. outside a download window); seeding and verified data stay."""
-        self.download.pause(reason, name=self.meta.name)
-
-    def resume_download(self, *, now: float) -> None:
-        self.download.resume(now, name=self.meta.name)
-
     @property
     def bytes_left(self) -> int:
         if self.complete:
@@ -285,44 +297,69 @@ class Torrent:
         self.have.set(index)
         self.picker.set_have(index)
 
+    # ------------------------------------------------------------------ pausing the download side (download.py)
+
+    @property
+    def disk_error(self) -> str | None:
+        """Set while downloading is paused by a full disk (verified pieces stay, seeding goes on)."""
+        return self.download.disk_error
+
+    @property
+    def paused_reason(self) -> str | None:
+        return self.download.paused_reason
+
+    @property
+    def downloading(self) -> bool:
+        """True while pieces may be requested (not paused by a full disk or by pause_download)."""
+        return self.download.downloading
+
+    def pause_download(self, reason: str, *, now: float) -> None:
+        """Stop requesting pieces (e.g. outside a download window); seeding and verified data stay."""
+        self.download.pause(reason, name=self.meta.name, out=self._pending)
+
+    def resume_download(self, *, now: float) -> None:
+        self.download.resume(now, name=self.meta.name, out=self._pending)
+
     # ------------------------------------------------------------------ hash results
 
-    def _pump_check(self) -> None:
-        for job in self.checker.jobs(self._generation):
-            self.session.hash(job)
+    def _pump_check(self, out: list[Effect]) -> None:
+        for job in self.checker.jobs(0):
+            out.append(HashPiece(job))
 
-    def on_hash_result(self, res: HashResult, *, now: float) -> None:
+    def on_hash_result(self, res: HashResult, *, now: float) -> list[Effect]:
+        self._now = now
+        out: list[Effect] = []
         match res.tag:
             case CheckJobTag():
-                self._check_done(res, now)
+                self._check_done(res, now, out)
             case PieceJobTag():
-                self._piece_hashed(res, now)
+                self._piece_hashed(res, now, out)
+        return out
 
-    def _check_done(self, res: HashResult, now: float) -> None:
+    def _check_done(self, res: HashResult, now: float, out: list[Effect]) -> None:
         self.checker.job_done()
         self.stats.checked += 1
         if res.ok:
             self._mark_have(res.piece)
         if self.state is TorrentState.CHECKING:
-            self._pump_check()
+            self._pump_check(out)
             if self.checker.done:
                 log.info("%s: check done, %d/%d pieces", self.meta.name, self.have.count(), self.meta.num_pieces)
-                self._enter_transfer(now)
+                self._enter_transfer(now, out)
                 self.save_resume(now)
 
-    def _piece_hashed(self, res: HashResult, now: float) -> None:
+    def _piece_hashed(self, res: HashResult, now: float, out: list[Effect]) -> None:
         # A verified piece's bytes were written by the worker (off the event loop); its result is
         # handled even while stopping, so the final resume data includes it.
-        self._commits_inflight -= 1
         i = res.piece
         if res.ok and res.written:
-            rep = self.session.reputation
-            digests = self.download.block_digests(i) if rep.has_ledger(self.info_hash, i) else None
+            ledger = self._ctx.reputation.has_ledger(self.info_hash, i)
+            digests = self.download.block_digests(i) if ledger else None
             srcs = self.download.pop_sources(i)
             self.storage.finish_commit(i, written=True)
-            self.session.reputation_events(rep.piece_passed(self.info_hash, i, srcs, digests))
+            out.append(PiecePassed(self.info_hash, i, frozenset(srcs), digests))
             if self.state is TorrentState.DOWNLOADING:
-                self._piece_passed(i, now)
+                self._piece_passed(i, now, out)
             elif self.state is not TorrentState.ERROR:
                 self._mark_have(i)
                 self.stats.downloaded += self.meta.piece_size(i)
@@ -331,22 +368,22 @@ class Torrent:
             self.storage.discard_piece(i)
             self.picker.piece_failed(i)
             if res.write_errno in DISK_FULL_ERRNOS and self.state is TorrentState.DOWNLOADING:
-                self.download.disk_full(f"write failed: {res.error}", now, name=self.meta.name)
+                self.download.disk_full(f"write failed: {res.error}", now, name=self.meta.name, out=out)
                 self.checker.resume_dirty = True
             else:
                 self.fail(f"write failed: {res.error}")
         else:
             self.storage.finish_commit(i, written=False)
             if self.state is TorrentState.DOWNLOADING:
-                self._piece_failed(i, now)
+                self._piece_failed(i, now, out)
             else:
                 self.storage.discard_piece(i)
-        if self._stopping and self._commits_inflight == 0:
+        if self._stopping and self.storage.commits_in_flight == 0:
             self._finalize(now)
 
-    def _piece_passed(self, index: int, now: float) -> None:
+    def _piece_passed(self, index: int, now: float, out: list[Effect]) -> None:
         self._mark_have(index)
-        self.session.emit(EventName.PIECE_VERIFIED, None, self, index=index)
+        out.append(Emit(EventName.PIECE_VERIFIED, index=index))
         self.picker.piece_passed(index)
         self.stats.downloaded += self.meta.piece_size(index)
         self.checker.resume_dirty = True
@@ -355,43 +392,43 @@ class Torrent:
                 continue
             if not self.picker.peer_has(peer.cid, index):
                 peer.wire.have(index)
-                self.session.mark_dirty(peer.cid)
+                out.append(Flush(peer.cid))
             if peer.wire.am_interested and not self.picker.is_interesting(peer.cid):
                 peer.wire.not_interested()
-                self.session.mark_dirty(peer.cid)
+                out.append(Flush(peer.cid))
         if self.complete:
-            self._on_complete(now)
+            self._on_complete(now, out)
         else:
-            self.download.fill_all(now)
+            self.download.fill_all(now, out)
 
-    def _piece_failed(self, index: int, now: float) -> None:
+    def _piece_failed(self, index: int, now: float, out: list[Effect]) -> None:
         blocks = self.block_records(index, self.storage.piece_buffer(index))
         self.storage.discard_piece(index)
         self.picker.piece_failed(index)
         self.stats.hash_failures += 1
         self.stats.wasted += self.meta.piece_size(index)
         srcs = ", ".join(sorted(self.download.pop_sources(index)))
-        self.session.emit(EventName.PIECE_FAILED, None, self, index=index, detail=srcs)
+        out.append(Emit(EventName.PIECE_FAILED, index=index, detail=srcs))
         log.warning("%s: piece %d failed its hash check (from %s)", self.meta.name, index, srcs)
-        self.session.reputation_events(self.session.reputation.piece_failed(self.info_hash, index, blocks))
-        self.download.fill_all(now)
+        out.append(PieceFailed(self.info_hash, index, blocks))
+        self.download.fill_all(now, out)
 
     def block_records(self, index: int, buf: memoryview) -> list[BlockRecord]:
         """Who sent each block of a piece in progress and the SHA-1 of the bytes (smart-ban ledger)."""
         return self.download.block_records(index, buf)
 
-    def _on_complete(self, now: float) -> None:
+    def _on_complete(self, now: float, out: list[Effect]) -> None:
         self.state = TorrentState.SEEDING
         self.stats.completed_at = now
         log.info("%s: download complete", self.meta.name)
-        self.session.emit(EventName.TORRENT_COMPLETE, None, self)
+        out.append(Emit(EventName.TORRENT_COMPLETE))
         self.save_resume(now)
         if not self.completed_event_sent:
             self.completed_event_sent = True
             self.announcer.completed(now=now)
-        for peer in list(self.peers.values()):
+        for peer in self.peers.values():
             if peer.is_seed:
-                self.session.close(peer.cid, CloseReason.BOTH_SEEDS, "both sides are seeds")
+                out.append(ClosePeer(peer.cid, CloseReason.BOTH_SEEDS, "both sides are seeds"))
 
     # ------------------------------------------------------------------ peers joining / leaving
 
@@ -401,14 +438,18 @@ class Torrent:
             TorrentState.SEEDING,
         )
 
-    def attach(self, peer: PeerConnection, *, now: float) -> None:
-        """The BT handshake with ``peer`` is complete: start the wire."""
+    def attach(self, peer: PeerConnection, *, now: float, ext_handshake_seen: bool = False) -> list[Effect]:
+        """The BT handshake with ``peer`` is complete (its phase is Active): start the wire.
+
+        ``ext_handshake_seen``: its BEP 10 handshake came before (a magnet fetch's connection)."""
+        self._now = now
+        out: list[Effect] = [Flush(peer.cid)]
         self.half_open.discard(peer.cid)
         self.peers[peer.cid] = peer
-        assert peer.wire is not None
         wire = peer.wire
+        assert wire is not None
         if self._superseeding.active:
-            self._superseeding.attach(peer)  # BEP 16: pretend to have nothing, then offer
+            self._superseeding.attach(peer, out)  # BEP 16: pretend to have nothing, then offer
         elif wire.fast:
             if self.have.all():
                 wire.send_have_all()
@@ -422,27 +463,41 @@ class Torrent:
             wire.ext_handshake(
                 our_handshake(
                     reqq=self.config.max_incoming_requests,
-                    listen_port=self.session.listen_port,
-                    pex=self.exchange.pex_enabled,
+                    listen_port=self._ctx.listen_port,
+                    pex=self.extensions.pex_enabled,
                     metadata=True,
                     metadata_size=len(self.meta.info_bytes),
                 )
             )
         self.upload.grant_allowed_fast(peer)
         self.dialer.connected(peer.addr)
+        if ext_handshake_seen:
+            self._ext_handshake(peer, now, out)
+        return out
 
-    def peer_closed(self, peer: PeerConnection, *, now: float) -> None:
+    def peer_closed(self, peer: PeerConnection, *, now: float) -> list[Effect]:
+        """``peer`` is gone (its connection torn down by the session); a failed dial backs off."""
+        self._now = now
+        out: list[Effect] = []
+        if peer.wire is None and peer.outgoing:
+            self.dialer.connect_failed(peer.addr, now)
         self.half_open.discard(peer.cid)
         if self.peers.pop(peer.cid, None) is None:
-            return
+            return out
         self.picker.peer_gone(peer.cid)
-        self.exchange.peer_gone(peer.cid)
-        self._superseeding.peer_gone(peer.cid)
-        self.upload.peer_gone(peer.cid, now)
+        self.extensions.peer_gone(peer.cid)
+        self._superseeding.peer_gone(peer.cid, out)
+        self.upload.peer_gone(peer.cid, now, out)
+        return out
+
+    def forget(self, cid: int) -> None:
+        """Drop ``cid`` from the peer tables without any protocol work (after a contained fault)."""
+        self.peers.pop(cid, None)
+        self.half_open.discard(cid)
 
     @property
     def candidates(self) -> CandidatePool:
-        """Addresses we may dial (dialer.py, candidates.py)."""
+        """Addresses we may dial (dialer.py)."""
         return self.dialer.candidates
 
     @property
@@ -450,135 +505,150 @@ class Torrent:
         """BEP 27: no PEX (and no DHT) for this torrent."""
         return self.meta.private
 
-    def own_addresses(self) -> set[Addr]:
-        return self.session.own_addresses()
-
-    def peer_saw_us_as(self, ip: str) -> None:
-        """A peer's BEP 10 'yourip' (BEP 40 priorities need our address)."""
-        self.dialer.peer_saw_us_as(ip, self.session.listen_port)
-
-    def pex_candidates(self, received: PexReceived, via: Addr, *, now: float) -> int:
-        """Addresses a peer told us by PEX: into the pool (source PEX, per-source cap), then dial."""
-        n = self.dialer.add_pex(received, via=via, own=self.session.own_addresses())
-        if n:
-            self._connect_more(now)
-        return n
-
-    def emit_pex(
-        self,
-        name: EventName,
-        peer: PeerConnection,
-        *,
-        added: tuple[PexPeer, ...] = (),
-        dropped: tuple[Addr, ...] = (),
-        added6: tuple[PexPeer, ...] = (),
-        dropped6: tuple[Addr, ...] = (),
-        addr: str | None = None,
-        flags: int | None = None,
-    ) -> None:
-        q = self.session.events
-        if q.enabled:
-            rec = EventRecord(name, self, peer, added=added, dropped=dropped, added6=added6, dropped6=dropped6)
-            q.push(EventRecord(name, self, peer, addr=addr, flags=flags) if addr is not None else rec)
-
-    def add_candidates(self, addrs: list[Addr], source: PeerSource, *, now: float) -> None:
-        self.dialer.add(addrs, source, own=self.session.own_addresses())
-
-    def peer_connect_failed(self, addr: Addr, *, now: float) -> None:
-        self.dialer.connect_failed(addr, now)
+    def add_candidates(self, addrs: Iterable[Addr], source: PeerSource, *, now: float) -> list[Effect]:
+        """Addresses to dial from a peer source (tracker, user, DHT, ...)."""
+        self._now = now
+        self.dialer.add(list(addrs), source, own=self._ctx.own_addresses())
+        return self._want_dials()
 
     def forget_ip(self, ip: str) -> None:
         """A banned IP: never dial it again."""
         self.dialer.forget_ip(ip)
 
-    def _connect_more(self, now: float) -> None:
+    def _want_dials(self) -> list[Effect]:
         if self.state not in (TorrentState.DOWNLOADING, TorrentState.SEEDING) or self._stopping:
-            return
-        if self.dialer.wants_more():
+            return []
+        return [WANT_DIALS] if self.dialer.wants_more() else []
+
+    def connect_more(self, *, now: float, slots: int, dialing: set[Addr]) -> list[Effect]:
+        """Answer to WantDials: DialPeer effects within ``slots`` more connections; ``dialing``: every
+        address the session is dialling."""
+        self._now = now
+        out: list[Effect] = []
+        if self.state in (TorrentState.DOWNLOADING, TorrentState.SEEDING) and not self._stopping:
             seeding = self.state is TorrentState.SEEDING
-            self.dialer.connect_more(now, seeding=seeding, dialing=self.session.dialing_addrs())
+            self.dialer.connect_more(now, seeding=seeding, dialing=dialing, slots=slots, out=out)
+        return out
 
-    # ------------------------------------------------------------------ wire events
+    def dial_started(self, cid: int) -> None:
+        """The session opened connection ``cid`` for one of our DialPeer effects."""
+        self.dialer.dial_started(cid)
 
-    def on_message(self, peer: PeerConnection, msg: object, *, now: float) -> None:  # noqa: C901
-        wire = peer.wire
-        assert wire is not None
-        t = type(msg)
-        if self.session.events.enabled and t in _WIRE_EVENTS:
-            self.session.emit(_WIRE_EVENTS[t], peer, self, index=msg.index if isinstance(msg, w.Have) else None)
+    # ------------------------------------------------------------------ wire messages
+
+    def on_message(self, peer: PeerConnection, msg: object, *, now: float) -> list[Effect]:  # noqa: C901
+        """One message from an attached peer.  RemoteProtocolError propagates (the session closes
+        the connection and penalises the IP)."""
+        self._now = now
+        out: list[Effect] = []
+        if self._ctx.events.enabled:
+            name = _WIRE_EVENTS.get(type(msg))
+            if name is not None:
+                out.append(Emit(name, peer, index=msg.index if isinstance(msg, w.Have) else None))
         if self._superseeding.seeder is not None:
-            self._superseeding.on_message(peer, msg)
+            self._superseeding.on_message(peer, msg, out)
         match msg:
             case w.Piece():  # first: the per-block hot path
-                self.download.on_block(peer, msg, now)
+                try:
+                    self.download.on_block(peer, msg, now, out)
+                except StorageError as e:
+                    self.fail(str(e))
             case w.Request():
-                self.upload.on_request(peer, msg, now)
+                try:
+                    self.upload.on_request(peer, msg, now, out)
+                except StorageError as e:
+                    self.fail(f"read failed: {e}")
             case w.Have(index=index):
                 if not self.picker.peer_has(peer.cid, index):
                     self.picker.peer_have(peer.cid, index)
                 self.download.update_interest(peer)
-                self._check_seed(peer, now)
+                self._check_seed(peer, out)
             case w.BitfieldMsg(bits=bits):
                 self.picker.peer_bitfield(peer.cid, bits)
                 self.download.update_interest(peer)
-                self._check_seed(peer, now)
+                self._check_seed(peer, out)
             case w.HaveAll():
                 self.picker.peer_have_all(peer.cid)
                 self.download.update_interest(peer)
-                self._check_seed(peer, now)
+                self._check_seed(peer, out)
             case w.HaveNone():
                 self.picker.peer_have_none(peer.cid)
             case w.Unchoke():
-                self.download.fill(peer, now)
+                self.download.fill(peer, now, out)
             case w.Choke():
                 self.download.on_choke(peer)
             case w.Interested():
                 peer.last_useful_at = now
-                self.upload.on_interested(now)
+                self.upload.on_interested(now, out)
             case w.NotInterested():
-                self.upload.on_not_interested(peer, now)
+                self.upload.on_not_interested(peer, now, out)
             case w.Cancel():
                 self.upload.on_cancel(peer, msg)
             case w.Reject():
-                self.download.on_reject(peer, msg, now)
+                self.download.on_reject(peer, msg, now, out)
             case w.AllowedFast():
-                self.download.on_allowed_fast(peer, msg, now)
+                self.download.on_allowed_fast(peer, msg, now, out)
             case w.ExtHandshake(data=data):
                 apply_peer_handshake(peer, data)
-                self.exchange.on_ext_handshake(peer, now=now)
+                self._ext_handshake(peer, now, out)
             case w.Extended(ext_id=ext_id, payload=payload):
-                self.exchange.on_extended(peer, ext_id, payload, now=now)
+                got = self.extensions.on_extended(peer, ext_id, payload, now=now, out=out)
+                if got is not None:  # ut_pex: into the pool (source PEX, per-source cap), then dial
+                    received, via = got
+                    if self.dialer.add_pex(received, via=via, own=self._ctx.own_addresses()):
+                        out.extend(self._want_dials())
             # Suggest, Port, KeepAlive, other extended messages: nothing to do yet.
+        return out
 
-    def _check_seed(self, peer: PeerConnection, now: float) -> None:
+    def _ext_handshake(self, peer: PeerConnection, now: float, out: list[Effect]) -> None:
+        yourip = peer.ext.get(b"yourip")
+        if isinstance(yourip, bytes) and len(yourip) in (4, 16):  # BEP 10 'yourip': BEP 40 priorities
+            self.dialer.peer_saw_us_as(str(ipaddress.ip_address(yourip)), self._ctx.listen_port)
+        self.extensions.on_ext_handshake(peer, own=self._ctx.own_addresses(), now=now, out=out)
+
+    def _check_seed(self, peer: PeerConnection, out: list[Effect]) -> None:
         if not peer.is_seed and self.picker.peer_is_seed(peer.cid):
             peer.is_seed = True
             if self.complete:
-                self.session.close(peer.cid, CloseReason.BOTH_SEEDS, "both sides are seeds")
+                out.append(ClosePeer(peer.cid, CloseReason.BOTH_SEEDS, "both sides are seeds"))
 
     @property
     def banned(self) -> set[str]:
-        return set(self.session.reputation.banned())
+        return set(self._ctx.reputation.banned())
 
     # ------------------------------------------------------------------ uploading and rate limits (upload.py, ratelimit.py)
 
-    def serve(self, peer: PeerConnection, now: float) -> None:
-        """Answer queued requests while the peer's outbox has room (backpressure)."""
-        self.upload.serve(peer, now)
+    def serve(self, peer: PeerConnection, *, now: float) -> list[Effect]:
+        """The peer's socket drained: answer queued requests while its outbox has room (backpressure)."""
+        self._now = now
+        out: list[Effect] = []
+        try:
+            self.upload.serve(peer, now, out)
+        except StorageError as e:
+            self.fail(f"read failed: {e}")
+        return out
 
-    def serve_waiting(self, *, now: float) -> bool:
-        """Serve peers whose requests waited for upload tokens, round robin; True if some still wait."""
-        return self.upload.serve_waiting(now=now)
+    def serve_waiting(self, *, now: float) -> tuple[bool, list[Effect]]:
+        """Serve peers whose requests waited for upload tokens, round robin; (some still wait, effects)."""
+        self._now = now
+        out: list[Effect] = []
+        try:
+            waiting = self.upload.serve_waiting(now=now, out=out)
+        except StorageError as e:
+            self.fail(f"read failed: {e}")
+            waiting = False
+        return waiting, out
 
     def set_rate_limits(
         self, *, up: float | None | Keep = KEEP, down: float | None | Keep = KEEP, now: float | None = None
     ) -> None:
         """This torrent's own upload/download limits in payload bytes/s (None or 0 = unlimited).
 
-        The global limits apply as well.  Takes effect at once; ``now`` defaults to the session's latest time.
+        The global limits apply as well.  Takes effect at once; ``now`` defaults to the latest time
+        an input brought.
         """
-        self.limits.set_rates(up=up, down=down, now=self.session.now if now is None else now)
-        self.session.rate_limits_changed()
+        self.limits.set_rates(up=up, down=down, now=self._now if now is None else now)
+        self._pending.append(LIMITS_CHANGED)
 
     def rate_limits(self) -> tuple[float | None, float | None]:
         """(upload, download) limits of this torrent alone, bytes/s; None = unlimited."""
@@ -595,10 +665,10 @@ class Torrent:
 
     def choke_peer(self, peer: PeerConnection, *, now: float) -> None:
         """Choke ``peer`` on behalf of library code (the built-in choker may undo it if enabled)."""
-        self.upload.choke(peer)
+        self.upload.choke(peer, self._pending)
 
     def unchoke_peer(self, peer: PeerConnection, *, now: float) -> None:
-        self.upload.unchoke(peer)
+        self.upload.unchoke(peer, self._pending)
 
     def request_block(self, peer: PeerConnection, index: int, begin: int, length: int, *, now: float) -> None:
         """Request one block from ``peer`` for library code, with the picker's bookkeeping.
@@ -611,68 +681,87 @@ class Torrent:
             raise LocalProtocolError(
                 CloseReason.PROTOCOL_VIOLATION, f"request: the torrent is {self.state.value}, not downloading"
             )
-        self.download.request(peer, index, begin, length, now=now)
+        self.download.request(peer, index, begin, length, now=now, out=self._pending)
+
+    def send_pex(
+        self,
+        peer: PeerConnection,
+        added: Iterable[object] = (),
+        dropped: Iterable[object] = (),
+        added6: Iterable[object] = (),
+        dropped6: Iterable[object] = (),
+        *,
+        now: float,
+    ) -> None:
+        """An explicit ut_pex message for library code; raises LocalProtocolError if not allowed now."""
+        self.extensions.send_pex(peer, added, dropped, added6, dropped6, now=now, out=self._pending)
+
+    def pex_poll_now(self, peer: PeerConnection, *, now: float) -> None:
+        """After a ``peer.pex`` control call: send a PEX message at once if the rate limit allows."""
+        self.extensions.poll_now(peer, now=now, out=self._pending)
 
     # ------------------------------------------------------------------ timers
 
-    def tick(self, *, now: float) -> None:
+    def tick(self, *, now: float) -> list[Effect]:
+        self._now = now
+        out: list[Effect] = []
         if self.state in (TorrentState.STOPPED, TorrentState.ERROR):
-            return
+            return out
         if self.download.disk_error is not None:
-            self.download.disk_retry(now, name=self.meta.name)
+            self.download.disk_retry(now, name=self.meta.name, out=out)
         if self.state is not TorrentState.CHECKING:
             if self.choker.due(now):
-                self.upload.rechoke(now, scheduled=True)
-            for peer in list(self.peers.values()):
-                self._peer_timers(peer, now)
+                self.upload.rechoke(now, out, scheduled=True)
+            for peer in self.peers.values():
+                self._peer_timers(peer, now, out)
             if now - self._last_connect_at >= 1.0:
                 self._last_connect_at = now
-                self._connect_more(now)
-            self.exchange.tick(now=now)
+                out.extend(self._want_dials())
+            self.extensions.tick(now=now, out=out)
             if len(self.peers) < 5 and len(self.candidates) == 0:
                 self.announcer.want_more_peers(now=now)
             # Not while checking: 'left' is unknown until the check ends, and a seed that announced
             # left=<everything> would be listed as a leecher until its next interval (30 min).
-            self._poll_announcer(now)
+            self._poll_announcer(now, out)
         if self.checker.save_due(now):
             self.save_resume(now)
+        return out
 
-    def _peer_timers(self, peer: PeerConnection, now: float) -> None:
+    def _peer_timers(self, peer: PeerConnection, now: float, out: list[Effect]) -> None:
         wire = peer.wire
         if wire is None or peer.closing:
             return
-        self.download.check_snub(peer, now)
+        self.download.check_snub(peer, now, out)
         if wire.am_interested or wire.peer_interested:
             peer.last_useful_at = now
         elif now - peer.last_useful_at > IDLE_TIMEOUT_S:
-            self.session.close(peer.cid, CloseReason.IDLE, "neither interested nor interesting for 3 minutes")
+            out.append(ClosePeer(peer.cid, CloseReason.IDLE, "neither interested nor interesting for 3 minutes"))
             return
         if self.state is TorrentState.DOWNLOADING and not wire.peer_choking:
-            self.download.fill(peer, now)
+            self.download.fill(peer, now, out)
 
-    def _poll_announcer(self, now: float) -> None:
-        if self.session.network_paused is not None:
+    def _poll_announcer(self, now: float, out: list[Effect]) -> None:
+        if self._ctx.network_paused is not None:
             return  # the announce waits until the bound interface is back (issue 10)
         job = self.announcer.poll(now=now)
         if job is None:
             return
-        self.session.announce(self, job, uploaded=self.stats.uploaded, downloaded=self.stats.downloaded,
-                              left=self.bytes_left, numwant=self.config.numwant)
+        out.append(AnnounceDue(job, self.stats.uploaded, self.stats.downloaded, self.bytes_left, self.config.numwant))
 
     def on_announce_result(
         self, job: AnnounceJob, result: AnnounceResult | None, error: str | None, *, now: float
-    ) -> None:
+    ) -> list[Effect]:
+        self._now = now
         if result is not None and result.failure is None:
             self.announcer.job_done(job, result, now=now)
-            self.add_candidates(list(result.peers), PeerSource.TRACKER, now=now)
-            self._connect_more(now)
+            return self.add_candidates(result.peers, PeerSource.TRACKER, now=now)
+        msg = error or (result.failure if result is not None else None) or "unknown error"
+        if result is not None:
+            self.announcer.job_done(job, result, now=now)
         else:
-            msg = error or (result.failure if result is not None else None) or "unknown error"
-            if result is not None:
-                self.announcer.job_done(job, result, now=now)
-            else:
-                self.announcer.job_failed(job, msg, now=now)
-            log.info("%s: tracker %s: %s", self.meta.name, job.url, msg)
+            self.announcer.job_failed(job, msg, now=now)
+        log.info("%s: tracker %s: %s", self.meta.name, job.url, msg)
+        return []
 
     # ------------------------------------------------------------------ resume data (checker.py)
 
@@ -684,10 +773,10 @@ class Torrent:
             have=self.have,
             uploaded=self.stats.uploaded,
             downloaded=self.stats.downloaded,
-            wall_time=self.session.wall_time,
+            wall_time=self._ctx.wall_time,
         )
 
-    # ------------------------------------------------------------------ super-seeding (BEP 16, superseeding.py)
+    # ------------------------------------------------------------------ super-seeding (BEP 16, superseed.py)
 
     @property
     def super_seeding(self) -> bool:
@@ -706,62 +795,17 @@ class Torrent:
         availability.  Off (or the automatic end): every peer is sent a ``have`` for each piece it
         lacks and was never shown, and seeding goes on normally.
         """
+        self._set_super_seed(on, self._pending)
+
+    def _set_super_seed(self, on: bool, out: list[Effect]) -> None:
         if not on:
-            self._superseeding.stop("switched off")
+            self._superseeding.stop("switched off", out)
             return
         if self._superseeding.active:
             return
         if self.state is not TorrentState.SEEDING or not self.have.all():
             raise ValueError(f"super-seeding needs a complete torrent that is seeding (it is {self.state.value})")
-        self._superseeding.start()
-
-    def _super_seed_from_config(self, now: float) -> None:
-        if self.state is TorrentState.SEEDING:
-            self.set_super_seed(True, now=now)
-        else:
-            self.fail(
-                f"super-seeding needs complete data ({self.have.count()}/{self.meta.num_pieces} pieces verified)"
-            )
-
-    # ------------------------------------------------------------------ services for the parts (UploadHost, ...)
-
-    def dial(self, addr: Addr, source: PeerSource, *, now: float) -> int | None:
-        return self.session.dial(self, addr, source, now=now)
-
-    @property
-    def downloading(self) -> bool:
-        """True while pieces may be requested (not paused by a full disk or by pause_download)."""
-        return self.state is TorrentState.DOWNLOADING and not self.download.paused
-
-    def mark_dirty(self, cid: int) -> None:
-        """Connection ``cid`` has bytes to send."""
-        self.session.mark_dirty(cid)
-
-    def close_peer(self, cid: int, reason: CloseReason, detail: str) -> None:
-        self.session.close(cid, reason, detail)
-
-    def emit(self, name: EventName, peer: PeerConnection) -> None:
-        """Queue a public event about ``peer`` of this torrent (minibt/events.py)."""
-        self.session.emit(name, peer, self)
-
-    def rate_waiting(self) -> None:
-        """Some peer's requests wait for upload tokens (the session calls ``serve_waiting`` later)."""
-        self.session.rate_waiting(self)
-
-    def verify_piece(self, index: int, writes: tuple[tuple[int, int, memoryview], ...]) -> None:
-        """Hash a complete piece; the worker writes it if it matches (result: ``on_hash_result``)."""
-        self._commits_inflight += 1
-        self.session.hash(
-            HashJob(
-                piece=index,
-                generation=self._generation,
-                expected=self.meta.piece_hash(index),
-                data=self.storage.piece_buffer(index),
-                spans=None,
-                tag=PieceJobTag(self.info_hash),
-                writes=writes,
-            )
-        )
+        self._superseeding.start(out)
 
     # ------------------------------------------------------------------ reporting
 
@@ -791,8 +835,8 @@ class Torrent:
             "peers": len(self.peers),
             "half_open": len(self.half_open),
             "candidates": len(self.candidates),
-            "banned": sorted(self.session.reputation.banned()),
+            "banned": sorted(self._ctx.reputation.banned()),
             "super_seeding": self.superseed is not None,
             "disk_error": self.disk_error,
-            "paused": self.session.network_paused or self.paused_reason,
+            "paused": self._ctx.network_paused or self.paused_reason,
         }

@@ -1,11 +1,12 @@
 """The upload side of one torrent: choking, incoming requests, serving blocks under the rate limit.
 
-Pure (STYLE.md): no sockets or clock.  Bytes go out through the peers' PeerWire machines; the torrent,
-seen through the narrow :class:`UploadHost`, does the session-level work (marking connections dirty,
-closing them, queueing events).  In scope: applying the choker's decisions (BEP 3), the per-peer
+Pure (STYLE.md): no sockets or clock.  Bytes go out through the peers' PeerWire machines; what the
+session must do is appended to the caller's ``out`` list as effects (effects.py): Flush, ClosePeer,
+Emit (we choked / unchoked a peer), RateWait (requests wait for upload tokens).  A StorageError
+while reading a block propagates (the torrent fails).  In scope: applying the choker's decisions (BEP 3), the per-peer
 queue of incoming requests with rejects while choked and on floods (BEP 6), serving that queue while
 the outbox has room and upload tokens last (ratelimit.py), allowed-fast grants (BEP 6), and refusing
-requests for pieces super-seeding has not revealed (BEP 16, superseeding.py).
+requests for pieces super-seeding has not revealed (BEP 16, superseed.py).
 Out of scope: what we download (download.py) and which pieces we announce (torrent.py).
 """
 
@@ -17,26 +18,13 @@ from typing import Protocol
 from minibt import wire_codec as w
 from minibt.bitfield import Bitfield
 from minibt.choker import ALLOWED_FAST_K, Choker, PeerSnapshot, allowed_fast_set
-from minibt.errors import CloseReason, StorageError
+from minibt.effects import RATE_WAIT, ClosePeer, Effect, Emit, Flush
+from minibt.errors import CloseReason
 from minibt.events import EventName
 from minibt.peer import IncomingRequest, PeerConnection
 from minibt.ratelimit import TransferLimits
 from minibt.storage import Storage
-from minibt.superseeding import SuperSeeding
-
-
-class UploadHost(Protocol):
-    """What the upload side asks of its torrent (:class:`minibt.torrent.Torrent` implements it)."""
-
-    def mark_dirty(self, cid: int) -> None: ...
-
-    def close_peer(self, cid: int, reason: CloseReason, detail: str) -> None: ...
-
-    def emit(self, name: EventName, peer: PeerConnection) -> None: ...
-
-    def rate_waiting(self) -> None: ...
-
-    def fail(self, message: str) -> None: ...
+from minibt.superseed import SuperSeeding
 
 
 class UploadStats(Protocol):
@@ -50,7 +38,6 @@ class Uploader:
 
     def __init__(
         self,
-        host: UploadHost,
         *,
         info_hash: bytes,
         peers: dict[int, PeerConnection],
@@ -64,7 +51,6 @@ class Uploader:
         max_requests: int,
         auto_choke: bool,
     ) -> None:
-        self._host = host
         self._info_hash = info_hash
         self._peers = peers  # the torrent's handshaken connections (shared, not copied)
         self._have = have
@@ -94,26 +80,27 @@ class Uploader:
                 wire.allowed_fast(i)
                 peer.allowed_fast_out.add(i)
 
-    def on_request(self, peer: PeerConnection, msg: w.Request, now: float) -> None:
+    def on_request(self, peer: PeerConnection, msg: w.Request, now: float, out: list[Effect]) -> None:
+        """A request.  Raises StorageError if serving it fails to read the block (the torrent fails)."""
         wire = peer.wire
         assert wire is not None
         if not self._have[msg.index]:
             # Asking for what we never announced is a protocol violation (BEP 3).
-            self._host.close_peer(peer.cid, CloseReason.PROTOCOL_VIOLATION, f"request for piece {msg.index} we lack")
+            out.append(ClosePeer(peer.cid, CloseReason.PROTOCOL_VIOLATION, f"request for piece {msg.index} we lack"))
             return
         if not self._superseeding.may_request(peer.cid, msg.index):
-            self._refuse(peer, msg, "request flood for pieces not offered")  # BEP 16: only the revealed pieces
+            self._refuse(peer, msg, "request flood for pieces not offered", out)  # BEP 16: only the revealed pieces
             return
         if wire.am_choking and msg.index not in peer.allowed_fast_out:
-            self._refuse(peer, msg, "request flood while choked")
+            self._refuse(peer, msg, "request flood while choked", out)
             return
         if len(peer.requests_in) >= self._max_requests:
-            self._host.close_peer(peer.cid, CloseReason.PROTOCOL_VIOLATION, "request queue flood")
+            out.append(ClosePeer(peer.cid, CloseReason.PROTOCOL_VIOLATION, "request queue flood"))
             return
         peer.requests_in.append(IncomingRequest(msg.index, msg.begin, msg.length))
-        self.serve(peer, now)
+        self.serve(peer, now, out)
 
-    def _refuse(self, peer: PeerConnection, msg: w.Request, flood_detail: str) -> None:
+    def _refuse(self, peer: PeerConnection, msg: w.Request, flood_detail: str, out: list[Effect]) -> None:
         """A request we will not serve: reject it (BEP 6: answer every request) or ignore it (BEP 3)."""
         wire = peer.wire
         assert wire is not None
@@ -122,10 +109,10 @@ class Uploader:
         if not wire.can_send():
             # Each 17-byte request queues a 17-byte reject: a peer that floods requests and never
             # reads would grow our outbox without bound (STYLE.md 7).
-            self._host.close_peer(peer.cid, CloseReason.PROTOCOL_VIOLATION, flood_detail)
+            out.append(ClosePeer(peer.cid, CloseReason.PROTOCOL_VIOLATION, flood_detail))
             return
         wire.reject(msg.index, msg.begin, msg.length)
-        self._host.mark_dirty(peer.cid)
+        out.append(Flush(peer.cid))
 
     def on_cancel(self, peer: PeerConnection, msg: w.Cancel) -> None:
         try:
@@ -133,8 +120,8 @@ class Uploader:
         except ValueError:
             pass
 
-    def serve(self, peer: PeerConnection, now: float) -> None:
-        """Answer queued requests while the peer's outbox has room (backpressure)."""
+    def serve(self, peer: PeerConnection, now: float, out: list[Effect]) -> None:
+        """Answer queued requests while the peer's outbox has room (backpressure).  Raises StorageError."""
         wire = peer.wire
         if wire is None or peer.closing:
             return
@@ -144,49 +131,45 @@ class Uploader:
         while peer.requests_in and wire.outbox_len < limit:
             if limits.up_gated and not limits.up.consume(peer.requests_in[0].length, now=now):
                 limits.wait(peer.cid, peer.requests_in[0].length)  # serve_waiting() retries it
-                self._host.rate_waiting()
+                out.append(RATE_WAIT)
                 break
             r = peer.requests_in.popleft()
-            try:
-                data = self._storage.read_block(r.index, r.begin, r.length)
-            except StorageError as e:
-                self._host.fail(f"read failed: {e}")
-                return
+            data = self._storage.read_block(r.index, r.begin, r.length)
             wire.piece(r.index, r.begin, data)
             peer.up.add(r.length, now)
             self._stats.uploaded += r.length
             served = True
         if served:
-            self._host.mark_dirty(peer.cid)
+            out.append(Flush(peer.cid))
 
-    def serve_waiting(self, *, now: float) -> bool:
+    def serve_waiting(self, *, now: float, out: list[Effect]) -> bool:
         """Serve peers whose requests waited for upload tokens, round robin; True if some still wait."""
         waiting = self._limits.waiting
         for cid in list(waiting):
             waiting.pop(cid, None)
             peer = self._peers.get(cid)
             if peer is not None and peer.requests_in:
-                self.serve(peer, now)
+                self.serve(peer, now, out)
             if cid in waiting:
                 break  # out of tokens again: the others keep their places ahead of it
         return bool(waiting)
 
     # ------------------------------------------------------------------ choking
 
-    def on_interested(self, now: float) -> None:
+    def on_interested(self, now: float, out: list[Effect]) -> None:
         if len(self.unchoked) < 5:
-            self.rechoke(now, scheduled=False)
+            self.rechoke(now, out, scheduled=False)
 
-    def on_not_interested(self, peer: PeerConnection, now: float) -> None:
+    def on_not_interested(self, peer: PeerConnection, now: float, out: list[Effect]) -> None:
         if peer.cid in self.unchoked:
-            self.rechoke(now, scheduled=False)
+            self.rechoke(now, out, scheduled=False)
 
-    def peer_gone(self, cid: int, now: float) -> None:
+    def peer_gone(self, cid: int, now: float, out: list[Effect]) -> None:
         if cid in self.unchoked:
             self.unchoked.discard(cid)
-            self.rechoke(now, scheduled=False)
+            self.rechoke(now, out, scheduled=False)
 
-    def rechoke(self, now: float, *, scheduled: bool) -> None:
+    def rechoke(self, now: float, out: list[Effect], *, scheduled: bool) -> None:
         """Run the choker over the connected peers and apply its decision to their wires."""
         if not self._auto_choke:
             return  # library code chokes and unchokes (minibt.Peer)
@@ -206,23 +189,22 @@ class Uploader:
                 )
             )
         unchoke = self._choker.rechoke(snaps, now=now, scheduled=scheduled)
-        host = self._host
         for p in self._peers.values():
             wire = p.wire
             if wire is None:
                 continue
             if p.cid in unchoke and wire.am_choking:
                 wire.unchoke()
-                host.mark_dirty(p.cid)
-                host.emit(EventName.WE_UNCHOKED_PEER, p)
+                out.append(Flush(p.cid))
+                out.append(Emit(EventName.WE_UNCHOKED_PEER, p))
             elif p.cid not in unchoke and not wire.am_choking:
                 wire.choke()
                 self._reject_pending(p)
-                host.mark_dirty(p.cid)
-                host.emit(EventName.WE_CHOKED_PEER, p)
+                out.append(Flush(p.cid))
+                out.append(Emit(EventName.WE_CHOKED_PEER, p))
         self.unchoked = {k for k in unchoke if isinstance(k, int)}
 
-    def choke(self, peer: PeerConnection) -> None:
+    def choke(self, peer: PeerConnection, out: list[Effect]) -> None:
         """Choke ``peer`` on behalf of library code (the built-in choker may undo it if enabled)."""
         wire = peer.wire
         assert wire is not None
@@ -231,18 +213,18 @@ class Uploader:
             return
         wire.choke()
         self._reject_pending(peer)
-        self._host.mark_dirty(peer.cid)
-        self._host.emit(EventName.WE_CHOKED_PEER, peer)
+        out.append(Flush(peer.cid))
+        out.append(Emit(EventName.WE_CHOKED_PEER, peer))
 
-    def unchoke(self, peer: PeerConnection) -> None:
+    def unchoke(self, peer: PeerConnection, out: list[Effect]) -> None:
         wire = peer.wire
         assert wire is not None
         self.unchoked.add(peer.cid)
         if not wire.am_choking:
             return
         wire.unchoke()
-        self._host.mark_dirty(peer.cid)
-        self._host.emit(EventName.WE_UNCHOKED_PEER, peer)
+        out.append(Flush(peer.cid))
+        out.append(Emit(EventName.WE_UNCHOKED_PEER, peer))
 
     def _reject_pending(self, peer: PeerConnection) -> None:
         wire = peer.wire

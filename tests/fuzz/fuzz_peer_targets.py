@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from minibt import bencode, wire_codec
 from minibt.errors import BencodeError, LocalProtocolError, MetainfoError, RemoteProtocolError
 from minibt.extension import LOCAL_UT_METADATA_ID, apply_peer_handshake
+from minibt.fetchlink import FetchLink
 from minibt.handshake import (
     PSTR,
     Handshake,
@@ -40,7 +41,6 @@ from minibt.handshake import (
     supports_extension,
     supports_fast,
 )
-from minibt.magnetfetch import FetchLink
 from minibt.metadata import (
     METADATA_PIECE_LEN,
     MSG_DATA,

@@ -16,8 +16,8 @@ from clients import assert_same_tree, make_payload
 from inproc import seeding_in_thread
 
 import minibt
+from minibt.events import Event
 from minibt.events import EventName as N
-from minibt.handles import Event
 from minibt.metainfo import create_torrent, parse_metainfo
 from minibt.wire_codec import BLOCK_LEN
 

@@ -115,7 +115,7 @@ def test_two_libtorrent_peers_meet_through_minibts_pex(tmp_path: Path) -> None:
             def sent() -> dict[int, int]:
                 out = {}
                 for conn in c.session.conns.values():
-                    s = tor.exchange.sender(conn.cid) if conn.wire is not None else None
+                    s = tor.extensions.sender(conn.cid) if conn.wire is not None else None
                     if s is not None:
                         out[conn.port] = s.stats()["messages_sent"]
                 return out

@@ -129,7 +129,7 @@ def test_pex_both_ways_with_webtorrent_and_flood_protection(tmp_path: Path, node
 
         def node_conn() -> object:
             for conn in c.session.conns.values():
-                if conn.port == honest.port and conn.wire is not None and tor.exchange.sender(conn.cid) is not None:
+                if conn.port == honest.port and conn.wire is not None and tor.extensions.sender(conn.cid) is not None:
                     return conn
             return None
 

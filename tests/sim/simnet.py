@@ -29,11 +29,12 @@ from typing import Any
 
 from helpers import FakeClock
 
+from minibt.effects import Flush, HashPiece
 from minibt.errors import CloseReason, RemoteProtocolError
 from minibt.handshake import Handshake, HandshakeReceived, InfoHashReceived, make_reserved, supports_fast
 from minibt.metainfo import Metainfo, create_torrent, parse_metainfo
 from minibt.peer import PeerConnection, PeerSource
-from minibt.session import Action, Announce, Close, Dial, HashPiece, Session, SessionConfig
+from minibt.session import Action, Announce, Close, Dial, Session, SessionConfig
 from minibt.settings import TorrentConfig
 from minibt.torrent import Torrent
 from minibt.tracker import AnnounceJob, AnnounceResult
@@ -138,6 +139,7 @@ class SimPeer(Endpoint):
         self.session.reserved = make_reserved(fast=fast, extension=extension)
         self.hasher = InlineHasher()
         self.seen: dict[int, PeerConnection] = {}  # every connection it ever had, for wire stats
+        self._dirty: set[int] = set()  # connections with bytes to send (Flush actions)
 
     @property
     def torrent(self) -> Torrent:
@@ -172,14 +174,20 @@ class SimPeer(Endpoint):
         return self.session.data_to_send(cid, limit, now=now)
 
     def take_actions(self) -> list[Action]:
-        acts = self.session.take_actions()
-        for a in acts:
+        """The session's actions, with Flush ones moved into the dirty set (what the loop does)."""
+        acts: list[Action] = []
+        for a in self.session.take_actions():
+            if isinstance(a, Flush):
+                self._dirty.add(a.cid)
+                continue
             if isinstance(a, Dial):
                 self._remember(a.cid)
+            acts.append(a)
         return acts
 
     def take_dirty(self) -> set[int]:
-        return self.session.take_dirty()
+        d, self._dirty = self._dirty, set()
+        return d
 
     def tick(self, *, now: float) -> None:
         self.session.tick(now=now)

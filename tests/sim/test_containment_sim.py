@@ -15,6 +15,7 @@ import pytest
 from helpers import FakeClock
 from simnet import KiB, MiB, SimNet, SimPeer, make_payload, make_torrent, same_files
 
+from minibt.effects import Effect
 from minibt.errors import CloseReason
 from minibt.metainfo import Metainfo
 from minibt.settings import TorrentState
@@ -53,10 +54,10 @@ def test_fault_on_one_peers_message_closes_only_that_peer(
     st = seed.torrent
     real = st.on_message
 
-    def buggy(conn: Any, msg: Any, *, now: float) -> None:
+    def buggy(conn: Any, msg: Any, *, now: float) -> list[Effect]:
         if conn.ip == EVIL_IP and isinstance(msg, Interested):
             raise PlantedBug("planted")
-        real(conn, msg, now=now)
+        return real(conn, msg, now=now)
 
     st.on_message = buggy  # type: ignore[method-assign]
     caplog.set_level(logging.ERROR, logger="minibt.faults")
@@ -87,11 +88,11 @@ def test_fault_in_one_torrents_hash_result_stops_that_torrent_only(
     real = vt.on_hash_result
     calls = []
 
-    def buggy(res: HashResult, *, now: float) -> None:
+    def buggy(res: HashResult, *, now: float) -> list[Effect]:
         calls.append(res.piece)
         if len(calls) == 3:
             raise PlantedBug("planted in a hash result")
-        real(res, now=now)
+        return real(res, now=now)
 
     vt.on_hash_result = buggy  # type: ignore[method-assign]
     other = leecher(net, meta, tmp_path, "other", "127.0.0.6")

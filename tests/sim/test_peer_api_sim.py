@@ -17,8 +17,8 @@ from helpers import FakeClock
 from simnet import KiB, SimNet, SimPeer, make_payload, make_torrent, same_files
 
 from minibt.errors import CloseReason, LocalProtocolError
-from minibt.events import EventName
-from minibt.handles import Dispatcher, Event, Peer, PeerFlags
+from minibt.events import Event, EventName
+from minibt.handles import Dispatcher, Peer, PeerFlags
 from minibt.metainfo import Metainfo
 from minibt.peer import PeerSource
 from minibt.reputation import REPUTATION_START

@@ -83,7 +83,7 @@ def test_pex_sent_at_most_once_a_minute_and_drops_follow_disconnects(
 
     def record() -> None:
         for cid, conn in hub.session.conns.items():
-            s = hub.torrent.exchange.sender(cid)
+            s = hub.torrent.extensions.sender(cid)
             if s is None:
                 continue
             times = sends.setdefault((conn.ip, cid), [])
@@ -104,7 +104,7 @@ def test_pex_sent_at_most_once_a_minute_and_drops_follow_disconnects(
         assert all(g >= PEX_MIN_INTERVAL_S for g in gaps), (times, gaps)
     # p2 learned p1 and p3 from the hub, then p1 was dropped
     (to_hub,) = [x for x in peers[1].session.conns.values() if x.ip == "10.0.0.1"]
-    r = peers[1].torrent.exchange.receiver(to_hub.cid)
+    r = peers[1].torrent.extensions.receiver(to_hub.cid)
     assert r is not None and set(r.learned()) == {peers[2].addr} and r.stats()["dropped"] == 1
     assert not any(reason is CloseReason.PROTOCOL_VIOLATION for _, reason in peers[1].close_reasons())
 
@@ -122,7 +122,7 @@ def test_no_pex_for_private_torrents(net: SimNet, tmp_path: Path) -> None:
     for p in (a, b, c):
         for conn in p.session.conns.values():
             # minibt peers do not offer ut_pex for a private torrent, so no PEX state exists
-            assert "ut_pex" not in conn.ext_ids and p.torrent.exchange.sender(conn.cid) is None
+            assert "ut_pex" not in conn.ext_ids and p.torrent.extensions.sender(conn.cid) is None
 
 
 def test_pex_flood_is_disconnected_and_penalised(net: SimNet, meta: Metainfo, tmp_path: Path) -> None:
@@ -132,7 +132,7 @@ def test_pex_flood_is_disconnected_and_penalised(net: SimNet, meta: Metainfo, tm
     a.session.events.enabled = True
     net.add_peers(b, [a.addr])
     assert net.run_until(lambda: connected_to(b, "10.0.0.1") and any(
-        a.torrent.exchange.receiver(cid) for cid in a.session.conns), 5)
+        a.torrent.extensions.receiver(cid) for cid in a.session.conns), 5)
     (conn,) = [x for x in b.session.conns.values() if x.ip == "10.0.0.1"]
     assert conn.ext_ids["ut_pex"] == LOCAL_UT_PEX_ID and conn.wire is not None
     # b misbehaves: two ut_pex messages back to back (its sender would never do that).
@@ -157,7 +157,7 @@ def test_magnet_fetches_metadata_from_x_pe_and_downloads(net: SimNet, meta: Meta
     assert f.state is FetchState.FETCHING and f.torrent is None
     net.must_run_until(lambda: f.torrent is not None, 20)
     assert f.meta is not None and f.meta.info_bytes == meta.info_bytes and f.meta.name == "payload"
-    served = sum(p.torrent.exchange.stats()["metadata_served"] for p in (a, b))
+    served = sum(p.torrent.extensions.stats()["metadata_served"] for p in (a, b))
     assert served >= 1
     net.must_run_until(lambda: f.complete, 30)
     assert same_files(meta, tmp_path / "src", tmp_path / "m")
@@ -201,7 +201,8 @@ def test_magnet_without_peers_finds_the_seed_through_its_tr_tracker(
 
 def test_pex_api_events_and_controls(net: SimNet, meta: Metainfo, tmp_path: Path) -> None:
     from minibt.errors import LocalProtocolError
-    from minibt.handles import Dispatcher, Event, Peer
+    from minibt.events import Event
+    from minibt.handles import Dispatcher, Peer
 
     hub = leecher(net, meta, tmp_path, "hub", "10.0.0.1")
     x = leecher(net, meta, tmp_path, "x", "10.1.0.2")

@@ -18,11 +18,12 @@ import pytest
 from helpers import FakeClock
 from simnet import KiB, MiB, make_payload, make_torrent
 
+from minibt.effects import Flush, HashPiece
 from minibt.errors import CloseReason
 from minibt.metainfo import Metainfo
 from minibt.peer import PeerConnection, PeerSource
 from minibt.ratelimit import UNLIMITED
-from minibt.session import Announce, Close, Dial, HashPiece, Session, SessionConfig
+from minibt.session import Action, Announce, Close, Dial, Session, SessionConfig
 from minibt.settings import TorrentConfig, TorrentState
 from minibt.torrent import Torrent
 from minibt.urls import Addr
@@ -54,6 +55,23 @@ class Node:
         self.hasher = InlineHasher()
         self.socks: dict[int, _Sock] = {}
         self.seen: dict[int, PeerConnection] = {}  # every connection it had (closed ones too)
+        self.dirty: set[int] = set()  # connections with bytes to send (Flush actions)
+        self.backlog: list[Action] = []  # other actions taken while collecting Flush ones
+
+    def take_actions(self) -> list[Action]:
+        """The session's actions, with Flush ones moved into ``dirty`` (what the loop does)."""
+        acts, self.backlog = self.backlog, []
+        for a in self.session.take_actions():
+            if isinstance(a, Flush):
+                self.dirty.add(a.cid)
+            else:
+                acts.append(a)
+        return acts
+
+    def take_dirty(self) -> set[int]:
+        self.backlog += self.take_actions()
+        d, self.dirty = self.dirty, set()
+        return d
 
     @property
     def torrent(self) -> Torrent:
@@ -84,7 +102,7 @@ class Pipe:
         busy = False
         now = self.clock.now()
         for _ in range(1000):
-            acts = node.session.take_actions()
+            acts = node.take_actions()
             if not acts:
                 break
             busy = True
@@ -120,7 +138,7 @@ class Pipe:
         busy = False
         now = self.clock.now()
         for _ in range(1000):
-            dirty = node.session.take_dirty()
+            dirty = node.take_dirty()
             if not dirty:
                 break
             for cid in sorted(dirty):

@@ -10,6 +10,7 @@ import logging
 import random
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,14 +19,14 @@ from minibt.errors import CloseReason
 from minibt.events import (
     CLOSE_REASON_DOCS,
     EVENT_DOCS,
+    Event,
     EventName,
     EventQueue,
-    EventRecord,
     Listeners,
     close_reason_table,
     event_table,
 )
-from minibt.handles import Dispatcher, Event, Peer
+from minibt.handles import Dispatcher, Peer
 from minibt.handshake import Handshake
 from minibt.peer import PeerConnection, PeerSource
 from minibt.picker import Block, PiecePicker
@@ -36,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 
 
-def rec(name: EventName = EventName.HAVE, index: int | None = None) -> EventRecord:
-    return EventRecord(name, None, None, index=index)
+def rec(name: EventName = EventName.HAVE, index: int | None = None) -> Event[Any, Any]:
+    return Event(name, None, None, index=index)
 
 
 # ---------------------------------------------------------------------- queue and listeners

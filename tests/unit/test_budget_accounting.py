@@ -38,11 +38,11 @@ from minibt.budget import (
     wire_recv_bytes,
     worst_case_bytes,
 )
-from minibt.candidates import CandidatePool
+from minibt.dialer import CandidatePool
 from minibt.download import MAX_ALLOWED_FAST_IN
 from minibt.errors import CloseReason
 from minibt.extension import apply_peer_handshake
-from minibt.peer import IncomingRequest, PeerConnection, PeerSource
+from minibt.peer import Active, IncomingRequest, PeerConnection, PeerSource
 from minibt.pex import PEX_MAX_PEERS_PER_SOURCE, PexReceiver, PexSender
 from minibt.picker import Block, PiecePicker
 from minibt.reputation import MAX_IPS, MAX_LEDGER_RECORDS, BlockRecord, Reputation
@@ -119,7 +119,7 @@ def test_connection_objects_fit_their_term() -> None:
     def grow() -> PeerConnection:
         c = PeerConnection(1, ("10.0.0.1", 6881), outgoing=True, source=PeerSource.TRACKER, handshake=None,  # type: ignore[arg-type]
                            now=0.0)
-        c.wire = make_wire()
+        c.enter(Active(make_wire()))
         d: dict[bytes, object] = {b"m": {b"ut_pex": 1, b"ut_metadata": 2}, b"v": b"x" * 64, b"yourip": bytes(16),
                                   b"metadata_size": 1 << 20, b"reqq": 500, b"p": 6881}
         d.update({b"junk%d" % i: b"y" * 30 for i in range(800)})  # ~32 KiB: the frame cap

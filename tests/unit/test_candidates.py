@@ -1,4 +1,4 @@
-"""BEP 40 priority and the dial-candidate pool (minibt/candidates.py)."""
+"""BEP 40 priority and the dial-candidate pool (minibt/dialer.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from helpers import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minibt.candidates import CandidateConfig, CandidatePool, crc32c, peer_priority
+from minibt.dialer import CandidateConfig, CandidatePool, crc32c, peer_priority
 from minibt.peer import PeerSource
 from minibt.pex import PEX_MAX_PEERS_PER_SOURCE, PexFlag, PexPeer, PexReceived
 

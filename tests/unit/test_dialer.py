@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from minibt.candidates import DIAL_HOLD_S, MAX_FAILS, RETRY_S, USER_RETRY_S
-from minibt.dialer import Dialer
+from minibt.dialer import DIAL_HOLD_S, MAX_FAILS, RETRY_S, USER_RETRY_S, Dialer
+from minibt.effects import DialPeer, Effect
 from minibt.handshake import Handshake
 from minibt.peer import PeerConnection, PeerSource
 from minibt.reputation import Reputation
@@ -25,6 +25,17 @@ class Host:
         return 100 + len(self.dials)
 
 
+def dial(d: Dialer, host: Host, now: float, *, seeding: bool, dialing: set[Addr]) -> None:
+    """What the session does with the dialer's effects: open each connection inside its budget."""
+    out: list[Effect] = []
+    d.connect_more(now, seeding=seeding, dialing=dialing, slots=host.capacity - len(host.dials), out=out)
+    for e in out:
+        assert isinstance(e, DialPeer)
+        cid = host.dial(e.addr, e.source, now=now)
+        assert cid is not None
+        d.dial_started(cid)
+
+
 def addrs(n: int, port: int = 6881) -> list[Addr]:
     return [(f"198.51.100.{i}", port) for i in range(1, n + 1)]
 
@@ -40,18 +51,18 @@ def make(
     host, rep = Host(capacity), Reputation()
     peers: dict[int, PeerConnection] = {}
     half_open: set[int] = set()
-    d = Dialer(host, peers=peers, half_open=half_open, reputation=rep, max_peers=max_peers, max_half_open=max_half_open)
+    d = Dialer(peers=peers, half_open=half_open, reputation=rep, max_peers=max_peers, max_half_open=max_half_open)
     return d, host, peers, half_open, rep
 
 
 def test_dials_stop_at_the_half_open_budget() -> None:
     d, host, _, half_open, _ = make(max_half_open=3)
     d.add(addrs(10), PeerSource.TRACKER, own=set())
-    d.connect_more(0.0, seeding=False, dialing=set())
-    # BEP 40 order now (candidates.py): any 3 of the 10, each once
+    dial(d, host, 0.0, seeding=False, dialing=set())
+    # BEP 40 order now (dialer.py): any 3 of the 10, each once
     assert len({a for a, _ in host.dials}) == 3 and set(a for a, _ in host.dials) <= set(addrs(10))
     assert len(half_open) == 3
-    d.connect_more(1.0, seeding=False, dialing=set())
+    dial(d, host, 1.0, seeding=False, dialing=set())
     assert len(host.dials) == 3
 
 
@@ -61,17 +72,17 @@ def test_dials_stop_at_the_peer_budget_counting_connected_and_half_open() -> Non
     half_open.add(99)
     d.add(addrs(10), PeerSource.TRACKER, own=set())
     assert d.wants_more()
-    d.connect_more(0.0, seeding=False, dialing=set())
+    dial(d, host, 0.0, seeding=False, dialing=set())
     assert len(host.dials) == 1 and not d.wants_more()
 
 
 def test_dialing_stops_when_the_session_refuses() -> None:
     d, host, _, half_open, _ = make(capacity=2)
     d.add(addrs(5), PeerSource.TRACKER, own=set())
-    d.connect_more(0.0, seeding=False, dialing=set())
+    dial(d, host, 0.0, seeding=False, dialing=set())
     assert len(host.dials) == 2 and len(half_open) == 2
     host.capacity = 10
-    d.connect_more(1.0, seeding=False, dialing=set())  # the 3 not tried carry no dial hold
+    dial(d, host, 1.0, seeding=False, dialing=set())  # the 3 not tried carry no dial hold
     assert len({a for a, _ in host.dials}) == 5
 
 
@@ -84,18 +95,18 @@ def test_pex_candidates_keep_flags_and_a_seed_skips_pex_seeds() -> None:
     assert d.add_pex(got, via=("192.0.2.1", 1), own=set()) == 2
     c = d.candidates.get(seed)
     assert c is not None and c.source is PeerSource.PEX and c.flags == PexFlag.SEED and c.via == ("192.0.2.1", 1)
-    d.connect_more(0.0, seeding=True, dialing=set())
+    dial(d, host, 0.0, seeding=True, dialing=set())
     assert [a for a, _ in host.dials] == [leech]
 
 
 def test_no_redial_while_an_attempt_may_last() -> None:
     d, host, _, half_open, _ = make()
     d.add(addrs(1), PeerSource.TRACKER, own=set())
-    d.connect_more(0.0, seeding=False, dialing=set())
+    dial(d, host, 0.0, seeding=False, dialing=set())
     half_open.clear()  # the attempt ended without a verdict (e.g. the connection was closed)
-    d.connect_more(DIAL_HOLD_S - 1, seeding=False, dialing=set())
+    dial(d, host, DIAL_HOLD_S - 1, seeding=False, dialing=set())
     assert len(host.dials) == 1
-    d.connect_more(DIAL_HOLD_S, seeding=False, dialing=set())
+    dial(d, host, DIAL_HOLD_S, seeding=False, dialing=set())
     assert len(host.dials) == 2
 
 
@@ -106,7 +117,7 @@ def test_connected_dialing_and_listen_addresses_are_skipped() -> None:
     incoming.listen_port = c[1]  # BEP 10 'p': its listen address is c
     peers.update({0: peer(0, a), 1: incoming})
     d.add([a, b, c, e], PeerSource.TRACKER, own=set())
-    d.connect_more(0.0, seeding=False, dialing={b})
+    dial(d, host, 0.0, seeding=False, dialing={b})
     assert [x for x, _ in host.dials] == [e]
 
 
@@ -137,7 +148,7 @@ def test_failed_dials_back_off_then_are_forgotten() -> None:
         assert d.candidates.retry_at(a) == now + RETRY_S * 2 ** (fails - 1)
     d.connect_failed(a, now)
     assert a not in d.candidates
-    d.connect_more(10_000.0, seeding=False, dialing=set())
+    dial(d, host, 10_000.0, seeding=False, dialing=set())
     assert host.dials == [] and not half_open
 
 
@@ -166,7 +177,7 @@ def test_a_seed_does_not_retry_failed_tracker_peers(seeding: bool) -> None:
     d.add([u], PeerSource.USER, own=set())
     d.connect_failed(t, 0.0)
     d.connect_failed(u, 0.0)
-    d.connect_more(10_000.0, seeding=seeding, dialing=set())
+    dial(d, host, 10_000.0, seeding=seeding, dialing=set())
     assert sorted(a for a, _ in host.dials) == ([u] if seeding else [t, u])
 
 
@@ -178,7 +189,7 @@ def test_forget_ip_drops_every_port() -> None:
 
 
 def test_bep40_priority_uses_our_address_once_known() -> None:
-    from minibt.candidates import peer_priority
+    from minibt.dialer import peer_priority
 
     d, *_ = make()
     a = ("198.51.100.7", 6881)

@@ -1,6 +1,6 @@
 """STYLE.md section 12: imports point down only.  The import graph of minibt/, built from the AST
-with type-only imports (``if TYPE_CHECKING:``) and function-level imports included, has no cycle
-outside the one known cycle that issue 11 is breaking up."""
+with type-only imports (``if TYPE_CHECKING:``) and function-level imports included, has no cycle;
+the torrent layer's parts reach neither the torrent nor the session; no module is over 800 lines."""
 
 from __future__ import annotations
 
@@ -9,26 +9,12 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "minibt"
 
-# The torrent layer still calls back up (parts hold their torrent, the torrent its session).
-# Issue 11 breaks this cycle: remove each module from this set as it stops taking part, and never
-# add one.  The test fails if a cycle appears outside this set, or if the set names a module that
-# is no longer in the cycle (so the list only shrinks).
-KNOWN_CYCLE_TO_BREAK_IN_ISSUE_11 = frozenset(
-    {
-        "candidates",
-        "dialer",
-        "download",
-        "events",
-        "exchange",
-        "extension",
-        "magnetfetch",
-        "peer",
-        "session",
-        "superseeding",
-        "torrent",
-        "upload",
-    }
-)
+# The torrent layer's parts: each appends effects to the list its caller passes (effects.py) and
+# knows nothing above it, so none may import the torrent or the session (ARCHITECTURE.md).
+PARTS = ("checker", "dialer", "download", "extension", "superseed", "upload")
+# Owners of connections: the session drives them; they return effects and never import the session.
+OWNERS = ("torrent", "magnetfetch")
+MAX_MODULE_LINES = 800  # issue 11: no module over ~800 lines
 
 
 def import_graph(pkg: Path, package: str = "minibt") -> dict[str, set[str]]:
@@ -95,16 +81,43 @@ def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
     return found
 
 
-def test_no_import_cycle_outside_the_known_one() -> None:
+def reaches(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others."""
+    seen: set[str] = set()
+    todo = list(graph.get(start, ()))
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(graph.get(m, ()))
+    return seen
+
+
+def test_no_import_cycle() -> None:
     found = cycles(import_graph(PKG))
-    unknown = [sorted(c) for c in found if not c <= KNOWN_CYCLE_TO_BREAK_IN_ISSUE_11]
-    assert unknown == [], f"new import cycle(s): {unknown}"
+    assert found == [], f"import cycle(s): {[sorted(c) for c in found]}"
 
 
-def test_known_cycle_only_shrinks() -> None:
-    in_cycles = set().union(*cycles(import_graph(PKG)))
-    gone = sorted(KNOWN_CYCLE_TO_BREAK_IN_ISSUE_11 - in_cycles)
-    assert gone == [], f"no longer in a cycle, remove from KNOWN_CYCLE_TO_BREAK_IN_ISSUE_11: {gone}"
+def test_parts_never_reach_the_torrent_or_the_session() -> None:
+    graph = import_graph(PKG)
+    for part in PARTS:
+        assert part in graph, f"{part}.py is gone: update PARTS"
+        bad = reaches(graph, part) & {"torrent", "session", "magnetfetch", "handles", "client", "loop"}
+        assert not bad, f"{part}.py imports (perhaps indirectly) {sorted(bad)}: parts return effects instead"
+    for owner in OWNERS:
+        assert "session" not in reaches(graph, owner), f"{owner}.py reaches session.py: owners return effects"
+
+
+def test_no_module_is_over_the_line_limit() -> None:
+    long = {p.name: n for p in sorted(PKG.glob("*.py")) if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert long == {}, f"modules over {MAX_MODULE_LINES} lines: {long}"
+
+
+def test_part_check_sees_an_indirect_import(tmp_path: Path) -> None:
+    (tmp_path / "upload.py").write_text("from minibt import helper\n")
+    (tmp_path / "helper.py").write_text("from minibt.session import Session\n")
+    (tmp_path / "session.py").write_text("")
+    assert "session" in reaches(import_graph(tmp_path), "upload")
 
 
 def test_cycle_finder_sees_type_only_and_nested_imports(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """magnetfetch.py: the BEP 10-only framing used while fetching metadata, the .torrent writer, and
-the CLI's magnet input checks; exchange.py: what we advertise for a connection (BEP 11 flags)."""
+the CLI's magnet input checks; extension.py: what we advertise for a connection (BEP 11 flags)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 
 from minibt.cli import main
 from minibt.errors import CloseReason, WireError
-from minibt.exchange import dialable_addr, pex_flags
+from minibt.extension import dialable_addr, pex_flags
+from minibt.fetchlink import FETCH_MAX_MESSAGE_BYTES, FetchLink
 from minibt.handshake import Handshake
-from minibt.magnetfetch import FETCH_MAX_MESSAGE_BYTES, FetchLink, torrent_file_bytes
+from minibt.magnetfetch import torrent_file_bytes
 from minibt.metainfo import create_torrent, metainfo_from_info, parse_metainfo
 from minibt.peer import PeerConnection, PeerSource
 from minibt.pex import PexFlag
@@ -166,7 +167,7 @@ def test_fetch_link_hands_over_skipped_frames_in_order_plus_a_partial_one() -> N
 
 
 def test_fetch_link_gives_up_the_hand_over_when_too_much_was_skipped() -> None:
-    from minibt.magnetfetch import FETCH_REPLAY_MAX_BYTES
+    from minibt.fetchlink import FETCH_REPLAY_MAX_BYTES
 
     link = FetchLink(now=0.0)
     big = frame(5, bytes(60_000))
