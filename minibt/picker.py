@@ -17,21 +17,23 @@ Piece life cycle::
       ^                                                               |
       +------------------------- piece_failed ------------------------+
 
-Fresh pieces live in one list ordered by availability, cut into buckets (one bucket per
-availability value, libtorrent's piece_picker idea): an availability change is one swap, and a
-rarest-first pick looks at the lowest buckets only.  "Have all" peers are a plain counter.
+Availability and the rarest-first order of the FRESH pieces are a :class:`RarityOrder`
+(rarity.py, bucketed as in libtorrent's piece_picker); this module keeps the rest: our pieces,
+each peer's pieces and requests, partial pieces block by block, and end game.  "Have all" peers
+are a plain counter here, not availability.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Collection, Hashable, Iterable
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass
 from itertools import compress
 
 from minibt.wire_codec import BLOCK_LEN
 
 from .errors import CloseReason, WireError
+from .rarity import RarityOrder
 
 RANDOM_FIRST = 4  # convention (mainline/libtorrent): random pieces until a few are complete
 ENDGAME_DUP_LIMIT = 2  # convention: each block requested from at most 2 peers in end game
@@ -124,13 +126,8 @@ class PiecePicker:
         self._wanted = bytearray(b"\x01") * n
         self._need = bytearray(b"\x01") * n  # wanted and not had
         self._missing = n
-        self._avail = [0] * n  # non-seed peers having each piece
         self._num_seeds = 0
-        # FRESH pieces sorted by availability; bucket a = _order[_bstart[a]:_bstart[a + 1]].
-        self._order = list(range(n))
-        self._pos = list(range(n))  # index in _order, -1 when not FRESH
-        self._fresh = bytearray(b"\x01") * n  # 1 when FRESH (for bulk int arithmetic)
-        self._bstart = [0, n]
+        self._rarity = RarityOrder(n, rng)  # availability (non-seed peers) and the FRESH order
         self._partials: dict[int, _Partial] = {}
         self._open: dict[int, None] = {}  # wanted partial pieces with free blocks, oldest first
         self._hashing: set[int] = set()
@@ -162,8 +159,8 @@ class PiecePicker:
             return
         if i in self._partials:
             self._drop_partial(i)
-        elif self._pos[i] >= 0:
-            self._order_remove(i)
+        elif self._rarity.fresh[i]:
+            self._drop_fresh(i)
         self._hashing.discard(i)
         self._have[i] = 1
         self._num_have += 1
@@ -196,6 +193,7 @@ class PiecePicker:
                 raise ValueError(f"wanted mask has {len(mask)} bytes, expected {n}")
             new = bytearray(1 if b else 0 for b in mask)
         old = self._wanted
+        rarity = self._rarity
         for p in range(n):
             if new[p] == old[p]:
                 continue
@@ -210,15 +208,16 @@ class PiecePicker:
                     if pp.free:
                         self._open[p] = None
                 elif p not in self._hashing:
-                    self._order_insert(p, update_peers=False)
+                    rarity.insert(p)
             else:
                 self._need[p] = 0
                 self._missing -= 1
                 self._open.pop(p, None)
-                if self._pos[p] >= 0:
-                    self._order_remove(p, update_peers=False)
+                if rarity.fresh[p]:
+                    rarity.remove(p)
+        # peers' interest and fresh counts, in bulk
         need = int.from_bytes(self._need, "big")
-        fresh = int.from_bytes(self._fresh, "big")
+        fresh = int.from_bytes(rarity.fresh, "big")
         for st in self._nonseed.values():
             bits = int.from_bytes(st.bits, "big")
             st.interest = (bits & need).bit_count()
@@ -248,10 +247,10 @@ class PiecePicker:
         arr = bytearray(format(word, f"0{n}b").encode("ascii").translate(_BIN_TO_BYTES))
         st.bits = arr
         st.count = count
-        self._inc_many(compress(range(n), arr))
-        mine = int.from_bytes(arr, "big")  # one 0/1 byte per piece, like _need and _fresh
+        self._rarity.inc_many(compress(range(n), arr))
+        mine = int.from_bytes(arr, "big")  # one 0/1 byte per piece, like _need and rarity.fresh
         st.interest = (mine & int.from_bytes(self._need, "big")).bit_count()
-        st.fresh = (mine & int.from_bytes(self._fresh, "big")).bit_count()
+        st.fresh = (mine & int.from_bytes(self._rarity.fresh, "big")).bit_count()
 
     def peer_have(self, peer: Peer, i: int) -> None:
         """A BEP 3 ``have`` message."""
@@ -262,10 +261,11 @@ class PiecePicker:
             return
         st.bits[i] = 1
         st.count += 1
-        self._inc_many((i,))
+        rarity = self._rarity
+        rarity.inc_many((i,))
         if self._need[i]:
             st.interest += 1
-        if self._fresh[i]:
+        if rarity.fresh[i]:
             st.fresh += 1
         if st.count == self._n:
             self._make_seed(peer, st)
@@ -316,7 +316,7 @@ class PiecePicker:
 
     def availability(self, i: int) -> int:
         """Number of known peers that have piece ``i``."""
-        return self._avail[i] + self._num_seeds
+        return self._rarity.avail[i] + self._num_seeds
 
     # ------------------------------------------------------------------ picking
 
@@ -368,7 +368,7 @@ class PiecePicker:
     @property
     def endgame(self) -> bool:
         """True when every missing wanted block is requested (or received) already."""
-        if self._order or self._open:
+        if self._rarity.order or self._open:
             return False
         wanted = self._wanted
         return any(pp.received < pp.nb and wanted[p] for p, pp in self._partials.items())
@@ -514,8 +514,8 @@ class PiecePicker:
         if i in self._partials:
             self._drop_partial(i)
         self._hashing.discard(i)
-        if self._wanted[i] and self._pos[i] < 0:
-            self._order_insert(i)
+        if self._wanted[i] and not self._rarity.fresh[i]:
+            self._add_fresh(i)
 
     def piece_hashing(self, i: int) -> None:
         """All blocks are in and the hash is being checked: not pickable meanwhile."""
@@ -524,8 +524,8 @@ class PiecePicker:
             return
         if i in self._partials:
             self._drop_partial(i)
-        elif self._pos[i] >= 0:
-            self._order_remove(i)
+        elif self._rarity.fresh[i]:
+            self._drop_fresh(i)
         self._hashing.add(i)
 
     def stats(self) -> dict[str, int]:
@@ -534,7 +534,7 @@ class PiecePicker:
             "pieces": self._n,
             "have": self._num_have,
             "missing": self._missing,
-            "fresh": len(self._order),
+            "fresh": len(self._rarity.order),
             "partial": len(self._partials),
             "open": len(self._open),
             "hashing": len(self._hashing),
@@ -566,9 +566,7 @@ class PiecePicker:
         st.count = st.interest = st.fresh = 0
         self._nonseed[peer] = st
         # availability of a piece never exceeds the number of non-seed peers: keep a bucket for it
-        bs = self._bstart
-        while len(bs) - 1 <= len(self._nonseed):
-            bs.append(len(self._order))
+        self._rarity.reserve(len(self._nonseed))
         return st
 
     def _make_seed(self, peer: Peer, st: _PeerState) -> None:
@@ -584,7 +582,7 @@ class PiecePicker:
             self._num_seeds -= 1
             st.seed = False
             return
-        self._dec_many(compress(range(self._n), st.bits))
+        self._rarity.dec_many(compress(range(self._n), st.bits))
         st.bits = bytearray(self._n)
         st.count = st.interest = st.fresh = 0
 
@@ -596,132 +594,38 @@ class PiecePicker:
             if st.bits[p]:
                 st.interest += d
 
-    # ------------------------------------------------------------------ internals: order buckets
+    # ------------------------------------------------------------------ internals: fresh pieces
 
-    def _inc_many(self, pieces: Iterable[int]) -> None:
-        """Availability +1 for each piece: one swap moves a FRESH piece up one bucket."""
-        avail, pos, order, bs = self._avail, self._pos, self._order, self._bstart
-        for p in pieces:
-            a = avail[p]
-            avail[p] = a + 1
-            i = pos[p]
-            if i >= 0:
-                j = bs[a + 1] - 1
-                if i != j:
-                    q = order[j]
-                    order[i] = q
-                    order[j] = p
-                    pos[q] = i
-                    pos[p] = j
-                bs[a + 1] = j
+    def _add_fresh(self, p: int) -> None:
+        """Piece ``p`` becomes FRESH again (a failed hash): into the order, and peers' counts."""
+        self._rarity.insert(p)
+        for st in self._nonseed.values():
+            if st.bits[p]:
+                st.fresh += 1
 
-    def _dec_many(self, pieces: Iterable[int]) -> None:
-        """Availability -1 for each piece (the mirror of :meth:`_inc_many`)."""
-        avail, pos, order, bs = self._avail, self._pos, self._order, self._bstart
-        for p in pieces:
-            a = avail[p]
-            avail[p] = a - 1
-            i = pos[p]
-            if i >= 0:
-                j = bs[a]
-                if i != j:
-                    q = order[j]
-                    order[i] = q
-                    order[j] = p
-                    pos[q] = i
-                    pos[p] = j
-                bs[a] = j + 1
-
-    def _order_insert(self, p: int, *, update_peers: bool = True) -> None:
-        order, pos, bs = self._order, self._pos, self._bstart
-        i = len(order)
-        order.append(p)
-        pos[p] = i
-        top = len(bs) - 1
-        bs[top] = len(order)
-        for b in range(top - 1, self._avail[p], -1):
-            j = bs[b]
-            if i != j:
-                q = order[j]
-                order[i] = q
-                order[j] = p
-                pos[q] = i
-                pos[p] = j
-            bs[b] = j + 1
-            i = j
-        self._fresh[p] = 1
-        if update_peers:
-            for st in self._nonseed.values():
-                if st.bits[p]:
-                    st.fresh += 1
-
-    def _order_remove(self, p: int, *, update_peers: bool = True) -> None:
-        order, pos, bs = self._order, self._pos, self._bstart
-        i = pos[p]
-        for b in range(self._avail[p], len(bs) - 1):
-            j = bs[b + 1] - 1
-            if i != j:
-                q = order[j]
-                order[i] = q
-                order[j] = p
-                pos[q] = i
-                pos[p] = j
-            bs[b + 1] = j
-            i = j
-        order.pop()
-        pos[p] = -1
-        self._fresh[p] = 0
-        if update_peers:
-            for st in self._nonseed.values():
-                if st.bits[p]:
-                    st.fresh -= 1
+    def _drop_fresh(self, p: int) -> None:
+        """Piece ``p`` stops being FRESH (started, hashing or had): out of the order, and peers' counts."""
+        self._rarity.remove(p)
+        for st in self._nonseed.values():
+            if st.bits[p]:
+                st.fresh -= 1
 
     def _choose_fresh(self, st: _PeerState, allowed: Collection[int] | None) -> int | None:
         """A FRESH piece the peer has: random in the random-first phase, else rarest first."""
-        order = self._order
-        n_order = len(order)
+        rarity = self._rarity
+        n_order = len(rarity.order)
         if not n_order or (not st.seed and not st.fresh):
             return None
-        rng = self._rng
         random_phase = self._num_have < self._random_first
+        # a peer with few FRESH pieces among many: listing them beats scanning the order
         if allowed is not None or (not st.seed and st.count < n_order // st.fresh):
-            return self._choose_among(self._candidates(st, allowed), random_phase)
+            return rarity.choose_among(self._candidates(st, allowed), random_phase)
         if st.seed:
-            if random_phase:
-                return order[rng.randrange(n_order)]
-            bs = self._bstart
-            for b in range(len(bs) - 1):
-                lo, hi = bs[b], bs[b + 1]
-                if lo < hi:
-                    return order[lo + rng.randrange(hi - lo)]
-            return None
-        bits = st.bits
-        if random_phase:
-            return self._scan(order, bits, 0, n_order, rng)
-        bs = self._bstart
-        # bucket 0 holds pieces no non-seed peer has, so this (non-seed) peer has none of them
-        for b in range(1, len(bs) - 1):
-            lo, hi = bs[b], bs[b + 1]
-            if lo < hi:
-                p = self._scan(order, bits, lo, hi, rng)
-                if p is not None:
-                    return p
-        return None
-
-    @staticmethod
-    def _scan(order: list[int], bits: bytearray, lo: int, hi: int, rng: random.Random) -> int | None:
-        """First piece in order[lo:hi] the peer has, starting at a random slot and wrapping."""
-        start = lo + rng.randrange(hi - lo)
-        for k in range(start, hi):
-            if bits[order[k]]:
-                return order[k]
-        for k in range(lo, start):
-            if bits[order[k]]:
-                return order[k]
-        return None
+            return rarity.choose_any(random_phase)
+        return rarity.choose_in(st.bits, random_phase)
 
     def _candidates(self, st: _PeerState, allowed: Collection[int] | None) -> list[int]:
-        fresh = self._fresh
+        fresh = self._rarity.fresh
         n = self._n
         if allowed is not None:
             return sorted({p for p in allowed if 0 <= p < n and fresh[p] and (st.seed or st.bits[p])})
@@ -734,21 +638,11 @@ class PiecePicker:
             i = bits.find(1, i + 1)
         return out
 
-    def _choose_among(self, cands: list[int], random_phase: bool) -> int | None:
-        if not cands:
-            return None
-        if random_phase:
-            return cands[self._rng.randrange(len(cands))]
-        avail = self._avail
-        low = min(avail[p] for p in cands)
-        rarest = [p for p in cands if avail[p] == low]
-        return rarest[self._rng.randrange(len(rarest))]
-
     # ------------------------------------------------------------------ internals: blocks
 
     def _start(self, p: int) -> _Partial:
-        if self._pos[p] >= 0:
-            self._order_remove(p)
+        if self._rarity.fresh[p]:
+            self._drop_fresh(p)
         pp = _Partial(self.blocks_in_piece(p))
         self._partials[p] = pp
         if self._wanted[p]:
