@@ -483,7 +483,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:  # noqa: C901
         def current() -> Torrent | None:
             nonlocal t
             if t is None and fetch is not None and fetch.torrent is not None:
-                t = fetch.torrent
+                t = client.session.torrents.get(fetch.info_hash)
                 assert fetch.meta is not None
                 print(f"{name}: metadata received: {fetch.meta.name}, {fetch.meta.num_pieces} pieces",
                       file=sys.stderr, flush=True)

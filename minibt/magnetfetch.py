@@ -25,6 +25,7 @@ import enum
 import logging
 import random
 from collections.abc import Callable
+from typing import Protocol
 
 import bencode2
 
@@ -60,7 +61,6 @@ from minibt.metadata import (
 from minibt.metainfo import Metainfo, metainfo_from_info
 from minibt.peer import PeerConnection, PeerSource
 from minibt.settings import Mode, TorrentConfig
-from minibt.torrent import Torrent
 from minibt.tracker import AnnounceJob, Announcer, AnnounceResult
 from minibt.urls import Addr
 from minibt.wire_codec import EXT_HANDSHAKE_ID, EXT_HANDSHAKE_MAX_DEPTH, EXT_HANDSHAKE_MAX_TOKENS
@@ -74,6 +74,16 @@ FETCH_MAX_HALF_OPEN = 8
 FETCH_USELESS_AFTER_S = 30.0
 METADATA_BAD_PENALTY = 20  # reputation points for a copy that did not hash to the info-hash
 UNKNOWN_LEFT = 1  # announce 'left' before the size is known: non-zero, so trackers count us as a leecher
+
+
+class AddedTorrent(Protocol):
+    """What a fetch reports of the torrent the session added for it (a :class:`minibt.torrent.Torrent`;
+    a part never imports the torrent, STYLE.md section 12)."""
+
+    @property
+    def complete(self) -> bool: ...
+
+    def status(self, now: float) -> dict[str, object]: ...
 
 
 class FetchState(enum.Enum):
@@ -121,7 +131,7 @@ class MagnetFetch:
         self.config = config
         self.state = FetchState.FETCHING
         self.error: str | None = None
-        self.torrent: Torrent | None = None
+        self.torrent: AddedTorrent | None = None  # the minibt.torrent.Torrent, once the metadata arrived
         self.meta: Metainfo | None = None
         self._resume_path = resume_path
         self.fetcher = MetadataFetcher(magnet.info_hash, max_metadata_bytes=max_metadata_bytes)

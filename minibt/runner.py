@@ -246,10 +246,11 @@ class Runner:
             f = job.fetch
             if f is None:
                 continue
-            if f.torrent is not None:
+            t = self.client.session.torrents.get(f.info_hash) if f.torrent is not None else None
+            if t is not None:
                 job.fetch = None
-                job.torrent = f.torrent
-                job.meta = f.torrent.meta
+                job.torrent = t
+                job.meta = t.meta
                 log.info("%s: metadata received from the swarm", job.name)
                 path = self._magnet_meta_path(job.info_hash)
                 try:
