@@ -1,7 +1,10 @@
-"""The event loop: the only module that touches sockets and selectors (STYLE.md section 8).
+"""The event loop: with trackerio.py, the only module that touches sockets and selectors (STYLE.md 8).
 
 One ``selectors`` loop owns the TCP listener, every peer socket, the UDP socket (UDP trackers and
-uTP; DHT later), the HTTP(S) tracker connections and the hasher's wake-up socketpair.
+uTP; DHT later) and the hasher's wake-up socketpair.  The tracker transactions (HTTP(S) sockets,
+UDP announces) live in :class:`~minibt.trackerio.TrackerIO`, which the loop owns: it registers
+its sockets in this selector and gets their readiness, ``Announce`` actions, ``0x00`` datagrams,
+its DNS results and the tick from the loop.
 It reads ``now`` once per iteration, feeds the session, performs the session's Actions and
 drains outgoing bytes with backpressure.  Blocking DNS lookups run on the hasher's thread pool.
 
@@ -14,35 +17,24 @@ anything else is counted and dropped.  A uTP connection is a peer connection lik
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import selectors
 import socket
-import ssl
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from minibt.clock import Clock
 from minibt.effects import Flush, HashPiece
-from minibt.errors import CloseReason, TrackerError
+from minibt.errors import CloseReason
 from minibt.faults import FaultKind
 from minibt.ifwatch import InterfaceWatch
-from minibt.netif import Source, link_state, open_listen_sockets, send_probe, tune_tcp
+from minibt.netif import Source, is_ip, link_state, norm_ip, open_listen_sockets, send_probe, tune_tcp
 from minibt.peer import Transport
 from minibt.session import Announce, Close, Dial, Session
-from minibt.tracker import (
-    AnnounceDone,
-    AnnounceFailed,
-    AnnounceJob,
-    AnnounceParams,
-    HttpRequest,
-    UdpTrackerClient,
-    build_announce_url,
-    parse_http_announce,
-)
-from minibt.urls import Addr, parse_tracker_url
+from minibt.trackerio import STOPPED_TIMEOUT_S, TrackerIO
+from minibt.urls import Addr
 from minibt.utp_codec import is_utp_datagram
 from minibt.utp_config import UtpConfig
 from minibt.utp_peers import SEND_CHUNK, UtpPeers
@@ -52,8 +44,6 @@ log = logging.getLogger(__name__)
 
 RECV_BUF = 256 * 1024
 TICK_S = 0.25
-HTTP_TIMEOUT_S = 30.0
-STOPPED_TIMEOUT_S = 5.0
 FLUSH_ROUNDS = 4  # convention: flush rounds per loop iteration (on_writable may queue more bytes each round)
 SOCK_BUF = 1024 * 1024  # enlarged kernel socket buffers for loopback/LAN rates
 # uTP needs large UDP buffers: with Linux's ~208 KiB default, libtorrent's uTP drops ~2 % of datagrams
@@ -64,39 +54,11 @@ UDP_MAX_DATAGRAM = 65536
 MAX_TIMEOUT_S = 1.0  # STYLE.md 4: select(timeout=clamp(deadline - now, 0, 1.0))
 
 
-def _norm_ip(ip: str) -> str:
-    if ip.startswith("::ffff:") and "." in ip:
-        return ip[7:]
-    return ip
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return True
-    except ValueError:
-        return False
-
-
 @dataclass(frozen=True, slots=True)
 class _DialLookup:
     """Worker-job tag: resolving the host name of a peer to dial."""
 
     dial: Dial
-
-
-@dataclass(frozen=True, slots=True)
-class _HttpLookup:
-    """Worker-job tag: resolving the host of HTTP tracker transaction ``tid``."""
-
-    tid: int
-
-
-@dataclass(frozen=True, slots=True)
-class _UdpLookup:
-    """Worker-job tag: resolving the host of the UDP tracker at ``url``."""
-
-    url: str
 
 
 @dataclass(slots=True)
@@ -107,30 +69,6 @@ class _PeerSock:
     out: memoryview | None = None
     events: int = 0
     read_paused: bool = False  # download rate limit: EVENT_READ dropped until tokens refill
-
-
-@dataclass(slots=True)
-class _HttpTxn:
-    tid: int
-    info_hash: bytes
-    job: AnnounceJob
-    params: AnnounceParams
-    url: str
-    req: HttpRequest
-    deadline: float
-    redirects: int = 0
-    sock: socket.socket | None = None
-    connected: bool = False
-    out: bytes = b""
-
-
-@dataclass(slots=True)
-class _UdpTracker:
-    client: UdpTrackerClient
-    addr: tuple[str, int] | None = None
-    pending: list[tuple[bytes, AnnounceJob, AnnounceParams]] = field(default_factory=list)
-    job: tuple[bytes, AnnounceJob] | None = None
-    resolving: bool = False
 
 
 class EventLoop:
@@ -159,9 +97,6 @@ class EventLoop:
         self.sel = selectors.DefaultSelector()
         self._peers: dict[int, _PeerSock] = {}
         self._dirty: set[int] = set()  # connections with bytes to send (Flush actions not flushed yet)
-        self._http: dict[int, _HttpTxn] = {}
-        self._udp_trackers: dict[str, _UdpTracker] = {}
-        self._next_tid = 1
         self._listener: socket.socket | None = None
         self._udp: socket.socket | None = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -175,7 +110,6 @@ class EventLoop:
         # Called once per iteration before actions and output are flushed (the Client delivers the
         # public API events here, so what callbacks queue goes out in the same iteration).
         self.before_flush: Callable[[], object] | None = None
-        self._tls: ssl.SSLContext | None = None
         self._hash_backlog: deque[HashJob] = deque()
         self.counters: dict[str, int] = {"udp_unmatched": 0, "accepted": 0, "refused": 0, "dials": 0}
         self.counters["read_pauses"] = 0
@@ -189,6 +123,11 @@ class EventLoop:
         self._uview = memoryview(self._ubuf)
         self._udp_v6 = False
         self.udp_buffers = (0, 0)  # (SO_RCVBUF, SO_SNDBUF) the kernel granted
+        self.trackers = TrackerIO(
+            session, sel=self.sel, hasher=hasher, source=self.source, bind=bind,
+            paused_reason=lambda: self.paused_reason, udp_socket=lambda: self._udp,
+            udp_addr=self._udp_addr, udp_reaches=self._udp_reaches,
+        )
 
     # ------------------------------------------------------------------ setup / teardown
 
@@ -265,8 +204,7 @@ class EventLoop:
         if self._utp is not None:
             self._utp.reset_all()
             self._utp.datagrams_to_send(now=now)  # nowhere to send them: discarded
-        for txn in list(self._http.values()):
-            self._http_fail(txn, reason, now)
+        self.trackers.fail_all(reason, now)
         self._close_socks(self._listener, self._udp)
 
     def request_stop(self) -> None:
@@ -284,8 +222,7 @@ class EventLoop:
         if self._utp is not None:
             self._utp.reset_all()
             self._utp_send(self.clock.now())
-        for txn in list(self._http.values()):
-            self._http_close(txn)
+        self.trackers.close()
         self._close_socks(self._listener, self._udp, self._wake_r, self._wake_w)
         self.sel.close()
 
@@ -316,8 +253,7 @@ class EventLoop:
         deadline = now + grace_s
         self._stop_requested = False
         while (
-            self._http
-            or any(u.job or u.pending for u in self._udp_trackers.values())
+            self.trackers.busy
             or self.hasher.pending
             or self._hash_backlog
         ) and self.clock.now() < deadline:
@@ -347,7 +283,7 @@ class EventLoop:
                 elif kind == "udp":
                     self._udp_read(now)
                 elif kind == "http":
-                    self._http_event(obj, mask, now)
+                    self.trackers.http_event(obj, mask, now)
             except Exception as e:
                 self._contain(kind, obj, e, now)
         if rate_at is not None and now >= rate_at:
@@ -363,7 +299,7 @@ class EventLoop:
                 self._check_link(now)
             if tick_session:
                 self.session.tick(now=now)
-            self._tick_trackers(now)
+            self.trackers.tick(now)
             if on_tick is not None:
                 on_tick(now)
         if self.before_flush is not None:
@@ -380,10 +316,7 @@ class EventLoop:
             if ps is not None:
                 self._close_sock(ps)
         elif kind == "http":
-            txn = self._http.get(obj)
-            detail = self.session.faults.record(FaultKind.TRACKER, f"tracker {txn.url if txn else obj}", exc)
-            if txn is not None:
-                self._http_fail(txn, detail, now)
+            self.trackers.fault(obj, exc, now)
         else:
             what = {"udp": FaultKind.DATAGRAM, "listen": FaultKind.ACCEPT}.get(kind, FaultKind.WORKER)
             self.session.faults.record(what, f"{kind} input", exc)
@@ -406,7 +339,7 @@ class EventLoop:
                     case Dial() if self.paused_reason is not None:
                         self.session.on_closed(a.cid, CloseReason.CONNECT_FAILED, f"paused: {self.paused_reason}",
                                                now=now)
-                    case Dial() if not _is_ip(a.addr[0]):
+                    case Dial() if not is_ip(a.addr[0]):
                         self._resolve_dial(a, now)
                     case Dial(transport=Transport.UTP):
                         self._utp_dial(a.cid, a.addr, now)
@@ -423,7 +356,7 @@ class EventLoop:
                         self._hash_backlog.append(job)
                         self._pump_hasher()
                     case Announce():
-                        self._announce(a.info_hash, a.job, a.params, now)
+                        self.trackers.announce(a.info_hash, a.job, a.params, now)
             if self._dirty and flushes < FLUSH_ROUNDS:
                 flushes += 1
                 dirty, self._dirty = self._dirty, set()
@@ -455,7 +388,7 @@ class EventLoop:
         if not usable:
             self.session.on_closed(a.cid, CloseReason.CONNECT_FAILED, f"no usable address for {a.addr[0]}", now=now)
             return
-        addr = (_norm_ip(usable[0][4][0]), a.addr[1])
+        addr = (norm_ip(usable[0][4][0]), a.addr[1])
         if a.transport == Transport.UTP:
             self._utp_dial(a.cid, addr, now)
         else:
@@ -530,7 +463,7 @@ class EventLoop:
             except OSError as e:
                 log.warning("accept failed: %s", e)
                 return
-            ip = _norm_ip(addr[0])
+            ip = norm_ip(addr[0])
             cid = self.session.on_incoming((ip, addr[1]), now=now)
             if cid is None:
                 self.counters["refused"] += 1
@@ -690,224 +623,10 @@ class EventLoop:
         match res.tag:
             case _DialLookup(dial):
                 self._resolved_dial(dial, res, now)
-            case _HttpLookup(tid):
-                self._resolved_http(tid, res, now)
-            case _UdpLookup(url):
-                self._resolved_udp(url, res, now)
+            case _:
+                self.trackers.resolved(res, now)
 
-    def _resolved_http(self, tid: int, res: CallResult, now: float) -> None:
-        txn = self._http.get(tid)
-        if txn is None:
-            return
-        if res.error is not None or not res.value:
-            self._http_fail(txn, f"cannot resolve {txn.req.host}: {res.error}", now)
-            return
-        found: Any = res.value
-        infos: Any = [i for i in found if self.source.reaches(i[4][0])] or found
-        fam, _, _, _, sockaddr = infos[0]
-        self._http_connect(txn, fam, sockaddr, now)
-
-    def _resolved_udp(self, url: str, res: CallResult, now: float) -> None:
-        ut = self._udp_trackers.get(url)
-        if ut is None:
-            return
-        ut.resolving = False
-        found: Any = res.value or ()
-        infos = [i for i in found if self._udp_reaches(i[4][0])]
-        if res.error is not None or not infos:
-            why = f"cannot resolve: {res.error}" if res.error is not None or not found else (
-                f"no address reachable from the UDP socket on {self.bind}")
-            for info_hash, job, _ in ut.pending:
-                self.session.on_announce_result(info_hash, job, None, why, now=now)
-            ut.pending.clear()
-            return
-        ut.addr = (_norm_ip(infos[0][4][0]), infos[0][4][1])
-        self._udp_next(ut, now)
-
-    # ------------------------------------------------------------------ trackers
-
-    def _announce(self, info_hash: bytes, job: AnnounceJob, params: AnnounceParams, now: float) -> None:
-        url = job.url
-        if self.paused_reason is not None:
-            self.session.on_announce_result(info_hash, job, None, f"paused: {self.paused_reason}", now=now)
-            return
-        if url.startswith(("http://", "https://")):
-            self._http_start(info_hash, job, params, url, now, redirects=0)
-        elif url.startswith("udp://"):
-            self._udp_start(info_hash, job, params, url, now)
-        else:
-            self.session.on_announce_result(info_hash, job, None, "unsupported tracker scheme", now=now)
-
-    def _http_start(
-        self, info_hash: bytes, job: AnnounceJob, params: AnnounceParams, url: str, now: float, *, redirects: int
-    ) -> None:
-        try:
-            full = build_announce_url(url, params)
-            if url.startswith("https://"):
-                if self._tls is None:
-                    self._tls = ssl.create_default_context()
-                req = HttpRequest(full, tls_context=self._tls)
-            else:
-                req = HttpRequest(full)
-        except (TrackerError, ValueError) as e:  # ValueError (UnicodeError) from ssl: defence in depth
-            self.session.on_announce_result(info_hash, job, None, str(e), now=now)
-            return
-        tid = self._next_tid
-        self._next_tid += 1
-        timeout = min(job.timeout_s, STOPPED_TIMEOUT_S if params.event == "stopped" else HTTP_TIMEOUT_S)
-        txn = _HttpTxn(tid, info_hash, job, params, url, req, now + timeout, redirects)
-        self._http[tid] = txn
-        host = req.host.strip("[]")
-        if _is_ip(host):
-            fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-            self._http_connect(txn, fam, (host, req.port), now)
-        else:
-            port = req.port
-            if not self.hasher.can_submit():
-                self._http_fail(txn, "busy: resolver queue full", now)
-                return
-            self.hasher.run(
-                lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), _HttpLookup(tid)
-            )
-
-    def _http_connect(self, txn: _HttpTxn, fam: int, sockaddr: Any, now: float) -> None:
-        if not self.source.reaches(sockaddr[0]):
-            self._http_fail(txn, f"{sockaddr[0]} is not reachable from {self.bind}", now)
-            return
-        try:
-            s = socket.socket(fam, socket.SOCK_STREAM)
-        except OSError as e:
-            self._http_fail(txn, str(e), now)
-            return
-        try:
-            s.setblocking(False)
-            self.source.prepare(s)  # the bound address / interface (issue 10)
-            err = s.connect_ex(sockaddr)
-        except OSError as e:
-            s.close()
-            self._http_fail(txn, str(e), now)
-            return
-        if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
-            s.close()
-            self._http_fail(txn, f"connect: {errno.errorcode.get(err, err)}", now)
-            return
-        txn.sock = s
-        self.sel.register(s, selectors.EVENT_WRITE, ("http", txn.tid))
-
-    def _http_event(self, tid: int, mask: int, now: float) -> None:
-        txn = self._http.get(tid)
-        if txn is None or txn.sock is None:
-            return
-        s = txn.sock
-        if not txn.connected:
-            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                self._http_fail(txn, f"connect: {errno.errorcode.get(err, err)}", now)
-                return
-            txn.connected = True
-        try:
-            if mask & selectors.EVENT_READ:
-                data = s.recv(65536)
-                if data:
-                    txn.req.receive_data(data)
-                else:
-                    txn.req.eof()
-            txn.out += txn.req.data_to_send()
-            if txn.out:
-                sent = s.send(txn.out)
-                txn.out = txn.out[sent:]
-        except (BlockingIOError, InterruptedError):
-            pass
-        except (OSError, TrackerError) as e:
-            self._http_fail(txn, str(e), now)
-            return
-        if txn.req.done:
-            self._http_finish(txn, now)
-            return
-        self.sel.modify(s, selectors.EVENT_READ | (selectors.EVENT_WRITE if txn.out else 0), ("http", tid))
-
-    def _http_finish(self, txn: _HttpTxn, now: float) -> None:
-        self._http_close(txn)
-        try:
-            status, body = txn.req.result()
-            loc = txn.req.redirect_location
-            if loc and txn.redirects < 3:
-                self._http_start(txn.info_hash, txn.job, txn.params, loc, now, redirects=txn.redirects + 1)
-                return
-            if status != 200:
-                raise TrackerError(f"HTTP status {status}")
-            result = parse_http_announce(body)
-        except TrackerError as e:
-            self.session.on_announce_result(txn.info_hash, txn.job, None, str(e), now=now)
-            return
-        except Exception as e:  # one tracker transaction (STYLE.md section 13): the announce fails
-            detail = self.session.faults.record(FaultKind.TRACKER, f"tracker {txn.url}", e)
-            self.session.on_announce_result(txn.info_hash, txn.job, None, detail, now=now)
-            return
-        self.session.on_announce_result(txn.info_hash, txn.job, result, None, now=now)
-
-    def _http_fail(self, txn: _HttpTxn, msg: str, now: float) -> None:
-        self._http_close(txn)
-        self.session.on_announce_result(txn.info_hash, txn.job, None, msg, now=now)
-
-    def _http_close(self, txn: _HttpTxn) -> None:
-        self._http.pop(txn.tid, None)
-        if txn.sock is not None:
-            try:
-                self.sel.unregister(txn.sock)
-            except (KeyError, ValueError):
-                pass
-            txn.sock.close()
-            txn.sock = None
-
-    def _udp_start(self, info_hash: bytes, job: AnnounceJob, params: AnnounceParams, url: str, now: float) -> None:
-        ut = self._udp_trackers.get(url)
-        if ut is None:
-            ut = _UdpTracker(UdpTrackerClient(self.session.rng))
-            self._udp_trackers[url] = ut
-        ut.pending.append((info_hash, job, params))
-        if ut.addr is None and not ut.resolving:
-            try:
-                parsed = parse_tracker_url(url, ("udp",))
-            except ValueError as e:
-                ut.pending.pop()
-                self.session.on_announce_result(info_hash, job, None, f"bad UDP tracker URL: {e}", now=now)
-                return
-            host, port = parsed.host, parsed.port
-            if _is_ip(host):
-                if not self._udp_reaches(host):
-                    ut.pending.pop()
-                    self.session.on_announce_result(info_hash, job, None,
-                                                    f"{host} is not reachable from the UDP socket on {self.bind}",
-                                                    now=now)
-                    return
-                ut.addr = (host, port)
-            else:
-                if not self.hasher.can_submit():
-                    ut.pending.pop()
-                    self.session.on_announce_result(info_hash, job, None, "busy: resolver queue full", now=now)
-                    return
-                ut.resolving = True
-                self.hasher.run(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM), _UdpLookup(url))
-                return
-        self._udp_next(ut, now)
-
-    def _udp_next(self, ut: _UdpTracker, now: float) -> None:
-        if ut.job is not None or not ut.pending or ut.addr is None:
-            return
-        info_hash, job, params = ut.pending.pop(0)
-        ut.job = (info_hash, job)
-        ut.client.announce(params, now=now)
-        self._udp_send(ut, now)
-
-    def _udp_send(self, ut: _UdpTracker, now: float) -> None:
-        if self._udp is None or ut.addr is None:
-            return
-        for dgram in ut.client.datagrams_to_send(now=now):
-            try:
-                self._udp.sendto(dgram, self._udp_addr(ut.addr))
-            except (OSError, OverflowError, ValueError) as e:  # the URL was validated; defence in depth
-                log.debug("udp send to %s failed: %s", ut.addr, e)
+    # ------------------------------------------------------------------ UDP socket
 
     def _udp_read(self, now: float) -> None:
         """Drain the UDP socket (up to a batch) and route each datagram by its first byte."""
@@ -928,12 +647,7 @@ class EventLoop:
                 if utp is not None and is_utp_datagram(data):
                     utp.receive_datagram(data, src, now=now)
                 elif n and buf[0] == 0:  # BEP 15 responses start with a 32-bit action < 256
-                    matched = False
-                    for ut in self._udp_trackers.values():
-                        if ut.addr == src and ut.job is not None:
-                            matched = True
-                            self._udp_events(ut, ut.client.receive_datagram(bytes(data), now=now), now)
-                    if not matched:
+                    if not self.trackers.receive_datagram(data, src, now):
                         counters["udp_unmatched"] += 1
                 else:
                     counters["udp_dropped"] += 1
@@ -966,7 +680,7 @@ class EventLoop:
             self.session.on_closed(cid, CloseReason.CONNECT_FAILED, f"{addr[0]} is not reachable from {self.bind}",
                                    now=now)
             return
-        self._utp.dial(cid, (_norm_ip(addr[0]), addr[1]), now=now)
+        self._utp.dial(cid, (norm_ip(addr[0]), addr[1]), now=now)
 
     def _utp_send(self, now: float) -> None:
         utp, sock = self._utp, self._udp
@@ -997,27 +711,3 @@ class EventLoop:
     def utp_stats(self) -> dict[str, int]:
         """The uTP multiplexer's counters (empty without uTP)."""
         return self._utp.stats() if self._utp is not None else {}
-
-    def _udp_events(self, ut: _UdpTracker, events: list[Any], now: float) -> None:
-        for ev in events:
-            if ut.job is None:
-                break
-            info_hash, job = ut.job
-            match ev:
-                case AnnounceDone(result=result):
-                    ut.job = None
-                    self.session.on_announce_result(info_hash, job, result, None, now=now)
-                case AnnounceFailed(message=message):
-                    ut.job = None
-                    self.session.on_announce_result(info_hash, job, None, message, now=now)
-        self._udp_send(ut, now)
-        self._udp_next(ut, now)
-
-    def _tick_trackers(self, now: float) -> None:
-        for txn in list(self._http.values()):
-            if now >= txn.deadline:
-                self._http_fail(txn, "timed out", now)
-        for ut in self._udp_trackers.values():
-            dl = ut.client.next_deadline()
-            if ut.job is not None and dl is not None and now >= dl:
-                self._udp_events(ut, ut.client.handle_timeout(now=now), now)

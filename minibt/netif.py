@@ -1,9 +1,10 @@
 """Where outgoing traffic leaves from: source address, SO_BINDTODEVICE and interface state.
 
-Impure helper of loop.py (the only other module allowed to import ``socket``): it sets options on
-sockets the loop created and asks the kernel about an interface; it never sends or receives.
-``Source.reaches`` and ``Source.from_bind`` are pure.  Linux only (SO_BINDTODEVICE, SIOCGIFFLAGS;
-unprivileged SO_BINDTODEVICE needs Linux >= 5.7, older kernels need CAP_NET_RAW).
+Impure helper of loop.py and trackerio.py (and with them the only module allowed to import
+``socket``): it sets options on sockets they created and asks the kernel about an interface; it
+never sends or receives.  ``Source.reaches``, ``Source.from_bind``, ``is_ip`` and ``norm_ip`` are
+pure.  Linux only (SO_BINDTODEVICE, SIOCGIFFLAGS; unprivileged SO_BINDTODEVICE needs Linux >= 5.7,
+older kernels need CAP_NET_RAW).
 """
 
 from __future__ import annotations
@@ -62,6 +63,22 @@ class Source:
             bind_to_device(s, self.interface)
         if self.ip is not None and s.family == self.family:
             s.bind((self.ip, 0))
+
+
+def is_ip(host: str) -> bool:
+    """Is ``host`` an IP literal (IPv6 with or without brackets), not a name to resolve?"""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+def norm_ip(ip: str) -> str:
+    """An IPv4 address as a dual-stack socket reports it (``::ffff:1.2.3.4``) in its plain form."""
+    if ip.startswith("::ffff:") and "." in ip:
+        return ip[7:]
+    return ip
 
 
 def bind_to_device(s: socket.socket, name: str) -> None:

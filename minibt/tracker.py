@@ -1,8 +1,9 @@
 """Tracker announces: HTTP(S) (BEP 3, 7, 23), UDP (BEP 15) and tier scheduling (BEP 12).
 
-Everything here is pure: the loop opens the sockets, feeds bytes/datagrams and ``now``, and sends
-what the machines return.  ``ssl`` is used only through ``ssl.MemoryBIO`` + ``SSLContext.wrap_bio``
-(no sockets).  Scrape (BEP 48 / BEP 15 action 2) is out of scope.
+Everything here is pure: the loop's tracker half (trackerio.py) opens the sockets, feeds
+bytes/datagrams and ``now``, and sends what the machines return.  ``ssl`` is used only through
+``ssl.MemoryBIO`` + ``SSLContext.wrap_bio`` (no sockets).  Scrape (BEP 48 / BEP 15 action 2) is
+out of scope.
 
     Announcer.poll() -> AnnounceJob(url, event) -> session builds AnnounceParams
         http(s): HttpRequest(build_announce_url(url, p)) -> parse_http_announce(body)
@@ -230,7 +231,7 @@ _TLS_READ_BYTES = 64 * 1024
 class HttpRequest:
     """One HTTP/1.1 GET over one connection, optionally TLS over ``ssl.MemoryBIO``.
 
-    The loop connects to ``(host, port)``, sends :meth:`data_to_send`, feeds what it reads to
+    trackerio.py connects to ``(host, port)``, sends :meth:`data_to_send`, feeds what it reads to
     :meth:`receive_data` and calls :meth:`eof` when the server closes.  Remote input never raises:
     a failure makes :attr:`done` True and :meth:`result` raise TrackerError.
     """

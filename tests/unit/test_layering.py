@@ -15,10 +15,17 @@ PKG = Path(__file__).resolve().parents[2] / "minibt"
 
 # module name -> the only minibt modules allowed to import it
 RESTRICTED: dict[str, set[str]] = {
-    "socket": {"loop.py", "netif.py"},  # netif.py: socket options and interface state for the loop
-    "selectors": {"loop.py"},
+    "socket": {
+        "loop.py",
+        "netif.py",  # netif.py: socket options and interface state for the loop
+        "trackerio.py",  # trackerio.py: the loop's tracker transactions (HTTP sockets, UDP sends, DNS)
+    },
+    "selectors": {"loop.py", "trackerio.py"},  # trackerio.py: its HTTP sockets in the loop's selector
     "select": {"loop.py"},
-    "ssl": {"loop.py", "tracker.py"},  # tracker.py uses ssl.MemoryBIO only: no sockets
+    "ssl": {
+        "trackerio.py",  # trackerio.py: the default context for HTTPS trackers
+        "tracker.py",  # tracker.py uses ssl.MemoryBIO only: no sockets
+    },
     "threading": {"workers.py"},
     "concurrent": {"workers.py"},
     "_thread": {"workers.py"},

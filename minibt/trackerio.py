@@ -1,0 +1,406 @@
+"""Tracker transactions on real sockets: the tracker half of the event loop (STYLE.md section 8).
+
+:class:`TrackerIO` carries out the session's ``Announce`` actions: HTTP(S) announces over
+non-blocking TCP sockets of their own (:class:`~minibt.tracker.HttpRequest`; TLS through
+``ssl.MemoryBIO``, at most 3 redirects) and BEP 15 UDP announces (one
+:class:`~minibt.tracker.UdpTrackerClient` per tracker URL, one announce at a time) sent from the
+loop's one UDP socket.  Host names are resolved on the worker pool.  It has no thread, clock or
+selector of its own: the event loop (loop.py) owns it, gives it its selector and UDP socket, and
+routes to it the ``("http", tid)`` readiness, the ``0x00`` datagrams, its lookup results and the
+tick.  Every outcome of an announce, a contained fault included (STYLE.md section 13), goes back
+to ``Session.on_announce_result``.  It never imports minibt.loop.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import selectors
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from minibt.errors import TrackerError
+from minibt.faults import FaultKind
+from minibt.netif import Source, is_ip, norm_ip
+from minibt.session import Session
+from minibt.tracker import (
+    AnnounceDone,
+    AnnounceFailed,
+    AnnounceJob,
+    AnnounceParams,
+    HttpRequest,
+    UdpTrackerClient,
+    build_announce_url,
+    parse_http_announce,
+)
+from minibt.urls import Addr, parse_tracker_url
+from minibt.workers import CallResult, Hasher
+
+log = logging.getLogger(__name__)
+
+HTTP_TIMEOUT_S = 30.0
+STOPPED_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class _HttpLookup:
+    """Worker-job tag: resolving the host of HTTP tracker transaction ``tid``."""
+
+    tid: int
+
+
+@dataclass(frozen=True, slots=True)
+class _UdpLookup:
+    """Worker-job tag: resolving the host of the UDP tracker at ``url``."""
+
+    url: str
+
+
+@dataclass(slots=True)
+class _HttpTxn:
+    tid: int
+    info_hash: bytes
+    job: AnnounceJob
+    params: AnnounceParams
+    url: str
+    req: HttpRequest
+    deadline: float
+    redirects: int = 0
+    sock: socket.socket | None = None
+    connected: bool = False
+    out: bytes = b""
+
+
+@dataclass(slots=True)
+class _UdpTracker:
+    client: UdpTrackerClient
+    addr: tuple[str, int] | None = None
+    pending: list[tuple[bytes, AnnounceJob, AnnounceParams]] = field(default_factory=list)
+    job: tuple[bytes, AnnounceJob] | None = None
+    resolving: bool = False
+
+
+class TrackerIO:
+    """The HTTP(S) and UDP tracker transactions of one event loop."""
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        sel: selectors.BaseSelector,
+        hasher: Hasher,
+        source: Source,
+        bind: str,
+        paused_reason: Callable[[], str | None],
+        udp_socket: Callable[[], socket.socket | None],
+        udp_addr: Callable[[Addr], Addr],
+        udp_reaches: Callable[[str], bool],
+    ) -> None:
+        """``sel``: the loop's selector, where HTTP sockets are registered as ``("http", tid)``;
+        ``hasher``: the worker pool for DNS; ``paused_reason``: why networking is paused (None: it
+        runs); ``udp_socket``: the loop's UDP socket (None while it is closed); ``udp_addr``: an
+        address as ``sendto()`` on it wants it; ``udp_reaches``: can that socket reach an IP."""
+        self.session = session
+        self.sel = sel
+        self.hasher = hasher
+        self.source = source
+        self.bind = bind
+        self._paused_reason = paused_reason
+        self._udp_socket = udp_socket
+        self._udp_addr = udp_addr
+        self._udp_reaches = udp_reaches
+        self._http: dict[int, _HttpTxn] = {}
+        self._udp_trackers: dict[str, _UdpTracker] = {}
+        self._next_tid = 1
+        self._tls: ssl.SSLContext | None = None
+
+    # ------------------------------------------------------------------ the loop's calls
+
+    @property
+    def busy(self) -> bool:
+        """Is an HTTP transaction open, or a UDP announce running or queued?"""
+        return bool(self._http) or any(u.job or u.pending for u in self._udp_trackers.values())
+
+    def announce(self, info_hash: bytes, job: AnnounceJob, params: AnnounceParams, now: float) -> None:
+        """Carry out one ``Announce`` action; its outcome goes to ``session.on_announce_result``."""
+        url = job.url
+        paused = self._paused_reason()
+        if paused is not None:
+            self.session.on_announce_result(info_hash, job, None, f"paused: {paused}", now=now)
+            return
+        if url.startswith(("http://", "https://")):
+            self._http_start(info_hash, job, params, url, now, redirects=0)
+        elif url.startswith("udp://"):
+            self._udp_start(info_hash, job, params, url, now)
+        else:
+            self.session.on_announce_result(info_hash, job, None, "unsupported tracker scheme", now=now)
+
+    def fault(self, tid: int, exc: Exception, now: float) -> None:
+        """An exception escaped :meth:`http_event` for ``tid``: that one announce fails (STYLE.md 13)."""
+        txn = self._http.get(tid)
+        detail = self.session.faults.record(FaultKind.TRACKER, f"tracker {txn.url if txn else tid}", exc)
+        if txn is not None:
+            self._http_fail(txn, detail, now)
+
+    def resolved(self, res: CallResult, now: float) -> None:
+        """A worker-pool lookup finished; results of lookups that are not a tracker's are ignored."""
+        match res.tag:
+            case _HttpLookup(tid):
+                self._resolved_http(tid, res, now)
+            case _UdpLookup(url):
+                self._resolved_udp(url, res, now)
+
+    def receive_datagram(self, data: memoryview, src: Addr, now: float) -> bool:
+        """A BEP 15 datagram from ``src``; False if no UDP tracker there is waiting for one."""
+        matched = False
+        for ut in self._udp_trackers.values():
+            if ut.addr == src and ut.job is not None:
+                matched = True
+                self._udp_events(ut, ut.client.receive_datagram(bytes(data), now=now), now)
+        return matched
+
+    def tick(self, now: float) -> None:
+        """Time out HTTP transactions and retransmit or time out UDP announces."""
+        for txn in list(self._http.values()):
+            if now >= txn.deadline:
+                self._http_fail(txn, "timed out", now)
+        for ut in self._udp_trackers.values():
+            dl = ut.client.next_deadline()
+            if ut.job is not None and dl is not None and now >= dl:
+                self._udp_events(ut, ut.client.handle_timeout(now=now), now)
+
+    def fail_all(self, reason: str, now: float) -> None:
+        """The network went away: every open HTTP transaction fails with ``reason``."""
+        for txn in list(self._http.values()):
+            self._http_fail(txn, reason, now)
+
+    def close(self) -> None:
+        """Close every HTTP socket (no results are reported)."""
+        for txn in list(self._http.values()):
+            self._http_close(txn)
+
+    # ------------------------------------------------------------------ lookups
+
+    def _resolved_http(self, tid: int, res: CallResult, now: float) -> None:
+        txn = self._http.get(tid)
+        if txn is None:
+            return
+        if res.error is not None or not res.value:
+            self._http_fail(txn, f"cannot resolve {txn.req.host}: {res.error}", now)
+            return
+        found: Any = res.value
+        infos: Any = [i for i in found if self.source.reaches(i[4][0])] or found
+        fam, _, _, _, sockaddr = infos[0]
+        self._http_connect(txn, fam, sockaddr, now)
+
+    def _resolved_udp(self, url: str, res: CallResult, now: float) -> None:
+        ut = self._udp_trackers.get(url)
+        if ut is None:
+            return
+        ut.resolving = False
+        found: Any = res.value or ()
+        infos = [i for i in found if self._udp_reaches(i[4][0])]
+        if res.error is not None or not infos:
+            why = f"cannot resolve: {res.error}" if res.error is not None or not found else (
+                f"no address reachable from the UDP socket on {self.bind}")
+            for info_hash, job, _ in ut.pending:
+                self.session.on_announce_result(info_hash, job, None, why, now=now)
+            ut.pending.clear()
+            return
+        ut.addr = (norm_ip(infos[0][4][0]), infos[0][4][1])
+        self._udp_next(ut, now)
+
+    # ------------------------------------------------------------------ HTTP(S) trackers
+
+    def _http_start(
+        self, info_hash: bytes, job: AnnounceJob, params: AnnounceParams, url: str, now: float, *, redirects: int
+    ) -> None:
+        try:
+            full = build_announce_url(url, params)
+            if url.startswith("https://"):
+                if self._tls is None:
+                    self._tls = ssl.create_default_context()
+                req = HttpRequest(full, tls_context=self._tls)
+            else:
+                req = HttpRequest(full)
+        except (TrackerError, ValueError) as e:  # ValueError (UnicodeError) from ssl: defence in depth
+            self.session.on_announce_result(info_hash, job, None, str(e), now=now)
+            return
+        tid = self._next_tid
+        self._next_tid += 1
+        timeout = min(job.timeout_s, STOPPED_TIMEOUT_S if params.event == "stopped" else HTTP_TIMEOUT_S)
+        txn = _HttpTxn(tid, info_hash, job, params, url, req, now + timeout, redirects)
+        self._http[tid] = txn
+        host = req.host.strip("[]")
+        if is_ip(host):
+            fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self._http_connect(txn, fam, (host, req.port), now)
+        else:
+            port = req.port
+            if not self.hasher.can_submit():
+                self._http_fail(txn, "busy: resolver queue full", now)
+                return
+            self.hasher.run(
+                lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), _HttpLookup(tid)
+            )
+
+    def _http_connect(self, txn: _HttpTxn, fam: int, sockaddr: Any, now: float) -> None:
+        if not self.source.reaches(sockaddr[0]):
+            self._http_fail(txn, f"{sockaddr[0]} is not reachable from {self.bind}", now)
+            return
+        try:
+            s = socket.socket(fam, socket.SOCK_STREAM)
+        except OSError as e:
+            self._http_fail(txn, str(e), now)
+            return
+        try:
+            s.setblocking(False)
+            self.source.prepare(s)  # the bound address / interface (issue 10)
+            err = s.connect_ex(sockaddr)
+        except OSError as e:
+            s.close()
+            self._http_fail(txn, str(e), now)
+            return
+        if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            s.close()
+            self._http_fail(txn, f"connect: {errno.errorcode.get(err, err)}", now)
+            return
+        txn.sock = s
+        self.sel.register(s, selectors.EVENT_WRITE, ("http", txn.tid))
+
+    def http_event(self, tid: int, mask: int, now: float) -> None:
+        """The loop's selector reported ``("http", tid)`` ready (an exception goes to :meth:`fault`)."""
+        txn = self._http.get(tid)
+        if txn is None or txn.sock is None:
+            return
+        s = txn.sock
+        if not txn.connected:
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self._http_fail(txn, f"connect: {errno.errorcode.get(err, err)}", now)
+                return
+            txn.connected = True
+        try:
+            if mask & selectors.EVENT_READ:
+                data = s.recv(65536)
+                if data:
+                    txn.req.receive_data(data)
+                else:
+                    txn.req.eof()
+            txn.out += txn.req.data_to_send()
+            if txn.out:
+                sent = s.send(txn.out)
+                txn.out = txn.out[sent:]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except (OSError, TrackerError) as e:
+            self._http_fail(txn, str(e), now)
+            return
+        if txn.req.done:
+            self._http_finish(txn, now)
+            return
+        self.sel.modify(s, selectors.EVENT_READ | (selectors.EVENT_WRITE if txn.out else 0), ("http", tid))
+
+    def _http_finish(self, txn: _HttpTxn, now: float) -> None:
+        self._http_close(txn)
+        try:
+            status, body = txn.req.result()
+            loc = txn.req.redirect_location
+            if loc and txn.redirects < 3:
+                self._http_start(txn.info_hash, txn.job, txn.params, loc, now, redirects=txn.redirects + 1)
+                return
+            if status != 200:
+                raise TrackerError(f"HTTP status {status}")
+            result = parse_http_announce(body)
+        except TrackerError as e:
+            self.session.on_announce_result(txn.info_hash, txn.job, None, str(e), now=now)
+            return
+        except Exception as e:  # one tracker transaction (STYLE.md section 13): the announce fails
+            detail = self.session.faults.record(FaultKind.TRACKER, f"tracker {txn.url}", e)
+            self.session.on_announce_result(txn.info_hash, txn.job, None, detail, now=now)
+            return
+        self.session.on_announce_result(txn.info_hash, txn.job, result, None, now=now)
+
+    def _http_fail(self, txn: _HttpTxn, msg: str, now: float) -> None:
+        self._http_close(txn)
+        self.session.on_announce_result(txn.info_hash, txn.job, None, msg, now=now)
+
+    def _http_close(self, txn: _HttpTxn) -> None:
+        self._http.pop(txn.tid, None)
+        if txn.sock is not None:
+            try:
+                self.sel.unregister(txn.sock)
+            except (KeyError, ValueError):
+                pass
+            txn.sock.close()
+            txn.sock = None
+
+    # ------------------------------------------------------------------ UDP trackers (BEP 15)
+
+    def _udp_start(self, info_hash: bytes, job: AnnounceJob, params: AnnounceParams, url: str, now: float) -> None:
+        ut = self._udp_trackers.get(url)
+        if ut is None:
+            ut = _UdpTracker(UdpTrackerClient(self.session.rng))
+            self._udp_trackers[url] = ut
+        ut.pending.append((info_hash, job, params))
+        if ut.addr is None and not ut.resolving:
+            try:
+                parsed = parse_tracker_url(url, ("udp",))
+            except ValueError as e:
+                ut.pending.pop()
+                self.session.on_announce_result(info_hash, job, None, f"bad UDP tracker URL: {e}", now=now)
+                return
+            host, port = parsed.host, parsed.port
+            if is_ip(host):
+                if not self._udp_reaches(host):
+                    ut.pending.pop()
+                    self.session.on_announce_result(info_hash, job, None,
+                                                    f"{host} is not reachable from the UDP socket on {self.bind}",
+                                                    now=now)
+                    return
+                ut.addr = (host, port)
+            else:
+                if not self.hasher.can_submit():
+                    ut.pending.pop()
+                    self.session.on_announce_result(info_hash, job, None, "busy: resolver queue full", now=now)
+                    return
+                ut.resolving = True
+                self.hasher.run(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM), _UdpLookup(url))
+                return
+        self._udp_next(ut, now)
+
+    def _udp_next(self, ut: _UdpTracker, now: float) -> None:
+        if ut.job is not None or not ut.pending or ut.addr is None:
+            return
+        info_hash, job, params = ut.pending.pop(0)
+        ut.job = (info_hash, job)
+        ut.client.announce(params, now=now)
+        self._udp_send(ut, now)
+
+    def _udp_send(self, ut: _UdpTracker, now: float) -> None:
+        sock = self._udp_socket()
+        if sock is None or ut.addr is None:
+            return
+        for dgram in ut.client.datagrams_to_send(now=now):
+            try:
+                sock.sendto(dgram, self._udp_addr(ut.addr))
+            except (OSError, OverflowError, ValueError) as e:  # the URL was validated; defence in depth
+                log.debug("udp send to %s failed: %s", ut.addr, e)
+
+    def _udp_events(self, ut: _UdpTracker, events: list[Any], now: float) -> None:
+        for ev in events:
+            if ut.job is None:
+                break
+            info_hash, job = ut.job
+            match ev:
+                case AnnounceDone(result=result):
+                    ut.job = None
+                    self.session.on_announce_result(info_hash, job, result, None, now=now)
+                case AnnounceFailed(message=message):
+                    ut.job = None
+                    self.session.on_announce_result(info_hash, job, None, message, now=now)
+        self._udp_send(ut, now)
+        self._udp_next(ut, now)
