@@ -713,7 +713,7 @@ class Session:
                         hs.accept(info_hash)
                         self._actions.append(Flush(conn.cid))
                         continue
-                    refusal = self._refusal(t, conn)
+                    refusal = self._refusal(t, conn, info_hash)
                     if refusal is not None:
                         self.close(conn.cid, *refusal)
                         return
@@ -725,11 +725,10 @@ class Session:
                     self._handshake_done(conn, hs, ev, now)
                     return
 
-    def _refusal(self, t: Torrent | None, conn: PeerConnection) -> tuple[CloseReason, str] | None:
-        """Why an incoming connection naming torrent ``t`` is refused after its info-hash, or None."""
+    def _refusal(self, t: Torrent | None, conn: PeerConnection, info_hash: bytes) -> tuple[CloseReason, str] | None:
+        """Why an incoming connection naming ``info_hash`` (torrent ``t``) is refused, or None."""
         if t is None:
-            info_hash = conn.handshake.info_hash if conn.handshake is not None else None
-            return CloseReason.UNKNOWN_INFO_HASH, info_hash.hex() if info_hash else ""
+            return CloseReason.UNKNOWN_INFO_HASH, info_hash.hex()
         if t.state is TorrentState.CHECKING:
             return CloseReason.HASH_CHECKING, "torrent is being checked"
         if self.reputation.is_banned(conn.ip):
