@@ -10,8 +10,7 @@ from minibt.magnet import Magnet, parse_magnet
 from minibt.magnetfetch import MagnetFetch
 from minibt.peer import PeerSource
 from minibt.pex import PexConfig, PexFlag, PexPeer
-from minibt.session import SessionConfig
-from minibt.settings import TorrentConfig, TorrentState
+from minibt.settings import SessionConfig, TorrentConfig, TorrentState
 from minibt.torrent import Torrent
 
 __version__ = "0.1.0"

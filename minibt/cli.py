@@ -377,7 +377,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from minibt.runner import run_main
+    from minibt.daemon import run_main
 
     if not args.once and (args.max_time is not None or args.until is not None):
         parser.error("--max-time and --until need --once")
@@ -423,8 +423,7 @@ def _write_torrent(path: str, meta: Metainfo) -> None:
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:  # noqa: C901
-    from minibt.session import SessionConfig
-    from minibt.settings import TorrentConfig
+    from minibt.settings import SessionConfig, TorrentConfig
 
     mode = Mode.SEED if args.cmd == "seed" else Mode.DOWNLOAD
     magnet: Magnet | None = None

@@ -29,8 +29,8 @@ from minibt.magnetfetch import MagnetFetch
 from minibt.metainfo import Metainfo, load_metainfo
 from minibt.peer import PeerSource, to_transports
 from minibt.ratelimit import KEEP, Keep
-from minibt.session import Session, SessionConfig
-from minibt.settings import TorrentConfig, parse_mode
+from minibt.session import Session
+from minibt.settings import SessionConfig, TorrentConfig, parse_mode
 from minibt.torrent import Torrent
 from minibt.urls import Addr
 from minibt.utp_config import UtpConfig

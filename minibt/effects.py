@@ -14,16 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from minibt.errors import CloseReason
-from minibt.events import EventName, EventQueue
+from minibt.events import Event, EventName, EventQueue
 from minibt.metainfo import Metainfo
 from minibt.peer import PeerConnection, PeerSource
 from minibt.pex import PexPeer
 from minibt.reputation import BlockRecord, Reputation
-from minibt.tracker import AnnounceJob
+from minibt.tracker import AnnounceJob, AnnounceParams
 from minibt.urls import Addr
 from minibt.workers import HashJob
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,11 @@ class Emit:
     addr: str | None = None
     flags: int | None = None
 
+    def event(self, torrent: _T | None) -> Event[_T, PeerConnection]:
+        """The public event, about ``torrent`` (the torrent whose effect this is)."""
+        return Event(self.name, torrent, self.conn, index=self.index, detail=self.detail, added=self.added,
+                     dropped=self.dropped, added6=self.added6, dropped6=self.dropped6, addr=self.addr, flags=self.flags)
+
 
 @dataclass(frozen=True, slots=True)
 class HashPiece:
@@ -89,6 +97,14 @@ class AnnounceDue:
     downloaded: int
     left: int
     numwant: int
+
+    def params(self, info_hash: bytes, *, peer_id: bytes, port: int, key: int) -> AnnounceParams:
+        """The announce as sent (no peers wanted when stopping)."""
+        return AnnounceParams(
+            info_hash=info_hash, peer_id=peer_id, port=port, uploaded=self.uploaded, downloaded=self.downloaded,
+            left=self.left, event=self.job.event, numwant=0 if self.job.event == "stopped" else self.numwant,
+            key=key, tracker_id=self.job.tracker_id,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from minibt import wire_codec as w
 from minibt.errors import CloseReason
 from minibt.pex import PexPeer
 
@@ -45,6 +46,18 @@ class EventName(enum.StrEnum):
     PEX_DROPPED = "dropped"
     METADATA_RECEIVED = "metadata_received"
 
+
+# Wire messages that are also public events; Have carries its index.
+WIRE_EVENTS: dict[type, EventName] = {
+    w.Have: EventName.HAVE,
+    w.BitfieldMsg: EventName.BITFIELD,
+    w.HaveAll: EventName.BITFIELD,
+    w.HaveNone: EventName.BITFIELD,
+    w.Choke: EventName.PEER_CHOKED_US,
+    w.Unchoke: EventName.PEER_UNCHOKED_US,
+    w.Interested: EventName.PEER_INTERESTED,
+    w.NotInterested: EventName.PEER_NOT_INTERESTED,
+}
 
 # (fields set besides name/torrent/peer, meaning) for the README events table.
 EVENT_DOCS: dict[EventName, tuple[str, str]] = {

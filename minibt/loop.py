@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from minibt.actions import Announce, Close, Dial
 from minibt.clock import Clock
 from minibt.effects import Flush, HashPiece
 from minibt.errors import CloseReason
@@ -32,7 +33,7 @@ from minibt.faults import FaultKind
 from minibt.ifwatch import InterfaceWatch
 from minibt.netif import Source, is_ip, link_state, norm_ip, open_listen_sockets, send_probe, tune_tcp
 from minibt.peer import Transport
-from minibt.session import Announce, Close, Dial, Session
+from minibt.session import Session
 from minibt.trackerio import STOPPED_TIMEOUT_S, TrackerIO
 from minibt.urls import Addr
 from minibt.utp_codec import is_utp_datagram

@@ -205,6 +205,20 @@ class PeerConnection:
                 return out + link.data_to_send(max(0, limit - len(out)))
         return b""
 
+    def handle_timeout(self, *, now: float) -> list[object]:
+        """Run the current phase's timers: a handshake past its deadline raises RemoteProtocolError;
+        an active wire's timers return its events (keep-alive timeout, ...)."""
+        match self.phase:
+            case Handshaking(handshake=hs):
+                dl = hs.next_deadline()
+                if dl is not None and now >= dl:
+                    hs.handle_timeout(now=now)
+            case Active(wire=wire):
+                dl = wire.next_deadline()
+                if dl is not None and now >= dl:
+                    return list(wire.handle_timeout(now=now))
+        return []
+
     @property
     def ip(self) -> str:
         return self.addr[0]

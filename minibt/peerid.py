@@ -10,6 +10,7 @@ Anything else is ``"unknown"`` (with the printable prefix when there is one).  P
 
 from __future__ import annotations
 
+import random
 import re
 
 # Azureus-style two-letter codes (wiki.theory.org BitTorrentSpecification#peer_id; libtorrent identify_client)
@@ -179,3 +180,12 @@ def decode_client(peer_id: bytes | None) -> str:
     if prefix and all(0x20 < b < 0x7F for b in prefix):
         return f"unknown ({prefix.decode('ascii')})"
     return "unknown"
+
+
+PEER_ID_PREFIX = b"-MB0100-"  # Azureus-style client id: minibt 0.1.0.0
+
+
+def make_peer_id(rng: random.Random) -> bytes:
+    """Our peer id: the Azureus-style prefix and 12 random characters."""
+    tail = bytes(rng.choice(b"0123456789abcdefghijklmnopqrstuvwxyz") for _ in range(12))
+    return PEER_ID_PREFIX + tail

@@ -4,7 +4,7 @@
 ``data_to_send``: the loop calls one ``on_*`` entry point per input kind, each taking ``now``
 (``on_incoming``, ``on_connected``, ``on_data``, ``on_writable``, ``on_closed``, ``on_hash_result``,
 ``on_announce_result``, ``on_rate_refill``, ``tick``), then drains the loop actions with
-``take_actions()`` -- Dial, Close, HashPiece, Announce and Flush (connection ``cid`` has bytes:
+``take_actions()`` -- Dial, Close, fx.HashPiece, Announce and fx.Flush (connection ``cid`` has bytes:
 the loop pulls them with ``data_to_send(cid)``).  Public events for library code go to the bounded
 ``events`` queue, which the Client drains.
 
@@ -22,123 +22,38 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from minibt import effects as fx
+from minibt.actions import Action, Announce, Close, Dial
+from minibt.admission import Admission, Refuse
 from minibt.checker import CheckJobTag
 from minibt.download import PieceJobTag
-from minibt.effects import (
-    AnnounceDue,
-    ClosePeer,
-    DialPeer,
-    Effect,
-    Emit,
-    Flush,
-    HashPiece,
-    LimitsChanged,
-    MetadataDone,
-    Penalize,
-    PieceFailed,
-    PiecePassed,
-    RateWait,
-    SessionContext,
-    WantDials,
-)
-from minibt.errors import CloseReason, ConfigError, RemoteProtocolError
+from minibt.errors import CloseReason, RemoteProtocolError
 from minibt.events import Event, EventName, EventQueue
 from minibt.faults import FaultKind, Faults
 from minibt.fetchlink import FetchLink
-from minibt.handshake import (
-    Handshake,
-    HandshakeReceived,
-    InfoHashReceived,
-    make_reserved,
-    supports_extension,
-    supports_fast,
-)
+from minibt.handshake import Handshake, HandshakeReceived, InfoHashReceived, make_reserved, supports_extension
 from minibt.magnet import Magnet
 from minibt.magnetfetch import MagnetFetch
 from minibt.metainfo import Metainfo
-from minibt.peer import (
-    TRANSPORTS,
-    Active,
-    FetchingMetadata,
-    Handshaking,
-    PeerConnection,
-    PeerSource,
-    Transport,
-    to_transports,
-    valid_transports,
-)
-from minibt.ratelimit import KEEP, Keep, RateLimiter, TokenBucket
+from minibt.peer import Active, FetchingMetadata, Handshaking, PeerConnection, PeerSource, Transport
+from minibt.peerid import make_peer_id
+from minibt.ratecontrol import RateControl
+from minibt.ratelimit import KEEP, Keep
 from minibt.reputation import Banned, RepEvent, Reputation, ReputationChanged
-from minibt.settings import Mode, TorrentConfig, TorrentState
+from minibt.settings import Mode, SessionConfig, TorrentConfig, TorrentState
 from minibt.torrent import Torrent
-from minibt.tracker import AnnounceJob, AnnounceParams, AnnounceResult
+from minibt.tracker import AnnounceJob, AnnounceResult
 from minibt.urls import Addr
-from minibt.wire import PeerWire
-from minibt.wire_codec import BLOCK_LEN
 from minibt.workers import HashResult
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_PENALTY = 5  # reputation points for a protocol violation (issue 3 refines)
-READ_MIN_BYTES = 16384  # a throttled socket is read again once a 16 KiB block (BEP 3) fits the limit
-PEER_ID_PREFIX = b"-MB0100-"  # Azureus-style client id: minibt 0.1.0.0
 # A dial that ends like this before the BT handshake completes is retried on the next transport
 # (PROTOCOL.md 7.9: a uTP-only libtorrent accepts TCP and closes it at once).
 FALLBACK_REASONS = frozenset({CloseReason.CONNECT_FAILED, CloseReason.CLOSED_BY_REMOTE, CloseReason.IO_ERROR})
 Owner = Torrent | MagnetFetch  # what a connection belongs to, and whose effects _apply carries out
-
-
-# ---------------------------------------------------------------------- actions (to the loop)
-
-
-@dataclass(frozen=True, slots=True)
-class Dial:
-    cid: int
-    addr: Addr
-    transport: Transport = Transport.TCP
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    cid: int
-    reason: CloseReason
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class Announce:
-    info_hash: bytes
-    job: AnnounceJob
-    params: AnnounceParams
-
-
-Action = Dial | Close | HashPiece | Announce | Flush  # HashPiece and Flush: effects.py, passed on as they are
-
-
-@dataclass(frozen=True, slots=True)
-class SessionConfig:
-    max_connections: int = 200
-    upload_limit_bps: float | None = None  # global payload bytes/s; None or 0 = unlimited (ratelimit.py)
-    download_limit_bps: float | None = None
-    handshake_timeout_s: float = 30.0
-    torrent: TorrentConfig = TorrentConfig()
-    # Outgoing preference order; incoming connections are accepted on every transport listed.
-    # TCP first: on a LAN/loopback it moves data at a fraction of uTP's per-packet CPU cost in CPython,
-    # and it keeps the TCP-only behaviour of earlier versions; uTP is the fallback (PROTOCOL.md 7.9).
-    # Names ("tcp", "utp") are accepted and stored as Transport members.
-    transports: tuple[Transport, ...] = (Transport.TCP, Transport.UTP)
-
-    def __post_init__(self) -> None:
-        if not valid_transports(self.transports):
-            raise ConfigError(None, "transports", f"must be distinct names out of {TRANSPORTS}, got {self.transports}")
-        object.__setattr__(self, "transports", to_transports(self.transports))
-
-
-def make_peer_id(rng: random.Random) -> bytes:
-    tail = bytes(rng.choice(b"0123456789abcdefghijklmnopqrstuvwxyz") for _ in range(12))
-    return PEER_ID_PREFIX + tail
 
 
 class Session:
@@ -171,8 +86,9 @@ class Session:
         self.faults = Faults()  # contained faults while handling outside input (STYLE.md section 13)
         # What the torrent layer may read of the session (effects.py): listen address, our own
         # addresses, bans, whether events are wanted, whether networking is paused.
-        self.ctx = SessionContext(reputation=self.reputation, events=self.events, wall_time=wall_clock or (lambda: 0.0))
-        self._init_rate_limits()
+        self.ctx = fx.SessionContext(reputation=self.reputation, events=self.events, wall_time=wall_clock or (lambda: 0.0))
+        self.admission = Admission(peer_id=self.peer_id, timeout_s=self.config.handshake_timeout_s)
+        self.rates = RateControl(self.config.upload_limit_bps, self.config.download_limit_bps, now=0.0)
 
     # ------------------------------------------------------------------ setup
 
@@ -221,16 +137,8 @@ class Session:
         if meta.info_hash in self.torrents:
             raise ValueError(f"torrent {meta.info_hash.hex()} already added")
         t = Torrent(
-            meta,
-            download_dir,
-            mode=mode,
-            resume_path=resume_path,
-            config=config or self.config.torrent,
-            rng=self.rng,
-            now=now,
-            ctx=self.ctx,
-            global_up=self.global_up,
-            global_down=self.global_down,
+            meta, download_dir, mode=mode, resume_path=resume_path, config=config or self.config.torrent, rng=self.rng,
+            now=now, ctx=self.ctx, global_up=self.rates.global_up, global_down=self.rates.global_down,
         )
         self.torrents[meta.info_hash] = t
         self.rate_limits_changed()
@@ -253,7 +161,7 @@ class Session:
         if t.state not in (TorrentState.STOPPED, TorrentState.ERROR) or t.storage.commits_in_flight:
             return False
         del self.torrents[info_hash]
-        self._rate_waiting.pop(info_hash, None)
+        self.rates.waiting.pop(info_hash, None)
         self.rate_limits_changed()
         return True
 
@@ -284,8 +192,7 @@ class Session:
         if f is not None:
             f.add_peers(addrs, source)
             return
-        t = self.torrents[info_hash]
-        self._apply(t, t.add_candidates(addrs, source, now=now), now)
+        self.torrents[info_hash].add_candidates(addrs, source, now=now)
 
     def stop(self, *, now: float) -> None:
         self._now = now
@@ -296,45 +203,42 @@ class Session:
 
     # ------------------------------------------------------------------ carrying out effects (effects.py)
 
-    def _apply(self, owner: Owner | None, effects: list[Effect], now: float) -> None:  # noqa: C901
+    def _apply(self, owner: Owner | None, effects: list[fx.Effect], now: float) -> None:  # noqa: C901
         """Carry out what ``owner`` (a torrent or a magnet fetch) asked for."""
         for e in effects:
             match e:
-                case Flush():
+                case fx.Flush():
                     self._actions.append(e)
-                case ClosePeer(cid=cid, reason=reason, detail=detail):
+                case fx.ClosePeer(cid=cid, reason=reason, detail=detail):
                     self.close(cid, reason, detail)
-                case HashPiece():
+                case fx.HashPiece():
                     self._actions.append(e)
-                case Emit():
+                case fx.Emit():
                     if self.events.enabled:
                         self._emit_effect(owner, e)
-                case PiecePassed(info_hash=ih, index=i, sources=srcs, digests=digests):
+                case fx.PiecePassed(info_hash=ih, index=i, sources=srcs, digests=digests):
                     self.reputation_events(self.reputation.piece_passed(ih, i, set(srcs), digests))
-                case PieceFailed(info_hash=ih, index=i, blocks=blocks):
+                case fx.PieceFailed(info_hash=ih, index=i, blocks=blocks):
                     self.reputation_events(self.reputation.piece_failed(ih, i, blocks))
-                case Penalize(ip=ip, points=points, why=why):
+                case fx.Penalize(ip=ip, points=points, why=why):
                     self.penalize(ip, points, why)
-                case WantDials() if owner is not None:
+                case fx.WantDials() if owner is not None:
                     self._connect_more(owner, now)
-                case AnnounceDue() if owner is not None:
+                case fx.AnnounceDue() if owner is not None:
                     self._announce(owner.info_hash, e)
-                case RateWait() if isinstance(owner, Torrent):
-                    self._rate_waiting[owner.info_hash] = owner
-                case LimitsChanged():
+                case fx.RateWait() if isinstance(owner, Torrent):
+                    self.rates.waiting[owner.info_hash] = owner
+                case fx.LimitsChanged():
                     self.rate_limits_changed()
-                case MetadataDone(meta=meta) if isinstance(owner, MagnetFetch):
+                case fx.MetadataDone(meta=meta) if isinstance(owner, MagnetFetch):
                     self._metadata_done(owner, meta, now)
-                case DialPeer():
-                    raise AssertionError("DialPeer comes only from connect_more")
+                case fx.DialPeer():
+                    raise AssertionError("fx.DialPeer comes only from connect_more")
 
-    def _emit_effect(self, owner: Owner | None, e: Emit) -> None:
+    def _emit_effect(self, owner: Owner | None, e: fx.Emit) -> None:
         conn = e.conn
         t = owner if isinstance(owner, Torrent) else (self._torrent_of.get(conn.cid) if conn is not None else None)
-        self.events.push(
-            Event(e.name, t, conn, index=e.index, detail=e.detail, added=e.added, dropped=e.dropped,
-                  added6=e.added6, dropped6=e.dropped6, addr=e.addr, flags=e.flags)
-        )
+        self.events.push(e.event(t))
 
     def _pending_commands(self) -> None:
         """Effects of library commands on torrents (choke_peer, set_super_seed, ...) since the last call."""
@@ -342,31 +246,18 @@ class Session:
             if t.has_pending:
                 self._apply(t, t.take_pending(), self._now)
 
-    def _announce(self, info_hash: bytes, e: AnnounceDue) -> None:
-        """Queue ``e``'s announce with our peer id, listen port and key (no peers wanted when stopping)."""
-        job = e.job
-        params = AnnounceParams(
-            info_hash=info_hash,
-            peer_id=self.peer_id,
-            port=self.listen_port,
-            uploaded=e.uploaded,
-            downloaded=e.downloaded,
-            left=e.left,
-            event=job.event,
-            numwant=0 if job.event == "stopped" else e.numwant,
-            key=self.announce_key,
-            tracker_id=job.tracker_id,
-        )
-        self._actions.append(Announce(info_hash, job, params))
+    def _announce(self, info_hash: bytes, e: fx.AnnounceDue) -> None:
+        params = e.params(info_hash, peer_id=self.peer_id, port=self.listen_port, key=self.announce_key)
+        self._actions.append(Announce(info_hash, e.job, params))
 
     def _connect_more(self, owner: Owner, now: float) -> None:
-        """WantDials: give ``owner`` the global dial budget and open the connections it picks."""
+        """fx.WantDials: give ``owner`` the global dial budget and open the connections it picks."""
         slots = self.config.max_connections - len(self.conns)
         if slots <= 0 or self.network_paused is not None:
             return
         dialing = self.dialing_addrs()
         for e in owner.connect_more(now=now, slots=slots, dialing=dialing):
-            if isinstance(e, DialPeer):
+            if isinstance(e, fx.DialPeer):
                 owner.dial_started(self._dial(owner, e.addr, e.source, now))
 
     def _metadata_done(self, f: MagnetFetch, meta: Metainfo, now: float) -> None:
@@ -385,7 +276,7 @@ class Session:
             if moved is None or not self._hand_over(conn, t, moved[0], moved[1], now):
                 self.close(conn.cid, CloseReason.SHUTDOWN, "metadata received; redialled for the download")
         for source, addrs in f.handover_candidates():
-            self._apply(t, t.add_candidates(addrs, source, now=now), now)
+            t.add_candidates(addrs, source, now=now)
         self.emit(EventName.METADATA_RECEIVED, None, t)
 
     @property
@@ -413,20 +304,14 @@ class Session:
 
     def mark_dirty(self, cid: int) -> None:
         """Connection ``cid`` has bytes queued (library code wrote to its wire)."""
-        self._actions.append(Flush(cid))
+        self._actions.append(fx.Flush(cid))
 
     def dialing_addrs(self) -> set[Addr]:
         return {c.addr for c in self.conns.values() if c.outgoing}
 
     def _handshake(self, info_hash: bytes | None, now: float) -> Handshake:
-        """A BT handshake machine with our id, reserved bits and timeout (``None``: incoming, any torrent)."""
-        return Handshake(
-            peer_id=self.peer_id,
-            reserved=self.reserved,
-            info_hash=info_hash,
-            now=now,
-            timeout_s=self.config.handshake_timeout_s,
-        )
+        """A BT handshake machine for a new connection (``info_hash`` None: incoming, any torrent)."""
+        return self.admission.handshake(info_hash, self.reserved, now)
 
     def dial(self, owner: Owner, addr: Addr, source: PeerSource, *, now: float) -> int | None:
         """Dial ``addr`` for ``owner`` now, outside its dialer's choice (None: connection limit
@@ -507,19 +392,11 @@ class Session:
         """The torrent of connection ``cid`` (None before an incoming handshake named one)."""
         return self._torrent_of.get(cid)
 
-    def emit(
-        self,
-        name: EventName,
-        conn: PeerConnection | None,
-        torrent: Torrent | None,
-        *,
-        index: int | None = None,
-        reason: CloseReason | None = None,
-        detail: str = "",
-    ) -> None:
+    def emit(self, name: EventName, conn: PeerConnection | None, torrent: Torrent | None, *,
+             reason: CloseReason | None = None, detail: str = "") -> None:
         """Queue an event for the Client's callbacks (no-op unless a Client enabled the queue)."""
         if self.events.enabled:
-            self.events.push(Event(name, torrent, conn, index, reason, detail))
+            self.events.push(Event(name, torrent, conn, reason=reason, detail=detail))
 
     def _emit_reputation(self, ev: RepEvent) -> None:
         conn = next((c for c in self.conns.values() if c.ip == ev.ip), None)
@@ -569,12 +446,9 @@ class Session:
             return None
 
     def _on_incoming(self, addr: Addr, now: float, transport: Transport) -> int | None:
-        if len(self.conns) >= self.config.max_connections:
-            self._refused(addr, CloseReason.TOO_MANY_PEERS, "global connection limit", now)
-            return None
-        if self.reputation.is_banned(addr[0]):
-            # refused at accept: a banned IP gets no handshake at all
-            self._refused(addr, CloseReason.BANNED, self.reputation.banned().get(addr[0], "banned"), now)
+        refused = self.admission.accept(addr[0], len(self.conns), self.config.max_connections, self.reputation)
+        if refused is not None:
+            self._refused(addr, refused.reason, refused.detail, now)
             return None
         cid = self._new_cid()
         hs = self._handshake(None, now)
@@ -594,7 +468,7 @@ class Session:
         try:
             conn.established = True
             conn.handshake.start()
-            self._actions.append(Flush(cid))
+            self._actions.append(fx.Flush(cid))
             self.emit(EventName.PEER_CONNECTED, conn, self._torrent_of.get(cid))
         except Exception as e:
             self.fault(cid, e)
@@ -692,7 +566,7 @@ class Session:
                         if conn.closing:
                             return
                     if wire.wants_write:
-                        self._actions.append(Flush(cid))
+                        self._actions.append(fx.Flush(cid))
                 case FetchingMetadata():
                     f = self._fetch_of[cid]
                     self._apply(f, f.on_data(conn, data, now=now), now)
@@ -705,127 +579,70 @@ class Session:
     def _handshake_data(self, conn: PeerConnection, hs: Handshake, data: bytes | memoryview, now: float) -> None:
         for ev in hs.receive_data(bytes(data), now=now):
             match ev:
-                case InfoHashReceived(info_hash=info_hash) if not conn.outgoing:
-                    t = self.torrents.get(info_hash)
-                    f = self.fetches.get(info_hash) if t is None else None
-                    if f is not None and f.can_accept() and not self.reputation.is_banned(conn.ip):
-                        self._fetch_of[conn.cid] = f  # a magnet still fetching metadata: BEP 10 only
-                        hs.accept(info_hash)
-                        self._actions.append(Flush(conn.cid))
-                        continue
-                    refusal = self._refusal(t, conn, info_hash)
-                    if refusal is not None:
-                        self.close(conn.cid, *refusal)
+                case InfoHashReceived(info_hash=ih) if not conn.outgoing:
+                    got = self.admission.incoming(ih, self.torrents.get(ih), self.fetches.get(ih), conn.ip, self.reputation)
+                    if isinstance(got, Refuse):
+                        self.close(conn.cid, got.reason, got.detail)
                         return
-                    assert t is not None
-                    self._torrent_of[conn.cid] = t
-                    hs.accept(info_hash)
-                    self._actions.append(Flush(conn.cid))
+                    if isinstance(got, MagnetFetch):
+                        self._fetch_of[conn.cid] = got
+                    else:
+                        self._torrent_of[conn.cid] = got
+                    hs.accept(ih)
+                    self._actions.append(fx.Flush(conn.cid))
                 case HandshakeReceived():
                     self._handshake_done(conn, hs, ev, now)
                     return
 
-    def _refusal(self, t: Torrent | None, conn: PeerConnection, info_hash: bytes) -> tuple[CloseReason, str] | None:
-        """Why an incoming connection naming ``info_hash`` (torrent ``t``) is refused, or None."""
-        if t is None:
-            return CloseReason.UNKNOWN_INFO_HASH, info_hash.hex()
-        if t.state is TorrentState.CHECKING:
-            return CloseReason.HASH_CHECKING, "torrent is being checked"
-        if self.reputation.is_banned(conn.ip):
-            return CloseReason.BANNED, "banned"
-        if not t.can_accept_peer():
-            return CloseReason.TOO_MANY_PEERS, "per-torrent peer limit"
-        return None
-
-    def _new_wire(self, t: Torrent, reserved: bytes, now: float, *, extension: bool) -> PeerWire:
-        meta = t.meta
-        return PeerWire(
-            num_pieces=meta.num_pieces,
-            piece_length=meta.piece_length,
-            total_length=meta.total_length,
-            fast=supports_fast(reserved) and supports_fast(self.reserved),
-            extension=extension,
-            now=now,
-        )
-
     def _handshake_done(self, conn: PeerConnection, hs: Handshake, ev: HandshakeReceived, now: float) -> None:
-        t = self._torrent_of.get(conn.cid)
-        f = self._fetch_of.get(conn.cid)
-        if t is None and f is not None:
-            self._fetch_handshake_done(f, conn, hs, ev, now)
+        """Into the next phase: Active for a torrent, FetchingMetadata for a magnet fetch (admission.py)."""
+        owner: Owner | None = self._torrent_of.get(conn.cid) or self._fetch_of.get(conn.cid)
+        refused = self.admission.completed(ev, conn, owner)
+        if refused is not None:
+            if refused.reason is CloseReason.SELF_CONNECTION and owner is not None:
+                self.ctx.local_ips.add(conn.ip)
+                owner.candidates.discard(conn.addr)
+            self.close(conn.cid, refused.reason, refused.detail)
             return
-        if t is None:
-            self.close(conn.cid, CloseReason.UNKNOWN_INFO_HASH, ev.info_hash.hex())
-            return
-        if ev.peer_id == self.peer_id:
-            self.close(conn.cid, CloseReason.SELF_CONNECTION, "connected to ourselves")
-            self.ctx.local_ips.add(conn.ip)
-            t.candidates.discard(conn.addr)
-            return
-        for other in t.peers.values():
-            if other.peer_id == ev.peer_id and ev.peer_id != bytes(20):
-                self.close(conn.cid, CloseReason.DUPLICATE_PEER_ID, ev.peer_id.hex())
-                return
-        if not conn.outgoing and not t.can_accept_peer():
-            self.close(conn.cid, CloseReason.TOO_MANY_PEERS, "per-torrent peer limit")
-            return
-        conn.peer_id = ev.peer_id
-        conn.reserved = ev.reserved
-        conn.info_hash = ev.info_hash
-        extension = supports_extension(ev.reserved) and supports_extension(self.reserved)
-        wire = self._new_wire(t, ev.reserved, now, extension=extension)
+        assert owner is not None
+        conn.peer_id, conn.reserved, conn.info_hash = ev.peer_id, ev.reserved, ev.info_hash
         pending = hs.data_to_send()
         leftover = hs.leftover()
-        conn.enter(Active(wire, pending))
-        self._apply(t, t.attach(conn, now=now), now)
-        self.emit(EventName.HANDSHAKE_DONE, conn, t)
-        if leftover:
-            for msg in wire.receive_data(leftover, now=now):
+        if isinstance(owner, MagnetFetch):
+            conn.enter(FetchingMetadata(FetchLink(now=now), pending))
+            self._apply(owner, owner.attach(conn, now=now), now)
+            self.emit(EventName.HANDSHAKE_DONE, conn, None)
+            if leftover:
+                self._apply(owner, owner.on_data(conn, leftover, now=now), now)
+            return
+        extension = supports_extension(ev.reserved) and supports_extension(self.reserved)
+        conn.enter(Active(self.admission.wire(owner, ev.reserved, self.reserved, now, extension=extension), pending))
+        self._activate(conn, owner, leftover, now, handed_over=False)
+
+    def _activate(self, conn: PeerConnection, t: Torrent, replay: bytes, now: float, *, handed_over: bool) -> None:
+        """``conn`` (phase Active) joins ``t``: our bitfield and extension handshake, then the peer's
+        frames that came with its handshake, or -- ``handed_over`` from a magnet fetch, whose BEP 10
+        handshake we have already -- those it sent while it served us metadata."""
+        self._apply(t, t.attach(conn, now=now, ext_handshake_seen=handed_over), now)
+        if not handed_over:
+            self.emit(EventName.HANDSHAKE_DONE, conn, t)
+        wire = conn.wire
+        if replay and wire is not None:
+            for msg in wire.receive_data(replay, now=now):
                 self._apply(t, t.on_message(conn, msg, now=now), now)
                 if conn.closing:
                     return
 
-    def _fetch_handshake_done(
-        self, f: MagnetFetch, conn: PeerConnection, hs: Handshake, ev: HandshakeReceived, now: float
-    ) -> None:
-        if ev.peer_id == self.peer_id:
-            self.ctx.local_ips.add(conn.ip)
-            f.candidates.discard(conn.addr)
-            self.close(conn.cid, CloseReason.SELF_CONNECTION, "connected to ourselves")
-            return
-        if not supports_extension(ev.reserved):
-            # BEP 9 needs BEP 10: this peer cannot give us the metadata.
-            self.close(conn.cid, CloseReason.PROTOCOL_VIOLATION, "no extension protocol (BEP 10): cannot fetch metadata")
-            return
-        conn.peer_id = ev.peer_id
-        conn.reserved = ev.reserved
-        conn.info_hash = ev.info_hash
-        pending = hs.data_to_send()
-        leftover = hs.leftover()
-        conn.enter(FetchingMetadata(FetchLink(now=now), pending))
-        self._apply(f, f.attach(conn, now=now), now)
-        self.emit(EventName.HANDSHAKE_DONE, conn, None)
-        if leftover:
-            self._apply(f, f.on_data(conn, leftover, now=now), now)
-
     def _hand_over(self, conn: PeerConnection, t: Torrent, unsent: bytes, replay: bytes, now: float) -> bool:
-        """A magnet fetch's connection becomes a peer connection of ``t`` (its metadata arrived):
-        a peer wire, our bitfield and extension handshake, then the peer's frames seen so far."""
-        if t.state not in (TorrentState.DOWNLOADING, TorrentState.SEEDING) or not t.can_accept_peer():
+        """A magnet fetch's connection becomes a peer connection of ``t`` (its metadata arrived)."""
+        if not self.admission.can_hand_over(conn, t):
             return False
-        if any(p.peer_id == conn.peer_id for p in t.peers.values()):
-            return False  # the same peer twice (e.g. x.pe by name and by address): keep one
         ph = conn.phase
         before = ph.unsent if isinstance(ph, FetchingMetadata) else b""
-        wire = self._new_wire(t, conn.reserved, now, extension=True)
-        conn.enter(Active(wire, before + unsent))
+        conn.enter(Active(self.admission.wire(t, conn.reserved, self.reserved, now, extension=True), before + unsent))
         self._torrent_of[conn.cid] = t
-        self._apply(t, t.attach(conn, now=now, ext_handshake_seen=True), now)
         try:
-            for msg in wire.receive_data(replay, now=now):
-                self._apply(t, t.on_message(conn, msg, now=now), now)
-                if conn.closing:
-                    break
+            self._activate(conn, t, replay, now, handed_over=True)
         except RemoteProtocolError as e:
             self.close(conn.cid, e.reason, e.detail)
             self.penalize(conn.ip, PROTOCOL_PENALTY, e.detail)
@@ -905,114 +722,71 @@ class Session:
                 self._apply(owner, owner.tick(now=now), now)
             except Exception as e:
                 self._torrent_fault(owner, FaultKind.TORRENT, e, now)
-        if self._rate_waiting:
+        if self.rates.waiting:
             self.on_rate_refill(now=now)  # also driven by rate_wake_at(); this is the fallback
 
     def _conn_timers(self, conn: PeerConnection, now: float) -> None:
-        match conn.phase:
-            case Handshaking(handshake=hs):
-                dl = hs.next_deadline()
-                if dl is not None and now >= dl:
-                    hs.handle_timeout(now=now)
-            case Active(wire=wire):
-                dl = wire.next_deadline()
-                if dl is not None and now >= dl:
-                    t = self._torrent_of.get(conn.cid)
-                    for ev in wire.handle_timeout(now=now):
-                        if t is not None:
-                            self._apply(t, t.on_message(conn, ev, now=now), now)
-                    if wire.wants_write:
-                        self._actions.append(Flush(conn.cid))
+        timed_out = conn.handle_timeout(now=now)  # RemoteProtocolError: the handshake timed out
+        t = self._torrent_of.get(conn.cid)
+        for ev in timed_out:
+            if t is not None:
+                self._apply(t, t.on_message(conn, ev, now=now), now)
+        if conn.wire is not None and conn.wire.wants_write:  # e.g. a keep-alive
+            self._actions.append(fx.Flush(conn.cid))
 
-    # ------------------------------------------------------------------ rate limits (issue 3, ratelimit.py)
-    # Payload bytes only, both directions.  Upload: Torrent.serve() takes tokens before queueing a
-    # block; peers that found none wait in the torrent's TransferLimits until ``rate_wake_at()``, when
-    # the loop calls ``on_rate_refill()``.  Download: the loop reads a socket only up to
-    # ``read_quota()`` (0: stop reading until ``read_retry_at()``); the payload a read delivered is
-    # charged in ``on_data``.  With no download limit anywhere, ``down_limited`` is False and neither
-    # the loop nor on_data does any of this.
+    # ------------------------------------------------------------------ rate limits (ratecontrol.py)
 
-    def _init_rate_limits(self) -> None:
-        cfg = self.config
-        self.global_up = TokenBucket(cfg.upload_limit_bps, now=self._now)
-        self.global_down = TokenBucket(cfg.download_limit_bps, now=self._now)
-        self._down_global_only = RateLimiter(self.global_down)  # connections not bound to a torrent yet
-        self._rate_waiting: dict[bytes, Torrent] = {}  # torrents with peers waiting for upload tokens
-        self.down_limited = self.global_down.limited
+    @property
+    def down_limited(self) -> bool:
+        """Some download limit is set: the loop reads up to ``read_quota`` and on_data charges."""
+        return self.rates.down_limited
 
     def set_rate_limits(
         self, *, up: float | None | Keep = KEEP, down: float | None | Keep = KEEP, now: float | None = None
     ) -> None:
         """Global upload/download limits in payload bytes/s (None or 0 = unlimited), at run time."""
-        t = self._now if now is None else now
-        if not isinstance(up, Keep):
-            self.global_up.set_rate(up, now=t)
-        if not isinstance(down, Keep):
-            self.global_down.set_rate(down, now=t)
+        self.rates.set_rates(up=up, down=down, now=self._now if now is None else now)
         self.rate_limits_changed()
 
     def rate_limits(self) -> tuple[float | None, float | None]:
         """The global (upload, download) limits, bytes/s; None = unlimited."""
-        return self.global_up.rate_bps, self.global_down.rate_bps
+        return self.rates.rates()
 
     def rate_limits_changed(self) -> None:
-        """Recompute the fast-path flags after any limit (global or a torrent's) changed."""
-        self.down_limited = self.global_down.limited or any(
-            t.limits.down_bucket.limited for t in self.torrents.values()
-        )
-        for t in self.torrents.values():
-            t.limits.refresh()
-
-    def down_limiter(self, cid: int) -> RateLimiter:
-        t = self._torrent_of.get(cid)
-        return t.limits.down if t is not None else self._down_global_only
+        self.rates.changed(self.torrents.values())
 
     def read_quota(self, cid: int, *, now: float) -> int:
         """How many bytes the loop may read from ``cid`` now; 0 = pause reading until ``read_retry_at``."""
-        lim = self.down_limiter(cid)
-        q = lim.available(now=now)
-        return q if q >= min(READ_MIN_BYTES, lim.burst_bytes) else 0
+        return self.rates.read_quota(self._torrent_of.get(cid), now=now)
 
     def read_retry_at(self, cid: int, *, now: float) -> float:
         """When ``read_quota(cid)`` will be non-zero again (at the current limits)."""
-        lim = self.down_limiter(cid)
-        return lim.next_refill_deadline(lim.quantum(READ_MIN_BYTES), now=now)
+        return self.rates.read_retry_at(self._torrent_of.get(cid), now=now)
 
     def _on_data_limited(self, cid: int, data: bytes | memoryview, *, now: float) -> None:
         conn = self.conns.get(cid)
         if conn is None:
             return
-        t = self._torrent_of.get(cid)
         before = conn.down.total
         self._on_data(cid, data, now=now)
         got = conn.down.total - before  # payload bytes of the blocks this read completed
         if got:
-            if t is None:
-                t = self._torrent_of.get(cid)
-            (t.limits.down if t is not None else self._down_global_only).charge(got, now=now)
+            self.rates.charge(self._torrent_of.get(cid), got, now=now)
 
     def rate_wake_at(self, *, now: float) -> float | None:
         """When ``on_rate_refill`` should run next (None: nothing waits for tokens)."""
-        if not self._rate_waiting:
-            return None
-        best: float | None = None
-        for t in self._rate_waiting.values():
-            at = t.limits.wake_at(BLOCK_LEN, now=now)
-            if at is None:
-                return now  # nothing left to wait for: let on_rate_refill drop it
-            if best is None or at < best:
-                best = at
-        return best
+        return self.rates.wake_at(now=now)
 
     def on_rate_refill(self, *, now: float) -> None:
         """Tokens came back: serve the requests that waited for them."""
         self._now = now
-        for key, t in list(self._rate_waiting.items()):
+        waiting = self.rates.waiting
+        for key, t in list(waiting.items()):
             if t.state is TorrentState.STOPPED:
-                self._rate_waiting.pop(key, None)
+                waiting.pop(key, None)
                 continue
-            waiting, effects = t.serve_waiting(now=now)
-            if not waiting:
-                self._rate_waiting.pop(key, None)
+            still, effects = t.serve_waiting(now=now)
+            if not still:
+                waiting.pop(key, None)
             if effects:
                 self._apply(t, effects, now)

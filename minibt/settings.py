@@ -1,10 +1,12 @@
-"""A torrent's states, mode, configuration section and counters (imported from here by torrent.py and its users)."""
+"""Settings: the session's and a torrent's configuration, a torrent's mode and states, its counters."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
 
+from minibt.errors import ConfigError
+from minibt.peer import TRANSPORTS, Transport, to_transports, valid_transports
 from minibt.pex import PEX_SEND_INTERVAL_S, PexConfig
 
 DEFAULT_MAX_CANDIDATES = 1000  # convention: addresses a torrent keeps to dial (dialer.py)
@@ -68,3 +70,22 @@ class TorrentStats:
     checked: int = 0
     started_at: float = 0.0
     completed_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    max_connections: int = 200
+    upload_limit_bps: float | None = None  # global payload bytes/s; None or 0 = unlimited (ratelimit.py)
+    download_limit_bps: float | None = None
+    handshake_timeout_s: float = 30.0
+    torrent: TorrentConfig = TorrentConfig()
+    # Outgoing preference order; incoming connections are accepted on every transport listed.
+    # TCP first: on a LAN/loopback it moves data at a fraction of uTP's per-packet CPU cost in CPython,
+    # and it keeps the TCP-only behaviour of earlier versions; uTP is the fallback (PROTOCOL.md 7.9).
+    # Names ("tcp", "utp") are accepted and stored as Transport members.
+    transports: tuple[Transport, ...] = (Transport.TCP, Transport.UTP)
+
+    def __post_init__(self) -> None:
+        if not valid_transports(self.transports):
+            raise ConfigError(None, "transports", f"must be distinct names out of {TRANSPORTS}, got {self.transports}")
+        object.__setattr__(self, "transports", to_transports(self.transports))

@@ -23,6 +23,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from minibt.bitfield import Bitfield
 from minibt.errors import MetainfoError, StorageError
 from minibt.filenames import DiskNames, FsRules, fs_type_from_mountinfo, rules_for_fs_type
 from minibt.metainfo import safe_join
@@ -119,6 +120,24 @@ def piece_spans(layout: TorrentLayout, piece: int, begin: int = 0, length: int |
             pos += n
         i += 1
     return spans
+
+
+def wanted_bytes(layout: TorrentLayout, wanted: bytes | None) -> int:
+    """Bytes of the wanted pieces (``wanted`` None: no file selection, the whole torrent)."""
+    if wanted is None:
+        return layout.total_length
+    return sum(layout.piece_size(i) for i, w in enumerate(wanted) if w)
+
+
+def bytes_left(layout: TorrentLayout, have: Bitfield, wanted: bytes | None) -> int:
+    """Bytes of the wanted pieces not verified yet (the tracker's 'left')."""
+    if wanted is not None:
+        return sum(layout.piece_size(i) for i, w in enumerate(wanted) if w and not have[i])
+    last = layout.num_pieces - 1
+    left = (layout.num_pieces - have.count()) * layout.piece_length
+    if not have[last]:
+        left -= layout.piece_length - layout.piece_size(last)
+    return left
 
 
 def wanted_pieces(layout: TorrentLayout, files: Collection[int]) -> tuple[bytes, frozenset[int]]:

@@ -440,6 +440,16 @@ class SuperSeeding:
         if ss.finished:
             self.stop("another seed is connected", out)
 
+    def switch(self, on: bool, *, allowed: bool, state: str, out: list[Effect]) -> None:
+        """Switched on or off at run time; on needs a complete torrent that is seeding (``allowed``,
+        else ValueError naming its ``state``)."""
+        if not on:
+            self.stop("switched off", out)
+        elif self.seeder is None:
+            if not allowed:
+                raise ValueError(f"super-seeding needs a complete torrent that is seeding (it is {state})")
+            self.start(out)
+
     def stop(self, why: str, out: list[Effect]) -> None:
         """Seed normally from now on: one ``have`` per piece a peer lacks and was never shown."""
         ss = self.seeder

@@ -29,27 +29,15 @@ import random
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from minibt import effects as fx
 from minibt import wire_codec as w
 from minibt.bitfield import Bitfield
 from minibt.checker import Checker, CheckJobTag
 from minibt.choker import Choker
 from minibt.dialer import CandidatePool, Dialer
 from minibt.download import Downloader, PieceJobTag
-from minibt.effects import (
-    LIMITS_CHANGED,
-    WANT_DIALS,
-    AnnounceDue,
-    ClosePeer,
-    Effect,
-    Emit,
-    Flush,
-    HashPiece,
-    PieceFailed,
-    PiecePassed,
-    SessionContext,
-)
 from minibt.errors import CloseReason, LocalProtocolError, StorageError
-from minibt.events import EventName, Listeners
+from minibt.events import WIRE_EVENTS, EventName, Listeners
 from minibt.extension import ExtensionRouter, apply_peer_handshake, our_handshake
 from minibt.metainfo import Metainfo
 from minibt.peer import PeerConnection, PeerSource
@@ -57,7 +45,7 @@ from minibt.picker import PiecePicker
 from minibt.ratelimit import KEEP, Keep, TokenBucket, TransferLimits
 from minibt.reputation import BlockRecord
 from minibt.settings import Mode, TorrentConfig, TorrentState, TorrentStats, parse_mode
-from minibt.storage import Storage, plan_names, wanted_pieces
+from minibt.storage import Storage, bytes_left, plan_names, wanted_bytes, wanted_pieces
 from minibt.superseed import SuperSeeder, SuperSeeding
 from minibt.tracker import AnnounceJob, Announcer, AnnounceResult
 from minibt.upload import Uploader
@@ -71,17 +59,6 @@ IDLE_TIMEOUT_S = 180.0  # neither interested nor interesting for 3 minutes => di
 # and is retried every disk_retry_s once the disk has room for a piece again; other errors are fatal.
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
-# Wire messages that are also public events (minibt/events.py); Have carries its index.
-_WIRE_EVENTS: dict[type, EventName] = {
-    w.Have: EventName.HAVE,
-    w.BitfieldMsg: EventName.BITFIELD,
-    w.HaveAll: EventName.BITFIELD,
-    w.HaveNone: EventName.BITFIELD,
-    w.Choke: EventName.PEER_CHOKED_US,
-    w.Unchoke: EventName.PEER_UNCHOKED_US,
-    w.Interested: EventName.PEER_INTERESTED,
-    w.NotInterested: EventName.PEER_NOT_INTERESTED,
-}
 
 
 class Torrent:
@@ -97,7 +74,7 @@ class Torrent:
         config: TorrentConfig,
         rng: random.Random,
         now: float,
-        ctx: SessionContext,
+        ctx: fx.SessionContext,
         global_up: TokenBucket,
         global_down: TokenBucket,
     ) -> None:
@@ -135,7 +112,7 @@ class Torrent:
         self._stopping = False
         self._last_connect_at = 0.0
         self._now = now  # the latest time an input brought (for library commands without one)
-        self._pending: list[Effect] = []  # effects of library commands, collected by take_pending()
+        self._pending: list[fx.Effect] = []  # effects of library commands, collected by take_pending()
         self.completed_event_sent = False
         self.limits = TransferLimits(
             global_up, global_down, up_bps=config.upload_limit_bps, down_bps=config.download_limit_bps, now=now
@@ -184,17 +161,17 @@ class Torrent:
         """Library commands queued effects since the last take_pending()."""
         return bool(self._pending)
 
-    def take_pending(self) -> list[Effect]:
+    def take_pending(self) -> list[fx.Effect]:
         """The effects library commands queued since the last call (the session carries them out)."""
         out, self._pending = self._pending, []
         return out
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, *, now: float) -> list[Effect]:
+    def start(self, *, now: float) -> list[fx.Effect]:
         """Open storage, trust resume data or check the files, start announcing."""
         self._now = now
-        out: list[Effect] = []
+        out: list[fx.Effect] = []
         meta = self.meta
         try:
             existed = self.checker.data_exists()  # before open() creates the files
@@ -218,7 +195,7 @@ class Torrent:
         self.announcer.start(now=now)
         return out
 
-    def _enter_transfer(self, now: float, out: list[Effect]) -> None:
+    def _enter_transfer(self, now: float, out: list[fx.Effect]) -> None:
         if self.complete:
             self.state = TorrentState.SEEDING
             if self.stats.completed_at is None:
@@ -235,15 +212,15 @@ class Torrent:
                     f"super-seeding needs complete data ({self.have.count()}/{self.meta.num_pieces} pieces verified)"
                 )
 
-    def stop(self, *, now: float) -> list[Effect]:
+    def stop(self, *, now: float) -> list[fx.Effect]:
         """Announce 'stopped', close every peer, save resume data, close files."""
         self._now = now
-        out: list[Effect] = []
+        out: list[fx.Effect] = []
         if self._stopping:
             return out
         self._stopping = True
         for cid in [*self.peers, *self.half_open]:
-            out.append(ClosePeer(cid, CloseReason.SHUTDOWN, "stopping"))
+            out.append(fx.ClosePeer(cid, CloseReason.SHUTDOWN, "stopping"))
         if self.state is not TorrentState.ERROR:
             self.announcer.stop(now=now)
             self._poll_announcer(now, out)
@@ -274,24 +251,11 @@ class Torrent:
     @property
     def wanted_bytes(self) -> int:
         """Bytes of the wanted pieces (the whole torrent without a file selection)."""
-        if self.wanted is None:
-            return self.meta.total_length
-        return sum(self.meta.piece_size(i) for i, w in enumerate(self.wanted) if w)
+        return wanted_bytes(self.meta, self.wanted)
 
     @property
     def bytes_left(self) -> int:
-        if self.complete:
-            return 0
-        meta = self.meta
-        if self.wanted is not None:
-            have = self.have
-            return sum(meta.piece_size(i) for i, w in enumerate(self.wanted) if w and not have[i])
-        missing = meta.num_pieces - self.have.count()
-        left = missing * meta.piece_length
-        last = meta.num_pieces - 1
-        if not self.have[last]:
-            left -= meta.piece_length - meta.piece_size(last)
-        return left
+        return 0 if self.complete else bytes_left(self.meta, self.have, self.wanted)
 
     def _mark_have(self, index: int) -> None:
         self.have.set(index)
@@ -322,13 +286,13 @@ class Torrent:
 
     # ------------------------------------------------------------------ hash results
 
-    def _pump_check(self, out: list[Effect]) -> None:
+    def _pump_check(self, out: list[fx.Effect]) -> None:
         for job in self.checker.jobs(0):
-            out.append(HashPiece(job))
+            out.append(fx.HashPiece(job))
 
-    def on_hash_result(self, res: HashResult, *, now: float) -> list[Effect]:
+    def on_hash_result(self, res: HashResult, *, now: float) -> list[fx.Effect]:
         self._now = now
-        out: list[Effect] = []
+        out: list[fx.Effect] = []
         match res.tag:
             case CheckJobTag():
                 self._check_done(res, now, out)
@@ -336,7 +300,7 @@ class Torrent:
                 self._piece_hashed(res, now, out)
         return out
 
-    def _check_done(self, res: HashResult, now: float, out: list[Effect]) -> None:
+    def _check_done(self, res: HashResult, now: float, out: list[fx.Effect]) -> None:
         self.checker.job_done()
         self.stats.checked += 1
         if res.ok:
@@ -348,7 +312,7 @@ class Torrent:
                 self._enter_transfer(now, out)
                 self.save_resume(now)
 
-    def _piece_hashed(self, res: HashResult, now: float, out: list[Effect]) -> None:
+    def _piece_hashed(self, res: HashResult, now: float, out: list[fx.Effect]) -> None:
         # A verified piece's bytes were written by the worker (off the event loop); its result is
         # handled even while stopping, so the final resume data includes it.
         i = res.piece
@@ -357,7 +321,7 @@ class Torrent:
             digests = self.download.block_digests(i) if ledger else None
             srcs = self.download.pop_sources(i)
             self.storage.finish_commit(i, written=True)
-            out.append(PiecePassed(self.info_hash, i, frozenset(srcs), digests))
+            out.append(fx.PiecePassed(self.info_hash, i, frozenset(srcs), digests))
             if self.state is TorrentState.DOWNLOADING:
                 self._piece_passed(i, now, out)
             elif self.state is not TorrentState.ERROR:
@@ -381,9 +345,9 @@ class Torrent:
         if self._stopping and self.storage.commits_in_flight == 0:
             self._finalize(now)
 
-    def _piece_passed(self, index: int, now: float, out: list[Effect]) -> None:
+    def _piece_passed(self, index: int, now: float, out: list[fx.Effect]) -> None:
         self._mark_have(index)
-        out.append(Emit(EventName.PIECE_VERIFIED, index=index))
+        out.append(fx.Emit(EventName.PIECE_VERIFIED, index=index))
         self.picker.piece_passed(index)
         self.stats.downloaded += self.meta.piece_size(index)
         self.checker.resume_dirty = True
@@ -392,43 +356,43 @@ class Torrent:
                 continue
             if not self.picker.peer_has(peer.cid, index):
                 peer.wire.have(index)
-                out.append(Flush(peer.cid))
+                out.append(fx.Flush(peer.cid))
             if peer.wire.am_interested and not self.picker.is_interesting(peer.cid):
                 peer.wire.not_interested()
-                out.append(Flush(peer.cid))
+                out.append(fx.Flush(peer.cid))
         if self.complete:
             self._on_complete(now, out)
         else:
             self.download.fill_all(now, out)
 
-    def _piece_failed(self, index: int, now: float, out: list[Effect]) -> None:
+    def _piece_failed(self, index: int, now: float, out: list[fx.Effect]) -> None:
         blocks = self.block_records(index, self.storage.piece_buffer(index))
         self.storage.discard_piece(index)
         self.picker.piece_failed(index)
         self.stats.hash_failures += 1
         self.stats.wasted += self.meta.piece_size(index)
         srcs = ", ".join(sorted(self.download.pop_sources(index)))
-        out.append(Emit(EventName.PIECE_FAILED, index=index, detail=srcs))
+        out.append(fx.Emit(EventName.PIECE_FAILED, index=index, detail=srcs))
         log.warning("%s: piece %d failed its hash check (from %s)", self.meta.name, index, srcs)
-        out.append(PieceFailed(self.info_hash, index, blocks))
+        out.append(fx.PieceFailed(self.info_hash, index, blocks))
         self.download.fill_all(now, out)
 
     def block_records(self, index: int, buf: memoryview) -> list[BlockRecord]:
         """Who sent each block of a piece in progress and the SHA-1 of the bytes (smart-ban ledger)."""
         return self.download.block_records(index, buf)
 
-    def _on_complete(self, now: float, out: list[Effect]) -> None:
+    def _on_complete(self, now: float, out: list[fx.Effect]) -> None:
         self.state = TorrentState.SEEDING
         self.stats.completed_at = now
         log.info("%s: download complete", self.meta.name)
-        out.append(Emit(EventName.TORRENT_COMPLETE))
+        out.append(fx.Emit(EventName.TORRENT_COMPLETE))
         self.save_resume(now)
         if not self.completed_event_sent:
             self.completed_event_sent = True
             self.announcer.completed(now=now)
         for peer in self.peers.values():
             if peer.is_seed:
-                out.append(ClosePeer(peer.cid, CloseReason.BOTH_SEEDS, "both sides are seeds"))
+                out.append(fx.ClosePeer(peer.cid, CloseReason.BOTH_SEEDS, "both sides are seeds"))
 
     # ------------------------------------------------------------------ peers joining / leaving
 
@@ -438,12 +402,12 @@ class Torrent:
             TorrentState.SEEDING,
         )
 
-    def attach(self, peer: PeerConnection, *, now: float, ext_handshake_seen: bool = False) -> list[Effect]:
+    def attach(self, peer: PeerConnection, *, now: float, ext_handshake_seen: bool = False) -> list[fx.Effect]:
         """The BT handshake with ``peer`` is complete (its phase is Active): start the wire.
 
         ``ext_handshake_seen``: its BEP 10 handshake came before (a magnet fetch's connection)."""
         self._now = now
-        out: list[Effect] = [Flush(peer.cid)]
+        out: list[fx.Effect] = [fx.Flush(peer.cid)]
         self.half_open.discard(peer.cid)
         self.peers[peer.cid] = peer
         wire = peer.wire
@@ -475,10 +439,10 @@ class Torrent:
             self._ext_handshake(peer, now, out)
         return out
 
-    def peer_closed(self, peer: PeerConnection, *, now: float) -> list[Effect]:
+    def peer_closed(self, peer: PeerConnection, *, now: float) -> list[fx.Effect]:
         """``peer`` is gone (its connection torn down by the session); a failed dial backs off."""
         self._now = now
-        out: list[Effect] = []
+        out: list[fx.Effect] = []
         if peer.wire is None and peer.outgoing:
             self.dialer.connect_failed(peer.addr, now)
         self.half_open.discard(peer.cid)
@@ -505,9 +469,13 @@ class Torrent:
         """BEP 27: no PEX (and no DHT) for this torrent."""
         return self.meta.private
 
-    def add_candidates(self, addrs: Iterable[Addr], source: PeerSource, *, now: float) -> list[Effect]:
-        """Addresses to dial from a peer source (tracker, user, DHT, ...)."""
+    def add_candidates(self, addrs: Iterable[Addr], source: PeerSource, *, now: float) -> None:
+        """Addresses to dial from a peer source (the user, a tracker, DHT, ...); a command: the dials
+        follow on the session's next take_actions()."""
         self._now = now
+        self._pending += self._candidates(addrs, source)
+
+    def _candidates(self, addrs: Iterable[Addr], source: PeerSource) -> list[fx.Effect]:
         self.dialer.add(list(addrs), source, own=self._ctx.own_addresses())
         return self._want_dials()
 
@@ -515,16 +483,16 @@ class Torrent:
         """A banned IP: never dial it again."""
         self.dialer.forget_ip(ip)
 
-    def _want_dials(self) -> list[Effect]:
+    def _want_dials(self) -> list[fx.Effect]:
         if self.state not in (TorrentState.DOWNLOADING, TorrentState.SEEDING) or self._stopping:
             return []
-        return [WANT_DIALS] if self.dialer.wants_more() else []
+        return [fx.WANT_DIALS] if self.dialer.wants_more() else []
 
-    def connect_more(self, *, now: float, slots: int, dialing: set[Addr]) -> list[Effect]:
+    def connect_more(self, *, now: float, slots: int, dialing: set[Addr]) -> list[fx.Effect]:
         """Answer to WantDials: DialPeer effects within ``slots`` more connections; ``dialing``: every
         address the session is dialling."""
         self._now = now
-        out: list[Effect] = []
+        out: list[fx.Effect] = []
         if self.state in (TorrentState.DOWNLOADING, TorrentState.SEEDING) and not self._stopping:
             seeding = self.state is TorrentState.SEEDING
             self.dialer.connect_more(now, seeding=seeding, dialing=dialing, slots=slots, out=out)
@@ -536,15 +504,15 @@ class Torrent:
 
     # ------------------------------------------------------------------ wire messages
 
-    def on_message(self, peer: PeerConnection, msg: object, *, now: float) -> list[Effect]:  # noqa: C901
+    def on_message(self, peer: PeerConnection, msg: object, *, now: float) -> list[fx.Effect]:  # noqa: C901
         """One message from an attached peer.  RemoteProtocolError propagates (the session closes
         the connection and penalises the IP)."""
         self._now = now
-        out: list[Effect] = []
+        out: list[fx.Effect] = []
         if self._ctx.events.enabled:
-            name = _WIRE_EVENTS.get(type(msg))
+            name = WIRE_EVENTS.get(type(msg))
             if name is not None:
-                out.append(Emit(name, peer, index=msg.index if isinstance(msg, w.Have) else None))
+                out.append(fx.Emit(name, peer, index=msg.index if isinstance(msg, w.Have) else None))
         if self._superseeding.seeder is not None:
             self._superseeding.on_message(peer, msg, out)
         match msg:
@@ -600,17 +568,17 @@ class Torrent:
             # Suggest, Port, KeepAlive, other extended messages: nothing to do yet.
         return out
 
-    def _ext_handshake(self, peer: PeerConnection, now: float, out: list[Effect]) -> None:
+    def _ext_handshake(self, peer: PeerConnection, now: float, out: list[fx.Effect]) -> None:
         yourip = peer.ext.get(b"yourip")
         if isinstance(yourip, bytes) and len(yourip) in (4, 16):  # BEP 10 'yourip': BEP 40 priorities
             self.dialer.peer_saw_us_as(str(ipaddress.ip_address(yourip)), self._ctx.listen_port)
         self.extensions.on_ext_handshake(peer, own=self._ctx.own_addresses(), now=now, out=out)
 
-    def _check_seed(self, peer: PeerConnection, out: list[Effect]) -> None:
+    def _check_seed(self, peer: PeerConnection, out: list[fx.Effect]) -> None:
         if not peer.is_seed and self.picker.peer_is_seed(peer.cid):
             peer.is_seed = True
             if self.complete:
-                out.append(ClosePeer(peer.cid, CloseReason.BOTH_SEEDS, "both sides are seeds"))
+                out.append(fx.ClosePeer(peer.cid, CloseReason.BOTH_SEEDS, "both sides are seeds"))
 
     @property
     def banned(self) -> set[str]:
@@ -618,20 +586,20 @@ class Torrent:
 
     # ------------------------------------------------------------------ uploading and rate limits (upload.py, ratelimit.py)
 
-    def serve(self, peer: PeerConnection, *, now: float) -> list[Effect]:
+    def serve(self, peer: PeerConnection, *, now: float) -> list[fx.Effect]:
         """The peer's socket drained: answer queued requests while its outbox has room (backpressure)."""
         self._now = now
-        out: list[Effect] = []
+        out: list[fx.Effect] = []
         try:
             self.upload.serve(peer, now, out)
         except StorageError as e:
             self.fail(f"read failed: {e}")
         return out
 
-    def serve_waiting(self, *, now: float) -> tuple[bool, list[Effect]]:
+    def serve_waiting(self, *, now: float) -> tuple[bool, list[fx.Effect]]:
         """Serve peers whose requests waited for upload tokens, round robin; (some still wait, effects)."""
         self._now = now
-        out: list[Effect] = []
+        out: list[fx.Effect] = []
         try:
             waiting = self.upload.serve_waiting(now=now, out=out)
         except StorageError as e:
@@ -648,7 +616,7 @@ class Torrent:
         an input brought.
         """
         self.limits.set_rates(up=up, down=down, now=self._now if now is None else now)
-        self._pending.append(LIMITS_CHANGED)
+        self._pending.append(fx.LIMITS_CHANGED)
 
     def rate_limits(self) -> tuple[float | None, float | None]:
         """(upload, download) limits of this torrent alone, bytes/s; None = unlimited."""
@@ -683,16 +651,8 @@ class Torrent:
             )
         self.download.request(peer, index, begin, length, now=now, out=self._pending)
 
-    def send_pex(
-        self,
-        peer: PeerConnection,
-        added: Iterable[object] = (),
-        dropped: Iterable[object] = (),
-        added6: Iterable[object] = (),
-        dropped6: Iterable[object] = (),
-        *,
-        now: float,
-    ) -> None:
+    def send_pex(self, peer: PeerConnection, added: Iterable[object] = (), dropped: Iterable[object] = (),
+                 added6: Iterable[object] = (), dropped6: Iterable[object] = (), *, now: float) -> None:
         """An explicit ut_pex message for library code; raises LocalProtocolError if not allowed now."""
         self.extensions.send_pex(peer, added, dropped, added6, dropped6, now=now, out=self._pending)
 
@@ -702,9 +662,9 @@ class Torrent:
 
     # ------------------------------------------------------------------ timers
 
-    def tick(self, *, now: float) -> list[Effect]:
+    def tick(self, *, now: float) -> list[fx.Effect]:
         self._now = now
-        out: list[Effect] = []
+        out: list[fx.Effect] = []
         if self.state in (TorrentState.STOPPED, TorrentState.ERROR):
             return out
         if self.download.disk_error is not None:
@@ -727,7 +687,7 @@ class Torrent:
             self.save_resume(now)
         return out
 
-    def _peer_timers(self, peer: PeerConnection, now: float, out: list[Effect]) -> None:
+    def _peer_timers(self, peer: PeerConnection, now: float, out: list[fx.Effect]) -> None:
         wire = peer.wire
         if wire is None or peer.closing:
             return
@@ -735,26 +695,26 @@ class Torrent:
         if wire.am_interested or wire.peer_interested:
             peer.last_useful_at = now
         elif now - peer.last_useful_at > IDLE_TIMEOUT_S:
-            out.append(ClosePeer(peer.cid, CloseReason.IDLE, "neither interested nor interesting for 3 minutes"))
+            out.append(fx.ClosePeer(peer.cid, CloseReason.IDLE, "neither interested nor interesting for 3 minutes"))
             return
         if self.state is TorrentState.DOWNLOADING and not wire.peer_choking:
             self.download.fill(peer, now, out)
 
-    def _poll_announcer(self, now: float, out: list[Effect]) -> None:
+    def _poll_announcer(self, now: float, out: list[fx.Effect]) -> None:
         if self._ctx.network_paused is not None:
             return  # the announce waits until the bound interface is back (issue 10)
         job = self.announcer.poll(now=now)
         if job is None:
             return
-        out.append(AnnounceDue(job, self.stats.uploaded, self.stats.downloaded, self.bytes_left, self.config.numwant))
+        out.append(fx.AnnounceDue(job, self.stats.uploaded, self.stats.downloaded, self.bytes_left, self.config.numwant))
 
     def on_announce_result(
         self, job: AnnounceJob, result: AnnounceResult | None, error: str | None, *, now: float
-    ) -> list[Effect]:
+    ) -> list[fx.Effect]:
         self._now = now
         if result is not None and result.failure is None:
             self.announcer.job_done(job, result, now=now)
-            return self.add_candidates(result.peers, PeerSource.TRACKER, now=now)
+            return self._candidates(result.peers, PeerSource.TRACKER)
         msg = error or (result.failure if result is not None else None) or "unknown error"
         if result is not None:
             self.announcer.job_done(job, result, now=now)
@@ -797,15 +757,9 @@ class Torrent:
         """
         self._set_super_seed(on, self._pending)
 
-    def _set_super_seed(self, on: bool, out: list[Effect]) -> None:
-        if not on:
-            self._superseeding.stop("switched off", out)
-            return
-        if self._superseeding.active:
-            return
-        if self.state is not TorrentState.SEEDING or not self.have.all():
-            raise ValueError(f"super-seeding needs a complete torrent that is seeding (it is {self.state.value})")
-        self._superseeding.start(out)
+    def _set_super_seed(self, on: bool, out: list[fx.Effect]) -> None:
+        can = self.state is TorrentState.SEEDING and self.have.all()
+        self._superseeding.switch(on, allowed=can, state=self.state.value, out=out)
 
     # ------------------------------------------------------------------ reporting
 

@@ -21,8 +21,7 @@ from minibt_proc import MinibtProc
 
 from minibt.client import Client as MinibtClient
 from minibt.peer import PeerConnection
-from minibt.session import SessionConfig
-from minibt.settings import TorrentState
+from minibt.settings import SessionConfig, TorrentState
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("reference_clients")]
 

@@ -29,13 +29,14 @@ from typing import Any
 
 from helpers import FakeClock
 
+from minibt.actions import Action, Announce, Close, Dial
 from minibt.effects import Flush, HashPiece
 from minibt.errors import CloseReason, RemoteProtocolError
 from minibt.handshake import Handshake, HandshakeReceived, InfoHashReceived, make_reserved, supports_fast
 from minibt.metainfo import Metainfo, create_torrent, parse_metainfo
 from minibt.peer import PeerConnection, PeerSource
-from minibt.session import Action, Announce, Close, Dial, Session, SessionConfig
-from minibt.settings import TorrentConfig
+from minibt.session import Session
+from minibt.settings import SessionConfig, TorrentConfig
 from minibt.torrent import Torrent
 from minibt.tracker import AnnounceJob, AnnounceResult
 from minibt.urls import Addr

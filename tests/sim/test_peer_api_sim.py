@@ -22,8 +22,7 @@ from minibt.handles import Dispatcher, Peer, PeerFlags
 from minibt.metainfo import Metainfo
 from minibt.peer import PeerSource
 from minibt.reputation import REPUTATION_START
-from minibt.session import SessionConfig
-from minibt.settings import TorrentConfig, TorrentState
+from minibt.settings import SessionConfig, TorrentConfig, TorrentState
 from minibt.wire_codec import BLOCK_LEN
 
 PIECE_LEN = 32 * KiB

@@ -18,13 +18,14 @@ import pytest
 from helpers import FakeClock
 from simnet import KiB, MiB, make_payload, make_torrent
 
+from minibt.actions import Action, Announce, Close, Dial
 from minibt.effects import Flush, HashPiece
 from minibt.errors import CloseReason
 from minibt.metainfo import Metainfo
 from minibt.peer import PeerConnection, PeerSource
 from minibt.ratelimit import UNLIMITED
-from minibt.session import Action, Announce, Close, Dial, Session, SessionConfig
-from minibt.settings import TorrentConfig, TorrentState
+from minibt.session import Session
+from minibt.settings import SessionConfig, TorrentConfig, TorrentState
 from minibt.torrent import Torrent
 from minibt.urls import Addr
 from minibt.workers import HashResult, InlineHasher

@@ -16,8 +16,7 @@ from simnet import KiB, LinkSpec, RawPeer, SimNet, SimPeer, make_payload, make_t
 
 from minibt.handshake import HandshakeReceived, InfoHashReceived, supports_fast
 from minibt.metainfo import Metainfo
-from minibt.session import SessionConfig
-from minibt.settings import TorrentConfig, TorrentState
+from minibt.settings import SessionConfig, TorrentConfig, TorrentState
 from minibt.wire import PeerWire
 from minibt.wire_codec import Have, Piece, Reject, Unchoke
 

@@ -170,7 +170,7 @@ def test_rate_limit_options_reach_the_session_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import minibt.cli
-    from minibt.session import SessionConfig
+    from minibt.settings import SessionConfig
 
     out = tmp_path / "t.torrent"
     assert main(["create", str(make_tree(tmp_path)), "-o", str(out)]) == 0

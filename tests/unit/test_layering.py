@@ -33,9 +33,9 @@ RESTRICTED: dict[str, set[str]] = {
     "asyncio": set(),
     "time": {"clock.py"},
     "importlib": set(),  # every import is static, so this scan sees it
-    # Processes, signals and the OS's process state: the runner and the CLI own the process.
+    # Processes, signals and the OS's process state: the runner (runner.py, daemon.py) and the CLI own the process.
     "subprocess": {"runner.py"},  # runner.py: the on-complete hook
-    "signal": {"runner.py", "cli.py"},  # SIGINT/SIGTERM/SIGHUP handlers of `run` and `download`/`seed`
+    "signal": {"daemon.py", "cli.py"},  # SIGINT/SIGTERM/SIGHUP handlers of `run` and `download`/`seed`
     "fcntl": {
         "statusfile.py",  # RunLock: flock() on the state directory's lock file
         "netif.py",  # SIOCGIFFLAGS ioctl: is the bound interface up
@@ -232,7 +232,8 @@ def test_scan_fails_on_a_planted_violation(tmp_path: Path, planted: str) -> None
 
 def test_scan_allows_the_listed_modules(tmp_path: Path) -> None:
     (tmp_path / "statusfile.py").write_text("import fcntl\n")
-    (tmp_path / "runner.py").write_text("import signal\nimport subprocess\nimport psutil\n")
+    (tmp_path / "runner.py").write_text("import subprocess\nimport psutil\n")
+    (tmp_path / "daemon.py").write_text("import signal\n")
     (tmp_path / "clock.py").write_text("import time\nimport datetime\nt = time.time()\nd = datetime.datetime.now()\n")
     (tmp_path / "metainfo.py").write_text("import datetime\nd = datetime.datetime.fromtimestamp(0)\n")
     assert layering_violations(tmp_path) == []

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from minibt.actions import Dial
 from minibt.errors import CloseReason, ConfigError
 from minibt.handles import Peer, PeerFlags
 from minibt.loop import UDP_SOCK_BUF, EventLoop
 from minibt.metainfo import create_torrent, parse_metainfo
 from minibt.peer import PeerSource
-from minibt.session import Dial, Session, SessionConfig
+from minibt.session import Session
+from minibt.settings import SessionConfig
 from minibt.torrent import Torrent
 from minibt.utp_codec import HEADER_STRUCT, ST_STATE, ST_SYN, UTP_VERSION
 from minibt.utp_config import UtpConfig

@@ -21,8 +21,8 @@ PKG = ROOT / "minibt"
 # Public names defined in more than one minibt module, each a different thing that only shares a
 # name.  Everything else public is defined once; add here only with a reason.
 SHARED_NAMES = {
-    "Event": "api.Event is the public event record; handshake/wire_codec.Event is each machine's event union",
-    "Peer": "api.Peer is the public peer snapshot; picker/superseed.Peer is their opaque peer key type",
+    "Event": "events.Event is the public event record; handshake/wire_codec.Event is each machine's event union",
+    "Peer": "handles.Peer is the public peer handle; picker/superseed.Peer is their opaque peer key type",
     "encode": "bencode.encode / wire_codec.encode: each codec's verb, called module-qualified (STYLE.md 5)",
     "decode": "bencode.decode / wire_codec.decode: as encode",
     "describe": "metainfo.describe prints a torrent; faults.describe names an exception",

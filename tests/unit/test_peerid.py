@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minibt.peerid import AZUREUS_CLIENTS, decode_client
-from minibt.session import PEER_ID_PREFIX
+from minibt.peerid import AZUREUS_CLIENTS, PEER_ID_PREFIX, decode_client
 
 
 def pid(prefix: bytes) -> bytes:

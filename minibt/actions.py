@@ -1,0 +1,41 @@
+"""What the session asks of the event loop (loop.py): the loop actions ``Session.take_actions()`` returns.
+
+``Dial`` opens connection ``cid`` (over ``transport``), ``Close`` closes it, ``Announce`` runs one
+tracker transaction (trackerio.py); ``HashPiece`` (a hash job for the worker pool) and ``Flush``
+(connection ``cid`` has bytes: drain ``Session.data_to_send``) are torrent-layer effects
+(effects.py) the session passes on unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from minibt.effects import Flush, HashPiece
+from minibt.errors import CloseReason
+from minibt.peer import Transport
+from minibt.tracker import AnnounceJob, AnnounceParams
+from minibt.urls import Addr
+
+
+@dataclass(frozen=True, slots=True)
+class Dial:
+    cid: int
+    addr: Addr
+    transport: Transport = Transport.TCP
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    cid: int
+    reason: CloseReason
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    info_hash: bytes
+    job: AnnounceJob
+    params: AnnounceParams
+
+
+Action = Dial | Close | HashPiece | Announce | Flush  # HashPiece and Flush: effects.py, passed on as they are
