@@ -43,7 +43,6 @@ from minibt.metainfo import Metainfo
 from minibt.peer import PeerConnection, PeerSource
 from minibt.picker import PiecePicker
 from minibt.ratelimit import KEEP, Keep, TokenBucket, TransferLimits
-from minibt.reputation import BlockRecord
 from minibt.settings import Mode, TorrentConfig, TorrentState, TorrentStats, parse_mode
 from minibt.storage import Storage, bytes_left, plan_names, wanted_bytes, wanted_pieces
 from minibt.superseed import SuperSeeder, SuperSeeding
@@ -366,7 +365,7 @@ class Torrent:
             self.download.fill_all(now, out)
 
     def _piece_failed(self, index: int, now: float, out: list[fx.Effect]) -> None:
-        blocks = self.block_records(index, self.storage.piece_buffer(index))
+        blocks = self.download.block_records(index, self.storage.piece_buffer(index))
         self.storage.discard_piece(index)
         self.picker.piece_failed(index)
         self.stats.hash_failures += 1
@@ -376,10 +375,6 @@ class Torrent:
         log.warning("%s: piece %d failed its hash check (from %s)", self.meta.name, index, srcs)
         out.append(fx.PieceFailed(self.info_hash, index, blocks))
         self.download.fill_all(now, out)
-
-    def block_records(self, index: int, buf: memoryview) -> list[BlockRecord]:
-        """Who sent each block of a piece in progress and the SHA-1 of the bytes (smart-ban ledger)."""
-        return self.download.block_records(index, buf)
 
     def _on_complete(self, now: float, out: list[fx.Effect]) -> None:
         self.state = TorrentState.SEEDING
@@ -463,11 +458,6 @@ class Torrent:
     def candidates(self) -> CandidatePool:
         """Addresses we may dial (dialer.py)."""
         return self.dialer.candidates
-
-    @property
-    def private(self) -> bool:
-        """BEP 27: no PEX (and no DHT) for this torrent."""
-        return self.meta.private
 
     def add_candidates(self, addrs: Iterable[Addr], source: PeerSource, *, now: float) -> None:
         """Addresses to dial from a peer source (the user, a tracker, DHT, ...); a command: the dials
