@@ -138,7 +138,8 @@ class PeerConnection:
         self.addr = addr
         self.outgoing = outgoing
         self.source = source
-        self.phase: Phase = Handshaking(handshake)
+        self._phase: Phase = Handshaking(handshake)
+        self._wire: PeerWire | None = None
         self.info_hash: bytes | None = None
         self.peer_id: bytes | None = None
         self.reserved: bytes = bytes(8)
@@ -170,7 +171,13 @@ class PeerConnection:
 
     def enter(self, phase: Phase) -> None:
         """Hand over to the next phase (or a fresh handshake for a redial on another transport)."""
-        self.phase = phase
+        self._phase = phase
+        self._wire = phase.wire if isinstance(phase, Active) else None
+
+    @property
+    def phase(self) -> Phase:
+        """Handshaking, FetchingMetadata or Active; changed by :meth:`enter` only."""
+        return self._phase
 
     @property
     def handshake(self) -> Handshake | None:
@@ -180,9 +187,8 @@ class PeerConnection:
 
     @property
     def wire(self) -> PeerWire | None:
-        """The peer wire once active, else None."""
-        ph = self.phase
-        return ph.wire if isinstance(ph, Active) else None
+        """The peer wire once active, else None (kept by enter(): read on every block)."""
+        return self._wire
 
     @property
     def fetch_link(self) -> FetchLink | None:

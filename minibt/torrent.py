@@ -497,7 +497,6 @@ class Torrent:
     def on_message(self, peer: PeerConnection, msg: object, *, now: float) -> list[fx.Effect]:  # noqa: C901
         """One message from an attached peer.  RemoteProtocolError propagates (the session closes
         the connection and penalises the IP)."""
-        self._now = now
         out: list[fx.Effect] = []
         if self._ctx.events.enabled:
             name = WIRE_EVENTS.get(type(msg))
