@@ -28,6 +28,7 @@ SHARED_NAMES = {
     "describe": "metainfo.describe prints a torrent; faults.describe names an exception",
     "IDLE_TIMEOUT_S": "wire: no bytes at all for 180 s; torrent: neither side interested for 180 s",
     "MAX_OUTBOX_BYTES": "wire: the per-connection soft cap; budget: the TorrentConfig default it plans with",
+    "MAX_FAILS": "dialer: failed dials before a candidate is forgotten; routing: unanswered DHT queries before a node is bad",
     "MiB": "a unit multiplier, spelled out where sizes are written (budget.py, metainfo.py)",
     "KiB": "a unit multiplier, spelled out where sizes are written (budget.py, utp_config.py)",
     "parse_peer_addr": "pex: IP-literal PEX entries; config: the config file's peers; both call urls.parse_host_port",
