@@ -23,8 +23,9 @@ PKG = ROOT / "minibt"
 SHARED_NAMES = {
     "Event": "events.Event is the public event record; handshake/wire_codec.Event is each machine's event union",
     "Peer": "handles.Peer is the public peer handle; picker/superseed.Peer is their opaque peer key type",
-    "encode": "bencode.encode / wire_codec.encode: each codec's verb, called module-qualified (STYLE.md 5)",
-    "decode": "bencode.decode / wire_codec.decode: as encode",
+    "encode": "bencode.encode / wire_codec.encode / krpc.encode: each codec's verb, called module-qualified (STYLE.md 5)",
+    "decode": "bencode.decode / wire_codec.decode / krpc.decode: as encode",
+    "Message": "wire_codec.Message: the peer-wire message union; krpc.Message: the KRPC (DHT) message union",
     "describe": "metainfo.describe prints a torrent; faults.describe names an exception",
     "IDLE_TIMEOUT_S": "wire: no bytes at all for 180 s; torrent: neither side interested for 180 s",
     "MAX_OUTBOX_BYTES": "wire: the per-connection soft cap; budget: the TorrentConfig default it plans with",
