@@ -1,7 +1,8 @@
 """What the session asks of the event loop (loop.py): the loop actions ``Session.take_actions()`` returns.
 
 ``Dial`` opens connection ``cid`` (over ``transport``), ``Close`` closes it, ``Announce`` runs one
-tracker transaction (trackerio.py); ``HashPiece`` (a hash job for the worker pool) and ``Flush``
+tracker transaction (trackerio.py), ``Datagram`` sends a DHT message and ``LookupDhtNode`` resolves
+a DHT bootstrap host; ``HashPiece`` (a hash job for the worker pool) and ``Flush``
 (connection ``cid`` has bytes: drain ``Session.data_to_send``) are torrent-layer effects
 (effects.py) the session passes on unchanged.
 """
@@ -38,4 +39,20 @@ class Announce:
     params: AnnounceParams
 
 
-Action = Dial | Close | HashPiece | Announce | Flush  # HashPiece and Flush: effects.py, passed on as they are
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    """Send ``data`` to ``addr`` from the UDP socket (a DHT message, dht.py)."""
+
+    data: bytes
+    addr: Addr
+
+
+@dataclass(frozen=True, slots=True)
+class LookupDhtNode:
+    """Resolve a DHT bootstrap host name off the loop; the result goes to ``Session.on_dht_resolved``."""
+
+    host: str
+    port: int
+
+
+Action = Dial | Close | HashPiece | Announce | Flush | Datagram | LookupDhtNode  # HashPiece and Flush: effects.py, passed on as they are

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from minibt import __version__
 from minibt.client import Client, default_state_dir
 from minibt.clock import MonotonicClock
+from minibt.dhtservice import BOOTSTRAP_ENV, bootstrap_nodes
 from minibt.errors import ConfigError, MagnetError, MetainfoError, MinibtError, StorageError
 from minibt.ifwatch import valid_interface_name
 from minibt.magnet import MAGNET_PREFIX, Magnet, parse_magnet
@@ -201,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="upload limit, payload bytes/s (e.g. 500KiB, 2MiB; default 0 = unlimited)")
         sp.add_argument("--down-limit", type=parse_rate, default=None, metavar="RATE",
                         help="download limit, payload bytes/s (e.g. 500KiB, 2MiB; default 0 = unlimited)")
+        sp.add_argument("--no-dht", action="store_true", help="do not use the Mainline DHT (BEP 5)")
+        sp.add_argument("--dht-bootstrap", action="append", type=parse_peer, default=None, metavar="HOST:PORT",
+                        help="DHT node to join through (repeatable; replaces the public routers and "
+                        f"${BOOTSTRAP_ENV})")
 
     d = sub.add_parser("download", parents=[common], help="download a torrent; exit 0 once every piece is verified on disk")
     net_args(d)
@@ -445,10 +450,18 @@ def cmd_transfer(args: argparse.Namespace) -> int:  # noqa: C901
     elif not os.path.isdir(args.dir):
         print(f"minibt: {args.dir}: no such directory", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        boot = bootstrap_nodes(tuple(args.dht_bootstrap) if args.dht_bootstrap else None,
+                               os.environ.get(BOOTSTRAP_ENV))
+    except ValueError as e:
+        print(f"minibt: {e}", file=sys.stderr)
+        return EXIT_USAGE
     config = SessionConfig(
         torrent=TorrentConfig(max_peers=args.max_peers, cache_bytes=args.cache),
         upload_limit_bps=args.up_limit,
         download_limit_bps=args.down_limit,
+        dht=not args.no_dht,
+        dht_bootstrap=boot,
     )
     if args.transport is not None:
         config = dataclasses.replace(config, transports=args.transport)

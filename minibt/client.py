@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -21,6 +22,7 @@ from types import TracebackType
 from typing import overload
 
 from minibt.clock import Clock, MonotonicClock
+from minibt.dhtservice import DHT_FILE, MAX_DHT_FILE_BYTES
 from minibt.events import Event
 from minibt.handles import Dispatcher, Peer
 from minibt.loop import EventLoop
@@ -31,10 +33,13 @@ from minibt.peer import PeerSource, to_transports
 from minibt.ratelimit import KEEP, Keep
 from minibt.session import Session
 from minibt.settings import SessionConfig, TorrentConfig, parse_mode
+from minibt.storage import write_atomic
 from minibt.torrent import Torrent
 from minibt.urls import Addr
 from minibt.utp_config import UtpConfig
 from minibt.workers import Hasher
+
+log = logging.getLogger(__name__)
 
 
 def default_state_dir() -> str:
@@ -82,6 +87,8 @@ class Client:
         wake.append(self.loop.wake)
         self.loop.open()
         self._closed = False
+        if self.session.config.dht:  # BEP 5: rejoin from dht.dat (our id and the nodes we knew), else bootstrap
+            self.session.enable_dht(saved=self._read_dht_state(), now=self.clock.now(), port=self.loop.udp_port)
         # Public API events: the session queues them, the loop hands over before each flush.
         self.dispatcher = Dispatcher(self.session)
         self.loop.before_flush = self.dispatch_events
@@ -251,11 +258,36 @@ class Client:
         """Signal-safe: make run() return."""
         self.loop.request_stop()
 
+    def _dht_path(self) -> str | None:
+        return os.path.join(self.state_dir, DHT_FILE) if self.state_dir else None
+
+    def _read_dht_state(self) -> bytes | None:
+        path = self._dht_path()
+        try:
+            if path is not None:
+                with open(path, "rb") as f:
+                    return f.read(MAX_DHT_FILE_BYTES)
+        except OSError:
+            pass
+        return None
+
+    def save_dht(self) -> None:
+        """Write our DHT node id and table to ``state_dir/dht.dat`` (atomically; a failure is logged)."""
+        path = self._dht_path()
+        if path is None or self.session.dht is None:
+            return
+        try:
+            os.makedirs(self.state_dir or ".", exist_ok=True)
+            write_atomic(path, self.session.dht.save())
+        except OSError as e:
+            log.warning("cannot write %s: %s", path, e)
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
+            self.save_dht()
             self.loop.shutdown()
             self.dispatch_events()  # the disconnects of the shutdown itself
         finally:

@@ -118,6 +118,8 @@ class Config:
     download_limit_bps: float | None = None
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
     transports: tuple[Transport, ...] = (Transport.TCP, Transport.UTP)
+    dht: bool = True  # Mainline DHT (BEP 5); never for private torrents
+    dht_bootstrap: tuple[tuple[str, int], ...] | None = None  # None: MINIBT_DHT_BOOTSTRAP or the public routers
     log_level: str = "info"
     log_file: str | None = None
     watch_dir: str | None = None
@@ -482,6 +484,12 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
     if transports is not None and not valid_transports(transports):
         raise client.error("transports", f"expected a non-empty list of distinct \"tcp\"/\"utp\", got {list(transports)}")
     transport_order = to_transports(transports) if transports is not None else None
+    dht = client.take("dht", bool, "true or false")
+    boot = client.str_list("dht_bootstrap", "a list of \"host:port\" DHT nodes to join through")
+    try:
+        dht_bootstrap = tuple(parse_peer_addr(b) for b in boot) if boot is not None else None
+    except ValueError as e:
+        raise client.error("dht_bootstrap", str(e)) from None
     watch_dir = client.take("watch_dir", str, "a directory path (\"\" = off)")
     durations = {}
     for key in ("watch_interval", "status_interval", "resume_interval", "disk_retry_interval"):
@@ -525,6 +533,8 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
         download_limit_bps=down,
         memory_budget_bytes=pick(budget, d.memory_budget_bytes),
         transports=pick(transport_order, d.transports),
+        dht=pick(dht, d.dht),
+        dht_bootstrap=dht_bootstrap,
         log_level=(level or d.log_level).lower(),
         log_file=_path(base, log_file) if log_file else None,
         watch_dir=watch_dir or None,

@@ -16,6 +16,7 @@ from minibt.budget import fit_budget, over_budget_message
 from minibt.client import Client
 from minibt.clock import local_seconds_of_day
 from minibt.configfile import Config, load_config
+from minibt.dhtservice import BOOTSTRAP_ENV, bootstrap_nodes
 from minibt.errors import ConfigError
 from minibt.peer import Transport
 from minibt.runner import Runner, set_log_level
@@ -79,8 +80,14 @@ def _run_locked(cfg: Config, *, once: bool, max_time_s: float | None, until_min:
     if warning is not None:
         log.warning("%s", warning)
         _stderr(warning)
+    try:
+        boot = bootstrap_nodes(cfg.dht_bootstrap, os.environ.get(BOOTSTRAP_ENV))
+    except ValueError as e:
+        _stderr(str(e))
+        return EXIT_CONFIG
     scfg = SessionConfig(max_connections=limits.max_connections, transports=cfg.transports,
-                         upload_limit_bps=cfg.upload_limit_bps, download_limit_bps=cfg.download_limit_bps)
+                         upload_limit_bps=cfg.upload_limit_bps, download_limit_bps=cfg.download_limit_bps,
+                         dht=cfg.dht, dht_bootstrap=boot)
     try:
         client = Client(bind=cfg.bind, port=cfg.listen_port, state_dir=cfg.state_dir, config=scfg, interface=cfg.interface,
                         hash_threads=1 if cfg.memory_budget_bytes < (64 << 20) else 2,

@@ -319,6 +319,11 @@ class DhtNode:
         for addr in self.bootstrap_addrs:
             if not s.candidates or len(self.table) < K:
                 s.candidates.setdefault(addr, _Candidate(addr, None))
+        if peers_wanted:  # peers announced to us count too (in a small swarm we may be the closest node)
+            local = tuple(self.store.get(target, self.rng, n=MAX_VALUES, now=now))
+            if local:
+                s.found.update(local)
+                self._found.append(PeersFound(target, local))
         self._searches[target] = s
         while len(self._searches) > MAX_SEARCHES:
             _, old = self._searches.popitem(last=False)

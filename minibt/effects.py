@@ -154,6 +154,13 @@ class PieceFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeHint:
+    """A peer's BEP 5 PORT message: a DHT node at ``addr`` (the session's DHT pings it)."""
+
+    addr: Addr
+
+
+@dataclass(frozen=True, slots=True)
 class MetadataDone:
     """A magnet fetch verified its info dict: the session adds the torrent and hands the
     connections over (magnetfetch.py)."""
@@ -163,7 +170,7 @@ class MetadataDone:
 
 Effect = (
     Flush | ClosePeer | Penalize | Emit | HashPiece | AnnounceDue | WantDials | DialPeer | RateWait
-    | LimitsChanged | PiecePassed | PieceFailed | MetadataDone
+    | LimitsChanged | PiecePassed | PieceFailed | MetadataDone | NodeHint
 )
 
 WANT_DIALS = WantDials()
@@ -178,7 +185,8 @@ class SessionContext:
     ``events.enabled`` says whether anyone listens for public events.
     """
 
-    __slots__ = ("reputation", "events", "listen_port", "listen_ip", "local_ips", "network_paused", "wall_time")
+    __slots__ = ("reputation", "events", "listen_port", "listen_ip", "local_ips", "network_paused", "wall_time",
+                 "dht_port")
 
     def __init__(self, *, reputation: Reputation, events: EventQueue, wall_time: Callable[[], float]) -> None:
         self.reputation = reputation
@@ -188,6 +196,7 @@ class SessionContext:
         self.local_ips: set[str] = {"127.0.0.1", "::1"}
         self.network_paused: str | None = None  # why networking is paused (ifwatch.py), else None
         self.wall_time = wall_time
+        self.dht_port: int | None = None  # our DHT's UDP port when the DHT runs (BEP 5 PORT message)
 
     def own_addresses(self) -> set[Addr]:
         """Our own (ip, listen port) pairs: never dialled (PROTOCOL.md 7.3)."""

@@ -17,6 +17,7 @@ anything else is counted and dropped.  A uTP connection is a peer connection lik
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import selectors
 import socket
@@ -25,17 +26,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from minibt.actions import Announce, Close, Dial
+from minibt.actions import Announce, Close, Datagram, Dial, LookupDhtNode
 from minibt.clock import Clock
 from minibt.effects import Flush, HashPiece
 from minibt.errors import CloseReason
 from minibt.faults import FaultKind
 from minibt.ifwatch import InterfaceWatch
-from minibt.netif import Source, is_ip, link_state, norm_ip, open_listen_sockets, send_probe, tune_tcp
+from minibt.netif import Source, link_state, norm_ip, open_listen_sockets, send_probe, tune_tcp
 from minibt.peer import Transport
 from minibt.session import Session
 from minibt.trackerio import STOPPED_TIMEOUT_S, TrackerIO
-from minibt.urls import Addr
+from minibt.urls import Addr, is_ip
 from minibt.utp_codec import is_utp_datagram
 from minibt.utp_config import UtpConfig
 from minibt.utp_peers import SEND_CHUNK, UtpPeers
@@ -60,6 +61,13 @@ class _DialLookup:
     """Worker-job tag: resolving the host name of a peer to dial."""
 
     dial: Dial
+
+
+@dataclass(frozen=True, slots=True)
+class _DhtLookup:
+    """Worker-job tag: resolving a DHT bootstrap host name."""
+
+    port: int
 
 
 @dataclass(slots=True)
@@ -166,6 +174,11 @@ class EventLoop:
         self.session.set_listen(self.bind, self.port)
 
     # ------------------------------------------------------------------ the bound interface (ifwatch.py)
+
+    @property
+    def udp_port(self) -> int | None:
+        """The UDP socket's port (uTP, UDP trackers, the DHT), None while it is not open."""
+        return self._udp.getsockname()[1] if self._udp is not None else None
 
     @property
     def paused_reason(self) -> str | None:
@@ -358,6 +371,11 @@ class EventLoop:
                         self._pump_hasher()
                     case Announce():
                         self.trackers.announce(a.info_hash, a.job, a.params, now)
+                    case Datagram(data=data, addr=addr):
+                        self._send_datagram(data, addr)
+                    case LookupDhtNode(host=host, port=port) if self.hasher.can_submit():
+                        self.hasher.run(functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_DGRAM),
+                                        _DhtLookup(port))
             if self._dirty and flushes < FLUSH_ROUNDS:
                 flushes += 1
                 dirty, self._dirty = self._dirty, set()
@@ -624,6 +642,10 @@ class EventLoop:
         match res.tag:
             case _DialLookup(dial):
                 self._resolved_dial(dial, res, now)
+            case _DhtLookup(port=port):
+                infos = res.value if res.error is None and isinstance(res.value, list) else []
+                addrs = [(norm_ip(str(i[4][0])), port) for i in infos if self._udp_reaches(norm_ip(str(i[4][0])))]
+                self.session.on_dht_resolved(list(dict.fromkeys(addrs)), now=now)
             case _:
                 self.trackers.resolved(res, now)
 
@@ -647,6 +669,8 @@ class EventLoop:
             try:
                 if utp is not None and is_utp_datagram(data):
                     utp.receive_datagram(data, src, now=now)
+                elif n and buf[0] == 0x64 and self.session.dht is not None:  # "d": a bencoded dict, KRPC (BEP 5)
+                    self.session.on_dht_datagram(bytes(data), src, now=now)
                 elif n and buf[0] == 0:  # BEP 15 responses start with a 32-bit action < 256
                     if not self.trackers.receive_datagram(data, src, now):
                         counters["udp_unmatched"] += 1
@@ -671,6 +695,16 @@ class EventLoop:
         if self._udp_v6 and ":" not in addr[0]:
             return ("::ffff:" + addr[0], addr[1])
         return addr
+
+    def _send_datagram(self, data: bytes, addr: Addr) -> None:
+        """A DHT message out of the one UDP socket (a lost one is the DHT's to retry)."""
+        if self._udp is None or not self._udp_reaches(addr[0]):
+            self.counters["udp_send_errors"] += 1
+            return
+        try:
+            self._udp.sendto(data, self._udp_addr(addr))
+        except OSError:
+            self.counters["udp_send_errors"] += 1
 
     def _utp_dial(self, cid: int, addr: Addr, now: float) -> None:
         self.counters["dials"] += 1

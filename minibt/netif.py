@@ -65,15 +65,6 @@ class Source:
             s.bind((self.ip, 0))
 
 
-def is_ip(host: str) -> bool:
-    """Is ``host`` an IP literal (IPv6 with or without brackets), not a name to resolve?"""
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return True
-    except ValueError:
-        return False
-
-
 def norm_ip(ip: str) -> str:
     """An IPv4 address as a dual-stack socket reports it (``::ffff:1.2.3.4``) in its plain form."""
     if ip.startswith("::ffff:") and "." in ip:

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 STATUS_NAME = "status.json"
 STATE_NAME = "runner-state.json"
 BANS_NAME = "bans.json"
+DHT_SAVE_S = 600.0  # convention: dht.dat (DHT id and table) is rewritten at most every 10 min (SD-card wear)
 WATCHED_DIR = "watched"  # copies of watch-dir torrents, so they survive a restart
 MAGNET_META_DIR = "magnets"  # metadata fetched for magnet sources, so a rerun need not fetch it again
 
@@ -121,6 +122,7 @@ class Runner:
         self._persist: dict[str, Any] = persisted if isinstance(persisted, dict) else {}
         self._saved_state: dict[str, Any] | None = None
         self._saved_bans: dict[str, str] | None = None
+        self._dht_saved_at = 0.0
         self._watch_sizes: dict[str, tuple[int, int]] = {}
         self._watch_seen: set[str] = set()
         self._watch_wait: DirWait | None = None  # the watch dir is missing or unreadable
@@ -577,6 +579,9 @@ class Runner:
                 self._saved_bans = bans
         except OSError as e:
             log.warning("could not save runner state: %s", e)
+        if force or self.client.clock.now() - self._dht_saved_at >= DHT_SAVE_S:
+            self._dht_saved_at = self.client.clock.now()
+            self.client.save_dht()  # our id and table, so a restart rejoins in seconds (dht.dat)
 
     def status(self) -> dict[str, Any]:
         client = self.client
@@ -597,6 +602,8 @@ class Runner:
                 st = {"name": job.name, "info_hash": job.ih, "state": "finished" if job.finished else "error",
                       "error": job.error, "total_bytes": size, "progress": None}
             up = t.stats.uploaded if t is not None else 0
+            dht = client.session.dht
+            st["dht"] = dht.status(bytes.fromhex(job.ih)) if dht is not None else None  # the last DHT search
             st.update({
                 "mode": job.entry.mode, "dir": job.entry.dir, "source": job.entry.source,
                 "ratio": up / size if size else 0.0,
@@ -617,6 +624,7 @@ class Runner:
                 "path": self.cfg.watch_dir,
                 "waiting": self._watch_wait.describe(now) if self._watch_wait is not None else None},
             "faults": client.session.faults.stats(),
+            "dht": client.session.dht.stats(now) if client.session.dht is not None else None,
         }
 
     def _process_info(self) -> dict[str, Any]:

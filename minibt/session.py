@@ -24,9 +24,10 @@ import random
 from collections.abc import Callable
 
 from minibt import effects as fx
-from minibt.actions import Action, Announce, Close, Dial
+from minibt.actions import Action, Announce, Close, Datagram, Dial, LookupDhtNode
 from minibt.admission import Admission, Refuse
 from minibt.checker import CheckJobTag
+from minibt.dhtservice import DhtService
 from minibt.download import PieceJobTag
 from minibt.errors import CloseReason, RemoteProtocolError
 from minibt.events import Event, EventName, EventQueue
@@ -89,6 +90,7 @@ class Session:
         self.ctx = fx.SessionContext(reputation=self.reputation, events=self.events, wall_time=wall_clock or (lambda: 0.0))
         self.admission = Admission(peer_id=self.peer_id, timeout_s=self.config.handshake_timeout_s)
         self.rates = RateControl(self.config.upload_limit_bps, self.config.download_limit_bps, now=0.0)
+        self.dht: DhtService | None = None  # the Mainline DHT, once enable_dht() ran (dhtservice.py)
 
     # ------------------------------------------------------------------ setup
 
@@ -97,13 +99,8 @@ class Session:
         return self.ctx.listen_port
 
     @property
-    def listen_ip(self) -> str:
-        return self.ctx.listen_ip
-
-    @property
     def network_paused(self) -> str | None:
-        """Why networking is paused (the bound interface is down or gone, ifwatch.py): no dials, and
-        torrents hold their announces until it is None again."""
+        """Why networking is paused (ifwatch.py): no dials, announces held until it is None again."""
         return self.ctx.network_paused
 
     def set_listen(self, ip: str, port: int) -> None:
@@ -112,16 +109,9 @@ class Session:
         if ip not in ("0.0.0.0", "::"):
             self.ctx.local_ips.add(ip)
 
-    def set_network_paused(self, reason: str | None, *, now: float) -> None:
-        """The loop saw the bound interface go down (``reason``) or come back (None)."""
+    def set_network_paused(self, reason: str | None, *, now: float) -> None:  # the bound interface down/back
         self._now = now
         self.ctx.network_paused = reason
-
-    def own_addresses(self) -> set[Addr]:
-        return self.ctx.own_addresses()
-
-    def wall_time(self) -> float:
-        return self.ctx.wall_time()
 
     def add_torrent(
         self,
@@ -232,6 +222,8 @@ class Session:
                     self.rate_limits_changed()
                 case fx.MetadataDone(meta=meta) if isinstance(owner, MagnetFetch):
                     self._metadata_done(owner, meta, now)
+                case fx.NodeHint(addr=addr) if self.dht is not None:
+                    self.dht.port_hint(addr, now=now)
                 case fx.DialPeer():
                     raise AssertionError("fx.DialPeer comes only from connect_more")
 
@@ -255,7 +247,7 @@ class Session:
         slots = self.config.max_connections - len(self.conns)
         if slots <= 0 or self.network_paused is not None:
             return
-        dialing = self.dialing_addrs()
+        dialing = {c.addr for c in self.conns.values() if c.outgoing}
         for e in owner.connect_more(now=now, slots=slots, dialing=dialing):
             if isinstance(e, fx.DialPeer):
                 owner.dial_started(self._dial(owner, e.addr, e.source, now))
@@ -279,10 +271,6 @@ class Session:
             t.add_candidates(addrs, source, now=now)
         self.emit(EventName.METADATA_RECEIVED, None, t)
 
-    @property
-    def banned(self) -> set[str]:
-        return set(self.reputation.banned())
-
     def penalize(self, ip: str, points: int, why: str) -> None:
         """Protocol abuse or bad data from ``ip`` costs ``points`` reputation."""
         self.reputation_events(self.reputation.adjust(ip, -points, why))
@@ -302,16 +290,8 @@ class Session:
                 for conn in [c for c in self.conns.values() if c.ip == ev.ip]:
                     self.close(conn.cid, CloseReason.REPUTATION_TOO_LOW, ev.reason)
 
-    def mark_dirty(self, cid: int) -> None:
-        """Connection ``cid`` has bytes queued (library code wrote to its wire)."""
+    def mark_dirty(self, cid: int) -> None:  # library code wrote to the wire of connection `cid`
         self._actions.append(fx.Flush(cid))
-
-    def dialing_addrs(self) -> set[Addr]:
-        return {c.addr for c in self.conns.values() if c.outgoing}
-
-    def _handshake(self, info_hash: bytes | None, now: float) -> Handshake:
-        """A BT handshake machine for a new connection (``info_hash`` None: incoming, any torrent)."""
-        return self.admission.handshake(info_hash, self.reserved, now)
 
     def dial(self, owner: Owner, addr: Addr, source: PeerSource, *, now: float) -> int | None:
         """Dial ``addr`` for ``owner`` now, outside its dialer's choice (None: connection limit
@@ -325,7 +305,7 @@ class Session:
 
     def _dial(self, owner: Owner, addr: Addr, source: PeerSource, now: float) -> int:
         cid = self._new_cid()
-        hs = self._handshake(owner.info_hash, now)
+        hs = self.admission.handshake(owner.info_hash, self.reserved, now)
         conn = PeerConnection(cid, addr, outgoing=True, source=source, handshake=hs, now=now)
         order = self.config.transports
         conn.transport = order[0]
@@ -352,7 +332,7 @@ class Session:
             conn.ip, conn.port, conn.cid, conn.transport, reason.name, detail, conn.fallbacks[0],
         )
         conn.transport = conn.fallbacks.pop(0)
-        conn.enter(Handshaking(self._handshake(t.info_hash, now)))
+        conn.enter(Handshaking(self.admission.handshake(t.info_hash, self.reserved, now)))
         conn.established = False
         self._actions.append(Dial(conn.cid, conn.addr, conn.transport))
         return True
@@ -384,8 +364,7 @@ class Session:
     # ------------------------------------------------------------------ public API support (minibt/handles.py)
 
     @property
-    def now(self) -> float:
-        """The latest ``now`` an input brought (what library-driven actions use)."""
+    def now(self) -> float:  # the latest `now` an input brought (what library-driven actions use)
         return self._now
 
     def torrent_of(self, cid: int) -> Torrent | None:
@@ -412,7 +391,7 @@ class Session:
         """An incoming connection refused at accept: logged and reported like any disconnect."""
         log.info("peer %s:%d refused at accept: %s (%d) %s", addr[0], addr[1], reason.name, reason, detail)
         if self.events.enabled:
-            hs = self._handshake(None, now)
+            hs = self.admission.handshake(None, self.reserved, now)
             conn = PeerConnection(0, addr, outgoing=False, source=PeerSource.INCOMING, handshake=hs, now=now)
             conn.closing = True  # never registered: the facade shows it as closed
             conn.close_reason, conn.close_detail = reason, detail
@@ -426,8 +405,11 @@ class Session:
     # ------------------------------------------------------------------ loop inputs
 
     def take_actions(self) -> list[Action]:
-        """What the loop is to do: dials, closes, hash jobs, announces, connections to flush."""
+        """What the loop is to do: dials, closes, hash jobs, announces, connections to flush, datagrams."""
         self._pending_commands()
+        if self.dht is not None:
+            self._actions += [LookupDhtNode(h, p) for h, p in self.dht.take_lookups()]
+            self._actions += [Datagram(d, a) for d, a in self.dht.datagrams_to_send()]
         acts, self._actions = self._actions, []
         return acts
 
@@ -451,7 +433,7 @@ class Session:
             self._refused(addr, refused.reason, refused.detail, now)
             return None
         cid = self._new_cid()
-        hs = self._handshake(None, now)
+        hs = self.admission.handshake(None, self.reserved, now)
         conn = PeerConnection(cid, addr, outgoing=False, source=PeerSource.INCOMING, handshake=hs, now=now)
         conn.established = True
         conn.transport = Transport(transport)
@@ -724,6 +706,34 @@ class Session:
                 self._torrent_fault(owner, FaultKind.TORRENT, e, now)
         if self.rates.waiting:
             self.on_rate_refill(now=now)  # also driven by rate_wake_at(); this is the fallback
+        try:
+            if self.dht is not None:
+                self.dht.tick(self.torrents, self.fetches, self.listen_port, now=now)
+        except Exception as e:
+            self.faults.record(FaultKind.DATAGRAM, "DHT timers", e)
+
+    # ------------------------------------------------------------------ the DHT (dhtservice.py)
+
+    def enable_dht(self, *, saved: bytes | None, now: float, port: int | None) -> None:
+        """Start the Mainline DHT (``saved``: what dht.dat held; ``port``: our UDP port) and set the DHT
+        reserved bit, so peers learn the port from a BEP 5 PORT message."""
+        c = self.config
+        self.dht = DhtService(rng=self.rng, now=now, saved=saved, bootstrap=c.dht_bootstrap, read_only=c.dht_read_only)
+        self.reserved = make_reserved(fast=True, extension=True, dht=True)
+        self.ctx.dht_port = port
+
+    def on_dht_datagram(self, data: bytes, addr: Addr, *, now: float) -> None:
+        """A datagram starting with ``d`` (KRPC) on the UDP socket."""
+        self._now = now
+        try:
+            if self.dht is not None:
+                self.dht.receive(data, addr, self.torrents, self.fetches, now=now)
+        except Exception as e:
+            self.faults.record(FaultKind.DATAGRAM, f"DHT datagram from {addr[0]}:{addr[1]}", e)
+
+    def on_dht_resolved(self, addrs: list[Addr], *, now: float) -> None:  # a bootstrap host's addresses
+        if self.dht is not None and addrs:
+            self.dht.resolved(addrs, now=now)
 
     def _conn_timers(self, conn: PeerConnection, now: float) -> None:
         timed_out = conn.handle_timeout(now=now)  # RemoteProtocolError: the handshake timed out
@@ -756,11 +766,10 @@ class Session:
         self.rates.changed(self.torrents.values())
 
     def read_quota(self, cid: int, *, now: float) -> int:
-        """How many bytes the loop may read from ``cid`` now; 0 = pause reading until ``read_retry_at``."""
+        """Bytes the loop may read from ``cid`` now; 0 = pause reading until ``read_retry_at``."""
         return self.rates.read_quota(self._torrent_of.get(cid), now=now)
 
     def read_retry_at(self, cid: int, *, now: float) -> float:
-        """When ``read_quota(cid)`` will be non-zero again (at the current limits)."""
         return self.rates.read_retry_at(self._torrent_of.get(cid), now=now)
 
     def _on_data_limited(self, cid: int, data: bytes | memoryview, *, now: float) -> None:
@@ -774,8 +783,7 @@ class Session:
             self.rates.charge(self._torrent_of.get(cid), got, now=now)
 
     def rate_wake_at(self, *, now: float) -> float | None:
-        """When ``on_rate_refill`` should run next (None: nothing waits for tokens)."""
-        return self.rates.wake_at(now=now)
+        return self.rates.wake_at(now=now)  # when on_rate_refill should run next (None: nothing waits)
 
     def on_rate_refill(self, *, now: float) -> None:
         """Tokens came back: serve the requests that waited for them."""

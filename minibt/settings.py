@@ -84,6 +84,12 @@ class SessionConfig:
     # and it keeps the TCP-only behaviour of earlier versions; uTP is the fallback (PROTOCOL.md 7.9).
     # Names ("tcp", "utp") are accepted and stored as Transport members.
     transports: tuple[Transport, ...] = (Transport.TCP, Transport.UTP)
+    # Mainline DHT (BEP 5, dht.py): off for library sessions unless asked for; the CLI and the
+    # config-file runner turn it on.  ``dht_bootstrap``: (host, port) pairs to join through (names
+    # are resolved off the loop); empty = none (only nodes saved in dht.dat and nodes that find us).
+    dht: bool = False
+    dht_bootstrap: tuple[tuple[str, int], ...] = ()
+    dht_read_only: bool = False  # BEP 43: ask, never answer (metered links)
 
     def __post_init__(self) -> None:
         if not valid_transports(self.transports):

@@ -241,6 +241,10 @@ def format_status(st: dict[str, Any], *, now_wall: float, pid_alive: bool) -> li
         f"limits up {_limit(lim.get('upload_limit_bps'))}, down {_limit(lim.get('download_limit_bps'))}"
         + (" (alternative window)" if lim.get("alt_rates") else "")
     )
+    dht = st.get("dht")
+    if isinstance(dht, dict):
+        lines.append(f"dht: {dht.get('nodes', 0)} nodes in the table ({dht.get('good', 0)} good), "
+                     f"{dht.get('store_info_hashes', 0)} info-hashes stored for others")
     for t in st.get("torrents") or []:
         prog = t.get("progress")
         pct = "   -  " if prog is None else f"{float(prog) * 100:5.1f}%"
@@ -258,6 +262,9 @@ def format_status(st: dict[str, Any], *, now_wall: float, pid_alive: bool) -> li
             extra = f"  ERROR: {t['error']}"
         elif t.get("finished"):
             extra = f"  ({t['finished']})"
+        dht = t.get("dht")
+        if isinstance(dht, dict):  # the last DHT search for this torrent
+            extra += f"  dht: {dht.get('peers_found', 0)} peers found" + ("" if dht.get("done") else " (searching)")
         lines.append(
             f"{t.get('name')}: {state:11s} {pct}  down {_bytes(t.get('rate_down') or 0)}/s  "
             f"up {_bytes(t.get('rate_up') or 0)}/s  peers {t.get('peers', 0)}  ratio {float(t.get('ratio') or 0):.2f}"

@@ -39,6 +39,7 @@ from minibt.download import Downloader, PieceJobTag
 from minibt.errors import CloseReason, LocalProtocolError, StorageError
 from minibt.events import WIRE_EVENTS, EventName, Listeners
 from minibt.extension import ExtensionRouter, apply_peer_handshake, our_handshake
+from minibt.handshake import supports_dht
 from minibt.metainfo import Metainfo
 from minibt.peer import PeerConnection, PeerSource
 from minibt.picker import PiecePicker
@@ -428,6 +429,8 @@ class Torrent:
                     metadata_size=len(self.meta.info_bytes),
                 )
             )
+        if self._ctx.dht_port and supports_dht(peer.reserved) and not self.meta.private:
+            wire.port(self._ctx.dht_port)  # BEP 5: both sides set the DHT bit
         self.upload.grant_allowed_fast(peer)
         self.dialer.connected(peer.addr)
         if ext_handshake_seen:
@@ -548,13 +551,15 @@ class Torrent:
             case w.ExtHandshake(data=data):
                 apply_peer_handshake(peer, data)
                 self._ext_handshake(peer, now, out)
+            case w.Port(port=port) if 0 < port < 65536:  # BEP 5: the peer's DHT node
+                out.append(fx.NodeHint((peer.ip, port)))
             case w.Extended(ext_id=ext_id, payload=payload):
                 got = self.extensions.on_extended(peer, ext_id, payload, now=now, out=out)
                 if got is not None:  # ut_pex: into the pool (source PEX, per-source cap), then dial
                     received, via = got
                     if self.dialer.add_pex(received, via=via, own=self._ctx.own_addresses()):
                         out.extend(self._want_dials())
-            # Suggest, Port, KeepAlive, other extended messages: nothing to do yet.
+            # Suggest, KeepAlive, other extended messages: nothing to do yet.
         return out
 
     def _ext_handshake(self, peer: PeerConnection, now: float, out: list[fx.Effect]) -> None:

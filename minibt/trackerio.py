@@ -24,7 +24,7 @@ from typing import Any
 
 from minibt.errors import TrackerError
 from minibt.faults import FaultKind
-from minibt.netif import Source, is_ip, norm_ip
+from minibt.netif import Source, norm_ip
 from minibt.session import Session
 from minibt.tracker import (
     AnnounceDone,
@@ -36,7 +36,7 @@ from minibt.tracker import (
     build_announce_url,
     parse_http_announce,
 )
-from minibt.urls import Addr, parse_tracker_url
+from minibt.urls import Addr, is_ip, parse_tracker_url
 from minibt.workers import CallResult, Hasher
 
 log = logging.getLogger(__name__)

@@ -191,3 +191,12 @@ def resolve_redirect(base: str, location: str) -> str:
         raise ValueError(f"{location[:80]!r}: {e}") from None
     parse_tracker_url(joined, HTTP_SCHEMES)
     return joined
+
+
+def is_ip(host: str) -> bool:
+    """Is ``host`` an IP literal (IPv6 with or without brackets), not a name to resolve?"""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import random
 import sys
 from pathlib import Path
@@ -15,6 +16,11 @@ settings.register_profile("minibt", deadline=None, suppress_health_check=[Health
 settings.load_profile("minibt")
 
 from helpers import FakeClock  # noqa: E402
+
+# No test may reach a public DHT router (brief: network rules).  minibt's CLI and runner use the DHT
+# by default, bootstrapping from the public routers unless told otherwise; every process the tests
+# start inherits this empty bootstrap list (tests that use the DHT pass their own nodes explicitly).
+os.environ["MINIBT_DHT_BOOTSTRAP"] = ""
 
 
 @pytest.fixture

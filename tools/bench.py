@@ -210,7 +210,7 @@ def main() -> int:
                 state = os.path.join(work, f"state-{name}")
                 shutil.rmtree(state, ignore_errors=True)
                 if name == "minibt":
-                    argv = [sys.executable, "-m", "minibt", "download", torrent, "--dir", dest, "--port", "0",
+                    argv = [sys.executable, "-m", "minibt", "download", torrent, "--dir", dest, "--port", "0", "--no-dht",
                             "--bind", "127.0.0.1", "--peer", peer, "--state-dir", state, "--quiet",
                             "--transport", args.transport]
                 else:

@@ -34,7 +34,7 @@ def main() -> int:
     subprocess.run([*mb, "create", payload, "-o", torrent], check=True)
     subprocess.run([*mb, "info", torrent], check=True)
     seeder = subprocess.Popen(
-        [*mb, "seed", torrent, "--dir", seed_dir, "--port", "0", "--bind", "127.0.0.1",
+        [*mb, "seed", torrent, "--dir", seed_dir, "--port", "0", "--bind", "127.0.0.1", "--no-dht",
          "--state-dir", os.path.join(work, "state-seed"), "--quiet"],
         stderr=subprocess.PIPE, text=True,
     )
@@ -45,7 +45,7 @@ def main() -> int:
         print(f"seeder pid {seeder.pid} on 127.0.0.1:{port}")
         t0 = time.monotonic()
         rc = subprocess.run(
-            [*mb, "download", torrent, "--dir", leech_dir, "--port", "0", "--bind", "127.0.0.1",
+            [*mb, "download", torrent, "--dir", leech_dir, "--port", "0", "--bind", "127.0.0.1", "--no-dht",
              "--peer", f"127.0.0.1:{port}", "--state-dir", os.path.join(work, "state-leech"), "--timeout", "300"],
         ).returncode
         dt = time.monotonic() - t0

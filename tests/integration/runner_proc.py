@@ -52,7 +52,7 @@ def base_client(state_dir: Path, download_dir: Path, **extra: Any) -> dict[str, 
     """Loopback, any port, short intervals so tests see status quickly."""
     d: dict[str, Any] = {"listen_port": 0, "bind": "127.0.0.1", "state_dir": str(state_dir),
                          "download_dir": str(download_dir), "status_interval": 1, "resume_interval": 1,
-                         "disk_retry_interval": 1, "watch_interval": 1}
+                         "disk_retry_interval": 1, "watch_interval": 1, "dht": False}
     d.update(extra)
     return d
 
