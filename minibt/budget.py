@@ -5,7 +5,7 @@ with tracemalloc by tests/unit/test_budget_accounting.py (issue 10); the whole p
 with tools/memswarm.py.  Per connection: objects, receive buffer, upload outbox, incoming request
 queue, outstanding requests, the picker's per-peer bytes, PEX state and, with uTP, its send and
 reorder buffers.  Per torrent: the piece cache, the picker's per-piece arrays and the candidate
-pool.  Per session: reputation scores and the smart-ban ledger.  What is left after the interpreter's
+pool.  Per session: reputation scores, the smart-ban ledger and the DHT node.  What is left after the interpreter's
 own footprint is split between the caches and the connections; the outbox, the request queue we
 advertise (BEP 10 'reqq') and the uTP buffers shrink before the connection cap does, and nothing
 grows past the configured values.  When even the smallest limits do not fit, ``over_budget_message``
@@ -55,6 +55,9 @@ SESSION_TABLES_BYTES = 1 * MiB
 UTP_CONN_FIXED_BYTES = 8 * KiB  # UtpConnection, Ledbat, counters [5.7 KiB; both buffers full: 1.14x their size]
 UTP_SEND_FACTOR = 9 / 8  # queued bytes plus one _Sent (~100 B) per 1200-byte packet
 UTP_REORDER_ENTRY_BYTES = 80  # dict slot + bytes header per held packet; at most reorder // 256 of them [~70 B]
+# The DHT node (dht.py) at its caps: announced peers 500 info-hashes x 50 (IPv6), a routing table, 32
+# searches, 256 transactions, a full outbox of answers [2.8 MiB without the last two].
+DHT_BYTES = 4 * MiB
 
 
 def wire_frame_bytes(num_pieces: int) -> int:
@@ -114,13 +117,15 @@ class Limits:
 
 
 def fit_budget(budget_bytes: int, *, torrents: int, max_connections: int, max_peers: int,
-               num_pieces: int = 0, piece_length: int = 0, utp: bool = False, seeds: int = 0) -> Limits:
+               num_pieces: int = 0, piece_length: int = 0, utp: bool = False, seeds: int = 0,
+               dht: bool = False) -> Limits:
     """The largest limits (never above the configured ones) whose worst case fits ``budget_bytes``.
 
     ``torrents``: the downloading ones (each gets a piece cache); ``seeds``: torrents that only seed
     (their tables, but no cache: uploads read blocks from disk as they are requested).
     ``num_pieces`` and ``piece_length``: of the largest torrent (0 when unknown, e.g. a magnet);
-    ``utp``: uTP is among the transports, so every connection may carry its buffers.
+    ``utp``: uTP is among the transports, so every connection may carry its buffers; ``dht``: the
+    DHT node runs (DHT_BYTES).
     """
     slots = max(torrents, TORRENT_SLOTS_MIN)
     tables = slots + max(0, seeds)
@@ -129,7 +134,8 @@ def fit_budget(budget_bytes: int, *, torrents: int, max_connections: int, max_pe
     while cands > MIN_CANDIDATES and tables * torrent_bytes(num_pieces, cands) > budget_bytes // 16:
         cands = max(MIN_CANDIDATES, cands // 2)
     per_torrent = torrent_bytes(num_pieces, cands)
-    avail = max(0, budget_bytes - BASE_RSS_BYTES - SESSION_TABLES_BYTES - tables * per_torrent)
+    session = SESSION_TABLES_BYTES + (DHT_BYTES if dht else 0)
+    avail = max(0, budget_bytes - BASE_RSS_BYTES - session - tables * per_torrent)
     cache = int(avail * CACHE_SHARE) // slots
     cache = max(MIN_CACHE_PER_TORRENT, min(MAX_CACHE_PER_TORRENT, cache))
     # When the smallest caches take more than their share (many torrents), connections get what they leave.

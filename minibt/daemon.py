@@ -75,7 +75,7 @@ def _run_locked(cfg: Config, *, once: bool, max_time_s: float | None, until_min:
     limits = fit_budget(cfg.memory_budget_bytes, torrents=n, max_connections=cfg.max_connections,
                         max_peers=cfg.max_peers_per_torrent, num_pieces=max((m.num_pieces for m in metas), default=0),
                         piece_length=max((m.piece_length for m in metas), default=0),
-                        utp=Transport.UTP in cfg.transports, seeds=seeds)
+                        utp=Transport.UTP in cfg.transports, seeds=seeds, dht=cfg.dht)
     warning = over_budget_message(limits, cfg.memory_budget_bytes, torrents=n, seeds=seeds)
     if warning is not None:
         log.warning("%s", warning)

@@ -269,3 +269,36 @@ def test_fit_budget_charges_the_bitfield_and_the_utp_buffers() -> None:
 def test_fit_budget_keeps_full_utp_buffers_when_memory_is_plenty() -> None:
     lim = fit_budget(1024 * MiB, torrents=1, max_connections=50, max_peers=50, utp=True)
     assert lim.utp_buffer_bytes == 1 * MiB and lim.max_connections == 50 and lim.incoming_requests == 500
+
+
+def test_the_dht_node_at_its_caps_fits_its_term() -> None:
+    """Issue 12: the DHT stays under the memory budget: both storage caps full (IPv6 peers, the larger
+    entries), a routing table from 5,000 contacts, 32 searches, and a full outbox of answers."""
+    import hashlib
+
+    from minibt import krpc
+    from minibt.budget import DHT_BYTES
+    from minibt.dht import MAX_DATAGRAMS_OUT, MAX_SEARCHES, DhtNode
+    from minibt.dhtstore import MAX_INFO_HASHES, MAX_PEERS_PER_HASH
+
+    rng = random.Random(4)
+    peers = [(f"2001:db8::{i:x}:{j:x}", 6881) for i in range(MAX_INFO_HASHES) for j in range(MAX_PEERS_PER_HASH)]
+    contacts = [(rng.randbytes(20), (f"10.{i >> 8 & 255}.{i & 255}.1", 6881)) for i in range(5000)]
+    targets = [rng.randbytes(20) for _ in range(MAX_SEARCHES)]
+
+    def grow() -> DhtNode:
+        n = DhtNode(node_id=hashlib.sha1(b"me").digest(), rng=random.Random(1), now=0.0)
+        for k, addr in enumerate(peers):
+            n.store.add(hashlib.sha1(b"%d" % (k // MAX_PEERS_PER_HASH)).digest(), addr, now=1.0)
+        for node_id, addr in contacts:
+            n.table.heard_from(node_id, addr, now=1.0, replied=True)
+        for t in targets:
+            n.search(t, now=2.0)
+        ping = krpc.encode(krpc.Ping(b"tt", bytes(20)))
+        while len(n._out) < MAX_DATAGRAMS_OUT:
+            n._out.append((ping + bytes(400), ("10.0.0.1", 1)))  # answers of a few hundred bytes
+        return n
+
+    measured, _ = traced(grow)
+    assert measured <= DHT_BYTES, f"measured {measured} B > DHT_BYTES {DHT_BYTES} B"
+    assert DHT_BYTES <= 2 * measured

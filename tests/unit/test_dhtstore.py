@@ -305,7 +305,7 @@ def fill(hashes: int, peers: int, addrs: list[Addr], *, rounds: int = 1) -> Call
     """
 
     def build() -> PeerStore:
-        store = PeerStore(max_peers=peers)
+        store = PeerStore(max_info_hashes=hashes, max_peers=peers)
         k = 0
         for h in range(hashes):
             ih = h.to_bytes(20, "big")
