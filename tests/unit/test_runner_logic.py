@@ -232,6 +232,7 @@ class FakeSession:
         self.reputation = FakeReputation()
         self.removed: list[bytes] = []
         self.faults = Faults()
+        self.dht = None  # the runner tests run without the DHT
 
     def ban(self, ip: str, why: str) -> None:
         self.reputation.bans[ip] = why
@@ -244,6 +245,9 @@ class FakeSession:
 class FakeClient:
     port = 6881
     paused_reason: str | None = None
+
+    def save_dht(self) -> None:
+        pass
 
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
