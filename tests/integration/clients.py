@@ -387,17 +387,37 @@ class Client(_HasLog):
 
 
 class LibtorrentPeer(Client):
-    """``python tests/integration/lt_peer.py`` in a subprocess; status comes as JSON lines on its stdout."""
+    """``python tests/integration/lt_peer.py`` in a subprocess; status comes as JSON lines on its stdout.
+
+    DHT (opt-in, only inside a sealed namespace: tests/integration/dhtnet.py): ``dht_bootstrap=[...]``
+    enables the DHT with exactly those bootstrap nodes (``[]``: none, e.g. for the router node);
+    ``info_hash=HEX`` instead of ``torrent_path`` adds the torrent by info-hash only; ``torrent_path=None``
+    and ``info_hash=None`` with DHT on gives a DHT node without torrents. ``wrap_argv`` (e.g.
+    ``DhtNet.exec_argv``) wraps the command line, e.g. to run it inside a network namespace.
+    """
 
     name = "libtorrent"
 
-    def __init__(self, workdir: Path, *, torrent_path: Path, save_dir: Path, seed: bool, listen_port: int = 0,
+    def __init__(self, workdir: Path, *, torrent_path: Path | None = None, save_dir: Path | None = None,
+                 seed: bool = False, listen_port: int = 0,
                  peers: Sequence[tuple[str, int]] = (), enable_utp: bool = False, enable_tcp: bool = True,
                  extra_settings: Mapping[str, Any] | None = None, out_enc: str = "enabled",
-                 in_enc: str = "enabled", pex: bool = True, listen_ip: str = LOOPBACK) -> None:
+                 in_enc: str = "enabled", pex: bool = True, listen_ip: str = LOOPBACK,
+                 info_hash: str | None = None, dht_bootstrap: Sequence[tuple[str, int]] | None = None,
+                 wrap_argv: Callable[[list[str]], list[str]] | None = None) -> None:
         super().__init__(workdir)
-        self.torrent_path = Path(torrent_path)
-        self.save_dir = Path(save_dir)
+        if torrent_path is not None and info_hash is not None:
+            raise ValueError("give torrent_path or info_hash, not both")
+        if torrent_path is None and info_hash is None and dht_bootstrap is None:
+            raise ValueError("torrent_path or info_hash is required (only a DHT node may have neither)")
+        if (torrent_path is not None or info_hash is not None) and save_dir is None:
+            raise ValueError("save_dir is required with a torrent")
+        self.torrent_path = None if torrent_path is None else Path(torrent_path)
+        self.info_hash = info_hash
+        self.dht_bootstrap = None if dht_bootstrap is None else list(dht_bootstrap)
+        self.wrap_argv = wrap_argv
+        self._has_torrent = torrent_path is not None or info_hash is not None
+        self.save_dir = self.workdir / "data" if save_dir is None else Path(save_dir)  # unused without torrent
         self.seed = seed
         self.listen_port = listen_port
         self.listen_ip = listen_ip
@@ -416,11 +436,21 @@ class LibtorrentPeer(Client):
     def _launch(self) -> None:
         import libtorrent  # noqa: F401  (fail here, clearly, when the bindings are missing)
 
-        self.save_dir.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-u", str(LT_PEER_SCRIPT), "--torrent", str(self.torrent_path),
-                "--save-dir", str(self.save_dir), "--listen-ip", self.listen_ip,
-                "--listen-port", str(self.listen_port), "--out-enc", self.out_enc, "--in-enc", self.in_enc,
-                "--settings", json.dumps(self.extra_settings)]
+        argv = [sys.executable, "-u", str(LT_PEER_SCRIPT)]
+        if self.torrent_path is not None:
+            argv += ["--torrent", str(self.torrent_path)]
+        if self.info_hash is not None:
+            argv += ["--info-hash", self.info_hash]
+        if self._has_torrent:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+            argv += ["--save-dir", str(self.save_dir)]
+        argv += ["--listen-ip", self.listen_ip,
+                 "--listen-port", str(self.listen_port), "--out-enc", self.out_enc, "--in-enc", self.in_enc,
+                 "--settings", json.dumps(self.extra_settings)]
+        if self.dht_bootstrap is not None:
+            argv.append("--dht")
+            for host, port in self.dht_bootstrap:
+                argv += ["--dht-bootstrap", f"{host}:{port}"]
         if self.seed:
             argv.append("--seed")
         if self.enable_utp:
@@ -431,6 +461,8 @@ class LibtorrentPeer(Client):
             argv.append("--no-pex")
         for host, port in self.peers:
             argv += ["--peer", f"{host}:{port}"]
+        if self.wrap_argv is not None:
+            argv = self.wrap_argv(argv)
         proc = self._spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._reader = threading.Thread(target=self._read_stdout, args=(proc,), daemon=True,
                                         name=f"lt_peer-{proc.pid}")
@@ -497,6 +529,16 @@ class LibtorrentPeer(Client):
 
     def reannounce(self) -> None:
         self.send_command("reannounce")
+
+    def dht_announce(self) -> None:
+        """``handle.force_dht_announce`` (lt_peer.py also does it once the DHT has bootstrapped)."""
+        self.send_command("dht-announce")
+
+    def dht_status(self) -> dict[str, Any]:
+        """The "dht" object of the latest status line ({} when the DHT is off): running, bootstrapped,
+        nodes, node_cache, counters, announces_received, get_peers_received, replies, reply_peers."""
+        dht: dict[str, Any] = self.status().get("dht") or {}
+        return dht
 
     def wait_complete(self, timeout_s: float = 60.0) -> None:
         """Wait until every piece is verified and the torrent is seeding (for a seeder: check finished)."""

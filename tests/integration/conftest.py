@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import clients  # noqa: E402
+import dhtnet  # noqa: E402
 
 HERE = Path(__file__).parent
 REFERENCE_BINARIES = ("transmission-daemon", "aria2c", "opentracker")
@@ -71,6 +72,22 @@ def no_leaked_processes() -> Iterator[None]:
     leaked = clients.leaked_processes()
     if leaked:
         pytest.fail("processes left running at session end: " + "; ".join(_kill_leaked(leaked)))
+
+
+@pytest.fixture
+def dht_netns() -> Iterator[dhtnet.DhtNet]:
+    """A sealed network namespace (tests/integration/dhtnet.py), deleted afterwards even on failure.
+
+    Skips without root/iproute2/nftables, fails instead in CI (CI=true).
+    """
+    dhtnet.need_netns()
+    net = dhtnet.DhtNet()
+    net.create()
+    try:
+        yield net
+    finally:
+        net.destroy()
+    assert not net.exists(), f"network namespace {net.name} survived destroy()"
 
 
 @pytest.fixture
