@@ -203,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--down-limit", type=parse_rate, default=None, metavar="RATE",
                         help="download limit, payload bytes/s (e.g. 500KiB, 2MiB; default 0 = unlimited)")
         sp.add_argument("--no-dht", action="store_true", help="do not use the Mainline DHT (BEP 5)")
+        sp.add_argument("--dht-read-only", action="store_true",
+                        help="BEP 43: search the DHT but answer no queries (metered links)")
         sp.add_argument("--dht-bootstrap", action="append", type=parse_peer, default=None, metavar="HOST:PORT",
                         help="DHT node to join through (repeatable; replaces the public routers and "
                         f"${BOOTSTRAP_ENV})")
@@ -462,6 +464,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:  # noqa: C901
         download_limit_bps=args.down_limit,
         dht=not args.no_dht,
         dht_bootstrap=boot,
+        dht_read_only=args.dht_read_only,
     )
     if args.transport is not None:
         config = dataclasses.replace(config, transports=args.transport)

@@ -120,6 +120,7 @@ class Config:
     transports: tuple[Transport, ...] = (Transport.TCP, Transport.UTP)
     dht: bool = True  # Mainline DHT (BEP 5); never for private torrents
     dht_bootstrap: tuple[tuple[str, int], ...] | None = None  # None: MINIBT_DHT_BOOTSTRAP or the public routers
+    dht_read_only: bool = False  # BEP 43: search, answer nothing (metered links)
     log_level: str = "info"
     log_file: str | None = None
     watch_dir: str | None = None
@@ -485,6 +486,7 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
         raise client.error("transports", f"expected a non-empty list of distinct \"tcp\"/\"utp\", got {list(transports)}")
     transport_order = to_transports(transports) if transports is not None else None
     dht = client.take("dht", bool, "true or false")
+    dht_ro = client.take("dht_read_only", bool, "true or false")
     boot = client.str_list("dht_bootstrap", "a list of \"host:port\" DHT nodes to join through")
     try:
         dht_bootstrap = tuple(parse_peer_addr(b) for b in boot) if boot is not None else None
@@ -535,6 +537,7 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
         transports=pick(transport_order, d.transports),
         dht=pick(dht, d.dht),
         dht_bootstrap=dht_bootstrap,
+        dht_read_only=pick(dht_ro, d.dht_read_only),
         log_level=(level or d.log_level).lower(),
         log_file=_path(base, log_file) if log_file else None,
         watch_dir=watch_dir or None,

@@ -209,3 +209,25 @@ def test_schedule_private_never_eager_every_5_min_else_every_30() -> None:
     assert private.info_hash not in searches
     assert searches.count(few.info_hash) == 3  # at 0, after 5 min, after 30 min
     assert searches.count(many.info_hash) == 2  # at 0 and after 30 min
+
+
+def test_ipv6_bep32_nodes6_for_v6_requesters_and_want() -> None:
+    n = node()
+    for i in range(2, 12):
+        ask(n, krpc.Ping(b"p%d" % i, nid(i)), (f"192.0.2.{i}", 6881))
+        ask(n, krpc.Ping(b"q%d" % i, nid(100 + i)), (f"2001:db8::{i}", 6881))
+    v6: Addr = ("2001:db8::99", 6881)
+    (r,) = ask(n, krpc.FindNode(b"f6", nid(1), nid(5)), v6)
+    assert isinstance(r, krpc.Response) and r.nodes6 and not r.nodes
+    assert all(":" in x.addr[0] for x in r.nodes6)
+    (both,) = ask(n, krpc.FindNode(b"fb", nid(1), nid(5), want=frozenset({"n4", "n6"})), v6)
+    assert isinstance(both, krpc.Response) and both.nodes and both.nodes6
+
+
+def test_a_search_follows_ipv6_nodes_too() -> None:
+    n = node(bootstrap=(A,))
+    n.search(IH, now=0.0)
+    (q,) = [krpc.decode(d) for d, to in n.datagrams_to_send() if to == A]
+    far = krpc.NodeInfo(nid(7), ("2001:db8::7", 6881))
+    n.receive(krpc.encode(krpc.Response(q.tid, nid(9), nodes6=(far,), token=b"tk")), A, now=0.1)
+    assert any(to == far.addr for _, to in n.datagrams_to_send())
