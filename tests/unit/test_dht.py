@@ -231,3 +231,18 @@ def test_a_search_follows_ipv6_nodes_too() -> None:
     far = krpc.NodeInfo(nid(7), ("2001:db8::7", 6881))
     n.receive(krpc.encode(krpc.Response(q.tid, nid(9), nodes6=(far,), token=b"tk")), A, now=0.1)
     assert any(to == far.addr for _, to in n.datagrams_to_send())
+
+
+def test_minibt_status_shows_the_table_and_each_torrents_last_search() -> None:
+    from minibt.statusfile import format_status
+
+    st = {"mode": "daemon", "pid": 1, "running": True, "listen_port": 6881, "updated_at": 100.0,
+          "dht": {"nodes": 37, "good": 30, "store_info_hashes": 4},
+          "torrents": [{"name": "x", "state": "downloading", "progress": 0.5, "peers": 3,
+                        "dht": {"last_search_at": 90.0, "peers_found": 12, "done": True}},
+                       {"name": "y", "state": "seeding", "progress": 1.0, "peers": 0,
+                        "dht": {"last_search_at": 99.0, "peers_found": 0, "done": False}}]}
+    lines = format_status(st, now_wall=101.0, pid_alive=True)
+    assert any("dht: 37 nodes in the table (30 good)" in line for line in lines), lines
+    assert any(line.startswith("x:") and "dht: 12 peers found" in line for line in lines), lines
+    assert any(line.startswith("y:") and "dht: 0 peers found (searching)" in line for line in lines), lines
