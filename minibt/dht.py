@@ -269,11 +269,9 @@ class DhtNode:
             ping = self.table.heard_from(r.node_id, addr, now=now, replied=True)
             if ping is not None:
                 self._ping_node(ping.node_id, ping.addr, now)
-        s = txn.search
-        if s is None or s.done:
+        s, cand = self._settle(txn)
+        if s is None:
             return
-        s.inflight -= 1
-        cand = s.candidates.get(txn.cand_key)
         if cand is not None:
             cand.state = "answered"
             cand.token = r.token
@@ -300,14 +298,21 @@ class DhtNode:
     def _txn_failed(self, txn: _Txn, now: float, *, timed_out: bool) -> None:
         if txn.node_id is not None and timed_out:
             self.table.failed(txn.node_id, now=now)
-        s = txn.search
-        if s is None or s.done:
+        s, cand = self._settle(txn)
+        if s is None:
             return
-        s.inflight -= 1
-        cand = s.candidates.get(txn.cand_key)
         if cand is not None:
             cand.state = "failed"
         self._step(s, now)
+
+    @staticmethod
+    def _settle(txn: _Txn) -> tuple[_Search | None, _Candidate | None]:
+        """A query of a running search got its answer (or failed): one less in flight; its candidate."""
+        s = txn.search
+        if s is None or s.done:
+            return None, None
+        s.inflight -= 1
+        return s, s.candidates.get(txn.cand_key)
 
     # ------------------------------------------------------------------ searches
 
