@@ -35,11 +35,11 @@ DEADLINE_S = 60.0
 class Router:
     """A DhtNode on a loopback UDP socket, run by a thread (the test's bootstrap node)."""
 
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((ROUTER_IP, 0))
+    def __init__(self, ip: str = ROUTER_IP) -> None:
+        self.sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((ip, 0))
         self.sock.setblocking(False)
-        self.addr: Addr = self.sock.getsockname()
+        self.addr: Addr = self.sock.getsockname()[:2]
         self.node = DhtNode(node_id=hashlib.sha1(b"router").digest(), rng=random.Random(1), now=time.monotonic())
         self.lock = threading.Lock()
         self._stop = threading.Event()
@@ -57,7 +57,7 @@ class Router:
                         data, src = self.sock.recvfrom(4096)
                     except BlockingIOError:
                         break
-                    self.node.receive(data, src, now=now)
+                    self.node.receive(data, src[:2], now=now)
                 self.node.handle_timeout(now=now)
                 for data, dst in self.node.datagrams_to_send():
                     self.sock.sendto(data, dst)
@@ -118,3 +118,27 @@ def test_leecher_finds_the_seeder_through_the_dht_only(router: Router, tmp_path:
         with again:
             wait_until(lambda: re.search(rf"peer {re.escape(SEED_IP)}:{seeder.port} \(#\d+\) disconnected: BOTH_SEEDS",
                                          again.log_text()), 20, "the restarted node to find the seeder", [again])
+
+
+def test_bep32_the_same_over_ipv6(tmp_path: Path) -> None:
+    """BEP 32: every process on ::1 (its DHT answers carry nodes6 and 18-byte values)."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 in this kernel")
+    src = tmp_path / "src"
+    make_payload(src, {"v6.bin": (1 << 20) + 99}, seed=13)
+    torrent = tmp_path / "t.torrent"
+    torrent.write_bytes(create_torrent(str(src / "v6.bin"), piece_length=64 << 10))
+    meta = parse_metainfo(torrent.read_bytes())
+    with Router("::1") as router:
+        boot = ["--dht-bootstrap", f"[::1]:{router.addr[1]}"]
+        seeder = MinibtProc(tmp_path / "seed", command="seed", torrent=torrent, data_dir=src, bind="::1",
+                            extra_args=boot)
+        with seeder:
+            wait_until(lambda: router.stored(meta.info_hash) >= 1, DEADLINE_S, "the seeder's announce at the router",
+                       [seeder])
+            leecher = MinibtProc(tmp_path / "leech", command="download",
+                                 torrent=Path(f"magnet:?xt=urn:btih:{meta.info_hash.hex()}"),
+                                 data_dir=tmp_path / "dl", bind="::1", extra_args=boot, timeout_s=DEADLINE_S)
+            with leecher:
+                assert leecher.wait_exit(DEADLINE_S + 10) == 0, leecher.log_tail()
+    assert_same_tree(src, tmp_path / "dl")
