@@ -56,12 +56,12 @@ CRYPTO_PLAIN = 0x01  # crypto_provide / crypto_select bits
 CRYPTO_RC4 = 0x02
 MAX_PAD_BYTES = 512  # PadA..PadD are 0..512 bytes; libtorrent: invalid_pad_size beyond
 RC4_DISCARD_BYTES = 1024  # both RC4 streams drop their first 1024 keystream bytes
-HASH_LEN = 20
-REQ1_SYNC_BYTES = MAX_PAD_BYTES + HASH_LEN  # B looks for HASH('req1',S) within PadA + 20 bytes
+_SHA1_LEN = 20
+REQ1_SYNC_BYTES = MAX_PAD_BYTES + _SHA1_LEN  # B looks for HASH('req1',S) within PadA + 20 bytes
 VC_SYNC_BYTES = MAX_PAD_BYTES + len(VC)  # A looks for E(VC) within PadB + 8 bytes
 MAX_IA_BYTES = 8192  # minibt convention: IA holds a 68-byte BT handshake (libtorrent sends exactly that
 # and refuses len(IA) > 32767, read as a signed 16-bit int); 8 KiB leaves room for a bitfield
-DEFAULT_TIMEOUT_S = 30.0  # minibt convention, as handshake.DEFAULT_TIMEOUT_S
+MSE_TIMEOUT_S = 30.0  # minibt convention, as handshake.DEFAULT_TIMEOUT_S
 _PLAIN_PREFIX = b"\x13BitTorrent protocol"  # BEP 3 pstrlen + pstr
 
 
@@ -349,7 +349,7 @@ class MseInitiator(_MseHandshake):
         rng: random.Random,
         now: float,
         provide: int = CRYPTO_RC4 | CRYPTO_PLAIN,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
+        timeout_s: float = MSE_TIMEOUT_S,
         private_key: int | None = None,
         pads: tuple[bytes, bytes] | None = None,
     ) -> None:
@@ -435,7 +435,7 @@ class MseResponder(_MseHandshake):
         now: float,
         allow: int = CRYPTO_RC4 | CRYPTO_PLAIN,
         prefer_rc4: bool = True,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
+        timeout_s: float = MSE_TIMEOUT_S,
         private_key: int | None = None,
         pads: tuple[bytes, bytes] | None = None,
     ) -> None:
@@ -472,7 +472,7 @@ class MseResponder(_MseHandshake):
                 self._state = MseState.AWAIT_SKEY
             return rest
         if st is MseState.AWAIT_SKEY:
-            chunk, rest = self._need(rest, HASH_LEN)
+            chunk, rest = self._need(rest, _SHA1_LEN)
             if chunk is not None:
                 self._find_torrent(chunk)
                 self._state = MseState.AWAIT_PROVIDE
