@@ -8,6 +8,8 @@ setup(
     package_data={"minibt": ["py.typed"]},
     python_requires=">=3.11",
     install_requires=["bencode2>=0.3.20", "psutil>=5.9"],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6", "ruff", "mypy", "libtorrent>=2.0", "cryptography", "pytest-timeout"]},
+    extras_require={
+        "mse": ["cryptography>=42"],  # RC4 for MSE/PE (minibt.mse)
+        "test": ["pytest>=7", "hypothesis>=6", "ruff", "mypy", "libtorrent>=2.0", "cryptography", "pytest-timeout"]},
     entry_points={"console_scripts": ["minibt = minibt.cli:main"]},
 )

@@ -83,6 +83,17 @@ class HandshakeError(RemoteProtocolError):
     """The BitTorrent handshake was malformed or did not match."""
 
 
+class MseError(RemoteProtocolError):
+    """The MSE/PE encryption handshake failed (minibt.mse); ``detail`` names the failed check."""
+
+    def __init__(self, detail: str, reason: CloseReason = CloseReason.ENCRYPTION_FAILED) -> None:
+        super().__init__(reason, detail)
+
+
+class EncryptionUnavailable(MinibtError):
+    """MSE/PE was requested but the optional RC4 back end (the ``mse`` extra) is not installed."""
+
+
 class WireError(RemoteProtocolError):
     """A peer-wire message was malformed, oversized or not allowed now."""
 
