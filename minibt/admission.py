@@ -10,16 +10,30 @@ machines a connection gets, built with our peer id and reserved bits.
 
 from __future__ import annotations
 
+import logging
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from minibt.errors import CloseReason
+from minibt.errors import CloseReason, EncryptionUnavailable, MseError
 from minibt.handshake import Handshake, HandshakeReceived, supports_extension, supports_fast
 from minibt.magnetfetch import MagnetFetch
-from minibt.peer import PeerConnection
+from minibt.mse import (
+    CRYPTO_PLAIN,
+    CRYPTO_RC4,
+    MseInitiator,
+    MseResponder,
+    looks_plaintext,
+    rc4_available,
+    req2_hash,
+)
+from minibt.peer import Encrypting, Handshaking, PeerConnection, Phase
 from minibt.reputation import Reputation
-from minibt.settings import TorrentState
+from minibt.settings import Encryption, TorrentState
 from minibt.torrent import Torrent
 from minibt.wire import PeerWire
+
+log = logging.getLogger(__name__)
 
 NO_PEER_ID = bytes(20)  # some clients send all zeroes: never a duplicate
 
@@ -30,6 +44,22 @@ class Refuse:
 
     reason: CloseReason
     detail: str
+
+
+def usable_policy(policy: Encryption) -> Encryption:
+    """``policy`` if this install can encrypt; without the RC4 back end ``preferred`` falls back to
+    plaintext (logged) and ``required`` raises EncryptionUnavailable naming ``minibt[mse]``."""
+    if policy is Encryption.NONE or rc4_available():
+        return policy
+    if policy is Encryption.REQUIRED:
+        raise EncryptionUnavailable("encryption 'required' needs RC4: pip install 'minibt[mse]' (cryptography)")
+    log.warning("encryption 'preferred' without RC4 (pip install 'minibt[mse]'): connections stay plaintext")
+    return Encryption.NONE
+
+
+def req2_lookup(info_hashes: list[bytes]) -> dict[bytes, bytes]:
+    """MSE responder lookup: SHA1('req2', info-hash) -> info-hash (one listening port, every torrent)."""
+    return {req2_hash(ih): ih for ih in info_hashes}
 
 
 class Admission:
@@ -55,6 +85,57 @@ class Admission:
             extension=extension,
             now=now,
         )
+
+    def first_phase(self, info_hash: bytes | None, reserved: bytes, now: float, policy: Encryption,
+                    rng: random.Random, *, plaintext: bool = False) -> Phase:
+        """A new connection's first phase: the BT handshake, or MSE/PE first (``info_hash`` None:
+        incoming, whose first bytes tell which).  Outgoing MSE carries our BT handshake as its IA."""
+        hs = self.handshake(info_hash, reserved, now)
+        if policy is Encryption.NONE or plaintext:
+            return Handshaking(hs)
+        if info_hash is None:
+            return Encrypting(None, hs)
+        hs.start()
+        provide = CRYPTO_RC4 if policy is Encryption.REQUIRED else CRYPTO_RC4 | CRYPTO_PLAIN
+        return Encrypting(MseInitiator(info_hash, ia=hs.data_to_send(), rng=rng, now=now, provide=provide), hs)
+
+    @staticmethod
+    def sniff(ph: Encrypting, data: bytes, policy: Encryption, lookup: dict[bytes, bytes], rng: random.Random,
+              now: float) -> bytes | None:
+        """An incoming connection's first bytes: None while undecided; else the bytes to feed on.  A
+        plaintext one goes on without ``ph.mse``; an MSE one gets a responder.  Raises MseError when
+        the policy refuses plaintext."""
+        ph.sniffed += data
+        plain = looks_plaintext(ph.sniffed)
+        if plain is None:
+            return None
+        data, ph.sniffed = ph.sniffed, b""
+        if plain and policy is Encryption.REQUIRED:
+            raise MseError("plaintext refused: encryption is required")
+        if not plain:
+            allow = CRYPTO_RC4 if policy is Encryption.REQUIRED else CRYPTO_RC4 | CRYPTO_PLAIN
+            ph.mse = MseResponder(lookup.get, rng=rng, now=now, allow=allow)
+        return data
+
+    def mse_data(self, conn: PeerConnection, ph: Encrypting, data: bytes, policy: Encryption, rng: random.Random,
+                 now: float, info_hashes: Callable[[], list[bytes]]) -> bytes:
+        """Bytes of a connection in phase Encrypting: an incoming one is first told plaintext or MSE;
+        when MSE completes the stream goes on the connection and the phase becomes Handshaking.
+        Returns what the BT handshake machine (``ph.then``) is to read now (b"": nothing yet).
+        Raises MseError (a RemoteProtocolError) on any failed check."""
+        if ph.mse is None:
+            rest = self.sniff(ph, data, policy, req2_lookup(info_hashes()), rng, now)
+            if rest is None or ph.mse is None:
+                if rest is not None:
+                    conn.enter(Handshaking(ph.then))
+                return rest or b""
+            data = rest
+        for done in ph.mse.receive_data(data, now=now):
+            conn.stream = ph.mse.stream() if done.method == CRYPTO_RC4 else None
+            conn.raw_unsent = ph.mse.data_to_send()  # its last message, encrypted by the machine itself
+            conn.enter(Handshaking(ph.then))
+            return done.ia + done.leftover
+        return b""
 
     @staticmethod
     def accept(ip: str, open_conns: int, max_conns: int, reputation: Reputation) -> Refuse | None:

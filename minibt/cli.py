@@ -18,17 +18,25 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from minibt import __version__
+from minibt.admission import usable_policy
 from minibt.client import Client, default_state_dir
 from minibt.clock import MonotonicClock
 from minibt.dhtservice import BOOTSTRAP_ENV, bootstrap_nodes
-from minibt.errors import ConfigError, MagnetError, MetainfoError, MinibtError, StorageError
+from minibt.errors import (
+    ConfigError,
+    EncryptionUnavailable,
+    MagnetError,
+    MetainfoError,
+    MinibtError,
+    StorageError,
+)
 from minibt.ifwatch import valid_interface_name
 from minibt.magnet import MAGNET_PREFIX, Magnet, parse_magnet
 from minibt.magnetfetch import FetchState, MagnetFetch, torrent_file_bytes
 from minibt.metainfo import Metainfo, create_torrent, describe, load_metainfo
 from minibt.peer import Transport, to_transports, valid_transports
 from minibt.runplan import EXIT_FAIL, EXIT_OK
-from minibt.settings import Mode, TorrentState
+from minibt.settings import Encryption, Mode, TorrentState
 from minibt.storage import Storage
 from minibt.torrent import Torrent
 from minibt.urls import Addr, parse_host_port, parse_tracker_url
@@ -202,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="upload limit, payload bytes/s (e.g. 500KiB, 2MiB; default 0 = unlimited)")
         sp.add_argument("--down-limit", type=parse_rate, default=None, metavar="RATE",
                         help="download limit, payload bytes/s (e.g. 500KiB, 2MiB; default 0 = unlimited)")
+        sp.add_argument("--encryption", choices=[e.value for e in Encryption], default=Encryption.NONE.value,
+                        help="MSE/PE: none (default), preferred (try RC4, accept both) or required (RC4 only)")
         sp.add_argument("--no-dht", action="store_true", help="do not use the Mainline DHT (BEP 5)")
         sp.add_argument("--dht-read-only", action="store_true",
                         help="BEP 43: search the DHT but answer no queries (metered links)")
@@ -465,10 +475,16 @@ def cmd_transfer(args: argparse.Namespace) -> int:  # noqa: C901
         dht=not args.no_dht,
         dht_bootstrap=boot,
         dht_read_only=args.dht_read_only,
+        encryption=Encryption(args.encryption),
     )
     if args.transport is not None:
         config = dataclasses.replace(config, transports=args.transport)
     state_dir = args.state_dir or default_state_dir()
+    try:
+        usable_policy(config.encryption)
+    except EncryptionUnavailable as e:
+        print(f"minibt: {e}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         client = Client(bind=args.bind, port=args.port, state_dir=state_dir, config=config, interface=args.interface)
     except OSError as e:

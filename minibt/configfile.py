@@ -24,7 +24,7 @@ from minibt.ifwatch import valid_interface_name
 from minibt.magnet import Magnet, parse_magnet
 from minibt.metainfo import Metainfo, load_metainfo
 from minibt.peer import Transport, to_transports, valid_transports
-from minibt.settings import Mode
+from minibt.settings import Encryption, Mode
 from minibt.urls import parse_host_port
 
 MODES = tuple(m.value for m in Mode)
@@ -121,6 +121,7 @@ class Config:
     dht: bool = True  # Mainline DHT (BEP 5); never for private torrents
     dht_bootstrap: tuple[tuple[str, int], ...] | None = None  # None: MINIBT_DHT_BOOTSTRAP or the public routers
     dht_read_only: bool = False  # BEP 43: search, answer nothing (metered links)
+    encryption: Encryption = Encryption.NONE  # MSE/PE: none, preferred or required
     log_level: str = "info"
     log_file: str | None = None
     watch_dir: str | None = None
@@ -487,6 +488,9 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
     transport_order = to_transports(transports) if transports is not None else None
     dht = client.take("dht", bool, "true or false")
     dht_ro = client.take("dht_read_only", bool, "true or false")
+    enc = client.take("encryption", str, "one of none, preferred, required")
+    if enc is not None and enc not in [e.value for e in Encryption]:
+        raise client.error("encryption", f"expected one of none, preferred, required, got {enc[:40]!r}")
     boot = client.str_list("dht_bootstrap", "a list of \"host:port\" DHT nodes to join through")
     try:
         dht_bootstrap = tuple(parse_peer_addr(b) for b in boot) if boot is not None else None
@@ -538,6 +542,7 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
         dht=pick(dht, d.dht),
         dht_bootstrap=dht_bootstrap,
         dht_read_only=pick(dht_ro, d.dht_read_only),
+        encryption=Encryption(enc) if enc is not None else d.encryption,
         log_level=(level or d.log_level).lower(),
         log_file=_path(base, log_file) if log_file else None,
         watch_dir=watch_dir or None,

@@ -12,12 +12,13 @@ import os
 import signal
 from typing import Any
 
+from minibt.admission import usable_policy
 from minibt.budget import fit_budget, over_budget_message
 from minibt.client import Client
 from minibt.clock import local_seconds_of_day
 from minibt.configfile import Config, load_config
 from minibt.dhtservice import BOOTSTRAP_ENV, bootstrap_nodes
-from minibt.errors import ConfigError
+from minibt.errors import ConfigError, EncryptionUnavailable
 from minibt.peer import Transport
 from minibt.runner import Runner, set_log_level
 from minibt.runplan import EXIT_CONFIG, EXIT_FAIL, EXIT_LOCKED, EXIT_OK, EXIT_TIME_UP, seconds_until
@@ -82,12 +83,14 @@ def _run_locked(cfg: Config, *, once: bool, max_time_s: float | None, until_min:
         _stderr(warning)
     try:
         boot = bootstrap_nodes(cfg.dht_bootstrap, os.environ.get(BOOTSTRAP_ENV))
-    except ValueError as e:
+        usable_policy(cfg.encryption)
+    except (ValueError, EncryptionUnavailable) as e:
         _stderr(str(e))
         return EXIT_CONFIG
     scfg = SessionConfig(max_connections=limits.max_connections, transports=cfg.transports,
                          upload_limit_bps=cfg.upload_limit_bps, download_limit_bps=cfg.download_limit_bps,
-                         dht=cfg.dht, dht_bootstrap=boot, dht_read_only=cfg.dht_read_only)
+                         dht=cfg.dht, dht_bootstrap=boot, dht_read_only=cfg.dht_read_only,
+                         encryption=cfg.encryption)
     try:
         client = Client(bind=cfg.bind, port=cfg.listen_port, state_dir=cfg.state_dir, config=scfg, interface=cfg.interface,
                         hash_threads=1 if cfg.memory_budget_bytes < (64 << 20) else 2,

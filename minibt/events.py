@@ -109,7 +109,7 @@ CLOSE_REASON_DOCS: dict[CloseReason, str] = {
     CloseReason.REPUTATION_TOO_LOW: "the peer's reputation fell to 50 or below; its IP is banned for the session",
     CloseReason.BANNED: "the IP is banned (refused at accept or after the handshake)",
     CloseReason.PROTOCOL_VIOLATION: "a BEP 3/6/10 rule was broken (detail says which)",
-    CloseReason.ENCRYPTION_FAILED: "the encryption (MSE) handshake failed (encryption is not implemented yet)",
+    CloseReason.ENCRYPTION_FAILED: "the MSE/PE handshake failed, or the encryption policy refused the peer (detail says which)",
     CloseReason.MESSAGE_TOO_LARGE: "a message length prefix above the limit for its type",
     CloseReason.CONNECT_FAILED: "the outgoing TCP connect failed",
     CloseReason.IO_ERROR: "a socket error",

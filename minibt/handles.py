@@ -36,7 +36,7 @@ class PeerFlags(enum.IntFlag):
     """What a connection is and can do (``Peer.flags``)."""
 
     NONE = 0
-    ENCRYPTED = 1  # MSE/PE (not implemented yet: never set)
+    ENCRYPTED = 1  # MSE/PE: RC4 after an MSE handshake (``is_encrypted``)
     SEEDER = 2  # the peer has every piece
     INCOMING = 4  # the peer dialled us
     UTP = 8  # uTP transport (BEP 29)
@@ -180,7 +180,8 @@ class Peer:
 
     @property
     def is_encrypted(self) -> bool:
-        return False  # MSE/PE is not implemented yet
+        """RC4 after an MSE/PE handshake (mse.py)."""
+        return self._conn.encrypted
 
     @property
     def snubbed(self) -> bool:
@@ -192,6 +193,8 @@ class Peer:
         f = PeerFlags.NONE
         if self.is_seeder:
             f |= PeerFlags.SEEDER
+        if c.encrypted:
+            f |= PeerFlags.ENCRYPTED
         if not c.outgoing:
             f |= PeerFlags.INCOMING
         if c.transport == Transport.UTP:

@@ -569,7 +569,7 @@ class EventLoop:
 
     def _read_budget(self, ps: _PeerSock, now: float) -> int:
         """How much to read from a socket under a download limit; 0 pauses its reads."""
-        q = self.session.read_quota(ps.cid, now=now)
+        q = self.session.rates.read_quota(self.session.torrent_of(ps.cid), now=now)
         if q <= 0:
             self._pause_reads(ps, now)
             return 0
@@ -579,7 +579,7 @@ class EventLoop:
         ps.read_paused = True
         self.counters["read_pauses"] += 1
         self._throttled.pop(ps.cid, None)
-        at = self.session.read_retry_at(ps.cid, now=now)
+        at = self.session.rates.read_retry_at(self.session.torrent_of(ps.cid), now=now)
         if not self._throttled or at < self._throttle_at:
             self._throttle_at = at
         self._throttled[ps.cid] = ps  # to the back of the line: paused sockets resume round robin
@@ -587,7 +587,7 @@ class EventLoop:
 
     def _rate_wake_at(self, now: float) -> float | None:
         """When uploads waiting for tokens or paused reads can go on (None: nothing is rate limited)."""
-        at = self.session.rate_wake_at(now=now)
+        at = self.session.rates.wake_at(now=now)
         if self._throttled:
             if not self.session.down_limited:
                 return now  # the limit was lifted
@@ -605,12 +605,12 @@ class EventLoop:
         for cid, ps in list(self._throttled.items()):
             if self._peers.get(cid) is not ps:
                 del self._throttled[cid]  # closed meanwhile
-            elif not self.session.down_limited or self.session.read_quota(cid, now=now) > 0:
+            elif not self.session.down_limited or self.session.rates.read_quota(self.session.torrent_of(cid), now=now) > 0:
                 del self._throttled[cid]
                 ps.read_paused = False
                 self._set_events(ps, selectors.EVENT_READ | (selectors.EVENT_WRITE if ps.out is not None else 0))
             else:
-                at = self.session.read_retry_at(cid, now=now)
+                at = self.session.rates.read_retry_at(self.session.torrent_of(cid), now=now)
                 if nxt is None or at < nxt:
                     nxt = at
         self._throttle_at = nxt if nxt is not None else now

@@ -24,6 +24,7 @@ from typing import Any
 from minibt.errors import CloseReason
 from minibt.fetchlink import FetchLink
 from minibt.handshake import Handshake
+from minibt.mse import CipherStream, MseInitiator, MseResponder
 from minibt.urls import Addr
 from minibt.wire import PeerWire
 
@@ -111,7 +112,20 @@ class Active:
     unsent: bytes = b""
 
 
-Phase = Handshaking | FetchingMetadata | Active
+@dataclass(slots=True)
+class Encrypting:
+    """Phase 0 with an encryption policy: MSE/PE (mse.py) before the BT handshake ``then``.
+
+    ``mse`` is None on an incoming connection until its first bytes tell a plaintext BT handshake
+    from an MSE key (``sniffed`` holds them meanwhile).  Outgoing, ``then`` already produced our BT
+    handshake: it travels inside MSE as the initial payload."""
+
+    mse: MseInitiator | MseResponder | None
+    then: Handshake
+    sniffed: bytes = b""
+
+
+Phase = Encrypting | Handshaking | FetchingMetadata | Active
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +154,9 @@ class PeerConnection:
         self.source = source
         self._phase: Phase = Handshaking(handshake)
         self._wire: PeerWire | None = None
+        self.stream: CipherStream | None = None  # RC4 after an MSE handshake (mse.py); None: plaintext
+        self.raw_unsent = b""  # the MSE machine's last message (already encrypted), sent before the rest
+        self.plain_retry = False  # an outgoing MSE attempt failed: this redial is plaintext (policy preferred)
         self.info_hash: bytes | None = None
         self.peer_id: bytes | None = None
         self.reserved: bytes = bytes(8)
@@ -196,8 +213,21 @@ class PeerConnection:
         ph = self.phase
         return ph.link if isinstance(ph, FetchingMetadata) else None
 
+    @property
+    def encrypted(self) -> bool:
+        """RC4 after an MSE/PE handshake."""
+        return self.stream is not None
+
     def data_to_send(self, limit: int, *, now: float) -> bytes:
-        """Up to about ``limit`` bytes of the current phase's output (a previous phase's leftover first)."""
+        """Up to about ``limit`` bytes of the current phase's output, encrypted when the connection is."""
+        out = self._phase_output(limit, now)
+        if self.stream is not None and out:
+            out = self.stream.encrypt(out)
+        if self.raw_unsent:
+            out, self.raw_unsent = self.raw_unsent + out, b""
+        return out
+
+    def _phase_output(self, limit: int, now: float) -> bytes:
         match self.phase:
             case Active(wire=wire) as ph:
                 if ph.unsent:
@@ -209,6 +239,8 @@ class PeerConnection:
             case FetchingMetadata(link=link) as ph:
                 out, ph.unsent = ph.unsent, b""
                 return out + link.data_to_send(max(0, limit - len(out)))
+            case Encrypting(mse=mse) if mse is not None:
+                return mse.data_to_send()  # the MSE machine encrypts its own messages
         return b""
 
     def handle_timeout(self, *, now: float) -> list[object]:
@@ -223,6 +255,10 @@ class PeerConnection:
                 dl = wire.next_deadline()
                 if dl is not None and now >= dl:
                     return list(wire.handle_timeout(now=now))
+            case Encrypting(mse=mse, then=hs):
+                dl = (mse or hs).next_deadline()
+                if dl is not None and now >= dl:
+                    (mse or hs).handle_timeout(now=now)
         return []
 
     @property

@@ -1,31 +1,25 @@
 """The orchestrator: routes loop events to torrents and peers, carries out their effects.
 
-``Session`` is pure (STYLE.md section 3) and has one pipeline shape, like h2's ``receive_data`` /
-``data_to_send``: the loop calls one ``on_*`` entry point per input kind, each taking ``now``
-(``on_incoming``, ``on_connected``, ``on_data``, ``on_writable``, ``on_closed``, ``on_hash_result``,
-``on_announce_result``, ``on_rate_refill``, ``tick``), then drains the loop actions with
-``take_actions()`` -- Dial, Close, fx.HashPiece, Announce and fx.Flush (connection ``cid`` has bytes:
-the loop pulls them with ``data_to_send(cid)``).  Public events for library code go to the bounded
-``events`` queue, which the Client drains.
-
-Torrents (torrent.py) and magnet fetches (magnetfetch.py) return effects (effects.py) from their
-entry points; :meth:`Session._apply` is the one place that carries them out.  They read session
-facts from ``self.ctx`` (a :class:`~minibt.effects.SessionContext`) and hold no reference to the
-session.  A connection's phase (peer.py: Handshaking, FetchingMetadata, Active) changes only here.
-
-Error boundary (STYLE.md P4): ``on_data`` is the one place where a peer's
-``RemoteProtocolError`` becomes ``Close(reason)``.
+``Session`` is pure (STYLE.md section 3), one pipeline like h2's ``receive_data`` / ``data_to_send``:
+the loop calls one ``on_*`` entry point per input kind, each taking ``now``, then drains the loop
+actions (actions.py) with ``take_actions()``; a ``Flush`` says connection ``cid`` has bytes for
+``data_to_send(cid)``.  Public events go to the bounded ``events`` queue, which the Client drains.
+Torrents and magnet fetches return effects (effects.py); :meth:`Session._apply` alone carries them
+out.  They read session facts from ``self.ctx`` and hold no reference to the session.  A connection's
+phase (peer.py) changes only here and in admission.py.  Error boundary (STYLE.md P4): ``on_data``
+is where a peer's ``RemoteProtocolError`` becomes ``Close(reason)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Callable
 
 from minibt import effects as fx
 from minibt.actions import Action, Announce, Close, Datagram, Dial, LookupDhtNode
-from minibt.admission import Admission, Refuse
+from minibt.admission import Admission, Refuse, usable_policy
 from minibt.checker import CheckJobTag
 from minibt.dhtservice import DhtService
 from minibt.download import PieceJobTag
@@ -37,12 +31,20 @@ from minibt.handshake import Handshake, HandshakeReceived, InfoHashReceived, mak
 from minibt.magnet import Magnet
 from minibt.magnetfetch import MagnetFetch
 from minibt.metainfo import Metainfo
-from minibt.peer import Active, FetchingMetadata, Handshaking, PeerConnection, PeerSource, Transport
+from minibt.peer import (
+    Active,
+    Encrypting,
+    FetchingMetadata,
+    Handshaking,
+    PeerConnection,
+    PeerSource,
+    Transport,
+)
 from minibt.peerid import make_peer_id
 from minibt.ratecontrol import RateControl
 from minibt.ratelimit import KEEP, Keep
 from minibt.reputation import Banned, RepEvent, Reputation, ReputationChanged
-from minibt.settings import Mode, SessionConfig, TorrentConfig, TorrentState
+from minibt.settings import Encryption, Mode, SessionConfig, TorrentConfig, TorrentState
 from minibt.torrent import Torrent
 from minibt.tracker import AnnounceJob, AnnounceResult
 from minibt.urls import Addr
@@ -70,6 +72,7 @@ class Session:
     ) -> None:
         self.rng = rng
         self.config = config or SessionConfig()
+        self.config = dataclasses.replace(self.config, encryption=usable_policy(self.config.encryption))
         self.peer_id = peer_id or make_peer_id(rng)
         self.announce_key = rng.getrandbits(32)
         self.reserved = make_reserved(fast=True, extension=True)
@@ -113,16 +116,8 @@ class Session:
         self._now = now
         self.ctx.network_paused = reason
 
-    def add_torrent(
-        self,
-        meta: Metainfo,
-        download_dir: str,
-        *,
-        mode: Mode,
-        resume_path: str | None,
-        now: float,
-        config: TorrentConfig | None = None,
-    ) -> Torrent:
+    def add_torrent(self, meta: Metainfo, download_dir: str, *, mode: Mode, resume_path: str | None, now: float,
+                    config: TorrentConfig | None = None) -> Torrent:
         self._now = now
         if meta.info_hash in self.torrents:
             raise ValueError(f"torrent {meta.info_hash.hex()} already added")
@@ -136,10 +131,7 @@ class Session:
         return t
 
     def remove_torrent(self, info_hash: bytes, *, now: float) -> bool:
-        """Stop a torrent and forget it once its last piece write is done; True when it is gone.
-
-        Call again on later ticks while it returns False (commits in flight finish first).
-        """
+        """Stop a torrent; True once it is gone (else call again later: piece writes finish first)."""
         self._now = now
         f = self.fetches.pop(info_hash, None)
         if f is not None:  # a magnet link still fetching its metadata: nothing on disk yet
@@ -155,16 +147,9 @@ class Session:
         self.rate_limits_changed()
         return True
 
-    def add_magnet(
-        self,
-        magnet: Magnet,
-        download_dir: str,
-        *,
-        mode: Mode = Mode.DOWNLOAD,
-        now: float,
-        config: TorrentConfig | None = None,
-        resume_path: Callable[[Metainfo], str | None] | None = None,
-    ) -> MagnetFetch:
+    def add_magnet(self, magnet: Magnet, download_dir: str, *, mode: Mode = Mode.DOWNLOAD, now: float,
+                   config: TorrentConfig | None = None,
+                   resume_path: Callable[[Metainfo], str | None] | None = None) -> MagnetFetch:
         """Start fetching a magnet link's metadata (BEP 9); the torrent is added once it verifies."""
         self._now = now
         if magnet.info_hash in self.torrents or magnet.info_hash in self.fetches:
@@ -307,6 +292,7 @@ class Session:
         cid = self._new_cid()
         hs = self.admission.handshake(owner.info_hash, self.reserved, now)
         conn = PeerConnection(cid, addr, outgoing=True, source=source, handshake=hs, now=now)
+        conn.enter(self.admission.first_phase(owner.info_hash, self.reserved, now, self.config.encryption, self.rng))
         order = self.config.transports
         conn.transport = order[0]
         conn.fallbacks = list(order[1:])
@@ -319,20 +305,26 @@ class Session:
         return cid
 
     def _fall_back(self, conn: PeerConnection, reason: CloseReason, detail: str, now: float) -> bool:
-        """Redial an outgoing connection that failed before the BT handshake on its next transport."""
-        if not conn.outgoing or conn.handshake is None or not conn.fallbacks or reason not in FALLBACK_REASONS:
+        """Redial an outgoing connection that failed before the BT handshake: in plaintext when MSE
+        failed (policy preferred), else on its next transport."""
+        plain = isinstance(conn.phase, Encrypting) and self.config.encryption is Encryption.PREFERRED
+        if not conn.outgoing or not isinstance(conn.phase, (Handshaking, Encrypting)) or reason not in FALLBACK_REASONS:
+            return False
+        if not (conn.fallbacks or (plain and not conn.plain_retry)):
             return False
         if self.network_paused is not None:
             return False
         t = self._torrent_of.get(conn.cid) or self._fetch_of.get(conn.cid)
         if t is None:
             return False
-        log.info(
-            "peer %s:%d (#%d) over %s: %s %s; trying %s",
-            conn.ip, conn.port, conn.cid, conn.transport, reason.name, detail, conn.fallbacks[0],
-        )
-        conn.transport = conn.fallbacks.pop(0)
-        conn.enter(Handshaking(self.admission.handshake(t.info_hash, self.reserved, now)))
+        if plain and not conn.plain_retry:
+            conn.plain_retry = True  # the same transport again, without MSE
+        else:
+            conn.transport = conn.fallbacks.pop(0)
+        log.info("peer %s:%d (#%d): %s %s; trying %s%s", conn.ip, conn.port, conn.cid, reason.name, detail,
+                 conn.transport, " in plaintext" if conn.plain_retry else "")
+        conn.enter(self.admission.first_phase(t.info_hash, self.reserved, now, self.config.encryption, self.rng,
+                                              plaintext=conn.plain_retry))
         conn.established = False
         self._actions.append(Dial(conn.cid, conn.addr, conn.transport))
         return True
@@ -435,6 +427,7 @@ class Session:
         cid = self._new_cid()
         hs = self.admission.handshake(None, self.reserved, now)
         conn = PeerConnection(cid, addr, outgoing=False, source=PeerSource.INCOMING, handshake=hs, now=now)
+        conn.enter(self.admission.first_phase(None, self.reserved, now, self.config.encryption, self.rng))
         conn.established = True
         conn.transport = Transport(transport)
         self.conns[cid] = conn
@@ -445,11 +438,12 @@ class Session:
         """An outgoing TCP connect finished: send our handshake."""
         self._now = now
         conn = self.conns.get(cid)
-        if conn is None or conn.handshake is None:
+        if conn is None or not isinstance(conn.phase, (Handshaking, Encrypting)):
             return
         try:
             conn.established = True
-            conn.handshake.start()
+            if conn.handshake is not None:
+                conn.handshake.start()  # (MSE: our handshake is already in its initial payload)
             self._actions.append(fx.Flush(cid))
             self.emit(EventName.PEER_CONNECTED, conn, self._torrent_of.get(cid))
         except Exception as e:
@@ -537,6 +531,8 @@ class Session:
         conn = self.conns.get(cid)
         if conn is None or conn.closing:
             return
+        if conn.stream is not None:
+            data = conn.stream.decrypt(data)
         try:
             match conn.phase:
                 case Active(wire=wire):
@@ -553,7 +549,13 @@ class Session:
                     f = self._fetch_of[cid]
                     self._apply(f, f.on_data(conn, data, now=now), now)
                 case Handshaking(handshake=hs):
-                    self._handshake_data(conn, hs, data, now)
+                    self._handshake_data(conn, hs, bytes(data), now)
+                case Encrypting() as ph:  # MSE/PE first (admission.py); then the BT handshake as usual
+                    rest = self.admission.mse_data(conn, ph, bytes(data), self.config.encryption, self.rng, now,
+                                                   lambda: [*self.torrents, *self.fetches])
+                    self._actions.append(fx.Flush(cid))
+                    if rest:
+                        self._handshake_data(conn, ph.then, rest, now)
         except RemoteProtocolError as e:
             self.close(cid, e.reason, e.detail)
             self.penalize(conn.ip, PROTOCOL_PENALTY, e.detail)
@@ -669,15 +671,8 @@ class Session:
             except Exception as e:
                 self._torrent_fault(t, FaultKind.WORKER, e, now)
 
-    def on_announce_result(
-        self,
-        info_hash: bytes,
-        job: AnnounceJob,
-        result: AnnounceResult | None,
-        error: str | None,
-        *,
-        now: float,
-    ) -> None:
+    def on_announce_result(self, info_hash: bytes, job: AnnounceJob, result: AnnounceResult | None,
+                           error: str | None, *, now: float) -> None:
         self._now = now
         try:
             owner: Owner | None = self.torrents.get(info_hash) or self.fetches.get(info_hash)
@@ -765,12 +760,15 @@ class Session:
     def rate_limits_changed(self) -> None:
         self.rates.changed(self.torrents.values())
 
-    def read_quota(self, cid: int, *, now: float) -> int:
-        """Bytes the loop may read from ``cid`` now; 0 = pause reading until ``read_retry_at``."""
+
+    def read_quota(self, cid: int, *, now: float) -> int:  # bytes to read from `cid` now (0: until read_retry_at)
         return self.rates.read_quota(self._torrent_of.get(cid), now=now)
 
     def read_retry_at(self, cid: int, *, now: float) -> float:
         return self.rates.read_retry_at(self._torrent_of.get(cid), now=now)
+
+    def rate_wake_at(self, *, now: float) -> float | None:  # when on_rate_refill should run (None: nothing waits)
+        return self.rates.wake_at(now=now)
 
     def _on_data_limited(self, cid: int, data: bytes | memoryview, *, now: float) -> None:
         conn = self.conns.get(cid)
@@ -782,8 +780,6 @@ class Session:
         if got:
             self.rates.charge(self._torrent_of.get(cid), got, now=now)
 
-    def rate_wake_at(self, *, now: float) -> float | None:
-        return self.rates.wake_at(now=now)  # when on_rate_refill should run next (None: nothing waits)
 
     def on_rate_refill(self, *, now: float) -> None:
         """Tokens came back: serve the requests that waited for them."""

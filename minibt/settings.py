@@ -27,6 +27,14 @@ def parse_mode(name: str) -> Mode:
         raise ValueError(f"unknown mode {name!r}") from None
 
 
+class Encryption(enum.StrEnum):
+    """MSE/PE policy (mse.py), as the Peer reference's ENCRYPTION_NONE / _PREFERRED / _REQUIRED."""
+
+    NONE = "none"  # never encrypt; MSE from a peer is refused
+    PREFERRED = "preferred"  # dial with MSE (RC4 or plaintext offered), retry plaintext once; accept both
+    REQUIRED = "required"  # MSE with RC4 only, both ways
+
+
 class TorrentState(enum.Enum):
     CHECKING = "checking"
     DOWNLOADING = "downloading"
@@ -90,8 +98,11 @@ class SessionConfig:
     dht: bool = False
     dht_bootstrap: tuple[tuple[str, int], ...] = ()
     dht_read_only: bool = False  # BEP 43: ask, never answer (metered links)
+    # MSE/PE (mse.py).  "none" until the policy is proven against every reference client (issue 13).
+    encryption: Encryption = Encryption.NONE
 
     def __post_init__(self) -> None:
         if not valid_transports(self.transports):
             raise ConfigError(None, "transports", f"must be distinct names out of {TRANSPORTS}, got {self.transports}")
         object.__setattr__(self, "transports", to_transports(self.transports))
+        object.__setattr__(self, "encryption", Encryption(self.encryption))
