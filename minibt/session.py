@@ -317,12 +317,13 @@ class Session:
         t = self._torrent_of.get(conn.cid) or self._fetch_of.get(conn.cid)
         if t is None:
             return False
+        old = conn.transport
         if plain and not conn.plain_retry:
             conn.plain_retry = True  # the same transport again, without MSE
         else:
             conn.transport = conn.fallbacks.pop(0)
-        log.info("peer %s:%d (#%d): %s %s; trying %s%s", conn.ip, conn.port, conn.cid, reason.name, detail,
-                 conn.transport, " in plaintext" if conn.plain_retry else "")
+        log.info("peer %s:%d (#%d) over %s: %s %s; trying %s%s", conn.ip, conn.port, conn.cid, old, reason.name,
+                 detail, conn.transport, " in plaintext" if conn.plain_retry else "")
         conn.enter(self.admission.first_phase(t.info_hash, self.reserved, now, self.config.encryption, self.rng,
                                               plaintext=conn.plain_retry))
         conn.established = False
