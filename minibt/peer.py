@@ -3,6 +3,7 @@
 A connection is in one of three phases, each a tagged value holding that phase's machine, handed
 over from one to the next (the wsproto-style handoff of STYLE.md section 1):
 
+    Encrypting(MSE machine) --MSE done (RC4 or plaintext)--> Handshaking   (with an encryption policy)
     Handshaking(Handshake) --BT handshake done--> Active(PeerWire)
     Handshaking(Handshake) --BT handshake done, magnet without metadata--> FetchingMetadata(FetchLink)
     FetchingMetadata(FetchLink) --metadata verified--> Active(PeerWire, the frames skipped so far)
