@@ -356,7 +356,7 @@ class Peer:
         pid = self.peer_id
         lines = [
             f"peer {self.ip}:{self.port} ({'incoming' if self.incoming else 'outgoing'}, {self.transport}, "
-            f"source {self.source.value})",
+            f"{'RC4 (MSE/PE)' if self.is_encrypted else 'plaintext'}, source {self.source.value})",
             f"  client: {self.client or '?'}  peer id: {pid!r}",
             f"  torrent: {t.meta.name + ' ' + t.info_hash.hex() if t is not None else '-'}",
             f"  connected: {self.connected}"

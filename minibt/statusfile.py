@@ -262,6 +262,8 @@ def format_status(st: dict[str, Any], *, now_wall: float, pid_alive: bool) -> li
             extra = f"  ERROR: {t['error']}"
         elif t.get("finished"):
             extra = f"  ({t['finished']})"
+        if t.get("encrypted_peers"):
+            extra += f"  ({t['encrypted_peers']} encrypted)"
         dht = t.get("dht")
         if isinstance(dht, dict):  # the last DHT search for this torrent
             extra += f"  dht: {dht.get('peers_found', 0)} peers found" + ("" if dht.get("done") else " (searching)")

@@ -781,6 +781,7 @@ class Torrent:
             "wasted": self.stats.wasted,
             "hash_failures": self.stats.hash_failures,
             "peers": len(self.peers),
+            "encrypted_peers": sum(p.encrypted for p in self.peers.values()),  # RC4 after MSE/PE
             "half_open": len(self.half_open),
             "candidates": len(self.candidates),
             "banned": sorted(self._ctx.reputation.banned()),

@@ -77,3 +77,18 @@ def test_without_rc4_preferred_falls_back_to_plaintext_and_required_is_refused(
     assert s.config.encryption is E.NONE
     with pytest.raises(EncryptionUnavailable, match=r"minibt\[mse\]"):
         Session(rng=random.Random(1), config=SessionConfig(encryption=E.REQUIRED))
+
+
+def test_describe_and_status_show_the_encryption(tmp_path: Path, clock: FakeClock) -> None:
+    from minibt.handles import Peer, PeerFlags
+    from minibt.statusfile import format_status
+
+    net, seed, leech = pair(tmp_path, clock, E.REQUIRED, E.REQUIRED)
+    net.must_run_until(lambda: any(c.wire is not None for c in leech.session.conns.values()), 10)
+    (conn,) = [c for c in leech.session.conns.values() if c.wire is not None]
+    peer = Peer.of(conn, leech.session)
+    assert peer.is_encrypted and PeerFlags.ENCRYPTED in peer.flags and "RC4 (MSE/PE)" in peer.describe()
+    st = leech.torrent.status(clock.now())
+    assert st["encrypted_peers"] == 1
+    doc = {"torrents": [{**st, "state": "downloading"}], "updated_at": 0.0}
+    assert any("(1 encrypted)" in line for line in format_status(doc, now_wall=0.0, pid_alive=True))
