@@ -35,12 +35,25 @@ from typing import Any, Protocol
 
 from minibt.errors import CloseReason, EncryptionUnavailable, LocalProtocolError, MseError
 
-try:  # optional extra: minibt[mse]
-    from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4 as _ARC4
-    from cryptography.hazmat.primitives.ciphers import Cipher as _Cipher
-except ImportError:  # pragma: no cover - exercised only without the extra
-    _ARC4 = None  # type: ignore[assignment,misc]
-    _Cipher = None  # type: ignore[assignment,misc]
+# The optional extra minibt[mse] (cryptography), imported on first use only: loading its OpenSSL
+# bindings costs ~2 MiB of RSS, which a client that never encrypts should not pay (budget.py).
+_backend: tuple[Any, Any] | None = None
+_backend_tried = False
+
+
+def _rc4_backend() -> tuple[Any, Any] | None:
+    """(ARC4, Cipher) from cryptography, or None without the extra."""
+    global _backend, _backend_tried
+    if not _backend_tried:
+        _backend_tried = True
+        try:
+            from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4
+            from cryptography.hazmat.primitives.ciphers import Cipher
+        except ImportError:  # pragma: no cover - exercised only without the extra
+            _backend = None
+        else:
+            _backend = (ARC4, Cipher)
+    return _backend
 
 # MSE constants (libtorrent pe_crypto.cpp, bt_peer_connection.cpp; PROTOCOL.md 2.12)
 DH_PRIME = int(
@@ -81,11 +94,11 @@ class MseFailure(enum.StrEnum):
 
 def rc4_available() -> bool:
     """True when the RC4 back end (the ``mse`` extra, package ``cryptography``) is importable."""
-    return _ARC4 is not None
+    return _rc4_backend() is not None
 
 
 def _require_rc4() -> None:
-    if _ARC4 is None:
+    if _rc4_backend() is None:
         raise EncryptionUnavailable(
             "MSE/PE encryption needs the 'cryptography' package: pip install 'minibt[mse]'"
         )
@@ -144,9 +157,11 @@ class Rc4Stream:
 
     def __init__(self, send_key: bytes, recv_key: bytes) -> None:
         _require_rc4()
-        assert _Cipher is not None and _ARC4 is not None
-        self._enc: Any = _Cipher(_ARC4(bytes(send_key)), mode=None).encryptor()
-        self._dec: Any = _Cipher(_ARC4(bytes(recv_key)), mode=None).decryptor()
+        backend = _rc4_backend()
+        assert backend is not None
+        arc4, cipher = backend
+        self._enc: Any = cipher(arc4(bytes(send_key)), mode=None).encryptor()
+        self._dec: Any = cipher(arc4(bytes(recv_key)), mode=None).decryptor()
         discard = bytes(RC4_DISCARD_BYTES)
         self._enc.update(discard)
         self._dec.update(discard)
