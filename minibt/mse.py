@@ -26,6 +26,7 @@ libtorrent uses 768 bits, which only costs time).
 
 from __future__ import annotations
 
+import abc
 import enum
 import hashlib
 import random
@@ -220,7 +221,7 @@ def _pad(rng: random.Random) -> bytes:
     return rng.randbytes(rng.randint(0, MAX_PAD_BYTES))
 
 
-class _MseHandshake:
+class _MseHandshake(abc.ABC):
     """Shared framing: need-N and sync-search readers over a bounded buffer (STYLE.md P1)."""
 
     def __init__(self, *, rng: random.Random, now: float, timeout_s: float, private_key: int | None,
@@ -346,8 +347,9 @@ class _MseHandshake:
         self._stream = self._rc4 if self._method == CRYPTO_RC4 else PlainStream()
         self._state = MseState.DONE
 
+    @abc.abstractmethod
     def _step(self, rest: memoryview) -> memoryview:
-        raise NotImplementedError
+        """Consume what the current state needs from ``rest``; return what is left (each side's own)."""
 
     def _ia(self) -> bytes:
         return b""
