@@ -17,10 +17,8 @@ Every check that fails raises :class:`~minibt.errors.MseError` (ENCRYPTION_FAILE
 injected ``random.Random`` (``secrets.SystemRandom()`` in production).  Wiring into the session is
 out of scope here.
 
-RC4 comes from ``cryptography`` (``hazmat.decrepit`` ARC4), an optional extra (``pip install
-'minibt[mse]'``): it ships abi3 wheels on PyPI for aarch64 (manylinux2014) and armv7l (manylinux_2_31,
-i.e. Raspberry Pi OS Bullseye/Bookworm glibc) and runs ~800 MiB/s on x86; pycryptodome has no armv7l
-wheel.  SHA-1 is hashlib, DH is ``pow()`` with a 160-bit exponent (the Vuze spec asks for >= 128 bits;
+RC4 comes from OpenSSL (rc4.py: the libcrypto hashlib already uses, else the ``cryptography``
+package of the optional extra ``minibt[mse]``).  SHA-1 is hashlib, DH is ``pow()`` with a 160-bit exponent (the Vuze spec asks for >= 128 bits;
 libtorrent uses 768 bits, which only costs time).
 """
 
@@ -32,29 +30,10 @@ import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
+from minibt import rc4
 from minibt.errors import CloseReason, EncryptionUnavailable, LocalProtocolError, MseError
-
-# The optional extra minibt[mse] (cryptography), imported on first use only: loading its OpenSSL
-# bindings costs ~2 MiB of RSS, which a client that never encrypts should not pay (budget.py).
-_backend: tuple[Any, Any] | None = None
-_backend_tried = False
-
-
-def _rc4_backend() -> tuple[Any, Any] | None:
-    """(ARC4, Cipher) from cryptography, or None without the extra."""
-    global _backend, _backend_tried
-    if not _backend_tried:
-        _backend_tried = True
-        try:
-            from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4
-            from cryptography.hazmat.primitives.ciphers import Cipher
-        except ImportError:  # pragma: no cover - exercised only without the extra
-            _backend = None
-        else:
-            _backend = (ARC4, Cipher)
-    return _backend
 
 # MSE constants (libtorrent pe_crypto.cpp, bt_peer_connection.cpp; PROTOCOL.md 2.12)
 DH_PRIME = int(
@@ -94,15 +73,17 @@ class MseFailure(enum.StrEnum):
 
 
 def rc4_available() -> bool:
-    """True when the RC4 back end (the ``mse`` extra, package ``cryptography``) is importable."""
-    return _rc4_backend() is not None
+    """True when an RC4 back end works here (rc4.py: OpenSSL's libcrypto, else the ``mse`` extra)."""
+    return rc4.backend() is not None
 
 
-def _require_rc4() -> None:
-    if _rc4_backend() is None:
+def _require_rc4() -> rc4.Factory:
+    got = rc4.backend()
+    if got is None:
         raise EncryptionUnavailable(
-            "MSE/PE encryption needs the 'cryptography' package: pip install 'minibt[mse]'"
+            "MSE/PE encryption needs RC4: this OpenSSL has none; pip install 'minibt[mse]' (cryptography)"
         )
+    return got[1]
 
 
 def _sha1(*parts: bytes) -> bytes:
@@ -157,21 +138,18 @@ class Rc4Stream:
     method = CRYPTO_RC4
 
     def __init__(self, send_key: bytes, recv_key: bytes) -> None:
-        _require_rc4()
-        backend = _rc4_backend()
-        assert backend is not None
-        arc4, cipher = backend
-        self._enc: Any = cipher(arc4(bytes(send_key)), mode=None).encryptor()
-        self._dec: Any = cipher(arc4(bytes(recv_key)), mode=None).decryptor()
+        factory = _require_rc4()
+        self._enc = factory(bytes(send_key))
+        self._dec = factory(bytes(recv_key))
         discard = bytes(RC4_DISCARD_BYTES)
-        self._enc.update(discard)
-        self._dec.update(discard)
+        self._enc(discard)
+        self._dec(discard)
 
     def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
-        return bytes(self._enc.update(data)) if len(data) else b""
+        return self._enc(data)
 
     def decrypt(self, data: bytes | bytearray | memoryview) -> bytes:
-        return bytes(self._dec.update(data)) if len(data) else b""
+        return self._dec(data)
 
 
 def derive_keys(shared_secret: bytes, info_hash: bytes) -> tuple[bytes, bytes]:

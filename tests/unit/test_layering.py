@@ -41,7 +41,8 @@ RESTRICTED: dict[str, set[str]] = {
         "netif.py",  # SIOCGIFFLAGS ioctl: is the bound interface up
     },
     "psutil": {"runner.py", "cli.py"},  # runner: its own RSS; cli `status`: is the runner's pid alive
-    "resource": {"procmem.py"},  # getrusage() peak RSS where /proc is missing
+    "resource": {"procmem.py"},
+    "ctypes": {"rc4.py"},  # RC4 from the libcrypto hashlib already maps (MSE/PE)  # getrusage() peak RSS where /proc is missing
 }
 
 # Calls that read the wall or monotonic clock; only clock.py makes them (STYLE.md section 4).

@@ -48,7 +48,7 @@ LOOKUP = {req2_hash(IH): IH, req2_hash(OTHER_IH): OTHER_IH}.get
 P = int("FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
         "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A63A36210000000000090563", 16)
 
-pytestmark = pytest.mark.skipif(not rc4_available(), reason="needs the mse extra (cryptography)")
+pytestmark = pytest.mark.skipif(not rc4_available(), reason="needs RC4 (OpenSSL libcrypto or the mse extra)")
 
 
 # -- independent spec helpers -------------------------------------------------------------------
@@ -449,11 +449,12 @@ def test_looks_plaintext() -> None:
     assert looks_plaintext(pub(XA)) is False
 
 
-def test_module_imports_without_cryptography_and_names_the_extra() -> None:
+def test_module_imports_without_any_rc4_and_names_the_extra() -> None:
     code = (
         "import sys; sys.modules['cryptography'] = None\n"
         "import random\n"
-        "from minibt import mse\n"
+        "from minibt import mse, rc4\n"
+        "rc4.BACKENDS.clear()\n"
         "from minibt.errors import EncryptionUnavailable\n"
         "assert not mse.rc4_available()\n"
         "assert mse.looks_plaintext(b'\\x13BitTorrent protocol')\n"
