@@ -27,15 +27,23 @@ from minibt.mse import (
     rc4_available,
     req2_hash,
 )
-from minibt.peer import Encrypting, Handshaking, PeerConnection, Phase
+from minibt.peer import Encrypting, Handshaking, PeerConnection, Phase, Transport
+from minibt.pex import PexFlag
 from minibt.reputation import Reputation
 from minibt.settings import Encryption, TorrentState
 from minibt.torrent import Torrent
+from minibt.urls import Addr
 from minibt.wire import PeerWire
 
 log = logging.getLogger(__name__)
 
 NO_PEER_ID = bytes(20)  # some clients send all zeroes: never a duplicate
+# An outgoing connection closed by the peer before the BT handshake completed may be redialled:
+# on its next transport (PROTOCOL.md 7.9: a uTP-only libtorrent accepts TCP and closes it at once),
+# or (policy preferred, the connection was up) once with the other encryption.
+FALLBACK_REASONS = frozenset({CloseReason.CONNECT_FAILED, CloseReason.CLOSED_BY_REMOTE, CloseReason.IO_ERROR})
+SWITCH_REASONS = frozenset({CloseReason.CLOSED_BY_REMOTE, CloseReason.IO_ERROR})  # refused after connecting
+PLAIN_ONLY_MAX = 1024  # peers remembered as refusing MSE (policy preferred dials them in plaintext first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +71,73 @@ def req2_lookup(info_hashes: list[bytes]) -> dict[bytes, bytes]:
 
 
 class Admission:
-    """Who may continue past the BT handshake; the Handshake and PeerWire machines of a connection."""
+    """Who may continue past the BT handshake; the Handshake and PeerWire machines of a connection;
+    the encryption policy (session default, per-torrent override) and what it learnt per peer."""
 
-    def __init__(self, *, peer_id: bytes, timeout_s: float) -> None:
+    def __init__(self, *, peer_id: bytes, timeout_s: float, encryption: Encryption = Encryption.NONE,
+                 max_mse_handshakes: int = 16) -> None:
         self.peer_id = peer_id
         self.timeout_s = timeout_s
+        self.encryption = usable_policy(encryption)
+        self.max_mse_handshakes = max_mse_handshakes  # incoming MSE handshakes (DH) at once; more are refused
+        self.plain_only: dict[Addr, None] = {}  # insertion-ordered: peers that refused MSE, took plaintext
+        self.mse_refused_busy = 0  # incoming MSE handshakes refused by the cap (status)
+
+    # ---------------------------------------------------------------- encryption policy (mse.py)
+
+    def policy(self, owner: Torrent | MagnetFetch | None) -> Encryption:
+        """The policy of ``owner``'s connections: its own override, else the session's."""
+        own = owner.config.encryption if owner is not None else None
+        return own if own is not None else self.encryption
+
+    def incoming_policy(self, owners: list[Torrent | MagnetFetch]) -> Encryption:
+        """Before an incoming connection names its torrent: one policy if all agree, else preferred
+        (accept both; the torrent's own policy is checked once it is known, :meth:`incoming`)."""
+        got = {self.policy(o) for o in owners} | {self.encryption}
+        return got.pop() if len(got) == 1 else Encryption.PREFERRED
+
+    def dial_phase(self, conn: PeerConnection, owner: Torrent | MagnetFetch, flags: int, reserved: bytes,
+                   now: float, rng: random.Random) -> Phase:
+        """The first phase of an outgoing connection.  Policy preferred dials with MSE, except a peer
+        that refused MSE before and took plaintext -- unless PEX now says it prefers encryption
+        (BEP 11 flag 0x01): then MSE first again."""
+        policy = self.policy(owner)
+        if flags & PexFlag.ENCRYPTION:
+            self.plain_only.pop(conn.addr, None)
+        conn.plaintext = policy is Encryption.NONE or (policy is Encryption.PREFERRED and conn.addr in self.plain_only)
+        return self.first_phase(owner.info_hash, reserved, now, policy, rng, plaintext=conn.plaintext)
+
+    def redial(self, conn: PeerConnection, owner: Torrent | MagnetFetch, reason: CloseReason) -> Transport | None:
+        """An outgoing connection ended before the BT handshake completed: the transport to redial it
+        on (its encryption switched when :attr:`PeerConnection.plaintext` changed), or None.
+
+        Policy preferred: a connection the peer closed right after it came up (MSE refused, or a
+        plaintext handshake refused) is tried once more with the other encryption, same transport.
+        Else the next transport of its fallbacks."""
+        if not conn.outgoing or not isinstance(conn.phase, (Handshaking, Encrypting)) or reason not in FALLBACK_REASONS:
+            return None
+        if (self.policy(owner) is Encryption.PREFERRED and conn.established and reason in SWITCH_REASONS
+                and not conn.crypto_switched):
+            conn.crypto_switched = True
+            conn.plaintext = not conn.plaintext
+            return conn.transport
+        return conn.fallbacks.pop(0) if conn.fallbacks else None
+
+    def learn(self, conn: PeerConnection) -> None:
+        """An outgoing BT handshake completed: remember whether this peer takes MSE (policy preferred)."""
+        if not conn.outgoing:
+            return
+        if conn.plaintext and conn.crypto_switched:  # MSE was refused, plaintext worked
+            self.plain_only[conn.addr] = None
+            while len(self.plain_only) > PLAIN_ONLY_MAX:
+                del self.plain_only[next(iter(self.plain_only))]
+        elif not conn.plaintext:
+            self.plain_only.pop(conn.addr, None)
+
+    def busy(self, conns: list[PeerConnection]) -> bool:
+        """As many incoming MSE handshakes running as the cap allows (DH costs milliseconds on a Pi)."""
+        n = sum(1 for c in conns if not c.outgoing and isinstance(c.phase, Encrypting) and c.phase.mse is not None)
+        return n >= self.max_mse_handshakes
 
     def handshake(self, info_hash: bytes | None, reserved: bytes, now: float) -> Handshake:
         """A BT handshake machine with our id and reserved bits (``info_hash`` None: incoming, any torrent)."""
@@ -117,14 +187,21 @@ class Admission:
             ph.mse = MseResponder(lookup.get, rng=rng, now=now, allow=allow)
         return data
 
-    def mse_data(self, conn: PeerConnection, ph: Encrypting, data: bytes, policy: Encryption, rng: random.Random,
-                 now: float, info_hashes: Callable[[], list[bytes]]) -> bytes:
+    def mse_data(self, conn: PeerConnection, ph: Encrypting, data: bytes, rng: random.Random, now: float,
+                 owners: Callable[[], list[Torrent | MagnetFetch]],
+                 conns: Callable[[], list[PeerConnection]]) -> bytes | Refuse:
         """Bytes of a connection in phase Encrypting: an incoming one is first told plaintext or MSE;
         when MSE completes the stream goes on the connection and the phase becomes Handshaking.
-        Returns what the BT handshake machine (``ph.then``) is to read now (b"": nothing yet).
+        Returns what the BT handshake machine (``ph.then``) is to read now (b"": nothing yet), or a
+        Refuse when the cap on incoming MSE handshakes is reached (not the peer's fault: no penalty).
         Raises MseError (a RemoteProtocolError) on any failed check."""
         if ph.mse is None:
-            rest = self.sniff(ph, data, policy, req2_lookup(info_hashes()), rng, now)
+            if looks_plaintext(ph.sniffed + data) is False and self.busy(conns()):
+                self.mse_refused_busy += 1
+                return Refuse(CloseReason.TOO_MANY_PEERS, f"{self.max_mse_handshakes} encryption handshakes at once")
+            got = owners()
+            policy = self.incoming_policy(got)
+            rest = self.sniff(ph, data, policy, req2_lookup([o.info_hash for o in got]), rng, now)
             if rest is None or ph.mse is None:
                 if rest is not None:
                     conn.enter(Handshaking(ph.then))
@@ -146,11 +223,14 @@ class Admission:
             return Refuse(CloseReason.BANNED, reputation.banned().get(ip, "banned"))
         return None
 
-    @staticmethod
     def incoming(
-        info_hash: bytes, t: Torrent | None, f: MagnetFetch | None, ip: str, reputation: Reputation
+        self, info_hash: bytes, t: Torrent | None, f: MagnetFetch | None, conn: PeerConnection, reputation: Reputation
     ) -> Torrent | MagnetFetch | Refuse:
         """An incoming peer named ``info_hash``: the torrent (or magnet fetch) it joins, or why not."""
+        refused = self._policy_refuses(t or f, conn)
+        if refused is not None:
+            return refused
+        ip = conn.ip
         if t is None and f is not None and f.can_accept() and not reputation.is_banned(ip):
             return f  # a magnet still fetching metadata: BEP 10 only
         if t is None:
@@ -162,6 +242,15 @@ class Admission:
         if not t.can_accept_peer():
             return Refuse(CloseReason.TOO_MANY_PEERS, "per-torrent peer limit")
         return t
+
+    def _policy_refuses(self, owner: Torrent | MagnetFetch | None, conn: PeerConnection) -> Refuse | None:
+        """A torrent's own policy against an incoming connection (told apart before the torrent was known)."""
+        policy = self.policy(owner)
+        if policy is Encryption.REQUIRED and not conn.encrypted:
+            return Refuse(CloseReason.ENCRYPTION_FAILED, "plaintext refused: this torrent requires encryption")
+        if policy is Encryption.NONE and conn.encrypted:
+            return Refuse(CloseReason.ENCRYPTION_FAILED, "encryption refused: this torrent's policy is none")
+        return None
 
     def completed(
         self, ev: HandshakeReceived, conn: PeerConnection, owner: Torrent | MagnetFetch | None

@@ -210,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="upload limit, payload bytes/s (e.g. 500KiB, 2MiB; default 0 = unlimited)")
         sp.add_argument("--down-limit", type=parse_rate, default=None, metavar="RATE",
                         help="download limit, payload bytes/s (e.g. 500KiB, 2MiB; default 0 = unlimited)")
-        sp.add_argument("--encryption", choices=[e.value for e in Encryption], default=Encryption.NONE.value,
-                        help="MSE/PE: none (default), preferred (try RC4, accept both) or required (RC4 only)")
+        sp.add_argument("--encryption", choices=[e.value for e in Encryption], default=Encryption.PREFERRED.value,
+                        help="MSE/PE: none, preferred (default: try RC4, accept both) or required (RC4 only)")
         sp.add_argument("--no-dht", action="store_true", help="do not use the Mainline DHT (BEP 5)")
         sp.add_argument("--dht-read-only", action="store_true",
                         help="BEP 43: search the DHT but answer no queries (metered links)")

@@ -78,6 +78,7 @@ class TorrentEntry:
     seed_time_s: float | None = None  # stop seeding after this long seeding
     on_complete: tuple[str, ...] | None = None  # argv; None = the global hook; () = no hook
     peers: tuple[tuple[str, int], ...] = ()  # peers to dial directly (LAN, tests)
+    encryption: Encryption | None = None  # this torrent's MSE/PE policy; None = the [client] one
     magnet: Magnet | None = None  # parsed when source is a magnet URI
     meta: Metainfo | None = field(default=None, compare=False, repr=False)  # parsed .torrent
 
@@ -121,7 +122,7 @@ class Config:
     dht: bool = True  # Mainline DHT (BEP 5); never for private torrents
     dht_bootstrap: tuple[tuple[str, int], ...] | None = None  # None: MINIBT_DHT_BOOTSTRAP or the public routers
     dht_read_only: bool = False  # BEP 43: search, answer nothing (metered links)
-    encryption: Encryption = Encryption.NONE  # MSE/PE: none, preferred or required
+    encryption: Encryption = Encryption.PREFERRED  # MSE/PE: none, preferred or required
     log_level: str = "info"
     log_file: str | None = None
     watch_dir: str | None = None
@@ -429,12 +430,21 @@ def _torrent(file: str, base: str, i: int, table: object, default_dir: str) -> T
     except ValueError as e:
         raise r.error("peers", str(e)) from None
     hook = _hook(r, "on_complete")
+    enc = _encryption(r)
     r.finish()
     return TorrentEntry(
         source=source, dir=directory, mode=mode, files=files, file_indexes=file_indexes,
         seed_ratio=float(ratio) if ratio else None, seed_time_s=seed_time or None,
-        on_complete=hook, peers=peer_addrs, magnet=magnet, meta=meta,
+        on_complete=hook, peers=peer_addrs, encryption=Encryption(enc) if enc is not None else None,
+        magnet=magnet, meta=meta,
     )
+
+
+def _encryption(r: _Reader) -> str | None:
+    enc = r.take("encryption", str, "one of none, preferred, required")
+    if enc is not None and enc not in [e.value for e in Encryption]:
+        raise r.error("encryption", f"expected one of none, preferred, required, got {enc[:40]!r}")
+    return str(enc) if enc is not None else None
 
 
 def _check_key_depth(text: str, file: str) -> None:
@@ -488,9 +498,7 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
     transport_order = to_transports(transports) if transports is not None else None
     dht = client.take("dht", bool, "true or false")
     dht_ro = client.take("dht_read_only", bool, "true or false")
-    enc = client.take("encryption", str, "one of none, preferred, required")
-    if enc is not None and enc not in [e.value for e in Encryption]:
-        raise client.error("encryption", f"expected one of none, preferred, required, got {enc[:40]!r}")
+    enc = _encryption(client)
     boot = client.str_list("dht_bootstrap", "a list of \"host:port\" DHT nodes to join through")
     try:
         dht_bootstrap = tuple(parse_peer_addr(b) for b in boot) if boot is not None else None

@@ -509,4 +509,4 @@ class Dialer:
             if self._reputation.is_banned(cand.addr[0]):
                 self.candidates.release(cand.addr)
                 continue
-            out.append(DialPeer(cand.addr, cand.source))
+            out.append(DialPeer(cand.addr, cand.source, cand.flags))

@@ -22,6 +22,7 @@ from minibt.metainfo import Metainfo
 from minibt.peer import PeerConnection, PeerSource
 from minibt.pex import PexPeer
 from minibt.reputation import BlockRecord, Reputation
+from minibt.settings import Encryption
 from minibt.tracker import AnnounceJob, AnnounceParams
 from minibt.urls import Addr
 from minibt.workers import HashJob
@@ -121,6 +122,7 @@ class DialPeer:
 
     addr: Addr
     source: PeerSource
+    flags: int = 0  # its BEP 11 flags (0x01: prefers encryption, so MSE first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +188,7 @@ class SessionContext:
     """
 
     __slots__ = ("reputation", "events", "listen_port", "listen_ip", "local_ips", "network_paused", "wall_time",
-                 "dht_port")
+                 "dht_port", "encryption")
 
     def __init__(self, *, reputation: Reputation, events: EventQueue, wall_time: Callable[[], float]) -> None:
         self.reputation = reputation
@@ -197,6 +199,7 @@ class SessionContext:
         self.network_paused: str | None = None  # why networking is paused (ifwatch.py), else None
         self.wall_time = wall_time
         self.dht_port: int | None = None  # our DHT's UDP port when the DHT runs (BEP 5 PORT message)
+        self.encryption = Encryption.NONE  # the session's MSE/PE policy (a torrent may override it)
 
     def own_addresses(self) -> set[Addr]:
         """Our own (ip, listen port) pairs: never dialled (PROTOCOL.md 7.3)."""

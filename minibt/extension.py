@@ -55,11 +55,13 @@ LOCAL_UT_METADATA_ID = 2
 
 
 def our_handshake(
-    *, reqq: int, listen_port: int | None, pex: bool = False, metadata: bool = False, metadata_size: int | None = None
+    *, reqq: int, listen_port: int | None, pex: bool = False, metadata: bool = False, metadata_size: int | None = None,
+    encryption: bool = False,
 ) -> dict[bytes, object]:
     """Our extension handshake: ``reqq`` requests queued per peer, ``listen_port`` if we listen,
     ``ut_pex`` if ``pex`` (never for private torrents, BEP 27), ``ut_metadata`` if ``metadata``
-    with ``metadata_size`` when we have the info dict (BEP 9)."""
+    with ``metadata_size`` when we have the info dict (BEP 9), ``e`` = 1 if we prefer encryption
+    (MSE/PE; what other peers learn as PEX flag 0x01)."""
     m: dict[bytes, int] = {}
     if pex:
         m[b"ut_pex"] = LOCAL_UT_PEX_ID
@@ -70,6 +72,8 @@ def our_handshake(
         hs[b"metadata_size"] = metadata_size
     if listen_port:
         hs[b"p"] = listen_port
+    if encryption:
+        hs[b"e"] = 1
     return hs
 
 
@@ -113,7 +117,7 @@ def dialable_addr(peer: PeerConnection) -> Addr | None:
 def pex_flags(peer: PeerConnection) -> int:
     """BEP 11 flags we advertise for ``peer``."""
     f = 0
-    if peer.ext.get(b"e") == 1:
+    if peer.ext.get(b"e") == 1 or peer.encrypted:  # said it prefers encryption, or took RC4 with us
         f |= PexFlag.ENCRYPTION
     if peer.is_seed or peer.ext.get(b"upload_only") == 1:  # BEP 21 upload_only counts as a seed
         f |= PexFlag.SEED

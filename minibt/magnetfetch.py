@@ -60,7 +60,7 @@ from minibt.metadata import (
 )
 from minibt.metainfo import Metainfo, metainfo_from_info
 from minibt.peer import PeerConnection, PeerSource
-from minibt.settings import Mode, TorrentConfig
+from minibt.settings import Encryption, Mode, TorrentConfig
 from minibt.tracker import AnnounceJob, Announcer, AnnounceResult
 from minibt.urls import Addr
 from minibt.wire_codec import EXT_HANDSHAKE_ID, EXT_HANDSHAKE_MAX_DEPTH, EXT_HANDSHAKE_MAX_TOKENS
@@ -197,7 +197,8 @@ class MagnetFetch:
         # No bitfield / Have None yet: the peer wire that takes over after the metadata sends it as
         # our first core message (libtorrent, too, sends its BEP 10 handshake before its bitfield).
         # BEP 9: no metadata_size, since we have none; BEP 10 needs the extension bit (checked by the session).
-        hs = our_handshake(reqq=self.config.max_incoming_requests, listen_port=self._ctx.listen_port, metadata=True)
+        hs = our_handshake(reqq=self.config.max_incoming_requests, listen_port=self._ctx.listen_port, metadata=True,
+                           encryption=(self.config.encryption or self._ctx.encryption) is not Encryption.NONE)
         link.extended(EXT_HANDSHAKE_ID, bencode2.bencode(hs), now=now)
         return [Flush(conn.cid)]
 
@@ -410,7 +411,7 @@ class MagnetFetch:
         for cand in self.candidates.select(want, now=now, exclude=busy):
             if self._ctx.reputation.is_banned(cand.addr[0]):
                 continue
-            out.append(DialPeer(cand.addr, cand.source))
+            out.append(DialPeer(cand.addr, cand.source, cand.flags))
         return out
 
     def dial_started(self, cid: int) -> None:

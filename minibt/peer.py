@@ -157,7 +157,8 @@ class PeerConnection:
         self._wire: PeerWire | None = None
         self.stream: CipherStream | None = None  # RC4 after an MSE handshake (mse.py); None: plaintext
         self.raw_unsent = b""  # the MSE machine's last message (already encrypted), sent before the rest
-        self.plain_retry = False  # an outgoing MSE attempt failed: this redial is plaintext (policy preferred)
+        self.plaintext = True  # outgoing: this attempt skips MSE (admission.dial_phase / redial)
+        self.crypto_switched = False  # outgoing, policy preferred: redialled once with the other encryption
         self.info_hash: bytes | None = None
         self.peer_id: bytes | None = None
         self.reserved: bytes = bytes(8)

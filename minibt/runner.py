@@ -164,7 +164,7 @@ class Runner:
             max_peers=lim.max_peers, cache_bytes=lim.cache_bytes, upload_outbox_bytes=lim.outbox_bytes,
             max_incoming_requests=lim.incoming_requests, max_candidates=lim.max_candidates,
             resume_interval_s=self.cfg.resume_interval_s, disk_retry_s=self.cfg.disk_retry_s,
-            wanted_files=entry.file_indexes,
+            wanted_files=entry.file_indexes, encryption=entry.encryption,
         )
 
     def _magnet_meta_path(self, info_hash: bytes) -> str:

@@ -44,7 +44,7 @@ from minibt.peerid import make_peer_id
 from minibt.ratecontrol import RateControl
 from minibt.ratelimit import KEEP, Keep
 from minibt.reputation import Banned, RepEvent, Reputation, ReputationChanged
-from minibt.settings import Encryption, Mode, SessionConfig, TorrentConfig, TorrentState
+from minibt.settings import Mode, SessionConfig, TorrentConfig, TorrentState
 from minibt.torrent import Torrent
 from minibt.tracker import AnnounceJob, AnnounceResult
 from minibt.urls import Addr
@@ -53,9 +53,6 @@ from minibt.workers import HashResult
 log = logging.getLogger(__name__)
 
 PROTOCOL_PENALTY = 5  # reputation points for a protocol violation (issue 3 refines)
-# A dial that ends like this before the BT handshake completes is retried on the next transport
-# (PROTOCOL.md 7.9: a uTP-only libtorrent accepts TCP and closes it at once).
-FALLBACK_REASONS = frozenset({CloseReason.CONNECT_FAILED, CloseReason.CLOSED_BY_REMOTE, CloseReason.IO_ERROR})
 Owner = Torrent | MagnetFetch  # what a connection belongs to, and whose effects _apply carries out
 
 
@@ -91,7 +88,9 @@ class Session:
         # What the torrent layer may read of the session (effects.py): listen address, our own
         # addresses, bans, whether events are wanted, whether networking is paused.
         self.ctx = fx.SessionContext(reputation=self.reputation, events=self.events, wall_time=wall_clock or (lambda: 0.0))
-        self.admission = Admission(peer_id=self.peer_id, timeout_s=self.config.handshake_timeout_s)
+        self.ctx.encryption = self.config.encryption
+        self.admission = Admission(peer_id=self.peer_id, timeout_s=self.config.handshake_timeout_s,
+                                   encryption=self.config.encryption, max_mse_handshakes=self.config.max_mse_handshakes)
         self.rates = RateControl(self.config.upload_limit_bps, self.config.download_limit_bps, now=0.0)
         self.dht: DhtService | None = None  # the Mainline DHT, once enable_dht() ran (dhtservice.py)
 
@@ -116,13 +115,22 @@ class Session:
         self._now = now
         self.ctx.network_paused = reason
 
+    def _owners(self) -> list[Owner]:
+        return [*self.torrents.values(), *self.fetches.values()]
+
+    def _own_config(self, config: TorrentConfig | None) -> TorrentConfig:
+        """``config`` or the session's; a per-torrent encryption policy this install can keep
+        (``required`` without RC4 raises EncryptionUnavailable)."""
+        c = config or self.config.torrent
+        return c if c.encryption is None else dataclasses.replace(c, encryption=usable_policy(c.encryption))
+
     def add_torrent(self, meta: Metainfo, download_dir: str, *, mode: Mode, resume_path: str | None, now: float,
                     config: TorrentConfig | None = None) -> Torrent:
         self._now = now
         if meta.info_hash in self.torrents:
             raise ValueError(f"torrent {meta.info_hash.hex()} already added")
         t = Torrent(
-            meta, download_dir, mode=mode, resume_path=resume_path, config=config or self.config.torrent, rng=self.rng,
+            meta, download_dir, mode=mode, resume_path=resume_path, config=self._own_config(config), rng=self.rng,
             now=now, ctx=self.ctx, global_up=self.rates.global_up, global_down=self.rates.global_down,
         )
         self.torrents[meta.info_hash] = t
@@ -155,7 +163,7 @@ class Session:
         if magnet.info_hash in self.torrents or magnet.info_hash in self.fetches:
             raise ValueError(f"torrent {magnet.info_hash_hex} already added")
         f = MagnetFetch(
-            magnet, download_dir, mode=mode, config=config or self.config.torrent, rng=self.rng, now=now,
+            magnet, download_dir, mode=mode, config=self._own_config(config), rng=self.rng, now=now,
             ctx=self.ctx, resume_path=resume_path,
         )
         self.fetches[magnet.info_hash] = f
@@ -235,7 +243,7 @@ class Session:
         dialing = {c.addr for c in self.conns.values() if c.outgoing}
         for e in owner.connect_more(now=now, slots=slots, dialing=dialing):
             if isinstance(e, fx.DialPeer):
-                owner.dial_started(self._dial(owner, e.addr, e.source, now))
+                owner.dial_started(self._dial(owner, e.addr, e.source, e.flags, now))
 
     def _metadata_done(self, f: MagnetFetch, meta: Metainfo, now: float) -> None:
         """A fetch verified its metadata: replace it with a normal torrent and hand its connections over."""
@@ -284,15 +292,15 @@ class Session:
         self._now = now
         if len(self.conns) >= self.config.max_connections or self.network_paused is not None:
             return None
-        cid = self._dial(owner, addr, source, now)
+        cid = self._dial(owner, addr, source, 0, now)
         owner.dial_started(cid)
         return cid
 
-    def _dial(self, owner: Owner, addr: Addr, source: PeerSource, now: float) -> int:
+    def _dial(self, owner: Owner, addr: Addr, source: PeerSource, flags: int, now: float) -> int:
         cid = self._new_cid()
         hs = self.admission.handshake(owner.info_hash, self.reserved, now)
         conn = PeerConnection(cid, addr, outgoing=True, source=source, handshake=hs, now=now)
-        conn.enter(self.admission.first_phase(owner.info_hash, self.reserved, now, self.config.encryption, self.rng))
+        conn.enter(self.admission.dial_phase(conn, owner, flags, self.reserved, now, self.rng))
         order = self.config.transports
         conn.transport = order[0]
         conn.fallbacks = list(order[1:])
@@ -305,27 +313,18 @@ class Session:
         return cid
 
     def _fall_back(self, conn: PeerConnection, reason: CloseReason, detail: str, now: float) -> bool:
-        """Redial an outgoing connection that failed before the BT handshake: in plaintext when MSE
-        failed (policy preferred), else on its next transport."""
-        plain = isinstance(conn.phase, Encrypting) and self.config.encryption is Encryption.PREFERRED
-        if not conn.outgoing or not isinstance(conn.phase, (Handshaking, Encrypting)) or reason not in FALLBACK_REASONS:
-            return False
-        if not (conn.fallbacks or (plain and not conn.plain_retry)):
-            return False
-        if self.network_paused is not None:
-            return False
+        """Redial an outgoing connection that failed before the BT handshake (admission.redial)."""
         t = self._torrent_of.get(conn.cid) or self._fetch_of.get(conn.cid)
-        if t is None:
+        was_plain = conn.plaintext
+        transport = self.admission.redial(conn, t, reason) if t is not None and self.network_paused is None else None
+        if t is None or transport is None:
             return False
-        old = conn.transport
-        if plain and not conn.plain_retry:
-            conn.plain_retry = True  # the same transport again, without MSE
-        else:
-            conn.transport = conn.fallbacks.pop(0)
-        log.info("peer %s:%d (#%d) over %s: %s %s; trying %s%s", conn.ip, conn.port, conn.cid, old, reason.name,
-                 detail, conn.transport, " in plaintext" if conn.plain_retry else "")
-        conn.enter(self.admission.first_phase(t.info_hash, self.reserved, now, self.config.encryption, self.rng,
-                                              plaintext=conn.plain_retry))
+        how = "" if conn.plaintext == was_plain else " in plaintext" if conn.plaintext else " with MSE"
+        log.info("peer %s:%d (#%d) over %s: %s %s; trying %s%s", conn.ip, conn.port, conn.cid, conn.transport,
+                 reason.name, detail, transport, how)
+        conn.transport = transport
+        conn.enter(self.admission.first_phase(t.info_hash, self.reserved, now, self.admission.policy(t), self.rng,
+                                              plaintext=conn.plaintext))
         conn.established = False
         self._actions.append(Dial(conn.cid, conn.addr, conn.transport))
         return True
@@ -428,7 +427,8 @@ class Session:
         cid = self._new_cid()
         hs = self.admission.handshake(None, self.reserved, now)
         conn = PeerConnection(cid, addr, outgoing=False, source=PeerSource.INCOMING, handshake=hs, now=now)
-        conn.enter(self.admission.first_phase(None, self.reserved, now, self.config.encryption, self.rng))
+        policy = self.admission.incoming_policy(self._owners())
+        conn.enter(self.admission.first_phase(None, self.reserved, now, policy, self.rng))
         conn.established = True
         conn.transport = Transport(transport)
         self.conns[cid] = conn
@@ -552,8 +552,10 @@ class Session:
                 case Handshaking(handshake=hs):
                     self._handshake_data(conn, hs, bytes(data), now)
                 case Encrypting() as ph:  # MSE/PE first (admission.py); then the BT handshake as usual
-                    rest = self.admission.mse_data(conn, ph, bytes(data), self.config.encryption, self.rng, now,
-                                                   lambda: [*self.torrents, *self.fetches])
+                    rest = self.admission.mse_data(conn, ph, bytes(data), self.rng, now, self._owners,
+                                                   lambda: list(self.conns.values()))
+                    if isinstance(rest, Refuse):
+                        return self.close(cid, rest.reason, rest.detail)
                     self._actions.append(fx.Flush(cid))
                     if rest:
                         self._handshake_data(conn, ph.then, rest, now)
@@ -565,7 +567,7 @@ class Session:
         for ev in hs.receive_data(bytes(data), now=now):
             match ev:
                 case InfoHashReceived(info_hash=ih) if not conn.outgoing:
-                    got = self.admission.incoming(ih, self.torrents.get(ih), self.fetches.get(ih), conn.ip, self.reputation)
+                    got = self.admission.incoming(ih, self.torrents.get(ih), self.fetches.get(ih), conn, self.reputation)
                     if isinstance(got, Refuse):
                         self.close(conn.cid, got.reason, got.detail)
                         return
@@ -590,6 +592,7 @@ class Session:
             self.close(conn.cid, refused.reason, refused.detail)
             return
         assert owner is not None
+        self.admission.learn(conn)
         conn.peer_id, conn.reserved, conn.info_hash = ev.peer_id, ev.reserved, ev.info_hash
         pending = hs.data_to_send()
         leftover = hs.leftover()

@@ -67,6 +67,7 @@ class TorrentConfig:
     wanted_files: tuple[int, ...] | None = None  # file selection (indexes into meta.files); None = all
     # ut_pex (BEP 11); lower pex.interval_s only in tests whose peer accepts it (PexConfig).
     pex: PexConfig = PexConfig(interval_s=PEX_SEND_INTERVAL_S)
+    encryption: Encryption | None = None  # MSE/PE policy of this torrent's connections; None = the session's
 
 
 @dataclass(slots=True)
@@ -98,8 +99,9 @@ class SessionConfig:
     dht: bool = False
     dht_bootstrap: tuple[tuple[str, int], ...] = ()
     dht_read_only: bool = False  # BEP 43: ask, never answer (metered links)
-    # MSE/PE (mse.py).  "none" until the policy is proven against every reference client (issue 13).
-    encryption: Encryption = Encryption.NONE
+    # MSE/PE (mse.py): dial with MSE offering RC4 and plaintext, accept both (the Peer reference's default).
+    encryption: Encryption = Encryption.PREFERRED
+    max_mse_handshakes: int = 16  # incoming MSE handshakes at once (each a DH: ms of CPU on a Pi); more are refused
 
     def __post_init__(self) -> None:
         if not valid_transports(self.transports):

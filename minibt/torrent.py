@@ -44,7 +44,7 @@ from minibt.metainfo import Metainfo
 from minibt.peer import PeerConnection, PeerSource
 from minibt.picker import PiecePicker
 from minibt.ratelimit import KEEP, Keep, TokenBucket, TransferLimits
-from minibt.settings import Mode, TorrentConfig, TorrentState, TorrentStats, parse_mode
+from minibt.settings import Encryption, Mode, TorrentConfig, TorrentState, TorrentStats, parse_mode
 from minibt.storage import Storage, bytes_left, plan_names, wanted_bytes, wanted_pieces
 from minibt.superseed import SuperSeeder, SuperSeeding
 from minibt.tracker import AnnounceJob, Announcer, AnnounceResult
@@ -427,6 +427,7 @@ class Torrent:
                     pex=self.extensions.pex_enabled,
                     metadata=True,
                     metadata_size=len(self.meta.info_bytes),
+                    encryption=(self.config.encryption or self._ctx.encryption) is not Encryption.NONE,
                 )
             )
         if self._ctx.dht_port and supports_dht(peer.reserved) and not self.meta.private:

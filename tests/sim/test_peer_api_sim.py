@@ -216,7 +216,7 @@ def test_peer_facade_state_after_handshake(user_pair: Pair) -> None:
     assert to_seed.source is PeerSource.USER and to_leech.source is PeerSource.INCOMING
     assert to_seed.peer_id == p.seed.peer.session.peer_id
     assert to_seed.client.startswith("minibt") and to_seed.client_from_peer_id == "minibt 0.1.0"
-    assert to_seed.transport == "tcp" and not to_seed.is_encrypted
+    assert to_seed.transport == "tcp" and to_seed.is_encrypted  # the default policy: preferred, RC4 between minibts
     assert to_seed.reserved_bytes == p.seed.peer.session.reserved
     assert to_seed.torrent is p.leech.peer.torrent and to_leech.torrent is p.seed.peer.torrent
     assert to_seed.is_seeder and to_seed.bitfield_status == "all"
@@ -225,7 +225,7 @@ def test_peer_facade_state_after_handshake(user_pair: Pair) -> None:
     assert to_seed.flags & PeerFlags.SEEDER and not to_seed.flags & PeerFlags.INCOMING
     assert to_leech.flags & PeerFlags.INCOMING and not to_leech.flags & PeerFlags.SEEDER
     both = PeerFlags.FAST | PeerFlags.EXTENSION | PeerFlags.HANDSHAKE_DONE
-    assert to_seed.flags & both == both and not to_seed.flags & PeerFlags.ENCRYPTED
+    assert to_seed.flags & both == both and to_seed.flags & PeerFlags.ENCRYPTED
     # Nobody unchoked anybody (auto_choke off on both sides); the leecher is interested.
     assert to_seed.peer_choking and to_seed.am_choking and to_seed.am_interested
     assert to_leech.peer_interested and to_leech.am_choking

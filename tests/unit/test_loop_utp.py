@@ -39,7 +39,8 @@ def make_session(tmp_path: Path, transports: tuple[str, ...]) -> tuple[Session, 
     src = tmp_path / "f.bin"
     src.write_bytes(bytes(range(256)) * 300)
     meta = parse_metainfo(create_torrent(str(src), piece_length=16384))
-    s = Session(rng=random.Random(3), config=SessionConfig(transports=transports))
+    # plaintext: these tests read our BT handshake off the wire (MSE's retries: tests/sim/test_mse_retry_sim.py)
+    s = Session(rng=random.Random(3), config=SessionConfig(transports=transports, encryption="none"))
     t = s.add_torrent(meta, str(tmp_path / "dl"), mode="download", resume_path=None, now=0.0)
     s.take_actions()
     return s, t
@@ -128,7 +129,7 @@ def test_incoming_utp_peer_shows_utp_flag() -> None:
 
 @pytest.fixture
 def loop(clock: FakeClock) -> Iterator[EventLoop]:
-    s = Session(rng=random.Random(2), config=SessionConfig(transports=("utp", "tcp")))
+    s = Session(rng=random.Random(2), config=SessionConfig(transports=("utp", "tcp"), encryption="none"))
     lp = EventLoop(s, clock=clock, hasher=InlineHasher(), bind="127.0.0.1", port=0,
                    utp_config=UtpConfig(connect_timeout_s=1.0))
     lp.open()
