@@ -5,7 +5,8 @@ with tracemalloc by tests/unit/test_budget_accounting.py (issue 10); the whole p
 with tools/memswarm.py.  Per connection: objects, receive buffer, upload outbox, incoming request
 queue, outstanding requests, the picker's per-peer bytes, PEX state and, with uTP, its send and
 reorder buffers.  Per torrent: the piece cache, the picker's per-piece arrays and the candidate
-pool.  Per session: reputation scores, the smart-ban ledger and the DHT node.  What is left after the interpreter's
+pool.  Per session: reputation scores, the smart-ban ledger and the DHT node; per connection with
+encryption on, the MSE/PE handshake or RC4 state.  What is left after the interpreter's
 own footprint is split between the caches and the connections; the outbox, the request queue we
 advertise (BEP 10 'reqq') and the uTP buffers shrink before the connection cap does, and nothing
 grows past the configured values.  When even the smallest limits do not fit, ``over_budget_message``
@@ -58,6 +59,9 @@ UTP_REORDER_ENTRY_BYTES = 80  # dict slot + bytes header per held packet; at mos
 # The DHT node (dht.py) at its caps: announced peers 500 info-hashes x 50 (IPv6), a routing table, 32
 # searches, 256 transactions, a full outbox of answers [2.8 MiB without the last two].
 DHT_BYTES = 4 * MiB
+# MSE/PE (mse.py, rc4.py), policy preferred or required: an MSE machine mid-handshake, or after it the
+# two RC4 keystreams (2 KiB OpenSSL state each) [responder mid-handshake 8.3 KiB, streams 5.0 KiB].
+MSE_CONN_BYTES = 12 * KiB
 
 
 def wire_frame_bytes(num_pieces: int) -> int:
@@ -80,8 +84,8 @@ def utp_conn_bytes(buffer_bytes: int) -> int:
 
 
 def conn_bytes(*, num_pieces: int, piece_length: int, cache_bytes: int, outbox_bytes: int,
-               incoming_requests: int, utp_buffer_bytes: int) -> int:
-    """Worst case of one peer connection, term by term."""
+               incoming_requests: int, utp_buffer_bytes: int, encryption: bool = False) -> int:
+    """Worst case of one peer connection, term by term (``encryption``: MSE/PE may run on it)."""
     # Our requests to one peer are distinct blocks of pieces in flight, which the cache bounds
     # (storage.py lets one piece in even above it).
     outstanding = min(REQUEST_QUEUE_MAX, max(cache_bytes, piece_length) // BLOCK_LEN)
@@ -95,6 +99,7 @@ def conn_bytes(*, num_pieces: int, piece_length: int, cache_bytes: int, outbox_b
         + outstanding * OUTSTANDING_REQUEST_BYTES
         + PICKER_PEER_FIXED_BYTES + num_pieces
         + utp_conn_bytes(utp_buffer_bytes)
+        + (MSE_CONN_BYTES if encryption else 0)
     )
 
 
@@ -118,14 +123,14 @@ class Limits:
 
 def fit_budget(budget_bytes: int, *, torrents: int, max_connections: int, max_peers: int,
                num_pieces: int = 0, piece_length: int = 0, utp: bool = False, seeds: int = 0,
-               dht: bool = False) -> Limits:
+               dht: bool = False, encryption: bool = False) -> Limits:
     """The largest limits (never above the configured ones) whose worst case fits ``budget_bytes``.
 
     ``torrents``: the downloading ones (each gets a piece cache); ``seeds``: torrents that only seed
     (their tables, but no cache: uploads read blocks from disk as they are requested).
     ``num_pieces`` and ``piece_length``: of the largest torrent (0 when unknown, e.g. a magnet);
     ``utp``: uTP is among the transports, so every connection may carry its buffers; ``dht``: the
-    DHT node runs (DHT_BYTES).
+    DHT node runs (DHT_BYTES); ``encryption``: a policy other than none (MSE_CONN_BYTES per connection).
     """
     slots = max(torrents, TORRENT_SLOTS_MIN)
     tables = slots + max(0, seeds)
@@ -144,7 +149,7 @@ def fit_budget(budget_bytes: int, *, torrents: int, max_connections: int, max_pe
 
     def cost() -> int:
         return conn_bytes(num_pieces=num_pieces, piece_length=piece_length, cache_bytes=cache,
-                          outbox_bytes=outbox, incoming_requests=reqs, utp_buffer_bytes=ubuf)
+                          outbox_bytes=outbox, incoming_requests=reqs, utp_buffer_bytes=ubuf, encryption=encryption)
 
     conns = share // cost()
     while conns < max_connections:

@@ -22,7 +22,7 @@ from minibt.errors import ConfigError, EncryptionUnavailable
 from minibt.peer import Transport
 from minibt.runner import Runner, set_log_level
 from minibt.runplan import EXIT_CONFIG, EXIT_FAIL, EXIT_LOCKED, EXIT_OK, EXIT_TIME_UP, seconds_until
-from minibt.settings import Mode, SessionConfig
+from minibt.settings import Encryption, Mode, SessionConfig
 from minibt.statusfile import RunLock
 from minibt.utp_config import UtpConfig
 
@@ -76,7 +76,9 @@ def _run_locked(cfg: Config, *, once: bool, max_time_s: float | None, until_min:
     limits = fit_budget(cfg.memory_budget_bytes, torrents=n, max_connections=cfg.max_connections,
                         max_peers=cfg.max_peers_per_torrent, num_pieces=max((m.num_pieces for m in metas), default=0),
                         piece_length=max((m.piece_length for m in metas), default=0),
-                        utp=Transport.UTP in cfg.transports, seeds=seeds, dht=cfg.dht)
+                        utp=Transport.UTP in cfg.transports, seeds=seeds, dht=cfg.dht,
+                        encryption=any(p not in (None, Encryption.NONE)
+                                       for p in (cfg.encryption, *(e.encryption for e in cfg.torrents))))
     warning = over_budget_message(limits, cfg.memory_budget_bytes, torrents=n, seeds=seeds)
     if warning is not None:
         log.warning("%s", warning)

@@ -302,3 +302,40 @@ def test_the_dht_node_at_its_caps_fits_its_term() -> None:
     measured, _ = traced(grow)
     assert measured <= DHT_BYTES, f"measured {measured} B > DHT_BYTES {DHT_BYTES} B"
     assert DHT_BYTES <= 2 * measured
+
+
+def test_encryption_of_one_connection_fits_its_term() -> None:
+    """MSE_CONN_BYTES: the larger of an MSE responder mid-handshake (peer's key and a 512-byte pad
+    buffered, our key and pad queued) and the two RC4 keystreams a connection keeps after it."""
+    from minibt.budget import MSE_CONN_BYTES
+    from minibt.mse import MseInitiator, MseResponder, Rc4Stream, rc4_available, req2_hash
+
+    if not rc4_available():
+        pytest.skip("no RC4 back end")
+    ih = bytes(range(20))
+    lookup = {req2_hash(ih): ih}
+    Rc4Stream(bytes(20), bytes(20))  # the back end's one-time setup is not per connection
+
+    def handshake() -> MseResponder:
+        r = MseResponder(lookup.get, rng=random.Random(1), now=0.0, pads=(bytes(512), bytes(512)))
+        m = MseInitiator(ih, ia=bytes(68), rng=random.Random(2), now=0.0, pads=(bytes(512), bytes(512)))
+        r.receive_data(m.data_to_send()[:96 + 500], now=0.0)  # key + most of PadA: still looking for req1
+        return r
+
+    def streams() -> Rc4Stream:
+        return Rc4Stream(bytes(20), bytes(range(20)))
+
+    mid, _ = traced(handshake)
+    after, _ = traced(streams)
+    within(max(mid, after), MSE_CONN_BYTES)
+
+
+def test_encryption_is_charged_per_connection() -> None:
+    from minibt.budget import MSE_CONN_BYTES
+
+    plain = fit_budget(48 * MiB, torrents=1, max_connections=500, max_peers=500, num_pieces=64, piece_length=PIECE_LEN)
+    enc = fit_budget(48 * MiB, torrents=1, max_connections=500, max_peers=500, num_pieces=64, piece_length=PIECE_LEN,
+                     encryption=True)
+    assert enc.conn_bytes == plain.conn_bytes + MSE_CONN_BYTES
+    assert enc.max_connections <= plain.max_connections
+    assert worst_case_bytes(enc, torrents=1) <= 48 * MiB
