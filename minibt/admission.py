@@ -209,6 +209,8 @@ class Admission:
             data = rest
         for done in ph.mse.receive_data(data, now=now):
             conn.stream = ph.mse.stream() if done.method == CRYPTO_RC4 else None
+            log.info("peer %s:%d (#%d): MSE/PE done: %s", conn.ip, conn.port, conn.cid,
+                     "RC4" if conn.stream is not None else "plaintext")
             conn.raw_unsent = ph.mse.data_to_send()  # its last message, encrypted by the machine itself
             conn.enter(Handshaking(ph.then))
             return done.ia + done.leftover

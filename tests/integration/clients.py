@@ -20,6 +20,9 @@ Quirks seen with Debian 12 packages + pip libtorrent 2.1.1 (see also PROTOCOL.md
 - Transmission with encryption=0 closes an incoming encrypted handshake; libtorrent (out_enc="enabled")
   then retries in plaintext about 1 s later. encryption=1 accepts RC4 at once.
 - Transmission does not check existing data when a torrent is added; seeding needs torrent-verify.
+- Whether a connection is encrypted: Transmission's torrent-get ``peers[].isEncrypted``; aria2's RPC does
+  not say, its log does at --log-level=debug only ("peer provides ARC4." as MSE responder, "peer prefers
+  ARC4" as initiator, "plaintext" instead of "ARC4" when plaintext was selected).
 - opentracker (Debian) serves whitelisted hashes only, chroots + drops to nobody when root, reloads the
   whitelist on SIGHUP, and answers event=stopped before the whitelist check.
 - Trackers hand each client its own address; libtorrent dials it and drops it ("connected to ourselves").
@@ -728,7 +731,7 @@ class Aria2Peer(Client):
                    "errorCode", "errorMessage", "downloadSpeed", "uploadSpeed"]
 
     def __init__(self, workdir: Path, *, torrent_path: Path, save_dir: Path, seed: bool,
-                 peers: Sequence[tuple[str, int]] = (), listen_port: int = 0,
+                 peers: Sequence[tuple[str, int]] = (), listen_port: int = 0, require_crypto: bool = False,
                  extra_args: Sequence[str] = ()) -> None:
         super().__init__(workdir)
         self.torrent_path = Path(torrent_path)
@@ -736,7 +739,9 @@ class Aria2Peer(Client):
         self.seed = seed
         self.peers = list(peers)
         self.listen_port = listen_port
+        self.require_crypto = require_crypto
         self.extra_args = list(extra_args)
+        self.debug_log_path = self.workdir / "aria2-debug.log"  # --log-level=debug in extra_args: MSE too
         self.rpc_port = 0
         self._gid: str | None = None
         self._static_tracker: StaticTracker | None = None
@@ -754,13 +759,15 @@ class Aria2Peer(Client):
                 "--seed-ratio=0.0",            # with no --seed-time: seed until stopped
                 "--bt-seed-unverified=false", "--bt-hash-check-seed=true",
                 f"--check-integrity={'true' if self.seed else 'false'}",
-                "--bt-require-crypto=false", "--bt-min-crypto-level=plain",
+                # require_crypto: MSE/PE handshakes only (no plain BT handshake either way), RC4 at least
+                f"--bt-require-crypto={'true' if self.require_crypto else 'false'}",
+                f"--bt-min-crypto-level={'arc4' if self.require_crypto else 'plain'}",
                 "--bt-stop-timeout=0", "--file-allocation=none", "--auto-file-renaming=false",
                 "--allow-overwrite=false", "--bt-max-peers=0",
                 "--enable-rpc=true", "--rpc-listen-all=false", f"--rpc-listen-port={self.rpc_port}",
                 f"--stop-with-process={os.getpid()}",
                 f"--dir={self.save_dir}", "--summary-interval=0", "--console-log-level=notice",
-                f"--log={self.workdir / 'aria2-debug.log'}", "--log-level=info"]
+                f"--log={self.debug_log_path}", "--log-level=info"]
         if self.peers:
             self._static_tracker = StaticTracker(self.peers)
             self._static_tracker.start()

@@ -6,6 +6,7 @@ the download is byte-exact through the encrypted stream (blocks, haves, requests
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
@@ -92,3 +93,15 @@ def test_describe_and_status_show_the_encryption(tmp_path: Path, clock: FakeCloc
     assert st["encrypted_peers"] == 1
     doc = {"torrents": [{**st, "state": "downloading"}], "updated_at": 0.0}
     assert any("(1 encrypted)" in line for line in format_status(doc, now_wall=0.0, pid_alive=True))
+
+
+def test_the_mse_outcome_is_logged_on_both_sides(tmp_path: Path, clock: FakeClock,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    # integration tests against real clients read this line (tests/integration/test_mse_interop_tr_aria2.py)
+    caplog.set_level(logging.INFO, logger="minibt.admission")
+    net, seed, leech = pair(tmp_path, clock, E.PREFERRED, E.REQUIRED)
+    net.must_run_until(lambda: any(c.wire is not None for c in leech.session.conns.values()), 10)
+    done = [r.getMessage() for r in caplog.records if "MSE/PE done" in r.getMessage()]
+    assert len(done) == 2 and all(m.endswith("): MSE/PE done: RC4") for m in done), done
+    assert any(m.startswith(f"peer {seed.addr[0]}:{seed.addr[1]} (#") for m in done), done  # the leech's line
+    assert any(m.startswith(f"peer {leech.addr[0]}:") for m in done), done  # the seed's (the leech dialled)
