@@ -2,6 +2,7 @@
 """Download benchmark: minibt vs libtorrent, same seeder, same run, loopback only.
 
     python3 tools/bench.py [--size-mib 1024] [--piece-kib 256] [--workdir DIR] [--runs 1] [--transport tcp|utp]
+                           [--encryption none|required]
 
 A libtorrent seeder (its own process, DHT/LSD/UPnP/NAT-PMP off, plaintext) serves a random payload
 on 127.0.0.1.  Then, one after the other, a minibt leecher (`python -m minibt download`) and a
@@ -16,6 +17,17 @@ the same conditions.  Every process is stopped by its PID.
 leecher, "lt-bigbuf", is libtorrent with 4 MiB send/receive socket buffers (PROTOCOL.md 7.14).  Each row
 also shows the kernel's UDP RcvbufErrors delta (/proc/net/snmp: datagrams dropped because a receive
 buffer was full) during that download.
+
+``--encryption required`` (MSE/PE, issue 13): each run downloads the payload four times, in this
+order: "minibt" and "libtorrent" in plaintext, then "minibt-rc4" (``--encryption required``) and
+"lt-rc4" (out/in_enc_policy pe_forced, allowed_enc_level rc4, prefer_rc4).  Two libtorrent seeders
+serve the same file from the same directory (so the same page cache): the plaintext one is exactly the
+seeder of an ``--encryption none`` run (out pe_disabled, in pe_enabled; the plaintext leechers do not
+encrypt), the other forces RC4 both ways like the RC4 leechers, so an encrypted row can never be
+plaintext in disguise.  Both seeders are started (and hash-checked) before the first download; the
+idle one only sleeps.  A summary line gives minibt's RC4 throughput as a percentage of its plaintext
+throughput (target >= 80 %) and its RC4 CPU s/GiB as a multiple of the plaintext one (target <= 1.5x),
+best of ``--runs`` each, and the same two figures for libtorrent.
 """
 
 from __future__ import annotations
@@ -45,6 +57,9 @@ settings = {
     "out_enc_policy": lt.enc_policy.pe_disabled, "in_enc_policy": lt.enc_policy.pe_enabled,
     "allow_multiple_connections_per_ip": True, "alert_mask": 0,
 }
+if extra.pop("rc4_forced", False):  # MSE/PE, RC4 only, both directions (bench.py --encryption required)
+    settings.update({"out_enc_policy": lt.enc_policy.pe_forced, "in_enc_policy": lt.enc_policy.pe_forced,
+                     "allowed_enc_level": lt.enc_level.rc4, "prefer_rc4": True})
 settings.update(extra)
 s = lt.session(settings)
 p = lt.add_torrent_params()
@@ -72,6 +87,7 @@ del s  # the session's destructor waits for the disk threads to flush
 UTP_ONLY = {"enable_outgoing_utp": True, "enable_incoming_utp": True,
             "enable_outgoing_tcp": False, "enable_incoming_tcp": False}
 BIG_BUFFERS = {"send_socket_buffer_size": 4 << 20, "recv_socket_buffer_size": 4 << 20}
+RC4_FORCED = {"rc4_forced": True}  # LT_PEER: pe_forced in and out, allowed_enc_level rc4, prefer_rc4
 
 
 @dataclass
@@ -164,7 +180,7 @@ def sha1_file(path: str) -> str:
     return h.hexdigest()
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--piece-kib", type=int, default=256)
@@ -172,10 +188,28 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--transport", choices=("tcp", "utp"), default="tcp")
-    args = ap.parse_args()
+    ap.add_argument("--encryption", choices=("none", "required"), default="none",
+                    help="required: also download over forced MSE/PE RC4 (plaintext rows of the same run too)")
+    return ap
+
+
+def best(results: list[Result], name: str) -> tuple[float, float] | None:
+    """(fewest seconds, fewest CPU seconds) over the rows of ``name``; None without any."""
+    rs = [r for r in results if r.name == name]
+    return (min(r.seconds for r in rs), min(r.cpu_s for r in rs)) if rs else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     utp = args.transport == "utp"
-    seed_settings = {**UTP_ONLY, **BIG_BUFFERS} if utp else {}
-    leechers = ("minibt", "libtorrent", "lt-bigbuf") if utp else ("minibt", "libtorrent")
+    encrypted = args.encryption == "required"
+    base_seed = {**UTP_ONLY, **BIG_BUFFERS} if utp else {}
+    # (row name, seeder): "plain" leechers do not encrypt, "rc4" ones force RC4 (module docstring)
+    leechers = [("minibt", "plain"), ("libtorrent", "plain")]
+    if utp:
+        leechers.append(("lt-bigbuf", "plain"))
+    if encrypted:
+        leechers += [("minibt-rc4", "rc4"), ("lt-rc4", "rc4")]
     size = args.size_mib << 20
     work = args.workdir or tempfile.mkdtemp(prefix="minibt-bench-")
     seed_dir = os.path.join(work, "seed")
@@ -191,33 +225,42 @@ def main() -> int:
         check=True, cwd=REPO, stdout=subprocess.DEVNULL,
     )
     want = sha1_file(payload)
-    seeder = subprocess.Popen(
-        [sys.executable, "-c", LT_PEER, torrent, seed_dir, "seed", "-", json.dumps(seed_settings)],
-        stdout=subprocess.PIPE, text=True,
-    )
+    seeders: dict[str, subprocess.Popen[str]] = {}
+    peers: dict[str, str] = {}
     results: list[Result] = []
     try:
-        assert seeder.stdout is not None
-        port = json.loads(seeder.stdout.readline())["port"]
-        json.loads(seeder.stdout.readline())  # {"seeding": true} once its check is done
-        peer = f"127.0.0.1:{port}"
-        print(f"libtorrent seeder pid {seeder.pid} on {peer}; payload {args.size_mib} MiB, "
-              f"{args.piece_kib} KiB pieces; transport {args.transport}", flush=True)
+        for mode in ("plain", "rc4") if encrypted else ("plain",):
+            settings: dict[str, object] = {**base_seed, **(RC4_FORCED if mode == "rc4" else {})}
+            seeders[mode] = subprocess.Popen(
+                [sys.executable, "-c", LT_PEER, torrent, seed_dir, "seed", "-", json.dumps(settings)],
+                stdout=subprocess.PIPE, text=True,
+            )
+        for mode, seeder in seeders.items():
+            assert seeder.stdout is not None
+            port = json.loads(seeder.stdout.readline())["port"]
+            json.loads(seeder.stdout.readline())  # {"seeding": true} once its check is done
+            peers[mode] = f"127.0.0.1:{port}"
+            print(f"libtorrent seeder ({'forced RC4' if mode == 'rc4' else 'plaintext'}) pid {seeder.pid} on "
+                  f"{peers[mode]}; payload {args.size_mib} MiB, {args.piece_kib} KiB pieces; "
+                  f"transport {args.transport}", flush=True)
         for _run in range(args.runs):
-            for name in leechers:
+            for name, mode in leechers:
+                peer = peers[mode]
                 dest = os.path.join(work, f"leech-{name}")
                 shutil.rmtree(dest, ignore_errors=True)
                 state = os.path.join(work, f"state-{name}")
                 shutil.rmtree(state, ignore_errors=True)
-                if name == "minibt":
+                if name.startswith("minibt"):
                     argv = [sys.executable, "-m", "minibt", "download", torrent, "--dir", dest, "--port", "0", "--no-dht",
                             "--bind", "127.0.0.1", "--peer", peer, "--state-dir", state, "--quiet",
-                            "--transport", args.transport]
+                            "--transport", args.transport, "--encryption", "required" if mode == "rc4" else "none"]
                 else:
                     os.makedirs(dest)
-                    extra = {**UTP_ONLY} if utp else {}
+                    extra: dict[str, object] = {**UTP_ONLY} if utp else {}
                     if name == "lt-bigbuf":
                         extra.update(BIG_BUFFERS)
+                    if mode == "rc4":
+                        extra.update(RC4_FORCED)
                     argv = [sys.executable, "-c", LT_PEER, torrent, dest, "leech", peer, json.dumps(extra)]
                 drops0 = udp_rcvbuf_errors()
                 r = run_measured(name, argv, done_marker=None, timeout_s=args.timeout)
@@ -230,20 +273,27 @@ def main() -> int:
                 print(r.row(size), flush=True)
                 shutil.rmtree(dest, ignore_errors=True)
     finally:
-        seeder.terminate()
-        seeder.wait(timeout=30)
+        for seeder in seeders.values():
+            seeder.terminate()
+            seeder.wait(timeout=30)
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
-    mb = [r for r in results if r.name == "minibt"]
-    lt = [r for r in results if r.name == "libtorrent"]
+    mb, lt, big = best(results, "minibt"), best(results, "libtorrent"), best(results, "lt-bigbuf")
     if mb and lt:
-        best_mb = min(r.seconds for r in mb)
-        best_lt = min(r.seconds for r in lt)
-        print(f"minibt throughput = {best_lt / best_mb * 100:.0f} % of libtorrent's (best of {args.runs})")
-    big = [r for r in results if r.name == "lt-bigbuf"]
+        print(f"minibt throughput = {lt[0] / mb[0] * 100:.0f} % of libtorrent's (best of {args.runs})")
     if mb and big:
-        best_big = min(r.seconds for r in big)
-        print(f"minibt throughput = {best_big / best_mb * 100:.0f} % of libtorrent's with 4 MiB buffers")
+        print(f"minibt throughput = {big[0] / mb[0] * 100:.0f} % of libtorrent's with 4 MiB buffers")
+    mb_rc4, lt_rc4 = best(results, "minibt-rc4"), best(results, "lt-rc4")
+    if mb and mb_rc4:
+        tput, cpu = mb[0] / mb_rc4[0] * 100, mb_rc4[1] / mb[1]
+        print(f"minibt RC4 throughput = {tput:.0f} % of minibt plaintext (target >= 80 %: "
+              f"{'met' if tput >= 80 else 'NOT met'}); RC4 CPU s/GiB = {cpu:.2f}x plaintext (target <= 1.5x: "
+              f"{'met' if cpu <= 1.5 else 'NOT met'}) (best of {args.runs})")
+    if lt and lt_rc4:
+        print(f"libtorrent RC4 throughput = {lt[0] / lt_rc4[0] * 100:.0f} % of libtorrent plaintext; "
+              f"RC4 CPU s/GiB = {lt_rc4[1] / lt[1]:.2f}x plaintext")
+    if mb_rc4 and lt_rc4:
+        print(f"minibt RC4 throughput = {lt_rc4[0] / mb_rc4[0] * 100:.0f} % of libtorrent RC4's")
     return 0
 
 
