@@ -9,8 +9,10 @@ on 127.0.0.1.  Then, one after the other, a minibt leecher (`python -m minibt do
 libtorrent leecher download it into fresh directories.  For each leecher this prints wall seconds,
 MiB/s, CPU seconds per GiB (user+sys of the leecher process, from wait4), peak RSS (ru_maxrss)
 and peak anonymous RSS (RssAnon sampled from /proc every 20 ms: libtorrent mmaps its files, so its
-full RSS counts file pages; PROTOCOL.md 7.15).  Kernel page cache is not dropped; both leechers see
-the same conditions.  Every process is stopped by its PID.
+full RSS counts file pages; PROTOCOL.md 7.15), the seeder's CPU seconds per GiB during that download
+(/proc/PID/stat) and "other CPU": the seconds the rest of the machine was busy meanwhile (/proc/stat
+busy time minus leecher and seeder: other processes, interrupts), a sign of a disturbed row.  Kernel
+page cache is not dropped; both leechers see the same conditions.  Every process is stopped by its PID.
 
 ``--transport utp`` (BEP 29): the seeder and every leecher are uTP-only (TCP disabled; minibt with
 ``--transport utp``).  The seeder gets 4 MiB socket buffers so it is not the bottleneck; a third
@@ -98,15 +100,33 @@ class Result:
     maxrss_kib: int
     peak_anon_kib: int
     rcvbuf_errors: int = -1  # kernel UDP RcvbufErrors during the run (-1: not measured)
+    seeder_cpu_s: float = -1.0  # the serving seeder's user+sys during the run (-1: not measured)
+    other_cpu_s: float = -1.0  # the rest of the machine's busy CPU: other processes, interrupts
 
     def row(self, size: int) -> str:
         gib = size / 2**30
         drops = f" {self.rcvbuf_errors:8d} UDP RcvbufErrors" if self.rcvbuf_errors >= 0 else ""
+        if self.seeder_cpu_s >= 0:
+            drops += f" {self.seeder_cpu_s / gib:6.2f} seeder CPU s/GiB {self.other_cpu_s:6.2f} s other CPU"
         return (
             f"{self.name:12s} {self.seconds:8.2f} s {size / self.seconds / 2**20:9.1f} MiB/s "
             f"{self.cpu_s / gib:8.2f} CPU s/GiB {self.maxrss_kib / 1024:8.1f} MiB peak RSS "
             f"{self.peak_anon_kib / 1024:8.1f} MiB peak anon RSS{drops}"
         )
+
+
+def busy_cpu_s() -> float:
+    """CPU seconds the whole machine was busy since boot (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_s(pid: int) -> float:
+    """user+sys CPU seconds of a running process (/proc/PID/stat utime, stime)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def udp_rcvbuf_errors() -> int:
@@ -263,9 +283,13 @@ def main(argv: list[str] | None = None) -> int:
                         extra.update(RC4_FORCED)
                     argv = [sys.executable, "-c", LT_PEER, torrent, dest, "leech", peer, json.dumps(extra)]
                 drops0 = udp_rcvbuf_errors()
+                seeder_pid = seeders[mode].pid
+                seed0, busy0 = proc_cpu_s(seeder_pid), busy_cpu_s()
                 r = run_measured(name, argv, done_marker=None, timeout_s=args.timeout)
                 if utp and drops0 >= 0:
                     r.rcvbuf_errors = udp_rcvbuf_errors() - drops0
+                r.seeder_cpu_s = proc_cpu_s(seeder_pid) - seed0
+                r.other_cpu_s = max(0.0, busy_cpu_s() - busy0 - r.seeder_cpu_s - r.cpu_s)
                 got = sha1_file(os.path.join(dest, "payload.bin"))
                 if got != want:
                     raise RuntimeError(f"{name}: downloaded data differs")
