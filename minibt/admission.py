@@ -10,6 +10,7 @@ machines a connection gets, built with our peer id and reserved bits.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from minibt.mse import (
 from minibt.peer import Encrypting, Handshaking, PeerConnection, Phase, Transport
 from minibt.pex import PexFlag
 from minibt.reputation import Reputation
-from minibt.settings import Encryption, TorrentState
+from minibt.settings import Encryption, TorrentConfig, TorrentState
 from minibt.torrent import Torrent
 from minibt.urls import Addr
 from minibt.wire import PeerWire
@@ -43,6 +44,9 @@ NO_PEER_ID = bytes(20)  # some clients send all zeroes: never a duplicate
 # or (policy preferred, the connection was up) once with the other encryption.
 FALLBACK_REASONS = frozenset({CloseReason.CONNECT_FAILED, CloseReason.CLOSED_BY_REMOTE, CloseReason.IO_ERROR})
 SWITCH_REASONS = frozenset({CloseReason.CLOSED_BY_REMOTE, CloseReason.IO_ERROR})  # refused after connecting
+# An outgoing MSE handshake not done by then is given up (libtorrent's handshake_timeout is 10 s too);
+# under preferred the peer is redialled in plaintext at once.
+MSE_DIAL_TIMEOUT_S = 10.0
 PLAIN_ONLY_MAX = 1024  # peers remembered as refusing MSE (policy preferred dials them in plaintext first)
 
 
@@ -63,6 +67,12 @@ def usable_policy(policy: Encryption) -> Encryption:
         raise EncryptionUnavailable("encryption 'required' needs RC4: pip install 'minibt[mse]' (cryptography)")
     log.warning("encryption 'preferred' without RC4 (pip install 'minibt[mse]'): connections stay plaintext")
     return Encryption.NONE
+
+
+def own_config(c: TorrentConfig) -> TorrentConfig:
+    """A torrent's config with an encryption policy this install can keep (``required`` without RC4
+    raises EncryptionUnavailable)."""
+    return c if c.encryption is None else dataclasses.replace(c, encryption=usable_policy(c.encryption))
 
 
 def req2_lookup(info_hashes: list[bytes]) -> dict[bytes, bytes]:
@@ -123,14 +133,27 @@ class Admission:
             return conn.transport
         return conn.fallbacks.pop(0) if conn.fallbacks else None
 
+    def timed_out(self, conn: PeerConnection, owner: Torrent | MagnetFetch) -> bool:
+        """An outgoing MSE handshake got no answer in time (a plaintext-only peer that neither answers
+        nor closes): under policy preferred, remember the peer as plaintext-only and say to redial it
+        now (once: not after a switch already made)."""
+        if (not conn.outgoing or not isinstance(conn.phase, Encrypting) or not conn.established
+                or conn.crypto_switched or self.policy(owner) is not Encryption.PREFERRED):
+            return False
+        self._plain(conn.addr)
+        return True
+
+    def _plain(self, addr: Addr) -> None:
+        self.plain_only[addr] = None
+        while len(self.plain_only) > PLAIN_ONLY_MAX:
+            del self.plain_only[next(iter(self.plain_only))]
+
     def learn(self, conn: PeerConnection) -> None:
         """An outgoing BT handshake completed: remember whether this peer takes MSE (policy preferred)."""
         if not conn.outgoing:
             return
         if conn.plaintext and conn.crypto_switched:  # MSE was refused, plaintext worked
-            self.plain_only[conn.addr] = None
-            while len(self.plain_only) > PLAIN_ONLY_MAX:
-                del self.plain_only[next(iter(self.plain_only))]
+            self._plain(conn.addr)
         elif not conn.plaintext:
             self.plain_only.pop(conn.addr, None)
 
@@ -167,7 +190,8 @@ class Admission:
             return Encrypting(None, hs)
         hs.start()
         provide = CRYPTO_RC4 if policy is Encryption.REQUIRED else CRYPTO_RC4 | CRYPTO_PLAIN
-        return Encrypting(MseInitiator(info_hash, ia=hs.data_to_send(), rng=rng, now=now, provide=provide), hs)
+        return Encrypting(MseInitiator(info_hash, ia=hs.data_to_send(), rng=rng, now=now, provide=provide,
+                                       timeout_s=MSE_DIAL_TIMEOUT_S), hs)
 
     @staticmethod
     def sniff(ph: Encrypting, data: bytes, policy: Encryption, lookup: dict[bytes, bytes], rng: random.Random,

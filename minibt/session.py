@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from minibt import effects as fx
 from minibt.actions import Action, Announce, Close, Datagram, Dial, LookupDhtNode
-from minibt.admission import Admission, Refuse, usable_policy
+from minibt.admission import Admission, Refuse, own_config, usable_policy
 from minibt.checker import CheckJobTag
 from minibt.dhtservice import DhtService
 from minibt.download import PieceJobTag
@@ -118,19 +118,13 @@ class Session:
     def _owners(self) -> list[Owner]:
         return [*self.torrents.values(), *self.fetches.values()]
 
-    def _own_config(self, config: TorrentConfig | None) -> TorrentConfig:
-        """``config`` or the session's; a per-torrent encryption policy this install can keep
-        (``required`` without RC4 raises EncryptionUnavailable)."""
-        c = config or self.config.torrent
-        return c if c.encryption is None else dataclasses.replace(c, encryption=usable_policy(c.encryption))
-
     def add_torrent(self, meta: Metainfo, download_dir: str, *, mode: Mode, resume_path: str | None, now: float,
                     config: TorrentConfig | None = None) -> Torrent:
         self._now = now
         if meta.info_hash in self.torrents:
             raise ValueError(f"torrent {meta.info_hash.hex()} already added")
         t = Torrent(
-            meta, download_dir, mode=mode, resume_path=resume_path, config=self._own_config(config), rng=self.rng,
+            meta, download_dir, mode=mode, resume_path=resume_path, config=own_config(config or self.config.torrent), rng=self.rng,
             now=now, ctx=self.ctx, global_up=self.rates.global_up, global_down=self.rates.global_down,
         )
         self.torrents[meta.info_hash] = t
@@ -163,7 +157,7 @@ class Session:
         if magnet.info_hash in self.torrents or magnet.info_hash in self.fetches:
             raise ValueError(f"torrent {magnet.info_hash_hex} already added")
         f = MagnetFetch(
-            magnet, download_dir, mode=mode, config=self._own_config(config), rng=self.rng, now=now,
+            magnet, download_dir, mode=mode, config=own_config(config or self.config.torrent), rng=self.rng, now=now,
             ctx=self.ctx, resume_path=resume_path,
         )
         self.fetches[magnet.info_hash] = f
@@ -286,13 +280,14 @@ class Session:
     def mark_dirty(self, cid: int) -> None:  # library code wrote to the wire of connection `cid`
         self._actions.append(fx.Flush(cid))
 
-    def dial(self, owner: Owner, addr: Addr, source: PeerSource, *, now: float) -> int | None:
+    def dial(self, owner: Owner, addr: Addr, source: PeerSource, *, now: float, switched: bool = False) -> int | None:
         """Dial ``addr`` for ``owner`` now, outside its dialer's choice (None: connection limit
-        reached or networking paused); its connection id."""
+        reached or networking paused); its connection id.  ``switched``: a redial with the other encryption."""
         self._now = now
         if len(self.conns) >= self.config.max_connections or self.network_paused is not None:
             return None
         cid = self._dial(owner, addr, source, 0, now)
+        self.conns[cid].crypto_switched = switched
         owner.dial_started(cid)
         return cid
 
@@ -694,7 +689,10 @@ class Session:
             try:
                 self._conn_timers(conn, now)
             except RemoteProtocolError as e:
+                owner = self._torrent_of.get(conn.cid) or self._fetch_of.get(conn.cid)
                 self.close(conn.cid, e.reason, e.detail)
+                if owner is not None and self.admission.timed_out(conn, owner):  # MSE unanswered: plaintext now
+                    self.dial(owner, conn.addr, conn.source, now=now, switched=True)
             except Exception as e:
                 self.fault(conn.cid, e)
         owners: list[Owner] = [*self.fetches.values(), *self.torrents.values()]

@@ -40,6 +40,7 @@ PIECE_LEN = 32 * KiB
 # ~2.7 MiB: a.bin ends inside a piece, a zero-length file sits at that boundary, the last piece is short.
 LAYOUT = {"a.bin": MiB + 5000, "empty.txt": 0, "sub/b.bin": MiB + 20000, "sub/c.bin": 700_000}
 HANDSHAKE_TIMEOUT_S = 30.0  # SessionConfig.handshake_timeout_s default
+MSE_DIAL_TIMEOUT_S = 10.0  # admission.MSE_DIAL_TIMEOUT_S
 MAX_UNCHOKED = 5  # BEP 3: 4 regular slots + 1 optimistic unchoke
 
 
@@ -388,15 +389,30 @@ def test_handshake_never_completed_is_closed_after_timeout(swarm: Swarm, directi
     assert started is not None, net.log
     t_start, cid = started
     assert log_time(net, "leech", cid, "close") is None
-    net.run_for(HANDSHAKE_TIMEOUT_S + 2)
+    # the default policy dials with MSE first, given up after MSE_DIAL_TIMEOUT_S; then once in plaintext
+    timeout = MSE_DIAL_TIMEOUT_S if direction == "we dial" else HANDSHAKE_TIMEOUT_S
+    net.run_for(timeout + 2)
     t_close = log_time(net, "leech", cid, "close")
     assert t_close is not None, net.log
-    assert HANDSHAKE_TIMEOUT_S <= t_close - t_start <= HANDSHAKE_TIMEOUT_S + TICK_S + 0.01
+    assert timeout <= t_close - t_start <= timeout + TICK_S + 0.01
     assert (silent.ip, CloseReason.HANDSHAKE_TIMEOUT) in leech.close_reasons()
     assert silent.closed and silent.closed[0][1] is CloseReason.CLOSED_BY_REMOTE
-    if direction == "we dial":
-        # the default policy dials with MSE: our DH key and a pad of 0..512 bytes, and nothing after them
-        assert 96 <= silent.bytes_in[min(silent.bytes_in)] <= 96 + 512
+    if direction == "it dials":
+        return
+    # MSE: our DH key and a pad of 0..512 bytes, and nothing after them
+    assert 96 <= silent.bytes_in[min(silent.bytes_in)] <= 96 + 512
+    # unanswered MSE: redialled at once in plaintext (68 bytes: our BT handshake), closed after the
+    # plaintext handshake timeout, and not redialled at once again
+    again = [c for c in leech.seen.values() if c.ip == silent.ip and c.cid != cid]
+    assert len(again) == 1 and again[0].plaintext and again[0].crypto_switched
+    assert silent.addr in leech.session.admission.plain_only
+    net.run_for(HANDSHAKE_TIMEOUT_S + 2)
+    t2 = log_time(net, "leech", again[0].cid, "close")
+    assert t2 is not None and HANDSHAKE_TIMEOUT_S <= t2 - t_close <= HANDSHAKE_TIMEOUT_S + TICK_S + 0.01
+    assert list(silent.bytes_in.values())[1] == 68  # silent's second connection: our plaintext handshake
+    # later dials (the dialer's own retries of a user-given peer) go plaintext first, no MSE again
+    later = [c for c in leech.seen.values() if c.ip == silent.ip and c.cid > again[0].cid]
+    assert all(c.plaintext and not c.crypto_switched for c in later)
 
 
 def test_peer_neither_interested_nor_interesting_is_closed_when_idle(swarm: Swarm) -> None:
