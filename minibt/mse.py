@@ -119,6 +119,10 @@ class CipherStream(Protocol):
 
     def decrypt(self, data: bytes | bytearray | memoryview) -> bytes: ...
 
+    def decrypt_view(self, data: bytes | memoryview) -> bytes | memoryview:
+        """``decrypt``, in place when ``data`` is a writable memoryview (the loop's receive buffer)."""
+        ...
+
 
 class PlainStream:
     """crypto_select = plaintext: bytes after the handshake pass unchanged."""
@@ -131,6 +135,9 @@ class PlainStream:
     def decrypt(self, data: bytes | bytearray | memoryview) -> bytes:
         return bytes(data)
 
+    def decrypt_view(self, data: bytes | memoryview) -> bytes | memoryview:
+        return data
+
 
 class Rc4Stream:
     """Two RC4 keystreams (send, receive), each with its first 1024 bytes discarded."""
@@ -142,14 +149,20 @@ class Rc4Stream:
         self._enc = factory(bytes(send_key))
         self._dec = factory(bytes(recv_key))
         discard = bytes(RC4_DISCARD_BYTES)
-        self._enc(discard)
-        self._dec(discard)
+        self._enc.update(discard)
+        self._dec.update(discard)
 
     def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
-        return self._enc(data)
+        return self._enc.update(data)
 
     def decrypt(self, data: bytes | bytearray | memoryview) -> bytes:
-        return self._dec(data)
+        return self._dec.update(data)
+
+    def decrypt_view(self, data: bytes | memoryview) -> bytes | memoryview:
+        if isinstance(data, memoryview) and not data.readonly and data.contiguous and data.format == "B" \
+                and self._dec.update_in_place(data):
+            return data
+        return self._dec.update(data)
 
 
 def derive_keys(shared_secret: bytes, info_hash: bytes) -> tuple[bytes, bytes]:

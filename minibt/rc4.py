@@ -20,9 +20,21 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-Keystream = Callable[[bytes | bytearray | memoryview], bytes]
+
+class Keystream(Protocol):
+    """One RC4 keystream: XOR the next bytes of it into data (encrypt and decrypt are the same)."""
+
+    def update(self, data: bytes | bytearray | memoryview) -> bytes:
+        """A new buffer: ``data`` XOR the next ``len(data)`` keystream bytes."""
+        ...
+
+    def update_in_place(self, buf: memoryview) -> bool:
+        """XOR the keystream into the writable ``buf`` itself; False (nothing done) if this back end cannot."""
+        ...
+
+
 Factory = Callable[[bytes], Keystream]
 
 _LIBCRYPTO_NAMES = ("libcrypto.so.3", "libcrypto.so.1.1", "libcrypto.so")
@@ -45,6 +57,36 @@ def _hashlib_libcrypto() -> list[str]:
     return paths + list(_LIBCRYPTO_NAMES)
 
 
+class _LibcryptoRc4:
+    """RC4_set_key / RC4 of OpenSSL's libcrypto.  ctypes releases the GIL during each call."""
+
+    __slots__ = ("_rc4", "_state")
+
+    def __init__(self, set_key: Any, rc4: Any, key: bytes) -> None:
+        self._rc4 = rc4
+        self._state = ctypes.create_string_buffer(_RC4_KEY_BYTES)
+        set_key(self._state, len(key), key)
+
+    def update(self, data: bytes | bytearray | memoryview) -> bytes:
+        n = len(data)
+        if not n:
+            return b""
+        out = bytearray(n)
+        dst = (ctypes.c_char * n).from_buffer(out)
+        src = data if isinstance(data, bytes) else bytes(data)
+        self._rc4(self._state, n, src, dst)
+        del dst  # release the export before the bytearray is copied and freed
+        return bytes(out)
+
+    def update_in_place(self, buf: memoryview) -> bool:
+        n = len(buf)
+        if n:
+            ptr = (ctypes.c_char * n).from_buffer(buf)  # buf is writable and contiguous (else TypeError)
+            self._rc4(self._state, n, ptr, ptr)
+            del ptr
+        return True
+
+
 def _libcrypto() -> Factory | None:
     """RC4 from OpenSSL's libcrypto through ctypes, or None (not found, no RC4, wrong answer)."""
     for name in _hashlib_libcrypto():
@@ -59,26 +101,27 @@ def _libcrypto() -> Factory | None:
         rc4.restype = None
 
         def factory(key: bytes, set_key: Any = set_key, rc4: Any = rc4) -> Keystream:
-            state = ctypes.create_string_buffer(_RC4_KEY_BYTES)
-            key = bytes(key)
-            set_key(state, len(key), key)
-
-            def update(data: bytes | bytearray | memoryview) -> bytes:
-                n = len(data)
-                if not n:
-                    return b""
-                buf = bytearray(data)  # RC4 in place on our own copy
-                ptr = (ctypes.c_char * n).from_buffer(buf)
-                rc4(state, n, ptr, ptr)
-                del ptr  # release the export so the bytearray may be freed
-                return bytes(buf)
-
-            return update
+            return _LibcryptoRc4(set_key, rc4, bytes(key))
 
         key, plain, cipher = _VECTOR
-        if factory(key)(plain) == cipher:
+        buf = bytearray(plain)
+        factory(key).update_in_place(memoryview(buf))
+        if factory(key).update(plain) == cipher and bytes(buf) == cipher:
             return factory
     return None
+
+
+class _CryptographyRc4:
+    __slots__ = ("_ctx",)
+
+    def __init__(self, ctx: Any) -> None:
+        self._ctx = ctx
+
+    def update(self, data: bytes | bytearray | memoryview) -> bytes:
+        return bytes(self._ctx.update(data)) if len(data) else b""
+
+    def update_in_place(self, buf: memoryview) -> bool:
+        return False
 
 
 def _cryptography() -> Factory | None:
@@ -90,12 +133,7 @@ def _cryptography() -> Factory | None:
         return None
 
     def factory(key: bytes) -> Keystream:
-        ctx = Cipher(ARC4(bytes(key)), mode=None).encryptor()
-
-        def update(data: bytes | bytearray | memoryview) -> bytes:
-            return bytes(ctx.update(data)) if len(data) else b""
-
-        return update
+        return _CryptographyRc4(Cipher(ARC4(bytes(key)), mode=None).encryptor())
 
     return factory
 

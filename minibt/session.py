@@ -528,7 +528,7 @@ class Session:
         if conn is None or conn.closing:
             return
         if conn.stream is not None:
-            data = conn.stream.decrypt(data)
+            data = conn.stream.decrypt_view(data)  # in place in the loop's receive buffer (TCP)
         try:
             match conn.phase:
                 case Active(wire=wire):

@@ -467,3 +467,16 @@ def test_module_imports_without_any_rc4_and_names_the_extra() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
                          env={"PYTHONPATH": root}, check=True)
     assert "pip install 'minibt[mse]'" in out.stdout
+
+
+def test_decrypt_view_works_in_place_on_a_writable_view_and_copies_otherwise() -> None:
+    a_send, a_recv = Rc4Stream(b"k" * 20, b"j" * 20), Rc4Stream(b"j" * 20, b"k" * 20)
+    msgs = [random.Random(i).randbytes(5000) for i in range(3)]
+    wire = [a_send.encrypt(m) for m in msgs]
+    buf = bytearray(wire[0])
+    view = memoryview(buf)
+    out = a_recv.decrypt_view(view)
+    assert out is view and bytes(buf) == msgs[0]  # the loop's receive buffer, decrypted where it is
+    assert a_recv.decrypt_view(wire[1]) == msgs[1]  # bytes (uTP): a copy, same keystream position
+    ro = memoryview(wire[2])
+    assert a_recv.decrypt_view(ro) == msgs[2] and bytes(ro) == wire[2]  # read-only: untouched

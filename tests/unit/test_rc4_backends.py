@@ -55,9 +55,27 @@ def test_back_end_matches_the_textbook_keystream_across_split_updates(name: str)
     ks = factory(key)
     cuts = sorted(rng.sample(range(1, len(data)), 12))
     parts = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
-    got = b"".join(ks(memoryview(p) if i % 2 else bytearray(p)) for i, p in enumerate(parts))
+    got = b"".join(ks.update(memoryview(p) if i % 2 else bytearray(p)) for i, p in enumerate(parts))
     assert got == want
-    assert ks(b"") == b""
+    assert ks.update(b"") == b""
+
+
+@pytest.mark.parametrize("name", list(rc4.BACKENDS))
+def test_in_place_update_continues_the_same_keystream(name: str) -> None:
+    factory = loaded().get(name)
+    if factory is None:
+        pytest.skip(f"{name} back end not installed here")
+    key, data = bytes(range(1, 21)), random.Random(8).randbytes(3000)
+    want = factory(key).update(data)
+    ks = factory(key)
+    buf = bytearray(data)
+    view = memoryview(buf)
+    head = ks.update(view[:1000])  # copying, then in place where the back end can
+    if ks.update_in_place(view[1000:]):
+        assert head + bytes(buf[1000:]) == want
+    else:
+        assert name == "cryptography" and bytes(buf) == data  # untouched: the caller copies instead
+    assert ks.update_in_place(memoryview(bytearray())) is (name == "libcrypto")
 
 
 def test_back_ends_agree_on_a_long_stream() -> None:
@@ -66,7 +84,7 @@ def test_back_ends_agree_on_a_long_stream() -> None:
         pytest.skip("only one back end installed")
     key = bytes(range(20))
     data = random.Random(3).randbytes(1 << 20)
-    outs = {name: f(key)(data) for name, f in factories.items()}
+    outs = {name: f(key).update(data) for name, f in factories.items()}
     assert len(set(outs.values())) == 1 and next(iter(outs.values())) != data
 
 
