@@ -16,19 +16,20 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from minibt.errors import CloseReason, EncryptionUnavailable, MseError
+from minibt.errors import CloseReason, EncryptionUnavailable, MseError, RemoteProtocolError
 from minibt.handshake import Handshake, HandshakeReceived, supports_extension, supports_fast
 from minibt.magnetfetch import MagnetFetch
 from minibt.mse import (
     CRYPTO_PLAIN,
     CRYPTO_RC4,
+    MseFailure,
     MseInitiator,
     MseResponder,
     looks_plaintext,
     rc4_available,
     req2_hash,
 )
-from minibt.peer import Encrypting, Handshaking, PeerConnection, Phase, Transport
+from minibt.peer import Encrypting, Handshaking, PeerConnection, Phase
 from minibt.pex import PexFlag
 from minibt.reputation import Reputation
 from minibt.settings import Encryption, TorrentConfig, TorrentState
@@ -117,27 +118,39 @@ class Admission:
         conn.plaintext = policy is Encryption.NONE or (policy is Encryption.PREFERRED and conn.addr in self.plain_only)
         return self.first_phase(owner.info_hash, reserved, now, policy, rng, plaintext=conn.plaintext)
 
-    def redial(self, conn: PeerConnection, owner: Torrent | MagnetFetch, reason: CloseReason) -> Transport | None:
-        """An outgoing connection ended before the BT handshake completed: the transport to redial it
-        on (its encryption switched when :attr:`PeerConnection.plaintext` changed), or None.
+    def redial(self, conn: PeerConnection, owner: Torrent | MagnetFetch, reason: CloseReason, detail: str,
+               reserved: bytes, now: float, rng: random.Random) -> bool:
+        """An outgoing connection ended before the BT handshake completed: True when it is to be
+        dialled again (same cid), its transport and first phase set for that.
 
         Policy preferred: a connection the peer closed right after it came up (MSE refused, or a
         plaintext handshake refused) is tried once more with the other encryption, same transport.
         Else the next transport of its fallbacks."""
         if not conn.outgoing or not isinstance(conn.phase, (Handshaking, Encrypting)) or reason not in FALLBACK_REASONS:
-            return None
+            return False
+        how, transport = "", conn.transport
         if (self.policy(owner) is Encryption.PREFERRED and conn.established and reason in SWITCH_REASONS
                 and not conn.crypto_switched):
             conn.crypto_switched = True
             conn.plaintext = not conn.plaintext
-            return conn.transport
-        return conn.fallbacks.pop(0) if conn.fallbacks else None
+            how = " in plaintext" if conn.plaintext else " with MSE"
+        elif conn.fallbacks:
+            transport = conn.fallbacks.pop(0)
+        else:
+            return False
+        log.info("peer %s:%d (#%d) over %s: %s %s; trying %s%s", conn.ip, conn.port, conn.cid, conn.transport,
+                 reason.name, detail, transport, how)
+        conn.transport = transport
+        conn.enter(self.first_phase(owner.info_hash, reserved, now, self.policy(owner), rng, plaintext=conn.plaintext))
+        conn.established = False
+        return True
 
-    def timed_out(self, conn: PeerConnection, owner: Torrent | MagnetFetch) -> bool:
-        """An outgoing MSE handshake got no answer in time (a plaintext-only peer that neither answers
-        nor closes): under policy preferred, remember the peer as plaintext-only and say to redial it
-        now (once: not after a switch already made)."""
-        if (not conn.outgoing or not isinstance(conn.phase, Encrypting) or not conn.established
+    def mse_gave_up(self, conn: PeerConnection, owner: Torrent | MagnetFetch, e: RemoteProtocolError) -> bool:
+        """An outgoing MSE handshake failed with ``e``: when that was no answer in time, or a plaintext
+        BT handshake as the answer (a plaintext-only peer), and the policy is preferred, remember the
+        peer as plaintext-only and say to redial it now (once: not after a switch already made)."""
+        if (not isinstance(e, MseError) or e.detail not in (MseFailure.TIMEOUT, MseFailure.PLAINTEXT_ANSWER)
+                or not conn.outgoing or not isinstance(conn.phase, Encrypting) or not conn.established
                 or conn.crypto_switched or self.policy(owner) is not Encryption.PREFERRED):
             return False
         self._plain(conn.addr)
@@ -280,8 +293,9 @@ class Admission:
 
     def completed(
         self, ev: HandshakeReceived, conn: PeerConnection, owner: Torrent | MagnetFetch | None
-    ) -> Refuse | None:
-        """The BT handshake with ``conn`` completed: None if it may go on with ``owner``."""
+    ) -> Refuse | PeerConnection | None:
+        """The BT handshake with ``conn`` completed: None if it may go on with ``owner``; a Refuse;
+        or the older connection to the same peer that ``conn`` replaces (close that one)."""
         if owner is None:
             return Refuse(CloseReason.UNKNOWN_INFO_HASH, ev.info_hash.hex())
         if ev.peer_id == self.peer_id:
@@ -290,7 +304,12 @@ class Admission:
             if not supports_extension(ev.reserved):  # BEP 9 needs BEP 10: it cannot give us the metadata
                 return Refuse(CloseReason.PROTOCOL_VIOLATION, "no extension protocol (BEP 10): cannot fetch metadata")
             return None
-        if ev.peer_id != NO_PEER_ID and any(p.peer_id == ev.peer_id for p in owner.peers.values()):
+        old = next((p for p in owner.peers.values() if p.peer_id == ev.peer_id), None)
+        if ev.peer_id != NO_PEER_ID and old is not None:
+            # Both sides dialled each other at once (BEP 55 holepunching does so on purpose): both
+            # keep the connection dialled by the side with the lower peer id, so exactly one survives.
+            if old.outgoing != conn.outgoing and conn.outgoing == (self.peer_id < ev.peer_id) and not old.closing:
+                return old
             return Refuse(CloseReason.DUPLICATE_PEER_ID, ev.peer_id.hex())
         if not conn.outgoing and not owner.can_accept_peer():
             return Refuse(CloseReason.TOO_MANY_PEERS, "per-torrent peer limit")

@@ -73,11 +73,13 @@ class Emit:
     dropped6: tuple[Addr, ...] = ()
     addr: str | None = None
     flags: int | None = None
+    code: int | None = None
 
     def event(self, torrent: _T | None) -> Event[_T, PeerConnection]:
         """The public event, about ``torrent`` (the torrent whose effect this is)."""
         return Event(self.name, torrent, self.conn, index=self.index, detail=self.detail, added=self.added,
-                     dropped=self.dropped, added6=self.added6, dropped6=self.dropped6, addr=self.addr, flags=self.flags)
+                     dropped=self.dropped, added6=self.added6, dropped6=self.dropped6, addr=self.addr, flags=self.flags,
+                     code=self.code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,14 @@ class DialPeer:
     addr: Addr
     source: PeerSource
     flags: int = 0  # its BEP 11 flags (0x01: prefers encryption, so MSE first)
+
+
+@dataclass(frozen=True, slots=True)
+class HolepunchDial:
+    """A BEP 55 ``connect`` (holepunch.py): dial ``addr`` over uTP at once (source HOLEPUNCH), within
+    the session's connection limit but outside the dialer's choice."""
+
+    addr: Addr
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +182,7 @@ class MetadataDone:
 
 Effect = (
     Flush | ClosePeer | Penalize | Emit | HashPiece | AnnounceDue | WantDials | DialPeer | RateWait
-    | LimitsChanged | PiecePassed | PieceFailed | MetadataDone | NodeHint
+    | LimitsChanged | PiecePassed | PieceFailed | MetadataDone | NodeHint | HolepunchDial
 )
 
 WANT_DIALS = WantDials()
@@ -188,7 +198,7 @@ class SessionContext:
     """
 
     __slots__ = ("reputation", "events", "listen_port", "listen_ip", "local_ips", "network_paused", "wall_time",
-                 "dht_port", "encryption")
+                 "dht_port", "encryption", "holepunch")
 
     def __init__(self, *, reputation: Reputation, events: EventQueue, wall_time: Callable[[], float]) -> None:
         self.reputation = reputation
@@ -200,6 +210,7 @@ class SessionContext:
         self.wall_time = wall_time
         self.dht_port: int | None = None  # our DHT's UDP port when the DHT runs (BEP 5 PORT message)
         self.encryption = Encryption.NONE  # the session's MSE/PE policy (a torrent may override it)
+        self.holepunch = False  # BEP 55 on (SessionConfig.holepunch)
 
     def own_addresses(self) -> set[Addr]:
         """Our own (ip, listen port) pairs: never dialled (PROTOCOL.md 7.3)."""

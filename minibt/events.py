@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 from minibt import wire_codec as w
 from minibt.errors import CloseReason
 from minibt.pex import PexPeer
+from minibt.reputation import RepEvent, ReputationChanged
 
 MAX_QUEUED_EVENTS = 10_000  # minibt convention: the Client drains every iteration; oldest dropped beyond
 
@@ -45,6 +46,9 @@ class EventName(enum.StrEnum):
     PEX_PEER = "peer"
     PEX_DROPPED = "dropped"
     METADATA_RECEIVED = "metadata_received"
+    HP_RENDEZVOUS = "hp_rendezvous"
+    HP_CONNECT = "hp_connect"
+    HP_ERROR = "hp_error"
 
 
 # Wire messages that are also public events; Have carries its index.
@@ -90,6 +94,10 @@ EVENT_DOCS: dict[EventName, tuple[str, str]] = {
         "",
         "a magnet link's info dict arrived and matched the info-hash; `event.torrent` is the new torrent",
     ),
+    EventName.HP_RENDEZVOUS: ("addr", "BEP 55: the peer asks us to relay to `addr` (answered automatically)"),
+    EventName.HP_CONNECT: ("addr", "BEP 55: the peer (a relay) says to connect to `addr` over uTP (dialled automatically)"),
+    EventName.HP_ERROR: ("code, addr", "BEP 55: a relay could not introduce us to `addr` (`code`: 1 NoSuchPeer, "
+                         "2 NotConnected, 3 NoSupport, 4 NoSelf)"),
 }
 
 # Meaning of each CloseReason for the README table (issue 3 "Disconnect reasons").
@@ -153,7 +161,8 @@ class Event(Generic[T, P]):
     ``ip``/``old``/``new`` with the reputation events (``detail`` says why);
     ``added``/``dropped``/``added6``/``dropped6`` with ``pex`` (added entries are
     :class:`~minibt.pex.PexPeer` with ``ip``, ``port``, ``flags``); ``addr`` (``'ip:port'``) with
-    ``peer`` and ``dropped``, plus ``flags`` with ``peer``.
+    ``peer``, ``dropped`` and the BEP 55 events (``hp_rendezvous``, ``hp_connect``, ``hp_error``),
+    plus ``flags`` with ``peer`` and ``code`` with ``hp_error``.
 
     The session queues each event with the connection itself as ``peer`` (the type parameters keep
     this module below the torrent and the handles); the Client's dispatcher delivers it with the
@@ -175,6 +184,14 @@ class Event(Generic[T, P]):
     dropped6: tuple[tuple[str, int], ...] = ()
     addr: str | None = None
     flags: int | None = None
+    code: int | None = None
+
+
+def reputation_event(ev: RepEvent, torrent: T | None, conn: P | None) -> Event[T, P]:
+    """The public event of a reputation change or a ban (``conn``: one connection of that IP, if any)."""
+    if isinstance(ev, ReputationChanged):
+        return Event(EventName.REPUTATION_CHANGED, torrent, conn, detail=ev.reason, ip=ev.ip, old=ev.old, new=ev.new)
+    return Event(EventName.BANNED, torrent, conn, detail=ev.reason, ip=ev.ip)
 
 
 class EventQueue:

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from minibt.effects import Effect, Emit, Flush
 from minibt.errors import CloseReason, LocalProtocolError
 from minibt.events import EventName
+from minibt.holepunch import Holepunch
 from minibt.metadata import METADATA_EXT_NAME, MSG_REQUEST, MetadataServer, decode_metadata_msg
 from minibt.peer import PeerConnection, Transport
 from minibt.pex import (
@@ -52,21 +53,24 @@ MAX_KEPT_VALUE_BYTES = 64
 # Our local extended-message ids (BEP 10: the peer sends us these ids; 0 would mean disabled).
 LOCAL_UT_PEX_ID = 1
 LOCAL_UT_METADATA_ID = 2
+LOCAL_UT_HOLEPUNCH_ID = 3
 
 
 def our_handshake(
     *, reqq: int, listen_port: int | None, pex: bool = False, metadata: bool = False, metadata_size: int | None = None,
-    encryption: bool = False,
+    encryption: bool = False, holepunch: bool = False,
 ) -> dict[bytes, object]:
     """Our extension handshake: ``reqq`` requests queued per peer, ``listen_port`` if we listen,
     ``ut_pex`` if ``pex`` (never for private torrents, BEP 27), ``ut_metadata`` if ``metadata``
     with ``metadata_size`` when we have the info dict (BEP 9), ``e`` = 1 if we prefer encryption
-    (MSE/PE; what other peers learn as PEX flag 0x01)."""
+    (MSE/PE; what other peers learn as PEX flag 0x01), ``ut_holepunch`` if ``holepunch`` (BEP 55)."""
     m: dict[bytes, int] = {}
     if pex:
         m[b"ut_pex"] = LOCAL_UT_PEX_ID
     if metadata:
         m[b"ut_metadata"] = LOCAL_UT_METADATA_ID
+    if holepunch:
+        m[b"ut_holepunch"] = LOCAL_UT_HOLEPUNCH_ID
     hs: dict[bytes, object] = {b"m": m, b"v": CLIENT_VERSION, b"reqq": reqq}
     if metadata and metadata_size:
         hs[b"metadata_size"] = metadata_size
@@ -157,9 +161,11 @@ class ExtensionRouter:
         peers: Mapping[int, PeerConnection],
         info_bytes: bytes,
         private: bool,
+        holepunch: Holepunch,
         pex_config: PexConfig | None = None,
     ) -> None:
         self._private = private  # BEP 27: no PEX
+        self.holepunch = holepunch  # BEP 55 (holepunch.py)
         self._peers = peers  # the torrent's handshaken connections (shared)
         self._cfg = pex_config or PexConfig()
         self._links: dict[int, _PexLink] = {}
@@ -212,6 +218,7 @@ class ExtensionRouter:
 
     def peer_gone(self, cid: int) -> None:
         self._links.pop(cid, None)
+        self.holepunch.peer_gone(cid)
         self.metadata.forget_peer(cid)
 
     def sender(self, cid: int) -> PexSender | None:
@@ -301,6 +308,8 @@ class ExtensionRouter:
             return self._on_pex(peer, payload, now, out)
         if ext_id == LOCAL_UT_METADATA_ID:
             self._on_metadata(peer, payload, now, out)
+        if ext_id == LOCAL_UT_HOLEPUNCH_ID:
+            self.holepunch.on_message(peer, payload, now=now, out=out)
         # other ids: not ours to understand (BEP 10); ignore
         return None
 

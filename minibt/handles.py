@@ -21,9 +21,10 @@ from minibt.errors import CloseReason, LocalProtocolError
 from minibt.events import Event, Listeners
 from minibt.faults import FaultKind
 from minibt.handshake import supports_dht
+from minibt.holepunch import HpMessage, HpMsgType, endpoint
 from minibt.peer import PeerConnection, PeerSource, Transport
 from minibt.peerid import decode_client
-from minibt.pex import PexSender
+from minibt.pex import PexSender, canonical_ip
 from minibt.session import Session
 from minibt.torrent import Torrent
 
@@ -344,6 +345,28 @@ class Peer:
         c, t = self._live("send_pex")
         t.send_pex(c, added, dropped, added6, dropped6, now=self._session.now)
 
+    # ------------------------------------------------------------------ BEP 55 holepunch
+
+    def send_hp_rendezvous(self, target: tuple[str, int] | Peer) -> None:
+        """Ask this peer to relay (BEP 55): introduce us to ``target``, an endpoint ``(ip, port)`` or
+        another connected ``Peer`` (its endpoint as a third peer sees it: its uTP address, or its IP
+        and BEP 10 listen port).  The peer answers with hp_connect (then we dial over uTP at once)
+        or hp_error.  Raises LocalProtocolError if the peer does not speak ut_holepunch."""
+        addr = endpoint(target._conn) if isinstance(target, Peer) else (str(target[0]), int(target[1]))
+        self._send_hp("send_hp_rendezvous", HpMessage(HpMsgType.RENDEZVOUS, _hp_addr(addr)))
+
+    def send_hp_connect(self, ip: str, port: int) -> None:
+        """Tell this peer to open a uTP connection to ``ip:port`` (what a relay sends both sides)."""
+        self._send_hp("send_hp_connect", HpMessage(HpMsgType.CONNECT, _hp_addr((ip, port))))
+
+    def send_hp_error(self, code: int, ip: str, port: int) -> None:
+        """Tell this peer a rendezvous for ``ip:port`` failed (``code``: HpError 1-4)."""
+        self._send_hp("send_hp_error", HpMessage(HpMsgType.ERROR, _hp_addr((ip, port)), int(code)))
+
+    def _send_hp(self, what: str, msg: HpMessage) -> None:
+        c, t = self._live(what)
+        t.send_hp(c, msg)
+
     def disconnect(self, reason: CloseReason, detail: str = "closed by the library user") -> None:
         """Close the connection; peer_disconnected follows with this reason."""
         self._session.close(self._conn.cid, CloseReason(reason), detail)
@@ -390,6 +413,13 @@ class Peer:
             f"choking={int(self.am_choking)}/{int(self.peer_choking)} "
             f"interested={int(self.am_interested)}/{int(self.peer_interested)}>"
         )
+
+
+def _hp_addr(addr: tuple[str, int]) -> tuple[str, int]:
+    try:
+        return canonical_ip(addr[0]), int(addr[1])
+    except ValueError:
+        raise LocalProtocolError(CloseReason.PROTOCOL_VIOLATION, f"ut_holepunch: not an IP address: {addr[0]!r}") from None
 
 
 class PexControl:

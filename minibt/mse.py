@@ -55,7 +55,7 @@ VC_SYNC_BYTES = MAX_PAD_BYTES + len(VC)  # A looks for E(VC) within PadB + 8 byt
 MAX_IA_BYTES = 8192  # minibt convention: IA holds a 68-byte BT handshake (libtorrent sends exactly that
 # and refuses len(IA) > 32767, read as a signed 16-bit int); 8 KiB leaves room for a bitfield
 MSE_TIMEOUT_S = 30.0  # minibt convention, as handshake.DEFAULT_TIMEOUT_S
-_PLAIN_PREFIX = b"\x13BitTorrent protocol"  # BEP 3 pstrlen + pstr
+PLAIN_SIGNATURE = b"\x13BitT"  # BEP 3 pstrlen + the start of pstr "BitTorrent protocol"
 
 
 class MseFailure(enum.StrEnum):
@@ -70,6 +70,7 @@ class MseFailure(enum.StrEnum):
     UNKNOWN_INFO_HASH = "unknown info-hash"
     IA_TOO_LARGE = "IA too large"
     TIMEOUT = "handshake timed out"
+    PLAINTEXT_ANSWER = "answered with a plaintext BT handshake"
 
 
 def rc4_available() -> bool:
@@ -99,11 +100,14 @@ def req2_hash(info_hash: bytes) -> bytes:
 
 
 def looks_plaintext(first_bytes: bytes) -> bool | None:
-    """Is an incoming connection a plaintext BT handshake (True) or MSE (False)?  None: need more bytes."""
-    n = min(len(first_bytes), len(_PLAIN_PREFIX))
-    if bytes(first_bytes[:n]) != _PLAIN_PREFIX[:n]:
+    """Do these first bytes of a connection start a plaintext BT handshake (True) or MSE (False)?
+    None: need more bytes.  Decided on ``PLAIN_SIGNATURE`` (5 bytes): a DH key starts so once in
+    2**40, and a handshake with a damaged protocol string further on is still a plaintext one (the
+    handshake parser says what is wrong with it)."""
+    n = min(len(first_bytes), len(PLAIN_SIGNATURE))
+    if bytes(first_bytes[:n]) != PLAIN_SIGNATURE[:n]:
         return False
-    return True if n == len(_PLAIN_PREFIX) else None
+    return True if n == len(PLAIN_SIGNATURE) else None
 
 
 def _valid_key(y: int) -> bool:
@@ -382,6 +386,8 @@ class MseInitiator(_MseHandshake):
         st = self._state
         if st is MseState.AWAIT_YB:
             chunk, rest = self._need(rest, DH_KEY_BYTES)
+            if looks_plaintext(bytes(self._buf if chunk is None else chunk)[:len(PLAIN_SIGNATURE)]):
+                raise MseError(MseFailure.PLAINTEXT_ANSWER.value)  # a plaintext-only peer sent its BT handshake
             if chunk is not None:
                 self._take_key(chunk)
                 self._send_step3()

@@ -24,7 +24,7 @@ from minibt.checker import CheckJobTag
 from minibt.dhtservice import DhtService
 from minibt.download import PieceJobTag
 from minibt.errors import CloseReason, RemoteProtocolError
-from minibt.events import Event, EventName, EventQueue
+from minibt.events import Event, EventName, EventQueue, reputation_event
 from minibt.faults import FaultKind, Faults
 from minibt.fetchlink import FetchLink
 from minibt.handshake import Handshake, HandshakeReceived, InfoHashReceived, make_reserved, supports_extension
@@ -43,7 +43,7 @@ from minibt.peer import (
 from minibt.peerid import make_peer_id
 from minibt.ratecontrol import RateControl
 from minibt.ratelimit import KEEP, Keep
-from minibt.reputation import Banned, RepEvent, Reputation, ReputationChanged
+from minibt.reputation import Banned, RepEvent, Reputation
 from minibt.settings import Mode, SessionConfig, TorrentConfig, TorrentState
 from minibt.torrent import Torrent
 from minibt.tracker import AnnounceJob, AnnounceResult
@@ -89,6 +89,7 @@ class Session:
         # addresses, bans, whether events are wanted, whether networking is paused.
         self.ctx = fx.SessionContext(reputation=self.reputation, events=self.events, wall_time=wall_clock or (lambda: 0.0))
         self.ctx.encryption = self.config.encryption
+        self.ctx.holepunch = self.config.holepunch and Transport.UTP in self.config.transports  # BEP 55 needs uTP
         self.admission = Admission(peer_id=self.peer_id, timeout_s=self.config.handshake_timeout_s,
                                    encryption=self.config.encryption, max_mse_handshakes=self.config.max_mse_handshakes)
         self.rates = RateControl(self.config.upload_limit_bps, self.config.download_limit_bps, now=0.0)
@@ -211,6 +212,9 @@ class Session:
                     self._metadata_done(owner, meta, now)
                 case fx.NodeHint(addr=addr) if self.dht is not None:
                     self.dht.port_hint(addr, now=now)
+                case fx.HolepunchDial(addr=addr) if isinstance(owner, Torrent) and not any(
+                        c.addr == addr for c in self.conns.values()):
+                    self.dial(owner, addr, PeerSource.HOLEPUNCH, now=now)
                 case fx.DialPeer():
                     raise AssertionError("fx.DialPeer comes only from connect_more")
 
@@ -286,7 +290,7 @@ class Session:
         self._now = now
         if len(self.conns) >= self.config.max_connections or self.network_paused is not None:
             return None
-        cid = self._dial(owner, addr, source, 0, now)
+        cid = self._dial(owner, addr, source, 0, now)  # source HOLEPUNCH: over uTP only
         self.conns[cid].crypto_switched = switched
         owner.dial_started(cid)
         return cid
@@ -296,7 +300,7 @@ class Session:
         hs = self.admission.handshake(owner.info_hash, self.reserved, now)
         conn = PeerConnection(cid, addr, outgoing=True, source=source, handshake=hs, now=now)
         conn.enter(self.admission.dial_phase(conn, owner, flags, self.reserved, now, self.rng))
-        order = self.config.transports
+        order = (Transport.UTP,) if source is PeerSource.HOLEPUNCH else self.config.transports  # BEP 55: uTP only
         conn.transport = order[0]
         conn.fallbacks = list(order[1:])
         self.conns[cid] = conn
@@ -310,17 +314,9 @@ class Session:
     def _fall_back(self, conn: PeerConnection, reason: CloseReason, detail: str, now: float) -> bool:
         """Redial an outgoing connection that failed before the BT handshake (admission.redial)."""
         t = self._torrent_of.get(conn.cid) or self._fetch_of.get(conn.cid)
-        was_plain = conn.plaintext
-        transport = self.admission.redial(conn, t, reason) if t is not None and self.network_paused is None else None
-        if t is None or transport is None:
+        if t is None or self.network_paused is not None or not self.admission.redial(
+                conn, t, reason, detail, self.reserved, now, self.rng):
             return False
-        how = "" if conn.plaintext == was_plain else " in plaintext" if conn.plaintext else " with MSE"
-        log.info("peer %s:%d (#%d) over %s: %s %s; trying %s%s", conn.ip, conn.port, conn.cid, conn.transport,
-                 reason.name, detail, transport, how)
-        conn.transport = transport
-        conn.enter(self.admission.first_phase(t.info_hash, self.reserved, now, self.admission.policy(t), self.rng,
-                                              plaintext=conn.plaintext))
-        conn.established = False
         self._actions.append(Dial(conn.cid, conn.addr, conn.transport))
         return True
 
@@ -366,13 +362,7 @@ class Session:
 
     def _emit_reputation(self, ev: RepEvent) -> None:
         conn = next((c for c in self.conns.values() if c.ip == ev.ip), None)
-        t = self._torrent_of.get(conn.cid) if conn is not None else None
-        if isinstance(ev, ReputationChanged):
-            self.events.push(
-                Event(EventName.REPUTATION_CHANGED, t, conn, detail=ev.reason, ip=ev.ip, old=ev.old, new=ev.new)
-            )
-        else:
-            self.events.push(Event(EventName.BANNED, t, conn, detail=ev.reason, ip=ev.ip))
+        self.events.push(reputation_event(ev, self._torrent_of.get(conn.cid) if conn is not None else None, conn))
 
     def _refused(self, addr: Addr, reason: CloseReason, detail: str, now: float) -> None:
         """An incoming connection refused at accept: logged and reported like any disconnect."""
@@ -555,8 +545,18 @@ class Session:
                     if rest:
                         self._handshake_data(conn, ph.then, rest, now)
         except RemoteProtocolError as e:
-            self.close(cid, e.reason, e.detail)
-            self.penalize(conn.ip, PROTOCOL_PENALTY, e.detail)
+            if not self._close_error(conn, e, now):
+                self.penalize(conn.ip, PROTOCOL_PENALTY, e.detail)
+
+    def _close_error(self, conn: PeerConnection, e: RemoteProtocolError, now: float) -> bool:
+        """Close ``conn`` for ``e``; True if that was an outgoing MSE handshake unanswered or answered
+        in plaintext (no fault of the peer): redialled in plaintext at once (policy preferred)."""
+        owner = self._torrent_of.get(conn.cid) or self._fetch_of.get(conn.cid)
+        redial = owner is not None and self.admission.mse_gave_up(conn, owner, e)
+        self.close(conn.cid, e.reason, e.detail)
+        if redial and owner is not None:
+            self.dial(owner, conn.addr, conn.source, now=now, switched=True)
+        return redial
 
     def _handshake_data(self, conn: PeerConnection, hs: Handshake, data: bytes | memoryview, now: float) -> None:
         for ev in hs.receive_data(bytes(data), now=now):
@@ -580,7 +580,9 @@ class Session:
         """Into the next phase: Active for a torrent, FetchingMetadata for a magnet fetch (admission.py)."""
         owner: Owner | None = self._torrent_of.get(conn.cid) or self._fetch_of.get(conn.cid)
         refused = self.admission.completed(ev, conn, owner)
-        if refused is not None:
+        if isinstance(refused, PeerConnection):  # conn replaces it (both sides dialled at once)
+            self.close(refused.cid, CloseReason.DUPLICATE_PEER_ID, "both sides dialled: the other connection is kept")
+        elif refused is not None:
             if refused.reason is CloseReason.SELF_CONNECTION and owner is not None:
                 self.ctx.local_ips.add(conn.ip)
                 owner.candidates.discard(conn.addr)
@@ -689,10 +691,7 @@ class Session:
             try:
                 self._conn_timers(conn, now)
             except RemoteProtocolError as e:
-                owner = self._torrent_of.get(conn.cid) or self._fetch_of.get(conn.cid)
-                self.close(conn.cid, e.reason, e.detail)
-                if owner is not None and self.admission.timed_out(conn, owner):  # MSE unanswered: plaintext now
-                    self.dial(owner, conn.addr, conn.source, now=now, switched=True)
+                self._close_error(conn, e, now)
             except Exception as e:
                 self.fault(conn.cid, e)
         owners: list[Owner] = [*self.fetches.values(), *self.torrents.values()]

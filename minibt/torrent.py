@@ -11,7 +11,7 @@ Here: the life cycle, routing wire messages, piece verification results, timers,
 rest is done by parts this torrent owns, which append effects to the ``out`` list they are given
 and know nothing above them: checker.py (hash check, resume file), dialer.py (whom to dial),
 download.py (request pipeline, received blocks), upload.py (choking, serving requests),
-superseed.py (BEP 16), extension.py (BEP 10: ut_pex, serving ut_metadata).
+superseed.py (BEP 16), extension.py (BEP 10: ut_pex, serving ut_metadata; holepunch.py, BEP 55).
 
 States::
 
@@ -40,6 +40,7 @@ from minibt.errors import CloseReason, LocalProtocolError, StorageError
 from minibt.events import WIRE_EVENTS, EventName, Listeners
 from minibt.extension import ExtensionRouter, apply_peer_handshake, our_handshake
 from minibt.handshake import supports_dht
+from minibt.holepunch import Holepunch, HpMessage
 from minibt.metainfo import Metainfo
 from minibt.peer import PeerConnection, PeerSource
 from minibt.picker import PiecePicker
@@ -144,7 +145,8 @@ class Torrent:
             auto_choke=config.auto_choke,
         )
         self.extensions = ExtensionRouter(
-            peers=self.peers, info_bytes=meta.info_bytes, private=meta.private, pex_config=config.pex
+            peers=self.peers, info_bytes=meta.info_bytes, private=meta.private, pex_config=config.pex,
+            holepunch=Holepunch(peers=self.peers, ctx=ctx, enabled=ctx.holepunch, candidate_via=self._pex_source),
         )
 
     @property
@@ -428,6 +430,7 @@ class Torrent:
                     metadata=True,
                     metadata_size=len(self.meta.info_bytes),
                     encryption=(self.config.encryption or self._ctx.encryption) is not Encryption.NONE,
+                    holepunch=self.extensions.holepunch.enabled,
                 )
             )
         if self._ctx.dht_port and supports_dht(peer.reserved) and not self.meta.private:
@@ -443,6 +446,7 @@ class Torrent:
         self._now = now
         out: list[fx.Effect] = []
         if peer.wire is None and peer.outgoing:
+            self.extensions.holepunch.dial_failed(peer.addr, now=now, out=out)  # BEP 55: ask its PEX source
             self.dialer.connect_failed(peer.addr, now)
         self.half_open.discard(peer.cid)
         if self.peers.pop(peer.cid, None) is None:
@@ -457,6 +461,10 @@ class Torrent:
         """Drop ``cid`` from the peer tables without any protocol work (after a contained fault)."""
         self.peers.pop(cid, None)
         self.half_open.discard(cid)
+
+    def _pex_source(self, addr: Addr) -> tuple[Addr | None, int]:
+        c = self.dialer.candidates.get(addr)
+        return (None, 0) if c is None or c.source is not PeerSource.PEX else (c.via, c.flags)
 
     @property
     def candidates(self) -> CandidatePool:
@@ -651,6 +659,10 @@ class Torrent:
         """An explicit ut_pex message for library code; raises LocalProtocolError if not allowed now."""
         self.extensions.send_pex(peer, added, dropped, added6, dropped6, now=now, out=self._pending)
 
+    def send_hp(self, peer: PeerConnection, msg: HpMessage) -> None:
+        """A BEP 55 message from library code (``peer.send_hp_*``); LocalProtocolError without ut_holepunch."""
+        self.extensions.holepunch.send(peer, msg, self._pending)
+
     def pex_poll_now(self, peer: PeerConnection, *, now: float) -> None:
         """After a ``peer.pex`` control call: send a PEX message at once if the rate limit allows."""
         self.extensions.poll_now(peer, now=now, out=self._pending)
@@ -764,29 +776,14 @@ class Torrent:
         wanted = self.wanted_bytes
         have_bytes = wanted - self.bytes_left
         return {
-            "name": self.meta.name,
-            "info_hash": self.meta.info_hash.hex(),
-            "state": self.state.value,
-            "error": self.error,
-            "progress": have_bytes / wanted if wanted else 1.0,
-            "wanted_bytes": wanted,
-            "have_pieces": self.have.count(),
-            "num_pieces": self.meta.num_pieces,
-            "checked": self.stats.checked,
-            "bytes_left": self.bytes_left,
-            "total_bytes": self.meta.total_length,
-            "rate_down": down,
-            "rate_up": up,
-            "uploaded": self.stats.uploaded,
-            "downloaded": self.stats.downloaded,
-            "wasted": self.stats.wasted,
-            "hash_failures": self.stats.hash_failures,
-            "peers": len(self.peers),
+            "name": self.meta.name, "info_hash": self.meta.info_hash.hex(), "state": self.state.value,
+            "error": self.error, "progress": have_bytes / wanted if wanted else 1.0, "wanted_bytes": wanted,
+            "have_pieces": self.have.count(), "num_pieces": self.meta.num_pieces, "checked": self.stats.checked,
+            "bytes_left": self.bytes_left, "total_bytes": self.meta.total_length, "rate_down": down, "rate_up": up,
+            "uploaded": self.stats.uploaded, "downloaded": self.stats.downloaded, "wasted": self.stats.wasted,
+            "hash_failures": self.stats.hash_failures, "peers": len(self.peers),
             "encrypted_peers": sum(p.encrypted for p in self.peers.values()),  # RC4 after MSE/PE
-            "half_open": len(self.half_open),
-            "candidates": len(self.candidates),
-            "banned": sorted(self._ctx.reputation.banned()),
-            "super_seeding": self.superseed is not None,
-            "disk_error": self.disk_error,
-            "paused": self._ctx.network_paused or self.paused_reason,
+            "half_open": len(self.half_open), "candidates": len(self.candidates),
+            "banned": sorted(self._ctx.reputation.banned()), "super_seeding": self.superseed is not None,
+            "disk_error": self.disk_error, "paused": self._ctx.network_paused or self.paused_reason,
         }

@@ -66,8 +66,9 @@ def test_peer_learned_by_pex_is_dialled_with_source_and_flags(net: SimNet, meta:
     net.must_run_until(lambda: connected_to(c, "10.0.0.1"), 30)
     cand = c.torrent.candidates.get(a.addr)
     assert cand is not None and cand.source is PeerSource.PEX and cand.via == b.addr
-    # a is a seed, b dialled it, over RC4: b advertised it with the encryption, seed and reachable flags
-    assert cand.flags == 0x01 | 0x02 | 0x10
+    # a is a seed, b dialled it, over RC4, and a speaks ut_holepunch: b advertised it with the
+    # encryption, seed, holepunch and reachable flags
+    assert cand.flags == 0x01 | 0x02 | 0x08 | 0x10
     (conn,) = [x for x in c.session.conns.values() if x.ip == "10.0.0.1"]
     assert conn.outgoing and conn.source is PeerSource.PEX
     assert net.run_until(lambda: c.torrent.complete, 120)
@@ -214,7 +215,7 @@ def test_pex_api_events_and_controls(net: SimNet, meta: Metainfo, tmp_path: Path
     net.checks.append(lambda: [d.dispatch()] and None)  # deliver events as the Client does
     net.add_peers(hub, [x.addr, y.addr])
     net.must_run_until(lambda: any(e.name is EventName.PEX_PEER for e in seen), 20)
-    assert [(e.addr, e.flags) for e in seen if e.name is EventName.PEX_PEER] == [("10.2.0.2:6881", 0x01 | 0x10)]
+    assert [(e.addr, e.flags) for e in seen if e.name is EventName.PEX_PEER] == [("10.2.0.2:6881", 0x01 | 0x08 | 0x10)]
     (pex_ev,) = [e for e in seen if e.name is EventName.PEX]
     assert pex_ev.peer is not None and pex_ev.peer.ip == "10.0.0.1" and [p.addr for p in pex_ev.added] == [y.addr]
     # the hub's side of its connection to x, through the public facade

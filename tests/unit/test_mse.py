@@ -441,11 +441,14 @@ def test_garbage_only_raises_mse_error_and_stays_bounded(data: bytes, cuts: list
 # -- helpers and the optional extra ------------------------------------------------------------------
 def test_looks_plaintext() -> None:
     assert looks_plaintext(b"") is None
-    assert looks_plaintext(b"\x13BitTorrent") is None
+    assert looks_plaintext(b"\x13Bit") is None
+    assert looks_plaintext(b"\x13BitT") is True
     assert looks_plaintext(b"\x13BitTorrent protocol") is True
     assert looks_plaintext(IA) is True
     assert looks_plaintext(b"\x14") is False
-    assert looks_plaintext(b"\x13BitTorrent protocoX") is False
+    assert looks_plaintext(b"\x13Bix") is False
+    # a damaged protocol string further on is still a plaintext attempt: the BT parser reports it
+    assert looks_plaintext(b"\x13BitTorrent protocoX") is True
     assert looks_plaintext(pub(XA)) is False
 
 
@@ -480,3 +483,17 @@ def test_decrypt_view_works_in_place_on_a_writable_view_and_copies_otherwise() -
     assert a_recv.decrypt_view(wire[1]) == msgs[1]  # bytes (uTP): a copy, same keystream position
     ro = memoryview(wire[2])
     assert a_recv.decrypt_view(ro) == msgs[2] and bytes(ro) == wire[2]  # read-only: untouched
+
+
+@pytest.mark.parametrize("cut", [1, 4, 5, 30, len(IA)])
+def test_initiator_answered_in_plaintext_fails_at_once(cut: int) -> None:
+    a = initiator()
+    a.data_to_send()
+    got: list[MseError] = []
+    try:
+        a.receive_data(IA[:cut], now=0.0)  # a plaintext-only peer's BT handshake instead of Yb
+        if cut < 5:
+            a.receive_data(IA[cut:], now=0.0)
+    except MseError as e:
+        got.append(e)
+    assert got and got[0].detail == MseFailure.PLAINTEXT_ANSWER.value
