@@ -3,8 +3,16 @@
 No sockets, no threads, no wall clock: a :class:`SimNet` owns a FakeClock and an event heap and
 plays the part of ``minibt.loop.EventLoop`` for every endpoint (STYLE.md section 9, P5/P6/P10):
 
-* ``Dial`` -> after one link latency the dialled endpoint gets ``on_incoming`` and the dialler
-  ``on_connected`` (``CONNECT_FAILED`` when nobody listens on the address);
+* ``Dial`` -> after one link latency the dialled endpoint gets ``on_incoming`` (with the dial's
+  transport) and the dialler ``on_connected``; a TCP dial nobody listens for is refused
+  (``CONNECT_FAILED``); a uTP dial sends its SYN every ``UTP_SYN_INTERVAL_S`` until one arrives
+  where a uTP socket listens (a session whose transports include "utp", as minibt's loop) and fails
+  with ``CONNECT_FAILED`` after ``UTP_CONNECT_TIMEOUT_S`` (minibt's uTP ignores ICMP errors);
+  ``net.log`` details and :meth:`SimNet.connections` say which transport each connection used;
+* NATs (:meth:`SimNet.add_nat`): a home router in front of some peers, endpoint-independent and
+  port-preserving for the uTP (UDP listen) socket, ephemeral ports for outgoing TCP; inbound TCP is
+  dropped (no port forward: the dialler's connect times out), an inbound uTP SYN passes only through
+  a hole the inside peer punched by sending uTP to that very endpoint within ``HOLE_LIFETIME_S``;
 * outgoing bytes are pulled with ``data_to_send`` while the connection's send window has room,
   split into random chunk sizes and delivered after ``len/rate + latency``; a full window is
   backpressure (``on_writable`` once it drains, like the loop after a socket flush);
@@ -22,7 +30,7 @@ import heapq
 import itertools
 import random
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,12 +42,13 @@ from minibt.effects import Flush, HashPiece
 from minibt.errors import CloseReason, RemoteProtocolError
 from minibt.handshake import Handshake, HandshakeReceived, InfoHashReceived, make_reserved, supports_fast
 from minibt.metainfo import Metainfo, create_torrent, parse_metainfo
-from minibt.peer import PeerConnection, PeerSource
+from minibt.peer import PeerConnection, PeerSource, Transport
 from minibt.session import Session
 from minibt.settings import SessionConfig, TorrentConfig
 from minibt.torrent import Torrent
 from minibt.tracker import AnnounceJob, AnnounceResult
 from minibt.urls import Addr
+from minibt.utp_config import UtpConfig
 from minibt.wire import PeerWire
 from minibt.wire_codec import Cancel, Interested, Request
 from minibt.workers import HashJob, HashResult, InlineHasher
@@ -50,6 +59,17 @@ TICK_S = 0.25  # minibt.loop.TICK_S: the loop ticks the session at least this of
 RECV_BUF = 256 * KiB  # minibt.loop.RECV_BUF
 SIM_TRACKER = "http://tracker.sim/announce"
 _POISON = b"\xee" * RECV_BUF
+_UTP = UtpConfig()
+UTP_CONNECT_TIMEOUT_S = _UTP.connect_timeout_s  # a uTP dial whose SYNs all go unanswered fails after this
+UTP_SYN_SENDS = _UTP.syn_resends + 1  # the SYN and its resends ...
+UTP_SYN_INTERVAL_S = _UTP.connect_timeout_s / UTP_SYN_SENDS  # ... this far apart (minibt.utp.UtpConnection)
+# Linux tcp_syn_retries=6: SYNs at 0, 1, 3, 7, 15, 31, 63 s, ETIMEDOUT at 127 s.  minibt's loop has no
+# connect timeout of its own, so a dropped SYN is normally ended earlier by the session's handshake timer.
+TCP_CONNECT_TIMEOUT_S = 127.0
+# How long a NAT keeps a UDP mapping's filter open for an endpoint after the last packet the inside
+# peer sent it: Linux conntrack's nf_conntrack_udp_timeout for a flow not yet answered (nftables
+# masquerade, most home routers); RFC 4787 REQ-5 asks for >= 120 s, real routers often use 30-60 s.
+HOLE_LIFETIME_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -74,12 +94,18 @@ class Endpoint:
         self.link = link
         self.dead = False
         self.drop_inflight = False  # set by SimNet.kill: what it already sent is lost (reset)
+        self.nat: Nat | None = None  # set by SimNet: the NAT it is behind; ``addr`` is then private
 
     @property
     def ip(self) -> str:
         return self.addr[0]
 
-    def on_incoming(self, addr: Addr, *, now: float) -> int | None:
+    @property
+    def utp(self) -> bool:
+        """It has a uTP socket: dials over uTP and accepts uTP SYNs (the loop's UtpPeers exists)."""
+        return True
+
+    def on_incoming(self, addr: Addr, *, now: float, transport: Transport = Transport.TCP) -> int | None:
         raise NotImplementedError
 
     def on_connected(self, cid: int, *, now: float) -> None:
@@ -153,8 +179,14 @@ class SimPeer(Endpoint):
         if conn is not None:
             self.seen[cid] = conn
 
-    def on_incoming(self, addr: Addr, *, now: float) -> int | None:
-        cid = self.session.on_incoming(addr, now=now)
+    @property
+    def utp(self) -> bool:
+        # minibt.loop: UtpPeers only when "utp" is in the session's transports; without it a uTP dial
+        # fails at once ("uTP is not enabled") and uTP datagrams are dropped (the SYN goes unanswered)
+        return Transport.UTP in self.session.config.transports
+
+    def on_incoming(self, addr: Addr, *, now: float, transport: Transport = Transport.TCP) -> int | None:
+        cid = self.session.on_incoming(addr, now=now, transport=transport)
         if cid is not None:
             self._remember(cid)
         return cid
@@ -243,8 +275,10 @@ class RawPeer(Endpoint):
     and never answers them (a snubbing peer).
     """
 
-    def __init__(self, name: str, addr: Addr, link: LinkSpec, meta: Metainfo, *, mode: str, peer_id: bytes) -> None:
+    def __init__(self, name: str, addr: Addr, link: LinkSpec, meta: Metainfo, *, mode: str, peer_id: bytes,
+                 utp: bool = True) -> None:
         super().__init__(name, addr, link)
+        self._utp = utp
         if mode not in ("silent", "snub"):
             raise ValueError(mode)
         self.meta = meta
@@ -263,10 +297,16 @@ class RawPeer(Endpoint):
         self.cancels: list[tuple[float, Cancel]] = []
         self.interested = 0
         self.closed: list[tuple[int, CloseReason]] = []
+        self.transport_of: dict[int, Transport] = {}  # per connection
 
-    def dial(self, addr: Addr, *, now: float) -> int:
+    @property
+    def utp(self) -> bool:
+        return self._utp
+
+    def dial(self, addr: Addr, *, now: float, transport: Transport = Transport.TCP) -> int:
         cid = self._new(now, info_hash=self.meta.info_hash)
-        self._actions.append(Dial(cid, addr))
+        self.transport_of[cid] = transport
+        self._actions.append(Dial(cid, addr, transport))
         return cid
 
     def _new(self, now: float, info_hash: bytes | None) -> int:
@@ -278,8 +318,10 @@ class RawPeer(Endpoint):
             self._hs[cid] = Handshake(peer_id=self.peer_id, reserved=self.reserved, info_hash=info_hash, now=now)
         return cid
 
-    def on_incoming(self, addr: Addr, *, now: float) -> int | None:
-        return self._new(now, info_hash=None)
+    def on_incoming(self, addr: Addr, *, now: float, transport: Transport = Transport.TCP) -> int | None:
+        cid = self._new(now, info_hash=None)
+        self.transport_of[cid] = transport
+        return cid
 
     def on_connected(self, cid: int, *, now: float) -> None:
         hs = self._hs.get(cid)
@@ -384,12 +426,82 @@ def _all_bits(n: int) -> bytes:
 
 
 @dataclass(eq=False)
+class Nat:
+    """A home router: one public IP in front of the endpoints added with ``nat=`` (their addresses are private).
+
+    Mapping: endpoint-independent; the uTP socket (the UDP listen port) keeps its port number when it
+    is free on the public side, outgoing TCP gets an ephemeral public port per connection.  Filtering
+    (address- and port-dependent): inbound TCP is always dropped (no port forward); an inbound uTP
+    SYN to a mapped port passes only when the inside peer sent uTP to the sender's endpoint within
+    ``hole_lifetime_s`` (or has a uTP connection with it open: its keep-alives refresh the hole).
+    No hairpinning: inside peers reach each other by their private addresses only.
+    """
+
+    name: str
+    public_ip: str
+    hole_lifetime_s: float = HOLE_LIFETIME_S
+    udp_ports: dict[Addr, int] = field(default_factory=dict)  # inside UDP socket -> public port
+    holes: dict[tuple[Addr, Addr], float] = field(default_factory=dict)  # (inside, remote) -> last uTP sent
+    counters: dict[str, int] = field(default_factory=lambda: {
+        "tcp_dropped": 0, "utp_dropped": 0, "utp_passed": 0, "tcp_out": 0, "utp_out": 0})
+    _tcp_ports: Iterator[int] = field(default_factory=lambda: itertools.count(50000))
+
+    def map_udp(self, inside: Addr) -> int:
+        """The public port of the inside UDP socket ``inside`` (port-preserving when free)."""
+        port = self.udp_ports.get(inside)
+        if port is None:
+            used = set(self.udp_ports.values())
+            port = inside[1]
+            while port in used:
+                port = 1024 + (port + 1 - 1024) % (65536 - 1024)
+            self.udp_ports[inside] = port
+        return port
+
+    def inside_of(self, port: int) -> Addr | None:
+        """The inside UDP socket mapped to public ``port``, if any."""
+        for inside, p in self.udp_ports.items():
+            if p == port:
+                return inside
+        return None
+
+    def tcp_port(self) -> int:
+        return next(self._tcp_ports)
+
+    def punch(self, inside: Addr, remote: Addr, now: float) -> None:
+        """The inside socket sent a uTP packet to ``remote``: its hole for ``remote`` is (re)opened."""
+        self.holes[(inside, remote)] = now
+
+    def hole_open(self, inside: Addr, remote: Addr, now: float) -> bool:
+        t = self.holes.get((inside, remote))
+        return t is not None and now - t <= self.hole_lifetime_s
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.counters, mappings=len(self.udp_ports))
+
+
+@dataclass(frozen=True)
+class SimConn:
+    """One connection as an endpoint has it (:meth:`SimNet.connections`)."""
+
+    cid: int
+    transport: Transport
+    outgoing: bool
+    remote: Addr  # the other side's address as this endpoint sees it (a NAT's public endpoint for a NATed peer)
+    open: bool
+
+
+@dataclass(eq=False)
 class _End:
-    """One side of a simulated TCP connection, and the pipe of what it sends."""
+    """One side of a simulated TCP or uTP connection, and the pipe of what it sends."""
 
     ep: Endpoint
     cid: int
     peer: _End | None = None
+    transport: Transport = Transport.TCP
+    outgoing: bool = False
+    remote: Addr | None = None  # the dialled address, or the source the listener was given
+    dialled_at: float = 0.0
+    connected: bool = False  # the connect finished (for a refused one too: it ends with EOF)
     closed: bool = False  # this side's connection is gone (closed locally, reset, or EOF seen)
     free_at: float = 0.0  # when the pipe finishes serialising what is queued
     inflight: int = 0  # bytes sent and not yet delivered
@@ -428,14 +540,18 @@ class SimNet:
         link: LinkSpec | None = None,
         tracker: bool = True,
         hash_delay_s: float = 0.0,
+        tcp_connect_timeout_s: float = TCP_CONNECT_TIMEOUT_S,
     ) -> None:
         self.clock = clock
         self.rng = rng
         self.link = link or LinkSpec()
         self.tracker = SimTracker() if tracker else None
         self.hash_delay_s = hash_delay_s
+        self.tcp_connect_timeout_s = tcp_connect_timeout_s
         self.endpoints: list[Endpoint] = []
-        self._listeners: dict[Addr, Endpoint] = {}
+        self.nats: dict[str, Nat] = {}
+        self._nat_of_ip: dict[str, Nat] = {}  # public IP -> NAT
+        self._listeners: dict[tuple[str | None, Addr], Endpoint] = {}  # (NAT name or None, address)
         self._ends: dict[tuple[int, int], _End] = {}
         self._heap: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self._seq = itertools.count()
@@ -446,7 +562,8 @@ class SimNet:
         self._hash_pending: dict[int, list[HashResult]] = {}
         self.checks: list[Callable[[], None]] = []  # invariants run after every event and tick
         self.log: list[tuple[float, str, int, str, str]] = []  # (t, endpoint, cid, what, detail)
-        self.counters = {"events": 0, "deliveries": 0, "bytes": 0, "ticks": 0, "dials": 0, "refused": 0}
+        self.counters = {"events": 0, "deliveries": 0, "bytes": 0, "ticks": 0, "dials": 0, "refused": 0,
+                         "dropped": 0, "utp_syns": 0}
 
     @property
     def now(self) -> float:
@@ -465,7 +582,10 @@ class SimNet:
         config: SessionConfig | None = None,
         fast: bool = True,
         extension: bool = True,
+        nat: Nat | None = None,
     ) -> SimPeer:
+        """A minibt session listening on ``ip:port`` (TCP and, when its transports have it, uTP);
+        behind ``nat`` that address is private (see :class:`Nat`)."""
         cfg = config or SessionConfig(torrent=TorrentConfig(fsync=False))
         ep = SimPeer(
             name,
@@ -477,21 +597,65 @@ class SimNet:
             fast=fast,
             extension=extension,
         )
-        self._register(ep)
+        self._register(ep, nat)
         return ep
 
     def add_raw(self, name: str, ip: str, meta: Metainfo, *, mode: str, port: int = 6881,
-                link: LinkSpec | None = None) -> RawPeer:
+                link: LinkSpec | None = None, nat: Nat | None = None, utp: bool = True) -> RawPeer:
         peer_id = b"-RAW001-" + bytes(self.rng.getrandbits(8) for _ in range(12))
-        ep = RawPeer(name, (ip, port), link or self.link, meta, mode=mode, peer_id=peer_id)
-        self._register(ep)
+        ep = RawPeer(name, (ip, port), link or self.link, meta, mode=mode, peer_id=peer_id, utp=utp)
+        self._register(ep, nat)
         return ep
 
-    def _register(self, ep: Endpoint) -> None:
-        if ep.addr in self._listeners:
+    def add_nat(self, name: str, public_ip: str, *, hole_lifetime_s: float = HOLE_LIFETIME_S) -> Nat:
+        """A home router with ``public_ip``; put peers behind it with ``add_peer(..., nat=...)``."""
+        if name in self.nats or public_ip in self._nat_of_ip:
+            raise ValueError(f"NAT {name} / {public_ip} already exists")
+        if any(realm is None and addr[0] == public_ip for realm, addr in self._listeners):
+            raise ValueError(f"{public_ip} is a public peer's address")
+        nat = Nat(name, public_ip, hole_lifetime_s=hole_lifetime_s)
+        self.nats[name] = nat
+        self._nat_of_ip[public_ip] = nat
+        return nat
+
+    def _register(self, ep: Endpoint, nat: Nat | None = None) -> None:
+        if nat is None and ep.ip in self._nat_of_ip:
+            raise ValueError(f"{ep.ip} is the public address of NAT {self._nat_of_ip[ep.ip].name}")
+        key = (None if nat is None else nat.name, ep.addr)
+        if key in self._listeners:
             raise ValueError(f"address {ep.addr} already in use")
+        ep.nat = nat
+        if nat is not None:
+            nat.map_udp(ep.addr)
         self.endpoints.append(ep)
-        self._listeners[ep.addr] = ep
+        self._listeners[key] = ep
+
+    def public_addr(self, ep: Endpoint) -> Addr:
+        """Where the outside sees ``ep``'s uTP socket (its listen port): a NAT's public IP and the mapped
+        port, else its own address.  A uTP dial there reaches ``ep`` only through a hole (:class:`Nat`)."""
+        if ep.nat is None:
+            return ep.addr
+        return ep.nat.public_ip, ep.nat.map_udp(ep.addr)
+
+    def announced_addr(self, ep: Endpoint) -> Addr:
+        """What a tracker records for ``ep``: the source IP of its announce and the port it announces."""
+        return ep.addr if ep.nat is None else (ep.nat.public_ip, ep.addr[1])
+
+    def connections(self, ep: Endpoint, *, open_only: bool = False) -> list[SimConn]:
+        """Every connection of ``ep`` that came up (both sides had it); a cid redialled shows its last attempt."""
+        out = []
+        for (epid, cid), end in self._ends.items():
+            if epid != id(ep) or end.peer is None or end.remote is None:
+                continue
+            if open_only and end.closed:
+                continue
+            out.append(SimConn(cid, end.transport, end.outgoing, end.remote, not end.closed))
+        return out
+
+    def transport_of(self, ep: Endpoint, cid: int) -> Transport | None:
+        """The transport of ``ep``'s connection ``cid`` (dialled or accepted), None if unknown."""
+        end = self._ends.get((id(ep), cid))
+        return None if end is None else end.transport
 
     def add_torrent(
         self, peer: SimPeer, meta: Metainfo, download_dir: Path, *, mode: str, resume_path: Path | None = None,
@@ -508,9 +672,16 @@ class SimNet:
         peer.session.add_peers(peer.torrent.info_hash, list(addrs), PeerSource.USER, now=self.now)
         self._settle(peer)
 
-    def dial(self, raw: RawPeer, addr: Addr) -> int:
-        cid = raw.dial(addr, now=self.now)
+    def dial(self, raw: RawPeer, addr: Addr, transport: Transport = Transport.TCP) -> int:
+        cid = raw.dial(addr, now=self.now, transport=transport)
         self._settle(raw)
+        return cid
+
+    def session_dial(self, peer: SimPeer, addr: Addr, source: PeerSource = PeerSource.USER) -> int | None:
+        """``peer.session.dial`` for its torrent, now (its transport is the first of the session's
+        transports); the connection id, None when the session declined."""
+        cid = peer.session.dial(peer.torrent, addr, source, now=self.now)
+        self._settle(peer)
         return cid
 
     def stop(self, ep: SimPeer) -> None:
@@ -533,9 +704,10 @@ class SimNet:
         ep.dead = True
         ep.drop_inflight = reset
         self._hash_pending.pop(id(ep), None)
-        self._listeners.pop(ep.addr, None)
+        self._listeners.pop((None if ep.nat is None else ep.nat.name, ep.addr), None)
         for end in list(self._ends.values()):
             if end.ep is ep and not end.closed:
+                self._last_packet(end)
                 end.closed = True
                 if end.peer is None or end.peer.closed:
                     continue
@@ -610,14 +782,24 @@ class SimNet:
         now = self.now
         if isinstance(a, Dial):
             self.counters["dials"] += 1
-            end = _End(ep, a.cid)
+            tr = Transport(a.transport)
+            end = _End(ep, a.cid, transport=tr, outgoing=True, remote=a.addr, dialled_at=now)
             self._ends[(id(ep), a.cid)] = end
-            self.log.append((now, ep.name, a.cid, "dial", f"{a.addr[0]}:{a.addr[1]}"))
-            self._at(now + ep.link.latency_s, self._ev_connect, end, a.addr)
+            self.log.append((now, ep.name, a.cid, "dial", f"{a.addr[0]}:{a.addr[1]} {tr}"))
+            if tr is Transport.TCP:
+                self._at(now + ep.link.latency_s, self._ev_connect, end, a.addr)
+            elif not ep.utp:
+                self._at(now, self._ev_fin, end, CloseReason.CONNECT_FAILED, "uTP is not enabled")
+            else:
+                # minibt.utp: the SYN, resent while unanswered, then ConnectionTimedOut -> CONNECT_FAILED
+                for k in range(UTP_SYN_SENDS):
+                    self._at(now + k * UTP_SYN_INTERVAL_S, self._ev_syn_sent, end, a.addr)
+                self._at(now + UTP_CONNECT_TIMEOUT_S, self._ev_connect_timeout, end, "uTP connect timed out")
         elif isinstance(a, Close):
             self.log.append((now, ep.name, a.cid, "close", f"{a.reason.name} {a.detail}"))
             closing = self._ends.get((id(ep), a.cid))
             if closing is not None and not closing.closed:
+                self._last_packet(closing)
                 closing.closed = True
                 if closing.peer is not None and not closing.peer.closed:
                     # FIN after the bytes already handed to the "kernel"
@@ -629,7 +811,7 @@ class SimNet:
                 self._at(now + self.hash_delay_s, self._ev_hash, ep, res)
         elif isinstance(a, Announce):
             if self.tracker is not None:
-                result = self.tracker.announce(ep.addr, a.info_hash, a.params.event, a.params.left)
+                result = self.tracker.announce(self.announced_addr(ep), a.info_hash, a.params.event, a.params.left)
                 self._at(now + 2 * ep.link.latency_s, self._ev_announce, ep, a.info_hash, a.job, result)
 
     def _flush(self, end: _End) -> bool:
@@ -666,30 +848,128 @@ class SimNet:
 
     # ------------------------------------------------------------------ events
 
+    def _route(self, ep: Endpoint, addr: Addr, transport: Transport) -> tuple[Endpoint | None, Addr, str]:
+        """Where a connect (TCP SYN or uTP SYN) from ``ep`` to ``addr`` arrives now:
+        (listener, source address it sees, "") or (None, _, why it was dropped) or (None, _, "") when
+        nothing is there (TCP: refused)."""
+        now = self.now
+        inside = ep.nat
+        if inside is not None:
+            dst = self._listeners.get((inside.name, addr))
+            if dst is not None:  # the same LAN: no translation
+                return dst, ep.addr if transport is Transport.UTP else (ep.ip, next(self._ports)), ""
+            if transport is Transport.UTP:  # (the hole was punched when the SYN left: _ev_syn_sent)
+                src = (inside.public_ip, inside.map_udp(ep.addr))
+            else:
+                src = (inside.public_ip, inside.tcp_port())
+                inside.counters["tcp_out"] += 1
+        else:
+            src = ep.addr if transport is Transport.UTP else (ep.ip, next(self._ports))
+        nat = self._nat_of_ip.get(addr[0])
+        if nat is not None:
+            if transport is Transport.TCP:
+                nat.counters["tcp_dropped"] += 1
+                return None, src, f"TCP to NAT {nat.name}: no port forward"
+            if nat is inside:
+                nat.counters["utp_dropped"] += 1
+                return None, src, f"NAT {nat.name}: no hairpinning"
+            target = nat.inside_of(addr[1])
+            if target is None or not self._hole(nat, target, src, now):
+                nat.counters["utp_dropped"] += 1
+                return None, src, f"uTP to NAT {nat.name}: no hole for {src[0]}:{src[1]}"
+            nat.counters["utp_passed"] += 1
+            return self._listeners.get((nat.name, target)), src, ""
+        dst = self._listeners.get((None, addr))
+        if dst is None and any(realm is not None and a[0] == addr[0] for realm, a in self._listeners):
+            return None, src, f"{addr[0]} is a private address behind a NAT"  # routed nowhere: dropped
+        return dst, src, ""
+
+    def _hole(self, nat: Nat, inside: Addr, remote: Addr, now: float) -> bool:
+        if nat.hole_open(inside, remote, now):
+            return True
+        # an open uTP connection with ``remote`` keeps the hole open (data, ACKs, keep-alives every 29 s)
+        return any(
+            e.transport is Transport.UTP and e.ep.nat is nat and e.ep.addr == inside and e.remote == remote
+            and e.peer is not None and not e.closed and not e.ep.dead
+            for e in self._ends.values()
+        )
+
+    def _last_packet(self, end: _End) -> None:
+        """``end`` closes: a NATed uTP socket's hole for the remote stays open from its last packet (the FIN)."""
+        nat = end.ep.nat
+        if nat is not None and end.transport is Transport.UTP and end.peer is not None and end.remote is not None:
+            nat.punch(end.ep.addr, end.remote, self.now)
+
+    def _dropped(self, end: _End, addr: Addr, why: str) -> None:
+        self.counters["dropped"] += 1
+        self.log.append((self.now, end.ep.name, end.cid, "dropped", f"{addr[0]}:{addr[1]} {end.transport} {why}"))
+
     def _ev_connect(self, end: _End, addr: Addr) -> None:
+        """A TCP SYN arrives."""
         now = self.now
         ep = end.ep
         if end.closed or ep.dead:
             return
-        dst = self._listeners.get(addr)
+        dst, src, why = self._route(ep, addr, Transport.TCP)
+        if why:  # a dropped SYN: the kernel resends it, then connect() fails with ETIMEDOUT
+            self._dropped(end, addr, why)
+            self._at(end.dialled_at + self.tcp_connect_timeout_s, self._ev_connect_timeout, end, "ETIMEDOUT")
+            return
         if dst is None or dst.dead:
             self.log.append((now, ep.name, end.cid, "connect-failed", f"{addr[0]}:{addr[1]}"))
             self._at(now + ep.link.latency_s, self._ev_fin, end, CloseReason.CONNECT_FAILED, "connection refused")
             return
-        src = (ep.ip, next(self._ports))
-        cid = dst.on_incoming(src, now=now)
+        self._accept(end, dst, src)
+
+    def _ev_syn_sent(self, end: _End, addr: Addr) -> None:
+        """A uTP SYN (or a resend) leaves ``end``'s socket: it punches the dialler's own NAT at once."""
+        if end.closed or end.connected or end.ep.dead:
+            return
+        self.counters["utp_syns"] += 1
+        nat = end.ep.nat
+        if nat is not None and (nat.name, addr) not in self._listeners:
+            nat.punch(end.ep.addr, addr, self.now)
+            nat.counters["utp_out"] += 1
+        self._at(self.now + end.ep.link.latency_s, self._ev_syn, end, addr)
+
+    def _ev_syn(self, end: _End, addr: Addr) -> None:
+        """A uTP SYN arrives; a dropped one is left to the resends and the connect timeout."""
+        if end.closed or end.connected or end.ep.dead:
+            return
+        dst, src, why = self._route(end.ep, addr, Transport.UTP)
+        if not why and (dst is None or dst.dead):
+            why = "nobody listens"
+        elif not why and dst is not None and not dst.utp:
+            why = f"{dst.name} has no uTP"
+        if why or dst is None:
+            self._dropped(end, addr, why)
+            return
+        self._accept(end, dst, src)
+
+    def _ev_connect_timeout(self, end: _End, detail: str) -> None:
+        if end.closed or end.connected or end.ep.dead:
+            return
+        self.log.append((self.now, end.ep.name, end.cid, "connect-failed", f"{detail} {end.transport}"))
+        self._ev_fin(end, CloseReason.CONNECT_FAILED, detail)
+
+    def _accept(self, end: _End, dst: Endpoint, src: Addr) -> None:
+        """The connect reached ``dst``, which sees it come from ``src``."""
+        now = self.now
+        ep = end.ep
+        end.connected = True
+        cid = dst.on_incoming(src, now=now, transport=end.transport)
         if cid is None:
             # The real loop accepts and closes at once: the dialler sees a connect, then EOF.
             self.counters["refused"] += 1
-            self.log.append((now, dst.name, 0, "refused", f"{src[0]}:{src[1]}"))
+            self.log.append((now, dst.name, 0, "refused", f"{src[0]}:{src[1]} {end.transport}"))
             ep.on_connected(end.cid, now=now)
             self._at(now + dst.link.latency_s, self._ev_fin, end, CloseReason.CLOSED_BY_REMOTE, "refused")
             self._settle(ep)
             return
-        other = _End(dst, cid, peer=end)
+        other = _End(dst, cid, peer=end, transport=end.transport, remote=src, dialled_at=now, connected=True)
         end.peer = other
         self._ends[(id(dst), cid)] = other
-        self.log.append((now, dst.name, cid, "accept", f"{src[0]}:{src[1]}"))
+        self.log.append((now, dst.name, cid, "accept", f"{src[0]}:{src[1]} {end.transport}"))
         self._settle(dst)
         ep.on_connected(end.cid, now=now)
         if self._flush(end):
@@ -717,6 +997,7 @@ class SimNet:
     def _ev_fin(self, end: _End, reason: CloseReason, detail: str) -> None:
         if end.closed:
             return
+        self._last_packet(end)
         end.closed = True
         if end.ep.dead:
             return
