@@ -28,6 +28,7 @@ from helpers import run_client_until
 from minibt.client import Client
 from minibt.errors import CloseReason
 from minibt.metainfo import Metainfo, create_torrent, load_metainfo
+from minibt.mse import MseFailure
 from minibt.settings import TorrentState
 from minibt.torrent import Torrent
 
@@ -129,7 +130,9 @@ def evil_for(swarm: Swarm, mode: Mode, *, role: str = "seed") -> EvilPeer:
 
 
 def closes_of(client: Client, ip: str) -> list[tuple[int, tuple[str, int], CloseReason, str]]:
-    return [c for c in client.session.closed_log if c[1][0] == ip]
+    """Closes of connections with ``ip``, except our MSE dial that a plaintext-only peer answered with
+    its BT handshake (the default policy 'preferred' then redials it in plaintext at once)."""
+    return [c for c in client.session.closed_log if c[1][0] == ip and c[3] != MseFailure.PLAINTEXT_ANSWER]
 
 
 def done_downloading(t: Torrent) -> bool:
