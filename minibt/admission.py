@@ -44,6 +44,9 @@ NO_PEER_ID = bytes(20)  # some clients send all zeroes: never a duplicate
 # on its next transport (PROTOCOL.md 7.9: a uTP-only libtorrent accepts TCP and closes it at once),
 # or (policy preferred, the connection was up) once with the other encryption.
 FALLBACK_REASONS = frozenset({CloseReason.CONNECT_FAILED, CloseReason.CLOSED_BY_REMOTE, CloseReason.IO_ERROR})
+# An outgoing connect not finished by then counts as failed (a NAT or firewall that drops SYNs: the
+# kernel would wait ~127 s); libtorrent's peer_connect_timeout is 15 s.
+CONNECT_TIMEOUT_S = 10.0
 SWITCH_REASONS = frozenset({CloseReason.CLOSED_BY_REMOTE, CloseReason.IO_ERROR})  # refused after connecting
 # An outgoing MSE handshake not done by then is given up (libtorrent's handshake_timeout is 10 s too);
 # under preferred the peer is redialled in plaintext at once.
@@ -128,6 +131,8 @@ class Admission:
         Else the next transport of its fallbacks."""
         if not conn.outgoing or not isinstance(conn.phase, (Handshaking, Encrypting)) or reason not in FALLBACK_REASONS:
             return False
+        if isinstance(owner, Torrent) and any(p.addr == conn.addr for p in owner.peers.values()):
+            return False  # already connected the other way (both dialled at once): this one was the duplicate
         how, transport = "", conn.transport
         if (self.policy(owner) is Encryption.PREFERRED and conn.established and reason in SWITCH_REASONS
                 and not conn.crypto_switched):
@@ -142,7 +147,7 @@ class Admission:
                  reason.name, detail, transport, how)
         conn.transport = transport
         conn.enter(self.first_phase(owner.info_hash, reserved, now, self.policy(owner), rng, plaintext=conn.plaintext))
-        conn.established = False
+        conn.established, conn.connected_at = False, now
         return True
 
     def mse_gave_up(self, conn: PeerConnection, owner: Torrent | MagnetFetch, e: RemoteProtocolError) -> bool:

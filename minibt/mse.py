@@ -228,6 +228,7 @@ class _MseHandshake(abc.ABC):
         self._rng = rng
         self._x = x
         self.public_key = pow(DH_GENERATOR, x, DH_PRIME).to_bytes(DH_KEY_BYTES, "big")
+        self._timeout_s = timeout_s
         self._deadline = now + timeout_s
         self._state = state
         self._buf = bytearray()  # bytes of the current step; never above the step's need or sync window
@@ -266,6 +267,10 @@ class _MseHandshake(abc.ABC):
 
     def next_deadline(self) -> float | None:
         return self._deadline if self._state not in (MseState.DONE, MseState.CLOSED) else None
+
+    def restart_timer(self, *, now: float) -> None:
+        """The connection came up only now (a slow connect): the handshake has its full time from here."""
+        self._deadline = now + self._timeout_s
 
     def handle_timeout(self, *, now: float) -> list[Event]:
         """Raises MseError(HANDSHAKE_TIMEOUT) when the handshake is not done by the deadline."""

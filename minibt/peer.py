@@ -245,6 +245,16 @@ class PeerConnection:
                 return mse.data_to_send()  # the MSE machine encrypts its own messages
         return b""
 
+    def came_up(self, *, now: float) -> None:
+        """An outgoing connect finished: start the handshake (MSE: ours is already in its initial
+        payload, and its timer starts now)."""
+        self.established = True
+        if self.handshake is not None:
+            self.handshake.start()
+        ph = self._phase
+        if isinstance(ph, Encrypting) and ph.mse is not None:
+            ph.mse.restart_timer(now=now)
+
     def handle_timeout(self, *, now: float) -> list[object]:
         """Run the current phase's timers: a handshake past its deadline raises RemoteProtocolError;
         an active wire's timers return its events (keep-alive timeout, ...)."""

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from minibt import effects as fx
 from minibt.actions import Action, Announce, Close, Datagram, Dial, LookupDhtNode
-from minibt.admission import Admission, Refuse, own_config, usable_policy
+from minibt.admission import CONNECT_TIMEOUT_S, Admission, Refuse, own_config, usable_policy
 from minibt.checker import CheckJobTag
 from minibt.dhtservice import DhtService
 from minibt.download import PieceJobTag
@@ -427,9 +427,7 @@ class Session:
         if conn is None or not isinstance(conn.phase, (Handshaking, Encrypting)):
             return
         try:
-            conn.established = True
-            if conn.handshake is not None:
-                conn.handshake.start()  # (MSE: our handshake is already in its initial payload)
+            conn.came_up(now=now)
             self._actions.append(fx.Flush(cid))
             self.emit(EventName.PEER_CONNECTED, conn, self._torrent_of.get(cid))
         except Exception as e:
@@ -732,6 +730,9 @@ class Session:
             self.dht.resolved(addrs, now=now)
 
     def _conn_timers(self, conn: PeerConnection, now: float) -> None:
+        if conn.outgoing and not conn.established and now >= conn.connected_at + CONNECT_TIMEOUT_S:
+            self._actions.append(Close(conn.cid, CloseReason.CONNECT_FAILED, "connect timed out"))  # drop the socket
+            return self.on_closed(conn.cid, CloseReason.CONNECT_FAILED, "connect timed out", now=now)  # next transport
         timed_out = conn.handle_timeout(now=now)  # RemoteProtocolError: the handshake timed out
         t = self._torrent_of.get(conn.cid)
         for ev in timed_out:
