@@ -141,7 +141,7 @@ def test_a_dead_candidate_is_not_asked_about_forever(tmp_path: Path, clock: Fake
     net.must_run_until(lambda: leech.torrent.candidates.get(seed_pub) is not None, 30)
     net.kill(seed)  # gone; the relay may still hold it for a while, the leecher keeps failing to reach it
     net.run_for(1200)
-    assert leech.torrent.extensions.holepunch.counts["hp_rendezvous_sent"] <= HP_MAX_RENDEZVOUS_PER_CANDIDATE
+    assert leech.torrent.extensions.holepunch.counts["hp_rendezvous_sent"] == HP_MAX_RENDEZVOUS_PER_CANDIDATE
 
 
 @pytest.mark.parametrize(("target", "code"), [
@@ -257,3 +257,30 @@ def test_holepunch_off_is_not_advertised(tmp_path: Path, clock: FakeClock, meta:
     assert SessionConfig(transports=(Transport.TCP,)).holepunch  # asked for, but without uTP ...
     s = SimNet(FakeClock(), random.Random(1)).add_peer("x", "192.0.2.1", config=SessionConfig(transports=("tcp",)))
     assert not s.session.ctx.holepunch  # ... it cannot work, so it is off
+
+
+def test_ipv6_endpoints(tmp_path: Path, clock: FakeClock, meta: Metainfo) -> None:
+    net = SimNet(clock, random.Random(5), tracker=False, link=SLOW)
+    relay = net.add_peer("relay", "2001:db8::10", config=cfg(request=False))
+    net.add_torrent(relay, meta, tmp_path / "relay", mode="download")
+    seed = net.add_peer("seed", "2001:db8::2", config=cfg())
+    net.add_torrent(seed, meta, tmp_path / "src", mode="seed")
+    leech = net.add_peer("leech", "2001:db8::1", config=cfg())
+    net.add_torrent(leech, meta, tmp_path / "dl", mode="download")
+    for p in (relay, seed, leech):
+        p.session.events.enabled = True
+    w = World.__new__(World)  # the helpers, on this network of public IPv6 peers
+    w.net, w.relay, w.seed, w.leech = net, relay, seed, leech
+    w.events = {"relay": [], "seed": [], "leech": []}
+    w.join_relay(seed, leech)
+    to_relay = w.link(leech, relay)
+    assert to_relay is not None
+    to_relay.send_hp_rendezvous(("2001:db8::2", seed.addr[1]))
+    net.run_for(2.0)
+    assert (EventName.HP_RENDEZVOUS, f"[2001:db8::2]:{seed.addr[1]}", None) in w.hp_events(relay)
+    assert (EventName.HP_CONNECT, f"[2001:db8::2]:{seed.addr[1]}", None) in w.hp_events(leech)
+    assert (EventName.HP_CONNECT, f"[2001:db8::1]:{leech.addr[1]}", None) in w.hp_events(seed)
+    # each side dialled the other's IPv6 endpoint over uTP; one connection between them is left
+    hp = [c for p in (leech, seed) for c in p.seen.values() if c.source is PeerSource.HOLEPUNCH]
+    assert {c.addr[0] for c in hp} <= {"2001:db8::1", "2001:db8::2"} and all(c.transport == Transport.UTP for c in hp)
+    assert w.link(leech, seed) is not None and len(conns_between(leech, seed)) == 1
