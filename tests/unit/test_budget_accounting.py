@@ -336,7 +336,10 @@ def test_encryption_is_charged_per_connection() -> None:
     plain = fit_budget(48 * MiB, torrents=1, max_connections=500, max_peers=500, num_pieces=64, piece_length=PIECE_LEN)
     enc = fit_budget(48 * MiB, torrents=1, max_connections=500, max_peers=500, num_pieces=64, piece_length=PIECE_LEN,
                      encryption=True)
-    assert enc.conn_bytes == plain.conn_bytes + MSE_CONN_BYTES
+    kw = dict(num_pieces=64, piece_length=PIECE_LEN, cache_bytes=enc.cache_bytes, outbox_bytes=enc.outbox_bytes,
+              incoming_requests=enc.incoming_requests, utp_buffer_bytes=0)
+    assert conn_bytes(**kw, encryption=True) - conn_bytes(**kw) == MSE_CONN_BYTES  # type: ignore[arg-type]
+    assert enc.conn_bytes == conn_bytes(**kw, encryption=True)  # type: ignore[arg-type]
     assert enc.max_connections <= plain.max_connections
     assert worst_case_bytes(enc, torrents=1) <= 48 * MiB
 
