@@ -62,8 +62,6 @@ DHT_BYTES = 4 * MiB
 # MSE/PE (mse.py, rc4.py), policy preferred or required: an MSE machine mid-handshake, or after it the
 # two RC4 keystreams (2 KiB OpenSSL state each) [responder mid-handshake 8.3 KiB, streams 5.0 KiB].
 MSE_CONN_BYTES = 12 * KiB
-# ... and per session the reads waiting at the cipher worker (decipher.py: 8 reads of 256 KiB).
-CIPHER_BYTES = 2 * MiB
 
 
 def wire_frame_bytes(num_pieces: int) -> int:
@@ -141,7 +139,7 @@ def fit_budget(budget_bytes: int, *, torrents: int, max_connections: int, max_pe
     while cands > MIN_CANDIDATES and tables * torrent_bytes(num_pieces, cands) > budget_bytes // 16:
         cands = max(MIN_CANDIDATES, cands // 2)
     per_torrent = torrent_bytes(num_pieces, cands)
-    session = SESSION_TABLES_BYTES + (DHT_BYTES if dht else 0) + (CIPHER_BYTES if encryption else 0)
+    session = SESSION_TABLES_BYTES + (DHT_BYTES if dht else 0)
     avail = max(0, budget_bytes - BASE_RSS_BYTES - session - tables * per_torrent)
     cache = int(avail * CACHE_SHARE) // slots
     cache = max(MIN_CACHE_PER_TORRENT, min(MAX_CACHE_PER_TORRENT, cache))

@@ -28,7 +28,6 @@ from typing import Any
 
 from minibt.actions import Announce, Close, Datagram, Dial, LookupDhtNode
 from minibt.clock import Clock
-from minibt.decipher import READS_AHEAD, Decipher
 from minibt.effects import Flush, HashPiece
 from minibt.errors import CloseReason
 from minibt.faults import FaultKind
@@ -79,13 +78,6 @@ class _PeerSock:
     out: memoryview | None = None
     events: int = 0
     read_paused: bool = False  # download rate limit: EVENT_READ dropped until tokens refill
-    rc4: Callable[[memoryview], object] | None = None  # its receive keystream, run on the cipher worker
-    deciphering: int = 0  # reads of it at the cipher worker
-
-    @property
-    def reads_off(self) -> bool:
-        """Not reading now: rate limited, or enough of it waiting at the cipher worker."""
-        return self.read_paused or self.deciphering >= READS_AHEAD
 
 
 class EventLoop:
@@ -107,7 +99,6 @@ class EventLoop:
         self.session = session
         self.clock = clock
         self.hasher = hasher
-        self._cipher: Decipher[_PeerSock] = Decipher(self.wake)  # RC4 of received bytes, off this thread
         self.bind = bind
         self.port = port
         self.source = Source.from_bind(bind, interface)
@@ -246,7 +237,6 @@ class EventLoop:
             self._utp.reset_all()
             self._utp_send(self.clock.now())
         self.trackers.close()
-        self._cipher.close()
         self._close_socks(self._listener, self._udp, self._wake_r, self._wake_w)
         self.sel.close()
 
@@ -521,10 +511,6 @@ class EventLoop:
             self.session.on_connected(cid, now=now)
             self._flush(ps, now)
             return
-        if mask & selectors.EVENT_READ and ps.rc4 is not None and self._cipher.full():  # read it later
-            self._cipher.waiting[cid] = ps
-            self._set_events(ps, selectors.EVENT_WRITE if ps.out is not None else 0)
-            mask &= ~selectors.EVENT_READ
         if mask & selectors.EVENT_READ:
             want = self._read_budget(ps, now) if self.session.down_limited else RECV_BUF
             try:
@@ -538,18 +524,7 @@ class EventLoop:
                 self._lost(ps, CloseReason.CLOSED_BY_REMOTE, "connection closed by peer", now)
                 return
             if n > 0:
-                if ps.rc4 is None:
-                    conn = self.session.conns.get(cid)
-                    ps.rc4 = conn.offload_decryption() if conn is not None else None
-                if ps.rc4 is not None:
-                    self._cipher.submit(ps, ps.rc4, bytearray(self._rview[:n]))
-                    ps.deciphering += 1
-                    if ps.reads_off or self._cipher.full():
-                        self._set_events(ps, selectors.EVENT_WRITE if ps.out is not None else 0)
-                        if not ps.reads_off:
-                            self._cipher.waiting[cid] = ps
-                else:
-                    self.session.on_data(cid, self._rview[:n], now=now)
+                self.session.on_data(cid, self._rview[:n], now=now)
                 if cid not in self._peers:
                     return
         if mask & selectors.EVENT_WRITE:
@@ -585,10 +560,10 @@ class EventLoop:
                 return
             if sent < len(ps.out):
                 ps.out = ps.out[sent:] if sent else ps.out
-                self._set_events(ps, (0 if ps.reads_off else selectors.EVENT_READ) | selectors.EVENT_WRITE)
+                self._set_events(ps, (0 if ps.read_paused else selectors.EVENT_READ) | selectors.EVENT_WRITE)
                 return
             ps.out = None
-        self._set_events(ps, 0 if ps.reads_off else selectors.EVENT_READ)
+        self._set_events(ps, 0 if ps.read_paused else selectors.EVENT_READ)
 
     # ------------------------------------------------------------------ rate limits (session.read_quota etc.)
 
@@ -633,8 +608,7 @@ class EventLoop:
             elif not self.session.down_limited or self.session.rates.read_quota(self.session.torrent_of(cid), now=now) > 0:
                 del self._throttled[cid]
                 ps.read_paused = False
-                self._set_events(ps, (0 if ps.reads_off else selectors.EVENT_READ)
-                                 | (selectors.EVENT_WRITE if ps.out is not None else 0))
+                self._set_events(ps, selectors.EVENT_READ | (selectors.EVENT_WRITE if ps.out is not None else 0))
             else:
                 at = self.session.rates.read_retry_at(self.session.torrent_of(cid), now=now)
                 if nxt is None or at < nxt:
@@ -659,30 +633,6 @@ class EventLoop:
                     except Exception as e:  # one name lookup's result
                         self.session.faults.record(FaultKind.DNS, f"lookup {res.tag!r}", e)
         self._pump_hasher()
-        self._deciphered(now)
-
-    # ------------------------------------------------------------------ RC4 off the loop thread (decipher.py)
-
-    def _deciphered(self, now: float) -> None:
-        for ps, buf, error in self._cipher.done():
-            ps.deciphering -= 1
-            if self._peers.get(ps.cid) is not ps:
-                continue  # closed meanwhile
-            if error is not None:
-                self.session.fault(ps.cid, error if isinstance(error, Exception) else RuntimeError(error))
-            else:
-                self.counters["deciphered_reads"] = self.counters.get("deciphered_reads", 0) + 1
-                self.session.on_data(ps.cid, memoryview(buf), now=now)
-            self._read_again(ps)
-        for cid, ps in list(self._cipher.waiting.items()):
-            if self._cipher.full():
-                break
-            del self._cipher.waiting[cid]
-            self._read_again(ps)
-
-    def _read_again(self, ps: _PeerSock) -> None:
-        if self._peers.get(ps.cid) is ps and not ps.reads_off and not ps.connecting:
-            self._set_events(ps, selectors.EVENT_READ | (selectors.EVENT_WRITE if ps.out is not None else 0))
 
     def _pump_hasher(self) -> None:
         while self._hash_backlog and self.hasher.can_submit():

@@ -162,11 +162,6 @@ class Rc4Stream:
     def decrypt(self, data: bytes | bytearray | memoryview) -> bytes:
         return self._dec.update(data)
 
-    def in_place_decryptor(self) -> Callable[[memoryview], bool] | None:
-        """The receive keystream applied in place to a writable view (the loop runs it on a worker
-        thread, in order; ctypes releases the GIL), or None if the back end cannot."""
-        return self._dec.update_in_place if self._dec.in_place else None
-
     def decrypt_view(self, data: bytes | memoryview) -> bytes | memoryview:
         if isinstance(data, memoryview) and not data.readonly and data.contiguous and data.format == "B" \
                 and self._dec.update_in_place(data):

@@ -19,14 +19,13 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from minibt.errors import CloseReason
 from minibt.fetchlink import FetchLink
 from minibt.handshake import Handshake
-from minibt.mse import CipherStream, MseInitiator, MseResponder, Rc4Stream
+from minibt.mse import CipherStream, MseInitiator, MseResponder
 from minibt.urls import Addr
 from minibt.wire import PeerWire
 
@@ -158,7 +157,6 @@ class PeerConnection:
         self._wire: PeerWire | None = None
         self.stream: CipherStream | None = None  # RC4 after an MSE handshake (mse.py); None: plaintext
         self.raw_unsent = b""  # the MSE machine's last message (already encrypted), sent before the rest
-        self.recv_offloaded = False  # the loop decrypts what it receives (off its thread): on_data gets plaintext
         self.plaintext = True  # outgoing: this attempt skips MSE (admission.dial_phase / redial)
         self.crypto_switched = False  # outgoing, policy preferred: redialled once with the other encryption
         self.info_hash: bytes | None = None
@@ -246,16 +244,6 @@ class PeerConnection:
             case Encrypting(mse=mse) if mse is not None:
                 return mse.data_to_send()  # the MSE machine encrypts its own messages
         return b""
-
-    def offload_decryption(self) -> Callable[[memoryview], bool] | None:
-        """For the loop: the receive keystream of an active RC4 connection, to run in place on the
-        received bytes, in order, on a worker thread.  Once taken, the bytes given to
-        ``Session.on_data`` are plaintext already.  None: not (yet) possible."""
-        if self.recv_offloaded or self.stream is None or self.wire is None or not isinstance(self.stream, Rc4Stream):
-            return None
-        fn = self.stream.in_place_decryptor()
-        self.recv_offloaded = fn is not None
-        return fn
 
     def came_up(self, *, now: float) -> None:
         """An outgoing connect finished: start the handshake (MSE: ours is already in its initial

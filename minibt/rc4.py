@@ -26,8 +26,6 @@ from typing import Any, Protocol
 class Keystream(Protocol):
     """One RC4 keystream: XOR the next bytes of it into data (encrypt and decrypt are the same)."""
 
-    in_place: bool  # update_in_place works
-
     def update(self, data: bytes | bytearray | memoryview) -> bytes:
         """A new buffer: ``data`` XOR the next ``len(data)`` keystream bytes."""
         ...
@@ -63,7 +61,6 @@ class _LibcryptoRc4:
     """RC4_set_key / RC4 of OpenSSL's libcrypto.  ctypes releases the GIL during each call."""
 
     __slots__ = ("_rc4", "_state")
-    in_place = True
 
     def __init__(self, set_key: Any, rc4: Any, key: bytes) -> None:
         self._rc4 = rc4
@@ -116,7 +113,6 @@ def _libcrypto() -> Factory | None:
 
 class _CryptographyRc4:
     __slots__ = ("_ctx",)
-    in_place = False
 
     def __init__(self, ctx: Any) -> None:
         self._ctx = ctx

@@ -515,7 +515,7 @@ class Session:
         conn = self.conns.get(cid)
         if conn is None or conn.closing:
             return
-        if conn.stream is not None and not conn.recv_offloaded:
+        if conn.stream is not None:
             data = conn.stream.decrypt_view(data)  # in place in the loop's receive buffer (TCP)
         try:
             match conn.phase:

@@ -77,24 +77,3 @@ def test_required_refuses_a_plaintext_only_seed_and_goes_on_from_an_rc4_one(tmp_
     # the plaintext-only seed never became a peer: it closed our MSE attempt (no plaintext retry: required)
     assert f"peer 127.0.0.1:{plain.port}" in log and "trying tcp in plaintext" not in log
     assert not any(p.get("total_upload", 0) for p in plain.status().get("seen_peers", []))
-
-
-def test_received_rc4_is_deciphered_off_the_loop_thread(tmp_path: Path) -> None:
-    """In process: the loop hands an RC4 connection's reads to the cipher worker (decipher.py) and
-    the download is still byte-exact (order kept across the worker)."""
-    import time
-
-    from minibt import Client, SessionConfig
-
-    seed_dir, torrent = payload(tmp_path)
-    lt = LibtorrentPeer(tmp_path / "lt", torrent_path=torrent, save_dir=seed_dir, seed=True,
-                        out_enc="forced", in_enc="forced", extra_settings=LT_RC4_ONLY)
-    with running(lt):
-        lt.wait_complete(DEADLINE_S)
-        with Client(bind="127.0.0.1", port=0, config=SessionConfig(encryption="required", transports=("tcp",))) as c:
-            t = c.add(str(torrent), str(tmp_path / "dl"), peers=[("127.0.0.1", lt.port)])
-            deadline = time.monotonic() + DEADLINE_S
-            c.run(until=lambda: t.complete or time.monotonic() > deadline)
-            assert t.complete
-            assert c.loop.counters.get("deciphered_reads", 0) > 0
-    assert_same_tree(seed_dir, tmp_path / "dl")

@@ -342,11 +342,3 @@ def test_encryption_is_charged_per_connection() -> None:
     assert enc.conn_bytes == conn_bytes(**kw, encryption=True)  # type: ignore[arg-type]
     assert enc.max_connections <= plain.max_connections
     assert worst_case_bytes(enc, torrents=1) <= 48 * MiB
-
-
-def test_cipher_term_covers_the_reads_at_the_worker() -> None:
-    from minibt.budget import CIPHER_BYTES
-    from minibt.decipher import MAX_PENDING
-    from minibt.loop import RECV_BUF
-
-    assert MAX_PENDING * RECV_BUF <= CIPHER_BYTES <= 2 * MAX_PENDING * RECV_BUF
