@@ -397,6 +397,8 @@ class LibtorrentPeer(Client):
     ``info_hash=HEX`` instead of ``torrent_path`` adds the torrent by info-hash only; ``torrent_path=None``
     and ``info_hash=None`` with DHT on gives a DHT node without torrents. ``wrap_argv`` (e.g.
     ``DhtNet.exec_argv``) wraps the command line, e.g. to run it inside a network namespace.
+    ``want_nothing``: every file priority 0 (has nothing, downloads nothing, still connects, does PEX and
+    relays holepunches). ``alert_categories``: extra libtorrent alert categories to log, e.g. ["peer_log"].
     """
 
     name = "libtorrent"
@@ -407,7 +409,8 @@ class LibtorrentPeer(Client):
                  extra_settings: Mapping[str, Any] | None = None, out_enc: str = "enabled",
                  in_enc: str = "enabled", pex: bool = True, listen_ip: str = LOOPBACK,
                  info_hash: str | None = None, dht_bootstrap: Sequence[tuple[str, int]] | None = None,
-                 wrap_argv: Callable[[list[str]], list[str]] | None = None) -> None:
+                 wrap_argv: Callable[[list[str]], list[str]] | None = None, want_nothing: bool = False,
+                 alert_categories: Sequence[str] = ()) -> None:
         super().__init__(workdir)
         if torrent_path is not None and info_hash is not None:
             raise ValueError("give torrent_path or info_hash, not both")
@@ -431,6 +434,8 @@ class LibtorrentPeer(Client):
         self.out_enc = out_enc
         self.in_enc = in_enc
         self.pex = pex
+        self.want_nothing = want_nothing
+        self.alert_categories = list(alert_categories)
         self._lock = threading.Lock()
         self._status: dict[str, Any] = {}
         self._stdout_tail: collections.deque[str] = collections.deque(maxlen=20)
@@ -462,6 +467,10 @@ class LibtorrentPeer(Client):
             argv.append("--no-tcp")
         if not self.pex:
             argv.append("--no-pex")
+        if self.want_nothing:
+            argv.append("--want-nothing")
+        if self.alert_categories:
+            argv += ["--alert-categories", ",".join(self.alert_categories)]
         for host, port in self.peers:
             argv += ["--peer", f"{host}:{port}"]
         if self.wrap_argv is not None:

@@ -6,8 +6,9 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import clients  # noqa: E402
 import dhtnet  # noqa: E402
+import natnet  # noqa: E402
 
 HERE = Path(__file__).parent
 REFERENCE_BINARIES = ("transmission-daemon", "aria2c", "opentracker")
@@ -88,6 +90,35 @@ def dht_netns() -> Iterator[dhtnet.DhtNet]:
     finally:
         net.destroy()
     assert not net.exists(), f"network namespace {net.name} survived destroy()"
+
+
+@pytest.fixture
+def make_natnet() -> Iterator[Callable[..., natnet.NatNet]]:
+    """Factory: ``make_natnet(**kw)`` creates a NatNet (tests/integration/natnet.py) with NatNet's keyword
+    arguments (nats, lan_hosts, public_hosts, mapping, udp_timeout_s); all are destroyed afterwards, also
+    on failure. Skips without root/iproute2/nftables, fails instead when CI is set."""
+    natnet.need_netns()
+    made: list[natnet.NatNet] = []
+
+    def make(**kw: Any) -> natnet.NatNet:
+        net = natnet.NatNet(**kw)
+        made.append(net)
+        net.create()
+        return net
+
+    try:
+        yield make
+    finally:
+        for net in reversed(made):
+            net.destroy()
+    for net in made:
+        assert not net.existing(), f"namespaces survived destroy(): {net.existing()}"
+
+
+@pytest.fixture
+def nat_net(make_natnet: Callable[..., natnet.NatNet]) -> natnet.NatNet:
+    """Two home NATs (a1 behind NAT-A, b1 behind NAT-B) and two public hosts (pub1, pub2): natnet.NatNet()."""
+    return make_natnet()
 
 
 @pytest.fixture

@@ -16,9 +16,13 @@ Opt-in DHT (BEP 5), for tests inside a sealed namespace (tests/integration/dhtne
   and on the "dht-announce" command. The status line gains "dht": routing-table size, bootstrap state
   and the announce_peer/get_peers messages this node received.
 
+Holepunch relays (tests/integration/natnet.py): --want-nothing sets every file priority to 0, so the
+session has nothing and downloads nothing but still connects, sends PEX and relays BEP 55 messages.
+
 stdout: one JSON object per line: {"type": "status", ...} every --status-interval seconds.
 stderr: a log of libtorrent alerts (error/status/tracker/connect/storage categories; with --dht also
-        dht) with timestamps.
+        dht; --alert-categories adds more, e.g. peer_log for every peer message incl. HOLEPUNCH) with
+        timestamps (seconds since the session was created, when libtorrent posted the alert).
 stdin:  commands, one per line: "connect IP PORT", "reannounce", "recheck", "pause", "resume",
         "dht-announce", "dht-add-node IP PORT", "quit".
         EOF on stdin (the harness died) also ends the process.
@@ -71,6 +75,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out-enc", choices=sorted(ENC_POLICIES), default="enabled")
     p.add_argument("--in-enc", choices=sorted(ENC_POLICIES), default="enabled")
     p.add_argument("--no-pex", action="store_true", help="create the session without the ut_pex plugin")
+    p.add_argument("--want-nothing", action="store_true",
+                   help="every file priority 0: download nothing (e.g. a holepunch relay that has no data)")
+    p.add_argument("--alert-categories", default="",
+                   help="comma-separated extra alert categories to log (names of lt.alert_category, e.g. "
+                        "peer_log,peer: the peer_log category shows the HOLEPUNCH messages)")
     p.add_argument("--settings", default="{}", help="JSON object of extra libtorrent settings")
     p.add_argument("--status-interval", type=float, default=0.25)
     p.add_argument("--dht", action="store_true", help="enable the DHT (off by default)")
@@ -83,6 +92,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("one of --torrent or --info-hash is required (without them only a --dht node makes sense)")
     if (ns.torrent is not None or ns.info_hash is not None) and ns.save_dir is None:
         p.error("--save-dir is required with --torrent or --info-hash")
+    for cat in filter(None, ns.alert_categories.split(",")):
+        if not isinstance(getattr(lt.alert_category, cat, None), int):
+            p.error(f"--alert-categories: no alert category {cat!r}")
     if ns.info_hash is not None:
         try:
             ok = len(bytes.fromhex(ns.info_hash)) == 20
@@ -132,6 +144,8 @@ def session_settings(ns: argparse.Namespace) -> dict[str, Any]:
     }
     if ns.dht:
         settings.update(dht_settings(ns))
+    for cat in filter(None, ns.alert_categories.split(",")):
+        settings["alert_mask"] |= getattr(lt.alert_category, cat)
     extra = json.loads(ns.settings)
     if not isinstance(extra, dict):
         raise SystemExit("--settings must be a JSON object")
@@ -204,6 +218,7 @@ def peer_json(p: Any) -> dict[str, Any]:
         "rc4": bool(flags & int(lt.peer_info.rc4_encrypted)),
         "outgoing": bool(flags & int(lt.peer_info.outgoing_connection)),
         "seed": bool(flags & int(lt.peer_info.seed)),
+        "holepunched": bool(flags & int(lt.peer_info.holepunched)),
         "connecting": bool(flags & int(lt.peer_info.connecting)),
         "handshake": bool(flags & int(lt.peer_info.handshake)),
         "interested": bool(flags & int(lt.peer_info.interesting)),  # we are interested in them
@@ -223,7 +238,8 @@ class SeenPeers:
     that starts and ends between two status lines is still recorded with its peer id.
     """
 
-    KEYS = ("client", "peer_id", "utp", "rc4", "outgoing", "sources", "total_download", "total_upload")
+    KEYS = ("client", "peer_id", "utp", "rc4", "outgoing", "holepunched", "sources", "total_download",
+            "total_upload")
 
     def __init__(self) -> None:
         self.by_addr: dict[str, dict[str, Any]] = {}
@@ -386,6 +402,10 @@ def add_torrent(ses: Any, ns: argparse.Namespace) -> Any:
     # Not auto-managed: the queueing logic must never pause the one torrent under test. Without resume
     # data libtorrent checks the files on add, so a seeder verifies its data and then seeds.
     atp.flags = lt.torrent_flags.default_flags & ~lt.torrent_flags.auto_managed & ~lt.torrent_flags.paused
+    if ns.want_nothing:
+        if ns.torrent is None:
+            raise SystemExit("--want-nothing needs --torrent")
+        atp.file_priorities = [0] * atp.ti.num_files()
     return ses.add_torrent(atp)
 
 
@@ -414,6 +434,7 @@ def main(argv: list[str]) -> int:
     pending = b""
     next_status = 0.0
     t0 = time.monotonic()
+    wall_t0 = time.time()  # alert timestamps are wall-clock times
     while not stop:
         now = time.monotonic()
         for a in ses.pop_alerts():
@@ -423,7 +444,8 @@ def main(argv: list[str]) -> int:
                 print(f"{now - t0:9.3f} DHT bootstrapped: force_dht_announce", file=sys.stderr, flush=True)
             if isinstance(a, (lt.session_stats_alert, lt.session_stats_header_alert)):
                 continue  # requested below for the "dht" status object; too long to log
-            msg = f"{now - t0:9.3f} {type(a).__name__}: {a.message()}"
+            # When libtorrent posted it, not when this loop picked it up (up to 50 ms later, in batches).
+            msg = f"{a.timestamp().timestamp() - wall_t0:9.3f} {type(a).__name__}: {a.message()}"
             print(msg, file=sys.stderr, flush=True)
             if a.category() & lt.alert_category.error:
                 errors.append(msg)

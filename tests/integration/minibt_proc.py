@@ -3,7 +3,8 @@
 Started and stopped by PID like the reference clients (own work directory, stderr in a log file, SIGTERM
 then SIGKILL), so tests/integration/conftest.py's leak checks cover it too.  ``port`` is parsed from the
 first stderr line ("<name>: <infohash> listening on port N").  Progress lines (non-tty form, printed at
-the first tick and then every 10 s) are parsed by ``progress_lines()``.
+the first tick and then every 10 s) are parsed by ``progress_lines()``.  ``wrap_argv`` wraps the command
+line, e.g. ``NatNet.wrap(host)`` to run it inside a network namespace (tests/integration/natnet.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,8 @@ class MinibtProc(Client):
     def __init__(self, workdir: Path, *, command: str, torrent: MadeTorrent | Path, data_dir: Path,
                  state_dir: Path | None = None, peers: Sequence[tuple[str, int]] = (),
                  bind: str = LOOPBACK, verbose: int = 1, timeout_s: float | None = None,
-                 extra_args: Sequence[str] = (), label: str | None = None) -> None:
+                 extra_args: Sequence[str] = (), label: str | None = None, port: int = 0,
+                 wrap_argv: Callable[[list[str]], list[str]] | None = None) -> None:
         if command not in ("seed", "download"):
             raise ValueError(f"unknown minibt command {command!r}")
         self.name = label or f"minibt-{command}"
@@ -56,12 +58,14 @@ class MinibtProc(Client):
         self.verbose = verbose
         self.timeout_s = timeout_s
         self.extra_args = list(extra_args)
+        self.listen_port = port  # --port (0: any free one)
+        self.wrap_argv = wrap_argv  # e.g. NatNet.wrap(host): run inside a network namespace
         self._port = 0
         self.info_hash = ""
 
     def _launch(self) -> None:
         argv = [sys.executable, "-m", "minibt", self.command, str(self.torrent_path),
-                "--dir", str(self.data_dir), "--port", "0", "--bind", self.bind,
+                "--dir", str(self.data_dir), "--port", str(self.listen_port), "--bind", self.bind,
                 "--state-dir", str(self.state_dir)]
         for host, port in self.peers:
             argv += ["--peer", f"{host}:{port}"]
@@ -70,6 +74,8 @@ class MinibtProc(Client):
         if self.verbose:
             argv.append("-" + "v" * self.verbose)
         argv += self.extra_args
+        if self.wrap_argv is not None:
+            argv = self.wrap_argv(argv)
         self._spawn(argv)
 
     def _wait_ready(self) -> None:
