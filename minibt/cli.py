@@ -213,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--encryption", choices=[e.value for e in Encryption], default=Encryption.PREFERRED.value,
                         help="MSE/PE: none, preferred (default: try RC4, accept both) or required (RC4 only)")
         sp.add_argument("--no-dht", action="store_true", help="do not use the Mainline DHT (BEP 5)")
+        sp.add_argument("--no-pex", action="store_true", help="no peer exchange (BEP 11): neither offer nor use it")
         sp.add_argument("--no-holepunch", action="store_true",
                         help="no BEP 55 holepunching (neither relay for others nor ask relays; needs uTP anyway)")
         sp.add_argument("--dht-read-only", action="store_true",
@@ -479,6 +480,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:  # noqa: C901
         dht_read_only=args.dht_read_only,
         encryption=Encryption(args.encryption),
         holepunch=not args.no_holepunch,
+        pex=not args.no_pex,
     )
     if args.transport is not None:
         config = dataclasses.replace(config, transports=args.transport)

@@ -124,6 +124,7 @@ class Config:
     dht_read_only: bool = False  # BEP 43: search, answer nothing (metered links)
     encryption: Encryption = Encryption.PREFERRED  # MSE/PE: none, preferred or required
     holepunch: bool = True  # BEP 55: relay for peers behind NATs, reach NATed peers through a relay (needs uTP)
+    pex: bool = True  # BEP 11 peer exchange (never for private torrents)
     log_level: str = "info"
     log_file: str | None = None
     watch_dir: str | None = None
@@ -500,6 +501,7 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
     dht = client.take("dht", bool, "true or false")
     dht_ro = client.take("dht_read_only", bool, "true or false")
     holepunch = client.take("holepunch", bool, "true or false")
+    pex = client.take("pex", bool, "true or false")
     enc = _encryption(client)
     boot = client.str_list("dht_bootstrap", "a list of \"host:port\" DHT nodes to join through")
     try:
@@ -554,6 +556,7 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
         dht_read_only=pick(dht_ro, d.dht_read_only),
         encryption=Encryption(enc) if enc is not None else d.encryption,
         holepunch=pick(holepunch, d.holepunch),
+        pex=pick(pex, d.pex),
         log_level=(level or d.log_level).lower(),
         log_file=_path(base, log_file) if log_file else None,
         watch_dir=watch_dir or None,

@@ -92,7 +92,7 @@ def _run_locked(cfg: Config, *, once: bool, max_time_s: float | None, until_min:
     scfg = SessionConfig(max_connections=limits.max_connections, transports=cfg.transports,
                          upload_limit_bps=cfg.upload_limit_bps, download_limit_bps=cfg.download_limit_bps,
                          dht=cfg.dht, dht_bootstrap=boot, dht_read_only=cfg.dht_read_only,
-                         encryption=cfg.encryption, holepunch=cfg.holepunch)
+                         encryption=cfg.encryption, holepunch=cfg.holepunch, pex=cfg.pex)
     try:
         client = Client(bind=cfg.bind, port=cfg.listen_port, state_dir=cfg.state_dir, config=scfg, interface=cfg.interface,
                         hash_threads=1 if cfg.memory_budget_bytes < (64 << 20) else 2,

@@ -198,7 +198,7 @@ class SessionContext:
     """
 
     __slots__ = ("reputation", "events", "listen_port", "listen_ip", "local_ips", "network_paused", "wall_time",
-                 "dht_port", "encryption", "holepunch")
+                 "dht_port", "encryption", "holepunch", "pex")
 
     def __init__(self, *, reputation: Reputation, events: EventQueue, wall_time: Callable[[], float]) -> None:
         self.reputation = reputation
@@ -211,6 +211,7 @@ class SessionContext:
         self.dht_port: int | None = None  # our DHT's UDP port when the DHT runs (BEP 5 PORT message)
         self.encryption = Encryption.NONE  # the session's MSE/PE policy (a torrent may override it)
         self.holepunch = False  # BEP 55 on (SessionConfig.holepunch)
+        self.pex = True  # BEP 11 on (SessionConfig.pex; never for private torrents anyway)
 
     def own_addresses(self) -> set[Addr]:
         """Our own (ip, listen port) pairs: never dialled (PROTOCOL.md 7.3)."""

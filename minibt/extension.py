@@ -164,7 +164,7 @@ class ExtensionRouter:
         holepunch: Holepunch,
         pex_config: PexConfig | None = None,
     ) -> None:
-        self._private = private  # BEP 27: no PEX
+        self._private = private  # BEP 27 (or PEX switched off): no PEX
         self.holepunch = holepunch  # BEP 55 (holepunch.py)
         self._peers = peers  # the torrent's handshaken connections (shared)
         self._cfg = pex_config or PexConfig()

@@ -88,7 +88,7 @@ class Session:
         # What the torrent layer may read of the session (effects.py): listen address, our own
         # addresses, bans, whether events are wanted, whether networking is paused.
         self.ctx = fx.SessionContext(reputation=self.reputation, events=self.events, wall_time=wall_clock or (lambda: 0.0))
-        self.ctx.encryption = self.config.encryption
+        self.ctx.encryption, self.ctx.pex = self.config.encryption, self.config.pex
         self.ctx.holepunch = self.config.holepunch and Transport.UTP in self.config.transports  # BEP 55 needs uTP
         self.admission = Admission(peer_id=self.peer_id, timeout_s=self.config.handshake_timeout_s,
                                    encryption=self.config.encryption, max_mse_handshakes=self.config.max_mse_handshakes)

@@ -102,6 +102,7 @@ class SessionConfig:
     # MSE/PE (mse.py): dial with MSE offering RC4 and plaintext, accept both (the Peer reference's default).
     encryption: Encryption = Encryption.PREFERRED
     max_mse_handshakes: int = 16  # incoming MSE handshakes at once (each a DH: ms of CPU on a Pi); more are refused
+    pex: bool = True  # BEP 11 ut_pex for public torrents (False: neither offered nor used)
     holepunch: bool = True  # BEP 55 ut_holepunch (holepunch.py): relay for others, ask relays, answer connects
 
     def __post_init__(self) -> None:

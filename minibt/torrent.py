@@ -145,7 +145,7 @@ class Torrent:
             auto_choke=config.auto_choke,
         )
         self.extensions = ExtensionRouter(
-            peers=self.peers, info_bytes=meta.info_bytes, private=meta.private, pex_config=config.pex,
+            peers=self.peers, info_bytes=meta.info_bytes, private=meta.private or not ctx.pex, pex_config=config.pex,
             holepunch=Holepunch(peers=self.peers, ctx=ctx, enabled=ctx.holepunch, candidate_via=self._pex_source),
         )
 

@@ -299,3 +299,20 @@ def test_metadata_requests_are_rejected_while_we_lack_the_metadata(
     p2.session.mark_dirty(conn.cid)
     assert net.run_until(lambda: f1.server.stats()["rejected_no_metadata"] == 1, 2)
     assert f1.server.stats()["served"] == 0
+
+
+def test_pex_switched_off_is_neither_offered_nor_used(net: SimNet, meta: Metainfo, tmp_path: Path) -> None:
+    from minibt.settings import SessionConfig, TorrentConfig
+
+    a = seeder(net, meta, tmp_path, "a", "10.0.0.1", up_Bps=20 * KiB)
+    b = leecher(net, meta, tmp_path, "b", "10.1.0.2")
+    c = net.add_peer("c", "10.2.0.3", config=SessionConfig(torrent=TorrentConfig(fsync=False), pex=False))
+    net.add_torrent(c, meta, tmp_path / "c", mode="download")
+    net.add_peers(b, [a.addr])
+    assert net.run_until(lambda: connected_to(b, "10.0.0.1"), 5)
+    net.add_peers(c, [b.addr])  # c is told of b only; b knows a
+    net.run_for(2 * PEX_MIN_INTERVAL_S)
+    assert not connected_to(c, "10.0.0.1") and c.torrent.candidates.get(a.addr) is None
+    (to_b,) = [x for x in c.session.conns.values() if x.wire is not None]
+    (to_c,) = [x for x in b.session.conns.values() if x.ip == "10.2.0.3" and x.wire is not None]
+    assert "ut_pex" in to_b.ext_ids and "ut_pex" not in to_c.ext_ids  # b offers it; c does not
