@@ -128,6 +128,14 @@ class DialPeer:
 
 
 @dataclass(frozen=True, slots=True)
+class SeenAs:
+    """A peer's BEP 10 'yourip': how it sees us (behind a NAT, the NAT's public address).  The
+    session counts (``ip``, our listen port) among our own addresses: never dialled, never relayed to."""
+
+    ip: str
+
+
+@dataclass(frozen=True, slots=True)
 class HolepunchDial:
     """A BEP 55 ``connect`` (holepunch.py): dial ``addr`` over uTP at once (source HOLEPUNCH), within
     the session's connection limit but outside the dialer's choice."""
@@ -182,7 +190,7 @@ class MetadataDone:
 
 Effect = (
     Flush | ClosePeer | Penalize | Emit | HashPiece | AnnounceDue | WantDials | DialPeer | RateWait
-    | LimitsChanged | PiecePassed | PieceFailed | MetadataDone | NodeHint | HolepunchDial
+    | LimitsChanged | PiecePassed | PieceFailed | MetadataDone | NodeHint | HolepunchDial | SeenAs
 )
 
 WANT_DIALS = WantDials()

@@ -4,8 +4,11 @@ Wire format (BEP 55; PROTOCOL.md 2.10), the payload of a BEP 10 extended message
 
     msg_type u8 | addr_type u8 (0 IPv4, 1 IPv6) | addr (4 or 16 bytes) | port u16 BE | err_code u32 BE
 
-so 12 bytes for IPv4 and 24 for IPv6; ``err_code`` is 0 except in an error message.  Anything else
-(a short or long payload, an unknown type or address type, port 0, an error without a code) is a
+so 12 bytes for IPv4 and 24 for IPv6; ``err_code`` is 0 except in an error message.  libtorrent
+(bt_peer_connection.cpp, seen on the wire in tests/integration/test_holepunch_nat.py) leaves
+``err_code`` out of its rendezvous and connect messages (8 and 20 bytes), so those lengths are
+accepted too; we always send BEP 55's full layout, which libtorrent reads.  Anything else (another
+length, an unknown type or address type, port 0, an error without a code) is a
 :class:`HolepunchError` (the session closes the connection and penalises the IP).
 
 Roles (:class:`Holepunch`, one per torrent; pure: bytes and ``now`` in, effects out):
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import logging
 import struct
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -43,10 +47,13 @@ from minibt.peer import PeerConnection, Transport
 from minibt.pex import PexFlag, canonical_ip, format_peer_addr
 from minibt.urls import Addr
 
+log = logging.getLogger(__name__)
+
 HP_EXT_NAME = "ut_holepunch"
 _HEAD = struct.Struct(">BB")
 _TAIL = struct.Struct(">HI")
 V4_LEN, V6_LEN = 2 + 4 + 6, 2 + 16 + 6  # 12 and 24 bytes
+_SHORT = {V4_LEN - 4: 0, V6_LEN - 4: 1}  # libtorrent's rendezvous/connect without err_code: 8 and 20 bytes
 
 # Abuse limits (PROTOCOL.md 2.10; libtorrent has none this explicit).  A peer relays for us a few
 # times a minute at most in a healthy swarm; a flood of them is an attempt to use us as a reflector.
@@ -101,15 +108,19 @@ def encode_hp(msg: HpMessage) -> bytes:
 
 def decode_hp(payload: bytes) -> HpMessage:
     """Parse one BEP 55 payload; HolepunchError on anything malformed."""
-    if len(payload) not in (V4_LEN, V6_LEN):
-        raise HolepunchError(f"{len(payload)} bytes (expected {V4_LEN} or {V6_LEN})")
+    n = len(payload)
+    if n not in (V4_LEN, V6_LEN, *_SHORT):
+        raise HolepunchError(f"{n} bytes (expected {V4_LEN} or {V6_LEN})")
     msg_type, addr_type = _HEAD.unpack_from(payload)
-    if addr_type not in (0, 1) or len(payload) != (V4_LEN if addr_type == 0 else V6_LEN):
-        raise HolepunchError(f"address type {addr_type} with {len(payload)} bytes")
+    if addr_type not in (0, 1) or (n != (V4_LEN if addr_type == 0 else V6_LEN) and _SHORT.get(n) != addr_type):
+        raise HolepunchError(f"address type {addr_type} with {n} bytes")
     if msg_type not in HpMsgType.__members__.values():
         raise HolepunchError(f"unknown message type {msg_type}")
     raw = payload[2:6] if addr_type == 0 else payload[2:18]
-    port, code = _TAIL.unpack_from(payload, len(payload) - _TAIL.size)
+    if n in _SHORT:  # libtorrent's form: no err_code
+        (port,), code = struct.unpack_from(">H", payload, n - 2), 0
+    else:
+        port, code = _TAIL.unpack_from(payload, n - _TAIL.size)
     if port == 0:
         raise HolepunchError("port 0")
     if (msg_type == HpMsgType.ERROR) != (code != 0):
@@ -227,6 +238,7 @@ class Holepunch:
                 self._connect(peer, msg.addr, now, out)
             case HpMsgType.ERROR:
                 self.counts["hp_error_in"] += 1
+                log.info("holepunch: %s:%d could not relay to %s: error %d", peer.ip, peer.port, addr, msg.error)
                 out.append(Emit(EventName.HP_ERROR, peer, addr=addr, code=msg.error))
 
     def _relay(self, peer: PeerConnection, target: Addr, out: list[Effect]) -> None:
@@ -242,11 +254,15 @@ class Holepunch:
         elif not supports_hp(t):
             err = HpError.NO_SUPPORT
         if err is not None or t is None:
-            self.send(peer, HpMessage(HpMsgType.ERROR, target, int(err or HpError.NOT_CONNECTED)), out)
+            code = err or HpError.NOT_CONNECTED
+            log.info("holepunch: rendezvous from %s:%d to %s: error %d (%s)", peer.ip, peer.port,
+                     format_peer_addr(target), code, code.name)
+            self.send(peer, HpMessage(HpMsgType.ERROR, target, int(code)), out)
             return
         self.send(t, HpMessage(HpMsgType.CONNECT, endpoint(peer)), out)
         self.send(peer, HpMessage(HpMsgType.CONNECT, endpoint(t)), out)
         self.counts["hp_relayed"] += 1
+        log.info("holepunch: relayed %s <-> %s", format_peer_addr(endpoint(peer)), format_peer_addr(endpoint(t)))
 
     def _connect(self, peer: PeerConnection, addr: Addr, now: float, out: list[Effect]) -> None:
         """Target (or initiator) role: open uTP to ``addr`` unless there is a reason not to."""
@@ -259,6 +275,7 @@ class Holepunch:
             raise HolepunchError(f"connect would exceed {HP_DIALS_PER_WINDOW} holepunch dials in {HP_WINDOW_S:.0f} s",
                                  CloseReason.PROTOCOL_VIOLATION)
         self.counts["hp_dials"] += 1
+        log.info("holepunch: connect from %s:%d: dialling %s over uTP", peer.ip, peer.port, format_peer_addr(addr))
         out.append(HolepunchDial(addr))
 
     # ---------------------------------------------------------------- initiator
@@ -281,6 +298,8 @@ class Holepunch:
             del self._asked[next(iter(self._asked))]
         self.send(relay, HpMessage(HpMsgType.RENDEZVOUS, addr), out)
         self.counts["hp_rendezvous_sent"] += 1
+        log.info("holepunch: %s unreachable: asked %s:%d to relay (rendezvous %d)", format_peer_addr(addr),
+                 relay.ip, relay.port, n + 1)
         return True
 
     def peer_gone(self, cid: int) -> None:

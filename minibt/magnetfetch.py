@@ -414,6 +414,10 @@ class MagnetFetch:
             out.append(DialPeer(cand.addr, cand.source, cand.flags))
         return out
 
+    def dial_attempt_failed(self, addr: Addr, *, now: float) -> list[Effect]:
+        """One transport of a dial failed (the next is being tried): nothing to do for a magnet fetch."""
+        return []
+
     def dial_started(self, cid: int) -> None:
         """The session opened connection ``cid`` for one of our DialPeer effects."""
         self.half_open.add(cid)

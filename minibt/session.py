@@ -53,6 +53,7 @@ from minibt.workers import HashResult
 log = logging.getLogger(__name__)
 
 PROTOCOL_PENALTY = 5  # reputation points for a protocol violation (issue 3 refines)
+MAX_OWN_IPS = 16  # addresses we take as ours (interfaces, 'yourip' of peers): a lying peer adds few
 Owner = Torrent | MagnetFetch  # what a connection belongs to, and whose effects _apply carries out
 
 
@@ -210,6 +211,8 @@ class Session:
                     self.rate_limits_changed()
                 case fx.MetadataDone(meta=meta) if isinstance(owner, MagnetFetch):
                     self._metadata_done(owner, meta, now)
+                case fx.SeenAs(ip=ip) if len(self.ctx.local_ips) < MAX_OWN_IPS:
+                    self.ctx.local_ips.add(ip)  # (ip, our port) is us: e.g. our NAT's public address
                 case fx.NodeHint(addr=addr) if self.dht is not None:
                     self.dht.port_hint(addr, now=now)
                 case fx.HolepunchDial(addr=addr) if isinstance(owner, Torrent) and not any(
@@ -285,8 +288,7 @@ class Session:
         self._actions.append(fx.Flush(cid))
 
     def dial(self, owner: Owner, addr: Addr, source: PeerSource, *, now: float, switched: bool = False) -> int | None:
-        """Dial ``addr`` for ``owner`` now, outside its dialer's choice (None: connection limit
-        reached or networking paused); its connection id.  ``switched``: a redial with the other encryption."""
+        """Dial ``addr`` for ``owner`` now, outside its dialer's choice; its cid (None: at the limit, or paused)."""
         self._now = now
         if len(self.conns) >= self.config.max_connections or self.network_paused is not None:
             return None
@@ -318,6 +320,7 @@ class Session:
                 conn, t, reason, detail, self.reserved, now, self.rng):
             return False
         self._actions.append(Dial(conn.cid, conn.addr, conn.transport))
+        self._apply(t, t.dial_attempt_failed(conn.addr, now=now), now)  # BEP 55: a relay may be asked meanwhile
         return True
 
     def close(self, cid: int, reason: CloseReason, detail: str) -> None:
@@ -547,8 +550,7 @@ class Session:
                 self.penalize(conn.ip, PROTOCOL_PENALTY, e.detail)
 
     def _close_error(self, conn: PeerConnection, e: RemoteProtocolError, now: float) -> bool:
-        """Close ``conn`` for ``e``; True if that was an outgoing MSE handshake unanswered or answered
-        in plaintext (no fault of the peer): redialled in plaintext at once (policy preferred)."""
+        """Close ``conn`` for ``e``; True if that was our MSE unanswered (or answered in plaintext): redialled."""
         owner = self._torrent_of.get(conn.cid) or self._fetch_of.get(conn.cid)
         redial = owner is not None and self.admission.mse_gave_up(conn, owner, e)
         self.close(conn.cid, e.reason, e.detail)

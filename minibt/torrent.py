@@ -457,6 +457,12 @@ class Torrent:
         self.upload.peer_gone(peer.cid, now, out)
         return out
 
+    def dial_attempt_failed(self, addr: Addr, *, now: float) -> list[fx.Effect]:
+        """One transport of a dial to ``addr`` failed; the next is being tried.  BEP 55 may ask a relay now."""
+        out: list[fx.Effect] = []
+        self.extensions.holepunch.dial_failed(addr, now=now, out=out)
+        return out
+
     def forget(self, cid: int) -> None:
         """Drop ``cid`` from the peer tables without any protocol work (after a contained fault)."""
         self.peers.pop(cid, None)
@@ -574,7 +580,8 @@ class Torrent:
     def _ext_handshake(self, peer: PeerConnection, now: float, out: list[fx.Effect]) -> None:
         yourip = peer.ext.get(b"yourip")
         if isinstance(yourip, bytes) and len(yourip) in (4, 16):  # BEP 10 'yourip': BEP 40 priorities
-            self.dialer.peer_saw_us_as(str(ipaddress.ip_address(yourip)), self._ctx.listen_port)
+            self.dialer.peer_saw_us_as(seen := str(ipaddress.ip_address(yourip)), self._ctx.listen_port)
+            out.append(fx.SeenAs(seen))
         self.extensions.on_ext_handshake(peer, own=self._ctx.own_addresses(), now=now, out=out)
 
     def _check_seed(self, peer: PeerConnection, out: list[fx.Effect]) -> None:

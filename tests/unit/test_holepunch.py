@@ -46,6 +46,15 @@ def test_lengths_are_12_and_24() -> None:
     assert (V4_LEN, V6_LEN) == (12, 24)
 
 
+@pytest.mark.parametrize(("hexed", "msg"), [
+    # libtorrent sends rendezvous and connect without err_code (seen in test_holepunch_nat.py)
+    ("01" "00" "c6120101" "1ae1", HpMessage(HpMsgType.CONNECT, ("198.18.1.1", 6881))),
+    ("00" "01" "20010db8000000000000000000000009" "1ae1", HpMessage(HpMsgType.RENDEZVOUS, ("2001:db8::9", 6881))),
+])
+def test_libtorrents_short_form_is_read(hexed: str, msg: HpMessage) -> None:
+    assert decode_hp(bytes.fromhex(hexed)) == msg
+
+
 @pytest.mark.parametrize("payload", [
     b"",
     bytes(11),  # one short of IPv4
@@ -59,6 +68,9 @@ def test_lengths_are_12_and_24() -> None:
     bytes.fromhex("00" "00" "0a000002" "0000" "00000000"),  # port 0
     bytes.fromhex("02" "00" "0a000002" "1ae1" "00000000"),  # an error without a code
     bytes.fromhex("01" "00" "0a000002" "1ae1" "00000001"),  # a connect with a code
+    bytes.fromhex("02" "00" "0a000002" "1ae1"),  # libtorrent's short form for an error: no code
+    bytes.fromhex("00" "01" "0a000002" "1ae1"),  # short, but says IPv6
+    bytes.fromhex("00" "00") + bytes(16) + bytes.fromhex("1ae1"),  # 20 bytes, but says IPv4
 ])
 def test_malformed_is_a_protocol_error(payload: bytes) -> None:
     with pytest.raises(HolepunchError) as e:
@@ -72,7 +84,8 @@ def test_garbage_never_raises_anything_else(data: bytes) -> None:
         msg = decode_hp(data)
     except HolepunchError:
         return
-    assert encode_hp(msg) == data  # what decodes re-encodes to the same bytes
+    # what decodes re-encodes to the same bytes (libtorrent's short form gets BEP 55's err_code = 0)
+    assert encode_hp(msg) == (data + bytes(4) if len(data) in (8, 20) else data)
 
 
 @pytest.mark.parametrize("msg", [
