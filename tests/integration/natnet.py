@@ -109,7 +109,6 @@ import functools
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -130,7 +129,7 @@ from clients import (
     MadeTorrent,
     wait_until,
 )
-from dhtnet import NsProcess
+from dhtnet import NsProcess, need_netns
 from minibt_proc import MinibtProc
 
 NET = "198.18.0.0/15"  # benchmarking range (RFC 2544): only ever configured inside our namespaces
@@ -163,17 +162,6 @@ def lan_ip(k: int, j: int) -> str:
     if not 1 <= j <= MAX_LAN_HOSTS:
         raise ValueError(f"LAN host index {j} not in 1..{MAX_LAN_HOSTS}")
     return f"10.0.{k}.{1 + j}"
-
-
-def need_netns() -> None:
-    """Skip unless root on Linux with iproute2 and nftables; with CI set (any value) fail instead."""
-    why = ""
-    if sys.platform != "linux" or os.geteuid() != 0:
-        why = "needs root on Linux for network namespaces"
-    elif shutil.which("ip") is None or shutil.which("nft") is None:
-        why = "needs iproute2 and nftables"
-    if why:
-        _skip_or_fail(why)
 
 
 def need_libtorrent() -> None:
