@@ -15,13 +15,9 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from minibt import __version__
-from minibt.admission import usable_policy
-from minibt.client import Client, default_state_dir
-from minibt.clock import MonotonicClock
-from minibt.dhtservice import BOOTSTRAP_ENV, bootstrap_nodes
 from minibt.errors import (
     ConfigError,
     EncryptionUnavailable,
@@ -32,15 +28,15 @@ from minibt.errors import (
 )
 from minibt.ifwatch import valid_interface_name
 from minibt.magnet import MAGNET_PREFIX, Magnet, parse_magnet
-from minibt.magnetfetch import FetchState, MagnetFetch, torrent_file_bytes
 from minibt.metainfo import Metainfo, create_torrent, describe, load_metainfo
 from minibt.peer import Transport, to_transports, valid_transports
 from minibt.runplan import EXIT_FAIL, EXIT_OK
-from minibt.settings import Encryption, Mode, TorrentState
-from minibt.storage import Storage
-from minibt.torrent import Torrent
+from minibt.settings import BOOTSTRAP_ENV, Encryption, Mode, TorrentState, default_state_dir
 from minibt.urls import Addr, parse_host_port, parse_tracker_url
-from minibt.workers import Hasher, HashJob, HashResult
+
+if TYPE_CHECKING:  # the commands that move data import the client and its parts when they run
+    from minibt.magnetfetch import MagnetFetch
+    from minibt.torrent import Torrent
 
 log = logging.getLogger("minibt")
 
@@ -332,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    from minibt.clock import MonotonicClock
+
     data = create_torrent(
         args.path,
         trackers=args.tracker,
@@ -356,6 +354,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def verify_pieces(meta: Metainfo, download_dir: str, *, threads: int = 2) -> list[int]:
     """Hash every piece on disk; returns the indexes that fail."""
+    from minibt.storage import Storage
+    from minibt.workers import Hasher, HashJob, HashResult
+
     storage = Storage(meta, download_dir, cache_bytes=0, fsync=False)
     hasher = Hasher(threads=threads)
     bad: list[int] = []
@@ -410,6 +411,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     import psutil
 
+    from minibt.clock import MonotonicClock
     from minibt.runner import STATUS_NAME
     from minibt.statusfile import StatusUnreadable, format_status, read_status, status_state_dir
 
@@ -437,12 +439,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _write_torrent(path: str, meta: Metainfo) -> None:
     """Write fetched metadata as a .torrent, atomically (never a half-written file)."""
+    from minibt.magnetfetch import torrent_file_bytes
     from minibt.storage import write_atomic
 
     write_atomic(path, torrent_file_bytes(meta))
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:  # noqa: C901
+    from minibt.admission import usable_policy
+    from minibt.client import Client
+    from minibt.dhtservice import bootstrap_nodes
+    from minibt.magnetfetch import FetchState
     from minibt.settings import SessionConfig, TorrentConfig
 
     mode = Mode.SEED if args.cmd == "seed" else Mode.DOWNLOAD

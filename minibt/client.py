@@ -42,11 +42,6 @@ from minibt.workers import Hasher
 log = logging.getLogger(__name__)
 
 
-def default_state_dir() -> str:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "minibt")
-
-
 class Client:
     """A running BitTorrent client (one listen port, any number of torrents)."""
 

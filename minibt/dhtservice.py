@@ -20,7 +20,7 @@ from minibt.dht import DhtNode, PeersFound
 from minibt.magnetfetch import FetchState, MagnetFetch
 from minibt.peer import PeerSource
 from minibt.routing import RoutingTable
-from minibt.settings import TorrentState
+from minibt.settings import BOOTSTRAP_ENV, TorrentState
 from minibt.torrent import Torrent
 from minibt.urls import Addr, is_ip, parse_host_port
 
@@ -39,7 +39,6 @@ DEFAULT_BOOTSTRAP: tuple[Addr, ...] = (
 )
 
 
-BOOTSTRAP_ENV = "MINIBT_DHT_BOOTSTRAP"  # comma-separated HOST:PORT list replacing the defaults ("" = none)
 
 
 def bootstrap_nodes(given: tuple[Addr, ...] | None, env: str | None) -> tuple[Addr, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass
 
 from minibt.errors import ConfigError
@@ -110,3 +111,12 @@ class SessionConfig:
             raise ConfigError(None, "transports", f"must be distinct names out of {TRANSPORTS}, got {self.transports}")
         object.__setattr__(self, "transports", to_transports(self.transports))
         object.__setattr__(self, "encryption", Encryption(self.encryption))
+
+
+BOOTSTRAP_ENV = "MINIBT_DHT_BOOTSTRAP"  # comma-separated HOST:PORT list replacing the default DHT routers ("" = none)
+
+
+def default_state_dir() -> str:
+    """Where resume data lives unless told: $XDG_STATE_HOME/minibt (~/.local/state/minibt)."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "minibt")

@@ -169,7 +169,7 @@ def test_parse_rate() -> None:
 def test_rate_limit_options_reach_the_session_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import minibt.cli
+    import minibt.client
     from minibt.settings import SessionConfig
 
     out = tmp_path / "t.torrent"
@@ -181,7 +181,7 @@ def test_rate_limit_options_reach_the_session_config(
             seen.append(config)
             raise OSError("not listening in this test")
 
-    monkeypatch.setattr(minibt.cli, "Client", NoClient)
+    monkeypatch.setattr(minibt.client, "Client", NoClient)  # cli imports it when a transfer starts
     argv = [str(out), "--dir", str(tmp_path / "dl"), "--port", "0", "--state-dir", str(tmp_path / "st")]
     assert main(["download", *argv, "--up-limit", "500KiB", "--down-limit", "2MiB"]) == 1
     assert main(["seed", str(out), "--dir", str(tmp_path), "--port", "0", "--up-limit", "1MiB"]) == 1
@@ -231,3 +231,27 @@ def test_peer_address_is_read_the_same_everywhere(text: str) -> None:
     assert _outcome(parse_peer, text) == expected
     assert _outcome(configfile.parse_peer_addr, text) == expected
     assert _outcome(magnet.parse_peer_address, text) == expected
+
+
+def test_version_and_info_do_not_load_the_client() -> None:
+    """Start-up (issue 15): `minibt --version` and `minibt info` import neither the client, the
+    session, the loop nor uTP (package names load on first use, commands import what they run)."""
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[2])
+    code = (
+        "import sys, io, contextlib\n"
+        "from minibt.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        "        main(['--version'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = [m for m in ('minibt.client', 'minibt.session', 'minibt.loop', 'minibt.utp', 'minibt.torrent',"
+        " 'minibt.dht', 'ssl') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": root}, check=True)
+    assert out.stdout.strip() == ""
