@@ -76,11 +76,12 @@ def wire_recv_bytes(num_pieces: int) -> int:
 
 
 def utp_conn_bytes(buffer_bytes: int) -> int:
-    """One uTP connection with ``buffer_bytes`` of send buffer and as many of reorder buffer."""
+    """One uTP connection with ``buffer_bytes`` of send buffer and as many of reorder buffer, plus as
+    many in-order bytes a download limit may hold back (utp_peers.py; they shrink the window too)."""
     if buffer_bytes <= 0:
         return 0
     reorder = buffer_bytes + (buffer_bytes // REORDER_MIN_AVG_PAYLOAD) * UTP_REORDER_ENTRY_BYTES
-    return UTP_CONN_FIXED_BYTES + int(buffer_bytes * UTP_SEND_FACTOR) + reorder
+    return UTP_CONN_FIXED_BYTES + int(buffer_bytes * UTP_SEND_FACTOR) + reorder + buffer_bytes
 
 
 def conn_bytes(*, num_pieces: int, piece_length: int, cache_bytes: int, outbox_bytes: int,

@@ -588,6 +588,9 @@ class EventLoop:
     def _rate_wake_at(self, now: float) -> float | None:
         """When uploads waiting for tokens or paused reads can go on (None: nothing is rate limited)."""
         at = self.session.rates.wake_at(now=now)
+        held = self._utp.held_wake_at(now=now) if self._utp is not None else None
+        if held is not None and (at is None or held < at):
+            at = held
         if self._throttled:
             if not self.session.down_limited:
                 return now  # the limit was lifted
@@ -597,6 +600,8 @@ class EventLoop:
 
     def _rate_refill(self, now: float) -> None:
         self.session.on_rate_refill(now=now)
+        if self._utp is not None:
+            self._utp.resume_held(now=now)
         if self._throttled and (now >= self._throttle_at or not self.session.down_limited):
             self._resume_reads(now)
 

@@ -174,6 +174,9 @@ class UtpConnection:
         self._ack_nr = ack_nr  # last sequence number received in order
         self._reorder: dict[int, bytes] = {}
         self._reorder_bytes = 0
+        # In-order bytes the application took but holds back (a download rate limit, utp_peers.py):
+        # they count against the window we advertise, and past a window's worth new data is dropped.
+        self.held_bytes = 0
         self._sack: bytes | None = None
         self._sack_dirty = False
         self._eof_seq: int | None = None
@@ -194,7 +197,7 @@ class UtpConnection:
         self._n = dict.fromkeys(
             (
                 "packets_sent packets_received bytes_sent bytes_received acks_sent retransmits "
-                "fast_retransmits timeouts dup_acks dup_packets reorder_drops invalid_acks ignored keepalives "
+                "fast_retransmits timeouts dup_acks dup_packets reorder_drops window_drops invalid_acks ignored keepalives "
                 "mtu_probes mtu_probes_lost"
             ).split(),
             0,
@@ -292,6 +295,11 @@ class UtpConnection:
         if self._state in (UtpState.CONNECTED, UtpState.FIN_SENT):
             self._fill(now)
         if self._ack_pending and self._state is not UtpState.CLOSED:
+            self._emit(ST_STATE, self._seq_nr, b"", now)
+
+    def window_opened(self, *, now: float) -> None:
+        """The application released held bytes: tell the sender the larger window at once."""
+        if self._state in (UtpState.CONNECTED, UtpState.FIN_SENT):
             self._emit(ST_STATE, self._seq_nr, b"", now)
 
     def datagrams_to_send(self, *, now: float) -> list[bytes]:
@@ -447,7 +455,7 @@ class UtpConnection:
             self._sack = self._build_sack()
             self._sack_dirty = False
         cid = self._recv_id if typ == ST_SYN else self._send_id  # BEP 29: only the SYN uses recv_id
-        wnd = max(0, self._cfg.reorder_buffer_bytes - self._reorder_bytes)
+        wnd = max(0, self._cfg.reorder_buffer_bytes - self._reorder_bytes - self.held_bytes)
         self._emit_raw(typ, cid, seq, wnd, payload, self._sack if self._reorder else None, timestamp_us(now))
         if typ == ST_STATE:
             self._n["acks_sent"] += 1
@@ -713,6 +721,9 @@ class UtpConnection:
             self._reorder[seq] = payload
             self._reorder_bytes += len(payload)
             self._sack_dirty = True
+            return
+        if payload and self.held_bytes >= self._cfg.reorder_buffer_bytes:
+            n["window_drops"] += 1  # past the window we advertised: the sender resends it later
             return
         self._ack_nr = seq
         chunks = [payload] if payload else []

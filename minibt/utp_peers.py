@@ -58,6 +58,9 @@ class UtpPeers:
         self._by_cid: dict[int, _UtpPeer] = {}
         self._by_key: dict[ConnKey, _UtpPeer] = {}
         self._rx: dict[int, list[bytes]] = {}  # payload of one receive batch per cid
+        # Bytes held back by a download limit (the session gets them as tokens allow; they shrink the
+        # window the connection advertises, so the sender slows down: uTP's read pause).
+        self._held: dict[int, bytes] = {}
         self.counters = {"utp_dials": 0, "utp_accepted": 0, "utp_refused": 0}
 
     def __contains__(self, cid: int) -> bool:
@@ -133,9 +136,10 @@ class UtpPeers:
         self._by_cid.pop(up.cid, None)
         self._by_key.pop(up.key, None)
         self._rx.pop(up.cid, None)
+        self._held.pop(up.cid, None)
 
     def _lost(self, up: _UtpPeer, reason: CloseReason, detail: str, now: float) -> None:
-        self._deliver(up.cid, now)  # bytes that arrived before the close come first
+        self._deliver(up.cid, now, all_of_it=True)  # bytes that arrived before the close come first
         self._forget(up)
         self.session.on_closed(up.cid, reason, detail, now=now)
 
@@ -186,10 +190,36 @@ class UtpPeers:
         self._by_cid[cid] = up
         self._by_key[key] = up
 
-    def _deliver(self, cid: int, now: float) -> None:
+    def _deliver(self, cid: int, now: float, *, all_of_it: bool = False) -> None:
         chunks = self._rx.pop(cid, None)
-        if chunks:
-            self.session.on_data(cid, chunks[0] if len(chunks) == 1 else b"".join(chunks), now=now)
+        data = b"" if not chunks else chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if cid in self._held or (self.session.down_limited and not all_of_it and data):
+            data = self._held.pop(cid, b"") + data
+            keep = 0 if all_of_it or not self.session.down_limited else max(
+                0, len(data) - self.session.read_quota(cid, now=now))
+            if keep:
+                data, self._held[cid] = data[:-keep], data[-keep:]
+            up = self._by_cid.get(cid)
+            if up is not None and up.conn.held_bytes != keep:
+                opened = keep < up.conn.held_bytes
+                up.conn.held_bytes = keep
+                if opened:
+                    up.conn.window_opened(now=now)
+        if data:
+            self.session.on_data(cid, data, now=now)
+
+    def resume_held(self, *, now: float) -> None:
+        """Download tokens came back (or the limit was lifted): hand held bytes on."""
+        for cid in list(self._held):
+            self._deliver(cid, now)
+
+    def held_wake_at(self, *, now: float) -> float | None:
+        """When held bytes may go on (None: nothing held)."""
+        if not self._held:
+            return None
+        if not self.session.down_limited:
+            return now
+        return min(self.session.read_retry_at(cid, now=now) for cid in self._held)
 
     def _fill(self, up: _UtpPeer, now: float) -> bool:
         """Move the session's bytes for ``up`` into its send buffer; True if room is left."""

@@ -80,19 +80,24 @@ def test_upload_limit_holds_against_libtorrent_leecher(tmp_path: Path) -> None:
 
 
 @pytest.mark.long
-def test_download_limit_holds_against_libtorrent_seeder(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["tcp", "utp"])
+def test_download_limit_holds_against_libtorrent_seeder(tmp_path: Path, transport: str) -> None:
     """minibt downloading with a 1 MiB/s limit from a libtorrent seeder: 1 MiB/s (+-10 %) over 30 s.
+
+    Over TCP minibt stops reading the socket; over uTP it holds the bytes back and advertises a
+    smaller window (utp_peers.py), so the seeder slows down.
 
     In-process, so the payload is counted at the receiver (minibt), as the criterion says: the sender's
     counter would also include what fills the socket buffers while minibt's request pipeline grows.
     (``--down-limit`` is the same SessionConfig field: tests/unit/test_cli.py.)
     """
     t = _torrent(tmp_path)
-    seeder = LibtorrentPeer(tmp_path / "lt", torrent_path=t.path, save_dir=tmp_path / "seed", seed=True)
+    seeder = LibtorrentPeer(tmp_path / "lt", torrent_path=t.path, save_dir=tmp_path / "seed", seed=True,
+                            enable_utp=transport == "utp", enable_tcp=transport == "tcp")
     with running(seeder):
         seeder.wait_complete(START_DEADLINE_S)
         client = MinibtClient(bind=LOOPBACK, port=0, state_dir=str(tmp_path / "state"),
-                              config=SessionConfig(download_limit_bps=MIB))
+                              config=SessionConfig(download_limit_bps=MIB, transports=(transport,)))
         try:
             tor = client.add(str(t.path), str(tmp_path / "leech"), mode="download", peers=[(LOOPBACK, seeder.port)])
             seen: dict[int, PeerConnection] = {}
