@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 RECV_BUF = 256 * 1024
 TICK_S = 0.25
+IDLE_TICK_S = 1.0  # no connection at all (a seedbox between peers): one wake-up a second, not four
 FLUSH_ROUNDS = 4  # convention: flush rounds per loop iteration (on_writable may queue more bytes each round)
 SOCK_BUF = 1024 * 1024  # enlarged kernel socket buffers for loopback/LAN rates
 # uTP needs large UDP buffers: with Linux's ~208 KiB default, libtorrent's uTP drops ~2 % of datagrams
@@ -276,7 +277,7 @@ class EventLoop:
 
     def run_once(self, *, on_tick: Callable[[float], None] | None = None, tick_session: bool = True) -> None:
         now = self.clock.now()
-        timeout = max(0.0, min(TICK_S, self._next_tick - now))
+        timeout = max(0.0, min(MAX_TIMEOUT_S, self._next_tick - now))
         rate_at = self._rate_wake_at(now)
         if rate_at is not None:
             timeout = max(0.0, min(timeout, rate_at - now))
@@ -308,7 +309,7 @@ class EventLoop:
             except Exception as e:
                 self.session.faults.record(FaultKind.DATAGRAM, "uTP timers", e)
         if now >= self._next_tick:
-            self._next_tick = now + TICK_S
+            self._next_tick = now + (TICK_S if self.session.conns else IDLE_TICK_S)
             if self.watch is not None:
                 self._check_link(now)
             if tick_session:
