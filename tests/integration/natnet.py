@@ -112,7 +112,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -122,7 +121,6 @@ from typing import Any
 
 import pytest
 from clients import (
-    POLL_INTERVAL_S,
     START_TIMEOUT_S,
     Client,
     LibtorrentPeer,
@@ -130,6 +128,7 @@ from clients import (
     wait_until,
 )
 from dhtnet import NsProcess, need_netns
+from dhtnet import wait_until_or_timeout as wait_for  # poll, no failure: for "never" checks
 from minibt_proc import MinibtProc
 
 NET = "198.18.0.0/15"  # benchmarking range (RFC 2544): only ever configured inside our namespaces
@@ -555,16 +554,6 @@ class ProbeServer(Client):
         proc.stdin.write(f"send {ip} {port} {text}\n".encode())
         proc.stdin.flush()
         self.wait_until(lambda: len(self.events("sent")) > n, START_TIMEOUT_S, f"datagram to {ip}:{port} sent")
-
-
-def wait_for(pred: Callable[[], object], timeout_s: float) -> bool:
-    """Poll ``pred`` for at most ``timeout_s``; whether it became true (no failure: for "never" checks)."""
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(POLL_INTERVAL_S)
-    return bool(pred())
 
 
 # --------------------------------------------------------------------------------------------- clients
