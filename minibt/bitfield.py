@@ -58,9 +58,13 @@ class Bitfield:
         if not 0 <= i < self._n:
             raise IndexError(f"piece {i} out of range 0..{self._n - 1}")
 
-    def __getitem__(self, i: int) -> bool:
-        self._check(i)
+    def test(self, i: int) -> bool:
+        """``self[i]`` with the range check inline (read once per received block)."""
+        if not 0 <= i < self._n:
+            raise IndexError(f"piece {i} out of range 0..{self._n - 1}")
         return bool(self._buf[i >> 3] & (0x80 >> (i & 7)))
+
+    __getitem__ = test
 
     def set(self, i: int) -> None:
         self._check(i)

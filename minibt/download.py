@@ -164,21 +164,24 @@ class Downloader:
             return
         if not wire.am_interested or not self._auto_request:
             return
+        picker = self._picker
+        if batch:  # per block: against the depth of the last top-up, a quarter of it free first
+            depth = peer.req_depth
+            if depth - picker.num_outstanding(peer.cid) < (depth >> 2 or 1):
+                return
         allowed: set[int] | None = None
         if wire.peer_choking:
             if not peer.allowed_fast_in:
                 return
             allowed = peer.allowed_fast_in
-        picker = self._picker
-        depth = self.queue_depth(peer, now)
+        depth = peer.req_depth = self.queue_depth(peer, now)
         n = depth - picker.num_outstanding(peer.cid)
         if n <= 0 or (batch and n < depth >> 2):
             return
         blocks = picker.pick(peer.cid, n, allowed=allowed, can_start=self._can_start)
         if not blocks and picker.num_outstanding(peer.cid) == 0:
             self.update_interest(peer)
-        for b in blocks:
-            wire.request(b.index, b.begin, b.length)
+        wire.request_many(blocks)
         out.append(Flush(peer.cid))
 
     def _can_start(self, piece: int) -> bool:
@@ -275,27 +278,34 @@ class Downloader:
 
     def on_block(self, peer: PeerConnection, msg: w.Piece, now: float, out: list[Effect]) -> None:
         """A block arrived.  Raises StorageError if it cannot be buffered (the torrent fails)."""
-        n = len(msg.data)
+        data = msg.data
+        n = len(data)
+        index, begin = msg.index, msg.begin
         peer.down.add(n, now)
         peer.last_block_at = now
         peer.snubbed = False
-        block = Block(msg.index, msg.begin, n)
-        picker = self._picker
-        if not self.downloading or self._have[msg.index] or not picker.is_requested(peer.cid, block):
+        others = (
+            self._picker.take_requested(peer.cid, index, begin, n)
+            if self.active and self.disk_error is None and self.paused_reason is None and not self._have.test(index)
+            else None
+        )
+        if others is None:
             self._stats.wasted += n  # unsolicited, late or duplicate: never written
             self.fill(peer, now, out)
             return
-        expected, others = picker.block_received(peer.cid, block)
         for other in others:
             op = self._peers.get(other)  # type: ignore[call-overload]
             if op is not None and op.wire is not None:
-                op.wire.cancel(block.index, block.begin, block.length)
+                op.wire.cancel(index, begin, n)
                 out.append(Flush(op.cid))
-        self._block_src.setdefault(block.index, {})[block.begin // BLOCK_LEN] = peer.ip
-        if self._storage.write_block(block.index, block.begin, msg.data):
-            picker.piece_hashing(block.index)
-            writes = self._storage.prepare_commit(block.index)
-            out.append(HashPiece(self._verify_job(block.index, writes)))
+        src = self._block_src.get(index)
+        if src is None:
+            src = self._block_src[index] = {}
+        src[begin // BLOCK_LEN] = peer.ip
+        if self._storage.write_block(index, begin, data):
+            self._picker.piece_hashing(index)
+            writes = self._storage.prepare_commit(index)
+            out.append(HashPiece(self._verify_job(index, writes)))
         self.fill(peer, now, out, batch=True)
 
     def _verify_job(self, index: int, writes: tuple[tuple[int, int, memoryview], ...]) -> HashJob:

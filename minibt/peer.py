@@ -176,6 +176,7 @@ class PeerConnection:
         self.ext: dict[bytes, Any] = {}
         self.ext_ids: dict[str, int] = {}
         self.reqq = 250  # BEP 10 'reqq' default assumed for libtorrent-like peers
+        self.req_depth = 0  # request pipeline depth at the last full top-up (Downloader.fill)
         self.listen_port: int | None = None
         self.client_name = ""
         self.snubbed = False

@@ -420,6 +420,44 @@ class PiecePicker:
             self._blocks_unexpected += 1
         return expected, others
 
+    def take_requested(self, peer: Peer, index: int, begin: int, length: int) -> list[Peer] | None:
+        """The per-block hot path: :meth:`is_requested` and :meth:`block_received` in one step.
+
+        None (nothing recorded) unless ``peer`` has this block outstanding; else the block is
+        recorded as received and the other peers that still had it requested are returned.
+        """
+        st = self._peers.get(peer)
+        bl = self._block_len
+        if st is None or not 0 <= index < self._n or begin < 0 or begin % bl:
+            return None
+        size = self._last_size if index == self._n - 1 else self._piece_length
+        if begin >= size or length != (bl if size - begin > bl else size - begin):
+            return None
+        j = begin // bl
+        key = index * self._bpp + j
+        if key not in st.out:
+            return None
+        pp = self._partials.get(index)
+        others = pp.requested.get(j) if pp is not None else None
+        if pp is None or others is None or peer not in others:  # not expected: outstanding means partial
+            expected, rest = self.block_received(peer, Block(index, begin, length))
+            return rest if expected else None
+        del pp.requested[j]
+        del st.out[key]
+        self._dec_piece(st, index)
+        if len(others) > 1:
+            others.remove(peer)
+            for r in others:
+                rs = self._peers[r]
+                del rs.out[key]
+                self._dec_piece(rs, index)
+        else:
+            others.clear()
+        pp.recv[j] = 1
+        pp.received += 1
+        self._blocks_received += 1
+        return others
+
     def partial_pieces(self) -> Collection[int]:
         """The started pieces (some block requested or received), not yet hashing; a read-only view."""
         return self._partials.keys()

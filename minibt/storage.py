@@ -258,6 +258,10 @@ class Storage:
         if max_open_files < 1:
             raise ValueError("max_open_files must be >= 1")
         self._layout = layout
+        n = layout.num_pieces
+        self._n = n
+        self._plen = layout.piece_length
+        self._last_size = layout.total_length - layout.piece_length * (n - 1) if n else 0
         self._dir = download_dir
         self._cache_limit = cache_bytes
         self._fsync = fsync
@@ -429,12 +433,12 @@ class Storage:
         hashed in another thread never changes under it.
         """
         n = len(data)
-        size = self._layout.piece_size(piece) if 0 <= piece < self._layout.num_pieces else 0
+        size = self._piece_size(piece)
         if size == 0 or begin < 0 or n <= 0 or begin + n > size:
             raise ValueError(f"block {piece}:{begin}+{n} outside the torrent")
-        nblocks = (size + BLOCK_LEN - 1) // BLOCK_LEN
         pb = self._cache.get(piece)
         if pb is None:
+            nblocks = (size + BLOCK_LEN - 1) // BLOCK_LEN
             pb = _PieceBuf(bytearray(size), 0, (1 << nblocks) - 1)
             self._cache[piece] = pb
             self._buffered += size
@@ -444,11 +448,17 @@ class Storage:
             return True
         end = begin + n
         first = (begin + BLOCK_LEN - 1) // BLOCK_LEN
-        last = nblocks if end == size else end // BLOCK_LEN  # exclusive: only fully covered blocks
+        last = (size + BLOCK_LEN - 1) // BLOCK_LEN if end == size else end // BLOCK_LEN  # exclusive: whole blocks
         pb.data[begin:end] = data
         if last > first:
             pb.received |= ((1 << (last - first)) - 1) << first
         return pb.received == pb.full
+
+    def _piece_size(self, piece: int) -> int:
+        """Length of piece ``piece``; 0 if out of range."""
+        if 0 <= piece < self._n - 1:
+            return self._plen
+        return self._last_size if piece == self._n - 1 else 0
 
     def piece_buffer(self, piece: int) -> memoryview:
         """The whole buffer of a buffered piece (for hashing; do not write through it)."""
@@ -573,12 +583,14 @@ class Storage:
         if piece in self._cache:
             return True
         total = self._buffered
+        cache = self._cache
+        size = self._piece_size
         for p in pending:
-            if p not in self._cache and p != piece:
-                total += self._layout.piece_size(p)
+            if p not in cache and p != piece:
+                total += size(p)
         if total == 0:
             return True
-        return total + self._layout.piece_size(piece) <= self._cache_limit
+        return total + size(piece) <= self._cache_limit
 
     def pieces_in_cache(self) -> set[int]:
         return set(self._cache)

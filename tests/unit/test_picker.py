@@ -686,3 +686,32 @@ def test_pick_serves_many_pieces_and_peers() -> None:
                 pk.piece_hashing(b.index)
                 pk.piece_passed(b.index)
     assert picked > 19_000
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 40)), max_size=60))
+def test_take_requested_is_is_requested_then_block_received(seed: int, steps: list[tuple[str, int]]) -> None:
+    """The per-block fast path leaves the picker exactly as the two-call path does, in end game too."""
+    rng = random.Random(seed)
+    fast, slow = make_picker("12", blocks=3, dup=3), make_picker("12", blocks=3, dup=3)
+    for pk in (fast, slow):
+        for p in "abc":
+            pk.peer_have_all(p)
+    for peer, k in steps:
+        if k < 10:  # ask for more blocks
+            assert fast.pick(peer, 1 + k % 3) == slow.pick(peer, 1 + k % 3)
+            continue
+        out = slow.outstanding(peer)
+        # a block outstanding from this peer, or a malformed / unrequested / received one
+        candidates = [*out, Block(0, 0, BL), Block(1, BL, BL), Block(0, 1, BL), Block(5, 0, BL), Block(1, 2 * BL, 7)]
+        b = rng.choice(candidates)
+        got = fast.take_requested(peer, b.index, b.begin, b.length)
+        if slow.is_requested(peer, b):
+            expected, others = slow.block_received(peer, b)
+            assert expected and got is not None and sorted(got) == sorted(others)
+        else:
+            assert got is None
+        for p in "abc":
+            assert fast.outstanding(p) == slow.outstanding(p)
+        assert fast.stats() == slow.stats()
+        assert sorted(fast.partial_pieces()) == sorted(slow.partial_pieces())

@@ -245,12 +245,27 @@ def test_split_invariance_with_unknown_ids(rng: random.Random) -> None:
         assert wire.stats()["in_unknown"] == 2
 
 
-def test_memoryview_input() -> None:
-    data = encode(HaveAll()) + encode(Piece(0, 0, b"abc"))
-    events = make_wire().receive_data(memoryview(bytearray(data)), now=0.0)
+def test_memoryview_input_blocks_are_views_of_it() -> None:
+    """A block whole in one read is a view of the caller's buffer (not copied)."""
+    buf = bytearray(encode(HaveAll()) + encode(Piece(0, 0, b"abc")))
+    events = make_wire().receive_data(memoryview(buf), now=0.0)
     assert events == [HaveAll(), Piece(0, 0, b"abc")]
     piece = events[1]
-    assert isinstance(piece, Piece) and isinstance(piece.data, bytes)
+    assert isinstance(piece, Piece) and isinstance(piece.data, memoryview) and piece.data.obj is buf
+    buf[-1] = ord("z")  # the caller reuses its buffer: the view shows it (consumers copy first)
+    assert bytes(piece.data) == b"abz"
+
+
+def test_block_split_across_reads_is_bytes() -> None:
+    data = encode(HaveAll()) + encode(Piece(0, 0, b"abcdef"))
+    for cut in range(1, len(data)):
+        wire = make_wire()
+        first = bytearray(data[:cut])
+        events = wire.receive_data(memoryview(first), now=0.0)
+        first[:] = bytes(len(first))  # reused before the rest arrives: nothing of it may be kept by reference
+        events += wire.receive_data(memoryview(bytearray(data[cut:])), now=0.0)
+        assert events == [HaveAll(), Piece(0, 0, b"abcdef")]
+        assert wire.stats()["rx_buffered"] == 0
 
 
 # -- receive validation ---------------------------------------------------------------------
@@ -760,3 +775,35 @@ def test_bad_ext_handshake_after_a_message_in_one_segment_is_wire_error(payload:
 
 def test_issue9_attack_bytes_are_wire_error() -> None:
     expect_error(make_wire(), bytes.fromhex("00000001020000000514" + "00" + "78797a"), CloseReason.MALFORMED_MESSAGE)
+
+
+def _opened() -> PeerWire:
+    w = make_wire()
+    w.send_have_all()
+    w.interested()
+    return w
+
+
+@pytest.mark.parametrize(
+    ("index", "begin", "length"),
+    [(N, 0, 16384), (-1, 0, 16384), (0, -1, 16384), (0, 0, 0), (0, 0, 16385), (N - 1, LAST - 16383, 16384),
+     (0, PLEN - 16383, 16384)],
+)
+def test_request_many_refuses_what_request_refuses(index: int, begin: int, length: int) -> None:
+    with pytest.raises(LocalProtocolError) as one:
+        _opened().request(index, begin, length)
+    w = _opened()
+    with pytest.raises(LocalProtocolError) as many:
+        w.request_many([Request(0, 0, 16384), Request(index, begin, length)])
+    assert many.value.detail == one.value.detail
+    assert w.stats()["out_request"] == 0  # nothing of a refused batch is queued
+
+
+def test_request_many_sends_what_requests_send() -> None:
+    blocks = [Request(0, 0, 16384), Request(0, 16384, 16384), Request(N - 1, 0, 16384), Request(N - 1, 16384, LAST - 16384)]
+    one, many = _opened(), _opened()
+    for b in blocks:
+        one.request(b.index, b.begin, b.length)
+    many.request_many(blocks)
+    assert many.data_to_send() == one.data_to_send()
+    assert many.stats() == one.stats()
