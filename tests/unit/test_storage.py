@@ -575,3 +575,54 @@ def test_prepare_commit_keeps_fds_valid_when_more_files_are_pinned_than_the_fd_c
     for piece in range(6):
         with open(layout.file_path(str(tmp_path), piece), "rb") as f:
             assert f.read() == bytes([piece]) * BLOCK_LEN
+
+
+def _commit(storage: Storage, piece: int) -> None:
+    for fd, offset, chunk in storage.prepare_commit(piece):
+        assert os.pwrite(fd, chunk, offset) == len(chunk)
+    storage.finish_commit(piece, written=True)
+
+
+def test_written_piece_buffer_serves_the_next_piece_and_stale_bytes_never_show(tmp_path: Path) -> None:
+    plen = 4 * BLOCK_LEN
+    layout = FakeLayout([10 * plen], plen)
+    storage = Storage(layout, str(tmp_path), cache_bytes=4 * plen)
+    storage.open(create=True)
+    for b in range(4):
+        storage.write_block(0, b * BLOCK_LEN, b"\xaa" * BLOCK_LEN)
+    first = storage.piece_buffer(0).obj
+    _commit(storage, 0)
+    storage.write_block(1, BLOCK_LEN, b"\xbb" * BLOCK_LEN)  # one block of the next piece
+    assert storage.piece_buffer(1).obj is first  # reused, not allocated
+    # the blocks not received come from disk (zeros in a sparse file), never the old piece's bytes
+    assert storage.read_block(1, 0, BLOCK_LEN) == bytes(BLOCK_LEN)
+    assert storage.read_block(1, BLOCK_LEN, BLOCK_LEN) == b"\xbb" * BLOCK_LEN
+    for b in (0, 2):
+        storage.write_block(1, b * BLOCK_LEN, b"\xcc" * BLOCK_LEN)
+    assert not storage.is_complete(1)
+    assert storage.write_block(1, 3 * BLOCK_LEN, b"\xdd" * BLOCK_LEN)
+    assert bytes(storage.piece_buffer(1)) == b"\xcc" * BLOCK_LEN + b"\xbb" * BLOCK_LEN + b"\xcc" * BLOCK_LEN + b"\xdd" * BLOCK_LEN
+    storage.close()
+
+
+def test_spare_buffers_stay_within_the_cache_and_discarded_pieces_are_not_reused(tmp_path: Path) -> None:
+    plen = 2 * BLOCK_LEN
+    layout = FakeLayout([10 * plen], plen)
+    storage = Storage(layout, str(tmp_path), cache_bytes=2 * plen)
+    storage.open(create=True)
+    for p in (0, 1):
+        storage.write_block(p, 0, b"x" * BLOCK_LEN)
+        storage.write_block(p, BLOCK_LEN, b"x" * BLOCK_LEN)
+    bufs = {id(storage.piece_buffer(p).obj) for p in (0, 1)}
+    _commit(storage, 0)  # 1 buffered + 1 spare = the cache
+    _commit(storage, 1)  # 2 spares would be within the cache too
+    storage.write_block(2, 0, b"y" * BLOCK_LEN)
+    storage.write_block(3, 0, b"y" * BLOCK_LEN)
+    assert {id(storage.piece_buffer(p).obj) for p in (2, 3)} == bufs
+    storage.write_block(4, 0, b"z" * BLOCK_LEN)  # no spare left: a fresh buffer
+    assert id(storage.piece_buffer(4).obj) not in bufs
+    fresh = storage.piece_buffer(4).obj
+    storage.discard_piece(4)  # a discarded piece's buffer may still be read by a worker: never kept
+    storage.write_block(5, 0, b"w" * BLOCK_LEN)
+    assert storage.piece_buffer(5).obj is not fresh
+    storage.close()
