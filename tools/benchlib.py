@@ -21,6 +21,7 @@ import hashlib
 import http.server
 import os
 import random
+import resource
 import signal
 import socket
 import struct
@@ -222,14 +223,14 @@ class Watched:
             self.done = True
         return self.done
 
-    def reap(self) -> tuple[int, os.struct_rusage]:
+    def reap(self) -> tuple[int, resource.struct_rusage]:
         """Wait for the exit; (exit code, rusage)."""
         _, status, ru = os.wait4(self.pid, 0)
         self.done = True
         self.proc.returncode = code = os.waitstatus_to_exitcode(status)
         return code, ru
 
-    def close(self) -> tuple[int, os.struct_rusage] | None:
+    def close(self) -> tuple[int, resource.struct_rusage] | None:
         """SIGTERM it unless it has exited, and reap it; None if it was reaped already."""
         if self.proc.returncode is not None:
             return None
