@@ -152,6 +152,8 @@ def test_rows_and_ratio_lines(bench: ModuleType) -> None:
     assert "minibt throughput = 0.75x libtorrent's (target >= 0.85x: NOT met)" in lines[0]
     assert "2.00x aria2's" in lines[1] and "NOT met" in lines[1]
     assert "target >= 1.00x" in bench.ratio_lines([mb, lt], 1, 200)[0]
+    utp = bench.ratio_lines([mb, lt], 1, 0, True)[0]
+    assert "2.00x libtorrent's uTP (target <= 1.00x: NOT met)" in utp and "target >=" not in utp
     s_mb = bench.SeedResult("minibt", 8, 10.0, 4.0, 30 * 1024, 20 * 1024, 16.0, 1.0)
     s_lt = bench.SeedResult("libtorrent", 8, 20.0, 8.0, 40 * 1024, 10 * 1024, 16.0, 1.0)
     assert "0.50 seeder CPU s/GiB uploaded" in s_mb.row(gib) and "819.2 MiB/s" in s_mb.row(gib)
