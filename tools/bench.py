@@ -1,41 +1,75 @@
 #!/usr/bin/env python3
-"""Download benchmark: minibt vs libtorrent, same seeder, same run, loopback only.
+"""Download and seeding benchmark: minibt vs libtorrent vs aria2, same seeder, same run, loopback only.
 
-    python3 tools/bench.py [--size-mib 1024] [--piece-kib 256] [--workdir DIR] [--runs 1] [--transport tcp|utp]
-                           [--encryption none|required]
+    python3 tools/bench.py [--size-mib 1024[,16384...]] [--piece-kib 256] [--workdir DIR] [--runs 1]
+                           [--transport tcp|utp] [--encryption none|required] [--clients minibt,aria2,...]
+                           [--files N] [--sparse] [--seed-leechers N]
 
 A libtorrent seeder (its own process, DHT/LSD/UPnP/NAT-PMP off, plaintext) serves a random payload
-on 127.0.0.1.  Then, one after the other, a minibt leecher (`python -m minibt download`) and a
-libtorrent leecher download it into fresh directories.  For each leecher this prints wall seconds,
-MiB/s, CPU seconds per GiB (user+sys of the leecher process, from wait4), peak RSS (ru_maxrss)
-and peak anonymous RSS (RssAnon sampled from /proc every 20 ms: libtorrent mmaps its files, so its
-full RSS counts file pages; PROTOCOL.md 7.15), the seeder's CPU seconds per GiB during that download
-(/proc/PID/stat) and "other CPU": the seconds the rest of the machine was busy meanwhile (/proc/stat
-busy time minus leecher and seeder: other processes, interrupts), a sign of a disturbed row.  Kernel
-page cache is not dropped; both leechers see the same conditions.  Every process is stopped by its PID.
+on 127.0.0.1.  Then, one after the other, a minibt leecher (`python -m minibt download`), a
+libtorrent leecher and an aria2 leecher download it into fresh directories; ``--runs`` repeats the
+round, alternating the clients.  For each leecher this prints wall seconds, MiB/s, CPU seconds per GiB
+(user+sys of the leecher process, from wait4), peak RSS (ru_maxrss) and peak anonymous RSS (RssAnon
+sampled from /proc every 20 ms: libtorrent mmaps its files, so its full RSS counts file pages;
+PROTOCOL.md 7.15), write calls per GiB and MiB written per GiB (the flash-wear figures: ``syscw`` from
+/proc/PID/io and ``ru_oublock`` from wait4; benchlib.py's docstring says exactly what they count), the
+seeder's CPU seconds per GiB during that download (/proc/PID/stat) and "other CPU": the seconds the
+rest of the machine was busy meanwhile (/proc/stat busy time minus leecher and seeder: other
+processes, interrupts), a sign of a disturbed row.  Kernel page cache is not dropped; every leecher
+sees the same conditions.  Every downloaded file is compared with the seed by SHA-1.  Every process is
+stopped by its PID.  ``--clients`` picks the rows (default: all that apply).  Per payload a line gives
+the issue-15 ratios: minibt's CPU s/GiB and throughput against libtorrent's and its peak RSS against
+aria2's, each side's best of ``--runs``.
+
+aria2 ("aria2" row, TCP only) runs with its default settings except: DHT, LPD and PEX off, sockets on
+127.0.0.1 (--interface), the torrent's trackers excluded, exit when complete (--seed-time=0).  It has no
+option to dial a given peer, so bench.py runs a loopback HTTP tracker (a thread) that answers every
+announce with the seeder's address.  File allocation is aria2's default ("prealloc"), what a new user
+gets (here it allocates without writing: its MiB written per GiB is ~1024).  Every row's wall time
+includes the client's start-up and exit; aria2 runs on a 1-second timer, so about 1 s passes before its
+first announce, 1 s before it dials the seeder and 1 s for its "stopped" announce at the end (seen in its
+log): its MiB/s understates its transfer rate, the more so the smaller the payload.
+
+``--files N``: the payload is a directory of N files (varied sizes, fixed seed, summing to the size),
+made into a torrent by ``python -m minibt create DIR``; every file is compared.
+
+``--sparse``: the payload is made of sparse files of zeros (ftruncate, nothing written), so a 16 GiB
+seed costs no disk and no time to make.  Zeros leave the wire, hashing and leecher writes exactly as
+costly as random data (nothing on the path compresses), only the seeder's reads come from holes.
+Several sizes (``--size-mib 32,16384``) run one after the other and end with minibt's peak RSS at the
+largest as a percentage of the smallest (issue 15: within +10 %).
+
+``--seed-leechers N``: instead of leecher rows, measure the SEEDER.  Per run, first a fresh
+``minibt seed`` (defaults, DHT off, on 127.0.0.1; ready once its hash check wrote resume data), then a
+fresh libtorrent seeder (ready once it reports seeding) serves N libtorrent leechers started at once
+(each its own process, told the seeder's address, PEX off so they never trade among themselves).  Rows:
+wall time from starting the leechers until the last one exited, aggregate MiB/s (N x size / wall),
+the seeder's CPU s per GiB uploaded (N x size) over that time, its peak RSS (VmHWM) and peak anon RSS
+(sampled), the leechers' CPU per GiB and "other CPU".  Every leecher's data is compared.
 
 ``--transport utp`` (BEP 29): the seeder and every leecher are uTP-only (TCP disabled; minibt with
-``--transport utp``).  The seeder gets 4 MiB socket buffers so it is not the bottleneck; a third
-leecher, "lt-bigbuf", is libtorrent with 4 MiB send/receive socket buffers (PROTOCOL.md 7.14).  Each row
-also shows the kernel's UDP RcvbufErrors delta (/proc/net/snmp: datagrams dropped because a receive
+``--transport utp``; no aria2, which has no uTP).  The seeder gets 4 MiB socket buffers so it is not the
+bottleneck; "lt-bigbuf" is libtorrent with 4 MiB send/receive socket buffers (PROTOCOL.md 7.14).  Each
+row also shows the kernel's UDP RcvbufErrors delta (/proc/net/snmp: datagrams dropped because a receive
 buffer was full) during that download.
 
-``--encryption required`` (MSE/PE, issue 13): each run downloads the payload four times, in this
-order: "minibt" and "libtorrent" in plaintext, then "minibt-rc4" (``--encryption required``) and
-"lt-rc4" (out/in_enc_policy pe_forced, allowed_enc_level rc4, prefer_rc4).  Two libtorrent seeders
-serve the same file from the same directory (so the same page cache): the plaintext one is exactly the
-seeder of an ``--encryption none`` run (out pe_disabled, in pe_enabled; the plaintext leechers do not
-encrypt), the other forces RC4 both ways like the RC4 leechers, so an encrypted row can never be
-plaintext in disguise.  Both seeders are started (and hash-checked) before the first download; the
-idle one only sleeps.  A summary line gives minibt's RC4 throughput as a percentage of its plaintext
-throughput (target >= 80 %) and its RC4 CPU s/GiB as a multiple of the plaintext one (target <= 1.5x),
-best of ``--runs`` each, and the same two figures for libtorrent.
+``--encryption required`` (MSE/PE, issue 13): the plaintext rows, then "minibt-rc4" (``--encryption
+required``), "lt-rc4" (out/in_enc_policy pe_forced, allowed_enc_level rc4, prefer_rc4) and "aria2-rc4"
+(--bt-require-crypto, --bt-min-crypto-level=arc4).  Two libtorrent seeders serve the same file from the
+same directory (so the same page cache): the plaintext one is exactly the seeder of an ``--encryption
+none`` run (out pe_disabled, in pe_enabled; the plaintext leechers do not encrypt), the other forces
+RC4 both ways like the RC4 leechers, so an encrypted row can never be plaintext in disguise.  Both
+seeders are started (and hash-checked) before the first download; the idle one only sleeps.  A summary
+line gives minibt's RC4 throughput as a percentage of its plaintext throughput (target >= 80 %) and its
+RC4 CPU s/GiB as a multiple of the plaintext one (target <= 1.5x), best of ``--runs`` each, and the same
+two figures for libtorrent.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import contextlib
+import glob
 import json
 import os
 import shutil
@@ -43,166 +77,54 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchlib, also when loaded by path
+from benchlib import (  # noqa: E402
+    BIG_BUFFERS,
+    LT_PEER,
+    NO_PEX,
+    RC4_FORCED,
+    REPO,
+    SAMPLE_S,
+    UTP_ONLY,
+    LoopbackTracker,
+    Result,
+    SeedResult,
+    Watched,
+    aria2_argv,
+    busy_cpu_s,
+    child_env,
+    free_port,
+    make_payload,
+    payload_layout,
+    proc_cpu_s,
+    run_measured,
+    status_kib,
+    tree_sha1,
+    udp_rcvbuf_errors,
+)
 
-# A lean libtorrent peer: no status polling of peers, one status line when done.
-LT_PEER = r"""
-import sys, time, json, libtorrent as lt
-torrent, save, mode, peer = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-extra = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
-settings = {
-    "listen_interfaces": "127.0.0.1:0", "enable_dht": False, "dht_bootstrap_nodes": "",
-    "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
-    "enable_outgoing_utp": False, "enable_incoming_utp": False,
-    "out_enc_policy": lt.enc_policy.pe_disabled, "in_enc_policy": lt.enc_policy.pe_enabled,
-    "allow_multiple_connections_per_ip": True, "alert_mask": 0,
-}
-if extra.pop("rc4_forced", False):  # MSE/PE, RC4 only, both directions (bench.py --encryption required)
-    settings.update({"out_enc_policy": lt.enc_policy.pe_forced, "in_enc_policy": lt.enc_policy.pe_forced,
-                     "allowed_enc_level": lt.enc_level.rc4, "prefer_rc4": True})
-settings.update(extra)
-s = lt.session(settings)
-p = lt.add_torrent_params()
-p.ti = lt.torrent_info(torrent)
-p.save_path = save
-p.flags = lt.torrent_flags.default_flags & ~lt.torrent_flags.auto_managed & ~lt.torrent_flags.paused
-h = s.add_torrent(p)
-if peer != "-":
-    host, port = peer.rsplit(":", 1)
-    h.connect_peer((host, int(port)))
-print(json.dumps({"port": s.listen_port()}), flush=True)
-while True:
-    st = h.status()
-    if mode == "seed" and st.is_seeding:
-        print(json.dumps({"seeding": True}), flush=True)
-        mode = "seeding"
-    if mode == "leech" and st.is_seeding:
-        break
-    time.sleep(0.05)
-del h
-del s  # the session's destructor waits for the disk threads to flush
-"""
+# Every leecher row: (name, seeder it downloads from: "plain" or "rc4"), in run order.
+LEECHERS = [("minibt", "plain"), ("libtorrent", "plain"), ("aria2", "plain"), ("lt-bigbuf", "plain"),
+            ("minibt-rc4", "rc4"), ("lt-rc4", "rc4"), ("aria2-rc4", "rc4")]
+SEEDERS = ("minibt", "libtorrent")
 
 
-UTP_ONLY = {"enable_outgoing_utp": True, "enable_incoming_utp": True,
-            "enable_outgoing_tcp": False, "enable_incoming_tcp": False}
-BIG_BUFFERS = {"send_socket_buffer_size": 4 << 20, "recv_socket_buffer_size": 4 << 20}
-RC4_FORCED = {"rc4_forced": True}  # LT_PEER: pe_forced in and out, allowed_enc_level rc4, prefer_rc4
-
-
-@dataclass
-class Result:
-    name: str
-    seconds: float
-    cpu_s: float
-    maxrss_kib: int
-    peak_anon_kib: int
-    rcvbuf_errors: int = -1  # kernel UDP RcvbufErrors during the run (-1: not measured)
-    seeder_cpu_s: float = -1.0  # the serving seeder's user+sys during the run (-1: not measured)
-    other_cpu_s: float = -1.0  # the rest of the machine's busy CPU: other processes, interrupts
-
-    def row(self, size: int) -> str:
-        gib = size / 2**30
-        drops = f" {self.rcvbuf_errors:8d} UDP RcvbufErrors" if self.rcvbuf_errors >= 0 else ""
-        if self.seeder_cpu_s >= 0:
-            drops += f" {self.seeder_cpu_s / gib:6.2f} seeder CPU s/GiB {self.other_cpu_s:6.2f} s other CPU"
-        return (
-            f"{self.name:12s} {self.seconds:8.2f} s {size / self.seconds / 2**20:9.1f} MiB/s "
-            f"{self.cpu_s / gib:8.2f} CPU s/GiB {self.maxrss_kib / 1024:8.1f} MiB peak RSS "
-            f"{self.peak_anon_kib / 1024:8.1f} MiB peak anon RSS{drops}"
-        )
-
-
-def busy_cpu_s() -> float:
-    """CPU seconds the whole machine was busy since boot (/proc/stat: all but idle and iowait)."""
-    with open("/proc/stat") as f:
-        ticks = [int(v) for v in f.readline().split()[1:9]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_s(pid: int) -> float:
-    """user+sys CPU seconds of a running process (/proc/PID/stat utime, stime)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def udp_rcvbuf_errors() -> int:
-    """System-wide UDP RcvbufErrors from /proc/net/snmp (-1 if unavailable)."""
+def sizes_mib(text: str) -> list[int]:
+    """--size-mib: one size or a comma-separated list, each a positive number of MiB."""
     try:
-        with open("/proc/net/snmp") as f:
-            rows = [line.split() for line in f if line.startswith("Udp:")]
-        return int(rows[1][rows[0].index("RcvbufErrors")])
-    except (OSError, IndexError, ValueError):
-        return -1
-
-
-def rss_anon_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def run_measured(name: str, argv: list[str], *, done_marker: str | None, timeout_s: float) -> Result:
-    """Run argv to completion (or until it prints done_marker, then ask it to quit) and measure it."""
-    t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
-    peak = 0
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    buf = ""
-    reaped = None
-    # os.wait4 (never Popen.poll, which would reap the child and lose its rusage).
-    while True:
-        peak = max(peak, rss_anon_kib(proc.pid))
-        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            reaped = (status, ru)
-            break
-        try:
-            chunk = proc.stdout.read()
-        except (BlockingIOError, TypeError):
-            chunk = None
-        if chunk:
-            buf += chunk
-            if done_marker is not None and done_marker in buf:
-                break
-        if time.monotonic() - t0 > timeout_s:
-            os.kill(proc.pid, 15)
-            os.wait4(proc.pid, 0)
-            raise RuntimeError(f"{name} did not finish in {timeout_s} s")
-        time.sleep(0.02)
-    seconds = time.monotonic() - t0
-    if reaped is None:
-        os.kill(proc.pid, 15)
-        _, status, ru = os.wait4(proc.pid, 0)
-    else:
-        status, ru = reaped
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    code = proc.returncode
-    if done_marker is None and code != 0:
-        raise RuntimeError(f"{name} exited with {code}")
-    return Result(name, seconds, ru.ru_utime + ru.ru_stime, ru.ru_maxrss, peak)
-
-
-def sha1_file(path: str) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        sizes = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size list: {text!r}") from None
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError("sizes must be positive")
+    return sizes
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--size-mib", type=sizes_mib, default=[1024],
+                    help="payload size; a comma-separated list runs each size in turn")
     ap.add_argument("--piece-kib", type=int, default=256)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--runs", type=int, default=1)
@@ -210,7 +132,46 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--transport", choices=("tcp", "utp"), default="tcp")
     ap.add_argument("--encryption", choices=("none", "required"), default="none",
                     help="required: also download over forced MSE/PE RC4 (plaintext rows of the same run too)")
+    ap.add_argument("--clients", default=None,
+                    help="comma-separated rows to run (leechers: " + ", ".join(n for n, _ in LEECHERS)
+                    + "; with --seed-leechers, seeders: minibt, libtorrent); default all that apply")
+    ap.add_argument("--files", type=int, default=0, help="payload of N files in a directory (0: one file)")
+    ap.add_argument("--sparse", action="store_true", help="payload of sparse zero files (fast to make at 16 GiB)")
+    ap.add_argument("--seed-leechers", type=int, default=0,
+                    help="measure seeding to N libtorrent leechers at once instead of downloading")
     return ap
+
+
+def leecher_rows(transport: str, encryption: str, clients: list[str] | None) -> list[tuple[str, str]]:
+    """The (row, seeder) pairs that apply to this transport and encryption, filtered by --clients.
+
+    ValueError for a name that is no leecher, or one that does not apply (aria2 over uTP, ...).
+    """
+    def applies(name: str, mode: str) -> bool:
+        if mode == "rc4" and encryption != "required":
+            return False
+        if name.startswith("aria2") and transport == "utp":
+            return False
+        return name != "lt-bigbuf" or transport == "utp"
+
+    known = {n for n, _ in LEECHERS}
+    for name in clients or ():
+        if name not in known:
+            raise ValueError(f"unknown client {name!r} (known: {', '.join(sorted(known))})")
+    rows = [(n, m) for n, m in LEECHERS if applies(n, m)]
+    if clients is None:
+        return rows
+    for name in clients:
+        if name not in {n for n, _ in rows}:
+            raise ValueError(f"{name} does not apply with --transport {transport} --encryption {encryption}")
+    return [(n, m) for n, m in rows if n in clients]
+
+
+def seeder_rows(clients: list[str] | None) -> list[str]:
+    for name in clients or ():
+        if name not in SEEDERS:
+            raise ValueError(f"{name} cannot be measured seeding (seeders: {', '.join(SEEDERS)})")
+    return [n for n in SEEDERS if clients is None or n in clients]
 
 
 def best(results: list[Result], name: str) -> tuple[float, float] | None:
@@ -219,105 +180,267 @@ def best(results: list[Result], name: str) -> tuple[float, float] | None:
     return (min(r.seconds for r in rs), min(r.cpu_s for r in rs)) if rs else None
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def lowest_rss(results: list[Result], name: str) -> int | None:
+    rs = [r.maxrss_kib for r in results if r.name == name]
+    return min(rs) if rs else None
+
+
+def verify(dest: str, top: str, want: dict[str, str], who: str) -> None:
+    got = tree_sha1(os.path.join(dest, top))
+    if got != want:
+        bad = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+        raise RuntimeError(f"{who}: downloaded data differs ({len(bad)} files, e.g. {bad[:3]})")
+
+
+def start_lt_seeder(torrent: str, seed_dir: str, settings: dict[str, object]) -> tuple[Watched, str]:
+    w = Watched([sys.executable, "-c", LT_PEER, torrent, seed_dir, "seed", "-", json.dumps(settings)],
+                stdout=subprocess.PIPE)
+    assert w.proc.stdout is not None
+    port = json.loads(w.proc.stdout.readline())["port"]
+    json.loads(w.proc.stdout.readline())  # {"seeding": true} once its check is done
+    return w, f"127.0.0.1:{port}"
+
+
+def start_minibt_seeder(torrent: str, seed_dir: str, state: str, timeout_s: float) -> tuple[Watched, str]:
+    """``minibt seed`` with its defaults (DHT off, on 127.0.0.1); returns once its hash check is done
+    (the check writes the first resume file into the fresh state directory)."""
+    shutil.rmtree(state, ignore_errors=True)
+    port = free_port()
+    w = Watched([sys.executable, "-m", "minibt", "seed", torrent, "--dir", seed_dir, "--port", str(port),
+                 "--no-dht", "--bind", "127.0.0.1", "--state-dir", state, "--quiet"])
+    t0 = time.monotonic()
+    while not glob.glob(os.path.join(state, "*.resume")):
+        if w.exited() or time.monotonic() - t0 > timeout_s:
+            w.close()
+            raise RuntimeError("minibt seed did not finish its check")
+        w.sample()
+        time.sleep(SAMPLE_S)
+    return w, f"127.0.0.1:{port}"
+
+
+def download_case(args: argparse.Namespace, rows: list[tuple[str, str]], torrent: str, seed_dir: str,
+                  top: str, want: dict[str, str], size: int, work: str) -> list[Result]:
     utp = args.transport == "utp"
-    encrypted = args.encryption == "required"
     base_seed = {**UTP_ONLY, **BIG_BUFFERS} if utp else {}
-    # (row name, seeder): "plain" leechers do not encrypt, "rc4" ones force RC4 (module docstring)
-    leechers = [("minibt", "plain"), ("libtorrent", "plain")]
-    if utp:
-        leechers.append(("lt-bigbuf", "plain"))
-    if encrypted:
-        leechers += [("minibt-rc4", "rc4"), ("lt-rc4", "rc4")]
-    size = args.size_mib << 20
-    work = args.workdir or tempfile.mkdtemp(prefix="minibt-bench-")
-    seed_dir = os.path.join(work, "seed")
-    os.makedirs(seed_dir, exist_ok=True)
-    payload = os.path.join(seed_dir, "payload.bin")
-    if not os.path.exists(payload) or os.path.getsize(payload) != size:
-        with open(payload, "wb") as f:
-            for _ in range(args.size_mib):
-                f.write(os.urandom(1 << 20))
-    torrent = os.path.join(work, "payload.torrent")
-    subprocess.run(
-        [sys.executable, "-m", "minibt", "create", payload, "-o", torrent, "--piece-size", str(args.piece_kib << 10)],
-        check=True, cwd=REPO, stdout=subprocess.DEVNULL,
-    )
-    want = sha1_file(payload)
-    seeders: dict[str, subprocess.Popen[str]] = {}
+    seeders: dict[str, Watched] = {}
     peers: dict[str, str] = {}
     results: list[Result] = []
     try:
-        for mode in ("plain", "rc4") if encrypted else ("plain",):
-            settings: dict[str, object] = {**base_seed, **(RC4_FORCED if mode == "rc4" else {})}
-            seeders[mode] = subprocess.Popen(
-                [sys.executable, "-c", LT_PEER, torrent, seed_dir, "seed", "-", json.dumps(settings)],
-                stdout=subprocess.PIPE, text=True,
-            )
-        for mode, seeder in seeders.items():
-            assert seeder.stdout is not None
-            port = json.loads(seeder.stdout.readline())["port"]
-            json.loads(seeder.stdout.readline())  # {"seeding": true} once its check is done
-            peers[mode] = f"127.0.0.1:{port}"
-            print(f"libtorrent seeder ({'forced RC4' if mode == 'rc4' else 'plaintext'}) pid {seeder.pid} on "
-                  f"{peers[mode]}; payload {args.size_mib} MiB, {args.piece_kib} KiB pieces; "
-                  f"transport {args.transport}", flush=True)
+        for mode in sorted({m for _, m in rows}, reverse=True):  # "plain" first
+            seeders[mode], peers[mode] = start_lt_seeder(
+                torrent, seed_dir, {**base_seed, **(RC4_FORCED if mode == "rc4" else {})})
+            print(f"libtorrent seeder ({'forced RC4' if mode == 'rc4' else 'plaintext'}) pid {seeders[mode].pid} "
+                  f"on {peers[mode]}; payload {size >> 20} MiB in {len(want)} file(s), {args.piece_kib} KiB pieces"
+                  f"{', sparse' if args.sparse else ''}; transport {args.transport}", flush=True)
         for _run in range(args.runs):
-            for name, mode in leechers:
-                peer = peers[mode]
-                dest = os.path.join(work, f"leech-{name}")
-                shutil.rmtree(dest, ignore_errors=True)
-                state = os.path.join(work, f"state-{name}")
-                shutil.rmtree(state, ignore_errors=True)
-                if name.startswith("minibt"):
-                    argv = [sys.executable, "-m", "minibt", "download", torrent, "--dir", dest, "--port", "0", "--no-dht",
-                            "--bind", "127.0.0.1", "--peer", peer, "--state-dir", state, "--quiet",
-                            "--transport", args.transport, "--encryption", "required" if mode == "rc4" else "none"]
-                else:
-                    os.makedirs(dest)
-                    extra: dict[str, object] = {**UTP_ONLY} if utp else {}
-                    if name == "lt-bigbuf":
-                        extra.update(BIG_BUFFERS)
-                    if mode == "rc4":
-                        extra.update(RC4_FORCED)
-                    argv = [sys.executable, "-c", LT_PEER, torrent, dest, "leech", peer, json.dumps(extra)]
-                drops0 = udp_rcvbuf_errors()
-                seeder_pid = seeders[mode].pid
-                seed0, busy0 = proc_cpu_s(seeder_pid), busy_cpu_s()
-                r = run_measured(name, argv, done_marker=None, timeout_s=args.timeout)
-                if utp and drops0 >= 0:
-                    r.rcvbuf_errors = udp_rcvbuf_errors() - drops0
-                r.seeder_cpu_s = proc_cpu_s(seeder_pid) - seed0
-                r.other_cpu_s = max(0.0, busy_cpu_s() - busy0 - r.seeder_cpu_s - r.cpu_s)
-                got = sha1_file(os.path.join(dest, "payload.bin"))
-                if got != want:
-                    raise RuntimeError(f"{name}: downloaded data differs")
+            for name, mode in rows:
+                r = download_one(args, name, mode, peers[mode], seeders[mode].pid, torrent, work)
+                verify(os.path.join(work, f"leech-{name}"), top, want, name)
                 results.append(r)
                 print(r.row(size), flush=True)
-                shutil.rmtree(dest, ignore_errors=True)
+                shutil.rmtree(os.path.join(work, f"leech-{name}"), ignore_errors=True)
     finally:
         for seeder in seeders.values():
-            seeder.terminate()
-            seeder.wait(timeout=30)
-    if args.workdir is None:
-        shutil.rmtree(work, ignore_errors=True)
+            seeder.close()
+    return results
+
+
+def download_one(args: argparse.Namespace, name: str, mode: str, peer: str, seeder_pid: int, torrent: str,
+                 work: str) -> Result:
+    utp = args.transport == "utp"
+    dest = os.path.join(work, f"leech-{name}")
+    shutil.rmtree(dest, ignore_errors=True)
+    os.makedirs(dest)
+    state = os.path.join(work, f"state-{name}")
+    shutil.rmtree(state, ignore_errors=True)
+    env = None
+    stack = contextlib.ExitStack()  # holds aria2's loopback tracker while it downloads
+    if name.startswith("minibt"):
+        argv = [sys.executable, "-m", "minibt", "download", torrent, "--dir", dest, "--port", "0", "--no-dht",
+                "--bind", "127.0.0.1", "--peer", peer, "--state-dir", state, "--quiet",
+                "--transport", args.transport, "--encryption", "required" if mode == "rc4" else "none"]
+    elif name.startswith("aria2"):
+        exe = shutil.which("aria2c")
+        if exe is None:
+            raise RuntimeError("aria2c is not installed")
+        host, port = peer.rsplit(":", 1)
+        tracker = stack.enter_context(LoopbackTracker([(host, int(port))]))
+        argv = aria2_argv(exe, torrent, dest, tracker_url=tracker.url, listen_port=free_port(), rc4=mode == "rc4")
+        env = child_env()
+    else:
+        extra: dict[str, object] = {**UTP_ONLY} if utp else {}
+        if name == "lt-bigbuf":
+            extra.update(BIG_BUFFERS)
+        if mode == "rc4":
+            extra.update(RC4_FORCED)
+        argv = [sys.executable, "-c", LT_PEER, torrent, dest, "leech", peer, json.dumps(extra)]
+    drops0 = udp_rcvbuf_errors()
+    seed0, busy0 = proc_cpu_s(seeder_pid), busy_cpu_s()
+    with stack:
+        r = run_measured(name, argv, timeout_s=args.timeout, env=env)
+    if utp and drops0 >= 0:
+        r.rcvbuf_errors = udp_rcvbuf_errors() - drops0
+    r.seeder_cpu_s = proc_cpu_s(seeder_pid) - seed0
+    r.other_cpu_s = max(0.0, busy_cpu_s() - busy0 - r.seeder_cpu_s - r.cpu_s)
+    return r
+
+
+def seed_case(args: argparse.Namespace, seeders: list[str], torrent: str, seed_dir: str, top: str,
+              want: dict[str, str], size: int, work: str) -> list[SeedResult]:
+    n = args.seed_leechers
+    print(f"seeding to {n} libtorrent leechers at once; payload {size >> 20} MiB in {len(want)} file(s), "
+          f"{args.piece_kib} KiB pieces{', sparse' if args.sparse else ''}", flush=True)
+    results: list[SeedResult] = []
+    for _run in range(args.runs):
+        for name in seeders:
+            if name == "minibt":
+                seeder, peer = start_minibt_seeder(torrent, seed_dir, os.path.join(work, "state-seed"), args.timeout)
+            else:
+                seeder, peer = start_lt_seeder(torrent, seed_dir, {})
+            try:
+                r = serve(name, seeder, peer, torrent, n, work, args.timeout)
+            finally:
+                seeder.close()
+            for i in range(n):
+                verify(os.path.join(work, f"sleech-{i}"), top, want, f"leecher {i} of the {name} seeder")
+                shutil.rmtree(os.path.join(work, f"sleech-{i}"), ignore_errors=True)
+            results.append(r)
+            print(r.row(size), flush=True)
+    return results
+
+
+def serve(name: str, seeder: Watched, peer: str, torrent: str, n: int, work: str, timeout_s: float) -> SeedResult:
+    """Start n libtorrent leechers of ``peer`` at once; measure the seeder until the last one is done."""
+    dests = [os.path.join(work, f"sleech-{i}") for i in range(n)]
+    for d in dests:
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+    seed0, busy0 = proc_cpu_s(seeder.pid), busy_cpu_s()
+    t0 = time.monotonic()
+    leechers = [Watched([sys.executable, "-c", LT_PEER, torrent, d, "leech", peer, json.dumps(NO_PEX)])
+                for d in dests]
+    leecher_cpu = 0.0
+    try:
+        while not all(w.exited() for w in leechers):
+            seeder.sample()
+            if seeder.exited():
+                raise RuntimeError(f"the {name} seeder exited")
+            if time.monotonic() - t0 > timeout_s:
+                raise RuntimeError(f"{n} leechers did not finish in {timeout_s} s")
+            time.sleep(SAMPLE_S)
+        seconds = time.monotonic() - t0
+        seeder_cpu = proc_cpu_s(seeder.pid) - seed0
+        hwm = status_kib(seeder.pid, "VmHWM")
+        busy = busy_cpu_s() - busy0
+    finally:
+        for w in leechers:
+            reaped = w.close()
+            if reaped is not None:
+                leecher_cpu += reaped[1].ru_utime + reaped[1].ru_stime
+    return SeedResult(name, n, seconds, seeder_cpu, hwm, seeder.peak_anon_kib, leecher_cpu,
+                      max(0.0, busy - seeder_cpu - leecher_cpu))
+
+
+def ratio_lines(results: list[Result], runs: int, files: int, utp: bool = False) -> list[str]:
+    """The issue-15 ratios of one payload: minibt vs libtorrent (CPU, throughput) and vs aria2 (RSS)."""
+    out: list[str] = []
     mb, lt, big = best(results, "minibt"), best(results, "libtorrent"), best(results, "lt-bigbuf")
     if mb and lt:
-        print(f"minibt throughput = {lt[0] / mb[0] * 100:.0f} % of libtorrent's (best of {args.runs})")
+        tput, cpu = lt[0] / mb[0], mb[1] / lt[1]
+        line = (f"issue 15: minibt CPU s/GiB = {cpu:.2f}x libtorrent's{' uTP' if utp else ''} (target <= 1.00x: "
+                f"{'met' if cpu <= 1.0 else 'NOT met'}); minibt throughput = {tput:.2f}x libtorrent's")
+        if not utp:  # uTP's throughput target is "no lower than before", not a ratio to libtorrent
+            target = 1.0 if files else 0.85
+            line += f" (target >= {target:.2f}x: {'met' if tput >= target else 'NOT met'})"
+        out.append(f"{line} (best of {runs})")
+    mb_rss, aria_rss = lowest_rss(results, "minibt"), lowest_rss(results, "aria2")
+    if mb_rss and aria_rss:
+        rss = mb_rss / aria_rss
+        out.append(f"issue 15: minibt peak RSS = {mb_rss / 1024:.1f} MiB = {rss:.2f}x aria2's {aria_rss / 1024:.1f} "
+                   f"MiB (target <= 1.00x: {'met' if rss <= 1.0 else 'NOT met'}) (lowest of {runs})")
+    ar = best(results, "aria2")
+    if mb and ar:
+        out.append(f"minibt vs aria2: throughput {ar[0] / mb[0]:.2f}x, CPU s/GiB {mb[1] / ar[1]:.2f}x")
     if mb and big:
-        print(f"minibt throughput = {big[0] / mb[0] * 100:.0f} % of libtorrent's with 4 MiB buffers")
+        out.append(f"minibt throughput = {big[0] / mb[0] * 100:.0f} % of libtorrent's with 4 MiB buffers")
     mb_rc4, lt_rc4 = best(results, "minibt-rc4"), best(results, "lt-rc4")
     if mb and mb_rc4:
         tput, cpu = mb[0] / mb_rc4[0] * 100, mb_rc4[1] / mb[1]
-        print(f"minibt RC4 throughput = {tput:.0f} % of minibt plaintext (target >= 80 %: "
-              f"{'met' if tput >= 80 else 'NOT met'}); RC4 CPU s/GiB = {cpu:.2f}x plaintext (target <= 1.5x: "
-              f"{'met' if cpu <= 1.5 else 'NOT met'}) (best of {args.runs})")
+        out.append(f"minibt RC4 throughput = {tput:.0f} % of minibt plaintext (target >= 80 %: "
+                   f"{'met' if tput >= 80 else 'NOT met'}); RC4 CPU s/GiB = {cpu:.2f}x plaintext (target <= 1.5x: "
+                   f"{'met' if cpu <= 1.5 else 'NOT met'}) (best of {runs})")
     if lt and lt_rc4:
-        print(f"libtorrent RC4 throughput = {lt[0] / lt_rc4[0] * 100:.0f} % of libtorrent plaintext; "
-              f"RC4 CPU s/GiB = {lt_rc4[1] / lt[1]:.2f}x plaintext")
+        out.append(f"libtorrent RC4 throughput = {lt[0] / lt_rc4[0] * 100:.0f} % of libtorrent plaintext; "
+                   f"RC4 CPU s/GiB = {lt_rc4[1] / lt[1]:.2f}x plaintext")
     if mb_rc4 and lt_rc4:
-        print(f"minibt RC4 throughput = {lt_rc4[0] / mb_rc4[0] * 100:.0f} % of libtorrent RC4's")
+        out.append(f"minibt RC4 throughput = {lt_rc4[0] / mb_rc4[0] * 100:.0f} % of libtorrent RC4's")
+    return out
+
+
+def seed_ratio_lines(results: list[SeedResult], runs: int) -> list[str]:
+    mb = [r for r in results if r.name == "minibt"]
+    lt = [r for r in results if r.name == "libtorrent"]
+    if not (mb and lt):
+        return []
+    cpu = min(r.seeder_cpu_s for r in mb) / min(r.seeder_cpu_s for r in lt)
+    wall = min(r.seconds for r in lt) / min(r.seconds for r in mb)
+    return [f"issue 15: minibt seeding CPU s/GiB = {cpu:.2f}x libtorrent's (target <= 1.00x: "
+            f"{'met' if cpu <= 1.0 else 'NOT met'}); aggregate throughput {wall:.2f}x libtorrent's (best of {runs})"]
+
+
+def prepare(args: argparse.Namespace, size_mib: int, work: str) -> tuple[str, str, str, dict[str, str]]:
+    """Make (or reuse) the payload and its torrent: (torrent, seed_dir, top name, {file: SHA-1})."""
+    layout = payload_layout(size_mib << 20, args.files)
+    seed_dir = os.path.join(work, "seed")
+    top = layout[0][0].split("/", 1)[0]
+    stamp = os.path.join(work, "payload.json")
+    key = json.dumps({"layout": layout, "sparse": args.sparse, "piece_kib": args.piece_kib})
+    torrent = os.path.join(work, "payload.torrent")
+    if not (os.path.exists(stamp) and open(stamp).read() == key and os.path.exists(torrent)):
+        shutil.rmtree(seed_dir, ignore_errors=True)
+        make_payload(seed_dir, layout, sparse=args.sparse)
+        subprocess.run([sys.executable, "-m", "minibt", "create", os.path.join(seed_dir, top), "-o", torrent,
+                        "--piece-size", str(args.piece_kib << 10)], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+        with open(stamp, "w") as f:
+            f.write(key)
+    return torrent, seed_dir, top, tree_sha1(os.path.join(seed_dir, top))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    clients = [c.strip() for c in args.clients.split(",") if c.strip()] if args.clients else None
+    try:
+        rows = leecher_rows(args.transport, args.encryption, clients) if not args.seed_leechers else []
+        seeders = seeder_rows(clients) if args.seed_leechers else []
+    except ValueError as e:
+        ap.error(str(e))
+    if args.seed_leechers and (args.transport != "tcp" or args.encryption != "none"):
+        ap.error("--seed-leechers measures plaintext TCP seeding")
+    work = args.workdir or tempfile.mkdtemp(prefix="minibt-bench-")
+    peak_rss: dict[int, int] = {}
+    try:
+        for size_mib in args.size_mib:
+            torrent, seed_dir, top, want = prepare(args, size_mib, work)
+            size = size_mib << 20
+            if args.seed_leechers:
+                lines = seed_ratio_lines(seed_case(args, seeders, torrent, seed_dir, top, want, size, work), args.runs)
+            else:
+                results = download_case(args, rows, torrent, seed_dir, top, want, size, work)
+                lines = ratio_lines(results, args.runs, args.files, args.transport == "utp")
+                rss = lowest_rss(results, "minibt")
+                if rss:
+                    peak_rss[size_mib] = rss
+            for line in lines:
+                print(line, flush=True)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    if len(peak_rss) > 1:
+        lo, hi = min(peak_rss), max(peak_rss)
+        pct = peak_rss[hi] / peak_rss[lo] * 100
+        print(f"issue 15: minibt peak RSS at {hi} MiB = {peak_rss[hi] / 1024:.1f} MiB = {pct:.0f} % of "
+              f"{peak_rss[lo] / 1024:.1f} MiB at {lo} MiB (target <= 110 %: {'met' if pct <= 110 else 'NOT met'})")
     return 0
 
 

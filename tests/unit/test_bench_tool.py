@@ -1,0 +1,161 @@
+"""tools/bench.py and tools/benchlib.py (issue 15 benchmark): the pure helpers, a loopback tracker, /proc."""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.request
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from minibt.bencode import decode
+from tests.unit.test_bench_mse_tool import load_tool
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    return load_tool("bench")
+
+
+@pytest.fixture(scope="module")
+def lib(bench: ModuleType) -> ModuleType:
+    return sys.modules["benchlib"]  # the module bench.py imported its helpers from
+
+
+def test_parser_sizes_files_sparse_seed(bench: ModuleType) -> None:
+    ap = bench.build_parser()
+    a = ap.parse_args([])
+    assert (a.size_mib, a.files, a.sparse, a.seed_leechers, a.clients) == ([1024], 0, False, 0, None)
+    a = ap.parse_args(["--size-mib", "32,16384", "--files", "200", "--sparse", "--seed-leechers", "8"])
+    assert (a.size_mib, a.files, a.sparse, a.seed_leechers) == ([32, 16384], 200, True, 8)
+    for bad in ("0", "x", "32,", "-4"):
+        with pytest.raises(SystemExit):
+            ap.parse_args(["--size-mib", bad])
+
+
+def test_main_rejects_unknown_or_inapplicable_clients(bench: ModuleType) -> None:
+    for argv in (["--clients", "qbittorrent"], ["--transport", "utp", "--clients", "aria2"],
+                 ["--seed-leechers", "2", "--clients", "aria2"], ["--seed-leechers", "2", "--transport", "utp"]):
+        with pytest.raises(SystemExit):
+            bench.main(argv)
+
+
+def test_leecher_rows_per_case(bench: ModuleType) -> None:
+    rows = bench.leecher_rows
+    assert [n for n, _ in rows("tcp", "none", None)] == ["minibt", "libtorrent", "aria2"]
+    assert [n for n, _ in rows("utp", "none", None)] == ["minibt", "libtorrent", "lt-bigbuf"]
+    assert rows("tcp", "required", None) == [("minibt", "plain"), ("libtorrent", "plain"), ("aria2", "plain"),
+                                             ("minibt-rc4", "rc4"), ("lt-rc4", "rc4"), ("aria2-rc4", "rc4")]
+    assert rows("tcp", "none", ["aria2", "minibt"]) == [("minibt", "plain"), ("aria2", "plain")]
+    with pytest.raises(ValueError, match="does not apply"):
+        rows("tcp", "none", ["minibt-rc4"])
+    with pytest.raises(ValueError, match="unknown"):
+        rows("tcp", "none", ["transmission"])
+    assert bench.seeder_rows(None) == ["minibt", "libtorrent"]
+    assert bench.seeder_rows(["libtorrent"]) == ["libtorrent"]
+    with pytest.raises(ValueError):
+        bench.seeder_rows(["aria2"])
+
+
+def test_payload_layout_single_and_many(lib: ModuleType) -> None:
+    assert lib.payload_layout(5 << 20, 0) == [("payload.bin", 5 << 20)]
+    total = 256 << 20
+    layout = lib.payload_layout(total, 200)
+    sizes = [n for _, n in layout]
+    assert sum(sizes) == total and min(sizes) >= 1 and len(layout) == 200
+    assert max(sizes) > 4 * min(sizes)  # varied, not equal slices
+    names = [p for p, _ in layout]
+    assert len(set(names)) == 200 and all(p.startswith("payload/") for p in names)
+    assert len({p.rsplit("/", 1)[0] for p in names}) == 4  # 50 files per subdirectory
+    assert layout == lib.payload_layout(total, 200)  # deterministic
+    assert sum(n for _, n in lib.payload_layout(7, 7)) == 7
+    with pytest.raises(ValueError):
+        lib.payload_layout(3, 4)
+
+
+def test_make_payload_sparse_and_tree_sha1(lib: ModuleType, tmp_path: Path) -> None:
+    layout = lib.payload_layout(1 << 20, 3)
+    lib.make_payload(str(tmp_path), layout, sparse=True)
+    for rel, size in layout:
+        assert os.path.getsize(tmp_path / rel) == size
+    digests = lib.tree_sha1(str(tmp_path / "payload"))
+    assert sorted(digests) == sorted(rel for rel, _ in layout)  # relative to the payload's parent
+    lib.make_payload(str(tmp_path / "r"), [("payload.bin", 70_000)], sparse=False)
+    one = lib.tree_sha1(str(tmp_path / "r" / "payload.bin"))
+    assert list(one) == ["payload.bin"]
+    assert one != {"payload.bin": lib.tree_sha1(str(tmp_path / "payload"))[layout[0][0]]}
+    (tmp_path / "r" / "payload.bin").write_bytes(b"\0" * 70_000)
+    assert lib.tree_sha1(str(tmp_path / "r" / "payload.bin")) != one  # random content was written
+
+
+def test_tracker_reply_and_loopback_tracker(lib: ModuleType) -> None:
+    peers = [("127.0.0.1", 6881), ("127.0.0.2", 65535)]
+    reply = decode(lib.tracker_reply(peers, interval_s=30))
+    assert reply[b"interval"] == 30 and reply[b"min interval"] == 30
+    assert reply[b"peers"] == bytes([127, 0, 0, 1, 0x1A, 0xE1, 127, 0, 0, 2, 0xFF, 0xFF])
+    with lib.LoopbackTracker(peers[:1]) as tracker:
+        assert tracker.url.startswith("http://127.0.0.1:")
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(tracker.url + "?info_hash=x&port=1", timeout=5) as r:
+            got = decode(r.read())
+        assert got[b"peers"] == bytes([127, 0, 0, 1, 0x1A, 0xE1])
+        assert tracker.requests == 1
+
+
+def test_parse_proc_io(lib: ModuleType) -> None:
+    text = ("rchar: 100\nwchar: 2048\nsyscr: 7\nsyscw: 3\nread_bytes: 0\nwrite_bytes: 4096\n"
+            "cancelled_write_bytes: 0\nbogus line\n")
+    io = lib.parse_proc_io(text)
+    assert io["syscw"] == 3 and io["write_bytes"] == 4096 and io["wchar"] == 2048 and "bogus line" not in io
+    assert lib.parse_proc_io("") == {}
+    mine = lib.read_proc_io(os.getpid())
+    assert mine == {} or "syscw" in mine  # unreadable /proc/self/io (some sandboxes) gives {}
+
+
+def test_run_measured_counts_write_calls(lib: ModuleType, tmp_path: Path) -> None:
+    if not lib.read_proc_io(os.getpid()):
+        pytest.skip("/proc/PID/io is not readable here")
+    out = tmp_path / "w.bin"
+    code = f"import os\nfd = os.open({str(out)!r}, os.O_WRONLY | os.O_CREAT)\nfor _ in range(300): os.write(fd, b'x')\n"
+    r = lib.run_measured("writer", [sys.executable, "-c", code], timeout_s=30)
+    assert r.syscw >= 300 and r.cpu_s > 0 and r.maxrss_kib > 0 and r.oublock >= 0
+    assert out.stat().st_size == 300
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        lib.run_measured("fails", [sys.executable, "-c", "raise SystemExit(3)"], timeout_s=30)
+
+
+def test_aria2_argv(lib: ModuleType) -> None:
+    argv = lib.aria2_argv("aria2c", "t.torrent", "/d", tracker_url="http://127.0.0.1:9/announce", listen_port=7000,
+                          rc4=False)
+    for opt in ("--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false",
+                "--interface=127.0.0.1", "--bt-exclude-tracker=*", "--bt-tracker=http://127.0.0.1:9/announce",
+                "--seed-time=0", "--listen-port=7000", "--dir=/d"):
+        assert opt in argv
+    assert argv[0] == "aria2c" and argv[-1] == "t.torrent"
+    assert not any(a.startswith(("--file-allocation", "--bt-require-crypto")) for a in argv)  # defaults kept
+    rc4 = lib.aria2_argv("aria2c", "t.torrent", "/d", tracker_url="u", listen_port=1, rc4=True)
+    assert "--bt-require-crypto=true" in rc4 and "--bt-min-crypto-level=arc4" in rc4
+
+
+def test_rows_and_ratio_lines(bench: ModuleType) -> None:
+    gib = 1 << 30
+    mb = bench.Result("minibt", 4.0, 6.0, 40 * 1024, 30 * 1024, oublock=2 * 1024 * 2048, syscw=8192)
+    lt = bench.Result("libtorrent", 3.0, 3.0, 30 * 1024, 10 * 1024, oublock=0, syscw=0)
+    ar = bench.Result("aria2", 8.0, 2.0, 20 * 1024, 5 * 1024, oublock=0, syscw=0)
+    row = mb.row(2 * gib)
+    assert "512.0 MiB/s" in row and "3.00 CPU s/GiB" in row and "4096 write calls/GiB" in row
+    assert "1024.0 MiB written/GiB" in row
+    lines = bench.ratio_lines([mb, lt, ar], 1, 0)
+    assert "minibt CPU s/GiB = 2.00x libtorrent's (target <= 1.00x: NOT met)" in lines[0]
+    assert "minibt throughput = 0.75x libtorrent's (target >= 0.85x: NOT met)" in lines[0]
+    assert "2.00x aria2's" in lines[1] and "NOT met" in lines[1]
+    assert "target >= 1.00x" in bench.ratio_lines([mb, lt], 1, 200)[0]
+    utp = bench.ratio_lines([mb, lt], 1, 0, True)[0]
+    assert "2.00x libtorrent's uTP (target <= 1.00x: NOT met)" in utp and "target >=" not in utp
+    s_mb = bench.SeedResult("minibt", 8, 10.0, 4.0, 30 * 1024, 20 * 1024, 16.0, 1.0)
+    s_lt = bench.SeedResult("libtorrent", 8, 20.0, 8.0, 40 * 1024, 10 * 1024, 16.0, 1.0)
+    assert "0.50 seeder CPU s/GiB uploaded" in s_mb.row(gib) and "819.2 MiB/s" in s_mb.row(gib)
+    assert "0.50x libtorrent's (target <= 1.00x: met); aggregate throughput 2.00x" in bench.seed_ratio_lines(
+        [s_mb, s_lt], 1)[0]
