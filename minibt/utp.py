@@ -334,7 +334,7 @@ class UtpConnection:
             self._outbox.clear()
             self._terminate()
             return [ConnectionReset()]
-        self._reply_micro = (timestamp_us(now) - header.timestamp_us) & TS_MASK
+        self._reply_micro = (int(now * 1e6) - header.timestamp_us) & TS_MASK  # timestamp_us(now), inlined
         self._peer_wnd = header.wnd_size
         events: list[UtpEvent] = []
         if typ == ST_SYN:

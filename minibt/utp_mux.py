@@ -73,15 +73,23 @@ class UtpMux:
         self, data: bytes | bytearray | memoryview, addr: Addr, *, now: float
     ) -> list[MuxEvent]:
         """Route one datagram.  Never raises on remote input: garbage is counted and dropped."""
-        self._n["datagrams"] += 1
+        n = self._n
+        n["datagrams"] += 1
         try:
             header, sack, payload = decode_packet(data)
         except UtpError:
-            self._n["garbage"] += 1
+            n["garbage"] += 1
             return []
         cid = header.connection_id
         typ = header.type
         conns = self._conns
+        if typ < ST_RESET:  # ST_DATA, ST_FIN, ST_STATE: the connection's receive id (the common case)
+            key = (addr, cid)
+            conn = conns.get(key)
+            if conn is not None:
+                self._touched.add(key)
+                evs = conn.receive_packet(header, sack, payload, now=now)
+                return [(key, evs[0])] if len(evs) == 1 else [(key, ev) for ev in evs]
         if typ == ST_SYN:
             key = (addr, (cid + 1) & SEQ_MASK)
             conn = conns.get(key)
