@@ -7,7 +7,7 @@ connection-id demux, SYN acceptance limits, rate-limited ST_RESET for unknown co
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from minibt.errors import UtpError
 from minibt.urls import Addr
@@ -26,10 +26,9 @@ from minibt.utp_codec import (
 from minibt.utp_config import UtpConfig
 
 
-@dataclass(frozen=True, slots=True)
-class OutDatagram:
+class OutDatagram(NamedTuple):
     """One datagram to send to ``addr``; ``dont_fragment``: send with the IP don't-fragment bit (an MTU probe,
-    :mod:`minibt.utp_mtu`)."""
+    :mod:`minibt.utp_mtu`).  A tuple: one is built per datagram sent."""
 
     data: bytes
     addr: Addr
