@@ -136,20 +136,21 @@ class Ledbat:
                 if _before32(v, base):
                     base = v
             self._base = base
-        else:
-            if _before32(sample_us, hist[-1]):
+        else:  # once per received packet: _before32 written out
+            if ((sample_us - hist[-1]) & TS_MASK) > 0x7FFFFFFF:
                 hist[-1] = sample_us
             base = self._base if self._base is not None else sample_us
-            if _before32(sample_us, base):
+            if ((sample_us - base) & TS_MASK) > 0x7FFFFFFF:
                 base = sample_us
             self._base = base
         recent = self._recent
         recent.append(sample_us)
         low = recent[0]
         for v in recent:
-            if _before32(v, low):
+            if ((v - low) & TS_MASK) > 0x7FFFFFFF:
                 low = v
-        self._our_delay = (low - base) & TS_MASK if not _before32(low, base) else 0
+        d = (low - base) & TS_MASK
+        self._our_delay = d if d <= 0x7FFFFFFF else 0
 
     def on_ack(self, *, bytes_acked: int, bytes_in_flight: int, packet_bytes: int, now: float) -> None:
         """Grow or shrink the window for ``bytes_acked`` newly acknowledged bytes.

@@ -8,7 +8,7 @@ its DNS results and the tick from the loop.
 It reads ``now`` once per iteration, feeds the session, performs the session's Actions and
 drains outgoing bytes with backpressure.  Blocking DNS lookups run on the hasher's thread pool.
 
-Datagrams are routed by their first byte: uTP (BEP 29, ``is_utp_datagram``) to the
+Datagrams (GRO buffers cut apart, udpio.py) are routed by their first byte: uTP (BEP 29) to the
 :class:`~minibt.utp_mux.UtpMux`, ``0x00`` (a BEP 15 action) to the UDP tracker with that address;
 anything else is counted and dropped.  A uTP connection is a peer connection like a TCP socket
 (same cid space); the mux's ``next_deadline`` bounds the select timeout (ms-level uTP timers).
@@ -36,8 +36,8 @@ from minibt.netif import Source, link_state, norm_ip, open_listen_sockets, send_
 from minibt.peer import Transport
 from minibt.session import Session
 from minibt.trackerio import STOPPED_TIMEOUT_S, TrackerIO
+from minibt.udpio import UdpIO
 from minibt.urls import Addr, is_ip
-from minibt.utp_codec import is_utp_datagram
 from minibt.utp_config import UtpConfig
 from minibt.utp_peers import SEND_CHUNK, UtpPeers
 from minibt.workers import CallResult, Hasher, HashJob, HashResult
@@ -94,9 +94,11 @@ class EventLoop:
         port: int = 0,
         utp_config: UtpConfig | None = None,
         interface: str | None = None,
+        udp_offload: bool = True,
     ) -> None:
         """``bind``: source address of every socket (0.0.0.0/:: = any); ``interface``: SO_BINDTODEVICE
-        for every socket, and networking pauses while that device is down or gone (ifwatch.py)."""
+        for every socket, and networking pauses while that device is down or gone (ifwatch.py);
+        ``udp_offload``: UDP GRO/GSO where the kernel has them (udpio.py; False: one call per datagram)."""
         self.session = session
         self.clock = clock
         self.hasher = hasher
@@ -130,7 +132,8 @@ class EventLoop:
             UtpPeers(session, session.rng, config=utp_config) if Transport.UTP in session.config.transports else None
         )
         self._ubuf = bytearray(UDP_MAX_DATAGRAM)
-        self._uview = memoryview(self._ubuf)
+        self._udp_offload = udp_offload
+        self._udpio: UdpIO | None = None
         self._udp_v6 = False
         self.udp_buffers = (0, 0)  # (SO_RCVBUF, SO_SNDBUF) the kernel granted
         self.trackers = TrackerIO(
@@ -171,6 +174,7 @@ class EventLoop:
         )
         log.debug("UDP socket buffers granted: rcv %d, snd %d bytes", *self.udp_buffers)
         self._udp_v6 = us.family == socket.AF_INET6
+        self._udpio = UdpIO(us, self.counters, gro=self._udp_offload, gso=self._udp_offload)
         self.sel.register(us, selectors.EVENT_READ, ("udp", None))
         self.session.set_listen(self.bind, self.port)
 
@@ -250,6 +254,7 @@ class EventLoop:
                     pass
                 s.close()
         self._listener = self._udp = None
+        self._udpio = None
 
     # ------------------------------------------------------------------ main loop
 
@@ -658,37 +663,30 @@ class EventLoop:
     # ------------------------------------------------------------------ UDP socket
 
     def _udp_read(self, now: float) -> None:
-        """Drain the UDP socket (up to a batch) and route each datagram by its first byte."""
-        assert self._udp is not None
-        sock, buf, view, utp = self._udp, self._ubuf, self._uview, self._utp
-        counters = self.counters
-        for _ in range(UDP_BATCH):
-            try:
-                n, addr = sock.recvfrom_into(buf)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                break
-            ip = addr[0]
-            src = (ip[7:] if ip.startswith("::ffff:") else ip, addr[1])
-            data = view[:n]
-            try:
-                if utp is not None and is_utp_datagram(data):
-                    utp.receive_datagram(data, src, now=now)
-                elif n and buf[0] == 0x64 and self.session.dht is not None:  # "d": a bencoded dict, KRPC (BEP 5)
-                    self.session.on_dht_datagram(bytes(data), src, now=now)
-                elif n and buf[0] == 0:  # BEP 15 responses start with a 32-bit action < 256
-                    if not self.trackers.receive_datagram(data, src, now):
-                        counters["udp_unmatched"] += 1
-                else:
-                    counters["udp_dropped"] += 1
-            except Exception as e:  # one datagram: dropped, the loop goes on (STYLE.md section 13)
-                self.session.faults.record(FaultKind.DATAGRAM, f"datagram from {src[0]}:{src[1]}", e)
+        """Drain the UDP socket (up to a batch, GRO buffers cut apart) and route each datagram by its first byte."""
+        assert self._udpio is not None
+        utp = self._utp
+        self._udpio.read(self._ubuf, UDP_BATCH, utp.receive_datagram if utp is not None else None, self._udp_other,
+                         now, self._udp_fault)
         if utp is not None:
             try:
                 utp.socket_drained(now=now)
             except Exception as e:
                 self.session.faults.record(FaultKind.DATAGRAM, "uTP receive batch", e)
+
+    def _udp_other(self, data: memoryview, src: Addr, *, now: float) -> None:
+        """A datagram that is not uTP: the DHT's, a UDP tracker's answer, or dropped."""
+        first = data[0] if data else -1
+        if first == 0x64 and self.session.dht is not None:  # "d": a bencoded dict, KRPC (BEP 5)
+            self.session.on_dht_datagram(bytes(data), src, now=now)
+        elif first == 0:  # BEP 15 responses start with a 32-bit action < 256
+            if not self.trackers.receive_datagram(data, src, now):
+                self.counters["udp_unmatched"] += 1
+        else:
+            self.counters["udp_dropped"] += 1
+
+    def _udp_fault(self, src: Addr, e: Exception) -> None:
+        self.session.faults.record(FaultKind.DATAGRAM, f"datagram from {src[0]}:{src[1]}", e)
 
     # ------------------------------------------------------------------ uTP (BEP 29) peers
 
@@ -724,21 +722,26 @@ class EventLoop:
         self._utp.dial(cid, (norm_ip(addr[0]), addr[1]), now=now)
 
     def _utp_send(self, now: float) -> None:
-        utp, sock = self._utp, self._udp
-        if utp is None or sock is None:
+        """Send what the uTP connections produced: runs of datagrams through UdpIO (GSO), MTU probes alone."""
+        utp, io = self._utp, self._udpio
+        if utp is None or io is None:
             return
+        datas: list[bytes] = []
+        addrs: list[Addr] = []
+        last: Addr | None = None
+        to: Addr = ("", 0)
         for out in utp.datagrams_to_send(now=now):
             if out.dont_fragment:
-                self._send_probe(sock, out.data, out.addr)
+                io.send_many(datas, addrs)
+                datas, addrs = [], []
+                self._send_probe(io.sock, out.data, out.addr)
                 continue
-            addr = out.addr
-            try:
-                sock.sendto(out.data, self._udp_addr(addr))
-            except (BlockingIOError, InterruptedError):
-                self.counters["udp_send_errors"] += 1  # kernel buffer full: uTP retransmits it
-            except OSError as e:
-                self.counters["udp_send_errors"] += 1
-                log.debug("uTP send to %s failed: %s", addr, e)
+            if out.addr is not last:
+                last, to = out.addr, self._udp_addr(out.addr)
+            datas.append(out.data)
+            addrs.append(to)
+        if datas:
+            io.send_many(datas, addrs)
 
     def _send_probe(self, sock: socket.socket, dgram: bytes, addr: Addr) -> None:
         """Send a uTP MTU probe with the don't-fragment bit (utp_mtu); a probe that cannot go is lost."""

@@ -25,6 +25,7 @@ import enum
 import random
 from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from minibt.errors import CloseReason, LocalProtocolError
 from minibt.ledbat import Ledbat
@@ -69,8 +70,7 @@ class Connected:
     """The handshake completed (initiator: SYN acked; acceptor: first ST_DATA arrived)."""
 
 
-@dataclass(frozen=True, slots=True)
-class DataReceived:
+class DataReceived(NamedTuple):  # one per received packet: a tuple is the cheapest immutable record
     data: bytes
 
 
@@ -334,7 +334,7 @@ class UtpConnection:
             self._outbox.clear()
             self._terminate()
             return [ConnectionReset()]
-        self._reply_micro = (timestamp_us(now) - header.timestamp_us) & TS_MASK
+        self._reply_micro = (int(now * 1e6) - header.timestamp_us) & TS_MASK  # timestamp_us(now), inlined
         self._peer_wnd = header.wnd_size
         events: list[UtpEvent] = []
         if typ == ST_SYN:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from minibt.errors import CloseReason, LocalProtocolError, UtpError
 
@@ -45,19 +45,25 @@ def timestamp_us(now: float) -> int:
 # ---------------------------------------------------------------------------- codec
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UtpHeader:
-    """The 20-byte BEP 29 header; ``extension`` is the first extension type of the chain."""
+class UtpHeader(NamedTuple):
+    """The 20-byte BEP 29 header; ``extension`` is the first extension type of the chain.
+
+    A named tuple (not a frozen dataclass): one is built per received datagram, and a tuple is the
+    cheapest immutable record Python builds (build it with keywords; the field order is not BEP 29's).
+    """
 
     type: int
-    version: int = UTP_VERSION
-    extension: int = EXT_NONE
     connection_id: int
     timestamp_us: int
     timestamp_diff_us: int
     wnd_size: int
     seq_nr: int
     ack_nr: int
+    version: int = UTP_VERSION
+    extension: int = EXT_NONE
+
+
+_new_header = tuple.__new__  # UtpHeader from a tuple in field order, without the keyword parsing
 
 
 def encode_packet(header: UtpHeader, sack: bytes | None, payload: bytes = b"") -> bytes:
@@ -92,6 +98,8 @@ def decode_packet(data: bytes | bytearray | memoryview) -> tuple[UtpHeader, byte
     typ = tv >> 4
     if typ > ST_SYN:
         raise UtpError(CloseReason.MALFORMED_MESSAGE, f"uTP type {typ}")
+    if not ext:  # the common case: no extension
+        return _new_header(UtpHeader, (typ, cid, ts, tsd, wnd, seq, ack, UTP_VERSION, ext)), None, bytes(data[20:])
     off = HEADER_LEN
     sack: bytes | None = None
     nxt = ext
@@ -106,17 +114,7 @@ def decode_packet(data: bytes | bytearray | memoryview) -> tuple[UtpHeader, byte
             # BEP 29 says len is a multiple of 4, but libtorrent sends (span + 7) // 8 bytes: accept any
             sack = bytes(data[off : off + ln])
         off += ln  # BEP 29: unknown extensions are skipped (so is a second SACK)
-    header = UtpHeader(
-        type=typ,
-        extension=ext,
-        connection_id=cid,
-        timestamp_us=ts,
-        timestamp_diff_us=tsd,
-        wnd_size=wnd,
-        seq_nr=seq,
-        ack_nr=ack,
-    )
-    return header, sack, bytes(data[off:])
+    return _new_header(UtpHeader, (typ, cid, ts, tsd, wnd, seq, ack, UTP_VERSION, ext)), sack, bytes(data[off:])
 
 
 def is_utp_datagram(data: bytes | bytearray | memoryview) -> bool:

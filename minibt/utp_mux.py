@@ -7,7 +7,7 @@ connection-id demux, SYN acceptance limits, rate-limited ST_RESET for unknown co
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from minibt.errors import UtpError
 from minibt.urls import Addr
@@ -26,10 +26,9 @@ from minibt.utp_codec import (
 from minibt.utp_config import UtpConfig
 
 
-@dataclass(frozen=True, slots=True)
-class OutDatagram:
+class OutDatagram(NamedTuple):
     """One datagram to send to ``addr``; ``dont_fragment``: send with the IP don't-fragment bit (an MTU probe,
-    :mod:`minibt.utp_mtu`)."""
+    :mod:`minibt.utp_mtu`).  A tuple: one is built per datagram sent."""
 
     data: bytes
     addr: Addr
@@ -73,15 +72,23 @@ class UtpMux:
         self, data: bytes | bytearray | memoryview, addr: Addr, *, now: float
     ) -> list[MuxEvent]:
         """Route one datagram.  Never raises on remote input: garbage is counted and dropped."""
-        self._n["datagrams"] += 1
+        n = self._n
+        n["datagrams"] += 1
         try:
             header, sack, payload = decode_packet(data)
         except UtpError:
-            self._n["garbage"] += 1
+            n["garbage"] += 1
             return []
         cid = header.connection_id
         typ = header.type
         conns = self._conns
+        if typ < ST_RESET:  # ST_DATA, ST_FIN, ST_STATE: the connection's receive id (the common case)
+            key = (addr, cid)
+            conn = conns.get(key)
+            if conn is not None:
+                self._touched.add(key)
+                evs = conn.receive_packet(header, sack, payload, now=now)
+                return [(key, evs[0])] if len(evs) == 1 else [(key, ev) for ev in evs]
         if typ == ST_SYN:
             key = (addr, (cid + 1) & SEQ_MASK)
             conn = conns.get(key)

@@ -9,7 +9,6 @@ large wastes budget the connections could use.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import random
 import struct
@@ -195,7 +194,7 @@ def test_utp_send_and_reorder_buffers_at_their_caps_fit_their_term(buffer_kib: i
         (d,) = a.datagrams_to_send(now=0.0)
         h = decode_packet(d)[0]
         for k in range(1, 3000):  # seq + 0 never arrives: everything after it waits
-            b.receive_packet(dataclasses.replace(h, seq_nr=(h.seq_nr + k) & 0xFFFF), None,
+            b.receive_packet(h._replace(seq_nr=(h.seq_nr + k) & 0xFFFF), None,
                              bytes([k & 255]) * payload_len, now=0.0)
         while a.send(b"y" * 65536):
             pass

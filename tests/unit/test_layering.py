@@ -19,6 +19,7 @@ RESTRICTED: dict[str, set[str]] = {
         "loop.py",
         "netif.py",  # netif.py: socket options and interface state for the loop
         "trackerio.py",  # trackerio.py: the loop's tracker transactions (HTTP sockets, UDP sends, DNS)
+        "udpio.py",  # udpio.py: the loop's UDP reads and sends (GRO/GSO socket options, recvmsg/sendmsg)
     },
     "selectors": {"loop.py", "trackerio.py"},  # trackerio.py: its HTTP sockets in the loop's selector
     "select": {"loop.py"},
