@@ -243,13 +243,21 @@ class PeerWire:
         n = mv.nbytes
         self._bytes_in += n
         pos = 0
-        if self._skip:
-            pos = min(self._skip, n)
-            self._skip -= pos
         events: list[Event] = []
         rb = self._rbuf
-        # A frame begun in an earlier read: complete it in our buffer, a header first, then its body.
-        while rb and pos < n:
+        while pos < n:
+            if self._skip:  # the rest of an unknown message
+                k = min(self._skip, n - pos)
+                self._skip -= k
+                pos += k
+                continue
+            if not rb:
+                # Parsed where it lies: piece blocks are views of ``data`` (no copy).
+                done = self._parse(data, mv, pos, n, events, copy=False)
+                if done < n:
+                    rb += mv[done:n]
+                break
+            # A frame begun in an earlier read: complete it in our buffer, a header first, then its body.
             have = len(rb)
             if have < 5:
                 need = 5 - have
@@ -267,11 +275,6 @@ class PeerWire:
             finally:
                 rmv.release()
             del rb[:done]
-        if pos < n and not rb:
-            # The rest is parsed where it lies: piece blocks are views of ``data`` (no copy).
-            done = self._parse(data, mv, pos, n, events, copy=False)
-            if done < n and not self._skip:
-                rb += mv[done:n]
         return events
 
     def _parse(  # noqa: C901 - one loop over the frame kinds, the per-block hot path

@@ -807,3 +807,13 @@ def test_request_many_sends_what_requests_send() -> None:
     many.request_many(blocks)
     assert many.data_to_send() == one.data_to_send()
     assert many.stats() == one.stats()
+
+
+def test_unknown_message_split_in_two_reads_at_every_point() -> None:
+    """The header of an unknown message completed by a read that also holds some of its body."""
+    data = encode(HaveNone()) + frame(48, b"\x00" * 9) + encode(Have(3)) + frame(21, b"y" * 40) + encode(Have(4))
+    for cut in range(1, len(data)):
+        wire = make_wire()
+        events = wire.receive_data(data[:cut], now=0.0) + wire.receive_data(data[cut:], now=0.0)
+        assert events == [HaveNone(), Have(3), Have(4)], cut
+        assert wire.stats()["in_unknown"] == 2
