@@ -516,6 +516,14 @@ class Torrent:
         """One message from an attached peer.  RemoteProtocolError propagates (the session closes
         the connection and penalises the IP)."""
         out: list[fx.Effect] = []
+        if type(msg) is w.Piece:  # the per-block hot path (no event)
+            if self._superseeding.seeder is not None:
+                self._superseeding.on_message(peer, msg, out)
+            try:
+                self.download.on_block(peer, msg, now, out)
+            except StorageError as e:
+                self.fail(str(e))
+            return out
         if self._ctx.events.enabled:
             name = WIRE_EVENTS.get(type(msg))
             if name is not None:
@@ -523,11 +531,6 @@ class Torrent:
         if self._superseeding.seeder is not None:
             self._superseeding.on_message(peer, msg, out)
         match msg:
-            case w.Piece():  # first: the per-block hot path
-                try:
-                    self.download.on_block(peer, msg, now, out)
-                except StorageError as e:
-                    self.fail(str(e))
             case w.Request():
                 try:
                     self.upload.on_request(peer, msg, now, out)
