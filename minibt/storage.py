@@ -32,7 +32,6 @@ from minibt.wire_codec import BLOCK_LEN
 
 log = logging.getLogger(__name__)
 
-MAX_SPARE_BUFFERS = 2  # minibt: written pieces' buffers kept for reuse (within cache_bytes)
 DEFAULT_CACHE_BYTES = 16 * 1024 * 1024  # minibt default write cache (our choice, sized for a Pi)
 MAX_OPEN_FILES = 64  # minibt convention: bound on simultaneously open fds per torrent
 PAD_PATH = ""  # path used in read_piece_spans() for a BEP 47 pad span: `length` zero bytes
@@ -278,9 +277,6 @@ class Storage:
         self._dirty: set[int] = set()
         self._cache: dict[int, _PieceBuf] = {}
         self._buffered = 0
-        # Buffers of written pieces kept for the next pieces (each fresh one costs a zero-fill and
-        # page faults per piece); spares count against cache_bytes like buffered pieces.
-        self._spares: list[bytearray] = []
         self._stats = {
             "bytes_written": 0,
             "write_calls": 0,
@@ -424,7 +420,6 @@ class Storage:
             except OSError as e:  # pragma: no cover - close of a valid fd only fails on NFS
                 log.debug("close failed: %s", e)
         self._cache.clear()
-        self._spares.clear()
         self._buffered = 0
         self._opened = False
 
@@ -444,11 +439,7 @@ class Storage:
         pb = self._cache.get(piece)
         if pb is None:
             nblocks = (size + BLOCK_LEN - 1) // BLOCK_LEN
-            spares = self._spares
-            # A reused buffer holds an older piece's bytes: every byte is overwritten before the
-            # piece counts as complete, and reads of a buffered piece look at received blocks only.
-            buf = spares.pop() if spares and size == self._plen else bytearray(size)
-            pb = _PieceBuf(buf, 0, (1 << nblocks) - 1)
+            pb = _PieceBuf(bytearray(size), 0, (1 << nblocks) - 1)
             self._cache[piece] = pb
             self._buffered += size
             if self._buffered > self._stats["peak_cache_bytes"]:
@@ -562,7 +553,7 @@ class Storage:
         self._stats["bytes_written"] += size
         self._stats["pieces_committed"] += 1
         if piece in self._cache:
-            self._drop(piece, spare=True)  # the worker is done with it: it may serve the next piece
+            self._drop(piece)
 
     @property
     def commits_in_flight(self) -> int:
@@ -574,13 +565,9 @@ class Storage:
             self._drop(piece)
             self._stats["pieces_discarded"] += 1
 
-    def _drop(self, piece: int, *, spare: bool = False) -> None:
+    def _drop(self, piece: int) -> None:
         pb = self._cache.pop(piece)
-        size = len(pb.data)
-        self._buffered -= size
-        if (spare and size == self._plen and len(self._spares) < MAX_SPARE_BUFFERS
-                and self._buffered + (len(self._spares) + 1) * size <= self._cache_limit):
-            self._spares.append(pb.data)
+        self._buffered -= len(pb.data)
 
     @property
     def buffered_bytes(self) -> int:
