@@ -306,7 +306,9 @@ class Downloader:
             self._picker.piece_hashing(index)
             writes = self._storage.prepare_commit(index)
             out.append(HashPiece(self._verify_job(index, writes)))
-        self.fill(peer, now, out, batch=True)
+        depth = peer.req_depth  # fill(batch=True)'s first test, without the call for most blocks
+        if depth - self._picker.num_outstanding(peer.cid) >= (depth >> 2 or 1):
+            self.fill(peer, now, out, batch=True)
 
     def _verify_job(self, index: int, writes: tuple[tuple[int, int, memoryview], ...]) -> HashJob:
         """Hash a complete piece; the worker writes it if it matches (result: Torrent.on_hash_result)."""

@@ -79,7 +79,8 @@ class RateMeter:
             self._last = now
 
     def add(self, n: int, now: float) -> None:
-        self._decay(now)
+        if now != self._last:  # blocks of one read share ``now``
+            self._decay(now)
         self._acc += n
         self.total += n
 

@@ -433,7 +433,7 @@ class Storage:
         hashed in another thread never changes under it.
         """
         n = len(data)
-        size = self._piece_size(piece)
+        size = self._plen if 0 <= piece < self._n - 1 else self._piece_size(piece)
         if size == 0 or begin < 0 or n <= 0 or begin + n > size:
             raise ValueError(f"block {piece}:{begin}+{n} outside the torrent")
         pb = self._cache.get(piece)
@@ -582,15 +582,14 @@ class Storage:
         """
         if piece in self._cache:
             return True
-        total = self._buffered
-        cache = self._cache
-        size = self._piece_size
-        for p in pending:
-            if p not in cache and p != piece:
-                total += size(p)
+        waiting = set(pending).difference(self._cache)  # called per candidate piece: no Python loop
+        waiting.discard(piece)
+        total = self._buffered + len(waiting) * self._plen
+        if self._n - 1 in waiting:
+            total += self._last_size - self._plen
         if total == 0:
             return True
-        return total + size(piece) <= self._cache_limit
+        return total + self._piece_size(piece) <= self._cache_limit
 
     def pieces_in_cache(self) -> set[int]:
         return set(self._cache)
