@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import tempfile
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Sequence
@@ -684,6 +683,8 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o600, group_of_dir: boo
     ``group_of_dir`` gives it the directory's group when the process may (a state dir whose group
     the administrator chose).
     """
+    import tempfile  # with shutil: loaded by the first save (resume data), not with the module
+
     directory = os.path.dirname(os.path.abspath(path))
     tmp: str | None = None
     try:
