@@ -184,8 +184,8 @@ class _Formatter(argparse.HelpFormatter):
                  width: int | None = None) -> None:
         if width is None:  # as shutil.get_terminal_size: $COLUMNS, else the terminal, else 80; minus 2
             try:
-                width = int(os.environ.get("COLUMNS", "0")) or os.get_terminal_size(sys.__stdout__.fileno()).columns
-            except (AttributeError, ValueError, OSError):
+                width = int(os.environ.get("COLUMNS", "0")) or os.get_terminal_size(sys.stdout.fileno()).columns
+            except (AttributeError, ValueError, OSError):  # no fileno (a StringIO), not a terminal
                 width = 80
             width -= 2
         super().__init__(prog, indent_increment, max_help_position, width)
@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dial this peer directly (repeatable)")
         sp.add_argument("--state-dir", default=None, help=f"resume data directory (default {default_state_dir()})")
         sp.add_argument("--max-peers", type=parse_max_peers, default=50, help="connections per torrent (default 50)")
-        sp.add_argument("--cache", type=parse_size, default=16 << 20, help="write cache size (default 16MiB)")
+        sp.add_argument("--cache", type=parse_size, default=4 << 20, help="write cache size (default 4MiB)")
         sp.add_argument("--quiet", action="store_true", help="no progress output")
         sp.add_argument("--transport", type=parse_transports, default=None, metavar="LIST",
                         help="peer transports in outgoing preference order, e.g. utp,tcp or utp "
