@@ -235,7 +235,7 @@ class Hasher:
                 return
             self._results.put(_execute(item, buf))
             # Forget the job before waiting for the next one: it holds the piece buffer, which the
-            # write cache has let go of by now (two idle workers kept two pieces beyond the cache).
+            # write cache has dropped or kept as a spare by now (two idle workers kept two pieces beyond it).
             item = None
             if self._notify is not None:
                 try:
