@@ -26,7 +26,7 @@ MiB = 1 << 20
 # CPython + minibt + psutil + loop buffers (one 256 KiB TCP read buffer, one UDP datagram) + one hasher
 # thread, 'minibt run' seeding one torrent, no peers: VmHWM 30.6 MiB on x86-64 (memswarm --case idle).
 BASE_RSS_BYTES = 31 * MiB
-MAX_CACHE_PER_TORRENT = 16 * MiB  # the storage.py default; bigger buys little on an SD card
+MAX_CACHE_PER_TORRENT = 16 * MiB  # a budget's most per torrent (the CLI default is 4: storage.py); bigger buys little on an SD card
 MIN_CACHE_PER_TORRENT = 256 * KiB  # one usual piece; storage.py always lets one piece in, even above it
 CACHE_SHARE = 0.45  # of what is left after the base and the per-torrent tables
 CONN_SHARE = 0.40  # the rest is head room for hash buffers, tracker replies and the allocator
@@ -47,7 +47,7 @@ PEX_CONN_BYTES = 24 * KiB  # PexSender advertising 50 peers + PexReceiver with 5
 INCOMING_REQUEST_BYTES = 160  # one queued IncomingRequest in PeerConnection.requests_in [136 B]
 OUTSTANDING_REQUEST_BYTES = 256  # one block we requested, in the picker's per-peer and per-piece maps [~218 B]
 PICKER_PEER_FIXED_BYTES = 512  # _PeerState; plus one byte per piece (picker.py keeps 0/1 bytes, not bits)
-PICKER_PIECE_BYTES = 112  # per piece per torrent: availability, order and position lists, 5 bytearrays [91 B]
+PICKER_PIECE_BYTES = 20  # per piece per torrent: availability, order and position int arrays, 4 bytearrays [16.3 B]
 CANDIDATE_BYTES = 448  # one address in a CandidatePool [388 KiB at its 1000-address cap]
 MAX_CANDIDATES = 1000  # TorrentConfig.max_candidates default
 MIN_CANDIDATES = 200  # still four times a usual tracker reply (numwant 50)

@@ -14,7 +14,6 @@ import ipaddress
 import math
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -459,6 +458,8 @@ def _check_key_depth(text: str, file: str) -> None:
 
 def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = None) -> Config:
     """Validate TOML text; ConfigError(file, key, what was expected) on the first problem."""
+    import tomllib  # only here: `download --timeout 1h` parses a duration with this module, no TOML
+
     _check_key_depth(text, file)
     try:
         doc = tomllib.loads(text)

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from minibt.dht import DhtNode, PeersFound
 from minibt.magnetfetch import FetchState, MagnetFetch
 from minibt.peer import PeerSource
-from minibt.routing import RoutingTable
 from minibt.settings import BOOTSTRAP_ENV, TorrentState
 from minibt.torrent import Torrent
 from minibt.urls import Addr, is_ip, parse_host_port
+
+if TYPE_CHECKING:  # the node's modules load when a DHT starts (DhtService), not with --no-dht
+    from minibt.dht import DhtNode, PeersFound
 
 DHT_REANNOUNCE_S = 30 * 60.0  # BEP 5 / libtorrent: re-announce every 30 minutes
 DHT_RETRY_S = 5 * 60.0  # convention: search again this soon while a torrent has few peers (or no metadata)
@@ -76,6 +78,8 @@ class SearchResult:
 
 def saved_state(data: bytes | None, rng: random.Random, *, now: float) -> tuple[bytes, list[tuple[bytes, Addr]]]:
     """Our node id and the nodes to contact from ``dht.dat`` (a fresh random id if absent or unusable)."""
+    from minibt.routing import RoutingTable
+
     if data:
         try:
             return RoutingTable.from_bytes(data, rng, now=now)
@@ -90,8 +94,10 @@ class DhtService:
     def __init__(
         self, *, rng: random.Random, now: float, saved: bytes | None, bootstrap: tuple[Addr, ...], read_only: bool
     ) -> None:
+        from minibt.dht import DhtNode
+
         node_id, nodes = saved_state(saved, rng, now=now)
-        self.node = DhtNode(node_id=node_id, rng=rng, now=now, read_only=read_only)
+        self.node: DhtNode = DhtNode(node_id=node_id, rng=rng, now=now, read_only=read_only)
         self._saved_nodes = [addr for _, addr in nodes]
         self._names = [(h, p) for h, p in bootstrap if not is_ip(h)]  # to resolve off the loop (loop.py)
         self._addrs = [(h, p) for h, p in bootstrap if is_ip(h)]

@@ -12,9 +12,12 @@ import hashlib
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from minibt.configfile import TimeWindow, TorrentEntry
 from minibt.settings import Mode
+
+if TYPE_CHECKING:  # annotations only: `download` (cli.py imports the exit codes) needs no config-file parser
+    from minibt.configfile import TimeWindow, TorrentEntry
 
 DAY_S = 86400.0
 

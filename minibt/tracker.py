@@ -16,12 +16,11 @@ from __future__ import annotations
 import enum
 import ipaddress
 import random
-import ssl
 import struct
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bencode2
 
@@ -35,6 +34,9 @@ from .httpclient import (
     parse_http_url,
 )
 from .urls import is_tracker_url, resolve_redirect
+
+if TYPE_CHECKING:  # ssl is loaded by the first https request (HttpRequest), not by every download
+    import ssl
 
 ANNOUNCE_EVENTS = ("", "started", "completed", "stopped")  # BEP 3 "event" values
 INTERVAL_MIN_S = 30  # convention: clamp tracker intervals (minibt brief)
@@ -253,10 +255,12 @@ class HttpRequest:
         self._request = encode_get_request(target, user_agent=user_agent)
         self._error: str | None = None
         self._tls: ssl.SSLObject | None = None
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
         self._handshake_done = False
         if self.use_tls:
+            import ssl
+
+            self._incoming = ssl.MemoryBIO()
+            self._outgoing = ssl.MemoryBIO()
             ctx = tls_context if tls_context is not None else ssl.create_default_context()
             self._tls = ctx.wrap_bio(self._incoming, self._outgoing, server_hostname=self.host)
             self._pump_tls()  # produces the ClientHello
@@ -322,6 +326,8 @@ class HttpRequest:
         return self._parser.result()
 
     def _pump_tls(self) -> None:
+        import ssl  # loaded already: _tls exists
+
         tls = self._tls
         assert tls is not None
         try:

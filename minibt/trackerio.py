@@ -17,10 +17,9 @@ import errno
 import logging
 import selectors
 import socket
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from minibt.errors import TrackerError
 from minibt.faults import FaultKind
@@ -38,6 +37,9 @@ from minibt.tracker import (
 )
 from minibt.urls import Addr, is_ip, parse_tracker_url
 from minibt.workers import CallResult, Hasher
+
+if TYPE_CHECKING:  # loaded by the first https tracker (_http_start), not by every download
+    import ssl
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +224,8 @@ class TrackerIO:
             full = build_announce_url(url, params)
             if url.startswith("https://"):
                 if self._tls is None:
+                    import ssl
+
                     self._tls = ssl.create_default_context()
                 req = HttpRequest(full, tls_context=self._tls)
             else:

@@ -108,7 +108,12 @@ def _read_into(fd: int, dest: memoryview, offset: int) -> int:
 
 
 def _hash_spans(spans: tuple[tuple[str, int, int], ...], buf: bytearray) -> tuple[bytes | None, str | None]:
-    """SHA-1 of the concatenated spans, reading into ``buf``; (None, error) on I/O failure."""
+    """SHA-1 of the concatenated spans, reading into ``buf``; (None, error) on I/O failure.
+
+    ``buf`` grows to READ_CHUNK here, on the first job that reads the disk: a worker that only
+    hashes downloaded pieces (whose bytes are in memory) never touches that MiB."""
+    if len(buf) < READ_CHUNK:
+        buf.extend(bytes(READ_CHUNK - len(buf)))
     h = hashlib.sha1()
     view = memoryview(buf)
     for path, offset, length in spans:
@@ -223,12 +228,15 @@ class Hasher:
             self._threads.append(t)
 
     def _worker(self) -> None:
-        buf = bytearray(READ_CHUNK)
+        buf = bytearray()  # the read buffer, grown by _hash_spans when a job reads the disk
         while True:
             item = self._jobs.get()
             if item is None or self._stop.is_set():
                 return
             self._results.put(_execute(item, buf))
+            # Forget the job before waiting for the next one: it holds the piece buffer, which the
+            # write cache has dropped or kept as a spare by now (two idle workers kept two pieces beyond it).
+            item = None
             if self._notify is not None:
                 try:
                     self._notify()
@@ -281,7 +289,7 @@ class InlineHasher:
     ) -> None:
         self._notify = notify
         self.max_pending = max_pending
-        self._buf = bytearray(READ_CHUNK)
+        self._buf = bytearray()  # grown by _hash_spans
         self._results: list[Result] = []
         self._closed = False
 

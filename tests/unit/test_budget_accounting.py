@@ -341,3 +341,17 @@ def test_encryption_is_charged_per_connection() -> None:
     assert enc.conn_bytes == conn_bytes(**kw, encryption=True)  # type: ignore[arg-type]
     assert enc.max_connections <= plain.max_connections
     assert worst_case_bytes(enc, torrents=1) <= 48 * MiB
+
+
+def test_default_write_cache_holds_one_peers_request_pipeline() -> None:
+    """Issue 15: the default write cache is as small as keeps one fast peer's pipeline full (every
+    block it has outstanding belongs to a piece in the cache), and the CLI, TorrentConfig and Storage
+    agree on it.  Writes do not depend on its size: a piece is written whole once verified."""
+    from minibt.cli import build_parser
+    from minibt.settings import TorrentConfig
+    from minibt.storage import DEFAULT_CACHE_BYTES
+
+    pipeline = TorrentConfig().request_queue_max * BLOCK_LEN
+    assert pipeline <= DEFAULT_CACHE_BYTES < pipeline + 256 * 1024  # plus at most one usual piece
+    assert TorrentConfig().cache_bytes == DEFAULT_CACHE_BYTES
+    assert build_parser().parse_args(["download", "x.torrent", "--dir", "d"]).cache == DEFAULT_CACHE_BYTES

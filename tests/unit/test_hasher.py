@@ -198,3 +198,29 @@ def test_failing_notify_does_not_kill_the_worker() -> None:
 def test_hash_job_validates_its_fields(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         HashJob(0, 0, **kwargs)  # type: ignore[arg-type]
+
+
+class _Piece(bytearray):
+    """A piece buffer that can be watched with a weak reference."""
+
+
+def test_idle_worker_keeps_no_piece_buffer_alive() -> None:
+    """Peak memory (issue 15): once a job's result is out, the worker holds neither the job nor the
+    piece buffer it hashed (the write cache drops the buffer then; an idle worker holding its last
+    job kept one piece per thread beyond the cache).  The notify comes after the worker let go."""
+    import gc
+    import weakref
+
+    notifier = Notifier()
+    h = Hasher(threads=1, notify=notifier)
+    try:
+        piece = _Piece(b"p" * 40000)
+        alive = weakref.ref(piece)
+        h.submit(HashJob(0, 0, hashlib.sha1(piece).digest(), data=memoryview(piece), tag="t"))
+        [r] = collect(h, notifier, 1)
+        assert isinstance(r, HashResult) and r.ok
+        del piece, r
+        gc.collect()
+        assert alive() is None
+    finally:
+        h.close()

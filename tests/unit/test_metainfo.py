@@ -502,3 +502,14 @@ def test_describe_lists_everything_and_truncates() -> None:
     assert "comment:       note" in text and "1970-01-01 00:00:00 UTC" in text
     assert "root/d/f199" in text and "root/d/f200" not in text
     assert text.endswith("... and 50 more")
+
+
+def test_piece_hashes_are_not_held_twice(tmp_path: Path) -> None:
+    """Peak memory (issue 15): the hashes of a loaded torrent are a view into info_bytes (20 bytes a
+    piece, once); piece_hash still gives bytes."""
+    blob = bytes(range(256)) * 1000
+    (tmp_path / "f.bin").write_bytes(blob)
+    m = parse_metainfo(create_torrent(str(tmp_path / "f.bin"), piece_length=16384))
+    assert isinstance(m.pieces, memoryview) and m.pieces.obj is m.info_bytes
+    assert m.pieces == expected_pieces(blob, 16384) and m.num_pieces == 16
+    assert m.piece_hash(15) == hashlib.sha1(blob[15 * 16384 :]).digest() and type(m.piece_hash(15)) is bytes

@@ -1,0 +1,68 @@
+"""Peak memory (issue 15): a command loads only what it uses.
+
+`minibt download` of a .torrent with --no-dht runs in a fresh interpreter (no peer, a short --timeout)
+and must not have loaded the DHT node's modules, ssl (only an https tracker needs it), the TOML
+parser (only config files) or shutil (argparse's terminal width; tempfile loads it for the first
+resume save, which comes after the transfer).  The same download with the DHT on does load the DHT
+modules, so the check can fail.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from minibt.metainfo import create_torrent
+
+ROOT = str(Path(__file__).resolve().parents[2])
+DHT_MODULES = ("minibt.dht", "minibt.krpc", "minibt.routing", "minibt.dhtstore", "hmac")
+NEVER_FOR_A_DOWNLOAD = ("ssl", "_ssl", "tomllib", "minibt.runner", "minibt.daemon")  # --timeout loads configfile
+
+# Runs the CLI in this interpreter, then prints the modules it loaded.  ``shutil`` is recorded when
+# the transfer starts (the first tick), before the end-of-run resume save imports tempfile.
+DRIVER = r"""
+import sys, io, contextlib
+import minibt.cli as cli
+seen = {}
+from minibt.client import Client
+run = Client.run
+def spy(self, *a, **kw):
+    seen["at_start"] = sorted(sys.modules)
+    return run(self, *a, **kw)
+Client.run = spy
+code = cli.main(sys.argv[1:])
+print("START " + " ".join(seen["at_start"]))
+print("END " + " ".join(sorted(sys.modules)))
+print("EXIT", code)
+"""
+
+
+def _download_modules(tmp_path: Path, *extra: str) -> tuple[set[str], set[str]]:
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"x" * 100_000)
+    torrent = tmp_path / "t.torrent"
+    torrent.write_bytes(create_torrent(str(data), piece_length=16384))
+    argv = [sys.executable, "-c", DRIVER, "download", str(torrent), "--dir", str(tmp_path / "out"),
+            "--bind", "127.0.0.1", "--port", "0", "--quiet", "--state-dir", str(tmp_path / "state"),
+            "--peer", "127.0.0.1:9", *extra]
+    # --timeout 0.3s: the download gives up (exit 1) with no peer to fetch from
+    out = subprocess.run([*argv, "--timeout", "0.3"], capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": ROOT, "MINIBT_DHT_BOOTSTRAP": ""}, cwd=str(tmp_path))
+    lines = {line.split(" ", 1)[0]: line for line in out.stdout.splitlines()}
+    assert "START" in lines and "END" in lines, out.stderr[-2000:]
+    assert lines["EXIT"] == "EXIT 1", out.stderr[-2000:]
+    return set(lines["START"].split()[1:]), set(lines["END"].split()[1:])
+
+
+def test_download_without_dht_loads_no_dht_ssl_toml_or_shutil(tmp_path: Path) -> None:
+    start, end = _download_modules(tmp_path, "--no-dht")
+    assert "minibt.client" in start and "minibt.loop" in start  # the spy saw the transfer start
+    assert [m for m in DHT_MODULES + NEVER_FOR_A_DOWNLOAD if m in end] == []
+    assert [m for m in ("shutil", "tempfile", "bz2", "lzma") if m in start] == []
+
+
+def test_download_with_dht_loads_the_dht_node(tmp_path: Path) -> None:
+    start, end = _download_modules(tmp_path)
+    assert [m for m in DHT_MODULES if m not in start] == []
+    assert [m for m in NEVER_FOR_A_DOWNLOAD if m in end] == []
