@@ -51,7 +51,7 @@ class TorrentConfig:
     max_candidates: int = DEFAULT_MAX_CANDIDATES  # addresses kept to dial (dialer.py); budget.py may lower it
     cache_bytes: int = 4 * 1024 * 1024  # storage.DEFAULT_CACHE_BYTES (why 4 MiB: there)
     request_queue_min: int = 16
-    request_queue_max: int = 500  # under libtorrent's and Transmission's reqq 2000 (PROTOCOL.md 7.13); 250 cost ~10 % MiB/s on loopback
+    request_queue_max: int = 250  # stay under libtorrent's 'reqq' (PROTOCOL.md 7.13); the 4 MiB cache bounds it anyway
     request_queue_seconds: float = 1.0  # pipeline depth = rate * this
     max_incoming_requests: int = 500
     check_jobs_in_flight: int = 4
