@@ -79,7 +79,7 @@ class Client:
             self.session, clock=self.clock, hasher=self.hasher, bind=bind, port=port, utp_config=utp_config,
             interface=interface,
         )
-        wake.append(self.loop.wake)
+        wake.append(self.loop.wake_for_result)
         self.loop.open()
         self._closed = False
         if self.session.config.dht:  # BEP 5: rejoin from dht.dat (our id and the nodes we knew), else bootstrap

@@ -118,6 +118,7 @@ class EventLoop:
         self._rbuf = bytearray(RECV_BUF)
         self._rview = memoryview(self._rbuf)
         self._stop_requested = False
+        self._selecting = False
         self._next_tick = 0.0
         # Called once per iteration before actions and output are flushed (the Client delivers the
         # public API events here, so what callbacks queue goes out in the same iteration).
@@ -143,6 +144,12 @@ class EventLoop:
         )
 
     # ------------------------------------------------------------------ setup / teardown
+
+    def wake_for_result(self) -> None:
+        """Thread-safe (a hash worker's notify): wake select() only if the loop is in it; otherwise it
+        drains the results after its select() anyway, and a wake-up would cost two system calls."""
+        if self._selecting:
+            self.wake()
 
     def wake(self) -> None:
         """Thread-safe: make select() return (used by the hasher)."""
@@ -289,8 +296,14 @@ class EventLoop:
         utp_at = self._utp.next_deadline() if self._utp is not None else None
         if utp_at is not None:
             timeout = max(0.0, min(timeout, utp_at - now))
+        self._selecting = True  # from here on a hash worker's result wakes select() (wake_for_result)
+        if timeout and self.hasher.has_results():
+            timeout = 0.0
         events = self.sel.select(timeout)
+        self._selecting = False
         now = self.clock.now()
+        if self.hasher.has_results():
+            self._drain_results(now)
         for key, mask in events:
             kind, obj = key.data
             try:
@@ -634,6 +647,9 @@ class EventLoop:
                 pass
         except (BlockingIOError, InterruptedError):
             pass
+        self._drain_results(now)
+
+    def _drain_results(self, now: float) -> None:
         for res in self.hasher.results():
             match res:
                 case HashResult():

@@ -93,6 +93,7 @@ class HashPool(Protocol):
     def submit(self, job: HashJob) -> None: ...
     def run(self, fn: Callable[[], object], tag: object) -> None: ...
     def results(self) -> list[Result]: ...
+    def has_results(self) -> bool: ...
     @property
     def pending(self) -> int: ...
     def close(self) -> None: ...
@@ -243,6 +244,9 @@ class Hasher:
                 except Exception as e:  # noqa: BLE001 - a closed wakeup pipe must not kill the worker
                     log.debug("hasher notify failed: %r", e)
 
+    def has_results(self) -> bool:
+        return not self._results.empty()
+
     def results(self) -> list[Result]:
         """Every result available now (never blocks)."""
         out: list[Result] = []
@@ -314,6 +318,9 @@ class InlineHasher:
         self._results.append(_execute(item, self._buf))
         if self._notify is not None:
             self._notify()
+
+    def has_results(self) -> bool:
+        return bool(self._results)
 
     def results(self) -> list[Result]:
         out, self._results = self._results, []

@@ -36,6 +36,9 @@ class FullDiskHasher:
         else:
             self.inner.submit(job)
 
+    def has_results(self) -> bool:
+        return bool(self._out) or self.inner.has_results()
+
     def results(self) -> list[object]:
         out: list[object] = [*self._out, *self.inner.results()]
         self._out = []
