@@ -179,6 +179,8 @@ class Downloader:
         if n <= 0 or (batch and n < depth >> 2):
             return
         blocks = picker.pick(peer.cid, n, allowed=allowed, can_start=self._can_start)
+        if len(blocks) < n:  # the write cache (or what the peer has) holds it lower: batch against that
+            peer.req_depth = depth - n + len(blocks)
         if not blocks and picker.num_outstanding(peer.cid) == 0:
             self.update_interest(peer)
         wire.request_many(blocks)

@@ -466,3 +466,39 @@ def test_snubbing_peer_requests_are_reissued_after_snub_timeout(swarm: Swarm) ->
     have_at_endgame = seen.get("have_at_endgame", first_batch)
     assert isinstance(have_at_endgame, set) and len(first_batch - have_at_endgame) <= len(again) + 1
     assert honest.torrent.stats.uploaded == meta.total_length  # every block came from the honest seeder
+
+
+
+def test_write_cache_bound_pipeline_does_not_pick_for_every_block(tmp_path: Path, clock: FakeClock,
+                                                                   rng: random.Random) -> None:
+    """With the write cache smaller than the request pipeline (issue 15: 4 MiB, 250 blocks), the
+    per-block top-up waits for a quarter of what the cache lets out instead of asking the picker
+    again after every block; the link stays busy and every block is requested once."""
+    from minibt.settings import TorrentConfig
+
+    piece = 256 * KiB  # 16 blocks
+    make_payload(tmp_path / "src" / "payload", {"p.bin": 4 * MiB + 5000}, seed=3)
+    sw = Swarm(SimNet(clock, rng), make_torrent(tmp_path / "src" / "payload", piece), tmp_path / "src", tmp_path)
+    rate = 4 * MiB
+    net = sw.net
+    sw.seeder("seed", "127.0.0.2", link=LinkSpec(up_Bps=rate))
+    leech = net.add_peer("leech", "127.0.0.3", 6881)
+    cache = 4 * piece  # 64 blocks: far below the 250-block pipeline
+    t = net.add_torrent(leech, sw.meta, tmp_path / "leech", mode="download", config=TorrentConfig(cache_bytes=cache))
+    picks = 0
+    real_pick = t.picker.pick
+
+    def counting_pick(*args: object, **kw: object) -> list[Block]:
+        nonlocal picks
+        picks += 1
+        return real_pick(*args, **kw)  # type: ignore[arg-type]
+
+    t.picker.pick = counting_pick  # type: ignore[method-assign]
+    t0 = net.now
+    net.must_run_until(lambda: sw.done(leech), 60)
+    sw.assert_exact(leech)
+    blocks = sum(-(-sw.meta.piece_size(i) // BLOCK_LEN) for i in range(sw.meta.num_pieces))
+    assert leech.wire_stats()["out_request"] == blocks
+    assert t.storage.stats()["peak_cache_bytes"] <= cache
+    assert picks < blocks / 4  # one per block before
+    assert net.now - t0 < 1.5 * sw.meta.total_length / rate + 0.1
