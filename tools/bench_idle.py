@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Idle cost of `minibt run`: N small torrents seeding, no peers, loopback only.
 
-    python3 tools/bench_idle.py [--torrents 50] [--seconds 60] [--workdir DIR]
+    python3 tools/bench_idle.py [--torrents 50] [--seconds 60] [--workdir DIR] [--strace 60]
 
 Builds N single-file torrents (64 KiB each), a config file seeding all of them (DHT off, no
 trackers, listening on 127.0.0.1), starts `python -m minibt run -c FILE`, waits until its status
 file lists every torrent as seeding, then samples the process with psutil for ``--seconds``: CPU
 time used (user + system, % of one core), voluntary context switches per second (each one a
-wake-up from select or a worker), and RSS.  The process is stopped by its PID.
+wake-up from select or a worker, over all threads), and RSS.  With ``--strace S`` it then attaches
+strace for S more seconds (a separate window: tracing itself adds wake-ups) and reports the waits
+(select/poll/epoll_wait calls, their timeouts), fsyncs per minute and file writes per minute, and
+the gaps between consecutive waits.  The process is stopped by its PID.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,11 +62,67 @@ def seeding_count(work: str) -> int:
     return sum(1 for t in st.get("torrents", []) if t.get("state") == "seeding")
 
 
+WAIT_CALLS = ("select", "poll", "epoll_wait", "epoll_pwait", "epoll_pwait2", "pselect6", "ppoll")
+_LINE = re.compile(r"^(\d+)\s+(\d+):(\d+):(\d+\.\d+) (\w+)\((.*)")
+
+
+def strace_window(pid: int, seconds: float, out: str) -> str:
+    """Trace ``pid`` (all threads) for ``seconds``; a one-line summary of its waits and disk syncs."""
+    if shutil.which("strace") is None:
+        return "strace: not installed"
+    tr = subprocess.Popen(["strace", "-f", "-tt", "-o", out, "-e",
+                           "trace=" + ",".join(WAIT_CALLS) + ",fsync,fdatasync,write,openat,futex", "-p", str(pid)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(seconds)
+    tr.terminate()
+    tr.wait(10)
+    waits: list[float] = []
+    timeouts: list[str] = []
+    counts = {"fsync": 0, "write": 0, "openat": 0, "futex": 0}
+    with open(out) as f:
+        for line in f:
+            m = _LINE.match(line)
+            if m is None:
+                continue
+            t = int(m[2]) * 3600 + int(m[3]) * 60 + float(m[4])
+            call, args = m[5], m[6]
+            if call in WAIT_CALLS:
+                waits.append(t)
+                timeouts.append(args.rsplit(",", 1)[-1].split(")")[0].strip())
+            elif call in ("fsync", "fdatasync"):
+                counts["fsync"] += 1
+            elif call in counts:
+                counts[call] += 1
+    gaps = [b - a for a, b in zip(waits, waits[1:], strict=False)]
+    per_min = 60.0 / seconds
+    common = statistics.multimode(timeouts)[:3] if timeouts else []
+    return (f"strace {seconds:.0f} s: {len(waits) / seconds:.2f} waits/s (timeouts ms, most common: {common}), "
+            f"median gap {statistics.median(gaps) if gaps else 0:.3f} s, min gap {min(gaps, default=0):.3f} s; "
+            f"{counts['fsync'] * per_min:.1f} fsyncs/min, {counts['write'] * per_min:.1f} writes/min, "
+            f"{counts['openat'] * per_min:.1f} opens/min, {counts['futex'] * per_min:.1f} futex calls/min")
+
+
+def thread_switches(p: psutil.Process) -> int:
+    """Voluntary context switches summed over every thread (/proc/PID/task/*/status)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{p.pid}/task"):
+        try:
+            with open(f"/proc/{p.pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass  # a thread that ended meanwhile
+    return total
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--torrents", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--strace", type=float, default=0.0, metavar="S",
+                    help="then trace the process for S seconds and summarise its waits and fsyncs")
     ns = ap.parse_args()
     work = ns.workdir or tempfile.mkdtemp(prefix="minibt-idle-")
     conf = build(work, ns.torrents)
@@ -76,14 +138,17 @@ def main() -> int:
             time.sleep(0.5)
         time.sleep(5)  # let start-up work (hash checks, first status writes) settle
         p = psutil.Process(proc.pid)
-        c0, s0, t0 = p.cpu_times(), p.num_ctx_switches(), time.monotonic()
+        c0, s0, t0 = p.cpu_times(), thread_switches(p), time.monotonic()
         time.sleep(ns.seconds)
-        c1, s1, t1 = p.cpu_times(), p.num_ctx_switches(), time.monotonic()
+        c1, s1, t1 = p.cpu_times(), thread_switches(p), time.monotonic()
         rss = p.memory_info().rss / (1 << 20)
         cpu = (c1.user + c1.system) - (c0.user + c0.system)
-        wakeups = (s1.voluntary - s0.voluntary) / (t1 - t0)
+        wakeups = (s1 - s0) / (t1 - t0)
         print(f"{ns.torrents} torrents seeding, no peers, {t1 - t0:.0f} s: "
-              f"CPU {100 * cpu / (t1 - t0):.3f} % of a core, {wakeups:.2f} voluntary wake-ups/s, RSS {rss:.1f} MiB")
+              f"CPU {100 * cpu / (t1 - t0):.3f} % of a core, {wakeups:.2f} voluntary wake-ups/s (all threads), "
+              f"RSS {rss:.1f} MiB", flush=True)
+        if ns.strace > 0:
+            print(strace_window(proc.pid, ns.strace, os.path.join(work, "strace.txt")))
     finally:
         proc.terminate()
         try:

@@ -1,0 +1,78 @@
+"""When a session with no open connection next has work: the loop's idle wait (loop.py).
+
+While connections are open the loop ticks every ``TICK_S`` and walks the whole session.  Without
+any, most of that walk finds nothing to do (a seedbox between peers), so the loop sleeps until the
+nearest *real* deadline instead, read from the machines' own timers (STYLE.md section 4):
+
+* a torrent: its tracker announce (or the in-flight announce's timeout), a dirty resume file's
+  save time, the disk-full retry, the next dial while it has candidates, and the PEX/choker timers
+  while it has peers;
+* the session: every torrent above, plus "every ``poll_s``" while a magnet fetch runs or the DHT is
+  on (their timers are many and short: they are polled, as before).
+
+Everything here only reads state: pure functions of the session and ``now``.  Inputs that change a
+machine's timers (a datagram, a tracker reply, a hash result) reach the loop as I/O events, and the
+loop ticks once soon after any of them (``loop.py``), so a deadline moved by an input is never missed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from minibt.magnetfetch import FetchState
+from minibt.settings import TorrentState
+
+if TYPE_CHECKING:
+    from minibt.session import Session
+    from minibt.torrent import Torrent
+
+DIAL_EVERY_S = 1.0  # torrent.py: _want_dials runs at most once a second
+
+
+def wait_timeout(until_s: float, max_s: float) -> float:
+    """select()'s timeout for a deadline ``until_s`` seconds away, at most ``max_s`` (STYLE.md 4).
+
+    A farther deadline is reached in equal steps (4.5 s: five waits of 0.9 s), so the wake-ups the
+    cap adds land on the deadline instead of one more just before it: at most one a second.
+    """
+    if until_s <= 0.0:
+        return 0.0
+    if until_s <= max_s:
+        return until_s
+    if until_s > 1e6 * max_s:  # no deadline at all
+        return max_s
+    return until_s / math.ceil(until_s / max_s)
+
+
+def earliest(*deadlines: float | None) -> float | None:
+    """The smallest deadline that is not None (None: no deadline at all)."""
+    return min((d for d in deadlines if d is not None), default=None)
+
+
+def torrent_deadline(t: Torrent, now: float, *, network_paused: bool = False) -> float | None:
+    """When ``t.tick`` next has something to do (None: never, until an input arrives)."""
+    if t.state in (TorrentState.STOPPED, TorrentState.ERROR):
+        return None
+    at = earliest(t.checker.save_at, t.download.disk_retry_at if t.download.disk_error is not None else None)
+    if t.state is TorrentState.CHECKING:
+        return at  # the check advances on hash results (I/O events)
+    if t.peers or t.half_open:
+        return now  # connections: the loop's fixed tick (handshake, snub, keep-alive timers)
+    if len(t.candidates):
+        at = earliest(at, t.last_dial_at + DIAL_EVERY_S)
+    if not network_paused:  # paused: the announce waits for the interface (ifwatch)
+        at = earliest(at, t.announcer.next_deadline())
+    return earliest(at, t.extensions.next_deadline())
+
+
+def session_deadline(s: Session, now: float, *, poll_at: float) -> float | None:
+    """The earliest deadline of every torrent of ``s``; at the latest ``poll_at`` while something is polled."""
+    if s.conns:
+        return now
+    polled = s.dht is not None or any(f.state is FetchState.FETCHING for f in s.fetches.values())
+    at = poll_at if polled else None
+    paused = s.network_paused is not None
+    for t in s.torrents.values():
+        at = earliest(at, torrent_deadline(t, now, network_paused=paused))
+    return at

@@ -1,0 +1,123 @@
+"""The runner at rest (issue 15, idle): it asks the loop to wake only for its real deadlines, and it
+rewrites the status file only when something in it changed, or once per STATUS_HEARTBEAT_S."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import FakeClock
+from test_runner_logic import FakeTorrent, make_cfg, make_runner
+
+import minibt.runner as runner_mod
+from minibt.runner import STATUS_HEARTBEAT_S
+from minibt.settings import TorrentState
+from minibt.statusfile import format_status, read_status
+
+
+def seeding_cfg(tmp_path: Path, n: int, **kw: Any) -> Any:
+    cfg = make_cfg(tmp_path, n, **kw)
+    (tmp_path / "dl").mkdir(exist_ok=True)
+    return dataclasses.replace(cfg, torrents=tuple(dataclasses.replace(e, mode="seed") for e in cfg.torrents))
+
+
+@pytest.fixture
+def status_writes(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every status document the runner writes (other state files pass through)."""
+    written: list[dict[str, Any]] = []
+    real = runner_mod.write_json_atomic
+
+    def spy(path: str, obj: Any) -> None:
+        if os.path.basename(path) == runner_mod.STATUS_NAME:
+            written.append(obj)
+        real(path, obj)
+
+    monkeypatch.setattr(runner_mod, "write_json_atomic", spy)
+    return written
+
+
+def test_status_file_is_rewritten_only_when_it_changed_or_for_the_heartbeat(
+    tmp_path: Path, clock: FakeClock, status_writes: list[dict[str, Any]]
+) -> None:
+    cfg = seeding_cfg(tmp_path, 2)
+    r, client, _ = make_runner(tmp_path, cfg, clock)
+    r.start()
+    started = clock.now()
+    assert len(status_writes) == 1
+    steps = int(STATUS_HEARTBEAT_S // cfg.status_interval_s) - 1
+    for _ in range(steps):  # seeding time and process figures tick; nothing else changes
+        clock.advance(cfg.status_interval_s)
+        r.tick(clock.now())
+    assert len(status_writes) == 1
+    t: FakeTorrent = client.added[0]
+    t.stats = type("S", (), {"uploaded": 16384})()  # a peer took a piece
+    clock.advance(cfg.status_interval_s)
+    r.tick(clock.now())
+    assert len(status_writes) == 2 and status_writes[-1]["torrents"][0]["uploaded"] == 16384
+    written_at = clock.now()
+    while clock.now() - written_at < STATUS_HEARTBEAT_S - cfg.status_interval_s:
+        clock.advance(cfg.status_interval_s)
+        r.tick(clock.now())
+    assert len(status_writes) == 2
+    clock.advance(cfg.status_interval_s)
+    r.tick(clock.now())  # the heartbeat: same content, fresh updated_at and process figures
+    assert len(status_writes) == 3
+    doc = read_status(os.path.join(cfg.state_dir, runner_mod.STATUS_NAME))
+    assert doc is not None and doc["updated_at"] == pytest.approx(clock.wall())
+    assert doc["torrents"][0]["seed_seconds"] == pytest.approx(clock.now() - started)  # fresh in each write
+    head = format_status(doc, now_wall=clock.wall() + STATUS_HEARTBEAT_S - 1, pid_alive=True)[0]
+    assert "running, port 6881" in head and f"updated {STATUS_HEARTBEAT_S - 1:.0f} s ago" in head
+
+
+def test_a_steady_seed_wakes_the_loop_for_the_status_only(tmp_path: Path, clock: FakeClock) -> None:
+    cfg = seeding_cfg(tmp_path, 3)
+    r, client, _ = make_runner(tmp_path, cfg, clock)
+    r.start()
+    now = clock.now()
+    assert r.next_deadline(now) == pytest.approx(now + cfg.status_interval_s)  # not every second
+    r.reload_requested = True  # SIGHUP (daemon.py also wakes the loop)
+    assert r.next_deadline(now) <= now + 1.0
+    r.reload_requested = False
+    client.added[1].state = TorrentState.CHECKING  # e.g. a recheck: the on-complete hook waits on it
+    assert r.next_deadline(now) <= now + 1.0
+
+
+def test_a_download_keeps_the_once_a_second_checks(tmp_path: Path, clock: FakeClock) -> None:
+    cfg = make_cfg(tmp_path, 1)  # download mode
+    r, _, _ = make_runner(tmp_path, cfg, clock)
+    r.start()
+    r.tick(clock.now())
+    assert r.next_deadline(clock.now()) == pytest.approx(clock.now() + 1.0)
+
+
+def test_seed_time_stop_is_a_deadline_and_is_met_exactly(tmp_path: Path, clock: FakeClock) -> None:
+    cfg = seeding_cfg(tmp_path, 1, seed_time_s=100.0)
+    r, client, _ = make_runner(tmp_path, cfg, clock)
+    r.start()
+    start = clock.now()
+    r.tick(start)
+    job = next(iter(r.jobs.values()))
+    wakes = 0
+    while job.finished is None:  # the loop sleeps from one deadline to the next
+        clock.jump_to(r.next_deadline(clock.now()))
+        r.tick(clock.now())
+        wakes += 1
+    assert clock.now() == pytest.approx(start + 100.0) and "seeded for 100 s" in job.finished
+    assert wakes == 100 // cfg.status_interval_s  # the status refreshes; no once-a-second checks
+
+
+def test_a_seed_ratio_is_checked_when_uploads_moved(tmp_path: Path, clock: FakeClock) -> None:
+    cfg = seeding_cfg(tmp_path, 1, seed_ratio=1.0)
+    r, client, _ = make_runner(tmp_path, cfg, clock)
+    r.start()
+    clock.advance(1.0)
+    r.tick(clock.now())
+    assert r.next_deadline(clock.now()) == pytest.approx(r._next_status)
+    client.added[0].stats = type("S", (), {"uploaded": 50_000})()  # more than the 40000-byte payload
+    assert r.next_deadline(clock.now()) == pytest.approx(clock.now() + 1.0)
+    clock.advance(1.0)
+    r.tick(clock.now())
+    assert next(iter(r.jobs.values())).finished is not None
