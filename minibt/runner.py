@@ -56,12 +56,12 @@ STATE_NAME = "runner-state.json"
 BANS_NAME = "bans.json"
 DHT_SAVE_S = 600.0  # convention: dht.dat (DHT id and table) is rewritten at most every 10 min (SD-card wear)
 SEED_TIME_SAVE_S = 600  # convention: seeding time alone rewrites runner-state.json at most every 10 min (wear)
-# Status content that only ticks (a reader can tell the time itself) does not make the status file be
-# rewritten: it is rewritten when anything else changed, and at least this often (the "updated" age and the
-# process figures of `minibt status`).  An idle seedbox writes it once a minute, not every status_interval.
+# The status file is rewritten (temp, fsync, rename) only when its content changed, fields that only tick
+# left out: the time, seeding seconds, CPU seconds; RSS counts by the MiB and CPU use by the percent (the
+# peak RSS exactly: it only grows).  While
+# nothing changes its mtime is touched (no write, no fsync) this often: `minibt status` shows that age.
 STATUS_HEARTBEAT_S = 60.0
-_STATUS_TICKING = ("updated_at", "process")  # top-level fields left out of the comparison
-_TORRENT_TICKING = ("seed_seconds",)  # per-torrent fields left out of it
+_TORRENT_TICKING = ("seed_seconds",)
 WATCHED_DIR = "watched"  # copies of watch-dir torrents, so they survive a restart
 MAGNET_META_DIR = "magnets"  # metadata fetched for magnet sources, so a rerun need not fetch it again
 
@@ -697,12 +697,18 @@ class Runner:
         """Write the status file; with ``now`` (the periodic refresh) only if something other than its
         ticking fields changed or STATUS_HEARTBEAT_S have passed since it was last written."""
         doc = self.status()
-        seen = {k: v for k, v in doc.items() if k not in _STATUS_TICKING}
-        seen["torrents"] = [{k: v for k, v in t.items() if k not in _TORRENT_TICKING} for t in doc["torrents"]]
-        if now is not None and seen == self._status_seen and now - self._status_at < STATUS_HEARTBEAT_S:
-            return
+        path = os.path.join(self.cfg.state_dir, STATUS_NAME)
+        proc = doc["process"]
+        seen = {**doc, "updated_at": None, "process": (proc["rss_bytes"] >> 20, proc["peak_rss_bytes"],
+                                                      round(proc["cpu_percent"]), proc["threads"]),
+                "torrents": [{k: v for k, v in t.items() if k not in _TORRENT_TICKING} for t in doc["torrents"]]}
         try:
-            write_json_atomic(os.path.join(self.cfg.state_dir, STATUS_NAME), doc)
+            if now is not None and seen == self._status_seen:
+                if now - self._status_at >= STATUS_HEARTBEAT_S:
+                    self._status_at = now
+                    os.utime(path)  # alive: the mtime says so, without a write
+                return
+            write_json_atomic(path, doc)
         except OSError as e:
             log.warning("could not write status: %s", e)
             return

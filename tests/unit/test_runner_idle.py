@@ -1,5 +1,5 @@
 """The runner at rest (issue 15, idle): it asks the loop to wake only for its real deadlines, and it
-rewrites the status file only when something in it changed, or once per STATUS_HEARTBEAT_S."""
+rewrites the status file only when something in it changed (touching its mtime every STATUS_HEARTBEAT_S)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ def seeding_cfg(tmp_path: Path, n: int, **kw: Any) -> Any:
 
 @pytest.fixture
 def status_writes(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Every status document the runner writes (other state files pass through)."""
+    """Every status document the runner writes (other state files pass through); fixed process figures."""
+    proc = {"rss_bytes": 30 << 20, "peak_rss_bytes": 31 << 20, "cpu_percent": 0.1, "cpu_seconds": 1.0, "threads": 3}
+    monkeypatch.setattr(runner_mod.Runner, "_process_info", lambda self: dict(proc))
     written: list[dict[str, Any]] = []
     real = runner_mod.write_json_atomic
 
@@ -57,19 +59,24 @@ def test_status_file_is_rewritten_only_when_it_changed_or_for_the_heartbeat(
     clock.advance(cfg.status_interval_s)
     r.tick(clock.now())
     assert len(status_writes) == 2 and status_writes[-1]["torrents"][0]["uploaded"] == 16384
+    path = os.path.join(cfg.state_dir, runner_mod.STATUS_NAME)
+    doc = read_status(path)
+    assert doc is not None and doc["updated_at"] == pytest.approx(clock.wall())
+    assert doc["torrents"][0]["seed_seconds"] == pytest.approx(clock.now() - started)  # fresh in each write
+    os.utime(path, (1.0, 1.0))
     written_at = clock.now()
     while clock.now() - written_at < STATUS_HEARTBEAT_S - cfg.status_interval_s:
         clock.advance(cfg.status_interval_s)
         r.tick(clock.now())
-    assert len(status_writes) == 2
+    assert os.stat(path).st_mtime == 1.0
     clock.advance(cfg.status_interval_s)
-    r.tick(clock.now())  # the heartbeat: same content, fresh updated_at and process figures
-    assert len(status_writes) == 3
-    doc = read_status(os.path.join(cfg.state_dir, runner_mod.STATUS_NAME))
-    assert doc is not None and doc["updated_at"] == pytest.approx(clock.wall())
-    assert doc["torrents"][0]["seed_seconds"] == pytest.approx(clock.now() - started)  # fresh in each write
-    head = format_status(doc, now_wall=clock.wall() + STATUS_HEARTBEAT_S - 1, pid_alive=True)[0]
-    assert "running, port 6881" in head and f"updated {STATUS_HEARTBEAT_S - 1:.0f} s ago" in head
+    r.tick(clock.now())  # the heartbeat: the same content, so the file is only touched
+    assert len(status_writes) == 2 and os.stat(path).st_mtime > 1.0
+    # `minibt status` takes the age from the later of updated_at and the mtime: a live daemon stays fresh
+    head = format_status(doc, now_wall=doc["updated_at"] + 3600, pid_alive=True, touched_at=doc["updated_at"] + 3599)[0]
+    assert "running, port 6881" in head and "updated 1 s ago" in head
+    head = format_status(doc, now_wall=doc["updated_at"] + 3600, pid_alive=False)[0]
+    assert "not running" in head and "updated 3600 s ago" in head
 
 
 def test_a_steady_seed_wakes_the_loop_for_the_status_only(tmp_path: Path, clock: FakeClock) -> None:
