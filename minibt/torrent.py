@@ -188,6 +188,7 @@ class Torrent:
             for i in have_from_resume.indexes():
                 self._mark_have(i)
             self._enter_transfer(now, out)
+            self.checker.resume_dirty = False  # the file already says all this: not rewritten until something changes
         elif existed:
             self.state = TorrentState.CHECKING
             self.checker.check_all()

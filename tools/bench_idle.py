@@ -5,7 +5,8 @@
 
 Builds N single-file torrents (64 KiB each), a config file seeding all of them (DHT off, no
 trackers, listening on 127.0.0.1), starts `python -m minibt run -c FILE`, waits until its status
-file lists every torrent as seeding, then samples the process with psutil for ``--seconds``: CPU
+file lists every torrent as seeding and their resume files are saved (the check's result, 30 s
+later), then samples the process with psutil for ``--seconds``: CPU
 time used (user + system, % of one core), voluntary context switches per second (each one a
 wake-up from select or a worker, over all threads), and RSS.  With ``--strace S`` it then attaches
 strace for S more seconds (a separate window: tracing itself adds wake-ups) and reports the waits
@@ -51,6 +52,13 @@ def build(work: str, n: int) -> str:
         f.write(f'[client]\nstate_dir = "{work}/state"\nlisten_port = 0\nbind = "127.0.0.1"\ndht = false\n'
                 + "\n".join(tables))
     return conf
+
+
+def resume_files(work: str) -> int:
+    try:
+        return sum(1 for n in os.listdir(os.path.join(work, "state")) if n.endswith(".resume"))
+    except OSError:
+        return 0
 
 
 def seeding_count(work: str) -> int:
@@ -102,6 +110,12 @@ def strace_window(pid: int, seconds: float, out: str) -> str:
             f"{counts['openat'] * per_min:.1f} opens/min, {counts['futex'] * per_min:.1f} futex calls/min")
 
 
+def busy_s() -> float:
+    """CPU seconds the whole machine spent busy so far (the "other CPU" figure: the noise of a shared box)."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
 def thread_switches(p: psutil.Process) -> int:
     """Voluntary context switches summed over every thread (/proc/PID/task/*/status)."""
     total = 0
@@ -136,17 +150,23 @@ def main() -> int:
                 print(f"minibt did not start seeding all torrents (see {work}/minibt.log)")
                 return 1
             time.sleep(0.5)
-        time.sleep(5)  # let start-up work (hash checks, first status writes) settle
+        while resume_files(work) < ns.torrents:  # start-up work: the check, then the first resume save
+            if proc.poll() is not None or time.monotonic() > deadline + 120:
+                print(f"minibt did not save resume data for all torrents (see {work}/minibt.log)")
+                return 1
+            time.sleep(0.5)
+        time.sleep(5)  # let start-up work (hash checks, first status and resume writes) settle
         p = psutil.Process(proc.pid)
-        c0, s0, t0 = p.cpu_times(), thread_switches(p), time.monotonic()
+        c0, s0, t0, m0 = p.cpu_times(), thread_switches(p), time.monotonic(), busy_s()
+        rss0 = p.memory_info().rss / (1 << 20)
         time.sleep(ns.seconds)
-        c1, s1, t1 = p.cpu_times(), thread_switches(p), time.monotonic()
+        c1, s1, t1, m1 = p.cpu_times(), thread_switches(p), time.monotonic(), busy_s()
         rss = p.memory_info().rss / (1 << 20)
         cpu = (c1.user + c1.system) - (c0.user + c0.system)
         wakeups = (s1 - s0) / (t1 - t0)
         print(f"{ns.torrents} torrents seeding, no peers, {t1 - t0:.0f} s: "
               f"CPU {100 * cpu / (t1 - t0):.3f} % of a core, {wakeups:.2f} voluntary wake-ups/s (all threads), "
-              f"RSS {rss:.1f} MiB", flush=True)
+              f"RSS {rss0:.1f} -> {rss:.1f} MiB; other CPU {(m1 - m0 - cpu) / (t1 - t0):.2f} cores", flush=True)
         if ns.strace > 0:
             print(strace_window(proc.pid, ns.strace, os.path.join(work, "strace.txt")))
     finally:

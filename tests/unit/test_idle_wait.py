@@ -186,3 +186,31 @@ def test_the_next_announce_is_the_deadline_and_the_loop_wakes_for_it(tmp_path: P
         assert torrent_deadline(t, now) == pytest.approx(nxt)
     finally:
         loop.close()
+
+
+def test_a_restart_from_resume_data_seeds_at_once_and_leaves_the_resume_file_alone(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    src = tmp_path / "f.bin"
+    src.write_bytes(bytes(range(256)) * 300)
+    meta = parse_metainfo(create_torrent(str(src), piece_length=16384))
+    resume = str(tmp_path / "f.resume")
+    s = Session(rng=random.Random(5), config=SessionConfig(transports=("tcp",), encryption="none"))
+    loop = EventLoop(s, clock=clock, hasher=InlineHasher(), bind="127.0.0.1", port=0)
+    loop.hasher = InlineHasher(loop.wake)
+    try:
+        t = s.add_torrent(meta, str(tmp_path), mode="seed", resume_path=resume, now=clock.now())
+        for _ in range(20):
+            if t.state is TorrentState.SEEDING:
+                break
+            loop.run_once()
+        assert t.state is TorrentState.SEEDING and Path(resume).exists()  # the check's result, saved at once
+    finally:
+        loop.close()
+    saved = Path(resume).read_bytes()
+    s2 = Session(rng=random.Random(6), config=SessionConfig(transports=("tcp",), encryption="none"))
+    t2 = s2.add_torrent(meta, str(tmp_path), mode="seed", resume_path=resume, now=clock.now())
+    assert t2.state is TorrentState.SEEDING and not any(type(a).__name__ == "HashPiece" for a in s2.take_actions())
+    assert t2.checker.save_at is None and torrent_deadline(t2, clock.now()) is None  # nothing new to record
+    t2.tick(now=clock.now() + 3600)
+    assert Path(resume).read_bytes() == saved
