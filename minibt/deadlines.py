@@ -5,8 +5,8 @@ any, most of that walk finds nothing to do (a seedbox between peers), so the loo
 nearest *real* deadline instead, read from the machines' own timers (STYLE.md section 4):
 
 * a torrent: its tracker announce (or the in-flight announce's timeout), a dirty resume file's
-  save time, the disk-full retry, the next dial while it has candidates, and the PEX/choker timers
-  while it has peers;
+  save time, the disk-full retry, the next dial while it has candidates (with peers or half-open
+  connections the session has connections, and the loop ticks every ``TICK_S`` anyway);
 * the session: every torrent above, plus "every ``poll_s``" while a magnet fetch runs or the DHT is
   on (their timers are many and short: they are polled, as before).
 
@@ -50,29 +50,42 @@ def earliest(*deadlines: float | None) -> float | None:
     return min((d for d in deadlines if d is not None), default=None)
 
 
+def _min(a: float | None, b: float | None) -> float | None:
+    return a if b is None or (a is not None and a <= b) else b
+
+
 def torrent_deadline(t: Torrent, now: float, *, network_paused: bool = False) -> float | None:
-    """When ``t.tick`` next has something to do (None: never, until an input arrives)."""
-    if t.state in (TorrentState.STOPPED, TorrentState.ERROR):
+    """When ``t.tick`` next has something to do (None: never, until an input arrives).
+
+    Called for every torrent on every idle wake-up: plain comparisons, no generators (~1 us).
+    """
+    state = t.state
+    if state is TorrentState.STOPPED or state is TorrentState.ERROR:
         return None
-    at = earliest(t.checker.save_at, t.download.disk_retry_at if t.download.disk_error is not None else None)
-    if t.state is TorrentState.CHECKING:
+    at = t.checker.save_at
+    if t.download.disk_error is not None:
+        at = _min(at, t.download.disk_retry_at)
+    if state is TorrentState.CHECKING:
         return at  # the check advances on hash results (I/O events)
     if t.peers or t.half_open:
-        return now  # connections: the loop's fixed tick (handshake, snub, keep-alive timers)
+        return now  # connections: the loop's fixed tick (handshake, snub, keep-alive, PEX, choker timers)
     if len(t.candidates):
-        at = earliest(at, t.last_dial_at + DIAL_EVERY_S)
+        at = _min(at, t.last_dial_at + DIAL_EVERY_S)
     if not network_paused:  # paused: the announce waits for the interface (ifwatch)
-        at = earliest(at, t.announcer.next_deadline())
-    return earliest(at, t.extensions.next_deadline())
+        at = _min(at, t.announcer.next_deadline())
+    return at
 
 
 def session_deadline(s: Session, now: float, *, poll_at: float) -> float | None:
     """The earliest deadline of every torrent of ``s``; at the latest ``poll_at`` while something is polled."""
     if s.conns:
         return now
-    polled = s.dht is not None or any(f.state is FetchState.FETCHING for f in s.fetches.values())
-    at = poll_at if polled else None
+    at = None
+    if s.dht is not None or any(f.state is FetchState.FETCHING for f in s.fetches.values()):
+        at = poll_at
     paused = s.network_paused is not None
     for t in s.torrents.values():
-        at = earliest(at, torrent_deadline(t, now, network_paused=paused))
+        d = torrent_deadline(t, now, network_paused=paused)
+        if d is not None and (at is None or d < at):
+            at = d
     return at

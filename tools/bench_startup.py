@@ -122,6 +122,12 @@ def main() -> int:
         reads.append(io["read_bytes"])
         print(f"restart {i + 1}: seeding after {took:.3f} s, rchar {io['rchar'] / MIB:.1f} MiB, "
               f"read_bytes {io['read_bytes'] / MIB:.1f} MiB", flush=True)
+    imports = []
+    for _ in range(ns.runs):  # the part of it that is the interpreter and the imports of `minibt run`
+        t0 = time.monotonic()
+        subprocess.run([sys.executable, "-c", "import minibt.cli, minibt.daemon"], check=True, env=env())
+        imports.append(time.monotonic() - t0)
+    print(f"python -c 'import minibt.cli, minibt.daemon': {statistics.median(imports):.3f} s (median)")
     print(f"restart of a seeded {ns.size_gib:g} GiB torrent with resume data, median of {ns.runs}: "
           f"{statistics.median(times):.3f} s to seeding, rchar {statistics.median(rchars) / MIB:.1f} MiB "
           f"(payload {size / MIB:.0f} MiB: {'NOT read' if max(rchars) < size // 2 else 'READ'})")

@@ -4,6 +4,7 @@ rewrites the status file only when something in it changed (touching its mtime e
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,7 @@ import pytest
 from helpers import FakeClock
 from test_runner_logic import FakeTorrent, make_cfg, make_runner
 
-import minibt.runner as runner_mod
-from minibt.runner import STATUS_HEARTBEAT_S
+from minibt.runner import STATUS_HEARTBEAT_S, STATUS_NAME, Runner
 from minibt.settings import TorrentState
 from minibt.statusfile import format_status, read_status
 
@@ -25,53 +25,58 @@ def seeding_cfg(tmp_path: Path, n: int, **kw: Any) -> Any:
 
 
 @pytest.fixture
-def status_writes(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Every status document the runner writes (other state files pass through); fixed process figures."""
+def fixed_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fixed process figures: the test's own RSS and CPU use must not decide when the file changes."""
     proc = {"rss_bytes": 30 << 20, "peak_rss_bytes": 31 << 20, "cpu_percent": 0.1, "cpu_seconds": 1.0, "threads": 3}
-    monkeypatch.setattr(runner_mod.Runner, "_process_info", lambda self: dict(proc))
-    written: list[dict[str, Any]] = []
-    real = runner_mod.write_json_atomic
-
-    def spy(path: str, obj: Any) -> None:
-        if os.path.basename(path) == runner_mod.STATUS_NAME:
-            written.append(obj)
-        real(path, obj)
-
-    monkeypatch.setattr(runner_mod, "write_json_atomic", spy)
-    return written
+    monkeypatch.setattr(Runner, "_process_info", lambda self: dict(proc))
 
 
-def test_status_file_is_rewritten_only_when_it_changed_or_for_the_heartbeat(
-    tmp_path: Path, clock: FakeClock, status_writes: list[dict[str, Any]]
+def mark(path: str) -> None:
+    """Plant a marker in the status file: a rewrite by the runner drops it, a touch keeps it."""
+    with open(path) as f:
+        doc = json.load(f)
+    with open(path, "w") as f:
+        json.dump({**doc, "marker": True}, f)
+    os.utime(path, (1.0, 1.0))
+
+
+def rewritten(path: str) -> bool:
+    with open(path) as f:
+        return "marker" not in json.load(f)
+
+
+def test_status_file_is_rewritten_only_when_it_changed_and_touched_for_the_heartbeat(
+    tmp_path: Path, clock: FakeClock, fixed_process: None
 ) -> None:
     cfg = seeding_cfg(tmp_path, 2)
     r, client, _ = make_runner(tmp_path, cfg, clock)
     r.start()
     started = clock.now()
-    assert len(status_writes) == 1
+    path = os.path.join(cfg.state_dir, STATUS_NAME)
+    mark(path)
     steps = int(STATUS_HEARTBEAT_S // cfg.status_interval_s) - 1
     for _ in range(steps):  # seeding time and process figures tick; nothing else changes
         clock.advance(cfg.status_interval_s)
         r.tick(clock.now())
-    assert len(status_writes) == 1
+    assert not rewritten(path) and os.stat(path).st_mtime == 1.0
     t: FakeTorrent = client.added[0]
     t.stats = type("S", (), {"uploaded": 16384})()  # a peer took a piece
     clock.advance(cfg.status_interval_s)
     r.tick(clock.now())
-    assert len(status_writes) == 2 and status_writes[-1]["torrents"][0]["uploaded"] == 16384
-    path = os.path.join(cfg.state_dir, runner_mod.STATUS_NAME)
+    assert rewritten(path)
     doc = read_status(path)
-    assert doc is not None and doc["updated_at"] == pytest.approx(clock.wall())
+    assert doc is not None and doc["torrents"][0]["uploaded"] == 16384
+    assert doc["updated_at"] == pytest.approx(clock.wall())
     assert doc["torrents"][0]["seed_seconds"] == pytest.approx(clock.now() - started)  # fresh in each write
-    os.utime(path, (1.0, 1.0))
+    mark(path)
     written_at = clock.now()
     while clock.now() - written_at < STATUS_HEARTBEAT_S - cfg.status_interval_s:
         clock.advance(cfg.status_interval_s)
         r.tick(clock.now())
-    assert os.stat(path).st_mtime == 1.0
+    assert not rewritten(path) and os.stat(path).st_mtime == 1.0
     clock.advance(cfg.status_interval_s)
     r.tick(clock.now())  # the heartbeat: the same content, so the file is only touched
-    assert len(status_writes) == 2 and os.stat(path).st_mtime > 1.0
+    assert not rewritten(path) and os.stat(path).st_mtime > 1.0
     # `minibt status` takes the age from the later of updated_at and the mtime: a live daemon stays fresh
     head = format_status(doc, now_wall=doc["updated_at"] + 3600, pid_alive=True, touched_at=doc["updated_at"] + 3599)[0]
     assert "running, port 6881" in head and "updated 1 s ago" in head
