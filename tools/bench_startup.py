@@ -12,7 +12,7 @@ timed from the process start until its status file says "seeding" (polled every 
 (the Python modules included, a few MiB), so a restart that read the payload shows ``rchar`` of at
 least the payload size (the holes of a sparse file are read as zeros without touching the disk,
 which is why ``read_bytes`` alone would not tell).  Medians are printed; each process is stopped by
-its PID with SIGTERM.
+its PID with SIGTERM, and the time from SIGTERM to its exit (the resume file saved) is shown too.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def proc_io(pid: int) -> dict[str, int]:
         return {k: int(v) for k, v in (line.split(":") for line in f)}
 
 
-def run_until_seeding(work: str, conf: str, timeout_s: float) -> tuple[float, dict[str, int]]:
+def run_until_seeding(work: str, conf: str, timeout_s: float) -> tuple[float, dict[str, int], float]:
     """Start `minibt run`, wait for "seeding" in a status file written by this process; stop it."""
     status = os.path.join(work, "state", "status.json")
     if os.path.exists(status):
@@ -89,14 +89,16 @@ def run_until_seeding(work: str, conf: str, timeout_s: float) -> tuple[float, di
         took = time.monotonic() - t0
         io = proc_io(proc.pid)
     finally:
+        t1 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        stop_s = time.monotonic() - t1
         log.close()
-    return took, io
+    return took, io, stop_s
 
 
 def main() -> int:
@@ -111,17 +113,17 @@ def main() -> int:
     conf = prepare(work, size)
     resumes = [n for n in os.listdir(os.path.join(work, "state"))] if os.path.isdir(os.path.join(work, "state")) else []
     if not any(n.endswith(".resume") for n in resumes):
-        took, io = run_until_seeding(work, conf, timeout_s=3600)
+        took, io, _ = run_until_seeding(work, conf, timeout_s=3600)
         print(f"first run (full check, no resume data): seeding after {took:.2f} s, "
               f"rchar {io['rchar'] / MIB:.0f} MiB", flush=True)
-    times, rchars, reads = [], [], []
+    times, rchars, stops = [], [], []
     for i in range(ns.runs):
-        took, io = run_until_seeding(work, conf, timeout_s=600)
+        took, io, stop_s = run_until_seeding(work, conf, timeout_s=600)
         times.append(took)
         rchars.append(io["rchar"])
-        reads.append(io["read_bytes"])
+        stops.append(stop_s)
         print(f"restart {i + 1}: seeding after {took:.3f} s, rchar {io['rchar'] / MIB:.1f} MiB, "
-              f"read_bytes {io['read_bytes'] / MIB:.1f} MiB", flush=True)
+              f"read_bytes {io['read_bytes'] / MIB:.1f} MiB; SIGTERM to exit {stop_s:.3f} s", flush=True)
     imports = []
     for _ in range(ns.runs):  # the part of it that is the interpreter and the imports of `minibt run`
         t0 = time.monotonic()
@@ -130,7 +132,8 @@ def main() -> int:
     print(f"python -c 'import minibt.cli, minibt.daemon': {statistics.median(imports):.3f} s (median)")
     print(f"restart of a seeded {ns.size_gib:g} GiB torrent with resume data, median of {ns.runs}: "
           f"{statistics.median(times):.3f} s to seeding, rchar {statistics.median(rchars) / MIB:.1f} MiB "
-          f"(payload {size / MIB:.0f} MiB: {'NOT read' if max(rchars) < size // 2 else 'READ'})")
+          f"(payload {size / MIB:.0f} MiB: {'NOT read' if max(rchars) < size // 2 else 'READ'}); "
+          f"stop (SIGTERM to exit) {statistics.median(stops):.3f} s")
     return 0
 
 
