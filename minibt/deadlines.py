@@ -7,8 +7,9 @@ nearest *real* deadline instead, read from the machines' own timers (STYLE.md se
 * a torrent: its tracker announce (or the in-flight announce's timeout), a dirty resume file's
   save time, the disk-full retry, the next dial while it has candidates (with peers or half-open
   connections the session has connections, and the loop ticks every ``TICK_S`` anyway);
-* the session: every torrent above, plus "every ``poll_s``" while a magnet fetch runs or the DHT is
-  on (their timers are many and short: they are polled, as before).
+* the session: every torrent above, the DHT (its node's query timeouts, bucket refresh, store expiry
+  and bootstrap retry; the next search that is due: dhtservice.py), plus ``poll_at`` (once a second)
+  while a magnet fetch runs (its timers are many and short: polled, as before).
 
 Everything here only reads state: pure functions of the session and ``now``.  Inputs that change a
 machine's timers (a datagram, a tracker reply, a hash result) reach the loop as I/O events, and the
@@ -81,8 +82,10 @@ def session_deadline(s: Session, now: float, *, poll_at: float) -> float | None:
     if s.conns:
         return now
     at = None
-    if s.dht is not None or any(f.state is FetchState.FETCHING for f in s.fetches.values()):
+    if any(f.state is FetchState.FETCHING for f in s.fetches.values()):
         at = poll_at
+    if s.dht is not None:
+        at = _min(at, s.dht.next_deadline(s.torrents, s.fetches, s.listen_port, now=now))
     paused = s.network_paused is not None
     for t in s.torrents.values():
         d = torrent_deadline(t, now, network_paused=paused)

@@ -57,7 +57,8 @@ BANS_NAME = "bans.json"
 DHT_SAVE_S = 600.0  # convention: dht.dat (DHT id and table) is rewritten at most every 10 min (SD-card wear)
 SEED_TIME_SAVE_S = 600  # convention: seeding time alone rewrites runner-state.json at most every 10 min (wear)
 # The status file is rewritten (temp, fsync, rename) only when its content changed, fields that only tick
-# left out: the time, seeding seconds, CPU seconds; RSS and its peak count by the MiB, CPU use by the percent.  While
+# left out: the time, seeding seconds, CPU seconds; RSS and its peak count by the MiB, CPU use by 5 % steps
+# (an idle daemon's periodic work, the DHT's refresh, makes it flicker between 0 and 1 %).  While
 # nothing changes its mtime is touched (no write, no fsync) this often: `minibt status` shows that age.
 STATUS_HEARTBEAT_S = 60.0
 _TORRENT_TICKING = ("seed_seconds",)
@@ -699,7 +700,7 @@ class Runner:
         path = os.path.join(self.cfg.state_dir, STATUS_NAME)
         proc = doc["process"]
         seen = {**doc, "updated_at": None, "process": (proc["rss_bytes"] >> 20, proc["peak_rss_bytes"] >> 20,
-                                                      round(proc["cpu_percent"]), proc["threads"]),
+                                                      int(proc["cpu_percent"]) // 5, proc["threads"]),
                 "torrents": [{k: v for k, v in t.items() if k not in _TORRENT_TICKING} for t in doc["torrents"]]}
         try:
             if now is not None and seen == self._status_seen:

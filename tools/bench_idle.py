@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Idle cost of `minibt run`: N small torrents seeding, no peers, loopback only.
 
-    python3 tools/bench_idle.py [--torrents 50] [--seconds 60] [--workdir DIR] [--strace 60]
+    python3 tools/bench_idle.py [--torrents 50] [--seconds 60] [--workdir DIR] [--strace 60] [--dht]
 
 Builds N single-file torrents (64 KiB each), a config file seeding all of them (DHT off, no
 trackers, listening on 127.0.0.1), starts `python -m minibt run -c FILE`, waits until its status
@@ -35,7 +35,7 @@ sys.path.insert(0, REPO)
 from minibt.metainfo import create_torrent  # noqa: E402
 
 
-def build(work: str, n: int) -> str:
+def build(work: str, n: int, dht: bool = False) -> str:
     data = os.path.join(work, "data")
     os.makedirs(data, exist_ok=True)
     tables = []
@@ -49,7 +49,7 @@ def build(work: str, n: int) -> str:
         tables.append(f'[[torrent]]\nsource = "{tpath}"\ndir = "{data}"\nmode = "seed"\n')
     conf = os.path.join(work, "minibt.toml")
     with open(conf, "w") as f:
-        f.write(f'[client]\nstate_dir = "{work}/state"\nlisten_port = 0\nbind = "127.0.0.1"\ndht = false\n'
+        f.write(f'[client]\nstate_dir = "{work}/state"\nlisten_port = 0\nbind = "127.0.0.1"\ndht = {str(dht).lower()}\n'
                 + "\n".join(tables))
     return conf
 
@@ -135,11 +135,12 @@ def main() -> int:
     ap.add_argument("--torrents", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--dht", action="store_true", help="DHT on (with no bootstrap nodes: MINIBT_DHT_BOOTSTRAP empty)")
     ap.add_argument("--strace", type=float, default=0.0, metavar="S",
                     help="then trace the process for S seconds and summarise its waits and fsyncs")
     ns = ap.parse_args()
     work = ns.workdir or tempfile.mkdtemp(prefix="minibt-idle-")
-    conf = build(work, ns.torrents)
+    conf = build(work, ns.torrents, ns.dht)
     env = dict(os.environ, PYTHONPATH=REPO, MINIBT_DHT_BOOTSTRAP="")
     proc = subprocess.Popen([sys.executable, "-m", "minibt", "run", "-c", conf], env=env,
                             stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "minibt.log"), "w"))
@@ -164,7 +165,7 @@ def main() -> int:
         rss = p.memory_info().rss / (1 << 20)
         cpu = (c1.user + c1.system) - (c0.user + c0.system)
         wakeups = (s1 - s0) / (t1 - t0)
-        print(f"{ns.torrents} torrents seeding, no peers, {t1 - t0:.0f} s: "
+        print(f"{ns.torrents} torrents seeding, no peers{', DHT on' if ns.dht else ''}, {t1 - t0:.0f} s: "
               f"CPU {100 * cpu / (t1 - t0):.3f} % of a core, {wakeups:.2f} voluntary wake-ups/s (all threads), "
               f"RSS {rss0:.1f} -> {rss:.1f} MiB; other CPU {(m1 - m0 - cpu) / (t1 - t0):.2f} cores", flush=True)
         if ns.strace > 0:

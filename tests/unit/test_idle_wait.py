@@ -214,3 +214,21 @@ def test_a_restart_from_resume_data_seeds_at_once_and_leaves_the_resume_file_alo
     assert t2.checker.save_at is None and torrent_deadline(t2, clock.now()) is None  # nothing new to record
     t2.tick(now=clock.now() + 3600)
     assert Path(resume).read_bytes() == saved
+
+
+def test_with_the_dht_the_idle_wait_is_its_timers_and_next_search(tmp_path: Path, clock: FakeClock) -> None:
+    src = tmp_path / "f.bin"
+    src.write_bytes(bytes(range(256)) * 300)
+    meta = parse_metainfo(create_torrent(str(src), piece_length=16384))
+    s = Session(rng=random.Random(7), config=SessionConfig(transports=("tcp",), encryption="none", dht=True,
+                                                           dht_bootstrap=()))
+    now = clock.now()
+    s.enable_dht(saved=None, now=now, port=6881)
+    t = s.add_torrent(meta, str(tmp_path), mode="seed", resume_path=None, now=now)
+    t.state = TorrentState.SEEDING  # (its check is not the point here)
+    assert session_deadline(s, now, poll_at=now + 1) == pytest.approx(now)  # never searched: due at once
+    s.tick(now=now)  # the search starts (no nodes to ask: it ends at once)
+    s.take_actions()
+    at = session_deadline(s, now, poll_at=now + 1)
+    assert at is not None and now + 1 < at <= now + 60.0  # the node's refresh/expiry checks, not every second
+    assert s.dht is not None and s.dht.next_deadline(s.torrents, s.fetches, 6881, now=now) == pytest.approx(at)

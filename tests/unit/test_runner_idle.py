@@ -25,10 +25,12 @@ def seeding_cfg(tmp_path: Path, n: int, **kw: Any) -> Any:
 
 
 @pytest.fixture
-def fixed_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fixed process figures: the test's own RSS and CPU use must not decide when the file changes."""
-    proc = {"rss_bytes": 30 << 20, "peak_rss_bytes": 31 << 20, "cpu_percent": 0.1, "cpu_seconds": 1.0, "threads": 3}
+def fixed_process(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Process figures set by the test: its own RSS and CPU use must not decide when the file changes."""
+    proc: dict[str, Any] = {"rss_bytes": 30 << 20, "peak_rss_bytes": 31 << 20, "cpu_percent": 0.1, "cpu_seconds": 1.0,
+                            "threads": 3}
     monkeypatch.setattr(Runner, "_process_info", lambda self: dict(proc))
+    return proc
 
 
 def mark(path: str) -> None:
@@ -46,7 +48,7 @@ def rewritten(path: str) -> bool:
 
 
 def test_status_file_is_rewritten_only_when_it_changed_and_touched_for_the_heartbeat(
-    tmp_path: Path, clock: FakeClock, fixed_process: None
+    tmp_path: Path, clock: FakeClock, fixed_process: dict[str, Any]
 ) -> None:
     cfg = seeding_cfg(tmp_path, 2)
     r, client, _ = make_runner(tmp_path, cfg, clock)
@@ -55,10 +57,20 @@ def test_status_file_is_rewritten_only_when_it_changed_and_touched_for_the_heart
     path = os.path.join(cfg.state_dir, STATUS_NAME)
     mark(path)
     steps = int(STATUS_HEARTBEAT_S // cfg.status_interval_s) - 1
-    for _ in range(steps):  # seeding time and process figures tick; nothing else changes
+    for i in range(steps):  # seeding time and CPU seconds tick, CPU use flickers; nothing else changes
+        fixed_process.update(cpu_seconds=1.0 + i, cpu_percent=(0.1, 1.2)[i % 2], rss_bytes=(30 << 20) + i * 4096)
         clock.advance(cfg.status_interval_s)
         r.tick(clock.now())
     assert not rewritten(path) and os.stat(path).st_mtime == 1.0
+    fixed_process.update(cpu_percent=0.0)
+    clock.advance(cfg.status_interval_s)
+    r.tick(clock.now())
+    assert not rewritten(path)
+    fixed_process.update(cpu_percent=45.0)  # busy: a figure worth showing
+    clock.advance(cfg.status_interval_s)
+    r.tick(clock.now())
+    assert rewritten(path)
+    mark(path)
     t: FakeTorrent = client.added[0]
     t.stats = type("S", (), {"uploaded": 16384})()  # a peer took a piece
     clock.advance(cfg.status_interval_s)
