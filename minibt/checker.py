@@ -108,6 +108,11 @@ class Checker:
             log.warning("%s: %s; checking data on disk", self._meta.name, warning)
         return rd
 
+    @property
+    def save_at(self) -> float | None:
+        """When the resume file is next rewritten; None while nothing it records has changed."""
+        return self._next_save_at if self.resume_dirty and self._resume_path is not None else None
+
     def save_due(self, now: float) -> bool:
         return self.resume_dirty and now >= self._next_save_at
 

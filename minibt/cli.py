@@ -455,7 +455,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     pid = st.get("pid")
     alive = isinstance(pid, int) and psutil.pid_exists(pid)
-    for line in format_status(st, now_wall=MonotonicClock().wall(), pid_alive=alive):
+    try:
+        touched_at = os.stat(path).st_mtime
+    except OSError:
+        touched_at = 0.0
+    for line in format_status(st, now_wall=MonotonicClock().wall(), pid_alive=alive, touched_at=touched_at):
         print(line)
     return EXIT_OK
 

@@ -195,8 +195,11 @@ class Client:
             f.add_peers(plist, PeerSource.USER)
         return f
 
-    def run(self, *, until: Callable[[], bool] | None = None, on_tick: Callable[[float], None] | None = None) -> None:
-        self.loop.run(until=until, on_tick=on_tick)
+    def run(self, *, until: Callable[[], bool] | None = None, on_tick: Callable[[float], None] | None = None,
+            tick_deadline: Callable[[float], float | None] | None = None) -> None:
+        """Run the loop; ``on_tick(now)`` runs with the session's timers, and at the latest at
+        ``tick_deadline(now)`` if given (else at least once a second)."""
+        self.loop.run(until=until, on_tick=on_tick, tick_deadline=tick_deadline)
 
     # ------------------------------------------------------------------ public API: events and peers
 

@@ -117,6 +117,7 @@ def _run_locked(cfg: Config, *, once: bool, max_time_s: float | None, until_min:
 
     def on_hup(signum: int, frame: Any) -> None:
         runner.reload_requested = True
+        client.loop.wake()  # the loop may be waiting for a deadline minutes away
 
     old = {s: signal.signal(s, on_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
@@ -126,7 +127,7 @@ def _run_locked(cfg: Config, *, once: bool, max_time_s: float | None, until_min:
                  os.getpid(), client.port, limits)
         _stderr(f"run: listening on port {client.port}")
         runner.start()
-        client.run(until=runner.done, on_tick=runner.tick)
+        client.run(until=runner.done, on_tick=runner.tick, tick_deadline=runner.next_deadline)
         if runner.stop_signal is not None:
             log.info("%s: announcing 'stopped' and saving state", runner.stop_signal)
         # Judged before the shutdown turns every torrent to 'stopped'.

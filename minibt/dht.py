@@ -398,6 +398,17 @@ class DhtNode:
     def next_deadline(self) -> float | None:
         return min((t.sent_at + QUERY_TIMEOUT_S for t in self._txns.values()), default=None)
 
+    def timers_at(self) -> float:
+        """When handle_timeout next has work: a query timing out, the bucket-refresh check, the store's
+        expiry, or (while the table is empty) the bootstrap retry."""
+        at = min(self._last_refresh + REFRESH_CHECK_S, self._last_expire + 60.0)
+        q = self.next_deadline()
+        if q is not None and q < at:
+            at = q
+        if len(self.table) == 0 and self.bootstrap_addrs:
+            at = min(at, self._last_bootstrap + BOOTSTRAP_RETRY_S)
+        return at
+
     def handle_timeout(self, *, now: float) -> None:
         for tid, txn in list(self._txns.items()):
             if now - txn.sent_at >= QUERY_TIMEOUT_S:

@@ -88,6 +88,11 @@ def saved_state(data: bytes | None, rng: random.Random, *, now: float) -> tuple[
     return rng.randbytes(20), []
 
 
+def _searchable(t: Torrent) -> bool:
+    """A torrent the DHT may search for: not private (BEP 27), downloading or seeding."""
+    return not t.meta.private and (t.state is TorrentState.DOWNLOADING or t.state is TorrentState.SEEDING)
+
+
 class DhtService:
     """The DHT node of a session, its bootstrap and its per-torrent search schedule."""
 
@@ -135,7 +140,7 @@ class DhtService:
         out = [
             Wanted(t.info_hash, listen_port or None, t.state is TorrentState.DOWNLOADING and len(t.peers) < FEW_PEERS)
             for t in torrents
-            if not t.meta.private and t.state in (TorrentState.DOWNLOADING, TorrentState.SEEDING)
+            if _searchable(t)
         ]
         out += [Wanted(f.info_hash, None, True) for f in fetches if f.state is FetchState.FETCHING]
         return out
@@ -148,6 +153,20 @@ class DhtService:
                 t.add_candidates(f.peers, PeerSource.DHT, now=now)
             elif (m := fetches.get(f.info_hash)) is not None:
                 m.add_peers(list(f.peers), PeerSource.DHT)
+
+    def next_deadline(self, torrents: dict[bytes, Torrent], fetches: dict[bytes, MagnetFetch], listen_port: int, *,
+                      now: float) -> float:
+        """When :meth:`tick` next has work: the node's timers, or the next search that is due (``now``
+        for a torrent never searched yet)."""
+        at = self.node.timers_at()
+        nxt = self._next
+        for t in torrents.values():  # (runs on every idle wake-up: no Wanted objects built)
+            if _searchable(t) and (d := nxt.get(t.info_hash, now)) < at:
+                at = d
+        for f in fetches.values():
+            if f.state is FetchState.FETCHING and (d := nxt.get(f.info_hash, now)) < at:
+                at = d
+        return at
 
     def tick(self, torrents: dict[bytes, Torrent], fetches: dict[bytes, MagnetFetch], listen_port: int, *,
              now: float) -> None:

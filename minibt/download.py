@@ -96,6 +96,11 @@ class Downloader:
         return self.disk_error is not None or self.paused_reason is not None
 
     @property
+    def disk_retry_at(self) -> float:
+        """When ``disk_retry`` next looks at the free space (meaningful while ``disk_error`` is set)."""
+        return self._disk_retry_at
+
+    @property
     def downloading(self) -> bool:
         """True while pieces may be requested (the torrent downloads, not paused)."""
         return self.active and self.disk_error is None and self.paused_reason is None

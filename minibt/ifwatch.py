@@ -57,6 +57,10 @@ class InterfaceWatch:
     def due(self, now: float) -> bool:
         return self._next_at is None or now >= self._next_at
 
+    def next_deadline(self, now: float) -> float:
+        """When the interface state is next read (the loop polls it: no netlink socket)."""
+        return now if self._next_at is None else self._next_at
+
     def observe(self, state: LinkState, *, now: float) -> LinkDecision:
         """Take one observation; the caller acts on the decision, then reports sockets_opened/failed."""
         self._next_at = now + self.interval_s

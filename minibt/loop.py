@@ -28,6 +28,7 @@ from typing import Any
 
 from minibt.actions import Announce, Close, Datagram, Dial, LookupDhtNode
 from minibt.clock import Clock
+from minibt.deadlines import earliest, session_deadline, wait_timeout
 from minibt.effects import Flush, HashPiece
 from minibt.errors import CloseReason
 from minibt.faults import FaultKind
@@ -45,8 +46,8 @@ from minibt.workers import CallResult, Hasher, HashJob, HashResult
 log = logging.getLogger(__name__)
 
 RECV_BUF = 256 * 1024
-TICK_S = 0.25
-IDLE_TICK_S = 1.0  # no connection at all (a seedbox between peers): one wake-up a second, not four
+TICK_S = 0.25  # while connections are open; without any the loop waits for the nearest deadline (deadlines.py)
+IDLE_TICK_S = 1.0  # without connections: the tick after an input, and polled timers (DHT, magnet fetches)
 FLUSH_ROUNDS = 4  # convention: flush rounds per loop iteration (on_writable may queue more bytes each round)
 SOCK_BUF = 1024 * 1024  # enlarged kernel socket buffers for loopback/LAN rates
 # uTP needs large UDP buffers: with Linux's ~208 KiB default, libtorrent's uTP drops ~2 % of datagrams
@@ -120,6 +121,8 @@ class EventLoop:
         self._stop_requested = False
         self._selecting = False
         self._next_tick = 0.0
+        self._last_tick = float("-inf")  # the idle wait (_tick_at) is measured from the last tick
+        self._stirred = True  # an input arrived since the last tick
         # Called once per iteration before actions and output are flushed (the Client delivers the
         # public API events here, so what callbacks queue goes out in the same iteration).
         self.before_flush: Callable[[], object] | None = None
@@ -265,10 +268,11 @@ class EventLoop:
 
     # ------------------------------------------------------------------ main loop
 
-    def run(self, *, until: Callable[[], bool] | None = None, on_tick: Callable[[float], None] | None = None) -> None:
-        """Run until ``until()`` is true or a stop is requested."""
+    def run(self, *, until: Callable[[], bool] | None = None, on_tick: Callable[[float], None] | None = None,
+            tick_deadline: Callable[[float], float | None] | None = None) -> None:
+        """Run until ``until()`` is true or a stop is requested (``tick_deadline``: see run_once)."""
         while not self._stop_requested:
-            self.run_once(on_tick=on_tick)
+            self.run_once(on_tick=on_tick, tick_deadline=tick_deadline)
             if until is not None and until():
                 return
 
@@ -287,9 +291,27 @@ class EventLoop:
             self.run_once(tick_session=False)
         self._stop_requested = True
 
-    def run_once(self, *, on_tick: Callable[[float], None] | None = None, tick_session: bool = True) -> None:
+    def _tick_at(self, now: float, on_tick: object, tick_deadline: Callable[[float], float | None] | None) -> float:
+        """When the next tick is due: every TICK_S while connections are open; without any, at the
+        nearest real deadline (deadlines.py), once within IDLE_TICK_S of an input, never twice in TICK_S."""
+        if self.session.conns:
+            return self._next_tick
+        poll_at = self._last_tick + IDLE_TICK_S
+        at = earliest(
+            session_deadline(self.session, now, poll_at=poll_at), self.trackers.next_deadline(),
+            self.watch.next_deadline(now) if self.watch is not None else None,
+            poll_at if self._stirred or (on_tick is not None and tick_deadline is None) else None,
+            tick_deadline(now) if tick_deadline is not None else None,
+        )
+        return float("inf") if at is None else max(at, self._last_tick + TICK_S)
+
+    def run_once(self, *, on_tick: Callable[[float], None] | None = None, tick_session: bool = True,
+                 tick_deadline: Callable[[float], float | None] | None = None) -> None:
+        """One select() and what it brought.  ``tick_deadline(now)``: when ``on_tick`` next has work
+        (None: only after an input); without it, ``on_tick`` runs at least every IDLE_TICK_S."""
         now = self.clock.now()
-        timeout = max(0.0, min(MAX_TIMEOUT_S, self._next_tick - now))
+        tick_at = self._tick_at(now, on_tick, tick_deadline)
+        timeout = wait_timeout(tick_at - now, MAX_TIMEOUT_S)
         rate_at = self._rate_wake_at(now)
         if rate_at is not None:
             timeout = max(0.0, min(timeout, rate_at - now))
@@ -304,6 +326,8 @@ class EventLoop:
         now = self.clock.now()
         if self.hasher.has_results():
             self._drain_results(now)
+            self._stirred = True
+        self._stirred = self._stirred or bool(events)  # an input may have moved a deadline: tick soon
         for key, mask in events:
             kind, obj = key.data
             try:
@@ -326,8 +350,8 @@ class EventLoop:
                 self._utp.handle_timeout(now=now)
             except Exception as e:
                 self.session.faults.record(FaultKind.DATAGRAM, "uTP timers", e)
-        if now >= self._next_tick:
-            self._next_tick = now + (TICK_S if self.session.conns else IDLE_TICK_S)
+        if now >= tick_at:
+            self._next_tick, self._last_tick, self._stirred = now + TICK_S, now, False
             if self.watch is not None:
                 self._check_link(now)
             if tick_session:

@@ -55,6 +55,13 @@ STATUS_NAME = "status.json"
 STATE_NAME = "runner-state.json"
 BANS_NAME = "bans.json"
 DHT_SAVE_S = 600.0  # convention: dht.dat (DHT id and table) is rewritten at most every 10 min (SD-card wear)
+SEED_TIME_SAVE_S = 600  # convention: seeding time alone rewrites runner-state.json at most every 10 min (wear)
+# The status file is rewritten (temp, fsync, rename) only when its content changed, fields that only tick
+# left out: the time, seeding seconds, CPU seconds; RSS and its peak count by the MiB, CPU use by 5 % steps
+# (an idle daemon's periodic work, the DHT's refresh, makes it flicker between 0 and 1 %).  While
+# nothing changes its mtime is touched (no write, no fsync) this often: `minibt status` shows that age.
+STATUS_HEARTBEAT_S = 60.0
+_TORRENT_TICKING = ("seed_seconds",)
 WATCHED_DIR = "watched"  # copies of watch-dir torrents, so they survive a restart
 MAGNET_META_DIR = "magnets"  # metadata fetched for magnet sources, so a rerun need not fetch it again
 
@@ -76,6 +83,7 @@ class Job:
     finished: str | None = None  # stop condition reached (persisted: not seeded again)
     error: str | None = None  # could not be added
     wait: DirWait | None = None  # its directory is missing (a share not mounted yet): retried
+    checked_up: int = -1  # uploaded bytes when the seed-ratio stop condition was last checked
 
     @property
     def ih(self) -> str:
@@ -131,6 +139,8 @@ class Runner:
         self._next_status = now
         self._next_watch = now
         self._next_second = now
+        self._status_seen: Any = None  # the last written status without its ticking fields
+        self._status_at = now  # when the status file was last written
         self._alt_active: bool | None = None
         self.reload_requested = False
         self.stop_signal: str | None = None
@@ -274,8 +284,40 @@ class Runner:
             self._poll_watch()
         if now >= self._next_status:
             self._next_status = now + self.cfg.status_interval_s
-            self.write_status()
+            self.write_status(now=now)
             self.save_state()
+
+    def next_deadline(self, now: float) -> float:
+        """When ``tick`` next has work (the loop's idle wait, loop.py): the status and the watch dir
+        at their intervals; the once-a-second checks only while one of them can find something."""
+        at = self._next_status
+        if self.cfg.watch_dir:
+            at = min(at, self._next_watch)
+        if self.once and self.deadline is not None:
+            at = min(at, self.deadline)
+        if self._each_second_needed():
+            return min(at, self._next_second)
+        for job in self.jobs.values():  # a seed-time stop condition: exactly when it is reached
+            t, limit = job.torrent, job.entry.seed_time_s
+            if t is not None and limit is not None and job.finished is None and t.state is TorrentState.SEEDING:
+                at = min(at, max(self._next_second, now + limit - job.seed_s))
+        return at
+
+    def _each_second_needed(self) -> bool:
+        """Can ``_each_second`` find work (anything but a steady seed waits on it)?"""
+        if self.reload_requested or self._removing or self._pending_add or self._hooks or self.cfg.schedule.alt_windows:
+            return True  # (download windows matter to unfinished downloads only: those are below)
+        for job in self.jobs.values():
+            t = job.torrent
+            if job.wait is not None or job.fetch is not None:
+                return True
+            if t is None or job.finished is not None or t.state in (TorrentState.STOPPED, TorrentState.ERROR):
+                continue
+            if t.state is not TorrentState.SEEDING or not t.complete:
+                return True  # downloading or checking: the on-complete hook waits on it
+            if job.entry.seed_ratio is not None and t.stats.uploaded != job.checked_up:
+                return True
+        return False
 
     def _fire_hooks(self) -> None:
         """on_complete, once per download, as soon as every piece is verified (data synced by then)."""
@@ -298,6 +340,7 @@ class Runner:
             if t is None:
                 continue
             if not self.once and job.finished is None and t.state is TorrentState.SEEDING:
+                job.checked_up = t.stats.uploaded
                 why = stop_reason(job.entry, uploaded=t.stats.uploaded, size=t.meta.total_length, seeding_s=job.seed_s)
                 if why is not None:
                     log.info("%s: stop condition reached (%s): seeding stopped", t.meta.name, why)
@@ -569,8 +612,8 @@ class Runner:
         bans = self.client.session.reputation.banned()
         try:
             # Rewritten only when something changed (SD-card wear): the status file is the one that ticks.
-            coarse = {k: {**v, "seed_s": int(v.get("seed_s", 0) // 60)} if isinstance(v, dict) else v
-                      for k, v in state.items()}  # seeding time alone: saved once a minute
+            coarse = {k: {**v, "seed_s": int(v.get("seed_s", 0) // SEED_TIME_SAVE_S)} if isinstance(v, dict) else v
+                      for k, v in state.items()}  # seeding time alone: saved every SEED_TIME_SAVE_S
             if force or coarse != self._saved_state:
                 write_json_atomic(os.path.join(d, STATE_NAME), state)
                 self._saved_state = coarse
@@ -650,11 +693,27 @@ class Runner:
         return {"rss_bytes": rss, "peak_rss_bytes": self.peak_rss, "cpu_percent": round(self._cpu_percent, 1),
                 "cpu_seconds": round(cpu_s, 2), "threads": p.num_threads()}
 
-    def write_status(self) -> None:
+    def write_status(self, *, now: float | None = None) -> None:
+        """Write the status file; with ``now`` (the periodic refresh) only if something other than its
+        ticking fields changed or STATUS_HEARTBEAT_S have passed since it was last written."""
+        doc = self.status()
+        path = os.path.join(self.cfg.state_dir, STATUS_NAME)
+        proc = doc["process"]
+        seen = {**doc, "updated_at": None, "process": (proc["rss_bytes"] >> 20, proc["peak_rss_bytes"] >> 20,
+                                                      int(proc["cpu_percent"]) // 5, proc["threads"]),
+                "torrents": [{k: v for k, v in t.items() if k not in _TORRENT_TICKING} for t in doc["torrents"]]}
         try:
-            write_json_atomic(os.path.join(self.cfg.state_dir, STATUS_NAME), self.status())
+            if now is not None and seen == self._status_seen:
+                if now - self._status_at >= STATUS_HEARTBEAT_S:
+                    self._status_at = now
+                    os.utime(path)  # alive: the mtime says so, without a write
+                return
+            write_json_atomic(path, doc)
         except OSError as e:
             log.warning("could not write status: %s", e)
+            return
+        self._status_seen = seen
+        self._status_at = self.client.clock.now() if now is None else now
 
 
 def _reaped(p: Any) -> bool:

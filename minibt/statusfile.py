@@ -221,10 +221,11 @@ def _limit(v: float | None) -> str:
     return "unlimited" if not v else f"{_bytes(v)}/s"
 
 
-def format_status(st: dict[str, Any], *, now_wall: float, pid_alive: bool) -> list[str]:
-    """Human-readable lines for one status JSON document."""
+def format_status(st: dict[str, Any], *, now_wall: float, pid_alive: bool, touched_at: float = 0.0) -> list[str]:
+    """Human-readable lines for one status JSON document; ``touched_at``: the file's mtime (the runner
+    touches it while the content stays the same, runner.STATUS_HEARTBEAT_S)."""
     lines = []
-    age = now_wall - float(st.get("updated_at", 0.0))
+    age = now_wall - max(float(st.get("updated_at", 0.0)), touched_at)
     running = st.get("running") and pid_alive
     head = f"minibt {st.get('mode', '?')} pid {st.get('pid')}: " + (
         f"running, port {st.get('listen_port')}" if running else "not running (last status shown)"

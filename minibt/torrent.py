@@ -111,7 +111,7 @@ class Torrent:
         self.peers: dict[int, PeerConnection] = {}  # handshaken connections by cid
         self.half_open: set[int] = set()  # cids we dialled whose BT handshake is not complete
         self._stopping = False
-        self._last_connect_at = 0.0
+        self.last_dial_at = 0.0
         self._now = now  # the latest time an input brought (for library commands without one)
         self._pending: list[fx.Effect] = []  # effects of library commands, collected by take_pending()
         self.completed_event_sent = False
@@ -188,6 +188,7 @@ class Torrent:
             for i in have_from_resume.indexes():
                 self._mark_have(i)
             self._enter_transfer(now, out)
+            self.checker.resume_dirty = False  # the file already says all this: not rewritten until something changes
         elif existed:
             self.state = TorrentState.CHECKING
             self.checker.check_all()
@@ -691,8 +692,8 @@ class Torrent:
                 self.upload.rechoke(now, out, scheduled=True)
             for peer in self.peers.values():
                 self._peer_timers(peer, now, out)
-            if now - self._last_connect_at >= 1.0:
-                self._last_connect_at = now
+            if now - self.last_dial_at >= 1.0:
+                self.last_dial_at = now
                 out.extend(self._want_dials())
             self.extensions.tick(now=now, out=out)
             if len(self.peers) < 5 and len(self.candidates) == 0:

@@ -164,6 +164,12 @@ class TrackerIO:
                 self._udp_events(ut, ut.client.receive_datagram(bytes(data), now=now), now)
         return matched
 
+    def next_deadline(self) -> float | None:
+        """The nearest HTTP timeout or UDP retransmission that ``tick`` acts on (None: nothing in flight)."""
+        dls = [txn.deadline for txn in self._http.values()]
+        dls += [d for ut in self._udp_trackers.values() if ut.job is not None and (d := ut.client.next_deadline()) is not None]
+        return min(dls, default=None)
+
     def tick(self, now: float) -> None:
         """Time out HTTP transactions and retransmit or time out UDP announces."""
         for txn in list(self._http.values()):

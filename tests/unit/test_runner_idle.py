@@ -1,0 +1,147 @@
+"""The runner at rest (issue 15, idle): it asks the loop to wake only for its real deadlines, and it
+rewrites the status file only when something in it changed (touching its mtime every STATUS_HEARTBEAT_S)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import FakeClock
+from test_runner_logic import FakeTorrent, make_cfg, make_runner
+
+from minibt.runner import STATUS_HEARTBEAT_S, STATUS_NAME, Runner
+from minibt.settings import TorrentState
+from minibt.statusfile import format_status, read_status
+
+
+def seeding_cfg(tmp_path: Path, n: int, **kw: Any) -> Any:
+    cfg = make_cfg(tmp_path, n, **kw)
+    (tmp_path / "dl").mkdir(exist_ok=True)
+    return dataclasses.replace(cfg, torrents=tuple(dataclasses.replace(e, mode="seed") for e in cfg.torrents))
+
+
+@pytest.fixture
+def fixed_process(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Process figures set by the test: its own RSS and CPU use must not decide when the file changes."""
+    proc: dict[str, Any] = {"rss_bytes": 30 << 20, "peak_rss_bytes": 31 << 20, "cpu_percent": 0.1, "cpu_seconds": 1.0,
+                            "threads": 3}
+    monkeypatch.setattr(Runner, "_process_info", lambda self: dict(proc))
+    return proc
+
+
+def mark(path: str) -> None:
+    """Plant a marker in the status file: a rewrite by the runner drops it, a touch keeps it."""
+    with open(path) as f:
+        doc = json.load(f)
+    with open(path, "w") as f:
+        json.dump({**doc, "marker": True}, f)
+    os.utime(path, (1.0, 1.0))
+
+
+def rewritten(path: str) -> bool:
+    with open(path) as f:
+        return "marker" not in json.load(f)
+
+
+def test_status_file_is_rewritten_only_when_it_changed_and_touched_for_the_heartbeat(
+    tmp_path: Path, clock: FakeClock, fixed_process: dict[str, Any]
+) -> None:
+    cfg = seeding_cfg(tmp_path, 2)
+    r, client, _ = make_runner(tmp_path, cfg, clock)
+    r.start()
+    started = clock.now()
+    path = os.path.join(cfg.state_dir, STATUS_NAME)
+    mark(path)
+    steps = int(STATUS_HEARTBEAT_S // cfg.status_interval_s) - 1
+    for i in range(steps):  # seeding time and CPU seconds tick, CPU use flickers; nothing else changes
+        fixed_process.update(cpu_seconds=1.0 + i, cpu_percent=(0.1, 1.2)[i % 2], rss_bytes=(30 << 20) + i * 4096)
+        clock.advance(cfg.status_interval_s)
+        r.tick(clock.now())
+    assert not rewritten(path) and os.stat(path).st_mtime == 1.0
+    fixed_process.update(cpu_percent=0.0)
+    clock.advance(cfg.status_interval_s)
+    r.tick(clock.now())
+    assert not rewritten(path)
+    fixed_process.update(cpu_percent=45.0)  # busy: a figure worth showing
+    clock.advance(cfg.status_interval_s)
+    r.tick(clock.now())
+    assert rewritten(path)
+    mark(path)
+    t: FakeTorrent = client.added[0]
+    t.stats = type("S", (), {"uploaded": 16384})()  # a peer took a piece
+    clock.advance(cfg.status_interval_s)
+    r.tick(clock.now())
+    assert rewritten(path)
+    doc = read_status(path)
+    assert doc is not None and doc["torrents"][0]["uploaded"] == 16384
+    assert doc["updated_at"] == pytest.approx(clock.wall())
+    assert doc["torrents"][0]["seed_seconds"] == pytest.approx(clock.now() - started)  # fresh in each write
+    mark(path)
+    written_at = clock.now()
+    while clock.now() - written_at < STATUS_HEARTBEAT_S - cfg.status_interval_s:
+        clock.advance(cfg.status_interval_s)
+        r.tick(clock.now())
+    assert not rewritten(path) and os.stat(path).st_mtime == 1.0
+    clock.advance(cfg.status_interval_s)
+    r.tick(clock.now())  # the heartbeat: the same content, so the file is only touched
+    assert not rewritten(path) and os.stat(path).st_mtime > 1.0
+    # `minibt status` takes the age from the later of updated_at and the mtime: a live daemon stays fresh
+    head = format_status(doc, now_wall=doc["updated_at"] + 3600, pid_alive=True, touched_at=doc["updated_at"] + 3599)[0]
+    assert "running, port 6881" in head and "updated 1 s ago" in head
+    head = format_status(doc, now_wall=doc["updated_at"] + 3600, pid_alive=False)[0]
+    assert "not running" in head and "updated 3600 s ago" in head
+
+
+def test_a_steady_seed_wakes_the_loop_for_the_status_only(tmp_path: Path, clock: FakeClock) -> None:
+    cfg = seeding_cfg(tmp_path, 3)
+    r, client, _ = make_runner(tmp_path, cfg, clock)
+    r.start()
+    now = clock.now()
+    assert r.next_deadline(now) == pytest.approx(now + cfg.status_interval_s)  # not every second
+    r.reload_requested = True  # SIGHUP (daemon.py also wakes the loop)
+    assert r.next_deadline(now) <= now + 1.0
+    r.reload_requested = False
+    client.added[1].state = TorrentState.CHECKING  # e.g. a recheck: the on-complete hook waits on it
+    assert r.next_deadline(now) <= now + 1.0
+
+
+def test_a_download_keeps_the_once_a_second_checks(tmp_path: Path, clock: FakeClock) -> None:
+    cfg = make_cfg(tmp_path, 1)  # download mode
+    r, _, _ = make_runner(tmp_path, cfg, clock)
+    r.start()
+    r.tick(clock.now())
+    assert r.next_deadline(clock.now()) == pytest.approx(clock.now() + 1.0)
+
+
+def test_seed_time_stop_is_a_deadline_and_is_met_exactly(tmp_path: Path, clock: FakeClock) -> None:
+    cfg = seeding_cfg(tmp_path, 1, seed_time_s=100.0)
+    r, client, _ = make_runner(tmp_path, cfg, clock)
+    r.start()
+    start = clock.now()
+    r.tick(start)
+    job = next(iter(r.jobs.values()))
+    wakes = 0
+    while job.finished is None:  # the loop sleeps from one deadline to the next
+        clock.jump_to(r.next_deadline(clock.now()))
+        r.tick(clock.now())
+        wakes += 1
+    assert clock.now() == pytest.approx(start + 100.0) and "seeded for 100 s" in job.finished
+    assert wakes == 100 // cfg.status_interval_s  # the status refreshes; no once-a-second checks
+
+
+def test_a_seed_ratio_is_checked_when_uploads_moved(tmp_path: Path, clock: FakeClock) -> None:
+    cfg = seeding_cfg(tmp_path, 1, seed_ratio=1.0)
+    r, client, _ = make_runner(tmp_path, cfg, clock)
+    r.start()
+    clock.advance(1.0)
+    r.tick(clock.now())
+    assert r.next_deadline(clock.now()) == pytest.approx(r._next_status)
+    client.added[0].stats = type("S", (), {"uploaded": 50_000})()  # more than the 40000-byte payload
+    assert r.next_deadline(clock.now()) == pytest.approx(clock.now() + 1.0)
+    clock.advance(1.0)
+    r.tick(clock.now())
+    assert next(iter(r.jobs.values())).finished is not None
