@@ -293,7 +293,7 @@ class Downloader:
         peer.snubbed = False
         others = (
             self._picker.take_requested(peer.cid, index, begin, n)
-            if self.active and self.disk_error is None and self.paused_reason is None and not self._have.test(index)
+            if self.downloading and not self._have.test(index)
             else None
         )
         if others is None:

@@ -236,7 +236,8 @@ class Reject:
 
 @dataclass(frozen=True, slots=True)
 class Piece:
-    """BEP 3 piece (a block).  Received blocks are ``bytes`` (copied once from the buffer)."""
+    """BEP 3 piece (a block).  A received block is a view of the bytes given to ``receive_data``
+    (``bytes`` when its frame spanned reads): copy it before that buffer is reused."""
 
     ID: ClassVar[int] = PIECE
     index: int
