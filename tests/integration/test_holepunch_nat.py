@@ -133,8 +133,11 @@ def test_libtorrent_behind_nat_downloads_from_a_natted_minibt_seed(
     dialled = log_times(mb.log_text(), rf"holepunch: connect from {re.escape(net.relay.ip)}:\d+: "
                                        rf"dialling {re.escape(net.nat_a.ip)}:{BT_PORT} over uTP")
     assert dialled, mb.log_tail()
+    # The blocks came from that endpoint (the PIECE lines above) over uTP. Not its total_download:
+    # with UDP GSO the whole payload can arrive and the seed-to-seed close follow within one of the
+    # harness's 50 ms polls of the peer list, so the history may never see the connection's count.
     entry = peer_entry(leech, net.nat_b.ip, BT_PORT)
-    assert entry is not None and entry["utp"] and entry["total_download"] > 0, entry
+    assert entry is not None and entry["utp"], entry
     assert relay.status()["total_payload_upload"] == 0  # so every byte came from the minibt seed
     record_property("failed dial -> first block (s, libtorrent's log)", round(pieces[0][0] - failed[0][0], 2))
     print(f"\nminibt target: the leecher's first failed dial -> first block {pieces[0][0] - failed[0][0]:.2f} s")
