@@ -161,8 +161,9 @@ class Downloader:
     def fill(self, peer: PeerConnection, now: float, out: list[Effect], *, batch: bool = False) -> None:
         """Top the peer's request pipeline up to its depth.
 
-        With ``batch`` (after each received block) it waits until a quarter of the pipeline is free,
-        so requests go out in groups: fewer picker calls and fewer, larger sends.
+        With ``batch`` (after a received block, once ``on_block`` found a quarter of the last top-up's
+        level free) it also waits until a quarter of the current depth is free, so requests go out in
+        groups: fewer picker calls and fewer, larger sends.
         """
         wire = peer.wire
         if wire is None or not self.downloading or peer.closing:
@@ -170,10 +171,6 @@ class Downloader:
         if not wire.am_interested or not self._auto_request:
             return
         picker = self._picker
-        if batch:  # per block: against the depth of the last top-up, a quarter of it free first
-            depth = peer.req_depth
-            if depth - picker.num_outstanding(peer.cid) < (depth >> 2 or 1):
-                return
         allowed: set[int] | None = None
         if wire.peer_choking:
             if not peer.allowed_fast_in:
@@ -313,7 +310,7 @@ class Downloader:
             self._picker.piece_hashing(index)
             writes = self._storage.prepare_commit(index)
             out.append(HashPiece(self._verify_job(index, writes)))
-        depth = peer.req_depth  # fill(batch=True)'s first test, without the call for most blocks
+        depth = peer.req_depth  # a quarter free of the last top-up's level first (fill's ``batch``)
         if depth - self._picker.num_outstanding(peer.cid) >= (depth >> 2 or 1):
             self.fill(peer, now, out, batch=True)
 
