@@ -62,7 +62,10 @@ RC4 both ways like the RC4 leechers, so an encrypted row can never be plaintext 
 seeders are started (and hash-checked) before the first download; the idle one only sleeps.  A summary
 line gives minibt's RC4 throughput as a percentage of its plaintext throughput (target >= 80 %) and its
 RC4 CPU s/GiB as a multiple of the plaintext one (target <= 1.5x), best of ``--runs`` each, and the same
-two figures for libtorrent.
+two figures for libtorrent.  Two more lines tell how much of the machine each mode took (medians): the
+leecher's plus the seeder's CPU s/GiB, and how many cores were busy (leecher + seeder + other CPU per
+wall second).  Both ends pay for RC4 out of the same cores, so where an RC4 row keeps about every core
+busy its throughput follows the leecher + seeder CPU per GiB, not the leecher alone.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ import glob
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,6 +85,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchlib, also when loaded by path
 from benchlib import (  # noqa: E402
     BIG_BUFFERS,
+    GIB,
     LT_PEER,
     NO_PEX,
     RC4_FORCED,
@@ -341,8 +346,9 @@ def serve(name: str, seeder: Watched, peer: str, torrent: str, n: int, work: str
                       max(0.0, busy - seeder_cpu - leecher_cpu))
 
 
-def ratio_lines(results: list[Result], runs: int, files: int, utp: bool = False) -> list[str]:
-    """The issue-15 ratios of one payload: minibt vs libtorrent (CPU, throughput) and vs aria2 (RSS)."""
+def ratio_lines(results: list[Result], runs: int, files: int, utp: bool = False, size: int = 0) -> list[str]:
+    """The issue-15 ratios of one payload: minibt vs libtorrent (CPU, throughput) and vs aria2 (RSS); with
+    RC4 rows the issue-13 ones, and (given the payload ``size``) how busy the machine was."""
     out: list[str] = []
     mb, lt, big = best(results, "minibt"), best(results, "libtorrent"), best(results, "lt-bigbuf")
     if mb and lt:
@@ -374,7 +380,25 @@ def ratio_lines(results: list[Result], runs: int, files: int, utp: bool = False)
                    f"RC4 CPU s/GiB = {lt_rc4[1] / lt[1]:.2f}x plaintext")
     if mb_rc4 and lt_rc4:
         out.append(f"minibt RC4 throughput = {lt_rc4[0] / mb_rc4[0] * 100:.0f} % of libtorrent RC4's")
+    for name in ("minibt", "minibt-rc4") if mb_rc4 and size else ():
+        load = machine_load(results, name, size)
+        if load is not None:
+            out.append(f"{name} rows: leecher + seeder = {load[0]:.2f} CPU s/GiB; the machine was {load[1]:.2f} "
+                       f"of {os.cpu_count()} cores busy (median of {runs})")
     return out
+
+
+def machine_load(results: list[Result], name: str, size: int) -> tuple[float, float] | None:
+    """(leecher + seeder CPU s/GiB, cores busy: leecher + seeder + other CPU per wall second), medians
+    over the rows of ``name``; None without rows or seeder figures.  Where an encrypted row keeps the
+    machine about as busy as the cores it has, both ends pay for RC4 out of the same CPUs, and the
+    throughput can only follow the leecher + seeder CPU per GiB."""
+    rs = [r for r in results if r.name == name and r.seeder_cpu_s >= 0]
+    if not rs:
+        return None
+    cpu = statistics.median((r.cpu_s + r.seeder_cpu_s) / (size / GIB) for r in rs)
+    busy = statistics.median((r.cpu_s + r.seeder_cpu_s + max(0.0, r.other_cpu_s)) / r.seconds for r in rs)
+    return cpu, busy
 
 
 def seed_ratio_lines(results: list[SeedResult], runs: int) -> list[str]:
@@ -427,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
                 lines = seed_ratio_lines(seed_case(args, seeders, torrent, seed_dir, top, want, size, work), args.runs)
             else:
                 results = download_case(args, rows, torrent, seed_dir, top, want, size, work)
-                lines = ratio_lines(results, args.runs, args.files, args.transport == "utp")
+                lines = ratio_lines(results, args.runs, args.files, args.transport == "utp", size)
                 rss = lowest_rss(results, "minibt")
                 if rss:
                     peak_rss[size_mib] = rss

@@ -159,3 +159,17 @@ def test_rows_and_ratio_lines(bench: ModuleType) -> None:
     assert "0.50 seeder CPU s/GiB uploaded" in s_mb.row(gib) and "819.2 MiB/s" in s_mb.row(gib)
     assert "0.50x libtorrent's (target <= 1.00x: met); aggregate throughput 2.00x" in bench.seed_ratio_lines(
         [s_mb, s_lt], 1)[0]
+
+
+def test_machine_load_lines(bench: ModuleType) -> None:
+    gib = 1 << 30
+    plain = bench.Result("minibt", 4.0, 3.0, 30 * 1024, 20 * 1024, seeder_cpu_s=1.0, other_cpu_s=0.2)
+    plain2 = bench.Result("minibt", 2.0, 3.0, 30 * 1024, 20 * 1024, seeder_cpu_s=1.0, other_cpu_s=0.2)
+    rc4 = bench.Result("minibt-rc4", 4.0, 4.0, 30 * 1024, 20 * 1024, seeder_cpu_s=3.0, other_cpu_s=0.4)
+    assert bench.machine_load([plain, rc4], "minibt", 2 * gib) == (2.0, 1.05)
+    assert bench.machine_load([plain, plain2, rc4], "minibt", gib) == (4.0, (1.05 + 2.1) / 2)
+    assert bench.machine_load([plain], "minibt-rc4", gib) is None
+    lines = bench.ratio_lines([plain, rc4], 1, 0, size=gib)
+    assert any(line.startswith("minibt-rc4 rows: leecher + seeder = 7.00 CPU s/GiB; the machine was 1.85 of")
+               for line in lines)
+    assert not any("rows: leecher" in line for line in bench.ratio_lines([plain, rc4], 1, 0))  # no size given
