@@ -36,6 +36,18 @@ log = logging.getLogger(__name__)
 # not depend on it (one pwrite per piece and file).  Pieces requested but not yet arrived count
 # against it, so it also bounds the request pipeline across all peers.
 DEFAULT_CACHE_BYTES = 4 * 1024 * 1024
+# The default also holds at least this many pieces: a verified piece stays buffered until the worker
+# has written it, so a cache of one piece stops requests at every piece end until the hash check and
+# the write are done (measured with 4 MiB pieces: 7.4-7.9 s for 1 GiB against 2.9-4.0 s with room for
+# three).  One piece filling, one being checked and written, one arriving.
+CACHE_MIN_PIECES = 3
+AUTO_CACHE_MAX_BYTES = 64 * 1024 * 1024  # minibt cap on what CACHE_MIN_PIECES may raise the default to
+
+
+def default_cache_bytes(piece_length: int) -> int:
+    """The write cache when none is configured: DEFAULT_CACHE_BYTES, or CACHE_MIN_PIECES pieces when
+    that is more (at most AUTO_CACHE_MAX_BYTES).  A configured size is used as it is."""
+    return max(DEFAULT_CACHE_BYTES, min(CACHE_MIN_PIECES * piece_length, AUTO_CACHE_MAX_BYTES))
 MAX_OPEN_FILES = 64  # minibt convention: bound on simultaneously open fds per torrent
 PAD_PATH = ""  # path used in read_piece_spans() for a BEP 47 pad span: `length` zero bytes
 # Downloading buffers each piece whole in memory until it is verified (write cache, hash job), so a
@@ -249,13 +261,14 @@ class Storage:
         layout: TorrentLayout,
         download_dir: str,
         *,
-        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        cache_bytes: int | None = None,
         fsync: bool = True,
         max_open_files: int = MAX_OPEN_FILES,
         only_files: frozenset[int] | None = None,
         names: DiskNames | None = None,
     ) -> None:
-        """``only_files``: create (download mode) just these files; None = all (file selection).
+        """``cache_bytes``: the write cache (None: :func:`default_cache_bytes` of this piece length).
+        ``only_files``: create (download mode) just these files; None = all (file selection).
         ``names``: each file's disk name (default :func:`plan_names` without a resume file).
         MetainfoError if a name would lead outside ``download_dir``."""
         if max_open_files < 1:
@@ -266,7 +279,7 @@ class Storage:
         self._plen = layout.piece_length
         self._last_size = layout.total_length - layout.piece_length * (n - 1) if n else 0
         self._dir = download_dir
-        self._cache_limit = cache_bytes
+        self._cache_limit = default_cache_bytes(self._plen) if cache_bytes is None else cache_bytes
         self._fsync = fsync
         self._max_fds = max_open_files
         self.names = names if names is not None else plan_names(layout, download_dir)

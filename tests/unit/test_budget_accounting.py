@@ -349,9 +349,10 @@ def test_default_write_cache_holds_one_peers_request_pipeline() -> None:
     agree on it.  Writes do not depend on its size: a piece is written whole once verified."""
     from minibt.cli import build_parser
     from minibt.settings import TorrentConfig
-    from minibt.storage import DEFAULT_CACHE_BYTES
+    from minibt.storage import DEFAULT_CACHE_BYTES, default_cache_bytes
 
     pipeline = TorrentConfig().request_queue_max * BLOCK_LEN
     assert pipeline <= DEFAULT_CACHE_BYTES < pipeline + 256 * 1024  # plus at most one usual piece
-    assert TorrentConfig().cache_bytes == DEFAULT_CACHE_BYTES
-    assert build_parser().parse_args(["download", "x.torrent", "--dir", "d"]).cache == DEFAULT_CACHE_BYTES
+    assert TorrentConfig().cache_bytes is None  # Storage sizes it from the piece length
+    assert build_parser().parse_args(["download", "x.torrent", "--dir", "d"]).cache is None
+    assert default_cache_bytes(256 * 1024) == DEFAULT_CACHE_BYTES  # the usual pieces: unchanged

@@ -311,6 +311,33 @@ def test_cache_accounting(tmp_path: Path) -> None:
     assert storage.stats()["peak_cache_bytes"] == 128 * KIB
 
 
+def test_default_cache_has_room_for_three_pieces(tmp_path: Path) -> None:
+    """Without a configured size the cache holds DEFAULT_CACHE_BYTES or three pieces, whichever is
+    more (at most AUTO_CACHE_MAX_BYTES): a piece waiting for its check and write never stops the next
+    ones from being requested.  A configured size is used as it is."""
+    from minibt.storage import AUTO_CACHE_MAX_BYTES, DEFAULT_CACHE_BYTES, default_cache_bytes
+
+    mib = 1024 * KIB
+    assert default_cache_bytes(256 * KIB) == DEFAULT_CACHE_BYTES
+    assert default_cache_bytes(4 * mib) == 12 * mib
+    assert default_cache_bytes(64 * mib) == AUTO_CACHE_MAX_BYTES
+    big = FakeLayout([8 * 4 * mib], 4 * mib)
+    auto = Storage(big, str(tmp_path / "auto"))
+    assert auto.stats()["cache_limit"] == 12 * mib
+    for piece in (0, 1, 2):
+        assert auto.can_start_piece(piece)
+        auto.write_block(piece, 0, bytes(BLOCK_LEN))
+    assert not auto.can_start_piece(3)
+    assert not auto.can_start_piece(4, pending=())
+    auto.discard_piece(0)
+    assert auto.can_start_piece(3)
+    assert not auto.can_start_piece(3, pending=[4])  # a requested piece not arrived yet counts too
+    told = Storage(big, str(tmp_path / "told"), cache_bytes=DEFAULT_CACHE_BYTES)
+    assert told.stats()["cache_limit"] == DEFAULT_CACHE_BYTES
+    told.write_block(0, 0, bytes(BLOCK_LEN))
+    assert not told.can_start_piece(1)  # one 4 MiB piece fills a 4 MiB cache
+
+
 def test_one_piece_always_fits_even_if_larger_than_cache(tmp_path: Path) -> None:
     storage = Storage(FakeLayout([4 * 64 * KIB], 64 * KIB), str(tmp_path), cache_bytes=1000)
     assert storage.can_start_piece(3)
