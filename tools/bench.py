@@ -66,6 +66,14 @@ two figures for libtorrent.  Two more lines tell how much of the machine each mo
 leecher's plus the seeder's CPU s/GiB, and how many cores were busy (leecher + seeder + other CPU per
 wall second).  Both ends pay for RC4 out of the same cores, so where an RC4 row keeps about every core
 busy its throughput follows the leecher + seeder CPU per GiB, not the leecher alone.
+
+``--warmup-mib N``: before each leecher row, write N MiB to a scratch file in the work directory and
+delete it.  On a VM whose kernel reports free pages to the hypervisor (virtio-balloon free page
+reporting: /sys/module/page_reporting exists), a page that stayed free for a few seconds costs a host
+fault at its next use, and a client's first writes into the page cache then run 10-20x slower, in its
+own system time (README "Benchmarks on this VM").  The scratch file leaves freshly freed pages for
+the row that starts right after.  Default: twice the payload, at most 2048 MiB, on such a kernel; 0
+elsewhere.  Not counted in any row.
 """
 
 from __future__ import annotations
@@ -99,6 +107,7 @@ from benchlib import (  # noqa: E402
     aria2_argv,
     busy_cpu_s,
     child_env,
+    default_warmup_mib,
     free_port,
     make_payload,
     payload_layout,
@@ -107,6 +116,7 @@ from benchlib import (  # noqa: E402
     status_kib,
     tree_sha1,
     udp_rcvbuf_errors,
+    warm_up,
 )
 
 # Every leecher row: (name, seeder it downloads from: "plain" or "rc4"), in run order.
@@ -140,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--clients", default=None,
                     help="comma-separated rows to run (leechers: " + ", ".join(n for n, _ in LEECHERS)
                     + "; with --seed-leechers, seeders: minibt, libtorrent); default all that apply")
+    ap.add_argument("--warmup-mib", type=int, default=None,
+                    help="MiB written to a scratch file and deleted before each leecher row (default: 2x the "
+                         "payload up to 2048 where the kernel reports free pages to a hypervisor, else 0)")
     ap.add_argument("--files", type=int, default=0, help="payload of N files in a directory (0: one file)")
     ap.add_argument("--sparse", action="store_true", help="payload of sparse zero files (fast to make at 16 GiB)")
     ap.add_argument("--seed-leechers", type=int, default=0,
@@ -280,6 +293,7 @@ def download_one(args: argparse.Namespace, name: str, mode: str, peer: str, seed
             extra.update(RC4_FORCED)
         argv = [sys.executable, "-c", LT_PEER, torrent, dest, "leech", peer, json.dumps(extra)]
     drops0 = udp_rcvbuf_errors()
+    warm_up(work, args.warmup_now)
     seed0, busy0 = proc_cpu_s(seeder_pid), busy_cpu_s()
     with stack:
         r = run_measured(name, argv, timeout_s=args.timeout, env=env)
@@ -447,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
         for size_mib in args.size_mib:
             torrent, seed_dir, top, want = prepare(args, size_mib, work)
             size = size_mib << 20
+            args.warmup_now = default_warmup_mib(size_mib) if args.warmup_mib is None else args.warmup_mib
+            if args.warmup_now and not args.seed_leechers:
+                print(f"before each row: {args.warmup_now} MiB written and deleted (--warmup-mib)", flush=True)
             if args.seed_leechers:
                 lines = seed_ratio_lines(seed_case(args, seeders, torrent, seed_dir, top, want, size, work), args.runs)
             else:

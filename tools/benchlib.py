@@ -316,6 +316,32 @@ def tree_sha1(root: str) -> dict[str, str]:
 # ------------------------------------------------------------------------------------- loopback net
 
 
+PAGE_REPORTING = "/sys/module/page_reporting"  # the guest kernel hands free memory back to its host
+
+
+def default_warmup_mib(payload_mib: int) -> int:
+    """Scratch MiB to write before each row: 2x the payload up to 2 GiB where the kernel reports free
+    pages to a hypervisor (PAGE_REPORTING; README "Benchmarks on this VM"), else none."""
+    return min(2 * payload_mib, 2048) if os.path.isdir(PAGE_REPORTING) else 0
+
+
+def warm_up(directory: str, mib: int) -> None:
+    """Write ``mib`` MiB to a scratch file in ``directory`` and delete it: the pages it freed are fresh
+    in the guest for the row started right after, instead of pages the host took back (each of those
+    costs a host fault at first use, seen as system time of whichever client touches it first)."""
+    if mib <= 0:
+        return
+    path = os.path.join(directory, ".warmup")
+    chunk = bytearray(4 * MIB)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for i in range(-(-mib // 4)):
+            os.pwrite(fd, chunk, i * len(chunk))
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
 def free_port() -> int:
     """A TCP port that was free on 127.0.0.1 a moment ago."""
     with socket.socket() as s:

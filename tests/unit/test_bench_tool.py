@@ -173,3 +173,23 @@ def test_machine_load_lines(bench: ModuleType) -> None:
     assert any(line.startswith("minibt-rc4 rows: leecher + seeder = 7.00 CPU s/GiB; the machine was 1.85 of")
                for line in lines)
     assert not any("rows: leecher" in line for line in bench.ratio_lines([plain, rc4], 1, 0))  # no size given
+
+
+def test_warm_up_writes_and_removes_its_scratch_file(lib: ModuleType, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    written: list[int] = []
+    real_pwrite = os.pwrite
+
+    def spy(fd: int, data: bytes, offset: int) -> int:
+        written.append(len(data))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(lib.os, "pwrite", spy)
+    lib.warm_up(str(tmp_path), 9)
+    assert sum(written) == 12 << 20 and os.listdir(tmp_path) == []  # whole 4 MiB chunks, file gone
+    lib.warm_up(str(tmp_path), 0)
+    assert sum(written) == 12 << 20
+    monkeypatch.setattr(lib, "PAGE_REPORTING", str(tmp_path))
+    assert lib.default_warmup_mib(1024) == 2048 and lib.default_warmup_mib(16384) == 2048
+    monkeypatch.setattr(lib, "PAGE_REPORTING", str(tmp_path / "absent"))
+    assert lib.default_warmup_mib(1024) == 0
