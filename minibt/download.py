@@ -86,6 +86,7 @@ class Downloader:
         self._disk_retry_s = disk_retry_s
         self._need_free = need_free_bytes  # free space that ends a disk-full pause
         self._disk_retry_at = 0.0
+        self._cache_full = False  # a pick stopped at the write cache: on_block's top-ups wait for fill()
         self.disk_error: str | None = None  # set while paused by a full disk
         self.paused_reason: str | None = None  # set while paused by the user (Torrent.pause_download)
 
@@ -163,7 +164,9 @@ class Downloader:
 
         With ``batch`` (after a received block, once ``on_block`` found a quarter of the last top-up's
         level free) it also waits until a quarter of the current depth is free, so requests go out in
-        groups: fewer picker calls and fewer, larger sends.
+        groups: fewer picker calls and fewer, larger sends.  ``on_block`` asks for none while the last
+        pick stopped at the full write cache and no started piece has free blocks: a piece leaves the
+        cache only through its check, after which ``fill_all`` tops up (as does the torrent's tick).
         """
         wire = peer.wire
         if wire is None or not self.downloading or peer.closing:
@@ -176,6 +179,8 @@ class Downloader:
             if not peer.allowed_fast_in:
                 return
             allowed = peer.allowed_fast_in
+        if not batch:  # a piece may have left the write cache (fill_all after its check, the tick)
+            self._cache_full = False
         depth = peer.req_depth = self.queue_depth(peer, now)
         n = depth - picker.num_outstanding(peer.cid)
         if n <= 0 or (batch and n < depth >> 2):
@@ -191,7 +196,10 @@ class Downloader:
     def _can_start(self, piece: int) -> bool:
         # Every started piece takes a whole buffer once its first block is in: the write cache bounds
         # the pieces in memory across all peers, and with them the requests outstanding.
-        return self._storage.can_start_piece(piece, self._picker.partial_pieces())
+        if self._storage.can_start_piece(piece, self._picker.partial_pieces()):
+            return True
+        self._cache_full = True
+        return False
 
     def fill_all(self, now: float, out: list[Effect]) -> None:
         """Top up the pipeline of every peer that does not choke us."""
@@ -311,7 +319,8 @@ class Downloader:
             writes = self._storage.prepare_commit(index)
             out.append(HashPiece(self._verify_job(index, writes)))
         depth = peer.req_depth  # a quarter free of the last top-up's level first (fill's ``batch``)
-        if depth - self._picker.num_outstanding(peer.cid) >= (depth >> 2 or 1):
+        if depth - self._picker.num_outstanding(peer.cid) >= (depth >> 2 or 1) and (
+                not self._cache_full or self._picker.has_free_blocks()):
             self.fill(peer, now, out, batch=True)
 
     def _verify_job(self, index: int, writes: tuple[tuple[int, int, memoryview], ...]) -> HashJob:

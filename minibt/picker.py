@@ -339,8 +339,7 @@ class PiecePicker:
         out: list[Block] = []
         if st is None or count <= 0:
             return out
-        # (1a) pieces this peer is already working on; a later bitfield / Have None may have
-        # taken the piece away while its requests stay outstanding, so check it still has it
+        # (1a) pieces it is working on (still has: a later bitfield / Have None may take one away)
         for p in list(st.pieces):
             if p in self._open and (allowed is None or p in allowed) and (st.seed or st.bits[p]):
                 self._take_free(peer, st, p, count - len(out), out)
@@ -457,6 +456,10 @@ class PiecePicker:
         pp.received += 1
         self._blocks_received += 1
         return others
+
+    def has_free_blocks(self) -> bool:
+        """Some started piece has blocks nobody has requested (``pick`` serves them before new pieces)."""
+        return bool(self._open)
 
     def partial_pieces(self) -> Collection[int]:
         """The started pieces (some block requested or received), not yet hashing; a read-only view."""
