@@ -159,14 +159,16 @@ class Downloader:
         depth = int(peer.down.rate(now) * self._queue_seconds / BLOCK_LEN) + self._queue_min
         return max(self._queue_min, min(depth, self._queue_max, peer.reqq))
 
-    def fill(self, peer: PeerConnection, now: float, out: list[Effect], *, batch: bool = False) -> None:
+    def fill(self, peer: PeerConnection, now: float, out: list[Effect], *, batch: bool = False,
+             recheck: bool = True) -> None:
         """Top the peer's request pipeline up to its depth.
 
         With ``batch`` (after a received block, once ``on_block`` found a quarter of the last top-up's
         level free) it also waits until a quarter of the current depth is free, so requests go out in
-        groups: fewer picker calls and fewer, larger sends.  ``on_block`` asks for none while the last
-        pick stopped at the full write cache and no started piece has free blocks: a piece leaves the
-        cache only through its check, after which ``fill_all`` tops up (as does the torrent's tick).
+        groups: fewer picker calls and fewer, larger sends.  A batch top-up, or one without
+        ``recheck`` (fill_all after its first peer), asks the picker for nothing while its last pick
+        stopped at the full write cache and no started piece has free blocks: nothing can start before
+        a piece leaves the cache, which only its check does, and then fill_all (or the tick) asks again.
         """
         wire = peer.wire
         if wire is None or not self.downloading or peer.closing:
@@ -179,8 +181,10 @@ class Downloader:
             if not peer.allowed_fast_in:
                 return
             allowed = peer.allowed_fast_in
-        if not batch:  # a piece may have left the write cache (fill_all after its check, the tick)
+        if recheck and not batch:
             self._cache_full = False
+        elif self._cache_full and not picker.has_free_blocks():
+            return
         depth = peer.req_depth = self.queue_depth(peer, now)
         n = depth - picker.num_outstanding(peer.cid)
         if n <= 0 or (batch and n < depth >> 2):
@@ -202,10 +206,12 @@ class Downloader:
         return False
 
     def fill_all(self, now: float, out: list[Effect]) -> None:
-        """Top up the pipeline of every peer that does not choke us."""
+        """Top up the pipeline of every peer that does not choke us (the write cache looked at once:
+        with many peers, one of them starts the piece that fills it and the others ask for nothing)."""
+        self._cache_full = False
         for peer in list(self._peers.values()):
             if peer.wire is not None and not peer.wire.peer_choking:
-                self.fill(peer, now, out)
+                self.fill(peer, now, out, recheck=False)
 
     def request(self, peer: PeerConnection, index: int, begin: int, length: int, *, now: float,
                 out: list[Effect]) -> None:
@@ -319,8 +325,7 @@ class Downloader:
             writes = self._storage.prepare_commit(index)
             out.append(HashPiece(self._verify_job(index, writes)))
         depth = peer.req_depth  # a quarter free of the last top-up's level first (fill's ``batch``)
-        if depth - self._picker.num_outstanding(peer.cid) >= (depth >> 2 or 1) and (
-                not self._cache_full or self._picker.has_free_blocks()):
+        if depth - self._picker.num_outstanding(peer.cid) >= (depth >> 2 or 1):
             self.fill(peer, now, out, batch=True)
 
     def _verify_job(self, index: int, writes: tuple[tuple[int, int, memoryview], ...]) -> HashJob:
