@@ -67,6 +67,11 @@ leecher's plus the seeder's CPU s/GiB, and how many cores were busy (leecher + s
 wall second).  Both ends pay for RC4 out of the same cores, so where an RC4 row keeps about every core
 busy its throughput follows the leecher + seeder CPU per GiB, not the leecher alone.
 
+``--seeders N``: N libtorrent seeders (each its own process) serve every download at once; the leechers
+are given every address (minibt: one ``--peer`` each; libtorrent: connect_peer to each; aria2: the
+loopback tracker answers with all).  A real swarm has many peers: this shows what each extra peer
+costs.  The seeder CPU column is their sum.
+
 ``--warmup-mib N``: before each leecher row, write N MiB to a scratch file in the work directory and
 delete it.  On a VM whose kernel reports free pages to the hypervisor (virtio-balloon free page
 reporting: /sys/module/page_reporting exists), a page that stayed free for a few seconds costs a host
@@ -150,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--clients", default=None,
                     help="comma-separated rows to run (leechers: " + ", ".join(n for n, _ in LEECHERS)
                     + "; with --seed-leechers, seeders: minibt, libtorrent); default all that apply")
+    ap.add_argument("--seeders", type=int, default=1,
+                    help="libtorrent seeders serving each download at once (the leecher is told every address)")
     ap.add_argument("--warmup-mib", type=int, default=None,
                     help="MiB written to a scratch file and deleted before each leecher row (default: 2x the "
                          "payload up to 2048 where the kernel reports free pages to a hypervisor, else 0)")
@@ -240,31 +247,36 @@ def download_case(args: argparse.Namespace, rows: list[tuple[str, str]], torrent
                   top: str, want: dict[str, str], size: int, work: str) -> list[Result]:
     utp = args.transport == "utp"
     base_seed = {**UTP_ONLY, **BIG_BUFFERS} if utp else {}
-    seeders: dict[str, Watched] = {}
-    peers: dict[str, str] = {}
+    seeders: dict[str, list[Watched]] = {}
+    peers: dict[str, list[str]] = {}
     results: list[Result] = []
     try:
         for mode in sorted({m for _, m in rows}, reverse=True):  # "plain" first
-            seeders[mode], peers[mode] = start_lt_seeder(
-                torrent, seed_dir, {**base_seed, **(RC4_FORCED if mode == "rc4" else {})})
-            print(f"libtorrent seeder ({'forced RC4' if mode == 'rc4' else 'plaintext'}) pid {seeders[mode].pid} "
-                  f"on {peers[mode]}; payload {size >> 20} MiB in {len(want)} file(s), {args.piece_kib} KiB pieces"
+            seeders[mode], peers[mode] = [], []
+            for _ in range(args.seeders):
+                w, addr = start_lt_seeder(torrent, seed_dir, {**base_seed, **(RC4_FORCED if mode == "rc4" else {})})
+                seeders[mode].append(w)
+                peers[mode].append(addr)
+            print(f"libtorrent seeder{'s' if args.seeders > 1 else ''} ({'forced RC4' if mode == 'rc4' else 'plaintext'}) "
+                  f"pid {', '.join(str(w.pid) for w in seeders[mode])} on {', '.join(peers[mode])}; payload "
+                  f"{size >> 20} MiB in {len(want)} file(s), {args.piece_kib} KiB pieces"
                   f"{', sparse' if args.sparse else ''}; transport {args.transport}", flush=True)
         for _run in range(args.runs):
             for name, mode in rows:
-                r = download_one(args, name, mode, peers[mode], seeders[mode].pid, torrent, work)
+                r = download_one(args, name, mode, peers[mode], [w.pid for w in seeders[mode]], torrent, work)
                 verify(os.path.join(work, f"leech-{name}"), top, want, name)
                 results.append(r)
                 print(r.row(size), flush=True)
                 shutil.rmtree(os.path.join(work, f"leech-{name}"), ignore_errors=True)
     finally:
-        for seeder in seeders.values():
-            seeder.close()
+        for group in seeders.values():
+            for seeder in group:
+                seeder.close()
     return results
 
 
-def download_one(args: argparse.Namespace, name: str, mode: str, peer: str, seeder_pid: int, torrent: str,
-                 work: str) -> Result:
+def download_one(args: argparse.Namespace, name: str, mode: str, addrs: list[str], seeder_pids: list[int],
+                 torrent: str, work: str) -> Result:
     utp = args.transport == "utp"
     dest = os.path.join(work, f"leech-{name}")
     shutil.rmtree(dest, ignore_errors=True)
@@ -275,14 +287,13 @@ def download_one(args: argparse.Namespace, name: str, mode: str, peer: str, seed
     stack = contextlib.ExitStack()  # holds aria2's loopback tracker while it downloads
     if name.startswith("minibt"):
         argv = [sys.executable, "-m", "minibt", "download", torrent, "--dir", dest, "--port", "0", "--no-dht",
-                "--bind", "127.0.0.1", "--peer", peer, "--state-dir", state, "--quiet",
+                "--bind", "127.0.0.1", *(a for addr in addrs for a in ("--peer", addr)), "--state-dir", state, "--quiet",
                 "--transport", args.transport, "--encryption", "required" if mode == "rc4" else "none"]
     elif name.startswith("aria2"):
         exe = shutil.which("aria2c")
         if exe is None:
             raise RuntimeError("aria2c is not installed")
-        host, port = peer.rsplit(":", 1)
-        tracker = stack.enter_context(LoopbackTracker([(host, int(port))]))
+        tracker = stack.enter_context(LoopbackTracker([(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in addrs]))
         argv = aria2_argv(exe, torrent, dest, tracker_url=tracker.url, listen_port=free_port(), rc4=mode == "rc4")
         env = child_env()
     else:
@@ -291,15 +302,15 @@ def download_one(args: argparse.Namespace, name: str, mode: str, peer: str, seed
             extra.update(BIG_BUFFERS)
         if mode == "rc4":
             extra.update(RC4_FORCED)
-        argv = [sys.executable, "-c", LT_PEER, torrent, dest, "leech", peer, json.dumps(extra)]
+        argv = [sys.executable, "-c", LT_PEER, torrent, dest, "leech", ",".join(addrs), json.dumps(extra)]
     drops0 = udp_rcvbuf_errors()
     warm_up(work, args.warmup_now)
-    seed0, busy0 = proc_cpu_s(seeder_pid), busy_cpu_s()
+    seed0, busy0 = sum(map(proc_cpu_s, seeder_pids)), busy_cpu_s()
     with stack:
         r = run_measured(name, argv, timeout_s=args.timeout, env=env)
     if utp and drops0 >= 0:
         r.rcvbuf_errors = udp_rcvbuf_errors() - drops0
-    r.seeder_cpu_s = proc_cpu_s(seeder_pid) - seed0
+    r.seeder_cpu_s = sum(map(proc_cpu_s, seeder_pids)) - seed0
     r.other_cpu_s = max(0.0, busy_cpu_s() - busy0 - r.seeder_cpu_s - r.cpu_s)
     return r
 
@@ -453,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         seeders = seeder_rows(clients) if args.seed_leechers else []
     except ValueError as e:
         ap.error(str(e))
+    if args.seeders < 1 or (args.seeders > 1 and args.seed_leechers):
+        ap.error("--seeders N: N >= 1, for download rows (not with --seed-leechers)")
     if args.seed_leechers and (args.transport != "tcp" or args.encryption != "none"):
         ap.error("--seed-leechers measures plaintext TCP seeding")
     work = args.workdir or tempfile.mkdtemp(prefix="minibt-bench-")

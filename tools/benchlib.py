@@ -61,8 +61,8 @@ p.flags = lt.torrent_flags.default_flags & ~lt.torrent_flags.auto_managed & ~lt.
 if no_pex:
     p.flags |= lt.torrent_flags.disable_pex
 h = s.add_torrent(p)
-if peer != "-":
-    host, port = peer.rsplit(":", 1)
+for addr in peer.split(",") if peer != "-" else ():  # a comma-separated list (bench.py --seeders)
+    host, port = addr.rsplit(":", 1)
     h.connect_peer((host, int(port)))
 print(json.dumps({"port": s.listen_port()}), flush=True)
 while True:

@@ -28,6 +28,7 @@ def test_parser_sizes_files_sparse_seed(bench: ModuleType) -> None:
     ap = bench.build_parser()
     a = ap.parse_args([])
     assert (a.size_mib, a.files, a.sparse, a.seed_leechers, a.clients) == ([1024], 0, False, 0, None)
+    assert (a.seeders, a.warmup_mib) == (1, None)
     a = ap.parse_args(["--size-mib", "32,16384", "--files", "200", "--sparse", "--seed-leechers", "8"])
     assert (a.size_mib, a.files, a.sparse, a.seed_leechers) == ([32, 16384], 200, True, 8)
     for bad in ("0", "x", "32,", "-4"):
@@ -37,7 +38,8 @@ def test_parser_sizes_files_sparse_seed(bench: ModuleType) -> None:
 
 def test_main_rejects_unknown_or_inapplicable_clients(bench: ModuleType) -> None:
     for argv in (["--clients", "qbittorrent"], ["--transport", "utp", "--clients", "aria2"],
-                 ["--seed-leechers", "2", "--clients", "aria2"], ["--seed-leechers", "2", "--transport", "utp"]):
+                 ["--seed-leechers", "2", "--clients", "aria2"], ["--seed-leechers", "2", "--transport", "utp"],
+                 ["--seeders", "0"], ["--seeders", "2", "--seed-leechers", "2"]):
         with pytest.raises(SystemExit):
             bench.main(argv)
 
