@@ -33,7 +33,7 @@ from minibt.metainfo import Metainfo
 from minibt.picker import Block
 from minibt.settings import TorrentConfig, TorrentState
 from minibt.storage import load_resume, piece_spans
-from minibt.torrent import IDLE_TIMEOUT_S
+from minibt.torrent import IDLE_TIMEOUT_S, Torrent
 from minibt.wire_codec import BLOCK_LEN
 
 PIECE_LEN = 32 * KiB
@@ -469,6 +469,21 @@ def test_snubbing_peer_requests_are_reissued_after_snub_timeout(swarm: Swarm) ->
 
 
 
+def count_picks(t: Torrent) -> dict[str, int]:
+    """Count the torrent's picker calls ("picks") and those that gave no block ("empty") from now on."""
+    n = {"picks": 0, "empty": 0}
+    real_pick = t.picker.pick
+
+    def counting_pick(*args: object, **kw: object) -> list[Block]:
+        got = real_pick(*args, **kw)  # type: ignore[arg-type]
+        n["picks"] += 1
+        n["empty"] += not got
+        return got
+
+    t.picker.pick = counting_pick  # type: ignore[method-assign]
+    return n
+
+
 def test_full_write_cache_asks_the_picker_once_per_piece(tmp_path: Path, clock: FakeClock,
                                                         rng: random.Random) -> None:
     """While every piece the write cache holds waits for its (slow) hash check, a block's top-up does
@@ -483,22 +498,12 @@ def test_full_write_cache_asks_the_picker_once_per_piece(tmp_path: Path, clock: 
     leech = net.add_peer("leech", "127.0.0.3", 6881)
     cache = 4 * piece
     t = net.add_torrent(leech, sw.meta, tmp_path / "leech", mode="download", config=TorrentConfig(cache_bytes=cache))
-    picks = empty = 0
-    real_pick = t.picker.pick
-
-    def counting_pick(*args: object, **kw: object) -> list[Block]:
-        nonlocal picks, empty
-        picks += 1
-        got = real_pick(*args, **kw)  # type: ignore[arg-type]
-        empty += not got
-        return got
-
-    t.picker.pick = counting_pick  # type: ignore[method-assign]
+    n = count_picks(t)
     net.must_run_until(lambda: sw.done(leech), 60)
     sw.assert_exact(leech)
     assert t.storage.stats()["peak_cache_bytes"] <= cache
     pieces = sw.meta.num_pieces
-    assert picks <= 3 * pieces and empty <= pieces, (picks, empty, pieces)  # before: 108 and 84 for 17
+    assert n["picks"] <= 3 * pieces and n["empty"] <= pieces, (n, pieces)  # before: 108 and 84 for 17
 
 
 def test_many_peers_do_not_each_ask_the_picker_when_a_piece_leaves_the_cache(
@@ -517,20 +522,10 @@ def test_many_peers_do_not_each_ask_the_picker_when_a_piece_leaves_the_cache(
     leech = net.add_peer("leech", "127.0.1.1")
     lt = net.add_torrent(leech, meta, tmp_path / "leech", mode="download", config=TorrentConfig(max_peers=seeders))
     net.add_peers(leech, [(f"127.0.0.{i + 2}", 6881) for i in range(seeders)])
-    picks = empty = 0
-    real_pick = lt.picker.pick
-
-    def counting_pick(*args: object, **kw: object) -> list[Block]:
-        nonlocal picks, empty
-        picks += 1
-        got = real_pick(*args, **kw)  # type: ignore[arg-type]
-        empty += not got
-        return got
-
-    lt.picker.pick = counting_pick  # type: ignore[method-assign]
+    n = count_picks(lt)
     net.must_run_until(lambda: lt.state is TorrentState.SEEDING, 60)
     assert same_files(meta, tmp_path / "src", tmp_path / "leech")
-    assert empty <= 4 * meta.num_pieces, (picks, empty, meta.num_pieces)  # 558 here
+    assert n["empty"] <= 4 * meta.num_pieces, (n, meta.num_pieces)  # 558 here
 
 
 def test_write_cache_bound_pipeline_does_not_pick_for_every_block(tmp_path: Path, clock: FakeClock,
@@ -548,20 +543,12 @@ def test_write_cache_bound_pipeline_does_not_pick_for_every_block(tmp_path: Path
     leech = net.add_peer("leech", "127.0.0.3", 6881)
     cache = 4 * piece  # 64 blocks: far below the 250-block pipeline
     t = net.add_torrent(leech, sw.meta, tmp_path / "leech", mode="download", config=TorrentConfig(cache_bytes=cache))
-    picks = 0
-    real_pick = t.picker.pick
-
-    def counting_pick(*args: object, **kw: object) -> list[Block]:
-        nonlocal picks
-        picks += 1
-        return real_pick(*args, **kw)  # type: ignore[arg-type]
-
-    t.picker.pick = counting_pick  # type: ignore[method-assign]
+    n = count_picks(t)
     t0 = net.now
     net.must_run_until(lambda: sw.done(leech), 60)
     sw.assert_exact(leech)
     blocks = sum(-(-sw.meta.piece_size(i) // BLOCK_LEN) for i in range(sw.meta.num_pieces))
     assert leech.wire_stats()["out_request"] == blocks
     assert t.storage.stats()["peak_cache_bytes"] <= cache
-    assert picks < blocks / 4  # one per block before
+    assert n["picks"] < blocks / 4  # one per block before
     assert net.now - t0 < 1.5 * sw.meta.total_length / rate + 0.1
