@@ -86,7 +86,7 @@ class Downloader:
         self._disk_retry_s = disk_retry_s
         self._need_free = need_free_bytes  # free space that ends a disk-full pause
         self._disk_retry_at = 0.0
-        self._cache_full = False  # a pick stopped at the write cache: on_block's top-ups wait for fill()
+        self._cache_full = False  # the last pick stopped at the full write cache (see fill)
         self.disk_error: str | None = None  # set while paused by a full disk
         self.paused_reason: str | None = None  # set while paused by the user (Torrent.pause_download)
 

@@ -43,11 +43,6 @@ DEFAULT_CACHE_BYTES = 4 * 1024 * 1024
 CACHE_MIN_PIECES = 3
 AUTO_CACHE_MAX_BYTES = 64 * 1024 * 1024  # minibt cap on what CACHE_MIN_PIECES may raise the default to
 
-
-def default_cache_bytes(piece_length: int) -> int:
-    """The write cache when none is configured: DEFAULT_CACHE_BYTES, or CACHE_MIN_PIECES pieces when
-    that is more (at most AUTO_CACHE_MAX_BYTES).  A configured size is used as it is."""
-    return max(DEFAULT_CACHE_BYTES, min(CACHE_MIN_PIECES * piece_length, AUTO_CACHE_MAX_BYTES))
 MAX_OPEN_FILES = 64  # minibt convention: bound on simultaneously open fds per torrent
 PAD_PATH = ""  # path used in read_piece_spans() for a BEP 47 pad span: `length` zero bytes
 # Downloading buffers each piece whole in memory until it is verified (write cache, hash job), so a
@@ -58,6 +53,12 @@ PATH_MAX_BYTES = 4096  # Linux PATH_MAX: checked for every file before the first
 MOUNTINFO = "/proc/self/mountinfo"
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)
+
+
+def default_cache_bytes(piece_length: int) -> int:
+    """The write cache when none is configured: DEFAULT_CACHE_BYTES, or CACHE_MIN_PIECES pieces when
+    that is more (at most AUTO_CACHE_MAX_BYTES).  A configured size is used as it is."""
+    return max(DEFAULT_CACHE_BYTES, min(CACHE_MIN_PIECES * piece_length, AUTO_CACHE_MAX_BYTES))
 
 
 class FileEntryLike(Protocol):
