@@ -263,7 +263,8 @@ def download_case(args: argparse.Namespace, rows: list[tuple[str, str]], torrent
                   f"{', sparse' if args.sparse else ''}; transport {args.transport}", flush=True)
         for _run in range(args.runs):
             for name, mode in rows:
-                r = download_one(args, name, mode, peers[mode], [w.pid for w in seeders[mode]], torrent, work)
+                r = download_one(args, name, mode, peers[mode], [w.pid for w in seeders[mode]], torrent, work,
+                                 warmup_mib(args, size >> 20))
                 verify(os.path.join(work, f"leech-{name}"), top, want, name)
                 results.append(r)
                 print(r.row(size), flush=True)
@@ -275,8 +276,13 @@ def download_case(args: argparse.Namespace, rows: list[tuple[str, str]], torrent
     return results
 
 
+def warmup_mib(args: argparse.Namespace, payload_mib: int) -> int:
+    """MiB of scratch write before each leecher row: ``--warmup-mib``, else benchlib's default."""
+    return default_warmup_mib(payload_mib) if args.warmup_mib is None else args.warmup_mib
+
+
 def download_one(args: argparse.Namespace, name: str, mode: str, addrs: list[str], seeder_pids: list[int],
-                 torrent: str, work: str) -> Result:
+                 torrent: str, work: str, warmup: int) -> Result:
     utp = args.transport == "utp"
     dest = os.path.join(work, f"leech-{name}")
     shutil.rmtree(dest, ignore_errors=True)
@@ -293,7 +299,7 @@ def download_one(args: argparse.Namespace, name: str, mode: str, addrs: list[str
         exe = shutil.which("aria2c")
         if exe is None:
             raise RuntimeError("aria2c is not installed")
-        tracker = stack.enter_context(LoopbackTracker([(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in addrs]))
+        tracker = stack.enter_context(LoopbackTracker([(h, int(p)) for h, p in (a.rsplit(":", 1) for a in addrs)]))
         argv = aria2_argv(exe, torrent, dest, tracker_url=tracker.url, listen_port=free_port(), rc4=mode == "rc4")
         env = child_env()
     else:
@@ -304,7 +310,7 @@ def download_one(args: argparse.Namespace, name: str, mode: str, addrs: list[str
             extra.update(RC4_FORCED)
         argv = [sys.executable, "-c", LT_PEER, torrent, dest, "leech", ",".join(addrs), json.dumps(extra)]
     drops0 = udp_rcvbuf_errors()
-    warm_up(work, args.warmup_now)
+    warm_up(work, warmup)
     seed0, busy0 = sum(map(proc_cpu_s, seeder_pids)), busy_cpu_s()
     with stack:
         r = run_measured(name, argv, timeout_s=args.timeout, env=env)
@@ -474,9 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         for size_mib in args.size_mib:
             torrent, seed_dir, top, want = prepare(args, size_mib, work)
             size = size_mib << 20
-            args.warmup_now = default_warmup_mib(size_mib) if args.warmup_mib is None else args.warmup_mib
-            if args.warmup_now and not args.seed_leechers:
-                print(f"before each row: {args.warmup_now} MiB written and deleted (--warmup-mib)", flush=True)
+            if warmup_mib(args, size_mib) and not args.seed_leechers:
+                print(f"before each row: {warmup_mib(args, size_mib)} MiB written and deleted (--warmup-mib)", flush=True)
             if args.seed_leechers:
                 lines = seed_ratio_lines(seed_case(args, seeders, torrent, seed_dir, top, want, size, work), args.runs)
             else:
