@@ -22,7 +22,7 @@ import re
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from minibt.bencode import decode_lenient_with_span, decode_with_span, encode
 from minibt.errors import BencodeError, MetainfoError
@@ -403,7 +403,8 @@ def _name(info: dict[bytes, Any]) -> str:
     return _element(info[b"name"], "info.name")
 
 
-def _build(info: dict[bytes, Any], info_bytes: bytes, top: dict[bytes, Any]) -> Metainfo:
+def _build(info: dict[bytes, Any], source: bytes, span: tuple[int, int], top: dict[bytes, Any]) -> Metainfo:
+    """The Metainfo of ``info``, decoded from ``source[span[0]:span[1]]`` (its info bytes)."""
     if b"pieces" not in info:
         if info.get(b"meta version") == 2:  # BEP 52
             raise MetainfoError("v2-only torrents are not supported")
@@ -444,14 +445,21 @@ def _build(info: dict[bytes, Any], info_bytes: bytes, top: dict[bytes, Any]) -> 
             f"{piece_length} need {expected}"
         )
     date = top.get(b"creation date")
-    # The hashes are in info_bytes too (any copy of the same bytes will do): keep a view of them there,
-    # not a second copy, 1.25 MiB for a 16 GiB torrent in 256 KiB pieces (issue 15: flat peak memory).
-    at = info_bytes.find(pieces)
+    # The hashes are in the info bytes too: keep a view of them there, not a second copy (1.25 MiB for
+    # 16 GiB in 256 KiB pieces; issue 15), and drop the decoded copy before the info bytes are cut out of
+    # the file's bytes, so that no more than two copies exist at once.
+    lo, hi = span
+    at, n = source.find(pieces, lo, hi) - lo, len(pieces)
+    if at >= 0:  # always: a bencoded string is its bytes verbatim
+        pieces = info[b"pieces"] = b""
+    info_bytes = source if (lo, hi) == (0, len(source)) else source[lo:hi]
+    if at >= 0:
+        pieces = memoryview(info_bytes)[at : at + n]
     return Metainfo(
         info_hash=hashlib.sha1(info_bytes).digest(),
         name=name,
         piece_length=piece_length,
-        pieces=memoryview(info_bytes)[at : at + len(pieces)] if at >= 0 else pieces,
+        pieces=pieces,
         files=tuple(entries),
         total_length=total,
         multi_file=multi,
@@ -507,7 +515,7 @@ def parse_metainfo(data: bytes, *, max_size: int = DEFAULT_MAX_METAINFO_BYTES) -
     if not isinstance(info, dict):
         raise MetainfoError(f"info: expected a dictionary, got {_what(info)}")
     assert span is not None  # the scan found the same 'info' key that the decoder decoded
-    return _build(info, data[span[0] : span[1]], top)
+    return _build(info, data, span, top)
 
 
 def metainfo_from_info(
@@ -530,14 +538,31 @@ def metainfo_from_info(
     if not isinstance(info, dict):
         raise MetainfoError(f"info: expected a dictionary, got {_what(info)}")
     tiers = [[t.encode() for t in tier] for tier in announce_tiers]
-    return _build(info, info_bytes, {b"announce-list": tiers})
+    return _build(info, info_bytes, (0, len(info_bytes)), {b"announce-list": tiers})
+
+
+def read_capped(f: BinaryIO, limit: int) -> bytes:
+    """The rest of ``f``, at most ``limit + 1`` bytes (more than ``limit``: too big).  Not ``f.read(limit + 1)``,
+    which allocates all of it up front (64 MiB for an 8 KiB resume file): one read of a regular file's size
+    (+1 to see it grew), then 64 KiB reads while more comes (a pipe, or a size that is unknown)."""
+    try:
+        size = max(0, os.fstat(f.fileno()).st_size)
+    except (OSError, ValueError, AttributeError):
+        size = 0
+    parts = [f.read(min(size, limit) + 1)]
+    got = len(parts[0])
+    while parts[-1] and got <= limit:
+        parts.append(f.read(min(64 * 1024, limit + 1 - got)))
+        got += len(parts[-1])
+    parts = [p for p in parts if p]
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def load_metainfo(path: str, *, max_size: int = DEFAULT_MAX_METAINFO_BYTES) -> Metainfo:
     """Read and parse a .torrent file; errors (including OSError) become MetainfoError naming ``path``."""
     try:
         with open(path, "rb") as f:
-            data = f.read(max_size + 1)
+            data = read_capped(f, max_size)
     except OSError as e:
         raise MetainfoError(f"{path}: {e.strerror or e}") from None
     if len(data) > max_size:

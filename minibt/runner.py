@@ -30,7 +30,7 @@ from minibt.errors import ConfigError, MagnetError, MetainfoError, MinibtError
 from minibt.faults import FaultKind
 from minibt.magnet import parse_magnet
 from minibt.magnetfetch import FetchState, MagnetFetch, torrent_file_bytes
-from minibt.metainfo import Metainfo, load_metainfo
+from minibt.metainfo import DEFAULT_MAX_METAINFO_BYTES, Metainfo, load_metainfo, parse_metainfo, read_capped
 from minibt.peer import PeerSource
 from minibt.procmem import peak_rss_bytes
 from minibt.runplan import (
@@ -545,8 +545,8 @@ class Runner:
             return
         try:
             with open(path, "rb") as f:
-                raw = f.read(16 << 20)
-            meta = load_metainfo(path)
+                raw = read_capped(f, DEFAULT_MAX_METAINFO_BYTES)
+            meta = parse_metainfo(raw)  # the bytes the copy below keeps (a read of 16 MiB once cut bigger ones)
         except (MetainfoError, OSError) as e:
             log.error("watch dir: %s is not a valid .torrent file: %s", path, e)
             _rename(path, path + ".invalid")

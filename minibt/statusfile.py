@@ -25,6 +25,7 @@ from typing import Any
 
 from minibt.configfile import Config, load_config
 from minibt.errors import ConfigError
+from minibt.metainfo import read_capped
 from minibt.storage import write_atomic  # the one atomic writer (also resume data)
 
 MAX_STATE_FILE_BYTES = 16 << 20  # never read a bigger state file into memory
@@ -109,7 +110,7 @@ def read_status(path: str) -> dict[str, Any] | None:
     """The status document, None if missing or damaged; StatusUnreadable if access is denied."""
     try:
         with open(path, "rb") as f:
-            raw = f.read(MAX_STATE_FILE_BYTES + 1)
+            raw = read_capped(f, MAX_STATE_FILE_BYTES)
     except PermissionError:
         raise StatusUnreadable(permission_advice(path)) from None
     except OSError:
@@ -196,7 +197,7 @@ def read_json(path: str) -> Any:
     """The JSON in ``path``, or None if it is missing, too big or not valid JSON."""
     try:
         with open(path, "rb") as f:
-            raw = f.read(MAX_STATE_FILE_BYTES + 1)
+            raw = read_capped(f, MAX_STATE_FILE_BYTES)
     except OSError:
         return None
     if len(raw) > MAX_STATE_FILE_BYTES:

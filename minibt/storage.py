@@ -25,7 +25,7 @@ from typing import Protocol
 from minibt.bitfield import Bitfield
 from minibt.errors import MetainfoError, StorageError
 from minibt.filenames import DiskNames, FsRules, fs_type_from_mountinfo, rules_for_fs_type
-from minibt.metainfo import safe_join
+from minibt.metainfo import read_capped, safe_join
 from minibt.resume import MAX_RESUME_BYTES, ResumeData, decode_resume, encode_resume
 from minibt.wire_codec import BLOCK_LEN
 
@@ -196,7 +196,7 @@ def _recorded_names(layout: TorrentLayout, resume_path: str | None) -> DiskNames
         return None
     try:
         with open(resume_path, "rb") as fh:
-            raw = fh.read(MAX_RESUME_BYTES + 1)
+            raw = read_capped(fh, MAX_RESUME_BYTES)
         if len(raw) > MAX_RESUME_BYTES:
             return None
         rd = decode_resume(raw, resume_path)
@@ -748,7 +748,7 @@ def load_resume(
     """
     try:
         with open(path, "rb") as fh:
-            raw = fh.read(MAX_RESUME_BYTES + 1)
+            raw = read_capped(fh, MAX_RESUME_BYTES)
     except FileNotFoundError:
         return None, None
     except OSError as e:

@@ -114,6 +114,7 @@ from benchlib import (  # noqa: E402
     child_env,
     default_warmup_mib,
     free_port,
+    fresh_bytecode,
     make_payload,
     payload_layout,
     proc_cpu_s,
@@ -475,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed_leechers and (args.transport != "tcp" or args.encryption != "none"):
         ap.error("--seed-leechers measures plaintext TCP seeding")
     work = args.workdir or tempfile.mkdtemp(prefix="minibt-bench-")
+    print(fresh_bytecode(os.path.join(REPO, "minibt")), flush=True)
     peak_rss: dict[int, int] = {}
     try:
         for size_mib in args.size_mib:

@@ -34,6 +34,9 @@ sys.path.insert(0, REPO)
 
 from minibt.metainfo import create_torrent  # noqa: E402
 
+sys.path.insert(0, os.path.join(REPO, "tools"))
+from benchlib import fresh_bytecode  # noqa: E402
+
 
 def build(work: str, n: int, dht: bool = False) -> str:
     data = os.path.join(work, "data")
@@ -140,6 +143,7 @@ def main() -> int:
                     help="then trace the process for S seconds and summarise its waits and fsyncs")
     ns = ap.parse_args()
     work = ns.workdir or tempfile.mkdtemp(prefix="minibt-idle-")
+    print(fresh_bytecode(os.path.join(REPO, "minibt")), flush=True)
     conf = build(work, ns.torrents, ns.dht)
     env = dict(os.environ, PYTHONPATH=REPO, MINIBT_DHT_BOOTSTRAP="")
     proc = subprocess.Popen([sys.executable, "-m", "minibt", "run", "-c", conf], env=env,

@@ -28,6 +28,9 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+from benchlib import fresh_bytecode  # noqa: E402
+
 GIB = 1 << 30
 MIB = 1 << 20
 
@@ -110,6 +113,7 @@ def main() -> int:
     work = ns.workdir or tempfile.mkdtemp(prefix="minibt-startup-")
     os.makedirs(work, exist_ok=True)
     size = int(ns.size_gib * GIB)
+    print(fresh_bytecode(os.path.join(REPO, "minibt")), flush=True)
     conf = prepare(work, size)
     resumes = [n for n in os.listdir(os.path.join(work, "state"))] if os.path.isdir(os.path.join(work, "state")) else []
     if not any(n.endswith(".resume") for n in resumes):

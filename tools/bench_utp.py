@@ -30,15 +30,20 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import (  # noqa: E402  (tools/ is not a package)
+from benchlib import (  # noqa: E402  (tools/ is not a package)
     BIG_BUFFERS,
     LT_PEER,
     UTP_ONLY,
     busy_cpu_s,
+    fresh_bytecode,
     proc_cpu_s,
     run_measured,
-    sha1_file,
+    tree_sha1,
 )
+
+
+def sha1_file(path: str) -> str:
+    return next(iter(tree_sha1(path).values()))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = ("mm", "m-lt", "lt-m")
@@ -143,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(c not in CASES for c in cases):
         ap.error(f"--case: choose from {', '.join(CASES)}")
     repos = [os.path.abspath(r) for r in (args.repo or [REPO])]
+    for r in repos:
+        print(fresh_bytecode(os.path.join(r, "minibt")), flush=True)
     size = args.size_mib << 20
     work = args.workdir or tempfile.mkdtemp(prefix="minibt-bench-utp-")
     seed_dir = os.path.join(work, "seed")

@@ -411,6 +411,19 @@ def aria2_argv(exe: str, torrent: str, dest: str, *, tracker_url: str, listen_po
     return argv + [torrent]
 
 
+def fresh_bytecode(package_dir: str) -> str:
+    """Compile ``package_dir``'s modules into __pycache__ where the bytecode is missing or stale.
+
+    An installed minibt has its bytecode (pip compiles at install), but a source tree run with
+    PYTHONDONTWRITEBYTECODE=1 (as on this project's VM) compiles every module again in every process: about
+    3 MiB more peak RSS and 0.1 s more start-up than a user sees.  Returns a line for the report.
+    """
+    import compileall
+
+    ok = compileall.compile_dir(package_dir, quiet=1, force=False, workers=1)
+    return f"bytecode of {package_dir}: {'up to date' if ok else 'COMPILE ERRORS'}"
+
+
 def child_env() -> dict[str, str]:
     """This environment without proxy variables (aria2 would send the loopback announce to a proxy)."""
     proxies = {"http_proxy", "https_proxy", "all_proxy", "ftp_proxy", "no_proxy"}

@@ -195,3 +195,30 @@ def test_warm_up_writes_and_removes_its_scratch_file(lib: ModuleType, tmp_path: 
     assert lib.default_warmup_mib(1024) == 2048 and lib.default_warmup_mib(16384) == 2048
     monkeypatch.setattr(lib, "PAGE_REPORTING", str(tmp_path / "absent"))
     assert lib.default_warmup_mib(1024) == 0
+
+
+def test_fresh_bytecode_compiles_stale_modules(lib: ModuleType, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")  # as on the VM: imports alone write nothing
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("X = 1\n")
+    (pkg / "mod.py").write_text("Y = 2\n")
+    line = lib.fresh_bytecode(str(pkg))
+    assert "up to date" in line
+    cached = sorted(p.name.split(".")[0] for p in (pkg / "__pycache__").iterdir())
+    assert cached == ["__init__", "mod"]
+    (pkg / "bad.py").write_text("def (:\n")
+    assert "COMPILE ERRORS" in lib.fresh_bytecode(str(pkg))
+
+
+@pytest.mark.parametrize("tool", ["bench.py", "bench_idle.py", "bench_startup.py", "bench_utp.py", "bench_mse.py"])
+def test_each_benchmark_loads(tool: str) -> None:
+    """Every benchmark at least imports and parses its options (bench_utp once imported a removed name)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, str(root / "tools" / tool), "--help"], capture_output=True, text=True,
+                       timeout=60, cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert "usage:" in r.stdout

@@ -513,3 +513,47 @@ def test_piece_hashes_are_not_held_twice(tmp_path: Path) -> None:
     assert isinstance(m.pieces, memoryview) and m.pieces.obj is m.info_bytes
     assert m.pieces == expected_pieces(blob, 16384) and m.num_pieces == 16
     assert m.piece_hash(15) == hashlib.sha1(blob[15 * 16384 :]).digest() and type(m.piece_hash(15)) is bytes
+
+
+def test_read_capped_reads_a_file_a_pipe_and_stops_past_the_limit(tmp_path: Path) -> None:
+    from minibt.metainfo import read_capped
+
+    p = tmp_path / "f"
+    p.write_bytes(b"a" * 1000)
+    with open(p, "rb") as f:
+        assert read_capped(f, 1000) == b"a" * 1000
+    with open(p, "rb") as f:
+        assert read_capped(f, 999) == b"a" * 1000  # limit + 1 bytes: "too big"
+    with open(p, "rb") as f:
+        assert read_capped(f, 10) == b"a" * 11
+    p.write_bytes(b"")
+    with open(p, "rb") as f:
+        assert read_capped(f, 10) == b""
+    r, w = os.pipe()  # size unknown (st_size 0): read in chunks, across several writes
+    os.write(w, b"b" * 60000)  # below the 64 KiB pipe buffer: no reader is needed for the write
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        assert read_capped(f, 100000) == b"b" * 60000
+    r, w = os.pipe()
+    os.write(w, b"c" * 50)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        assert read_capped(f, 20) == b"c" * 21
+
+
+def test_parsing_holds_at_most_two_copies_of_the_hashes() -> None:
+    """Peak memory (issue 15): the file's bytes plus one more copy of the hashes at any moment (the
+    decoded string, dropped before the info bytes are cut out), not three."""
+    import tracemalloc
+
+    n = 50_000  # 1 MB of hashes: the rest of the torrent is noise next to it
+    info = {b"length": n * 16384, b"name": b"big", b"piece length": 16384, b"pieces": os.urandom(20 * n)}
+    data = encode({b"announce": b"http://t/a", b"info": info})
+    tracemalloc.start()
+    try:
+        m = parse_metainfo(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert m.num_pieces == n and bytes(m.pieces) == info[b"pieces"]
+    assert peak < 1.4 * len(data)  # data itself was allocated before tracing: ~1 more copy, not 2

@@ -453,3 +453,25 @@ def test_a_fault_on_one_watch_dir_file_is_contained_and_the_next_file_is_added(
     assert [t.meta.name for t in client.added] == [src.torrents[1].meta.name]
     assert client.session.faults.stats()["watch_file"] == 1
     assert r.status()["faults"]["watch_file"] == 1
+
+
+def test_a_watch_dir_torrent_over_16_mib_is_kept_whole(tmp_path: Path, clock: FakeClock) -> None:
+    # The copy the runner keeps once came from a 16 MiB read: a bigger (valid) .torrent was cut, and the
+    # next start could not load it.  A 17 MiB comment makes one.
+    from minibt.bencode import decode, encode
+
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    src = make_cfg(tmp_path, 1)
+    top = decode(Path(src.torrents[0].source).read_bytes())
+    top[b"comment"] = b"x" * (17 << 20)
+    big = encode(top)
+    (watch / "big.torrent").write_bytes(big)
+    cfg = dataclasses.replace(src, torrents=(), watch_dir=str(watch))
+    r, client, _ = make_runner(tmp_path, cfg, clock, once=True)
+    r.start()
+    (t,) = client.added
+    kept = Path(r._watched_dir()) / (t.meta.info_hash.hex() + ".torrent")
+    assert kept.read_bytes() == big
+    assert load_metainfo(str(kept)).info_hash == t.meta.info_hash
+    assert (watch / "big.torrent.added").exists()
