@@ -32,13 +32,15 @@ class RarityOrder:
 
     def __init__(self, num_pieces: int, rng: random.Random) -> None:
         n = num_pieces
-        # C int arrays, not lists: a list holds an 8-byte pointer per piece plus a 28-byte int object
-        # for every value above 256, 5.6 MiB for these three at 65536 pieces (16 GiB in 256 KiB
-        # pieces) against 768 KiB.
-        self.avail = array("i", [0]) * n
+        # C arrays, not lists: a list holds an 8-byte pointer per piece plus a 28-byte int object for
+        # every value above 256, 5.6 MiB for these three at 65536 pieces (16 GiB in 256 KiB pieces).
+        # Two bytes a value while they fit: 448 KiB there (with one byte of ``fresh``), not 832.
+        # ``avail`` widens when more non-seed peers than 65535 could have a piece (:meth:`reserve`).
+        index = "H" if n <= 0x10000 else "i"  # piece numbers and positions are 0..n-1
+        self.avail = array("H", [0]) * n
         self.fresh = bytearray(b"\x01") * n
-        self.order = array("i", range(n))
-        self._pos = array("i", range(n))  # index in order, -1 when not fresh
+        self.order = array(index, range(n))
+        self._pos = array(index, range(n))  # index in order; meaningful only where fresh[p]
         self._bstart = [0, n]
         self._rng = rng
 
@@ -46,6 +48,8 @@ class RarityOrder:
 
     def reserve(self, max_avail: int) -> None:
         """Keep a bucket for every availability up to ``max_avail`` (the number of non-seed peers)."""
+        if max_avail > 0xFFFF and self.avail.typecode == "H":
+            self.avail = array("i", self.avail)
         bs = self._bstart
         while len(bs) - 1 <= max_avail:
             bs.append(len(self.order))
@@ -55,12 +59,12 @@ class RarityOrder:
 
         The new availability must have a bucket (:meth:`reserve`).
         """
-        avail, pos, order, bs = self.avail, self._pos, self.order, self._bstart
+        avail, pos, order, bs, fresh = self.avail, self._pos, self.order, self._bstart, self.fresh
         for p in pieces:
             a = avail[p]
             avail[p] = a + 1
-            i = pos[p]
-            if i >= 0:
+            if fresh[p]:
+                i = pos[p]
                 j = bs[a + 1] - 1
                 if i != j:
                     q = order[j]
@@ -72,12 +76,12 @@ class RarityOrder:
 
     def dec_many(self, pieces: Iterable[int]) -> None:
         """Availability -1 for each piece (the mirror of :meth:`inc_many`)."""
-        avail, pos, order, bs = self.avail, self._pos, self.order, self._bstart
+        avail, pos, order, bs, fresh = self.avail, self._pos, self.order, self._bstart, self.fresh
         for p in pieces:
             a = avail[p]
             avail[p] = a - 1
-            i = pos[p]
-            if i >= 0:
+            if fresh[p]:
+                i = pos[p]
                 j = bs[a]
                 if i != j:
                     q = order[j]
@@ -122,7 +126,6 @@ class RarityOrder:
             bs[b + 1] = j
             i = j
         order.pop()
-        pos[p] = -1
         self.fresh[p] = 0
 
     # ------------------------------------------------------------------ choosing

@@ -163,3 +163,33 @@ def test_same_seed_same_choices() -> None:
         ro = make_order([1, 1, 1, 1, 2, 2, 2, 2], seed=7)
         picks.append([ro.choose_in(bytearray(b"\x01") * 8, False) for _ in range(10)])
     assert picks[0] == picks[1]
+
+
+def test_two_bytes_a_piece_while_they_fit_and_four_beyond() -> None:
+    """Issue 15 (flat memory): 65536 pieces (16 GiB in 256 KiB pieces) fit 2-byte arrays; 65537 do not."""
+    small = RarityOrder(0x10000, random.Random(0))
+    assert (small.avail.typecode, small.order.typecode) == ("H", "H")
+    assert small.avail.itemsize == small.order.itemsize == 2
+    big = RarityOrder(0x10001, random.Random(0))
+    assert big.order.itemsize >= 4 and big.order[-1] == 0x10000
+    big.remove(0x10000)
+    big.insert(0x10000)
+    assert_consistent(big)
+    top = 0xFFFF  # the last piece, its position the last one: both at the top of the 2-byte range
+    small.reserve(1)
+    small.inc_many([top, 0])
+    small.remove(top)
+    small.dec_many([top, 0])  # no longer fresh: only its availability changes
+    assert small.avail[top] == 0 and small.avail[0] == 0
+    small.insert(top)
+    assert_consistent(small)
+
+
+def test_availability_widens_past_65535_peers() -> None:
+    ro = RarityOrder(3, random.Random(0))
+    ro.reserve(0x10000)
+    assert ro.avail.itemsize >= 4
+    for _ in range(0x10000):
+        ro.inc_many([1])
+    assert ro.avail[1] == 0x10000 and ro.order[-1] == 1
+    assert_consistent(ro)
