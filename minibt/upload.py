@@ -127,17 +127,37 @@ class Uploader:
             return
         limits = self._limits
         limit = self._outbox_bytes
+        queue = peer.requests_in
         served = False
-        while peer.requests_in and wire.outbox_len < limit:
-            if limits.up_gated and not limits.up.consume(peer.requests_in[0].length, now=now):
-                limits.wait(peer.cid, peer.requests_in[0].length)  # serve_waiting() retries it
+        while queue and wire.outbox_len < limit:
+            if limits.up_gated and not limits.up.consume(queue[0].length, now=now):
+                limits.wait(peer.cid, queue[0].length)  # serve_waiting() retries it
                 out.append(RATE_WAIT)
                 break
-            r = peer.requests_in.popleft()
-            data = self._storage.read_block(r.index, r.begin, r.length)
-            wire.piece(r.index, r.begin, data)
-            peer.up.add(r.length, now)
-            self._stats.uploaded += r.length
+            first = queue.popleft()
+            # The requests queued next that continue the same piece (a leecher asks for a piece's blocks
+            # in order) are read with the same pread, as long as each would have been served by itself
+            # (room in the outbox, upload tokens): one system call for up to a piece, not one a block.
+            run = [first]
+            end = first.begin + first.length
+            while queue and (r := queue[0]).index == first.index and r.begin == end:
+                if wire.outbox_len + (end - first.begin) >= limit:
+                    break
+                if limits.up_gated and not limits.up.consume(r.length, now=now):
+                    break  # the loop above asks again, and waits
+                run.append(queue.popleft())
+                end += r.length
+            data = self._storage.read_block(first.index, first.begin, end - first.begin)
+            if len(run) == 1:
+                wire.piece(first.index, first.begin, data)
+            else:
+                view = memoryview(data)
+                for r in run:
+                    at = r.begin - first.begin
+                    wire.piece(r.index, r.begin, view[at : at + r.length])
+            for r in run:
+                peer.up.add(r.length, now)
+            self._stats.uploaded += end - first.begin
             served = True
         if served:
             out.append(Flush(peer.cid))

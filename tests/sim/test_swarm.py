@@ -132,6 +132,20 @@ def test_one_seeder_one_leecher_completes_byte_exact(swarm: Swarm, chunk: tuple[
     assert rd.downloaded == total
 
 
+def test_queued_requests_for_one_piece_are_read_with_one_pread(swarm: Swarm) -> None:
+    """A seeder whose socket is full queues the requests that arrive meanwhile; once it drains, the run
+    of queued requests that continue one piece is served from one read (upload.py: serve)."""
+    net = swarm.net
+    seed = swarm.seeder("seed", "127.0.0.2", link=LinkSpec(up_Bps=4 * MiB, window=16 * KiB))
+    leech = swarm.leecher("leech", "127.0.0.3")
+    net.must_run_until(lambda: swarm.done(leech), 30)
+    swarm.assert_exact(leech)
+    blocks = sum(-(-swarm.meta.piece_size(i) // BLOCK_LEN) for i in range(swarm.meta.num_pieces))
+    assert leech.wire_stats()["in_piece"] == blocks
+    reads = seed.torrent.storage.stats()["read_calls"]
+    assert swarm.meta.num_pieces <= reads < 0.75 * blocks, (reads, blocks)  # one a block before
+
+
 @pytest.mark.parametrize("n_leechers", [5, 7])
 def test_leechers_joining_over_time_all_complete_within_unchoke_limit(swarm: Swarm, n_leechers: int) -> None:
     net = swarm.net
