@@ -2,7 +2,7 @@
 
 `minibt download` of a .torrent with --no-dht runs in a fresh interpreter (no peer, a short --timeout)
 and must not have loaded the DHT node's modules, ssl (only an https tracker needs it), the TOML
-parser (only config files) or shutil (argparse's terminal width; tempfile loads it for the first
+parser (only config files), datetime (only `minibt info` shows dates) or shutil (argparse's terminal width; tempfile loads it for the first
 resume save, which comes after the transfer).  The same download with the DHT on does load the DHT
 modules, so the check can fail.
 """
@@ -59,7 +59,7 @@ def test_download_without_dht_loads_no_dht_ssl_toml_or_shutil(tmp_path: Path) ->
     start, end = _download_modules(tmp_path, "--no-dht")
     assert "minibt.client" in start and "minibt.loop" in start  # the spy saw the transfer start
     assert [m for m in DHT_MODULES + NEVER_FOR_A_DOWNLOAD if m in end] == []
-    assert [m for m in ("shutil", "tempfile", "bz2", "lzma") if m in start] == []
+    assert [m for m in ("shutil", "tempfile", "bz2", "lzma", "datetime") if m in start] == []
 
 
 def test_download_with_dht_loads_the_dht_node(tmp_path: Path) -> None:
