@@ -77,7 +77,6 @@ class Ledbat:
         "_bucket_start",
         "_recent",
         "_base",
-        "_our_delay",
         "_last_cut",
         "_cuts",
         "_timeouts",
@@ -93,7 +92,6 @@ class Ledbat:
         self._bucket_start = now
         self._recent: deque[int] = deque(maxlen=DELAY_FILTER_SAMPLES)
         self._base: int | None = None
-        self._our_delay: int | None = None
         self._last_cut = -1e18
         self._cuts = 0
         self._timeouts = 0
@@ -110,8 +108,21 @@ class Ledbat:
 
     @property
     def our_delay_us(self) -> int | None:
-        """Filtered queueing delay (sample minus base delay), None before the first sample."""
-        return self._our_delay
+        """Filtered queueing delay (sample minus base delay), None before the first sample.
+
+        Computed when asked (by :meth:`on_ack` and stats), not for every received packet: both inputs,
+        the last samples and the base delay, change only in :meth:`on_delay_sample`, so the value is
+        the same.  A receiving connection takes a sample per data packet and asks for none.
+        """
+        recent = self._recent
+        if not recent or self._base is None:
+            return None
+        low = recent[0]
+        for v in recent:
+            if ((v - low) & TS_MASK) > 0x7FFFFFFF:
+                low = v
+        d = (low - self._base) & TS_MASK
+        return d if d <= 0x7FFFFFFF else 0
 
     def on_delay_sample(self, sample_us: int, *, now: float) -> None:
         """Record one ``timestamp_difference_microseconds`` echo (0 means 'no sample': skip it)."""
@@ -143,14 +154,7 @@ class Ledbat:
             if ((sample_us - base) & TS_MASK) > 0x7FFFFFFF:
                 base = sample_us
             self._base = base
-        recent = self._recent
-        recent.append(sample_us)
-        low = recent[0]
-        for v in recent:
-            if ((v - low) & TS_MASK) > 0x7FFFFFFF:
-                low = v
-        d = (low - base) & TS_MASK
-        self._our_delay = d if d <= 0x7FFFFFFF else 0
+        self._recent.append(sample_us)
 
     def on_ack(self, *, bytes_acked: int, bytes_in_flight: int, packet_bytes: int, now: float) -> None:
         """Grow or shrink the window for ``bytes_acked`` newly acknowledged bytes.
@@ -162,7 +166,7 @@ class Ledbat:
             return
         cfg = self._cfg
         target = cfg.target_delay_us
-        delay = self._our_delay if self._our_delay is not None else 0
+        delay = self.our_delay_us or 0
         if delay >= target:
             self._slow_start = False
         if bytes_in_flight + packet_bytes <= self._cwnd:
@@ -210,7 +214,7 @@ class Ledbat:
             "ssthresh": self._ssthresh,
             "slow_start": float(self._slow_start),
             "base_delay_us": float(self._base if self._base is not None else -1),
-            "our_delay_us": float(self._our_delay if self._our_delay is not None else -1),
+            "our_delay_us": float(-1 if (d := self.our_delay_us) is None else d),
             "loss_cuts": float(self._cuts),
             "cc_timeouts": float(self._timeouts),
         }
