@@ -112,6 +112,11 @@ class UtpState(enum.Enum):  # names after BEP 29 / libutp CS_*
     CLOSED = enum.auto()
 
 
+# Module constants for the per-packet paths: an Enum member read through its class costs ~10x a global.
+_CONNECTED, _CLOSED = UtpState.CONNECTED, UtpState.CLOSED
+_OPEN = (UtpState.CONNECTED, UtpState.FIN_SENT)  # may send data
+
+
 class _Sent:
     """One packet in the send window (mutable, private)."""
 
@@ -292,19 +297,19 @@ class UtpConnection:
 
     def flush_acks(self, *, now: float) -> None:
         """End of a receive batch: send data (ACKs ride on it) or one ST_STATE if an ACK is owed."""
-        if self._state in (UtpState.CONNECTED, UtpState.FIN_SENT):
+        if self._state in _OPEN:
             self._fill(now)
         if self._ack_pending and self._state is not UtpState.CLOSED:
             self._emit(ST_STATE, self._seq_nr, b"", now)
 
     def window_opened(self, *, now: float) -> None:
         """The application released held bytes: tell the sender the larger window at once."""
-        if self._state in (UtpState.CONNECTED, UtpState.FIN_SENT):
+        if self._state in _OPEN:
             self._emit(ST_STATE, self._seq_nr, b"", now)
 
     def datagrams_to_send(self, *, now: float) -> list[bytes]:
         """Packetize queued data within min(cwnd, peer window) and drain the outbox."""
-        if self._state in (UtpState.CONNECTED, UtpState.FIN_SENT):
+        if self._state in _OPEN:
             self._fill(now)
         out = self._outbox
         self._outbox = []
@@ -322,7 +327,7 @@ class UtpConnection:
     ) -> list[UtpEvent]:
         """Feed one decoded packet addressed to this connection; packets that don't fit are ignored."""
         st = self._state
-        if st is UtpState.CLOSED:
+        if st is _CLOSED:
             return []
         n = self._n
         n["packets_received"] += 1
@@ -343,7 +348,9 @@ class UtpConnection:
             else:
                 n["ignored"] += 1
             return events
-        if st is UtpState.SYN_SENT:
+        if st is _CONNECTED:
+            pass
+        elif st is UtpState.SYN_SENT:
             if typ not in (ST_STATE, ST_DATA) or header.ack_nr != 1:
                 n["ignored"] += 1
                 return events
@@ -363,18 +370,18 @@ class UtpConnection:
 
     def next_deadline(self) -> float | None:
         """Earliest absolute time :meth:`handle_timeout` has work to do."""
-        if self._state is UtpState.CLOSED:
+        if self._state is _CLOSED:
             return None
         cands = [self._connect_deadline, self._syn_resend_at, self._rto_at, self._close_at]
         if self._ack_pending:
             cands.append(self._ack_due)
-        if self._state in (UtpState.CONNECTED, UtpState.FIN_SENT):
+        if self._state in _OPEN:
             cands.append(self._last_send + self._cfg.keepalive_s)
         return min((t for t in cands if t is not None), default=None)
 
     def handle_timeout(self, *, now: float) -> list[UtpEvent]:
         """Run due timers: connect timeout, SYN resends, RTO, deferred ACK, keep-alive, linger."""
-        if self._state is UtpState.CLOSED:
+        if self._state is _CLOSED:
             return []
         cfg = self._cfg
         if self._connect_deadline is not None and now >= self._connect_deadline:
@@ -394,10 +401,7 @@ class UtpConnection:
                 return [ConnectionTimedOut()]
         if self._ack_pending and self._ack_due is not None and now >= self._ack_due:
             self._emit(ST_STATE, self._seq_nr, b"", now)
-        if (
-            self._state in (UtpState.CONNECTED, UtpState.FIN_SENT)
-            and now >= self._last_send + cfg.keepalive_s
-        ):
+        if self._state in _OPEN and now >= self._last_send + cfg.keepalive_s:
             self._n["keepalives"] += 1
             self._emit(ST_STATE, self._seq_nr, b"", now)  # BEP 29 leaves this open; keeps NATs open
         return []
@@ -406,19 +410,11 @@ class UtpConnection:
         """Counters and gauges for tests and diagnostics (libutp ``utp_get_stats`` style)."""
         s: dict[str, float] = {k: float(v) for k, v in self._n.items()}
         s.update(self._cc.stats())
-        s.update(
-            inflight=float(self._inflight),
-            outstanding_packets=float(len(self._out)),
-            peer_wnd=float(self._peer_wnd),
-            rtt_ms=self._rtt * 1e3,
-            rtt_var_ms=self._rtt_var * 1e3,
-            rto_ms=self._rto * 1e3,
-            send_buffered=float(len(self._send_buf)),
-            reorder_bytes=float(self._reorder_bytes),
-            max_window=float(self._cc.max_window),
-            mtu_payload=float(self._mtu.size),
-            mtu_ceiling=float(self._mtu.ceiling),
-        )
+        s.update(inflight=float(self._inflight), outstanding_packets=float(len(self._out)),
+                 peer_wnd=float(self._peer_wnd), rtt_ms=self._rtt * 1e3, rtt_var_ms=self._rtt_var * 1e3,
+                 rto_ms=self._rto * 1e3, send_buffered=float(len(self._send_buf)),
+                 reorder_bytes=float(self._reorder_bytes), max_window=float(self._cc.max_window),
+                 mtu_payload=float(self._mtu.size), mtu_ceiling=float(self._mtu.ceiling))
         return s
 
     # ------------------------------------------------------------------ internals: sending
@@ -506,7 +502,7 @@ class UtpConnection:
             probe = None
             if (
                 self._probe_seq is None
-                and self._state is UtpState.CONNECTED
+                and self._state is _CONNECTED
                 and self._n["bytes_sent"] >= MTU_PROBE_AFTER_BYTES
             ):
                 probe = self._mtu.probe_size()
@@ -594,6 +590,8 @@ class UtpConnection:
         if h.timestamp_diff_us:
             self._cc.on_delay_sample(h.timestamp_diff_us, now=now)
         out = self._out
+        if not adv and sack is None and (not out or h.type != ST_STATE):
+            return True  # a data packet acking nothing new (a download's common case): nothing below applies
         inflight_before = self._inflight
         newly = 0
         lost = False
@@ -726,8 +724,13 @@ class UtpConnection:
             n["window_drops"] += 1  # past the window we advertised: the sender resends it later
             return
         self._ack_nr = seq
-        chunks = [payload] if payload else []
         reorder = self._reorder
+        if not reorder and self._eof_seq is None:  # in order, nothing waiting behind it: the common case
+            if payload:
+                n["bytes_received"] += len(payload)
+                events.append(DataReceived(payload))
+            return
+        chunks = [payload] if payload else []
         if reorder:
             nxt = (seq + 1) & SEQ_MASK
             while nxt in reorder:
