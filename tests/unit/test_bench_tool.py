@@ -212,7 +212,7 @@ def test_fresh_bytecode_compiles_stale_modules(lib: ModuleType, tmp_path: Path,
     assert "COMPILE ERRORS" in lib.fresh_bytecode(str(pkg))
 
 
-@pytest.mark.parametrize("tool", ["bench.py", "bench_idle.py", "bench_startup.py", "bench_utp.py", "bench_mse.py"])
+@pytest.mark.parametrize("tool", ["bench.py", "bench_idle.py", "bench_startup.py", "bench_utp.py", "bench_mse.py", "bench_utp_rx.py"])
 def test_each_benchmark_loads(tool: str) -> None:
     """Every benchmark at least imports and parses its options (bench_utp once imported a removed name)."""
     import subprocess
@@ -222,3 +222,16 @@ def test_each_benchmark_loads(tool: str) -> None:
                        timeout=60, cwd=root)
     assert r.returncode == 0, r.stderr
     assert "usage:" in r.stdout
+
+
+def test_utp_receive_microbenchmark_runs_and_delivers_every_byte() -> None:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, str(root / "tools" / "bench_utp_rx.py"), "--datagrams", "3000", "--runs", "1"],
+                       capture_output=True, text=True, timeout=120, cwd=root)
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.splitlines()[0]
+    n, got = int(line.split("(")[1].split()[0]), int(line.split(", ")[1].split()[0])
+    assert n >= 3000 and got >= n * 1000  # full-size data packets, each delivered
+    assert "best of 1" in r.stdout
