@@ -349,7 +349,7 @@ class UtpConnection:
                 n["ignored"] += 1
             return events
         if st is _CONNECTED:
-            pass
+            pass  # the common case: neither handshake state below applies
         elif st is UtpState.SYN_SENT:
             if typ not in (ST_STATE, ST_DATA) or header.ack_nr != 1:
                 n["ignored"] += 1
