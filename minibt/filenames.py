@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import enum
 import re
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -120,6 +119,10 @@ def portable_element(elem: str, rules: FsRules) -> str:
 def collision_key(elem: str, rules: FsRules) -> str:
     """Names with equal keys are the same file under ``rules`` (WINDOWS: case-insensitive, NFC)."""
     if rules is FsRules.WINDOWS:
+        if elem.isascii():  # NFC leaves ASCII as it is; unicodedata (0.1 MiB) only for other names
+            return elem.casefold()
+        import unicodedata
+
         return unicodedata.normalize("NFC", elem).casefold()
     return elem
 

@@ -8,7 +8,8 @@ Two back ends, tried in this order on first use:
    process.  Measured on x86-64: +0.4 MiB of peak RSS (ctypes), 880 MiB/s; the ``cryptography``
    package costs +9.9 MiB for the same cipher.  The low-level RC4 functions are deprecated in
    OpenSSL 3 but still exported by Debian's build; the back end checks a published test vector
-   before it is used.
+   before it is used.  ctypes is imported by the first probe, so a process that never encrypts
+   (``--encryption none``) never loads it.
 2. ``cryptography`` (``hazmat.decrepit`` ARC4), the optional extra ``pip install 'minibt[mse]'``,
    for an OpenSSL built without RC4 (``no-rc4``/``no-deprecated``).
 
@@ -18,7 +19,6 @@ next bytes of that keystream.
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -60,9 +60,11 @@ def _hashlib_libcrypto() -> list[str]:
 class _LibcryptoRc4:
     """RC4_set_key / RC4 of OpenSSL's libcrypto.  ctypes releases the GIL during each call."""
 
-    __slots__ = ("_rc4", "_state")
+    __slots__ = ("_char", "_rc4", "_state")
 
     def __init__(self, set_key: Any, rc4: Any, key: bytes) -> None:
+        ctypes = _ctypes()
+        self._char = ctypes.c_char
         self._rc4 = rc4
         self._state = ctypes.create_string_buffer(_RC4_KEY_BYTES)
         set_key(self._state, len(key), key)
@@ -72,7 +74,7 @@ class _LibcryptoRc4:
         if not n:
             return b""
         out = bytearray(n)
-        dst = (ctypes.c_char * n).from_buffer(out)
+        dst = (self._char * n).from_buffer(out)
         src = data if isinstance(data, bytes) else bytes(data)
         self._rc4(self._state, n, src, dst)
         del dst  # release the export before the bytearray is copied and freed
@@ -81,14 +83,22 @@ class _LibcryptoRc4:
     def update_in_place(self, buf: memoryview) -> bool:
         n = len(buf)
         if n:
-            ptr = (ctypes.c_char * n).from_buffer(buf)  # buf is writable and contiguous (else TypeError)
+            ptr = (self._char * n).from_buffer(buf)  # buf is writable and contiguous (else TypeError)
             self._rc4(self._state, n, ptr, ptr)
             del ptr
         return True
 
 
+def _ctypes() -> Any:
+    """The ctypes module, imported on first use (0.4 MiB of RSS)."""
+    import ctypes
+
+    return ctypes
+
+
 def _libcrypto() -> Factory | None:
     """RC4 from OpenSSL's libcrypto through ctypes, or None (not found, no RC4, wrong answer)."""
+    ctypes = _ctypes()
     for name in _hashlib_libcrypto():
         try:
             lib = ctypes.CDLL(name)

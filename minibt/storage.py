@@ -687,15 +687,12 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o600, group_of_dir: boo
     ``group_of_dir`` gives it the directory's group when the process may (a state dir whose group
     the administrator chose).
     """
-    import tempfile  # with shutil: loaded by the first save (resume data), not with the module
-
     directory = os.path.dirname(os.path.abspath(path))
     tmp: str | None = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+        fd, tmp = _create_temp(os.path.join(directory, os.path.basename(path)))
         try:
-            if mode != 0o600:  # mkstemp's own mode
-                os.fchmod(fd, mode)
+            os.fchmod(fd, mode)  # exactly ``mode``, whatever the umask
             if group_of_dir:
                 _take_dir_group(fd, directory)
             view = memoryview(data)
@@ -713,6 +710,20 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o600, group_of_dir: boo
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def _create_temp(path: str) -> tuple[int, str]:
+    """A new file ``path.<random>.tmp`` beside ``path``, created exclusively (never an existing file
+    or a planted symlink) with mode 0600: (fd, its path).  Not ``tempfile.mkstemp``: that module and
+    shutil, which it imports with zlib, bz2 and lzma, cost 0.5 MiB of RSS for the life of the process."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = f"{path}.{os.urandom(6).hex()}.tmp"
+        try:
+            return os.open(tmp, flags, 0o600), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", path)
 
 
 def _take_dir_group(fd: int, directory: str) -> None:

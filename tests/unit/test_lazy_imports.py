@@ -2,9 +2,10 @@
 
 `minibt download` of a .torrent with --no-dht runs in a fresh interpreter (no peer, a short --timeout)
 and must not have loaded the DHT node's modules, ssl (only an https tracker needs it), the TOML
-parser (only config files), datetime (only `minibt info` shows dates) or shutil (argparse's terminal width; tempfile loads it for the first
-resume save, which comes after the transfer).  The same download with the DHT on does load the DHT
-modules, so the check can fail.
+parser (only config files), datetime (only `minibt info` shows dates), tempfile or shutil (with zlib, bz2
+and lzma: resume files are written without them), unicodedata (only for non-ASCII names on Windows
+rules) or, with ``--encryption none``, ctypes (only the RC4 back end).  The same download with the DHT
+on and the default encryption policy does load the DHT modules and ctypes, so the check can fail.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ DHT_MODULES = ("minibt.dht", "minibt.krpc", "minibt.routing", "minibt.dhtstore",
 NEVER_FOR_A_DOWNLOAD = ("ssl", "_ssl", "tomllib", "minibt.runner", "minibt.daemon")  # --timeout loads configfile
 
 # Runs the CLI in this interpreter, then prints the modules it loaded.  ``shutil`` is recorded when
-# the transfer starts (the first tick), before the end-of-run resume save imports tempfile.
+# the transfer starts (the first tick); the end-of-run resume save has been written by the end.
 DRIVER = r"""
 import sys, io, contextlib
 import minibt.cli as cli
@@ -55,14 +56,18 @@ def _download_modules(tmp_path: Path, *extra: str) -> tuple[set[str], set[str]]:
     return set(lines["START"].split()[1:]), set(lines["END"].split()[1:])
 
 
+PLAINTEXT_NEVER = ("shutil", "tempfile", "zlib", "bz2", "lzma", "datetime", "unicodedata", "ctypes")
+
+
 def test_download_without_dht_loads_no_dht_ssl_toml_or_shutil(tmp_path: Path) -> None:
-    start, end = _download_modules(tmp_path, "--no-dht")
+    start, end = _download_modules(tmp_path, "--no-dht", "--encryption", "none")
     assert "minibt.client" in start and "minibt.loop" in start  # the spy saw the transfer start
-    assert [m for m in DHT_MODULES + NEVER_FOR_A_DOWNLOAD if m in end] == []
-    assert [m for m in ("shutil", "tempfile", "bz2", "lzma", "datetime") if m in start] == []
+    assert [m for m in DHT_MODULES + NEVER_FOR_A_DOWNLOAD + PLAINTEXT_NEVER if m in end] == []
+    assert list((tmp_path / "state").glob("*.resume"))  # the resume file was written (without tempfile)
 
 
 def test_download_with_dht_loads_the_dht_node(tmp_path: Path) -> None:
     start, end = _download_modules(tmp_path)
     assert [m for m in DHT_MODULES if m not in start] == []
     assert [m for m in NEVER_FOR_A_DOWNLOAD if m in end] == []
+    assert "ctypes" in end  # the default policy, preferred, probed the RC4 back end
