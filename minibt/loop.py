@@ -135,7 +135,7 @@ class EventLoop:
         self._utp: UtpPeers | None = (
             UtpPeers(session, session.rng, config=utp_config) if Transport.UTP in session.config.transports else None
         )
-        self._ubuf = bytearray(UDP_MAX_DATAGRAM)
+        self._ubuf = bytearray()  # UDP_MAX_DATAGRAM bytes from the first datagram on (64 KiB not spent before)
         self._udp_offload = udp_offload
         self._udpio: UdpIO | None = None
         self._udp_v6 = False
@@ -706,6 +706,8 @@ class EventLoop:
         """Drain the UDP socket (up to a batch, GRO buffers cut apart) and route each datagram by its first byte."""
         assert self._udpio is not None
         utp = self._utp
+        if not self._ubuf:
+            self._ubuf = bytearray(UDP_MAX_DATAGRAM)
         self._udpio.read(self._ubuf, UDP_BATCH, utp.receive_datagram if utp is not None else None, self._udp_other,
                          now, self._udp_fault)
         if utp is not None:

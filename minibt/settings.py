@@ -49,9 +49,9 @@ class TorrentConfig:
     max_peers: int = 50
     max_half_open: int = 8
     max_candidates: int = DEFAULT_MAX_CANDIDATES  # addresses kept to dial (dialer.py); budget.py may lower it
-    cache_bytes: int | None = None  # None: storage.default_cache_bytes (4 MiB, or 3 pieces if more; why: there)
+    cache_bytes: int | None = None  # None: storage.default_cache_bytes (3 MiB, or 3 pieces if more; why: there)
     request_queue_min: int = 16
-    request_queue_max: int = 250  # stay under libtorrent's 'reqq' (PROTOCOL.md 7.13); the 4 MiB cache bounds it anyway
+    request_queue_max: int = 250  # stay under libtorrent's 'reqq' (PROTOCOL.md 7.13); the write cache bounds it anyway
     request_queue_seconds: float = 1.0  # pipeline depth = rate * this
     max_incoming_requests: int = 500
     check_jobs_in_flight: int = 4

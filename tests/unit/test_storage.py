@@ -335,7 +335,7 @@ def test_default_cache_has_room_for_three_pieces(tmp_path: Path) -> None:
     told = Storage(big, str(tmp_path / "told"), cache_bytes=DEFAULT_CACHE_BYTES)
     assert told.stats()["cache_limit"] == DEFAULT_CACHE_BYTES
     told.write_block(0, 0, bytes(BLOCK_LEN))
-    assert not told.can_start_piece(1)  # one 4 MiB piece fills a 4 MiB cache
+    assert not told.can_start_piece(1)  # one 4 MiB piece fills the 3 MiB cache
 
 
 def test_one_piece_always_fits_even_if_larger_than_cache(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path: P
     def full_disk(fd: int, data: object) -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(storage.os, "write", full_disk)
+    monkeypatch.setattr(os, "write", full_disk)
     with pytest.raises(OSError):
         storage.write_atomic(str(target), b"new")
     monkeypatch.undo()
@@ -52,7 +52,7 @@ def test_the_temporary_is_created_exclusively_beside_the_target(tmp_path: Path,
     # the first random name is taken (a file an attacker planted): a second name is drawn, the planted
     # file is neither opened nor touched
     names = iter([b"\x00" * 6, b"\x01" * 6])
-    monkeypatch.setattr(storage.os, "urandom", lambda n: next(names))
+    monkeypatch.setattr(os, "urandom", lambda n: next(names))
     planted = tmp_path / f"x.resume.{'00' * 6}.tmp"
     planted.write_bytes(b"planted")
     storage.write_atomic(str(tmp_path / "x.resume"), b"data")
