@@ -75,7 +75,7 @@ def parse_peer(text: str) -> Addr:
 
 def parse_size(text: str) -> int:
     """``--cache``, ``--piece-size``: config.parse_size (bounded by MAX_SIZE_BYTES)."""
-    from minibt.configfile import parse_size as size
+    from minibt.units import parse_size as size
 
     try:
         return size(text)
@@ -85,7 +85,7 @@ def parse_size(text: str) -> int:
 
 def parse_rate(text: str) -> float | None:
     """A rate limit in bytes/s: ``500KiB``, ``2MiB``, ``1.5M``, ``300kB/s``, ``1000``; ``0`` = unlimited (None)."""
-    from minibt.configfile import parse_rate as rate
+    from minibt.units import parse_rate as rate
 
     try:
         return rate(text)
@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_duration_arg(text: str) -> float:
-    from minibt.configfile import parse_duration
+    from minibt.units import parse_duration
 
     try:
         v = parse_duration(text)
@@ -300,7 +300,7 @@ def parse_duration_arg(text: str) -> float:
 
 
 def parse_until_arg(text: str) -> int:
-    from minibt.configfile import parse_hhmm
+    from minibt.units import parse_hhmm
 
     try:
         return parse_hhmm(text) % 1440

@@ -11,11 +11,8 @@ file's directory; ``~`` is expanded.  Pure: no sockets, threads or clock (file e
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
-import re
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
 from minibt.errors import ConfigError, MagnetError, MetainfoError
@@ -24,6 +21,12 @@ from minibt.magnet import Magnet, parse_magnet
 from minibt.metainfo import Metainfo, load_metainfo
 from minibt.peer import Transport, to_transports, valid_transports
 from minibt.settings import Encryption, Mode
+from minibt.units import (
+    parse_duration,
+    parse_hhmm,
+    parse_rate,
+    parse_size,
+)
 from minibt.urls import parse_host_port
 
 MODES = tuple(m.value for m in Mode)
@@ -31,19 +34,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 MIN_MEMORY_BUDGET = 32 << 20  # below this the interpreter alone does not fit (measured ~25 MiB RSS)
 DEFAULT_MEMORY_BUDGET = 96 << 20  # a 512 MiB Pi Zero 2 keeps ~400 MiB for the OS, page cache and others
 
-_SIZE_UNITS = {
-    "": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30,
-    "kb": 1000, "mb": 1000**2, "gb": 1000**3,
-}
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
-_DIGITS = frozenset("0123456789")
-MAX_VALUE_CHARS = 64  # convention: "1d 2h 30m 15s" needs 13; a longer size/rate/duration is refused
-MAX_SIZE_BYTES = 1 << 50  # convention: 1 PiB, the metainfo.MAX_LENGTH cap on a whole torrent
-MAX_RATE_BPS = 1 << 40  # convention: 1 TiB/s, far beyond any link; larger means a typo
-MAX_DURATION_S = 100 * 365 * 86400  # convention: 100 years; anything longer means "no limit" (use 0)
 MAX_KEY_DOTS = 100  # convention: the config's deepest key has one dot; tomllib is quadratic in this
 MAX_SEED_RATIO = 1_000_000  # convention: upload a million times the torrent; larger means a typo
-_HHMM_RE = re.compile(r"^([01]?\d|2[0-4]):([0-5]\d)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,114 +129,6 @@ class Config:
 
 
 # ---------------------------------------------------------------------- value parsers
-
-
-def _number_and_unit(text: str, what: str) -> tuple[Fraction, str]:
-    """``"1.5 MiB"`` -> (Fraction(3, 2), "mib"); linear time, no regular expression."""
-    t = text.strip().lower()
-    if len(t) > MAX_VALUE_CHARS:
-        raise ValueError(f"bad {what}: {len(t)} characters (limit {MAX_VALUE_CHARS})")
-    i = _skip_number(t, 0)
-    if i == 0 or t[:i] == ".":
-        raise ValueError(f"bad {what} {text[:40]!r}")
-    unit = t[i:].lstrip(" \t")
-    return Fraction(t[:i]), unit
-
-
-def _skip_number(t: str, i: int) -> int:
-    """End of the ``123``, ``1.5``, ``1.`` or ``.5`` that starts at ``t[i]`` (i itself if none)."""
-    n = len(t)
-    while i < n and t[i] in _DIGITS:
-        i += 1
-    if i < n and t[i] == ".":
-        i += 1
-        while i < n and t[i] in _DIGITS:
-            i += 1
-    return i
-
-
-def _bytes_value(text: str | int, what: str, limit: int, *, per_second: bool) -> int:
-    if isinstance(text, bool) or not isinstance(text, int | str):
-        raise ValueError(f"bad {what} {text!r}")
-    if isinstance(text, int):
-        n = text
-    else:
-        value, unit = _number_and_unit(text, what)
-        if per_second and unit.endswith("/s"):
-            unit = unit[:-2].rstrip(" \t")
-        mult = _SIZE_UNITS.get(unit)
-        if mult is None:
-            raise ValueError(f"bad {what} {text[:40]!r}: unknown unit {unit[:10]!r} (B, KiB, MiB, GiB, kB, MB, GB)")
-        n = int(value * mult)
-    if n < 0:
-        raise ValueError(f"bad {what}: negative")
-    if n > limit:
-        raise ValueError(f"{what} larger than the limit of {limit} bytes{'/s' if per_second else ''}")
-    return n
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes: 96MiB, 512k, 1G, 1000 (at most MAX_SIZE_BYTES); ValueError otherwise."""
-    return _bytes_value(text, "size", MAX_SIZE_BYTES, per_second=False)
-
-
-def parse_rate(text: str | int) -> float | None:
-    """Bytes/s: 500KiB, 2MiB, 300kB/s, 1000 (at most MAX_RATE_BPS); 0 = unlimited (None)."""
-    n = _bytes_value(text, "rate", MAX_RATE_BPS, per_second=True)
-    return float(n) if n > 0 else None
-
-
-def parse_duration(text: str | int | float) -> float:
-    """Seconds: 90, "90s", "15m", "2h", "1d", "1h30m" (at most MAX_DURATION_S).
-
-    A hand-written tokenizer: linear in the length of the text, which is itself capped.
-    """
-    if isinstance(text, bool) or not isinstance(text, int | float | str):
-        raise ValueError(f"bad duration {text!r}")
-    if isinstance(text, int | float):
-        if isinstance(text, float) and not math.isfinite(text):
-            raise ValueError("must be a finite number >= 0")
-        if text < 0:
-            raise ValueError("must be a finite number >= 0")
-        if text > MAX_DURATION_S:
-            raise ValueError(f"longer than the limit of {MAX_DURATION_S} s (100 years)")
-        return float(text)
-    t = text.strip().lower()
-    if not t:
-        raise ValueError(f"bad duration {text!r}")
-    if len(t) > MAX_VALUE_CHARS:
-        raise ValueError(f"bad duration: {len(t)} characters (limit {MAX_VALUE_CHARS})")
-    total = Fraction(0)
-    i, n = 0, len(t)
-    while i < n:
-        start = i
-        if t[i] not in _DIGITS:
-            raise ValueError(f"bad duration {text[:40]!r} (examples: 90, 90s, 15m, 2h, 1d, 1h30m)")
-        i = _skip_number(t, i)
-        number = Fraction(t[start:i])
-        while i < n and t[i] in " \t":
-            i += 1
-        unit_start = i
-        while i < n and "a" <= t[i] <= "z":
-            i += 1
-        unit = t[unit_start:i]
-        mult = _DURATION_UNITS.get(unit)
-        if mult is None:
-            raise ValueError(f"bad duration {text[:40]!r}: unknown unit {unit[:10]!r} (s, m, h, d)")
-        total += number * mult
-        while i < n and t[i] in " \t":
-            i += 1
-    if total > MAX_DURATION_S:
-        raise ValueError(f"longer than the limit of {MAX_DURATION_S} s (100 years)")
-    return float(total)
-
-
-def parse_hhmm(text: str) -> int:
-    """"HH:MM" -> minutes after midnight (24:00 allowed as an end)."""
-    m = _HHMM_RE.match(text.strip())
-    if m is None or (int(m.group(1)) == 24 and m.group(2) != "00"):
-        raise ValueError(f"bad time {text!r}, expected HH:MM")
-    return int(m.group(1)) * 60 + int(m.group(2))
 
 
 def parse_window(text: str) -> TimeWindow:

@@ -204,6 +204,6 @@ def idle_base(root: Path, *, budget: str, seconds: float = 3.0) -> SwarmResult:
 
 
 def _budget_bytes(budget: str) -> int:
-    from minibt.configfile import parse_size
+    from minibt.units import parse_size
 
     return parse_size(budget)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from minibt import configfile, magnet, urls
+from minibt import configfile, magnet, units, urls
 from minibt.cli import (
     Progress,
     human_bytes,
@@ -210,17 +210,17 @@ PEERS = ["1.2.3.4:6881", "[::1]:7000", "host.example:80", "Host.Example.:80", "[
 
 @pytest.mark.parametrize("text", SIZES)
 def test_cli_size_accepts_what_the_config_accepts(text: str) -> None:
-    assert _outcome(parse_size, text) == _outcome(configfile.parse_size, text)
+    assert _outcome(parse_size, text) == _outcome(units.parse_size, text)
 
 
 @pytest.mark.parametrize("text", RATES)
 def test_cli_rate_accepts_what_the_config_accepts(text: str) -> None:
-    assert _outcome(parse_rate, text) == _outcome(configfile.parse_rate, text)
+    assert _outcome(parse_rate, text) == _outcome(units.parse_rate, text)
 
 
 @pytest.mark.parametrize("text", DURATIONS)
 def test_cli_duration_accepts_what_the_config_accepts(text: str) -> None:
-    expected = _outcome(configfile.parse_duration, text)
+    expected = _outcome(units.parse_duration, text)
     assert _outcome(parse_duration_arg, text) == (expected if expected != 0 else "error")  # CLI: > 0
 
 

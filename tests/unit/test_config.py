@@ -13,13 +13,11 @@ from minibt.configfile import (
     TimeWindow,
     load_config,
     parse_config,
-    parse_duration,
-    parse_rate,
-    parse_size,
     parse_window,
 )
 from minibt.errors import ConfigError
 from minibt.metainfo import create_torrent
+from minibt.units import parse_duration, parse_rate, parse_size
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "minibt.toml"
 

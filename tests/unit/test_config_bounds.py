@@ -13,17 +13,9 @@ from pathlib import Path
 import pytest
 
 from minibt.cli import main
-from minibt.configfile import (
-    MAX_DURATION_S,
-    MAX_RATE_BPS,
-    MAX_SIZE_BYTES,
-    parse_config,
-    parse_duration,
-    parse_peer_addr,
-    parse_rate,
-    parse_size,
-)
+from minibt.configfile import parse_config, parse_peer_addr
 from minibt.errors import ConfigError
+from minibt.units import MAX_DURATION_S, MAX_RATE_BPS, MAX_SIZE_BYTES, parse_duration, parse_rate, parse_size
 
 HUGE = "9" * 400
 BACKTRACK = "1" * 28 + "!"

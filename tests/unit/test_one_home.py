@@ -34,8 +34,8 @@ SHARED_NAMES = {
     "KiB": "a unit multiplier, spelled out where sizes are written (budget.py, utp_config.py)",
     "parse_peer_addr": "pex: IP-literal PEX entries; config: the config file's peers; both call urls.parse_host_port",
     "parse_port": "cli: the argparse type for --port (0 = any); urls: a URL or peer port 1..65535",
-    "parse_rate": "cli: the argparse type; it calls config.parse_rate",
-    "parse_size": "cli: the argparse type; it calls config.parse_size",
+    "parse_rate": "cli: the argparse type; it calls units.parse_rate",
+    "parse_size": "cli: the argparse type; it calls units.parse_size",
 }
 
 
