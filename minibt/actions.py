@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from minibt.effects import Flush, HashPiece
+from minibt.effects import Flush, HashPiece, SaveResume
 from minibt.errors import CloseReason
 from minibt.peer import Transport
 from minibt.tracker import AnnounceJob, AnnounceParams
@@ -55,4 +55,5 @@ class LookupDhtNode:
     port: int
 
 
-Action = Dial | Close | HashPiece | Announce | Flush | Datagram | LookupDhtNode  # HashPiece and Flush: effects.py, passed on as they are
+# HashPiece, SaveResume and Flush: effects.py, passed on as they are
+Action = Dial | Close | HashPiece | SaveResume | Announce | Flush | Datagram | LookupDhtNode

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from minibt.bitfield import Bitfield
+from minibt.durable import fsync_all
 from minibt.errors import StorageError
 from minibt.metainfo import Metainfo
 from minibt.resume import ResumeData
@@ -57,6 +58,8 @@ class Checker:
         self._inflight = 0
         self._next_save_at = now + resume_interval_s
         self.resume_dirty = False  # something the resume file records has changed since it was saved
+        self.save_in_flight = False  # a background save (save_resume's job) runs in a worker
+        self._syncing: list[tuple[str, int]] = []  # that job's files (Storage.begin_sync)
 
     # ------------------------------------------------------------------ checking
 
@@ -117,31 +120,55 @@ class Checker:
         return self.resume_dirty and now >= self._next_save_at
 
     def save_resume(
-        self, now: float, *, have: Bitfield, uploaded: int, downloaded: int, wall_time: Callable[[], float]
-    ) -> None:
-        """Sync the data, then write the resume file stamped ``wall_time()``; a failure is only logged."""
-        if self._resume_path is None:
-            return
+        self, now: float, *, have: Bitfield, uploaded: int, downloaded: int, wall_time: Callable[[], float],
+        background: bool = False,
+    ) -> Callable[[], None] | None:
+        """Sync the data, then write the resume file stamped ``wall_time()``; a failure is only logged.
+
+        ``background``: the record is taken now, the sync and the write are returned as a job for a
+        worker thread (the loop must not wait for the disk), and ``save_done`` takes its outcome.  While
+        a job runs no other save starts (two writers could land out of order): None, retried when due.
+        """
+        if self._resume_path is None or self.save_in_flight:
+            return None
         self._next_save_at = now + self._resume_interval_s
         self.resume_dirty = False
         meta = self._meta
         names = self._storage.names
+        path = self._resume_path
         try:
-            self._storage.sync()  # data first, then the record that says it is there
-            save_resume(
-                self._resume_path,
-                ResumeData(
-                    info_hash=meta.info_hash,
-                    piece_length=meta.piece_length,
-                    num_pieces=meta.num_pieces,
-                    have=have.to_bytes(),
-                    file_sizes=self._storage.disk_file_sizes(),  # unselected files: -1
-                    uploaded=uploaded,
-                    downloaded=downloaded,
-                    saved_at=wall_time(),
-                    rules=names.rules,
-                    renamed=tuple(sorted(names.renamed(meta.torrent_paths()).items())),
-                ),
+            rd = ResumeData(
+                info_hash=meta.info_hash,
+                piece_length=meta.piece_length,
+                num_pieces=meta.num_pieces,
+                have=have.to_bytes(),
+                file_sizes=self._storage.disk_file_sizes(),  # unselected files: -1
+                uploaded=uploaded,
+                downloaded=downloaded,
+                saved_at=wall_time(),
+                rules=names.rules,
+                renamed=tuple(sorted(names.renamed(meta.torrent_paths()).items())),
             )
+            if background:
+                files = self._syncing = self._storage.begin_sync()  # every piece in ``have`` is written
+                self.save_in_flight = True
+
+                def job() -> None:
+                    fsync_all(files)  # data first, then the record that says it is there
+                    save_resume(path, rd)
+
+                return job
+            self._storage.sync()  # data first, then the record that says it is there
+            save_resume(path, rd)
         except (StorageError, OSError) as e:
             log.warning("%s: could not save resume data: %s", meta.name, e)
+        return None
+
+    def save_done(self, error: BaseException | None) -> None:
+        """The background save's outcome: on failure its files are synced again by the next save."""
+        self.save_in_flight = False
+        self._storage.finish_sync(self._syncing, ok=error is None)
+        self._syncing = []
+        if error is not None:
+            self.resume_dirty = True
+            log.warning("%s: could not save resume data: %s", self._meta.name, error)

@@ -467,8 +467,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _write_torrent(path: str, meta: Metainfo) -> None:
     """Write fetched metadata as a .torrent, atomically (never a half-written file)."""
+    from minibt.durable import write_atomic
     from minibt.magnetfetch import torrent_file_bytes
-    from minibt.storage import write_atomic
 
     write_atomic(path, torrent_file_bytes(meta))
 

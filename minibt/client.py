@@ -23,6 +23,7 @@ from typing import overload
 
 from minibt.clock import Clock, MonotonicClock
 from minibt.dhtservice import DHT_FILE, MAX_DHT_FILE_BYTES
+from minibt.durable import write_atomic
 from minibt.events import Event
 from minibt.handles import Dispatcher, Peer
 from minibt.loop import EventLoop
@@ -33,7 +34,6 @@ from minibt.peer import PeerSource, to_transports
 from minibt.ratelimit import KEEP, Keep
 from minibt.session import Session
 from minibt.settings import SessionConfig, TorrentConfig, parse_mode
-from minibt.storage import write_atomic
 from minibt.torrent import Torrent
 from minibt.urls import Addr
 from minibt.utp_config import UtpConfig

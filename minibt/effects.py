@@ -92,6 +92,16 @@ class HashPiece:
 
 
 @dataclass(frozen=True, slots=True)
+class SaveResume:
+    """Run ``run`` (checker.py: fsync the data written, then write the resume file) in the worker pool,
+    so the loop never waits for the disk.  Also a loop action; the outcome comes back as
+    ``Session.on_resume_saved``."""
+
+    info_hash: bytes
+    run: Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True)
 class AnnounceDue:
     """A tracker announce is due; the session adds our peer id, port and key."""
 
@@ -190,7 +200,7 @@ class MetadataDone:
 
 Effect = (
     Flush | ClosePeer | Penalize | Emit | HashPiece | AnnounceDue | WantDials | DialPeer | RateWait
-    | LimitsChanged | PiecePassed | PieceFailed | MetadataDone | NodeHint | HolepunchDial | SeenAs
+    | LimitsChanged | PiecePassed | PieceFailed | MetadataDone | NodeHint | HolepunchDial | SeenAs | SaveResume
 )
 
 WANT_DIALS = WantDials()

@@ -29,7 +29,7 @@ from typing import Any
 from minibt.actions import Announce, Close, Datagram, Dial, LookupDhtNode
 from minibt.clock import Clock
 from minibt.deadlines import earliest, session_deadline, wait_timeout
-from minibt.effects import Flush, HashPiece
+from minibt.effects import Flush, HashPiece, SaveResume
 from minibt.errors import CloseReason
 from minibt.faults import FaultKind
 from minibt.ifwatch import InterfaceWatch
@@ -126,7 +126,7 @@ class EventLoop:
         # Called once per iteration before actions and output are flushed (the Client delivers the
         # public API events here, so what callbacks queue goes out in the same iteration).
         self.before_flush: Callable[[], object] | None = None
-        self._hash_backlog: deque[HashJob] = deque()
+        self._hash_backlog: deque[HashJob | SaveResume] = deque()
         self.counters: dict[str, int] = {"udp_unmatched": 0, "accepted": 0, "refused": 0, "dials": 0}
         self.counters["read_pauses"] = 0
         self._throttled: dict[int, _PeerSock] = {}  # sockets paused by the download limit, oldest first
@@ -277,17 +277,14 @@ class EventLoop:
                 return
 
     def shutdown(self, *, grace_s: float = STOPPED_TIMEOUT_S) -> None:
-        """Stop every torrent (announce 'stopped', save resume), give announces a moment, close."""
+        """Stop every torrent (announce 'stopped', save resume): announces get a moment, saves what they need."""
         now = self.clock.now()
         self.session.stop(now=now)
         self._perform(now)
         deadline = now + grace_s
         self._stop_requested = False
-        while (
-            self.trackers.busy
-            or self.hasher.pending
-            or self._hash_backlog
-        ) and self.clock.now() < deadline:
+        while (self.trackers.busy or self.hasher.pending or self._hash_backlog) and (
+                self.clock.now() < deadline or any(t.checker.save_in_flight for t in self.session.torrents.values())):
             self.run_once(tick_session=False)
         self._stop_requested = True
 
@@ -409,8 +406,8 @@ class EventLoop:
                             self._close_sock(ps)
                         elif self._utp is not None:
                             self._utp.close(cid)
-                    case HashPiece(job=job):
-                        self._hash_backlog.append(job)
+                    case HashPiece() | SaveResume():
+                        self._hash_backlog.append(a.job if isinstance(a, HashPiece) else a)
                         self._pump_hasher()
                     case Announce():
                         self.trackers.announce(a.info_hash, a.job, a.params, now)
@@ -676,7 +673,7 @@ class EventLoop:
     def _drain_results(self, now: float) -> None:
         for res in self.hasher.results():
             match res:
-                case HashResult():
+                case HashResult() | CallResult(tag=SaveResume()):
                     self.session.on_hash_result(res, now=now)  # contained per torrent by the session
                 case CallResult():
                     try:
@@ -687,7 +684,11 @@ class EventLoop:
 
     def _pump_hasher(self) -> None:
         while self._hash_backlog and self.hasher.can_submit():
-            self.hasher.submit(self._hash_backlog.popleft())
+            job = self._hash_backlog.popleft()
+            if isinstance(job, SaveResume):  # its CallResult goes back to the session like a HashResult
+                self.hasher.run(job.run, job)
+            else:
+                self.hasher.submit(job)
 
     def _call_done(self, res: CallResult, now: float) -> None:
         match res.tag:

@@ -26,6 +26,7 @@ from minibt.budget import Limits
 from minibt.client import Client
 from minibt.clock import local_seconds_of_day
 from minibt.configfile import Config, TorrentEntry, load_config
+from minibt.durable import write_atomic
 from minibt.errors import ConfigError, MagnetError, MetainfoError, MinibtError
 from minibt.faults import FaultKind
 from minibt.magnet import parse_magnet
@@ -46,7 +47,6 @@ from minibt.runplan import (
 )
 from minibt.settings import Mode, TorrentConfig, TorrentState
 from minibt.statusfile import read_json, write_json_atomic
-from minibt.storage import write_atomic
 from minibt.torrent import Torrent
 
 log = logging.getLogger(__name__)

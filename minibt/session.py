@@ -48,7 +48,7 @@ from minibt.settings import Mode, SessionConfig, TorrentConfig, TorrentState
 from minibt.torrent import Torrent
 from minibt.tracker import AnnounceJob, AnnounceResult
 from minibt.urls import Addr
-from minibt.workers import HashResult
+from minibt.workers import CallResult, HashResult
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,8 @@ class Session:
         if t is None:
             return True
         self._apply(t, t.stop(now=now), now)
-        if t.state not in (TorrentState.STOPPED, TorrentState.ERROR) or t.storage.commits_in_flight:
+        if (t.state not in (TorrentState.STOPPED, TorrentState.ERROR) or t.storage.commits_in_flight
+                or t.checker.save_in_flight):
             return False
         del self.torrents[info_hash]
         self.rates.waiting.pop(info_hash, None)
@@ -190,7 +191,7 @@ class Session:
                     self._actions.append(e)
                 case fx.ClosePeer(cid=cid, reason=reason, detail=detail):
                     self.close(cid, reason, detail)
-                case fx.HashPiece():
+                case fx.HashPiece() | fx.SaveResume():
                     self._actions.append(e)
                 case fx.Emit():
                     if self.events.enabled:
@@ -454,11 +455,9 @@ class Session:
 
     def fault(self, cid: int, exc: Exception) -> None:
         """An unexpected exception while handling connection ``cid``: close that connection alone.
-
-        The traceback is logged once and counted in ``faults``; no reputation penalty (the bug is
-        ours, even when a peer's input triggered it).  If even the orderly close fails, the
-        connection is dropped from every table without calling into its torrent.
-        """
+        The traceback is logged once and counted in ``faults``; no reputation penalty (the bug is ours,
+        even when a peer's input triggered it).  If even the orderly close fails, the connection is
+        dropped from every table without calling into its torrent."""
         conn = self.conns.get(cid)
         what = f"peer {conn.ip}:{conn.port} (#{cid})" if conn is not None else f"connection #{cid}"
         detail = self.faults.record(FaultKind.PEER, what, exc)
@@ -659,10 +658,10 @@ class Session:
 
     # ------------------------------------------------------------------ workers, trackers, timers
 
-    def on_hash_result(self, res: HashResult, *, now: float) -> None:
+    def on_hash_result(self, res: HashResult | CallResult, *, now: float) -> None:  # CallResult: a SaveResume's
         self._now = now
         match res.tag:
-            case CheckJobTag(info_hash=ih) | PieceJobTag(info_hash=ih):
+            case CheckJobTag(info_hash=ih) | PieceJobTag(info_hash=ih) | fx.SaveResume(info_hash=ih):
                 t = self.torrents.get(ih)
             case _:
                 return

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from minibt.bitfield import Bitfield
+from minibt.durable import fsync_all, write_atomic
 from minibt.errors import MetainfoError, StorageError
 from minibt.filenames import DiskNames, FsRules, fs_type_from_mountinfo, rules_for_fs_type
 from minibt.metainfo import read_capped, safe_join
@@ -424,6 +425,31 @@ class Storage:
                 self._stats["fsyncs"] += 1
             self._dirty.discard(i)
 
+    def begin_sync(self) -> list[tuple[str, int]]:
+        """sync() for a worker thread: (path, duplicated fd) of every file written since the last sync,
+        for durable.fsync_all, which closes the fds (the storage may close its own meanwhile).  The
+        files count as synced from now on; ``finish_sync(files, ok=False)`` marks them unsynced again."""
+        files: list[tuple[str, int]] = []
+        try:
+            for i in sorted(self._dirty) if self._fsync else ():
+                files.append((self._path(i), os.dup(self._fd(i))))
+        except OSError as e:
+            fsync_all(files, sync=False)
+            raise StorageError("dup", self._path(i), e) from e
+        except StorageError:
+            fsync_all(files, sync=False)
+            raise
+        self._dirty.clear()
+        return files
+
+    def finish_sync(self, files: list[tuple[str, int]], *, ok: bool) -> None:
+        """A begin_sync job's outcome (its fds are closed by then): failed files are synced again next time."""
+        if ok:
+            self._stats["fsyncs"] += len(files)
+        else:
+            index = {self._path(i): i for i in range(len(self._paths))}
+            self._dirty.update(index[path] for path, _ in files if path in index)
+
     def close(self) -> None:
         """Close every fd (without fsync: call sync() first) and drop the write cache.
 
@@ -681,75 +707,6 @@ def save_resume(path: str, rd: ResumeData) -> None:
         raise StorageError("save_resume", path, e) from e
 
 
-def write_atomic(path: str, data: bytes, *, mode: int = 0o600, group_of_dir: bool = False) -> None:
-    """Replace ``path`` with ``data``: temp file in the same dir, fsync, rename, fsync the dir.
-
-    After a power cut the file holds the old or the new content, never a mix.  OSError on failure
-    (the old file stays, the temp file is removed).  The file gets ``mode`` (not masked by the umask);
-    ``group_of_dir`` gives it the directory's group when the process may (a state dir whose group
-    the administrator chose).
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp: str | None = None
-    try:
-        fd, tmp = _create_temp(os.path.join(directory, os.path.basename(path)))
-        try:
-            os.fchmod(fd, mode)  # exactly ``mode``, whatever the umask
-            if group_of_dir:
-                _take_dir_group(fd, directory)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_dir(directory)
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-
-
-def _create_temp(path: str) -> tuple[int, str]:
-    """A new file ``path.<random>.tmp`` beside ``path``, created exclusively (never an existing file
-    or a planted symlink) with mode 0600: (fd, its path).  Not ``tempfile.mkstemp``: that module and
-    shutil, which it imports with zlib, bz2 and lzma, cost 0.5 MiB of RSS for the life of the process."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    for _ in range(100):
-        tmp = f"{path}.{os.urandom(6).hex()}.tmp"
-        try:
-            return os.open(tmp, flags, 0o600), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "no free temporary name", path)
-
-
-def _take_dir_group(fd: int, directory: str) -> None:
-    gid = os.stat(directory).st_gid
-    if os.fstat(fd).st_gid != gid:
-        try:
-            os.fchown(fd, -1, gid)
-        except PermissionError:  # not a member of that group: the file keeps ours
-            pass
-
-
-def _fsync_dir(directory: str) -> None:
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-    try:
-        dfd = os.open(directory, flags)
-    except OSError:  # pragma: no cover - platforms (Windows) that cannot open directories
-        return
-    try:
-        os.fsync(dfd)
-    except OSError as e:  # pragma: no cover - some filesystems refuse fsync on directories
-        if e.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(dfd)
 
 
 def load_resume(

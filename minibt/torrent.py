@@ -51,7 +51,7 @@ from minibt.superseed import SuperSeeder, SuperSeeding
 from minibt.tracker import AnnounceJob, Announcer, AnnounceResult
 from minibt.upload import Uploader
 from minibt.urls import Addr
-from minibt.workers import HashResult
+from minibt.workers import CallResult, HashResult
 
 log = logging.getLogger(__name__)
 
@@ -211,9 +211,8 @@ class Torrent:
             if self.state is TorrentState.SEEDING:
                 self._set_super_seed(True, out)
             else:
-                self.fail(
-                    f"super-seeding needs complete data ({self.have.count()}/{self.meta.num_pieces} pieces verified)"
-                )
+                have, n = self.have.count(), self.meta.num_pieces
+                self.fail(f"super-seeding needs complete data ({have}/{n} pieces verified)")
 
     def stop(self, *, now: float) -> list[fx.Effect]:
         """Announce 'stopped', close every peer, save resume data, close files."""
@@ -227,10 +226,12 @@ class Torrent:
         if self.state is not TorrentState.ERROR:
             self.announcer.stop(now=now)
             self._poll_announcer(now, out)
-        if self.storage.commits_in_flight == 0:
-            self._finalize(now)
-        # else: the last commit result calls _finalize (the loop waits for the hasher to drain).
+        self._finalize_when_idle(now)  # else the last commit or save result will (the loop waits for them)
         return out
+
+    def _finalize_when_idle(self, now: float) -> None:
+        if self._stopping and not self.storage.commits_in_flight and not self.checker.save_in_flight:
+            self._finalize(now)
 
     def _finalize(self, now: float) -> None:
         if self.state is TorrentState.STOPPED:
@@ -293,14 +294,18 @@ class Torrent:
         for job in self.checker.jobs(0):
             out.append(fx.HashPiece(job))
 
-    def on_hash_result(self, res: HashResult, *, now: float) -> list[fx.Effect]:
+    def on_hash_result(self, res: HashResult | CallResult, *, now: float) -> list[fx.Effect]:
+        """A hash job's result, or a background resume save's (a CallResult tagged with its SaveResume)."""
         self._now = now
         out: list[fx.Effect] = []
-        match res.tag:
-            case CheckJobTag():
+        match res:
+            case HashResult(tag=CheckJobTag()):
                 self._check_done(res, now, out)
-            case PieceJobTag():
+            case HashResult(tag=PieceJobTag()):
                 self._piece_hashed(res, now, out)
+            case CallResult(tag=fx.SaveResume()):
+                self.checker.save_done(res.error)
+                self._finalize_when_idle(now)
         return out
 
     def _check_done(self, res: HashResult, now: float, out: list[fx.Effect]) -> None:
@@ -313,7 +318,7 @@ class Torrent:
             if self.checker.done:
                 log.info("%s: check done, %d/%d pieces", self.meta.name, self.have.count(), self.meta.num_pieces)
                 self._enter_transfer(now, out)
-                self.save_resume(now)
+                self.save_resume(now, out)
 
     def _piece_hashed(self, res: HashResult, now: float, out: list[fx.Effect]) -> None:
         # A verified piece's bytes were written by the worker (off the event loop); its result is
@@ -345,8 +350,7 @@ class Torrent:
                 self._piece_failed(i, now, out)
             else:
                 self.storage.discard_piece(i)
-        if self._stopping and self.storage.commits_in_flight == 0:
-            self._finalize(now)
+        self._finalize_when_idle(now)
 
     def _piece_passed(self, index: int, now: float, out: list[fx.Effect]) -> None:
         self._mark_have(index)
@@ -385,7 +389,7 @@ class Torrent:
         self.stats.completed_at = now
         log.info("%s: download complete", self.meta.name)
         out.append(fx.Emit(EventName.TORRENT_COMPLETE))
-        self.save_resume(now)
+        self.save_resume(now, out)
         if not self.completed_event_sent:
             self.completed_event_sent = True
             self.announcer.completed(now=now)
@@ -396,10 +400,7 @@ class Torrent:
     # ------------------------------------------------------------------ peers joining / leaving
 
     def can_accept_peer(self) -> bool:
-        return len(self.peers) < self.config.max_peers and self.state in (
-            TorrentState.DOWNLOADING,
-            TorrentState.SEEDING,
-        )
+        return len(self.peers) < self.config.max_peers and self.state in (TorrentState.DOWNLOADING, TorrentState.SEEDING)
 
     def attach(self, peer: PeerConnection, *, now: float, ext_handshake_seen: bool = False) -> list[fx.Effect]:
         """The BT handshake with ``peer`` is complete (its phase is Active): start the wire.
@@ -702,7 +703,7 @@ class Torrent:
             # left=<everything> would be listed as a leecher until its next interval (30 min).
             self._poll_announcer(now, out)
         if self.checker.save_due(now):
-            self.save_resume(now)
+            self.save_resume(now, out)
         return out
 
     def _peer_timers(self, peer: PeerConnection, now: float, out: list[fx.Effect]) -> None:
@@ -743,16 +744,15 @@ class Torrent:
 
     # ------------------------------------------------------------------ resume data (checker.py)
 
-    def save_resume(self, now: float) -> None:
+    def save_resume(self, now: float, out: list[fx.Effect] | None = None) -> None:
+        """Save the resume file: in a worker when ``out`` takes the job (SaveResume), else here and now."""
         if self.state in (TorrentState.CHECKING, TorrentState.ERROR):
             return
-        self.checker.save_resume(
-            now,
-            have=self.have,
-            uploaded=self.stats.uploaded,
-            downloaded=self.stats.downloaded,
-            wall_time=self._ctx.wall_time,
-        )
+        job = self.checker.save_resume(now, have=self.have, uploaded=self.stats.uploaded,
+                                       downloaded=self.stats.downloaded, wall_time=self._ctx.wall_time,
+                                       background=out is not None)
+        if job is not None and out is not None:
+            out.append(fx.SaveResume(self.info_hash, job))
 
     # ------------------------------------------------------------------ super-seeding (BEP 16, superseed.py)
 

@@ -19,8 +19,8 @@ plays the part of ``minibt.loop.EventLoop`` for every endpoint (STYLE.md section
 * received bytes are handed over as a memoryview of a reused receive buffer that is poisoned
   right after the call, as the real loop reuses its ``recv_into`` buffer;
 * ``Close`` -> the other side sees ``CLOSED_BY_REMOTE`` after the data already in flight;
-* ``HashPiece`` -> a synchronous :class:`minibt.workers.InlineHasher`, result delivered as the next
-  event (P10); ``Announce`` -> an optional in-memory tracker that returns every other peer;
+* ``HashPiece`` and ``SaveResume`` -> a synchronous :class:`minibt.workers.InlineHasher`, result
+  delivered as the next event (P10); ``Announce`` -> an optional in-memory tracker that returns every other peer;
 * the clock jumps to the next delivery or tick; every endpoint is ticked every ``TICK_S``.
 """
 
@@ -38,7 +38,7 @@ from typing import Any
 from helpers import FakeClock
 
 from minibt.actions import Action, Announce, Close, Dial
-from minibt.effects import Flush, HashPiece
+from minibt.effects import Flush, HashPiece, SaveResume
 from minibt.errors import CloseReason, RemoteProtocolError
 from minibt.handshake import Handshake, HandshakeReceived, InfoHashReceived, make_reserved, supports_fast
 from minibt.metainfo import Metainfo, create_torrent, parse_metainfo
@@ -51,7 +51,7 @@ from minibt.urls import Addr
 from minibt.utp_config import UtpConfig
 from minibt.wire import PeerWire
 from minibt.wire_codec import Cancel, Interested, Request
-from minibt.workers import HashJob, HashResult, InlineHasher
+from minibt.workers import CallResult, HashJob, HashResult, InlineHasher
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -132,13 +132,13 @@ class Endpoint:
     def tick(self, *, now: float) -> None:
         pass
 
-    def on_hash_result(self, res: HashResult, *, now: float) -> None:
+    def on_hash_result(self, res: HashResult | CallResult, *, now: float) -> None:
         pass
 
     def on_announce_result(self, info_hash: bytes, job: AnnounceJob, result: AnnounceResult, *, now: float) -> None:
         pass
 
-    def hash(self, job: HashJob) -> list[HashResult]:
+    def hash(self, job: HashJob | SaveResume) -> list[HashResult | CallResult]:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -225,15 +225,18 @@ class SimPeer(Endpoint):
     def tick(self, *, now: float) -> None:
         self.session.tick(now=now)
 
-    def on_hash_result(self, res: HashResult, *, now: float) -> None:
+    def on_hash_result(self, res: HashResult | CallResult, *, now: float) -> None:
         self.session.on_hash_result(res, now=now)
 
     def on_announce_result(self, info_hash: bytes, job: AnnounceJob, result: AnnounceResult, *, now: float) -> None:
         self.session.on_announce_result(info_hash, job, result, None, now=now)
 
-    def hash(self, job: HashJob) -> list[HashResult]:
-        self.hasher.submit(job)
-        return [r for r in self.hasher.results() if isinstance(r, HashResult)]
+    def hash(self, job: HashJob | SaveResume) -> list[HashResult | CallResult]:
+        if isinstance(job, SaveResume):  # the fsync and the resume file, as a worker would
+            self.hasher.run(job.run, job)
+        else:
+            self.hasher.submit(job)
+        return self.hasher.results()
 
     # ------------------------------------------------------------------ observations
 
@@ -559,7 +562,7 @@ class SimNet:
         self._ports = itertools.count(40000)
         self._rbuf = bytearray(RECV_BUF)
         self._rview = memoryview(self._rbuf)
-        self._hash_pending: dict[int, list[HashResult]] = {}
+        self._hash_pending: dict[int, list[HashResult | CallResult]] = {}
         self.checks: list[Callable[[], None]] = []  # invariants run after every event and tick
         self.log: list[tuple[float, str, int, str, str]] = []  # (t, endpoint, cid, what, detail)
         self.counters = {"events": 0, "deliveries": 0, "bytes": 0, "ticks": 0, "dials": 0, "refused": 0,
@@ -805,8 +808,8 @@ class SimNet:
                     # FIN after the bytes already handed to the "kernel"
                     t = max(now, closing.free_at) + ep.link.latency_s
                     self._at(t, self._ev_fin, closing.peer, CloseReason.CLOSED_BY_REMOTE, "connection closed by peer")
-        elif isinstance(a, HashPiece):
-            for res in ep.hash(a.job):
+        elif isinstance(a, HashPiece | SaveResume):
+            for res in ep.hash(a.job if isinstance(a, HashPiece) else a):
                 self._hash_pending.setdefault(id(ep), []).append(res)
                 self._at(now + self.hash_delay_s, self._ev_hash, ep, res)
         elif isinstance(a, Announce):
@@ -1005,7 +1008,7 @@ class SimNet:
         end.ep.on_closed(end.cid, reason, detail, now=self.now)
         self._settle(end.ep)
 
-    def _ev_hash(self, ep: Endpoint, res: HashResult) -> None:
+    def _ev_hash(self, ep: Endpoint, res: HashResult | CallResult) -> None:
         pending = self._hash_pending.get(id(ep), [])
         if ep.dead or not any(r is res for r in pending):
             return

@@ -19,7 +19,7 @@ from helpers import FakeClock
 from simnet import KiB, MiB, make_payload, make_torrent
 
 from minibt.actions import Action, Announce, Close, Dial
-from minibt.effects import Flush, HashPiece
+from minibt.effects import Flush, HashPiece, SaveResume
 from minibt.errors import CloseReason
 from minibt.metainfo import Metainfo
 from minibt.peer import PeerConnection, PeerSource
@@ -28,7 +28,7 @@ from minibt.session import Session
 from minibt.settings import SessionConfig, TorrentConfig, TorrentState
 from minibt.torrent import Torrent
 from minibt.urls import Addr
-from minibt.workers import HashResult, InlineHasher
+from minibt.workers import CallResult, HashResult, InlineHasher
 
 TICK_S = 0.25  # minibt.loop.TICK_S
 RECV_BUF = 256 * KiB  # minibt.loop.RECV_BUF
@@ -126,10 +126,13 @@ class Pipe:
                         s.peer.closed = True
                         s.peer.owner.socks.pop(s.peer.cid, None)
                         s.peer.owner.session.on_closed(s.peer.cid, CloseReason.CLOSED_BY_REMOTE, "", now=now)
-                elif isinstance(a, HashPiece):
-                    node.hasher.submit(a.job)
+                elif isinstance(a, HashPiece | SaveResume):
+                    if isinstance(a, HashPiece):
+                        node.hasher.submit(a.job)
+                    else:
+                        node.hasher.run(a.run, a)
                     for res in node.hasher.results():
-                        assert isinstance(res, HashResult)
+                        assert isinstance(res, HashResult | CallResult)
                         node.session.on_hash_result(res, now=now)
                 elif isinstance(a, Announce):
                     pass

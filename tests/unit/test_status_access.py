@@ -33,7 +33,7 @@ def test_state_dir_is_0750_and_state_files_0640_resume_style_files_stay_0600(tmp
     assert stat.S_IMODE(os.stat(tmp_path / "state").st_mode) == 0o750
     write_json_atomic(str(tmp_path / "state" / "status.json"), DOC)
     assert stat.S_IMODE(os.stat(tmp_path / "state" / "status.json").st_mode) == 0o640
-    from minibt.storage import write_atomic
+    from minibt.durable import write_atomic
 
     write_atomic(str(tmp_path / "state" / "x.resume"), b"d")
     assert stat.S_IMODE(os.stat(tmp_path / "state" / "x.resume").st_mode) == 0o600
