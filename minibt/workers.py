@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 SHA1_LEN = 20  # BEP 3: "pieces" is a string of 20-byte SHA-1 hashes
 READ_CHUNK = 1024 * 1024  # minibt: disk read size while hashing (large sequential reads)
 DEFAULT_MAX_PENDING = 64  # minibt default bound on submitted-but-undrained jobs
-_ZEROS = bytes(64 * 1024)  # BEP 47 pad spans are hashed from this (small: it stays resident)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)
 _HAVE_PREADV = hasattr(os, "preadv")
@@ -118,10 +117,11 @@ def _hash_spans(spans: tuple[tuple[str, int, int], ...], buf: bytearray) -> tupl
     h = hashlib.sha1()
     view = memoryview(buf)
     for path, offset, length in spans:
-        if not path:
+        if not path:  # a BEP 47 pad span: zeros, hashed from the scratch buffer
             while length > 0:
-                n = min(length, len(_ZEROS))
-                h.update(memoryview(_ZEROS)[:n])
+                n = min(length, READ_CHUNK)
+                view[:n] = bytes(n)
+                h.update(view[:n])
                 length -= n
             continue
         try:
