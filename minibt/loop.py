@@ -1,21 +1,22 @@
 """The event loop: with trackerio.py, the only module that touches sockets and selectors (STYLE.md 8).
 
-One ``selectors`` loop owns the TCP listener, every peer socket, the UDP socket (UDP trackers and
-uTP; DHT later) and the hasher's wake-up socketpair.  The tracker transactions (HTTP(S) sockets,
-UDP announces) live in :class:`~minibt.trackerio.TrackerIO`, which the loop owns: it registers
-its sockets in this selector and gets their readiness, ``Announce`` actions, ``0x00`` datagrams,
-its DNS results and the tick from the loop.
-It reads ``now`` once per iteration, feeds the session, performs the session's Actions and
-drains outgoing bytes with backpressure.  Blocking DNS lookups run on the hasher's thread pool.
+One ``selectors`` loop owns the TCP listener, every peer socket, the UDP socket (UDP trackers, uTP,
+the DHT) and the hasher's wake-up socketpair.  The tracker transactions (HTTP(S) sockets, UDP
+announces) live in :class:`~minibt.trackerio.TrackerIO`, which the loop owns: it registers its sockets
+in this selector and gets their readiness, ``Announce`` actions, ``0x00`` datagrams, its DNS results
+and the tick from the loop.  It reads ``now`` once per iteration, feeds the session, performs the
+session's Actions and drains outgoing bytes with backpressure.  Blocking DNS lookups run on the
+hasher's thread pool.
 
 Datagrams (GRO buffers cut apart, udpio.py) are routed by their first byte: uTP (BEP 29) to the
 :class:`~minibt.utp_mux.UtpMux`, ``0x00`` (a BEP 15 action) to the UDP tracker with that address;
-anything else is counted and dropped.  A uTP connection is a peer connection like a TCP socket
-(same cid space); the mux's ``next_deadline`` bounds the select timeout (ms-level uTP timers).
+anything else is counted and dropped.  A uTP connection is a peer connection like a TCP socket (same
+cid space); the mux's ``next_deadline`` bounds the select timeout (ms-level uTP timers).  Without uTP
+among the transports its modules are never imported.
 """
-
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -24,7 +25,7 @@ import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from minibt.actions import Announce, Close, Datagram, Dial, LookupDhtNode
 from minibt.clock import Clock
@@ -34,14 +35,16 @@ from minibt.errors import CloseReason
 from minibt.faults import FaultKind
 from minibt.ifwatch import InterfaceWatch
 from minibt.netif import Source, link_state, norm_ip, open_listen_sockets, send_probe, tune_tcp
-from minibt.peer import Transport
+from minibt.peer import SEND_CHUNK, Transport
 from minibt.session import Session
 from minibt.trackerio import STOPPED_TIMEOUT_S, TrackerIO
 from minibt.udpio import UdpIO
 from minibt.urls import Addr, is_ip
 from minibt.utp_config import UtpConfig
-from minibt.utp_peers import SEND_CHUNK, UtpPeers
 from minibt.workers import CallResult, Hasher, HashJob, HashResult
+
+if TYPE_CHECKING:
+    from minibt.utp_peers import UtpPeers
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +135,11 @@ class EventLoop:
         self._throttled: dict[int, _PeerSock] = {}  # sockets paused by the download limit, oldest first
         self._throttle_at = 0.0  # when the first of them may read again
         self.counters.update(udp_dropped=0, udp_send_errors=0, utp_mtu_probes=0)
-        self._utp: UtpPeers | None = (
-            UtpPeers(session, session.rng, config=utp_config) if Transport.UTP in session.config.transports else None
-        )
+        self._utp: UtpPeers | None = None
+        if Transport.UTP in session.config.transports:
+            from minibt.utp_peers import UtpPeers  # uTP's modules: 0.3 MiB a TCP-only process never loads
+
+            self._utp = UtpPeers(session, session.rng, config=utp_config)
         self._ubuf = bytearray()  # UDP_MAX_DATAGRAM bytes from the first datagram on (64 KiB not spent before)
         self._udp_offload = udp_offload
         self._udpio: UdpIO | None = None
@@ -156,17 +161,13 @@ class EventLoop:
 
     def wake(self) -> None:
         """Thread-safe: make select() return (used by the hasher)."""
-        try:
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
-        except OSError:
-            pass
 
     def open(self) -> int:
-        """Bind the TCP listener and the UDP socket on the same port; returns the port.
-
-        With an interface that is missing (or whose sockets cannot be opened yet), networking starts
-        paused and the sockets are opened when it appears (the port is 0 until then if 0 was asked).
-        """
+        """Bind the TCP listener and the UDP socket on the same port; returns the port.  With an interface
+        that is missing (or whose sockets cannot be opened yet), networking starts paused and the sockets
+        are opened when it appears (the port is 0 until then if 0 was asked)."""
         if self.watch is None:
             self._open_sockets()
         else:
@@ -378,9 +379,8 @@ class EventLoop:
     # ------------------------------------------------------------------ actions
 
     def _perform(self, now: float) -> None:
-        """Carry out the session's actions and flush the connections that have bytes (Flush); both
-        may bring more actions.  Bounded: connections still dirty after FLUSH_ROUNDS wait for the
-        next iteration."""
+        """Carry out the session's actions and flush the connections that have bytes (Flush); both may
+        bring more actions.  Bounded: connections still dirty after FLUSH_ROUNDS wait for the next one."""
         flushes = 0
         for _ in range(100):
             acts = self.session.take_actions()

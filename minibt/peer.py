@@ -38,6 +38,7 @@ class Transport(enum.StrEnum):
 
 
 TRANSPORTS = tuple(t.value for t in Transport)
+SEND_CHUNK = 512 * 1024  # bytes taken from the session per data_to_send call (TCP: loop.py, uTP: utp_peers.py)
 
 
 def valid_transports(names: tuple[str, ...] | list[str]) -> bool:

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 
 from minibt.errors import CloseReason
-from minibt.peer import Transport
+from minibt.peer import SEND_CHUNK, Transport
 from minibt.session import Session
 from minibt.urls import Addr
 from minibt.utp import (
@@ -36,7 +36,6 @@ from minibt.utp_mux import OutDatagram, UtpMux
 
 log = logging.getLogger(__name__)
 
-SEND_CHUNK = 512 * 1024  # bytes taken from the session per data_to_send call (uTP here, TCP in loop.py)
 
 
 @dataclass(slots=True)

@@ -1,11 +1,12 @@
 """Peak memory (issue 15): a command loads only what it uses.
 
 `minibt download` of a .torrent with --no-dht runs in a fresh interpreter (no peer, a short --timeout)
-and must not have loaded the DHT node's modules, ssl (only an https tracker needs it), the TOML
-parser and config checker (only config files), datetime (only `minibt info` shows dates), tempfile or shutil (with zlib, bz2
-and lzma: resume files are written without them), unicodedata (only for non-ASCII names on Windows
-rules) or, with ``--encryption none``, ctypes (only the RC4 back end).  The same download with the DHT
-on and the default encryption policy does load the DHT modules and ctypes, so the check can fail.
+and must not have loaded the DHT node's modules, ssl (only an https tracker needs it), the TOML parser
+and config checker (only config files), datetime (only `minibt info` shows dates), tempfile or shutil
+(with zlib, bz2 and lzma: resume files are written without them), unicodedata (only for non-ASCII
+names on Windows rules), with ``--encryption none`` ctypes (only the RC4 back end), or with
+``--transport tcp`` the uTP machines.  The same download with the DHT on, the default encryption
+policy and the default transports does load the DHT modules, ctypes and uTP, so the check can fail.
 """
 
 from __future__ import annotations
@@ -60,13 +61,14 @@ def _download_modules(tmp_path: Path, *extra: str) -> tuple[set[str], set[str]]:
 
 
 PLAINTEXT_NEVER = ("shutil", "tempfile", "zlib", "bz2", "lzma", "datetime", "unicodedata", "ctypes")
+UTP_MODULES = ("minibt.utp", "minibt.utp_mux", "minibt.utp_peers", "minibt.utp_mtu")  # not with --transport tcp
 
 
 def test_download_without_dht_loads_no_dht_ssl_toml_or_shutil(tmp_path: Path) -> None:
     start, end = _download_modules(tmp_path, "--no-dht", "--encryption", "none", "--up-limit", "500KiB",
-                                   "--cache", "3MiB")
+                                   "--cache", "3MiB", "--transport", "tcp")
     assert "minibt.client" in start and "minibt.loop" in start  # the spy saw the transfer start
-    assert [m for m in DHT_MODULES + NEVER_FOR_A_DOWNLOAD + PLAINTEXT_NEVER if m in end] == []
+    assert [m for m in DHT_MODULES + NEVER_FOR_A_DOWNLOAD + PLAINTEXT_NEVER + UTP_MODULES if m in end] == []
     assert list((tmp_path / "state").glob("*.resume"))  # the resume file was written (without tempfile)
 
 
@@ -75,3 +77,4 @@ def test_download_with_dht_loads_the_dht_node(tmp_path: Path) -> None:
     assert [m for m in DHT_MODULES if m not in start] == []
     assert [m for m in NEVER_FOR_A_DOWNLOAD if m in end] == []
     assert "ctypes" in end  # the default policy, preferred, probed the RC4 back end
+    assert [m for m in UTP_MODULES if m not in start] == []  # uTP is among the default transports
