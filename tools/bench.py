@@ -9,7 +9,8 @@ A libtorrent seeder (its own process, DHT/LSD/UPnP/NAT-PMP off, plaintext) serve
 on 127.0.0.1.  Then, one after the other, a minibt leecher (`python -m minibt download`), a
 libtorrent leecher and an aria2 leecher download it into fresh directories; ``--runs`` repeats the
 round, alternating the clients.  For each leecher this prints wall seconds, MiB/s, CPU seconds per GiB
-(user+sys of the leecher process, from wait4), peak RSS (ru_maxrss) and peak anonymous RSS (RssAnon
+(user+sys of the leecher process, from wait4), peak RSS (the leecher's VmHWM, sampled: wait4's ru_maxrss
+would count this script's own RSS, see benchlib.Watched) and peak anonymous RSS (RssAnon
 sampled from /proc every 20 ms: libtorrent mmaps its files, so its full RSS counts file pages;
 PROTOCOL.md 7.15), write calls per GiB and MiB written per GiB (the flash-wear figures: ``syscw`` from
 /proc/PID/io and ``ru_oublock`` from wait4; benchlib.py's docstring says exactly what they count), the

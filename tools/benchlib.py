@@ -197,7 +197,15 @@ def read_proc_io(pid: int) -> dict[str, int]:
 
 
 class Watched:
-    """A child process sampled every ``sample()``: peak RssAnon, /proc/PID/io; reaped by wait4 for rusage.
+    """A child process sampled every ``sample()``: peak RSS (VmHWM), peak RssAnon, /proc/PID/io; reaped by
+    wait4 for rusage.
+
+    Peak RSS is the child's own VmHWM, read while it runs, not wait4's ``ru_maxrss``: Linux keeps the
+    larger of the forked (or vforked) image's RSS and the exec'd program's in ``ru_maxrss``, so every
+    child of this Python process would report at least this process's own RSS at the time it was
+    started (about 28 MiB here, more than aria2 uses).  VmHWM belongs to the exec'd program's memory
+    and is a high-water mark, so the last sample holds every earlier peak; only growth in the last
+    SAMPLE_S before the exit is missed.
 
     ``exited()`` uses waitid(WNOWAIT), so the zombie's /proc/PID/io is read before ``reap()`` (never
     Popen.poll, which would reap the child and lose its rusage).
@@ -209,12 +217,14 @@ class Watched:
                                      env=env)
         self.pid = self.proc.pid
         self.peak_anon_kib = 0
+        self.peak_rss_kib = 0
         self.io: dict[str, int] = {}
         self.done = False
 
     def sample(self) -> None:
         if not self.done:
             self.peak_anon_kib = max(self.peak_anon_kib, status_kib(self.pid, "RssAnon"))
+            self.peak_rss_kib = max(self.peak_rss_kib, status_kib(self.pid, "VmHWM"))
             self.io = read_proc_io(self.pid) or self.io
 
     def exited(self) -> bool:
@@ -255,7 +265,7 @@ def run_measured(name: str, argv: list[str], *, timeout_s: float, env: dict[str,
     code, ru = w.reap()
     if code != 0:
         raise RuntimeError(f"{name} exited with {code}")
-    return Result(name, seconds, ru.ru_utime + ru.ru_stime, ru.ru_maxrss, w.peak_anon_kib,
+    return Result(name, seconds, ru.ru_utime + ru.ru_stime, w.peak_rss_kib or ru.ru_maxrss, w.peak_anon_kib,
                   oublock=ru.ru_oublock, syscw=w.io.get("syscw", -1), write_bytes=w.io.get("write_bytes", -1))
 
 

@@ -235,3 +235,16 @@ def test_utp_receive_microbenchmark_runs_and_delivers_every_byte() -> None:
     n, got = int(line.split("(")[1].split()[0]), int(line.split(", ")[1].split()[0])
     assert n >= 3000 and got >= n * 1000  # full-size data packets, each delivered
     assert "best of 1" in r.stdout
+
+
+def test_peak_rss_is_the_childs_own_not_this_process_s(lib: ModuleType) -> None:
+    """wait4's ru_maxrss of a child is at least its parent's RSS when it was started (the forked image
+    counts), so a big benchmark script would floor every row; run_measured reports the exec'd
+    program's own high-water mark (VmHWM)."""
+    ballast = bytearray(96 << 20)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1  # resident
+    code = "import time\nb = bytearray(8 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\ntime.sleep(0.3)\n"
+    r = lib.run_measured("small", [sys.executable, "-c", code], timeout_s=30)
+    assert 8 << 10 < r.maxrss_kib < 64 << 10  # the child's ~8 MiB bytearray plus an interpreter, not 96 MiB more
+    del ballast
