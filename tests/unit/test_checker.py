@@ -13,14 +13,14 @@ PIECE = 16384
 SIZE = 5 * PIECE + 100  # 6 pieces, a short last one
 
 
-def setup(tmp_path: Path, *, resume: bool = True, jobs: int = 2) -> tuple[Metainfo, Storage, Checker, Path]:
+def setup(tmp_path: Path, *, resume: bool = True, jobs: int = 2, fsync: bool = False) -> tuple[Metainfo, Storage, Checker, Path]:
     src = tmp_path / "src" / "payload.bin"
     src.parent.mkdir()
     src.write_bytes(random.Random(5).randbytes(SIZE))
     meta = parse_metainfo(create_torrent(str(src), piece_length=PIECE))
     dl = tmp_path / "dl"
     dl.mkdir()
-    storage = Storage(meta, str(dl), cache_bytes=1 << 20, fsync=False)
+    storage = Storage(meta, str(dl), cache_bytes=1 << 20, fsync=fsync)
     checker = Checker(
         meta, storage, str(dl), resume_path=str(tmp_path / "t.resume") if resume else None,
         jobs_in_flight=jobs, resume_interval_s=60.0, now=100.0,

@@ -23,21 +23,15 @@ from minibt.settings import TorrentConfig, TorrentState
 from minibt.storage import Storage, load_resume
 from minibt.wire_codec import BLOCK_LEN
 from tests.helpers import run_client_until
+from tests.unit.test_checker import setup as checker_setup
 
 PIECE = 16384
 
 
-def _setup(tmp_path: Path, size: int = 6 * PIECE) -> tuple[Metainfo, Storage, Checker, Path]:
-    src = tmp_path / "src" / "payload.bin"
-    src.parent.mkdir()
-    src.write_bytes(random.Random(3).randbytes(size))
-    meta = parse_metainfo(create_torrent(str(src), piece_length=PIECE))
-    dl = tmp_path / "dl"
-    dl.mkdir()
-    storage = Storage(meta, str(dl), cache_bytes=1 << 20, fsync=True)
+def _setup(tmp_path: Path) -> tuple[Metainfo, Storage, Checker, Path]:
+    """test_checker's torrent (6 pieces of 16 KiB), with fsync on and the files created."""
+    meta, storage, checker, _ = checker_setup(tmp_path, fsync=True)
     storage.open(create=True)
-    checker = Checker(meta, storage, str(dl), resume_path=str(tmp_path / "t.resume"), jobs_in_flight=2,
-                      resume_interval_s=60.0, now=0.0)
     return meta, storage, checker, tmp_path / "t.resume"
 
 
