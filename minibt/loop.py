@@ -137,7 +137,7 @@ class EventLoop:
         self.counters.update(udp_dropped=0, udp_send_errors=0, utp_mtu_probes=0)
         self._utp: UtpPeers | None = None
         if Transport.UTP in session.config.transports:
-            from minibt.utp_peers import UtpPeers  # uTP's modules: 0.3 MiB a TCP-only process never loads
+            from minibt.utp_peers import UtpPeers  # uTP's modules: 0.16 MiB a TCP-only process never loads
 
             self._utp = UtpPeers(session, session.rng, config=utp_config)
         self._ubuf = bytearray()  # UDP_MAX_DATAGRAM bytes from the first datagram on (64 KiB not spent before)

@@ -90,7 +90,7 @@ class _LibcryptoRc4:
 
 
 def _ctypes() -> Any:
-    """The ctypes module, imported on first use (0.4 MiB of RSS)."""
+    """The ctypes module, imported on first use (0.26 MiB of RSS after the download path's imports)."""
     import ctypes
 
     return ctypes
