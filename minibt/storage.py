@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 # minibt's default write cache (issue 15): 16 MiB at first, then 4 MiB (11 MiB less peak RSS in
 # `minibt download` for no measured throughput), now 3 MiB: 1 GiB from a libtorrent seeder on loopback,
-# alternating A/B, 5 runs each, median 306 MiB/s both, 0.9 MiB less peak RSS.  Every piece is still
+# alternating A/B, 5 runs each, median 306 MiB/s both, about 1 MiB less peak RSS.  Every piece is still
 # written whole once verified, so writes per GiB do not depend on it (one pwrite per piece and file).
 # Pieces requested but not yet arrived count against it, so it also bounds the request pipeline across
 # all peers: 192 blocks of 16 KiB in flight, 30 MiB/s at 100 ms round trip.
