@@ -297,6 +297,7 @@ class Storage:
         self._dirty: set[int] = set()
         self._cache: dict[int, _PieceBuf] = {}
         self._buffered = 0
+        self._spare: bytearray | None = None  # a dropped piece's buffer, for the next piece (see _drop)
         self._stats = {
             "bytes_written": 0,
             "write_calls": 0,
@@ -466,6 +467,7 @@ class Storage:
                 log.debug("close failed: %s", e)
         self._cache.clear()
         self._buffered = 0
+        self._spare = None
         self._opened = False
 
     # -- write cache ---------------------------------------------------------------------------
@@ -484,7 +486,8 @@ class Storage:
         pb = self._cache.get(piece)
         if pb is None:
             nblocks = (size + BLOCK_LEN - 1) // BLOCK_LEN
-            pb = _PieceBuf(bytearray(size), 0, (1 << nblocks) - 1)
+            buf, self._spare = self._spare, None
+            pb = _PieceBuf(buf if buf is not None and len(buf) == size else bytearray(size), 0, (1 << nblocks) - 1)
             self._cache[piece] = pb
             self._buffered += size
             if self._buffered > self._stats["peak_cache_bytes"]:
@@ -613,6 +616,13 @@ class Storage:
     def _drop(self, piece: int) -> None:
         pb = self._cache.pop(piece)
         self._buffered -= len(pb.data)
+        # While other pieces are buffered (a download going on) the next piece reuses this buffer, unless
+        # a worker may still read it: bytearray(size) zeroes 256 KiB, 4 % of the loop's time at 1 GiB.
+        # Reuse is safe unzeroed: a piece is complete only once every byte of it has been written.
+        if not self._buffered:
+            self._spare = None
+        elif piece not in self._committing:
+            self._spare = pb.data
 
     @property
     def buffered_bytes(self) -> int:

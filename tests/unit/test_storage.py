@@ -602,3 +602,34 @@ def test_prepare_commit_keeps_fds_valid_when_more_files_are_pinned_than_the_fd_c
     for piece in range(6):
         with open(layout.file_path(str(tmp_path), piece), "rb") as f:
             assert f.read() == bytes([piece]) * BLOCK_LEN
+
+
+def test_a_dropped_buffer_is_reused_for_the_next_piece_and_fully_overwritten(tmp_path: Path) -> None:
+    """While other pieces are buffered, a written piece's buffer serves the next piece unzeroed; the
+    next piece is complete only once all its bytes are in, so nothing of the old one survives.  Not
+    while a worker may still read it (a commit in flight), and not once the cache is empty."""
+    piece = 4 * BLOCK_LEN
+    layout = FakeLayout([6 * piece], piece)
+    storage = Storage(layout, str(tmp_path), cache_bytes=1 << 20)
+    storage.open(create=True)
+    old = bytes([0xAA]) * piece
+    for begin in range(0, piece, BLOCK_LEN):
+        storage.write_block(0, begin, old[begin : begin + BLOCK_LEN])
+    storage.write_block(1, 0, bytes(BLOCK_LEN))  # another piece stays buffered
+    first = storage.piece_buffer(0).obj
+    storage.commit_piece(0)
+    new = bytes(range(256)) * (piece // 256)
+    for begin in reversed(range(0, piece, 2 * BLOCK_LEN)):  # out of order, two blocks per write
+        done = storage.write_block(2, begin, new[begin : begin + 2 * BLOCK_LEN])
+    assert done and storage.piece_buffer(2).obj is first  # the same buffer, and only the new bytes
+    assert bytes(storage.piece_buffer(2)) == new
+    writes = storage.prepare_commit(2)  # a worker holds piece 2's buffer now
+    storage.discard_piece(2)  # (not what a torrent does while committing: the buffer is not reused)
+    storage.finish_commit(2, written=False)
+    storage.write_block(3, 0, bytes(BLOCK_LEN))
+    assert storage.piece_buffer(3).obj is not first
+    del writes
+    storage.discard_piece(3)
+    storage.discard_piece(1)  # the cache is empty: no buffer kept for a piece that may never come
+    assert storage._spare is None
+    storage.close()
