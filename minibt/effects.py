@@ -94,8 +94,8 @@ class HashPiece:
 @dataclass(frozen=True, slots=True)
 class SaveResume:
     """Run ``run`` (checker.py: fsync the data written, then write the resume file) in the worker pool,
-    so the loop never waits for the disk.  Also a loop action; the outcome comes back as
-    ``Session.on_resume_saved``."""
+    so the loop never waits for the disk.  Also a loop action; the outcome comes back to
+    ``Session.on_hash_result`` as a CallResult tagged with this value."""
 
     info_hash: bytes
     run: Callable[[], None]
