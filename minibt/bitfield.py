@@ -124,6 +124,24 @@ class Bitfield:
                 if i < n:
                     yield i
 
+    def _combined(self, other: Bitfield, value: int) -> Bitfield:
+        if other._n != self._n:
+            raise ValueError(f"bitfields of {self._n} and {other._n} pieces")
+        bf = Bitfield(0)
+        bf._n = self._n
+        bf._buf = bytearray(value.to_bytes(len(self._buf), "big"))
+        return bf
+
+    def __and__(self, other: Bitfield) -> Bitfield:
+        return self._combined(other, int.from_bytes(self._buf, "big") & int.from_bytes(other._buf, "big"))
+
+    def __or__(self, other: Bitfield) -> Bitfield:
+        return self._combined(other, int.from_bytes(self._buf, "big") | int.from_bytes(other._buf, "big"))
+
+    def __sub__(self, other: Bitfield) -> Bitfield:
+        """The bits set here and not in ``other``."""
+        return self._combined(other, int.from_bytes(self._buf, "big") & ~int.from_bytes(other._buf, "big"))
+
     def copy(self) -> Bitfield:
         bf = Bitfield(0)
         bf._n = self._n

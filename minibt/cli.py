@@ -581,7 +581,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:  # noqa: C901
                 return False
             if cur.state is TorrentState.ERROR:
                 return True
-            return mode is Mode.DOWNLOAD and not args.seed and cur.complete and cur.state is TorrentState.SEEDING
+            return mode is Mode.DOWNLOAD and not args.seed and cur.state is TorrentState.SEEDING and cur.complete
 
         def tick(now: float) -> None:
             current()

@@ -4,6 +4,8 @@
 after a crash it holds the old or the new content, never a mix.  ``fsync_all`` flushes the data
 files a storage wrote (``Storage.begin_sync``) in a worker thread, so the event loop never waits for
 the disk: on a Pi's SD card, flushing what 30 s of downloading left dirty takes seconds.
+``boot_id`` tells whether the machine has restarted since a resume file was written: if not, the
+data that file lists as written but not yet flushed is still in the page cache or on the disk.
 """
 
 from __future__ import annotations
@@ -12,6 +14,21 @@ import errno
 import os
 
 from minibt.errors import StorageError
+
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"  # Linux: a random UUID chosen at every boot
+_boot_id: list[str | None] = []
+
+
+def boot_id() -> str | None:
+    """This boot's id (Linux), read once; None where the system has none (then no boot is trusted)."""
+    if not _boot_id:
+        try:
+            with open(BOOT_ID_PATH, "rb") as f:
+                raw = f.read(64).strip()
+            _boot_id.append(raw.decode("ascii") if raw and raw.isascii() else None)
+        except OSError:
+            _boot_id.append(None)
+    return _boot_id[0]
 
 
 def write_atomic(path: str, data: bytes, *, mode: int = 0o600, group_of_dir: bool = False) -> None:

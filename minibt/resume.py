@@ -3,6 +3,9 @@
 A resume file records which pieces were verified, the file sizes that were on disk then, transfer
 totals, and the on-disk names of files that were renamed by filenames.py (with the rule set used),
 so a later run finds the same files even if the rules or the file-system detection changed.
+``have`` lists only pieces whose data was flushed (fsync) before the file was written.  Pieces verified
+and written since the last flush are listed apart, in ``pending``, with the id of the boot that wrote
+them: a later run trusts them only in the same boot and after flushing them; otherwise it checks them.
 Bencoded; versioned; decode_resume() checks every field and raises StorageError on anything else.
 """
 
@@ -35,6 +38,8 @@ class ResumeData:
     saved_at: float  # wall-clock seconds
     rules: FsRules | None = None  # naming rules the files were laid out with (None: before names were recorded)
     renamed: tuple[tuple[int, tuple[str, ...]], ...] = ()  # (file index, disk path) where it differs from the torrent
+    pending: bytes = b""  # bitfield (or empty): verified and written, not yet flushed when this was saved
+    boot_id: str | None = None  # durable.boot_id() of the boot that wrote ``pending``
 
 
 def encode_resume(rd: ResumeData) -> bytes:
@@ -55,6 +60,9 @@ def encode_resume(rd: ResumeData) -> bytes:
             b"rules": rd.rules.value.encode(),
             b"renamed": [[i, [e.encode("utf-8") for e in p]] for i, p in rd.renamed],
         }
+    if rd.pending:
+        d[b"pending"] = rd.pending
+        d[b"boot"] = (rd.boot_id or "").encode("ascii")
     return bytes(bencode2.bencode(d))
 
 
@@ -102,8 +110,17 @@ def decode_resume(data: bytes, source: str = "<resume data>") -> ResumeData:
     except (ValueError, UnicodeDecodeError) as e:
         raise StorageError(f"decode (bad saved_at: {e})", source) from e
     rules, renamed = _names(d.get(b"names"), source)
+    pending, boot = d.get(b"pending", b""), d.get(b"boot", b"")
+    if not isinstance(pending, bytes) or not isinstance(boot, bytes) or len(boot) > 64 or not boot.isascii():
+        raise StorageError("decode (bad pending)", source)
+    if pending:
+        try:
+            Bitfield.from_bytes(num_pieces, pending)
+        except ValueError as e:
+            raise StorageError(f"decode (bad pending: {e})", source) from e
     return ResumeData(
-        info_hash, piece_length, num_pieces, have, tuple(sizes), uploaded, downloaded, saved_at, rules, renamed
+        info_hash, piece_length, num_pieces, have, tuple(sizes), uploaded, downloaded, saved_at, rules, renamed,
+        pending, boot.decode("ascii") or None,
     )
 
 

@@ -295,6 +295,10 @@ class Storage:
         self._flags = os.O_RDONLY
         self._opened = False
         self._dirty: set[int] = set()
+        # Pieces written since the last flush (with fsync on): a resume file that is saved without one
+        # lists them apart (ResumeData.pending).  ``_syncing``: those a begin_sync job is flushing.
+        self._unsynced = Bitfield(n)
+        self._syncing: Bitfield | None = None
         self._cache: dict[int, _PieceBuf] = {}
         self._buffered = 0
         self._spare: bytearray | None = None  # a dropped piece's buffer, for the next piece (see _drop)
@@ -425,6 +429,19 @@ class Storage:
                     raise StorageError("fsync", self._path(i), e) from e
                 self._stats["fsyncs"] += 1
             self._dirty.discard(i)
+        self._unsynced.clear_all()
+
+    @property
+    def unsynced(self) -> Bitfield:
+        """The pieces written whose data no flush has covered yet (always empty with fsync off)."""
+        return self._unsynced if self._syncing is None else self._unsynced | self._syncing
+
+    def note_unsynced(self, pieces: Iterable[int]) -> None:
+        """Pieces another run wrote and may not have flushed: the next sync() or begin_sync() flushes their files."""
+        for piece in pieces:
+            self._dirty.update(s.file_index for s in piece_spans(self._layout, piece) if self._paths[s.file_index])
+            if self._fsync:
+                self._unsynced.set(piece)
 
     def begin_sync(self) -> list[tuple[str, int]]:
         """sync() for a worker thread: (path, duplicated fd) of every file written since the last sync,
@@ -441,13 +458,17 @@ class Storage:
             fsync_all(files, sync=False)
             raise
         self._dirty.clear()
+        self._syncing, self._unsynced = self._unsynced, Bitfield(self._n)
         return files
 
     def finish_sync(self, files: list[tuple[str, int]], *, ok: bool) -> None:
         """A begin_sync job's outcome (its fds are closed by then): failed files are synced again next time."""
+        syncing, self._syncing = self._syncing, None
         if ok:
             self._stats["fsyncs"] += len(files)
         else:
+            if syncing is not None:
+                self._unsynced = self._unsynced | syncing
             index = {self._path(i): i for i in range(len(self._paths))}
             self._dirty.update(index[path] for path, _ in files if path in index)
 
@@ -551,6 +572,8 @@ class Storage:
                 raise StorageError("write", self._path(span.file_index), e) from e
             self._dirty.add(span.file_index)
         mv.release()
+        if self._fsync:
+            self._unsynced.set(piece)
         self._drop(piece)
         self._stats["pieces_committed"] += 1
 
@@ -597,6 +620,8 @@ class Storage:
             return
         size = self._layout.piece_size(piece)
         self._dirty.update(pinned)
+        if self._fsync:
+            self._unsynced.set(piece)
         self._stats["write_calls"] += len(pinned)
         self._stats["bytes_written"] += size
         self._stats["pieces_committed"] += 1

@@ -15,8 +15,8 @@ superseed.py (BEP 16), extension.py (BEP 10: ut_pex, serving ut_metadata; holepu
 
 States::
 
-    CHECKING --all pieces checked--> DOWNLOADING --last piece verified--> SEEDING
-        \\__________________ resume data valid _____________________/
+    CHECKING --all (or resume's unflushed) pieces checked--> DOWNLOADING --last piece verified--> SEEDING
+        \\__________________ resume data valid ______________________________________/
     any --stop()--> STOPPED        any --storage error--> ERROR
 """
 
@@ -183,18 +183,18 @@ class Torrent:
             return out
         rd = self.checker.load_resume()
         if rd is not None:
-            have_from_resume = Bitfield.from_bytes(meta.num_pieces, rd.have)
             self.stats.uploaded = rd.uploaded
-            for i in have_from_resume.indexes():
+            for i in Bitfield.from_bytes(meta.num_pieces, rd.have).indexes():
                 self._mark_have(i)
-            self._enter_transfer(now, out)
-            self.checker.resume_dirty = False  # the file already says all this: not rewritten until something changes
         elif existed:
-            self.state = TorrentState.CHECKING
             self.checker.check_all()
+        if not self.checker.done:  # a full check, or the pieces resume data could not trust (Checker.load_resume)
+            self.state = TorrentState.CHECKING
             self._pump_check(out)
         else:
             self._enter_transfer(now, out)
+            if rd is not None:  # the file says it all (but pending pieces): not rewritten until something changes
+                self.checker.resume_dirty = bool(rd.pending)
         self.announcer.start(now=now)
         return out
 
@@ -236,7 +236,7 @@ class Torrent:
     def _finalize(self, now: float) -> None:
         if self.state is TorrentState.STOPPED:
             return
-        self.save_resume(now)
+        self.save_resume(now, sync=False)  # the next start flushes or checks what this leaves unflushed
         self.storage.close()
         if self.state is not TorrentState.ERROR:
             self.state = TorrentState.STOPPED
@@ -389,7 +389,7 @@ class Torrent:
         self.stats.completed_at = now
         log.info("%s: download complete", self.meta.name)
         out.append(fx.Emit(EventName.TORRENT_COMPLETE))
-        self.save_resume(now, out)
+        self.save_resume(now, out, sync=False)  # not waiting for the disk (Checker.save_resume)
         if not self.completed_event_sent:
             self.completed_event_sent = True
             self.announcer.completed(now=now)
@@ -744,13 +744,13 @@ class Torrent:
 
     # ------------------------------------------------------------------ resume data (checker.py)
 
-    def save_resume(self, now: float, out: list[fx.Effect] | None = None) -> None:
+    def save_resume(self, now: float, out: list[fx.Effect] | None = None, *, sync: bool = True) -> None:
         """Save the resume file: in a worker when ``out`` takes the job (SaveResume), else here and now."""
         if self.state in (TorrentState.CHECKING, TorrentState.ERROR):
             return
         job = self.checker.save_resume(now, have=self.have, uploaded=self.stats.uploaded,
                                        downloaded=self.stats.downloaded, wall_time=self._ctx.wall_time,
-                                       background=out is not None)
+                                       background=out is not None, sync=sync)
         if job is not None and out is not None:
             out.append(fx.SaveResume(self.info_hash, job))
 

@@ -118,7 +118,8 @@ def resume_record(state_dir: Path, t: MadeTorrent, data_dir: Path) -> tuple[int,
     meta = load_metainfo(str(t.path))
     rd, warning = load_resume(str(files[0]), meta, str(data_dir))
     assert rd is not None, f"resume file {files[0]} not usable: {warning}"
-    have = sum(bin(b).count("1") for b in rd.have)
+    claimed = bytes(a | b for a, b in zip(rd.have, rd.pending or bytes(len(rd.have)), strict=True))  # pending: written, not flushed
+    have = sum(bin(b).count("1") for b in claimed)
     return have, rd.uploaded, rd.downloaded
 
 

@@ -62,7 +62,8 @@ def resume_pieces(state: Path, t: MadeTorrent, data: Path) -> set[int]:
     meta = load_metainfo(str(t.path))
     rd, warning = load_resume(str(files[0]), meta, str(data))
     assert rd is not None, warning
-    return {i for i in range(meta.num_pieces) if rd.have[i // 8] & (0x80 >> (i % 8))}
+    claimed = bytes(a | b for a, b in zip(rd.have, rd.pending or bytes(len(rd.have)), strict=True))  # pending: written, not flushed
+    return {i for i in range(meta.num_pieces) if claimed[i // 8] & (0x80 >> (i % 8))}
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
