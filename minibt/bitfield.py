@@ -20,16 +20,18 @@ _BYTE_BITS: tuple[tuple[int, ...], ...] = tuple(
 class Bitfield:
     """A fixed-size set of piece indexes backed by a BEP 3 bitfield."""
 
-    __slots__ = ("_n", "_buf")
+    __slots__ = ("_n", "_buf", "_count")
 
     def __init__(self, n: int, data: bytes | bytearray | memoryview | None = None) -> None:
         """Make an empty bitfield of ``n`` bits, or one holding ``data`` (validated like from_bytes)."""
         if n < 0:
             raise ValueError(f"bitfield size must be >= 0, got {n}")
         self._n = n
+        self._count: int | None = None  # set bits, kept by set() and clear() once counted (complete? per piece)
         nbytes = (n + 7) >> 3
         if data is None:
             self._buf = bytearray(nbytes)
+            self._count = 0
             return
         if len(data) != nbytes:
             raise ValueError(f"bitfield for {n} pieces must be {nbytes} bytes, got {len(data)}")
@@ -68,14 +70,23 @@ class Bitfield:
 
     def set(self, i: int) -> None:
         self._check(i)
-        self._buf[i >> 3] |= 0x80 >> (i & 7)
+        b, m = self._buf[i >> 3], 0x80 >> (i & 7)
+        if not b & m:
+            self._buf[i >> 3] = b | m
+            if self._count is not None:
+                self._count += 1
 
     def clear(self, i: int) -> None:
         self._check(i)
-        self._buf[i >> 3] &= ~(0x80 >> (i & 7)) & 0xFF
+        b, m = self._buf[i >> 3], 0x80 >> (i & 7)
+        if b & m:
+            self._buf[i >> 3] = b & ~m & 0xFF
+            if self._count is not None:
+                self._count -= 1
 
     def set_all(self) -> None:
         nbytes = len(self._buf)
+        self._count = None
         if not nbytes:
             return
         self._buf[:] = b"\xff" * nbytes
@@ -84,10 +95,13 @@ class Bitfield:
 
     def clear_all(self) -> None:
         self._buf[:] = bytes(len(self._buf))
+        self._count = None
 
     def count(self) -> int:
         """Number of set bits."""
-        return int.from_bytes(self._buf, "big").bit_count()
+        if self._count is None:
+            self._count = int.from_bytes(self._buf, "big").bit_count()
+        return self._count
 
     def all(self) -> bool:
         """True if every bit is set (vacuously True for n == 0)."""
@@ -130,6 +144,7 @@ class Bitfield:
         bf = Bitfield(0)
         bf._n = self._n
         bf._buf = bytearray(value.to_bytes(len(self._buf), "big"))
+        bf._count = None
         return bf
 
     def __and__(self, other: Bitfield) -> Bitfield:
@@ -146,6 +161,7 @@ class Bitfield:
         bf = Bitfield(0)
         bf._n = self._n
         bf._buf = bytearray(self._buf)
+        bf._count = self._count
         return bf
 
     def __eq__(self, other: object) -> bool:

@@ -504,14 +504,16 @@ class Dispatcher:
         peer = Peer.of(rec.peer, self.session) if rec.peer is not None else None
         if peer is not None and peer._torrent is None and rec.torrent is not None:
             peer._torrent = rec.torrent
-        ev: Event[Torrent, Peer] = Event(
-            rec.name, rec.torrent, peer, rec.index, rec.reason, rec.detail, rec.ip, rec.old, rec.new,
-            rec.added, rec.dropped, rec.added6, rec.dropped6, rec.addr, rec.flags,
-        )
         cbs = (
             (peer.listeners.get(rec.name) if peer is not None else ())
             + (rec.torrent.listeners.get(rec.name) if rec.torrent is not None else ())
             + self.listeners.get(rec.name)
+        )
+        if not cbs:
+            return  # nobody listens (a CLI download: a few events a piece)
+        ev: Event[Torrent, Peer] = Event(
+            rec.name, rec.torrent, peer, rec.index, rec.reason, rec.detail, rec.ip, rec.old, rec.new,
+            rec.added, rec.dropped, rec.added6, rec.dropped6, rec.addr, rec.flags,
         )
         for cb in cbs:
             self.counters["callbacks"] += 1

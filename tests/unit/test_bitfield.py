@@ -98,3 +98,36 @@ def test_indexes_on_large_field(rng: random.Random) -> None:
     for i in members:
         bf.set(i)
     assert list(bf.indexes()) == members
+
+
+@given(st.integers(1, 200), st.lists(st.tuples(st.sampled_from(["set", "clear", "set_all", "clear_all", "count",
+                                                                "copy", "or", "and", "sub"]), st.integers(0, 10**6))))
+def test_the_kept_count_follows_every_operation(n: int, ops: list[tuple[str, int]]) -> None:
+    """count() is kept up to date by set() and clear() (Torrent.complete asks it per verified piece)."""
+    bf, model = Bitfield(n), set()
+    other = Bitfield(n, bytes(random.Random(n).randbytes((n + 7) // 8)[:-1]) + b"\x00")
+    theirs = set(other.indexes())
+    for op, x in ops:
+        i = x % n
+        if op == "set":
+            bf.set(i)
+            model.add(i)
+        elif op == "clear":
+            bf.clear(i)
+            model.discard(i)
+        elif op == "set_all":
+            bf.set_all()
+            model = set(range(n))
+        elif op == "clear_all":
+            bf.clear_all()
+            model = set()
+        elif op == "copy":
+            bf = bf.copy()
+        elif op == "or":
+            bf, model = bf | other, model | theirs
+        elif op == "and":
+            bf, model = bf & other, model & theirs
+        elif op == "sub":
+            bf, model = bf - other, model - theirs
+        assert bf.count() == len(model) == sum(1 for _ in bf.indexes())
+        assert bf.all() == (len(model) == n)
