@@ -184,6 +184,7 @@ class Downloader:
         if recheck and not batch:
             self._cache_full = False
         elif self._cache_full and not picker.has_free_blocks():
+            peer.req_depth = 0  # no batch top-up from on_block until fill_all (a piece left the cache) resets it
             return
         depth = peer.req_depth = self.queue_depth(peer, now)
         n = depth - picker.num_outstanding(peer.cid)
