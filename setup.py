@@ -11,5 +11,5 @@ setup(
     extras_require={
         "mse": ["cryptography>=42"],  # RC4 for MSE/PE (minibt.mse)
         "test": ["pytest>=7", "hypothesis>=6", "ruff", "mypy", "libtorrent>=2.0", "cryptography", "pytest-timeout"]},
-    entry_points={"console_scripts": ["minibt = minibt.cli:main"]},
+    entry_points={"console_scripts": ["minibt = minibt.__main__:run"]},
 )

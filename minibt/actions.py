@@ -20,6 +20,8 @@ from minibt.urls import Addr
 
 @dataclass(frozen=True, slots=True)
 class Dial:
+    """Open a connection to a peer (the loop dials ``addr``)."""
+
     cid: int
     addr: Addr
     transport: Transport = Transport.TCP
@@ -27,6 +29,8 @@ class Dial:
 
 @dataclass(frozen=True, slots=True)
 class Close:
+    """Close a connection, with the reason reported to the session."""
+
     cid: int
     reason: CloseReason
     detail: str
@@ -34,6 +38,8 @@ class Close:
 
 @dataclass(frozen=True, slots=True)
 class Announce:
+    """Send one tracker announce (the loop's tracker I/O)."""
+
     info_hash: bytes
     job: AnnounceJob
     params: AnnounceParams

@@ -111,6 +111,8 @@ def torrent_bytes(num_pieces: int, max_candidates: int = MAX_CANDIDATES) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """The per-torrent and per-connection limits a memory budget allows."""
+
     cache_bytes: int  # per torrent
     outbox_bytes: int  # per connection
     max_connections: int  # all torrents

@@ -59,6 +59,8 @@ class PeersFound:
 
 @dataclass(slots=True)
 class _Candidate:
+    """A node a lookup may query next."""
+
     addr: Addr
     node_id: bytes | None  # None: a bootstrap address, id unknown until it answers
     state: str = "new"  # new -> asked -> answered | failed
@@ -67,6 +69,8 @@ class _Candidate:
 
 @dataclass(slots=True)
 class _Search:
+    """One iterative lookup (find_node or get_peers) in progress."""
+
     target: bytes
     peers_wanted: bool  # get_peers (a torrent) or find_node (bootstrap, refresh)
     announce_port: int | None  # announce_peer to the K closest when done (None: do not announce)
@@ -81,6 +85,8 @@ class _Search:
 
 @dataclass(slots=True)
 class _Txn:
+    """A KRPC query sent and not answered yet."""
+
     addr: Addr
     node_id: bytes | None
     sent_at: float

@@ -71,6 +71,8 @@ class Wanted:
 
 @dataclass(slots=True)
 class SearchResult:
+    """A torrent's DHT peer search: when it began and what it found."""
+
     started_at: float
     peers: int = 0
     done: bool = False

@@ -87,6 +87,8 @@ def peer_priority(a: Addr, b: Addr) -> int:
 
 @dataclass(frozen=True, slots=True)
 class CandidateConfig:
+    """Limits on the peer addresses a torrent keeps to dial."""
+
     max_candidates: int = DEFAULT_MAX_CANDIDATES
     max_per_pex_source: int | None = None  # None: min(50, max_candidates // PEX_SOURCE_SHARE)
     # BEP 11 security: ignore a PEX address whose IP we already hold with another port.  Loopback

@@ -89,6 +89,8 @@ class HolepunchError(RemoteProtocolError):
 
 @dataclass(frozen=True, slots=True)
 class HpMessage:
+    """One BEP 55 ut_holepunch message."""
+
     type: HpMsgType
     addr: Addr  # canonical IP text, port
     error: int = 0

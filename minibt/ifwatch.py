@@ -36,6 +36,8 @@ class LinkState:
 
 @dataclass(frozen=True, slots=True)
 class LinkDecision:
+    """What to do after looking at the bound interface."""
+
     paused: str | None  # why traffic is paused; None while it may flow
     close_sockets: bool  # sockets bound to the old device are useless: close them
     open_sockets: bool  # (re)create the listener and UDP socket, bound to the device

@@ -83,12 +83,16 @@ class NodeInfo:
 
 @dataclass(frozen=True, slots=True)
 class Ping:
+    """BEP 5 ``ping`` query."""
+
     tid: bytes
     node_id: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class FindNode:
+    """BEP 5 ``find_node`` query."""
+
     tid: bytes
     node_id: bytes
     target: bytes
@@ -97,6 +101,8 @@ class FindNode:
 
 @dataclass(frozen=True, slots=True)
 class GetPeers:
+    """BEP 5 ``get_peers`` query."""
+
     tid: bytes
     node_id: bytes
     info_hash: bytes
@@ -105,6 +111,8 @@ class GetPeers:
 
 @dataclass(frozen=True, slots=True)
 class AnnouncePeer:
+    """BEP 5 ``announce_peer`` query."""
+
     tid: bytes
     node_id: bytes
     info_hash: bytes
@@ -137,6 +145,8 @@ class Response:
 
 @dataclass(frozen=True, slots=True)
 class ErrorReply:
+    """BEP 5 error message."""
+
     tid: bytes
     code: int
     message: str

@@ -71,12 +71,12 @@ class _DialLookup:
 @dataclass(frozen=True, slots=True)
 class _DhtLookup:
     """Worker-job tag: resolving a DHT bootstrap host name."""
-
     port: int
 
 
 @dataclass(slots=True)
 class _PeerSock:
+    """A TCP peer connection's socket and its unsent bytes."""
     cid: int
     sock: socket.socket
     connecting: bool

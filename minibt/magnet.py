@@ -36,6 +36,8 @@ _HEX = re.compile(r"[0-9a-fA-F]{40}")
 
 @dataclass(frozen=True, slots=True)
 class Magnet:
+    """A parsed magnet link (BEP 9)."""
+
     info_hash: bytes  # 20-byte SHA-1 info-hash
     name: str | None = None
     trackers: tuple[str, ...] = ()

@@ -133,6 +133,8 @@ Phase = Encrypting | Handshaking | FetchingMetadata | Active
 
 @dataclass(frozen=True, slots=True)
 class IncomingRequest:
+    """A block a peer asked us for, not served yet."""
+
     index: int
     begin: int
     length: int

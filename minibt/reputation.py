@@ -34,6 +34,8 @@ MAX_LEDGER_RECORDS = 4096
 
 @dataclass(frozen=True, slots=True)
 class ReputationChanged:
+    """An IP's reputation score changed."""
+
     ip: str
     old: int
     new: int
@@ -42,6 +44,8 @@ class ReputationChanged:
 
 @dataclass(frozen=True, slots=True)
 class Banned:
+    """An IP was banned for the rest of the session."""
+
     ip: str
     reason: str
 

@@ -104,6 +104,8 @@ class Node:
 
 @dataclass(slots=True)
 class _Bucket:
+    """A k-bucket of the BEP 5 routing table."""
+
     lo: int  # inclusive
     hi: int  # exclusive; hi - lo is a power of two and lo a multiple of it
     last_changed: float

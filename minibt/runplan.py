@@ -56,6 +56,8 @@ def stop_reason(entry: TorrentEntry, *, uploaded: int, size: int, seeding_s: flo
 
 @dataclass(frozen=True, slots=True)
 class ReloadPlan:
+    """What a config reload changes in the running torrents."""
+
     remove: tuple[str, ...]  # info-hash hex of torrents to stop and drop
     add: tuple[TorrentEntry, ...]  # new entries (including replaced ones, added once the old is gone)
     update: tuple[TorrentEntry, ...]  # same torrent, dir, mode and files: new stop conditions/hook/peers in place
@@ -82,6 +84,8 @@ def plan_reload(old: Mapping[str, TorrentEntry], new: Iterable[TorrentEntry]) ->
 
 @dataclass(frozen=True, slots=True)
 class JobOutcome:
+    """How a cron run's torrent ended."""
+
     complete: bool  # every piece verified
     error: str | None  # a fatal error (not a full disk: that pauses)
 

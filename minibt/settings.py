@@ -46,6 +46,8 @@ class TorrentState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class TorrentConfig:
+    """One torrent's settings."""
+
     max_peers: int = 50
     max_half_open: int = 8
     max_candidates: int = DEFAULT_MAX_CANDIDATES  # addresses kept to dial (dialer.py); budget.py may lower it
@@ -73,6 +75,8 @@ class TorrentConfig:
 
 @dataclass(slots=True)
 class TorrentStats:
+    """One torrent's counters and times."""
+
     uploaded: int = 0
     downloaded: int = 0  # payload bytes of verified pieces
     wasted: int = 0
@@ -84,6 +88,8 @@ class TorrentStats:
 
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
+    """Settings shared by every torrent of a session."""
+
     max_connections: int = 200
     upload_limit_bps: float | None = None  # global payload bytes/s; None or 0 = unlimited (ratelimit.py)
     download_limit_bps: float | None = None

@@ -252,6 +252,8 @@ def disk_file_sizes(layout: TorrentLayout, download_dir: str, names: DiskNames |
 
 @dataclass(slots=True)
 class _PieceBuf:
+    """A piece being received in the write cache."""
+
     data: bytearray
     received: int  # bitmask of received BLOCK_LEN blocks
     full: int  # the mask value when every block is in

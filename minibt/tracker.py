@@ -382,11 +382,15 @@ class UdpPhase(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class AnnounceDone:
+    """A tracker answered the announce."""
+
     result: AnnounceResult
 
 
 @dataclass(frozen=True, slots=True)
 class AnnounceFailed:
+    """The announce failed (no answer, or a failure reason)."""
+
     message: str
 
 

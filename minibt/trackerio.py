@@ -63,6 +63,8 @@ class _UdpLookup:
 
 @dataclass(slots=True)
 class _HttpTxn:
+    """An HTTP announce or scrape in flight."""
+
     tid: int
     info_hash: bytes
     job: AnnounceJob
@@ -78,6 +80,8 @@ class _HttpTxn:
 
 @dataclass(slots=True)
 class _UdpTracker:
+    """A UDP tracker (BEP 15) and its connection state."""
+
     client: UdpTrackerClient
     addr: tuple[str, int] | None = None
     pending: list[tuple[bytes, AnnounceJob, AnnounceParams]] = field(default_factory=list)

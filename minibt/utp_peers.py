@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class _UtpPeer:
+    """A peer connection carried over uTP."""
+
     cid: int
     key: ConnKey
     conn: UtpConnection

@@ -100,6 +100,8 @@ class BlockLike(Protocol):
 # -- machine ----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class WireConfig:
+    """Limits of a peer connection's wire machine."""
+
     max_block_len: int = BLOCK_LEN  # BEP 3: close on larger requests
     max_ext_len: int = MAX_EXT_LEN  # largest extended payload (after the extended id)
     keepalive_interval_s: float = KEEPALIVE_INTERVAL_S  # send a keep-alive after this long silent

@@ -117,6 +117,8 @@ class KeepAlive:
 
 @dataclass(frozen=True, slots=True)
 class Choke:
+    """BEP 3 ``choke``."""
+
     ID: ClassVar[int] = CHOKE
 
     def encode(self) -> bytes:
@@ -125,6 +127,8 @@ class Choke:
 
 @dataclass(frozen=True, slots=True)
 class Unchoke:
+    """BEP 3 ``unchoke``."""
+
     ID: ClassVar[int] = UNCHOKE
 
     def encode(self) -> bytes:
@@ -133,6 +137,8 @@ class Unchoke:
 
 @dataclass(frozen=True, slots=True)
 class Interested:
+    """BEP 3 ``interested``."""
+
     ID: ClassVar[int] = INTERESTED
 
     def encode(self) -> bytes:
@@ -141,6 +147,8 @@ class Interested:
 
 @dataclass(frozen=True, slots=True)
 class NotInterested:
+    """BEP 3 ``not interested``."""
+
     ID: ClassVar[int] = NOT_INTERESTED
 
     def encode(self) -> bytes:
@@ -149,6 +157,8 @@ class NotInterested:
 
 @dataclass(frozen=True, slots=True)
 class HaveAll:
+    """BEP 6 ``have all``."""
+
     ID: ClassVar[int] = HAVE_ALL
 
     def encode(self) -> bytes:
@@ -157,6 +167,8 @@ class HaveAll:
 
 @dataclass(frozen=True, slots=True)
 class HaveNone:
+    """BEP 6 ``have none``."""
+
     ID: ClassVar[int] = HAVE_NONE
 
     def encode(self) -> bytes:
@@ -165,6 +177,8 @@ class HaveNone:
 
 @dataclass(frozen=True, slots=True)
 class Have:
+    """BEP 3 ``have``."""
+
     ID: ClassVar[int] = HAVE
     index: int
 
@@ -174,6 +188,8 @@ class Have:
 
 @dataclass(frozen=True, slots=True)
 class Suggest:
+    """BEP 6 ``suggest piece``."""
+
     ID: ClassVar[int] = SUGGEST
     index: int
 
@@ -183,6 +199,8 @@ class Suggest:
 
 @dataclass(frozen=True, slots=True)
 class AllowedFast:
+    """BEP 6 ``allowed fast``."""
+
     ID: ClassVar[int] = ALLOWED_FAST
     index: int
 
@@ -203,6 +221,8 @@ class BitfieldMsg:
 
 @dataclass(frozen=True, slots=True)
 class Request:
+    """BEP 3 ``request``."""
+
     ID: ClassVar[int] = REQUEST
     index: int
     begin: int
@@ -214,6 +234,8 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
+    """BEP 3 ``cancel``."""
+
     ID: ClassVar[int] = CANCEL
     index: int
     begin: int
@@ -225,6 +247,8 @@ class Cancel:
 
 @dataclass(frozen=True, slots=True)
 class Reject:
+    """BEP 6 ``reject request``."""
+
     ID: ClassVar[int] = REJECT
     index: int
     begin: int

@@ -82,6 +82,8 @@ Result = HashResult | CallResult
 
 @dataclass(frozen=True, slots=True)
 class _Call:
+    """A blocking call to run on a worker (``Hasher.run``)."""
+
     fn: Callable[[], object]
     tag: object
 

@@ -5,16 +5,22 @@ and must not have loaded the DHT node's modules, ssl (only an https tracker need
 and config checker (only config files), datetime (only `minibt info` shows dates), tempfile or shutil
 (with zlib, bz2 and lzma: resume files are written without them), unicodedata (only for non-ASCII
 names on Windows rules), with ``--encryption none`` ctypes (only the RC4 back end), or with
-``--transport tcp`` the uTP machines.  The same download with the DHT on, the default encryption
-policy and the default transports does load the DHT modules, ctypes and uTP, so the check can fail.
+``--transport tcp`` the uTP machines, nor ``inspect`` with ``ast`` and ``dis`` (``dataclasses`` imports it
+to write docstrings, and the program, ``minibt.__main__.run``, defers it: every minibt dataclass has a
+docstring).  The same download with the DHT on, the default encryption policy and the default
+transports does load the DHT modules, ctypes and uTP, and without the deferral inspect, so the check can fail.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
 
+import minibt
 from minibt.metainfo import create_torrent
 
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -28,6 +34,10 @@ NEVER_FOR_A_DOWNLOAD = ("ssl", "_ssl", "tomllib", "minibt.runner", "minibt.daemo
 # the transfer starts (the first tick); the end-of-run resume save has been written by the end.
 DRIVER = r"""
 import sys, io, contextlib
+if sys.argv[1] == "defer":
+    from minibt.__main__ import defer_inspect
+    defer_inspect()  # what the program does first
+del sys.argv[1]
 import minibt.cli as cli
 seen = {}
 from minibt.client import Client
@@ -43,12 +53,12 @@ print("EXIT", code)
 """
 
 
-def _download_modules(tmp_path: Path, *extra: str) -> tuple[set[str], set[str]]:
+def _download_modules(tmp_path: Path, *extra: str, defer: bool = True) -> tuple[set[str], set[str]]:
     data = tmp_path / "data.bin"
     data.write_bytes(b"x" * 100_000)
     torrent = tmp_path / "t.torrent"
     torrent.write_bytes(create_torrent(str(data), piece_length=16384))
-    argv = [sys.executable, "-c", DRIVER, "download", str(torrent), "--dir", str(tmp_path / "out"),
+    argv = [sys.executable, "-c", DRIVER, "defer" if defer else "as-is", "download", str(torrent), "--dir", str(tmp_path / "out"),
             "--bind", "127.0.0.1", "--port", "0", "--quiet", "--state-dir", str(tmp_path / "state"),
             "--peer", "127.0.0.1:9", *extra]
     # --timeout 0.3s: the download gives up (exit 1) with no peer to fetch from
@@ -61,6 +71,7 @@ def _download_modules(tmp_path: Path, *extra: str) -> tuple[set[str], set[str]]:
 
 
 PLAINTEXT_NEVER = ("shutil", "tempfile", "zlib", "bz2", "lzma", "datetime", "unicodedata", "ctypes")
+INSPECT_CHAIN = ("ast", "dis")  # what a real ``inspect`` brings; minibt.__main__ defers it
 UTP_MODULES = ("minibt.utp", "minibt.utp_mux", "minibt.utp_peers", "minibt.utp_mtu")  # not with --transport tcp
 
 
@@ -68,13 +79,38 @@ def test_download_without_dht_loads_no_dht_ssl_toml_or_shutil(tmp_path: Path) ->
     start, end = _download_modules(tmp_path, "--no-dht", "--encryption", "none", "--up-limit", "500KiB",
                                    "--cache", "3MiB", "--transport", "tcp")
     assert "minibt.client" in start and "minibt.loop" in start  # the spy saw the transfer start
-    assert [m for m in DHT_MODULES + NEVER_FOR_A_DOWNLOAD + PLAINTEXT_NEVER + UTP_MODULES if m in end] == []
+    assert [m for m in DHT_MODULES + NEVER_FOR_A_DOWNLOAD + PLAINTEXT_NEVER + UTP_MODULES + INSPECT_CHAIN
+            if m in end] == []
     assert list((tmp_path / "state").glob("*.resume"))  # the resume file was written (without tempfile)
 
 
 def test_download_with_dht_loads_the_dht_node(tmp_path: Path) -> None:
-    start, end = _download_modules(tmp_path)
+    start, end = _download_modules(tmp_path, defer=False)
+    assert [m for m in INSPECT_CHAIN if m not in start] == []  # not deferred: dataclasses loads it
     assert [m for m in DHT_MODULES if m not in start] == []
     assert [m for m in NEVER_FOR_A_DOWNLOAD if m in end] == []
     assert "ctypes" in end  # the default policy, preferred, probed the RC4 back end
     assert [m for m in UTP_MODULES if m not in start] == []  # uTP is among the default transports
+
+
+def test_every_minibt_dataclass_has_a_docstring() -> None:
+    """Else dataclasses writes one with ``inspect.signature`` and the deferred ``inspect`` loads after all."""
+    missing = []
+    for info in pkgutil.iter_modules(minibt.__path__):
+        if info.name == "__main__":
+            continue
+        mod = importlib.import_module(f"minibt.{info.name}")
+        for name, obj in vars(mod).items():
+            if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == mod.__name__:
+                if (obj.__doc__ or "").startswith(f"{obj.__name__}("):
+                    missing.append(f"{mod.__name__}.{name}")
+    assert missing == []
+
+
+def test_the_deferred_module_works_once_used() -> None:
+    code = ("import sys; from minibt.__main__ import defer_inspect; defer_inspect(); import dataclasses;"
+            "assert 'ast' not in sys.modules; import inspect; print(inspect.signature(lambda a, b=2: 0));"
+            "assert sys.modules['inspect'] is not inspect and type(sys.modules['inspect']).__name__ == 'module'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": ROOT})
+    assert out.returncode == 0 and out.stdout.strip() == "(a, b=2)", out.stderr
