@@ -24,6 +24,7 @@ from minibt.storage import Storage, load_resume
 from minibt.wire_codec import BLOCK_LEN
 from tests.helpers import run_client_until
 from tests.unit.test_checker import setup as checker_setup
+from tests.unit.test_resume_save_off_loop import _fsyncs
 
 PIECE = 16384
 
@@ -40,20 +41,6 @@ def _fill(storage: Storage, src: Path, pieces: range) -> Bitfield:
         storage.finish_commit(p, written=True)
         have.set(p)
     return have
-
-
-def _fsyncs(monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> list[int]:
-    seen: list[int] = []
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        seen.append(os.fstat(fd).st_ino)
-        if fail:
-            raise OSError(5, "Input/output error")
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    return seen
 
 
 def _save(checker: Checker, have: Bitfield, *, sync: bool) -> None:
