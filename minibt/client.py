@@ -19,7 +19,7 @@ import os
 import random
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import overload
+from typing import TYPE_CHECKING, overload
 
 from minibt.clock import Clock, MonotonicClock
 from minibt.dhtservice import DHT_FILE, MAX_DHT_FILE_BYTES
@@ -36,8 +36,10 @@ from minibt.session import Session
 from minibt.settings import SessionConfig, TorrentConfig, parse_mode
 from minibt.torrent import Torrent
 from minibt.urls import Addr
-from minibt.utp_config import UtpConfig
 from minibt.workers import Hasher
+
+if TYPE_CHECKING:
+    from minibt.utp_config import UtpConfig  # loaded by utp_peers only when uTP runs
 
 log = logging.getLogger(__name__)
 

@@ -40,10 +40,10 @@ from minibt.session import Session
 from minibt.trackerio import STOPPED_TIMEOUT_S, TrackerIO
 from minibt.udpio import UdpIO
 from minibt.urls import Addr, is_ip
-from minibt.utp_config import UtpConfig
 from minibt.workers import CallResult, Hasher, HashJob, HashResult
 
 if TYPE_CHECKING:
+    from minibt.utp_config import UtpConfig  # with LEDBAT's: loaded by utp_peers only when uTP runs
     from minibt.utp_peers import UtpPeers
 
 log = logging.getLogger(__name__)

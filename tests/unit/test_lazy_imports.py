@@ -72,7 +72,8 @@ def _download_modules(tmp_path: Path, *extra: str, defer: bool = True) -> tuple[
 
 PLAINTEXT_NEVER = ("shutil", "tempfile", "zlib", "bz2", "lzma", "datetime", "unicodedata", "ctypes")
 INSPECT_CHAIN = ("ast", "dis")  # what a real ``inspect`` brings; minibt.__main__ defers it
-UTP_MODULES = ("minibt.utp", "minibt.utp_mux", "minibt.utp_peers", "minibt.utp_mtu")  # not with --transport tcp
+UTP_MODULES = ("minibt.utp", "minibt.utp_mux", "minibt.utp_peers", "minibt.utp_mtu", "minibt.utp_config",
+               "minibt.ledbat")  # not with --transport tcp
 
 
 def test_download_without_dht_loads_no_dht_ssl_toml_or_shutil(tmp_path: Path) -> None:
