@@ -64,6 +64,10 @@ class Checker:
         self.resume_dirty = False  # something the resume file records has changed since it was saved
         self.save_in_flight = False  # a background save (save_resume's job) runs in a worker
         self._syncing: list[tuple[str, int]] = []  # that job's files (Storage.begin_sync)
+        # A big info dict (its piece hashes) goes to an unnamed file beside the resume record or the data.
+        for where in (os.path.dirname(resume_path) if resume_path else "", download_dir):
+            if where and meta.info.spill(where):
+                break
 
     # ------------------------------------------------------------------ checking
 

@@ -27,6 +27,7 @@ from minibt.effects import Effect, Emit, Flush
 from minibt.errors import CloseReason, LocalProtocolError
 from minibt.events import EventName
 from minibt.holepunch import Holepunch
+from minibt.infobytes import InfoBytes
 from minibt.metadata import METADATA_EXT_NAME, MSG_REQUEST, MetadataServer, decode_metadata_msg
 from minibt.peer import PeerConnection, Transport
 from minibt.pex import (
@@ -159,7 +160,7 @@ class ExtensionRouter:
         self,
         *,
         peers: Mapping[int, PeerConnection],
-        info_bytes: bytes,
+        info_bytes: bytes | InfoBytes,
         private: bool,
         holepunch: Holepunch,
         pex_config: PexConfig | None = None,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from minibt import bencode
 from minibt.errors import BencodeError, CloseReason, LocalProtocolError, MetadataError
+from minibt.infobytes import InfoBytes
 
 METADATA_EXT_NAME = "ut_metadata"  # BEP 9: key in the BEP 10 handshake "m" dict
 METADATA_PIECE_LEN = 16384  # BEP 9: metadata is handled in blocks of 16 KiB
@@ -500,8 +501,8 @@ class MetadataServer:
     within ``window_s``.  The info bytes must already be verified against the info-hash.
     """
 
-    def __init__(self, info_bytes: bytes | None = None, *, window_s: float = METADATA_SERVE_WINDOW_S) -> None:
-        self._info: bytes | None = None
+    def __init__(self, info_bytes: bytes | InfoBytes | None = None, *, window_s: float = METADATA_SERVE_WINDOW_S) -> None:
+        self._info: bytes | InfoBytes | None = None  # InfoBytes: a torrent's own, possibly spilled to a file
         self._window_s = window_s
         self._allowance = METADATA_SERVE_MIN
         self._peers: dict[PeerKey, tuple[float, int]] = {}  # peer -> (window start, requests)
@@ -509,11 +510,11 @@ class MetadataServer:
         if info_bytes is not None:
             self.set_info(info_bytes)
 
-    def set_info(self, info_bytes: bytes) -> None:
+    def set_info(self, info_bytes: bytes | InfoBytes) -> None:
         """We now have (verified) metadata to serve."""
-        if not info_bytes or len(info_bytes) > LIBTORRENT_MAX_METADATA_BYTES:
+        if not len(info_bytes) or len(info_bytes) > LIBTORRENT_MAX_METADATA_BYTES:
             raise ValueError("info bytes empty or too large to serve")
-        self._info = bytes(info_bytes)
+        self._info = info_bytes if isinstance(info_bytes, InfoBytes) else bytes(info_bytes)
         self._allowance = max(METADATA_SERVE_MIN, METADATA_SERVE_FACTOR * num_metadata_pieces(len(info_bytes)))
 
     @property

@@ -27,6 +27,7 @@ from minibt.bencode import decode_lenient_with_span, decode_with_span, encode
 from minibt.errors import BencodeError, MetainfoError
 from minibt.filenames import MAX_PATH_BYTES, MAX_PATH_DEPTH
 from minibt.hybrid import check_hybrid, is_hybrid
+from minibt.infobytes import InfoBytes
 from minibt.urls import HTTP_SCHEMES, TRACKER_SCHEMES, parse_tracker_url
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class Metainfo:
     info_hash: bytes
     name: str
     piece_length: int
-    pieces: bytes | memoryview = field(repr=False)  # from a .torrent: a view into info_bytes (see _build)
+    num_pieces: int
     files: tuple[FileEntry, ...] = field(repr=False)
     total_length: int
     multi_file: bool
@@ -87,12 +88,18 @@ class Metainfo:
     comment: str | None
     created_by: str | None
     creation_date: int | None
-    info_bytes: bytes = field(repr=False)
+    info: InfoBytes = field(repr=False)  # the raw info dict, in memory or spilled (infobytes.py)
+    pieces_at: int  # where the piece hashes start in it
     url_list: tuple[str, ...] = ()
 
     @property
-    def num_pieces(self) -> int:
-        return len(self.pieces) // HASH_LEN
+    def info_bytes(self) -> bytes:
+        """The whole info dict (read back if spilled): for one-off uses, ``info`` slices for the rest."""
+        return bytes(self.info)
+
+    @property
+    def pieces(self) -> bytes:
+        return self.info.read(self.pieces_at, self.num_pieces * HASH_LEN)
 
     @property
     def info_hash_hex(self) -> str:
@@ -102,7 +109,7 @@ class Metainfo:
         """The 20-byte SHA-1 of piece ``i``; IndexError if out of range."""
         if not 0 <= i < self.num_pieces:
             raise IndexError(f"piece {i} out of range 0..{self.num_pieces - 1}")
-        return bytes(self.pieces[i * HASH_LEN : (i + 1) * HASH_LEN])
+        return self.info.read(self.pieces_at + i * HASH_LEN, HASH_LEN)
 
     def piece_size(self, i: int) -> int:
         """Length of piece ``i`` in bytes (the last piece may be shorter); IndexError if out of range."""
@@ -381,9 +388,8 @@ def _files(info: dict[bytes, Any], name: str) -> tuple[list[FileEntry], int]:
             for k in range(1, len(path)):
                 prefix = path[:k]
                 if prefix in file_at:
-                    raise MetainfoError(
-                        f"{where}.path: directory {_shown('/'.join(prefix))} is also info.files[{file_at[prefix]}]"
-                    )
+                    raise MetainfoError(f"{where}.path: directory {_shown('/'.join(prefix))} "
+                                        f"is also info.files[{file_at[prefix]}]")
                 dir_at.setdefault(prefix, i)
             file_at[path] = i
         entries.append(FileEntry(path=path, length=length, offset=offset, pad=pad, symlink=target))
@@ -439,26 +445,21 @@ def _build(info: dict[bytes, Any], source: bytes, span: tuple[int, int], top: di
         check_hybrid(info, v1, piece_length, element=_element, max_depth=MAX_PATH_DEPTH, max_length=MAX_LENGTH)
     expected = -(-total // piece_length)
     if len(pieces) // HASH_LEN != expected:
-        raise MetainfoError(
-            f"info.pieces: {len(pieces) // HASH_LEN} piece hashes, but {total} bytes in pieces of "
-            f"{piece_length} need {expected}"
-        )
+        raise MetainfoError(f"info.pieces: {len(pieces) // HASH_LEN} piece hashes, but {total} bytes in pieces "
+                            f"of {piece_length} need {expected}")
     date = top.get(b"creation date")
-    # The hashes are in the info bytes too: keep a view of them there, not a second copy (1.25 MiB for
-    # 16 GiB in 256 KiB pieces; issue 15), and drop the decoded copy before the info bytes are cut out of
-    # the file's bytes, so that no more than two copies exist at once.
+    # Hashes are read where they lie in the info bytes; the decoded copy (1.25 MiB at 16 GiB) goes first.
     lo, hi = span
-    at, n = source.find(pieces, lo, hi) - lo, len(pieces)
-    if at >= 0:  # always: a bencoded string is its bytes verbatim
-        pieces = info[b"pieces"] = b""
+    at, n = source.find(pieces, lo, hi) - lo, len(pieces) // HASH_LEN
+    if at < 0:  # never: a bencoded string is its bytes verbatim
+        raise MetainfoError("info.pieces: not found verbatim in the info dict")
+    pieces = info[b"pieces"] = b""
     info_bytes = source if (lo, hi) == (0, len(source)) else source[lo:hi]
-    if at >= 0:
-        pieces = memoryview(info_bytes)[at : at + n]
     return Metainfo(
         info_hash=hashlib.sha1(info_bytes).digest(),
         name=name,
         piece_length=piece_length,
-        pieces=pieces,
+        num_pieces=n,
         files=tuple(entries),
         total_length=total,
         multi_file=multi,
@@ -467,7 +468,8 @@ def _build(info: dict[bytes, Any], source: bytes, span: tuple[int, int], top: di
         comment=_text(top, b"comment"),
         created_by=_text(top, b"created by"),
         creation_date=date if isinstance(date, int) else None,
-        info_bytes=info_bytes,
+        info=InfoBytes(info_bytes),
+        pieces_at=at,
         url_list=_url_list(top),
     )
 
@@ -685,10 +687,8 @@ def create_torrent(
         or piece_length > MAX_CREATE_PIECE_LENGTH
         or piece_length & (piece_length - 1)
     ):
-        raise MetainfoError(
-            f"piece length: expected a power of two in {MIN_CREATE_PIECE_LENGTH}..{MAX_CREATE_PIECE_LENGTH}, "
-            f"got {piece_length}"
-        )
+        raise MetainfoError(f"piece length: expected a power of two in {MIN_CREATE_PIECE_LENGTH}.."
+                            f"{MAX_CREATE_PIECE_LENGTH}, got {piece_length}")
     root = os.path.abspath(path)
     name = _create_element(os.path.basename(root), root)
     try:

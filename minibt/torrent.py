@@ -145,7 +145,7 @@ class Torrent:
             auto_choke=config.auto_choke,
         )
         self.extensions = ExtensionRouter(
-            peers=self.peers, info_bytes=meta.info_bytes, private=meta.private or not ctx.pex, pex_config=config.pex,
+            peers=self.peers, info_bytes=meta.info, private=meta.private or not ctx.pex, pex_config=config.pex,
             holepunch=Holepunch(peers=self.peers, ctx=ctx, enabled=ctx.holepunch, candidate_via=self._pex_source),
         )
 
@@ -430,7 +430,7 @@ class Torrent:
                     listen_port=self._ctx.listen_port,
                     pex=self.extensions.pex_enabled,
                     metadata=True,
-                    metadata_size=len(self.meta.info_bytes),
+                    metadata_size=len(self.meta.info),
                     encryption=(self.config.encryption or self._ctx.encryption) is not Encryption.NONE,
                     holepunch=self.extensions.holepunch.enabled,
                 )
