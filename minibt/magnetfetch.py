@@ -314,6 +314,7 @@ class MagnetFetch:
             self._close_all("metadata unusable", out)
             return
         self.meta = meta
+        self.fetcher.share_info(meta.info)  # one holder of the bytes, which the torrent's Checker may spill
         self.state = FetchState.DONE
         log.info("%s: metadata received (%d bytes), %s", self.name, len(info_bytes), meta.name)
         for cid in list(self.half_open):

@@ -225,7 +225,7 @@ class MetadataFetcher:
         self._backoff_s = reject_backoff_s
         self._max_out = max_outstanding_per_peer
         self._peers: dict[PeerKey, _Peer] = {}
-        self._info: bytes | None = None
+        self._info: bytes | InfoBytes | None = None
         self._single_source = False
         self._owner: PeerKey | None = None
         self._size: int | None = None
@@ -250,7 +250,12 @@ class MetadataFetcher:
 
     @property
     def info_bytes(self) -> bytes | None:
-        return self._info
+        return None if self._info is None else bytes(self._info)
+
+    def share_info(self, info: InfoBytes) -> None:
+        """Hold the torrent's InfoBytes of the verified bytes instead of them, so that its spill frees them."""
+        if self._info is not None and len(info) == len(self._info):
+            self._info = info
 
     @property
     def size(self) -> int | None:

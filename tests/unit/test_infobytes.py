@@ -8,6 +8,7 @@ import hashlib
 import os
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -140,12 +141,19 @@ def test_spilled_torrent_downloads_verifies_and_serves_its_metadata(tmp_path: Pa
                                   daemon=True)
         thread.start()
         assert seeding.wait(30), "the seeder's check"
-        f = leecher.add_magnet(make_magnet(meta.info_hash), str(dl), peers=[("127.0.0.1", seeder.port)])
-        run_client_until(leecher, lambda: f.torrent is not None and f.torrent.state is TorrentState.SEEDING,
-                         "the magnet download", time.monotonic() + 60)
+        tracemalloc.start()
+        try:
+            f = leecher.add_magnet(make_magnet(meta.info_hash), str(dl), peers=[("127.0.0.1", seeder.port)])
+            run_client_until(leecher, lambda: f.torrent is not None and f.torrent.state is TorrentState.SEEDING,
+                             "the magnet download", time.monotonic() + 60)
+            # No copy of the fetched info dict stays on the heap: the fetcher shares the torrent's spilled one.
+            held = [t for t in tracemalloc.take_snapshot().traces if len(info_bytes) <= t.size <= len(info_bytes) + 64]
+        finally:
+            tracemalloc.stop()
+        assert held == []
         assert f.torrent is not None
         got = f.torrent.meta
-        assert got.info.spilled and got.info_bytes == info_bytes
+        assert got.info.spilled and got.info_bytes == info_bytes and f.fetcher.info_bytes == info_bytes
         assert st.extensions.metadata.stats()["served"] >= 2
     finally:
         leecher.close()
