@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Collection, Hashable
-from dataclasses import dataclass
 from itertools import compress
+from typing import NamedTuple
 
 from minibt.wire_codec import BLOCK_LEN
 
@@ -45,11 +45,11 @@ _BYTES_TO_BIN = bytes.maketrans(b"\x00\x01", b"01")  # the reverse, for peer_pie
 Peer = Hashable
 
 
-@dataclass(frozen=True, slots=True)
-class Block:
-    """One request unit: ``length`` bytes at offset ``begin`` of piece ``index``."""
+class Block(NamedTuple):
+    """One request unit: ``length`` bytes at offset ``begin`` of piece ``index`` (a tuple: made per
+    block requested, twice as fast to build as a frozen dataclass)."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, which nothing here uses
     begin: int
     length: int
 
