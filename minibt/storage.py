@@ -303,7 +303,7 @@ class Storage:
         self._syncing: Bitfield | None = None
         self._cache: dict[int, _PieceBuf] = {}
         self._buffered = 0
-        self._spare: bytearray | None = None  # a dropped piece's buffer, for the next piece (see _drop)
+        self._spares: list[bytearray] = []  # dropped pieces' buffers, for the next pieces (see _drop)
         self._stats = {
             "bytes_written": 0,
             "write_calls": 0,
@@ -490,7 +490,7 @@ class Storage:
                 log.debug("close failed: %s", e)
         self._cache.clear()
         self._buffered = 0
-        self._spare = None
+        self._spares.clear()
         self._opened = False
 
     # -- write cache ---------------------------------------------------------------------------
@@ -509,8 +509,8 @@ class Storage:
         pb = self._cache.get(piece)
         if pb is None:
             nblocks = (size + BLOCK_LEN - 1) // BLOCK_LEN
-            buf, self._spare = self._spare, None
-            pb = _PieceBuf(buf if buf is not None and len(buf) == size else bytearray(size), 0, (1 << nblocks) - 1)
+            spares = self._spares
+            pb = _PieceBuf(spares.pop() if spares and size == self._plen else bytearray(size), 0, (1 << nblocks) - 1)
             self._cache[piece] = pb
             self._buffered += size
             if self._buffered > self._stats["peak_cache_bytes"]:
@@ -643,13 +643,16 @@ class Storage:
     def _drop(self, piece: int) -> None:
         pb = self._cache.pop(piece)
         self._buffered -= len(pb.data)
-        # While other pieces are buffered (a download going on) the next piece reuses this buffer, unless
-        # a worker may still read it: bytearray(size) zeroes 256 KiB, 4 % of the loop's time at 1 GiB.
-        # Reuse is safe unzeroed: a piece is complete only once every byte of it has been written.
+        # While other pieces are buffered (a download going on) the next pieces reuse these buffers, unless
+        # a worker may still read one: bytearray(size) zeroes 256 KiB (tools/bench_block_rx.py: 3 % of the
+        # session's time with one spare, which left two pieces in five to a new buffer).  Buffers and spares
+        # together stay within the cache's size.  Reuse is safe unzeroed: a piece is complete only once every
+        # byte of it has been written.
         if not self._buffered:
-            self._spare = None
-        elif piece not in self._committing:
-            self._spare = pb.data
+            self._spares.clear()
+        elif (piece not in self._committing and len(pb.data) == self._plen
+              and self._buffered + (len(self._spares) + 1) * self._plen <= self._cache_limit):
+            self._spares.append(pb.data)
 
     @property
     def buffered_bytes(self) -> int:

@@ -631,5 +631,28 @@ def test_a_dropped_buffer_is_reused_for_the_next_piece_and_fully_overwritten(tmp
     del writes
     storage.discard_piece(3)
     storage.discard_piece(1)  # the cache is empty: no buffer kept for a piece that may never come
-    assert storage._spare is None
+    assert storage._spares == []
+    storage.close()
+
+
+def test_dropped_buffers_serve_the_next_pieces_within_the_cache_size(tmp_path: Path) -> None:
+    """Several pieces leave the cache before new ones start (their checks come back together): each new
+    piece takes one of their buffers.  Buffers kept and buffers in use never exceed the cache's size."""
+    piece = 4 * BLOCK_LEN
+    layout = FakeLayout([8 * piece], piece)
+    storage = Storage(layout, str(tmp_path), cache_bytes=3 * piece)
+    storage.open(create=True)
+    for p in range(3):
+        for begin in range(0, piece, BLOCK_LEN):
+            storage.write_block(p, begin, bytes([p]) * BLOCK_LEN)
+    bufs = [storage.piece_buffer(p).obj for p in range(3)]
+    storage.write_block(3, 0, bytes(BLOCK_LEN))  # one piece over the size: always let in
+    for p in range(3):
+        storage.commit_piece(p)
+    kept = list(storage._spares)
+    assert len(kept) == 2 and all(any(k is b for b in bufs) for k in kept)  # 1 buffered + 2 kept = 3 pieces
+    for p in (4, 5, 6):
+        storage.write_block(p, 0, bytes(BLOCK_LEN))
+    reused = [storage.piece_buffer(p).obj for p in (4, 5, 6)]
+    assert sum(any(r is k for k in kept) for r in reused) == 2 and storage._spares == []
     storage.close()
