@@ -7,7 +7,8 @@ moves them into a file opened with ``O_TMPFILE`` (Linux 3.11 and later): the fil
 nothing else can open or change it and nothing is left behind after a crash or a kill; its pages are
 page cache, which the kernel writes back and drops under memory pressure, instead of anonymous memory
 that a Pi without swap can never give back.  Where the file system has no ``O_TMPFILE`` (vfat, exFAT)
-or the directory is missing or read-only, the bytes stay in memory: spilling is never required.
+or the directory is missing or read-only, the bytes stay in memory: spilling is never required.  On a
+tmpfs the file is RAM all the same (shared memory, outside the process's RSS): no gain, and no loss.
 """
 
 from __future__ import annotations
