@@ -295,38 +295,43 @@ class Downloader:
         if peer.wire.peer_choking:
             self.fill(peer, now, out)
 
-    def on_block(self, peer: PeerConnection, msg: w.Piece, now: float, out: list[Effect]) -> None:
-        """A block arrived.  Raises StorageError if it cannot be buffered (the torrent fails)."""
-        data = msg.data
-        n = len(data)
-        index, begin = msg.index, msg.begin
-        peer.down.add(n, now)
+    def on_blocks(self, peer: PeerConnection, msgs: list[w.Piece], now: float, out: list[Effect]) -> None:
+        """The blocks of one read from ``peer`` (one call per read: the per-block hot path).  Raises
+        StorageError if one cannot be buffered (the torrent fails; the rest of the read is dropped)."""
+        picker, storage, have, block_src, peers = self._picker, self._storage, self._have, self._block_src, self._peers
+        cid, ip, downloading = peer.cid, peer.ip, self.downloading
+        total = 0
+        stray = False
+        for msg in msgs:
+            data = msg.data
+            n = len(data)
+            total += n
+            index, begin = msg.index, msg.begin
+            others = picker.take_requested(cid, index, begin, n) if downloading and not have.test(index) else None
+            if others is None:
+                self._stats.wasted += n  # unsolicited, late or duplicate: never written
+                stray = True
+                continue
+            for other in others:
+                op = peers.get(other)  # type: ignore[call-overload]
+                if op is not None and op.wire is not None:
+                    op.wire.cancel(index, begin, n)
+                    out.append(Flush(op.cid))
+            src = block_src.get(index)
+            if src is None:
+                src = block_src[index] = {}
+            src[begin // BLOCK_LEN] = ip
+            if storage.write_block(index, begin, data):
+                picker.piece_hashing(index)
+                out.append(HashPiece(self._verify_job(index, storage.prepare_commit(index))))
+        peer.down.add(total, now)
         peer.last_block_at = now
         peer.snubbed = False
-        others = (
-            self._picker.take_requested(peer.cid, index, begin, n)
-            if self.downloading and not self._have.test(index)
-            else None
-        )
-        if others is None:
-            self._stats.wasted += n  # unsolicited, late or duplicate: never written
+        if stray:
             self.fill(peer, now, out)
             return
-        for other in others:
-            op = self._peers.get(other)  # type: ignore[call-overload]
-            if op is not None and op.wire is not None:
-                op.wire.cancel(index, begin, n)
-                out.append(Flush(op.cid))
-        src = self._block_src.get(index)
-        if src is None:
-            src = self._block_src[index] = {}
-        src[begin // BLOCK_LEN] = peer.ip
-        if self._storage.write_block(index, begin, data):
-            self._picker.piece_hashing(index)
-            writes = self._storage.prepare_commit(index)
-            out.append(HashPiece(self._verify_job(index, writes)))
         depth = peer.req_depth  # a quarter free of the last top-up's level first (fill's ``batch``)
-        if depth - self._picker.num_outstanding(peer.cid) >= (depth >> 2 or 1):
+        if depth - picker.num_outstanding(cid) >= (depth >> 2 or 1):
             self.fill(peer, now, out, batch=True)
 
     def _verify_job(self, index: int, writes: tuple[tuple[int, int, memoryview], ...]) -> HashJob:

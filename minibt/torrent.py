@@ -518,11 +518,14 @@ class Torrent:
         """One message from an attached peer.  RemoteProtocolError propagates (the session closes
         the connection and penalises the IP)."""
         out: list[fx.Effect] = []
-        if type(msg) is w.Piece:  # the per-block hot path (no event)
+        if type(msg) is w.Piece:
+            msg = [msg]
+        if type(msg) is list:  # the Piece messages of one read (wire.piece_runs): the hot path, no event
             if self._superseeding.seeder is not None:
-                self._superseeding.on_message(peer, msg, out)
+                for m in msg:
+                    self._superseeding.on_message(peer, m, out)
             try:
-                self.download.on_block(peer, msg, now, out)
+                self.download.on_blocks(peer, msg, now, out)
             except StorageError as e:
                 self.fail(str(e))
             return out
@@ -622,9 +625,8 @@ class Torrent:
             waiting = False
         return waiting, out
 
-    def set_rate_limits(
-        self, *, up: float | None | Keep = KEEP, down: float | None | Keep = KEEP, now: float | None = None
-    ) -> None:
+    def set_rate_limits(self, *, up: float | None | Keep = KEEP, down: float | None | Keep = KEEP,
+                        now: float | None = None) -> None:
         """This torrent's own upload/download limits in payload bytes/s (None or 0 = unlimited).
 
         The global limits apply as well.  Takes effect at once; ``now`` defaults to the latest time
@@ -661,9 +663,8 @@ class Torrent:
         if peer.wire is None or peer.closing:
             raise LocalProtocolError(CloseReason.PROTOCOL_VIOLATION, "request: the peer is not connected")
         if self.state is not TorrentState.DOWNLOADING:
-            raise LocalProtocolError(
-                CloseReason.PROTOCOL_VIOLATION, f"request: the torrent is {self.state.value}, not downloading"
-            )
+            raise LocalProtocolError(CloseReason.PROTOCOL_VIOLATION,
+                                     f"request: the torrent is {self.state.value}, not downloading")
         self.download.request(peer, index, begin, length, now=now, out=self._pending)
 
     def send_pex(self, peer: PeerConnection, added: Iterable[object] = (), dropped: Iterable[object] = (),
@@ -727,9 +728,8 @@ class Torrent:
             return
         out.append(fx.AnnounceDue(job, self.stats.uploaded, self.stats.downloaded, self.bytes_left, self.config.numwant))
 
-    def on_announce_result(
-        self, job: AnnounceJob, result: AnnounceResult | None, error: str | None, *, now: float
-    ) -> list[fx.Effect]:
+    def on_announce_result(self, job: AnnounceJob, result: AnnounceResult | None, error: str | None, *,
+                           now: float) -> list[fx.Effect]:
         self._now = now
         if result is not None and result.failure is None:
             self.announcer.job_done(job, result, now=now)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -95,6 +95,22 @@ class BlockLike(Protocol):
     def begin(self) -> int: ...
     @property
     def length(self) -> int: ...
+
+
+def piece_runs(events: list[Event]) -> Iterator[Event | list[Piece]]:
+    """``events`` with each run of consecutive Piece messages as one list: the blocks of one read go
+    to the torrent in one call (tools/bench_block_rx.py: 5 % of the session's time per block)."""
+    run: list[Piece] = []
+    for ev in events:
+        if type(ev) is Piece:
+            run.append(ev)
+            continue
+        if run:
+            yield run
+            run = []
+        yield ev
+    if run:
+        yield run
 
 
 # -- machine ----------------------------------------------------------------------------

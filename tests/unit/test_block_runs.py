@@ -1,0 +1,140 @@
+"""The blocks of one read reach the torrent in one call (wire.piece_runs -> Downloader.on_blocks, issue 15):
+what each block does is unchanged, messages between runs keep their place, a stray block in a run costs
+only itself, and a storage failure in the middle of a run fails the torrent without escaping."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import struct
+from pathlib import Path
+
+import pytest
+
+from minibt.errors import StorageError
+from minibt.handshake import make_reserved
+from minibt.metainfo import Metainfo, create_torrent, parse_metainfo
+from minibt.session import Session
+from minibt.settings import Encryption, Mode, SessionConfig, TorrentState
+from minibt.torrent import Torrent
+from minibt.wire import piece_runs
+from minibt.wire_codec import BLOCK_LEN, Have, Interested, Piece, Unchoke
+from minibt.workers import InlineHasher
+
+PIECE = 2 * BLOCK_LEN
+NUM_PIECES = 6
+
+
+def test_piece_runs_groups_consecutive_pieces_in_order() -> None:
+    a, b, c = Piece(0, 0, b"a"), Piece(0, 1, b"b"), Piece(1, 0, b"c")
+    h, u = Have(3), Unchoke()
+    assert list(piece_runs([])) == []
+    assert list(piece_runs([a])) == [[a]]
+    assert list(piece_runs([h, a, b, u, c])) == [h, [a, b], u, [c]]
+    assert list(piece_runs([a, b, h, u, c, Interested()])) == [[a, b], h, u, [c], Interested()]
+
+
+class Remote:
+    """A scripted seeder that has pieces ``has`` (all but one), connected to a leecher Session."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.payload = hashlib.shake_128(b"block runs").digest(NUM_PIECES * PIECE)
+        src = tmp_path / "payload.bin"
+        src.write_bytes(self.payload)
+        self.meta: Metainfo = parse_metainfo(create_torrent(str(src), piece_length=PIECE))
+        src.unlink()
+        self.now = 1.0
+        self.s = Session(rng=random.Random(5), config=SessionConfig(encryption=Encryption.NONE, pex=False,
+                                                                        holepunch=False), wall_clock=lambda: 1e9)
+        self.s.set_listen("127.0.0.1", 6881)
+        (tmp_path / "dl").mkdir()
+        self.t: Torrent = self.s.add_torrent(self.meta, str(tmp_path / "dl"), mode=Mode.DOWNLOAD, resume_path=None,
+                                             now=self.now)
+        cid = self.s.on_incoming(("127.0.0.2", 51413), now=self.now)
+        assert cid is not None
+        self.cid = cid
+        self.inbox = b""
+        self.hasher = InlineHasher()
+        hs = b"\x13BitTorrent protocol" + make_reserved(fast=True, extension=False) + self.meta.info_hash + bytes(20)
+        bits = bytes([0b11111000])  # every piece but 5
+        self.send(hs + struct.pack(">IB", 2, 5) + bits + struct.pack(">IB", 1, 1))
+
+    def send(self, data: bytes) -> None:
+        self.s.on_data(self.cid, memoryview(data), now=self.now)
+
+    def requests(self) -> list[tuple[int, int, int]]:
+        """Carry out the session's actions (hash jobs inline), then read the requests it sent."""
+        for _ in range(10):
+            acts = self.s.take_actions()
+            for a in acts:
+                job = getattr(a, "job", None)
+                if job is not None:
+                    self.hasher.submit(job)
+                    for res in self.hasher.results():
+                        self.s.on_hash_result(res, now=self.now)
+            if not acts:
+                break
+        self.inbox += self.s.data_to_send(self.cid, 1 << 20, now=self.now)
+        if self.inbox.startswith(b"\x13BitTorrent"):
+            self.inbox = self.inbox[68:]
+        out, pos = [], 0
+        while len(self.inbox) - pos >= 4:
+            (n,) = struct.unpack_from(">I", self.inbox, pos)
+            if len(self.inbox) - pos < 4 + n:
+                break
+            if n == 13 and self.inbox[pos + 4] == 6:
+                out.append(struct.unpack_from(">III", self.inbox, pos + 5))
+            pos += 4 + n
+        self.inbox = self.inbox[pos:]
+        return out
+
+    def piece_msg(self, index: int, begin: int, length: int = BLOCK_LEN) -> bytes:
+        off = index * PIECE + begin
+        return struct.pack(">IBII", 9 + length, 7, index, begin) + self.payload[off : off + length]
+
+
+def test_a_read_of_blocks_and_messages_is_handled_in_order(tmp_path: Path) -> None:
+    r = Remote(tmp_path)
+    asked = r.requests()
+    assert asked and all(i != 5 for i, _, _ in asked)
+    (i0, b0, n0), (i1, b1, n1) = asked[0], asked[1]
+    stray = next((i, b) for i in range(NUM_PIECES) for b in (0, BLOCK_LEN) if (i, b, BLOCK_LEN) not in asked)
+    before = r.t.stats.wasted
+    # one read: a requested block, a block never asked for, Have 5 (a message between two runs), another block
+    r.send(r.piece_msg(i0, b0, n0) + r.piece_msg(*stray) + struct.pack(">IBI", 5, 4, 5) + r.piece_msg(i1, b1, n1))
+    assert r.t.stats.wasted - before == BLOCK_LEN  # the stray block only
+    assert r.t.picker.peer_has(r.cid, 5)  # the Have between the runs was handled
+    stats = r.t.picker.stats()
+    assert stats["blocks_received"] == 2
+    # Answer everything from here on: the download completes with the right bytes.
+    asked = asked[2:]
+    for _ in range(200):
+        if r.t.state is TorrentState.SEEDING:
+            break
+        asked += r.requests()
+        if asked:
+            r.send(b"".join(r.piece_msg(*q) for q in asked))
+            asked = []
+        r.now += 0.01
+        r.s.tick(now=r.now)
+    assert r.t.state is TorrentState.SEEDING
+    assert (tmp_path / "dl" / "payload.bin").read_bytes() == r.payload
+
+
+def test_a_storage_failure_in_the_middle_of_a_read_fails_the_torrent_only(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    r = Remote(tmp_path)
+    asked = r.requests()
+    assert len(asked) >= 3
+    calls = []
+    real = r.t.storage.write_block
+
+    def write_block(piece: int, begin: int, data: object) -> bool:
+        calls.append((piece, begin))
+        if len(calls) == 2:
+            raise StorageError("write", "payload.bin", OSError(28, "No space left on device"))
+        return real(piece, begin, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(r.t.storage, "write_block", write_block)
+    r.send(b"".join(r.piece_msg(*q) for q in asked[:3]))  # no exception reaches the loop
+    assert len(calls) == 2 and r.t.state is TorrentState.ERROR and "No space left" in (r.t.error or "")
