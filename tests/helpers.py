@@ -3,18 +3,23 @@
 * :class:`FakeClock`: time moves only when told to; ``jump_to_next`` jumps to the earliest deadline
   (the step every fake loop takes: simnet.SimNet, test_ratelimit_sim.Pipe, test_utp_link.Sim);
 * :func:`pump`: hand one stream machine's outbox to another (``data_to_send`` -> ``receive_data``);
-* :func:`run_client_until`: drive an in-process Client (real sockets) until a condition or a deadline.
+* :func:`run_client_until`: drive an in-process Client (real sockets) until a condition or a deadline;
+* :func:`seeding_in_thread`: an in-process Client seeding one torrent from a thread of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from minibt.client import Client
+    from minibt.metainfo import Metainfo
+    from minibt.torrent import Torrent
 
 
 class FakeClock:
@@ -79,3 +84,28 @@ def run_client_until(client: Client, pred: Callable[[], object], what: str, dead
         log = "\n".join(f"  {c}" for c in client.session.closed_log[-20:])
         raise AssertionError(f"timed out waiting for {what}\nclosed_log tail:\n{log}\n{extra()}")
     return time.monotonic() - t0
+
+
+@contextlib.contextmanager
+def seeding_in_thread(seeder: Client, meta: Metainfo, seed_dir: str, timeout_s: float = 30.0) -> Iterator[Torrent]:
+    """``seeder`` seeds ``meta`` from ``seed_dir``, its loop in a thread; yields the torrent once its check
+    is done (SEEDING).  On exit the loop stops, the thread is joined and ``seeder`` closed."""
+    from minibt.settings import TorrentState
+
+    stop, seeding = threading.Event(), threading.Event()
+    st = seeder.add(meta, seed_dir, mode="seed")
+
+    def tick(now: float) -> None:
+        if st.state is TorrentState.SEEDING:
+            seeding.set()
+
+    thread = threading.Thread(target=seeder.run, kwargs={"until": stop.is_set, "on_tick": tick}, daemon=True)
+    thread.start()
+    try:
+        assert seeding.wait(timeout_s), "the seeder's check"
+        yield st
+    finally:
+        stop.set()
+        seeder.loop.wake()
+        thread.join(10)
+        seeder.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -20,7 +19,7 @@ from minibt.infobytes import SPILL_MIN_BYTES, InfoBytes
 from minibt.magnet import make_magnet
 from minibt.metainfo import create_torrent, parse_metainfo
 from minibt.settings import TorrentState
-from tests.helpers import run_client_until
+from tests.helpers import run_client_until, seeding_in_thread
 
 needs_tmpfile = pytest.mark.skipif(not hasattr(os, "O_TMPFILE"), reason="O_TMPFILE is Linux's")
 
@@ -127,20 +126,9 @@ def test_spilled_torrent_downloads_verifies_and_serves_its_metadata(tmp_path: Pa
     dl = tmp_path / "dl"
     seeder = Client(bind="127.0.0.1", port=0, state_dir=str(tmp_path / "seed-state"))
     leecher = Client(bind="127.0.0.1", port=0, state_dir=str(tmp_path / "leech-state"))
-    stop_seeder, seeding = threading.Event(), threading.Event()
-    thread = None
-    try:
-        st = seeder.add(meta, str(src.parent), mode="seed")
-        assert meta.info.spilled and os.listdir(tmp_path / "seed-state") == []
-
-        def seeder_tick(now: float) -> None:
-            if st.state is TorrentState.SEEDING:
-                seeding.set()
-
-        thread = threading.Thread(target=seeder.run, kwargs={"until": stop_seeder.is_set, "on_tick": seeder_tick},
-                                  daemon=True)
-        thread.start()
-        assert seeding.wait(30), "the seeder's check"
+    with seeding_in_thread(seeder, meta, str(src.parent)) as st:
+        assert meta.info.spilled  # and no file for it: the state directory holds the resume record alone
+        assert [n for n in os.listdir(tmp_path / "seed-state") if not n.endswith(".resume")] == []
         tracemalloc.start()
         try:
             f = leecher.add_magnet(make_magnet(meta.info_hash), str(dl), peers=[("127.0.0.1", seeder.port)])
@@ -150,16 +138,10 @@ def test_spilled_torrent_downloads_verifies_and_serves_its_metadata(tmp_path: Pa
             held = [t for t in tracemalloc.take_snapshot().traces if len(info_bytes) <= t.size <= len(info_bytes) + 64]
         finally:
             tracemalloc.stop()
+            leecher.close()
         assert held == []
         assert f.torrent is not None
         got = f.torrent.meta
         assert got.info.spilled and got.info_bytes == info_bytes and f.fetcher.info_bytes == info_bytes
         assert st.extensions.metadata.stats()["served"] >= 2
-    finally:
-        leecher.close()
-        stop_seeder.set()
-        seeder.loop.wake()
-        if thread is not None:
-            thread.join(10)
-        seeder.close()
     assert (dl / "payload.bin").read_bytes() == payload

@@ -22,7 +22,7 @@ from minibt.metainfo import Metainfo, create_torrent, parse_metainfo
 from minibt.settings import TorrentConfig, TorrentState
 from minibt.storage import Storage, load_resume
 from minibt.wire_codec import BLOCK_LEN
-from tests.helpers import run_client_until
+from tests.helpers import run_client_until, seeding_in_thread
 from tests.unit.test_checker import setup as checker_setup
 
 PIECE = 16384
@@ -129,31 +129,16 @@ def test_the_download_goes_on_while_a_save_waits_for_the_disk(tmp_path: Path,
     monkeypatch.setattr(os, "fsync", slow_fsync)
     seeder = Client(bind="127.0.0.1", port=0, state_dir=str(tmp_path / "seed-state"))
     leecher = Client(bind="127.0.0.1", port=0, state_dir=str(tmp_path / "leech-state"))
-    stop_seeder, seeding = threading.Event(), threading.Event()
-    try:
-        st = seeder.add(meta, str(src.parent), mode="seed")
-
-        def seeder_tick(now: float) -> None:
-            if st.state is TorrentState.SEEDING:
-                seeding.set()
-
-        thread = threading.Thread(target=seeder.run, kwargs={"until": stop_seeder.is_set, "on_tick": seeder_tick},
-                                  daemon=True)
-        thread.start()
-        assert seeding.wait(30), "the seeder's check"
-        t = leecher.add(meta, str(dl), peers=[("127.0.0.1", seeder.port)],
-                        config=TorrentConfig(resume_interval_s=0.0))  # a save at every tick
-        run_client_until(leecher, lambda: entered.is_set(), "a save reaching the disk", time.monotonic() + 30)
-        run_client_until(leecher, lambda: t.state is TorrentState.SEEDING, "the download", time.monotonic() + 30)
-        assert not release.is_set() and t.checker.save_in_flight  # done while the fsync still waits
-        release.set()
-    finally:
-        release.set()
-        leecher.close()
-        stop_seeder.set()
-        seeder.loop.wake()
-        thread.join(10)
-        seeder.close()
+    with seeding_in_thread(seeder, meta, str(src.parent)):
+        try:
+            t = leecher.add(meta, str(dl), peers=[("127.0.0.1", seeder.port)],
+                            config=TorrentConfig(resume_interval_s=0.0))  # a save at every tick
+            run_client_until(leecher, lambda: entered.is_set(), "a save reaching the disk", time.monotonic() + 30)
+            run_client_until(leecher, lambda: t.state is TorrentState.SEEDING, "the download", time.monotonic() + 30)
+            assert not release.is_set() and t.checker.save_in_flight  # done while the fsync still waits
+        finally:
+            release.set()
+            leecher.close()
     rd, warning = load_resume(str(leecher.resume_path(meta, str(dl))), meta, str(dl))
     assert warning is None and rd is not None
     # Flushed pieces in ``have``; the ones written after the blocked save began are pending (not flushed at stop).
