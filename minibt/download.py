@@ -163,7 +163,7 @@ class Downloader:
              recheck: bool = True) -> None:
         """Top the peer's request pipeline up to its depth.
 
-        With ``batch`` (after a received block, once ``on_block`` found a quarter of the last top-up's
+        With ``batch`` (after the blocks of a read, once ``on_blocks`` found a quarter of the last top-up's
         level free) it also waits until a quarter of the current depth is free, so requests go out in
         groups: fewer picker calls and fewer, larger sends.  A batch top-up, or one without
         ``recheck`` (fill_all after its first peer), asks the picker for nothing while its last pick
@@ -184,7 +184,7 @@ class Downloader:
         if recheck and not batch:
             self._cache_full = False
         elif self._cache_full and not picker.has_free_blocks():
-            peer.req_depth = 0  # no batch top-up from on_block until fill_all (a piece left the cache) resets it
+            peer.req_depth = 0  # no batch top-up from on_blocks until fill_all (a piece left the cache) resets it
             return
         depth = peer.req_depth = self.queue_depth(peer, now)
         n = depth - picker.num_outstanding(peer.cid)
