@@ -19,16 +19,6 @@ from dataclasses import dataclass
 from minibt.errors import CloseReason, EncryptionUnavailable, MseError, RemoteProtocolError
 from minibt.handshake import Handshake, HandshakeReceived, supports_extension, supports_fast
 from minibt.magnetfetch import MagnetFetch
-from minibt.mse import (
-    CRYPTO_PLAIN,
-    CRYPTO_RC4,
-    MseFailure,
-    MseInitiator,
-    MseResponder,
-    looks_plaintext,
-    rc4_available,
-    req2_hash,
-)
 from minibt.peer import Encrypting, Handshaking, PeerConnection, Phase
 from minibt.pex import PexFlag
 from minibt.reputation import Reputation
@@ -65,7 +55,11 @@ class Refuse:
 def usable_policy(policy: Encryption) -> Encryption:
     """``policy`` if this install can encrypt; without the RC4 back end ``preferred`` falls back to
     plaintext (logged) and ``required`` raises EncryptionUnavailable naming ``minibt[mse]``."""
-    if policy is Encryption.NONE or rc4_available():
+    if policy is Encryption.NONE:  # MSE/PE (mse.py, rc4.py) only for a policy that may encrypt
+        return policy
+    from minibt.mse import rc4_available
+
+    if rc4_available():
         return policy
     if policy is Encryption.REQUIRED:
         raise EncryptionUnavailable("encryption 'required' needs RC4: pip install 'minibt[mse]' (cryptography)")
@@ -81,6 +75,8 @@ def own_config(c: TorrentConfig) -> TorrentConfig:
 
 def req2_lookup(info_hashes: list[bytes]) -> dict[bytes, bytes]:
     """MSE responder lookup: SHA1('req2', info-hash) -> info-hash (one listening port, every torrent)."""
+    from minibt.mse import req2_hash
+
     return {req2_hash(ih): ih for ih in info_hashes}
 
 
@@ -154,7 +150,11 @@ class Admission:
         """An outgoing MSE handshake failed with ``e``: when that was no answer in time, or a plaintext
         BT handshake as the answer (a plaintext-only peer), and the policy is preferred, remember the
         peer as plaintext-only and say to redial it now (once: not after a switch already made)."""
-        if (not isinstance(e, MseError) or e.detail not in (MseFailure.TIMEOUT, MseFailure.PLAINTEXT_ANSWER)
+        if not isinstance(e, MseError):  # an MseError comes from mse.py, so it is loaded
+            return False
+        from minibt.mse import MseFailure
+
+        if (e.detail not in (MseFailure.TIMEOUT, MseFailure.PLAINTEXT_ANSWER)
                 or not conn.outgoing or not isinstance(conn.phase, Encrypting) or not conn.established
                 or conn.crypto_switched or self.policy(owner) is not Encryption.PREFERRED):
             return False
@@ -207,6 +207,8 @@ class Admission:
         if info_hash is None:
             return Encrypting(None, hs)
         hs.start()
+        from minibt.mse import CRYPTO_PLAIN, CRYPTO_RC4, MseInitiator
+
         provide = CRYPTO_RC4 if policy is Encryption.REQUIRED else CRYPTO_RC4 | CRYPTO_PLAIN
         return Encrypting(MseInitiator(info_hash, ia=hs.data_to_send(), rng=rng, now=now, provide=provide,
                                        timeout_s=MSE_DIAL_TIMEOUT_S), hs)
@@ -217,6 +219,8 @@ class Admission:
         """An incoming connection's first bytes: None while undecided; else the bytes to feed on.  A
         plaintext one goes on without ``ph.mse``; an MSE one gets a responder.  Raises MseError when
         the policy refuses plaintext."""
+        from minibt.mse import CRYPTO_PLAIN, CRYPTO_RC4, MseResponder, looks_plaintext
+
         ph.sniffed += data
         plain = looks_plaintext(ph.sniffed)
         if plain is None:
@@ -237,6 +241,8 @@ class Admission:
         Returns what the BT handshake machine (``ph.then``) is to read now (b"": nothing yet), or a
         Refuse when the cap on incoming MSE handshakes is reached (not the peer's fault: no penalty).
         Raises MseError (a RemoteProtocolError) on any failed check."""
+        from minibt.mse import CRYPTO_RC4, looks_plaintext
+
         if ph.mse is None:
             if looks_plaintext(ph.sniffed + data) is False and self.busy(conns()):
                 self.mse_refused_busy += 1

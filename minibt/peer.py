@@ -20,14 +20,16 @@ import enum
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from minibt.errors import CloseReason
 from minibt.fetchlink import FetchLink
 from minibt.handshake import Handshake
-from minibt.mse import CipherStream, MseInitiator, MseResponder
 from minibt.urls import Addr
 from minibt.wire import PeerWire
+
+if TYPE_CHECKING:  # MSE/PE (mse.py, rc4.py) is loaded by the first encrypted connection (admission.py)
+    from minibt.mse import CipherStream, MseInitiator, MseResponder
 
 
 class Transport(enum.StrEnum):

@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from minibt.urls import Addr
-from minibt.utp_codec import HEADER_LEN, UTP_FIRST_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +102,11 @@ class UdpIO:
         """
         sock, view, v6, gro = self.sock, memoryview(buf), self.v6, self.gro
         recvfrom_into, recvmsg_into, space = sock.recvfrom_into, sock.recvmsg_into, _GRO_CMSG_SPACE
-        utp_first = UTP_FIRST_BYTES
+        hlen, utp_first = 0, frozenset[int]()
+        if on_utp is not None:  # a TCP-only client never loads the uTP codec
+            from minibt.utp_codec import HEADER_LEN, UTP_FIRST_BYTES
+
+            hlen, utp_first = HEADER_LEN, UTP_FIRST_BYTES
         for _ in range(limit):
             seg = 0
             try:
@@ -127,7 +130,7 @@ class UdpIO:
                 parts = [view[:n]]
             for data in parts:
                 try:
-                    if on_utp is not None and len(data) >= HEADER_LEN and data[0] in utp_first:
+                    if on_utp is not None and len(data) >= hlen and data[0] in utp_first:
                         on_utp(data, src, now=now)
                     else:
                         on_other(data, src, now=now)

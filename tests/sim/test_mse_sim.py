@@ -69,11 +69,10 @@ def test_required_and_none_never_connect(tmp_path: Path, clock: FakeClock, seed_
 def test_without_rc4_preferred_falls_back_to_plaintext_and_required_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import minibt.admission as adm
     from minibt.errors import EncryptionUnavailable
     from minibt.session import Session
 
-    monkeypatch.setattr(adm, "rc4_available", lambda: False)
+    monkeypatch.setattr("minibt.mse.rc4_available", lambda: False)  # admission imports it when asked
     s = Session(rng=random.Random(1), config=SessionConfig(encryption=E.PREFERRED))
     assert s.config.encryption is E.NONE
     with pytest.raises(EncryptionUnavailable, match=r"minibt\[mse\]"):

@@ -4,8 +4,8 @@
 and must not have loaded the DHT node's modules, ssl (only an https tracker needs it), the TOML parser
 and config checker (only config files), datetime (only `minibt info` shows dates), tempfile or shutil
 (with zlib, bz2 and lzma: resume files are written without them), unicodedata (only for non-ASCII
-names on Windows rules), with ``--encryption none`` ctypes (only the RC4 back end), or with
-``--transport tcp`` the uTP machines, nor ``inspect`` with ``ast`` and ``dis`` (``dataclasses`` imports it
+names on Windows rules), with ``--encryption none`` MSE/PE and ctypes (only the RC4 back end), or with
+``--transport tcp`` the uTP machines and codec, nor ``inspect`` with ``ast`` and ``dis`` (``dataclasses`` imports it
 to write docstrings, and the program, ``minibt.__main__.run``, defers it: every minibt dataclass has a
 docstring).  The same download with the DHT on, the default encryption policy and the default
 transports does load the DHT modules, ctypes and uTP, and without the deferral inspect, so the check can fail.
@@ -70,10 +70,11 @@ def _download_modules(tmp_path: Path, *extra: str, defer: bool = True) -> tuple[
     return set(lines["START"].split()[1:]), set(lines["END"].split()[1:])
 
 
-PLAINTEXT_NEVER = ("shutil", "tempfile", "zlib", "bz2", "lzma", "datetime", "unicodedata", "ctypes")
+PLAINTEXT_NEVER = ("shutil", "tempfile", "zlib", "bz2", "lzma", "datetime", "unicodedata", "ctypes",
+                   "minibt.mse", "minibt.rc4")
 INSPECT_CHAIN = ("ast", "dis")  # what a real ``inspect`` brings; minibt.__main__ defers it
 UTP_MODULES = ("minibt.utp", "minibt.utp_mux", "minibt.utp_peers", "minibt.utp_mtu", "minibt.utp_config",
-               "minibt.ledbat")  # not with --transport tcp
+               "minibt.ledbat", "minibt.utp_codec")  # not with --transport tcp
 
 
 def test_download_without_dht_loads_no_dht_ssl_toml_or_shutil(tmp_path: Path) -> None:
@@ -90,7 +91,7 @@ def test_download_with_dht_loads_the_dht_node(tmp_path: Path) -> None:
     assert [m for m in INSPECT_CHAIN if m not in start] == []  # not deferred: dataclasses loads it
     assert [m for m in DHT_MODULES if m not in start] == []
     assert [m for m in NEVER_FOR_A_DOWNLOAD if m in end] == []
-    assert "ctypes" in end  # the default policy, preferred, probed the RC4 back end
+    assert "ctypes" in end and "minibt.mse" in end  # the default policy, preferred, probed the RC4 back end
     assert [m for m in UTP_MODULES if m not in start] == []  # uTP is among the default transports
 
 
