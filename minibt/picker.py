@@ -692,23 +692,21 @@ class PiecePicker:
 
     def _take_free(self, peer: Peer, st: _PeerState, p: int, n: int, out: list[Block]) -> None:
         pp = self._partials[p]
-        recv, req = pp.recv, pp.requested
-        bl = self._block_len
-        size = self.piece_size(p)
-        base = p * self._bpp
-        j = pp.hint
+        recv, req, free, j = pp.recv, pp.requested, pp.free, pp.hint
+        bl, size, base = self._block_len, self.piece_size(p), p * self._bpp
+        sout, append, new = st.out, out.append, tuple.__new__  # new(Block, ...): no Python-level __new__ frame
         taken = 0
-        while taken < n and pp.free:
+        while taken < n and free:
             while recv[j] or j in req:
                 j += 1
             req[j] = [peer]
-            pp.free -= 1
-            st.out[base + j] = None
+            free -= 1
+            sout[base + j] = None
             begin = j * bl
-            out.append(Block(p, begin, min(bl, size - begin)))
+            append(new(Block, (p, begin, bl if size - begin > bl else size - begin)))
             taken += 1
             j += 1
-        pp.hint = j
+        pp.free, pp.hint = free, j
         if taken:
             st.pieces[p] = st.pieces.get(p, 0) + taken
         if not pp.free:

@@ -308,6 +308,7 @@ class PeerWire:
         unpack_hdr = _HDR.unpack_from
         unpack_2u32 = _2U32.unpack_from
         max_frame = self._max_frame
+        n_pieces, last_index, last_size, plen = self._n, self._last_index, self._last_size, self._piece_length
         while end - pos >= 4:
             if end - pos < 5:
                 length = _U32.unpack_from(buf, pos)[0]
@@ -337,7 +338,8 @@ class PeerWire:
                 if stop > end:
                     break
                 index, begin = unpack_2u32(buf, pos + 5)
-                self._check_block("piece", index, begin, length - 9)
+                if index >= n_pieces or begin + length - 9 > (last_size if index == last_index else plen):
+                    self._check_block("piece", index, begin, length - 9)  # raises, naming the reason
                 if not self._got_first:
                     self._got_first = True
                 block = mv[pos + 13 : stop]
