@@ -644,10 +644,9 @@ class Storage:
         pb = self._cache.pop(piece)
         self._buffered -= len(pb.data)
         # While other pieces are buffered (a download going on) the next pieces reuse these buffers, unless
-        # a worker may still read one: bytearray(size) zeroes 256 KiB (tools/bench_block_rx.py: 3 % of the
-        # session's time with one spare, which left two pieces in five to a new buffer).  Buffers and spares
-        # together stay within the cache's size.  Reuse is safe unzeroed: a piece is complete only once every
-        # byte of it has been written.
+        # a worker may still read one: bytearray(size) zeroes 256 KiB (py-spy: 1-3 % of the loop's samples on
+        # that line with one spare).  Buffers and spares together stay within the cache's size.  Reuse is
+        # safe unzeroed: a piece is complete only once every byte of it has been written.
         if not self._buffered:
             self._spares.clear()
         elif (piece not in self._committing and len(pb.data) == self._plen
