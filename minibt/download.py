@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -295,31 +296,38 @@ class Downloader:
         if peer.wire.peer_choking:
             self.fill(peer, now, out)
 
-    def on_blocks(self, peer: PeerConnection, msgs: list[w.Piece], now: float, out: list[Effect]) -> None:
-        """The blocks of one read from ``peer`` (one call per read: the per-block hot path).  Raises
-        StorageError if one cannot be buffered (the torrent fails; the rest of the read is dropped)."""
+    def on_blocks(self, peer: PeerConnection, blocks: Sequence[tuple[int, int, bytes | memoryview]], now: float,
+                  out: list[Effect]) -> None:
+        """The blocks ``(index, begin, data)`` of one read from ``peer`` (one call per read: the per-block
+        hot path).  Raises StorageError if one cannot be buffered (the torrent fails; the rest of the read
+        is dropped)."""
         picker, storage, have, block_src, peers = self._picker, self._storage, self._have, self._block_src, self._peers
         cid, ip, downloading = peer.cid, peer.ip, self.downloading
         total = 0
         stray = False
-        for msg in msgs:
-            data = msg.data
+        last = -1  # the piece of the block before: a run's blocks mostly share one
+        wanted = False
+        src: dict[int, str] | None = None
+        for index, begin, data in blocks:
             n = len(data)
             total += n
-            index, begin = msg.index, msg.begin
-            others = picker.take_requested(cid, index, begin, n) if downloading and not have.test(index) else None
+            if index != last:
+                last, wanted, src = index, downloading and not have.test(index), None
+            others = picker.take_requested(cid, index, begin, n) if wanted else None
             if others is None:
                 self._stats.wasted += n  # unsolicited, late or duplicate: never written
                 stray = True
                 continue
-            for other in others:
-                op = peers.get(other)  # type: ignore[call-overload]
-                if op is not None and op.wire is not None:
-                    op.wire.cancel(index, begin, n)
-                    out.append(Flush(op.cid))
-            src = block_src.get(index)
+            if others:
+                for other in others:
+                    op = peers.get(other)  # type: ignore[call-overload]
+                    if op is not None and op.wire is not None:
+                        op.wire.cancel(index, begin, n)
+                        out.append(Flush(op.cid))
             if src is None:
-                src = block_src[index] = {}
+                src = block_src.get(index)
+                if src is None:
+                    src = block_src[index] = {}
             src[begin // BLOCK_LEN] = ip
             if storage.write_block(index, begin, data):
                 picker.piece_hashing(index)

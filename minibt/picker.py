@@ -420,11 +420,9 @@ class PiecePicker:
         return expected, others
 
     def take_requested(self, peer: Peer, index: int, begin: int, length: int) -> list[Peer] | None:
-        """The per-block hot path: :meth:`is_requested` and :meth:`block_received` in one step.
-
-        None (nothing recorded) unless ``peer`` has this block outstanding; else the block is
-        recorded as received and the other peers that still had it requested are returned.
-        """
+        """The per-block hot path, :meth:`is_requested` and :meth:`block_received` in one step: None (nothing
+        recorded) unless ``peer`` has this block outstanding; else the block is recorded as received and
+        the other peers that still had it requested are returned."""
         st = self._peers.get(peer)
         bl = self._block_len
         if st is None or not 0 <= index < self._n or begin < 0 or begin % bl:
@@ -443,7 +441,11 @@ class PiecePicker:
             return rest if expected else None
         del pp.requested[j]
         del st.out[key]
-        self._dec_piece(st, index)
+        pieces = st.pieces  # _dec_piece, inline
+        if c := pieces[index] - 1:
+            pieces[index] = c
+        else:
+            del pieces[index]
         if len(others) > 1:
             others.remove(peer)
             for r in others:

@@ -48,7 +48,6 @@ from minibt.settings import Mode, SessionConfig, TorrentConfig, TorrentState
 from minibt.torrent import Torrent
 from minibt.tracker import AnnounceJob, AnnounceResult
 from minibt.urls import Addr
-from minibt.wire import piece_runs
 from minibt.workers import CallResult, HashResult
 
 log = logging.getLogger(__name__)
@@ -524,7 +523,7 @@ class Session:
             match conn.phase:
                 case Active(wire=wire):
                     t = self._torrent_of[cid]
-                    for ev in piece_runs(wire.receive_data(data, now=now)):
+                    for ev in wire.receive_data(data, now=now, runs=True):
                         effects = t.on_message(conn, ev, now=now)
                         if effects:
                             self._apply(t, effects, now)

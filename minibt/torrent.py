@@ -51,6 +51,7 @@ from minibt.superseed import SuperSeeder, SuperSeeding
 from minibt.tracker import AnnounceJob, Announcer, AnnounceResult
 from minibt.upload import Uploader
 from minibt.urls import Addr
+from minibt.wire import BlocksReceived
 from minibt.workers import CallResult, HashResult
 
 log = logging.getLogger(__name__)
@@ -518,14 +519,12 @@ class Torrent:
         """One message from an attached peer.  RemoteProtocolError propagates (the session closes
         the connection and penalises the IP)."""
         out: list[fx.Effect] = []
-        if type(msg) is w.Piece:
-            msg = [msg]
-        if type(msg) is list:  # the Piece messages of one read (wire.piece_runs): the hot path, no event
-            if self._superseeding.seeder is not None:
-                for m in msg:
-                    self._superseeding.on_message(peer, m, out)
+        # The per-block hot path (no public event): a run of blocks (Session) or a lone Piece (a replay).
+        blocks = msg.blocks if type(msg) is BlocksReceived else (
+            ((msg.index, msg.begin, msg.data),) if type(msg) is w.Piece else None)
+        if blocks is not None:
             try:
-                self.download.on_blocks(peer, msg, now, out)
+                self.download.on_blocks(peer, blocks, now, out)
             except StorageError as e:
                 self.fail(str(e))
             return out

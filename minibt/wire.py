@@ -1,7 +1,7 @@
 """BEP 3/6/10 peer wire machine (post-handshake): :class:`PeerWire` and :class:`WireConfig`.
 
 Pure: ``receive_data(data, now=)`` returns the received messages as events (the message IS the
-event); commands queue encoded bytes that the loop drains with ``data_to_send()``.  In scope:
+event; with ``runs=True`` consecutive blocks come as one :class:`BlocksReceived`); commands queue encoded bytes that the loop drains with ``data_to_send()``.  In scope:
 frame limits checked before a body is buffered, per-torrent validation (indexes, block bounds,
 bitfield length and spare bits), first-message rules, choke/interest state, keep-alive and idle
 timers, counters.  Out of scope: request queues, allowed-fast sets and unsolicited-piece detection
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -97,20 +97,19 @@ class BlockLike(Protocol):
     def length(self) -> int: ...
 
 
-def piece_runs(events: list[Event]) -> Iterator[Event | list[Piece]]:
-    """``events`` with each run of consecutive Piece messages as one list: the blocks of one read go
-    to the torrent in one call (tools/bench_block_rx.py: 5 % of the session's time per block)."""
-    run: list[Piece] = []
-    for ev in events:
-        if type(ev) is Piece:
-            run.append(ev)
-            continue
-        if run:
-            yield run
-            run = []
-        yield ev
-    if run:
-        yield run
+@dataclass(frozen=True, slots=True)
+class BlocksReceived:
+    """The Piece messages that came one after another in one read (``receive_data(..., runs=True)``):
+    ``(index, begin, data)`` per block, in order, each checked as a :class:`Piece` is.  ``data`` is a
+    view of the read's buffer (``bytes`` when its frame spanned reads): copy it before the buffer is
+    reused.  The per-block hot path: one event per run rather than one per block (tools/bench_block_rx.py)."""
+
+    blocks: tuple[tuple[int, int, bytes | memoryview], ...]
+
+
+def runs_of(events: list[Any]) -> list[Event | BlocksReceived]:
+    """``_parse``'s output in runs mode: each list of block tuples becomes one BlocksReceived."""
+    return [BlocksReceived(tuple(ev)) if type(ev) is list else ev for ev in events]
 
 
 # -- machine ----------------------------------------------------------------------------
@@ -240,8 +239,10 @@ class PeerWire:
         return self._last_size if index == self._last_index else self._piece_length
 
     # -- input ------------------------------------------------------------------------------
-    def receive_data(self, data: bytes | bytearray | memoryview, *, now: float) -> list[Event]:
-        """Parse bytes from the peer; returns the complete messages received, in order.
+    def receive_data(self, data: bytes | bytearray | memoryview, *, now: float,
+                     runs: bool = False) -> list[Event | BlocksReceived]:
+        """Parse bytes from the peer; returns the complete messages received, in order.  With ``runs``
+        each run of consecutive Piece messages comes as one :class:`BlocksReceived` instead.
 
         Raises:
             WireError: see the class docstring; the machine is closed afterwards.
@@ -251,17 +252,18 @@ class PeerWire:
             return []
         self._last_recv = now
         try:
-            return self._receive(data)
+            events = self._receive(data, runs)
         except RemoteProtocolError:
             self._closed = True
             raise
+        return runs_of(events) if runs else events
 
-    def _receive(self, data: bytes | bytearray | memoryview) -> list[Event]:
+    def _receive(self, data: bytes | bytearray | memoryview, runs: bool) -> list[Any]:
         mv = data if isinstance(data, memoryview) and data.format == "B" else memoryview(data).cast("B")
         n = mv.nbytes
         self._bytes_in += n
         pos = 0
-        events: list[Event] = []
+        events: list[Any] = []
         rb = self._rbuf
         while pos < n:
             if self._skip:  # the rest of an unknown message
@@ -271,7 +273,7 @@ class PeerWire:
                 continue
             if not rb:
                 # Parsed where it lies: piece blocks are views of ``data`` (no copy).
-                done = self._parse(data, mv, pos, n, events, copy=False)
+                done = self._parse(data, mv, pos, n, events, copy=False, runs=runs)
                 if done < n:
                     rb += mv[done:n]
                 break
@@ -289,17 +291,19 @@ class PeerWire:
             pos += take
             rmv = memoryview(rb)
             try:
-                done = self._parse(rb, rmv, 0, len(rb), events, copy=True)
+                done = self._parse(rb, rmv, 0, len(rb), events, copy=True, runs=runs)
             finally:
                 rmv.release()
             del rb[:done]
         return events
 
     def _parse(  # noqa: C901 - one loop over the frame kinds, the per-block hot path
-        self, buf: Any, mv: memoryview, pos: int, end: int, events: list[Event], *, copy: bool
+        self, buf: Any, mv: memoryview, pos: int, end: int, events: list[Any], *, copy: bool, runs: bool
     ) -> int:
         """Decode the whole frames in ``buf[pos:end]`` into ``events``; returns where the first
         incomplete frame starts (``end`` when the tail of an unknown message is being skipped).
+        With ``runs`` a block goes into the list of ``(index, begin, data)`` that ends ``events``
+        (a new one after any other message), for :func:`runs_of`.
 
         Piece blocks are ``bytes`` with ``copy``, else views of ``buf``: valid as long as the
         caller's buffer is unchanged, so a consumer copies a block before the next read.
@@ -342,8 +346,13 @@ class PeerWire:
                     self._check_block("piece", index, begin, length - 9)  # raises, naming the reason
                 if not self._got_first:
                     self._got_first = True
-                block = mv[pos + 13 : stop]
-                events.append(Piece(index, begin, bytes(block) if copy else block))
+                block = bytes(mv[pos + 13 : stop]) if copy else mv[pos + 13 : stop]
+                if not runs:
+                    events.append(Piece(index, begin, block))
+                elif events and type(events[-1]) is list:
+                    events[-1].append((index, begin, block))
+                else:
+                    events.append([(index, begin, block)])
                 in_counts[PIECE] += 1
                 pos = stop
                 continue

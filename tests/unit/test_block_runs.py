@@ -1,6 +1,8 @@
-"""The blocks of one read reach the torrent in one call (wire.piece_runs -> Downloader.on_blocks, issue 15):
-what each block does is unchanged, messages between runs keep their place, a stray block in a run costs
-only itself, and a storage failure in the middle of a run fails the torrent without escaping."""
+"""The blocks of one read reach the torrent in one call (``PeerWire.receive_data(..., runs=True)`` ->
+``wire.BlocksReceived`` -> ``Downloader.on_blocks``, issue 15): the runs carry exactly the blocks the plain
+mode gives as Piece messages, messages between runs keep their place, what each block does is unchanged, a
+stray block in a run costs only itself, and a storage failure in the middle of a run fails the torrent
+without escaping."""
 
 from __future__ import annotations
 
@@ -11,27 +13,74 @@ from pathlib import Path
 
 import pytest
 
-from minibt.errors import StorageError
+from minibt.errors import CloseReason, StorageError, WireError
 from minibt.handshake import make_reserved
 from minibt.metainfo import Metainfo, create_torrent, parse_metainfo
 from minibt.session import Session
 from minibt.settings import Encryption, Mode, SessionConfig, TorrentState
 from minibt.torrent import Torrent
-from minibt.wire import piece_runs
-from minibt.wire_codec import BLOCK_LEN, Have, Interested, Piece, Unchoke
+from minibt.wire import BlocksReceived
+from minibt.wire_codec import BLOCK_LEN, Have, Interested, Piece, Unchoke, encode
 from minibt.workers import InlineHasher
+from tests.unit.test_wire import N, make_wire, sample_stream
 
 PIECE = 2 * BLOCK_LEN
 NUM_PIECES = 6
 
 
-def test_piece_runs_groups_consecutive_pieces_in_order() -> None:
+def flatten(events: list[object]) -> list[object]:
+    """Runs mode's events with every run spelled out as the Piece messages the plain mode gives."""
+    out: list[object] = []
+    for ev in events:
+        if isinstance(ev, BlocksReceived):
+            assert ev.blocks, "a run is never empty"
+            out += [Piece(i, b, bytes(d)) for i, b, d in ev.blocks]
+        else:
+            out.append(ev)
+    return out
+
+
+def test_runs_group_consecutive_blocks_and_keep_every_message_in_place() -> None:
     a, b, c = Piece(0, 0, b"a"), Piece(0, 1, b"b"), Piece(1, 0, b"c")
     h, u = Have(3), Unchoke()
-    assert list(piece_runs([])) == []
-    assert list(piece_runs([a])) == [[a]]
-    assert list(piece_runs([h, a, b, u, c])) == [h, [a, b], u, [c]]
-    assert list(piece_runs([a, b, h, u, c, Interested()])) == [[a, b], h, u, [c], Interested()]
+
+    def runs(*msgs: object) -> list[object]:
+        wire = make_wire()
+        return wire.receive_data(b"".join(encode(m) for m in msgs), now=0.0, runs=True)  # type: ignore[arg-type]
+
+    got = runs(h, a, b, u, c)
+    assert [type(ev) for ev in got] == [Have, BlocksReceived, Unchoke, BlocksReceived]
+    assert flatten(got) == [h, a, b, u, c]
+    got = runs(a, b, h, u, c, Interested())
+    assert [type(ev) for ev in got] == [BlocksReceived, Have, Unchoke, BlocksReceived, Interested]
+    assert runs() == []
+
+
+def test_runs_mode_gives_the_same_messages_however_the_stream_is_cut(rng: random.Random) -> None:
+    """Random streams of every message kind, cut into reads at random: runs mode, spelled out, equals
+    the plain mode (which test_wire.py checks against the encoder), including blocks whose frames span
+    reads (bytes) and runs that a read boundary splits."""
+    for _ in range(20):
+        data, msgs = sample_stream(rng)
+        cuts = sorted(rng.sample(range(1, len(data)), rng.randint(1, 300)))
+        plain, grouped = make_wire(), make_wire()
+        got_plain: list[object] = []
+        got_runs: list[object] = []
+        for lo, hi in zip([0, *cuts], [*cuts, len(data)], strict=True):
+            chunk = bytearray(data[lo:hi])
+            got_plain += [Piece(m.index, m.begin, bytes(m.data)) if isinstance(m, Piece) else m
+                          for m in plain.receive_data(memoryview(chunk), now=0.0)]
+            got_runs += flatten(grouped.receive_data(memoryview(chunk), now=0.0, runs=True))
+            chunk[:] = bytes(len(chunk))  # the caller reuses its buffer: views must have been copied
+        assert got_plain == msgs
+        assert got_runs == msgs
+        assert plain.stats() == grouped.stats()
+
+
+def test_runs_mode_checks_blocks_as_the_plain_mode_does() -> None:
+    with pytest.raises(WireError) as e:
+        make_wire().receive_data(encode(Piece(N, 0, b"x")), now=0.0, runs=True)
+    assert e.value.reason is CloseReason.PROTOCOL_VIOLATION
 
 
 class Remote:
