@@ -195,9 +195,12 @@ def reputation_event(ev: RepEvent, torrent: T | None, conn: P | None) -> Event[T
 
 
 class EventQueue:
-    """Bounded FIFO of :class:`Event`; ``push`` is a no-op until ``enabled``."""
+    """Bounded FIFO of :class:`Event`; ``push`` is a no-op unless ``enabled``: a Dispatcher delivers the
+    queue (:meth:`attach`) and some callback is registered (:meth:`listening`, kept by :class:`Listeners`).
+    So a program with no callback (the CLI, the runner) builds no event; a callback gets the events that
+    happen after it is registered."""
 
-    __slots__ = ("enabled", "dropped", "_q", "_max")
+    __slots__ = ("enabled", "dropped", "_q", "_max", "_attached", "_listening")
 
     def __init__(self, *, max_events: int = MAX_QUEUED_EVENTS, enabled: bool = False) -> None:
         if max_events <= 0:
@@ -206,6 +209,18 @@ class EventQueue:
         self.dropped = 0
         self._q: deque[Event[Any, Any]] = deque()
         self._max = max_events
+        self._attached = False
+        self._listening = 0
+
+    def attach(self) -> None:
+        """A Dispatcher takes this queue's events (and so may deliver them)."""
+        self._attached = True
+        self.enabled = self._listening > 0
+
+    def listening(self, delta: int) -> None:
+        """Callbacks registered (+) or removed (-) on any Listeners of this queue's session."""
+        self._listening += delta
+        self.enabled = self._attached and self._listening > 0
 
     def push(self, rec: Event[Any, Any]) -> None:
         if not self.enabled:
@@ -236,23 +251,29 @@ def check_event_name(name: str) -> EventName:
 
 
 class Listeners:
-    """Callbacks by event name (the registry behind ``on``/``off``); never calls them itself."""
+    """Callbacks by event name (the registry behind ``on``/``off``); never calls them itself.  Given the
+    session's EventQueue, it tells the queue how many callbacks there are (no event is built for none)."""
 
-    __slots__ = ("_by_name",)
+    __slots__ = ("_by_name", "_queue")
 
-    def __init__(self) -> None:
+    def __init__(self, queue: EventQueue | None = None) -> None:
         self._by_name: dict[EventName, list[Callback]] = {}
+        self._queue = queue
 
     def on(self, name: str, callback: Callback) -> None:
         if not callable(callback):
             raise TypeError(f"callback {callback!r} is not callable")
         self._by_name.setdefault(check_event_name(name), []).append(callback)
+        if self._queue is not None:
+            self._queue.listening(1)
 
     def off(self, name: str, callback: Callback) -> None:
         """Remove one registration of ``callback`` for ``name`` (no error if absent)."""
         cbs = self._by_name.get(check_event_name(name))
         if cbs and callback in cbs:
             cbs.remove(callback)
+            if self._queue is not None:
+                self._queue.listening(-1)
 
     def get(self, name: EventName) -> tuple[Callback, ...]:
         cbs = self._by_name.get(name)

@@ -69,7 +69,7 @@ class Peer:
         self._conn = conn
         self._session = session
         self._torrent: Torrent | None = session.torrent_of(conn.cid)
-        self.listeners = Listeners()
+        self.listeners = Listeners(session.events)
         self.pex = PexControl(self)  # WebTorrent-style ut_pex controls: start/stop/reset/add_peer/drop_peer
 
     @classmethod
@@ -478,10 +478,10 @@ class Dispatcher:
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self.listeners = Listeners()
+        self.listeners = Listeners(session.events)
         self.counters = {"events": 0, "callbacks": 0, "callback_errors": 0}
         self._dropped_seen = 0
-        session.events.enabled = True
+        session.events.attach()
 
     def dispatch(self) -> int:
         """Deliver every queued event; returns how many there were."""

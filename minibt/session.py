@@ -84,7 +84,7 @@ class Session:
         self.reputation = Reputation()  # per-IP scores and bans, shared by every torrent
         self._now = 0.0  # the latest `now` any input brought (for teardown started by a command)
         self.closed_log: list[tuple[int, Addr, CloseReason, str]] = []  # bounded, newest last
-        self.events = EventQueue()  # public API events; off until a Client enables it (minibt/events.py)
+        self.events = EventQueue()  # public API events: built only while a Client has callbacks (events.py)
         self.faults = Faults()  # contained faults while handling outside input (STYLE.md section 13)
         # What the torrent layer may read of the session (effects.py): listen address, our own
         # addresses, bans, whether events are wanted, whether networking is paused.

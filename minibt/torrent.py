@@ -119,7 +119,7 @@ class Torrent:
         self.limits = TransferLimits(
             global_up, global_down, up_bps=config.upload_limit_bps, down_bps=config.download_limit_bps, now=now
         )
-        self.listeners = Listeners()  # callbacks for this torrent's events (called by the Client only)
+        self.listeners = Listeners(ctx.events)  # callbacks for this torrent's events (called by the Client only)
         # The parts: each appends its effects to the `out` list it is given and holds nothing above it.
         self.checker = Checker(
             meta, self.storage, download_dir, resume_path=resume_path,

@@ -60,6 +60,32 @@ def test_queue_is_bounded_and_keeps_the_newest() -> None:
         EventQueue(max_events=0)
 
 
+def test_events_are_built_only_while_a_delivered_queue_has_callbacks() -> None:
+    """A Client with no callback (the CLI, the runner) queues nothing; registering the first callback
+    anywhere (client, torrent or peer Listeners) turns the queue on, removing the last turns it off."""
+    q = EventQueue()
+    client, peer = Listeners(q), Listeners(q)
+
+    def cb(ev: object) -> None:
+        pass
+
+    client.on("have", cb)
+    q.push(rec())
+    assert not q.enabled and len(q) == 0  # no Dispatcher delivers it
+    q.attach()
+    assert q.enabled
+    q.push(rec(index=1))
+    peer.on("piece_verified", cb)
+    client.off("have", cb)
+    client.off("have", cb)  # absent: counts nothing
+    assert q.enabled
+    q.push(rec(index=2))
+    peer.off("piece_verified", cb)
+    assert not q.enabled
+    q.push(rec(index=3))
+    assert [r.index for r in q.take()] == [1, 2]
+
+
 def test_listeners_validate_names_and_callbacks() -> None:
     ls = Listeners()
     calls: list[str] = []
@@ -89,7 +115,7 @@ def make_session() -> Session:
 def test_dispatcher_isolates_failing_callbacks(caplog: pytest.LogCaptureFixture) -> None:
     s = make_session()
     d = Dispatcher(s)
-    assert s.events.enabled
+    assert not s.events.enabled  # no callback yet: no event is built
     seen: list[tuple[str, int | None]] = []
 
     def bad(ev: Event) -> None:
