@@ -503,10 +503,16 @@ class Storage:
         hashed in another thread never changes under it.
         """
         n = len(data)
+        pb = self._cache.get(piece)
+        if pb is not None and n == BLOCK_LEN and not begin % BLOCK_LEN and 0 <= begin < len(pb.data) - n + 1:
+            # The common case: a whole aligned block of a started piece (its buffer is the piece's size).
+            if pb.received != pb.full:
+                pb.data[begin : begin + n] = data
+                pb.received |= 1 << begin // BLOCK_LEN
+            return pb.received == pb.full
         size = self._plen if 0 <= piece < self._n - 1 else self._piece_size(piece)
         if size == 0 or begin < 0 or n <= 0 or begin + n > size:
             raise ValueError(f"block {piece}:{begin}+{n} outside the torrent")
-        pb = self._cache.get(piece)
         if pb is None:
             nblocks = (size + BLOCK_LEN - 1) // BLOCK_LEN
             spares = self._spares

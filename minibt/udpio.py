@@ -120,8 +120,11 @@ class UdpIO:
                     n, addr = recvfrom_into(buf)
             except OSError:  # BlockingIOError: drained; anything else: the next readiness retries
                 break
-            ip = addr[0]
-            src = (ip[7:] if v6 and ip.startswith("::ffff:") else ip, addr[1])
+            if v6:  # (host, port, flowinfo, scope_id), an IPv4-mapped host as plain IPv4
+                ip = addr[0]
+                src = (ip[7:] if ip.startswith("::ffff:") else ip, addr[1])
+            else:
+                src = addr  # already (host, port)
             if seg and seg < n:
                 parts = split_gro(view, n, seg)
                 self.counters["udp_gro_buffers"] += 1
