@@ -119,7 +119,7 @@ def one(case: str, repo: str, torrent: str, seed_dir: str, work: str, size: int,
                                   "--encryption", "none")
             argv = ["env", f"PYTHONPATH={repo}", *argv]
         seed0, busy0 = proc_cpu_s(seeder.pid), busy_cpu_s()
-        r = run_measured(case, argv, done_marker=None, timeout_s=timeout)
+        r = run_measured(case, argv, timeout_s=timeout)
         seed_cpu = proc_cpu_s(seeder.pid) - seed0
         other = max(0.0, busy_cpu_s() - busy0 - seed_cpu - r.cpu_s)
         if sha1_file(os.path.join(dest, "payload.bin")) != want:
