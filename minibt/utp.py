@@ -43,6 +43,7 @@ from minibt.utp_codec import (
     ST_SYN,
     TS_MASK,
     UTP_VERSION,
+    Payload,
     UtpHeader,
     build_sack,
     seq_before,
@@ -71,7 +72,7 @@ class Connected:
 
 
 class DataReceived(NamedTuple):  # one per received packet: a tuple is the cheapest immutable record
-    data: bytes
+    data: Payload  # a lone datagram's payload is a view of the loop's buffer: valid during the call only
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,7 +324,7 @@ class UtpConnection:
     # ------------------------------------------------------------------ input
 
     def receive_packet(
-        self, header: UtpHeader, sack: bytes | None, payload: bytes, *, now: float
+        self, header: UtpHeader, sack: bytes | None, payload: Payload, *, now: float
     ) -> list[UtpEvent]:
         """Feed one decoded packet addressed to this connection; packets that don't fit are ignored."""
         st = self._state
@@ -692,7 +693,7 @@ class UtpConnection:
                 self._fast_resend_seq = end
         return newly, lost
 
-    def _process_data(self, h: UtpHeader, payload: bytes, now: float, events: list[UtpEvent]) -> None:
+    def _process_data(self, h: UtpHeader, payload: Payload, now: float, events: list[UtpEvent]) -> None:
         seq = h.seq_nr
         n = self._n
         if not self._ack_pending:
@@ -716,7 +717,7 @@ class UtpConnection:
             ):
                 n["reorder_drops" if seq not in self._reorder else "dup_packets"] += 1
                 return
-            self._reorder[seq] = payload
+            self._reorder[seq] = bytes(payload)  # kept past this call: a copy, not a view
             self._reorder_bytes += len(payload)
             self._sack_dirty = True
             return

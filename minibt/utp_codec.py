@@ -87,8 +87,14 @@ def encode_packet(header: UtpHeader, sack: bytes | None, payload: bytes = b"") -
     return b"".join((hdr, bytes((EXT_NONE, len(sack))), sack, payload))
 
 
-def decode_packet(data: bytes | bytearray | memoryview) -> tuple[UtpHeader, bytes | None, bytes]:
-    """Parse one datagram into ``(header, sack bitmask or None, payload)``; raises :class:`UtpError`."""
+Payload = bytes | bytearray | memoryview  # a received payload: a slice of the datagram it came in
+
+
+def decode_packet(data: Payload) -> tuple[UtpHeader, bytes | None, Payload]:
+    """Parse one datagram into ``(header, sack bitmask or None, payload)``; raises :class:`UtpError`.
+
+    The payload is a slice of ``data``: a view when ``data`` is one (the loop's receive buffer, reused for
+    the next datagram), so a consumer that keeps it copies it."""
     n = len(data)
     if n < HEADER_LEN:
         raise UtpError(CloseReason.MALFORMED_MESSAGE, f"uTP datagram of {n} bytes")
@@ -99,7 +105,7 @@ def decode_packet(data: bytes | bytearray | memoryview) -> tuple[UtpHeader, byte
     if typ > ST_SYN:
         raise UtpError(CloseReason.MALFORMED_MESSAGE, f"uTP type {typ}")
     if not ext:  # the common case: no extension
-        return _new_header(UtpHeader, (typ, cid, ts, tsd, wnd, seq, ack, UTP_VERSION, ext)), None, bytes(data[20:])
+        return _new_header(UtpHeader, (typ, cid, ts, tsd, wnd, seq, ack, UTP_VERSION, ext)), None, data[20:]
     off = HEADER_LEN
     sack: bytes | None = None
     nxt = ext
@@ -114,7 +120,7 @@ def decode_packet(data: bytes | bytearray | memoryview) -> tuple[UtpHeader, byte
             # BEP 29 says len is a multiple of 4, but libtorrent sends (span + 7) // 8 bytes: accept any
             sack = bytes(data[off : off + ln])
         off += ln  # BEP 29: unknown extensions are skipped (so is a second SACK)
-    return _new_header(UtpHeader, (typ, cid, ts, tsd, wnd, seq, ack, UTP_VERSION, ext)), sack, bytes(data[off:])
+    return _new_header(UtpHeader, (typ, cid, ts, tsd, wnd, seq, ack, UTP_VERSION, ext)), sack, data[off:]
 
 
 def is_utp_datagram(data: bytes | bytearray | memoryview) -> bool:

@@ -58,7 +58,7 @@ class UtpPeers:
         self.mux = UtpMux(rng, config=config)
         self._by_cid: dict[int, _UtpPeer] = {}
         self._by_key: dict[ConnKey, _UtpPeer] = {}
-        self._rx: dict[int, list[bytes]] = {}  # payload of one receive batch per cid
+        self._rx: dict[int, bytearray] = {}  # in-order payload of one receive batch per cid
         # Bytes held back by a download limit (the session gets them as tokens allow; they shrink the
         # window the connection advertises, so the sender slows down: uTP's read pause).
         self._held: dict[int, bytes] = {}
@@ -149,12 +149,12 @@ class UtpPeers:
         for key, ev in evs:
             if isinstance(ev, DataReceived):
                 up = by_key.get(key)
-                if up is not None:
+                if up is not None:  # copied now: the data may be a view of the loop's receive buffer
                     rx = self._rx.get(up.cid)
                     if rx is None:
-                        self._rx[up.cid] = [ev.data]
+                        self._rx[up.cid] = bytearray(ev.data)
                     else:
-                        rx.append(ev.data)
+                        rx += ev.data
                 continue
             if isinstance(ev, IncomingConnection):
                 self._incoming(key, ev.conn, now)
@@ -192,8 +192,7 @@ class UtpPeers:
         self._by_key[key] = up
 
     def _deliver(self, cid: int, now: float, *, all_of_it: bool = False) -> None:
-        chunks = self._rx.pop(cid, None)
-        data = b"" if not chunks else chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        data: bytes | bytearray = self._rx.pop(cid, None) or b""
         if cid in self._held or (self.session.down_limited and not all_of_it and data):
             data = self._held.pop(cid, b"") + data
             keep = 0 if all_of_it or not self.session.down_limited else max(
@@ -206,8 +205,8 @@ class UtpPeers:
                 up.conn.held_bytes = keep
                 if opened:
                     up.conn.window_opened(now=now)
-        if data:
-            self.session.on_data(cid, data, now=now)
+        if data:  # a batch's own bytearray: read (and decrypted) in place, like the TCP receive buffer
+            self.session.on_data(cid, memoryview(data) if isinstance(data, bytearray) else data, now=now)
 
     def resume_held(self, *, now: float) -> None:
         """Download tokens came back (or the limit was lifted): hand held bytes on."""

@@ -269,6 +269,9 @@ class SeenPeers:
             entry["peer_id"] = pid
         if isinstance(a, lt.peer_disconnected_alert):
             entry["disconnect"] = a.message()
+            # A transfer shorter than one poll of get_peer_info (50 ms) leaves no peer flags: the alert
+            # still names the transport.
+            entry.setdefault("utp", a.socket_type in (lt.socket_type_t.utp, lt.socket_type_t.utp_ssl))
 
     def json(self) -> list[dict[str, Any]]:
         return list(self.by_addr.values())

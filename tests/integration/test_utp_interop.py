@@ -61,7 +61,7 @@ def utp_only_libtorrent(tmp_path: Path, t: MadeTorrent, *, seed: bool,
 def seen_minibt(lt_peer: LibtorrentPeer) -> list[dict[str, object]]:
     """libtorrent's record of minibt peers (peer id -MB...) that its peer list showed, with the 'utp' flag.
 
-    Entries known only from connect/disconnect alerts (no transport flag) are left out.
+    Entries known only from a connect alert (no transport yet) are left out; a disconnect alert names it.
     """
     st = lt_peer.status()
     seen = st.get("seen_peers") or []

@@ -27,7 +27,7 @@ from minibt.peer import PeerSource
 from minibt.session import Session
 from minibt.settings import SessionConfig
 from minibt.torrent import Torrent
-from minibt.utp_codec import HEADER_STRUCT, ST_STATE, ST_SYN, UTP_VERSION
+from minibt.utp_codec import HEADER_STRUCT, ST_DATA, ST_STATE, ST_SYN, UTP_VERSION
 from minibt.utp_config import UtpConfig
 from minibt.workers import InlineHasher
 from tests.helpers import FakeClock
@@ -199,6 +199,33 @@ def test_syn_gets_bep29_state_reply_and_a_session_peer(loop: EventLoop, clock: F
     reply, _ = udp.recvfrom(2048)
     tv, _ext, cid, _ts, _tsd, _wnd, _seq, ack = HEADER_STRUCT.unpack_from(reply)
     assert tv == (ST_STATE << 4) | UTP_VERSION and cid == recv_id and ack == 1
+
+
+def test_a_batch_of_datagrams_reaches_the_session_intact(loop: EventLoop, clock: FakeClock, udp: socket.socket,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop reads every datagram of a batch into one reused buffer, and uTP hands the payload on as a
+    view of it: the connection's bytes must be copied before the next read, or the session gets the
+    last datagram's bytes where the earlier ones were."""
+    recv_id = 5000
+    dst = ("127.0.0.1", loop.port)
+    udp.sendto(HEADER_STRUCT.pack((ST_SYN << 4) | UTP_VERSION, 0, recv_id, 123, 0, 65536, 1, 0), dst)
+    run_loop(loop, clock, lambda: loop.session.conns)
+    reply, _ = udp.recvfrom(2048)
+    their_seq = HEADER_STRUCT.unpack_from(reply)[6]  # its next seq_nr, not consumed: ack the one before
+    got: list[bytes] = []
+    real = loop.session.on_data
+
+    def on_data(cid: int, data: bytes | memoryview, *, now: float) -> None:
+        got.append(bytes(data))
+        real(cid, data, now=now)
+
+    monkeypatch.setattr(loop.session, "on_data", on_data)
+    payloads = [bytes([i]) * (900 + i) for i in range(1, 9)]
+    for i, payload in enumerate(payloads):  # seq 2.. after the SYN's 1, all queued before the loop reads
+        hdr = HEADER_STRUCT.pack((ST_DATA << 4) | UTP_VERSION, 0, recv_id + 1, 200 + i, 0, 65536, 2 + i, their_seq - 1)
+        udp.sendto(hdr + payload, dst)
+    run_loop(loop, clock, lambda: sum(map(len, got)) >= sum(map(len, payloads)))
+    assert b"".join(got) == b"".join(payloads)
 
 
 def test_utp_connect_timeout_falls_back_to_tcp(loop: EventLoop, clock: FakeClock) -> None:
