@@ -42,12 +42,12 @@ def main() -> int:
                            config=minibt.SessionConfig(torrent=minibt.TorrentConfig(auto_choke=False)))
     unchoked: set[minibt.Peer] = set()
 
-    def on_interested(ev: minibt.Event) -> None:
+    def on_interested(ev: minibt.Event[minibt.Torrent, minibt.Peer]) -> None:
         if ev.peer is not None and len(unchoked) < 2:
             ev.peer.unchoke()
             unchoked.add(ev.peer)
 
-    def on_gone(ev: minibt.Event) -> None:
+    def on_gone(ev: minibt.Event[minibt.Torrent, minibt.Peer]) -> None:
         if ev.peer is not None:
             unchoked.discard(ev.peer)
 
@@ -61,11 +61,11 @@ def main() -> int:
     # --- the downloader: counts verified pieces, reports disconnects ------------------------------
     verified = 0
 
-    def on_verified(ev: minibt.Event) -> None:
+    def on_verified(ev: minibt.Event[minibt.Torrent, minibt.Peer]) -> None:
         nonlocal verified
         verified += 1
 
-    def on_disconnected(ev: minibt.Event) -> None:
+    def on_disconnected(ev: minibt.Event[minibt.Torrent, minibt.Peer]) -> None:
         assert ev.peer is not None and ev.reason is not None
         print(f"disconnected from {ev.peer.ip}:{ev.peer.port} ({ev.peer.client}): "
               f"{ev.reason.name} ({ev.reason.value}) {ev.detail}")
@@ -79,6 +79,7 @@ def main() -> int:
             t = leecher.add(torrent, os.path.join(work, "leech"), peers=[("127.0.0.1", seeder.port)])
             deadline = leecher.clock.now() + 60
             leecher.run(until=lambda: t.complete or leecher.clock.now() > deadline)
+            assert t.meta is not None  # a .torrent file: the metadata is there from the start
             print(f"verified {verified}/{t.meta.num_pieces} pieces; complete: {t.complete}")
             rc = 0 if t.complete and verified == t.meta.num_pieces else 1
     finally:

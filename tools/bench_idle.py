@@ -116,7 +116,7 @@ def strace_window(pid: int, seconds: float, out: str) -> str:
 def busy_s() -> float:
     """CPU seconds the whole machine spent busy so far (the "other CPU" figure: the noise of a shared box)."""
     t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
 
 
 def thread_switches(p: psutil.Process) -> int:
