@@ -23,9 +23,12 @@ import logging
 import socket
 import struct
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from minibt.urls import Addr
+
+if TYPE_CHECKING:
+    from minibt.mmsg import BatchReader
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +83,15 @@ def gso_runs(sizes: Sequence[int], addrs: Sequence[Addr]) -> list[tuple[int, int
 class UdpIO:
     """GRO reads and GSO sends on one non-blocking UDP socket (the loop's), with counters."""
 
-    def __init__(self, sock: socket.socket, counters: dict[str, int], *, gro: bool = True, gso: bool = True) -> None:
-        """``counters`` (the loop's) gets udp_send_errors, udp_gro_buffers/_datagrams, udp_gso_sends/_datagrams."""
+    def __init__(self, sock: socket.socket, counters: dict[str, int], *, gro: bool = True, gso: bool = True,
+                 batch: bool = True) -> None:
+        """``counters`` (the loop's) gets udp_send_errors, udp_gro_buffers/_datagrams, udp_gso_sends/_datagrams.
+
+        ``batch``: read with ``recvmmsg`` (:mod:`minibt.mmsg`) while uTP is on, where the OS has it.
+        """
         self.sock = sock
+        self.batch = batch and isinstance(sock, socket.socket)
+        self._reader: BatchReader | None = None
         self.v6 = sock.family == socket.AF_INET6
         self.gro = gro and _GRO_CMSG_SPACE > 0 and _try_setsockopt(sock, UDP_GRO)
         self.gso = gso and hasattr(sock, "sendmsg")
@@ -107,6 +116,18 @@ class UdpIO:
             from minibt.utp_codec import HEADER_LEN, UTP_FIRST_BYTES
 
             hlen, utp_first = HEADER_LEN, UTP_FIRST_BYTES
+            if self.batch:
+                if self._reader is None:
+                    from minibt.mmsg import open_reader
+
+                    self._reader = open_reader(sock, slot_size=len(buf), gro=gro)
+                    self.batch = self._reader is not None
+                if self._reader is not None:
+                    try:
+                        self._reader.drain(limit, on_utp, hlen, utp_first, on_other, now, on_error, self.counters)
+                    except OSError as e:  # the next readiness retries
+                        log.debug("UDP recvmmsg failed: %s", e)
+                    return
         for _ in range(limit):
             seg = 0
             try:

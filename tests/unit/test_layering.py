@@ -20,6 +20,7 @@ RESTRICTED: dict[str, set[str]] = {
         "netif.py",  # netif.py: socket options and interface state for the loop
         "trackerio.py",  # trackerio.py: the loop's tracker transactions (HTTP sockets, UDP sends, DNS)
         "udpio.py",  # udpio.py: the loop's UDP reads and sends (GRO/GSO socket options, recvmsg/sendmsg)
+        "mmsg.py",  # mmsg.py: udpio's batched reads (recvmmsg), the socket's family and address decoding
     },
     "selectors": {"loop.py", "trackerio.py"},  # trackerio.py: its HTTP sockets in the loop's selector
     "select": {"loop.py"},
@@ -43,7 +44,10 @@ RESTRICTED: dict[str, set[str]] = {
     },
     "psutil": {"runner.py", "cli.py"},  # runner: its own RSS; cli `status`: is the runner's pid alive
     "resource": {"procmem.py"},
-    "ctypes": {"rc4.py"},  # RC4 from the libcrypto hashlib already maps (MSE/PE)  # getrusage() peak RSS where /proc is missing
+    "ctypes": {
+        "rc4.py",  # RC4 from the libcrypto hashlib already maps (MSE/PE)
+        "mmsg.py",  # recvmmsg(2): many datagrams per system call while uTP is on
+    },
 }
 
 # Calls that read the wall or monotonic clock; only clock.py makes them (STYLE.md section 4).
