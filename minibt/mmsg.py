@@ -27,7 +27,6 @@ import socket
 import struct
 from collections.abc import Callable
 
-from minibt.udpio import SOL_UDP, UDP_GRO, Receiver
 from minibt.urls import Addr
 
 SLOTS = 32  # datagrams per call: 32 x 1.4 KB, about what arrives between two loop turns at 300 MiB/s
@@ -65,6 +64,7 @@ class _MMsgHdr(ctypes.Structure):
     _fields_ = [("hdr", _MsgHdr), ("len", ctypes.c_uint)]
 
 
+_Handler = Callable[..., None]  # udpio.Receiver: (data, addr, *, now); not imported (udpio imports this module)
 RecvMMsg = Callable[[int, int, int, int, None], int]
 
 
@@ -81,7 +81,9 @@ def _recvmmsg() -> RecvMMsg | None:
 class BatchReader:
     """Reads up to :data:`SLOTS` datagrams per ``recvmmsg`` call from one non-blocking UDP socket."""
 
-    def __init__(self, fn: RecvMMsg, sock: socket.socket, *, slot_size: int, gro: bool, slots: int = SLOTS) -> None:
+    def __init__(self, fn: RecvMMsg, sock: socket.socket, *, slot_size: int, gro: tuple[int, int] | None,
+                 slots: int = SLOTS) -> None:
+        """``gro``: the (level, type) of the UDP GRO control message when the socket has GRO on, else None."""
         self._fn = fn
         self._sock = sock
         self._v6 = sock.family == socket.AF_INET6
@@ -92,6 +94,7 @@ class BatchReader:
         self._view = memoryview(self._mem)
         self._names = ctypes.create_string_buffer(slots * NAME_LEN)
         space = _CMSG_SPACE if gro else 0
+        self._gro = gro
         self._control = ctypes.create_string_buffer(max(1, slots * space))
         self._iov = (_IoVec * slots)()
         self._hdrs = (_MMsgHdr * slots)()
@@ -120,7 +123,7 @@ class BatchReader:
         self._space = space
         self._addrs: dict[object, Addr] = {}
 
-    def drain(self, limit: int, on_utp: Receiver | None, hlen: int, utp_first: frozenset[int], on_other: Receiver,
+    def drain(self, limit: int, on_utp: _Handler | None, hlen: int, utp_first: frozenset[int], on_other: _Handler,
               now: float, on_error: Callable[[Addr, Exception], None], counters: dict[str, int]) -> None:
         """Read up to ``limit`` datagrams (fewer when the socket runs dry) and route each as :meth:`UdpIO.read`.
 
@@ -183,7 +186,7 @@ class BatchReader:
             return 0
         at = i * self._space
         level, typ = _LEVEL_TYPE.unpack_from(self._control_view, at + _SIZE_T)
-        if level != SOL_UDP or typ != UDP_GRO:
+        if (level, typ) != self._gro:
             return 0
         return int(_GRO_SEG.unpack_from(self._control_view, at + _CMSG_HDR)[0])
 
@@ -211,8 +214,8 @@ class BatchReader:
         return (host, port)
 
 
-def _deliver(data: memoryview, src: Addr, on_utp: Receiver | None, hlen: int, utp_first: frozenset[int],
-             on_other: Receiver, now: float, on_error: Callable[[Addr, Exception], None]) -> None:
+def _deliver(data: memoryview, src: Addr, on_utp: _Handler | None, hlen: int, utp_first: frozenset[int],
+             on_other: _Handler, now: float, on_error: Callable[[Addr, Exception], None]) -> None:
     try:
         if on_utp is not None and len(data) >= hlen and data[0] in utp_first:
             on_utp(data, src, now=now)
@@ -222,7 +225,7 @@ def _deliver(data: memoryview, src: Addr, on_utp: Receiver | None, hlen: int, ut
         on_error(src, e)
 
 
-def open_reader(sock: socket.socket, *, slot_size: int, gro: bool) -> BatchReader | None:
+def open_reader(sock: socket.socket, *, slot_size: int, gro: tuple[int, int] | None) -> BatchReader | None:
     """A :class:`BatchReader` for ``sock``, or None where ``recvmmsg`` is not available."""
     fn = _recvmmsg()
     if fn is None:

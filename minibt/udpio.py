@@ -120,7 +120,7 @@ class UdpIO:
                 if self._reader is None:
                     from minibt.mmsg import open_reader
 
-                    self._reader = open_reader(sock, slot_size=len(buf), gro=gro)
+                    self._reader = open_reader(sock, slot_size=len(buf), gro=(SOL_UDP, UDP_GRO) if gro else None)
                     self.batch = self._reader is not None
                 if self._reader is not None:
                     try:

@@ -157,7 +157,7 @@ def test_a_datagram_longer_than_its_slot_is_dropped_and_counted(v4: tuple[socket
     rx, tx = v4
     fn = mmsg._recvmmsg()
     assert fn is not None
-    reader = BatchReader(fn, rx, slot_size=256, gro=False, slots=4)
+    reader = BatchReader(fn, rx, slot_size=256, gro=None, slots=4)
     sizes = [100, 300, 256, 257, 50, 1000, 10]
     for i, n in enumerate(sizes):
         tx.sendto(b"\x01" + bytes([i]) * (n - 1), rx.getsockname())
@@ -185,7 +185,7 @@ def test_a_hard_read_error_raises_and_the_reader_stays_usable(v4: tuple[socket.s
             return -1
         return fn(fd, hdrs, n, flags, timeout)
 
-    reader = BatchReader(failing, rx, slot_size=2048, gro=False)
+    reader = BatchReader(failing, rx, slot_size=2048, gro=None)
     tx.sendto(b"\x01" + b"x" * 40, rx.getsockname())
     got: list[bytes] = []
     args = (lambda d, s, *, now: got.append(bytes(d)), 20, frozenset({1}), lambda d, s, *, now: None, 1.0,
@@ -201,7 +201,7 @@ def test_without_recvmmsg_the_plain_reads_go_on(v4: tuple[socket.socket, socket.
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     rx, tx = v4
     monkeypatch.setattr(mmsg, "_recvmmsg", lambda: None)
-    assert open_reader(rx, slot_size=2048, gro=False) is None
+    assert open_reader(rx, slot_size=2048, gro=None) is None
     io = UdpIO(rx, {})
     dgrams = _datagrams(10)
     for d in dgrams:
