@@ -89,7 +89,7 @@ class BatchReader:
         self._v6 = sock.family == socket.AF_INET6
         self._slots = slots
         self._slot = slot_size
-        self._mem = mmap.mmap(-1, slots * slot_size)  # anonymous, zero pages until written
+        self._mem = mmap.mmap(-1, slots * slot_size, flags=mmap.MAP_PRIVATE)  # anonymous: no page until written
         self._anchor = ctypes.c_char.from_buffer(self._mem)  # pins the mapping while ctypes holds its address
         self._view = memoryview(self._mem)
         self._names = ctypes.create_string_buffer(slots * NAME_LEN)

@@ -99,9 +99,7 @@ class IncomingConnection:
     conn: UtpConnection
 
 
-UtpEvent = (
-    Connected | DataReceived | ConnectionClosed | ConnectionReset | ConnectionTimedOut | IncomingConnection
-)
+UtpEvent = Connected | DataReceived | ConnectionClosed | ConnectionReset | ConnectionTimedOut | IncomingConnection
 MuxEvent = tuple[ConnKey, UtpEvent]
 
 
@@ -176,6 +174,9 @@ class UtpConnection:
         # In-order bytes the application took but holds back (a download rate limit, utp_peers.py):
         # they count against the window we advertise, and past a window's worth new data is dropped.
         self.held_bytes = 0
+        # Where in-order payload goes: None, a DataReceived event per packet; a bytearray (the owner's,
+        # utp_peers.py), appended to instead, no event (the owner takes it after each receive batch).
+        self.received: bytearray | None = None
         self._sack: bytes | None = None
         self._sack_dirty = False
         self._eof_seq: int | None = None
@@ -198,9 +199,8 @@ class UtpConnection:
                                  "invalid_acks ignored keepalives mtu_probes mtu_probes_lost").split(), 0)
 
     @classmethod
-    def connect(
-        cls, rng: random.Random, *, now: float, config: UtpConfig | None = None, recv_id: int | None = None
-    ) -> UtpConnection:
+    def connect(cls, rng: random.Random, *, now: float, config: UtpConfig | None = None,
+                recv_id: int | None = None) -> UtpConnection:
         """Initiator: pick ``recv_id`` at random, send on ``recv_id + 1``; the SYN carries ``recv_id``."""
         cfg = config or UtpConfig()
         rid = rng.randrange(0x10000) if recv_id is None else recv_id & SEQ_MASK
@@ -214,9 +214,7 @@ class UtpConnection:
         return conn
 
     @classmethod
-    def accept(
-        cls, syn: UtpHeader, rng: random.Random, *, now: float, config: UtpConfig | None = None
-    ) -> UtpConnection:
+    def accept(cls, syn: UtpHeader, rng: random.Random, *, now: float, config: UtpConfig | None = None) -> UtpConnection:
         """Acceptor for a received SYN: send on ``syn.connection_id``, receive on it + 1, reply ST_STATE.
 
         BEP 29 (2015 reflection fix): we stay in SYN_RECV, sending nothing but that ACK, until the
@@ -335,7 +333,11 @@ class UtpConnection:
                     self._ack_due = now + self._cfg.ack_delay_s
                 self._ack_nr = seq
                 n["bytes_received"] += len(payload)
-                return [_new_data(DataReceived, (payload,))]
+                rx = self.received
+                if rx is None:
+                    return [_new_data(DataReceived, (payload,))]
+                rx += payload
+                return []
         return self._receive_general(header, sack, payload, now)
 
     def _receive_general(self, header: UtpHeader, sack: bytes | None, payload: Payload, now: float) -> list[UtpEvent]:
@@ -497,11 +499,7 @@ class UtpConnection:
         while buf and len(out) < MAX_OUTSTANDING_PACKETS:
             k = min(len(buf), size)
             probe = None
-            if (
-                self._probe_seq is None
-                and self._state is _CONNECTED
-                and self._n["bytes_sent"] >= MTU_PROBE_AFTER_BYTES
-            ):
+            if self._probe_seq is None and self._state is _CONNECTED and self._n["bytes_sent"] >= MTU_PROBE_AFTER_BYTES:
                 probe = self._mtu.probe_size()
                 if probe is not None and len(buf) >= probe:
                     k = probe
@@ -621,12 +619,7 @@ class UtpConnection:
         if lost:
             self._cc.on_loss(rtt_s=self._rtt, now=now)
         if newly:
-            self._cc.on_ack(
-                bytes_acked=newly,
-                bytes_in_flight=inflight_before,
-                packet_bytes=self._mtu.size,
-                now=now,
-            )
+            self._cc.on_ack(bytes_acked=newly, bytes_in_flight=inflight_before, packet_bytes=self._mtu.size, now=now)
         return True
 
     def _mark_lost(self, seq: int) -> bool:
@@ -724,8 +717,7 @@ class UtpConnection:
         reorder = self._reorder
         if not reorder and self._eof_seq is None:  # in order, nothing waiting behind it: the common case
             if payload:
-                n["bytes_received"] += len(payload)
-                events.append(_new_data(DataReceived, (payload,)))
+                self._give(payload, events)
             return
         chunks = [payload] if payload else []
         if reorder:
@@ -740,8 +732,7 @@ class UtpConnection:
             self._sack_dirty = True
         if chunks:
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            n["bytes_received"] += len(data)
-            events.append(DataReceived(data))
+            self._give(data, events)
         if self._eof_seq is not None and self._ack_nr == self._eof_seq and not self._fin_reached:
             self._fin_reached = True
             if reorder:
@@ -750,6 +741,14 @@ class UtpConnection:
             events.append(ConnectionClosed("fin"))
             if self._fin_acked:
                 self._close_at = now + self._cfg.linger_s
+
+    def _give(self, data: Payload, events: list[UtpEvent]) -> None:
+        """In-order payload to the application: into :attr:`received`, or as an event when that is None."""
+        self._n["bytes_received"] += len(data)
+        if self.received is None:
+            events.append(_new_data(DataReceived, (data,)))
+        else:
+            self.received += data
 
     def _on_rto(self, now: float) -> bool:
         """Retransmission timeout (BEP 29 'timeouts').  True: give up (ConnectionTimedOut)."""

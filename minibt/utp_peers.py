@@ -58,7 +58,6 @@ class UtpPeers:
         self.mux = UtpMux(rng, config=config)
         self._by_cid: dict[int, _UtpPeer] = {}
         self._by_key: dict[ConnKey, _UtpPeer] = {}
-        self._rx: dict[int, bytearray] = {}  # in-order payload of one receive batch per cid
         # Bytes held back by a download limit (the session gets them as tokens allow; they shrink the
         # window the connection advertises, so the sender slows down: uTP's read pause).
         self._held: dict[int, bytes] = {}
@@ -72,6 +71,7 @@ class UtpPeers:
     def dial(self, cid: int, addr: Addr, *, now: float) -> None:
         self.counters["utp_dials"] += 1
         conn = self.mux.connect(addr, now=now)
+        conn.received = bytearray()  # in-order payload collects here, no event per packet (_deliver takes it)
         up = _UtpPeer(cid, (addr, conn.recv_id), conn, connected=False)
         self._by_cid[cid] = up
         self._by_key[up.key] = up
@@ -102,9 +102,8 @@ class UtpPeers:
 
     def socket_drained(self, *, now: float) -> None:
         """End of a receive batch: deliver payload, send coalesced ACKs, refill freed send buffers."""
-        if self._rx:
-            for cid in list(self._rx):
-                self._deliver(cid, now)
+        for up in [u for u in self._by_cid.values() if u.conn.received]:
+            self._deliver(up.cid, now)
         self.mux.socket_drained(now=now)
         self._unblock(now)
 
@@ -136,7 +135,7 @@ class UtpPeers:
             )
         self._by_cid.pop(up.cid, None)
         self._by_key.pop(up.key, None)
-        self._rx.pop(up.cid, None)
+        up.conn.received = None  # what still arrives (it may linger for a FIN) is dropped
         self._held.pop(up.cid, None)
 
     def _lost(self, up: _UtpPeer, reason: CloseReason, detail: str, now: float) -> None:
@@ -148,14 +147,7 @@ class UtpPeers:
         by_key = self._by_key
         for key, ev in evs:
             if isinstance(ev, DataReceived):
-                up = by_key.get(key)
-                if up is not None:  # copied now: the data may be a view of the loop's receive buffer
-                    rx = self._rx.get(up.cid)
-                    if rx is None:
-                        self._rx[up.cid] = bytearray(ev.data)
-                    else:
-                        rx += ev.data
-                continue
+                continue  # a connection the session let go of (ours collect into conn.received)
             if isinstance(ev, IncomingConnection):
                 self._incoming(key, ev.conn, now)
                 continue
@@ -187,19 +179,22 @@ class UtpPeers:
             conn.reset()
             return
         self.counters["utp_accepted"] += 1
+        conn.received = bytearray()
         up = _UtpPeer(cid, key, conn, connected=True)
         self._by_cid[cid] = up
         self._by_key[key] = up
 
     def _deliver(self, cid: int, now: float, *, all_of_it: bool = False) -> None:
-        data: bytes | bytearray = self._rx.pop(cid, None) or b""
+        up = self._by_cid.get(cid)
+        data: bytes | bytearray = b""
+        if up is not None and up.conn.received:  # the batch's bytes, copied out of the datagrams
+            data, up.conn.received = up.conn.received, bytearray()
         if cid in self._held or (self.session.down_limited and not all_of_it and data):
             data = self._held.pop(cid, b"") + data
             keep = 0 if all_of_it or not self.session.down_limited else max(
                 0, len(data) - self.session.read_quota(cid, now=now))
             if keep:
                 data, self._held[cid] = data[:-keep], data[-keep:]
-            up = self._by_cid.get(cid)
             if up is not None and up.conn.held_bytes != keep:
                 opened = keep < up.conn.held_bytes
                 up.conn.held_bytes = keep

@@ -104,12 +104,21 @@ class Endpoint:
         self.events: list[MuxEvent] = []
         self.to_send = b""
         self.sent = 0
+        self.collect = False  # in-order bytes into conn.received (as utp_peers.py asks), not DataReceived
+
+    def take_collected(self) -> None:
+        c = self.conn
+        if c is not None and c.received:
+            self.received += c.received
+            c.received = bytearray()
 
     def handle(self, events: list[MuxEvent]) -> None:
         for key, ev in events:
             self.events.append((key, ev))
             if isinstance(ev, IncomingConnection):
                 self.conn = ev.conn
+                if self.collect:
+                    ev.conn.received = bytearray()
             elif isinstance(ev, DataReceived):
                 self.received += ev.data
 
@@ -172,6 +181,7 @@ class Sim:
             ep.handle(ep.mux.receive_datagram(data, src, now=self.t(ep)))
             touched.add(dst)
         for ep in (self.a, self.b):
+            ep.take_collected()
             if ep.name in touched:
                 ep.mux.socket_drained(now=self.t(ep))
             d = ep.mux.next_deadline()
@@ -186,6 +196,8 @@ class Sim:
 
     def connect(self) -> None:
         self.a.conn = self.a.mux.connect(B_ADDR, now=self.t(self.a))
+        if self.a.collect:
+            self.a.conn.received = bytearray()
         self.run(lambda: self.a.count(Connected) == 1, max_s=10)
 
 
@@ -334,9 +346,12 @@ class GeneralPathOnly(UtpConnection):
         return self._receive_general(header, sack, payload, now)
 
 
-def _recorded_run(clock: FakeClock, spec: LinkSpec) -> tuple[list[tuple[float, str, bytes]], list[object], dict[str, float]]:
-    """A lossy, reordering two-way transfer; every datagram on the wire, every event, B's final counters."""
+def _recorded_run(clock: FakeClock, spec: LinkSpec,
+                  collect: bool = False) -> tuple[list[tuple[float, str, bytes]], list[object], dict[str, float]]:
+    """A lossy, reordering two-way transfer; every datagram on the wire, every event but DataReceived, B's
+    final counters.  ``collect``: both sides take in-order bytes from ``conn.received`` (utp_peers.py's way)."""
     sim = Sim(clock, seed=21, ab=spec)
+    sim.a.collect = sim.b.collect = collect
     wire: list[tuple[float, str, bytes]] = []
     push = heapq.heappush
 
@@ -355,16 +370,19 @@ def _recorded_run(clock: FakeClock, spec: LinkSpec) -> tuple[list[tuple[float, s
     finally:
         heapq.heappush = heapq_push
     assert bytes(sim.b.received) == sim.a.to_send and bytes(sim.a.received) == sim.b.to_send
-    events = [(k, type(ev).__name__, bytes(ev.data) if isinstance(ev, DataReceived) else None)
-              for ep in (sim.a, sim.b) for k, ev in ep.events]
+    events = [(ep.name, k, type(ev).__name__) for ep in (sim.a, sim.b) for k, ev in ep.events
+              if not isinstance(ev, DataReceived)]
+    assert collect or sum(isinstance(ev, DataReceived) for _, ev in sim.b.events) > 100
+    assert not collect or not any(isinstance(ev, DataReceived) for ep in (sim.a, sim.b) for _, ev in ep.events)
     assert sim.b.conn is not None
     return wire, events, sim.b.conn.stats()
 
 
 @pytest.mark.parametrize("spec", [LinkSpec(delay_s=0.02, loss=0.02), LinkSpec(delay_s=0.015, jitter_s=0.01, dup=0.02, loss=0.01)])
 def test_the_in_order_fast_path_changes_nothing_on_the_wire(monkeypatch: pytest.MonkeyPatch, spec: LinkSpec) -> None:
-    """The same seeded transfer, with and without UtpConnection's fast path for in-order data: every
-    datagram (bytes and send time), every event and every counter must be identical."""
+    """The same seeded transfer, with and without UtpConnection's fast path for in-order data, and with the
+    bytes collected in ``conn.received``: every datagram (bytes and send time), every event and every
+    counter must be identical, and so must the bytes each side received (checked in _recorded_run)."""
     calls = {"general": 0}
     general = UtpConnection._receive_general
 
@@ -375,6 +393,9 @@ def test_the_in_order_fast_path_changes_nothing_on_the_wire(monkeypatch: pytest.
     monkeypatch.setattr(UtpConnection, "_receive_general", counting)
     fast = _recorded_run(FakeClock(), spec)
     fast_general = calls["general"]
+    collected = _recorded_run(FakeClock(), spec, collect=True)
+    assert collected == fast  # the same transfer when the bytes collect in conn.received
+    calls["general"] = fast_general
     monkeypatch.setattr(utp_mux, "UtpConnection", GeneralPathOnly)
     slow = _recorded_run(FakeClock(), spec)
     assert fast[0] == slow[0]
