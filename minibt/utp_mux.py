@@ -88,6 +88,8 @@ class UtpMux:
             if conn is not None:
                 self._touched.add(key)
                 evs = conn.receive_packet(header, sack, payload, now=now)
+                if not evs:  # in-order data collecting in conn.received: the common case
+                    return []
                 return [(key, evs[0])] if len(evs) == 1 else [(key, ev) for ev in evs]
         if typ == ST_SYN:
             key = (addr, (cid + 1) & SEQ_MASK)
