@@ -218,3 +218,28 @@ def test_without_utp_a_datagram_is_read_the_plain_way(v4: tuple[socket.socket, s
     io.read(bytearray(65536), 512, None, lambda d, s, *, now: other.append(bytes(d)), 1.0, lambda s, e: None)
     assert other == [b"d1:y1:re"] and io._reader is None  # no ctypes for a TCP-only client's odd datagram
     assert (SOL_UDP, UDP_GRO) == (17, 104)
+
+
+def test_many_sources_keep_their_addresses_and_the_cache_stays_bounded(
+        v4: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch) -> None:
+    rx, _ = v4
+    monkeypatch.setattr(mmsg, "ADDR_CACHE_MAX", 4)
+    senders = []
+    for i in range(12):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((f"127.0.0.{i + 2}", 0))
+        senders.append(s)
+    try:
+        io = UdpIO(rx, {})
+        want = []
+        for rnd in range(3):
+            for i, s in enumerate(senders):
+                data = b"\x01" + bytes([rnd, i]) * 12
+                s.sendto(data, rx.getsockname())
+                want.append((data, s.getsockname()))
+        got, errors = _read_all(io)
+        assert errors == [] and [(d, src) for _, d, src in got] == want
+        assert io._reader is not None and len(io._reader._addrs) <= 4
+    finally:
+        for s in senders:
+            s.close()
