@@ -309,38 +309,34 @@ class UtpConnection:
 
     # ------------------------------------------------------------------ input
 
+    def take_in_order(self, ts: int, tsd: int, wnd: int, seq: int, ack: int, payload: Payload, now: float) -> bool:
+        """An ``ST_DATA`` packet without extensions, given as its header fields, taken if it is what a
+        download mostly gets: connected, collecting into :attr:`received`, the next sequence number, acking
+        nothing new (the mux tries this before it decodes a header).  False, and nothing changed: the packet
+        must go to :meth:`receive_packet`.  The same effect as that general path (``_process_ack``, then
+        ``_process_data``) for such a packet; tests/sim/test_utp_link.py compares the two on the wire."""
+        adv = (ack - self._acked) & SEQ_MASK
+        rx = self.received
+        if (rx is None or self._state is not _CONNECTED or not (not adv or adv >= HALF_SEQ)
+                or seq != (self._ack_nr + 1) & SEQ_MASK or not payload or self._reorder
+                or self._eof_seq is not None or self.held_bytes >= self._cfg.reorder_buffer_bytes):
+            return False
+        n = self._n
+        n["packets_received"] += 1
+        self._reply_micro = (int(now * 1e6) - ts) & TS_MASK
+        self._peer_wnd = wnd
+        if not adv and tsd:
+            self._cc.on_delay_sample(tsd, now=now)
+        if not self._ack_pending:
+            self._ack_pending = True
+            self._ack_due = now + self._cfg.ack_delay_s
+        self._ack_nr = seq
+        n["bytes_received"] += len(payload)
+        rx += payload
+        return True
+
     def receive_packet(self, header: UtpHeader, sack: bytes | None, payload: Payload, *, now: float) -> list[UtpEvent]:
         """Feed one decoded packet addressed to this connection; packets that don't fit are ignored."""
-        st = self._state
-        typ = header.type
-        if st is _CONNECTED and typ == ST_DATA and sack is None:
-            # A download's common case written out: the next data packet in order, acking nothing new.
-            # Same effect as _receive_general (_process_ack, then _process_data), which takes the rest;
-            # tests/sim/test_utp_link.py runs lossy transfers both ways and compares every datagram.
-            adv = (header.ack_nr - self._acked) & SEQ_MASK
-            seq = header.seq_nr
-            if ((not adv or adv >= HALF_SEQ) and seq == (self._ack_nr + 1) & SEQ_MASK and payload
-                    and not self._reorder and self._eof_seq is None
-                    and self.held_bytes < self._cfg.reorder_buffer_bytes):
-                n = self._n
-                n["packets_received"] += 1
-                self._reply_micro = (int(now * 1e6) - header.timestamp_us) & TS_MASK
-                self._peer_wnd = header.wnd_size
-                if not adv and header.timestamp_diff_us:
-                    self._cc.on_delay_sample(header.timestamp_diff_us, now=now)
-                if not self._ack_pending:
-                    self._ack_pending = True
-                    self._ack_due = now + self._cfg.ack_delay_s
-                self._ack_nr = seq
-                n["bytes_received"] += len(payload)
-                rx = self.received
-                if rx is None:
-                    return [_new_data(DataReceived, (payload,))]
-                rx += payload
-                return []
-        return self._receive_general(header, sack, payload, now)
-
-    def _receive_general(self, header: UtpHeader, sack: bytes | None, payload: Payload, now: float) -> list[UtpEvent]:
         st = self._state
         typ = header.type
         if st is _CLOSED:

@@ -14,8 +14,10 @@ from minibt.urls import Addr
 from minibt.utp import ConnKey, IncomingConnection, MuxEvent, UtpConnection, UtpState
 from minibt.utp_codec import (
     EXT_NONE,
+    HEADER_LEN,
     HEADER_STRUCT,
     SEQ_MASK,
+    ST_DATA,
     ST_RESET,
     ST_SYN,
     UTP_VERSION,
@@ -24,6 +26,8 @@ from minibt.utp_codec import (
     timestamp_us,
 )
 from minibt.utp_config import UtpConfig
+
+_DATA_V1 = (ST_DATA << 4) | UTP_VERSION  # the first byte of a version-1 ST_DATA packet
 
 
 class OutDatagram(NamedTuple):
@@ -74,6 +78,13 @@ class UtpMux:
         """Route one datagram.  Never raises on remote input: garbage is counted and dropped."""
         n = self._n
         n["datagrams"] += 1
+        if len(data) >= HEADER_LEN and data[0] == _DATA_V1 and not data[1]:  # ST_DATA, no extension
+            _, _, cid, ts, tsd, wnd, seq, ack = HEADER_STRUCT.unpack_from(data, 0)
+            key = (addr, cid)
+            conn = self._conns.get(key)
+            if conn is not None and conn.take_in_order(ts, tsd, wnd, seq, ack, data[HEADER_LEN:], now):
+                self._touched.add(key)
+                return []
         try:
             header, sack, payload = decode_packet(data)
         except UtpError:

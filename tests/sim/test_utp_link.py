@@ -27,10 +27,9 @@ from minibt.utp import (
     IncomingConnection,
     MuxEvent,
     UtpConnection,
-    UtpEvent,
     UtpState,
 )
-from minibt.utp_codec import Payload, UtpHeader
+from minibt.utp_codec import Payload
 from minibt.utp_config import UtpConfig
 from minibt.utp_mux import UtpMux
 
@@ -339,11 +338,10 @@ def test_ledbat_keeps_bottleneck_queue_near_target(clock: FakeClock, b_offset_s:
 
 
 class GeneralPathOnly(UtpConnection):
-    """Every received packet through the general path: what UtpConnection.receive_packet's fast path must equal."""
+    """Every received packet through receive_packet: what the mux's short path (take_in_order) must equal."""
 
-    def receive_packet(self, header: UtpHeader, sack: bytes | None, payload: Payload, *,
-                       now: float) -> list[UtpEvent]:
-        return self._receive_general(header, sack, payload, now)
+    def take_in_order(self, ts: int, tsd: int, wnd: int, seq: int, ack: int, payload: Payload, now: float) -> bool:
+        return False
 
 
 def _recorded_run(clock: FakeClock, spec: LinkSpec,
@@ -379,27 +377,27 @@ def _recorded_run(clock: FakeClock, spec: LinkSpec,
 
 
 @pytest.mark.parametrize("spec", [LinkSpec(delay_s=0.02, loss=0.02), LinkSpec(delay_s=0.015, jitter_s=0.01, dup=0.02, loss=0.01)])
-def test_the_in_order_fast_path_changes_nothing_on_the_wire(monkeypatch: pytest.MonkeyPatch, spec: LinkSpec) -> None:
-    """The same seeded transfer, with and without UtpConnection's fast path for in-order data, and with the
-    bytes collected in ``conn.received``: every datagram (bytes and send time), every event and every
-    counter must be identical, and so must the bytes each side received (checked in _recorded_run)."""
-    calls = {"general": 0}
-    general = UtpConnection._receive_general
+def test_the_in_order_short_path_changes_nothing_on_the_wire(monkeypatch: pytest.MonkeyPatch, spec: LinkSpec) -> None:
+    """The same seeded transfer three ways: bytes collected in ``conn.received`` with the mux's short path
+    for in-order data (what utp_peers.py runs), the same without the short path, and DataReceived events
+    (no short path either).  Every datagram (bytes and send time), every other event and every counter
+    must be identical, and so must the bytes each side received (checked in _recorded_run)."""
+    taken = {"short": 0}
+    take = UtpConnection.take_in_order
 
-    def counting(self: UtpConnection, *a: Any) -> list[UtpEvent]:
-        calls["general"] += 1
-        return general(self, *a)
+    def counting(self: UtpConnection, *a: Any) -> bool:
+        ok = take(self, *a)
+        taken["short"] += ok
+        return ok
 
-    monkeypatch.setattr(UtpConnection, "_receive_general", counting)
-    fast = _recorded_run(FakeClock(), spec)
-    fast_general = calls["general"]
-    collected = _recorded_run(FakeClock(), spec, collect=True)
-    assert collected == fast  # the same transfer when the bytes collect in conn.received
-    calls["general"] = fast_general
+    monkeypatch.setattr(UtpConnection, "take_in_order", counting)
+    short = _recorded_run(FakeClock(), spec, collect=True)
+    assert taken["short"] >= 150  # the comparison means something: the short path took these packets
+    events = _recorded_run(FakeClock(), spec)
     monkeypatch.setattr(utp_mux, "UtpConnection", GeneralPathOnly)
-    slow = _recorded_run(FakeClock(), spec)
-    assert fast[0] == slow[0]
-    assert fast[1] == slow[1]
-    assert fast[2] == slow[2]
-    slow_general = calls["general"] - fast_general  # every packet either side received
-    assert slow_general - fast_general >= 150  # packets the fast path took: the comparison means something
+    taken["short"] = 0
+    general = _recorded_run(FakeClock(), spec, collect=True)
+    assert taken["short"] == 0
+    assert short[0] == general[0] == events[0]
+    assert short[1] == general[1] == events[1]
+    assert short[2] == general[2] == events[2]
