@@ -12,11 +12,12 @@ as soon as a peer becomes interested, which gives it a slot by rate just the sam
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import random
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+
+from .sha1 import sha1
 
 REGULAR_SLOTS = 4  # BEP 3 / mainline: "unchoke the four peers which have the best upload rate"
 RECHOKE_INTERVAL_S = 10.0  # BEP 3: "reciprocation ... every ten seconds"
@@ -139,7 +140,7 @@ def allowed_fast_set(ip: str, info_hash: bytes, num_pieces: int, k: int = ALLOWE
     out: list[int] = []
     seen: set[int] = set()
     while len(out) < k:
-        x = hashlib.sha1(x).digest()
+        x = sha1(x).digest()
         for j in range(0, 20, 4):
             if len(out) >= k:
                 break

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import random
@@ -34,6 +33,7 @@ from minibt.peer import PeerSource, to_transports
 from minibt.ratelimit import KEEP, Keep
 from minibt.session import Session
 from minibt.settings import SessionConfig, TorrentConfig, parse_mode
+from minibt.sha1 import sha1
 from minibt.torrent import Torrent
 from minibt.urls import Addr
 from minibt.workers import Hasher
@@ -113,7 +113,7 @@ class Client:
             return None
         os.makedirs(self.state_dir, exist_ok=True)
         # One record per (torrent, download dir): the same torrent may live in two places.
-        tag = hashlib.sha1(os.path.abspath(download_dir).encode()).hexdigest()[:8]
+        tag = sha1(os.path.abspath(download_dir).encode()).hexdigest()[:8]
         return os.path.join(self.state_dir, f"{meta.info_hash.hex()}-{tag}.resume")
 
     @overload

@@ -10,13 +10,16 @@ monotonic clock, never decreasing) and a ``random.Random`` come from the caller;
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 import math
 import random
+
+# the constant-time compare hmac.compare_digest is where hmac has no OpenSSL one; importing hmac
+# would load _hashlib (3.5 MiB of RSS, sha1.py)
+from _operator import _compare_digest as compare_digest
 from collections import OrderedDict
 
+from minibt.sha1 import sha1
 from minibt.urls import MAX_PORT, Addr
 
 TOKEN_ROTATE_S = 300.0  # BEP 5 reference implementation: a new secret every 5 min
@@ -76,7 +79,7 @@ class TokenMint:
 
     @staticmethod
     def _digest(secret: bytes, ip: str, info_hash: bytes) -> bytes:
-        return hashlib.sha1(ip.encode("utf-8", "surrogatepass") + b"\0" + info_hash + secret).digest()[:_TOKEN_BYTES]
+        return sha1(ip.encode("utf-8", "surrogatepass") + b"\0" + info_hash + secret).digest()[:_TOKEN_BYTES]
 
     def token(self, ip: str, info_hash: bytes, *, now: float) -> bytes:
         """The token to send ``ip`` in a ``get_peers`` answer for ``info_hash``."""
@@ -91,9 +94,9 @@ class TokenMint:
         self._advance(now)
         if not isinstance(token, bytes) or len(token) != _TOKEN_BYTES:
             return False
-        ok = hmac.compare_digest(token, self._digest(self._secret, ip, info_hash))
+        ok = compare_digest(token, self._digest(self._secret, ip, info_hash))
         if self._previous is not None:
-            ok |= hmac.compare_digest(token, self._digest(self._previous, ip, info_hash))
+            ok |= compare_digest(token, self._digest(self._previous, ip, info_hash))
         return ok
 
 

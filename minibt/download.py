@@ -14,7 +14,6 @@ Out of scope: what a verified or failed piece means for the torrent (torrent.py)
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from minibt.metainfo import Metainfo
 from minibt.peer import PeerConnection
 from minibt.picker import Block, PiecePicker
 from minibt.reputation import BlockRecord
+from minibt.sha1 import sha1
 from minibt.storage import Storage
 from minibt.wire_codec import BLOCK_LEN
 from minibt.workers import HashJob
@@ -360,14 +360,14 @@ class Downloader:
         """Who sent each block of a piece in progress and the SHA-1 of the bytes (smart-ban ledger)."""
         srcs = self._block_src.get(index, {})
         return [
-            BlockRecord(b, ip, hashlib.sha1(buf[b * BLOCK_LEN : (b + 1) * BLOCK_LEN]).digest())
+            BlockRecord(b, ip, sha1(buf[b * BLOCK_LEN : (b + 1) * BLOCK_LEN]).digest())
             for b, ip in sorted(srcs.items())
         ]
 
     def block_digests(self, index: int) -> list[bytes]:
         """SHA-1 of each block of piece ``index`` as buffered (before its commit finishes)."""
         buf = self._storage.piece_buffer(index)
-        return [hashlib.sha1(buf[o : o + BLOCK_LEN]).digest() for o in range(0, len(buf), BLOCK_LEN)]
+        return [sha1(buf[o : o + BLOCK_LEN]).digest() for o in range(0, len(buf), BLOCK_LEN)]
 
     def pop_sources(self, index: int) -> set[str]:
         """The IPs that sent blocks of piece ``index``; its ledger entry is dropped."""

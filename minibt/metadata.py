@@ -17,7 +17,6 @@ Fetch attempt:  vote on metadata_size -> request pieces (spread over peers) -> a
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from minibt import bencode
 from minibt.errors import BencodeError, CloseReason, LocalProtocolError, MetadataError
 from minibt.infobytes import InfoBytes
+from minibt.sha1 import sha1
 
 METADATA_EXT_NAME = "ut_metadata"  # BEP 9: key in the BEP 10 handshake "m" dict
 METADATA_PIECE_LEN = 16384  # BEP 9: metadata is handled in blocks of 16 KiB
@@ -475,7 +475,7 @@ class MetadataFetcher:
 
     def _verify(self) -> MetadataEvent:
         info = b"".join(d for d in self._pieces if d is not None)
-        if hashlib.sha1(info).digest() == self.info_hash:
+        if sha1(info).digest() == self.info_hash:
             self._info = info
             self._pieces, self._supplier = [], []
             self._in_flight.clear()

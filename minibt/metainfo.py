@@ -14,7 +14,6 @@ parse_metainfo() raises only MetainfoError, with a one-line message naming the o
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -28,6 +27,7 @@ from minibt.errors import BencodeError, MetainfoError
 from minibt.filenames import MAX_PATH_BYTES, MAX_PATH_DEPTH
 from minibt.hybrid import check_hybrid, is_hybrid
 from minibt.infobytes import InfoBytes
+from minibt.sha1 import sha1
 from minibt.urls import HTTP_SCHEMES, TRACKER_SCHEMES, parse_tracker_url
 
 log = logging.getLogger(__name__)
@@ -456,7 +456,7 @@ def _build(info: dict[bytes, Any], source: bytes, span: tuple[int, int], top: di
     pieces = info[b"pieces"] = b""
     info_bytes = source if (lo, hi) == (0, len(source)) else source[lo:hi]
     return Metainfo(
-        info_hash=hashlib.sha1(info_bytes).digest(),
+        info_hash=sha1(info_bytes).digest(),
         name=name,
         piece_length=piece_length,
         num_pieces=n,
@@ -629,7 +629,7 @@ def _hash_files(
 ) -> bytes:
     """SHA-1 of each piece across file boundaries, reading CREATE_READ_BYTES at a time."""
     digests: list[bytes] = []
-    h = hashlib.sha1()
+    h = sha1()
     filled = 0
     done = 0
     buf = bytearray(CREATE_READ_BYTES)
@@ -651,7 +651,7 @@ def _hash_files(
                         filled += take
                         if filled == piece_length:
                             digests.append(h.digest())
-                            h = hashlib.sha1()
+                            h = sha1()
                             filled = 0
                     done += n
                     if progress is not None:

@@ -17,8 +17,8 @@ Every check that fails raises :class:`~minibt.errors.MseError` (ENCRYPTION_FAILE
 injected ``random.Random`` (``secrets.SystemRandom()`` in production).  Wiring into the session is
 out of scope here.
 
-RC4 comes from OpenSSL (rc4.py: the libcrypto hashlib already uses, else the ``cryptography``
-package of the optional extra ``minibt[mse]``).  SHA-1 is hashlib, DH is ``pow()`` with a 160-bit exponent (the Vuze spec asks for >= 128 bits;
+RC4 comes from OpenSSL (rc4.py: the libcrypto sha1.py already maps, else the ``cryptography``
+package of the optional extra ``minibt[mse]``).  SHA-1 is sha1.py's, DH is ``pow()`` with a 160-bit exponent (the Vuze spec asks for >= 128 bits;
 libtorrent uses 768 bits, which only costs time).
 """
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import abc
 import enum
-import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Protocol
 
 from minibt import rc4
 from minibt.errors import CloseReason, EncryptionUnavailable, LocalProtocolError, MseError
+from minibt.sha1 import sha1
 
 # MSE constants (libtorrent pe_crypto.cpp, bt_peer_connection.cpp; PROTOCOL.md 2.12)
 DH_PRIME = int(
@@ -88,7 +88,7 @@ def _require_rc4() -> rc4.Factory:
 
 
 def _sha1(*parts: bytes) -> bytes:
-    h = hashlib.sha1()
+    h = sha1()
     for p in parts:
         h.update(p)
     return h.digest()

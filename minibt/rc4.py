@@ -2,14 +2,12 @@
 
 Two back ends, tried in this order on first use:
 
-1. ``libcrypto``: the OpenSSL library Python's own ``hashlib`` is linked against (``_hashlib``;
-   python3 on Debian and Raspberry Pi OS depends on libssl3), called through ctypes (``RC4_set_key``,
-   ``RC4``).  No package to install and almost no memory: the library is already mapped in the
-   process.  Measured on x86-64: +0.4 MiB of peak RSS (ctypes), 880 MiB/s; the ``cryptography``
-   package costs +9.9 MiB for the same cipher.  The low-level RC4 functions are deprecated in
-   OpenSSL 3 but still exported by Debian's build; the back end checks a published test vector
-   before it is used.  ctypes is imported by the first probe, so a process that never encrypts
-   (``--encryption none``) never loads it.
+1. ``libcrypto``: OpenSSL's library (python3 on Debian and Raspberry Pi OS depends on libssl3),
+   called through ctypes (``RC4_set_key``, ``RC4``), loaded once by ``sha1.libcrypto`` and shared
+   with SHA-1.  No package to install and almost no memory: SHA-1 has already mapped the library
+   (880 MiB/s on x86-64; the ``cryptography`` package costs +9.9 MiB for the same cipher).  The
+   low-level RC4 functions are deprecated in OpenSSL 3 but still exported by Debian's build; the
+   back end checks a published test vector before it is used.
 2. ``cryptography`` (``hazmat.decrepit`` ARC4), the optional extra ``pip install 'minibt[mse]'``,
    for an OpenSSL built without RC4 (``no-rc4``/``no-deprecated``).
 
@@ -21,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, Protocol
+
+from .sha1 import libcrypto
 
 
 class Keystream(Protocol):
@@ -37,24 +37,8 @@ class Keystream(Protocol):
 
 Factory = Callable[[bytes], Keystream]
 
-_LIBCRYPTO_NAMES = ("libcrypto.so.3", "libcrypto.so.1.1", "libcrypto.so")
 _RC4_KEY_BYTES = 2048  # sizeof(RC4_KEY) is 2 + 256 RC4_INTs: 1032 bytes with 4-byte ints; room to spare
 _VECTOR = (b"Key", b"Plaintext", bytes.fromhex("bbf316e8d940af0ad3"))  # the published RC4 test vector
-
-
-def _hashlib_libcrypto() -> list[str]:
-    """Paths of the libcrypto this process already maps (hashlib's), first; then the usual sonames."""
-    paths: list[str] = []
-    try:
-        import _hashlib  # noqa: F401  (maps OpenSSL's libcrypto if hashlib has not yet)
-        with open("/proc/self/maps", encoding="ascii", errors="replace") as f:
-            for line in f:
-                path = line.rstrip("\n").partition("/")[2]
-                if "libcrypto" in path and ("/" + path) not in paths:
-                    paths.append("/" + path)
-    except (ImportError, OSError):
-        pass
-    return paths + list(_LIBCRYPTO_NAMES)
 
 
 class _LibcryptoRc4:
@@ -99,25 +83,26 @@ def _ctypes() -> Any:
 def _libcrypto() -> Factory | None:
     """RC4 from OpenSSL's libcrypto through ctypes, or None (not found, no RC4, wrong answer)."""
     ctypes = _ctypes()
-    for name in _hashlib_libcrypto():
-        try:
-            lib = ctypes.CDLL(name)
-            set_key, rc4 = lib.RC4_set_key, lib.RC4
-        except (OSError, AttributeError):
-            continue
-        set_key.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p]
-        set_key.restype = None
-        rc4.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p]
-        rc4.restype = None
+    lib = libcrypto()
+    if lib is None:
+        return None
+    try:
+        set_key, rc4 = lib.RC4_set_key, lib.RC4
+    except AttributeError:
+        return None
+    set_key.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p]
+    set_key.restype = None
+    rc4.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p]
+    rc4.restype = None
 
-        def factory(key: bytes, set_key: Any = set_key, rc4: Any = rc4) -> Keystream:
-            return _LibcryptoRc4(set_key, rc4, bytes(key))
+    def factory(key: bytes, set_key: Any = set_key, rc4: Any = rc4) -> Keystream:
+        return _LibcryptoRc4(set_key, rc4, bytes(key))
 
-        key, plain, cipher = _VECTOR
-        buf = bytearray(plain)
-        factory(key).update_in_place(memoryview(buf))
-        if factory(key).update(plain) == cipher and bytes(buf) == cipher:
-            return factory
+    key, plain, cipher = _VECTOR
+    buf = bytearray(plain)
+    factory(key).update_in_place(memoryview(buf))
+    if factory(key).update(plain) == cipher and bytes(buf) == cipher:
+        return factory
     return None
 
 

@@ -8,13 +8,13 @@ applies them; tests/unit/test_runner_logic.py checks them.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from minibt.settings import Mode
+from minibt.sha1 import sha1
 
 if TYPE_CHECKING:  # annotations only: `download` (cli.py imports the exit codes) needs no config-file parser
     from minibt.configfile import TimeWindow, TorrentEntry
@@ -103,7 +103,7 @@ def once_exit_code(outcomes: Iterable[JobOutcome], *, time_up: bool) -> int | No
 
 def state_key(info_hash_hex: str, directory: str) -> str:
     """The runner-state key (the same tag as Client.resume_path uses)."""
-    return f"{info_hash_hex}-{hashlib.sha1(os.path.abspath(directory).encode()).hexdigest()[:8]}"
+    return f"{info_hash_hex}-{sha1(os.path.abspath(directory).encode()).hexdigest()[:8]}"
 
 
 def hook_argv(hook: tuple[str, ...], name: str, path: str) -> list[str]:

@@ -2,7 +2,7 @@
 
 Jobs carry the piece data (a cache buffer) or ``(path, offset, length)`` spans read from disk
 with ``os.pread`` in 1 MiB chunks; a span whose path is empty (storage.PAD_PATH) stands for
-``length`` zero bytes (a BEP 47 pad file).  CPython's hashlib drops the GIL for large buffers,
+``length`` zero bytes (a BEP 47 pad file).  SHA-1 (sha1.py, OpenSSL through ctypes) drops the GIL,
 so one or two workers keep up with the network.  Results go into a ``queue.SimpleQueue`` and
 ``notify()`` is called after each one (the loop writes a byte to a socketpair it selects on).
 ``run()`` executes any blocking function (e.g. a DNS lookup) on the same pool.  ``InlineHasher``
@@ -12,7 +12,6 @@ has the same interface and runs everything synchronously, for tests and single-t
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import queue
@@ -20,6 +19,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
+
+from .sha1 import sha1
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def _hash_spans(spans: tuple[tuple[str, int, int], ...], buf: bytearray) -> tupl
     hashes downloaded pieces (whose bytes are in memory) never touches that MiB."""
     if len(buf) < READ_CHUNK:
         buf.extend(bytes(READ_CHUNK - len(buf)))
-    h = hashlib.sha1()
+    h = sha1()
     view = memoryview(buf)
     for path, offset, length in spans:
         if not path:  # a BEP 47 pad span: zeros, hashed from the scratch buffer
@@ -153,7 +154,7 @@ def _execute(item: HashJob | _Call, buf: bytearray) -> Result:
         except BaseException as e:  # noqa: B036 - the caller gets every failure back as data
             return CallResult(item.tag, None, e)
     if item.data is not None:
-        ok = hashlib.sha1(item.data).digest() == item.expected
+        ok = sha1(item.data).digest() == item.expected
         if not ok or item.writes is None:
             return HashResult(item.piece, item.generation, ok, item.tag)
         try:

@@ -44,8 +44,11 @@ RESTRICTED: dict[str, set[str]] = {
     },
     "psutil": {"runner.py", "cli.py"},  # runner: its own RSS; cli `status`: is the runner's pid alive
     "resource": {"procmem.py"},
+    "hashlib": {"sha1.py"},  # its fallback; everyone else hashes through sha1.py
+    "_hashlib": set(),
     "ctypes": {
-        "rc4.py",  # RC4 from the libcrypto hashlib already maps (MSE/PE)
+        "sha1.py",  # SHA-1 from OpenSSL's libcrypto without initialising OpenSSL (hashlib does: 3.5 MiB)
+        "rc4.py",  # RC4 from the same libcrypto (MSE/PE)
         "mmsg.py",  # recvmmsg(2): many datagrams per system call while uTP is on
     },
 }

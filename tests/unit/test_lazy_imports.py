@@ -4,11 +4,12 @@
 and must not have loaded the DHT node's modules, ssl (only an https tracker needs it), the TOML parser
 and config checker (only config files), datetime (only `minibt info` shows dates), tempfile or shutil
 (with zlib, bz2 and lzma: resume files are written without them), unicodedata (only for non-ASCII
-names on Windows rules), with ``--encryption none`` MSE/PE and ctypes (only the RC4 back end), or with
+names on Windows rules), hashlib (its ``_hashlib`` initialises all of OpenSSL: 3.5 MiB; sha1.py calls
+libcrypto's SHA-1 through ctypes instead), with ``--encryption none`` MSE/PE, or with
 ``--transport tcp`` the uTP machines and codec, nor ``inspect`` with ``ast`` and ``dis`` (``dataclasses`` imports it
 to write docstrings, and the program, ``minibt.__main__.run``, defers it: every minibt dataclass has a
 docstring).  The same download with the DHT on, the default encryption policy and the default
-transports does load the DHT modules, ctypes and uTP, and without the deferral inspect, so the check can fail.
+transports does load the DHT modules, MSE and uTP, and without the deferral inspect, so the check can fail.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ import minibt
 from minibt.metainfo import create_torrent
 
 ROOT = str(Path(__file__).resolve().parents[2])
-DHT_MODULES = ("minibt.dht", "minibt.krpc", "minibt.routing", "minibt.dhtstore", "hmac")
+DHT_MODULES = ("minibt.dht", "minibt.krpc", "minibt.routing", "minibt.dhtstore")
 # sizes, rates and durations on the command line (--timeout, --up-limit, --cache) are read by
 # minibt.units, not by the config checker with fractions and decimal (0.8 MiB)
 NEVER_FOR_A_DOWNLOAD = ("ssl", "_ssl", "tomllib", "minibt.runner", "minibt.daemon", "minibt.configfile", "fractions",
-                        "decimal")
+                        "decimal", "hashlib", "_hashlib")
 
 # Runs the CLI in this interpreter, then prints the modules it loaded.  ``shutil`` is recorded when
 # the transfer starts (the first tick); the end-of-run resume save has been written by the end.
@@ -70,8 +71,8 @@ def _download_modules(tmp_path: Path, *extra: str, defer: bool = True) -> tuple[
     return set(lines["START"].split()[1:]), set(lines["END"].split()[1:])
 
 
-PLAINTEXT_NEVER = ("shutil", "tempfile", "zlib", "bz2", "lzma", "datetime", "unicodedata", "ctypes",
-                   "minibt.mse", "minibt.rc4")
+PLAINTEXT_NEVER = ("shutil", "tempfile", "zlib", "bz2", "lzma", "datetime", "unicodedata", "minibt.mse",
+                   "minibt.rc4")
 INSPECT_CHAIN = ("ast", "dis")  # what a real ``inspect`` brings; minibt.__main__ defers it
 UTP_MODULES = ("minibt.utp", "minibt.utp_mux", "minibt.utp_peers", "minibt.utp_mtu", "minibt.utp_config",
                "minibt.ledbat", "minibt.utp_codec")  # not with --transport tcp

@@ -21,7 +21,7 @@ def loaded() -> dict[str, rc4.Factory]:
 
 
 def test_libcrypto_back_end_is_found_where_python_links_openssl() -> None:
-    # Debian / Raspberry Pi OS: hashlib's libcrypto exports RC4, so no package is needed
+    # Debian / Raspberry Pi OS: the libcrypto sha1.py loads exports RC4, so no package is needed
     assert "libcrypto" in loaded()
     chosen = rc4.backend()
     assert chosen is not None and chosen[0] == "libcrypto"
