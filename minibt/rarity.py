@@ -34,10 +34,11 @@ class RarityOrder:
         n = num_pieces
         # C arrays, not lists: a list holds an 8-byte pointer per piece plus a 28-byte int object for
         # every value above 256, 5.6 MiB for these three at 65536 pieces (16 GiB in 256 KiB pieces).
-        # Two bytes a value while they fit: 448 KiB there (with one byte of ``fresh``), not 832.
-        # ``avail`` widens when more non-seed peers than 65535 could have a piece (:meth:`reserve`).
+        # Two bytes a value while they fit, one for ``avail`` while at most 255 non-seed peers could have
+        # a piece (a connection limit of 50 by default): 320 KiB there (with one byte of ``fresh``), not 832.
+        # ``avail`` widens to two bytes, then four, as more non-seed peers come (:meth:`reserve`).
         index = "H" if n <= 0x10000 else "i"  # piece numbers and positions are 0..n-1
-        self.avail = array("H", [0]) * n
+        self.avail = array("B", [0]) * n
         self.fresh = bytearray(b"\x01") * n
         self.order = array(index, range(n))
         self._pos = array(index, range(n))  # index in order; meaningful only where fresh[p]
@@ -48,6 +49,8 @@ class RarityOrder:
 
     def reserve(self, max_avail: int) -> None:
         """Keep a bucket for every availability up to ``max_avail`` (the number of non-seed peers)."""
+        if max_avail > 0xFF and self.avail.typecode == "B":
+            self.avail = array("H", self.avail)
         if max_avail > 0xFFFF and self.avail.typecode == "H":
             self.avail = array("i", self.avail)
         bs = self._bstart

@@ -168,8 +168,8 @@ def test_same_seed_same_choices() -> None:
 def test_two_bytes_a_piece_while_they_fit_and_four_beyond() -> None:
     """Issue 15 (flat memory): 65536 pieces (16 GiB in 256 KiB pieces) fit 2-byte arrays; 65537 do not."""
     small = RarityOrder(0x10000, random.Random(0))
-    assert (small.avail.typecode, small.order.typecode) == ("H", "H")
-    assert small.avail.itemsize == small.order.itemsize == 2
+    assert (small.avail.typecode, small.order.typecode) == ("B", "H")  # availability: one byte to 255 peers
+    assert small.avail.itemsize == 1 and small.order.itemsize == 2
     big = RarityOrder(0x10001, random.Random(0))
     assert big.order.itemsize >= 4 and big.order[-1] == 0x10000
     big.remove(0x10000)
@@ -183,6 +183,20 @@ def test_two_bytes_a_piece_while_they_fit_and_four_beyond() -> None:
     assert small.avail[top] == 0 and small.avail[0] == 0
     small.insert(top)
     assert_consistent(small)
+
+
+def test_availability_widens_past_255_peers_keeping_the_counts() -> None:
+    ro = RarityOrder(3, random.Random(0))
+    ro.reserve(0xFF)
+    for _ in range(0xFF):
+        ro.inc_many([2])
+    ro.inc_many([0])
+    assert ro.avail.itemsize == 1 and ro.avail[2] == 0xFF
+    ro.reserve(0x100)  # the 256th non-seed peer
+    assert ro.avail.itemsize == 2 and list(ro.avail) == [1, 0, 0xFF]
+    ro.inc_many([2])
+    assert ro.avail[2] == 0x100 and ro.order[-1] == 2
+    assert_consistent(ro)
 
 
 def test_availability_widens_past_65535_peers() -> None:
