@@ -161,8 +161,3 @@ def sha1(data: bytes | bytearray | memoryview = b"") -> Hash:
         _factory = _choose()
     h: Hash = _factory(data)
     return h
-
-
-def digest(data: bytes | bytearray | memoryview) -> bytes:
-    """The 20-byte SHA-1 of ``data``."""
-    return sha1(data).digest()
