@@ -17,8 +17,8 @@ Every check that fails raises :class:`~minibt.errors.MseError` (ENCRYPTION_FAILE
 injected ``random.Random`` (``secrets.SystemRandom()`` in production).  Wiring into the session is
 out of scope here.
 
-RC4 comes from OpenSSL (rc4.py: the libcrypto sha1.py already maps, else the ``cryptography``
-package of the optional extra ``minibt[mse]``).  SHA-1 is sha1.py's, DH is ``pow()`` with a 160-bit exponent (the Vuze spec asks for >= 128 bits;
+RC4 comes from a C library (rc4.py: the nettle or libcrypto sha1.py already maps, else the
+``cryptography`` package of the optional extra ``minibt[mse]``).  SHA-1 is sha1.py's, DH is ``pow()`` with a 160-bit exponent (the Vuze spec asks for >= 128 bits;
 libtorrent uses 768 bits, which only costs time).
 """
 
@@ -74,7 +74,7 @@ class MseFailure(enum.StrEnum):
 
 
 def rc4_available() -> bool:
-    """True when an RC4 back end works here (rc4.py: OpenSSL's libcrypto, else the ``mse`` extra)."""
+    """True when an RC4 back end works here (rc4.py: nettle or libcrypto, else the ``mse`` extra)."""
     return rc4.backend() is not None
 
 

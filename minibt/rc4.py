@@ -1,15 +1,19 @@
-"""RC4 keystreams for MSE/PE (mse.py), from OpenSSL: never a Python loop.
+"""RC4 keystreams for MSE/PE (mse.py), from a C library: never a Python loop.
 
-Two back ends, tried in this order on first use:
+Three back ends.  The first tried is the library sha1.py loaded for SHA-1 (``sha1.library``), so a
+process maps one of them; then the other; then the package:
 
-1. ``libcrypto``: OpenSSL's library (python3 on Debian and Raspberry Pi OS depends on libssl3),
-   called through ctypes (``RC4_set_key``, ``RC4``), loaded once by ``sha1.libcrypto`` and shared
-   with SHA-1.  No package to install and almost no memory: SHA-1 has already mapped the library
-   (880 MiB/s on x86-64; the ``cryptography`` package costs +9.9 MiB for the same cipher).  The
-   low-level RC4 functions are deprecated in OpenSSL 3 but still exported by Debian's build; the
-   back end checks a published test vector before it is used.
-2. ``cryptography`` (``hazmat.decrepit`` ARC4), the optional extra ``pip install 'minibt[mse]'``,
-   for an OpenSSL built without RC4 (``no-rc4``/``no-deprecated``).
+- ``nettle``: ``nettle_arcfour_set_key``/``nettle_arcfour_crypt`` of libnettle8, which Debian and
+  Raspberry Pi OS always install (apt needs it through GnuTLS).
+- ``libcrypto``: OpenSSL's library (python3 on Debian and Raspberry Pi OS depends on libssl3),
+  through ctypes (``RC4_set_key``, ``RC4``).  The low-level RC4 functions are deprecated in OpenSSL 3
+  but still exported by Debian's build.
+- ``cryptography`` (``hazmat.decrepit`` ARC4), the optional extra ``pip install 'minibt[mse]'``, for
+  a system with neither (it costs +9.9 MiB for the same cipher).
+
+The two libraries are loaded and shared by sha1.py: no package to install and almost no memory
+(880 MiB/s on x86-64 for OpenSSL's RC4).  Each back end checks a published test vector before it is
+used.
 
 A back end is a factory: key -> a function that encrypts (or decrypts: RC4 is its own inverse) the
 next bytes of that keystream.
@@ -20,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .sha1 import libcrypto
+from . import sha1
 
 
 class Keystream(Protocol):
@@ -41,17 +45,19 @@ _RC4_KEY_BYTES = 2048  # sizeof(RC4_KEY) is 2 + 256 RC4_INTs: 1032 bytes with 4-
 _VECTOR = (b"Key", b"Plaintext", bytes.fromhex("bbf316e8d940af0ad3"))  # the published RC4 test vector
 
 
-class _LibcryptoRc4:
-    """RC4_set_key / RC4 of OpenSSL's libcrypto.  ctypes releases the GIL during each call."""
+class _LibraryRc4:
+    """RC4 of a C library: OpenSSL's RC4_set_key / RC4 or nettle's arcfour_set_key / arcfour_crypt
+    (``nettle``: its argument order).  ctypes releases the GIL during each call."""
 
-    __slots__ = ("_char", "_rc4", "_state")
+    __slots__ = ("_char", "_nettle", "_rc4", "_state")
 
-    def __init__(self, set_key: Any, rc4: Any, key: bytes) -> None:
+    def __init__(self, set_key: Any, rc4: Any, key: bytes, nettle: bool) -> None:
         ctypes = _ctypes()
         self._char = ctypes.c_char
         self._rc4 = rc4
+        self._nettle = nettle
         self._state = ctypes.create_string_buffer(_RC4_KEY_BYTES)
-        set_key(self._state, len(key), key)
+        set_key(self._state, len(key), key)  # (state, length, key) in both
 
     def update(self, data: bytes | bytearray | memoryview) -> bytes:
         n = len(data)
@@ -60,7 +66,10 @@ class _LibcryptoRc4:
         out = bytearray(n)
         dst = (self._char * n).from_buffer(out)
         src = data if isinstance(data, bytes) else bytes(data)
-        self._rc4(self._state, n, src, dst)
+        if self._nettle:
+            self._rc4(self._state, n, dst, src)
+        else:
+            self._rc4(self._state, n, src, dst)
         del dst  # release the export before the bytearray is copied and freed
         return bytes(out)
 
@@ -80,23 +89,25 @@ def _ctypes() -> Any:
     return ctypes
 
 
-def _libcrypto() -> Factory | None:
-    """RC4 from OpenSSL's libcrypto through ctypes, or None (not found, no RC4, wrong answer)."""
+def _library(kind: str) -> Factory | None:
+    """RC4 of library ``kind`` ("nettle" or "libcrypto", sha1.py loads it), or None (not found, no
+    RC4, wrong answer)."""
     ctypes = _ctypes()
-    lib = libcrypto()
+    lib = sha1.libnettle() if kind == "nettle" else sha1.libcrypto()
     if lib is None:
         return None
+    nettle = kind == "nettle"
     try:
-        set_key, rc4 = lib.RC4_set_key, lib.RC4
+        set_key, rc4 = (lib.nettle_arcfour_set_key, lib.nettle_arcfour_crypt) if nettle else (lib.RC4_set_key, lib.RC4)
     except AttributeError:
         return None
-    set_key.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p]
+    set_key.argtypes = [ctypes.c_void_p, ctypes.c_size_t if nettle else ctypes.c_int, ctypes.c_char_p]
     set_key.restype = None
     rc4.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p]
     rc4.restype = None
 
     def factory(key: bytes, set_key: Any = set_key, rc4: Any = rc4) -> Keystream:
-        return _LibcryptoRc4(set_key, rc4, bytes(key))
+        return _LibraryRc4(set_key, rc4, bytes(key), nettle)
 
     key, plain, cipher = _VECTOR
     buf = bytearray(plain)
@@ -104,6 +115,14 @@ def _libcrypto() -> Factory | None:
     if factory(key).update(plain) == cipher and bytes(buf) == cipher:
         return factory
     return None
+
+
+def _nettle() -> Factory | None:
+    return _library("nettle")
+
+
+def _libcrypto() -> Factory | None:
+    return _library("libcrypto")
 
 
 class _CryptographyRc4:
@@ -133,7 +152,9 @@ def _cryptography() -> Factory | None:
     return factory
 
 
-BACKENDS: dict[str, Callable[[], Factory | None]] = {"libcrypto": _libcrypto, "cryptography": _cryptography}
+BACKENDS: dict[str, Callable[[], Factory | None]] = {
+    "nettle": _nettle, "libcrypto": _libcrypto, "cryptography": _cryptography,
+}
 _chosen: tuple[str, Factory] | None = None
 _tried = False
 
@@ -143,8 +164,10 @@ def backend() -> tuple[str, Factory] | None:
     global _chosen, _tried
     if not _tried:
         _tried = True
-        for name, load in BACKENDS.items():
-            factory = load()
+        loaded = sha1.library()
+        names = sorted(BACKENDS, key=lambda name: loaded is None or name != loaded[0])  # SHA-1's library first
+        for name in names:
+            factory = BACKENDS[name]()
             if factory is not None:
                 _chosen = (name, factory)
                 break

@@ -47,8 +47,8 @@ RESTRICTED: dict[str, set[str]] = {
     "hashlib": {"sha1.py"},  # its fallback; everyone else hashes through sha1.py
     "_hashlib": set(),
     "ctypes": {
-        "sha1.py",  # SHA-1 from OpenSSL's libcrypto without initialising OpenSSL (hashlib does: 3.5 MiB)
-        "rc4.py",  # RC4 from the same libcrypto (MSE/PE)
+        "sha1.py",  # SHA-1 from nettle or libcrypto without initialising OpenSSL (hashlib does: 3.5 MiB)
+        "rc4.py",  # RC4 from the same library (MSE/PE)
         "mmsg.py",  # recvmmsg(2): many datagrams per system call while uTP is on
     },
 }

@@ -5,7 +5,7 @@ and must not have loaded the DHT node's modules, ssl (only an https tracker need
 and config checker (only config files), datetime (only `minibt info` shows dates), tempfile or shutil
 (with zlib, bz2 and lzma: resume files are written without them), unicodedata (only for non-ASCII
 names on Windows rules), hashlib (its ``_hashlib`` initialises all of OpenSSL: 3.5 MiB; sha1.py calls
-libcrypto's SHA-1 through ctypes instead), with ``--encryption none`` MSE/PE, or with
+nettle's or libcrypto's SHA-1 through ctypes instead), with ``--encryption none`` MSE/PE, or with
 ``--transport tcp`` the uTP machines and codec, nor ``inspect`` with ``ast`` and ``dis`` (``dataclasses`` imports it
 to write docstrings, and the program, ``minibt.__main__.run``, defers it: every minibt dataclass has a
 docstring).  The same download with the DHT on, the default encryption policy and the default

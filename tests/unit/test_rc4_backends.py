@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_mse import spec_rc4
 
-from minibt import rc4
+from minibt import rc4, sha1
 
 ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -20,11 +20,12 @@ def loaded() -> dict[str, rc4.Factory]:
     return {name: f for name, f in got.items() if f is not None}
 
 
-def test_libcrypto_back_end_is_found_where_python_links_openssl() -> None:
-    # Debian / Raspberry Pi OS: the libcrypto sha1.py loads exports RC4, so no package is needed
-    assert "libcrypto" in loaded()
+def test_both_libraries_give_rc4_and_sha1s_comes_first() -> None:
+    # Debian / Raspberry Pi OS: nettle and libcrypto (one of them loaded by sha1.py) export RC4, so no
+    # package is needed
+    assert {"nettle", "libcrypto"} <= set(loaded())
     chosen = rc4.backend()
-    assert chosen is not None and chosen[0] == "libcrypto"
+    assert chosen is not None and chosen[0] == sha1.implementation()
 
 
 @pytest.mark.parametrize("name", list(rc4.BACKENDS))
@@ -59,7 +60,7 @@ def test_in_place_update_continues_the_same_keystream(name: str) -> None:
         assert head + bytes(buf[1000:]) == want
     else:
         assert name == "cryptography" and bytes(buf) == data  # untouched: the caller copies instead
-    assert ks.update_in_place(memoryview(bytearray())) is (name == "libcrypto")
+    assert ks.update_in_place(memoryview(bytearray())) is (name != "cryptography")
 
 
 def test_back_ends_agree_on_a_long_stream() -> None:
@@ -73,17 +74,17 @@ def test_back_ends_agree_on_a_long_stream() -> None:
 
 
 def test_a_back_end_with_a_wrong_answer_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
-    # a libcrypto whose RC4 gave other bytes than the published vector is skipped, not trusted
-    assert rc4._libcrypto() is not None
+    # a library whose RC4 gave other bytes than the published vector is skipped, not trusted
+    assert rc4._libcrypto() is not None and rc4._nettle() is not None
     monkeypatch.setattr(rc4, "_VECTOR", (b"Key", b"Plaintext", bytes(9)))
-    assert rc4._libcrypto() is None
+    assert rc4._libcrypto() is None and rc4._nettle() is None
 
 
 def test_no_back_end_means_no_rc4_and_a_clear_error() -> None:
     code = (
         "import sys; sys.modules['cryptography'] = None\n"
         "from minibt import rc4, mse\n"
-        "rc4.BACKENDS['libcrypto'] = lambda: None\n"
+        "rc4.BACKENDS['libcrypto'] = rc4.BACKENDS['nettle'] = lambda: None\n"
         "assert rc4.backend() is None and not mse.rc4_available()\n"
         "print('ok')\n"
     )
