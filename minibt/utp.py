@@ -71,8 +71,11 @@ class Connected:
     """The handshake completed (initiator: SYN acked; acceptor: first ST_DATA arrived)."""
 
 
-class DataReceived(NamedTuple):  # one per received packet: a tuple is the cheapest immutable record
-    data: Payload  # a lone datagram's payload is a view of the loop's buffer: valid during the call only
+# One per received packet: a tuple is the cheapest immutable record.  The functional form, so that
+# typing.NamedTuple does not compile a string annotation (see utp_codec.py).
+DataReceived = NamedTuple("DataReceived", [("data", Payload)])  # noqa: UP014 - see above
+DataReceived.__doc__ = """In-order payload from the peer.  A lone datagram's payload is a view of the loop's buffer,
+valid during the call only."""
 
 
 @dataclass(frozen=True, slots=True)

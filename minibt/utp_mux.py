@@ -2,9 +2,9 @@
 
 Pure: the loop owns the socket and feeds datagrams in (see :mod:`minibt.utp` for the call sequence);
 connection-id demux, SYN acceptance limits, rate-limited ST_RESET for unknown connections.
+Annotations are evaluated (no ``from __future__ import annotations``) for ``OutDatagram``'s sake: see
+:mod:`minibt.utp_codec`.
 """
-
-from __future__ import annotations
 
 import random
 from typing import NamedTuple

@@ -10,6 +10,10 @@ nettle's or libcrypto's SHA-1 through ctypes instead), with ``--encryption none`
 to write docstrings, and the program, ``minibt.__main__.run``, defers it: every minibt dataclass has a
 docstring).  The same download with the DHT on, the default encryption policy and the default
 transports does load the DHT modules, MSE and uTP, and without the deferral inspect, so the check can fail.
+
+Nor may a download call ``compile()``: the first call builds the interpreter's AST types (0.2 MiB of RSS).
+``typing.NamedTuple`` compiles every string annotation into a ``typing.ForwardRef``, so minibt's named
+tuples get their field types as objects (utp_codec.py), and the download must make no ``ForwardRef``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import importlib
 import pkgutil
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import minibt
@@ -45,16 +50,25 @@ from minibt.client import Client
 run = Client.run
 def spy(self, *a, **kw):
     seen["at_start"] = sorted(sys.modules)
+    import gc, typing
+    seen["forward_refs"] = sum(type(o) is typing.ForwardRef for o in gc.get_objects())
     return run(self, *a, **kw)
 Client.run = spy
 code = cli.main(sys.argv[1:])
 print("START " + " ".join(seen["at_start"]))
+print("FORWARDREFS", seen["forward_refs"])
 print("END " + " ".join(sorted(sys.modules)))
 print("EXIT", code)
 """
 
 
 def _download_modules(tmp_path: Path, *extra: str, defer: bool = True) -> tuple[set[str], set[str]]:
+    start, end, _ = _download_run(tmp_path, *extra, defer=defer)
+    return start, end
+
+
+def _download_run(tmp_path: Path, *extra: str, defer: bool = True) -> tuple[set[str], set[str], int]:
+    """The modules loaded when the transfer started and at the end, and the ForwardRefs made by the start."""
     data = tmp_path / "data.bin"
     data.write_bytes(b"x" * 100_000)
     torrent = tmp_path / "t.torrent"
@@ -68,7 +82,7 @@ def _download_modules(tmp_path: Path, *extra: str, defer: bool = True) -> tuple[
     lines = {line.split(" ", 1)[0]: line for line in out.stdout.splitlines()}
     assert "START" in lines and "END" in lines, out.stderr[-2000:]
     assert lines["EXIT"] == "EXIT 1", out.stderr[-2000:]
-    return set(lines["START"].split()[1:]), set(lines["END"].split()[1:])
+    return set(lines["START"].split()[1:]), set(lines["END"].split()[1:]), int(lines["FORWARDREFS"].split()[1])
 
 
 PLAINTEXT_NEVER = ("shutil", "tempfile", "zlib", "bz2", "lzma", "datetime", "unicodedata", "minibt.mse",
@@ -88,7 +102,8 @@ def test_download_without_dht_loads_no_dht_ssl_toml_or_shutil(tmp_path: Path) ->
 
 
 def test_download_with_dht_loads_the_dht_node(tmp_path: Path) -> None:
-    start, end = _download_modules(tmp_path, defer=False)
+    start, end, forward_refs = _download_run(tmp_path, defer=False)
+    assert forward_refs == 0  # with every default module loaded (uTP's named tuples among them)
     assert [m for m in INSPECT_CHAIN if m not in start] == []  # not deferred: dataclasses loads it
     assert [m for m in DHT_MODULES if m not in start] == []
     assert [m for m in NEVER_FOR_A_DOWNLOAD if m in end] == []
@@ -117,3 +132,17 @@ def test_the_deferred_module_works_once_used() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={"PYTHONPATH": ROOT})
     assert out.returncode == 0 and out.stdout.strip() == "(a, b=2)", out.stderr
+
+
+def test_no_named_tuple_of_minibt_has_a_string_annotation() -> None:
+    """``class X(NamedTuple)`` in a module with ``from __future__ import annotations`` makes ForwardRefs (above)."""
+    found = []
+    for info in pkgutil.iter_modules(minibt.__path__):
+        if info.name == "__main__":
+            continue
+        mod = importlib.import_module(f"minibt.{info.name}")
+        for name, obj in vars(mod).items():
+            if isinstance(obj, type) and issubclass(obj, tuple) and hasattr(obj, "_fields") and obj.__module__ == mod.__name__:
+                found.append(name)
+                assert not [f for f, t in obj.__annotations__.items() if isinstance(t, (str, typing.ForwardRef))], name
+    assert {"Block", "UtpHeader", "OutDatagram", "DataReceived"} <= set(found)
