@@ -4,7 +4,7 @@
 and must not have loaded the DHT node's modules, ssl (only an https tracker needs it), the TOML parser
 and config checker (only config files), datetime (only `minibt info` shows dates), tempfile or shutil
 (with zlib, bz2 and lzma: resume files are written without them), unicodedata (only for non-ASCII
-names on Windows rules), hashlib (its ``_hashlib`` initialises all of OpenSSL: 3.5 MiB; sha1.py calls
+names on Windows rules), base64 with binascii (only a base32 magnet link needs them), hashlib (its ``_hashlib`` initialises all of OpenSSL: 3.5 MiB; sha1.py calls
 nettle's or libcrypto's SHA-1 through ctypes instead), with ``--encryption none`` MSE/PE, or with
 ``--transport tcp`` the uTP machines and codec, nor ``inspect`` with ``ast`` and ``dis`` (``dataclasses`` imports it
 to write docstrings, and the program, ``minibt.__main__.run``, defers it: every minibt dataclass has a
@@ -34,7 +34,7 @@ DHT_MODULES = ("minibt.dht", "minibt.krpc", "minibt.routing", "minibt.dhtstore")
 # sizes, rates and durations on the command line (--timeout, --up-limit, --cache) are read by
 # minibt.units, not by the config checker with fractions and decimal (0.8 MiB)
 NEVER_FOR_A_DOWNLOAD = ("ssl", "_ssl", "tomllib", "minibt.runner", "minibt.daemon", "minibt.configfile", "fractions",
-                        "decimal", "hashlib", "_hashlib")
+                        "decimal", "hashlib", "_hashlib", "base64", "binascii")
 
 # Runs the CLI in this interpreter, then prints the modules it loaded.  ``shutil`` is recorded when
 # the transfer starts (the first tick); the end-of-run resume save has been written by the end.
