@@ -111,17 +111,22 @@ def test_download_with_dht_loads_the_dht_node(tmp_path: Path) -> None:
     assert [m for m in UTP_MODULES if m not in start] == []  # uTP is among the default transports
 
 
-def test_every_minibt_dataclass_has_a_docstring() -> None:
-    """Else dataclasses writes one with ``inspect.signature`` and the deferred ``inspect`` loads after all."""
-    missing = []
+def _own_classes() -> list[tuple[str, type]]:
+    """``(qualified name, class)`` for every class defined in a minibt module (not ``__main__``)."""
+    out = []
     for info in pkgutil.iter_modules(minibt.__path__):
         if info.name == "__main__":
             continue
         mod = importlib.import_module(f"minibt.{info.name}")
-        for name, obj in vars(mod).items():
-            if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == mod.__name__:
-                if (obj.__doc__ or "").startswith(f"{obj.__name__}("):
-                    missing.append(f"{mod.__name__}.{name}")
+        out += [(f"{mod.__name__}.{name}", obj) for name, obj in vars(mod).items()
+                if isinstance(obj, type) and obj.__module__ == mod.__name__]
+    return out
+
+
+def test_every_minibt_dataclass_has_a_docstring() -> None:
+    """Else dataclasses writes one with ``inspect.signature`` and the deferred ``inspect`` loads after all."""
+    missing = [name for name, cls in _own_classes()
+               if dataclasses.is_dataclass(cls) and (cls.__doc__ or "").startswith(f"{cls.__name__}(")]
     assert missing == []
 
 
@@ -136,13 +141,8 @@ def test_the_deferred_module_works_once_used() -> None:
 
 def test_no_named_tuple_of_minibt_has_a_string_annotation() -> None:
     """``class X(NamedTuple)`` in a module with ``from __future__ import annotations`` makes ForwardRefs (above)."""
-    found = []
-    for info in pkgutil.iter_modules(minibt.__path__):
-        if info.name == "__main__":
-            continue
-        mod = importlib.import_module(f"minibt.{info.name}")
-        for name, obj in vars(mod).items():
-            if isinstance(obj, type) and issubclass(obj, tuple) and hasattr(obj, "_fields") and obj.__module__ == mod.__name__:
-                found.append(name)
-                assert not [f for f, t in obj.__annotations__.items() if isinstance(t, (str, typing.ForwardRef))], name
-    assert {"Block", "UtpHeader", "OutDatagram", "DataReceived"} <= set(found)
+    found = [(name, cls) for name, cls in _own_classes() if issubclass(cls, tuple) and hasattr(cls, "_fields")]
+    for name, cls in found:
+        assert not [f for f, t in cls.__annotations__.items() if isinstance(t, (str, typing.ForwardRef))], name
+    assert {"minibt.picker.Block", "minibt.utp_codec.UtpHeader", "minibt.utp_mux.OutDatagram",
+            "minibt.utp.DataReceived"} <= {name for name, _ in found}
