@@ -82,7 +82,7 @@ def _require_rc4() -> rc4.Factory:
     got = rc4.backend()
     if got is None:
         raise EncryptionUnavailable(
-            "MSE/PE encryption needs RC4: this OpenSSL has none; pip install 'minibt[mse]' (cryptography)"
+            "MSE/PE encryption needs RC4: neither nettle nor OpenSSL here has it; pip install 'minibt[mse]' (cryptography)"
         )
     return got[1]
 

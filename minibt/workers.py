@@ -2,7 +2,7 @@
 
 Jobs carry the piece data (a cache buffer) or ``(path, offset, length)`` spans read from disk
 with ``os.pread`` in 1 MiB chunks; a span whose path is empty (storage.PAD_PATH) stands for
-``length`` zero bytes (a BEP 47 pad file).  SHA-1 (sha1.py, OpenSSL through ctypes) drops the GIL,
+``length`` zero bytes (a BEP 47 pad file).  SHA-1 (sha1.py: nettle or OpenSSL through ctypes) drops the GIL,
 so one or two workers keep up with the network.  Results go into a ``queue.SimpleQueue`` and
 ``notify()`` is called after each one (the loop writes a byte to a socketpair it selects on).
 ``run()`` executes any blocking function (e.g. a DNS lookup) on the same pool.  ``InlineHasher``

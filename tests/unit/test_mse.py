@@ -48,7 +48,7 @@ LOOKUP = {req2_hash(IH): IH, req2_hash(OTHER_IH): OTHER_IH}.get
 P = int("FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
         "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A63A36210000000000090563", 16)
 
-pytestmark = pytest.mark.skipif(not rc4_available(), reason="needs RC4 (OpenSSL libcrypto or the mse extra)")
+pytestmark = pytest.mark.skipif(not rc4_available(), reason="needs RC4 (nettle, OpenSSL libcrypto or the mse extra)")
 
 
 # -- independent spec helpers -------------------------------------------------------------------
