@@ -20,6 +20,7 @@ keyword-only ``now``, and exposes ``max_window`` (bytes the connection may have 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from minibt.errors import ConfigError
@@ -126,35 +127,40 @@ class Ledbat:
 
     def on_delay_sample(self, sample_us: int, *, now: float) -> None:
         """Record one ``timestamp_difference_microseconds`` echo (0 means 'no sample': skip it)."""
-        sample_us &= TS_MASK
-        if sample_us == 0:
-            return
-        hist = self._hist
-        elapsed = now - self._bucket_start
-        if not hist or elapsed >= BASE_DELAY_BUCKET_S:
-            if not hist:
-                self._bucket_start = now
-            else:
-                steps = int(elapsed // BASE_DELAY_BUCKET_S)
-                if steps >= BASE_DELAY_BUCKETS:
-                    hist.clear()  # nothing heard for two minutes or more: every minimum is stale
-                self._bucket_start += BASE_DELAY_BUCKET_S * steps
-            hist.append(sample_us)
-            if len(hist) > BASE_DELAY_BUCKETS:
-                del hist[0]
-            base = hist[0]
-            for v in hist:
-                if _before32(v, base):
-                    base = v
-            self._base = base
-        else:  # once per received packet: _before32 written out
-            if ((sample_us - hist[-1]) & TS_MASK) > 0x7FFFFFFF:
-                hist[-1] = sample_us
-            base = self._base if self._base is not None else sample_us
-            if ((sample_us - base) & TS_MASK) > 0x7FFFFFFF:
-                base = sample_us
-            self._base = base
-        self._recent.append(sample_us)
+        self.on_delay_samples((sample_us,), now=now)
+
+    def on_delay_samples(self, samples: Iterable[int], *, now: float) -> None:
+        """Record echoes in arrival order, as :meth:`on_delay_sample` each (uTP takes a run of packets at once)."""
+        hist, recent = self._hist, self._recent
+        for sample_us in samples:
+            sample_us &= TS_MASK
+            if sample_us == 0:
+                continue
+            elapsed = now - self._bucket_start
+            if not hist or elapsed >= BASE_DELAY_BUCKET_S:
+                if not hist:
+                    self._bucket_start = now
+                else:
+                    steps = int(elapsed // BASE_DELAY_BUCKET_S)
+                    if steps >= BASE_DELAY_BUCKETS:
+                        hist.clear()  # nothing heard for two minutes or more: every minimum is stale
+                    self._bucket_start += BASE_DELAY_BUCKET_S * steps
+                hist.append(sample_us)
+                if len(hist) > BASE_DELAY_BUCKETS:
+                    del hist[0]
+                base = hist[0]
+                for v in hist:
+                    if _before32(v, base):
+                        base = v
+                self._base = base
+            else:  # once per received packet: _before32 written out
+                if ((sample_us - hist[-1]) & TS_MASK) > 0x7FFFFFFF:
+                    hist[-1] = sample_us
+                base = self._base if self._base is not None else sample_us
+                if ((sample_us - base) & TS_MASK) > 0x7FFFFFFF:
+                    base = sample_us
+                self._base = base
+            recent.append(sample_us)
 
     def on_ack(self, *, bytes_acked: int, bytes_in_flight: int, packet_bytes: int, now: float) -> None:
         """Grow or shrink the window for ``bytes_acked`` newly acknowledged bytes.

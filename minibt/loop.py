@@ -709,7 +709,7 @@ class EventLoop:
         utp = self._utp
         if not self._ubuf:
             self._ubuf = bytearray(UDP_MAX_DATAGRAM)
-        self._udpio.read(self._ubuf, UDP_BATCH, utp.receive_datagram if utp is not None else None, self._udp_other,
+        self._udpio.read(self._ubuf, UDP_BATCH, utp.receive_batch if utp is not None else None, self._udp_other,
                          now, self._udp_fault)
         if utp is not None:
             try:

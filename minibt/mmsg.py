@@ -64,7 +64,8 @@ class _MMsgHdr(ctypes.Structure):
     _fields_ = [("hdr", _MsgHdr), ("len", ctypes.c_uint)]
 
 
-_Handler = Callable[..., None]  # udpio.Receiver: (data, addr, *, now); not imported (udpio imports this module)
+# udpio.Receiver (data, addr, *, now) and udpio.BatchReceiver; not imported (udpio imports this module)
+_Handler = Callable[..., None]
 RecvMMsg = Callable[[int, int, int, int, None], int]
 
 
@@ -125,7 +126,8 @@ class BatchReader:
 
     def drain(self, limit: int, on_utp: _Handler | None, hlen: int, utp_first: frozenset[int], on_other: _Handler,
               now: float, on_error: Callable[[Addr, Exception], None], counters: dict[str, int]) -> None:
-        """Read up to ``limit`` datagrams (fewer when the socket runs dry) and route each as :meth:`UdpIO.read`.
+        """Read up to ``limit`` datagrams (fewer when the socket runs dry) and route them as :meth:`UdpIO.read`:
+        ``on_utp`` gets the uTP datagrams of each system call together.
 
         A handler's exception goes to ``on_error`` and the reading goes on.  OSError for a hard read error
         (nothing is lost: what was read before it has been delivered).  Each view is only valid during its
@@ -149,6 +151,8 @@ class BatchReader:
                     return
                 raise OSError(err, f"recvmmsg: {errno.errorcode.get(err, err)}")
             limit -= n
+            datas: list[memoryview] = []  # this call's uTP datagrams, handed over together (the slots are reused)
+            srcs: list[Addr] = []
             for i in range(n):
                 at = i * stride4
                 if u32[at + flags_at] & MSG_TRUNC:
@@ -167,15 +171,25 @@ class BatchReader:
                         counters["udp_gro_buffers"] += 1
                         counters["udp_gro_datagrams"] += len(parts)
                         for part in parts:
-                            _deliver(part, src, on_utp, hlen, utp_first, on_other, now, on_error)
+                            if on_utp is not None and len(part) >= hlen and part[0] in utp_first:
+                                datas.append(part)
+                                srcs.append(src)
+                                continue
+                            if datas:  # the order of arrival is kept across the two kinds
+                                _deliver_utp(datas, srcs, on_utp, now, on_error)
+                                datas, srcs = [], []
+                            _deliver_other(part, src, on_other, now, on_error)
                         continue
-                try:
-                    if on_utp is not None and len(data) >= hlen and data[0] in utp_first:
-                        on_utp(data, src, now=now)
-                    else:
-                        on_other(data, src, now=now)
-                except Exception as e:  # one datagram: dropped, the loop goes on (STYLE.md section 13)
-                    on_error(src, e)
+                if on_utp is not None and len(data) >= hlen and data[0] in utp_first:
+                    datas.append(data)
+                    srcs.append(src)
+                    continue
+                if datas:
+                    _deliver_utp(datas, srcs, on_utp, now, on_error)
+                    datas, srcs = [], []
+                _deliver_other(data, src, on_other, now, on_error)
+            if datas:
+                _deliver_utp(datas, srcs, on_utp, now, on_error)
             if n < want:
                 return  # drained for now: the selector says when more arrives
 
@@ -214,15 +228,24 @@ class BatchReader:
         return (host, port)
 
 
-def _deliver(data: memoryview, src: Addr, on_utp: _Handler | None, hlen: int, utp_first: frozenset[int],
-             on_other: _Handler, now: float, on_error: Callable[[Addr, Exception], None]) -> None:
+def _deliver_other(data: memoryview, src: Addr, on_other: _Handler, now: float,
+                   on_error: Callable[[Addr, Exception], None]) -> None:
+    """A datagram that is not uTP to its handler; an exception is ``on_error``'s (STYLE.md section 13)."""
     try:
-        if on_utp is not None and len(data) >= hlen and data[0] in utp_first:
-            on_utp(data, src, now=now)
-        else:
-            on_other(data, src, now=now)
-    except Exception as e:  # one datagram: dropped, the loop goes on (STYLE.md section 13)
+        on_other(data, src, now=now)
+    except Exception as e:  # one datagram: dropped, the loop goes on
         on_error(src, e)
+
+
+def _deliver_utp(datas: list[memoryview], srcs: list[Addr], on_utp: _Handler | None, now: float,
+                 on_error: Callable[[Addr, Exception], None]) -> None:
+    """uTP datagrams to their batch handler, which contains each one's faults itself (udpio.BatchReceiver);
+    an exception out of it (a fault in the handler) costs the rest of the batch and is ``on_error``'s."""
+    assert on_utp is not None
+    try:
+        on_utp(datas, srcs, now=now, on_error=on_error)
+    except Exception as e:
+        on_error(srcs[0], e)
 
 
 def open_reader(sock: socket.socket, *, slot_size: int, gro: tuple[int, int] | None) -> BatchReader | None:

@@ -48,6 +48,13 @@ class Receiver(Protocol):
     def __call__(self, data: memoryview, addr: Addr, /, *, now: float) -> None: ...
 
 
+class BatchReceiver(Protocol):
+    """The datagrams of one read, in order; each one's fault goes to ``on_error`` and the rest are handled."""
+
+    def __call__(self, datas: Sequence[memoryview], addrs: Sequence[Addr], /, *, now: float,
+                 on_error: Callable[[Addr, Exception], None]) -> None: ...
+
+
 def split_gro(view: memoryview, n: int, seg: int) -> list[memoryview]:
     """The datagrams of a GRO buffer: ``view[:n]`` cut every ``seg`` bytes (the last may be shorter)."""
     if seg <= 0 or seg >= n:
@@ -101,13 +108,14 @@ class UdpIO:
 
     # ------------------------------------------------------------------ receive
 
-    def read(self, buf: bytearray, limit: int, on_utp: Receiver | None, on_other: Receiver, now: float,
+    def read(self, buf: bytearray, limit: int, on_utp: BatchReceiver | None, on_other: Receiver, now: float,
              on_error: Callable[[Addr, Exception], None]) -> None:
-        """Read up to ``limit`` system calls' worth of datagrams into ``buf``, one handler call each.
+        """Read up to ``limit`` system calls' worth of datagrams into ``buf``.
 
         uTP datagrams (a version-1 type byte and a full header, as :func:`minibt.utp_codec.is_utp_datagram`)
-        go to ``on_utp``, anything else to ``on_other``; a handler's exception is ``on_error``'s and the
-        reading goes on.  Each view is only valid during its call (the next read reuses ``buf``).
+        go to ``on_utp``, those of one system call together; anything else to ``on_other``, one call each.
+        A handler's exception is ``on_error``'s and the reading goes on.  Each view is only valid during its
+        call (the next read reuses ``buf``).
         """
         sock, view, v6, gro = self.sock, memoryview(buf), self.v6, self.gro
         recvfrom_into, recvmsg_into, space = sock.recvfrom_into, sock.recvmsg_into, _GRO_CMSG_SPACE
@@ -153,12 +161,12 @@ class UdpIO:
             else:
                 parts = [view[:n]]
             for data in parts:
-                try:
+                try:  # one datagram: dropped, the loop goes on (STYLE.md section 13)
                     if on_utp is not None and len(data) >= hlen and data[0] in utp_first:
-                        on_utp(data, src, now=now)
+                        on_utp((data,), (src,), now=now, on_error=on_error)
                     else:
                         on_other(data, src, now=now)
-                except Exception as e:  # one datagram: dropped, the loop goes on (STYLE.md section 13)
+                except Exception as e:
                     on_error(src, e)
 
     # ------------------------------------------------------------------ send

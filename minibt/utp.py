@@ -4,11 +4,10 @@ The packet codec is :mod:`minibt.utp_codec`, the multiplexer :mod:`minibt.utp_mu
 :mod:`minibt.utp_config`.
 
 Pure: datagrams, commands and ``now`` in; events, datagrams and deadlines out (aioquic shape).
-The loop owns the UDP socket: for each datagram passing :func:`is_utp_datagram` it calls
-``mux.receive_datagram``; after draining the socket ``mux.socket_drained`` (ACKs coalesce, libtorrent);
-then sends ``mux.datagrams_to_send`` and re-arms on ``mux.next_deadline``.  Congestion control lives
-in :mod:`minibt.ledbat`, the packet-size search (MTU probes) in :mod:`minibt.utp_mtu`.  Out of scope:
-the close-reason extension.
+The loop owns the UDP socket: it hands the datagrams of each read to ``mux.receive_run``; after draining
+the socket ``mux.socket_drained`` (ACKs coalesce, libtorrent); then sends ``mux.datagrams_to_send``.
+Congestion control: :mod:`minibt.ledbat`; packet sizes (MTU probes): :mod:`minibt.utp_mtu`.  Out of
+scope: the close-reason extension.
 Interop (libtorrent utp_stream.cpp): ST_STATE carries the sender's next seq_nr unconsumed; SACKs of
 any length are accepted (libtorrent sends (span + 7) // 8 bytes); we send BEP-sized ones.
 
@@ -24,6 +23,7 @@ from __future__ import annotations
 import enum
 import random
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -31,9 +31,11 @@ from minibt.errors import CloseReason, LocalProtocolError
 from minibt.ledbat import Ledbat
 from minibt.urls import Addr
 from minibt.utp_codec import (
+    DATA_V1,
     EXT_NONE,
     EXT_SACK,
     HALF_SEQ,
+    HEADER_LEN,
     HEADER_STRUCT,
     SEQ_MASK,
     ST_DATA,
@@ -147,8 +149,7 @@ class UtpConnection:
                  config: UtpConfig) -> None:
         self._cfg = config
         self._state = state
-        self._recv_id = recv_id
-        self._send_id = send_id
+        self.recv_id, self.send_id = recv_id, send_id  # read-only for others; packets to us carry recv_id
         self._cc = Ledbat(config.ledbat, now=now)
         # send side
         self._seq_nr = seq_nr  # next sequence number to use
@@ -241,14 +242,6 @@ class UtpConnection:
         return self._state
 
     @property
-    def recv_id(self) -> int:
-        return self._recv_id
-
-    @property
-    def send_id(self) -> int:
-        return self._send_id
-
-    @property
     def is_finished(self) -> bool:
         """CLOSED with nothing left to send: the multiplexer may forget it."""
         return self._state is UtpState.CLOSED and not self._outbox
@@ -282,7 +275,7 @@ class UtpConnection:
         if self._state is UtpState.CLOSED:
             return
         self._outbox.clear()
-        self._emit_raw(ST_RESET, self._send_id, self._seq_nr, 0)
+        self._emit_raw(ST_RESET, self.send_id, self._seq_nr, 0)
         self._terminate()
 
     def flush_acks(self, *, now: float) -> None:
@@ -312,31 +305,44 @@ class UtpConnection:
 
     # ------------------------------------------------------------------ input
 
-    def take_in_order(self, ts: int, tsd: int, wnd: int, seq: int, ack: int, payload: Payload, now: float) -> bool:
-        """An ``ST_DATA`` packet without extensions, given as its header fields, taken if it is what a
-        download mostly gets: connected, collecting into :attr:`received`, the next sequence number, acking
-        nothing new (the mux tries this before it decodes a header).  False, and nothing changed: the packet
-        must go to :meth:`receive_packet`.  The same effect as that general path (``_process_ack``, then
-        ``_process_data``) for such a packet; tests/sim/test_utp_link.py compares the two on the wire."""
-        adv = (ack - self._acked) & SEQ_MASK
+    def take_run(self, datas: Sequence[Payload], addrs: Sequence[Addr], i: int, addr: Addr, now: float) -> int:
+        """Take the in-order data packets at ``datas[i:]`` (a download's bulk); returns the index of the first other
+        one (``i``: nothing changed), for :meth:`receive_packet`.  Taken: ST_DATA v1 with a payload, no extension,
+        from ``addr`` to us, the next seq_nr, acking nothing new, while connected and collecting into
+        :attr:`received`; as ``_process_ack`` and ``_process_data`` would (tests/sim/test_utp_link.py)."""
         rx = self.received
-        if (rx is None or self._state is not _CONNECTED or not (not adv or adv >= HALF_SEQ)
-                or seq != (self._ack_nr + 1) & SEQ_MASK or not payload or self._reorder
-                or self._eof_seq is not None or self.held_bytes >= self._cfg.reorder_buffer_bytes):
-            return False
-        n = self._n
-        n["packets_received"] += 1
+        if (rx is None or self._state is not _CONNECTED or self._reorder or self._eof_seq is not None
+                or self.held_bytes >= self._cfg.reorder_buffer_bytes):
+            return i
+        unpack, acked, rid, expect = HEADER_STRUCT.unpack_from, self._acked, self.recv_id, (self._ack_nr + 1) & SEQ_MASK
+        samples: list[int] = []
+        j, count, nbytes, ts, wnd = i, len(datas), 0, 0, 0
+        while j < count:
+            d = datas[j]
+            if len(d) <= HEADER_LEN or d[0] != DATA_V1 or d[1] or (addrs[j] is not addr and addrs[j] != addr):
+                break
+            _, _, cid, t, tsd, w, seq, ack = unpack(d, 0)
+            adv = (ack - acked) & SEQ_MASK
+            if cid != rid or seq != expect or (adv and adv < HALF_SEQ):
+                break
+            if not adv and tsd:
+                samples.append(tsd)
+            rx += d[HEADER_LEN:]
+            nbytes += len(d) - HEADER_LEN
+            expect, ts, wnd, j = (seq + 1) & SEQ_MASK, t, w, j + 1
+        if j == i:
+            return i
+        self._n["packets_received"] += j - i
+        self._n["bytes_received"] += nbytes
         self._reply_micro = (int(now * 1e6) - ts) & TS_MASK
         self._peer_wnd = wnd
-        if not adv and tsd:
-            self._cc.on_delay_sample(tsd, now=now)
+        if samples:
+            self._cc.on_delay_samples(samples, now=now)
         if not self._ack_pending:
             self._ack_pending = True
             self._ack_due = now + self._cfg.ack_delay_s
-        self._ack_nr = seq
-        n["bytes_received"] += len(payload)
-        rx += payload
-        return True
+        self._ack_nr = (expect - 1) & SEQ_MASK
+        return j
 
     def receive_packet(self, header: UtpHeader, sack: bytes | None, payload: Payload, *, now: float) -> list[UtpEvent]:
         """Feed one decoded packet addressed to this connection; packets that don't fit are ignored."""
@@ -448,7 +454,7 @@ class UtpConnection:
         if self._sack_dirty:
             self._sack = self._build_sack()
             self._sack_dirty = False
-        cid = self._recv_id if typ == ST_SYN else self._send_id  # BEP 29: only the SYN uses recv_id
+        cid = self.recv_id if typ == ST_SYN else self.send_id  # BEP 29: only the SYN uses recv_id
         wnd = max(0, self._cfg.reorder_buffer_bytes - self._reorder_bytes - self.held_bytes)
         self._emit_raw(typ, cid, seq, wnd, payload, self._sack if self._reorder else None, timestamp_us(now))
         if typ == ST_STATE:

@@ -26,6 +26,7 @@ HEADER_LEN = 20  # BEP 29 'header format'
 EXT_NONE = 0  # BEP 29 'extension'
 EXT_SACK = 1  # BEP 29 'Selective ACK'
 UTP_FIRST_BYTES = frozenset((t << 4) | UTP_VERSION for t in range(5))  # 0x01 0x11 0x21 0x31 0x41
+DATA_V1 = (ST_DATA << 4) | UTP_VERSION  # the first byte of a version-1 ST_DATA packet
 SEQ_MASK = 0xFFFF  # BEP 29: seq_nr / ack_nr are 16 bit and wrap
 TS_MASK = 0xFFFFFFFF  # BEP 29: 32-bit microsecond timestamps
 HALF_SEQ = 0x8000

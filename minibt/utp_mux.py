@@ -7,27 +7,27 @@ Annotations are evaluated (no ``from __future__ import annotations``) for ``OutD
 """
 
 import random
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from minibt.errors import UtpError
 from minibt.urls import Addr
 from minibt.utp import ConnKey, IncomingConnection, MuxEvent, UtpConnection, UtpState
 from minibt.utp_codec import (
+    DATA_V1,
     EXT_NONE,
     HEADER_LEN,
     HEADER_STRUCT,
     SEQ_MASK,
-    ST_DATA,
     ST_RESET,
     ST_SYN,
     UTP_VERSION,
+    Payload,
     UtpHeader,
     decode_packet,
     timestamp_us,
 )
 from minibt.utp_config import UtpConfig
-
-_DATA_V1 = (ST_DATA << 4) | UTP_VERSION  # the first byte of a version-1 ST_DATA packet
 
 
 class OutDatagram(NamedTuple):
@@ -76,19 +76,35 @@ class UtpMux:
         self, data: bytes | bytearray | memoryview, addr: Addr, *, now: float
     ) -> list[MuxEvent]:
         """Route one datagram.  Never raises on remote input: garbage is counted and dropped."""
-        n = self._n
-        n["datagrams"] += 1
-        if len(data) >= HEADER_LEN and data[0] == _DATA_V1 and not data[1]:  # ST_DATA, no extension
-            _, _, cid, ts, tsd, wnd, seq, ack = HEADER_STRUCT.unpack_from(data, 0)
-            key = (addr, cid)
+        out: list[MuxEvent] = []
+        self.receive_run((data,), (addr,), 0, out, now=now)
+        return out
+
+    def receive_run(self, datas: Sequence[Payload], addrs: Sequence[Addr], i: int, out: list[MuxEvent], *,
+                    now: float) -> int:
+        """Route ``datas[i]`` (from ``addrs[i]``) and the in-order data packets of its connection right after it
+        (:meth:`UtpConnection.take_run`); their events go to ``out``.  Returns the index of the next datagram
+        to route.  Never raises on remote input: garbage is counted and dropped."""
+        data, addr = datas[i], addrs[i]
+        if len(data) > HEADER_LEN and data[0] == DATA_V1 and not data[1]:  # ST_DATA, no extension
+            key = (addr, (data[2] << 8) | data[3])
             conn = self._conns.get(key)
-            if conn is not None and conn.take_in_order(ts, tsd, wnd, seq, ack, data[HEADER_LEN:], now):
-                self._touched.add(key)
-                return []
+            if conn is not None:
+                j = conn.take_run(datas, addrs, i, addr, now)
+                if j > i:
+                    self._n["datagrams"] += j - i
+                    self._touched.add(key)
+                    return j
+        self._n["datagrams"] += 1
+        out.extend(self._route(data, addr, now))
+        return i + 1
+
+    def _route(self, data: Payload, addr: Addr, now: float) -> list[MuxEvent]:
+        """One datagram the short path did not take: decoded, then to its connection, a SYN or a reset."""
         try:
             header, sack, payload = decode_packet(data)
         except UtpError:
-            n["garbage"] += 1
+            self._n["garbage"] += 1
             return []
         cid = header.connection_id
         typ = header.type

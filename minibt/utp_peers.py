@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from minibt.errors import CloseReason
@@ -31,6 +32,7 @@ from minibt.utp import (
     UtpConnection,
     UtpState,
 )
+from minibt.utp_codec import Payload
 from minibt.utp_config import UtpConfig
 from minibt.utp_mux import OutDatagram, UtpMux
 
@@ -99,6 +101,23 @@ class UtpPeers:
         evs = self.mux.receive_datagram(data, addr, now=now)
         if evs:
             self._events(evs, now)
+
+    def receive_batch(self, datas: Sequence[Payload], addrs: Sequence[Addr], *, now: float,
+                      on_error: Callable[[Addr, Exception], None]) -> None:
+        """The uTP datagrams of one read, in order (the mux takes a connection's in-order run in one step).
+        A fault while handling one goes to ``on_error`` with its sender, and the rest are still handled."""
+        mux = self.mux
+        i, count = 0, len(datas)
+        while i < count:
+            evs: list[MuxEvent] = []
+            try:
+                j = mux.receive_run(datas, addrs, i, evs, now=now)
+                if evs:
+                    self._events(evs, now)
+            except Exception as e:  # one datagram: dropped, the loop goes on (STYLE.md section 13)
+                on_error(addrs[i], e)
+                j = i + 1
+            i = j
 
     def socket_drained(self, *, now: float) -> None:
         """End of a receive batch: deliver payload, send coalesced ACKs, refill freed send buffers."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
@@ -45,10 +45,23 @@ def _datagrams(count: int) -> list[bytes]:
     return out
 
 
+def _batch(per: Callable[..., object]) -> Callable[..., None]:
+    """A per-datagram uTP handler as the batch handler the readers take (utp_peers.UtpPeers.receive_batch's
+    contract: a fault costs only its own datagram)."""
+    def handle(datas: Sequence[memoryview], srcs: Sequence[tuple[str, int]], *, now: float,
+               on_error: Callable[[tuple[str, int], Exception], None]) -> None:
+        for d, s in zip(datas, srcs, strict=True):
+            try:
+                per(d, s, now=now)
+            except Exception as e:
+                on_error(s, e)
+    return handle
+
+
 def _read_all(io: UdpIO, limit: int = 512) -> tuple[Got, list[Exception]]:
     got: Got = []
     errors: list[Exception] = []
-    io.read(bytearray(65536), limit, lambda d, s, *, now: got.append(("utp", bytes(d), s)),
+    io.read(bytearray(65536), limit, _batch(lambda d, s, *, now: got.append(("utp", bytes(d), s))),
             lambda d, s, *, now: got.append(("other", bytes(d), s)), 1.0, lambda s, e: errors.append(e))
     return got, errors
 
@@ -101,9 +114,54 @@ def test_a_failing_handler_loses_only_its_datagram(v4: tuple[socket.socket, sock
         if d[1] % 10 == 3:
             raise ValueError("bad datagram")
 
-    io.read(bytearray(65536), 512, on_utp, lambda d, s, *, now: None, 1.0, lambda s, e: errors.append((s, e)))
+    io.read(bytearray(65536), 512, _batch(on_utp), lambda d, s, *, now: None, 1.0,
+            lambda s, e: errors.append((s, e)))
     assert seen == list(range(40))
     assert len(errors) == 4 and all(s == tx.getsockname() for s, _ in errors)
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_the_utp_datagrams_of_one_system_call_come_in_one_handler_call(
+        v4: tuple[socket.socket, socket.socket], batch: bool) -> None:
+    rx, tx = v4
+    for i in range(70):  # a DHT-looking datagram after the 50th: the order of arrival is kept across kinds
+        tx.sendto(b"d" * 30 if i == 50 else b"\x01" + bytes([i]) * 30, rx.getsockname())
+    calls: list[list[int]] = []
+    order: list[object] = []
+
+    def on_utp(datas: Sequence[memoryview], srcs: Sequence[tuple[str, int]], *, now: float,
+               on_error: Callable[[tuple[str, int], Exception], None]) -> None:
+        assert list(srcs) == [tx.getsockname()] * len(datas)
+        calls.append([d[1] for d in datas])
+        order.extend(d[1] for d in datas)
+
+    UdpIO(rx, {}, batch=batch).read(bytearray(65536), 512, on_utp, lambda d, s, *, now: order.append("dht"),
+                                    1.0, lambda s, e: None)
+    want = [*range(50), "dht", *range(51, 70)]
+    assert order == want
+    if batch:  # recvmmsg's calls of 32: 0-31; 32-49, the DHT one, 51-63; 64-69
+        assert [len(c) for c in calls] == [32, 18, 13, 6]
+    else:
+        assert [len(c) for c in calls] == [1] * 69
+
+
+def test_a_fault_out_of_the_batch_handler_costs_that_batch_only(v4: tuple[socket.socket, socket.socket]) -> None:
+    rx, tx = v4
+    for i in range(40):
+        tx.sendto(b"\x01" + bytes([i]) * 30, rx.getsockname())
+    seen: list[int] = []
+    errors: list[tuple[tuple[str, int], Exception]] = []
+
+    def on_utp(datas: Sequence[memoryview], srcs: Sequence[tuple[str, int]], *, now: float,
+               on_error: Callable[[tuple[str, int], Exception], None]) -> None:
+        seen.extend(d[1] for d in datas)
+        if datas[0][1] == 0:
+            raise RuntimeError("a bug in the handler")
+
+    UdpIO(rx, {}).read(bytearray(65536), 512, on_utp, lambda d, s, *, now: None, 1.0,
+                       lambda s, e: errors.append((s, e)))
+    assert seen == list(range(40))  # the second system call's datagrams were still handled
+    assert len(errors) == 1 and errors[0][0] == tx.getsockname() and isinstance(errors[0][1], RuntimeError)
 
 
 def test_ipv6_sources_and_ipv4_mapped_ones_read_as_the_plain_path_gives_them() -> None:
@@ -164,7 +222,7 @@ def test_a_datagram_longer_than_its_slot_is_dropped_and_counted(v4: tuple[socket
     got: list[bytes] = []
     counters: dict[str, int] = {"udp_dropped": 0}
     for _ in range(3):
-        reader.drain(512, lambda d, s, *, now: got.append(bytes(d)), 20, frozenset({1}),
+        reader.drain(512, _batch(lambda d, s, *, now: got.append(bytes(d))), 20, frozenset({1}),
                      lambda d, s, *, now: got.append(bytes(d)), 1.0, lambda s, e: None, counters)
     assert [len(d) for d in got] == [100, 256, 50, 10]
     assert counters["udp_dropped"] == 3
@@ -188,7 +246,7 @@ def test_a_hard_read_error_raises_and_the_reader_stays_usable(v4: tuple[socket.s
     reader = BatchReader(failing, rx, slot_size=2048, gro=None)
     tx.sendto(b"\x01" + b"x" * 40, rx.getsockname())
     got: list[bytes] = []
-    args = (lambda d, s, *, now: got.append(bytes(d)), 20, frozenset({1}), lambda d, s, *, now: None, 1.0,
+    args = (_batch(lambda d, s, *, now: got.append(bytes(d))), 20, frozenset({1}), lambda d, s, *, now: None, 1.0,
             lambda s, e: None, {})
     with pytest.raises(OSError) as info:
         reader.drain(512, *args)  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -146,7 +147,8 @@ def test_gro_unavailable_reads_with_recvfrom() -> None:
     sock.inbox = [(b"\x01" + bytes(30), 0, A), (b"d1:ae", 0, B)]
     utp: list[tuple[bytes, tuple[str, int]]] = []
     other: list[tuple[bytes, tuple[str, int]]] = []
-    io.read(bytearray(2048), 10, lambda d, s, *, now: utp.append((bytes(d), s)),
+    io.read(bytearray(2048), 10,
+            lambda ds, ss, *, now, on_error: utp.extend((bytes(d), s) for d, s in zip(ds, ss, strict=True)),
             lambda d, s, *, now: other.append((bytes(d), s)), 1.0, lambda s, e: None)
     assert utp == [(b"\x01" + bytes(30), A)] and other == [(b"d1:ae", B)]
     assert c["udp_gro_buffers"] == 0
@@ -161,9 +163,10 @@ def test_gro_buffer_is_cut_into_datagrams_for_the_handler() -> None:
     got: list[tuple[bytes, tuple[str, int]]] = []
     errors: list[Exception] = []
 
-    def on_utp(d: memoryview, s: tuple[str, int], *, now: float) -> None:
-        got.append((bytes(d), s))
-        if d[1] == 1:
+    def on_utp(ds: Sequence[memoryview], ss: Sequence[tuple[str, int]], *, now: float, on_error: object) -> None:
+        assert len(ds) == 1  # the plain path reads one datagram (or GRO buffer) per system call
+        got.append((bytes(ds[0]), ss[0]))
+        if ds[0][1] == 1:
             raise ValueError("one bad datagram")
 
     io.read(bytearray(65536), 10, on_utp, lambda d, s, *, now: None, 1.0, lambda s, e: errors.append(e))
