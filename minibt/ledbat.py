@@ -130,37 +130,40 @@ class Ledbat:
         self.on_delay_samples((sample_us,), now=now)
 
     def on_delay_samples(self, samples: Iterable[int], *, now: float) -> None:
-        """Record echoes in arrival order, as :meth:`on_delay_sample` each (uTP takes a run of packets at once)."""
-        hist, recent = self._hist, self._recent
-        for sample_us in samples:
-            sample_us &= TS_MASK
-            if sample_us == 0:
-                continue
-            elapsed = now - self._bucket_start
-            if not hist or elapsed >= BASE_DELAY_BUCKET_S:
-                if not hist:
-                    self._bucket_start = now
-                else:
-                    steps = int(elapsed // BASE_DELAY_BUCKET_S)
-                    if steps >= BASE_DELAY_BUCKETS:
-                        hist.clear()  # nothing heard for two minutes or more: every minimum is stale
-                    self._bucket_start += BASE_DELAY_BUCKET_S * steps
-                hist.append(sample_us)
-                if len(hist) > BASE_DELAY_BUCKETS:
-                    del hist[0]
-                base = hist[0]
-                for v in hist:
-                    if _before32(v, base):
-                        base = v
-                self._base = base
-            else:  # once per received packet: _before32 written out
-                if ((sample_us - hist[-1]) & TS_MASK) > 0x7FFFFFFF:
-                    hist[-1] = sample_us
-                base = self._base if self._base is not None else sample_us
-                if ((sample_us - base) & TS_MASK) > 0x7FFFFFFF:
-                    base = sample_us
-                self._base = base
-            recent.append(sample_us)
+        """Record echoes in arrival order, as :meth:`on_delay_sample` each (uTP takes a run of packets at once).
+        All at one ``now``, so at most the first one starts a new bucket of the base delay history."""
+        kept = [s & TS_MASK for s in samples]
+        if 0 in kept:
+            kept = [s for s in kept if s]
+        if not kept:
+            return
+        hist, i = self._hist, 0
+        elapsed = now - self._bucket_start
+        if not hist or elapsed >= BASE_DELAY_BUCKET_S:
+            if not hist:
+                self._bucket_start = now
+            else:
+                steps = int(elapsed // BASE_DELAY_BUCKET_S)
+                if steps >= BASE_DELAY_BUCKETS:
+                    hist.clear()  # nothing heard for two minutes or more: every minimum is stale
+                self._bucket_start += BASE_DELAY_BUCKET_S * steps
+            hist.append(kept[0])
+            if len(hist) > BASE_DELAY_BUCKETS:
+                del hist[0]
+            base = hist[0]
+            for v in hist:
+                if _before32(v, base):
+                    base = v
+            self._base, i = base, 1
+        if i < len(kept):  # the bucket's minimum and the base delay, _before32 written out
+            low, base = hist[-1], self._base if self._base is not None else kept[i]
+            for v in kept[i:] if i else kept:
+                if ((v - low) & TS_MASK) > 0x7FFFFFFF:
+                    low = v
+                if ((v - base) & TS_MASK) > 0x7FFFFFFF:
+                    base = v
+            hist[-1], self._base = low, base
+        self._recent.extend(kept[-DELAY_FILTER_SAMPLES:])
 
     def on_ack(self, *, bytes_acked: int, bytes_in_flight: int, packet_bytes: int, now: float) -> None:
         """Grow or shrink the window for ``bytes_acked`` newly acknowledged bytes.

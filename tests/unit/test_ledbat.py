@@ -152,3 +152,60 @@ def test_window_stays_within_bounds(ops: list[tuple[int, int, int]]) -> None:
 def test_bad_config_raises(kwargs: dict[str, int]) -> None:
     with pytest.raises(ConfigError):
         LedbatConfig(**kwargs)  # type: ignore[arg-type]
+
+
+class _OneSampleAtATime:
+    """The base-delay bookkeeping as the per-packet code had it (one sample per call): the oracle for
+    Ledbat.on_delay_samples, which takes a run of packets' samples at one ``now``."""
+
+    def __init__(self, now: float) -> None:
+        self.hist: list[int] = []
+        self.bucket_start = now
+        self.recent: list[int] = []
+        self.base: int | None = None
+
+    def sample(self, s: int, now: float) -> None:
+        s &= 0xFFFFFFFF
+        if s == 0:
+            return
+        before = lambda a, b: ((a - b) & 0xFFFFFFFF) > 0x7FFFFFFF  # noqa: E731
+        elapsed = now - self.bucket_start
+        if not self.hist or elapsed >= 60.0:
+            if not self.hist:
+                self.bucket_start = now
+            else:
+                steps = int(elapsed // 60.0)
+                if steps >= 2:
+                    self.hist.clear()
+                self.bucket_start += 60.0 * steps
+            self.hist.append(s)
+            del self.hist[:-2]
+            self.base = self.hist[0]
+            for v in self.hist:
+                if before(v, self.base):
+                    self.base = v
+        else:
+            if before(s, self.hist[-1]):
+                self.hist[-1] = s
+            if self.base is None or before(s, self.base):
+                self.base = s
+        self.recent = (self.recent + [s])[-3:]
+
+
+@given(st.lists(st.tuples(st.sampled_from([0.0, 0.001, 1.0, 30.0, 59.999, 60.0, 61.0, 130.0, 400.0]),
+                          st.lists(st.one_of(st.integers(0, 2**32 - 1), st.just(0), st.integers(2**32 - 50, 2**32 - 1),
+                                             st.integers(1, 100)), max_size=12)),
+                max_size=25))
+def test_a_run_of_samples_at_once_equals_them_one_by_one(batches: list[tuple[float, list[int]]]) -> None:
+    from minibt import ledbat
+
+    assert (ledbat.BASE_DELAY_BUCKET_S, ledbat.BASE_DELAY_BUCKETS, ledbat.DELAY_FILTER_SAMPLES) == (60.0, 2, 3)
+    now = 5.0
+    cc, ref = Ledbat(LINEAR, now=now), _OneSampleAtATime(now)
+    for step, samples in batches:
+        now += step
+        cc.on_delay_samples(samples, now=now)
+        for s in samples:
+            ref.sample(s, now)
+        assert (cc._hist, cc._base, list(cc._recent), cc._bucket_start) == (ref.hist, ref.base, ref.recent,
+                                                                          ref.bucket_start)
