@@ -573,14 +573,33 @@ def _run_utp_mux(inp: tuple[int, list[tuple[Any, ...]]]) -> None:
     addr = {True: ADDR_A, False: ADDR_B}
     now = 1000.0
     conns: dict[bool, Any] = {True: call(name, "connect", (), mux[True].connect, ADDR_B, now=now)[0], False: None}
+    collect = bool(seed_ & 1)  # in-order payload into conn.received (utp_peers.py's way): the mux's short path
+    if collect:
+        conns[True].received = bytearray()
 
-    def deliver(to_a: bool, dgram: bytes) -> None:
-        events, _ = call(name, "receive_datagram", (), mux[to_a].receive_datagram, dgram, addr[not to_a], now=now)
+    def handle(to_a: bool, events: list[Any]) -> None:
         for _key, ev in events:
             if isinstance(ev, IncomingConnection):
                 conns[to_a] = ev.conn
+                if collect:
+                    ev.conn.received = bytearray()
             elif isinstance(ev, DataReceived):
                 check(name, "data", len(ev.data) > 0, "empty DataReceived")
+
+    def deliver(to_a: bool, dgram: bytes) -> None:
+        events, _ = call(name, "receive_datagram", (), mux[to_a].receive_datagram, dgram, addr[not to_a], now=now)
+        handle(to_a, events)
+
+    def deliver_read(to_a: bool, dgrams: list[bytes]) -> None:
+        """One read's datagrams, as utp_peers.UtpPeers.receive_batch hands them over."""
+        srcs = [addr[not to_a]] * len(dgrams)
+        i = 0
+        while i < len(dgrams):
+            events: list[Any] = []
+            j, _ = call(name, "receive_run", (), mux[to_a].receive_run, dgrams, srcs, i, events, now=now)
+            check(name, "receive_run", isinstance(j, int) and i < j <= len(dgrams), f"run {i} -> {j}")
+            handle(to_a, events)
+            i = j
 
     for op in ops:
         if op[0] == "pump":
@@ -588,11 +607,15 @@ def _run_utp_mux(inp: tuple[int, list[tuple[Any, ...]]]) -> None:
             i = 0
             for from_a in (True, False):
                 out, _ = call(name, "datagrams_to_send", (), mux[from_a].datagrams_to_send, now=now)
+                read: list[bytes] = []
                 for dgram in out:
-                    for d in _mangle(dgram.data, muts[i % len(muts)]):
-                        deliver(not from_a, d)
+                    read += _mangle(dgram.data, muts[i % len(muts)])
                     i += 1
+                deliver_read(not from_a, read)
             for side in (True, False):
+                c = conns[side]
+                if c is not None and c.received:
+                    c.received = bytearray()  # utp_peers.py takes a read's bytes after each read
                 call(name, "socket_drained", (), mux[side].socket_drained, now=now)
         elif op[0] == "advance":
             now += op[1]
