@@ -25,7 +25,7 @@ import errno
 import mmap
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from minibt.urls import Addr
 
@@ -151,20 +151,29 @@ class BatchReader:
                     return
                 raise OSError(err, f"recvmmsg: {errno.errorcode.get(err, err)}")
             limit -= n
+            # Each entry's fields for the whole call at once (strided views), not a view index per datagram.
+            lens = u32[len_at::stride4][:n].tolist()
+            flags = u32[flags_at::stride4][:n].tolist()
+            keys: Sequence[object]  # the address cache's keys (see __init__)
+            if v6:
+                keys = list(zip(*(q[k::qn][:n].tolist() for k in range(qn)), strict=True))
+            else:
+                keys = q[::qn][:n].tolist()
+            cmsgs = sizes[clen_at::strideN][:n].tolist() if sizes is not None else None
             datas: list[memoryview] = []  # this call's uTP datagrams, handed over together (the slots are reused)
             srcs: list[Addr] = []
-            for i in range(n):
-                at = i * stride4
-                if u32[at + flags_at] & MSG_TRUNC:
+            start = -slot
+            for i, size in enumerate(lens):
+                start += slot
+                if flags[i] & MSG_TRUNC:
                     counters["udp_dropped"] = counters.get("udp_dropped", 0) + 1  # longer than a slot
                     continue
-                key: object = q[i * qn] if not v6 else tuple(q[i * qn : i * qn + qn])
+                key = keys[i]
                 src = addrs.get(key)
                 if src is None:
-                    src = self._remember(key, i, u32[at + namelen_at])
-                start = i * slot
-                data = view[start : start + u32[at + len_at]]
-                if sizes is not None and sizes[i * strideN + clen_at]:
+                    src = self._remember(key, i, u32[i * stride4 + namelen_at])
+                data = view[start : start + size]
+                if cmsgs is not None and cmsgs[i]:
                     seg = self._gro_segment(i)
                     if seg and seg < len(data):
                         parts = [data[j : j + seg] for j in range(0, len(data), seg)]
@@ -180,7 +189,7 @@ class BatchReader:
                                 datas, srcs = [], []
                             _deliver_other(part, src, on_other, now, on_error)
                         continue
-                if on_utp is not None and len(data) >= hlen and data[0] in utp_first:
+                if on_utp is not None and size >= hlen and data[0] in utp_first:
                     datas.append(data)
                     srcs.append(src)
                     continue
