@@ -97,11 +97,6 @@ class UtpPeers:
 
     # ------------------------------------------------------------------ input
 
-    def receive_datagram(self, data: bytes | bytearray | memoryview, addr: Addr, *, now: float) -> None:
-        evs = self.mux.receive_datagram(data, addr, now=now)
-        if evs:
-            self._events(evs, now)
-
     def receive_batch(self, datas: Sequence[Payload], addrs: Sequence[Addr], *, now: float,
                       on_error: Callable[[Addr, Exception], None]) -> None:
         """The uTP datagrams of one read, in order (the mux takes a connection's in-order run in one step).

@@ -29,6 +29,7 @@ from minibt.settings import SessionConfig
 from minibt.torrent import Torrent
 from minibt.utp_codec import HEADER_STRUCT, ST_DATA, ST_STATE, ST_SYN, UTP_VERSION
 from minibt.utp_config import UtpConfig
+from minibt.utp_peers import UtpPeers
 from minibt.workers import InlineHasher
 from tests.helpers import FakeClock
 
@@ -122,6 +123,28 @@ def test_incoming_utp_peer_shows_utp_flag() -> None:
     assert p.transport == "utp" and PeerFlags.UTP in p.flags and PeerFlags.INCOMING in p.flags
     q = Peer.of(s.conns[tcp], s)
     assert q.transport == "tcp" and PeerFlags.UTP not in q.flags
+
+
+def test_utp_peers_contain_a_fault_to_its_own_datagram(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read's datagrams go to UtpPeers.receive_batch together: a fault while handling one is on_error's,
+    named by its sender, and the datagrams after it are still handled (STYLE.md section 13)."""
+    s, _ = make_session(tmp_path, ("utp", "tcp"))
+    peers = UtpPeers(s, random.Random(1))
+    real = peers.mux._route
+
+    def route(data: bytes, addr: tuple[str, int], now: float) -> list[object]:
+        if bytes(data).startswith(b"\x41boom"):
+            raise RuntimeError("a bug met by one datagram")
+        return real(data, addr, now)  # type: ignore[return-value]
+
+    monkeypatch.setattr(peers.mux, "_route", route)
+    srcs = [("127.0.0.2", 7000 + i) for i in range(5)]
+    datas = [b"\x41short", b"\x41boom", b"\x11tiny", b"\x41boom!", b"\x21x"]
+    errors: list[tuple[tuple[str, int], type]] = []
+    peers.receive_batch(datas, srcs, now=0.0, on_error=lambda a, e: errors.append((a, type(e))))
+    assert errors == [(srcs[1], RuntimeError), (srcs[3], RuntimeError)]
+    st = peers.mux.stats()
+    assert st["datagrams"] == 5 and st["garbage"] == 3  # the three others were routed (too short: garbage)
 
 
 # ---------------------------------------------------------------------- loop: real UDP socket, fake clock
