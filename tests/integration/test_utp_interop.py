@@ -1,5 +1,6 @@
-"""uTP (BEP 29) on real loopback sockets: minibt against a uTP-only libtorrent, minibt against itself,
-and a storm of garbage datagrams on minibt's UDP port during a transfer.
+"""uTP (BEP 29) on real loopback sockets: minibt against a uTP-only libtorrent, against Transmission's
+libutp (minibt uTP-only), against itself, and a storm of garbage datagrams on minibt's UDP port during a
+transfer.
 
 libtorrent runs with TCP disabled (``LibtorrentPeer(enable_utp=True, enable_tcp=False)``): it still
 listens on TCP and closes accepted connections at once (PROTOCOL.md 7.9), so the default minibt
@@ -22,6 +23,7 @@ from clients import (
     LOOPBACK,
     LibtorrentPeer,
     MadeTorrent,
+    TransmissionPeer,
     assert_same_tree,
     make_payload,
     make_torrent,
@@ -133,6 +135,56 @@ def test_minibt_utp_first_falls_back_to_tcp_only_libtorrent(tmp_path: Path) -> N
         # The TCP transfer can be over before libtorrent's 20 Hz peer-list poll: use its connect alerts.
         seeder.wait_until(lambda: "incoming connection to peer (TCP)" in seeder.log_tail(), 5, "TCP connect alert")
         assert "(uTP)" not in seeder.log_tail()
+
+
+# --------------------------------------------------------------------------------------------- Transmission
+# Transmission 3.00 speaks uTP through libutp, BitTorrent Inc.'s reference implementation (libtorrent has
+# its own).  It has no setting to turn TCP off, so minibt runs uTP-only (--transport utp) and dials it:
+# Transmission never dials loopback peers (PROTOCOL.md 7.1).
+
+
+def utp_transmission(tmp_path: Path, t: MadeTorrent, *, seed: bool) -> TransmissionPeer:
+    return TransmissionPeer(tmp_path / "tr", torrent_path=t.path, save_dir=tmp_path / ("seed" if seed else "tr-leech"),
+                            seed=seed, extra_settings={"utp-enabled": True})
+
+
+def transmission_saw_utp(tr: TransmissionPeer) -> list[dict[str, object]]:
+    """Transmission's connected peers that it says are uTP ones (torrent-get peers, isUTP)."""
+    return [p for p in tr.status().get("peers") or [] if p.get("isUTP")]
+
+
+def test_minibt_downloads_from_transmission_over_utp(tmp_path: Path) -> None:
+    t = lt_torrent(tmp_path)
+    seeder = utp_transmission(tmp_path, t, seed=True)
+    with running(seeder):
+        seeder.wait_complete(timeout_s=20)
+        leecher = MinibtProc(tmp_path / "mb", command="download", torrent=t, data_dir=tmp_path / "mb" / "data",
+                             peers=[(LOOPBACK, seeder.port)], timeout_s=TRANSFER_DEADLINE_S + 20,
+                             extra_args=["--transport", "utp"])
+        with running(leecher):
+            rc = leecher.wait_exit(TRANSFER_DEADLINE_S)
+            assert rc == 0, leecher.log_tail()
+        log = leecher.log_text()
+        assert f"complete, {t.num_pieces} pieces verified" in log
+        assert_same_tree(tmp_path / "seed" / t.name, leecher.data_dir / t.name)
+        # uTP only: the transfer ran over a uTP connection, which logged its end
+        assert UTP_END_RE.search(log) is not None and "over tcp" not in log, log[-3000:]
+        seeder.wait_until(lambda: seeder.status().get("uploadedEver", 0) >= t.total_size, 10,
+                          "Transmission counts the upload")
+
+
+def test_transmission_downloads_from_minibt_over_utp(tmp_path: Path) -> None:
+    t = lt_torrent(tmp_path)
+    leecher = utp_transmission(tmp_path, t, seed=False)
+    with running(leecher):
+        seeder = MinibtProc(tmp_path / "mb", command="seed", torrent=t, data_dir=tmp_path / "seed",
+                            peers=[(LOOPBACK, leecher.port)], extra_args=["--transport", "utp"])
+        with running(seeder):
+            leecher.wait_until(lambda: transmission_saw_utp(leecher), 20, "Transmission lists minibt over uTP")
+            leecher.wait_complete(timeout_s=TRANSFER_DEADLINE_S)
+            assert_same_tree(tmp_path / "seed" / t.name, tmp_path / "tr-leech" / t.name)
+            st = leecher.status()
+            assert st["haveValid"] >= t.total_size, st
 
 
 # --------------------------------------------------------------------------------------------- minibt <-> minibt
