@@ -70,6 +70,20 @@ def seen_minibt(lt_peer: LibtorrentPeer) -> list[dict[str, object]]:
     return [p for p in seen if str(p.get("peer_id", "")).startswith("-MB") and "utp" in p]
 
 
+def minibt_downloads(tmp_path: Path, t: MadeTorrent, port: int, *args: str) -> str:
+    """``minibt download`` from the peer on ``port`` exits 0 in time, verified every piece and matches the
+    seed byte for byte; its log."""
+    leecher = MinibtProc(tmp_path / "mb", command="download", torrent=t, data_dir=tmp_path / "mb" / "data",
+                         peers=[(LOOPBACK, port)], timeout_s=TRANSFER_DEADLINE_S + 20, extra_args=args)
+    with running(leecher):
+        rc = leecher.wait_exit(TRANSFER_DEADLINE_S)
+        assert rc == 0, leecher.log_tail()
+    log = leecher.log_text()
+    assert f"complete, {t.num_pieces} pieces verified" in log
+    assert_same_tree(tmp_path / "seed" / t.name, leecher.data_dir / t.name)
+    return log
+
+
 # --------------------------------------------------------------------------------------------- libtorrent
 
 
@@ -79,15 +93,8 @@ def test_minibt_downloads_from_utp_only_libtorrent(tmp_path: Path) -> None:
     seeder = utp_only_libtorrent(tmp_path, t, seed=True)
     with running(seeder):
         seeder.wait_complete(timeout_s=20)
-        leecher = MinibtProc(tmp_path / "mb", command="download", torrent=t, data_dir=tmp_path / "mb" / "data",
-                             peers=[(LOOPBACK, seeder.port)], timeout_s=TRANSFER_DEADLINE_S + 20)
-        with running(leecher):
-            rc = leecher.wait_exit(TRANSFER_DEADLINE_S)
-            assert rc == 0, leecher.log_tail()
-        log = leecher.log_text()
-        assert f"complete, {t.num_pieces} pieces verified" in log
+        log = minibt_downloads(tmp_path, t, seeder.port)
         assert "over tcp" in log and "trying utp" in log, log[-3000:]  # the fallback was taken
-        assert_same_tree(tmp_path / "seed" / t.name, leecher.data_dir / t.name)
         seeder.wait_until(lambda: seen_minibt(seeder), 5, "libtorrent lists minibt")
         peers = seen_minibt(seeder)
         assert peers and all(p["utp"] for p in peers), peers
@@ -158,15 +165,7 @@ def test_minibt_downloads_from_transmission_over_utp(tmp_path: Path) -> None:
     seeder = utp_transmission(tmp_path, t, seed=True)
     with running(seeder):
         seeder.wait_complete(timeout_s=20)
-        leecher = MinibtProc(tmp_path / "mb", command="download", torrent=t, data_dir=tmp_path / "mb" / "data",
-                             peers=[(LOOPBACK, seeder.port)], timeout_s=TRANSFER_DEADLINE_S + 20,
-                             extra_args=["--transport", "utp"])
-        with running(leecher):
-            rc = leecher.wait_exit(TRANSFER_DEADLINE_S)
-            assert rc == 0, leecher.log_tail()
-        log = leecher.log_text()
-        assert f"complete, {t.num_pieces} pieces verified" in log
-        assert_same_tree(tmp_path / "seed" / t.name, leecher.data_dir / t.name)
+        log = minibt_downloads(tmp_path, t, seeder.port, "--transport", "utp")
         # uTP only: the transfer ran over a uTP connection, which logged its end
         assert UTP_END_RE.search(log) is not None and "over tcp" not in log, log[-3000:]
         seeder.wait_until(lambda: seeder.status().get("uploadedEver", 0) >= t.total_size, 10,
