@@ -157,7 +157,7 @@ class Ledbat:
             self._base, i = base, 1
         if i < len(kept):  # the bucket's minimum and the base delay, _before32 written out
             low, base = hist[-1], self._base if self._base is not None else kept[i]
-            for v in kept[i:] if i else kept:
+            for v in kept[i:]:
                 if ((v - low) & TS_MASK) > 0x7FFFFFFF:
                     low = v
                 if ((v - base) & TS_MASK) > 0x7FFFFFFF:
