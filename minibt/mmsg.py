@@ -160,6 +160,18 @@ class BatchReader:
             else:
                 keys = q[::qn][:n].tolist()
             cmsgs = sizes[clen_at::strideN][:n].tolist() if sizes is not None else None
+            if (on_utp is not None and not any(flags) and (cmsgs is None or not any(cmsgs)) and min(lens) >= hlen
+                    and len(set(keys)) == 1 and utp_first.issuperset(view[::slot][:n].tolist())):
+                # A download's usual call: every datagram uTP and whole, from one sender, no GRO buffer.  What
+                # the loop below does, each test made once for the whole call (first bytes: a strided view).
+                src = addrs.get(keys[0])
+                if src is None:
+                    src = self._remember(keys[0], 0, u32[namelen_at])
+                _deliver_utp([view[at : at + size] for at, size in zip(range(0, n * slot, slot), lens, strict=True)],
+                             [src] * n, on_utp, now, on_error)
+                if n < want:
+                    return
+                continue
             datas: list[memoryview] = []  # this call's uTP datagrams, handed over together (the slots are reused)
             srcs: list[Addr] = []
             start = -slot

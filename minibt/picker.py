@@ -338,14 +338,14 @@ class PiecePicker:
         out: list[Block] = []
         if st is None or count <= 0:
             return out
-        # (1a) pieces it is working on (still has: a later bitfield / Have None may take one away)
-        for p in list(st.pieces):
-            if p in self._open and (allowed is None or p in allowed) and (st.seed or st.bits[p]):
-                self._take_free(peer, st, p, count - len(out), out)
-                if len(out) >= count:
-                    return out
-        # (1b) other partial pieces it has
-        if self._open:
+        if self._open:  # started pieces with blocks nobody has requested (none: steps 1a and 1b have nothing)
+            # (1a) pieces it is working on (still has: a later bitfield / Have None may take one away)
+            for p in list(st.pieces):
+                if p in self._open and (allowed is None or p in allowed) and (st.seed or st.bits[p]):
+                    self._take_free(peer, st, p, count - len(out), out)
+                    if len(out) >= count:
+                        return out
+            # (1b) other partial pieces it has
             for p in list(self._open):
                 if (allowed is None or p in allowed) and (st.seed or st.bits[p]) and p in self._open:
                     self._take_free(peer, st, p, count - len(out), out)

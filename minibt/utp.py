@@ -316,24 +316,23 @@ class UtpConnection:
             return i
         unpack, acked, rid, expect = HEADER_STRUCT.unpack_from, self._acked, self.recv_id, (self._ack_nr + 1) & SEQ_MASK
         samples: list[int] = []
-        j, count, nbytes, ts, wnd = i, len(datas), 0, 0, 0
+        j, count, had, ts, wnd = i, len(datas), len(rx), 0, 0
         while j < count:
             d = datas[j]
-            if len(d) <= HEADER_LEN or d[0] != DATA_V1 or d[1] or (addrs[j] is not addr and addrs[j] != addr):
+            if len(d) <= HEADER_LEN or (addrs[j] is not addr and addrs[j] != addr):
                 break
-            _, _, cid, t, tsd, w, seq, ack = unpack(d, 0)
+            tv, ext, cid, t, tsd, w, seq, ack = unpack(d, 0)
             adv = (ack - acked) & SEQ_MASK
-            if cid != rid or seq != expect or (adv and adv < HALF_SEQ):
+            if tv != DATA_V1 or ext or cid != rid or seq != expect or (adv and adv < HALF_SEQ):
                 break
-            if not adv and tsd:
+            if tsd and not adv:
                 samples.append(tsd)
             rx += d[HEADER_LEN:]
-            nbytes += len(d) - HEADER_LEN
             expect, ts, wnd, j = (seq + 1) & SEQ_MASK, t, w, j + 1
         if j == i:
             return i
         self._n["packets_received"] += j - i
-        self._n["bytes_received"] += nbytes
+        self._n["bytes_received"] += len(rx) - had
         self._reply_micro = (int(now * 1e6) - ts) & TS_MASK
         self._peer_wnd = wnd
         if samples:

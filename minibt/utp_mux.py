@@ -192,6 +192,8 @@ class UtpMux:
     def datagrams_to_send(self, *, now: float) -> list[OutDatagram]:
         """Everything every connection wants sent now; finished connections are forgotten afterwards."""
         out = self._rst_out
+        if not out and not self._conns:  # a TCP download's loop asks every turn
+            return []
         self._rst_out = []
         dead: list[ConnKey] = []
         for key, conn in self._conns.items():
@@ -209,6 +211,8 @@ class UtpMux:
         return out
 
     def next_deadline(self) -> float | None:
+        if not self._conns:
+            return None
         return min((t for c in self._conns.values() if (t := c.next_deadline()) is not None), default=None)
 
     def handle_timeout(self, *, now: float) -> list[MuxEvent]:

@@ -88,6 +88,38 @@ def test_batched_reads_deliver_what_single_reads_deliver(v4: tuple[socket.socket
     assert [k for k, _, _ in batched] == ["other" if i % 3 == 0 else "utp" for i in range(100)]
 
 
+@pytest.mark.parametrize("odd", ["none", "short", "other kind", "other sender"])
+def test_a_call_of_utp_datagrams_from_one_sender_reads_as_single_reads_do(
+        v4: tuple[socket.socket, socket.socket], odd: str) -> None:
+    """A download's usual read (every datagram uTP, whole, one sender) is handled once for the whole call;
+    one datagram that breaks that (too short, not uTP, another sender) sends its call the general way."""
+    rx, tx = v4
+    tx2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx2.bind(("127.0.0.2", 0))
+    dgrams = [b"\x01" + bytes((i + j) & 0xFF for j in range(19 + (i * 53) % 1440)) for i in range(75)]
+    if odd == "short":
+        dgrams[40] = b"\x01" * 19  # shorter than a uTP header: not uTP
+    elif odd == "other kind":
+        dgrams[40] = b"d1:ad2:id20:" + bytes(30)
+    results = []
+    for batch in (False, True):
+        for i, d in enumerate(dgrams):
+            (tx2 if odd == "other sender" and i == 40 else tx).sendto(d, rx.getsockname())
+        io = UdpIO(rx, {}, batch=batch)
+        got, errors = _read_all(io)
+        assert errors == [] and io.batch is batch
+        results.append(got)
+    src2 = tx2.getsockname()
+    tx2.close()
+    plain, batched = results
+    assert batched == plain
+    assert [d for _, d, _ in batched] == dgrams
+    kinds = ["other" if odd in ("short", "other kind") and i == 40 else "utp" for i in range(75)]
+    assert [k for k, _, _ in batched] == kinds
+    assert [s for _, _, s in batched] == [src2 if odd == "other sender" and i == 40 else tx.getsockname()
+                                          for i in range(75)]
+
+
 def test_the_limit_counts_datagrams_and_the_rest_waits(v4: tuple[socket.socket, socket.socket]) -> None:
     rx, tx = v4
     dgrams = _datagrams(80)
