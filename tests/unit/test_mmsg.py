@@ -66,22 +66,30 @@ def _read_all(io: UdpIO, limit: int = 512) -> tuple[Got, list[Exception]]:
     return got, errors
 
 
-def test_batched_reads_deliver_what_single_reads_deliver(v4: tuple[socket.socket, socket.socket]) -> None:
+def _both_ways(v4: tuple[socket.socket, socket.socket], dgrams: list[bytes],
+               second: Callable[[int], bool]) -> tuple[Got, Got, tuple[str, int]]:
+    """Send ``dgrams`` (datagram i from a second sender when ``second(i)``) and read them one at a time, then
+    send them again and read them batched; returns both reads and the second sender's address."""
     rx, tx = v4
     tx2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tx2.bind(("127.0.0.2", 0))
-    dgrams = _datagrams(100)
     results = []
     for batch in (False, True):
         for i, d in enumerate(dgrams):
-            (tx2 if i % 5 == 0 else tx).sendto(d, rx.getsockname())
+            (tx2 if second(i) else tx).sendto(d, rx.getsockname())
         io = UdpIO(rx, {}, batch=batch)
         got, errors = _read_all(io)
         assert errors == [] and io.batch is batch and (io._reader is not None) is batch
         results.append(got)
     src2 = tx2.getsockname()
     tx2.close()
-    plain, batched = results
+    return results[0], results[1], src2
+
+
+def test_batched_reads_deliver_what_single_reads_deliver(v4: tuple[socket.socket, socket.socket]) -> None:
+    tx = v4[1]
+    dgrams = _datagrams(100)
+    plain, batched, src2 = _both_ways(v4, dgrams, lambda i: i % 5 == 0)
     assert batched == plain
     assert [d for _, d, _ in batched] == dgrams
     assert {s for _, _, s in batched} == {tx.getsockname(), src2}
@@ -93,25 +101,13 @@ def test_a_call_of_utp_datagrams_from_one_sender_reads_as_single_reads_do(
         v4: tuple[socket.socket, socket.socket], odd: str) -> None:
     """A download's usual read (every datagram uTP, whole, one sender) is handled once for the whole call;
     one datagram that breaks that (too short, not uTP, another sender) sends its call the general way."""
-    rx, tx = v4
-    tx2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    tx2.bind(("127.0.0.2", 0))
+    tx = v4[1]
     dgrams = [b"\x01" + bytes((i + j) & 0xFF for j in range(19 + (i * 53) % 1440)) for i in range(75)]
     if odd == "short":
         dgrams[40] = b"\x01" * 19  # shorter than a uTP header: not uTP
     elif odd == "other kind":
         dgrams[40] = b"d1:ad2:id20:" + bytes(30)
-    results = []
-    for batch in (False, True):
-        for i, d in enumerate(dgrams):
-            (tx2 if odd == "other sender" and i == 40 else tx).sendto(d, rx.getsockname())
-        io = UdpIO(rx, {}, batch=batch)
-        got, errors = _read_all(io)
-        assert errors == [] and io.batch is batch
-        results.append(got)
-    src2 = tx2.getsockname()
-    tx2.close()
-    plain, batched = results
+    plain, batched, src2 = _both_ways(v4, dgrams, lambda i: odd == "other sender" and i == 40)
     assert batched == plain
     assert [d for _, d, _ in batched] == dgrams
     kinds = ["other" if odd in ("short", "other kind") and i == 40 else "utp" for i in range(75)]
