@@ -35,7 +35,7 @@ from minibt.errors import CloseReason
 from minibt.faults import FaultKind
 from minibt.ifwatch import InterfaceWatch
 from minibt.netif import Source, link_state, norm_ip, open_listen_sockets, send_probe, tune_tcp
-from minibt.peer import SEND_CHUNK, Transport
+from minibt.peer import IOV_MAX, SEND_CHUNK, Transport, drop_sent
 from minibt.session import Session
 from minibt.trackerio import STOPPED_TIMEOUT_S, TrackerIO
 from minibt.udpio import UdpIO
@@ -80,7 +80,7 @@ class _PeerSock:
     cid: int
     sock: socket.socket
     connecting: bool
-    out: memoryview | None = None
+    out: list[bytes | memoryview] | None = None  # what a short send left of its buffers
     events: int = 0
     read_paused: bool = False  # download rate limit: EVENT_READ dropped until tokens refill
 
@@ -586,23 +586,23 @@ class EventLoop:
     def _flush(self, ps: _PeerSock, now: float) -> None:
         """Send what the session has for this peer until the kernel buffer is full."""
         while True:
-            if ps.out is None:
-                data = self.session.data_to_send(ps.cid, SEND_CHUNK, now=now)
-                if not data:
+            out = ps.out
+            if out is None:  # the queued buffers as they are: one gathering send, no join
+                out = ps.out = self.session.parts_to_send(ps.cid, SEND_CHUNK, now=now)
+                if not out:
+                    ps.out = None
                     break
-                ps.out = memoryview(data)
             try:
-                sent = ps.sock.send(ps.out)
+                sent = ps.sock.sendmsg(out if len(out) <= IOV_MAX else out[:IOV_MAX])
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as e:
                 self._lost(ps, CloseReason.IO_ERROR, e.strerror or str(e), now)
                 return
-            if sent < len(ps.out):
-                ps.out = ps.out[sent:] if sent else ps.out
+            ps.out = drop_sent(out, sent)
+            if ps.out is not None and (sent == 0 or len(out) <= IOV_MAX):
                 self._set_events(ps, (0 if ps.read_paused else selectors.EVENT_READ) | selectors.EVENT_WRITE)
                 return
-            ps.out = None
         self._set_events(ps, 0 if ps.read_paused else selectors.EVENT_READ)
 
     # ------------------------------------------------------------------ rate limits (session.read_quota etc.)

@@ -41,6 +41,23 @@ class Transport(enum.StrEnum):
 
 TRANSPORTS = tuple(t.value for t in Transport)
 SEND_CHUNK = 512 * 1024  # bytes taken from the session per data_to_send call (TCP: loop.py, uTP: utp_peers.py)
+IOV_MAX = 1024  # buffers one sendmsg takes (Linux UIO_MAXIOV)
+
+
+def drop_sent(parts: list[bytes | memoryview], sent: int) -> list[bytes | memoryview] | None:
+    """What is left of a gathering send's ``parts`` once ``sent`` bytes went out (None: nothing)."""
+    i = 0
+    while sent:
+        n = len(parts[i])
+        if sent < n:
+            view = parts[i]
+            parts[i] = (view if isinstance(view, memoryview) else memoryview(view))[sent:]
+            break
+        sent -= n
+        i += 1
+    if i >= len(parts):
+        return None
+    return parts[i:] if i else parts
 
 
 def valid_transports(names: tuple[str, ...] | list[str]) -> bool:
@@ -177,6 +194,7 @@ class PeerConnection:
         self.last_block_at = now
         self.last_useful_at = now  # last moment we were interested in it or it in us
         self.requests_in: deque[IncomingRequest] = deque()
+        self.read_ahead: tuple[int, int, memoryview] | None = None  # (piece, begin, data) read past a served run
         self.allowed_fast_in: set[int] = set()  # pieces the peer lets us request while choked
         self.allowed_fast_out: set[int] = set()  # pieces we let it request while choked
         self.ext: dict[bytes, Any] = {}
@@ -235,6 +253,15 @@ class PeerConnection:
         if self.raw_unsent:
             out, self.raw_unsent = self.raw_unsent + out, b""
         return out
+
+    def parts_to_send(self, limit: int, *, now: float) -> list[bytes | memoryview]:
+        """:meth:`data_to_send` as buffers for a gathering send: an active, unencrypted wire's queue
+        as it is (no copy); anything else as one joined buffer."""
+        ph = self._phase
+        if self.stream is None and not self.raw_unsent and isinstance(ph, Active) and not ph.unsent:
+            return ph.wire.parts_to_send(limit, now=now)
+        out = self.data_to_send(limit, now=now)
+        return [out] if out else []
 
     def _phase_output(self, limit: int, now: float) -> bytes:
         match self.phase:

@@ -1,13 +1,13 @@
 """The orchestrator: routes loop events to torrents and peers, carries out their effects.
 
-``Session`` is pure (STYLE.md section 3), one pipeline like h2's ``receive_data`` / ``data_to_send``:
-the loop calls one ``on_*`` entry point per input kind, each taking ``now``, then drains the loop
-actions (actions.py) with ``take_actions()``; a ``Flush`` says connection ``cid`` has bytes for
-``data_to_send(cid)``.  Public events go to the bounded ``events`` queue, which the Client drains.
-Torrents and magnet fetches return effects (effects.py); :meth:`Session._apply` alone carries them
-out.  They read session facts from ``self.ctx`` and hold no reference to the session.  A connection's
-phase (peer.py) changes only here and in admission.py.  Error boundary (STYLE.md P4): ``on_data``
-is where a peer's ``RemoteProtocolError`` becomes ``Close(reason)``.
+``Session`` is pure (STYLE.md section 3), one pipeline like h2's ``receive_data`` / ``data_to_send``: the
+loop calls one ``on_*`` entry point per input kind, each taking ``now``, then drains the loop actions
+(actions.py) with ``take_actions()``; a ``Flush`` says connection ``cid`` has bytes for ``data_to_send(cid)``
+(or ``parts_to_send``).  Public events go to the bounded ``events`` queue, which the Client drains.
+Torrents and magnet fetches return effects (effects.py); :meth:`Session._apply` alone carries them out.
+They read session facts from ``self.ctx`` and hold no reference to the session.  A connection's phase
+(peer.py) changes only here and in admission.py.  Error boundary (STYLE.md P4): ``on_data`` is where a
+peer's ``RemoteProtocolError`` becomes ``Close(reason)``.
 """
 
 from __future__ import annotations
@@ -418,8 +418,7 @@ class Session:
         conn = PeerConnection(cid, addr, outgoing=False, source=PeerSource.INCOMING, handshake=hs, now=now)
         policy = self.admission.incoming_policy(self._owners())
         conn.enter(self.admission.first_phase(None, self.reserved, now, policy, self.rng))
-        conn.established = True
-        conn.transport = Transport(transport)
+        conn.established, conn.transport = True, Transport(transport)
         self.conns[cid] = conn
         self.emit(EventName.PEER_CONNECTED, conn, None)
         return cid
@@ -645,16 +644,18 @@ class Session:
             except Exception as e:
                 self.fault(cid, e)
 
-    def data_to_send(self, cid: int, limit: int, *, now: float) -> bytes:
+    def data_to_send(self, cid: int, limit: int, *, now: float) -> bytes:  # parts_to_send joined
+        return b"".join(self.parts_to_send(cid, limit, now=now))
+
+    def parts_to_send(self, cid: int, limit: int, *, now: float) -> list[bytes | memoryview]:
+        """Up to ``limit`` bytes queued for ``cid``, as buffers for a gathering send (no copy)."""
         self._now = now
         conn = self.conns.get(cid)
-        if conn is None:
-            return b""
         try:
-            return conn.data_to_send(limit, now=now)
+            return conn.parts_to_send(limit, now=now) if conn is not None else []
         except Exception as e:
             self.fault(cid, e)
-            return b""
+            return []
 
     # ------------------------------------------------------------------ workers, trackers, timers
 

@@ -686,8 +686,11 @@ class Storage:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def read_block(self, piece: int, begin: int, length: int) -> bytes:
-        """Read a block, from the cache if that range of a buffered piece was received, else from disk."""
+    def read_block(self, piece: int, begin: int, length: int, *, ahead: int = 0) -> bytes:
+        """Read a block, from the cache if that range of a buffered piece was received, else from disk.
+        ``ahead``: read that many bytes if more than ``length`` (never past the piece's end)."""
+        if ahead > length:
+            length = max(length, min(ahead, self._piece_size(piece) - begin))
         spans = piece_spans(self._layout, piece, begin, length)
         pb = self._cache.get(piece)
         if pb is not None and length > 0:

@@ -51,7 +51,7 @@ from minibt.superseed import SuperSeeder, SuperSeeding
 from minibt.tracker import AnnounceJob, Announcer, AnnounceResult
 from minibt.upload import Uploader
 from minibt.urls import Addr
-from minibt.wire import BlocksReceived
+from minibt.wire import BlocksReceived, RequestsReceived
 from minibt.workers import CallResult, HashResult
 
 log = logging.getLogger(__name__)
@@ -535,7 +535,7 @@ class Torrent:
         if self._superseeding.seeder is not None:
             self._superseeding.on_message(peer, msg, out)
         match msg:
-            case w.Request():
+            case w.Request() | RequestsReceived():
                 try:
                     self.upload.on_request(peer, msg, now, out)
                 except StorageError as e:

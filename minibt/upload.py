@@ -25,6 +25,9 @@ from minibt.peer import IncomingRequest, PeerConnection
 from minibt.ratelimit import TransferLimits
 from minibt.storage import Storage
 from minibt.superseed import SuperSeeding
+from minibt.wire import RequestsReceived
+
+READ_AHEAD = 128 * 1024  # bytes one read for a peer's requests takes in (minibt convention; see _read)
 
 
 class UploadStats(Protocol):
@@ -80,39 +83,49 @@ class Uploader:
                 wire.allowed_fast(i)
                 peer.allowed_fast_out.add(i)
 
-    def on_request(self, peer: PeerConnection, msg: w.Request, now: float, out: list[Effect]) -> None:
-        """A request.  Raises StorageError if serving it fails to read the block (the torrent fails)."""
-        wire = peer.wire
-        assert wire is not None
-        if not self._have[msg.index]:
-            # Asking for what we never announced is a protocol violation (BEP 3).
-            out.append(ClosePeer(peer.cid, CloseReason.PROTOCOL_VIOLATION, f"request for piece {msg.index} we lack"))
-            return
-        if not self._superseeding.may_request(peer.cid, msg.index):
-            self._refuse(peer, msg, "request flood for pieces not offered", out)  # BEP 16: only the revealed pieces
-            return
-        if wire.am_choking and msg.index not in peer.allowed_fast_out:
-            self._refuse(peer, msg, "request flood while choked", out)
-            return
-        if len(peer.requests_in) >= self._max_requests:
-            out.append(ClosePeer(peer.cid, CloseReason.PROTOCOL_VIOLATION, "request queue flood"))
-            return
-        peer.requests_in.append(IncomingRequest(msg.index, msg.begin, msg.length))
+    def on_request(self, peer: PeerConnection, msg: w.Request | RequestsReceived, now: float, out: list[Effect]) -> None:
+        """A request, or a read's run of them: each is queued (or refused), then the queue is served.
+        Raises StorageError if serving fails to read a block (the torrent fails)."""
+        reqs = msg.requests if isinstance(msg, RequestsReceived) else ((msg.index, msg.begin, msg.length),)
+        for index, begin, length in reqs:
+            if not self._take(peer, index, begin, length, out):
+                return
         self.serve(peer, now, out)
 
-    def _refuse(self, peer: PeerConnection, msg: w.Request, flood_detail: str, out: list[Effect]) -> None:
-        """A request we will not serve: reject it (BEP 6: answer every request) or ignore it (BEP 3)."""
+    def _take(self, peer: PeerConnection, index: int, begin: int, length: int, out: list[Effect]) -> bool:
+        """Queue one request, or refuse it; False once the peer is to be closed."""
+        wire = peer.wire
+        assert wire is not None
+        if not self._have[index]:
+            # Asking for what we never announced is a protocol violation (BEP 3).
+            out.append(ClosePeer(peer.cid, CloseReason.PROTOCOL_VIOLATION, f"request for piece {index} we lack"))
+            return False
+        if not self._superseeding.may_request(peer.cid, index):
+            return self._refuse(peer, index, begin, length, "request flood for pieces not offered", out)  # BEP 16
+        if wire.am_choking and index not in peer.allowed_fast_out:
+            return self._refuse(peer, index, begin, length, "request flood while choked", out)
+        if len(peer.requests_in) >= self._max_requests:
+            out.append(ClosePeer(peer.cid, CloseReason.PROTOCOL_VIOLATION, "request queue flood"))
+            return False
+        peer.requests_in.append(IncomingRequest(index, begin, length))
+        return True
+
+    def _refuse(self, peer: PeerConnection, index: int, begin: int, length: int, flood_detail: str,
+                out: list[Effect]) -> bool:
+        """A request we will not serve: reject it (BEP 6: answer every request) or ignore it (BEP 3).
+        False if the reject no longer fits the outbox (the peer is closed)."""
         wire = peer.wire
         assert wire is not None
         if not wire.fast:
-            return
+            return True
         if not wire.can_send():
             # Each 17-byte request queues a 17-byte reject: a peer that floods requests and never
             # reads would grow our outbox without bound (STYLE.md 7).
             out.append(ClosePeer(peer.cid, CloseReason.PROTOCOL_VIOLATION, flood_detail))
-            return
-        wire.reject(msg.index, msg.begin, msg.length)
+            return False
+        wire.reject(index, begin, length)
         out.append(Flush(peer.cid))
+        return True
 
     def on_cancel(self, peer: PeerConnection, msg: w.Cancel) -> None:
         try:
@@ -147,7 +160,7 @@ class Uploader:
                     break  # the loop above asks again, and waits
                 run.append(queue.popleft())
                 end += r.length
-            data = self._storage.read_block(first.index, first.begin, end - first.begin)
+            data = self._read(peer, first.index, first.begin, end - first.begin)
             if len(run) == 1:
                 wire.piece(first.index, first.begin, data)
             else:
@@ -161,6 +174,24 @@ class Uploader:
             served = True
         if served:
             out.append(Flush(peer.cid))
+
+    def _read(self, peer: PeerConnection, index: int, begin: int, length: int) -> bytes | memoryview:
+        """The data of a run of requests: from what this peer's last read took in ahead if that covers
+        it, else one read of READ_AHEAD bytes (up to the piece's end).  A leecher asks for a piece's
+        blocks in order, mostly one or two at a time: one system call for four blocks, not one each."""
+        ra = peer.read_ahead
+        if ra is not None and ra[0] == index and ra[1] <= begin and begin + length <= ra[1] + len(ra[2]):
+            at = begin - ra[1]
+            if at + length == len(ra[2]):
+                peer.read_ahead = None  # used up: not kept while the peer asks for nothing
+            return ra[2][at : at + length]
+        data = self._storage.read_block(index, begin, length, ahead=READ_AHEAD)
+        if len(data) == length:
+            peer.read_ahead = None
+            return data
+        view = memoryview(data)
+        peer.read_ahead = (index, begin, view)
+        return view[:length]
 
     def serve_waiting(self, *, now: float, out: list[Effect]) -> bool:
         """Serve peers whose requests waited for upload tokens, round robin; True if some still wait."""
@@ -250,6 +281,7 @@ class Uploader:
         wire = peer.wire
         assert wire is not None
         keep: deque[IncomingRequest] = deque()
+        peer.read_ahead = None
         for r in peer.requests_in:
             if r.index in peer.allowed_fast_out:
                 keep.append(r)

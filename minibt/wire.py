@@ -72,6 +72,7 @@ _HDR_2U32 = struct.Struct(">IBII")
 _HDR_3U32 = struct.Struct(">IBIII")
 _HDR_U8 = struct.Struct(">IBB")
 _2U32 = struct.Struct(">II")
+_3U32 = struct.Struct(">III")
 _BARE = {mid: _HDR.pack(1, mid) for mid in (CHOKE, UNCHOKE, INTERESTED, NOT_INTERESTED, HAVE_ALL, HAVE_NONE)}
 
 
@@ -108,9 +109,28 @@ class BlocksReceived:
     blocks: tuple[tuple[int, int, bytes | memoryview], ...]
 
 
-def runs_of(events: list[Any]) -> list[Event | BlocksReceived]:
-    """``_parse``'s output in runs mode: each list of block tuples becomes one BlocksReceived."""
-    return [BlocksReceived(tuple(ev)) if type(ev) is list else ev for ev in events]
+@dataclass(frozen=True, slots=True)
+class RequestsReceived:
+    """The Request messages that came one after another in one read (``runs=True``): ``(index, begin,
+    length)`` per request, in order, each checked as a :class:`Request` is.  One event per run, so a
+    seeder queues a read's requests and then serves them in one go (upload.py)."""
+
+    requests: tuple[tuple[int, int, int], ...]
+
+
+class _Requests(list):  # type: ignore[type-arg]
+    """A run of request tuples while ``_parse`` collects it (plain lists are runs of blocks)."""
+
+    __slots__ = ()
+
+
+def runs_of(events: list[Any]) -> list[Event | BlocksReceived | RequestsReceived]:
+    """``_parse``'s output in runs mode: each list of block tuples becomes one BlocksReceived, each
+    run of request tuples one RequestsReceived."""
+    return [
+        BlocksReceived(tuple(ev)) if type(ev) is list else RequestsReceived(tuple(ev)) if type(ev) is _Requests else ev
+        for ev in events
+    ]
 
 
 # -- machine ----------------------------------------------------------------------------
@@ -241,9 +261,10 @@ class PeerWire:
 
     # -- input ------------------------------------------------------------------------------
     def receive_data(self, data: bytes | bytearray | memoryview, *, now: float,
-                     runs: bool = False) -> list[Event | BlocksReceived]:
+                     runs: bool = False) -> list[Event | BlocksReceived | RequestsReceived]:
         """Parse bytes from the peer; returns the complete messages received, in order.  With ``runs``
-        each run of consecutive Piece messages comes as one :class:`BlocksReceived` instead.
+        each run of consecutive Piece messages comes as one :class:`BlocksReceived` instead, and each
+        run of Request messages as one :class:`RequestsReceived`.
 
         Raises:
             WireError: see the class docstring; the machine is closed afterwards.
@@ -312,6 +333,7 @@ class PeerWire:
         in_counts = self._in_counts
         unpack_hdr = _HDR.unpack_from
         unpack_2u32 = _2U32.unpack_from
+        unpack_3u32 = _3U32.unpack_from
         max_frame = self._max_frame
         n_pieces, last_index, last_size, plen = self._n, self._last_index, self._last_size, self._piece_length
         while end - pos >= 4:
@@ -355,6 +377,22 @@ class PeerWire:
                 else:
                     events.append([(index, begin, block)])
                 in_counts[PIECE] += 1
+                pos = stop
+                continue
+            if mid == REQUEST and runs and length == 13:  # a seeder's hot path: a run of requests, no objects
+                stop = pos + 17
+                if stop > end:
+                    break
+                index, begin, blen = unpack_3u32(buf, pos + 5)
+                if index >= n_pieces or not 0 < blen <= self._max_block or (
+                        begin + blen > (last_size if index == last_index else plen)):
+                    self._check_block("request", index, begin, blen)  # raises, naming the reason
+                self._got_first = True
+                if type(events[-1] if events else None) is _Requests:
+                    events[-1].append((index, begin, blen))
+                else:
+                    events.append(_Requests(((index, begin, blen),)))
+                in_counts[REQUEST] += 1
                 pos = stop
                 continue
             if mid in FAST_IDS and not self._fast:
@@ -447,34 +485,41 @@ class PeerWire:
     # -- output -----------------------------------------------------------------------------
     def data_to_send(self, limit: int | None = None, *, now: float | None = None) -> bytes:
         """Drain up to ``limit`` bytes (all if None).  Pass ``now`` to restart the keep-alive timer."""
+        return b"".join(self.parts_to_send(limit, now=now))
+
+    def parts_to_send(
+        self, limit: int | None = None, *, now: float | None = None
+    ) -> list[bytes | memoryview]:
+        """:meth:`data_to_send` as the queued buffers themselves, not joined (a gathering send takes
+        them as they are; the blocks among them are views of read buffers: don't mutate them)."""
         self._check_open()
         if not self._outbox_len or (limit is not None and limit <= 0):
-            return b""
+            return []
         outbox = self._outbox
         if limit is None or limit >= self._outbox_len:
-            out = b"".join(outbox)
+            parts = list(outbox)
             outbox.clear()
+            size = self._outbox_len
         else:
-            parts: list[bytes | memoryview] = []
-            need = limit
+            parts = []
+            need = size = limit
             while need:
                 chunk = outbox[0]
-                size = len(chunk)
-                if size <= need:
+                n = len(chunk)
+                if n <= need:
                     parts.append(chunk)
                     outbox.popleft()
-                    need -= size
+                    need -= n
                 else:
                     view = chunk if isinstance(chunk, memoryview) else memoryview(chunk)
                     parts.append(view[:need])
                     outbox[0] = view[need:]
                     need = 0
-            out = b"".join(parts)
-        self._outbox_len -= len(out)
-        self._bytes_out += len(out)
+        self._outbox_len -= size
+        self._bytes_out += size
         if now is not None:
             self._last_send = now
-        return out
+        return parts
 
     # -- commands ---------------------------------------------------------------------------
     def _queue(self, mid: int, chunk: bytes) -> None:

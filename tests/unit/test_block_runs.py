@@ -19,10 +19,10 @@ from minibt.metainfo import Metainfo, create_torrent, parse_metainfo
 from minibt.session import Session
 from minibt.settings import Encryption, Mode, SessionConfig, TorrentState
 from minibt.torrent import Torrent
-from minibt.wire import BlocksReceived
-from minibt.wire_codec import BLOCK_LEN, Have, Interested, Piece, Unchoke, encode
+from minibt.wire import BlocksReceived, RequestsReceived
+from minibt.wire_codec import BLOCK_LEN, Have, Interested, Piece, Request, Unchoke, encode
 from minibt.workers import InlineHasher
-from tests.unit.test_wire import N, make_wire, sample_stream
+from tests.unit.test_wire import LAST, N, make_wire, sample_stream
 
 PIECE = 2 * BLOCK_LEN
 NUM_PIECES = 6
@@ -35,6 +35,9 @@ def flatten(events: list[object]) -> list[object]:
         if isinstance(ev, BlocksReceived):
             assert ev.blocks, "a run is never empty"
             out += [Piece(i, b, bytes(d)) for i, b, d in ev.blocks]
+        elif isinstance(ev, RequestsReceived):
+            assert ev.requests, "a run is never empty"
+            out += [Request(i, b, n) for i, b, n in ev.requests]
         else:
             out.append(ev)
     return out
@@ -54,6 +57,28 @@ def test_runs_group_consecutive_blocks_and_keep_every_message_in_place() -> None
     got = runs(a, b, h, u, c, Interested())
     assert [type(ev) for ev in got] == [BlocksReceived, Have, Unchoke, BlocksReceived, Interested]
     assert runs() == []
+
+
+def test_runs_group_consecutive_requests_apart_from_blocks() -> None:
+    r1, r2, r3 = Request(0, 0, BLOCK_LEN), Request(0, BLOCK_LEN, BLOCK_LEN), Request(2, 0, 5)
+    a, h = Piece(0, 0, b"a"), Have(3)
+    got = make_wire().receive_data(b"".join(encode(m) for m in (r1, r2, a, r3, h, r1)), now=0.0, runs=True)
+    assert [type(ev) for ev in got] == [RequestsReceived, BlocksReceived, RequestsReceived, Have, RequestsReceived]
+    assert flatten(got) == [r1, r2, a, r3, h, r1]
+    assert got[0] == RequestsReceived(((0, 0, BLOCK_LEN), (0, BLOCK_LEN, BLOCK_LEN)))
+
+
+@pytest.mark.parametrize("bad", [Request(N, 0, 1), Request(0, 0, 0), Request(0, 0, BLOCK_LEN + 1),
+                                 Request(0, PIECE - 1, 2), Request(N - 1, LAST - 1, 2)])
+def test_runs_mode_checks_requests_as_the_plain_mode_does(bad: Request) -> None:
+    """A bad request in the middle of a run closes the wire with the plain mode's reason and words."""
+    data = encode(Request(0, 0, BLOCK_LEN)) + encode(bad)
+    errors = []
+    for runs in (False, True):
+        with pytest.raises(WireError) as e:
+            make_wire().receive_data(data, now=0.0, runs=runs)
+        errors.append((e.value.reason, str(e.value)))
+    assert errors[0] == errors[1] and errors[0][0] is CloseReason.PROTOCOL_VIOLATION
 
 
 def test_runs_mode_gives_the_same_messages_however_the_stream_is_cut(rng: random.Random) -> None:

@@ -1,0 +1,148 @@
+"""A seeder takes a read's requests as one run (``wire.RequestsReceived`` -> ``Uploader.on_request``) and
+serves them from as few reads as it can (issue 15): a run of one piece's requests is one ``pread``; requests
+that come one per read are served from what the first read took in ahead (``upload.READ_AHEAD``). What
+each request does is unchanged: answered in order with the right bytes, rejected while choked, a request
+for a piece we lack closes the peer and nothing after it in the run is served."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import struct
+from pathlib import Path
+
+from minibt.actions import Close
+from minibt.effects import HashPiece
+from minibt.errors import CloseReason
+from minibt.handshake import make_reserved
+from minibt.metainfo import Metainfo, create_torrent, parse_metainfo
+from minibt.session import Session
+from minibt.settings import Encryption, Mode, SessionConfig, TorrentState
+from minibt.torrent import Torrent
+from minibt.upload import READ_AHEAD
+from minibt.wire_codec import BLOCK_LEN
+from minibt.workers import InlineHasher
+
+PIECE = 256 * 1024
+NUM_PIECES = 4
+
+
+class Seeder:
+    """A seeding Session with one unchoked leecher that has nothing, driven by hand."""
+
+    def __init__(self, tmp_path: Path, *, last_short: int = 0, lacking: int | None = None) -> None:
+        size = NUM_PIECES * PIECE - last_short
+        self.payload = hashlib.shake_128(b"request runs").digest(size)
+        (tmp_path / "payload.bin").write_bytes(self.payload)
+        self.meta: Metainfo = parse_metainfo(create_torrent(str(tmp_path / "payload.bin"), piece_length=PIECE))
+        if lacking is not None:  # that piece's data differs from the torrent: the check finds it missing
+            with open(tmp_path / "payload.bin", "r+b") as f:
+                f.seek(lacking * PIECE)
+                f.write(bytes(8))
+        self.now = 1.0
+        self.s = Session(rng=random.Random(3), config=SessionConfig(encryption=Encryption.NONE, pex=False,
+                                                                        holepunch=False), wall_clock=lambda: 1e9)
+        self.s.set_listen("127.0.0.1", 6881)
+        self.t: Torrent = self.s.add_torrent(self.meta, str(tmp_path), mode=Mode.SEED, resume_path=None, now=self.now)
+        hasher = InlineHasher()
+        for _ in range(100):
+            for a in self.s.take_actions():
+                if isinstance(a, HashPiece):
+                    hasher.submit(a.job)
+                    for res in hasher.results():
+                        self.s.on_hash_result(res, now=self.now)
+            if self.t.state is not TorrentState.CHECKING:
+                break
+        assert self.t.state is (TorrentState.SEEDING if lacking is None else TorrentState.DOWNLOADING)
+        cid = self.s.on_incoming(("127.0.0.2", 51413), now=self.now)
+        assert cid is not None
+        self.cid = cid
+        hs = b"\x13BitTorrent protocol" + make_reserved(fast=True, extension=False) + self.meta.info_hash + bytes(20)
+        self.s.on_data(cid, memoryview(hs + struct.pack(">IB", 1, 15) + struct.pack(">IB", 1, 2)), now=self.now)
+        self.inbox = b""
+        assert (1, 1) in [(n, m[0]) for n, m in self.messages()]  # interested: unchoked at once (a free slot)
+        self.peer = self.s.conns[cid]
+        self.reads0 = self.reads()
+
+    def reads(self) -> int:
+        return int(self.t.storage.stats()["read_calls"])
+
+    def request(self, *reqs: tuple[int, int, int]) -> None:
+        """One read holding these requests."""
+        data = b"".join(struct.pack(">IBIII", 13, 6, *r) for r in reqs)
+        self.s.on_data(self.cid, memoryview(bytearray(data)), now=self.now)
+
+    def messages(self) -> list[tuple[int, bytes]]:
+        """The session's actions carried out, then the frames it sent as (length, body)."""
+        self.s.take_actions()
+        self.inbox += self.s.data_to_send(self.cid, 1 << 24, now=self.now)
+        if self.inbox.startswith(b"\x13BitTorrent"):
+            self.inbox = self.inbox[68:]
+        out, pos = [], 0
+        while len(self.inbox) - pos >= 4:
+            (n,) = struct.unpack_from(">I", self.inbox, pos)
+            if len(self.inbox) - pos < 4 + n:
+                break
+            out.append((n, self.inbox[pos + 4 : pos + 4 + n]))
+            pos += 4 + n
+        self.inbox = self.inbox[pos:]
+        return out
+
+    def pieces(self) -> list[tuple[int, int, bytes]]:
+        return [(*struct.unpack_from(">II", m, 1), m[9:]) for _n, m in self.messages() if m[0] == 7]
+
+    def block(self, index: int, begin: int, length: int) -> bytes:
+        at = index * PIECE + begin
+        return self.payload[at : at + length]
+
+
+def test_a_run_of_one_piece_is_one_read_and_answered_in_order(tmp_path: Path) -> None:
+    sd = Seeder(tmp_path)
+    reqs = [(1, b * BLOCK_LEN, BLOCK_LEN) for b in range(PIECE // BLOCK_LEN)]
+    sd.request(*reqs)
+    assert sd.pieces() == [(i, b, sd.block(i, b, n)) for i, b, n in reqs]
+    assert sd.reads() - sd.reads0 == 1
+    assert sd.t.stats.uploaded == PIECE
+
+
+def test_requests_one_per_read_are_served_from_the_read_ahead(tmp_path: Path) -> None:
+    """Each request in a read of its own: one read per READ_AHEAD bytes of a piece, not one a block; the
+    last piece's shorter tail ends its read-ahead at the piece's end; a jump elsewhere reads afresh."""
+    sd = Seeder(tmp_path, last_short=3 * BLOCK_LEN + 100)
+    last = NUM_PIECES - 1
+    size = sd.meta.piece_size(last)
+    reqs = [(0, b, BLOCK_LEN) for b in range(0, PIECE, BLOCK_LEN)]
+    reqs += [(last, b, min(BLOCK_LEN, size - b)) for b in range(0, size, BLOCK_LEN)]
+    reqs += [(2, 5 * BLOCK_LEN, BLOCK_LEN), (0, 0, BLOCK_LEN)]  # elsewhere; then back to the start: read again
+    got = []
+    for r in reqs:
+        sd.request(r)
+        got += sd.pieces()
+    assert got == [(i, b, sd.block(i, b, n)) for i, b, n in reqs]
+    expected = -(-PIECE // READ_AHEAD) + -(-size // READ_AHEAD) + 2
+    assert sd.reads() - sd.reads0 == expected
+    peer = sd.peer
+    assert peer.read_ahead is not None  # the last read took in more than its request ...
+    sd.t.choke_peer(peer, now=sd.now)
+    sd.messages()
+    assert peer.read_ahead is None  # ... and a choke lets it go
+
+
+def test_a_run_while_choked_is_rejected_in_order(tmp_path: Path) -> None:
+    sd = Seeder(tmp_path)
+    sd.t.choke_peer(sd.peer, now=sd.now)
+    assert [m[0] for _n, m in sd.messages()] == [0]
+    reqs = [(0, 0, BLOCK_LEN), (2, BLOCK_LEN, BLOCK_LEN), (1, 0, 7)]
+    sd.request(*reqs)
+    rejects = [struct.unpack_from(">III", m, 1) for _n, m in sd.messages() if m[0] == 16]
+    assert rejects == reqs
+    assert sd.reads() == sd.reads0
+
+
+def test_a_request_for_a_piece_we_lack_closes_the_peer_mid_run(tmp_path: Path) -> None:
+    sd = Seeder(tmp_path, lacking=2)
+    assert not sd.t.have[2] and sd.t.have[0] and sd.t.have[1]
+    sd.request((0, 0, BLOCK_LEN), (2, 0, BLOCK_LEN), (1, 0, BLOCK_LEN))
+    closes = [a for a in sd.s.take_actions() if isinstance(a, Close) and a.cid == sd.cid]
+    assert [c.reason for c in closes] == [CloseReason.PROTOCOL_VIOLATION]
+    assert sd.reads() == sd.reads0 and sd.t.stats.uploaded == 0
