@@ -32,7 +32,8 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True, slots=True)
 class Flush:
-    """Connection ``cid`` has bytes queued: the loop drains ``Session.data_to_send(cid)``.
+    """Connection ``cid`` has bytes queued: the loop drains ``Session.parts_to_send(cid)`` (TCP) or
+    ``Session.data_to_send(cid)`` (uTP).
 
     Also a loop action (session.py ``Action``): the session passes it on unchanged."""
 

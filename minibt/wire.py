@@ -1,8 +1,9 @@
 """BEP 3/6/10 peer wire machine (post-handshake): :class:`PeerWire` and :class:`WireConfig`.
 
 Pure: ``receive_data(data, now=)`` returns the received messages as events (the message IS the
-event; with ``runs=True`` consecutive blocks come as one :class:`BlocksReceived`); commands queue
-encoded bytes that the loop drains with ``data_to_send()``.  In scope: frame limits checked before a
+event; with ``runs=True`` consecutive blocks come as one :class:`BlocksReceived`, consecutive requests
+as one :class:`RequestsReceived`); commands queue encoded bytes that the loop drains with
+``data_to_send()`` or, unjoined, ``parts_to_send()``.  In scope: frame limits checked before a
 body is buffered, per-torrent validation (indexes, block bounds, bitfield length and spare bits),
 first-message rules, choke/interest state, keep-alive and idle timers, counters.  Out of scope:
 request queues, allowed-fast sets and unsolicited-piece detection (the session's job) and extension
