@@ -57,7 +57,7 @@ from minibt.pex import PexReceiver, decode_pex
 from minibt.utp import DataReceived, IncomingConnection, UtpState
 from minibt.utp_codec import EXT_NONE, HEADER_STRUCT, UtpHeader, decode_packet, encode_packet
 from minibt.utp_mux import UtpMux
-from minibt.wire import PeerWire
+from minibt.wire import BlocksReceived, PeerWire, RequestsReceived
 from minibt.wire_codec import EXT_HANDSHAKE_MAX_DEPTH, EXT_HANDSHAKE_MAX_TOKENS
 
 OUR_ID = b"-MB0100-fuzzfuzzfuzz"
@@ -204,16 +204,31 @@ def wire_inputs(draw: st.DrawFn) -> tuple[Geometry, bool, bool, bytes, tuple[int
     return (geo, fast, ext, draw(wire_streams(geo)), draw(feed_plans))
 
 
-def _feed_wire(name: str, wire: PeerWire, chunks: list[bytes]) -> tuple[list[Any], BaseException | None]:
+def _spelled_out(events: list[Any]) -> list[Any]:
+    """Runs mode's events as the plain mode gives them (one message per block or request)."""
+    out: list[Any] = []
+    for ev in events:
+        if isinstance(ev, BlocksReceived):
+            out += [wire_codec.Piece(i, b, bytes(d)) for i, b, d in ev.blocks]
+        elif isinstance(ev, RequestsReceived):
+            out += [wire_codec.Request(i, b, n) for i, b, n in ev.requests]
+        else:
+            out.append(ev)
+    return out
+
+
+def _feed_wire(name: str, wire: PeerWire, chunks: list[bytes], *,
+               runs: bool = False) -> tuple[list[Any], BaseException | None]:
     events: list[Any] = []
     for i, chunk in enumerate(chunks):
-        evs, err = call(name, "PeerWire.receive_data", RemoteProtocolError, wire.receive_data, chunk, now=float(i))
+        evs, err = call(name, "PeerWire.receive_data", RemoteProtocolError, wire.receive_data, chunk, now=float(i),
+                        runs=runs)
         if err is not None:
             check(name, "closed after error", wire.closed, "a RemoteProtocolError left the wire open")
             _, again = call(name, "receive after close", LocalProtocolError, wire.receive_data, b"\x00", now=float(i))
             check(name, "closed after error", again is not None, "a closed wire accepted more input")
             return events, err
-        events.extend(evs)
+        events.extend(_spelled_out(evs) if runs else evs)
     return events, None
 
 
@@ -248,6 +263,12 @@ def _run_wire(inp: tuple[Geometry, bool, bool, bytes, tuple[int, ...]]) -> None:
     else:
         assert parts[1] is not None
         check(name, "split invariance", type(whole[1]) is type(parts[1]), f"{whole[1]!r} vs {parts[1]!r}")
+    # The session's mode (runs of blocks and of requests): the same messages and the same error.
+    runs = _feed_wire(name, new(), split(stream, plan), runs=True)
+    check(name, "runs mode", (parts[1] is None) == (runs[1] is None),
+          f"plain feed error {parts[1]!r} but runs feed error {runs[1]!r}")
+    check(name, "runs mode", parts[0] == runs[0], "runs mode, spelled out, differs from the plain mode")
+    check(name, "runs mode", str(parts[1]) == str(runs[1]), f"{parts[1]!r} vs {runs[1]!r}")
     _codec_frames(name, stream)
 
 
