@@ -168,8 +168,7 @@ class Uploader:
                 for r in run:
                     at = r.begin - first.begin
                     wire.piece(r.index, r.begin, view[at : at + r.length])
-            for r in run:
-                peer.up.add(r.length, now)
+            peer.up.add(end - first.begin, now)
             self._stats.uploaded += end - first.begin
             served = True
         if served:
