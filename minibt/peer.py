@@ -195,6 +195,7 @@ class PeerConnection:
         self.last_useful_at = now  # last moment we were interested in it or it in us
         self.requests_in: deque[IncomingRequest] = deque()
         self.read_ahead: tuple[int, int, memoryview] | None = None  # (piece, begin, data) read past a served run
+        self.served_to: tuple[int, int] = (-1, 0)  # (piece, end) of the last run served (upload.py: _read)
         self.allowed_fast_in: set[int] = set()  # pieces the peer lets us request while choked
         self.allowed_fast_out: set[int] = set()  # pieces we let it request while choked
         self.ext: dict[bytes, Any] = {}

@@ -168,6 +168,7 @@ class Uploader:
                 for r in run:
                     at = r.begin - first.begin
                     wire.piece(r.index, r.begin, view[at : at + r.length])
+            peer.served_to = (first.index, end)
             peer.up.add(end - first.begin, now)
             self._stats.uploaded += end - first.begin
             served = True
@@ -176,15 +177,18 @@ class Uploader:
 
     def _read(self, peer: PeerConnection, index: int, begin: int, length: int) -> bytes | memoryview:
         """The data of a run of requests: from what this peer's last read took in ahead if that covers
-        it, else one read of READ_AHEAD bytes (up to the piece's end).  A leecher asks for a piece's
-        blocks in order, mostly one or two at a time: one system call for four blocks, not one each."""
+        it, else one read, of READ_AHEAD bytes (up to the piece's end) when the run continues the last
+        one served.  A leecher asks for a piece's blocks in order, mostly one or two at a time: one
+        system call for eight blocks, not one each.  A peer that asks out of order (two pieces at once,
+        or at random) reads only what it asked for."""
         ra = peer.read_ahead
         if ra is not None and ra[0] == index and ra[1] <= begin and begin + length <= ra[1] + len(ra[2]):
             at = begin - ra[1]
             if at + length == len(ra[2]):
                 peer.read_ahead = None  # used up: not kept while the peer asks for nothing
             return ra[2][at : at + length]
-        data = self._storage.read_block(index, begin, length, ahead=READ_AHEAD)
+        ahead = READ_AHEAD if peer.served_to == (index, begin) else 0
+        data = self._storage.read_block(index, begin, length, ahead=ahead)
         if len(data) == length:
             peer.read_ahead = None
             return data

@@ -63,6 +63,7 @@ class Seeder:
         assert (1, 1) in [(n, m[0]) for n, m in self.messages()]  # interested: unchoked at once (a free slot)
         self.peer = self.s.conns[cid]
         self.reads0 = self.reads()
+        self.bytes0 = int(self.t.storage.stats()["bytes_read"])
 
     def reads(self) -> int:
         return int(self.t.storage.stats()["read_calls"])
@@ -106,26 +107,43 @@ def test_a_run_of_one_piece_is_one_read_and_answered_in_order(tmp_path: Path) ->
 
 
 def test_requests_one_per_read_are_served_from_the_read_ahead(tmp_path: Path) -> None:
-    """Each request in a read of its own: one read per READ_AHEAD bytes of a piece, not one a block; the
-    last piece's shorter tail ends its read-ahead at the piece's end; a jump elsewhere reads afresh."""
+    """Each request in a read of its own: the first of a piece reads its block, the next (continuing it)
+    READ_AHEAD bytes, and so on: one read per READ_AHEAD bytes of a piece, not one a block. The last
+    piece's shorter tail ends its read-ahead at the piece's end; a jump elsewhere reads afresh."""
     sd = Seeder(tmp_path, last_short=3 * BLOCK_LEN + 100)
     last = NUM_PIECES - 1
     size = sd.meta.piece_size(last)
     reqs = [(0, b, BLOCK_LEN) for b in range(0, PIECE, BLOCK_LEN)]
     reqs += [(last, b, min(BLOCK_LEN, size - b)) for b in range(0, size, BLOCK_LEN)]
-    reqs += [(2, 5 * BLOCK_LEN, BLOCK_LEN), (0, 0, BLOCK_LEN)]  # elsewhere; then back to the start: read again
+    reqs += [(2, 5 * BLOCK_LEN, BLOCK_LEN), (0, 0, BLOCK_LEN), (0, BLOCK_LEN, BLOCK_LEN)]  # elsewhere: read again
     got = []
     for r in reqs:
         sd.request(r)
         got += sd.pieces()
     assert got == [(i, b, sd.block(i, b, n)) for i, b, n in reqs]
-    expected = -(-PIECE // READ_AHEAD) + -(-size // READ_AHEAD) + 2
+    expected = 1 + -(-(PIECE - BLOCK_LEN) // READ_AHEAD) + 1 + -(-(size - BLOCK_LEN) // READ_AHEAD) + 3
     assert sd.reads() - sd.reads0 == expected
     peer = sd.peer
     assert peer.read_ahead is not None  # the last read took in more than its request ...
     sd.t.choke_peer(peer, now=sd.now)
     sd.messages()
     assert peer.read_ahead is None  # ... and a choke lets it go
+
+
+def test_requests_out_of_order_read_only_their_blocks(tmp_path: Path) -> None:
+    """Two pieces asked for in turn (and then at random): no run continues the last one served, so no
+    read takes in more than its request and nothing is held for the peer."""
+    sd = Seeder(tmp_path)
+    reqs = [(p, b * BLOCK_LEN, BLOCK_LEN) for b in range(PIECE // BLOCK_LEN) for p in (1, 2)]
+    reqs += random.Random(4).sample([(p, b * BLOCK_LEN, BLOCK_LEN) for p in (0, 3) for b in range(16)], 20)
+    got = []
+    for r in reqs:
+        sd.request(r)
+        got += sd.pieces()
+        assert sd.peer.read_ahead is None
+    assert got == [(i, b, sd.block(i, b, n)) for i, b, n in reqs]
+    assert sd.reads() - sd.reads0 == len(reqs)
+    assert sd.t.storage.stats()["bytes_read"] - sd.bytes0 == len(reqs) * BLOCK_LEN
 
 
 def test_a_run_while_choked_is_rejected_in_order(tmp_path: Path) -> None:
