@@ -66,6 +66,21 @@ class StreamMachine(Protocol):
     def receive_data(self, data: bytes, *, now: float) -> list[Any]: ...
 
 
+def take_frames(buf: bytes) -> tuple[list[bytes], bytes]:
+    """The whole peer-wire frames at the start of ``buf`` (a leading BT handshake skipped) as their
+    bodies (message id first), and the bytes left over."""
+    if buf.startswith(b"\x13BitTorrent"):
+        buf = buf[68:]
+    frames, pos = [], 0
+    while len(buf) - pos >= 4:
+        n = int.from_bytes(buf[pos : pos + 4], "big")
+        if len(buf) - pos < 4 + n:
+            break
+        frames.append(buf[pos + 4 : pos + 4 + n])
+        pos += 4 + n
+    return frames, buf[pos:]
+
+
 def pump(src: StreamMachine, dst: StreamMachine, *, now: float = 0.0) -> list[Any]:
     """Deliver everything ``src`` has to send to ``dst`` in one piece; ``dst``'s events."""
     return dst.receive_data(src.data_to_send(), now=now)

@@ -22,6 +22,7 @@ from minibt.torrent import Torrent
 from minibt.wire import BlocksReceived, RequestsReceived
 from minibt.wire_codec import BLOCK_LEN, Have, Interested, Piece, Request, Unchoke, encode
 from minibt.workers import InlineHasher
+from tests.helpers import take_frames
 from tests.unit.test_wire import LAST, N, make_wire, sample_stream
 
 PIECE = 2 * BLOCK_LEN
@@ -148,19 +149,8 @@ class Remote:
                         self.s.on_hash_result(res, now=self.now)
             if not acts:
                 break
-        self.inbox += self.s.data_to_send(self.cid, 1 << 20, now=self.now)
-        if self.inbox.startswith(b"\x13BitTorrent"):
-            self.inbox = self.inbox[68:]
-        out, pos = [], 0
-        while len(self.inbox) - pos >= 4:
-            (n,) = struct.unpack_from(">I", self.inbox, pos)
-            if len(self.inbox) - pos < 4 + n:
-                break
-            if n == 13 and self.inbox[pos + 4] == 6:
-                out.append(struct.unpack_from(">III", self.inbox, pos + 5))
-            pos += 4 + n
-        self.inbox = self.inbox[pos:]
-        return out
+        frames, self.inbox = take_frames(self.inbox + self.s.data_to_send(self.cid, 1 << 20, now=self.now))
+        return [struct.unpack_from(">III", m, 1) for m in frames if len(m) == 13 and m[0] == 6]
 
     def piece_msg(self, index: int, begin: int, length: int = BLOCK_LEN) -> bytes:
         off = index * PIECE + begin

@@ -22,6 +22,7 @@ from minibt.torrent import Torrent
 from minibt.upload import READ_AHEAD
 from minibt.wire_codec import BLOCK_LEN
 from minibt.workers import InlineHasher
+from tests.helpers import take_frames
 
 PIECE = 256 * 1024
 NUM_PIECES = 4
@@ -60,7 +61,7 @@ class Seeder:
         hs = b"\x13BitTorrent protocol" + make_reserved(fast=True, extension=False) + self.meta.info_hash + bytes(20)
         self.s.on_data(cid, memoryview(hs + struct.pack(">IB", 1, 15) + struct.pack(">IB", 1, 2)), now=self.now)
         self.inbox = b""
-        assert (1, 1) in [(n, m[0]) for n, m in self.messages()]  # interested: unchoked at once (a free slot)
+        assert b"\x01" in self.messages()  # interested: unchoked at once (a free slot)
         self.peer = self.s.conns[cid]
         self.reads0 = self.reads()
         self.bytes0 = int(self.t.storage.stats()["bytes_read"])
@@ -73,24 +74,14 @@ class Seeder:
         data = b"".join(struct.pack(">IBIII", 13, 6, *r) for r in reqs)
         self.s.on_data(self.cid, memoryview(bytearray(data)), now=self.now)
 
-    def messages(self) -> list[tuple[int, bytes]]:
-        """The session's actions carried out, then the frames it sent as (length, body)."""
+    def messages(self) -> list[bytes]:
+        """The session's actions carried out, then the frames it sent (message id first)."""
         self.s.take_actions()
-        self.inbox += self.s.data_to_send(self.cid, 1 << 24, now=self.now)
-        if self.inbox.startswith(b"\x13BitTorrent"):
-            self.inbox = self.inbox[68:]
-        out, pos = [], 0
-        while len(self.inbox) - pos >= 4:
-            (n,) = struct.unpack_from(">I", self.inbox, pos)
-            if len(self.inbox) - pos < 4 + n:
-                break
-            out.append((n, self.inbox[pos + 4 : pos + 4 + n]))
-            pos += 4 + n
-        self.inbox = self.inbox[pos:]
-        return out
+        frames, self.inbox = take_frames(self.inbox + self.s.data_to_send(self.cid, 1 << 24, now=self.now))
+        return frames
 
     def pieces(self) -> list[tuple[int, int, bytes]]:
-        return [(*struct.unpack_from(">II", m, 1), m[9:]) for _n, m in self.messages() if m[0] == 7]
+        return [(*struct.unpack_from(">II", m, 1), m[9:]) for m in self.messages() if m[0] == 7]
 
     def block(self, index: int, begin: int, length: int) -> bytes:
         at = index * PIECE + begin
@@ -149,10 +140,10 @@ def test_requests_out_of_order_read_only_their_blocks(tmp_path: Path) -> None:
 def test_a_run_while_choked_is_rejected_in_order(tmp_path: Path) -> None:
     sd = Seeder(tmp_path)
     sd.t.choke_peer(sd.peer, now=sd.now)
-    assert [m[0] for _n, m in sd.messages()] == [0]
+    assert sd.messages() == [b"\x00"]
     reqs = [(0, 0, BLOCK_LEN), (2, BLOCK_LEN, BLOCK_LEN), (1, 0, 7)]
     sd.request(*reqs)
-    rejects = [struct.unpack_from(">III", m, 1) for _n, m in sd.messages() if m[0] == 16]
+    rejects = [struct.unpack_from(">III", m, 1) for m in sd.messages() if m[0] == 16]
     assert rejects == reqs
     assert sd.reads() == sd.reads0
 
