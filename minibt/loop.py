@@ -588,9 +588,8 @@ class EventLoop:
         while True:
             out = ps.out
             if out is None:  # the queued buffers as they are: one gathering send, no join
-                out = ps.out = self.session.parts_to_send(ps.cid, SEND_CHUNK, now=now)
+                out = self.session.parts_to_send(ps.cid, SEND_CHUNK, now=now)
                 if not out:
-                    ps.out = None
                     break
             try:
                 sent = ps.sock.sendmsg(out if len(out) <= IOV_MAX else out[:IOV_MAX])

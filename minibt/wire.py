@@ -389,7 +389,7 @@ class PeerWire:
                         begin + blen > (last_size if index == last_index else plen)):
                     self._check_block("request", index, begin, blen)  # raises, naming the reason
                 self._got_first = True
-                if type(events[-1] if events else None) is _Requests:
+                if events and type(events[-1]) is _Requests:
                     events[-1].append((index, begin, blen))
                 else:
                     events.append(_Requests(((index, begin, blen),)))

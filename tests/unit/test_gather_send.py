@@ -80,5 +80,5 @@ def test_the_loop_sends_more_buffers_than_one_sendmsg_takes_in_order_through_sho
             lp.sel.unregister(ours)
         ours.close()
         theirs.close()
-        lp.sel.close()
+        lp.close()
     assert got == expected
