@@ -3,7 +3,7 @@
 
     python3 tools/bench.py [--size-mib 1024[,16384...]] [--piece-kib 256] [--workdir DIR] [--runs 1]
                            [--transport tcp|utp] [--encryption none|required] [--clients minibt,aria2,...]
-                           [--files N] [--sparse] [--seed-leechers N]
+                           [--files N] [--sparse] [--seed-leechers N] [--seed-rate MIB]
 
 A libtorrent seeder (its own process, DHT/LSD/UPnP/NAT-PMP off, plaintext) serves a random payload
 on 127.0.0.1.  Then, one after the other, a minibt leecher (`python -m minibt download`), a
@@ -73,6 +73,11 @@ are given every address (minibt: one ``--peer`` each; libtorrent: connect_peer t
 loopback tracker answers with all).  A real swarm has many peers: this shows what each extra peer
 costs.  The seeder CPU column is their sum.
 
+``--seed-rate N``: every libtorrent seeder uploads at most N MiB/s (``upload_rate_limit``, with loopback
+put in libtorrent's global peer class, since its local class has no limits).  The downloads are then
+bound by that "link", as a Pi's usually are by its network, and the CPU s/GiB columns show what a
+client spends per GiB while it waits for data instead of racing the seeder.
+
 ``--warmup-mib N``: before each leecher row, write N MiB to a scratch file in the work directory and
 delete it.  On a VM whose kernel reports free pages to the hypervisor (virtio-balloon free page
 reporting: /sys/module/page_reporting exists), a page that stayed free for a few seconds costs a host
@@ -101,6 +106,7 @@ from benchlib import (  # noqa: E402
     BIG_BUFFERS,
     GIB,
     LT_PEER,
+    MIB,
     NO_PEX,
     RC4_FORCED,
     REPO,
@@ -159,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                     + "; with --seed-leechers, seeders: minibt, libtorrent); default all that apply")
     ap.add_argument("--seeders", type=int, default=1,
                     help="libtorrent seeders serving each download at once (the leecher is told every address)")
+    ap.add_argument("--seed-rate", type=int, default=0,
+                    help="MiB/s: each libtorrent seeder uploads at most this fast (a link-bound download)")
     ap.add_argument("--warmup-mib", type=int, default=None,
                     help="MiB written to a scratch file and deleted before each leecher row (default: 2x the "
                          "payload up to 2048 where the kernel reports free pages to a hypervisor, else 0)")
@@ -245,10 +253,17 @@ def start_minibt_seeder(torrent: str, seed_dir: str, state: str, timeout_s: floa
     return w, f"127.0.0.1:{port}"
 
 
+def seeder_settings(args: argparse.Namespace) -> dict[str, object]:
+    """libtorrent settings of a download case's seeders (LT_PEER's extra argument)."""
+    out: dict[str, object] = {**UTP_ONLY, **BIG_BUFFERS} if args.transport == "utp" else {}
+    if args.seed_rate:  # a link-bound download: libtorrent exempts local peers from limits unless told
+        out.update({"upload_rate_limit": args.seed_rate * MIB, "limit_local": True})
+    return out
+
+
 def download_case(args: argparse.Namespace, rows: list[tuple[str, str]], torrent: str, seed_dir: str,
                   top: str, want: dict[str, str], size: int, work: str) -> list[Result]:
-    utp = args.transport == "utp"
-    base_seed = {**UTP_ONLY, **BIG_BUFFERS} if utp else {}
+    base_seed = seeder_settings(args)
     seeders: dict[str, list[Watched]] = {}
     peers: dict[str, list[str]] = {}
     results: list[Result] = []
@@ -262,7 +277,8 @@ def download_case(args: argparse.Namespace, rows: list[tuple[str, str]], torrent
             print(f"libtorrent seeder{'s' if args.seeders > 1 else ''} ({'forced RC4' if mode == 'rc4' else 'plaintext'}) "
                   f"pid {', '.join(str(w.pid) for w in seeders[mode])} on {', '.join(peers[mode])}; payload "
                   f"{size >> 20} MiB in {len(want)} file(s), {args.piece_kib} KiB pieces"
-                  f"{', sparse' if args.sparse else ''}; transport {args.transport}", flush=True)
+                  f"{', sparse' if args.sparse else ''}; transport {args.transport}"
+                  f"{f'; upload limited to {args.seed_rate} MiB/s' if args.seed_rate else ''}", flush=True)
         for _run in range(args.runs):
             for name, mode in rows:
                 r = download_one(args, name, mode, peers[mode], [w.pid for w in seeders[mode]], torrent, work,

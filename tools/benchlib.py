@@ -52,8 +52,14 @@ if extra.pop("rc4_forced", False):  # MSE/PE, RC4 only, both directions (bench.p
     settings.update({"out_enc_policy": lt.enc_policy.pe_forced, "in_enc_policy": lt.enc_policy.pe_forced,
                      "allowed_enc_level": lt.enc_level.rc4, "prefer_rc4": True})
 no_pex = extra.pop("no_pex", False)  # bench.py --seed-leechers: leechers must not find each other
+limit_local = extra.pop("limit_local", False)  # bench.py --seed-rate: the rate limit holds on loopback too
 settings.update(extra)
 s = lt.session(settings)
+if limit_local:  # every address in the global peer class (the local class, which has no limits, by default)
+    f = lt.ip_filter()
+    f.add_rule("0.0.0.0", "255.255.255.255", 1 << s.global_peer_class_id)
+    f.add_rule("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 1 << s.global_peer_class_id)
+    s.set_peer_class_filter(f)
 p = lt.add_torrent_params()
 p.ti = lt.torrent_info(torrent)
 p.save_path = save

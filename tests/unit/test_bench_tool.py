@@ -36,6 +36,16 @@ def test_parser_sizes_files_sparse_seed(bench: ModuleType) -> None:
             ap.parse_args(["--size-mib", bad])
 
 
+def test_seeder_settings_rate_and_transport(bench: ModuleType, lib: ModuleType) -> None:
+    ap = bench.build_parser()
+    assert bench.seeder_settings(ap.parse_args([])) == {}
+    limited = bench.seeder_settings(ap.parse_args(["--seed-rate", "40"]))
+    assert limited == {"upload_rate_limit": 40 << 20, "limit_local": True}
+    utp = bench.seeder_settings(ap.parse_args(["--transport", "utp", "--seed-rate", "5"]))
+    assert utp == {**lib.UTP_ONLY, **lib.BIG_BUFFERS, "upload_rate_limit": 5 << 20, "limit_local": True}
+    assert "limit_local = extra.pop(\"limit_local\", False)" in lib.LT_PEER  # taken out before settings
+
+
 def test_main_rejects_unknown_or_inapplicable_clients(bench: ModuleType) -> None:
     for argv in (["--clients", "qbittorrent"], ["--transport", "utp", "--clients", "aria2"],
                  ["--seed-leechers", "2", "--clients", "aria2"], ["--seed-leechers", "2", "--transport", "utp"],

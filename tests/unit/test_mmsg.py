@@ -329,3 +329,15 @@ def test_many_sources_keep_their_addresses_and_the_cache_stays_bounded(
     finally:
         for s in senders:
             s.close()
+
+
+def test_recvmmsg_keeps_the_gil() -> None:
+    """The call never blocks (MSG_DONTWAIT), so it holds on to the GIL: letting go of it handed the GIL to
+    a hash thread that the loop then waited for (a PyDLL function; a CDLL one releases the GIL)."""
+    import ctypes
+
+    fn = mmsg._recvmmsg()
+    assert fn is not None
+    flags = fn._flags_  # type: ignore[attr-defined]
+    assert flags & ctypes._FUNCFLAG_PYTHONAPI  # type: ignore[attr-defined]
+    assert flags & ctypes._FUNCFLAG_USE_ERRNO  # type: ignore[attr-defined]
