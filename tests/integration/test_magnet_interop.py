@@ -133,7 +133,7 @@ def test_magnet_x_pe_name_that_does_not_resolve_fails_alone_and_the_loop_goes_on
     real = socket.getaddrinfo
 
     def fake_getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
-        if host == "peer.unresolvable.test":
+        if host in ("peer.unresolvable.test", b"peer.unresolvable.test"):  # netif.resolve: ASCII as bytes
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return real(host, *args, **kwargs)  # type: ignore[arg-type]
 

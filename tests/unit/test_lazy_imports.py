@@ -8,8 +8,11 @@ names on Windows rules), base64 with binascii (only a base32 magnet link needs t
 nettle's or libcrypto's SHA-1 through ctypes instead), with ``--encryption none`` MSE/PE, or with
 ``--transport tcp`` the uTP machines and codec, nor ``inspect`` with ``ast`` and ``dis`` (``dataclasses`` imports it
 to write docstrings, and the program, ``minibt.__main__.run``, defers it: every minibt dataclass has a
-docstring).  The same download with the DHT on, the default encryption policy and the default
-transports does load the DHT modules, MSE and uTP, and without the deferral inspect, so the check can fail.
+docstring), nor ``locale`` (argparse looks its messages up through ``gettext``, which imports it; the program gives
+argparse plain ones), nor the ``idna`` codec (a host name to resolve goes to ``getaddrinfo`` as ASCII bytes).  The
+same download with the DHT on, the default encryption policy and the default
+transports does load the DHT modules, MSE and uTP, and without the program's preparation inspect and
+locale, so the check can fail.
 
 Nor may a download call ``compile()``: the first call builds the interpreter's AST types (0.2 MiB of RSS).
 ``typing.NamedTuple`` compiles every string annotation into a ``typing.ForwardRef``, so minibt's named
@@ -41,8 +44,8 @@ NEVER_FOR_A_DOWNLOAD = ("ssl", "_ssl", "tomllib", "minibt.runner", "minibt.daemo
 DRIVER = r"""
 import sys, io, contextlib
 if sys.argv[1] == "defer":
-    from minibt.__main__ import defer_inspect
-    defer_inspect()  # what the program does first
+    from minibt.__main__ import prepare
+    prepare()  # what the program does first
 del sys.argv[1]
 import minibt.cli as cli
 seen = {}
@@ -86,7 +89,8 @@ def _download_run(tmp_path: Path, *extra: str, defer: bool = True) -> tuple[set[
 
 
 PLAINTEXT_NEVER = ("shutil", "tempfile", "zlib", "bz2", "lzma", "datetime", "unicodedata", "minibt.mse",
-                   "minibt.rc4")
+                   "minibt.rc4", "encodings.idna", "stringprep")
+GETTEXT_CHAIN = ("locale",)  # argparse's message lookups import it; minibt.__main__ gives it plain messages
 INSPECT_CHAIN = ("ast", "dis")  # what a real ``inspect`` brings; minibt.__main__ defers it
 UTP_MODULES = ("minibt.utp", "minibt.utp_mux", "minibt.utp_peers", "minibt.utp_mtu", "minibt.utp_config",
                "minibt.ledbat", "minibt.utp_codec")  # not with --transport tcp
@@ -97,14 +101,14 @@ def test_download_without_dht_loads_no_dht_ssl_toml_or_shutil(tmp_path: Path) ->
                                    "--cache", "3MiB", "--transport", "tcp")
     assert "minibt.client" in start and "minibt.loop" in start  # the spy saw the transfer start
     assert [m for m in DHT_MODULES + NEVER_FOR_A_DOWNLOAD + PLAINTEXT_NEVER + UTP_MODULES + INSPECT_CHAIN
-            if m in end] == []
+            + GETTEXT_CHAIN if m in end] == []
     assert list((tmp_path / "state").glob("*.resume"))  # the resume file was written (without tempfile)
 
 
 def test_download_with_dht_loads_the_dht_node(tmp_path: Path) -> None:
     start, end, forward_refs = _download_run(tmp_path, defer=False)
     assert forward_refs == 0  # with every default module loaded (uTP's named tuples among them)
-    assert [m for m in INSPECT_CHAIN if m not in start] == []  # not deferred: dataclasses loads it
+    assert [m for m in INSPECT_CHAIN + GETTEXT_CHAIN if m not in start] == []  # as-is: dataclasses, argparse
     assert [m for m in DHT_MODULES if m not in start] == []
     assert [m for m in NEVER_FOR_A_DOWNLOAD if m in end] == []
     assert "ctypes" in end and "minibt.mse" in end  # the default policy, preferred, probed the RC4 back end
