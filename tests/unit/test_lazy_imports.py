@@ -150,3 +150,22 @@ def test_no_named_tuple_of_minibt_has_a_string_annotation() -> None:
         assert not [f for f, t in cls.__annotations__.items() if isinstance(t, (str, typing.ForwardRef))], name
     assert {"minibt.picker.Block", "minibt.utp_codec.UtpHeader", "minibt.utp_mux.OutDatagram",
             "minibt.utp.DataReceived"} <= {name for name, _ in found}
+
+
+def test_the_program_s_argparse_messages_read_as_the_library_s() -> None:
+    """minibt.__main__ gives argparse its messages without gettext: the program's help and errors are
+    word for word what cli.main prints in a process whose argparse still looks them up (no locale there)."""
+    code = ("import contextlib, io, sys\n"
+            "from minibt import cli\n"
+            "for argv in (['--help'], ['download', 'x', '--dir'], ['info'], ['bogus'], ['seed', '--help']):\n"
+            "    err, out = io.StringIO(), io.StringIO()\n"
+            "    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
+            "        cli.main(argv)\n"
+            "    print(repr(out.getvalue() + err.getvalue()))\n")
+    env = {"PYTHONPATH": ROOT, "COLUMNS": "100"}
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    program = subprocess.run([sys.executable, "-c", "from minibt.__main__ import prepare; prepare()\n" + code],
+                             capture_output=True, text=True, timeout=60, env=env)
+    assert plain.returncode == 0 and program.returncode == 0, plain.stderr + program.stderr
+    assert program.stdout == plain.stdout
+    assert "usage: minibt" in plain.stdout and "expected one argument" in plain.stdout
