@@ -1,8 +1,14 @@
 """The ``minibt`` program: ``python -m minibt`` and the ``minibt`` command (setup.py) both run :func:`run`.
 
-:func:`defer_inspect` first: ``dataclasses`` imports ``inspect``, which imports ``ast`` and ``dis``, and uses
-it only to write a docstring for a dataclass that has none (every minibt dataclass has one).  Left lazy, it
-is never loaded by a download or a seed: 0.65 MiB less peak RSS (issue 15).
+:func:`defer_modules` first, for two standard modules that the program imports but a download or a seed
+never uses (issue 15: peak RSS):
+
+- ``inspect``, with ``ast`` and ``dis``: ``dataclasses`` imports it only to write a docstring for a
+  dataclass that has none (every minibt dataclass has one): 0.65 MiB;
+- ``traceback``, with ``linecache``, ``tokenize`` and ``textwrap``: ``logging`` imports it to format an
+  exception, which only a fault does: 0.3 MiB (measured 2026-12-06).
+
+Each stands in until one of its names is used, then the real module loads.
 
 :func:`untranslated_argparse` next: ``argparse`` passes each of its own messages ("positional arguments",
 "show this help message and exit", ...) through ``gettext``, which imports ``locale`` and looks for
@@ -18,27 +24,40 @@ from __future__ import annotations
 import sys
 import types
 
+DEFERRED = ("inspect", "traceback")
 
-class _DeferredInspect(types.ModuleType):
-    """Stands in for ``inspect`` until one of its names is used, then imports it and forwards to it.
+
+class _Deferred(types.ModuleType):
+    """Stands in for a module of :data:`DEFERRED` until one of its names is used, then imports it and forwards to it.
 
     Not ``importlib.util.LazyLoader``: the ``import`` statement reads a module's ``__spec__``, which makes
     that kind of module load at once (Python 3.11).
     """
 
     def __getattr__(self, name: str) -> object:
-        if sys.modules.get("inspect") is self:
-            del sys.modules["inspect"]
-        import inspect as real  # now the real one (static, so test_layering sees it)
-
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        real = _load(self.__name__)
         self.__dict__.update(real.__dict__)
         return getattr(real, name)
 
 
-def defer_inspect() -> None:
-    """Make ``inspect`` load on first use."""
-    if "inspect" not in sys.modules:
-        sys.modules["inspect"] = _DeferredInspect("inspect")
+def _load(name: str) -> types.ModuleType:
+    """The real module (static imports, so test_layering sees them)."""
+    if name == "inspect":
+        import inspect
+
+        return inspect
+    import traceback
+
+    return traceback
+
+
+def defer_modules() -> None:
+    """Make the modules of :data:`DEFERRED` load on first use (those not loaded yet)."""
+    for name in DEFERRED:
+        if name not in sys.modules:
+            sys.modules[name] = _Deferred(name)
 
 
 def _same(message: str) -> str:
@@ -59,7 +78,7 @@ def untranslated_argparse() -> None:
 
 def prepare() -> None:
     """What the program does before it imports the rest of minibt."""
-    defer_inspect()
+    defer_modules()
     untranslated_argparse()
 
 

@@ -8,7 +8,8 @@ names on Windows rules), base64 with binascii (only a base32 magnet link needs t
 nettle's or libcrypto's SHA-1 through ctypes instead), with ``--encryption none`` MSE/PE, or with
 ``--transport tcp`` the uTP machines and codec, nor ``inspect`` with ``ast`` and ``dis`` (``dataclasses`` imports it
 to write docstrings, and the program, ``minibt.__main__.run``, defers it: every minibt dataclass has a
-docstring), nor ``locale`` (argparse looks its messages up through ``gettext``, which imports it; the program gives
+docstring), nor what a real ``traceback`` brings (``logging`` imports it to format exceptions; the program
+defers it too), nor ``locale`` (argparse looks its messages up through ``gettext``, which imports it; the program gives
 argparse plain ones), nor the ``idna`` codec (a host name to resolve goes to ``getaddrinfo`` as ASCII bytes).  The
 same download with the DHT on, the default encryption policy and the default
 transports does load the DHT modules, MSE and uTP, and without the program's preparation inspect and
@@ -92,6 +93,7 @@ PLAINTEXT_NEVER = ("shutil", "tempfile", "zlib", "bz2", "lzma", "datetime", "uni
                    "minibt.rc4", "encodings.idna", "stringprep")
 GETTEXT_CHAIN = ("locale",)  # argparse's message lookups import it; minibt.__main__ gives it plain messages
 INSPECT_CHAIN = ("ast", "dis")  # what a real ``inspect`` brings; minibt.__main__ defers it
+TRACEBACK_CHAIN = ("linecache", "tokenize", "textwrap")  # what a real ``traceback`` brings; deferred as well
 UTP_MODULES = ("minibt.utp", "minibt.utp_mux", "minibt.utp_peers", "minibt.utp_mtu", "minibt.utp_config",
                "minibt.ledbat", "minibt.utp_codec")  # not with --transport tcp
 
@@ -101,14 +103,15 @@ def test_download_without_dht_loads_no_dht_ssl_toml_or_shutil(tmp_path: Path) ->
                                    "--cache", "3MiB", "--transport", "tcp")
     assert "minibt.client" in start and "minibt.loop" in start  # the spy saw the transfer start
     assert [m for m in DHT_MODULES + NEVER_FOR_A_DOWNLOAD + PLAINTEXT_NEVER + UTP_MODULES + INSPECT_CHAIN
-            + GETTEXT_CHAIN if m in end] == []
+            + GETTEXT_CHAIN + TRACEBACK_CHAIN if m in end] == []
     assert list((tmp_path / "state").glob("*.resume"))  # the resume file was written (without tempfile)
 
 
 def test_download_with_dht_loads_the_dht_node(tmp_path: Path) -> None:
     start, end, forward_refs = _download_run(tmp_path, defer=False)
     assert forward_refs == 0  # with every default module loaded (uTP's named tuples among them)
-    assert [m for m in INSPECT_CHAIN + GETTEXT_CHAIN if m not in start] == []  # as-is: dataclasses, argparse
+    # as-is: dataclasses, argparse, logging load them
+    assert [m for m in INSPECT_CHAIN + GETTEXT_CHAIN + TRACEBACK_CHAIN if m not in start] == []
     assert [m for m in DHT_MODULES if m not in start] == []
     assert [m for m in NEVER_FOR_A_DOWNLOAD if m in end] == []
     assert "ctypes" in end and "minibt.mse" in end  # the default policy, preferred, probed the RC4 back end
@@ -134,13 +137,40 @@ def test_every_minibt_dataclass_has_a_docstring() -> None:
     assert missing == []
 
 
-def test_the_deferred_module_works_once_used() -> None:
-    code = ("import sys; from minibt.__main__ import defer_inspect; defer_inspect(); import dataclasses;"
-            "assert 'ast' not in sys.modules; import inspect; print(inspect.signature(lambda a, b=2: 0));"
-            "assert sys.modules['inspect'] is not inspect and type(sys.modules['inspect']).__name__ == 'module'")
+def test_the_deferred_modules_work_once_used() -> None:
+    code = ("import sys; from minibt.__main__ import defer_modules; defer_modules(); import dataclasses, logging;"
+            "assert 'ast' not in sys.modules and 'linecache' not in sys.modules;"
+            "import inspect; print(inspect.signature(lambda a, b=2: 0));"
+            "assert sys.modules['inspect'] is not inspect and type(sys.modules['inspect']).__name__ == 'module';"
+            "import traceback; print(traceback.format_exception_only(ValueError('v'))[0].strip());"
+            "assert type(sys.modules['traceback']).__name__ == 'module' and 'linecache' in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={"PYTHONPATH": ROOT})
-    assert out.returncode == 0 and out.stdout.strip() == "(a, b=2)", out.stderr
+    assert out.returncode == 0 and out.stdout.split("\n")[:2] == ["(a, b=2)", "ValueError: v"], out.stderr
+
+
+def test_a_fault_in_the_program_is_logged_with_its_whole_traceback(tmp_path: Path) -> None:
+    """With ``traceback`` deferred, a contained fault (faults.py) still logs every frame and its source line."""
+    script = tmp_path / "fault.py"
+    script.write_text(
+        "import sys\n"
+        "from minibt.__main__ import prepare\n"
+        "prepare()\n"
+        "import logging\n"
+        "from minibt.faults import FaultKind, Faults\n"
+        "logging.basicConfig(level=logging.ERROR, stream=sys.stdout)\n"
+        "assert type(sys.modules['traceback']).__name__ == '_Deferred'\n"
+        "def handler():\n"
+        "    return {}['missing key']\n"
+        "try:\n"
+        "    handler()\n"
+        "except KeyError as e:\n"
+        "    Faults().record(FaultKind.PEER, 'peer 127.0.0.2:6881', e)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": ROOT})
+    assert out.returncode == 0, out.stderr
+    assert "Traceback (most recent call last)" in out.stdout and "in handler" in out.stdout
+    assert "return {}['missing key']" in out.stdout and "KeyError: 'missing key'" in out.stdout
 
 
 def test_no_named_tuple_of_minibt_has_a_string_annotation() -> None:
