@@ -5,7 +5,8 @@ picker (picker.py) chooses the blocks and storage.py buffers them.  Effects (eff
 caller's ``out`` list: :class:`~minibt.effects.Flush` for connections with requests or cancels
 queued, :class:`~minibt.effects.HashPiece` to verify and write a completed piece.  A StorageError
 propagates (the torrent fails).  The torrent sets :attr:`Downloader.active` while it downloads.
-In scope: our interest in a peer (BEP 3), pipeline depth from the peer's rate, requests while
+In scope: our interest in a peer (BEP 3), pipeline depth from the peer's rate, how many pieces the
+write cache lets be started (more on long paths: :meth:`Downloader._update_reserve`), requests while
 choked only for allowed-fast pieces (BEP 6), rejects, snubbing, cancels to the other requesters of
 an end-game block, library-driven requests (minibt.Peer.request), and the ledger of which IP sent
 each block of a piece in progress (the smart-ban input of reputation.py).
@@ -15,6 +16,7 @@ Out of scope: what a verified or failed piece means for the torrent (torrent.py)
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 MAX_ALLOWED_FAST_IN = 32  # convention: allowed-fast pieces kept per peer (BEP 6 suggests 10; libtorrent sends 5)
 SNUB_TIMEOUT_S = 30.0  # no block for this long with requests out => snubbed, requests re-issued
 SNUBBED_QUEUE_DEPTH = 1  # convention (libtorrent): a snubbed peer gets one outstanding request
+RESERVE_EVERY_S = 1.0  # how often that reservation is worked out again (peer rates are 5 s averages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,7 @@ class Downloader:
         auto_request: bool,
         disk_retry_s: float = 30.0,
         need_free_bytes: int = 0,
+        reserve_max: int = 0,
     ) -> None:
         self._meta = meta
         self._tag = PieceJobTag(meta.info_hash)
@@ -88,6 +92,10 @@ class Downloader:
         self._need_free = need_free_bytes  # free space that ends a disk-full pause
         self._disk_retry_at = 0.0
         self._cache_full = False  # the last pick stopped at the full write cache (see fill)
+        self._reserve_max = reserve_max  # 0: pieces started never exceed the write cache (a size the user set)
+        self._reserve = 0  # bytes of pieces that may be started; 0: the write cache's size (_update_reserve)
+        self._reserve_at = -math.inf
+        self._reserve_totals: dict[int, int] = {}  # each peer's bytes received at that time
         self.disk_error: str | None = None  # set while paused by a full disk
         self.paused_reason: str | None = None  # set while paused by the user (Torrent.pause_download)
 
@@ -187,25 +195,55 @@ class Downloader:
         elif self._cache_full and not picker.has_free_blocks():
             peer.req_depth = 0  # no batch top-up from on_blocks until fill_all (a piece left the cache) resets it
             return
+        if self._reserve_max and now - self._reserve_at >= RESERVE_EVERY_S:
+            self._update_reserve(now)
         depth = peer.req_depth = self.queue_depth(peer, now)
-        n = depth - picker.num_outstanding(peer.cid)
+        outstanding = picker.num_outstanding(peer.cid)
+        n = depth - outstanding
         if n <= 0 or (batch and n < depth >> 2):
             return
         blocks = picker.pick(peer.cid, n, allowed=allowed, can_start=self._can_start)
         if len(blocks) < n:  # the write cache (or what the peer has) holds it lower: batch against that
             peer.req_depth = depth - n + len(blocks)
-        if not blocks and picker.num_outstanding(peer.cid) == 0:
-            self.update_interest(peer)
+        if not blocks:
+            if picker.num_outstanding(peer.cid) == 0:
+                self.update_interest(peer)
+        elif not outstanding:  # nothing queued ahead of the first block: its wait is the round trip
+            peer.request_probe = (blocks[0].index, blocks[0].begin, now)
         wire.request_many(blocks)
         out.append(Flush(peer.cid))
 
     def _can_start(self, piece: int) -> bool:
         # Every started piece takes a whole buffer once its first block is in: the write cache bounds
         # the pieces in memory across all peers, and with them the requests outstanding.
-        if self._storage.can_start_piece(piece, self._picker.partial_pieces()):
+        if self._storage.can_start_piece(piece, self._picker.partial_pieces(), self._reserve):
             return True
         self._cache_full = True
         return False
+
+    def _update_reserve(self, now: float) -> None:
+        """How many bytes of pieces may be started: twice what the peers delivered in a round trip.
+
+        The requests in flight are bounded by the pieces started (each will take a whole buffer), so
+        with the write cache's 3 MiB a peer 100 ms away could never send more than 30 MiB/s.  Blocks of
+        a piece arrive one after the other and leave the cache once checked, so on a long path most
+        started pieces are still on their way, not in memory.  Each peer's bytes since the last update
+        over that time, times its ``min_latency``, is what it has in flight; twice their sum lets the
+        rate double from one update to the next, up to what the link gives (as TCP grows its receive
+        window).  Never below the cache's own size, nor above ``reserve_max``: the memory the cache may
+        take if every started piece's first block came at once.  On loopback or a LAN the round trips
+        are a millisecond or less, so the write cache alone bounds it.
+        """
+        dt = now - self._reserve_at
+        need = 0.0
+        totals: dict[int, int] = {}
+        for cid, peer in self._peers.items():
+            total = totals[cid] = peer.down.total
+            if peer.min_latency < math.inf and dt < math.inf:
+                need += (total - self._reserve_totals.get(cid, total)) / dt * peer.min_latency
+        self._reserve_totals = totals
+        self._reserve_at = now
+        self._reserve = min(int(2 * need), self._reserve_max)
 
     def fill_all(self, now: float, out: list[Effect]) -> None:
         """Top up the pipeline of every peer that does not choke us (the write cache looked at once:
@@ -269,6 +307,7 @@ class Downloader:
         picker = self._picker
         if picker.num_outstanding(peer.cid) and now - peer.last_block_at > SNUB_TIMEOUT_S:
             peer.snubbed = True
+            peer.request_probe = None
             for b in picker.outstanding(peer.cid):
                 picker.request_failed(peer.cid, b)
                 wire.cancel(b.index, b.begin, b.length)
@@ -279,6 +318,7 @@ class Downloader:
 
     def on_choke(self, peer: PeerConnection) -> None:
         assert peer.wire is not None
+        peer.request_probe = None  # a block re-requested later would time the wait since this request
         if not peer.wire.fast:
             # BEP 3: a choke discards all our pending requests.
             self._picker.peer_choked(peer.cid)
@@ -303,6 +343,8 @@ class Downloader:
         is dropped)."""
         picker, storage, have, block_src, peers = self._picker, self._storage, self._have, self._block_src, self._peers
         cid, ip, downloading = peer.cid, peer.ip, self.downloading
+        if peer.request_probe is not None:
+            self._latency_sample(peer, peer.request_probe, blocks[0], now)
         total = 0
         stray = False
         last = -1  # the piece of the block before: a run's blocks mostly share one
@@ -341,6 +383,16 @@ class Downloader:
         depth = peer.req_depth  # a quarter free of the last top-up's level first (fill's ``batch``)
         if depth - picker.num_outstanding(cid) >= (depth >> 2 or 1):
             self.fill(peer, now, out, batch=True)
+
+    @staticmethod
+    def _latency_sample(peer: PeerConnection, probe: tuple[int, int, float], first: tuple[int, int, bytes | memoryview],
+                        now: float) -> None:
+        """The first block after requests sent to an idle pipeline: if it is the first one asked for, the
+        time since is a round trip plus the peer's own delay (``min_latency``)."""
+        index, begin, sent_at = probe
+        peer.request_probe = None
+        if first[0] == index and first[1] == begin and now - sent_at < peer.min_latency:
+            peer.min_latency = now - sent_at
 
     def _verify_job(self, index: int, writes: tuple[tuple[int, int, memoryview], ...]) -> HashJob:
         """Hash a complete piece; the worker writes it if it matches (result: Torrent.on_hash_result)."""

@@ -192,6 +192,8 @@ class PeerConnection:
         self.down = RateMeter(now)  # payload bytes received from the peer
         self.up = RateMeter(now)  # payload bytes sent to the peer
         self.last_block_at = now
+        self.request_probe: tuple[int, int, float] | None = None  # (piece, begin, sent at): see min_latency
+        self.min_latency = math.inf  # least seconds seen from a request sent to an idle pipeline to its block
         self.last_useful_at = now  # last moment we were interested in it or it in us
         self.requests_in: deque[IncomingRequest] = deque()
         self.read_ahead: tuple[int, int, memoryview] | None = None  # (piece, begin, data) read past a served run

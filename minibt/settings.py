@@ -53,7 +53,8 @@ class TorrentConfig:
     max_candidates: int = DEFAULT_MAX_CANDIDATES  # addresses kept to dial (dialer.py); budget.py may lower it
     cache_bytes: int | None = None  # None: storage.default_cache_bytes (3 MiB, or 3 pieces if more; why: there)
     request_queue_min: int = 16
-    request_queue_max: int = 250  # stay under libtorrent's 'reqq' (PROTOCOL.md 7.13); the write cache bounds it anyway
+    cache_reserve_max: int = 8 << 20  # with cache_bytes None: how far pieces started may go on long paths (download.py)
+    request_queue_max: int = 1000  # within libtorrent's and Transmission's 'reqq'; each peer's own bounds it (PROTOCOL.md 7.13)
     request_queue_seconds: float = 1.0  # pipeline depth = rate * this
     max_incoming_requests: int = 500
     check_jobs_in_flight: int = 4
@@ -71,6 +72,12 @@ class TorrentConfig:
     # ut_pex (BEP 11); lower pex.interval_s only in tests whose peer accepts it (PexConfig).
     pex: PexConfig = PexConfig(interval_s=PEX_SEND_INTERVAL_S)
     encryption: Encryption | None = None  # MSE/PE policy of this torrent's connections; None = the session's
+
+    @property
+    def reserve_max(self) -> int:
+        """Where download.py's reservation for pieces started stops; 0 (the write cache alone) when
+        cache_bytes is set: a size the user chose bounds the memory for pieces."""
+        return self.cache_reserve_max if self.cache_bytes is None else 0
 
 
 @dataclass(slots=True)

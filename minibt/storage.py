@@ -663,8 +663,9 @@ class Storage:
     def buffered_bytes(self) -> int:
         return self._buffered
 
-    def can_start_piece(self, piece: int, pending: Iterable[int] = ()) -> bool:
-        """Would buffering ``piece`` keep the cache within cache_bytes?  True if nothing is buffered.
+    def can_start_piece(self, piece: int, pending: Iterable[int] = (), limit: int = 0) -> bool:
+        """Would buffering ``piece`` keep the cache within ``limit`` if larger, else cache_bytes?  True if
+        nothing is buffered (``limit``: download.py's reservation on long paths).
 
         ``pending``: pieces already requested whose first block has not arrived yet; each will take
         a whole buffer when it does, so they count as if buffered (with many peers, requests for
@@ -679,7 +680,7 @@ class Storage:
             total += self._last_size - self._plen
         if total == 0:
             return True
-        return total + self._piece_size(piece) <= self._cache_limit
+        return total + self._piece_size(piece) <= max(limit, self._cache_limit)
 
     def pieces_in_cache(self) -> set[int]:
         return set(self._cache)

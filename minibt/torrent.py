@@ -137,7 +137,7 @@ class Torrent:
             meta=meta, peers=self.peers, have=self.have, picker=self.picker, storage=self.storage, stats=self.stats,
             queue_min=config.request_queue_min, queue_max=config.request_queue_max,
             queue_seconds=config.request_queue_seconds, auto_request=config.auto_request,
-            disk_retry_s=config.disk_retry_s, need_free_bytes=2 * meta.piece_length,
+            disk_retry_s=config.disk_retry_s, need_free_bytes=2 * meta.piece_length, reserve_max=config.reserve_max,
         )
         self.upload = Uploader(
             info_hash=self.info_hash, peers=self.peers, have=self.have, storage=self.storage,

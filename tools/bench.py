@@ -3,7 +3,8 @@
 
     python3 tools/bench.py [--size-mib 1024[,16384...]] [--piece-kib 256] [--workdir DIR] [--runs 1]
                            [--transport tcp|utp] [--encryption none|required] [--clients minibt,aria2,...]
-                           [--files N] [--sparse] [--seed-leechers N] [--seed-rate MIB]
+                           [--files N] [--sparse] [--seed-leechers N] [--seed-rate MIB] [--rtt-ms MS]
+                           [--minibt-arg ARG ...]
 
 A libtorrent seeder (its own process, DHT/LSD/UPnP/NAT-PMP off, plaintext) serves a random payload
 on 127.0.0.1.  Then, one after the other, a minibt leecher (`python -m minibt download`), a
@@ -77,6 +78,15 @@ costs.  The seeder CPU column is their sum.
 put in libtorrent's global peer class, since its local class has no limits).  The downloads are then
 bound by that "link", as a Pi's usually are by its network, and the CPU s/GiB columns show what a
 client spends per GiB while it waits for data instead of racing the seeder.
+
+``--rtt-ms N`` (TCP): every leecher reaches each seeder through ``tools/delayrelay.py``, a relay process
+on loopback that holds every chunk N/2 ms each way, so a request's answer comes N ms later at the least,
+as over a long path (this kernel has no ``netem``).  With ``--seed-rate`` it is a link of that rate and
+round-trip time: the case where the requests a client keeps in flight, not its CPU, set its throughput.
+The relay's CPU is its own process's, in no column.
+
+``--minibt-arg ARG`` (repeatable): passed to the minibt leecher after its other arguments (for example
+``--minibt-arg=--cache=8MiB``).
 
 ``--warmup-mib N``: before each leecher row, write N MiB to a scratch file in the work directory and
 delete it.  On a VM whose kernel reports free pages to the hypervisor (virtio-balloon free page
@@ -167,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="libtorrent seeders serving each download at once (the leecher is told every address)")
     ap.add_argument("--seed-rate", type=int, default=0,
                     help="MiB/s: each libtorrent seeder uploads at most this fast (a link-bound download)")
+    ap.add_argument("--rtt-ms", type=float, default=0.0,
+                    help="TCP: reach each seeder through a relay adding this round-trip time (tools/delayrelay.py)")
+    ap.add_argument("--minibt-arg", action="append", default=[],
+                    help="an argument for the minibt leecher (repeatable), e.g. --minibt-arg=--cache=8MiB")
     ap.add_argument("--warmup-mib", type=int, default=None,
                     help="MiB written to a scratch file and deleted before each leecher row (default: 2x the "
                          "payload up to 2048 where the kernel reports free pages to a hypervisor, else 0)")
@@ -261,10 +275,19 @@ def seeder_settings(args: argparse.Namespace) -> dict[str, object]:
     return out
 
 
+def start_relay(target: str, rtt_ms: float) -> tuple[Watched, str]:
+    """tools/delayrelay.py to ``target``, adding ``rtt_ms``; returns it and the address to dial instead."""
+    relay = os.path.join(os.path.dirname(os.path.abspath(__file__)), "delayrelay.py")
+    w = Watched([sys.executable, relay, target, str(rtt_ms)], stdout=subprocess.PIPE)
+    assert w.proc.stdout is not None
+    return w, f"127.0.0.1:{json.loads(w.proc.stdout.readline())['port']}"
+
+
 def download_case(args: argparse.Namespace, rows: list[tuple[str, str]], torrent: str, seed_dir: str,
                   top: str, want: dict[str, str], size: int, work: str) -> list[Result]:
     base_seed = seeder_settings(args)
     seeders: dict[str, list[Watched]] = {}
+    relays: list[Watched] = []
     peers: dict[str, list[str]] = {}
     results: list[Result] = []
     try:
@@ -273,12 +296,16 @@ def download_case(args: argparse.Namespace, rows: list[tuple[str, str]], torrent
             for _ in range(args.seeders):
                 w, addr = start_lt_seeder(torrent, seed_dir, {**base_seed, **(RC4_FORCED if mode == "rc4" else {})})
                 seeders[mode].append(w)
+                if args.rtt_ms:
+                    relay, addr = start_relay(addr, args.rtt_ms)
+                    relays.append(relay)
                 peers[mode].append(addr)
             print(f"libtorrent seeder{'s' if args.seeders > 1 else ''} ({'forced RC4' if mode == 'rc4' else 'plaintext'}) "
                   f"pid {', '.join(str(w.pid) for w in seeders[mode])} on {', '.join(peers[mode])}; payload "
                   f"{size >> 20} MiB in {len(want)} file(s), {args.piece_kib} KiB pieces"
                   f"{', sparse' if args.sparse else ''}; transport {args.transport}"
-                  f"{f'; upload limited to {args.seed_rate} MiB/s' if args.seed_rate else ''}", flush=True)
+                  f"{f'; upload limited to {args.seed_rate} MiB/s' if args.seed_rate else ''}"
+                  f"{f'; through relays adding {args.rtt_ms:g} ms RTT' if args.rtt_ms else ''}", flush=True)
         for _run in range(args.runs):
             for name, mode in rows:
                 r = download_one(args, name, mode, peers[mode], [w.pid for w in seeders[mode]], torrent, work,
@@ -288,6 +315,8 @@ def download_case(args: argparse.Namespace, rows: list[tuple[str, str]], torrent
                 print(r.row(size), flush=True)
                 shutil.rmtree(os.path.join(work, f"leech-{name}"), ignore_errors=True)
     finally:
+        for w in relays:
+            w.close()
         for group in seeders.values():
             for seeder in group:
                 seeder.close()
@@ -312,7 +341,8 @@ def download_one(args: argparse.Namespace, name: str, mode: str, addrs: list[str
     if name.startswith("minibt"):
         argv = [sys.executable, "-m", "minibt", "download", torrent, "--dir", dest, "--port", "0", "--no-dht",
                 "--bind", "127.0.0.1", *(a for addr in addrs for a in ("--peer", addr)), "--state-dir", state, "--quiet",
-                "--transport", args.transport, "--encryption", "required" if mode == "rc4" else "none"]
+                "--transport", args.transport, "--encryption", "required" if mode == "rc4" else "none",
+                *args.minibt_arg]
     elif name.startswith("aria2"):
         exe = shutil.which("aria2c")
         if exe is None:

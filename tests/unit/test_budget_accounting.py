@@ -358,3 +358,14 @@ def test_default_write_cache_holds_one_peers_request_pipeline() -> None:
     assert TorrentConfig().cache_bytes is None  # Storage sizes it from the piece length
     assert build_parser().parse_args(["download", "x.torrent", "--dir", "d"]).cache is None
     assert default_cache_bytes(256 * 1024) == DEFAULT_CACHE_BYTES  # the usual pieces: unchanged
+
+
+def test_budget_counts_the_request_pipeline_torrents_use() -> None:
+    """budget.REQUEST_QUEUE_MAX is TorrentConfig's default; the runner sets every torrent's cache_bytes
+    from the budget, which keeps the requests in flight within that cache (no long-path reservation)."""
+    from minibt.budget import REQUEST_QUEUE_MAX
+    from minibt.settings import TorrentConfig
+
+    assert REQUEST_QUEUE_MAX == TorrentConfig().request_queue_max
+    assert TorrentConfig(cache_bytes=4 * MiB).reserve_max == 0
+    assert TorrentConfig().reserve_max == TorrentConfig().cache_reserve_max > 4 * MiB
