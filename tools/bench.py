@@ -79,8 +79,8 @@ put in libtorrent's global peer class, since its local class has no limits).  Th
 bound by that "link", as a Pi's usually are by its network, and the CPU s/GiB columns show what a
 client spends per GiB while it waits for data instead of racing the seeder.
 
-``--rtt-ms N`` (TCP): every leecher reaches each seeder through ``tools/delayrelay.py``, a relay process
-on loopback that holds every chunk N/2 ms each way, so a request's answer comes N ms later at the least,
+``--rtt-ms N``: every leecher reaches each seeder through ``tools/delayrelay.py``, a relay process on
+loopback that holds every chunk (with ``--transport utp``: every datagram) N/2 ms each way, so a request's answer comes N ms later at the least,
 as over a long path (this kernel has no ``netem``).  With ``--seed-rate`` it is a link of that rate and
 round-trip time: the case where the requests a client keeps in flight, not its CPU, set its throughput.
 The relay's CPU is its own process's, in no column.
@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed-rate", type=int, default=0,
                     help="MiB/s: each libtorrent seeder uploads at most this fast (a link-bound download)")
     ap.add_argument("--rtt-ms", type=float, default=0.0,
-                    help="TCP: reach each seeder through a relay adding this round-trip time (tools/delayrelay.py)")
+                    help="reach each seeder through a relay adding this round-trip time (tools/delayrelay.py)")
     ap.add_argument("--minibt-arg", action="append", default=[],
                     help="an argument for the minibt leecher (repeatable), e.g. --minibt-arg=--cache=8MiB")
     ap.add_argument("--warmup-mib", type=int, default=None,
@@ -275,10 +275,11 @@ def seeder_settings(args: argparse.Namespace) -> dict[str, object]:
     return out
 
 
-def start_relay(target: str, rtt_ms: float) -> tuple[Watched, str]:
-    """tools/delayrelay.py to ``target``, adding ``rtt_ms``; returns it and the address to dial instead."""
+def start_relay(target: str, rtt_ms: float, *, udp: bool = False) -> tuple[Watched, str]:
+    """tools/delayrelay.py to ``target`` (TCP, or UDP for uTP), adding ``rtt_ms``; returns it and the
+    address to dial instead."""
     relay = os.path.join(os.path.dirname(os.path.abspath(__file__)), "delayrelay.py")
-    w = Watched([sys.executable, relay, target, str(rtt_ms)], stdout=subprocess.PIPE)
+    w = Watched([sys.executable, relay, target, str(rtt_ms), *(["--udp"] if udp else [])], stdout=subprocess.PIPE)
     assert w.proc.stdout is not None
     return w, f"127.0.0.1:{json.loads(w.proc.stdout.readline())['port']}"
 
@@ -297,7 +298,7 @@ def download_case(args: argparse.Namespace, rows: list[tuple[str, str]], torrent
                 w, addr = start_lt_seeder(torrent, seed_dir, {**base_seed, **(RC4_FORCED if mode == "rc4" else {})})
                 seeders[mode].append(w)
                 if args.rtt_ms:
-                    relay, addr = start_relay(addr, args.rtt_ms)
+                    relay, addr = start_relay(addr, args.rtt_ms, udp=args.transport == "utp")
                     relays.append(relay)
                 peers[mode].append(addr)
             print(f"libtorrent seeder{'s' if args.seeders > 1 else ''} ({'forced RC4' if mode == 'rc4' else 'plaintext'}) "

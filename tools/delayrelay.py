@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""A TCP relay on loopback that adds a fixed delay each way: a long link for benchmarks.
+"""A TCP or UDP relay on loopback that adds a fixed delay each way: a long link for benchmarks.
 
-    python3 tools/delayrelay.py TARGET_HOST:PORT RTT_MS
+    python3 tools/delayrelay.py TARGET_HOST:PORT RTT_MS [--udp]
 
 Listens on 127.0.0.1 (a free port, printed as ``{"port": N}`` on the first line of stdout), and for
 each connection accepted opens one to the target.  Every chunk read from either side is written to
@@ -10,6 +10,11 @@ RTT_MS between the two ends, as over a long network path.  The kernel's own loop
 this is the delay an application sees (requests to blocks), not one TCP measures.  It stops reading a
 side while more than QUEUE_CAP bytes of it wait to be written (backpressure), and runs until it is
 sent SIGTERM.
+
+``--udp`` (uTP, BEP 29): the same for datagrams.  Each source address that sends to the relay gets a
+socket of its own toward the target, and what comes back on it goes to that source; every datagram
+either way is sent RTT_MS / 2 later, none dropped (at most QUEUE_CAP bytes wait per direction; past that
+the relay stops reading and the kernel's socket buffers drop, as a full router queue would).
 
 This kernel has no ``netem`` qdisc, hence a relay.  Its CPU time is its own process's, not the
 measured client's.  Only loopback addresses are used (the target must be on 127.0.0.0/8).
@@ -134,11 +139,77 @@ class Relay:
         h.dst.close()
 
 
+class UdpRelay:
+    """Datagrams from clients to ``target`` and back, each ``delay_s`` later."""
+
+    def __init__(self, sock: socket.socket, target: tuple[str, int], delay_s: float) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.sock = sock  # the clients' side
+        self.target = target
+        self.delay_s = delay_s
+        self.upstream: dict[tuple[str, int], socket.socket] = {}  # client address -> its socket to the target
+        # (due, socket to send on, datagram, destination), in arrival order; one delay, so due times rise
+        self.queue: collections.deque[tuple[float, socket.socket, bytes, tuple[str, int]]] = collections.deque()
+        self.queued = 0
+        self.sel.register(sock, selectors.EVENT_READ, None)
+
+    def run(self) -> None:
+        while True:  # until SIGTERM
+            now = time.monotonic()
+            due = self.queue[0][0] if self.queue else now + 1.0
+            for key, _ in self.sel.select(max(0.0, min(due - now, 1.0))):
+                self.read(key.fileobj, key.data)  # type: ignore[arg-type]
+            self.write_due(time.monotonic())
+
+    def read(self, sock: socket.socket, client: tuple[str, int] | None) -> None:
+        for _ in range(64):
+            if self.queued > QUEUE_CAP:
+                return
+            try:
+                data, addr = sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if client is None:  # from a client: toward the target on its own socket
+                up = self.upstream.get(addr)
+                if up is None:
+                    up = self.upstream[addr] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    up.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                    up.bind(("127.0.0.1", 0))
+                    up.setblocking(False)
+                    self.sel.register(up, selectors.EVENT_READ, addr)
+                self.queue.append((time.monotonic() + self.delay_s, up, data, self.target))
+            else:  # from the target: back to the client it belongs to
+                self.queue.append((time.monotonic() + self.delay_s, self.sock, data, client))
+            self.queued += len(data)
+
+    def write_due(self, now: float) -> None:
+        q = self.queue
+        while q and q[0][0] <= now:
+            _, sock, data, dest = q.popleft()
+            self.queued -= len(data)
+            try:
+                sock.sendto(data, dest)
+            except OSError:
+                pass  # a full socket buffer: lost, as on a congested link
+
+
 def main(argv: list[str]) -> int:
+    udp = "--udp" in argv
+    argv = [a for a in argv if a != "--udp"]
     host, port = argv[0].rsplit(":", 1)
     if not ipaddress.ip_address(host).is_loopback:
         raise SystemExit("delayrelay: the target must be a loopback address")
     rtt_ms = float(argv[1])
+    if udp:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        print(json.dumps({"port": sock.getsockname()[1]}), flush=True)
+        UdpRelay(sock, (host, int(port)), rtt_ms / 2000.0).run()
+        return 0
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))

@@ -85,3 +85,34 @@ def test_a_short_path_keeps_the_write_cache_as_the_bound(tmp_path: Path, clock: 
     _, most, stats, latency = _download(tmp_path, clock, rng, "lan", one_way_s=0.002, config=TorrentConfig())
     assert latency < 0.01
     assert most <= cache // PIECE and stats["peak_cache_bytes"] <= cache
+
+
+def test_many_far_seeders_stay_within_the_reservation_ceiling(tmp_path: Path, clock: FakeClock,
+                                                              rng: random.Random) -> None:
+    """A dozen seeders 100 ms away, each answering its own pieces: the reservation grows to its ceiling
+    and no further; the pieces in memory and the pieces started stay within it."""
+    make_payload(tmp_path / "src" / "payload", {"a.bin": 24 * MiB + 333}, seed=9)
+    meta = make_torrent(tmp_path / "src" / "payload", PIECE)
+    net = SimNet(clock, rng)
+    seeders = 12
+    far = LinkSpec(up_Bps=4 * MiB, latency_s=ONE_WAY_S, window=8 * MiB)
+    for i in range(seeders):
+        p = net.add_peer(f"seed{i}", f"127.0.0.{i + 2}", link=far)
+        t = net.add_torrent(p, meta, tmp_path / "src", mode="seed")
+        assert net.run_until(lambda t=t: t.state is TorrentState.SEEDING, 1.0)
+    leech = net.add_peer("leech", "127.0.1.1", link=LinkSpec(latency_s=ONE_WAY_S, window=8 * MiB))
+    lt = net.add_torrent(leech, meta, tmp_path / "leech", mode="download", config=TorrentConfig(max_peers=seeders))
+    net.add_peers(leech, [(f"127.0.0.{i + 2}", 6881) for i in range(seeders)])
+    ceiling = TorrentConfig().cache_reserve_max
+    most = 0
+
+    def done() -> bool:
+        nonlocal most
+        s = lt.picker.stats()
+        most = max(most, s["partial"] + s["hashing"])
+        return lt.state is TorrentState.SEEDING
+
+    net.must_run_until(done, 120)
+    assert same_files(meta, tmp_path / "src", tmp_path / "leech")
+    assert default_cache_bytes(PIECE) // PIECE < most <= ceiling // PIECE  # it grew, to the ceiling at most
+    assert lt.storage.stats()["peak_cache_bytes"] <= ceiling
