@@ -80,10 +80,11 @@ bound by that "link", as a Pi's usually are by its network, and the CPU s/GiB co
 client spends per GiB while it waits for data instead of racing the seeder.
 
 ``--rtt-ms N``: every leecher reaches each seeder through ``tools/delayrelay.py``, a relay process on
-loopback that holds every chunk (with ``--transport utp``: every datagram) N/2 ms each way, so a request's answer comes N ms later at the least,
-as over a long path (this kernel has no ``netem``).  With ``--seed-rate`` it is a link of that rate and
-round-trip time: the case where the requests a client keeps in flight, not its CPU, set its throughput.
-The relay's CPU is its own process's, in no column.
+loopback that holds every chunk (with ``--transport utp``: every datagram) N/2 ms each way, so a
+request's answer comes N ms later at the least, as over a long path (this kernel has no ``netem``).
+With ``--seed-rate`` it is a link of that rate and round-trip time: the case where the requests a
+client keeps in flight, not its CPU, set its throughput.  With ``--seed-leechers`` the leechers reach
+the measured seeder through it.  The relay's CPU is its own process's, in no column.
 
 ``--minibt-arg ARG`` (repeatable): passed to the minibt leecher after its other arguments (for example
 ``--minibt-arg=--cache=8MiB``).
@@ -374,7 +375,8 @@ def seed_case(args: argparse.Namespace, seeders: list[str], torrent: str, seed_d
               want: dict[str, str], size: int, work: str) -> list[SeedResult]:
     n = args.seed_leechers
     print(f"seeding to {n} libtorrent leechers at once; payload {size >> 20} MiB in {len(want)} file(s), "
-          f"{args.piece_kib} KiB pieces{', sparse' if args.sparse else ''}", flush=True)
+          f"{args.piece_kib} KiB pieces{', sparse' if args.sparse else ''}"
+          f"{f'; through a relay adding {args.rtt_ms:g} ms RTT' if args.rtt_ms else ''}", flush=True)
     results: list[SeedResult] = []
     for _run in range(args.runs):
         for name in seeders:
@@ -382,9 +384,14 @@ def seed_case(args: argparse.Namespace, seeders: list[str], torrent: str, seed_d
                 seeder, peer = start_minibt_seeder(torrent, seed_dir, os.path.join(work, "state-seed"), args.timeout)
             else:
                 seeder, peer = start_lt_seeder(torrent, seed_dir, {})
+            relay = None
             try:
+                if args.rtt_ms:  # the leechers reach the seeder through the relay
+                    relay, peer = start_relay(peer, args.rtt_ms)
                 r = serve(name, seeder, peer, torrent, n, work, args.timeout)
             finally:
+                if relay is not None:
+                    relay.close()
                 seeder.close()
             for i in range(n):
                 verify(os.path.join(work, f"sleech-{i}"), top, want, f"leecher {i} of the {name} seeder")
