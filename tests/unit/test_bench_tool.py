@@ -258,3 +258,64 @@ def test_peak_rss_is_the_childs_own_not_this_process_s(lib: ModuleType) -> None:
     r = lib.run_measured("small", [sys.executable, "-c", code], timeout_s=30)
     assert 8 << 10 < r.maxrss_kib < 64 << 10  # the child's ~8 MiB bytearray plus an interpreter, not 96 MiB more
     del ballast
+
+
+def test_delay_relay_holds_each_way_half_the_round_trip(bench: ModuleType) -> None:
+    """tools/delayrelay.py (bench --rtt-ms): a TCP echo through it answers no sooner than the round trip,
+    the bytes intact; the UDP mode does the same for a datagram."""
+    import socket
+    import threading
+    import time
+
+    rtt_ms = 120.0
+    srv = socket.create_server(("127.0.0.1", 0))
+    udp_srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp_srv.bind(srv.getsockname())  # the same port number, as a uTP seeder listens on both
+
+    def echo() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def echo_udp() -> None:
+        data, addr = udp_srv.recvfrom(65536)
+        udp_srv.sendto(data, addr)
+
+    threading.Thread(target=echo, daemon=True).start()
+    threading.Thread(target=echo_udp, daemon=True).start()
+    target = f"127.0.0.1:{srv.getsockname()[1]}"
+    relays = []
+    try:
+        relay, addr = bench.start_relay(target, rtt_ms)
+        relays.append(relay)
+        host, port = addr.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as c:
+            payload = os.urandom(300_000)
+            t0 = time.monotonic()
+            c.sendall(payload)
+            got = b""
+            while len(got) < len(payload):
+                got += c.recv(65536)
+            assert got == payload
+            assert time.monotonic() - t0 >= rtt_ms / 1000
+        relay, addr = bench.start_relay(target, rtt_ms, udp=True)
+        relays.append(relay)
+        host, port = addr.rsplit(":", 1)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.settimeout(10)
+            t0 = time.monotonic()
+            u.sendto(b"datagram", (host, int(port)))
+            assert u.recvfrom(100)[0] == b"datagram"
+            assert time.monotonic() - t0 >= rtt_ms / 1000
+    finally:
+        for r in relays:
+            r.close()
+        srv.close()
+        udp_srv.close()
+
+
+def test_rtt_and_minibt_arg_options(bench: ModuleType) -> None:
+    a = bench.build_parser().parse_args(["--rtt-ms", "100", "--minibt-arg=--cache=8MiB", "--minibt-arg=-v"])
+    assert a.rtt_ms == 100.0 and a.minibt_arg == ["--cache=8MiB", "-v"]
+    assert bench.build_parser().parse_args([]).rtt_ms == 0.0
