@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 MAX_ALLOWED_FAST_IN = 32  # convention: allowed-fast pieces kept per peer (BEP 6 suggests 10; libtorrent sends 5)
 SNUB_TIMEOUT_S = 30.0  # no block for this long with requests out => snubbed, requests re-issued
 SNUBBED_QUEUE_DEPTH = 1  # convention (libtorrent): a snubbed peer gets one outstanding request
-RESERVE_EVERY_S = 1.0  # how often that reservation is worked out again (peer rates are 5 s averages)
+RESERVE_EVERY_S = 1.0  # how often the write cache's reservation is worked out again (_update_reserve)
 
 
 @dataclass(frozen=True, slots=True)
