@@ -34,7 +34,7 @@ def _download(tmp_path: Path, clock: FakeClock, rng: random.Random, name: str, *
         make_payload(src / "payload", {"a.bin": SIZE}, seed=5)
     meta = make_torrent(src / "payload", PIECE)
     net = SimNet(clock, rng)
-    big = 64 * MiB  # socket buffers as large as a tuned long-path TCP: the requests are the limit
+    big = 16 * MiB  # socket buffers as large as a tuned long-path TCP: the requests are the limit
     seed = net.add_peer("seed", "127.0.0.2", link=LinkSpec(up_Bps=LINK, latency_s=one_way_s, window=big))
     st = net.add_torrent(seed, meta, src, mode="seed")
     assert net.run_until(lambda: st.state is TorrentState.SEEDING, 1.0)
