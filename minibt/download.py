@@ -6,7 +6,7 @@ caller's ``out`` list: :class:`~minibt.effects.Flush` for connections with reque
 queued, :class:`~minibt.effects.HashPiece` to verify and write a completed piece.  A StorageError
 propagates (the torrent fails).  The torrent sets :attr:`Downloader.active` while it downloads.
 In scope: our interest in a peer (BEP 3), pipeline depth from the peer's rate, how many pieces the
-write cache lets be started (more on long paths: :meth:`Downloader._update_reserve`), requests while
+write cache lets be started (more on long paths: :meth:`Downloader._update_pipeline`), requests while
 choked only for allowed-fast pieces (BEP 6), rejects, snubbing, cancels to the other requesters of
 an end-game block, library-driven requests (minibt.Peer.request), and the ledger of which IP sent
 each block of a piece in progress (the smart-ban input of reputation.py).
@@ -39,7 +39,16 @@ log = logging.getLogger(__name__)
 MAX_ALLOWED_FAST_IN = 32  # convention: allowed-fast pieces kept per peer (BEP 6 suggests 10; libtorrent sends 5)
 SNUB_TIMEOUT_S = 30.0  # no block for this long with requests out => snubbed, requests re-issued
 SNUBBED_QUEUE_DEPTH = 1  # convention (libtorrent): a snubbed peer gets one outstanding request
-RESERVE_EVERY_S = 1.0  # how often the write cache's reservation is worked out again (_update_reserve)
+PIPELINE_EVERY_S = 1.0  # how often the reservation and the lean depths are worked out again (_update_pipeline)
+# Lean pipelines while the write cache holds back the requests of several delivering peers (minibt
+# conventions, see _update_pipeline; chosen on the simulated swarms of tests/sim/test_many_peers_sim.py).
+LEAN_MIN = 8  # blocks: half a 256 KiB piece
+LEAN_EXTRA = 2
+LEAN_TIME_S = 0.1  # our own loop's delay, which min_latency (an idle pipeline's) does not show
+SLOW_FACTOR = 2.0
+SLOW_MARGIN_S = 0.05
+LEAN_HOLD_S = 5.0
+PARK_RETRY_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +102,13 @@ class Downloader:
         self._disk_retry_at = 0.0
         self._cache_full = False  # the last pick stopped at the full write cache (see fill)
         self._reserve_max = reserve_max  # 0: pieces started never exceed the write cache (a size the user set)
-        self._reserve = 0  # bytes of pieces that may be started; 0: the write cache's size (_update_reserve)
-        self._reserve_at = -math.inf
-        self._reserve_totals: dict[int, int] = {}  # each peer's bytes received at that time
+        self._reserve = 0  # bytes of pieces that may be started; 0: the write cache's size (_update_pipeline)
+        self._pipeline_at = -math.inf  # when _update_pipeline last ran
+        self._totals: dict[int, int] = {}  # each peer's bytes received at that time
+        self._cache_stops = 0  # picks the full write cache stopped since then
+        self._lean = False  # the write cache holds several delivering peers back: lean pipelines
+        self._lean_until = 0.0
+        self._got: dict[int, int] = {}  # each peer's bytes received between the last two updates
         self.disk_error: str | None = None  # set while paused by a full disk
         self.paused_reason: str | None = None  # set while paused by the user (Torrent.pause_download)
 
@@ -166,6 +179,8 @@ class Downloader:
         if peer.snubbed:
             return SNUBBED_QUEUE_DEPTH  # else its re-issued requests go straight back to it
         depth = int(peer.down.rate(now) * self._queue_seconds / BLOCK_LEN) + self._queue_min
+        if self._lean and 0 <= peer.lean_depth < depth:
+            return min(peer.lean_depth, self._queue_max, peer.reqq)
         return max(self._queue_min, min(depth, self._queue_max, peer.reqq))
 
     def fill(self, peer: PeerConnection, now: float, out: list[Effect], *, batch: bool = False,
@@ -195,8 +210,8 @@ class Downloader:
         elif self._cache_full and not picker.has_free_blocks():
             peer.req_depth = 0  # no batch top-up from on_blocks until fill_all (a piece left the cache) resets it
             return
-        if self._reserve_max and now - self._reserve_at >= RESERVE_EVERY_S:
-            self._update_reserve(now)
+        if now - self._pipeline_at >= PIPELINE_EVERY_S:
+            self._update_pipeline(now, out)
         depth = peer.req_depth = self.queue_depth(peer, now)
         outstanding = picker.num_outstanding(peer.cid)
         n = depth - outstanding
@@ -219,37 +234,86 @@ class Downloader:
         if self._storage.can_start_piece(piece, self._picker.partial_pieces(), self._reserve):
             return True
         self._cache_full = True
+        self._cache_stops += 1
         return False
 
-    def _update_reserve(self, now: float) -> None:
-        """How many bytes of pieces may be started: twice what the peers delivered in a round trip.
+    def _update_pipeline(self, now: float, out: list[Effect]) -> None:
+        """Once a second: what each peer delivered since the last time, and from it the write cache's
+        reservation and the lean pipeline depths.
 
-        The requests in flight are bounded by the pieces started (each will take a whole buffer), so
-        with the write cache's 3 MiB a peer 100 ms away could never send more than 30 MiB/s.  Blocks of
+        *Reservation* (only with the default cache, ``reserve_max``): how many bytes of pieces may be
+        started.  The requests in flight are bounded by the pieces started (each will take a whole buffer),
+        so with the write cache's 3 MiB a peer 100 ms away could never send more than 30 MiB/s.  Blocks of
         a piece arrive one after the other and leave the cache once checked, so on a long path most
-        started pieces are still on their way, not in memory.  Each peer's bytes since the last update
-        over that time, times its ``min_latency``, is what it has in flight; twice their sum lets the
-        rate double from one update to the next, up to what the link gives (as TCP grows its receive
-        window).  Never below the cache's own size, nor above ``reserve_max``: the memory the cache may
-        take if every started piece's first block came at once.  On loopback or a LAN the round trips
-        are a millisecond or less, so the write cache alone bounds it.
+        started pieces are still on their way, not in memory.  Each peer's bytes over that time, times its
+        ``min_latency``, is what it has in flight; twice their sum lets the rate double from one update to
+        the next, up to what the link gives (as TCP grows its receive window).  Never below the cache's own
+        size, nor above ``reserve_max``: the memory the cache may take if every started piece's first block
+        came at once.  On loopback or a LAN the round trips are a millisecond or less, so the write cache
+        alone bounds it.
+
+        *Lean pipelines*: a pipeline holds a second of the peer's rate plus ``queue_min`` blocks, far more
+        than its round trip needs (a 256 KiB/s peer 100 ms away needs 2 blocks, gets 32).  While the write
+        cache has room that costs nothing.  Once it is full, the first peers to ask hold every block it lets
+        out and the others get none, and a slow peer's blocks keep whole pieces in the cache for seconds
+        (simulated, 30 peers at 256 KiB/s 100 ms away: 1.8 MiB/s of their 7.5, 7 of them busy; one 4 MiB/s
+        peer among 30 at 64 KiB/s: 0.6 MiB/s).  So while picks stopped at the full cache with two or more
+        peers delivering, and for LEAN_HOLD_S after:
+
+        - a peer's pipeline (``lean_depth``) is twice what it delivered in its round trip (``min_latency``),
+          at least LEAN_TIME_S of it, plus LEAN_EXTRA blocks, never under LEAN_MIN: peers share what the
+          cache lets out, and one that could go faster doubles its share every update;
+        - a peer slower to answer than SLOW_FACTOR times the quickest plus SLOW_MARGIN_S gets no requests,
+          and those it holds go back to the others (one block every PARK_RETRY_S times it again);
+        - when a checked piece leaves room, the peers that delivered most ask first (:meth:`fill_all`).
+
+        A peer not timed yet keeps its usual depth.  Simulated after (tests/sim/test_many_peers_sim.py):
+        4.0 and 2.5 MiB/s in those two swarms.
         """
-        dt = now - self._reserve_at
+        dt = now - self._pipeline_at
         need = 0.0
         totals: dict[int, int] = {}
+        gots = self._got = {}
         for cid, peer in self._peers.items():
             total = totals[cid] = peer.down.total
+            got = gots[cid] = total - self._totals.get(cid, total)
             if peer.min_latency < math.inf and dt < math.inf:
-                need += (total - self._reserve_totals.get(cid, total)) / dt * peer.min_latency
-        self._reserve_totals = totals
-        self._reserve_at = now
-        self._reserve = min(int(2 * need), self._reserve_max)
+                need += got / dt * peer.min_latency
+        self._totals = totals
+        self._pipeline_at = now
+        if self._reserve_max:
+            self._reserve = min(int(2 * need), self._reserve_max)
+        if self._cache_stops and sum(1 for g in gots.values() if g) >= 2:
+            self._lean_until = now + LEAN_HOLD_S
+        self._lean = now < self._lean_until
+        self._cache_stops = 0
+        if not self._lean:
+            return
+        quickest = min(p.min_latency for p in self._peers.values())
+        for cid, peer in self._peers.items():
+            latency = peer.min_latency
+            if latency == math.inf:
+                peer.lean_depth = -1  # not timed yet: its usual depth
+            elif latency > SLOW_FACTOR * quickest + SLOW_MARGIN_S:
+                if now - peer.last_block_at >= PARK_RETRY_S:
+                    peer.lean_depth = 1  # now and then one block, which times its round trip again
+                else:
+                    peer.lean_depth = 0
+                    if self._picker.num_outstanding(cid) > 1:
+                        self._give_back(peer, out)
+            else:
+                rate = gots[cid] / dt
+                peer.lean_depth = max(LEAN_MIN, int(rate * max(2 * latency, LEAN_TIME_S) / BLOCK_LEN) + LEAN_EXTRA)
 
     def fill_all(self, now: float, out: list[Effect]) -> None:
         """Top up the pipeline of every peer that does not choke us (the write cache looked at once:
         with many peers, one of them starts the piece that fills it and the others ask for nothing)."""
         self._cache_full = False
-        for peer in list(self._peers.values()):
+        peers = list(self._peers.values())
+        if self._lean:  # the fastest first: the room a checked piece leaves goes to who delivers most
+            got = self._got
+            peers.sort(key=lambda p: got.get(p.cid, 0), reverse=True)
+        for peer in peers:
             if peer.wire is not None and not peer.wire.peer_choking:
                 self.fill(peer, now, out, recheck=False)
 
@@ -285,17 +349,21 @@ class Downloader:
 
     def release_all(self, out: list[Effect]) -> None:
         """Cancel every outstanding request and give the blocks back to the picker (download paused)."""
-        picker = self._picker
         for peer in list(self._peers.values()):
-            wire = peer.wire
-            if wire is None or peer.closing:
-                continue
-            blocks = picker.outstanding(peer.cid)
-            for b in blocks:
-                picker.request_failed(peer.cid, b)
-                wire.cancel(b.index, b.begin, b.length)
-            if blocks:
-                out.append(Flush(peer.cid))
+            self._give_back(peer, out)
+
+    def _give_back(self, peer: PeerConnection, out: list[Effect]) -> None:
+        """Cancel ``peer``'s outstanding requests; their blocks go back to the picker for others."""
+        wire = peer.wire
+        if wire is None or peer.closing:
+            return
+        picker = self._picker
+        blocks = picker.outstanding(peer.cid)
+        for b in blocks:
+            picker.request_failed(peer.cid, b)
+            wire.cancel(b.index, b.begin, b.length)
+        if blocks:
+            out.append(Flush(peer.cid))
 
     def check_snub(self, peer: PeerConnection, now: float, out: list[Effect]) -> None:
         """No block for SNUB_TIMEOUT_S with requests out: hand them to others, keep the connection.

@@ -204,6 +204,7 @@ class PeerConnection:
         self.ext_ids: dict[str, int] = {}
         self.reqq = 250  # BEP 10 'reqq' default assumed for libtorrent-like peers
         self.req_depth = 0  # request pipeline depth at the last full top-up (Downloader.fill)
+        self.lean_depth = -1  # most requests outstanding while the write cache is short (Downloader._update_pipeline)
         self.listen_port: int | None = None
         self.client_name = ""
         self.snubbed = False

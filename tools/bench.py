@@ -176,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                     + "; with --seed-leechers, seeders: minibt, libtorrent); default all that apply")
     ap.add_argument("--seeders", type=int, default=1,
                     help="libtorrent seeders serving each download at once (the leecher is told every address)")
-    ap.add_argument("--seed-rate", type=int, default=0,
-                    help="MiB/s: each libtorrent seeder uploads at most this fast (a link-bound download)")
+    ap.add_argument("--seed-rate", type=float, default=0.0,
+                    help="MiB/s (e.g. 0.25): each libtorrent seeder uploads at most this fast (a link-bound download)")
     ap.add_argument("--rtt-ms", type=float, default=0.0,
                     help="reach each seeder through a relay adding this round-trip time (tools/delayrelay.py)")
     ap.add_argument("--minibt-arg", action="append", default=[],
@@ -272,7 +272,7 @@ def seeder_settings(args: argparse.Namespace) -> dict[str, object]:
     """libtorrent settings of a download case's seeders (LT_PEER's extra argument)."""
     out: dict[str, object] = {**UTP_ONLY, **BIG_BUFFERS} if args.transport == "utp" else {}
     if args.seed_rate:  # a link-bound download: libtorrent exempts local peers from limits unless told
-        out.update({"upload_rate_limit": args.seed_rate * MIB, "limit_local": True})
+        out.update({"upload_rate_limit": int(args.seed_rate * MIB), "limit_local": True})
     return out
 
 
@@ -306,7 +306,7 @@ def download_case(args: argparse.Namespace, rows: list[tuple[str, str]], torrent
                   f"pid {', '.join(str(w.pid) for w in seeders[mode])} on {', '.join(peers[mode])}; payload "
                   f"{size >> 20} MiB in {len(want)} file(s), {args.piece_kib} KiB pieces"
                   f"{', sparse' if args.sparse else ''}; transport {args.transport}"
-                  f"{f'; upload limited to {args.seed_rate} MiB/s' if args.seed_rate else ''}"
+                  f"{f'; upload limited to {args.seed_rate:g} MiB/s' if args.seed_rate else ''}"
                   f"{f'; through relays adding {args.rtt_ms:g} ms RTT' if args.rtt_ms else ''}", flush=True)
         for _run in range(args.runs):
             for name, mode in rows:

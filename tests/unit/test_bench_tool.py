@@ -41,6 +41,8 @@ def test_seeder_settings_rate_and_transport(bench: ModuleType, lib: ModuleType) 
     assert bench.seeder_settings(ap.parse_args([])) == {}
     limited = bench.seeder_settings(ap.parse_args(["--seed-rate", "40"]))
     assert limited == {"upload_rate_limit": 40 << 20, "limit_local": True}
+    slow = bench.seeder_settings(ap.parse_args(["--seed-rate", "0.25"]))  # many slow seeders (--seeders 16)
+    assert slow["upload_rate_limit"] == 256 << 10 and isinstance(slow["upload_rate_limit"], int)
     utp = bench.seeder_settings(ap.parse_args(["--transport", "utp", "--seed-rate", "5"]))
     assert utp == {**lib.UTP_ONLY, **lib.BIG_BUFFERS, "upload_rate_limit": 5 << 20, "limit_local": True}
     assert "limit_local = extra.pop(\"limit_local\", False)" in lib.LT_PEER  # taken out before settings

@@ -1,0 +1,148 @@
+"""download.py's lean pipelines: while the write cache holds back the requests of several delivering peers,
+each peer's pipeline follows its rate x round trip, peers much slower to answer than the quickest are left
+out (their requests go back to the others), and the fastest ask first for the room a checked piece leaves."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+from typing import Any
+
+import minibt.download as dl
+from minibt.download import Downloader
+from minibt.effects import Flush
+from minibt.picker import Block
+from minibt.wire_codec import BLOCK_LEN
+
+KiB, MiB = 1024, 1024 * 1024
+QUEUE_MIN = 16
+
+
+class _Picker:
+    def __init__(self) -> None:
+        self.out: dict[int, list[Block]] = {}
+        self.failed: list[tuple[int, Block]] = []
+
+    def num_outstanding(self, cid: int) -> int:
+        return len(self.out.get(cid, ()))
+
+    def outstanding(self, cid: int) -> list[Block]:
+        return list(self.out.get(cid, ()))
+
+    def request_failed(self, cid: int, b: Block) -> None:
+        self.out[cid].remove(b)
+        self.failed.append((cid, b))
+
+
+class _Down:
+    def __init__(self) -> None:
+        self.total = 0
+
+    def rate(self, now: float) -> float:
+        return 0.0
+
+
+def _peer(cid: int, latency: float) -> Any:
+    wire = SimpleNamespace(cancels=[])
+    wire.cancel = lambda i, b, n: wire.cancels.append((i, b, n))
+    return SimpleNamespace(cid=cid, down=_Down(), min_latency=latency, last_block_at=0.0, lean_depth=-1,
+                           wire=wire, closing=False, snubbed=False, reqq=2000)
+
+
+def _downloader(peers: dict[int, Any], picker: _Picker) -> Downloader:
+    return Downloader(meta=SimpleNamespace(info_hash=b"i" * 20), peers=peers, have=None, picker=picker,  # type: ignore[arg-type]
+                      storage=None, stats=None, queue_min=QUEUE_MIN, queue_max=1000,  # type: ignore[arg-type]
+                      queue_seconds=1.0, auto_request=True)
+
+
+def _second(d: Downloader, peers: dict[int, Any], now: float, delivered: dict[int, int], *,
+            stopped: bool) -> list[Any]:
+    """One second in which each peer delivered ``delivered[cid]`` bytes; ``stopped``: the full write cache
+    stopped a pick meanwhile.  Returns the effects of the update."""
+    for cid, n in delivered.items():
+        peers[cid].down.total += n
+        if n:
+            peers[cid].last_block_at = now
+    if stopped:
+        d._cache_stops += 1
+    out: list[Any] = []
+    d._update_pipeline(now, out)
+    return out
+
+
+def test_pipelines_are_as_usual_until_the_cache_stops_picks_of_two_delivering_peers() -> None:
+    peers = {1: _peer(1, 0.1), 2: _peer(2, 0.1)}
+    d = _downloader(peers, _Picker())
+    _second(d, peers, 0.0, {}, stopped=False)
+    _second(d, peers, 1.0, {1: 256 * KiB, 2: 256 * KiB}, stopped=False)  # room in the cache
+    assert not d._lean and d.queue_depth(peers[1], 1.0) == QUEUE_MIN
+    _second(d, peers, 2.0, {1: 256 * KiB, 2: 0}, stopped=True)  # one peer delivering: nobody to share with
+    assert not d._lean
+    _second(d, peers, 3.0, {1: 256 * KiB, 2: 256 * KiB}, stopped=True)
+    assert d._lean
+
+
+def test_a_lean_pipeline_is_twice_the_rate_times_the_round_trip() -> None:
+    peers = {1: _peer(1, 0.1), 2: _peer(2, 0.1), 3: _peer(3, math.inf)}
+    d = _downloader(peers, _Picker())
+    _second(d, peers, 0.0, {}, stopped=False)
+    _second(d, peers, 1.0, {1: 4 * MiB, 2: 256 * KiB, 3: 256 * KiB}, stopped=True)
+    # 4 MiB/s x 0.2 s = 51 blocks, + LEAN_EXTRA; a 256 KiB/s peer needs 3 + 2, LEAN_MIN gives it 8
+    assert peers[1].lean_depth == int(4 * MiB * 0.2 / BLOCK_LEN) + dl.LEAN_EXTRA == 53
+    assert peers[2].lean_depth == dl.LEAN_MIN
+    assert peers[3].lean_depth == -1  # its round trip is not known: its usual depth
+    assert d.queue_depth(peers[2], 1.0) == dl.LEAN_MIN < QUEUE_MIN
+    assert d.queue_depth(peers[3], 1.0) == QUEUE_MIN
+    # a peer with a short round trip keeps LEAN_TIME_S of its rate (our own loop's delay)
+    peers[1].min_latency = 0.001
+    _second(d, peers, 2.0, {1: 64 * MiB, 2: 256 * KiB, 3: 0}, stopped=True)
+    assert peers[1].lean_depth == int(64 * MiB * dl.LEAN_TIME_S / BLOCK_LEN) + dl.LEAN_EXTRA
+
+
+def test_a_peer_much_slower_to_answer_is_left_out_and_its_requests_go_to_others() -> None:
+    picker = _Picker()
+    peers = {1: _peer(1, 0.05), 2: _peer(2, 0.05), 3: _peer(3, 1.2), 4: _peer(4, 0.16)}
+    picker.out = {3: [Block(5, i * BLOCK_LEN, BLOCK_LEN) for i in range(6)], 4: [Block(6, 0, BLOCK_LEN)]}
+    d = _downloader(peers, picker)
+    _second(d, peers, 0.0, {}, stopped=False)
+    out = _second(d, peers, 1.0, {1: MiB, 2: MiB, 3: 32 * KiB, 4: 256 * KiB}, stopped=True)
+    # 1.2 s > 2 x 0.05 + 0.05: no more requests, and its six go back to the picker with a cancel each
+    assert peers[3].lean_depth == 0 and d.queue_depth(peers[3], 1.0) == 0
+    assert picker.num_outstanding(3) == 0 and len(picker.failed) == 6
+    assert [c[0] for c in peers[3].wire.cancels] == [5] * 6 and Flush(3) in out
+    assert peers[4].lean_depth == 0 and picker.num_outstanding(4) == 1  # 0.16 s: out, its one block left
+    assert not peers[4].wire.cancels
+    # ten seconds without a block from it: one request, whose answer times its round trip again
+    for t in range(2, 12):
+        _second(d, peers, float(t), {1: MiB, 2: MiB, 3: 0, 4: 0}, stopped=True)
+    assert peers[3].lean_depth == 1
+
+
+def test_pipelines_are_as_usual_again_some_seconds_after_the_cache_last_stopped_a_pick() -> None:
+    peers = {1: _peer(1, 0.1), 2: _peer(2, 0.1)}
+    d = _downloader(peers, _Picker())
+    _second(d, peers, 0.0, {}, stopped=False)
+    _second(d, peers, 1.0, {1: MiB, 2: MiB}, stopped=True)
+    t = 2.0
+    while t < 1.0 + dl.LEAN_HOLD_S:
+        _second(d, peers, t, {1: MiB, 2: MiB}, stopped=False)
+        assert d._lean
+        t += 1.0
+    _second(d, peers, t, {1: MiB, 2: MiB}, stopped=False)
+    assert not d._lean and d.queue_depth(peers[1], t) == QUEUE_MIN
+
+
+def test_the_peers_that_delivered_most_ask_first_for_the_room_a_piece_leaves() -> None:
+    peers = {c: _peer(c, 0.1) for c in (1, 2, 3)}
+    for p in peers.values():
+        p.wire.peer_choking = False
+    d = _downloader(peers, _Picker())
+    asked: list[int] = []
+    d.fill = lambda peer, now, out, **kw: asked.append(peer.cid)  # type: ignore[method-assign]
+    d.fill_all(0.0, [])
+    assert asked == [1, 2, 3]  # as connected while the cache has room
+    _second(d, peers, 0.0, {}, stopped=False)
+    _second(d, peers, 1.0, {1: 64 * KiB, 2: 2 * MiB, 3: MiB}, stopped=True)
+    asked.clear()
+    d.fill_all(1.0, [])
+    assert asked == [2, 3, 1]
