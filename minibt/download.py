@@ -51,6 +51,11 @@ LEAN_HOLD_S = 5.0
 PARK_RETRY_S = 10.0
 
 
+def _lean_depth(rate: float, latency: float) -> int:
+    """A lean pipeline: twice ``rate`` (bytes/s) over a round trip of ``latency`` s, in blocks (see above)."""
+    return max(LEAN_MIN, int(rate * max(2 * latency, LEAN_TIME_S) / BLOCK_LEN) + LEAN_EXTRA)
+
+
 @dataclass(frozen=True, slots=True)
 class PieceJobTag:
     """Tag of a hash job that verifies (and writes) a downloaded piece of ``info_hash``'s torrent."""
@@ -291,9 +296,10 @@ class Downloader:
             return
         quickest = min(p.min_latency for p in self._peers.values())
         for cid, peer in self._peers.items():
-            latency = peer.min_latency
-            if latency == math.inf:
-                peer.lean_depth = -1  # not timed yet: its usual depth
+            latency, rate = peer.min_latency, gots[cid] / dt
+            if latency == math.inf:  # not timed yet: as quick as the quickest if it delivers, else as usual
+                latency = quickest if rate else math.inf
+                peer.lean_depth = -1 if latency == math.inf else _lean_depth(rate, latency)
             elif latency > SLOW_FACTOR * quickest + SLOW_MARGIN_S:
                 if now - peer.last_block_at >= PARK_RETRY_S:
                     peer.lean_depth = 1  # now and then one block, which times its round trip again
@@ -302,8 +308,7 @@ class Downloader:
                     if self._picker.num_outstanding(cid) > 1:
                         self._give_back(peer, out)
             else:
-                rate = gots[cid] / dt
-                peer.lean_depth = max(LEAN_MIN, int(rate * max(2 * latency, LEAN_TIME_S) / BLOCK_LEN) + LEAN_EXTRA)
+                peer.lean_depth = _lean_depth(rate, latency)
 
     def fill_all(self, now: float, out: list[Effect]) -> None:
         """Top up the pipeline of every peer that does not choke us (the write cache looked at once:
@@ -412,7 +417,7 @@ class Downloader:
         picker, storage, have, block_src, peers = self._picker, self._storage, self._have, self._block_src, self._peers
         cid, ip, downloading = peer.cid, peer.ip, self.downloading
         if peer.request_probe is not None:
-            self._latency_sample(peer, peer.request_probe, blocks[0], now)
+            self._latency_sample(peer, peer.request_probe, blocks, now)
         total = 0
         stray = False
         last = -1  # the piece of the block before: a run's blocks mostly share one
@@ -453,14 +458,18 @@ class Downloader:
             self.fill(peer, now, out, batch=True)
 
     @staticmethod
-    def _latency_sample(peer: PeerConnection, probe: tuple[int, int, float], first: tuple[int, int, bytes | memoryview],
-                        now: float) -> None:
-        """The first block after requests sent to an idle pipeline: if it is the first one asked for, the
-        time since is a round trip plus the peer's own delay (``min_latency``)."""
+    def _latency_sample(peer: PeerConnection, probe: tuple[int, int, float],
+                        blocks: Sequence[tuple[int, int, bytes | memoryview]], now: float) -> None:
+        """Requests went to an idle pipeline: when the first one asked for comes back (in this read or a
+        later one: a seeder reading its disk may answer out of order), the time since is a round trip plus
+        the peer's own delay (``min_latency``)."""
         index, begin, sent_at = probe
-        peer.request_probe = None
-        if first[0] == index and first[1] == begin and now - sent_at < peer.min_latency:
-            peer.min_latency = now - sent_at
+        for b in blocks:
+            if b[0] == index and b[1] == begin:
+                peer.request_probe = None
+                if now - sent_at < peer.min_latency:
+                    peer.min_latency = now - sent_at
+                return
 
     def _verify_job(self, index: int, writes: tuple[tuple[int, int, memoryview], ...]) -> HashJob:
         """Hash a complete piece; the worker writes it if it matches (result: Torrent.on_hash_result)."""

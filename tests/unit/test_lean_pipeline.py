@@ -83,19 +83,21 @@ def test_pipelines_are_as_usual_until_the_cache_stops_picks_of_two_delivering_pe
 
 
 def test_a_lean_pipeline_is_twice_the_rate_times_the_round_trip() -> None:
-    peers = {1: _peer(1, 0.1), 2: _peer(2, 0.1), 3: _peer(3, math.inf)}
+    peers = {1: _peer(1, 0.1), 2: _peer(2, 0.1), 3: _peer(3, math.inf), 4: _peer(4, math.inf)}
     d = _downloader(peers, _Picker())
     _second(d, peers, 0.0, {}, stopped=False)
-    _second(d, peers, 1.0, {1: 4 * MiB, 2: 256 * KiB, 3: 256 * KiB}, stopped=True)
+    _second(d, peers, 1.0, {1: 4 * MiB, 2: 256 * KiB, 3: 2 * MiB, 4: 0}, stopped=True)
     # 4 MiB/s x 0.2 s = 51 blocks, + LEAN_EXTRA; a 256 KiB/s peer needs 3 + 2, LEAN_MIN gives it 8
     assert peers[1].lean_depth == int(4 * MiB * 0.2 / BLOCK_LEN) + dl.LEAN_EXTRA == 53
     assert peers[2].lean_depth == dl.LEAN_MIN
-    assert peers[3].lean_depth == -1  # its round trip is not known: its usual depth
+    # not timed yet (its first block came out of order): as quick as the quickest while it delivers
+    assert peers[3].lean_depth == int(2 * MiB * 0.2 / BLOCK_LEN) + dl.LEAN_EXTRA
+    assert peers[4].lean_depth == -1  # neither timed nor delivering: its usual depth
     assert d.queue_depth(peers[2], 1.0) == dl.LEAN_MIN < QUEUE_MIN
-    assert d.queue_depth(peers[3], 1.0) == QUEUE_MIN
+    assert d.queue_depth(peers[4], 1.0) == QUEUE_MIN
     # a peer with a short round trip keeps LEAN_TIME_S of its rate (our own loop's delay)
     peers[1].min_latency = 0.001
-    _second(d, peers, 2.0, {1: 64 * MiB, 2: 256 * KiB, 3: 0}, stopped=True)
+    _second(d, peers, 2.0, {1: 64 * MiB, 2: 256 * KiB, 3: 0, 4: 0}, stopped=True)
     assert peers[1].lean_depth == int(64 * MiB * dl.LEAN_TIME_S / BLOCK_LEN) + dl.LEAN_EXTRA
 
 
