@@ -3,7 +3,7 @@
 
     python3 tools/bench.py [--size-mib 1024[,16384...]] [--piece-kib 256] [--workdir DIR] [--runs 1]
                            [--transport tcp|utp] [--encryption none|required] [--clients minibt,aria2,...]
-                           [--files N] [--sparse] [--seed-leechers N] [--seed-rate MIB] [--rtt-ms MS]
+                           [--files N] [--sparse] [--seed-leechers N] [--seed-rate MIB[,MIB...]] [--rtt-ms MS]
                            [--minibt-arg ARG ...]
 
 A libtorrent seeder (its own process, DHT/LSD/UPnP/NAT-PMP off, plaintext) serves a random payload
@@ -77,7 +77,9 @@ costs.  The seeder CPU column is their sum.
 ``--seed-rate N``: every libtorrent seeder uploads at most N MiB/s (``upload_rate_limit``, with loopback
 put in libtorrent's global peer class, since its local class has no limits).  The downloads are then
 bound by that "link", as a Pi's usually are by its network, and the CPU s/GiB columns show what a
-client spends per GiB while it waits for data instead of racing the seeder.
+client spends per GiB while it waits for data instead of racing the seeder.  A list gives each seeder
+its own rate, the last one for the rest: ``--seeders 13 --seed-rate 4,0.0625`` is one 4 MiB/s seeder
+among twelve at 64 KiB/s, a swarm of mostly slow peers.
 
 ``--rtt-ms N``: every leecher reaches each seeder through ``tools/delayrelay.py``, a relay process on
 loopback that holds every chunk (with ``--transport utp``: every datagram) N/2 ms each way, so a
@@ -176,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
                     + "; with --seed-leechers, seeders: minibt, libtorrent); default all that apply")
     ap.add_argument("--seeders", type=int, default=1,
                     help="libtorrent seeders serving each download at once (the leecher is told every address)")
-    ap.add_argument("--seed-rate", type=float, default=0.0,
-                    help="MiB/s (e.g. 0.25): each libtorrent seeder uploads at most this fast (a link-bound download)")
+    ap.add_argument("--seed-rate", type=parse_rates, default=(),
+                    help="MiB/s (e.g. 0.25): each libtorrent seeder uploads at most this fast (a link-bound download); "
+                         "a list (4,0.0625) gives one rate per seeder, the last for the rest")
     ap.add_argument("--rtt-ms", type=float, default=0.0,
                     help="reach each seeder through a relay adding this round-trip time (tools/delayrelay.py)")
     ap.add_argument("--minibt-arg", action="append", default=[],
@@ -268,11 +271,23 @@ def start_minibt_seeder(torrent: str, seed_dir: str, state: str, timeout_s: floa
     return w, f"127.0.0.1:{port}"
 
 
-def seeder_settings(args: argparse.Namespace) -> dict[str, object]:
-    """libtorrent settings of a download case's seeders (LT_PEER's extra argument)."""
+def parse_rates(text: str) -> tuple[float, ...]:
+    """``--seed-rate``: MiB/s, one or a comma-separated list of positive numbers."""
+    try:
+        rates = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a rate or a list of rates: {text!r}") from None
+    if not all(r > 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"rates must be positive: {text!r}")
+    return rates
+
+
+def seeder_settings(args: argparse.Namespace, i: int = 0) -> dict[str, object]:
+    """libtorrent settings of a download case's seeder ``i`` (LT_PEER's extra argument)."""
     out: dict[str, object] = {**UTP_ONLY, **BIG_BUFFERS} if args.transport == "utp" else {}
     if args.seed_rate:  # a link-bound download: libtorrent exempts local peers from limits unless told
-        out.update({"upload_rate_limit": int(args.seed_rate * MIB), "limit_local": True})
+        rate = args.seed_rate[min(i, len(args.seed_rate) - 1)]
+        out.update({"upload_rate_limit": int(rate * MIB), "limit_local": True})
     return out
 
 
@@ -287,7 +302,6 @@ def start_relay(target: str, rtt_ms: float, *, udp: bool = False) -> tuple[Watch
 
 def download_case(args: argparse.Namespace, rows: list[tuple[str, str]], torrent: str, seed_dir: str,
                   top: str, want: dict[str, str], size: int, work: str) -> list[Result]:
-    base_seed = seeder_settings(args)
     seeders: dict[str, list[Watched]] = {}
     relays: list[Watched] = []
     peers: dict[str, list[str]] = {}
@@ -295,18 +309,20 @@ def download_case(args: argparse.Namespace, rows: list[tuple[str, str]], torrent
     try:
         for mode in sorted({m for _, m in rows}, reverse=True):  # "plain" first
             seeders[mode], peers[mode] = [], []
-            for _ in range(args.seeders):
-                w, addr = start_lt_seeder(torrent, seed_dir, {**base_seed, **(RC4_FORCED if mode == "rc4" else {})})
+            for i in range(args.seeders):
+                w, addr = start_lt_seeder(torrent, seed_dir, {**seeder_settings(args, i),
+                                                              **(RC4_FORCED if mode == "rc4" else {})})
                 seeders[mode].append(w)
                 if args.rtt_ms:
                     relay, addr = start_relay(addr, args.rtt_ms, udp=args.transport == "utp")
                     relays.append(relay)
                 peers[mode].append(addr)
+            rates = ",".join(f"{r:g}" for r in args.seed_rate)
             print(f"libtorrent seeder{'s' if args.seeders > 1 else ''} ({'forced RC4' if mode == 'rc4' else 'plaintext'}) "
                   f"pid {', '.join(str(w.pid) for w in seeders[mode])} on {', '.join(peers[mode])}; payload "
                   f"{size >> 20} MiB in {len(want)} file(s), {args.piece_kib} KiB pieces"
                   f"{', sparse' if args.sparse else ''}; transport {args.transport}"
-                  f"{f'; upload limited to {args.seed_rate:g} MiB/s' if args.seed_rate else ''}"
+                  f"{f'; upload limited to {rates} MiB/s' if args.seed_rate else ''}"
                   f"{f'; through relays adding {args.rtt_ms:g} ms RTT' if args.rtt_ms else ''}", flush=True)
         for _run in range(args.runs):
             for name, mode in rows:

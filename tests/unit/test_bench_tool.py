@@ -43,6 +43,11 @@ def test_seeder_settings_rate_and_transport(bench: ModuleType, lib: ModuleType) 
     assert limited == {"upload_rate_limit": 40 << 20, "limit_local": True}
     slow = bench.seeder_settings(ap.parse_args(["--seed-rate", "0.25"]))  # many slow seeders (--seeders 16)
     assert slow["upload_rate_limit"] == 256 << 10 and isinstance(slow["upload_rate_limit"], int)
+    mixed = ap.parse_args(["--seeders", "4", "--seed-rate", "4,0.0625"])  # one fast seeder, the rest slow
+    assert [bench.seeder_settings(mixed, i)["upload_rate_limit"] for i in range(4)] == [4 << 20] + [64 << 10] * 3
+    for bad in ("fast", "1,-2", "0"):
+        with pytest.raises(SystemExit):
+            ap.parse_args(["--seed-rate", bad])
     utp = bench.seeder_settings(ap.parse_args(["--transport", "utp", "--seed-rate", "5"]))
     assert utp == {**lib.UTP_ONLY, **lib.BIG_BUFFERS, "upload_rate_limit": 5 << 20, "limit_local": True}
     assert "limit_local = extra.pop(\"limit_local\", False)" in lib.LT_PEER  # taken out before settings
