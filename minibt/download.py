@@ -49,6 +49,8 @@ SLOW_FACTOR = 2.0
 SLOW_MARGIN_S = 0.05
 LEAN_HOLD_S = 5.0
 PARK_RETRY_S = 10.0
+SLOW_RATE_RATIO = 8.0
+SERVICE_MIN_S = 0.05  # seconds of sending in a second that give a service rate
 
 
 def _lean_depth(rate: float, latency: float) -> int:
@@ -110,6 +112,7 @@ class Downloader:
         self._reserve = 0  # bytes of pieces that may be started; 0: the write cache's size (_update_pipeline)
         self._pipeline_at = -math.inf  # when _update_pipeline last ran
         self._totals: dict[int, int] = {}  # each peer's bytes received at that time
+        self._busy: dict[int, float] = {}  # and its busy_s
         self._cache_stops = 0  # picks the full write cache stopped since then
         self._lean = False  # the write cache holds several delivering peers back: lean pipelines
         self._lean_until = 0.0
@@ -268,23 +271,28 @@ class Downloader:
         - a peer's pipeline (``lean_depth``) is twice what it delivered in its round trip (``min_latency``),
           at least LEAN_TIME_S of it, plus LEAN_EXTRA blocks, never under LEAN_MIN: peers share what the
           cache lets out, and one that could go faster doubles its share every update;
-        - a peer slower to answer than SLOW_FACTOR times the quickest plus SLOW_MARGIN_S gets no requests,
-          and those it holds go back to the others (one block every PARK_RETRY_S times it again);
+        - a peer slower to answer than SLOW_FACTOR times the quickest plus SLOW_MARGIN_S, or sending less
+          than 1/SLOW_RATE_RATIO of the fastest while it had requests out (``busy_s``: a rate-limited
+          uploader answers its first block at once), gets no requests, and those it holds go back to the
+          others; it stays out until, PARK_RETRY_S after its last block, LEAN_MIN requests time it again;
         - when a checked piece leaves room, the peers that delivered most ask first (:meth:`fill_all`).
 
-        A peer not timed yet keeps its usual depth.  Simulated after (tests/sim/test_many_peers_sim.py):
-        4.0 and 2.5 MiB/s in those two swarms.
+        A peer not timed yet counts as quick as the quickest while it delivers, else keeps its usual depth.
+        Simulated after (tests/sim/test_many_peers_sim.py): 4.0 and 2.5 MiB/s in those two swarms.
         """
         dt = now - self._pipeline_at
         need = 0.0
         totals: dict[int, int] = {}
         gots = self._got = {}
+        busy: dict[int, float] = {}
         for cid, peer in self._peers.items():
             total = totals[cid] = peer.down.total
             got = gots[cid] = total - self._totals.get(cid, total)
+            busy[cid] = peer.busy_s - self._busy.get(cid, peer.busy_s)
             if peer.min_latency < math.inf and dt < math.inf:
                 need += got / dt * peer.min_latency
         self._totals = totals
+        self._busy = {cid: p.busy_s for cid, p in self._peers.items()}
         self._pipeline_at = now
         if self._reserve_max:
             self._reserve = min(int(2 * need), self._reserve_max)
@@ -295,18 +303,22 @@ class Downloader:
         if not self._lean:
             return
         quickest = min(p.min_latency for p in self._peers.values())
+        served = {cid: gots[cid] / b for cid, b in busy.items() if b >= SERVICE_MIN_S}  # bytes/s while sending
+        fastest = max(served.values(), default=0.0)
         for cid, peer in self._peers.items():
             latency, rate = peer.min_latency, gots[cid] / dt
-            if latency == math.inf:  # not timed yet: as quick as the quickest if it delivers, else as usual
-                latency = quickest if rate else math.inf
-                peer.lean_depth = -1 if latency == math.inf else _lean_depth(rate, latency)
-            elif latency > SLOW_FACTOR * quickest + SLOW_MARGIN_S:
+            if (latency != math.inf and latency > SLOW_FACTOR * quickest + SLOW_MARGIN_S
+                    or served.get(cid, fastest) * SLOW_RATE_RATIO < fastest
+                    or peer.lean_depth == 0 and not busy[cid]):  # left out at the last update: nothing new
                 if now - peer.last_block_at >= PARK_RETRY_S:
-                    peer.lean_depth = 1  # now and then one block, which times its round trip again
+                    peer.lean_depth = LEAN_MIN  # now and then a few blocks, which time it again
                 else:
                     peer.lean_depth = 0
                     if self._picker.num_outstanding(cid) > 1:
                         self._give_back(peer, out)
+            elif latency == math.inf:  # not timed yet: as quick as the quickest if it delivers, else as usual
+                latency = quickest if rate else math.inf
+                peer.lean_depth = -1 if latency == math.inf else _lean_depth(rate, latency)
             else:
                 peer.lean_depth = _lean_depth(rate, latency)
 
@@ -448,13 +460,17 @@ class Downloader:
                 picker.piece_hashing(index)
                 out.append(HashPiece(self._verify_job(index, storage.prepare_commit(index))))
         peer.down.add(total, now)
+        if peer.had_out:  # it was sending all along: the time counts towards its service rate
+            peer.busy_s += now - peer.last_block_at
         peer.last_block_at = now
         peer.snubbed = False
+        left = picker.num_outstanding(cid)
+        peer.had_out = left > 0
         if stray:
             self.fill(peer, now, out)
             return
         depth = peer.req_depth  # a quarter free of the last top-up's level first (fill's ``batch``)
-        if depth - picker.num_outstanding(cid) >= (depth >> 2 or 1):
+        if depth - left >= (depth >> 2 or 1):
             self.fill(peer, now, out, batch=True)
 
     @staticmethod

@@ -205,6 +205,8 @@ class PeerConnection:
         self.reqq = 250  # BEP 10 'reqq' default assumed for libtorrent-like peers
         self.req_depth = 0  # request pipeline depth at the last full top-up (Downloader.fill)
         self.lean_depth = -1  # most requests outstanding while the write cache is short (Downloader._update_pipeline)
+        self.busy_s = 0.0  # seconds from a block to the next while requests stayed out (its service rate)
+        self.had_out = False  # requests were still out after the last block
         self.listen_port: int | None = None
         self.client_name = ""
         self.snubbed = False

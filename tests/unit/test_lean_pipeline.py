@@ -46,7 +46,7 @@ def _peer(cid: int, latency: float) -> Any:
     wire = SimpleNamespace(cancels=[])
     wire.cancel = lambda i, b, n: wire.cancels.append((i, b, n))
     return SimpleNamespace(cid=cid, down=_Down(), min_latency=latency, last_block_at=0.0, lean_depth=-1,
-                           wire=wire, closing=False, snubbed=False, reqq=2000)
+                           wire=wire, closing=False, snubbed=False, reqq=2000, busy_s=0.0)
 
 
 def _downloader(peers: dict[int, Any], picker: _Picker) -> Downloader:
@@ -57,12 +57,13 @@ def _downloader(peers: dict[int, Any], picker: _Picker) -> Downloader:
 
 def _second(d: Downloader, peers: dict[int, Any], now: float, delivered: dict[int, int], *,
             stopped: bool) -> list[Any]:
-    """One second in which each peer delivered ``delivered[cid]`` bytes; ``stopped``: the full write cache
-    stopped a pick meanwhile.  Returns the effects of the update."""
+    """One second in which each peer delivered ``delivered[cid]`` bytes, sending all along; ``stopped``: the
+    full write cache stopped a pick meanwhile.  Returns the effects of the update."""
     for cid, n in delivered.items():
         peers[cid].down.total += n
         if n:
             peers[cid].last_block_at = now
+            peers[cid].busy_s += 1.0
     if stopped:
         d._cache_stops += 1
     out: list[Any] = []
@@ -86,9 +87,9 @@ def test_a_lean_pipeline_is_twice_the_rate_times_the_round_trip() -> None:
     peers = {1: _peer(1, 0.1), 2: _peer(2, 0.1), 3: _peer(3, math.inf), 4: _peer(4, math.inf)}
     d = _downloader(peers, _Picker())
     _second(d, peers, 0.0, {}, stopped=False)
-    _second(d, peers, 1.0, {1: 4 * MiB, 2: 256 * KiB, 3: 2 * MiB, 4: 0}, stopped=True)
-    # 4 MiB/s x 0.2 s = 51 blocks, + LEAN_EXTRA; a 256 KiB/s peer needs 3 + 2, LEAN_MIN gives it 8
-    assert peers[1].lean_depth == int(4 * MiB * 0.2 / BLOCK_LEN) + dl.LEAN_EXTRA == 53
+    _second(d, peers, 1.0, {1: 2 * MiB, 2: 256 * KiB, 3: 2 * MiB, 4: 0}, stopped=True)
+    # 2 MiB/s x 0.2 s = 25.6 blocks, + LEAN_EXTRA; a 256 KiB/s peer (an eighth) needs 3 + 2, LEAN_MIN gives it 8
+    assert peers[1].lean_depth == int(2 * MiB * 0.2 / BLOCK_LEN) + dl.LEAN_EXTRA == 27
     assert peers[2].lean_depth == dl.LEAN_MIN
     # not timed yet (its first block came out of order): as quick as the quickest while it delivers
     assert peers[3].lean_depth == int(2 * MiB * 0.2 / BLOCK_LEN) + dl.LEAN_EXTRA
@@ -97,7 +98,7 @@ def test_a_lean_pipeline_is_twice_the_rate_times_the_round_trip() -> None:
     assert d.queue_depth(peers[4], 1.0) == QUEUE_MIN
     # a peer with a short round trip keeps LEAN_TIME_S of its rate (our own loop's delay)
     peers[1].min_latency = 0.001
-    _second(d, peers, 2.0, {1: 64 * MiB, 2: 256 * KiB, 3: 0, 4: 0}, stopped=True)
+    _second(d, peers, 2.0, {1: 64 * MiB, 2: 8 * MiB, 3: 0, 4: 0}, stopped=True)
     assert peers[1].lean_depth == int(64 * MiB * dl.LEAN_TIME_S / BLOCK_LEN) + dl.LEAN_EXTRA
 
 
@@ -114,10 +115,25 @@ def test_a_peer_much_slower_to_answer_is_left_out_and_its_requests_go_to_others(
     assert [c[0] for c in peers[3].wire.cancels] == [5] * 6 and Flush(3) in out
     assert peers[4].lean_depth == 0 and picker.num_outstanding(4) == 1  # 0.16 s: out, its one block left
     assert not peers[4].wire.cancels
-    # ten seconds without a block from it: one request, whose answer times its round trip again
+    # ten seconds without a block from it: a few requests, which time it again
     for t in range(2, 12):
         _second(d, peers, float(t), {1: MiB, 2: MiB, 3: 0, 4: 0}, stopped=True)
-    assert peers[3].lean_depth == 1
+    assert peers[3].lean_depth == dl.LEAN_MIN
+
+
+def test_a_peer_that_answers_at_once_but_sends_slowly_is_left_out() -> None:
+    """A rate-limited uploader sends its first block at once (a token bucket's burst), so its round trip
+    looks like the others'; what it sends while requests are out is what gives it away."""
+    picker = _Picker()
+    peers = {1: _peer(1, 0.1), 2: _peer(2, 0.1), 3: _peer(3, 0.1)}
+    picker.out = {2: [Block(9, i * BLOCK_LEN, BLOCK_LEN) for i in range(8)]}
+    d = _downloader(peers, picker)
+    _second(d, peers, 0.0, {}, stopped=False)
+    out = _second(d, peers, 1.0, {1: 4 * MiB, 2: 64 * KiB, 3: MiB}, stopped=True)
+    assert peers[2].lean_depth == 0 and picker.num_outstanding(2) == 0 and Flush(2) in out  # 1/64 of the fastest
+    assert peers[3].lean_depth == int(MiB * 0.2 / BLOCK_LEN) + dl.LEAN_EXTRA  # a quarter: it stays in
+    _second(d, peers, 2.0, {1: 4 * MiB, 2: 0, 3: MiB}, stopped=True)
+    assert peers[2].lean_depth == 0  # nothing new to judge it by: it stays out until its retry
 
 
 def test_pipelines_are_as_usual_again_some_seconds_after_the_cache_last_stopped_a_pick() -> None:
