@@ -381,6 +381,7 @@ class Downloader:
             wire.cancel(b.index, b.begin, b.length)
         if blocks:
             out.append(Flush(peer.cid))
+        peer.had_out = False
 
     def check_snub(self, peer: PeerConnection, now: float, out: list[Effect]) -> None:
         """No block for SNUB_TIMEOUT_S with requests out: hand them to others, keep the connection.
@@ -393,6 +394,7 @@ class Downloader:
         if picker.num_outstanding(peer.cid) and now - peer.last_block_at > SNUB_TIMEOUT_S:
             peer.snubbed = True
             peer.request_probe = None
+            peer.had_out = False
             for b in picker.outstanding(peer.cid):
                 picker.request_failed(peer.cid, b)
                 wire.cancel(b.index, b.begin, b.length)
@@ -404,6 +406,7 @@ class Downloader:
     def on_choke(self, peer: PeerConnection) -> None:
         assert peer.wire is not None
         peer.request_probe = None  # a block re-requested later would time the wait since this request
+        peer.had_out = False  # the wait until it unchokes us is not time spent sending (busy_s)
         if not peer.wire.fast:
             # BEP 3: a choke discards all our pending requests.
             self._picker.peer_choked(peer.cid)

@@ -46,7 +46,7 @@ def _peer(cid: int, latency: float) -> Any:
     wire = SimpleNamespace(cancels=[])
     wire.cancel = lambda i, b, n: wire.cancels.append((i, b, n))
     return SimpleNamespace(cid=cid, down=_Down(), min_latency=latency, last_block_at=0.0, lean_depth=-1,
-                           wire=wire, closing=False, snubbed=False, reqq=2000, busy_s=0.0)
+                           wire=wire, closing=False, snubbed=False, reqq=2000, busy_s=0.0, had_out=False)
 
 
 def _downloader(peers: dict[int, Any], picker: _Picker) -> Downloader:
@@ -131,6 +131,7 @@ def test_a_peer_that_answers_at_once_but_sends_slowly_is_left_out() -> None:
     _second(d, peers, 0.0, {}, stopped=False)
     out = _second(d, peers, 1.0, {1: 4 * MiB, 2: 64 * KiB, 3: MiB}, stopped=True)
     assert peers[2].lean_depth == 0 and picker.num_outstanding(2) == 0 and Flush(2) in out  # 1/64 of the fastest
+    assert not peers[2].had_out  # until it is asked again, no time counts as sending
     assert peers[3].lean_depth == int(MiB * 0.2 / BLOCK_LEN) + dl.LEAN_EXTRA  # a quarter: it stays in
     _second(d, peers, 2.0, {1: 4 * MiB, 2: 0, 3: MiB}, stopped=True)
     assert peers[2].lean_depth == 0  # nothing new to judge it by: it stays out until its retry
