@@ -285,14 +285,16 @@ class Downloader:
         totals: dict[int, int] = {}
         gots = self._got = {}
         busy: dict[int, float] = {}
+        busy_totals: dict[int, float] = {}
         for cid, peer in self._peers.items():
             total = totals[cid] = peer.down.total
             got = gots[cid] = total - self._totals.get(cid, total)
-            busy[cid] = peer.busy_s - self._busy.get(cid, peer.busy_s)
+            sent_s = busy_totals[cid] = peer.busy_s
+            busy[cid] = sent_s - self._busy.get(cid, sent_s)
             if peer.min_latency < math.inf and dt < math.inf:
                 need += got / dt * peer.min_latency
         self._totals = totals
-        self._busy = {cid: p.busy_s for cid, p in self._peers.items()}
+        self._busy = busy_totals
         self._pipeline_at = now
         if self._reserve_max:
             self._reserve = min(int(2 * need), self._reserve_max)
