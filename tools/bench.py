@@ -86,7 +86,9 @@ loopback that holds every chunk (with ``--transport utp``: every datagram) N/2 m
 request's answer comes N ms later at the least, as over a long path (this kernel has no ``netem``).
 With ``--seed-rate`` it is a link of that rate and round-trip time: the case where the requests a
 client keeps in flight, not its CPU, set its throughput.  With ``--seed-leechers`` the leechers reach
-the measured seeder through it.  The relay's CPU is its own process's, in no column.
+the measured seeder through it.  The relay's CPU is its own process's, in no column.  A list gives each
+seeder its own round trip, the last one for the rest, 0 for none: ``--seeders 10 --rtt-ms 20,20,20,20,20,300``
+is five seeders 20 ms away and five 300 ms away.
 
 ``--minibt-arg ARG`` (repeatable): passed to the minibt leecher after its other arguments (for example
 ``--minibt-arg=--cache=8MiB``).
@@ -181,8 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed-rate", type=parse_rates, default=(),
                     help="MiB/s (e.g. 0.25): each libtorrent seeder uploads at most this fast (a link-bound download); "
                          "a list (4,0.0625) gives one rate per seeder, the last for the rest")
-    ap.add_argument("--rtt-ms", type=float, default=0.0,
-                    help="reach each seeder through a relay adding this round-trip time (tools/delayrelay.py)")
+    ap.add_argument("--rtt-ms", type=parse_rtts, default=(),
+                    help="reach each seeder through a relay adding this round-trip time (tools/delayrelay.py); "
+                         "a list (20,300) gives one per seeder, the last for the rest (0: no relay)")
     ap.add_argument("--minibt-arg", action="append", default=[],
                     help="an argument for the minibt leecher (repeatable), e.g. --minibt-arg=--cache=8MiB")
     ap.add_argument("--warmup-mib", type=int, default=None,
@@ -282,6 +285,22 @@ def parse_rates(text: str) -> tuple[float, ...]:
     return rates
 
 
+def parse_rtts(text: str) -> tuple[float, ...]:
+    """``--rtt-ms``: milliseconds, one or a comma-separated list of numbers >= 0; () when all are 0."""
+    try:
+        rtts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a round trip or a list of them: {text!r}") from None
+    if not all(r >= 0 for r in rtts):
+        raise argparse.ArgumentTypeError(f"round trips must not be negative: {text!r}")
+    return rtts if any(rtts) else ()
+
+
+def seeder_rtt(args: argparse.Namespace, i: int = 0) -> float:
+    """The round trip ``--rtt-ms`` adds to seeder ``i`` (0: none)."""
+    return args.rtt_ms[min(i, len(args.rtt_ms) - 1)] if args.rtt_ms else 0.0
+
+
 def seeder_settings(args: argparse.Namespace, i: int = 0) -> dict[str, object]:
     """libtorrent settings of a download case's seeder ``i`` (LT_PEER's extra argument)."""
     out: dict[str, object] = {**UTP_ONLY, **BIG_BUFFERS} if args.transport == "utp" else {}
@@ -313,17 +332,18 @@ def download_case(args: argparse.Namespace, rows: list[tuple[str, str]], torrent
                 w, addr = start_lt_seeder(torrent, seed_dir, {**seeder_settings(args, i),
                                                               **(RC4_FORCED if mode == "rc4" else {})})
                 seeders[mode].append(w)
-                if args.rtt_ms:
-                    relay, addr = start_relay(addr, args.rtt_ms, udp=args.transport == "utp")
+                if seeder_rtt(args, i):
+                    relay, addr = start_relay(addr, seeder_rtt(args, i), udp=args.transport == "utp")
                     relays.append(relay)
                 peers[mode].append(addr)
             rates = ",".join(f"{r:g}" for r in args.seed_rate)
+            rtts = ",".join(f"{r:g}" for r in args.rtt_ms)
             print(f"libtorrent seeder{'s' if args.seeders > 1 else ''} ({'forced RC4' if mode == 'rc4' else 'plaintext'}) "
                   f"pid {', '.join(str(w.pid) for w in seeders[mode])} on {', '.join(peers[mode])}; payload "
                   f"{size >> 20} MiB in {len(want)} file(s), {args.piece_kib} KiB pieces"
                   f"{', sparse' if args.sparse else ''}; transport {args.transport}"
                   f"{f'; upload limited to {rates} MiB/s' if args.seed_rate else ''}"
-                  f"{f'; through relays adding {args.rtt_ms:g} ms RTT' if args.rtt_ms else ''}", flush=True)
+                  f"{f'; through relays adding {rtts} ms RTT' if args.rtt_ms else ''}", flush=True)
         for _run in range(args.runs):
             for name, mode in rows:
                 r = download_one(args, name, mode, peers[mode], [w.pid for w in seeders[mode]], torrent, work,
@@ -392,7 +412,7 @@ def seed_case(args: argparse.Namespace, seeders: list[str], torrent: str, seed_d
     n = args.seed_leechers
     print(f"seeding to {n} libtorrent leechers at once; payload {size >> 20} MiB in {len(want)} file(s), "
           f"{args.piece_kib} KiB pieces{', sparse' if args.sparse else ''}"
-          f"{f'; through a relay adding {args.rtt_ms:g} ms RTT' if args.rtt_ms else ''}", flush=True)
+          f"{f'; through a relay adding {seeder_rtt(args):g} ms RTT' if args.rtt_ms else ''}", flush=True)
     results: list[SeedResult] = []
     for _run in range(args.runs):
         for name in seeders:
@@ -403,7 +423,7 @@ def seed_case(args: argparse.Namespace, seeders: list[str], torrent: str, seed_d
             relay = None
             try:
                 if args.rtt_ms:  # the leechers reach the seeder through the relay
-                    relay, peer = start_relay(peer, args.rtt_ms)
+                    relay, peer = start_relay(peer, seeder_rtt(args))
                 r = serve(name, seeder, peer, torrent, n, work, args.timeout)
             finally:
                 if relay is not None:

@@ -324,5 +324,12 @@ def test_delay_relay_holds_each_way_half_the_round_trip(bench: ModuleType) -> No
 
 def test_rtt_and_minibt_arg_options(bench: ModuleType) -> None:
     a = bench.build_parser().parse_args(["--rtt-ms", "100", "--minibt-arg=--cache=8MiB", "--minibt-arg=-v"])
-    assert a.rtt_ms == 100.0 and a.minibt_arg == ["--cache=8MiB", "-v"]
-    assert bench.build_parser().parse_args([]).rtt_ms == 0.0
+    assert a.rtt_ms == (100.0,) and a.minibt_arg == ["--cache=8MiB", "-v"]
+    assert bench.build_parser().parse_args([]).rtt_ms == ()
+    assert bench.build_parser().parse_args(["--rtt-ms", "0"]).rtt_ms == ()  # no relay at all
+    b = bench.build_parser().parse_args(["--seeders", "4", "--rtt-ms", "20,0,300"])
+    assert [bench.seeder_rtt(b, i) for i in range(4)] == [20.0, 0.0, 300.0, 300.0]  # the last for the rest
+    assert bench.seeder_rtt(a, 3) == 100.0 and bench.seeder_rtt(bench.build_parser().parse_args([]), 0) == 0.0
+    for bad in ("-5", "x", "20,,300"):
+        with pytest.raises(SystemExit):
+            bench.build_parser().parse_args(["--rtt-ms", bad])
