@@ -237,6 +237,10 @@ class Downloader:
                 self.update_interest(peer)
         elif not outstanding:  # nothing queued ahead of the first block: its wait is the round trip
             peer.request_probe = (blocks[0].index, blocks[0].begin, now)
+            # The wait for the first block is time spent sending (busy_s; without it, blocks that come in
+            # bursts, as from a far peer, give a service rate many times the link's), and the snub timer
+            # counts from here (as for request()).
+            peer.had_out, peer.last_block_at = True, now
         wire.request_many(blocks)
         out.append(Flush(peer.cid))
 

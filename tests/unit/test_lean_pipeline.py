@@ -200,3 +200,30 @@ def test_the_peers_that_delivered_most_ask_first_for_the_room_a_piece_leaves() -
     asked.clear()
     d.fill_all(1.0, [])
     assert asked == [2, 3, 1]
+
+
+def test_requests_to_an_idle_pipeline_start_its_sending_time() -> None:
+    """The wait for the first block counts as time spent sending (``busy_s``): blocks that come in one burst a
+    round trip later (a far peer) give the rate over the whole wait, not the burst's; the snub timer starts."""
+    picker = _Picker()
+    sent: list[list[Block]] = []
+
+    def pick(cid: int, n: int, **kw: Any) -> list[Block]:
+        blocks = [Block(3, i * BLOCK_LEN, BLOCK_LEN) for i in range(n)]
+        picker.out.setdefault(cid, []).extend(blocks)
+        return blocks
+
+    picker.pick = pick  # type: ignore[attr-defined]
+    peer = _peer(1, 0.3)
+    peer.wire.am_interested, peer.wire.peer_choking = True, False
+    peer.wire.request_many = sent.append
+    peer.request_probe = None
+    d = _downloader({1: peer}, picker)
+    d.active = True
+    d._pipeline_at = 50.0
+    d.fill(peer, 50.0, [])
+    assert len(sent[0]) == QUEUE_MIN and peer.request_probe == (3, 0, 50.0)
+    assert peer.had_out and peer.last_block_at == 50.0
+    peer.had_out, peer.last_block_at = False, 40.0
+    d.fill(peer, 50.1, [])  # its pipeline is full: nothing asked, nothing reset
+    assert len(sent) == 1 and not peer.had_out and peer.last_block_at == 40.0
