@@ -50,7 +50,6 @@ SLOW_MARGIN_S = 0.05
 LEAN_HOLD_S = 5.0
 PARK_RETRY_S = 10.0
 SLOW_RATE_RATIO = 8.0
-STEAL_FACTOR = 2.0  # a peer whose pieces stay in the cache over twice as long as the best's: others take its blocks
 SERVICE_MIN_S = 0.05  # seconds of sending in a second that give a service rate
 
 
@@ -118,8 +117,6 @@ class Downloader:
         self._lean = False  # the write cache holds several delivering peers back: lean pipelines
         self._lean_until = 0.0
         self._got: dict[int, int] = {}  # each peer's bytes received between the last two updates
-        self._stealers: frozenset[int] = frozenset()  # lean: peers that may re-request others' blocks
-        self._victims: frozenset[int] = frozenset()  # lean: the peers whose blocks they may take
         self.disk_error: str | None = None  # set while paused by a full disk
         self.paused_reason: str | None = None  # set while paused by the user (Torrent.pause_download)
 
@@ -218,7 +215,7 @@ class Downloader:
             allowed = peer.allowed_fast_in
         if recheck and not batch:
             self._cache_full = False
-        elif self._cache_full and not picker.has_free_blocks() and peer.cid not in self._stealers:
+        elif self._cache_full and not picker.has_free_blocks():
             peer.req_depth = 0  # no batch top-up from on_blocks until fill_all (a piece left the cache) resets it
             return
         if now - self._pipeline_at >= PIPELINE_EVERY_S:
@@ -228,8 +225,7 @@ class Downloader:
         n = depth - outstanding
         if n <= 0 or (batch and n < depth >> 2):
             return
-        blocks = picker.pick(peer.cid, n, allowed=allowed, can_start=self._can_start,
-                             steal=self._victims if peer.cid in self._stealers else ())
+        blocks = picker.pick(peer.cid, n, allowed=allowed, can_start=self._can_start)
         if len(blocks) < n:  # the write cache (or what the peer has) holds it lower: batch against that
             peer.req_depth = depth - n + len(blocks)
         if not blocks:
@@ -279,24 +275,14 @@ class Downloader:
         - a peer's pipeline (``lean_depth``) is twice what it delivered in its round trip (``min_latency``),
           at least LEAN_TIME_S of it, plus LEAN_EXTRA blocks, never under LEAN_MIN: peers share what the
           cache lets out, and one that could go faster doubles its share every update;
-        - a peer sending less than 1/SLOW_RATE_RATIO of the fastest while it had requests out (``busy_s``:
-          a rate-limited uploader answers its first block at once), or, while it has no such figure yet,
-          slower to answer than SLOW_FACTOR times the quickest plus SLOW_MARGIN_S, gets no requests, and
-          those it holds go back to the others.  It gets LEAN_MIN requests again, which time it, after a
-          second in which the cache stopped no pick, or PARK_RETRY_S after its last block.  A round trip
-          alone does not keep a peer out once it showed what it sends: a far peer as fast as the near ones
-          costs the cache a little more time per piece, not a multiple (simulated, five peers at 1 MiB/s
-          20 ms away and five 300 ms away: 4.9 MiB/s when the far ones were left out, 7.6 now);
-        - a peer not timed yet counts as quick as the quickest while it delivers, else gets LEAN_MIN;
-        - quick peers (:attr:`_stealers`: a piece of theirs stays in the cache, ``min_latency`` plus a piece
-          at their rate, at most STEAL_FACTOR times the best's plus SLOW_MARGIN_S) may request again the
-          blocks that only the others (:attr:`_victims`: slower, left out or not timed) hold, when nothing
-          else is free (``PiecePicker.pick``'s ``steal``, as in end game).  Without that, the pieces slow
-          peers took at the start fill the cache for seconds, and a fast peer has no block to show its rate
-          with (one 4 MiB/s peer among 30 at 64 KiB/s: 2.5 MiB/s, now 3.0);
+        - a peer slower to answer than SLOW_FACTOR times the quickest plus SLOW_MARGIN_S, or sending less
+          than 1/SLOW_RATE_RATIO of the fastest while it had requests out (``busy_s``: a rate-limited
+          uploader answers its first block at once), gets no requests, and those it holds go back to the
+          others; it stays out until, PARK_RETRY_S after its last block, LEAN_MIN requests time it again;
         - when a checked piece leaves room, the peers that delivered most ask first (:meth:`fill_all`).
 
-        Simulated (tests/sim/test_many_peers_sim.py): 4.0, 3.0 and 9.5 MiB/s in its first three swarms.
+        A peer not timed yet counts as quick as the quickest while it delivers, else keeps its usual depth.
+        Simulated after (tests/sim/test_many_peers_sim.py): 4.0 and 2.5 MiB/s in those two swarms.
         """
         dt = now - self._pipeline_at
         need = 0.0
@@ -319,36 +305,28 @@ class Downloader:
         if self._cache_stops and sum(1 for g in gots.values() if g) >= 2:
             self._lean_until = now + LEAN_HOLD_S
         self._lean = now < self._lean_until
-        stops, self._cache_stops = self._cache_stops, 0
-        self._stealers = self._victims = frozenset()
+        self._cache_stops = 0
         if not self._lean:
             return
         quickest = min(p.min_latency for p in self._peers.values())
         served = {cid: gots[cid] / b for cid, b in busy.items() if b >= SERVICE_MIN_S}  # bytes/s while sending
         fastest = max(served.values(), default=0.0)
-        plen = self._meta.piece_length
-        holds: dict[int, float] = {}  # timed peers: about how long a piece of theirs stays in the cache
         for cid, peer in self._peers.items():
-            latency, rate, speed = peer.min_latency, gots[cid] / dt, served.get(cid)
-            if latency != math.inf:
-                sends = fastest if speed is None else speed
-                holds[cid] = latency + (plen / sends if sends > 0 else math.inf)
-            if (speed is None and latency != math.inf and latency > SLOW_FACTOR * quickest + SLOW_MARGIN_S
-                    or (fastest if speed is None else speed) * SLOW_RATE_RATIO < fastest
+            latency, rate = peer.min_latency, gots[cid] / dt
+            if (latency != math.inf and latency > SLOW_FACTOR * quickest + SLOW_MARGIN_S
+                    or served.get(cid, fastest) * SLOW_RATE_RATIO < fastest
                     or peer.lean_depth == 0 and not busy[cid]):  # left out at the last update: nothing new
-                if not stops or now - peer.last_block_at >= PARK_RETRY_S:
-                    peer.lean_depth = LEAN_MIN  # a few blocks, which time it again
+                if now - peer.last_block_at >= PARK_RETRY_S:
+                    peer.lean_depth = LEAN_MIN  # now and then a few blocks, which time it again
                 else:
                     peer.lean_depth = 0
                     if self._picker.num_outstanding(cid) > 1:
                         self._give_back(peer, out)
-            elif latency == math.inf:  # not timed yet: as quick as the quickest if it delivers, else a few blocks
-                peer.lean_depth = _lean_depth(rate, quickest) if rate and quickest != math.inf else LEAN_MIN
+            elif latency == math.inf:  # not timed yet: as quick as the quickest if it delivers, else as usual
+                latency = quickest if rate else math.inf
+                peer.lean_depth = -1 if latency == math.inf else _lean_depth(rate, latency)
             else:
                 peer.lean_depth = _lean_depth(rate, latency)
-        top = STEAL_FACTOR * min(holds.values(), default=0.0) + SLOW_MARGIN_S
-        self._victims = frozenset(cid for cid, p in self._peers.items() if not p.lean_depth or holds.get(cid, top + 1) > top)
-        self._stealers = frozenset(holds.keys() - self._victims)
 
     def fill_all(self, now: float, out: list[Effect]) -> None:
         """Top up the pipeline of every peer that does not choke us (the write cache looked at once:

@@ -326,7 +326,6 @@ class PiecePicker:
         *,
         allowed: Collection[int] | None = None,
         can_start: Callable[[int], bool] | None = None,
-        steal: Collection[Peer] = (),
     ) -> list[Block]:
         """Up to ``count`` blocks to request from ``peer``; they are marked requested by it.
 
@@ -334,7 +333,6 @@ class PiecePicker:
             allowed: when the peer chokes us, its BEP 6 allowed-fast pieces (only these are used).
             can_start: asked before a NEW piece is started; False stops starting new pieces in
                 this call (e.g. the write cache is full), partial pieces are still served.
-            steal: if still short, blocks requested only from these peers, again (as in end game).
         """
         st = self._peers.get(peer)
         out: list[Block] = []
@@ -360,9 +358,9 @@ class PiecePicker:
                 break
             self._start(new)
             self._take_free(peer, st, new, count - len(out), out)
-        # (3) end game; or (lean pipelines, download.py) the blocks that only ``steal``'s peers hold
-        if len(out) < count and (self.endgame or steal):
-            self._pick_endgame(peer, st, count - len(out), allowed, out, None if self.endgame else steal)
+        # (3) end game
+        if len(out) < count and self.endgame:
+            self._pick_endgame(peer, st, count - len(out), allowed, out)
         return out
 
     @property
@@ -715,8 +713,9 @@ class PiecePicker:
         if not pp.free:
             self._open.pop(p, None)
 
-    def _pick_endgame(self, peer: Peer, st: _PeerState, n: int, allowed: Collection[int] | None, out: list[Block],
-                      only: Collection[Peer] | None = None) -> None:
+    def _pick_endgame(
+        self, peer: Peer, st: _PeerState, n: int, allowed: Collection[int] | None, out: list[Block]
+    ) -> None:
         limit = self._dup_limit
         if limit < 2:
             return
@@ -727,7 +726,7 @@ class PiecePicker:
                 continue
             for j, reqs in pp.requested.items():
                 k = len(reqs)
-                if k < limit and peer not in reqs and (only is None or all(r in only for r in reqs)):
+                if k < limit and peer not in reqs:
                     by_count[k].append((p, j))
             if len(by_count[1]) >= n:  # nothing can beat one requester (zero means not end game)
                 break

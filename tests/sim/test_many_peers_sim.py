@@ -3,9 +3,8 @@
 Every started piece takes a whole buffer of the write cache, and a pipeline holds a second of its peer's
 rate plus 16 blocks.  With many peers the first ones to ask took every block the 3 MiB cache let out, and a
 slow peer's blocks kept pieces in it for seconds.  Before the change these swarms gave 1.8 MiB/s of 7.5
-(30 peers at 256 KiB/s) and 0.6 MiB/s of 5.9 (one 4 MiB/s peer among 30 at 64 KiB/s).  Peers at different
-distances: a far peer is not left out for its round trip once it showed what it sends, and quick peers take
-again the blocks only slow ones hold.  Simulated network, FakeClock, the default write cache.
+(30 peers at 256 KiB/s) and 0.6 MiB/s of 5.9 (one 4 MiB/s peer among 30 at 64 KiB/s).  Simulated network,
+FakeClock, the default write cache.
 """
 
 from __future__ import annotations
@@ -24,24 +23,21 @@ PIECE = 256 * KiB
 ONE_WAY_S = 0.05  # 100 ms round trips
 
 
-def _swarm(tmp_path: Path, clock: FakeClock, rng: random.Random, size: int, seeders: list[float],
-           one_way: list[float] | None = None) -> tuple[float, Torrent, dict[str, int]]:
-    """Seeders uploading ``seeders[i]`` bytes/s each, 100 ms from the leecher (``one_way``: seeder i's
-    one-way delay instead, the leecher's own 1 ms); returns once it has every piece: MiB/s from the first
-    dial, the leecher, and the bytes each seeder's address delivered."""
+def _swarm(tmp_path: Path, clock: FakeClock, rng: random.Random, size: int,
+           seeders: list[float]) -> tuple[float, Torrent, dict[str, int]]:
+    """Seeders uploading ``seeders[i]`` bytes/s each, 100 ms from the leecher; returns once it has every
+    piece: MiB/s from the first dial, the leecher, and the bytes each seeder's address delivered."""
     make_payload(tmp_path / "src" / "payload", {"a.bin": size}, seed=3)
     meta = make_torrent(tmp_path / "src" / "payload", PIECE)
     net = SimNet(clock, rng)
     addrs = []
     for i, up in enumerate(seeders):
         ip = f"127.0.{i // 200}.{i % 200 + 2}"
-        delay = ONE_WAY_S if one_way is None else one_way[i]
-        p = net.add_peer(f"seed{i}", ip, link=LinkSpec(up_Bps=up, latency_s=delay, window=1 * MiB))
+        p = net.add_peer(f"seed{i}", ip, link=LinkSpec(up_Bps=up, latency_s=ONE_WAY_S, window=1 * MiB))
         t = net.add_torrent(p, meta, tmp_path / "src", mode="seed")
         assert net.run_until(lambda t=t: t.state is TorrentState.SEEDING, 1.0)
         addrs.append((ip, 6881))
-    leech = net.add_peer("leech", "127.0.9.1", link=LinkSpec(latency_s=ONE_WAY_S if one_way is None else 0.001,
-                                                             window=1 * MiB))
+    leech = net.add_peer("leech", "127.0.9.1", link=LinkSpec(latency_s=ONE_WAY_S, window=1 * MiB))
     lt = net.add_torrent(leech, meta, tmp_path / "leech", mode="download",
                          config=TorrentConfig(max_peers=len(seeders)))
     t0 = net.now
@@ -71,7 +67,7 @@ def test_slow_peers_do_not_hold_a_fast_one_back(tmp_path: Path, clock: FakeClock
     """One 4 MiB/s peer among 30 at 64 KiB/s: the slow ones' requests go back to it while the cache is short."""
     size, fast = 32 * MiB, 4 * MiB
     rate, _, got = _swarm(tmp_path, clock, rng, size, [fast] + [64 * KiB] * 30)
-    assert rate > 0.5 * fast / MiB, rate  # 3.0 MiB/s here; 2.5 before quick peers took slow ones' blocks, 0.6 before lean pipelines
+    assert rate > 0.5 * fast / MiB, rate  # 2.5 MiB/s here; 0.6 before
     assert got["127.0.0.2"] > size // 2  # the fast peer sent most of it
 
 
@@ -79,24 +75,5 @@ def test_very_slow_peers_beside_two_fast_ones(tmp_path: Path, clock: FakeClock, 
     """Two 8 MiB/s peers among 20 at 32 KiB/s (a block takes them half a second): the fast ones get the cache."""
     size, fast = 48 * MiB, 8 * MiB
     rate, _, got = _swarm(tmp_path, clock, rng, size, [fast] * 2 + [32 * KiB] * 20)
-    assert rate > 0.375 * 2 * fast / MiB, rate  # 9.5 MiB/s here; 6.7 before quick peers took slow ones' blocks, 5.7 before lean pipelines
+    assert rate > 0.375 * 2 * fast / MiB, rate  # 6.7 MiB/s here; 5.7 before
     assert got["127.0.0.2"] + got["127.0.0.3"] > 0.9 * size
-
-
-def test_far_peers_are_not_left_out_for_their_round_trip_alone(tmp_path: Path, clock: FakeClock,
-                                                               rng: random.Random) -> None:
-    """Ten peers at 1 MiB/s, five 20 ms away and five 300 ms away: a far peer that sends as fast as the near
-    ones stays in.  When a round trip alone left a peer out, the far half sent nearly nothing: 4.9 MiB/s."""
-    size, n = 48 * MiB, 10
-    rate, _, got = _swarm(tmp_path, clock, rng, size, [MiB] * n, [0.01] * 5 + [0.15] * 5)
-    far = sum(got[f"127.0.0.{i + 2}"] for i in range(5, n))
-    assert rate > 0.65 * n, rate  # 7.6 MiB/s here
-    assert far > 0.3 * size, far  # 42 % here
-
-
-def test_peers_at_many_distances(tmp_path: Path, clock: FakeClock, rng: random.Random) -> None:
-    """16 peers at 512 KiB/s, 20, 100, 200 and 300 ms away (four of each)."""
-    size, n = 48 * MiB, 16
-    rate, _, got = _swarm(tmp_path, clock, rng, size, [512 * KiB] * n, [0.01, 0.05, 0.1, 0.15] * 4)
-    assert rate > 0.65 * n * 0.5, rate  # 5.8 MiB/s of 8 here; 5.3 when a round trip alone left a peer out
-    assert sum(1 for b in got.values() if b >= size // n // 2) >= 3 * n // 4, sorted(got.values())  # 13; 11

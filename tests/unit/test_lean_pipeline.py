@@ -1,7 +1,6 @@
 """download.py's lean pipelines: while the write cache holds back the requests of several delivering peers,
-each peer's pipeline follows its rate x round trip, slow peers are left out (their requests go back to the
-others) while the cache stays short, quick peers may take again the blocks that only slow ones hold, and the
-fastest ask first for the room a checked piece leaves."""
+each peer's pipeline follows its rate x round trip, peers much slower to answer than the quickest are left
+out (their requests go back to the others), and the fastest ask first for the room a checked piece leaves."""
 
 from __future__ import annotations
 
@@ -51,21 +50,20 @@ def _peer(cid: int, latency: float) -> Any:
 
 
 def _downloader(peers: dict[int, Any], picker: _Picker) -> Downloader:
-    return Downloader(meta=SimpleNamespace(info_hash=b"i" * 20, piece_length=256 * KiB), peers=peers, have=None, picker=picker,  # type: ignore[arg-type]
+    return Downloader(meta=SimpleNamespace(info_hash=b"i" * 20), peers=peers, have=None, picker=picker,  # type: ignore[arg-type]
                       storage=None, stats=None, queue_min=QUEUE_MIN, queue_max=1000,  # type: ignore[arg-type]
                       queue_seconds=1.0, auto_request=True)
 
 
 def _second(d: Downloader, peers: dict[int, Any], now: float, delivered: dict[int, int], *,
-            stopped: bool, idle: tuple[int, ...] = ()) -> list[Any]:
-    """One second in which each peer delivered ``delivered[cid]`` bytes, sending all along (those of ``idle``
-    only for a moment: no service rate); ``stopped``: the full write cache stopped a pick meanwhile.  Returns
-    the effects of the update."""
+            stopped: bool) -> list[Any]:
+    """One second in which each peer delivered ``delivered[cid]`` bytes, sending all along; ``stopped``: the
+    full write cache stopped a pick meanwhile.  Returns the effects of the update."""
     for cid, n in delivered.items():
         peers[cid].down.total += n
         if n:
             peers[cid].last_block_at = now
-            peers[cid].busy_s += 0.01 if cid in idle else 1.0
+            peers[cid].busy_s += 1.0
     if stopped:
         d._cache_stops += 1
     out: list[Any] = []
@@ -95,9 +93,9 @@ def test_a_lean_pipeline_is_twice_the_rate_times_the_round_trip() -> None:
     assert peers[2].lean_depth == dl.LEAN_MIN
     # not timed yet (its first block came out of order): as quick as the quickest while it delivers
     assert peers[3].lean_depth == int(2 * MiB * 0.2 / BLOCK_LEN) + dl.LEAN_EXTRA
-    assert peers[4].lean_depth == dl.LEAN_MIN  # neither timed nor delivering: a few blocks, which time it
+    assert peers[4].lean_depth == -1  # neither timed nor delivering: its usual depth
     assert d.queue_depth(peers[2], 1.0) == dl.LEAN_MIN < QUEUE_MIN
-    assert d.queue_depth(peers[4], 1.0) == dl.LEAN_MIN
+    assert d.queue_depth(peers[4], 1.0) == QUEUE_MIN
     # a peer with a short round trip keeps LEAN_TIME_S of its rate (our own loop's delay)
     peers[1].min_latency = 0.001
     _second(d, peers, 2.0, {1: 64 * MiB, 2: 8 * MiB, 3: 0, 4: 0}, stopped=True)
@@ -106,21 +104,17 @@ def test_a_lean_pipeline_is_twice_the_rate_times_the_round_trip() -> None:
 
 def test_a_peer_much_slower_to_answer_is_left_out_and_its_requests_go_to_others() -> None:
     picker = _Picker()
-    peers = {1: _peer(1, 0.05), 2: _peer(2, 0.05), 3: _peer(3, 1.2), 4: _peer(4, 0.16), 5: _peer(5, 0.3)}
-    picker.out = {3: [Block(5, i * BLOCK_LEN, BLOCK_LEN) for i in range(6)], 4: [Block(6, 0, BLOCK_LEN)],
-                  5: [Block(7, i * BLOCK_LEN, BLOCK_LEN) for i in range(4)]}
+    peers = {1: _peer(1, 0.05), 2: _peer(2, 0.05), 3: _peer(3, 1.2), 4: _peer(4, 0.16)}
+    picker.out = {3: [Block(5, i * BLOCK_LEN, BLOCK_LEN) for i in range(6)], 4: [Block(6, 0, BLOCK_LEN)]}
     d = _downloader(peers, picker)
     _second(d, peers, 0.0, {}, stopped=False)
-    out = _second(d, peers, 1.0, {1: MiB, 2: MiB, 3: 32 * KiB, 4: 16 * KiB, 5: 256 * KiB}, stopped=True, idle=(4,))
-    # 1.2 s > 2 x 0.05 + 0.05 (and a 32nd of the fastest): no more requests, its six go back with a cancel each
+    out = _second(d, peers, 1.0, {1: MiB, 2: MiB, 3: 32 * KiB, 4: 256 * KiB}, stopped=True)
+    # 1.2 s > 2 x 0.05 + 0.05: no more requests, and its six go back to the picker with a cancel each
     assert peers[3].lean_depth == 0 and d.queue_depth(peers[3], 1.0) == 0
-    assert picker.num_outstanding(3) == 0 and (3, Block(5, 0, BLOCK_LEN)) in picker.failed
+    assert picker.num_outstanding(3) == 0 and len(picker.failed) == 6
     assert [c[0] for c in peers[3].wire.cancels] == [5] * 6 and Flush(3) in out
-    # 0.16 s and no service rate yet to show otherwise: out, its one block left
-    assert peers[4].lean_depth == 0 and picker.num_outstanding(4) == 1
+    assert peers[4].lean_depth == 0 and picker.num_outstanding(4) == 1  # 0.16 s: out, its one block left
     assert not peers[4].wire.cancels
-    # 0.3 s away, but it sent a quarter of the fastest's rate while asked: a far peer that is not slow stays in
-    assert peers[5].lean_depth == int(256 * KiB * 0.6 / BLOCK_LEN) + dl.LEAN_EXTRA and picker.num_outstanding(5) == 4
     # ten seconds without a block from it: a few requests, which time it again
     for t in range(2, 12):
         _second(d, peers, float(t), {1: MiB, 2: MiB, 3: 0, 4: 0}, stopped=True)
@@ -141,35 +135,6 @@ def test_a_peer_that_answers_at_once_but_sends_slowly_is_left_out() -> None:
     assert peers[3].lean_depth == int(MiB * 0.2 / BLOCK_LEN) + dl.LEAN_EXTRA  # a quarter: it stays in
     _second(d, peers, 2.0, {1: 4 * MiB, 2: 0, 3: MiB}, stopped=True)
     assert peers[2].lean_depth == 0  # nothing new to judge it by: it stays out until its retry
-
-
-def test_a_left_out_peer_gets_a_few_requests_again_once_the_cache_stops_no_pick() -> None:
-    picker = _Picker()
-    peers = {1: _peer(1, 0.1), 2: _peer(2, 0.1), 3: _peer(3, 0.1)}
-    d = _downloader(peers, picker)
-    _second(d, peers, 0.0, {}, stopped=False)
-    _second(d, peers, 1.0, {1: 4 * MiB, 2: MiB, 3: 64 * KiB}, stopped=True)
-    assert peers[3].lean_depth == 0
-    _second(d, peers, 2.0, {1: 4 * MiB, 2: MiB, 3: 0}, stopped=True)
-    assert peers[3].lean_depth == 0  # the cache is still short
-    _second(d, peers, 3.0, {1: 4 * MiB, 2: MiB, 3: 0}, stopped=False)
-    assert d._lean and peers[3].lean_depth == dl.LEAN_MIN  # room: it may show again what it sends
-    _second(d, peers, 4.0, {1: 4 * MiB, 2: MiB, 3: 64 * KiB}, stopped=True)
-    assert peers[3].lean_depth == 0
-
-
-def test_quick_peers_may_take_the_blocks_that_only_slow_or_untimed_ones_hold() -> None:
-    peers = {1: _peer(1, 0.1), 2: _peer(2, 0.1), 3: _peer(3, 0.1), 4: _peer(4, 0.1), 5: _peer(5, math.inf)}
-    d = _downloader(peers, _Picker())
-    _second(d, peers, 0.0, {}, stopped=False)
-    # a piece stays about 0.1 s + 256 KiB / rate in the cache: 0.16 s at 4 MiB/s, 0.35 at 1 MiB/s, 1.1 at 256 KiB/s
-    _second(d, peers, 1.0, {1: 4 * MiB, 2: MiB, 3: 256 * KiB, 4: 32 * KiB, 5: MiB}, stopped=True)
-    assert peers[4].lean_depth == 0  # an eighth of the fastest's rate and less: out
-    assert d._stealers == {1, 2}  # within twice the quickest's time plus SLOW_MARGIN_S
-    assert d._victims == {3, 4, 5}  # slower, left out, or not timed yet
-    _second(d, peers, 2.0, {1: 4 * MiB, 2: MiB, 3: 256 * KiB, 4: 0, 5: MiB}, stopped=False)
-    _second(d, peers, 7.0, {1: 4 * MiB, 2: MiB, 3: 256 * KiB, 4: 0, 5: MiB}, stopped=False)
-    assert not d._lean and d._stealers == d._victims == frozenset()  # no taking back once the cache has room
 
 
 def test_pipelines_are_as_usual_again_some_seconds_after_the_cache_last_stopped_a_pick() -> None:

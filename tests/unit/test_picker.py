@@ -234,25 +234,6 @@ def test_endgame_duplicates_blocks_up_to_the_limit() -> None:
     assert pk.stats()["endgame_requests"] == 4
 
 
-def test_steal_takes_again_only_the_blocks_that_just_the_given_peers_hold() -> None:
-    """Lean pipelines (download.py): while the write cache stops new pieces, a quick peer requests again the
-    blocks that only slow peers hold, so their pieces leave the cache sooner."""
-    pk = make_picker("11111", blocks=4)
-    for p in "abc":
-        pk.peer_have_all(p)
-    slow = pk.pick("a", 3)  # three blocks of one piece
-    shared = pk.pick("c", 1)[0]  # the piece's fourth block, from a peer that is not slow
-    assert {b.index for b in slow} == {shared.index}
-    assert not pk.endgame
-    assert pk.pick("b", 4, can_start=lambda p: False) == []  # the cache is full: nothing without steal
-    assert pk.pick("b", 4, can_start=lambda p: False, steal=()) == []
-    got = pk.pick("b", 4, can_start=lambda p: False, steal={"a"})
-    assert sorted(got) == sorted(slow)  # not ``shared``: "c" holds it
-    expected, cancel = pk.block_received("b", slow[0])
-    assert expected and cancel == ["a"]  # the slow peer gets a cancel
-    assert pk.pick("b", 4, can_start=lambda p: False, steal={"a"}) == []  # every block has its two requesters
-
-
 def test_endgame_received_block_lists_other_requesters_to_cancel() -> None:
     pk = make_picker("1", blocks=2, dup=3)
     for p in "abc":
