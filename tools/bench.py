@@ -412,7 +412,7 @@ def seed_case(args: argparse.Namespace, seeders: list[str], torrent: str, seed_d
     n = args.seed_leechers
     print(f"seeding to {n} libtorrent leechers at once; payload {size >> 20} MiB in {len(want)} file(s), "
           f"{args.piece_kib} KiB pieces{', sparse' if args.sparse else ''}"
-          f"{f'; through a relay adding {seeder_rtt(args):g} ms RTT' if args.rtt_ms else ''}", flush=True)
+          f"{f'; through a relay adding {seeder_rtt(args):g} ms RTT' if seeder_rtt(args) else ''}", flush=True)
     results: list[SeedResult] = []
     for _run in range(args.runs):
         for name in seeders:
@@ -422,7 +422,7 @@ def seed_case(args: argparse.Namespace, seeders: list[str], torrent: str, seed_d
                 seeder, peer = start_lt_seeder(torrent, seed_dir, {})
             relay = None
             try:
-                if args.rtt_ms:  # the leechers reach the seeder through the relay
+                if seeder_rtt(args):  # the leechers reach the seeder through the relay (the list's first)
                     relay, peer = start_relay(peer, seeder_rtt(args))
                 r = serve(name, seeder, peer, torrent, n, work, args.timeout)
             finally:
