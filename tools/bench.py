@@ -274,39 +274,43 @@ def start_minibt_seeder(torrent: str, seed_dir: str, state: str, timeout_s: floa
     return w, f"127.0.0.1:{port}"
 
 
+def _numbers(text: str, *, zero_ok: bool) -> tuple[float, ...]:
+    """One number or a comma-separated list, each positive (or >= 0 with ``zero_ok``)."""
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or a list of numbers: {text!r}") from None
+    if not all(v > 0 or zero_ok and v == 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{'negative' if zero_ok else 'not positive'}: {text!r}")
+    return values
+
+
 def parse_rates(text: str) -> tuple[float, ...]:
     """``--seed-rate``: MiB/s, one or a comma-separated list of positive numbers."""
-    try:
-        rates = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a rate or a list of rates: {text!r}") from None
-    if not all(r > 0 for r in rates):
-        raise argparse.ArgumentTypeError(f"rates must be positive: {text!r}")
-    return rates
+    return _numbers(text, zero_ok=False)
 
 
 def parse_rtts(text: str) -> tuple[float, ...]:
     """``--rtt-ms``: milliseconds, one or a comma-separated list of numbers >= 0; () when all are 0."""
-    try:
-        rtts = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a round trip or a list of them: {text!r}") from None
-    if not all(r >= 0 for r in rtts):
-        raise argparse.ArgumentTypeError(f"round trips must not be negative: {text!r}")
+    rtts = _numbers(text, zero_ok=True)
     return rtts if any(rtts) else ()
+
+
+def per_seeder(values: tuple[float, ...], i: int) -> float:
+    """Seeder ``i``'s value of a per-seeder list (the last one for the rest); 0 for an empty list."""
+    return values[min(i, len(values) - 1)] if values else 0.0
 
 
 def seeder_rtt(args: argparse.Namespace, i: int = 0) -> float:
     """The round trip ``--rtt-ms`` adds to seeder ``i`` (0: none)."""
-    return args.rtt_ms[min(i, len(args.rtt_ms) - 1)] if args.rtt_ms else 0.0
+    return per_seeder(args.rtt_ms, i)
 
 
 def seeder_settings(args: argparse.Namespace, i: int = 0) -> dict[str, object]:
     """libtorrent settings of a download case's seeder ``i`` (LT_PEER's extra argument)."""
     out: dict[str, object] = {**UTP_ONLY, **BIG_BUFFERS} if args.transport == "utp" else {}
     if args.seed_rate:  # a link-bound download: libtorrent exempts local peers from limits unless told
-        rate = args.seed_rate[min(i, len(args.seed_rate) - 1)]
-        out.update({"upload_rate_limit": int(rate * MIB), "limit_local": True})
+        out.update({"upload_rate_limit": int(per_seeder(args.seed_rate, i) * MIB), "limit_local": True})
     return out
 
 
