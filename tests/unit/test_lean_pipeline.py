@@ -1,6 +1,7 @@
 """download.py's lean pipelines: while the write cache holds back the requests of several delivering peers,
-each peer's pipeline follows its rate x round trip, peers much slower to answer than the quickest are left
-out (their requests go back to the others), and the fastest ask first for the room a checked piece leaves."""
+each peer's pipeline follows its rate x round trip, peers sending much slower than the fastest are left out
+(their requests go back to the others), and the fastest ask first for the room a checked piece leaves; and
+the write cache's reservation (pieces that may be started) on long paths and with many peers."""
 
 from __future__ import annotations
 
@@ -102,23 +103,45 @@ def test_a_lean_pipeline_is_twice_the_rate_times_the_round_trip() -> None:
     assert peers[1].lean_depth == int(64 * MiB * dl.LEAN_TIME_S / BLOCK_LEN) + dl.LEAN_EXTRA
 
 
-def test_a_peer_much_slower_to_answer_is_left_out_and_its_requests_go_to_others() -> None:
+def test_a_far_peer_that_sends_as_fast_stays_in_and_a_slow_sender_goes_out() -> None:
+    """The round trip alone leaves nobody out: a peer 300 ms away that sends as fast as the near ones keeps a
+    pipeline that covers its round trip.  A peer that sends under an eighth of the fastest while it has
+    requests out gets none, and those it holds go back to the others."""
     picker = _Picker()
-    peers = {1: _peer(1, 0.05), 2: _peer(2, 0.05), 3: _peer(3, 1.2), 4: _peer(4, 0.16)}
+    peers = {1: _peer(1, 0.02), 2: _peer(2, 0.02), 3: _peer(3, 1.2), 4: _peer(4, 0.16), 5: _peer(5, 0.3)}
     picker.out = {3: [Block(5, i * BLOCK_LEN, BLOCK_LEN) for i in range(6)], 4: [Block(6, 0, BLOCK_LEN)]}
     d = _downloader(peers, picker)
     _second(d, peers, 0.0, {}, stopped=False)
-    out = _second(d, peers, 1.0, {1: MiB, 2: MiB, 3: 32 * KiB, 4: 256 * KiB}, stopped=True)
-    # 1.2 s > 2 x 0.05 + 0.05: no more requests, and its six go back to the picker with a cancel each
+    out = _second(d, peers, 1.0, {1: MiB, 2: MiB, 3: 32 * KiB, 4: 256 * KiB, 5: MiB}, stopped=True)
+    # 32 KiB/s while sending, 1/32 of the fastest: no more requests, its six go back with a cancel each
     assert peers[3].lean_depth == 0 and d.queue_depth(peers[3], 1.0) == 0
     assert picker.num_outstanding(3) == 0 and len(picker.failed) == 6
     assert [c[0] for c in peers[3].wire.cancels] == [5] * 6 and Flush(3) in out
-    assert peers[4].lean_depth == 0 and picker.num_outstanding(4) == 1  # 0.16 s: out, its one block left
-    assert not peers[4].wire.cancels
-    # ten seconds without a block from it: a few requests, which time it again
+    # a quarter of the fastest, 160 ms away: in, with LEAN_MIN; 300 ms away at 1 MiB/s: twice its round trip
+    assert peers[4].lean_depth == dl.LEAN_MIN and picker.num_outstanding(4) == 1 and not peers[4].wire.cancels
+    assert peers[5].lean_depth == int(MiB * 0.6 / BLOCK_LEN) + dl.LEAN_EXTRA == 40
+    # ten seconds without a block from the slow sender: a few requests, which time it again
     for t in range(2, 12):
-        _second(d, peers, float(t), {1: MiB, 2: MiB, 3: 0, 4: 0}, stopped=True)
+        _second(d, peers, float(t), {1: MiB, 2: MiB, 3: 0, 4: 256 * KiB, 5: MiB}, stopped=True)
+        assert peers[5].lean_depth == 40
     assert peers[3].lean_depth == dl.LEAN_MIN
+
+
+def test_the_reservation_leaves_each_delivering_peer_a_piece_beyond_its_bytes_in_flight() -> None:
+    """Each delivering peer keeps a piece in the cache while its blocks come in, whatever its round trip, so
+    the pieces that may be started are twice the bytes in flight plus one piece per delivering peer, up to
+    ``reserve_max``."""
+    peers = {c: _peer(c, 0.001) for c in range(1, 11)}
+    d = Downloader(meta=SimpleNamespace(info_hash=b"i" * 20, piece_length=256 * KiB), peers=peers, have=None,  # type: ignore[arg-type]
+                   picker=_Picker(), storage=None, stats=None, queue_min=QUEUE_MIN,  # type: ignore[arg-type]
+                   queue_max=1000, queue_seconds=1.0, auto_request=True, reserve_max=8 * MiB)
+    _second(d, peers, 0.0, {}, stopped=False)
+    _second(d, peers, 1.0, {c: MiB if c <= 6 else 0 for c in peers}, stopped=False)
+    assert d._reserve == int(2 * 6 * MiB * 0.001) + 6 * 256 * KiB
+    for p in peers.values():
+        p.min_latency = 0.3
+    _second(d, peers, 2.0, {c: MiB for c in peers}, stopped=False)
+    assert d._reserve == 8 * MiB  # 6 MiB in flight: the ceiling
 
 
 def test_a_peer_that_answers_at_once_but_sends_slowly_is_left_out() -> None:
