@@ -3,7 +3,7 @@
 
     python3 tools/bench.py [--size-mib 1024[,16384...]] [--piece-kib 256] [--workdir DIR] [--runs 1]
                            [--transport tcp|utp] [--encryption none|required] [--clients minibt,aria2,...]
-                           [--files N] [--sparse] [--seed-leechers N] [--seed-rate MIB[,MIB...]] [--rtt-ms MS]
+                           [--files N] [--sparse] [--seed-leechers N] [--seed-rate MIB[,MIB...]] [--rtt-ms MS[,MS...]]
                            [--minibt-arg ARG ...]
 
 A libtorrent seeder (its own process, DHT/LSD/UPnP/NAT-PMP off, plaintext) serves a random payload
@@ -336,8 +336,9 @@ def download_case(args: argparse.Namespace, rows: list[tuple[str, str]], torrent
                 w, addr = start_lt_seeder(torrent, seed_dir, {**seeder_settings(args, i),
                                                               **(RC4_FORCED if mode == "rc4" else {})})
                 seeders[mode].append(w)
-                if seeder_rtt(args, i):
-                    relay, addr = start_relay(addr, seeder_rtt(args, i), udp=args.transport == "utp")
+                rtt = seeder_rtt(args, i)
+                if rtt:
+                    relay, addr = start_relay(addr, rtt, udp=args.transport == "utp")
                     relays.append(relay)
                 peers[mode].append(addr)
             rates = ",".join(f"{r:g}" for r in args.seed_rate)
@@ -413,10 +414,10 @@ def download_one(args: argparse.Namespace, name: str, mode: str, addrs: list[str
 
 def seed_case(args: argparse.Namespace, seeders: list[str], torrent: str, seed_dir: str, top: str,
               want: dict[str, str], size: int, work: str) -> list[SeedResult]:
-    n = args.seed_leechers
+    n, rtt = args.seed_leechers, seeder_rtt(args)  # the leechers reach the seeder through one relay
     print(f"seeding to {n} libtorrent leechers at once; payload {size >> 20} MiB in {len(want)} file(s), "
           f"{args.piece_kib} KiB pieces{', sparse' if args.sparse else ''}"
-          f"{f'; through a relay adding {seeder_rtt(args):g} ms RTT' if seeder_rtt(args) else ''}", flush=True)
+          f"{f'; through a relay adding {rtt:g} ms RTT' if rtt else ''}", flush=True)
     results: list[SeedResult] = []
     for _run in range(args.runs):
         for name in seeders:
@@ -426,8 +427,8 @@ def seed_case(args: argparse.Namespace, seeders: list[str], torrent: str, seed_d
                 seeder, peer = start_lt_seeder(torrent, seed_dir, {})
             relay = None
             try:
-                if seeder_rtt(args):  # the leechers reach the seeder through the relay (the list's first)
-                    relay, peer = start_relay(peer, seeder_rtt(args))
+                if rtt:  # the list's first
+                    relay, peer = start_relay(peer, rtt)
                 r = serve(name, seeder, peer, torrent, n, work, args.timeout)
             finally:
                 if relay is not None:

@@ -141,7 +141,7 @@ def test_the_reservation_leaves_each_delivering_peer_a_piece_beyond_its_bytes_in
     for p in peers.values():
         p.min_latency = 0.3
     _second(d, peers, 2.0, {c: MiB for c in peers}, stopped=False)
-    assert d._reserve == 8 * MiB  # 6 MiB in flight: the ceiling
+    assert d._reserve == 8 * MiB  # twice the 3 MiB in flight plus ten pieces: over the ceiling
 
 
 def test_a_peer_that_answers_at_once_but_sends_slowly_is_left_out() -> None:
