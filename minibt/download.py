@@ -49,6 +49,7 @@ LEAN_HOLD_S = 5.0
 PARK_RETRY_S = 10.0
 SLOW_RATE_RATIO = 8.0
 SERVICE_MIN_S = 0.05  # seconds of sending in a second that give a service rate
+CANCELLED_KEPT = 512  # blocks cancelled from one peer that are still taken if they come (on_blocks)
 
 
 def _lean_depth(rate: float, latency: float) -> int:
@@ -383,14 +384,23 @@ class Downloader:
         wire = peer.wire
         if wire is None or peer.closing:
             return
-        picker = self._picker
-        blocks = picker.outstanding(peer.cid)
-        for b in blocks:
-            picker.request_failed(peer.cid, b)
-            wire.cancel(b.index, b.begin, b.length)
+        blocks = self._picker.outstanding(peer.cid)
+        self._cancel(peer, blocks)
         if blocks:
             out.append(Flush(peer.cid))
         peer.had_out = False
+
+    def _cancel(self, peer: PeerConnection, blocks: list[Block]) -> None:
+        """Cancel requests that ``peer`` may have sent already: blocks on their way (in its socket buffer or
+        on a slow link) come anyway, and while nobody else has delivered them they are taken (on_blocks)."""
+        picker, wire, cancelled = self._picker, peer.wire, peer.cancelled
+        assert wire is not None
+        for b in blocks:
+            picker.request_failed(peer.cid, b)
+            wire.cancel(b.index, b.begin, b.length)
+            cancelled[b.index, b.begin] = None
+        while len(cancelled) > CANCELLED_KEPT:
+            del cancelled[next(iter(cancelled))]
 
     def check_snub(self, peer: PeerConnection, now: float, out: list[Effect]) -> None:
         """No block for SNUB_TIMEOUT_S with requests out: hand them to others, keep the connection.
@@ -404,9 +414,7 @@ class Downloader:
             peer.snubbed = True
             peer.request_probe = None
             peer.had_out = False
-            for b in picker.outstanding(peer.cid):
-                picker.request_failed(peer.cid, b)
-                wire.cancel(b.index, b.begin, b.length)
+            self._cancel(peer, picker.outstanding(peer.cid))
             peer.last_block_at = now
             out.append(Flush(peer.cid))
 
@@ -453,6 +461,8 @@ class Downloader:
             if index != last:
                 last, wanted, src = index, downloading and not have.test(index), None
             others = picker.take_requested(cid, index, begin, n) if wanted else None
+            if others is None and wanted and peer.cancelled.pop((index, begin), 0) is None:  # came anyway
+                others = picker.take_late(cid, Block(index, begin, n))
             if others is None:
                 self._stats.wasted += n  # unsolicited, late or duplicate: never written
                 stray = True

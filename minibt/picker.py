@@ -271,8 +271,7 @@ class PiecePicker:
 
     def peer_have_all(self, peer: Peer) -> None:
         """BEP 6 Have All: O(1), a seed is only a counter."""
-        st = self._reset_peer(peer)
-        self._make_seed(peer, st)
+        self._make_seed(peer, self._reset_peer(peer))
 
     def peer_have_none(self, peer: Peer) -> None:
         """BEP 6 Have None."""
@@ -291,9 +290,7 @@ class PiecePicker:
 
     def peer_has(self, peer: Peer, i: int) -> bool:
         st = self._peers.get(peer)
-        if st is None or not 0 <= i < self._n:
-            return False
-        return st.seed or bool(st.bits[i])
+        return st is not None and 0 <= i < self._n and (st.seed or bool(st.bits[i]))
 
     def peer_is_seed(self, peer: Peer) -> bool:
         """Whether the peer has every piece (Have All, a full bitfield, or all pieces by Have)."""
@@ -309,9 +306,7 @@ class PiecePicker:
     def is_interesting(self, peer: Peer) -> bool:
         """Whether the peer has a piece we want and don't have (O(1))."""
         st = self._peers.get(peer)
-        if st is None:
-            return False
-        return self._missing > 0 if st.seed else st.interest > 0
+        return st is not None and (self._missing > 0 if st.seed else st.interest > 0)
 
     def availability(self, i: int) -> int:
         """Number of known peers that have piece ``i``."""
@@ -458,6 +453,13 @@ class PiecePicker:
         self._blocks_received += 1
         return others
 
+    def take_late(self, peer: Peer, block: Block) -> list[Peer] | None:
+        """A block cancelled from ``peer`` that came anyway (it was on its way): recorded as received only
+        while its piece is started and the block missing, else None; returns the peers to cancel it at."""
+        j = self._slot(block)
+        pp = None if j is None else self._partials.get(block.index)
+        return None if pp is None or pp.recv[j] else self.block_received(peer, block)[1]  # type: ignore[index]
+
     def has_free_blocks(self) -> bool:
         """Some started piece has blocks nobody has requested (``pick`` serves them before new pieces)."""
         return bool(self._open)
@@ -534,9 +536,8 @@ class PiecePicker:
 
     def peer_pieces(self, peer: Peer) -> bytes:
         """The peer's pieces as a BEP 3 bitfield (high bit of byte 0 = piece 0); zeros if unknown."""
-        n = self._n
+        n, st = self._n, self._peers.get(peer)
         nbytes = (n + 7) // 8
-        st = self._peers.get(peer)
         if st is None or (not st.seed and (st.count == 0 or len(st.bits) != n)):
             return bytes(nbytes)
         digits = b"1" * n if st.seed else bytes(st.bits).translate(_BYTES_TO_BIN)

@@ -377,6 +377,29 @@ def test_unsolicited_block_is_recorded_but_not_expected() -> None:
     assert pk.stats()["blocks_unexpected"] == 1
 
 
+def test_a_late_block_is_taken_only_while_its_piece_is_started_and_the_block_missing() -> None:
+    pk = make_picker("111", blocks=2)
+    pk.peer_have_all("a")
+    pk.peer_have_all("b")
+    first = pk.pick("a", 2)
+    assert len(first) == 2 and first[0].index == first[1].index  # one piece, both blocks
+    p = first[0].index
+    for b in first:
+        pk.request_failed("a", b)  # cancelled at a
+    assert pk.pick("b", 1) == [first[0]]  # given to b
+    assert pk.take_late("a", first[0]) == ["b"]  # a's copy came first: b's request is to be cancelled
+    assert pk.num_outstanding("b") == 0
+    assert pk.take_late("a", first[0]) is None  # a second copy
+    assert pk.take_late("a", first[1]) == []  # free, nobody asked again
+    assert pk.piece_complete(p)
+    pk.piece_hashing(p)
+    assert pk.take_late("a", first[1]) is None  # hashing
+    fresh = next(i for i in range(3) if i != p)
+    assert pk.take_late("a", Block(fresh, 0, BL)) is None  # a piece never started is not started for it
+    assert pk.take_late("a", Block(p, 3, BL)) is None  # malformed
+    assert pk.stats()["partial"] == 0
+
+
 @pytest.mark.parametrize(
     "block",
     [
