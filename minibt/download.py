@@ -30,7 +30,7 @@ from minibt.peer import PeerConnection
 from minibt.picker import Block, PiecePicker
 from minibt.reputation import BlockRecord
 from minibt.sha1 import sha1
-from minibt.storage import Storage
+from minibt.storage import Storage, default_cache_bytes
 from minibt.wire_codec import BLOCK_LEN
 from minibt.workers import HashJob
 
@@ -261,7 +261,11 @@ class Downloader:
         the next, up to what the link gives (as TCP grows its receive window).  On top of that, a piece for
         each peer that delivered: the piece whose blocks it is sending sits in the cache whatever its round
         trip (without it, ten peers at 1 MiB/s, five of them 300 ms away, filled the 3 MiB cache with the
-        far ones' pieces).  Never below the cache's own size, nor above ``reserve_max``: the memory the cache
+        far ones' pieces).  A peer that unchokes us and has not delivered yet gets a piece too, from the moment
+        it unchokes us (:meth:`on_unchoke`): at the start every peer asks at once, and without it the first
+        ones took the cache while the fast one waited (one 4 MiB/s peer among 30 at 64 KiB/s, simulated: its
+        first block came after 4 s; the download went from 2.8 to 3.3 MiB/s with it).
+        Never below the cache's own size, nor above ``reserve_max``: the memory the cache
         may take if every started piece's first block came at once.  On loopback or a LAN with a few peers
         that stays under the cache, which alone bounds it.
 
@@ -285,11 +289,12 @@ class Downloader:
         - when a checked piece leaves room, the peers that delivered most ask first (:meth:`fill_all`).
 
         A peer not timed yet counts as quick as the quickest while it delivers, else keeps its usual depth.
-        Simulated after (tests/sim/test_many_peers_sim.py): 5.2 and 2.4 MiB/s in those two swarms.
+        Simulated now (tests/sim/test_many_peers_sim.py): 5.4 and 3.1 MiB/s in those two swarms.
         """
         dt = now - self._pipeline_at
         need = 0.0
         delivering = 0  # peers that sent blocks since the last update
+        untimed = 0  # and peers that unchoke us but have not delivered yet
         totals: dict[int, int] = {}
         gots = self._got = {}
         busy: dict[int, float] = {}
@@ -302,11 +307,13 @@ class Downloader:
             if peer.min_latency < math.inf and dt < math.inf:
                 need += got / dt * peer.min_latency
             delivering += got > 0
+            wire = peer.wire
+            untimed += not got and peer.min_latency == math.inf and wire is not None and not wire.peer_choking
         self._totals = totals
         self._busy = busy_totals
         self._pipeline_at = now
         if self._reserve_max:
-            self._reserve = min(int(2 * need) + delivering * self._meta.piece_length, self._reserve_max)
+            self._reserve = min(int(2 * need) + (delivering + untimed) * self._meta.piece_length, self._reserve_max)
         if self._cache_stops and delivering >= 2:
             self._lean_until = now + LEAN_HOLD_S
         self._lean = now < self._lean_until
@@ -331,6 +338,14 @@ class Downloader:
                 peer.lean_depth = -1 if latency == math.inf else _lean_depth(rate, latency)
             else:
                 peer.lean_depth = _lean_depth(rate, latency)
+
+    def on_unchoke(self, peer: PeerConnection, now: float, out: list[Effect]) -> None:
+        """It unchokes us: a peer not timed yet gets a piece of room in the reservation at once (see
+        _update_pipeline), so a newcomer that may be fast does not wait while slower peers hold the cache."""
+        if self._reserve_max and peer.min_latency == math.inf:
+            room = max(self._reserve, default_cache_bytes(self._meta.piece_length)) + self._meta.piece_length
+            self._reserve = min(room, self._reserve_max)
+        self.fill(peer, now, out)
 
     def fill_all(self, now: float, out: list[Effect]) -> None:
         """Top up the pipeline of every peer that does not choke us (the write cache looked at once:

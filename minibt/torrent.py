@@ -556,7 +556,7 @@ class Torrent:
             case w.HaveNone():
                 self.picker.peer_have_none(peer.cid)
             case w.Unchoke():
-                self.download.fill(peer, now, out)
+                self.download.on_unchoke(peer, now, out)
             case w.Choke():
                 self.download.on_choke(peer)
             case w.Interested():

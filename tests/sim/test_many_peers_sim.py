@@ -63,15 +63,16 @@ def test_many_equal_peers_share_the_write_cache(tmp_path: Path, clock: FakeClock
     """30 peers at 256 KiB/s: the blocks the cache lets out are spread over most of them."""
     size, n, up = 32 * MiB, 30, 256 * KiB
     rate, _, got = _swarm(tmp_path, clock, rng, size, [up] * n)
-    assert rate > 0.4 * n * up / MiB, rate  # 5.2 MiB/s of 7.5 here; 4.0 with no room per peer, 1.8 before lean
+    assert rate > 0.4 * n * up / MiB, rate  # 5.4 MiB/s of 7.5 here; 4.0 with no room per peer, 1.8 before lean
     assert sum(1 for b in got.values() if b >= size // n // 2) >= 2 * n // 3, sorted(got.values())
 
 
 def test_slow_peers_do_not_hold_a_fast_one_back(tmp_path: Path, clock: FakeClock, rng: random.Random) -> None:
-    """One 4 MiB/s peer among 30 at 64 KiB/s: the slow ones' requests go back to it while the cache is short."""
+    """One 4 MiB/s peer among 30 at 64 KiB/s: the slow ones' requests go back to it while the cache is short,
+    and from the start it has a piece of room (a newcomer's) while the slow ones hold theirs."""
     size, fast = 32 * MiB, 4 * MiB
     rate, _, got = _swarm(tmp_path, clock, rng, size, [fast] + [64 * KiB] * 30)
-    assert rate > 0.5 * fast / MiB, rate  # 2.4 MiB/s here; 0.6 before
+    assert rate > 0.7 * fast / MiB, rate  # 3.1 MiB/s here; 2.4 with no room for newcomers, 0.6 before lean
     assert got["127.0.0.2"] > size // 2  # the fast peer sent most of it
 
 
@@ -79,7 +80,7 @@ def test_very_slow_peers_beside_two_fast_ones(tmp_path: Path, clock: FakeClock, 
     """Two 8 MiB/s peers among 20 at 32 KiB/s (a block takes them half a second): the fast ones get the cache."""
     size, fast = 48 * MiB, 8 * MiB
     rate, _, got = _swarm(tmp_path, clock, rng, size, [fast] * 2 + [32 * KiB] * 20)
-    assert rate > 0.375 * 2 * fast / MiB, rate  # 7.5 MiB/s here; 5.7 before
+    assert rate > 0.5 * 2 * fast / MiB, rate  # 9.1 MiB/s here; 7.5 with no room for newcomers, 5.7 before
     assert got["127.0.0.2"] + got["127.0.0.3"] > 0.9 * size
 
 
@@ -90,5 +91,5 @@ def test_far_peers_as_fast_as_near_ones_are_not_left_out(tmp_path: Path, clock: 
     size, n = 48 * MiB, 10
     rate, _, got = _swarm(tmp_path, clock, rng, size, [MiB] * n, one_way=[0.01] * 5 + [0.15] * 5)
     far = sum(b for ip, b in got.items() if int(ip.rsplit(".", 1)[1]) >= 7)
-    assert rate > 0.65 * n, rate  # 8.6 MiB/s here; 4.9 before (the far peers were left out for their round trip)
+    assert rate > 0.65 * n, rate  # 8.2 MiB/s here; 4.9 when the far peers were left out for their round trip
     assert far > 0.3 * size, far

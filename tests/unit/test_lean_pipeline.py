@@ -9,10 +9,13 @@ import math
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 import minibt.download as dl
 from minibt.download import Downloader
 from minibt.effects import Flush
 from minibt.picker import Block
+from minibt.storage import default_cache_bytes
 from minibt.wire_codec import BLOCK_LEN
 
 KiB, MiB = 1024, 1024 * 1024
@@ -44,7 +47,7 @@ class _Down:
 
 
 def _peer(cid: int, latency: float) -> Any:
-    wire = SimpleNamespace(cancels=[])
+    wire = SimpleNamespace(cancels=[], peer_choking=False)
     wire.cancel = lambda i, b, n: wire.cancels.append((i, b, n))
     return SimpleNamespace(cid=cid, down=_Down(), min_latency=latency, last_block_at=0.0, lean_depth=-1,
                            wire=wire, closing=False, snubbed=False, reqq=2000, busy_s=0.0, had_out=False,
@@ -143,6 +146,45 @@ def test_the_reservation_leaves_each_delivering_peer_a_piece_beyond_its_bytes_in
         p.min_latency = 0.3
     _second(d, peers, 2.0, {c: MiB for c in peers}, stopped=False)
     assert d._reserve == 8 * MiB  # twice the 3 MiB in flight plus ten pieces: over the ceiling
+
+
+def _reserving(peers: dict[int, Any], reserve_max: int = 8 * MiB) -> Downloader:
+    return Downloader(meta=SimpleNamespace(info_hash=b"i" * 20, piece_length=256 * KiB), peers=peers, have=None,  # type: ignore[arg-type]
+                      picker=_Picker(), storage=None, stats=None, queue_min=QUEUE_MIN,  # type: ignore[arg-type]
+                      queue_max=1000, queue_seconds=1.0, auto_request=True, reserve_max=reserve_max)
+
+
+def test_peers_that_unchoke_us_but_have_not_delivered_yet_each_have_a_piece_of_room() -> None:
+    """A newcomer may be the fastest peer: until it has delivered, the reservation holds a piece for it as
+    for a delivering peer (not for one that chokes us, nor for one that was timed and went quiet)."""
+    peers = {c: _peer(c, math.inf) for c in range(1, 8)}
+    peers[5].wire.peer_choking = True
+    peers[6].min_latency = 0.05  # timed: it delivered before
+    d = _reserving(peers)
+    _second(d, peers, 0.0, {}, stopped=False)
+    _second(d, peers, 1.0, {7: MiB}, stopped=False)
+    assert d._reserve == 1 * 256 * KiB + 4 * 256 * KiB  # 7 delivered; 1-4 unchoke us and are new
+
+
+def test_a_new_peer_that_unchokes_us_gets_a_piece_of_room_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the next once-a-second update: the room goes on top of the write cache (the floor of the
+    reservation), up to ``reserve_max``; a timed peer or a cache size the user set changes nothing."""
+    peers = {1: _peer(1, math.inf), 2: _peer(2, 0.05)}
+    fills = []
+    monkeypatch.setattr(Downloader, "fill", lambda self, p, now, out: fills.append(p.cid))
+    d = _reserving(peers, reserve_max=int(3.5 * MiB))
+    cache = default_cache_bytes(256 * KiB)
+    d.on_unchoke(peers[1], 0.0, [])
+    assert d._reserve == cache + 256 * KiB
+    d.on_unchoke(peers[2], 0.0, [])  # timed
+    assert d._reserve == cache + 256 * KiB
+    for _ in range(10):
+        d.on_unchoke(peers[1], 0.0, [])
+    assert d._reserve == int(3.5 * MiB)
+    assert fills == [1, 2] + [1] * 10  # and its pipeline is topped up
+    fixed = _reserving(peers, reserve_max=0)  # the user's cache size: a hard bound
+    fixed.on_unchoke(peers[1], 0.0, [])
+    assert fixed._reserve == 0
 
 
 def test_a_peer_that_answers_at_once_but_sends_slowly_is_left_out() -> None:
