@@ -275,7 +275,11 @@ class Downloader:
         out and the others get none, and a slow peer's blocks keep whole pieces in the cache for seconds
         (simulated, 30 peers at 256 KiB/s 100 ms away: 1.8 MiB/s of their 7.5, 7 of them busy; one 4 MiB/s
         peer among 30 at 64 KiB/s: 0.6 MiB/s).  So while picks stopped at the full cache with two or more
-        peers delivering, and for LEAN_HOLD_S after:
+        peers delivering, or a peer is left out (below), and for LEAN_HOLD_S after.  Lean pipelines leave
+        room enough that picks stop no more; when that alone ended them, the slow peers got full pipelines
+        again, started a piece each and held the cache, and the fast one fell back to LEAN_MIN blocks and
+        doubled its way up again (simulated, the 4 MiB/s peer among 30 slow ones, with a 1 MiB cache: 4 MiB/s
+        to 0.4 for a second, then 2, then 3.7; with 3 MiB, to 2.9).  While lean:
 
         - a peer's pipeline (``lean_depth``) is twice what it delivered in its round trip (``min_latency``),
           at least LEAN_TIME_S of it, plus LEAN_EXTRA blocks, never under LEAN_MIN: peers share what the
@@ -331,6 +335,7 @@ class Downloader:
                     peer.lean_depth = LEAN_MIN  # now and then a few blocks, which time it again
                 else:
                     peer.lean_depth = 0
+                    self._lean_until = now + LEAN_HOLD_S  # lean pipelines stay while a peer is left out
                     if self._picker.num_outstanding(cid) > 1:
                         self._give_back(peer, out)
             elif latency == math.inf:  # not timed yet: as quick as the quickest if it delivers, else as usual

@@ -217,6 +217,34 @@ def test_pipelines_are_as_usual_again_some_seconds_after_the_cache_last_stopped_
     assert not d._lean and d.queue_depth(peers[1], t) == QUEUE_MIN
 
 
+def test_pipelines_stay_lean_while_a_peer_is_left_out_for_its_rate() -> None:
+    """Lean pipelines leave room enough that picks stop no more; if that ended them, the peer left out would
+    get a full pipeline again and start a piece.  They end LEAN_HOLD_S after the last update that left one
+    out."""
+    peers = {1: _peer(1, 0.1), 2: _peer(2, 0.1), 3: _peer(3, 0.1)}
+    d = _downloader(peers, _Picker())
+    _second(d, peers, 0.0, {}, stopped=False)
+    _second(d, peers, 1.0, {1: 4 * MiB, 2: 4 * MiB, 3: 64 * KiB}, stopped=True)
+    assert peers[3].lean_depth == 0
+    t = 2.0
+    while t < 1.0 + dl.PARK_RETRY_S:  # no pick stops; 3 sends nothing (it stays out until its retry)
+        _second(d, peers, t, {1: 4 * MiB, 2: 4 * MiB, 3: 0}, stopped=False)
+        assert d._lean and peers[3].lean_depth == 0 and d.queue_depth(peers[3], t) == 0, t
+        last_out = t
+        t += 1.0
+    _second(d, peers, t, {1: 4 * MiB, 2: 4 * MiB, 3: 0}, stopped=False)  # its retry: a few blocks time it
+    assert d._lean and peers[3].lean_depth == dl.LEAN_MIN
+    t += 1.0
+    _second(d, peers, t, {1: 4 * MiB, 2: 4 * MiB, 3: 4 * MiB}, stopped=False)  # as fast now: nobody is out
+    assert peers[3].lean_depth > dl.LEAN_MIN and d._lean
+    while t < last_out + dl.LEAN_HOLD_S - 1:
+        t += 1.0
+        _second(d, peers, t, {1: 4 * MiB, 2: 4 * MiB, 3: 4 * MiB}, stopped=False)
+        assert d._lean
+    _second(d, peers, t + 1, {1: 4 * MiB, 2: 4 * MiB, 3: 4 * MiB}, stopped=False)
+    assert not d._lean
+
+
 def test_the_peers_that_delivered_most_ask_first_for_the_room_a_piece_leaves() -> None:
     peers = {c: _peer(c, 0.1) for c in (1, 2, 3)}
     for p in peers.values():
