@@ -49,7 +49,9 @@ LEAN_HOLD_S = 5.0
 PARK_RETRY_S = 10.0
 SLOW_RATE_RATIO = 8.0
 SERVICE_MIN_S = 0.05  # seconds of sending in a second that give a service rate
-CANCELLED_KEPT = 512  # blocks cancelled from one peer that are still taken if they come (on_blocks)
+# Blocks cancelled that are still taken if they come (on_blocks), all peers together: the most blocks in
+# flight when the reservation is at its 8 MiB ceiling, twice (end game); about 150 kB at most.
+CANCELLED_KEPT = 1024
 
 
 def _lean_depth(rate: float, latency: float) -> int:
@@ -116,6 +118,7 @@ class Downloader:
         self._lean = False  # the write cache holds several delivering peers back: lean pipelines
         self._lean_until = 0.0
         self._got: dict[int, int] = {}  # each peer's bytes received between the last two updates
+        self._cancelled: dict[tuple[int, int, int], None] = {}  # (cid, piece, begin) cancelled, may come yet
         self.disk_error: str | None = None  # set while paused by a full disk
         self.paused_reason: str | None = None  # set while paused by the user (Torrent.pause_download)
 
@@ -413,12 +416,12 @@ class Downloader:
     def _cancel(self, peer: PeerConnection, blocks: list[Block]) -> None:
         """Cancel requests that ``peer`` may have sent already: blocks on their way (in its socket buffer or
         on a slow link) come anyway, and while nobody else has delivered them they are taken (on_blocks)."""
-        picker, wire, cancelled = self._picker, peer.wire, peer.cancelled
+        picker, wire, cancelled, cid = self._picker, peer.wire, self._cancelled, peer.cid
         assert wire is not None
         for b in blocks:
-            picker.request_failed(peer.cid, b)
+            picker.request_failed(cid, b)
             wire.cancel(b.index, b.begin, b.length)
-            cancelled[b.index, b.begin] = None
+            cancelled[cid, b.index, b.begin] = None
         while len(cancelled) > CANCELLED_KEPT:
             del cancelled[next(iter(cancelled))]
 
@@ -481,7 +484,7 @@ class Downloader:
             if index != last:
                 last, wanted, src = index, downloading and not have.test(index), None
             others = picker.take_requested(cid, index, begin, n) if wanted else None
-            if others is None and wanted and peer.cancelled.pop((index, begin), 0) is None:  # came anyway
+            if others is None and wanted and self._cancelled.pop((cid, index, begin), 0) is None:  # came anyway
                 others = picker.take_late(cid, Block(index, begin, n))
             if others is None:
                 self._stats.wasted += n  # unsolicited, late or duplicate: never written

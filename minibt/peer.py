@@ -207,7 +207,6 @@ class PeerConnection:
         self.lean_depth = -1  # most requests outstanding while the write cache is short (Downloader._update_pipeline)
         self.busy_s = 0.0  # seconds from a block to the next while requests stayed out (its service rate)
         self.had_out = False  # requests were still out after the last block
-        self.cancelled: dict[tuple[int, int], None] = {}  # (piece, begin) cancelled, may come yet (Downloader)
         self.listen_port: int | None = None
         self.client_name = ""
         self.snubbed = False

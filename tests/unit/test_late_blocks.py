@@ -54,21 +54,22 @@ def test_only_blocks_cancelled_at_that_peer_are_taken_late(tmp_path: Path) -> No
     r.s.tick(now=r.now)
     again = r.requests()
     late = [q for q in asked if q not in again]
-    peer = r.t.peers[r.cid]
-    assert {(i, b) for i, b, _ in late} <= set(peer.cancelled)
-    del peer.cancelled[late[0][:2]]  # as if never asked of this peer
+    cancelled = r.t.download._cancelled
+    assert {(r.cid, i, b) for i, b, _ in late} <= set(cancelled)
+    del cancelled[(r.cid, *late[0][:2])]  # as if never asked of this peer
     before = r.t.stats.wasted
     r.send(r.piece_msg(*late[0]) + r.piece_msg(*late[1]))  # one read: nothing is asked again in between
     assert r.t.stats.wasted == before + BLOCK_LEN  # the first only
 
 
-def test_the_blocks_a_peer_may_still_send_after_cancels_are_bounded(tmp_path: Path) -> None:
+def test_the_blocks_peers_may_still_send_after_cancels_are_bounded_for_all_peers_together(tmp_path: Path) -> None:
     r = Remote(tmp_path)
-    peer = r.t.peers[r.cid]
+    cancelled = r.t.download._cancelled
     for k in range(download.CANCELLED_KEPT + 10):
-        peer.cancelled[k, 0] = None
-    r.requests()
+        cancelled[k, 0, 0] = None  # other peers' (gone since)
+    asked = r.requests()
     r.now += download.SNUB_TIMEOUT_S + 1
     r.s.tick(now=r.now)
-    assert len(peer.cancelled) == download.CANCELLED_KEPT
-    assert (0, 0) not in peer.cancelled  # the oldest went first
+    assert len(cancelled) == download.CANCELLED_KEPT
+    assert (0, 0, 0) not in cancelled  # the oldest went first
+    assert (r.cid, *asked[-1][:2]) in cancelled

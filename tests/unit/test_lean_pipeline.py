@@ -50,8 +50,7 @@ def _peer(cid: int, latency: float) -> Any:
     wire = SimpleNamespace(cancels=[], peer_choking=False)
     wire.cancel = lambda i, b, n: wire.cancels.append((i, b, n))
     return SimpleNamespace(cid=cid, down=_Down(), min_latency=latency, last_block_at=0.0, lean_depth=-1,
-                           wire=wire, closing=False, snubbed=False, reqq=2000, busy_s=0.0, had_out=False,
-                           cancelled={})
+                           wire=wire, closing=False, snubbed=False, reqq=2000, busy_s=0.0, had_out=False)
 
 
 def _downloader(peers: dict[int, Any], picker: _Picker) -> Downloader:
