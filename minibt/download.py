@@ -50,7 +50,7 @@ PARK_RETRY_S = 10.0
 SLOW_RATE_RATIO = 8.0
 SERVICE_MIN_S = 0.05  # seconds of sending in a second that give a service rate
 # Blocks cancelled that are still taken if they come (on_blocks), all peers together: the most blocks in
-# flight when the reservation is at its 8 MiB ceiling, twice (end game); about 150 kB at most.
+# flight when the reservation is at its 8 MiB ceiling, twice (end game); under 200 KiB (tracemalloc).
 CANCELLED_KEPT = 1024
 
 
