@@ -93,6 +93,11 @@ is five seeders 20 ms away and five 300 ms away.
 ``--minibt-arg ARG`` (repeatable): passed to the minibt leecher after its other arguments (for example
 ``--minibt-arg=--cache=8MiB``).
 
+``--minibt-repo DIR``: the minibt rows (and a minibt seeder) run ``python -m minibt`` in DIR, so they
+use that source tree's minibt (another checkout, for an A/B of two trees in alternating runs).  Without
+it they use this script's own tree whatever the current directory is: running this script from another
+tree's directory does not select that tree.
+
 ``--warmup-mib N``: before each leecher row, write N MiB to a scratch file in the work directory and
 delete it.  On a VM whose kernel reports free pages to the hypervisor (virtio-balloon free page
 reporting: /sys/module/page_reporting exists), a page that stayed free for a few seconds costs a host
@@ -186,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rtt-ms", type=parse_rtts, default=(),
                     help="reach each seeder through a relay adding this round-trip time (tools/delayrelay.py); "
                          "a list (20,300) gives one per seeder, the last for the rest (0: no relay)")
+    ap.add_argument("--minibt-repo", default=REPO, metavar="DIR",
+                    help="source tree whose minibt the minibt rows run (default: this one), for A/B runs")
     ap.add_argument("--minibt-arg", action="append", default=[],
                     help="an argument for the minibt leecher (repeatable), e.g. --minibt-arg=--cache=8MiB")
     ap.add_argument("--warmup-mib", type=int, default=None,
@@ -257,13 +264,14 @@ def start_lt_seeder(torrent: str, seed_dir: str, settings: dict[str, object]) ->
     return w, f"127.0.0.1:{port}"
 
 
-def start_minibt_seeder(torrent: str, seed_dir: str, state: str, timeout_s: float) -> tuple[Watched, str]:
+def start_minibt_seeder(torrent: str, seed_dir: str, state: str, timeout_s: float,
+                        repo: str = REPO) -> tuple[Watched, str]:
     """``minibt seed`` with its defaults (DHT off, on 127.0.0.1); returns once its hash check is done
     (the check writes the first resume file into the fresh state directory)."""
     shutil.rmtree(state, ignore_errors=True)
     port = free_port()
     w = Watched([sys.executable, "-m", "minibt", "seed", torrent, "--dir", seed_dir, "--port", str(port),
-                 "--no-dht", "--bind", "127.0.0.1", "--state-dir", state, "--quiet"])
+                 "--no-dht", "--bind", "127.0.0.1", "--state-dir", state, "--quiet"], cwd=repo)
     t0 = time.monotonic()
     while not glob.glob(os.path.join(state, "*.resume")):
         if w.exited() or time.monotonic() - t0 > timeout_s:
@@ -404,7 +412,8 @@ def download_one(args: argparse.Namespace, name: str, mode: str, addrs: list[str
     warm_up(work, warmup)
     seed0, busy0 = sum(map(proc_cpu_s, seeder_pids)), busy_cpu_s()
     with stack:
-        r = run_measured(name, argv, timeout_s=args.timeout, env=env)
+        r = run_measured(name, argv, timeout_s=args.timeout, env=env,
+                         cwd=args.minibt_repo if name.startswith("minibt") else REPO)
     if utp and drops0 >= 0:
         r.rcvbuf_errors = udp_rcvbuf_errors() - drops0
     r.seeder_cpu_s = sum(map(proc_cpu_s, seeder_pids)) - seed0
@@ -422,7 +431,8 @@ def seed_case(args: argparse.Namespace, seeders: list[str], torrent: str, seed_d
     for _run in range(args.runs):
         for name in seeders:
             if name == "minibt":
-                seeder, peer = start_minibt_seeder(torrent, seed_dir, os.path.join(work, "state-seed"), args.timeout)
+                seeder, peer = start_minibt_seeder(torrent, seed_dir, os.path.join(work, "state-seed"), args.timeout,
+                                                   args.minibt_repo)
             else:
                 seeder, peer = start_lt_seeder(torrent, seed_dir, {})
             relay = None
@@ -572,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed_leechers and (args.transport != "tcp" or args.encryption != "none"):
         ap.error("--seed-leechers measures plaintext TCP seeding")
     work = args.workdir or tempfile.mkdtemp(prefix="minibt-bench-")
-    print(fresh_bytecode(os.path.join(REPO, "minibt")), flush=True)
+    print(fresh_bytecode(os.path.join(args.minibt_repo, "minibt")), flush=True)
     peak_rss: dict[int, int] = {}
     try:
         for size_mib in args.size_mib:

@@ -218,8 +218,10 @@ class Watched:
     """
 
     def __init__(self, argv: Sequence[str], *, stdout: int | None = subprocess.DEVNULL,
-                 env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(list(argv), stdout=stdout, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
+                 env: dict[str, str] | None = None, cwd: str = REPO) -> None:
+        # cwd: ``python -m minibt`` imports the minibt package of this directory (sys.path[0]), ahead of
+        # PYTHONPATH and of an installed one.
+        self.proc = subprocess.Popen(list(argv), stdout=stdout, stderr=subprocess.DEVNULL, text=True, cwd=cwd,
                                      env=env)
         self.pid = self.proc.pid
         self.peak_anon_kib = 0
@@ -255,10 +257,11 @@ class Watched:
         return self.reap()
 
 
-def run_measured(name: str, argv: list[str], *, timeout_s: float, env: dict[str, str] | None = None) -> Result:
-    """Run argv to completion (exit 0 required) and measure it."""
+def run_measured(name: str, argv: list[str], *, timeout_s: float, env: dict[str, str] | None = None,
+                 cwd: str = REPO) -> Result:
+    """Run argv to completion (exit 0 required) in ``cwd`` and measure it."""
     t0 = time.monotonic()
-    w = Watched(argv, env=env)
+    w = Watched(argv, env=env, cwd=cwd)
     while True:
         w.sample()
         if w.exited():

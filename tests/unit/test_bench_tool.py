@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -333,3 +334,17 @@ def test_rtt_and_minibt_arg_options(bench: ModuleType) -> None:
     for bad in ("-5", "x", "20,,300"):
         with pytest.raises(SystemExit):
             bench.build_parser().parse_args(["--rtt-ms", bad])
+
+
+def test_minibt_rows_run_in_the_tree_given_by_minibt_repo(bench: ModuleType, lib: ModuleType, tmp_path: Path) -> None:
+    """``python -m minibt`` imports the package of its working directory first: an A/B of two trees needs the
+    child started there (running bench.py from the other tree's directory did not do it)."""
+    assert bench.build_parser().parse_args([]).minibt_repo == lib.REPO
+    assert bench.build_parser().parse_args(["--minibt-repo", str(tmp_path)]).minibt_repo == str(tmp_path)
+    pkg = tmp_path / "minibt"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text("import minibt, sys; sys.stdout.write(minibt.__file__)")
+    w = lib.Watched([sys.executable, "-m", "minibt"], stdout=subprocess.PIPE, cwd=str(tmp_path))
+    out, _ = w.proc.communicate(timeout=30)
+    assert out == str(pkg / "__init__.py")

@@ -166,21 +166,31 @@ def test_peers_that_unchoke_us_but_have_not_delivered_yet_each_have_a_piece_of_r
 
 
 def test_a_new_peer_that_unchokes_us_gets_a_piece_of_room_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Before the next once-a-second update: the room goes on top of the write cache (the floor of the
-    reservation), up to ``reserve_max``; a timed peer or a cache size the user set changes nothing."""
-    peers = {1: _peer(1, math.inf), 2: _peer(2, 0.05)}
+    """Before the next once-a-second update: a piece on top of the write cache (the reservation's floor) for
+    each newcomer once another peer is new or delivers, up to ``reserve_max``; a lone peer, a timed peer or
+    a cache size the user set changes nothing."""
+    peers = {c: _peer(c, math.inf) for c in range(1, 21)}
+    for p in peers.values():
+        p.wire.peer_choking = True
+    peers[20].min_latency = 0.05  # timed
     fills = []
     monkeypatch.setattr(Downloader, "fill", lambda self, p, now, out: fills.append(p.cid))
     d = _reserving(peers, reserve_max=int(3.5 * MiB))
-    cache = default_cache_bytes(256 * KiB)
+    d.on_unchoke(peers[20], 0.0, [])
+    assert d._reserve == 0  # the cache, as before
+    peers[1].wire.peer_choking = False
     d.on_unchoke(peers[1], 0.0, [])
-    assert d._reserve == cache + 256 * KiB
-    d.on_unchoke(peers[2], 0.0, [])  # timed
-    assert d._reserve == cache + 256 * KiB
-    for _ in range(10):
-        d.on_unchoke(peers[1], 0.0, [])
+    assert d._reserve == 0  # alone: the cache, as before
+    cache = default_cache_bytes(256 * KiB)
+    for c in range(2, 4):
+        peers[c].wire.peer_choking = False
+        d.on_unchoke(peers[c], 0.0, [])
+    assert d._reserve == cache + 2 * 256 * KiB  # two more newcomers
+    for c in range(4, 20):
+        peers[c].wire.peer_choking = False
+        d.on_unchoke(peers[c], 0.0, [])
     assert d._reserve == int(3.5 * MiB)
-    assert fills == [1, 2] + [1] * 10  # and its pipeline is topped up
+    assert fills == [20, *range(1, 20)]  # and each one's pipeline is topped up
     fixed = _reserving(peers, reserve_max=0)  # the user's cache size: a hard bound
     fixed.on_unchoke(peers[1], 0.0, [])
     assert fixed._reserve == 0
