@@ -113,6 +113,7 @@ class Remote:
     """A scripted seeder that has pieces ``has`` (all but one), connected to a leecher Session."""
 
     def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
         self.payload = hashlib.shake_128(b"block runs").digest(NUM_PIECES * PIECE)
         src = tmp_path / "payload.bin"
         src.write_bytes(self.payload)
@@ -152,6 +153,22 @@ class Remote:
         frames, self.inbox = take_frames(self.inbox + self.s.data_to_send(self.cid, 1 << 20, now=self.now))
         return [struct.unpack_from(">III", m, 1) for m in frames if len(m) == 13 and m[0] == 6]
 
+    def finish(self, asked: list[tuple[int, int, int]], never: frozenset[tuple[int, int, int]] = frozenset()) -> None:
+        """Answer ``asked`` and every request from here on (none of them in ``never``) until the download is
+        complete, then check the file."""
+        for _ in range(200):
+            if self.t.state is TorrentState.SEEDING:
+                break
+            asked += self.requests()
+            assert not never.intersection(asked)
+            if asked:
+                self.send(b"".join(self.piece_msg(*q) for q in asked))
+                asked = []
+            self.now += 0.01
+            self.s.tick(now=self.now)
+        assert self.t.state is TorrentState.SEEDING
+        assert (self.tmp_path / "dl" / "payload.bin").read_bytes() == self.payload
+
     def piece_msg(self, index: int, begin: int, length: int = BLOCK_LEN) -> bytes:
         off = index * PIECE + begin
         return struct.pack(">IBII", 9 + length, 7, index, begin) + self.payload[off : off + length]
@@ -170,19 +187,7 @@ def test_a_read_of_blocks_and_messages_is_handled_in_order(tmp_path: Path) -> No
     assert r.t.picker.peer_has(r.cid, 5)  # the Have between the runs was handled
     stats = r.t.picker.stats()
     assert stats["blocks_received"] == 2
-    # Answer everything from here on: the download completes with the right bytes.
-    asked = asked[2:]
-    for _ in range(200):
-        if r.t.state is TorrentState.SEEDING:
-            break
-        asked += r.requests()
-        if asked:
-            r.send(b"".join(r.piece_msg(*q) for q in asked))
-            asked = []
-        r.now += 0.01
-        r.s.tick(now=r.now)
-    assert r.t.state is TorrentState.SEEDING
-    assert (tmp_path / "dl" / "payload.bin").read_bytes() == r.payload
+    r.finish(asked[2:])  # answer everything from here on: the download completes with the right bytes
 
 
 def test_a_storage_failure_in_the_middle_of_a_read_fails_the_torrent_only(tmp_path: Path,
