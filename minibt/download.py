@@ -439,8 +439,6 @@ class Downloader:
 
         BEP 3 anti-snubbing; the snubbed peer's pipeline shrinks to SNUBBED_QUEUE_DEPTH.
         """
-        wire = peer.wire
-        assert wire is not None
         picker = self._picker
         if picker.num_outstanding(peer.cid) and now - peer.last_block_at > SNUB_TIMEOUT_S:
             peer.snubbed = True
