@@ -4,7 +4,7 @@
     python3 tools/bench.py [--size-mib 1024[,16384...]] [--piece-kib 256] [--workdir DIR] [--runs 1]
                            [--transport tcp|utp] [--encryption none|required] [--clients minibt,aria2,...]
                            [--files N] [--sparse] [--seed-leechers N] [--seed-rate MIB[,MIB...]] [--rtt-ms MS[,MS...]]
-                           [--minibt-arg ARG ...]
+                           [--minibt-arg ARG ...] [--minibt-repo DIR]
 
 A libtorrent seeder (its own process, DHT/LSD/UPnP/NAT-PMP off, plaintext) serves a random payload
 on 127.0.0.1.  Then, one after the other, a minibt leecher (`python -m minibt download`), a

@@ -59,6 +59,13 @@ def _downloader(peers: dict[int, Any], picker: _Picker) -> Downloader:
                       queue_seconds=1.0, auto_request=True)
 
 
+def _reserving(peers: dict[int, Any], reserve_max: int = 8 * MiB) -> Downloader:
+    """A downloader with the default cache's reservation (256 KiB pieces), up to ``reserve_max``."""
+    return Downloader(meta=SimpleNamespace(info_hash=b"i" * 20, piece_length=256 * KiB), peers=peers, have=None,  # type: ignore[arg-type]
+                      picker=_Picker(), storage=None, stats=None, queue_min=QUEUE_MIN,  # type: ignore[arg-type]
+                      queue_max=1000, queue_seconds=1.0, auto_request=True, reserve_max=reserve_max)
+
+
 def _second(d: Downloader, peers: dict[int, Any], now: float, delivered: dict[int, int], *,
             stopped: bool) -> list[Any]:
     """One second in which each peer delivered ``delivered[cid]`` bytes, sending all along; ``stopped``: the
@@ -135,9 +142,7 @@ def test_the_reservation_leaves_each_delivering_peer_a_piece_beyond_its_bytes_in
     the pieces that may be started are twice the bytes in flight plus one piece per delivering peer, up to
     ``reserve_max``."""
     peers = {c: _peer(c, 0.001) for c in range(1, 11)}
-    d = Downloader(meta=SimpleNamespace(info_hash=b"i" * 20, piece_length=256 * KiB), peers=peers, have=None,  # type: ignore[arg-type]
-                   picker=_Picker(), storage=None, stats=None, queue_min=QUEUE_MIN,  # type: ignore[arg-type]
-                   queue_max=1000, queue_seconds=1.0, auto_request=True, reserve_max=8 * MiB)
+    d = _reserving(peers)
     _second(d, peers, 0.0, {}, stopped=False)
     _second(d, peers, 1.0, {c: MiB if c <= 6 else 0 for c in peers}, stopped=False)
     assert d._reserve == int(2 * 6 * MiB * 0.001) + 6 * 256 * KiB
@@ -145,12 +150,6 @@ def test_the_reservation_leaves_each_delivering_peer_a_piece_beyond_its_bytes_in
         p.min_latency = 0.3
     _second(d, peers, 2.0, {c: MiB for c in peers}, stopped=False)
     assert d._reserve == 8 * MiB  # twice the 3 MiB in flight plus ten pieces: over the ceiling
-
-
-def _reserving(peers: dict[int, Any], reserve_max: int = 8 * MiB) -> Downloader:
-    return Downloader(meta=SimpleNamespace(info_hash=b"i" * 20, piece_length=256 * KiB), peers=peers, have=None,  # type: ignore[arg-type]
-                      picker=_Picker(), storage=None, stats=None, queue_min=QUEUE_MIN,  # type: ignore[arg-type]
-                      queue_max=1000, queue_seconds=1.0, auto_request=True, reserve_max=reserve_max)
 
 
 def test_peers_that_unchoke_us_but_have_not_delivered_yet_each_have_a_piece_of_room() -> None:
