@@ -6,8 +6,6 @@ The public names below are imported on first use (PEP 562), so ``import minibt.m
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 __version__ = "0.1.0"
 
 __all__ = [
@@ -31,7 +29,10 @@ __all__ = [
     "parse_magnet",
 ]
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from minibt.client import Client
     from minibt.errors import CloseReason
     from minibt.events import Event, EventName

@@ -13,11 +13,14 @@ Decoded strings and dict keys are ``bytes``; integers are ``int``.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import bencode2
 
 from minibt.errors import BencodeError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # libtorrent bdecode() defaults (depth_limit=100, token_limit=2,000,000); our depth is tighter
 # because no legitimate BitTorrent structure nests deeper than a handful of levels.

@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TextIO
 
 from minibt import __version__
 from minibt.errors import (
@@ -34,7 +33,10 @@ from minibt.runplan import EXIT_FAIL, EXIT_OK
 from minibt.settings import BOOTSTRAP_ENV, Encryption, Mode, TorrentState, default_state_dir
 from minibt.urls import Addr, parse_host_port, parse_tracker_url
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # the commands that move data import the client and its parts when they run
+    from typing import Any, TextIO
+
     from minibt.magnetfetch import MagnetFetch
     from minibt.torrent import Torrent
 

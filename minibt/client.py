@@ -18,9 +18,8 @@ import os
 import random
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, overload
 
-from minibt.clock import Clock, MonotonicClock
+from minibt.clock import MonotonicClock
 from minibt.dhtservice import DHT_FILE, MAX_DHT_FILE_BYTES
 from minibt.durable import write_atomic
 from minibt.events import Event
@@ -38,7 +37,11 @@ from minibt.torrent import Torrent
 from minibt.urls import Addr
 from minibt.workers import Hasher
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import overload
+
+    from minibt.clock import Clock
     from minibt.utp_config import UtpConfig  # loaded by utp_peers only when uTP runs
 
 log = logging.getLogger(__name__)
@@ -116,29 +119,31 @@ class Client:
         tag = sha1(os.path.abspath(download_dir).encode()).hexdigest()[:8]
         return os.path.join(self.state_dir, f"{meta.info_hash.hex()}-{tag}.resume")
 
-    @overload
-    def add(
-        self,
-        torrent: Metainfo,
-        download_dir: str,
-        *,
-        mode: str = "download",
-        peers: Iterable[Addr] = (),
-        config: TorrentConfig | None = None,
-        super_seed: bool = False,
-    ) -> Torrent: ...
+    if TYPE_CHECKING:  # typing.overload (typing is not loaded at run time)
 
-    @overload
-    def add(
-        self,
-        torrent: str,
-        download_dir: str,
-        *,
-        mode: str = "download",
-        peers: Iterable[Addr] = (),
-        config: TorrentConfig | None = None,
-        super_seed: bool = False,
-    ) -> Torrent | MagnetFetch: ...
+        @overload
+        def add(
+            self,
+            torrent: Metainfo,
+            download_dir: str,
+            *,
+            mode: str = "download",
+            peers: Iterable[Addr] = (),
+            config: TorrentConfig | None = None,
+            super_seed: bool = False,
+        ) -> Torrent: ...
+
+        @overload
+        def add(
+            self,
+            torrent: str,
+            download_dir: str,
+            *,
+            mode: str = "download",
+            peers: Iterable[Addr] = (),
+            config: TorrentConfig | None = None,
+            super_seed: bool = False,
+        ) -> Torrent | MagnetFetch: ...
 
     def add(
         self,

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import time
-from typing import Protocol
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
 
-class Clock(Protocol):
-    def now(self) -> float:
-        """Monotonic seconds."""
-        ...
+    class Clock(Protocol):
+        def now(self) -> float:
+            """Monotonic seconds."""
+            ...
 
-    def wall(self) -> float:
-        """Seconds since the epoch (for logs, resume files and tracker stats only)."""
-        ...
+        def wall(self) -> float:
+            """Seconds since the epoch (for logs, resume files and tracker stats only)."""
+            ...
 
 
 class MonotonicClock:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 from minibt.errors import ConfigError, MagnetError, MetainfoError
 from minibt.ifwatch import valid_interface_name
@@ -28,6 +27,10 @@ from minibt.units import (
     parse_size,
 )
 from minibt.urls import parse_host_port
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MODES = tuple(m.value for m in Mode)
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -10,7 +10,6 @@ import logging
 import logging.handlers
 import os
 import signal
-from typing import Any
 
 from minibt.admission import usable_policy
 from minibt.budget import fit_budget, over_budget_message
@@ -25,6 +24,10 @@ from minibt.runplan import EXIT_CONFIG, EXIT_FAIL, EXIT_LOCKED, EXIT_OK, EXIT_TI
 from minibt.settings import BOOTSTRAP_ENV, Encryption, Mode, SessionConfig
 from minibt.statusfile import RunLock
 from minibt.utp_config import UtpConfig
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ loop ticks once soon after any of them (``loop.py``), so a deadline moved by an 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 from minibt.magnetfetch import FetchState
 from minibt.settings import TorrentState
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from minibt.session import Session
     from minibt.torrent import Torrent

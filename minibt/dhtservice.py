@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from minibt.magnetfetch import FetchState, MagnetFetch
 from minibt.peer import PeerSource
@@ -23,6 +22,7 @@ from minibt.settings import BOOTSTRAP_ENV, TorrentState
 from minibt.torrent import Torrent
 from minibt.urls import Addr, is_ip, parse_host_port
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # the node's modules load when a DHT starts (DhtService), not with --no-dht
     from minibt.dht import DhtNode, PeersFound
 

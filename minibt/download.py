@@ -19,7 +19,6 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from minibt import wire_codec as w
 from minibt.bitfield import Bitfield
@@ -33,6 +32,15 @@ from minibt.sha1 import sha1
 from minibt.storage import Storage, default_cache_bytes
 from minibt.wire_codec import BLOCK_LEN
 from minibt.workers import HashJob
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class DownloadStats(Protocol):
+        """The counter the download side adds to (:class:`minibt.torrent.TorrentStats`)."""
+
+        wasted: int
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +72,6 @@ class PieceJobTag:
     """Tag of a hash job that verifies (and writes) a downloaded piece of ``info_hash``'s torrent."""
 
     info_hash: bytes
-
-
-class DownloadStats(Protocol):
-    """The counter the download side adds to (:class:`minibt.torrent.TorrentStats`)."""
-
-    wasted: int
 
 
 class Downloader:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from minibt.errors import CloseReason
 from minibt.events import Event, EventName, EventQueue
@@ -27,7 +26,11 @@ from minibt.tracker import AnnounceJob, AnnounceParams
 from minibt.urls import Addr
 from minibt.workers import HashJob
 
-_T = TypeVar("_T")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    _T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)

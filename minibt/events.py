@@ -10,15 +10,33 @@ on the Client, a Torrent or a Peer (:class:`Listeners`).  Also here: the text of
 from __future__ import annotations
 
 import enum
+import types
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
 
 from minibt import wire_codec as w
 from minibt.errors import CloseReason
 from minibt.pex import PexPeer
 from minibt.reputation import RepEvent, ReputationChanged
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Generic, TypeVar
+
+    T = TypeVar("T")
+    P = TypeVar("P")
+else:
+    T = P = object  # what the annotations below resolve to at run time
+
+    class Generic:
+        """``typing.Generic`` at run time, without loading ``typing``: ``Event[Torrent, Peer]`` is a
+        ``types.GenericAlias``, as ``list[int]`` is."""
+
+        __slots__ = ()
+
+        def __class_getitem__(cls, params: object) -> object:
+            return cls if cls is Generic else types.GenericAlias(cls, params)
 
 MAX_QUEUED_EVENTS = 10_000  # minibt convention: the Client drains every iteration; oldest dropped beyond
 
@@ -146,10 +164,6 @@ def event_table() -> str:
     return "\n".join(rows)
 
 
-T = TypeVar("T")
-P = TypeVar("P")
-
-
 @dataclass(frozen=True, slots=True)
 class Event(Generic[T, P]):
     """What a callback registered with ``on(name, callback)`` receives (``minibt.Event``).
@@ -239,7 +253,8 @@ class EventQueue:
         return len(self._q)
 
 
-Callback = Callable[[Any], object]
+if TYPE_CHECKING:
+    Callback = Callable[[Any], object]
 
 
 def check_event_name(name: str) -> EventName:

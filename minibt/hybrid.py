@@ -10,9 +10,12 @@ metadata) and is not checked.  Pure: takes decoded values, raises MetainfoError 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from minibt.errors import MetainfoError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 V2_MIN_PIECE_LENGTH = 16 * 1024  # BEP 52: piece length is a power of two, at least 16 KiB
 PIECES_ROOT_LEN = 32  # BEP 52: SHA-256 merkle root of the file

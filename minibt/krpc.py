@@ -32,11 +32,14 @@ import ipaddress
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, TypeAlias
 
 from minibt import bencode
 from minibt.errors import BencodeError, CloseReason, LocalProtocolError, RemoteProtocolError
 from minibt.urls import Addr
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeAlias
 
 KRPC_VERSION = b"MB01"  # our top-level 'v': client code "MB" + version "01" (BEP 5 / BEP 20 style)
 MAX_DATAGRAM_BYTES = 1500 * 2  # convention: larger KRPC datagrams are dropped (they fit one packet)

@@ -25,10 +25,8 @@ import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from minibt.actions import Announce, Close, Datagram, Dial, LookupDhtNode
-from minibt.clock import Clock
 from minibt.deadlines import earliest, session_deadline, wait_timeout
 from minibt.effects import Flush, HashPiece, SaveResume
 from minibt.errors import CloseReason
@@ -42,7 +40,11 @@ from minibt.udpio import UdpIO
 from minibt.urls import Addr, is_ip
 from minibt.workers import CallResult, Hasher, HashJob, HashResult
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
+    from minibt.clock import Clock
     from minibt.utp_config import UtpConfig  # with LEDBAT's: loaded by utp_peers only when uTP runs
     from minibt.utp_peers import UtpPeers
 
@@ -88,18 +90,9 @@ class _PeerSock:
 class EventLoop:
     """Drives a :class:`Session` with real sockets."""
 
-    def __init__(
-        self,
-        session: Session,
-        *,
-        clock: Clock,
-        hasher: Hasher,
-        bind: str = "0.0.0.0",
-        port: int = 0,
-        utp_config: UtpConfig | None = None,
-        interface: str | None = None,
-        udp_offload: bool = True,
-    ) -> None:
+    def __init__(self, session: Session, *, clock: Clock, hasher: Hasher, bind: str = "0.0.0.0", port: int = 0,
+                 utp_config: UtpConfig | None = None, interface: str | None = None,
+                 udp_offload: bool = True) -> None:
         """``bind``: source address of every socket (0.0.0.0/:: = any); ``interface``: SO_BINDTODEVICE
         for every socket, and networking pauses while that device is down or gone (ifwatch.py);
         ``udp_offload``: UDP GRO/GSO where the kernel has them (udpio.py; False: one call per datagram)."""

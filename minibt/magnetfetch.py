@@ -25,7 +25,6 @@ import enum
 import logging
 import random
 from collections.abc import Callable
-from typing import Protocol
 
 import bencode2
 
@@ -65,6 +64,19 @@ from minibt.tracker import AnnounceJob, Announcer, AnnounceResult
 from minibt.urls import Addr
 from minibt.wire_codec import EXT_HANDSHAKE_ID, EXT_HANDSHAKE_MAX_DEPTH, EXT_HANDSHAKE_MAX_TOKENS
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class AddedTorrent(Protocol):
+        """What a fetch reports of the torrent the session added for it (a :class:`minibt.torrent.Torrent`;
+        a part never imports the torrent, STYLE.md section 12)."""
+
+        @property
+        def complete(self) -> bool: ...
+
+        def status(self, now: float) -> dict[str, object]: ...
+
 log = logging.getLogger(__name__)
 
 FETCH_MAX_PEERS = 8  # convention: connections while fetching metadata
@@ -76,23 +88,11 @@ METADATA_BAD_PENALTY = 20  # reputation points for a copy that did not hash to t
 UNKNOWN_LEFT = 1  # announce 'left' before the size is known: non-zero, so trackers count us as a leecher
 
 
-class AddedTorrent(Protocol):
-    """What a fetch reports of the torrent the session added for it (a :class:`minibt.torrent.Torrent`;
-    a part never imports the torrent, STYLE.md section 12)."""
-
-    @property
-    def complete(self) -> bool: ...
-
-    def status(self, now: float) -> dict[str, object]: ...
-
-
 class FetchState(enum.Enum):
     FETCHING = "fetching_metadata"
     DONE = "done"
     STOPPED = "stopped"
     ERROR = "error"
-
-
 
 
 def torrent_file_bytes(meta: Metainfo) -> bytes:

@@ -20,7 +20,6 @@ import re
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
 
 from minibt.bencode import decode_lenient_with_span, decode_with_span, encode
 from minibt.errors import BencodeError, MetainfoError
@@ -29,6 +28,10 @@ from minibt.hybrid import check_hybrid, is_hybrid
 from minibt.infobytes import InfoBytes
 from minibt.sha1 import sha1
 from minibt.urls import HTTP_SCHEMES, TRACKER_SCHEMES, parse_tracker_url
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -416,14 +419,8 @@ def _build(info: dict[bytes, Any], source: bytes, span: tuple[int, int], top: di
         raise MetainfoError("info.pieces: missing")
     name = _name(info)
     _path_bytes(name, (), "info.name")
-    piece_length = _int_field(
-        info,
-        b"piece length",
-        "info.piece length",
-        1,
-        MAX_PIECE_LENGTH,
-        f"a positive integer <= {MAX_PIECE_LENGTH}",
-    )
+    piece_length = _int_field(info, b"piece length", "info.piece length", 1, MAX_PIECE_LENGTH,
+                              f"a positive integer <= {MAX_PIECE_LENGTH}")
     pieces = info[b"pieces"]
     if not isinstance(pieces, bytes):
         raise MetainfoError(f"info.pieces: expected a string, got {_what(pieces)}")

@@ -29,11 +29,27 @@ import enum
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from minibt import rc4
 from minibt.errors import CloseReason, EncryptionUnavailable, LocalProtocolError, MseError
 from minibt.sha1 import sha1
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class CipherStream(Protocol):
+        """What a connection uses for every byte after the handshake."""
+
+        method: int
+
+        def encrypt(self, data: bytes | bytearray | memoryview) -> bytes: ...
+
+        def decrypt(self, data: bytes | bytearray | memoryview) -> bytes: ...
+
+        def decrypt_view(self, data: bytes | memoryview) -> bytes | memoryview:
+            """``decrypt``, in place when ``data`` is a writable memoryview (the loop's receive buffer)."""
+            ...
 
 # MSE constants (libtorrent pe_crypto.cpp, bt_peer_connection.cpp; PROTOCOL.md 2.12)
 DH_PRIME = int(
@@ -112,20 +128,6 @@ def looks_plaintext(first_bytes: bytes) -> bool | None:
 
 def _valid_key(y: int) -> bool:
     return 2 <= y <= DH_PRIME - 2  # PROTOCOL.md 2.12: reject a key outside [2, P-2]
-
-
-class CipherStream(Protocol):
-    """What a connection uses for every byte after the handshake."""
-
-    method: int
-
-    def encrypt(self, data: bytes | bytearray | memoryview) -> bytes: ...
-
-    def decrypt(self, data: bytes | bytearray | memoryview) -> bytes: ...
-
-    def decrypt_view(self, data: bytes | memoryview) -> bytes | memoryview:
-        """``decrypt``, in place when ``data`` is a writable memoryview (the loop's receive buffer)."""
-        ...
 
 
 class PlainStream:

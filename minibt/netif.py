@@ -15,9 +15,12 @@ import logging
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any
 
 from minibt.ifwatch import IFNAMSIZ, LinkState
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ import enum
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from minibt.errors import CloseReason
 from minibt.fetchlink import FetchLink
@@ -28,7 +27,10 @@ from minibt.handshake import Handshake
 from minibt.urls import Addr
 from minibt.wire import PeerWire
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # MSE/PE (mse.py, rc4.py) is loaded by the first encrypted connection (admission.py)
+    from typing import Any
+
     from minibt.mse import CipherStream, MseInitiator, MseResponder
 
 

@@ -20,11 +20,14 @@ import struct
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeGuard
 
 from minibt import bencode
 from minibt.errors import BencodeError, CloseReason, LocalProtocolError, PexError
 from minibt.urls import Addr, parse_host_port
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeGuard
 
 PEX_EXT_NAME = "ut_pex"  # BEP 11: key in the BEP 10 handshake "m" dict
 PEX_MIN_INTERVAL_S = 60.0  # BEP 11: "no more than 1 PEX message per minute"

@@ -26,14 +26,22 @@ are a plain counter here, not availability.
 from __future__ import annotations
 
 import random
+from collections import namedtuple
 from collections.abc import Callable, Collection, Hashable
 from itertools import compress
-from typing import NamedTuple
 
 from minibt.wire_codec import BLOCK_LEN
 
 from .errors import CloseReason, WireError
 from .rarity import RarityOrder
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NamedTuple
+
+    Block = NamedTuple("Block", [("index", int), ("begin", int), ("length", int)])  # noqa: UP014 - index shadows tuple.index
+else:  # collections.namedtuple at run time: typing is not loaded (see utp_codec.py)
+    Block = namedtuple("Block", ("index", "begin", "length"))
 
 RANDOM_FIRST = 4  # convention (mainline/libtorrent): random pieces until a few are complete
 ENDGAME_DUP_LIMIT = 2  # convention: each block requested from at most 2 peers in end game
@@ -45,9 +53,6 @@ _BYTES_TO_BIN = bytes.maketrans(b"\x00\x01", b"01")  # the reverse, for peer_pie
 Peer = Hashable
 
 
-# The functional form: its field types are objects, while this module's annotations are strings, which
-# typing.NamedTuple would compile, and the first compile() call costs 0.2 MiB of RSS (see utp_codec.py).
-Block = NamedTuple("Block", [("index", int), ("begin", int), ("length", int)])  # noqa: UP014 - see above
 Block.__doc__ = """One request unit: ``length`` bytes at offset ``begin`` of piece ``index`` (a tuple: made per
 block requested, twice as fast to build as a frozen dataclass).  ``index`` shadows ``tuple.index``,
 which nothing here uses."""
@@ -96,17 +101,9 @@ class PiecePicker:
     misuse of the API by the session raises ``ValueError``.
     """
 
-    def __init__(
-        self,
-        num_pieces: int,
-        piece_length: int,
-        total_length: int,
-        rng: random.Random,
-        *,
-        block_len: int = BLOCK_LEN,
-        random_first: int = RANDOM_FIRST,
-        endgame_dup_limit: int = ENDGAME_DUP_LIMIT,
-    ) -> None:
+    def __init__(self, num_pieces: int, piece_length: int, total_length: int, rng: random.Random, *,
+                 block_len: int = BLOCK_LEN, random_first: int = RANDOM_FIRST,
+                 endgame_dup_limit: int = ENDGAME_DUP_LIMIT) -> None:
         if num_pieces <= 0 or piece_length <= 0 or block_len <= 0:
             raise ValueError("num_pieces, piece_length and block_len must be positive")
         if total_length <= piece_length * (num_pieces - 1) or total_length > piece_length * num_pieces:

@@ -22,24 +22,25 @@ next bytes of that keystream.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
 
 from . import sha1
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Protocol
 
-class Keystream(Protocol):
-    """One RC4 keystream: XOR the next bytes of it into data (encrypt and decrypt are the same)."""
+    class Keystream(Protocol):
+        """One RC4 keystream: XOR the next bytes of it into data (encrypt and decrypt are the same)."""
 
-    def update(self, data: bytes | bytearray | memoryview) -> bytes:
-        """A new buffer: ``data`` XOR the next ``len(data)`` keystream bytes."""
-        ...
+        def update(self, data: bytes | bytearray | memoryview) -> bytes:
+            """A new buffer: ``data`` XOR the next ``len(data)`` keystream bytes."""
+            ...
 
-    def update_in_place(self, buf: memoryview) -> bool:
-        """XOR the keystream into the writable ``buf`` itself; False (nothing done) if this back end cannot."""
-        ...
+        def update_in_place(self, buf: memoryview) -> bool:
+            """XOR the keystream into the writable ``buf`` itself; False (nothing done) if this back end cannot."""
+            ...
 
-
-Factory = Callable[[bytes], Keystream]
+    Factory = Callable[[bytes], Keystream]
 
 _RC4_KEY_BYTES = 2048  # sizeof(RC4_KEY) is 2 + 256 RC4_INTs: 1032 bytes with 4-byte ints; room to spare
 _VECTOR = (b"Key", b"Plaintext", bytes.fromhex("bbf316e8d940af0ad3"))  # the published RC4 test vector

@@ -30,13 +30,16 @@ import enum
 import ipaddress
 import random
 from dataclasses import dataclass, field
-from typing import Any
 
 import bencode2
 
 from minibt import bencode
 from minibt.errors import BencodeError
 from minibt.urls import MAX_PORT, Addr
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 K = 8  # BEP 5: "Each bucket can only hold K nodes, currently eight"
 GOOD_FOR_S = 15 * 60  # BEP 5: good = answered (or queried us, having answered before) within 15 min

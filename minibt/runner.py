@@ -20,7 +20,6 @@ import os
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from minibt.budget import Limits
 from minibt.client import Client
@@ -48,6 +47,10 @@ from minibt.runplan import (
 from minibt.settings import Mode, TorrentConfig, TorrentState
 from minibt.statusfile import read_json, write_json_atomic
 from minibt.torrent import Torrent
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger(__name__)
 

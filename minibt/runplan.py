@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from minibt.settings import Mode
 from minibt.sha1 import sha1
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: `download` (cli.py imports the exit codes) needs no config-file parser
     from minibt.configfile import TimeWindow, TorrentEntry
 

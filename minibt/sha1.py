@@ -32,7 +32,21 @@ too, so a process maps one of them.
 from __future__ import annotations
 
 import sys
-from typing import Any, Protocol
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+
+    class Hash(Protocol):
+        """A running SHA-1: hashlib's ``sha1`` object, as far as minibt uses it."""
+
+        def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
+
+        def digest(self) -> bytes:
+            """The digest of everything so far; the object can go on taking data."""
+            ...
+
+        def hexdigest(self) -> str: ...
 
 LIBCRYPTO_NAMES = ("libcrypto.so.3", "libcrypto.so.1.1", "libcrypto.so", "libcrypto.dylib")
 NETTLE_NAMES = ("libnettle.so.8", "libnettle.so", "libnettle.8.dylib", "libnettle.dylib")
@@ -43,18 +57,6 @@ _VECTORS = (  # FIPS 180-2 appendix A.1 and A.2
     (b"abc", "a9993e364706816aba3e25717850c26c9cd0d89d"),
     (b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq", "84983e441c3bd26ebaae4aa1f95129e5e54670f1"),
 )
-
-
-class Hash(Protocol):
-    """A running SHA-1: hashlib's ``sha1`` object, as far as minibt uses it."""
-
-    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
-
-    def digest(self) -> bytes:
-        """The digest of everything so far; the object can go on taking data."""
-        ...
-
-    def hexdigest(self) -> str: ...
 
 
 def cpu_has_sha1(path: str = CPUINFO) -> bool:

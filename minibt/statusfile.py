@@ -21,12 +21,15 @@ import os
 import re
 import stat
 import tomllib
-from typing import Any
 
 from minibt.configfile import Config, load_config
 from minibt.durable import write_atomic  # the one atomic writer (also resume data)
 from minibt.errors import ConfigError
 from minibt.metainfo import read_capped
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_STATE_FILE_BYTES = 16 << 20  # never read a bigger state file into memory
 STATE_DIR_MODE = 0o750  # owner writes, the daemon's group (the administrator) reads, others nothing

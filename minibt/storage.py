@@ -20,7 +20,6 @@ from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from minibt.bitfield import Bitfield
 from minibt.durable import fsync_all, write_atomic
@@ -29,6 +28,36 @@ from minibt.filenames import DiskNames, FsRules, fs_type_from_mountinfo, rules_f
 from minibt.metainfo import read_capped, safe_join
 from minibt.resume import MAX_RESUME_BYTES, ResumeData, decode_resume, encode_resume
 from minibt.wire_codec import BLOCK_LEN
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class FileEntryLike(Protocol):
+        """The parts of metainfo.FileEntry that storage uses."""
+
+        @property
+        def length(self) -> int: ...
+        @property
+        def offset(self) -> int: ...
+        @property
+        def pad(self) -> bool: ...
+
+    class TorrentLayout(Protocol):
+        """The parts of metainfo.Metainfo that storage uses (read-only, so frozen dataclasses fit)."""
+
+        @property
+        def info_hash(self) -> bytes: ...
+        @property
+        def piece_length(self) -> int: ...
+        @property
+        def total_length(self) -> int: ...
+        @property
+        def num_pieces(self) -> int: ...
+        @property
+        def files(self) -> Sequence[FileEntryLike]: ...
+        def piece_size(self, i: int) -> int: ...
+        def torrent_paths(self) -> Sequence[tuple[str, ...] | None]: ...
 
 log = logging.getLogger(__name__)
 
@@ -62,34 +91,6 @@ def default_cache_bytes(piece_length: int) -> int:
     """The write cache when none is configured: DEFAULT_CACHE_BYTES, or CACHE_MIN_PIECES pieces when
     that is more (at most AUTO_CACHE_MAX_BYTES).  A configured size is used as it is."""
     return max(DEFAULT_CACHE_BYTES, min(CACHE_MIN_PIECES * piece_length, AUTO_CACHE_MAX_BYTES))
-
-
-class FileEntryLike(Protocol):
-    """The parts of metainfo.FileEntry that storage uses."""
-
-    @property
-    def length(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def pad(self) -> bool: ...
-
-
-class TorrentLayout(Protocol):
-    """The parts of metainfo.Metainfo that storage uses (read-only, so frozen dataclasses fit)."""
-
-    @property
-    def info_hash(self) -> bytes: ...
-    @property
-    def piece_length(self) -> int: ...
-    @property
-    def total_length(self) -> int: ...
-    @property
-    def num_pieces(self) -> int: ...
-    @property
-    def files(self) -> Sequence[FileEntryLike]: ...
-    def piece_size(self, i: int) -> int: ...
-    def torrent_paths(self) -> Sequence[tuple[str, ...] | None]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -754,8 +755,6 @@ def save_resume(path: str, rd: ResumeData) -> None:
         write_atomic(path, encode_resume(rd))
     except OSError as e:
         raise StorageError("save_resume", path, e) from e
-
-
 
 
 def load_resume(

@@ -27,7 +27,6 @@ import ipaddress
 import logging
 import random
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from minibt import effects as fx
 from minibt import wire_codec as w
@@ -54,6 +53,10 @@ from minibt.urls import Addr
 from minibt.wire import BlocksReceived, RequestsReceived
 from minibt.workers import CallResult, HashResult
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT_S = 180.0  # neither interested nor interesting for 3 minutes => disconnect
@@ -66,20 +69,9 @@ DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 class Torrent:
     """All per-torrent state; driven by :class:`minibt.session.Session`, which carries out its effects."""
 
-    def __init__(
-        self,
-        meta: Metainfo,
-        download_dir: str,
-        *,
-        mode: Mode,
-        resume_path: str | None,
-        config: TorrentConfig,
-        rng: random.Random,
-        now: float,
-        ctx: fx.SessionContext,
-        global_up: TokenBucket,
-        global_down: TokenBucket,
-    ) -> None:
+    def __init__(self, meta: Metainfo, download_dir: str, *, mode: Mode, resume_path: str | None,
+                 config: TorrentConfig, rng: random.Random, now: float, ctx: fx.SessionContext,
+                 global_up: TokenBucket, global_down: TokenBucket) -> None:
         mode = parse_mode(mode)
         if config.super_seed and mode is not Mode.SEED:
             raise ValueError("super-seeding (BEP 16) is for seeding a complete torrent (mode='seed')")

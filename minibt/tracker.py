@@ -20,7 +20,6 @@ import struct
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import bencode2
 
@@ -35,8 +34,10 @@ from .httpclient import (
 )
 from .urls import is_tracker_url, resolve_redirect
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # ssl is loaded by the first https request (HttpRequest), not by every download
     import ssl
+    from typing import Any
 
 ANNOUNCE_EVENTS = ("", "started", "completed", "stopped")  # BEP 3 "event" values
 INTERVAL_MIN_S = 30  # convention: clamp tracker intervals (minibt brief)

@@ -20,7 +20,6 @@ import selectors
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 from minibt.errors import TrackerError
 from minibt.faults import FaultKind
@@ -39,8 +38,10 @@ from minibt.tracker import (
 from minibt.urls import Addr, is_ip, parse_tracker_url
 from minibt.workers import CallResult, Hasher
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # loaded by the first https tracker (_http_start), not by every download
     import ssl
+    from typing import Any
 
 log = logging.getLogger(__name__)
 

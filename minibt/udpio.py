@@ -23,12 +23,23 @@ import logging
 import socket
 import struct
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
 
 from minibt.urls import Addr
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Protocol
+
     from minibt.mmsg import BatchReader
+
+    class Receiver(Protocol):
+        def __call__(self, data: memoryview, addr: Addr, /, *, now: float) -> None: ...
+
+    class BatchReceiver(Protocol):
+        """The datagrams of one read, in order; each one's fault goes to ``on_error`` and the rest are handled."""
+
+        def __call__(self, datas: Sequence[memoryview], addrs: Sequence[Addr], /, *, now: float,
+                     on_error: Callable[[Addr, Exception], None]) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +52,6 @@ GSO_OFF_ERRNOS = frozenset((errno.EINVAL, errno.ENOPROTOOPT, errno.EIO, errno.EO
 _GRO_CMSG_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
 _SEG_STRUCT = struct.Struct("=H")  # UDP_SEGMENT value: the segment size, a native uint16
 _GRO_STRUCT = struct.Struct("=i")  # UDP_GRO cmsg: the segment size, a native int
-
-
-
-class Receiver(Protocol):
-    def __call__(self, data: memoryview, addr: Addr, /, *, now: float) -> None: ...
-
-
-class BatchReceiver(Protocol):
-    """The datagrams of one read, in order; each one's fault goes to ``on_error`` and the rest are handled."""
-
-    def __call__(self, datas: Sequence[memoryview], addrs: Sequence[Addr], /, *, now: float,
-                 on_error: Callable[[Addr, Exception], None]) -> None: ...
 
 
 def split_gro(view: memoryview, n: int, seg: int) -> list[memoryview]:

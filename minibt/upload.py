@@ -13,7 +13,6 @@ Out of scope: what we download (download.py) and which pieces we announce (torre
 from __future__ import annotations
 
 from collections import deque
-from typing import Protocol
 
 from minibt import wire_codec as w
 from minibt.bitfield import Bitfield
@@ -27,13 +26,16 @@ from minibt.storage import Storage
 from minibt.superseed import SuperSeeding
 from minibt.wire import RequestsReceived
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class UploadStats(Protocol):
+        """The counter the upload side adds to (:class:`minibt.torrent.TorrentStats`)."""
+
+        uploaded: int
+
 READ_AHEAD = 128 * 1024  # bytes one read for a peer's requests takes in (minibt convention; see _read)
-
-
-class UploadStats(Protocol):
-    """The counter the upload side adds to (:class:`minibt.torrent.TorrentStats`)."""
-
-    uploaded: int
 
 
 class Uploader:

@@ -1,7 +1,6 @@
 """uTorrent transport protocol (BEP 29): the per-connection machine (config, events, states).
 
-The packet codec is :mod:`minibt.utp_codec`, the multiplexer :mod:`minibt.utp_mux`, the settings
-:mod:`minibt.utp_config`.
+The packet codec is :mod:`minibt.utp_codec`, the multiplexer :mod:`minibt.utp_mux`, the settings :mod:`minibt.utp_config`.
 
 Pure: datagrams, commands and ``now`` in; events, datagrams and deadlines out (aioquic shape).
 The loop owns the UDP socket: it hands the datagrams of each read to ``mux.receive_run``; after draining
@@ -22,10 +21,9 @@ from __future__ import annotations
 
 import enum
 import random
-from collections import deque
+from collections import deque, namedtuple
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from minibt.errors import CloseReason, LocalProtocolError
 from minibt.ledbat import Ledbat
@@ -54,6 +52,15 @@ from minibt.utp_codec import (
 from minibt.utp_config import UtpConfig
 from minibt.utp_mtu import MTU_PROBE_AFTER_BYTES, MtuSearch
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NamedTuple
+
+    class DataReceived(NamedTuple):
+        data: Payload
+else:  # one per received packet: a tuple is the cheapest immutable record (collections', see utp_codec.py)
+    DataReceived = namedtuple("DataReceived", ("data",))
+
 DUP_ACK_LIMIT = 3  # BEP 29 'packet loss': 3 duplicate ACKs / 3 packets SACKed past the hole
 MAX_OUTSTANDING_PACKETS = 1024  # minibt convention: bounds the send window in packets (< HALF_SEQ)
 MAX_REORDER_DISTANCE = 2048  # minibt convention: packets further than this past ack_nr are dropped
@@ -73,9 +80,6 @@ class Connected:
     """The handshake completed (initiator: SYN acked; acceptor: first ST_DATA arrived)."""
 
 
-# One per received packet: a tuple is the cheapest immutable record.  The functional form, so that
-# typing.NamedTuple does not compile a string annotation (see utp_codec.py).
-DataReceived = NamedTuple("DataReceived", [("data", Payload)])  # noqa: UP014 - see above
 DataReceived.__doc__ = """In-order payload from the peer.  A lone datagram's payload is a view of the loop's buffer,
 valid during the call only."""
 
@@ -702,12 +706,9 @@ class UtpConnection:
             n["dup_packets"] += 1  # already have it; the ACK we owe tells the sender
             return
         if dist > 1:
-            if (
-                dist > MAX_REORDER_DISTANCE
-                or seq in self._reorder
-                or self._reorder_bytes + len(payload) > self._cfg.reorder_buffer_bytes
-                or len(self._reorder) >= max(4, self._cfg.reorder_buffer_bytes // REORDER_MIN_AVG_PAYLOAD)
-            ):
+            if (dist > MAX_REORDER_DISTANCE or seq in self._reorder
+                    or self._reorder_bytes + len(payload) > self._cfg.reorder_buffer_bytes
+                    or len(self._reorder) >= max(4, self._cfg.reorder_buffer_bytes // REORDER_MIN_AVG_PAYLOAD)):
                 n["reorder_drops" if seq not in self._reorder else "dup_packets"] += 1
                 return
             self._reorder[seq] = bytes(payload)  # kept past this call: a copy, not a view

@@ -4,17 +4,21 @@ Pure and stateless; the connection machine is :mod:`minibt.utp`, the multiplexer
 Interop (libtorrent utp_stream.cpp): SACKs of any length are accepted (libtorrent sends (span + 7) // 8
 bytes); we send BEP-sized ones.
 
-No ``from __future__ import annotations`` here: ``typing.NamedTuple`` turns a string annotation into a
-``ForwardRef``, which compiles it, and the process's first ``compile()`` builds the interpreter's AST
-types (0.2 MiB of RSS that a download needs for nothing else; issue 15).  The same holds for
-:mod:`minibt.utp_mux`; :mod:`minibt.picker` and :mod:`minibt.utp` use the functional form instead.
+The named tuples of minibt (this module's :class:`UtpHeader`, :mod:`minibt.utp_mux`, :mod:`minibt.utp`,
+:mod:`minibt.picker`) are ``collections.namedtuple`` at run time, typed for mypy under ``TYPE_CHECKING``:
+``typing.NamedTuple`` would load ``typing`` (0.47 MiB of RSS, issue 15), and with string annotations
+compile each one (the process's first ``compile()`` builds the interpreter's AST types: 0.2 MiB more).
 """
 
 import struct
+from collections import namedtuple
 from collections.abc import Iterable
-from typing import NamedTuple
 
 from minibt.errors import CloseReason, LocalProtocolError, UtpError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NamedTuple
 
 ST_DATA = 0  # BEP 29 'type'
 ST_FIN = 1  # BEP 29
@@ -49,22 +53,30 @@ def timestamp_us(now: float) -> int:
 # ---------------------------------------------------------------------------- codec
 
 
-class UtpHeader(NamedTuple):
-    """The 20-byte BEP 29 header; ``extension`` is the first extension type of the chain.
+if TYPE_CHECKING:
 
-    A named tuple (not a frozen dataclass): one is built per received datagram, and a tuple is the
-    cheapest immutable record Python builds (build it with keywords; the field order is not BEP 29's).
-    """
+    class UtpHeader(NamedTuple):
+        type: int
+        connection_id: int
+        timestamp_us: int
+        timestamp_diff_us: int
+        wnd_size: int
+        seq_nr: int
+        ack_nr: int
+        version: int = UTP_VERSION
+        extension: int = EXT_NONE
 
-    type: int
-    connection_id: int
-    timestamp_us: int
-    timestamp_diff_us: int
-    wnd_size: int
-    seq_nr: int
-    ack_nr: int
-    version: int = UTP_VERSION
-    extension: int = EXT_NONE
+else:
+    UtpHeader = namedtuple(
+        "UtpHeader",
+        ("type", "connection_id", "timestamp_us", "timestamp_diff_us", "wnd_size", "seq_nr", "ack_nr", "version",
+         "extension"),
+        defaults=(UTP_VERSION, EXT_NONE),
+    )
+UtpHeader.__doc__ = """The 20-byte BEP 29 header; ``extension`` is the first extension type of the chain.
+
+A named tuple (not a frozen dataclass): one is built per received datagram, and a tuple is the
+cheapest immutable record Python builds (build it with keywords; the field order is not BEP 29's)."""
 
 
 _new_header = tuple.__new__  # UtpHeader from a tuple in field order, without the keyword parsing

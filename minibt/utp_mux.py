@@ -2,13 +2,11 @@
 
 Pure: the loop owns the socket and feeds datagrams in (see :mod:`minibt.utp` for the call sequence);
 connection-id demux, SYN acceptance limits, rate-limited ST_RESET for unknown connections.
-Annotations are evaluated (no ``from __future__ import annotations``) for ``OutDatagram``'s sake: see
-:mod:`minibt.utp_codec`.
 """
 
 import random
+from collections import namedtuple
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from minibt.errors import UtpError
 from minibt.urls import Addr
@@ -29,14 +27,21 @@ from minibt.utp_codec import (
 )
 from minibt.utp_config import UtpConfig
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NamedTuple
 
-class OutDatagram(NamedTuple):
-    """One datagram to send to ``addr``; ``dont_fragment``: send with the IP don't-fragment bit (an MTU probe,
-    :mod:`minibt.utp_mtu`).  A tuple: one is built per datagram sent."""
 
-    data: bytes
-    addr: Addr
-    dont_fragment: bool = False
+if TYPE_CHECKING:
+
+    class OutDatagram(NamedTuple):
+        data: bytes
+        addr: Addr
+        dont_fragment: bool = False
+else:
+    OutDatagram = namedtuple("OutDatagram", ("data", "addr", "dont_fragment"), defaults=(False,))
+OutDatagram.__doc__ = """One datagram to send to ``addr``; ``dont_fragment``: send with the IP don't-fragment bit (an MTU
+probe, :mod:`minibt.utp_mtu`).  A tuple: one is built per datagram sent."""
 
 
 class UtpMux:

@@ -16,7 +16,6 @@ import struct
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 import bencode2
 
@@ -61,6 +60,20 @@ from minibt.wire_codec import (
     decode_body,
 )
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+
+    class BlockLike(Protocol):
+        """A block to request (picker.Block fits)."""
+
+        @property
+        def index(self) -> int: ...
+        @property
+        def begin(self) -> int: ...
+        @property
+        def length(self) -> int: ...
+
 KEEPALIVE_INTERVAL_S = 120.0  # BEP 3: keep-alives "generally sent once every two minutes"
 IDLE_TIMEOUT_S = 180.0  # minibt convention (libtorrent inactivity_timeout is 600 s)
 MAX_OUTBOX_BYTES = 1024 * 1024 + 64 * 1024  # minibt convention: soft cap for can_send()
@@ -87,17 +100,6 @@ def _too_large(detail: str) -> WireError:
 
 def _violation(detail: str) -> WireError:
     return WireError(CloseReason.PROTOCOL_VIOLATION, detail)
-
-
-class BlockLike(Protocol):
-    """A block to request (picker.Block fits)."""
-
-    @property
-    def index(self) -> int: ...
-    @property
-    def begin(self) -> int: ...
-    @property
-    def length(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any, ClassVar
 
 import bencode2
 
 from minibt import bencode
 from minibt.errors import BencodeError, CloseReason, WireError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Message ids.
 CHOKE = 0  # BEP 3
@@ -107,6 +110,8 @@ def _pack(st: struct.Struct, *args: int) -> bytes:
 
 
 # -- messages ------------------------------------------------------------------------------
+# Each message's ``ID`` is a class attribute with no annotation: ``dataclass`` tells a string annotation
+# ``ClassVar[int]`` from a field only when ``typing`` is loaded, and minibt does not load it (test_lazy_imports.py).
 @dataclass(frozen=True, slots=True)
 class KeepAlive:
     """BEP 3: zero-length message."""
@@ -119,7 +124,7 @@ class KeepAlive:
 class Choke:
     """BEP 3 ``choke``."""
 
-    ID: ClassVar[int] = CHOKE
+    ID = CHOKE
 
     def encode(self) -> bytes:
         return _pack(_HDR, 1, self.ID)
@@ -129,7 +134,7 @@ class Choke:
 class Unchoke:
     """BEP 3 ``unchoke``."""
 
-    ID: ClassVar[int] = UNCHOKE
+    ID = UNCHOKE
 
     def encode(self) -> bytes:
         return _pack(_HDR, 1, self.ID)
@@ -139,7 +144,7 @@ class Unchoke:
 class Interested:
     """BEP 3 ``interested``."""
 
-    ID: ClassVar[int] = INTERESTED
+    ID = INTERESTED
 
     def encode(self) -> bytes:
         return _pack(_HDR, 1, self.ID)
@@ -149,7 +154,7 @@ class Interested:
 class NotInterested:
     """BEP 3 ``not interested``."""
 
-    ID: ClassVar[int] = NOT_INTERESTED
+    ID = NOT_INTERESTED
 
     def encode(self) -> bytes:
         return _pack(_HDR, 1, self.ID)
@@ -159,7 +164,7 @@ class NotInterested:
 class HaveAll:
     """BEP 6 ``have all``."""
 
-    ID: ClassVar[int] = HAVE_ALL
+    ID = HAVE_ALL
 
     def encode(self) -> bytes:
         return _pack(_HDR, 1, self.ID)
@@ -169,7 +174,7 @@ class HaveAll:
 class HaveNone:
     """BEP 6 ``have none``."""
 
-    ID: ClassVar[int] = HAVE_NONE
+    ID = HAVE_NONE
 
     def encode(self) -> bytes:
         return _pack(_HDR, 1, self.ID)
@@ -179,7 +184,7 @@ class HaveNone:
 class Have:
     """BEP 3 ``have``."""
 
-    ID: ClassVar[int] = HAVE
+    ID = HAVE
     index: int
 
     def encode(self) -> bytes:
@@ -190,7 +195,7 @@ class Have:
 class Suggest:
     """BEP 6 ``suggest piece``."""
 
-    ID: ClassVar[int] = SUGGEST
+    ID = SUGGEST
     index: int
 
     def encode(self) -> bytes:
@@ -201,7 +206,7 @@ class Suggest:
 class AllowedFast:
     """BEP 6 ``allowed fast``."""
 
-    ID: ClassVar[int] = ALLOWED_FAST
+    ID = ALLOWED_FAST
     index: int
 
     def encode(self) -> bytes:
@@ -212,7 +217,7 @@ class AllowedFast:
 class BitfieldMsg:
     """BEP 3 bitfield: high bit of byte 0 is piece 0; spare bits zero."""
 
-    ID: ClassVar[int] = BITFIELD
+    ID = BITFIELD
     bits: bytes
 
     def encode(self) -> bytes:
@@ -223,7 +228,7 @@ class BitfieldMsg:
 class Request:
     """BEP 3 ``request``."""
 
-    ID: ClassVar[int] = REQUEST
+    ID = REQUEST
     index: int
     begin: int
     length: int
@@ -236,7 +241,7 @@ class Request:
 class Cancel:
     """BEP 3 ``cancel``."""
 
-    ID: ClassVar[int] = CANCEL
+    ID = CANCEL
     index: int
     begin: int
     length: int
@@ -249,7 +254,7 @@ class Cancel:
 class Reject:
     """BEP 6 ``reject request``."""
 
-    ID: ClassVar[int] = REJECT
+    ID = REJECT
     index: int
     begin: int
     length: int
@@ -263,7 +268,7 @@ class Piece:
     """BEP 3 piece (a block).  A received block is a view of the bytes given to ``receive_data``
     (``bytes`` when its frame spanned reads): copy it before that buffer is reused."""
 
-    ID: ClassVar[int] = PIECE
+    ID = PIECE
     index: int
     begin: int
     data: bytes | memoryview
@@ -279,7 +284,7 @@ class Piece:
 class Port:
     """BEP 5: the sender's DHT UDP port."""
 
-    ID: ClassVar[int] = PORT
+    ID = PORT
     port: int
 
     def encode(self) -> bytes:
@@ -290,7 +295,7 @@ class Port:
 class Extended:
     """BEP 10 extended message; ``ext_id`` is the receiver's local id from its ``m`` dict."""
 
-    ID: ClassVar[int] = EXTENDED
+    ID = EXTENDED
     ext_id: int
     payload: bytes
 
@@ -302,7 +307,7 @@ class Extended:
 class ExtHandshake:
     """BEP 10 extension handshake (extended id 0): the decoded dict (keys are bytes)."""
 
-    ID: ClassVar[int] = EXTENDED
+    ID = EXTENDED
     data: dict[Any, Any]
 
     def encode(self) -> bytes:

@@ -18,9 +18,23 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from .sha1 import sha1
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class HashPool(Protocol):
+        """What the loop and session need from Hasher / InlineHasher."""
+
+        def submit(self, job: HashJob) -> None: ...
+        def run(self, fn: Callable[[], object], tag: object) -> None: ...
+        def results(self) -> list[Result]: ...
+        def has_results(self) -> bool: ...
+        @property
+        def pending(self) -> int: ...
+        def close(self) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +101,6 @@ class _Call:
 
     fn: Callable[[], object]
     tag: object
-
-
-class HashPool(Protocol):
-    """What the loop and session need from Hasher / InlineHasher."""
-
-    def submit(self, job: HashJob) -> None: ...
-    def run(self, fn: Callable[[], object], tag: object) -> None: ...
-    def results(self) -> list[Result]: ...
-    def has_results(self) -> bool: ...
-    @property
-    def pending(self) -> int: ...
-    def close(self) -> None: ...
 
 
 def _read_into(fd: int, dest: memoryview, offset: int) -> int:

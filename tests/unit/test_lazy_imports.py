@@ -16,8 +16,9 @@ transports does load the DHT modules, MSE and uTP, and without the program's pre
 locale, so the check can fail.
 
 Nor may a download call ``compile()``: the first call builds the interpreter's AST types (0.2 MiB of RSS).
-``typing.NamedTuple`` compiles every string annotation into a ``typing.ForwardRef``, so minibt's named
-tuples get their field types as objects (utp_codec.py), and the download must make no ``ForwardRef``.
+``typing.NamedTuple`` compiles every string annotation into a ``typing.ForwardRef``; minibt's named tuples
+are ``collections.namedtuple`` at run time (utp_codec.py), and the download must make no ``ForwardRef``.
+No download loads ``typing`` at all (0.47 MiB): minibt imports it only under ``TYPE_CHECKING``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+import re
 import subprocess
 import sys
 import typing
@@ -54,8 +56,9 @@ from minibt.client import Client
 run = Client.run
 def spy(self, *a, **kw):
     seen["at_start"] = sorted(sys.modules)
-    import gc, typing
-    seen["forward_refs"] = sum(type(o) is typing.ForwardRef for o in gc.get_objects())
+    import gc
+    typing = sys.modules.get("typing")  # not loaded by minibt: then there is no ForwardRef either
+    seen["forward_refs"] = 0 if typing is None else sum(type(o) is typing.ForwardRef for o in gc.get_objects())
     return run(self, *a, **kw)
 Client.run = spy
 code = cli.main(sys.argv[1:])
@@ -91,6 +94,8 @@ def _download_run(tmp_path: Path, *extra: str, defer: bool = True) -> tuple[set[
 
 PLAINTEXT_NEVER = ("shutil", "tempfile", "zlib", "bz2", "lzma", "datetime", "unicodedata", "minibt.mse",
                    "minibt.rc4", "encodings.idna", "stringprep")
+# minibt imports typing only for mypy (under TYPE_CHECKING): 0.47 MiB of RSS, in no download at all
+NEVER_AT_ALL = ("typing",)
 GETTEXT_CHAIN = ("locale",)  # argparse's message lookups import it; minibt.__main__ gives it plain messages
 INSPECT_CHAIN = ("ast", "dis")  # what a real ``inspect`` brings; minibt.__main__ defers it
 TRACEBACK_CHAIN = ("linecache", "tokenize", "textwrap")  # what a real ``traceback`` brings; deferred as well
@@ -103,7 +108,7 @@ def test_download_without_dht_loads_no_dht_ssl_toml_or_shutil(tmp_path: Path) ->
                                    "--cache", "3MiB", "--transport", "tcp")
     assert "minibt.client" in start and "minibt.loop" in start  # the spy saw the transfer start
     assert [m for m in DHT_MODULES + NEVER_FOR_A_DOWNLOAD + PLAINTEXT_NEVER + UTP_MODULES + INSPECT_CHAIN
-            + GETTEXT_CHAIN + TRACEBACK_CHAIN if m in end] == []
+            + GETTEXT_CHAIN + TRACEBACK_CHAIN + NEVER_AT_ALL if m in end] == []
     assert list((tmp_path / "state").glob("*.resume"))  # the resume file was written (without tempfile)
 
 
@@ -113,7 +118,7 @@ def test_download_with_dht_loads_the_dht_node(tmp_path: Path) -> None:
     # as-is: dataclasses, argparse, logging load them
     assert [m for m in INSPECT_CHAIN + GETTEXT_CHAIN + TRACEBACK_CHAIN if m not in start] == []
     assert [m for m in DHT_MODULES if m not in start] == []
-    assert [m for m in NEVER_FOR_A_DOWNLOAD if m in end] == []
+    assert [m for m in NEVER_FOR_A_DOWNLOAD + NEVER_AT_ALL if m in end] == []
     assert "ctypes" in end and "minibt.mse" in end  # the default policy, preferred, probed the RC4 back end
     assert [m for m in UTP_MODULES if m not in start] == []  # uTP is among the default transports
 
@@ -199,3 +204,46 @@ def test_the_program_s_argparse_messages_read_as_the_library_s() -> None:
     assert plain.returncode == 0 and program.returncode == 0, plain.stderr + program.stderr
     assert program.stdout == plain.stdout
     assert "usage: minibt" in plain.stdout and "expected one argument" in plain.stdout
+
+
+def _typing_imports_outside_type_checking(source: str) -> list[int]:
+    """Lines that import typing where it runs (not inside an ``if TYPE_CHECKING:`` block)."""
+    import ast
+
+    found: list[int] = []
+
+    def visit(node: ast.AST, guarded: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and isinstance(child.test, ast.Name) and child.test.id == "TYPE_CHECKING":
+                for stmt in child.body:
+                    visit_stmt(stmt, True)
+                for stmt in child.orelse:
+                    visit_stmt(stmt, guarded)
+            else:
+                visit_stmt(child, guarded)
+
+    def visit_stmt(stmt: ast.AST, guarded: bool) -> None:
+        if isinstance(stmt, ast.Import) and any(a.name.split(".")[0] == "typing" for a in stmt.names) and not guarded:
+            found.append(stmt.lineno)
+        elif isinstance(stmt, ast.ImportFrom) and stmt.module == "typing" and not guarded:
+            found.append(stmt.lineno)
+        visit(stmt, guarded)
+
+    visit(ast.parse(source), False)
+    return found
+
+
+def test_minibt_imports_typing_only_for_the_type_checker() -> None:
+    """A run-time ``typing`` import anywhere in minibt would load it into every command; and with typing
+    not loaded, ``dataclass`` takes a ``ClassVar`` annotation (a string here) for a field, so none may be used."""
+    pkg = Path(minibt.__file__).parent
+    bad = {p.name: lines for p in sorted(pkg.glob("*.py")) if (lines := _typing_imports_outside_type_checking(p.read_text()))}
+    assert bad == {}
+    assert [p.name for p in sorted(pkg.glob("*.py")) if re.search(r":\s*ClassVar\[", p.read_text())] == []
+
+
+def test_the_typing_scan_sees_a_run_time_import() -> None:
+    assert _typing_imports_outside_type_checking("import typing\n") == [1]
+    assert _typing_imports_outside_type_checking("def f():\n    from typing import Any\n") == [2]
+    assert _typing_imports_outside_type_checking(
+        "TYPE_CHECKING = False\nif TYPE_CHECKING:\n    from typing import Any\nelse:\n    from typing import cast\n") == [5]

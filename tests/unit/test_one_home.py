@@ -36,6 +36,8 @@ SHARED_NAMES = {
     "parse_port": "cli: the argparse type for --port (0 = any); urls: a URL or peer port 1..65535",
     "parse_rate": "cli: the argparse type; it calls units.parse_rate",
     "parse_size": "cli: the argparse type; it calls units.parse_size",
+    "TYPE_CHECKING": "typing's constant, spelled `TYPE_CHECKING = False` in each module that guards imports for mypy "
+                     "(which reads the name), so that no module loads typing at run time (test_lazy_imports.py)",
 }
 
 
