@@ -31,9 +31,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import NamedTuple
 
-
-if TYPE_CHECKING:
-
     class OutDatagram(NamedTuple):
         data: bytes
         addr: Addr
