@@ -16,6 +16,7 @@ import pytest
 from helpers import FakeClock
 from simnet import KiB, SimNet, SimPeer, make_payload, make_torrent, same_files
 
+from minibt.effects import Emit, PiecePassed
 from minibt.errors import CloseReason, LocalProtocolError
 from minibt.events import Event, EventName
 from minibt.handles import Dispatcher, Peer, PeerFlags
@@ -397,6 +398,12 @@ def test_events_are_not_queued_without_a_dispatcher(tmp_path: Path, clock: FakeC
     a, b = net.add_peer("a", SEED_IP), net.add_peer("b", LEECH_IP)
     net.add_torrent(a, meta, tmp_path / "src", mode="seed")
     net.add_torrent(b, meta, tmp_path / "b", mode="download")
+    applied: list[object] = []  # every effect the leecher's torrent hands its session
+    apply = b.session._apply
+    b.session._apply = lambda owner, effects, now: (applied.extend(effects), apply(owner, effects, now))[1]  # type: ignore[method-assign]
     net.add_peers(b, [a.addr])
     assert net.run_until(lambda: b.torrent.complete, 30)
     assert len(a.session.events) == len(b.session.events) == 0
+    # Without a listener the per-piece event is not even built (4,096 of them for a GiB of 256 KiB pieces).
+    assert meta.num_pieces == 2 and any(isinstance(e, PiecePassed) for e in applied)
+    assert not [e for e in applied if isinstance(e, Emit) and e.name is N.PIECE_VERIFIED]
