@@ -400,7 +400,12 @@ def test_events_are_not_queued_without_a_dispatcher(tmp_path: Path, clock: FakeC
     net.add_torrent(b, meta, tmp_path / "b", mode="download")
     applied: list[object] = []  # every effect the leecher's torrent hands its session
     apply = b.session._apply
-    b.session._apply = lambda owner, effects, now: (applied.extend(effects), apply(owner, effects, now))[1]  # type: ignore[method-assign]
+
+    def recording_apply(owner: object, effects: list[object], now: float) -> None:
+        applied.extend(effects)
+        apply(owner, effects, now)  # type: ignore[arg-type]
+
+    b.session._apply = recording_apply  # type: ignore[method-assign,assignment]
     net.add_peers(b, [a.addr])
     assert net.run_until(lambda: b.torrent.complete, 30)
     assert len(a.session.events) == len(b.session.events) == 0
