@@ -238,17 +238,18 @@ def disk_file_sizes(layout: TorrentLayout, download_dir: str, names: DiskNames |
     ``names`` default to :func:`plan_names` without a resume file.  After ``Storage.open(create=True)``
     this equals ``tuple(f.length for f in layout.files)``.
     """
-    paths = _disk_paths(names or plan_names(layout, download_dir), download_dir)
-    sizes: list[int] = []
-    for f, path in zip(layout.files, paths, strict=True):
-        if path is None:
-            sizes.append(f.length)
-            continue
-        try:
-            sizes.append(os.stat(path).st_size)
-        except OSError:
-            sizes.append(-1)
-    return tuple(sizes)
+    return _file_sizes(layout, _disk_paths(names or plan_names(layout, download_dir), download_dir))
+
+
+def _file_sizes(layout: TorrentLayout, paths: list[str | None]) -> tuple[int, ...]:
+    return tuple(f.length if p is None else _size_on_disk(p) for f, p in zip(layout.files, paths, strict=True))
+
+
+def _size_on_disk(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
 
 
 @dataclass(slots=True)
@@ -389,8 +390,8 @@ class Storage:
         return self._path(i)
 
     def disk_file_sizes(self) -> tuple[int, ...]:
-        """:func:`disk_file_sizes` with this storage's names."""
-        return disk_file_sizes(self._layout, self._dir, self.names)
+        """:func:`disk_file_sizes` by the paths checked when this storage was made (not again per resume save)."""
+        return _file_sizes(self._layout, self._paths)
 
     def _remember_fd(self, i: int, fd: int) -> None:
         self._fds[i] = fd

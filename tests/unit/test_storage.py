@@ -185,6 +185,22 @@ def test_pad_and_zero_length_files(tmp_path: Path) -> None:
     storage.close()
 
 
+def test_storage_file_sizes_use_the_paths_checked_when_it_was_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every resume save asks for the sizes: resolving each path again cost an lstat per directory of every file.
+    layout = mixed_layout()
+    storage = Storage(layout, str(tmp_path))
+    storage.open(create=True)
+    os.truncate(layout.file_path(str(tmp_path), 0), 7)
+
+    def no_resolving(path: str) -> str:
+        raise AssertionError(f"{path} resolved again")
+
+    monkeypatch.setattr(os.path, "realpath", no_resolving)
+    sizes = storage.disk_file_sizes()
+    assert sizes == (7, *(f.length for f in layout.files[1:]))
+    storage.close()
+
+
 def test_open_seed_mode_requires_existing_files_of_right_size(tmp_path: Path) -> None:
     layout = FakeLayout([100, 50], 64)
     with pytest.raises(StorageError) as ei:
