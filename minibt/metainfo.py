@@ -26,6 +26,7 @@ from minibt.errors import BencodeError, MetainfoError
 from minibt.filenames import MAX_PATH_BYTES, MAX_PATH_DEPTH
 from minibt.hybrid import check_hybrid, is_hybrid
 from minibt.infobytes import InfoBytes
+from minibt.realpaths import RealPaths
 from minibt.sha1 import sha1
 from minibt.urls import HTTP_SCHEMES, TRACKER_SCHEMES, parse_tracker_url
 
@@ -169,12 +170,13 @@ def _element_problem(elem: str) -> str | None:
     return None
 
 
-def safe_join(base_dir: str, parts: Sequence[str]) -> str:
+def safe_join(base_dir: str, parts: Sequence[str], paths: RealPaths | None = None) -> str:
     """Join ``parts`` under ``base_dir`` and return the absolute path.
 
     Every element is checked again (no '', '.', '..', separators, NUL), and the
     realpath of the result must stay inside the realpath of base_dir, so symlinks that lead out
-    of the tree are refused.  Raises MetainfoError.
+    of the tree are refused.  Raises MetainfoError.  ``paths``: one :class:`RealPaths` for a batch of
+    calls (a torrent's files), so that each directory is resolved once.
     """
     if not parts:
         raise MetainfoError("path: no path elements")
@@ -184,8 +186,8 @@ def safe_join(base_dir: str, parts: Sequence[str]) -> str:
             raise MetainfoError(f"path[{i}]: {problem}")
     base = os.path.abspath(base_dir)
     joined = os.path.join(base, *parts)
-    real_base = os.path.realpath(base)
-    real = os.path.realpath(joined)
+    real_of = os.path.realpath if paths is None else paths.real
+    real_base, real = real_of(base), real_of(joined)
     if real == real_base or not real.startswith(real_base.rstrip(os.sep) + os.sep):
         raise MetainfoError(f"path {os.path.join(*parts)!r} resolves outside {base_dir!r}")
     return joined

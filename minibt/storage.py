@@ -26,6 +26,7 @@ from minibt.durable import fsync_all, write_atomic
 from minibt.errors import MetainfoError, StorageError
 from minibt.filenames import DiskNames, FsRules, fs_type_from_mountinfo, rules_for_fs_type
 from minibt.metainfo import read_capped, safe_join
+from minibt.realpaths import RealPaths
 from minibt.resume import MAX_RESUME_BYTES, ResumeData, decode_resume, encode_resume
 from minibt.wire_codec import BLOCK_LEN
 
@@ -229,15 +230,14 @@ def plan_names(layout: TorrentLayout, download_dir: str, resume_path: str | None
 
 def _disk_paths(names: DiskNames, download_dir: str) -> list[str | None]:
     """Absolute paths; MetainfoError if one would leave download_dir (safe_join's checks)."""
-    return [None if p is None else safe_join(download_dir, p) for p in names.paths]
+    real = RealPaths()  # the files share their directories: each is resolved once
+    return [None if p is None else safe_join(download_dir, p, real) for p in names.paths]
 
 
 def disk_file_sizes(layout: TorrentLayout, download_dir: str, names: DiskNames | None = None) -> tuple[int, ...]:
     """Size on disk of every file (-1 if missing; pad files and symlinks count as their declared length).
-
-    ``names`` default to :func:`plan_names` without a resume file.  After ``Storage.open(create=True)``
-    this equals ``tuple(f.length for f in layout.files)``.
-    """
+    ``names`` default to :func:`plan_names` without a resume file; after ``Storage.open(create=True)``
+    the sizes are ``tuple(f.length for f in layout.files)``."""
     return _file_sizes(layout, _disk_paths(names or plan_names(layout, download_dir), download_dir))
 
 

@@ -25,6 +25,7 @@ from minibt.metainfo import (
     parse_metainfo,
     safe_join,
 )
+from minibt.realpaths import RealPaths
 
 PL = 16384
 
@@ -333,18 +334,23 @@ def test_load_metainfo(tmp_path: Path) -> None:
         load_metainfo(str(p))
 
 
-def test_safe_join_refuses_escapes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shared", [False, True], ids=["alone", "one RealPaths for every call"])
+def test_safe_join_refuses_escapes(tmp_path: Path, shared: bool) -> None:
     base = tmp_path / "dl"
     base.mkdir()
     (base / "inside").mkdir()
     (base / "out").symlink_to(tmp_path)
     (base / "alias").symlink_to(base / "inside")
+    (base / "inside" / "leaves").symlink_to(tmp_path / "x")  # the last element a symlink out of the tree
+    paths = RealPaths() if shared else None
     real = os.path.abspath(base)
-    assert safe_join(str(base), ["a", "b"]) == os.path.join(real, "a", "b")
-    assert safe_join(str(base), ["alias", "f"]) == os.path.join(real, "alias", "f")
-    for parts in (["out", "f"], [".."], ["a", "..", ".."], ["/etc"], ["a\x00"], [""], []):
+    assert safe_join(str(base), ["a", "b"], paths) == os.path.join(real, "a", "b")
+    assert safe_join(str(base), ["alias", "f"], paths) == os.path.join(real, "alias", "f")
+    assert safe_join(str(base), ["inside", "f"], paths) == os.path.join(real, "inside", "f")
+    for parts in (["out", "f"], ["inside", "leaves"], ["alias", "leaves"], [".."], ["a", "..", ".."], ["/etc"],
+                  ["a\x00"], [""], []):
         with pytest.raises(MetainfoError):
-            safe_join(str(base), parts)
+            safe_join(str(base), parts, paths)
 
 
 def write_tree(root: Path) -> None:
