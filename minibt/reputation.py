@@ -96,8 +96,9 @@ class Reputation:
         """Banned IPs and why."""
         return dict(self._banned)
 
-    def adjust(self, ip: str, delta: int, reason: str) -> list[RepEvent]:
-        """Add ``delta`` to ``ip``'s score; ban it when the score reaches the cut."""
+    def adjust(self, ip: str, delta: int, reason: str, *, changed: bool = True) -> list[RepEvent]:
+        """Add ``delta`` to ``ip``'s score; ban it when the score reaches the cut.  ``changed``: return the
+        ReputationChanged event too (the Banned one comes back either way)."""
         old = self.score(ip)
         new = old + delta
         self._scores[ip] = new
@@ -105,7 +106,7 @@ class Reputation:
         while len(self._scores) > self._max_ips:
             victim = next(iter(self._scores))
             self._scores.pop(victim)
-        events: list[RepEvent] = [ReputationChanged(ip, old, new, reason)]
+        events: list[RepEvent] = [ReputationChanged(ip, old, new, reason)] if changed else []
         if new <= self.cut and ip not in self._banned:
             events.extend(self.ban(ip, f"reputation {new}: {reason}"))
         return events
@@ -158,12 +159,14 @@ class Reputation:
         return (key, piece) in self._ledger
 
     def piece_passed(
-        self, key: bytes, piece: int, contributors: Iterable[str], good_digests: Sequence[bytes] | None = None
+        self, key: bytes, piece: int, contributors: Iterable[str], good_digests: Sequence[bytes] | None = None,
+        *, changed: bool = True,
     ) -> list[RepEvent]:
         """A piece verified: +1 to each contributor; settle any ledger of earlier failures.
 
         ``good_digests[i]`` is the SHA-1 of block ``i`` of the good piece; it is needed only when
-        :meth:`has_ledger` is true.
+        :meth:`has_ledger` is true.  ``changed=False``: no ReputationChanged events for the +1s (nothing
+        listens; a download verifies 4,096 pieces a GiB), only what a settled ledger brings.
         """
         events: list[RepEvent] = []
         liars: set[str] = set()
@@ -180,7 +183,7 @@ class Reputation:
                     events.extend(self.adjust(ip, -PIECE_BAD_POINTS, f"sent corrupt data (blocks of piece {piece})"))
             self.counters["honest_spared"] += len(honest - liars)
         for ip in sorted(set(contributors) - liars):
-            events.extend(self.adjust(ip, PIECE_OK_POINTS, f"piece {piece} verified"))
+            events.extend(self.adjust(ip, PIECE_OK_POINTS, f"piece {piece} verified" if changed else "", changed=changed))
         return events
 
     def forget_torrent(self, key: bytes) -> None:

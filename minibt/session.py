@@ -197,7 +197,7 @@ class Session:
                     if self.events.enabled:
                         self._emit_effect(owner, e)
                 case fx.PiecePassed(info_hash=ih, index=i, sources=srcs, digests=digests):
-                    self.reputation_events(self.reputation.piece_passed(ih, i, set(srcs), digests))
+                    self.reputation_events(self.reputation.piece_passed(ih, i, srcs, digests, changed=self.events.enabled))
                 case fx.PieceFailed(info_hash=ih, index=i, blocks=blocks):
                     self.reputation_events(self.reputation.piece_failed(ih, i, blocks))
                 case fx.Penalize(ip=ip, points=points, why=why):

@@ -11,6 +11,13 @@ timed: the seeder's side and the hash jobs (SHA-1 and ``pwrite``, a worker's par
 figure is the Python cost a TCP download pays on its loop thread per 16 KiB block, without the system
 calls (a 1 GiB download receives 65,536 blocks); ``tools/bench.py`` measures whole downloads.
 ``--repo`` names source trees to compare (repeatable; default: this one); runs alternate between them.
+
+``--instructions``: instead of timing, count the instructions executed inside the same calls under valgrind's
+callgrind (each call goes through ``operator.call``, whose C function callgrind counts from; ``PYTHONHASHSEED=0``),
+one run per tree (default 32 MiB: about 20 s each): the count repeats to within a few hundred instructions in
+a hundred million, so a change far below the timing's spread on a shared machine shows.  Per block, each tree
+against the first; it includes ``add_torrent`` once and the copy of each block into its piece buffer, so compare
+trees rather than read it as CPU time.
 """
 
 from __future__ import annotations
@@ -119,13 +126,54 @@ def one_run(repo: str, size_mib: int) -> tuple[float, int, bool]:
     return float(out[0]), int(out[1]), out[2] == "1"
 
 
+TIMED = """def timed(fn, *a, **k):
+    t0 = time.perf_counter()
+    r = fn(*a, **k)"""
+# --instructions: every timed call goes through operator.call (C: _operator_call), which callgrind counts from.
+COUNTED = TIMED.replace("r = fn(*a, **k)", "r = operator.call(fn, *a, **k)").replace("def timed", "import operator\ndef timed")
+
+
+def count_instructions(repo: str, size_mib: int) -> tuple[int, int, bool]:
+    """Instructions executed inside the timed calls of one child run under callgrind; blocks; check."""
+    env = dict(os.environ, PYTHONPATH=repo, PYTHONHASHSEED="0")
+    code = CHILD.replace(TIMED, COUNTED)
+    assert code != CHILD
+    p = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", "--toggle-collect=_operator_call",
+                        sys.executable, "-c", code, str(size_mib)], env=env, cwd=repo, check=True, capture_output=True,
+                       text=True)
+    collected = [line.split(":")[-1] for line in p.stderr.splitlines() if "Collected :" in line]
+    out = p.stdout.split()
+    return int(collected[-1]), int(out[1]), out[2] == "1"
+
+
+def instructions(repos: list[str], size_mib: int) -> int:
+    from benchlib import fresh_bytecode  # a stale .pyc would count the compiler too
+
+    first = 0.0
+    for r in repos:
+        print(fresh_bytecode(os.path.join(r, "minibt")), flush=True)
+        n, blocks, ok = count_instructions(r, size_mib)
+        if not ok:
+            print(f"{r}: the downloaded file differs from the payload", file=sys.stderr)
+            return 1
+        per = n / blocks
+        first = first or per
+        delta = f" ({per - first:+,.0f}, {(per - first) / first:+.2%} against the first tree)" if r != repos[0] else ""
+        print(f"{r}: {per:,.0f} instructions per block in the session's calls{delta}", flush=True)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size-mib", type=int, default=256)
+    ap.add_argument("--size-mib", type=int, default=None, help="payload (default 256; 32 with --instructions)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--repo", action="append", help="source tree to measure (repeatable; default: this one)")
+    ap.add_argument("--instructions", action="store_true", help="count instructions under valgrind instead of timing")
     args = ap.parse_args()
     repos = args.repo or [REPO]
+    if args.instructions:
+        return instructions(repos, args.size_mib or 32)
+    args.size_mib = args.size_mib or 256
     results: dict[str, list[float]] = {r: [] for r in repos}
     for _ in range(args.runs):
         for r in repos:

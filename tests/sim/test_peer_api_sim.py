@@ -155,6 +155,8 @@ def test_user_driven_choker_and_requests_complete_the_download(user_pair: Pair) 
     assert in_order(leech, N.PEER_CONNECTED, N.HANDSHAKE_DONE, N.BITFIELD, N.PEER_UNCHOKED_US,
                     N.PIECE_VERIFIED, N.TORRENT_COMPLETE, N.PEER_DISCONNECTED)
     assert leech.count(N.PIECE_VERIFIED) == p.meta.num_pieces
+    credits = [(e.ip, e.new - e.old) for e in p.leech.events if e.name == N.REPUTATION_CHANGED]
+    assert credits == [(SEED_IP, 1)] * p.meta.num_pieces  # a listener hears each verified piece's +1
     assert leech.index(N.TORRENT_COMPLETE) > max(i for i, n in enumerate(leech) if n == N.PIECE_VERIFIED)
     (gone,) = [e for e in p.leech.events if e.name == N.PEER_DISCONNECTED]
     assert gone.reason is CloseReason.BOTH_SEEDS and gone.peer is not None
@@ -412,3 +414,4 @@ def test_events_are_not_queued_without_a_dispatcher(tmp_path: Path, clock: FakeC
     # Without a listener the per-piece event is not even built (4,096 of them for a GiB of 256 KiB pieces).
     assert meta.num_pieces == 2 and any(isinstance(e, PiecePassed) for e in applied)
     assert not [e for e in applied if isinstance(e, Emit) and e.name is N.PIECE_VERIFIED]
+    assert b.session.reputation.score(SEED_IP) == 100 + meta.num_pieces  # credited all the same

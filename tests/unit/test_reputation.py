@@ -92,3 +92,16 @@ def test_loopback_addresses_are_distinct_hosts() -> None:
     r = Reputation()
     r.adjust("127.0.0.2", -60, "liar")
     assert r.is_banned("127.0.0.2") and not r.is_banned("127.0.0.1")
+
+
+def test_without_a_listener_a_verified_piece_brings_no_change_events_but_a_settled_ledger_still_bans() -> None:
+    r = Reputation()
+    assert r.piece_passed(KEY, 1, ["a"]) == [ReputationChanged("a", 100, 101, "piece 1 verified")]
+    assert r.piece_passed(KEY, 2, ["a", "b"], changed=False) == []  # the +1s are still counted
+    assert (r.score("a"), r.score("b")) == (102, 101)
+    good = [b"A" * 16384, b"B" * 16384]
+    for _ in range(3):
+        r.piece_failed(KEY, 3, [BlockRecord(0, "h", d(good[0])), BlockRecord(1, "l", d(b"bad"))])
+    evs = r.piece_passed(KEY, 3, ["h"], [d(g) for g in good], changed=False)
+    assert [type(e) for e in evs] == [ReputationChanged, ReputationChanged, ReputationChanged, Banned]
+    assert all(e.ip == "l" for e in evs) and r.is_banned("l") and r.score("h") == 101
