@@ -63,16 +63,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # minibt's default write cache (issue 15): 16 MiB at first, then 4 MiB (11 MiB less peak RSS in
-# `minibt download` for no measured throughput), now 3 MiB: 1 GiB from a libtorrent seeder on loopback,
-# alternating A/B, 5 runs each, median 306 MiB/s both, about 1 MiB less peak RSS.  Every piece is still
-# written whole once verified, so writes per GiB do not depend on it (one pwrite per piece and file).
+# `minibt download` for no measured throughput), now 3 MiB: 1 GiB from a libtorrent seeder on loopback, A/B,
+# 5 runs each, median 306 MiB/s both, about 1 MiB less peak RSS.  Every piece is still written whole once
+# verified, so writes per GiB do not depend on it (one pwrite per piece and file).
 # Pieces requested but not yet arrived count against it, so it also bounds the request pipeline across
 # all peers: 192 blocks of 16 KiB in flight, 30 MiB/s at 100 ms round trip.
 DEFAULT_CACHE_BYTES = 3 * 1024 * 1024
-# The default also holds at least this many pieces: a verified piece stays buffered until the worker
-# has written it, so a cache of one piece stops requests at every piece end until the hash check and
-# the write are done (measured with 4 MiB pieces: 7.4-7.9 s for 1 GiB against 2.9-4.0 s with room for
-# three).  One piece filling, one being checked and written, one arriving.
+# The default also holds at least this many pieces: a verified piece stays buffered until the worker has written
+# it, so a cache of one piece stops requests at every piece end until the check and the write are done (4 MiB
+# pieces: 7.4-7.9 s for 1 GiB against 2.9-4.0 s with room for three): one filling, one checked, one arriving.
 CACHE_MIN_PIECES = 3
 AUTO_CACHE_MAX_BYTES = 64 * 1024 * 1024  # minibt cap on what CACHE_MIN_PIECES may raise the default to
 
@@ -256,7 +255,8 @@ def _size_on_disk(path: str) -> int:
 class _PieceBuf:
     """A piece being received in the write cache."""
 
-    data: bytearray
+    buf: bytearray
+    data: memoryview  # of ``buf``: a block assigned to a slice of it is copied once (into a bytearray's, twice)
     received: int  # bitmask of received BLOCK_LEN blocks
     full: int  # the mask value when every block is in
 
@@ -517,8 +517,8 @@ class Storage:
             raise ValueError(f"block {piece}:{begin}+{n} outside the torrent")
         if pb is None:
             nblocks = (size + BLOCK_LEN - 1) // BLOCK_LEN
-            spares = self._spares
-            pb = _PieceBuf(spares.pop() if spares and size == self._plen else bytearray(size), 0, (1 << nblocks) - 1)
+            buf = self._spares.pop() if self._spares and size == self._plen else bytearray(size)
+            pb = _PieceBuf(buf, memoryview(buf), 0, (1 << nblocks) - 1)
             self._cache[piece] = pb
             self._buffered += size
             if self._buffered > self._stats["peak_cache_bytes"]:
@@ -659,7 +659,7 @@ class Storage:
             self._spares.clear()
         elif (piece not in self._committing and len(pb.data) == self._plen
               and self._buffered + (len(self._spares) + 1) * self._plen <= self._cache_limit):
-            self._spares.append(pb.data)
+            self._spares.append(pb.buf)
 
     @property
     def buffered_bytes(self) -> int:

@@ -672,3 +672,27 @@ def test_dropped_buffers_serve_the_next_pieces_within_the_cache_size(tmp_path: P
     reused = [storage.piece_buffer(p).obj for p in (4, 5, 6)]
     assert sum(any(r is k for k in kept) for r in reused) == 2 and storage._spares == []
     storage.close()
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_a_block_is_copied_into_its_piece_buffer_once(tmp_path: Path, kind: type) -> None:
+    """Assigned to a slice of a bytearray, a block that is not a bytearray is first copied into a temporary one
+    (CPython's bytearray_ass_subscript): 16 KiB allocated and copied twice per block, 65,536 times a GiB.  The
+    cache assigns through a memoryview of the buffer instead: one copy, nothing allocated."""
+    import tracemalloc
+
+    piece = 8 * BLOCK_LEN
+    storage = Storage(FakeLayout([2 * piece], piece), str(tmp_path))
+    storage.open(create=True)
+    storage.write_block(0, 0, bytes(BLOCK_LEN))  # the piece's buffer exists from here on
+    blocks = [kind(bytes([i]) * BLOCK_LEN) for i in range(1, 8)]
+    tracemalloc.start()
+    try:
+        for i, block in enumerate(blocks, start=1):
+            storage.write_block(0, i * BLOCK_LEN, block)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < BLOCK_LEN // 4, peak
+    assert bytes(storage.piece_buffer(0)) == bytes(BLOCK_LEN) + b"".join(bytes(b) for b in blocks)
+    storage.close()
