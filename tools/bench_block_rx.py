@@ -17,7 +17,8 @@ callgrind (each call goes through ``operator.call``, whose C function callgrind 
 one run per tree (default 32 MiB: about 20 s each): the count repeats to within a few hundred instructions in
 a hundred million, so a change far below the timing's spread on a shared machine shows.  Per block, each tree
 against the first; it includes ``add_torrent`` once and the copy of each block into its piece buffer, so compare
-trees rather than read it as CPU time.
+trees rather than read it as CPU time.  It needs a Python whose static symbols are not stripped (a source build,
+as pyenv makes; Debian's python3 strips them, and the tool then says so).
 """
 
 from __future__ import annotations
@@ -141,9 +142,11 @@ def count_instructions(repo: str, size_mib: int) -> tuple[int, int, bool]:
     p = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", "--toggle-collect=_operator_call",
                         sys.executable, "-c", code, str(size_mib)], env=env, cwd=repo, check=True, capture_output=True,
                        text=True)
-    collected = [line.split(":")[-1] for line in p.stderr.splitlines() if "Collected :" in line]
+    collected = [int(line.split(":")[-1]) for line in p.stderr.splitlines() if "Collected :" in line]
+    if not collected or not collected[-1]:
+        raise RuntimeError(f"callgrind counted nothing: {sys.executable} has no _operator_call symbol (stripped?)")
     out = p.stdout.split()
-    return int(collected[-1]), int(out[1]), out[2] == "1"
+    return collected[-1], int(out[1]), out[2] == "1"
 
 
 def instructions(repos: list[str], size_mib: int) -> int:
