@@ -31,7 +31,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHILD = r"""
-import hashlib, os, random, struct, sys, tempfile, time
+import hashlib, operator, os, random, struct, sys, tempfile, time
 from minibt.handshake import make_reserved
 from minibt.metainfo import create_torrent, parse_metainfo
 from minibt.session import Session
@@ -56,9 +56,9 @@ s = Session(rng=random.Random(1), config=SessionConfig(encryption=Encryption.NON
 s.set_listen("127.0.0.1", 6881)
 hasher = InlineHasher()
 spent = [0.0]
-def timed(fn, *a, **k):
+def timed(fn, *a, **k):  # through operator.call: its C function is where --instructions counts from
     t0 = time.perf_counter()
-    r = fn(*a, **k)
+    r = operator.call(fn, *a, **k)
     spent[0] += time.perf_counter() - t0
     return r
 t = timed(s.add_torrent, meta, dl, mode=Mode.DOWNLOAD, resume_path=None, now=now)
@@ -127,20 +127,11 @@ def one_run(repo: str, size_mib: int) -> tuple[float, int, bool]:
     return float(out[0]), int(out[1]), out[2] == "1"
 
 
-TIMED = """def timed(fn, *a, **k):
-    t0 = time.perf_counter()
-    r = fn(*a, **k)"""
-# --instructions: every timed call goes through operator.call (C: _operator_call), which callgrind counts from.
-COUNTED = TIMED.replace("r = fn(*a, **k)", "r = operator.call(fn, *a, **k)").replace("def timed", "import operator\ndef timed")
-
-
 def count_instructions(repo: str, size_mib: int) -> tuple[int, int, bool]:
     """Instructions executed inside the timed calls of one child run under callgrind; blocks; check."""
     env = dict(os.environ, PYTHONPATH=repo, PYTHONHASHSEED="0")
-    code = CHILD.replace(TIMED, COUNTED)
-    assert code != CHILD
     p = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", "--toggle-collect=_operator_call",
-                        sys.executable, "-c", code, str(size_mib)], env=env, cwd=repo, check=True, capture_output=True,
+                        sys.executable, "-c", CHILD, str(size_mib)], env=env, cwd=repo, check=True, capture_output=True,
                        text=True)
     collected = [int(line.split(":")[-1]) for line in p.stderr.splitlines() if "Collected :" in line]
     if not collected or not collected[-1]:
