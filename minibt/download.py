@@ -485,28 +485,26 @@ class Downloader:
         total = 0
         stray = False
         last = -1  # the piece of the block before: a run's blocks mostly share one
-        wanted = False
-        src: dict[int, str] | None = None
-        for index, begin, data in blocks:
+        src: dict[int, str] = {}
+        taken = picker.take_blocks(cid, blocks) if downloading else [None] * len(blocks)
+        for (index, begin, data), others in zip(blocks, taken, strict=True):
             n = len(data)
             total += n
-            if index != last:
-                last, wanted, src = index, downloading and not have.test(index), None
-            others = picker.take_requested(cid, index, begin, n) if wanted else None
-            if others is None and wanted and self._cancelled.pop((cid, index, begin), 0) is None:  # came anyway
-                others = picker.take_late(cid, Block(index, begin, n))
             if others is None:
-                self._stats.wasted += n  # unsolicited, late or duplicate: never written
-                stray = True
-                continue
-            if others:
+                if not (downloading and not have.test(index) and self._cancelled.pop((cid, index, begin), 0) is None
+                        and (others := picker.take_late(cid, Block(index, begin, n))) is not None):
+                    self._stats.wasted += n  # unsolicited, late or duplicate: never written
+                    stray = True
+                    continue
+            elif others:
                 for other in others:
                     op = peers.get(other)  # type: ignore[call-overload]
                     if op is not None and op.wire is not None:
                         op.wire.cancel(index, begin, n)
                         out.append(Flush(op.cid))
-            if src is None:
-                src = block_src.get(index)
+            if index != last:
+                last = index
+                src = block_src.get(index)  # type: ignore[assignment]
                 if src is None:
                     src = block_src[index] = {}
             src[begin // BLOCK_LEN] = ip

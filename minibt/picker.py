@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import random
 from collections import namedtuple
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import Callable, Collection, Hashable, Sequence, Sized
 from itertools import compress
 
 from minibt.wire_codec import BLOCK_LEN
@@ -410,45 +410,52 @@ class PiecePicker:
             self._blocks_unexpected += 1
         return expected, others
 
-    def take_requested(self, peer: Peer, index: int, begin: int, length: int) -> list[Peer] | None:
-        """The per-block hot path, :meth:`is_requested` and :meth:`block_received` in one step: None (nothing
-        recorded) unless ``peer`` has this block outstanding; else the block is recorded as received and
-        the other peers that still had it requested are returned."""
+    def take_blocks(self, peer: Peer, blocks: Sequence[tuple[int, int, Sized]]) -> list[list[Peer] | None]:
+        """The per-block hot path, a read's run of blocks ``(index, begin, data)`` at once: per block None (nothing
+        recorded) unless ``peer`` has it outstanding, else :meth:`is_requested` and :meth:`block_received` in one
+        step: the block is recorded as received and the other peers that had it requested come back (to cancel)."""
         st = self._peers.get(peer)
-        bl = self._block_len
-        if st is None or not 0 <= index < self._n or begin < 0 or begin % bl:
-            return None
-        size = self._last_size if index == self._n - 1 else self._piece_length
-        if begin >= size or length != (bl if size - begin > bl else size - begin):
-            return None
-        j = begin // bl
-        key = index * self._bpp + j
-        if key not in st.out:
-            return None
-        pp = self._partials.get(index)
-        others = pp.requested.get(j) if pp is not None else None
-        if pp is None or others is None or peer not in others:  # not expected: outstanding means partial
-            expected, rest = self.block_received(peer, Block(index, begin, length))
-            return rest if expected else None
-        del pp.requested[j]
-        del st.out[key]
-        pieces = st.pieces  # _dec_piece, inline
-        if c := pieces[index] - 1:
-            pieces[index] = c
-        else:
-            del pieces[index]
-        if len(others) > 1:
-            others.remove(peer)
-            for r in others:
-                rs = self._peers[r]
-                del rs.out[key]
-                self._dec_piece(rs, index)
-        else:
-            others.clear()
-        pp.recv[j] = 1
-        pp.received += 1
-        self._blocks_received += 1
-        return others
+        if st is None:
+            return [None] * len(blocks)
+        res: list[list[Peer] | None] = []
+        bl, bpp, n, out, pieces, peers = self._block_len, self._bpp, self._n, st.out, st.pieces, self._peers
+        at = size = base = -1
+        took = 0
+        pp: _Partial | None = None
+        for index, begin, data in blocks:
+            if index != at:  # a run's blocks mostly share one piece: its state is looked up once
+                at, pp, base = index, self._partials.get(index), index * bpp
+                size = (self._last_size if index == n - 1 else self._piece_length) if 0 <= index < n else 0
+            length, j = len(data), begin // bl
+            if (begin < 0 or begin % bl or begin >= size or length != (bl if size - begin > bl else size - begin)
+                    or (key := base + j) not in out):
+                res.append(None)
+                continue
+            if pp is None or (others := pp.requested.get(j)) is None or peer not in others:  # outstanding: partial
+                expected, rest = self.block_received(peer, Block(index, begin, length))
+                res.append(rest if expected else None)
+                at = -1  # look the piece up again: that may have started it
+                continue
+            del pp.requested[j]
+            del out[key]
+            if c := pieces[index] - 1:  # _dec_piece, inline
+                pieces[index] = c
+            else:
+                del pieces[index]
+            if len(others) > 1:
+                others.remove(peer)
+                for r in others:
+                    rs = peers[r]
+                    del rs.out[key]
+                    self._dec_piece(rs, index)
+            else:
+                others.clear()
+            pp.recv[j] = 1
+            pp.received += 1
+            took += 1
+            res.append(others)
+        self._blocks_received += took
+        return res
 
     def take_late(self, peer: Peer, block: Block) -> list[Peer] | None:
         """A block cancelled from ``peer`` that came anyway (it was on its way): recorded as received only
@@ -571,20 +578,12 @@ class PiecePicker:
     def stats(self) -> dict[str, int]:
         """Read-only counters for tests and status output."""
         return {
-            "pieces": self._n,
-            "have": self._num_have,
-            "missing": self._missing,
-            "fresh": len(self._rarity.order),
-            "partial": len(self._partials),
-            "open": len(self._open),
-            "hashing": len(self._hashing),
-            "peers": len(self._peers),
-            "seeds": self._num_seeds,
+            "pieces": self._n, "have": self._num_have, "missing": self._missing, "fresh": len(self._rarity.order),
+            "partial": len(self._partials), "open": len(self._open), "hashing": len(self._hashing),
+            "peers": len(self._peers), "seeds": self._num_seeds,
             "outstanding": sum(len(st.out) for st in self._peers.values()),
-            "endgame": int(self.endgame),
-            "endgame_requests": self._endgame_requests,
-            "blocks_received": self._blocks_received,
-            "blocks_unexpected": self._blocks_unexpected,
+            "endgame": int(self.endgame), "endgame_requests": self._endgame_requests,
+            "blocks_received": self._blocks_received, "blocks_unexpected": self._blocks_unexpected,
         }
 
     # ------------------------------------------------------------------ internals: peers

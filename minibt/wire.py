@@ -335,11 +335,32 @@ class PeerWire:
         """
         in_counts = self._in_counts
         unpack_hdr = _HDR.unpack_from
+        unpack_piece = _HDR_2U32.unpack_from
         unpack_2u32 = _2U32.unpack_from
         unpack_3u32 = _3U32.unpack_from
         max_frame = self._max_frame
         n_pieces, last_index, last_size, plen = self._n, self._last_index, self._last_size, self._piece_length
+        max_piece, plen9 = 9 + self._max_block, 9 + plen  # the largest Piece length prefix; a block's end + 9
+        run: list[Any] | None = None  # the list of block tuples at the end of ``events`` (runs mode)
+        blocks = 0
         while end - pos >= 4:
+            if runs and end - pos >= 13:
+                # The per-block hot path: a whole Piece frame, its header read in one call; the block is not copied.
+                length, mid, index, begin = unpack_piece(buf, pos)
+                stop = pos + 4 + length
+                if mid == PIECE and 9 < length <= max_piece and stop <= end:
+                    if not (index < last_index and begin + length <= plen9) and (
+                            index >= n_pieces or begin + length - 9 > (last_size if index == last_index else plen)):
+                        self._check_block("piece", index, begin, length - 9)  # raises, naming the reason
+                    if run is None:
+                        run = []
+                        events.append(run)
+                        self._got_first = True
+                    run.append((index, begin, bytes(mv[pos + 13 : stop]) if copy else mv[pos + 13 : stop]))
+                    blocks += 1
+                    pos = stop
+                    continue
+            run = None  # any other frame: a later block starts a new run
             if end - pos < 5:
                 length = _U32.unpack_from(buf, pos)[0]
                 if length != 0:
@@ -408,7 +429,8 @@ class PeerWire:
                 self._in_unknown += 1
                 if stop > end:
                     self._skip = stop - end
-                    return end
+                    pos = end
+                    break
                 pos = stop
                 continue
             if stop > end:
@@ -418,6 +440,8 @@ class PeerWire:
             in_counts[mid] += 1
             events.append(msg)
             pos = stop
+        if blocks:
+            in_counts[PIECE] += blocks
         return pos
 
     def _apply(self, mid: int, msg: Message) -> None:

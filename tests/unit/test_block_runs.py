@@ -23,7 +23,7 @@ from minibt.wire import BlocksReceived, RequestsReceived
 from minibt.wire_codec import BLOCK_LEN, Have, Interested, Piece, Request, Unchoke, encode
 from minibt.workers import InlineHasher
 from tests.helpers import take_frames
-from tests.unit.test_wire import LAST, N, make_wire, sample_stream
+from tests.unit.test_wire import LAST, PLEN, N, make_wire, sample_stream
 
 PIECE = 2 * BLOCK_LEN
 NUM_PIECES = 6
@@ -103,10 +103,25 @@ def test_runs_mode_gives_the_same_messages_however_the_stream_is_cut(rng: random
         assert plain.stats() == grouped.stats()
 
 
-def test_runs_mode_checks_blocks_as_the_plain_mode_does() -> None:
-    with pytest.raises(WireError) as e:
-        make_wire().receive_data(encode(Piece(N, 0, b"x")), now=0.0, runs=True)
-    assert e.value.reason is CloseReason.PROTOCOL_VIOLATION
+@pytest.mark.parametrize("bad", [
+    Piece(N, 0, b"x"),  # no such piece
+    Piece(0, PLEN - BLOCK_LEN + 1, bytes(BLOCK_LEN)),  # past the end of a piece
+    Piece(N - 2, PLEN, b"x"),  # starts at the end of the piece before the last
+    Piece(N - 1, LAST - 1, b"xy"),  # past the end of the short last piece
+    Piece(N - 1, BLOCK_LEN, bytes(LAST - BLOCK_LEN + 1)),
+])
+def test_runs_mode_checks_blocks_as_the_plain_mode_does(bad: Piece) -> None:
+    """A bad block after a good one, in one read: both modes close with the same reason and words."""
+    data = encode(Piece(0, 0, b"ok")) + encode(bad) + encode(Have(1))
+    errors = []
+    for runs in (False, True):
+        with pytest.raises(WireError) as e:
+            make_wire().receive_data(data, now=0.0, runs=runs)
+        errors.append((e.value.reason, str(e.value)))
+    assert errors[0] == errors[1] and errors[0][0] is CloseReason.PROTOCOL_VIOLATION
+    wire = make_wire()  # the last good block of each kind of piece still passes
+    good = [Piece(N - 2, PLEN - BLOCK_LEN, bytes(BLOCK_LEN)), Piece(N - 1, LAST - 5, bytes(5))]
+    assert flatten(wire.receive_data(b"".join(encode(m) for m in good), now=0.0, runs=True)) == good
 
 
 class Remote:

@@ -713,8 +713,9 @@ def test_pick_serves_many_pieces_and_peers() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 40)), max_size=60))
-def test_take_requested_is_is_requested_then_block_received(seed: int, steps: list[tuple[str, int]]) -> None:
-    """The per-block fast path leaves the picker exactly as the two-call path does, in end game too."""
+def test_take_blocks_is_is_requested_then_block_received(seed: int, steps: list[tuple[str, int]]) -> None:
+    """The per-block fast path, a run of blocks at a time, leaves the picker exactly as the two-call path does
+    block after block, in end game too, whatever the run holds (several pieces, repeats, bad blocks)."""
     rng = random.Random(seed)
     fast, slow = make_picker("12", blocks=3, dup=3), make_picker("12", blocks=3, dup=3)
     for pk in (fast, slow):
@@ -725,15 +726,18 @@ def test_take_requested_is_is_requested_then_block_received(seed: int, steps: li
             assert fast.pick(peer, 1 + k % 3) == slow.pick(peer, 1 + k % 3)
             continue
         out = slow.outstanding(peer)
-        # a block outstanding from this peer, or a malformed / unrequested / received one
-        candidates = [*out, Block(0, 0, BL), Block(1, BL, BL), Block(0, 1, BL), Block(5, 0, BL), Block(1, 2 * BL, 7)]
-        b = rng.choice(candidates)
-        got = fast.take_requested(peer, b.index, b.begin, b.length)
-        if slow.is_requested(peer, b):
-            expected, others = slow.block_received(peer, b)
-            assert expected and got is not None and sorted(got) == sorted(others)
-        else:
-            assert got is None
+        # blocks outstanding from this peer, or malformed / unrequested / received ones
+        candidates = [*out, Block(0, 0, BL), Block(1, BL, BL), Block(0, 1, BL), Block(5, 0, BL), Block(1, 2 * BL, 7),
+                      Block(-1, 0, BL), Block(0, -BL, BL)]
+        run = [rng.choice(candidates) for _ in range(1 + k % 4)]
+        got = fast.take_blocks(peer, [(b.index, b.begin, bytes(b.length)) for b in run])
+        assert len(got) == len(run)
+        for b, g in zip(run, got, strict=True):
+            if slow.is_requested(peer, b):
+                expected, others = slow.block_received(peer, b)
+                assert expected and g is not None and sorted(g) == sorted(others)
+            else:
+                assert g is None
         for p in "abc":
             assert fast.outstanding(p) == slow.outstanding(p)
         assert fast.stats() == slow.stats()
