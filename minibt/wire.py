@@ -62,17 +62,7 @@ from minibt.wire_codec import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Protocol
-
-    class BlockLike(Protocol):
-        """A block to request (picker.Block fits)."""
-
-        @property
-        def index(self) -> int: ...
-        @property
-        def begin(self) -> int: ...
-        @property
-        def length(self) -> int: ...
+    from typing import Any
 
 KEEPALIVE_INTERVAL_S = 120.0  # BEP 3: keep-alives "generally sent once every two minutes"
 IDLE_TIMEOUT_S = 180.0  # minibt convention (libtorrent inactivity_timeout is 600 s)
@@ -653,13 +643,13 @@ class PeerWire:
         self._local_block("request", index, begin, length)
         self._queue(REQUEST, _HDR_3U32.pack(13, REQUEST, index, begin, length))
 
-    def request_many(self, blocks: Iterable[BlockLike]) -> None:
-        """:meth:`request` for each block, queued as one chunk (a pipeline top-up)."""
+    def request_many(self, blocks: Iterable[tuple[int, int, int]]) -> None:
+        """:meth:`request` for each ``(index, begin, length)`` (a picker.Block is one), queued as one chunk (a
+        pipeline top-up)."""
         parts: list[bytes] = []
         pack = _HDR_3U32.pack
         n, maxb, last, plen, lsize = self._n, self._max_block, self._last_index, self._piece_length, self._last_size
-        for b in blocks:
-            index, begin, length = b.index, b.begin, b.length
+        for index, begin, length in blocks:  # unpacked, not three attribute lookups on a named tuple
             if not (0 <= index < n and begin >= 0 and 0 < length <= maxb
                     and begin + length <= (lsize if index == last else plen)):
                 self._local_block("request", index, begin, length)  # raises with the reason

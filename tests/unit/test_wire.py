@@ -794,16 +794,16 @@ def test_request_many_refuses_what_request_refuses(index: int, begin: int, lengt
         _opened().request(index, begin, length)
     w = _opened()
     with pytest.raises(LocalProtocolError) as many:
-        w.request_many([Request(0, 0, 16384), Request(index, begin, length)])
+        w.request_many([(0, 0, 16384), (index, begin, length)])
     assert many.value.detail == one.value.detail
     assert w.stats()["out_request"] == 0  # nothing of a refused batch is queued
 
 
 def test_request_many_sends_what_requests_send() -> None:
-    blocks = [Request(0, 0, 16384), Request(0, 16384, 16384), Request(N - 1, 0, 16384), Request(N - 1, 16384, LAST - 16384)]
+    blocks = [(0, 0, 16384), (0, 16384, 16384), (N - 1, 0, 16384), (N - 1, 16384, LAST - 16384)]
     one, many = _opened(), _opened()
     for b in blocks:
-        one.request(b.index, b.begin, b.length)
+        one.request(*b)
     many.request_many(blocks)
     assert many.data_to_send() == one.data_to_send()
     assert many.stats() == one.stats()
