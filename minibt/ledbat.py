@@ -66,6 +66,21 @@ def _before32(a: int, b: int) -> bool:
     return ((a - b) & TS_MASK) > 0x7FFFFFFF
 
 
+def _min32(start: int, values: list[int], lo: int = -1, hi: int = -1) -> int:
+    """The lowest of ``start`` and ``values`` in wrapping order, as a running minimum by :func:`_before32`.
+    ``lo``, ``hi``: ``min(values)`` and ``max(values)`` if known.  Values that all lie within half the 32-bit
+    circle of each other (a run of delay samples does) are in plain integer order there: then ``min``."""
+    if lo < 0:
+        lo, hi = min(values), max(values)
+    if (hi if hi > start else start) - (lo if lo < start else start) <= 0x7FFFFFFF:
+        return lo if lo < start else start
+    low = start
+    for v in values:
+        if ((v - low) & TS_MASK) > 0x7FFFFFFF:
+            low = v
+    return low
+
+
 class Ledbat:
     """One connection's send window (``max_window``) under LEDBAT."""
 
@@ -132,11 +147,15 @@ class Ledbat:
     def on_delay_samples(self, samples: Iterable[int], *, now: float) -> None:
         """Record echoes in arrival order, as :meth:`on_delay_sample` each (uTP takes a run of packets at once).
         All at one ``now``, so at most the first one starts a new bucket of the base delay history."""
-        kept = [s & TS_MASK for s in samples]
-        if 0 in kept:
-            kept = [s for s in kept if s]
+        kept = samples if type(samples) is list else list(samples)
         if not kept:
             return
+        if min(kept) <= 0 or max(kept) > TS_MASK:  # a 0 (no sample) or wider than 32 bits: the general way
+            kept = [s & TS_MASK for s in kept]
+            if 0 in kept:
+                kept = [s for s in kept if s]
+            if not kept:
+                return
         hist, i = self._hist, 0
         elapsed = now - self._bucket_start
         if not hist or elapsed >= BASE_DELAY_BUCKET_S:
@@ -150,19 +169,12 @@ class Ledbat:
             hist.append(kept[0])
             if len(hist) > BASE_DELAY_BUCKETS:
                 del hist[0]
-            base = hist[0]
-            for v in hist:
-                if _before32(v, base):
-                    base = v
-            self._base, i = base, 1
-        if i < len(kept):  # the bucket's minimum and the base delay, _before32 written out
-            low, base = hist[-1], self._base if self._base is not None else kept[i]
-            for v in kept[i:]:
-                if ((v - low) & TS_MASK) > 0x7FFFFFFF:
-                    low = v
-                if ((v - base) & TS_MASK) > 0x7FFFFFFF:
-                    base = v
-            hist[-1], self._base = low, base
+            self._base, i = _min32(hist[0], hist), 1
+        if i < len(kept):  # the bucket's minimum and the base delay
+            rest = kept[i:] if i else kept
+            lo, hi = min(rest), max(rest)
+            hist[-1] = _min32(hist[-1], rest, lo, hi)
+            self._base = _min32(self._base if self._base is not None else rest[0], rest, lo, hi)
         self._recent.extend(kept[-DELAY_FILTER_SAMPLES:])
 
     def on_ack(self, *, bytes_acked: int, bytes_in_flight: int, packet_bytes: int, now: float) -> None:

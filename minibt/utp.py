@@ -64,9 +64,8 @@ else:  # one per received packet: a tuple is the cheapest immutable record (coll
 DUP_ACK_LIMIT = 3  # BEP 29 'packet loss': 3 duplicate ACKs / 3 packets SACKed past the hole
 MAX_OUTSTANDING_PACKETS = 1024  # minibt convention: bounds the send window in packets (< HALF_SEQ)
 MAX_REORDER_DISTANCE = 2048  # minibt convention: packets further than this past ack_nr are dropped
-# minibt convention: out-of-order packets held per reorder_buffer_bytes // this.  Each one also costs
-# ~70 bytes of dict entry and bytes header, so 1-byte packets would otherwise hold 2048 x 70 bytes
-# whatever the buffer size (budget.py, tests/unit/test_budget_accounting.py).
+# minibt convention: out-of-order packets held per reorder_buffer_bytes // this.  Each one also costs ~70 bytes of dict
+# entry and bytes header: 1-byte packets would hold 2048 x 70 bytes whatever the buffer (tests/unit/test_budget_accounting.py).
 REORDER_MIN_AVG_PAYLOAD = 256
 MAX_RTO_S = 60.0  # minibt convention: cap of the doubled retransmission timeout
 
@@ -160,15 +159,11 @@ class UtpConnection:
         self._acked = (seq_nr - 1) & SEQ_MASK  # last sequence number cumulatively acked by the peer
         self._out: dict[int, _Sent] = {}
         self._tx_queue: deque[int] = deque()  # sequence numbers waiting for a (re)transmission
-        self._inflight = 0
-        self._unacked_bytes = 0
+        self._inflight, self._unacked_bytes = 0, 0
         self._send_buf = bytearray()
         self._peer_wnd = config.reorder_buffer_bytes
-        self._fast_resend_seq = seq_nr
-        self._dup_acks = 0
-        self._rtt = 0.0
-        self._rtt_var = 0.0
-        self._have_rtt = False
+        self._fast_resend_seq, self._dup_acks = seq_nr, 0
+        self._rtt, self._rtt_var, self._have_rtt = 0.0, 0.0, False
         self._rto = config.initial_timeout_s
         self._rto_at: float | None = None
         self._consec_timeouts = 0
@@ -189,8 +184,7 @@ class UtpConnection:
         self._sack_dirty = False
         self._eof_seq: int | None = None
         self._fin_reached = False
-        self._reply_micro = 0
-        self._ack_pending = False
+        self._reply_micro, self._ack_pending = 0, False
         self._ack_due: float | None = None
         # timers
         self._connect_deadline: float | None = None
@@ -311,30 +305,35 @@ class UtpConnection:
 
     def take_run(self, datas: Sequence[Payload], addrs: Sequence[Addr], i: int, addr: Addr, now: float) -> int:
         """Take the in-order data packets at ``datas[i:]`` (a download's bulk); returns the index of the first other
-        one (``i``: nothing changed), for :meth:`receive_packet`.  Taken: ST_DATA v1 with a payload, no extension,
-        from ``addr`` to us, the next seq_nr, acking nothing new, while connected and collecting into
-        :attr:`received`; as ``_process_ack`` and ``_process_data`` would (tests/sim/test_utp_link.py)."""
+        one (``i``: nothing changed), for :meth:`receive_packet`.  Taken, as ``_process_ack`` and ``_process_data``
+        would (tests/sim/test_utp_link.py): ST_DATA v1 with a payload, no extension, from ``addr`` to us, the next
+        seq_nr, acking nothing new, while connected and collecting into :attr:`received`."""
         rx = self.received
         if (rx is None or self._state is not _CONNECTED or self._reorder or self._eof_seq is not None
                 or self.held_bytes >= self._cfg.reorder_buffer_bytes):
             return i
         unpack, acked, rid, expect = HEADER_STRUCT.unpack_from, self._acked, self.recv_id, (self._ack_nr + 1) & SEQ_MASK
         samples: list[int] = []
-        j, count, had, ts, wnd = i, len(datas), len(rx), 0, 0
-        while j < count:
+        count, had = len(datas), len(rx)
+        for j in range(i, count):
             d = datas[j]
             if len(d) <= HEADER_LEN or (addrs[j] is not addr and addrs[j] != addr):
                 break
-            tv, ext, cid, t, tsd, w, seq, ack = unpack(d, 0)
-            adv = (ack - acked) & SEQ_MASK
-            if tv != DATA_V1 or ext or cid != rid or seq != expect or (adv and adv < HALF_SEQ):
+            tv, ext, cid, _, tsd, _, seq, ack = unpack(d, 0)
+            if tv != DATA_V1 or ext or cid != rid or seq != expect:
                 break
-            if tsd and not adv:
+            if ack != acked:
+                if ((ack - acked) & SEQ_MASK) < HALF_SEQ:  # acks something new: _process_ack's business
+                    break
+            elif tsd:  # a delay sample, from a packet that acks nothing new
                 samples.append(tsd)
             rx += d[HEADER_LEN:]
-            expect, ts, wnd, j = (seq + 1) & SEQ_MASK, t, w, j + 1
+            expect = (seq + 1) & SEQ_MASK
+        else:
+            j = count
         if j == i:
             return i
+        _, _, _, ts, _, wnd, _, _ = unpack(datas[j - 1], 0)  # the last packet's timestamp and window
         self._n["packets_received"] += j - i
         self._n["bytes_received"] += len(rx) - had
         self._reply_micro = (int(now * 1e6) - ts) & TS_MASK

@@ -4,7 +4,8 @@
     python3 tools/bench_utp_rx.py [--datagrams 200000] [--runs 3] [--repo DIR ...]
 
 Two ``UtpMux`` machines (utp_mux.py) talk through lists, no sockets: one sends a bulk stream, the other
-receives it and sends its ACKs back, on a fake clock.  Timed: the receiver's handling of each batch of
+receives it and sends its ACKs back, on a fake clock that moves between the two directions, so each data
+packet carries a delay sample (the timestamp difference of BEP 29) as over a real link.  Timed: the receiver's handling of each batch of
 datagrams the sender emits at once, as the loop hands it a read's datagrams (``receive_run`` until the
 batch is done, as utp_peers.py; ``receive_datagram`` each in an older tree): decode, routing, ACK and
 LEDBAT steps, in-order delivery into ``conn.received`` (or events in an older tree).  So the figure is
@@ -61,8 +62,9 @@ chunk = bytes(1 << 16)
 want = int(sys.argv[1])
 while timed[0] < want:
     sender.send(chunk)
-    clock[0] += 0.001
+    clock[0] += 0.0005
     pump(b, a, b_addr, True)
+    clock[0] += 0.0005  # the ACKs arrive later than they were sent: the next data carries a delay sample each
     pump(a, b, a_addr, False)
 got = conn.stats()["bytes_received"]
 print(f"{timed[1] / timed[0] * 1e6:.2f} {timed[0]} {got:.0f}")

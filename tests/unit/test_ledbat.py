@@ -209,3 +209,23 @@ def test_a_run_of_samples_at_once_equals_them_one_by_one(batches: list[tuple[flo
             ref.sample(s, now)
         assert (cc._hist, cc._base, list(cc._recent), cc._bucket_start) == (ref.hist, ref.base, ref.recent,
                                                                           ref.bucket_start)
+
+
+@pytest.mark.parametrize("run", [
+    [10, 10 + 2**31], [10 + 2**31, 10],  # exactly half the circle apart: wrapping order is not plain order
+    [10, 10 + 2**31 - 1], [10 + 2**31 - 1, 10],  # just inside half: plain order
+    [2**32 - 5, 3, 2**32 - 1],  # across the wrap
+    [5, 7, 6], [7, 5 + 2**31, 6 + 2**31, 9],
+])
+def test_a_run_at_the_edges_of_half_the_circle_equals_it_one_by_one(run: list[int]) -> None:
+    """Where a run of samples may skip the sample-by-sample minimum (plain ``min`` within half the 32-bit circle)."""
+    for first in (None, 1, 2**31 + 20):  # no history yet, or a base delay before the run
+        now = 5.0
+        cc, ref = Ledbat(LINEAR, now=now), _OneSampleAtATime(now)
+        if first is not None:
+            cc.on_delay_samples([first], now=now)
+            ref.sample(first, now)
+        cc.on_delay_samples(run, now=now + 1.0)
+        for s in run:
+            ref.sample(s, now + 1.0)
+        assert (cc._hist, cc._base, list(cc._recent)) == (ref.hist, ref.base, ref.recent)
