@@ -29,6 +29,7 @@ from minibt.magnet import MAGNET_PREFIX, Magnet, parse_magnet
 from minibt.magnetfetch import MagnetFetch
 from minibt.metainfo import Metainfo, load_metainfo
 from minibt.peer import PeerSource, to_transports
+from minibt.procmem import release_free_memory
 from minibt.ratelimit import KEEP, Keep
 from minibt.session import Session
 from minibt.settings import SessionConfig, TorrentConfig, parse_mode
@@ -175,6 +176,7 @@ class Client:
         plist = list(peers)
         if plist:
             t.add_candidates(plist, PeerSource.USER, now=now)
+        release_free_memory()  # the set-up's large temporaries: freed, but resident until then (procmem.py)
         return t
 
     def add_magnet(

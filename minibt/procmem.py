@@ -1,4 +1,5 @@
-"""This process's memory as the kernel counts it: peak resident set (VmHWM) and anonymous RSS.
+"""This process's memory as the kernel counts it: peak resident set (VmHWM) and anonymous RSS; and handing the
+C heap's free pages back (:func:`release_free_memory`).
 
 ``minibt status`` reports the kernel's peak, not the largest of its own periodic samples: a burst
 between two status writes (a few seconds apart) is what the OOM killer sees.  Linux gives VmHWM in
@@ -8,6 +9,10 @@ between two status writes (a few seconds apart) is what the OOM killer sees.  Li
 from __future__ import annotations
 
 import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 PROC_STATUS = "/proc/self/status"
 
@@ -38,3 +43,28 @@ def peak_rss_bytes(path: str = PROC_STATUS) -> int:
         return 0
     maxrss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     return maxrss if sys.platform == "darwin" else maxrss * 1024
+
+
+_trim: Any = None  # glibc's malloc_trim once looked up; False where there is none
+
+
+def release_free_memory() -> bool:
+    """Hand the C heap's free pages back to the kernel (glibc ``malloc_trim(0)``); True if any went back.
+
+    A torrent's set-up makes large short-lived buffers (the .torrent file, its decoded piece hashes, the
+    info dict before checker.py spills it: 1.3 MB each at 16 GiB).  glibc serves such a request from the heap
+    once a freed mapping of that size has raised its mmap threshold, and then keeps the freed pages resident:
+    1.25 MiB of a 16 GiB torrent's 13.8 MiB anonymous memory, idle, until this call (measured 2026-12-07).
+    False, doing nothing, where the C library has no ``malloc_trim`` (musl, macOS).
+    """
+    global _trim
+    if _trim is None:
+        try:
+            import ctypes
+
+            fn = ctypes.CDLL(None).malloc_trim
+            fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+            _trim = fn
+        except (OSError, AttributeError):
+            _trim = False
+    return bool(_trim(0)) if _trim else False

@@ -145,3 +145,22 @@ def test_spilled_torrent_downloads_verifies_and_serves_its_metadata(tmp_path: Pa
         assert got.info.spilled and got.info_bytes == info_bytes and f.fetcher.info_bytes == info_bytes
         assert st.extensions.metadata.stats()["served"] >= 2
     assert (dl / "payload.bin").read_bytes() == payload
+
+
+@needs_tmpfile
+def test_adding_a_torrent_hands_its_set_up_memory_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Client.add releases the C heap's free pages (procmem.release_free_memory) once the torrent is set up:
+    after its info dict has left the heap, so the freed copy is among what goes back."""
+    from minibt import client as client_mod
+
+    monkeypatch.setattr(infobytes, "SPILL_MIN_BYTES", 1)
+    src = tmp_path / "src" / "payload.bin"
+    src.parent.mkdir()
+    src.write_bytes(_blob(40 * 16384))
+    meta = parse_metainfo(create_torrent(str(src), piece_length=16384))
+    spilled_at_release: list[bool] = []
+    monkeypatch.setattr(client_mod, "release_free_memory", lambda: spilled_at_release.append(meta.info.spilled))
+    with Client(bind="127.0.0.1", port=0, state_dir=str(tmp_path / "state")) as c:
+        assert spilled_at_release == []
+        c.add(meta, str(tmp_path / "dl"))
+        assert spilled_at_release == [True]

@@ -50,6 +50,7 @@ RESTRICTED: dict[str, set[str]] = {
         "sha1.py",  # SHA-1 from nettle or libcrypto without initialising OpenSSL (hashlib does: 3.5 MiB)
         "rc4.py",  # RC4 from the same library (MSE/PE)
         "mmsg.py",  # recvmmsg(2): many datagrams per system call while uTP is on
+        "procmem.py",  # malloc_trim(3): a torrent's set-up leaves freed heap pages resident
     },
 }
 

@@ -40,3 +40,30 @@ def test_peak_keeps_a_burst_that_is_already_freed() -> None:
     assert during >= before + 40 * MIB
     assert after < during - 40 * MIB  # unmapped: back at once
     assert peak_rss_bytes() >= before + 40 * MIB  # VmHWM trails VmRSS by a few per-thread pages
+
+
+def platform_libc() -> str:
+    import platform
+
+    return platform.libc_ver()[0]
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform_libc() == "glibc"), reason="glibc's malloc_trim")
+def test_free_heap_pages_go_back_to_the_kernel() -> None:
+    """Heap memory freed below a live block stays resident until release_free_memory() hands it back."""
+    import subprocess
+
+    # A fresh interpreter, so the heap is this test's alone: 24 MiB of 96 KB blocks (each below the mmap threshold,
+    # so from the heap), one more block above them, then the 24 MiB freed: the top can't shrink past that block.
+    code = (
+        "from minibt.procmem import proc_status_bytes, release_free_memory\n"
+        "blocks = [bytes(96_000) for _ in range(256)]\n"
+        "top = bytes(96_000)\n"
+        "del blocks\n"
+        "before = proc_status_bytes()['RssAnon']\n"
+        "ok = release_free_memory()\n"
+        "print(before, proc_status_bytes()['RssAnon'], ok, len(top))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    before, after, ok = int(out[0]), int(out[1]), out[2] == "True"
+    assert ok and before - after > 16 * MIB, (before, after)
