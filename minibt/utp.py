@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import random
+import struct
 from collections import deque, namedtuple
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -123,6 +124,7 @@ class UtpState(enum.Enum):  # names after BEP 29 / libutp CS_*
 _CONNECTED, _CLOSED = UtpState.CONNECTED, UtpState.CLOSED
 _OPEN = (UtpState.CONNECTED, UtpState.FIN_SENT)  # may send data
 _new_data = tuple.__new__  # DataReceived without its generated __new__ (a Python call per packet)
+_RUN_FIELDS = struct.Struct(">I4xI4xI")  # take_run: type, version, extension and connection id; delay; seq_nr and ack_nr
 
 
 class _Sent:
@@ -304,36 +306,35 @@ class UtpConnection:
     # ------------------------------------------------------------------ input
 
     def take_run(self, datas: Sequence[Payload], addrs: Sequence[Addr], i: int, addr: Addr, now: float) -> int:
-        """Take the in-order data packets at ``datas[i:]`` (a download's bulk); returns the index of the first other
-        one (``i``: nothing changed), for :meth:`receive_packet`.  Taken, as ``_process_ack`` and ``_process_data``
+        """Take the in-order data packets at ``datas[i:]`` (a download's bulk) as ``_process_ack`` and ``_process_data``
         would (tests/sim/test_utp_link.py): ST_DATA v1 with a payload, no extension, from ``addr`` to us, the next
-        seq_nr, acking nothing new, while connected and collecting into :attr:`received`."""
+        seq_nr, acking nothing new, while connected and collecting into :attr:`received`.  Returns the index of the
+        first other one (``i``: nothing changed), for :meth:`receive_packet`."""
         rx = self.received
         if (rx is None or self._state is not _CONNECTED or self._reorder or self._eof_seq is not None
                 or self.held_bytes >= self._cfg.reorder_buffer_bytes):
             return i
-        unpack, acked, rid, expect = HEADER_STRUCT.unpack_from, self._acked, self.recv_id, (self._ack_nr + 1) & SEQ_MASK
+        unpack, acked, count, had = _RUN_FIELDS.unpack_from, self._acked, len(datas), len(rx)
+        head = (DATA_V1 << 24) | (EXT_NONE << 16) | self.recv_id  # type and version, extension, connection id
+        sa = (((self._ack_nr + 1) & SEQ_MASK) << 16) | acked  # seq_nr and ack_nr of the next in-order packet
         samples: list[int] = []
-        count, had = len(datas), len(rx)
         for j in range(i, count):
             d = datas[j]
             if len(d) <= HEADER_LEN or (addrs[j] is not addr and addrs[j] != addr):
                 break
-            tv, ext, cid, _, tsd, _, seq, ack = unpack(d, 0)
-            if tv != DATA_V1 or ext or cid != rid or seq != expect:
-                break
-            if ack != acked:
-                if ((ack - acked) & SEQ_MASK) < HALF_SEQ:  # acks something new: _process_ack's business
-                    break
+            h, tsd, seq_ack = unpack(d, 0)
+            if seq_ack != sa or h != head:  # not the next packet, or it acks something other than what we have
+                if h != head or seq_ack >> 16 != sa >> 16 or (((seq_ack & SEQ_MASK) - acked) & SEQ_MASK) < HALF_SEQ:
+                    break  # acking something new is _process_ack's business; an older ack is taken, with no sample
             elif tsd:  # a delay sample, from a packet that acks nothing new
                 samples.append(tsd)
             rx += d[HEADER_LEN:]
-            expect = (seq + 1) & SEQ_MASK
+            sa = (sa + 0x10000) & 0xFFFFFFFF  # the next seq_nr (16 bits, wrapping), the same ack_nr
         else:
             j = count
         if j == i:
             return i
-        _, _, _, ts, _, wnd, _, _ = unpack(datas[j - 1], 0)  # the last packet's timestamp and window
+        _, _, _, ts, _, wnd, _, _ = HEADER_STRUCT.unpack_from(datas[j - 1], 0)  # the last packet's timestamp, window
         self._n["packets_received"] += j - i
         self._n["bytes_received"] += len(rx) - had
         self._reply_micro = (int(now * 1e6) - ts) & TS_MASK
@@ -343,7 +344,7 @@ class UtpConnection:
         if not self._ack_pending:
             self._ack_pending = True
             self._ack_due = now + self._cfg.ack_delay_s
-        self._ack_nr = (expect - 1) & SEQ_MASK
+        self._ack_nr = ((sa >> 16) - 1) & SEQ_MASK
         return j
 
     def receive_packet(self, header: UtpHeader, sack: bytes | None, payload: Payload, *, now: float) -> list[UtpEvent]:
