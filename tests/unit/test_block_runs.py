@@ -73,7 +73,11 @@ def test_runs_group_consecutive_requests_apart_from_blocks() -> None:
                                  Request(0, PIECE - 1, 2), Request(N - 1, LAST - 1, 2)])
 def test_runs_mode_checks_requests_as_the_plain_mode_does(bad: Request) -> None:
     """A bad request in the middle of a run closes the wire with the plain mode's reason and words."""
-    data = encode(Request(0, 0, BLOCK_LEN)) + encode(bad)
+    assert_same_error_in_both_modes(encode(Request(0, 0, BLOCK_LEN)) + encode(bad))
+
+
+def assert_same_error_in_both_modes(data: bytes) -> None:
+    """``data`` closes the wire in the plain mode and in runs mode alike: a protocol violation, the same words."""
     errors = []
     for runs in (False, True):
         with pytest.raises(WireError) as e:
@@ -112,13 +116,7 @@ def test_runs_mode_gives_the_same_messages_however_the_stream_is_cut(rng: random
 ])
 def test_runs_mode_checks_blocks_as_the_plain_mode_does(bad: Piece) -> None:
     """A bad block after a good one, in one read: both modes close with the same reason and words."""
-    data = encode(Piece(0, 0, b"ok")) + encode(bad) + encode(Have(1))
-    errors = []
-    for runs in (False, True):
-        with pytest.raises(WireError) as e:
-            make_wire().receive_data(data, now=0.0, runs=runs)
-        errors.append((e.value.reason, str(e.value)))
-    assert errors[0] == errors[1] and errors[0][0] is CloseReason.PROTOCOL_VIOLATION
+    assert_same_error_in_both_modes(encode(Piece(0, 0, b"ok")) + encode(bad) + encode(Have(1)))
     wire = make_wire()  # the last good block of each kind of piece still passes
     good = [Piece(N - 2, PLEN - BLOCK_LEN, bytes(BLOCK_LEN)), Piece(N - 1, LAST - 5, bytes(5))]
     assert flatten(wire.receive_data(b"".join(encode(m) for m in good), now=0.0, runs=True)) == good
