@@ -370,7 +370,8 @@ class PeerWire:
             if length > max_frame:
                 raise _too_large(f"length prefix {length} > {max_frame}")
             if mid == PIECE:
-                # Hot path (thousands per second): validate from the header; the block is not copied.
+                # The plain mode's block (runs mode took every whole, well-formed one above): checked from the
+                # header, not copied.
                 if length > 9 + self._max_block:
                     raise _too_large(f"piece with {length - 9}-byte block > {self._max_block}")
                 if length <= 9:
@@ -383,13 +384,7 @@ class PeerWire:
                     self._check_block("piece", index, begin, length - 9)  # raises, naming the reason
                 if not self._got_first:
                     self._got_first = True
-                block = bytes(mv[pos + 13 : stop]) if copy else mv[pos + 13 : stop]
-                if not runs:
-                    events.append(Piece(index, begin, block))
-                elif events and type(events[-1]) is list:
-                    events[-1].append((index, begin, block))
-                else:
-                    events.append([(index, begin, block)])
+                events.append(Piece(index, begin, bytes(mv[pos + 13 : stop]) if copy else mv[pos + 13 : stop]))
                 in_counts[PIECE] += 1
                 pos = stop
                 continue
