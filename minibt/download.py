@@ -485,7 +485,7 @@ class Downloader:
         total = 0
         stray = False
         last = -1  # the piece of the block before: a run's blocks mostly share one
-        src: dict[int, str] = {}
+        src: dict[int, str]  # the sender map of the block's piece (set at the run's first block of each piece)
         taken = picker.take_blocks(cid, blocks) if downloading else [None] * len(blocks)
         for (index, begin, data), others in zip(blocks, taken, strict=True):
             n = len(data)
@@ -503,10 +503,7 @@ class Downloader:
                         op.wire.cancel(index, begin, n)
                         out.append(Flush(op.cid))
             if index != last:
-                last = index
-                src = block_src.get(index)  # type: ignore[assignment]
-                if src is None:
-                    src = block_src[index] = {}
+                last, src = index, block_src.setdefault(index, {})
             src[begin // BLOCK_LEN] = ip
             if storage.write_block(index, begin, data):
                 picker.piece_hashing(index)

@@ -66,7 +66,7 @@ DUP_ACK_LIMIT = 3  # BEP 29 'packet loss': 3 duplicate ACKs / 3 packets SACKed p
 MAX_OUTSTANDING_PACKETS = 1024  # minibt convention: bounds the send window in packets (< HALF_SEQ)
 MAX_REORDER_DISTANCE = 2048  # minibt convention: packets further than this past ack_nr are dropped
 # minibt convention: out-of-order packets held per reorder_buffer_bytes // this.  Each one also costs ~70 bytes of dict
-# entry and bytes header: 1-byte packets would hold 2048 x 70 bytes whatever the buffer (tests/unit/test_budget_accounting.py).
+# entry and bytes header: 1-byte packets would hold 2048 x 70 bytes whatever the buffer (budget.py, test_budget_accounting.py).
 REORDER_MIN_AVG_PAYLOAD = 256
 MAX_RTO_S = 60.0  # minibt convention: cap of the doubled retransmission timeout
 
