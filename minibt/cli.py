@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--state-dir", default=None, help=f"resume data directory (default {default_state_dir()})")
         sp.add_argument("--max-peers", type=parse_max_peers, default=50, help="connections per torrent (default 50)")
         sp.add_argument("--cache", type=parse_size, default=None,
-                        help="write cache size (default 3MiB, or 3 pieces when that is more, up to 64MiB)")
+                        help="write cache size (default 1MiB, or 3 pieces when that is more, up to 64MiB)")
         sp.add_argument("--quiet", action="store_true", help="no progress output")
         sp.add_argument("--transport", type=parse_transports, default=None, metavar="LIST",
                         help="peer transports in outgoing preference order, e.g. utp,tcp or utp "

@@ -57,6 +57,12 @@ LEAN_HOLD_S = 5.0
 PARK_RETRY_S = 10.0
 SLOW_RATE_RATIO = 8.0
 SERVICE_MIN_S = 0.05  # seconds of sending in a second that give a service rate
+# The write cache (1 MiB by default) lets one round trip of 1 MiB out at first: 10 MiB/s 100 ms away, which the
+# reservation then doubles once a second.  A peer whose first round trip takes this long or more gets
+# LONG_PATH_START at once, the 3 MiB that was the cache's own size until the twenty-fourth sitting (256 MiB
+# over 100 ms: 43.9 MiB/s with 3 MiB, 36.5 with 1 MiB alone); a LAN's or loopback's round trip stays under it.
+LONG_PATH_S = 0.010
+LONG_PATH_START = 3 << 20
 # Blocks cancelled that are still taken if they come (on_blocks), all peers together: the most blocks in
 # flight when the reservation is at its 8 MiB ceiling, twice (end game); under 200 KiB (tracemalloc).
 CANCELLED_KEPT = 1024
@@ -259,17 +265,19 @@ class Downloader:
 
         *Reservation* (only with the default cache, ``reserve_max``): how many bytes of pieces may be
         started.  The requests in flight are bounded by the pieces started (each will take a whole buffer),
-        so with the write cache's 3 MiB a peer 100 ms away could never send more than 30 MiB/s.  Blocks of
+        so with the write cache's 1 MiB a peer 100 ms away could never send more than 10 MiB/s.  Blocks of
         a piece arrive one after the other and leave the cache once checked, so on a long path most
         started pieces are still on their way, not in memory.  Each peer's bytes over that time, times its
         ``min_latency``, is what it has in flight; twice their sum lets the rate double from one update to
         the next, up to what the link gives (as TCP grows its receive window).  On top of that, a piece for
         each peer that delivered: the piece whose blocks it is sending sits in the cache whatever its round
-        trip (without it, ten peers at 1 MiB/s, five of them 300 ms away, filled the 3 MiB cache with the
+        trip (without it, ten peers at 1 MiB/s, five of them 300 ms away, filled the cache (3 MiB then) with the
         far ones' pieces).  A peer that unchokes us and has not delivered yet gets a piece too, from the moment
         it unchokes us (:meth:`on_unchoke`): at the start every peer asks at once, and without it the first
         ones took the cache while the fast one waited (one 4 MiB/s peer among 30 at 64 KiB/s, simulated: its
         first block came after 4 s; the download went from 2.8 to 3.3 MiB/s with it).
+        While a delivering peer is LONG_PATH_S or more away, never below LONG_PATH_START (set as soon as its
+        first round trip is measured, :meth:`_latency_sample`, so a far peer does not wait for the doubling).
         Never below the cache's own size, nor above ``reserve_max``: the memory the cache
         may take if every started piece's first block came at once.  On loopback or a LAN with a few peers
         that stays under the cache, which alone bounds it.
@@ -304,6 +312,7 @@ class Downloader:
         need = 0.0
         delivering = 0  # peers that sent blocks since the last update
         untimed = 0  # and peers that unchoke us but have not delivered yet
+        far = False  # a delivering peer LONG_PATH_S or more away
         totals: dict[int, int] = {}
         gots = self._got = {}
         busy: dict[int, float] = {}
@@ -317,11 +326,15 @@ class Downloader:
                 need += got / dt * peer.min_latency
             delivering += got > 0
             untimed += not got and self._untimed(peer)
+            far = far or got > 0 and LONG_PATH_S <= peer.min_latency < math.inf
         self._totals = totals
         self._busy = busy_totals
         self._pipeline_at = now
         if self._reserve_max:
-            self._reserve = min(int(2 * need) + (delivering + untimed) * self._meta.piece_length, self._reserve_max)
+            room = int(2 * need) + (delivering + untimed) * self._meta.piece_length
+            if far:
+                room = max(room, LONG_PATH_START)
+            self._reserve = min(room, self._reserve_max)
         if self._cache_stops and delivering >= 2:
             self._lean_until = now + LEAN_HOLD_S
         self._lean = now < self._lean_until
@@ -522,18 +535,20 @@ class Downloader:
         if depth - left >= (depth >> 2 or 1):
             self.fill(peer, now, out, batch=True)
 
-    @staticmethod
-    def _latency_sample(peer: PeerConnection, probe: tuple[int, int, float],
+    def _latency_sample(self, peer: PeerConnection, probe: tuple[int, int, float],
                         blocks: Sequence[tuple[int, int, bytes | memoryview]], now: float) -> None:
         """Requests went to an idle pipeline: when the first one asked for comes back (in this read or a
         later one: a seeder reading its disk may answer out of order), the time since is a round trip plus
-        the peer's own delay (``min_latency``)."""
+        the peer's own delay (``min_latency``).  A first round trip of LONG_PATH_S or more raises the
+        reservation to LONG_PATH_START at once (see _update_pipeline)."""
         index, begin, sent_at = probe
         for b in blocks:
             if b[0] == index and b[1] == begin:
                 peer.request_probe = None
                 if now - sent_at < peer.min_latency:
                     peer.min_latency = now - sent_at
+                    if self._reserve_max and peer.min_latency >= LONG_PATH_S and self._reserve < LONG_PATH_START:
+                        self._reserve = min(LONG_PATH_START, self._reserve_max)
                 return
 
     def _verify_job(self, index: int, writes: tuple[tuple[int, int, memoryview], ...]) -> HashJob:

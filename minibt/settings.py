@@ -51,7 +51,7 @@ class TorrentConfig:
     max_peers: int = 50
     max_half_open: int = 8
     max_candidates: int = DEFAULT_MAX_CANDIDATES  # addresses kept to dial (dialer.py); budget.py may lower it
-    cache_bytes: int | None = None  # None: storage.default_cache_bytes (3 MiB, or 3 pieces if more; why: there)
+    cache_bytes: int | None = None  # None: storage.default_cache_bytes (1 MiB, or 3 pieces if more; why: there)
     request_queue_min: int = 16
     cache_reserve_max: int = 8 << 20  # with cache_bytes None: how far pieces started may go on long paths (download.py)
     request_queue_max: int = 1000  # within libtorrent's and Transmission's 'reqq'; each peer's own bounds it (PROTOCOL.md 7.13)

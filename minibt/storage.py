@@ -62,13 +62,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# minibt's default write cache (issue 15): 16 MiB at first, then 4 MiB (11 MiB less peak RSS in
-# `minibt download` for no measured throughput), now 3 MiB: 1 GiB from a libtorrent seeder on loopback, A/B,
-# 5 runs each, median 306 MiB/s both, about 1 MiB less peak RSS.  Every piece is still written whole once
-# verified, so writes per GiB do not depend on it (one pwrite per piece and file).
-# Pieces requested but not yet arrived count against it, so it also bounds the request pipeline across
-# all peers: 192 blocks of 16 KiB in flight, 30 MiB/s at 100 ms round trip.
-DEFAULT_CACHE_BYTES = 3 * 1024 * 1024
+# minibt's default write cache (issue 15): 16 MiB, 4 MiB, 3 MiB, now 1 MiB: 1 GiB from libtorrent on loopback,
+# 4 alternating rounds of 3, 1.5 and 1 MiB: CPU medians 2.67, 2.59, 2.64 s, peak RSS 22.7-22.8, 21.0-21.2,
+# 20.6-20.7 MiB.  There it holds one piece arriving, the rest verified pieces waiting for a hash thread: a
+# bigger cache only lets that queue grow.  Pieces are written whole once verified whatever its size.  Pieces
+# requested but not arrived count against it, so it bounds the requests in flight (64 blocks); with the
+# default, download.py's reservation lets more out on long paths (LONG_PATH_START, then 2 x rate x RTT).
+DEFAULT_CACHE_BYTES = 1024 * 1024
 # The default also holds at least this many pieces: a verified piece stays buffered until the worker has written
 # it, so a cache of one piece stops requests at every piece end until the check and the write are done (4 MiB
 # pieces: 7.4-7.9 s for 1 GiB against 2.9-4.0 s with room for three): one filling, one checked, one arriving.

@@ -152,6 +152,42 @@ def test_the_reservation_leaves_each_delivering_peer_a_piece_beyond_its_bytes_in
     assert d._reserve == 8 * MiB  # twice the 3 MiB in flight plus ten pieces: over the ceiling
 
 
+def test_a_far_peers_first_round_trip_lets_long_path_start_out_at_once() -> None:
+    """The default cache lets 1 MiB out, 10 MiB/s over 100 ms: the first round trip of LONG_PATH_S or more
+    raises the reservation to LONG_PATH_START before the next update (within ``reserve_max``); a near peer's,
+    or a cache size the user set, changes nothing."""
+    probe = (3, 0, 0.0)
+    blocks = [(3, 0, b"x" * BLOCK_LEN)]
+    near = {1: _peer(1, math.inf)}
+    d = _reserving(near)
+    d._latency_sample(near[1], probe, blocks, dl.LONG_PATH_S / 2)
+    assert near[1].min_latency == dl.LONG_PATH_S / 2 and d._reserve == 0
+    far = {1: _peer(1, math.inf)}
+    d = _reserving(far)
+    d._latency_sample(far[1], (3, BLOCK_LEN, 0.0), blocks, 0.1)  # not the block the probe waits for
+    assert far[1].min_latency == math.inf and d._reserve == 0
+    d._latency_sample(far[1], probe, blocks, dl.LONG_PATH_S)
+    assert d._reserve == dl.LONG_PATH_START > default_cache_bytes(256 * KiB)
+    low = _reserving({1: _peer(1, math.inf)}, reserve_max=2 * MiB)
+    low._latency_sample(low._peers[1], probe, blocks, 0.1)  # type: ignore[arg-type]
+    assert low._reserve == 2 * MiB
+    fixed = _reserving({1: _peer(1, math.inf)}, reserve_max=0)
+    fixed._latency_sample(fixed._peers[1], probe, blocks, 0.1)  # type: ignore[arg-type]
+    assert fixed._reserve == 0
+
+
+def test_the_reservation_stays_at_long_path_start_while_a_far_peer_delivers() -> None:
+    """Twice rate x round trip is less than LONG_PATH_START for a slow far peer; while it delivers the
+    reservation keeps LONG_PATH_START, and once only near peers deliver it follows their bytes in flight."""
+    peers = {1: _peer(1, 0.1), 2: _peer(2, 0.001)}
+    d = _reserving(peers)
+    _second(d, peers, 0.0, {}, stopped=False)
+    _second(d, peers, 1.0, {1: 256 * KiB, 2: MiB}, stopped=False)
+    assert int(2 * (256 * KiB * 0.1 + MiB * 0.001)) + 2 * 256 * KiB < dl.LONG_PATH_START == d._reserve
+    _second(d, peers, 2.0, {1: 0, 2: MiB}, stopped=False)
+    assert d._reserve == int(2 * MiB * 0.001) + 256 * KiB
+
+
 def test_peers_that_unchoke_us_but_have_not_delivered_yet_each_have_a_piece_of_room() -> None:
     """A newcomer may be the fastest peer: until it has delivered, the reservation holds a piece for it as
     for a delivering peer (not for one that chokes us, nor for one that was timed and went quiet)."""
