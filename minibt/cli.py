@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import ipaddress
 import logging
 import os
@@ -318,6 +319,13 @@ def _error(msg: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.cmd == "run" and not args.once and (args.max_time is not None or args.until is not None):
+        parser.error("--max-time and --until need --once")
+    # The parser (every command's arguments: a few hundred objects, in reference cycles) is not needed any
+    # more: collected now, its memory is reused by the set-up instead of the heap growing (issue 15: peak RSS
+    # of a 1 GiB download 20.8-21.1 -> 20.5 MiB in 3 alternating pairs).
+    del parser
+    gc.collect()
     level = logging.WARNING - 10 * args.verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -328,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "verify":
             return cmd_verify(args)
         if args.cmd == "run":
-            return cmd_run(args, parser)
+            return cmd_run(args)
         if args.cmd == "status":
             return cmd_status(args)
         return cmd_transfer(args)
@@ -423,11 +431,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
     from minibt.daemon import run_main
 
-    if not args.once and (args.max_time is not None or args.until is not None):
-        parser.error("--max-time and --until need --once")
     return run_main(args.config, once=args.once, max_time_s=args.max_time, until_min=args.until,
                     verbose=getattr(args, "verbose", 0), port=args.port)
 

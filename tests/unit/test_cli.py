@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import random
+import weakref
 from pathlib import Path
 
 import pytest
 
-from minibt import configfile, magnet, units, urls
+from minibt import cli, configfile, magnet, units, urls
 from minibt.cli import (
     Progress,
     human_bytes,
@@ -255,3 +257,43 @@ def test_version_and_info_do_not_load_the_client() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={"PYTHONPATH": root}, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_run_needs_once_for_max_time_and_until(capsys: pytest.CaptureFixture[str]) -> None:
+    for extra in (["--max-time", "2h"], ["--until", "06:00"]):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["run", "-c", "minibt.toml", *extra])
+        assert e.value.code == 2
+        assert "--max-time and --until need --once" in capsys.readouterr().err
+
+
+def test_the_argument_parser_is_freed_before_a_transfer_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: the parser and its parts (every command's arguments, in reference cycles) are collected
+    before the transfer sets up, so their memory is reused rather than held for the whole download."""
+    made: list[weakref.ref[argparse.ArgumentParser]] = []
+    build = cli.build_parser
+
+    def recording() -> argparse.ArgumentParser:
+        parser = build()
+        made.append(weakref.ref(parser))
+        return parser
+
+    def parts() -> int:  # pytest's own parser's among them
+        return sum(isinstance(o, (argparse.Action, argparse._ActionsContainer)) for o in gc.get_objects())
+
+    seen: list[tuple[bool, int]] = []
+
+    def transfer(args: argparse.Namespace) -> int:
+        seen.append((made[0]() is not None, parts()))
+        return 0
+
+    monkeypatch.setattr(cli, "build_parser", recording)
+    monkeypatch.setattr(cli, "cmd_transfer", transfer)
+    gc.collect()
+    before = parts()
+    gc.disable()  # no automatic collection may stand in for the one main() makes
+    try:
+        assert cli.main(["download", "x.torrent", "--dir", "d"]) == 0
+    finally:
+        gc.enable()
+    assert seen == [(False, before)]
