@@ -29,7 +29,7 @@ from minibt.peer import PeerConnection
 from minibt.picker import Block, PiecePicker
 from minibt.reputation import BlockRecord
 from minibt.sha1 import sha1
-from minibt.storage import Storage, default_cache_bytes
+from minibt.storage import Storage
 from minibt.wire_codec import BLOCK_LEN
 from minibt.workers import HashJob
 
@@ -57,12 +57,15 @@ LEAN_HOLD_S = 5.0
 PARK_RETRY_S = 10.0
 SLOW_RATE_RATIO = 8.0
 SERVICE_MIN_S = 0.05  # seconds of sending in a second that give a service rate
-# The write cache (1 MiB by default) lets one round trip of 1 MiB out at first: 10 MiB/s 100 ms away, which the
-# reservation then doubles once a second.  A peer whose first round trip takes this long or more gets
-# LONG_PATH_START at once, the 3 MiB that was the cache's own size until the twenty-fourth sitting (256 MiB
-# over 100 ms: 43.9 MiB/s with 3 MiB, 36.5 with 1 MiB alone); a LAN's or loopback's round trip stays under it.
+# The write cache (1 MiB by default) is sized for one near peer: the piece it is sending and verified pieces
+# waiting for a hash thread.  It lets 1 MiB out per round trip, 10 MiB/s 100 ms away (the reservation then
+# doubles that once a second), and one piece started per peer when several share it.  So while a delivering
+# peer is LONG_PATH_S or more away (from its first round trip on), or two or more peers deliver or unchoke us,
+# the pieces started may reach RESERVE_FLOOR: the 3 MiB that was the cache's own size until the twenty-fourth
+# sitting.  Measured: 256 MiB over 100 ms, 43.9 MiB/s with 3 MiB, 36.5 with 1 MiB alone; eight 4 MiB/s
+# libtorrent seeders on loopback, 18.9-19.8 MiB/s with 3 MiB, 9.7-9.9 with 1 MiB alone.
 LONG_PATH_S = 0.010
-LONG_PATH_START = 3 << 20
+RESERVE_FLOOR = 3 << 20
 # Blocks cancelled that are still taken if they come (on_blocks), all peers together: the most blocks in
 # flight when the reservation is at its 8 MiB ceiling, twice (end game); under 200 KiB (tracemalloc).
 CANCELLED_KEPT = 1024
@@ -276,8 +279,9 @@ class Downloader:
         it unchokes us (:meth:`on_unchoke`): at the start every peer asks at once, and without it the first
         ones took the cache while the fast one waited (one 4 MiB/s peer among 30 at 64 KiB/s, simulated: its
         first block came after 4 s; the download went from 2.8 to 3.3 MiB/s with it).
-        While a delivering peer is LONG_PATH_S or more away, never below LONG_PATH_START (set as soon as its
-        first round trip is measured, :meth:`_latency_sample`, so a far peer does not wait for the doubling).
+        While a delivering peer is LONG_PATH_S or more away, or two or more peers deliver or wait to, never
+        below RESERVE_FLOOR (for a far peer as soon as its first round trip is measured, :meth:`_latency_sample`,
+        so it does not wait for the doubling).
         Never below the cache's own size, nor above ``reserve_max``: the memory the cache
         may take if every started piece's first block came at once.  On loopback or a LAN with a few peers
         that stays under the cache, which alone bounds it.
@@ -332,8 +336,8 @@ class Downloader:
         self._pipeline_at = now
         if self._reserve_max:
             room = int(2 * need) + (delivering + untimed) * self._meta.piece_length
-            if far:
-                room = max(room, LONG_PATH_START)
+            if far or delivering + untimed >= 2:
+                room = max(room, RESERVE_FLOOR)
             self._reserve = min(room, self._reserve_max)
         if self._cache_stops and delivering >= 2:
             self._lean_until = now + LEAN_HOLD_S
@@ -369,13 +373,13 @@ class Downloader:
 
     def on_unchoke(self, peer: PeerConnection, now: float, out: list[Effect]) -> None:
         """It unchokes us: a peer not timed yet gets a piece of room in the reservation at once, on top of
-        the write cache, if another peer delivers or is new too, so a newcomer that may be fast does not wait
+        RESERVE_FLOOR, if another peer delivers or is new too, so a newcomer that may be fast does not wait
         while slower peers hold the cache (see _update_pipeline).  With one peer the cache alone serves, as
         before (a piece more there was 0.2 MiB more peak RSS on loopback and no faster)."""
         if self._reserve_max and peer.min_latency == math.inf:
             got = self._got
             if any(p is not peer and (got.get(p.cid, 0) > 0 or self._untimed(p)) for p in self._peers.values()):
-                room = max(self._reserve, default_cache_bytes(self._meta.piece_length)) + self._meta.piece_length
+                room = max(self._reserve, RESERVE_FLOOR) + self._meta.piece_length
                 self._reserve = min(room, self._reserve_max)
         self.fill(peer, now, out)
 
@@ -540,15 +544,15 @@ class Downloader:
         """Requests went to an idle pipeline: when the first one asked for comes back (in this read or a
         later one: a seeder reading its disk may answer out of order), the time since is a round trip plus
         the peer's own delay (``min_latency``).  A first round trip of LONG_PATH_S or more raises the
-        reservation to LONG_PATH_START at once (see _update_pipeline)."""
+        reservation to RESERVE_FLOOR at once (see _update_pipeline)."""
         index, begin, sent_at = probe
         for b in blocks:
             if b[0] == index and b[1] == begin:
                 peer.request_probe = None
                 if now - sent_at < peer.min_latency:
                     peer.min_latency = now - sent_at
-                    if self._reserve_max and peer.min_latency >= LONG_PATH_S and self._reserve < LONG_PATH_START:
-                        self._reserve = min(LONG_PATH_START, self._reserve_max)
+                    if self._reserve_max and peer.min_latency >= LONG_PATH_S and self._reserve < RESERVE_FLOOR:
+                        self._reserve = min(RESERVE_FLOOR, self._reserve_max)
                 return
 
     def _verify_job(self, index: int, writes: tuple[tuple[int, int, memoryview], ...]) -> HashJob:

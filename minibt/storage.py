@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 # 20.6-20.7 MiB.  There it holds one piece arriving, the rest verified pieces waiting for a hash thread: a
 # bigger cache only lets that queue grow.  Pieces are written whole once verified whatever its size.  Pieces
 # requested but not arrived count against it, so it bounds the requests in flight (64 blocks); with the
-# default, download.py's reservation lets more out on long paths (LONG_PATH_START, then 2 x rate x RTT).
+# default, download.py's reservation lets more out (RESERVE_FLOOR with a far peer or several, 2 x rate x RTT).
 DEFAULT_CACHE_BYTES = 1024 * 1024
 # The default also holds at least this many pieces: a verified piece stays buffered until the worker has written
 # it, so a cache of one piece stops requests at every piece end until the check and the write are done (4 MiB

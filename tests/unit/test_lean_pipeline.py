@@ -141,20 +141,20 @@ def test_the_reservation_leaves_each_delivering_peer_a_piece_beyond_its_bytes_in
     """Each delivering peer keeps a piece in the cache while its blocks come in, whatever its round trip, so
     the pieces that may be started are twice the bytes in flight plus one piece per delivering peer, up to
     ``reserve_max``."""
-    peers = {c: _peer(c, 0.001) for c in range(1, 11)}
+    peers = {c: _peer(c, 0.001) for c in range(1, 21)}
     d = _reserving(peers)
     _second(d, peers, 0.0, {}, stopped=False)
-    _second(d, peers, 1.0, {c: MiB if c <= 6 else 0 for c in peers}, stopped=False)
-    assert d._reserve == int(2 * 6 * MiB * 0.001) + 6 * 256 * KiB
+    _second(d, peers, 1.0, {c: MiB if c <= 14 else 0 for c in peers}, stopped=False)
+    assert d._reserve == int(2 * 14 * MiB * 0.001) + 14 * 256 * KiB > dl.RESERVE_FLOOR
     for p in peers.values():
         p.min_latency = 0.3
     _second(d, peers, 2.0, {c: MiB for c in peers}, stopped=False)
-    assert d._reserve == 8 * MiB  # twice the 3 MiB in flight plus ten pieces: over the ceiling
+    assert d._reserve == 8 * MiB  # twice the 6 MiB in flight plus twenty pieces: over the ceiling
 
 
-def test_a_far_peers_first_round_trip_lets_long_path_start_out_at_once() -> None:
+def test_a_far_peers_first_round_trip_raises_the_reservation_to_its_floor_at_once() -> None:
     """The default cache lets 1 MiB out, 10 MiB/s over 100 ms: the first round trip of LONG_PATH_S or more
-    raises the reservation to LONG_PATH_START before the next update (within ``reserve_max``); a near peer's,
+    raises the reservation to RESERVE_FLOOR before the next update (within ``reserve_max``); a near peer's,
     or a cache size the user set, changes nothing."""
     probe = (3, 0, 0.0)
     blocks = [(3, 0, b"x" * BLOCK_LEN)]
@@ -167,7 +167,7 @@ def test_a_far_peers_first_round_trip_lets_long_path_start_out_at_once() -> None
     d._latency_sample(far[1], (3, BLOCK_LEN, 0.0), blocks, 0.1)  # not the block the probe waits for
     assert far[1].min_latency == math.inf and d._reserve == 0
     d._latency_sample(far[1], probe, blocks, dl.LONG_PATH_S)
-    assert d._reserve == dl.LONG_PATH_START > default_cache_bytes(256 * KiB)
+    assert d._reserve == dl.RESERVE_FLOOR > default_cache_bytes(256 * KiB)
     low = _reserving({1: _peer(1, math.inf)}, reserve_max=2 * MiB)
     low._latency_sample(low._peers[1], probe, blocks, 0.1)  # type: ignore[arg-type]
     assert low._reserve == 2 * MiB
@@ -176,28 +176,35 @@ def test_a_far_peers_first_round_trip_lets_long_path_start_out_at_once() -> None
     assert fixed._reserve == 0
 
 
-def test_the_reservation_stays_at_long_path_start_while_a_far_peer_delivers() -> None:
-    """Twice rate x round trip is less than LONG_PATH_START for a slow far peer; while it delivers the
-    reservation keeps LONG_PATH_START, and once only near peers deliver it follows their bytes in flight."""
-    peers = {1: _peer(1, 0.1), 2: _peer(2, 0.001)}
+def test_the_reservation_keeps_its_floor_while_a_far_peer_or_several_peers_deliver() -> None:
+    """Twice rate x round trip plus a piece each is less than RESERVE_FLOOR here.  While a far peer delivers,
+    or two peers do, the reservation keeps RESERVE_FLOOR; one near peer alone: its bytes in flight and a piece
+    (the 1 MiB cache is the floor there)."""
+    peers = {1: _peer(1, 0.1), 2: _peer(2, 0.001), 3: _peer(3, 0.002)}
     d = _reserving(peers)
     _second(d, peers, 0.0, {}, stopped=False)
-    _second(d, peers, 1.0, {1: 256 * KiB, 2: MiB}, stopped=False)
-    assert int(2 * (256 * KiB * 0.1 + MiB * 0.001)) + 2 * 256 * KiB < dl.LONG_PATH_START == d._reserve
-    _second(d, peers, 2.0, {1: 0, 2: MiB}, stopped=False)
+    _second(d, peers, 1.0, {1: 256 * KiB, 2: 0, 3: 0}, stopped=False)  # the far one alone
+    assert int(2 * 256 * KiB * 0.1) + 256 * KiB < dl.RESERVE_FLOOR == d._reserve
+    _second(d, peers, 2.0, {1: 0, 2: MiB, 3: 0}, stopped=False)  # a near one alone
     assert d._reserve == int(2 * MiB * 0.001) + 256 * KiB
+    _second(d, peers, 3.0, {1: 0, 2: MiB, 3: MiB}, stopped=False)  # two near ones
+    assert d._reserve == dl.RESERVE_FLOOR
+    fixed = _reserving(peers, reserve_max=0)  # the user's cache size: a hard bound
+    _second(fixed, peers, 4.0, {}, stopped=False)
+    _second(fixed, peers, 5.0, {1: MiB, 2: MiB, 3: MiB}, stopped=False)
+    assert fixed._reserve == 0
 
 
 def test_peers_that_unchoke_us_but_have_not_delivered_yet_each_have_a_piece_of_room() -> None:
     """A newcomer may be the fastest peer: until it has delivered, the reservation holds a piece for it as
     for a delivering peer (not for one that chokes us, nor for one that was timed and went quiet)."""
-    peers = {c: _peer(c, math.inf) for c in range(1, 8)}
+    peers = {c: _peer(c, math.inf) for c in range(1, 21)}
     peers[5].wire.peer_choking = True
     peers[6].min_latency = 0.05  # timed: it delivered before
     d = _reserving(peers)
     _second(d, peers, 0.0, {}, stopped=False)
     _second(d, peers, 1.0, {7: MiB}, stopped=False)
-    assert d._reserve == 1 * 256 * KiB + 4 * 256 * KiB  # 7 delivered; 1-4 unchoke us and are new
+    assert d._reserve == 1 * 256 * KiB + 17 * 256 * KiB > dl.RESERVE_FLOOR  # 7 delivered; 17 unchoke us, new
 
 
 def test_a_new_peer_that_unchokes_us_gets_a_piece_of_room_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -210,21 +217,20 @@ def test_a_new_peer_that_unchokes_us_gets_a_piece_of_room_at_once(monkeypatch: p
     peers[20].min_latency = 0.05  # timed
     fills = []
     monkeypatch.setattr(Downloader, "fill", lambda self, p, now, out: fills.append(p.cid))
-    d = _reserving(peers, reserve_max=int(3.5 * MiB))
+    d = _reserving(peers, reserve_max=4 * MiB)
     d.on_unchoke(peers[20], 0.0, [])
     assert d._reserve == 0  # the cache, as before
     peers[1].wire.peer_choking = False
     d.on_unchoke(peers[1], 0.0, [])
     assert d._reserve == 0  # alone: the cache, as before
-    cache = default_cache_bytes(256 * KiB)
     for c in range(2, 4):
         peers[c].wire.peer_choking = False
         d.on_unchoke(peers[c], 0.0, [])
-    assert d._reserve == cache + 2 * 256 * KiB  # two more newcomers
+    assert d._reserve == dl.RESERVE_FLOOR + 2 * 256 * KiB  # two more newcomers, on top of the floor of several
     for c in range(4, 20):
         peers[c].wire.peer_choking = False
         d.on_unchoke(peers[c], 0.0, [])
-    assert d._reserve == int(3.5 * MiB)
+    assert d._reserve == 4 * MiB
     assert fills == [20, *range(1, 20)]  # and each one's pipeline is topped up
     fixed = _reserving(peers, reserve_max=0)  # the user's cache size: a hard bound
     fixed.on_unchoke(peers[1], 0.0, [])
