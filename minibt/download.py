@@ -63,7 +63,7 @@ SERVICE_MIN_S = 0.05  # seconds of sending in a second that give a service rate
 # peer is LONG_PATH_S or more away (from its first round trip on), or two or more peers deliver or unchoke us,
 # the pieces started may reach RESERVE_FLOOR: the 3 MiB that was the cache's own size until the twenty-fourth
 # sitting.  Measured: 256 MiB over 100 ms, 43.9 MiB/s with 3 MiB, 36.5 with 1 MiB alone; eight 4 MiB/s
-# libtorrent seeders on loopback, 18.9-19.8 MiB/s with 3 MiB, 9.7-9.9 with 1 MiB alone.
+# libtorrent seeders on loopback, 14.8-19.8 MiB/s with 3 MiB (7 runs), 9.7-9.9 with 1 MiB alone (2 runs).
 LONG_PATH_S = 0.010
 RESERVE_FLOOR = 3 << 20
 # Blocks cancelled that are still taken if they come (on_blocks), all peers together: the most blocks in
@@ -279,8 +279,8 @@ class Downloader:
         it unchokes us (:meth:`on_unchoke`): at the start every peer asks at once, and without it the first
         ones took the cache while the fast one waited (one 4 MiB/s peer among 30 at 64 KiB/s, simulated: its
         first block came after 4 s; the download went from 2.8 to 3.3 MiB/s with it).
-        While a delivering peer is LONG_PATH_S or more away, or two or more peers deliver or wait to, never
-        below RESERVE_FLOOR (for a far peer as soon as its first round trip is measured, :meth:`_latency_sample`,
+        While a delivering peer is LONG_PATH_S or more away, or two or more peers deliver or have unchoked us
+        without delivering yet, never below RESERVE_FLOOR (for a far peer as soon as its first round trip is measured, :meth:`_latency_sample`,
         so it does not wait for the doubling).
         Never below the cache's own size, nor above ``reserve_max``: the memory the cache
         may take if every started piece's first block came at once.  On loopback or a LAN with a few peers
