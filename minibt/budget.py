@@ -26,7 +26,8 @@ MiB = 1 << 20
 # CPython + minibt + psutil + loop buffers (one 256 KiB TCP read buffer, one UDP datagram) + one hasher
 # thread, 'minibt run' seeding one torrent, no peers: VmHWM 30.6 MiB on x86-64 (memswarm --case idle).
 BASE_RSS_BYTES = 31 * MiB
-MAX_CACHE_PER_TORRENT = 16 * MiB  # a budget's most per torrent (the CLI default is 1 MiB: storage.py); bigger buys little on an SD card
+# A budget's most per torrent (the CLI default is 1 MiB: storage.py); bigger buys little on an SD card.
+MAX_CACHE_PER_TORRENT = 16 * MiB
 MIN_CACHE_PER_TORRENT = 256 * KiB  # one usual piece; storage.py always lets one piece in, even above it
 CACHE_SHARE = 0.45  # of what is left after the base and the per-torrent tables
 CONN_SHARE = 0.40  # the rest is head room for hash buffers, tracker replies and the allocator

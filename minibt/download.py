@@ -274,16 +274,16 @@ class Downloader:
         ``min_latency``, is what it has in flight; twice their sum lets the rate double from one update to
         the next, up to what the link gives (as TCP grows its receive window).  On top of that, a piece for
         each peer that delivered: the piece whose blocks it is sending sits in the cache whatever its round
-        trip (without it, ten peers at 1 MiB/s, five of them 300 ms away, filled the cache (3 MiB then) with the
-        far ones' pieces).  A peer that unchokes us and has not delivered yet gets a piece too, from the moment
+        trip (without it, ten peers at 1 MiB/s, five of them 300 ms away, filled the cache (3 MiB then) with
+        the far ones' pieces).  A peer that unchokes us and has not delivered yet gets a piece too, from the moment
         it unchokes us (:meth:`on_unchoke`): at the start every peer asks at once, and without it the first
         ones took the cache while the fast one waited (one 4 MiB/s peer among 30 at 64 KiB/s, simulated: its
         first block came after 4 s; the download went from 2.8 to 3.3 MiB/s with it).
-        While a delivering peer is LONG_PATH_S or more away, or two or more peers deliver or have unchoked us
-        without delivering yet, never below RESERVE_FLOOR (for a far peer as soon as its first round trip is measured, :meth:`_latency_sample`,
-        so it does not wait for the doubling).
+        While a delivering peer is LONG_PATH_S or more away, or two or more peers deliver or have unchoked
+        us without delivering yet, never below RESERVE_FLOOR (for a far peer as soon as its first round trip
+        is measured, :meth:`_latency_sample`, so it does not wait for the doubling).
         Never below the cache's own size, nor above ``reserve_max``: the memory the cache
-        may take if every started piece's first block came at once.  On loopback or a LAN with a few peers
+        may take if every started piece's first block came at once.  With one near peer (loopback, a LAN)
         that stays under the cache, which alone bounds it.
 
         *Lean pipelines*: a pipeline holds a second of the peer's rate plus ``queue_min`` blocks, far more
