@@ -101,9 +101,22 @@ def once_exit_code(outcomes: Iterable[JobOutcome], *, time_up: bool) -> int | No
     return EXIT_TIME_UP if pending else EXIT_OK
 
 
+_KEYS: dict[tuple[str, str], str] = {}  # state_key's answers for absolute directories (at most _KEYS_MAX)
+_KEYS_MAX = 4096
+
+
 def state_key(info_hash_hex: str, directory: str) -> str:
-    """The runner-state key (the same tag as Client.resume_path uses)."""
-    return f"{info_hash_hex}-{sha1(os.path.abspath(directory).encode()).hexdigest()[:8]}"
+    """The runner-state key (the same tag as Client.resume_path uses).  The runner asks for every job's at each
+    status refresh: a SHA-1 through ctypes each time was a third of an idle seeder's Python (50 torrents, py-spy),
+    so an absolute directory's key is remembered (a relative one depends on the working directory)."""
+    key = _KEYS.get((info_hash_hex, directory))
+    if key is None:
+        key = f"{info_hash_hex}-{sha1(os.path.abspath(directory).encode()).hexdigest()[:8]}"
+        if os.path.isabs(directory):
+            if len(_KEYS) >= _KEYS_MAX:
+                _KEYS.clear()
+            _KEYS[(info_hash_hex, directory)] = key
+    return key
 
 
 def hook_argv(hook: tuple[str, ...], name: str, path: str) -> list[str]:

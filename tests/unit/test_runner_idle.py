@@ -145,3 +145,36 @@ def test_a_seed_ratio_is_checked_when_uploads_moved(tmp_path: Path, clock: FakeC
     clock.advance(1.0)
     r.tick(clock.now())
     assert next(iter(r.jobs.values())).finished is not None
+
+
+def test_a_jobs_state_key_is_worked_out_once_for_an_absolute_directory(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner asks for every job's key at each status refresh: an absolute directory's is remembered (a SHA-1
+    each time was a third of an idle seeder's Python), a relative one follows the working directory, and the
+    memory is bounded."""
+    from minibt import runplan
+
+    calls: list[bytes] = []
+    real = runplan.sha1
+
+    def counting(data: bytes = b"") -> Any:
+        calls.append(data)
+        return real(data)
+
+    monkeypatch.setattr(runplan, "sha1", counting)
+    monkeypatch.setattr(runplan, "_KEYS", {})
+    ih = "ab" * 20
+    want = f"{ih}-{real(str(tmp_path).encode()).hexdigest()[:8]}"
+    assert [runplan.state_key(ih, str(tmp_path)) for _ in range(5)] == [want] * 5
+    assert len(calls) == 1
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    rel_a = runplan.state_key(ih, "dl")
+    monkeypatch.chdir(tmp_path / "b")
+    rel_b = runplan.state_key(ih, "dl")
+    assert rel_a == f"{ih}-{real(str(tmp_path / 'a' / 'dl').encode()).hexdigest()[:8]}" != rel_b
+    monkeypatch.setattr(runplan, "_KEYS_MAX", 3)
+    for i in range(10):
+        runplan.state_key(f"{i:040x}", str(tmp_path))
+        assert len(runplan._KEYS) <= 3
