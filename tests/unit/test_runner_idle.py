@@ -152,19 +152,21 @@ def test_a_jobs_state_key_is_worked_out_once_for_an_absolute_directory(tmp_path:
     """The runner asks for every job's key at each status refresh: an absolute directory's is remembered (a SHA-1
     each time was a third of an idle seeder's Python), a relative one follows the working directory, and the
     memory is bounded."""
-    from minibt import runplan
+    from minibt import runplan, sha1
+    from minibt.sha1 import sha1 as real
 
+    real()  # the back end is chosen on first use: every SHA-1 after this one goes through sha1._factory
     calls: list[bytes] = []
-    real = runplan.sha1
+    factory = sha1._factory
 
     def counting(data: bytes = b"") -> Any:
         calls.append(data)
-        return real(data)
+        return factory(data)
 
-    monkeypatch.setattr(runplan, "sha1", counting)
-    monkeypatch.setattr(runplan, "_KEYS", {})
     ih = "ab" * 20
     want = f"{ih}-{real(str(tmp_path).encode()).hexdigest()[:8]}"
+    monkeypatch.setattr(sha1, "_factory", counting)
+    monkeypatch.setattr(runplan, "_KEYS", {})
     assert [runplan.state_key(ih, str(tmp_path)) for _ in range(5)] == [want] * 5
     assert len(calls) == 1
     (tmp_path / "a").mkdir()
