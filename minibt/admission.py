@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from minibt.errors import CloseReason, EncryptionUnavailable, MseError, RemoteProtocolError
 from minibt.handshake import Handshake, HandshakeReceived, supports_extension, supports_fast
-from minibt.magnetfetch import MagnetFetch
 from minibt.peer import Encrypting, Handshaking, PeerConnection, Phase
 from minibt.pex import PexFlag
 from minibt.reputation import Reputation
@@ -26,6 +25,10 @@ from minibt.settings import Encryption, TorrentConfig, TorrentState
 from minibt.torrent import Torrent
 from minibt.urls import Addr
 from minibt.wire import PeerWire
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from minibt.magnetfetch import MagnetFetch  # loaded by the first magnet link (session.py)
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +314,7 @@ class Admission:
             return Refuse(CloseReason.UNKNOWN_INFO_HASH, ev.info_hash.hex())
         if ev.peer_id == self.peer_id:
             return Refuse(CloseReason.SELF_CONNECTION, "connected to ourselves")
-        if isinstance(owner, MagnetFetch):
+        if not isinstance(owner, Torrent):  # a magnet link's fetch
             if not supports_extension(ev.reserved):  # BEP 9 needs BEP 10: it cannot give us the metadata
                 return Refuse(CloseReason.PROTOCOL_VIOLATION, "no extension protocol (BEP 10): cannot fetch metadata")
             return None

@@ -484,8 +484,6 @@ def _write_torrent(path: str, meta: Metainfo) -> None:
 def cmd_transfer(args: argparse.Namespace) -> int:  # noqa: C901
     from minibt.admission import usable_policy
     from minibt.client import Client
-    from minibt.dhtservice import bootstrap_nodes
-    from minibt.magnetfetch import FetchState
     from minibt.settings import SessionConfig, TorrentConfig
 
     mode = Mode.SEED if args.cmd == "seed" else Mode.DOWNLOAD
@@ -508,12 +506,16 @@ def cmd_transfer(args: argparse.Namespace) -> int:  # noqa: C901
     elif not os.path.isdir(args.dir):
         print(f"minibt: {args.dir}: no such directory", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        boot = bootstrap_nodes(tuple(args.dht_bootstrap) if args.dht_bootstrap else None,
-                               os.environ.get(BOOTSTRAP_ENV))
-    except ValueError as e:
-        print(f"minibt: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    boot: tuple[Addr, ...] = ()
+    if not args.no_dht:  # the DHT's modules load only for a DHT that runs (issue 15)
+        from minibt.dhtservice import bootstrap_nodes
+
+        try:
+            boot = bootstrap_nodes(tuple(args.dht_bootstrap) if args.dht_bootstrap else None,
+                                   os.environ.get(BOOTSTRAP_ENV))
+        except ValueError as e:
+            print(f"minibt: {e}", file=sys.stderr)
+            return EXIT_USAGE
     config = SessionConfig(
         torrent=TorrentConfig(max_peers=args.max_peers, cache_bytes=args.cache),
         upload_limit_bps=args.up_limit,
@@ -580,7 +582,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:  # noqa: C901
             cur = current()
             if save_error:
                 return True
-            if fetch is not None and fetch.state is FetchState.ERROR:
+            if fetch is not None and fetch.failed:
                 return True
             if deadline is not None and client.clock.now() >= deadline:
                 timed_out.append(True)

@@ -20,13 +20,11 @@ from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 
 from minibt.clock import MonotonicClock
-from minibt.dhtservice import DHT_FILE, MAX_DHT_FILE_BYTES
 from minibt.durable import write_atomic
 from minibt.events import Event
 from minibt.handles import Dispatcher, Peer
 from minibt.loop import EventLoop
 from minibt.magnet import MAGNET_PREFIX, Magnet, parse_magnet
-from minibt.magnetfetch import MagnetFetch
 from minibt.metainfo import Metainfo, load_metainfo
 from minibt.peer import PeerSource, to_transports
 from minibt.procmem import release_free_memory
@@ -43,6 +41,7 @@ if TYPE_CHECKING:
     from typing import overload
 
     from minibt.clock import Clock
+    from minibt.magnetfetch import MagnetFetch  # loaded by add_magnet (session.py)
     from minibt.utp_config import UtpConfig  # loaded by utp_peers only when uTP runs
 
 log = logging.getLogger(__name__)
@@ -266,9 +265,13 @@ class Client:
         self.loop.request_stop()
 
     def _dht_path(self) -> str | None:
+        from minibt.dhtservice import DHT_FILE  # with the DHT, which loads the module anyway
+
         return os.path.join(self.state_dir, DHT_FILE) if self.state_dir else None
 
     def _read_dht_state(self) -> bytes | None:
+        from minibt.dhtservice import MAX_DHT_FILE_BYTES
+
         path = self._dht_path()
         try:
             if path is not None:
@@ -280,8 +283,10 @@ class Client:
 
     def save_dht(self) -> None:
         """Write our DHT node id and table to ``state_dir/dht.dat`` (atomically; a failure is logged)."""
+        if self.session.dht is None:
+            return
         path = self._dht_path()
-        if path is None or self.session.dht is None:
+        if path is None:
             return
         try:
             os.makedirs(self.state_dir or ".", exist_ok=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 
-from minibt.magnetfetch import FetchState
 from minibt.settings import TorrentState
 
 TYPE_CHECKING = False
@@ -82,7 +81,7 @@ def session_deadline(s: Session, now: float, *, poll_at: float) -> float | None:
     if s.conns:
         return now
     at = None
-    if any(f.state is FetchState.FETCHING for f in s.fetches.values()):
+    if any(f.fetching for f in s.fetches.values()):
         at = poll_at
     if s.dht is not None:
         at = _min(at, s.dht.next_deadline(s.torrents, s.fetches, s.listen_port, now=now))

@@ -153,6 +153,16 @@ class MagnetFetch:
     def complete(self) -> bool:
         return self.torrent is not None and self.torrent.complete
 
+    @property
+    def fetching(self) -> bool:
+        """Still fetching the metadata (for callers that do not import this module's FetchState)."""
+        return self.state is FetchState.FETCHING
+
+    @property
+    def failed(self) -> bool:
+        """Given up: the metadata could not be fetched or the torrent not added (``error`` says why)."""
+        return self.state is FetchState.ERROR
+
     def status(self, now: float) -> dict[str, object]:
         if self.torrent is not None:
             return self.torrent.status(now)

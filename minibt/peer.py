@@ -22,7 +22,6 @@ from collections import deque
 from dataclasses import dataclass
 
 from minibt.errors import CloseReason
-from minibt.fetchlink import FetchLink
 from minibt.handshake import Handshake
 from minibt.urls import Addr
 from minibt.wire import PeerWire
@@ -31,6 +30,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # MSE/PE (mse.py, rc4.py) is loaded by the first encrypted connection (admission.py)
     from typing import Any
 
+    from minibt.fetchlink import FetchLink  # loaded by the first magnet link's connection (session.py)
     from minibt.mse import CipherStream, MseInitiator, MseResponder
 
 

@@ -21,15 +21,12 @@ from minibt import effects as fx
 from minibt.actions import Action, Announce, Close, Datagram, Dial, LookupDhtNode
 from minibt.admission import CONNECT_TIMEOUT_S, Admission, Refuse, own_config, usable_policy
 from minibt.checker import CheckJobTag
-from minibt.dhtservice import DhtService
 from minibt.download import PieceJobTag
 from minibt.errors import CloseReason, RemoteProtocolError
 from minibt.events import Event, EventName, EventQueue, reputation_event
 from minibt.faults import FaultKind, Faults
-from minibt.fetchlink import FetchLink
 from minibt.handshake import Handshake, HandshakeReceived, InfoHashReceived, make_reserved, supports_extension
 from minibt.magnet import Magnet
-from minibt.magnetfetch import MagnetFetch
 from minibt.metainfo import Metainfo
 from minibt.peer import (
     Active,
@@ -50,24 +47,23 @@ from minibt.tracker import AnnounceJob, AnnounceResult
 from minibt.urls import Addr
 from minibt.workers import CallResult, HashResult
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # a magnet link's modules and the DHT's load when one is added or enabled (issue 15)
+    from minibt.dhtservice import DhtService
+    from minibt.magnetfetch import MagnetFetch
+    Owner = Torrent | MagnetFetch  # what a connection belongs to, and whose effects _apply carries out
+
 log = logging.getLogger(__name__)
 
 PROTOCOL_PENALTY = 5  # reputation points for a protocol violation (issue 3 refines)
 MAX_OWN_IPS = 16  # addresses we take as ours (interfaces, 'yourip' of peers): a lying peer adds few
-Owner = Torrent | MagnetFetch  # what a connection belongs to, and whose effects _apply carries out
 
 
 class Session:
     """All torrents and connections of one client."""
 
-    def __init__(
-        self,
-        *,
-        rng: random.Random,
-        config: SessionConfig | None = None,
-        wall_clock: Callable[[], float] | None = None,
-        peer_id: bytes | None = None,
-    ) -> None:
+    def __init__(self, *, rng: random.Random, config: SessionConfig | None = None,
+                 wall_clock: Callable[[], float] | None = None, peer_id: bytes | None = None) -> None:
         self.rng = rng
         self.config = config or SessionConfig()
         self.config = dataclasses.replace(self.config, encryption=usable_policy(self.config.encryption))
@@ -159,6 +155,7 @@ class Session:
         self._now = now
         if magnet.info_hash in self.torrents or magnet.info_hash in self.fetches:
             raise ValueError(f"torrent {magnet.info_hash_hex} already added")
+        from minibt.magnetfetch import MagnetFetch
         f = MagnetFetch(
             magnet, download_dir, mode=mode, config=own_config(config or self.config.torrent), rng=self.rng, now=now,
             ctx=self.ctx, resume_path=resume_path,
@@ -210,7 +207,7 @@ class Session:
                     self.rates.waiting[owner.info_hash] = owner
                 case fx.LimitsChanged():
                     self.rate_limits_changed()
-                case fx.MetadataDone(meta=meta) if isinstance(owner, MagnetFetch):
+                case fx.MetadataDone(meta=meta) if owner is not None and not isinstance(owner, Torrent):
                     self._metadata_done(owner, meta, now)
                 case fx.SeenAs(ip=ip) if len(self.ctx.local_ips) < MAX_OWN_IPS:
                     self.ctx.local_ips.add(ip)  # (ip, our port) is us: e.g. our NAT's public address
@@ -307,7 +304,7 @@ class Session:
         conn.transport = order[0]
         conn.fallbacks = list(order[1:])
         self.conns[cid] = conn
-        if isinstance(owner, MagnetFetch):
+        if not isinstance(owner, Torrent):
             self._fetch_of[cid] = owner
         else:
             self._torrent_of[cid] = owner
@@ -564,7 +561,7 @@ class Session:
                     if isinstance(got, Refuse):
                         self.close(conn.cid, got.reason, got.detail)
                         return
-                    if isinstance(got, MagnetFetch):
+                    if not isinstance(got, Torrent):
                         self._fetch_of[conn.cid] = got
                     else:
                         self._torrent_of[conn.cid] = got
@@ -591,7 +588,8 @@ class Session:
         conn.peer_id, conn.reserved, conn.info_hash = ev.peer_id, ev.reserved, ev.info_hash
         pending = hs.data_to_send()
         leftover = hs.leftover()
-        if isinstance(owner, MagnetFetch):
+        if not isinstance(owner, Torrent):
+            from minibt.fetchlink import FetchLink
             conn.enter(FetchingMetadata(FetchLink(now=now), pending))
             self._apply(owner, owner.attach(conn, now=now), now)
             self.emit(EventName.HANDSHAKE_DONE, conn, None)
@@ -713,6 +711,7 @@ class Session:
     def enable_dht(self, *, saved: bytes | None, now: float, port: int | None) -> None:
         """Start the Mainline DHT (``saved``: what dht.dat held; ``port``: our UDP port) and set the DHT
         reserved bit, so peers learn the port from a BEP 5 PORT message."""
+        from minibt.dhtservice import DhtService
         c = self.config
         self.dht = DhtService(rng=self.rng, now=now, saved=saved, bootstrap=c.dht_bootstrap, read_only=c.dht_read_only)
         self.reserved = make_reserved(fast=True, extension=True, dht=True)

@@ -3,10 +3,10 @@
 :class:`SuperSeeder` is pure bookkeeping (no wire, no clock): it is fed what peers announce
 (bitfield, Have, Have All) and who comes and goes, and answers with an :class:`Offer` for each
 piece to reveal.  Peers are opaque hashable keys; random choices come from an injected
-``random.Random``.  :class:`SuperSeeding` is the torrent's part that switches it on and off and
-relays between the torrent's peers and the SuperSeeder: it sends a BEP 3 ``have`` for each offer
+``random.Random``.  :class:`minibt.upload.SuperSeeding` is the torrent's part that switches it on and off
+and relays between the torrent's peers and the SuperSeeder: it sends a BEP 3 ``have`` for each offer
 and, when super-seeding ends (switched off, or it has done its job), every piece a peer was never
-shown; its effects are :class:`~minibt.effects.Flush` of those connections.  Whether
+shown.  This module loads when super-seeding starts, not for every torrent (issue 15).  Whether
 super-seeding may start (a complete torrent that is seeding) is the torrent's call; refused
 requests are upload.py's.
 
@@ -42,11 +42,6 @@ import random
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from itertools import compress
-
-from minibt import wire_codec as w
-from minibt.effects import Effect, Flush
-from minibt.peer import PeerConnection
-from minibt.picker import PiecePicker
 
 log = logging.getLogger(__name__)
 
@@ -402,105 +397,3 @@ class SuperSeeder:
 
 
 _INVERT = bytes.maketrans(b"\x00\x01", b"\x01\x00")
-
-
-class SuperSeeding:
-    """Switches BEP 16 on and off for a torrent and relays between its peers and the SuperSeeder."""
-
-    def __init__(
-        self,
-        *,
-        peers: dict[int, PeerConnection],
-        picker: PiecePicker,
-        num_pieces: int,
-        rng: random.Random,
-        name: str,
-    ) -> None:
-        self._peers = peers  # the torrent's handshaken connections (shared, not copied)
-        self._picker = picker
-        self._num_pieces = num_pieces
-        self._rng = rng
-        self._name = name  # for log lines
-        self.seeder: SuperSeeder | None = None  # set while super-seeding
-
-    @property
-    def active(self) -> bool:
-        return self.seeder is not None
-
-    def start(self, out: list[Effect]) -> None:
-        """Start super-seeding; peers connected before have seen our full bitfield and stay exempt."""
-        if self.seeder is not None:
-            return
-        ss = self.seeder = SuperSeeder(self._num_pieces, self._rng)
-        log.info("%s: super-seeding (BEP 16)", self._name)
-        for p in self._peers.values():
-            if p.wire is not None:
-                ss.add_peer(p.cid, exempt=True)
-                ss.peer_bitfield(p.cid, self._picker.peer_pieces(p.cid))
-        if ss.finished:
-            self.stop("another seed is connected", out)
-
-    def switch(self, on: bool, *, allowed: bool, state: str, out: list[Effect]) -> None:
-        """Switched on or off at run time; on needs a complete torrent that is seeding (``allowed``,
-        else ValueError naming its ``state``)."""
-        if not on:
-            self.stop("switched off", out)
-        elif self.seeder is None:
-            if not allowed:
-                raise ValueError(f"super-seeding needs a complete torrent that is seeding (it is {state})")
-            self.start(out)
-
-    def stop(self, why: str, out: list[Effect]) -> None:
-        """Seed normally from now on: one ``have`` per piece a peer lacks and was never shown."""
-        ss = self.seeder
-        if ss is None:
-            return
-        self.seeder = None
-        log.info("%s: super-seeding ends (%s); seeding normally (%s)", self._name, why, ss.stats())
-        for p in self._peers.values():
-            if p.wire is None or p.closing or p.wire.closed:
-                continue
-            try:
-                missing = ss.unrevealed_missing(p.cid)
-            except ValueError:
-                continue
-            for i in missing:
-                p.wire.have(i)  # a later bitfield is not allowed (BEP 3): one have per piece
-            if missing:
-                out.append(Flush(p.cid))
-
-    def may_request(self, cid: int, index: int) -> bool:
-        """True unless super-seeding has not revealed piece ``index`` to peer ``cid``."""
-        return self.seeder is None or self.seeder.may_request(cid, index)
-
-    def attach(self, peer: PeerConnection, out: list[Effect]) -> None:
-        """A new peer (instead of our bitfield): pretend to have nothing, then offer."""
-        assert self.seeder is not None and peer.wire is not None
-        if peer.wire.fast:
-            peer.wire.send_have_none()  # BEP 16: "masquerades as a normal client with no data"
-        self._send(self.seeder.add_peer(peer.cid), out)
-
-    def on_message(self, peer: PeerConnection, msg: object, out: list[Effect]) -> None:
-        ss = self.seeder
-        assert ss is not None
-        match msg:
-            case w.Have(index=index):
-                self._send(ss.peer_have(peer.cid, index), out)
-            case w.BitfieldMsg(bits=bits):
-                self._send(ss.peer_bitfield(peer.cid, bits), out)
-            case w.HaveAll():
-                self._send(ss.peer_have_all(peer.cid), out)
-
-    def peer_gone(self, cid: int, out: list[Effect]) -> None:
-        if self.seeder is not None:
-            self._send(self.seeder.remove_peer(cid), out)
-
-    def _send(self, offers: list[Offer], out: list[Effect]) -> None:
-        """Send a ``have`` for each offer; end super-seeding once it has done its job."""
-        for o in offers:
-            p = self._peers.get(o.peer) if isinstance(o.peer, int) else None
-            if p is not None and p.wire is not None and not p.closing and not p.wire.closed:
-                p.wire.have(o.index)
-                out.append(Flush(p.cid))
-        if self.seeder is not None and self.seeder.finished:
-            self.stop("another peer is a seed or every piece is on two peers", out)

@@ -46,9 +46,8 @@ from minibt.picker import PiecePicker
 from minibt.ratelimit import KEEP, Keep, TokenBucket, TransferLimits
 from minibt.settings import Encryption, Mode, TorrentConfig, TorrentState, TorrentStats, parse_mode
 from minibt.storage import Storage, bytes_left, plan_names, wanted_bytes, wanted_pieces
-from minibt.superseed import SuperSeeder, SuperSeeding
 from minibt.tracker import AnnounceJob, Announcer, AnnounceResult
-from minibt.upload import Uploader
+from minibt.upload import SuperSeeding, Uploader
 from minibt.urls import Addr
 from minibt.wire import BlocksReceived, RequestsReceived
 from minibt.workers import CallResult, HashResult
@@ -56,6 +55,8 @@ from minibt.workers import CallResult, HashResult
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    from minibt.superseed import SuperSeeder
 
 log = logging.getLogger(__name__)
 

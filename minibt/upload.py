@@ -6,12 +6,14 @@ Emit (we choked / unchoked a peer), RateWait (requests wait for upload tokens). 
 while reading a block propagates (the torrent fails).  In scope: applying the choker's decisions (BEP 3), the per-peer
 queue of incoming requests with rejects while choked and on floods (BEP 6), serving that queue while
 the outbox has room and upload tokens last (ratelimit.py), allowed-fast grants (BEP 6), and refusing
-requests for pieces super-seeding has not revealed (BEP 16, superseed.py).
+requests for pieces super-seeding has not revealed (BEP 16).  :class:`SuperSeeding` switches BEP 16 on and
+off and relays between the torrent's peers and superseed.py's SuperSeeder, which loads only when it starts.
 Out of scope: what we download (download.py) and which pieces we announce (torrent.py).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 
 from minibt import wire_codec as w
@@ -23,18 +25,22 @@ from minibt.events import EventName
 from minibt.peer import IncomingRequest, PeerConnection
 from minibt.ratelimit import TransferLimits
 from minibt.storage import Storage
-from minibt.superseed import SuperSeeding
 from minibt.wire import RequestsReceived
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import random
     from typing import Protocol
+
+    from minibt.picker import PiecePicker
+    from minibt.superseed import Offer, SuperSeeder
 
     class UploadStats(Protocol):
         """The counter the upload side adds to (:class:`minibt.torrent.TorrentStats`)."""
 
         uploaded: int
 
+_ss_log = logging.getLogger("minibt.superseed")  # SuperSeeding's lines, under the BEP 16 module's name
 READ_AHEAD = 128 * 1024  # bytes one read for a peer's requests takes in (minibt convention; see _read)
 
 
@@ -293,3 +299,107 @@ class Uploader:
             elif wire.fast:
                 wire.reject(r.index, r.begin, r.length)  # BEP 6: choke no longer cancels implicitly
         peer.requests_in = keep
+
+
+class SuperSeeding:
+    """Switches BEP 16 on and off for a torrent and relays between its peers and the SuperSeeder."""
+
+    def __init__(
+        self,
+        *,
+        peers: dict[int, PeerConnection],
+        picker: PiecePicker,
+        num_pieces: int,
+        rng: random.Random,
+        name: str,
+    ) -> None:
+        self._peers = peers  # the torrent's handshaken connections (shared, not copied)
+        self._picker = picker
+        self._num_pieces = num_pieces
+        self._rng = rng
+        self._name = name  # for log lines
+        self.seeder: SuperSeeder | None = None  # set while super-seeding
+
+    @property
+    def active(self) -> bool:
+        return self.seeder is not None
+
+    def start(self, out: list[Effect]) -> None:
+        """Start super-seeding; peers connected before have seen our full bitfield and stay exempt."""
+        if self.seeder is not None:
+            return
+        from minibt.superseed import SuperSeeder  # loaded by the first torrent that super-seeds
+
+        ss = self.seeder = SuperSeeder(self._num_pieces, self._rng)
+        _ss_log.info("%s: super-seeding (BEP 16)", self._name)
+        for p in self._peers.values():
+            if p.wire is not None:
+                ss.add_peer(p.cid, exempt=True)
+                ss.peer_bitfield(p.cid, self._picker.peer_pieces(p.cid))
+        if ss.finished:
+            self.stop("another seed is connected", out)
+
+    def switch(self, on: bool, *, allowed: bool, state: str, out: list[Effect]) -> None:
+        """Switched on or off at run time; on needs a complete torrent that is seeding (``allowed``,
+        else ValueError naming its ``state``)."""
+        if not on:
+            self.stop("switched off", out)
+        elif self.seeder is None:
+            if not allowed:
+                raise ValueError(f"super-seeding needs a complete torrent that is seeding (it is {state})")
+            self.start(out)
+
+    def stop(self, why: str, out: list[Effect]) -> None:
+        """Seed normally from now on: one ``have`` per piece a peer lacks and was never shown."""
+        ss = self.seeder
+        if ss is None:
+            return
+        self.seeder = None
+        _ss_log.info("%s: super-seeding ends (%s); seeding normally (%s)", self._name, why, ss.stats())
+        for p in self._peers.values():
+            if p.wire is None or p.closing or p.wire.closed:
+                continue
+            try:
+                missing = ss.unrevealed_missing(p.cid)
+            except ValueError:
+                continue
+            for i in missing:
+                p.wire.have(i)  # a later bitfield is not allowed (BEP 3): one have per piece
+            if missing:
+                out.append(Flush(p.cid))
+
+    def may_request(self, cid: int, index: int) -> bool:
+        """True unless super-seeding has not revealed piece ``index`` to peer ``cid``."""
+        return self.seeder is None or self.seeder.may_request(cid, index)
+
+    def attach(self, peer: PeerConnection, out: list[Effect]) -> None:
+        """A new peer (instead of our bitfield): pretend to have nothing, then offer."""
+        assert self.seeder is not None and peer.wire is not None
+        if peer.wire.fast:
+            peer.wire.send_have_none()  # BEP 16: "masquerades as a normal client with no data"
+        self._send(self.seeder.add_peer(peer.cid), out)
+
+    def on_message(self, peer: PeerConnection, msg: object, out: list[Effect]) -> None:
+        ss = self.seeder
+        assert ss is not None
+        match msg:
+            case w.Have(index=index):
+                self._send(ss.peer_have(peer.cid, index), out)
+            case w.BitfieldMsg(bits=bits):
+                self._send(ss.peer_bitfield(peer.cid, bits), out)
+            case w.HaveAll():
+                self._send(ss.peer_have_all(peer.cid), out)
+
+    def peer_gone(self, cid: int, out: list[Effect]) -> None:
+        if self.seeder is not None:
+            self._send(self.seeder.remove_peer(cid), out)
+
+    def _send(self, offers: list[Offer], out: list[Effect]) -> None:
+        """Send a ``have`` for each offer; end super-seeding once it has done its job."""
+        for o in offers:
+            p = self._peers.get(o.peer) if isinstance(o.peer, int) else None
+            if p is not None and p.wire is not None and not p.closing and not p.wire.closed:
+                p.wire.have(o.index)
+                out.append(Flush(p.cid))
+        if self.seeder is not None and self.seeder.finished:
+            self.stop("another peer is a seed or every piece is on two peers", out)
