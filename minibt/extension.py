@@ -28,7 +28,6 @@ from minibt.errors import CloseReason, LocalProtocolError
 from minibt.events import EventName
 from minibt.holepunch import Holepunch
 from minibt.infobytes import InfoBytes
-from minibt.metadata import METADATA_EXT_NAME, MSG_REQUEST, MetadataServer, decode_metadata_msg
 from minibt.peer import PeerConnection, Transport
 from minibt.pex import (
     PEX_EXT_NAME,
@@ -41,6 +40,10 @@ from minibt.pex import (
     format_peer_addr,
 )
 from minibt.urls import Addr
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # metadata.py loads with the first ut_metadata message (ExtensionRouter.metadata)
+    from minibt.metadata import MetadataServer
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +173,21 @@ class ExtensionRouter:
         self._peers = peers  # the torrent's handshaken connections (shared)
         self._cfg = pex_config or PexConfig()
         self._links: dict[int, _PexLink] = {}
-        self.metadata = MetadataServer(info_bytes)
+        self._info_bytes = info_bytes
+        self._metadata: MetadataServer | None = None
         self._counts = {"pex_sent": 0, "pex_received": 0, "pex_ignored_local": 0, "metadata_served": 0}
+
+    @property
+    def metadata(self) -> MetadataServer:
+        """Serving ut_metadata (BEP 9), made at the first request: metadata.py loads then, not for every torrent
+        (issue 15).  Info bytes longer than a peer may take (LIBTORRENT_MAX_METADATA_BYTES) are not served:
+        every request for them is rejected."""
+        if self._metadata is None:
+            from minibt.metadata import LIBTORRENT_MAX_METADATA_BYTES, MetadataServer
+
+            info = self._info_bytes
+            self._metadata = MetadataServer(info if 0 < len(info) <= LIBTORRENT_MAX_METADATA_BYTES else None)
+        return self._metadata
 
     # ------------------------------------------------------------------ our handshake
 
@@ -220,7 +236,8 @@ class ExtensionRouter:
     def peer_gone(self, cid: int) -> None:
         self._links.pop(cid, None)
         self.holepunch.peer_gone(cid)
-        self.metadata.forget_peer(cid)
+        if self._metadata is not None:
+            self._metadata.forget_peer(cid)
 
     def sender(self, cid: int) -> PexSender | None:
         link = self._links.get(cid)
@@ -345,6 +362,8 @@ class ExtensionRouter:
             out.append(Emit(EventName.PEX_DROPPED, peer, addr=format_peer_addr(a)))
 
     def _on_metadata(self, peer: PeerConnection, payload: bytes, now: float, out: list[Effect]) -> None:
+        from minibt.metadata import METADATA_EXT_NAME, MSG_REQUEST, decode_metadata_msg
+
         msg, _ = decode_metadata_msg(payload)  # MetadataError propagates
         if msg.msg_type != MSG_REQUEST or msg.piece is None:
             return  # we have the metadata: data/reject are unsolicited; unknown types MUST be ignored

@@ -74,3 +74,21 @@ def test_our_handshake_offers_pex_and_metadata_only_when_asked() -> None:
     assert private[b"m"] == {b"ut_metadata": LOCAL_UT_METADATA_ID}  # BEP 27: no ut_pex
     fetching = our_handshake(reqq=500, listen_port=None, metadata=True)
     assert b"metadata_size" not in fetching  # BEP 9: only when we have the metadata
+
+
+def test_the_metadata_server_is_made_at_first_use_and_does_not_serve_info_over_the_limit(monkeypatch) -> None:
+    """ExtensionRouter makes its ut_metadata server at the first use (issue 15: metadata.py is not loaded for
+    every torrent); info bytes longer than a peer may take are not served: a reject, not a failed torrent."""
+    import minibt.metadata as md
+    from minibt.extension import ExtensionRouter
+
+    info = b"d4:name5:hello12:piece lengthi16384ee"
+    served = ExtensionRouter(peers={}, info_bytes=info, private=False, holepunch=None)  # type: ignore[arg-type]
+    assert served._metadata is None
+    msg, data = md.decode_metadata_msg(served.metadata.on_request(1, 0, now=0.0))
+    assert (msg.msg_type, msg.total_size, data) == (md.MSG_DATA, len(info), info)
+    assert served.metadata is served.metadata and served.metadata.stats()["served"] == 1  # one server, kept
+    monkeypatch.setattr(md, "LIBTORRENT_MAX_METADATA_BYTES", len(info) - 1)
+    too_long = ExtensionRouter(peers={}, info_bytes=info, private=False, holepunch=None)  # type: ignore[arg-type]
+    msg, data = md.decode_metadata_msg(too_long.metadata.on_request(1, 0, now=0.0))
+    assert (msg.msg_type, data) == (md.MSG_REJECT, b"")

@@ -39,6 +39,8 @@ ROOT = str(Path(__file__).resolve().parents[2])
 DHT_MODULES = ("minibt.dht", "minibt.krpc", "minibt.routing", "minibt.dhtstore", "minibt.dhtservice")
 # a magnet link's metadata fetch (BEP 9): not for a .torrent, with or without the DHT (0.1 MiB with dhtservice)
 MAGNET_MODULES = ("minibt.magnetfetch", "minibt.fetchlink")
+# BEP 9's codec and server: loaded by a magnet link or the first ut_metadata message a peer sends (0.1 MiB)
+METADATA_MODULES = ("minibt.metadata",)
 SUPERSEED_MODULES = ("minibt.superseed",)  # BEP 16's bookkeeping: only once a torrent super-seeds (0.09 MiB)
 # sizes, rates and durations on the command line (--timeout, --up-limit, --cache) are read by
 # minibt.units, not by the config checker with fractions and decimal (0.8 MiB)
@@ -110,8 +112,9 @@ def test_download_without_dht_loads_no_dht_ssl_toml_or_shutil(tmp_path: Path) ->
     start, end = _download_modules(tmp_path, "--no-dht", "--encryption", "none", "--up-limit", "500KiB",
                                    "--cache", "3MiB", "--transport", "tcp")
     assert "minibt.client" in start and "minibt.loop" in start  # the spy saw the transfer start
-    assert [m for m in DHT_MODULES + MAGNET_MODULES + SUPERSEED_MODULES + NEVER_FOR_A_DOWNLOAD + PLAINTEXT_NEVER
-            + UTP_MODULES + INSPECT_CHAIN + GETTEXT_CHAIN + TRACEBACK_CHAIN + NEVER_AT_ALL if m in end] == []
+    assert [m for m in DHT_MODULES + MAGNET_MODULES + METADATA_MODULES + SUPERSEED_MODULES + NEVER_FOR_A_DOWNLOAD
+            + PLAINTEXT_NEVER + UTP_MODULES + INSPECT_CHAIN + GETTEXT_CHAIN + TRACEBACK_CHAIN + NEVER_AT_ALL
+            if m in end] == []
     assert list((tmp_path / "state").glob("*.resume"))  # the resume file was written (without tempfile)
 
 
