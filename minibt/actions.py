@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from minibt.effects import Flush, HashPiece, SaveResume
 from minibt.errors import CloseReason
-from minibt.peer import Transport
+from minibt.settings import Transport
 from minibt.tracker import AnnounceJob, AnnounceParams
 from minibt.urls import Addr
 

@@ -29,9 +29,17 @@ from minibt.errors import (
 from minibt.ifwatch import valid_interface_name
 from minibt.magnet import MAGNET_PREFIX, Magnet, parse_magnet
 from minibt.metainfo import Metainfo, create_torrent, describe, load_metainfo
-from minibt.peer import Transport, to_transports, valid_transports
 from minibt.runplan import EXIT_FAIL, EXIT_OK
-from minibt.settings import BOOTSTRAP_ENV, Encryption, Mode, TorrentState, default_state_dir
+from minibt.settings import (
+    BOOTSTRAP_ENV,
+    Encryption,
+    Mode,
+    TorrentState,
+    Transport,
+    default_state_dir,
+    to_transports,
+    valid_transports,
+)
 from minibt.urls import Addr, parse_host_port, parse_tracker_url
 
 TYPE_CHECKING = False
@@ -441,11 +449,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    import psutil
-
     from minibt.clock import MonotonicClock
-    from minibt.runner import STATUS_NAME
-    from minibt.statusfile import StatusUnreadable, format_status, read_status, status_state_dir
+    from minibt.statusfile import (
+        STATUS_NAME,
+        StatusUnreadable,
+        format_status,
+        pid_alive,
+        read_status,
+        status_state_dir,
+    )
 
     state_dir, warning = status_state_dir(args.config, cwd=os.getcwd())  # ConfigError: exit 2
     if warning is not None:
@@ -462,8 +474,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(st, indent=1, sort_keys=True))
         return EXIT_OK
-    pid = st.get("pid")
-    alive = isinstance(pid, int) and psutil.pid_exists(pid)
+    alive = pid_alive(st.get("pid"))
     try:
         touched_at = os.stat(path).st_mtime
     except OSError:

@@ -26,11 +26,11 @@ from minibt.handles import Dispatcher, Peer
 from minibt.loop import EventLoop
 from minibt.magnet import MAGNET_PREFIX, Magnet, parse_magnet
 from minibt.metainfo import Metainfo, load_metainfo
-from minibt.peer import PeerSource, to_transports
+from minibt.peer import PeerSource
 from minibt.procmem import release_free_memory
 from minibt.ratelimit import KEEP, Keep
 from minibt.session import Session
-from minibt.settings import SessionConfig, TorrentConfig, parse_mode
+from minibt.settings import SessionConfig, TorrentConfig, parse_mode, to_transports
 from minibt.sha1 import sha1
 from minibt.torrent import Torrent
 from minibt.urls import Addr

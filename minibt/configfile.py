@@ -18,8 +18,7 @@ from minibt.errors import ConfigError, MagnetError, MetainfoError
 from minibt.ifwatch import valid_interface_name
 from minibt.magnet import Magnet, parse_magnet
 from minibt.metainfo import Metainfo, load_metainfo
-from minibt.peer import Transport, to_transports, valid_transports
-from minibt.settings import Encryption, Mode
+from minibt.settings import Encryption, Mode, Transport, to_transports, valid_transports
 from minibt.units import (
     parse_duration,
     parse_hhmm,

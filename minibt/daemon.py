@@ -18,10 +18,9 @@ from minibt.clock import local_seconds_of_day
 from minibt.configfile import Config, load_config
 from minibt.dhtservice import bootstrap_nodes
 from minibt.errors import ConfigError, EncryptionUnavailable
-from minibt.peer import Transport
 from minibt.runner import Runner, set_log_level
 from minibt.runplan import EXIT_CONFIG, EXIT_FAIL, EXIT_LOCKED, EXIT_OK, EXIT_TIME_UP, seconds_until
-from minibt.settings import BOOTSTRAP_ENV, Encryption, Mode, SessionConfig
+from minibt.settings import BOOTSTRAP_ENV, Encryption, Mode, SessionConfig, Transport
 from minibt.statusfile import RunLock
 from minibt.utp_config import UtpConfig
 

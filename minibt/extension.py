@@ -28,7 +28,7 @@ from minibt.errors import CloseReason, LocalProtocolError
 from minibt.events import EventName
 from minibt.holepunch import Holepunch
 from minibt.infobytes import InfoBytes
-from minibt.peer import PeerConnection, Transport
+from minibt.peer import PeerConnection
 from minibt.pex import (
     PEX_EXT_NAME,
     PexConfig,
@@ -39,6 +39,7 @@ from minibt.pex import (
     canonical_ip,
     format_peer_addr,
 )
+from minibt.settings import Transport
 from minibt.urls import Addr
 
 TYPE_CHECKING = False

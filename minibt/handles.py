@@ -22,10 +22,11 @@ from minibt.events import Event, Listeners
 from minibt.faults import FaultKind
 from minibt.handshake import supports_dht
 from minibt.holepunch import HpMessage, HpMsgType, endpoint
-from minibt.peer import PeerConnection, PeerSource, Transport
+from minibt.peer import PeerConnection, PeerSource
 from minibt.peerid import decode_client
 from minibt.pex import PexSender, canonical_ip
 from minibt.session import Session
+from minibt.settings import Transport
 from minibt.torrent import Torrent
 
 log = logging.getLogger(__name__)

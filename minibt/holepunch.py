@@ -43,8 +43,9 @@ from dataclasses import dataclass
 from minibt.effects import Effect, Emit, Flush, HolepunchDial, SessionContext
 from minibt.errors import CloseReason, LocalProtocolError, RemoteProtocolError
 from minibt.events import EventName
-from minibt.peer import PeerConnection, Transport
+from minibt.peer import PeerConnection
 from minibt.pex import PexFlag, canonical_ip, format_peer_addr
+from minibt.settings import Transport
 from minibt.urls import Addr
 
 log = logging.getLogger(__name__)

@@ -33,8 +33,9 @@ from minibt.errors import CloseReason
 from minibt.faults import FaultKind
 from minibt.ifwatch import InterfaceWatch
 from minibt.netif import Source, link_state, norm_ip, open_listen_sockets, resolve, send_probe, tune_tcp
-from minibt.peer import IOV_MAX, SEND_CHUNK, Transport, drop_sent
+from minibt.peer import IOV_MAX, SEND_CHUNK, drop_sent
 from minibt.session import Session
+from minibt.settings import Transport
 from minibt.trackerio import STOPPED_TIMEOUT_S, TrackerIO
 from minibt.udpio import UdpIO
 from minibt.urls import Addr, is_ip

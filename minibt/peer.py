@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from minibt.errors import CloseReason
 from minibt.handshake import Handshake
+from minibt.settings import Transport
 from minibt.urls import Addr
 from minibt.wire import PeerWire
 
@@ -34,14 +35,6 @@ if TYPE_CHECKING:  # MSE/PE (mse.py, rc4.py) is loaded by the first encrypted co
     from minibt.mse import CipherStream, MseInitiator, MseResponder
 
 
-class Transport(enum.StrEnum):
-    """How a peer connection is carried; the value is the name used in config, CLI, events and status."""
-
-    TCP = "tcp"  # BEP 3 over TCP
-    UTP = "utp"  # BEP 29 uTP
-
-
-TRANSPORTS = tuple(t.value for t in Transport)
 SEND_CHUNK = 512 * 1024  # bytes taken from the session per data_to_send call (TCP: loop.py, uTP: utp_peers.py)
 IOV_MAX = 1024  # buffers one sendmsg takes (Linux UIO_MAXIOV)
 
@@ -60,16 +53,6 @@ def drop_sent(parts: list[bytes | memoryview], sent: int) -> list[bytes | memory
     if i >= len(parts):
         return None
     return parts[i:] if i else parts
-
-
-def valid_transports(names: tuple[str, ...] | list[str]) -> bool:
-    """A non-empty preference order of distinct known transports."""
-    return bool(names) and all(n in TRANSPORTS for n in names) and len(set(names)) == len(names)
-
-
-def to_transports(names: tuple[str, ...] | list[str]) -> tuple[Transport, ...]:
-    """Transport names (already checked by :func:`valid_transports`) as enum members, order kept."""
-    return tuple(Transport(n) for n in names)
 
 
 

@@ -45,7 +45,7 @@ from minibt.runplan import (
     stop_reason,
 )
 from minibt.settings import Mode, TorrentConfig, TorrentState
-from minibt.statusfile import read_json, write_json_atomic
+from minibt.statusfile import STATUS_NAME, read_json, write_json_atomic
 from minibt.torrent import Torrent
 
 TYPE_CHECKING = False
@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATUS_NAME = "status.json"
 STATE_NAME = "runner-state.json"
 BANS_NAME = "bans.json"
 DHT_SAVE_S = 600.0  # convention: dht.dat (DHT id and table) is rewritten at most every 10 min (SD-card wear)

@@ -35,13 +35,12 @@ from minibt.peer import (
     Handshaking,
     PeerConnection,
     PeerSource,
-    Transport,
 )
 from minibt.peerid import make_peer_id
 from minibt.ratecontrol import RateControl
 from minibt.ratelimit import KEEP, Keep
 from minibt.reputation import Banned, RepEvent, Reputation
-from minibt.settings import Mode, SessionConfig, TorrentConfig, TorrentState
+from minibt.settings import Mode, SessionConfig, TorrentConfig, TorrentState, Transport
 from minibt.torrent import Torrent
 from minibt.tracker import AnnounceJob, AnnounceResult
 from minibt.urls import Addr

@@ -7,10 +7,29 @@ import os
 from dataclasses import dataclass
 
 from minibt.errors import ConfigError
-from minibt.peer import TRANSPORTS, Transport, to_transports, valid_transports
 from minibt.pex import PEX_SEND_INTERVAL_S, PexConfig
 
 DEFAULT_MAX_CANDIDATES = 1000  # convention: addresses a torrent keeps to dial (dialer.py)
+
+
+class Transport(enum.StrEnum):
+    """How a peer connection is carried; the value is the name used in config, CLI, events and status."""
+
+    TCP = "tcp"  # BEP 3 over TCP
+    UTP = "utp"  # BEP 29 uTP
+
+
+TRANSPORTS = tuple(t.value for t in Transport)
+
+
+def valid_transports(names: tuple[str, ...] | list[str]) -> bool:
+    """A non-empty preference order of distinct known transports."""
+    return bool(names) and all(n in TRANSPORTS for n in names) and len(set(names)) == len(names)
+
+
+def to_transports(names: tuple[str, ...] | list[str]) -> tuple[Transport, ...]:
+    """Transport names (already checked by :func:`valid_transports`) as enum members, order kept."""
+    return tuple(Transport(n) for n in names)
 
 
 class Mode(enum.StrEnum):

@@ -35,6 +35,7 @@ MAX_STATE_FILE_BYTES = 16 << 20  # never read a bigger state file into memory
 STATE_DIR_MODE = 0o750  # owner writes, the daemon's group (the administrator) reads, others nothing
 STATE_FILE_MODE = 0o640  # status.json, runner-state.json, bans.json: no secrets in them
 LOCK_NAME = "minibt.lock"
+STATUS_NAME = "status.json"  # written by the runner, read by `minibt status`
 
 
 def ensure_state_dir(path: str) -> None:
@@ -130,6 +131,22 @@ def read_status(path: str) -> dict[str, Any] | None:
 _STATE_DIR_LINE = re.compile(r"""^\s*state_dir\s*=\s*(?:"([^"\\]*)"|'([^']*)')\s*(?:#.*)?$""")
 _TABLE_LINE = re.compile(r"^\s*\[+\s*([^\]]*?)\s*\]+\s*(?:#.*)?$")
 _NOT_FOUND = object()
+
+
+def pid_alive(pid: object) -> bool:
+    """Whether a process ``pid`` exists (the status file's writer), without psutil (a 15 ms import).
+
+    Signal 0 checks without sending anything; a process of another user answers EPERM, and it exists.
+    """
+    if type(pid) is not int or pid <= 0:  # 0 and -1 would name a process group, not a process
+        return False
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except OSError:  # ESRCH: no such process (or a pid out of range)
+        return False
+    return True
 
 
 def _state_dir_in_text(text: str) -> object:

@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from minibt.errors import CloseReason
-from minibt.peer import SEND_CHUNK, Transport
+from minibt.peer import SEND_CHUNK
 from minibt.session import Session
+from minibt.settings import Transport
 from minibt.urls import Addr
 from minibt.utp import (
     Connected,

@@ -42,9 +42,9 @@ from minibt.effects import Flush, HashPiece, SaveResume
 from minibt.errors import CloseReason, RemoteProtocolError
 from minibt.handshake import Handshake, HandshakeReceived, InfoHashReceived, make_reserved, supports_fast
 from minibt.metainfo import Metainfo, create_torrent, parse_metainfo
-from minibt.peer import PeerConnection, PeerSource, Transport
+from minibt.peer import PeerConnection, PeerSource
 from minibt.session import Session
-from minibt.settings import SessionConfig, TorrentConfig
+from minibt.settings import SessionConfig, TorrentConfig, Transport
 from minibt.torrent import Torrent
 from minibt.tracker import AnnounceJob, AnnounceResult
 from minibt.urls import Addr

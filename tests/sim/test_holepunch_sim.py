@@ -28,9 +28,9 @@ from minibt.holepunch import (
     encode_hp,
 )
 from minibt.metainfo import Metainfo
-from minibt.peer import PeerSource, Transport
+from minibt.peer import PeerSource
 from minibt.pex import PexConfig
-from minibt.settings import SessionConfig, TorrentConfig, TorrentState
+from minibt.settings import SessionConfig, TorrentConfig, TorrentState, Transport
 
 A_PUB, B_PUB, RELAY_IP = "203.0.113.1", "198.51.100.1", "192.0.2.10"
 LAN_IP = "192.168.1.2"

@@ -32,8 +32,7 @@ from simnet import (
 
 from minibt.errors import CloseReason
 from minibt.metainfo import Metainfo
-from minibt.peer import Transport
-from minibt.settings import SessionConfig, TorrentConfig, TorrentState
+from minibt.settings import SessionConfig, TorrentConfig, TorrentState, Transport
 
 A_PUB = "203.0.113.1"  # NAT A's public address (RFC 5737 documentation ranges)
 B_PUB = "198.51.100.1"  # NAT B's

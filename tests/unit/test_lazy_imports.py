@@ -254,3 +254,51 @@ def test_the_typing_scan_sees_a_run_time_import() -> None:
     assert _typing_imports_outside_type_checking("def f():\n    from typing import Any\n") == [2]
     assert _typing_imports_outside_type_checking(
         "TYPE_CHECKING = False\nif TYPE_CHECKING:\n    from typing import Any\nelse:\n    from typing import cast\n") == [5]
+
+
+# What the commands that only read a file need: none of the transfer's machinery (a `minibt status`
+# polled by a monitoring script loaded the whole client, 67 minibt modules, through runner.STATUS_NAME;
+# and psutil, 15 ms, to see whether the daemon's pid is alive).
+TRANSFER_MODULES = ("minibt.runner", "minibt.client", "minibt.session", "minibt.loop", "minibt.torrent",
+                    "minibt.peer", "minibt.wire", "minibt.wire_codec", "minibt.handshake", "psutil", "selectors")
+
+SMALL_DRIVER = r"""
+import sys
+from minibt.__main__ import run
+try:
+    code = run(sys.argv[1:])
+except SystemExit as e:  # --version: argparse exits
+    code = e.code or 0
+print("MODULES " + " ".join(sorted(sys.modules)))
+print("EXIT", code)
+"""
+
+
+def _small_command(tmp_path: Path, *argv: str) -> tuple[set[str], str]:
+    out = subprocess.run([sys.executable, "-c", SMALL_DRIVER, *argv], capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": ROOT}, cwd=str(tmp_path))
+    lines = {line.split(" ", 1)[0]: line for line in out.stdout.splitlines()}
+    assert lines.get("EXIT") == "EXIT 0", out.stderr[-2000:]
+    return set(lines["MODULES"].split()[1:]), out.stdout
+
+
+def test_version_info_and_status_load_none_of_the_transfer_machinery(tmp_path: Path) -> None:
+    from minibt.statusfile import STATUS_NAME, write_json_atomic
+
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"x" * 100_000)
+    torrent = tmp_path / "t.torrent"
+    torrent.write_bytes(create_torrent(str(data), piece_length=16384))
+    state = tmp_path / "state"
+    state.mkdir()
+    config = tmp_path / "minibt.toml"
+    config.write_text(f'[client]\nstate_dir = "{state}"\n\n[[torrent]]\nsource = "{torrent}"\ndir = "{tmp_path}"\n'
+                      'mode = "seed"\n')
+    # a daemon that wrote its status and is gone (pid 2**22 + 1 is above Linux's largest pid)
+    write_json_atomic(str(state / STATUS_NAME), {"running": True, "pid": 2**22 + 1, "mode": "daemon",
+                                                 "torrents": [{"name": "data.bin", "state": "seeding", "progress": 1.0}]})
+    for argv in (["--version"], ["info", str(torrent)], ["status", "-c", str(config)],
+                 ["status", "-c", str(config), "--json"]):
+        loaded, shown = _small_command(tmp_path, *argv)
+        assert [m for m in TRANSFER_MODULES if m in loaded] == [], argv
+    assert "not running" in _small_command(tmp_path, "status", "-c", str(config))[1]  # the pid is not alive

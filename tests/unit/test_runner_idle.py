@@ -13,9 +13,9 @@ import pytest
 from helpers import FakeClock
 from test_runner_logic import FakeTorrent, make_cfg, make_runner
 
-from minibt.runner import STATUS_HEARTBEAT_S, STATUS_NAME, Runner
+from minibt.runner import STATUS_HEARTBEAT_S, Runner
 from minibt.settings import TorrentState
-from minibt.statusfile import format_status, read_status
+from minibt.statusfile import STATUS_NAME, format_status, read_status
 
 
 def seeding_cfg(tmp_path: Path, n: int, **kw: Any) -> Any:

@@ -14,6 +14,7 @@ from minibt.errors import ConfigError
 from minibt.statusfile import (
     RunLock,
     permission_advice,
+    pid_alive,
     read_status,
     status_state_dir,
     write_json_atomic,
@@ -129,3 +130,18 @@ def test_status_command_warns_about_an_invalid_config_and_shows_the_status(
     assert "state dir cannot be told from it" in capsys.readouterr().err
     assert main(["status", "-c", str(tmp_path / "absent.toml")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_pid_alive_tells_a_live_process_from_a_gone_one_and_refuses_group_ids() -> None:
+    import subprocess
+    import sys
+
+    assert pid_alive(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: its pid names no process now
+    assert not pid_alive(child.pid)
+    assert not pid_alive(2**22 + 1)  # above Linux's largest pid
+    # 0 and -1 would signal a process group or every process; a bool or a string is not a pid
+    assert [p for p in (0, -1, True, "1", None, 1.0) if pid_alive(p)] == []
+    if os.geteuid() != 0:
+        assert pid_alive(1)  # init: another user's process answers EPERM, and it exists
