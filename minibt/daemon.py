@@ -16,7 +16,6 @@ from minibt.budget import fit_budget, over_budget_message
 from minibt.client import Client
 from minibt.clock import local_seconds_of_day
 from minibt.configfile import Config, load_config
-from minibt.dhtservice import bootstrap_nodes
 from minibt.errors import ConfigError, EncryptionUnavailable
 from minibt.runner import Runner, set_log_level
 from minibt.runplan import EXIT_CONFIG, EXIT_FAIL, EXIT_LOCKED, EXIT_OK, EXIT_TIME_UP, seconds_until
@@ -86,7 +85,11 @@ def _run_locked(cfg: Config, *, once: bool, max_time_s: float | None, until_min:
         log.warning("%s", warning)
         _stderr(warning)
     try:
-        boot = bootstrap_nodes(cfg.dht_bootstrap, os.environ.get(BOOTSTRAP_ENV))
+        boot: tuple[tuple[str, int], ...] = ()
+        if cfg.dht:  # the DHT service (and its list) only for a DHT, as `minibt download` does
+            from minibt.dhtservice import bootstrap_nodes
+
+            boot = bootstrap_nodes(cfg.dht_bootstrap, os.environ.get(BOOTSTRAP_ENV))
         usable_policy(cfg.encryption)
     except (ValueError, EncryptionUnavailable) as e:
         _stderr(str(e))

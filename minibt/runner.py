@@ -29,7 +29,6 @@ from minibt.durable import write_atomic
 from minibt.errors import ConfigError, MagnetError, MetainfoError, MinibtError
 from minibt.faults import FaultKind
 from minibt.magnet import parse_magnet
-from minibt.magnetfetch import FetchState, MagnetFetch, torrent_file_bytes
 from minibt.metainfo import DEFAULT_MAX_METAINFO_BYTES, Metainfo, load_metainfo, parse_metainfo, read_capped
 from minibt.peer import PeerSource
 from minibt.procmem import peak_rss_bytes
@@ -51,6 +50,8 @@ from minibt.torrent import Torrent
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    from minibt.magnetfetch import MagnetFetch
 
 log = logging.getLogger(__name__)
 
@@ -260,10 +261,12 @@ class Runner:
                 path = self._magnet_meta_path(job.info_hash)
                 try:
                     os.makedirs(os.path.dirname(path), exist_ok=True)
+                    from minibt.magnetfetch import torrent_file_bytes  # loaded by the fetch already
+
                     write_atomic(path, torrent_file_bytes(job.meta))
                 except OSError as e:
                     log.warning("%s: cannot keep the fetched metadata in %s: %s", job.name, path, e)
-            elif f.state is FetchState.ERROR and job.error is None:
+            elif f.failed and job.error is None:
                 job.error = f"metadata: {f.error}"
 
     # ------------------------------------------------------------------ the tick

@@ -276,7 +276,7 @@ print("EXIT", code)
 
 def _small_command(tmp_path: Path, *argv: str) -> tuple[set[str], str]:
     out = subprocess.run([sys.executable, "-c", SMALL_DRIVER, *argv], capture_output=True, text=True, timeout=60,
-                         env={"PYTHONPATH": ROOT}, cwd=str(tmp_path))
+                         env={"PYTHONPATH": ROOT, "MINIBT_DHT_BOOTSTRAP": ""}, cwd=str(tmp_path))
     lines = {line.split(" ", 1)[0]: line for line in out.stdout.splitlines()}
     assert lines.get("EXIT") == "EXIT 0", out.stderr[-2000:]
     return set(lines["MODULES"].split()[1:]), out.stdout
@@ -302,3 +302,22 @@ def test_version_info_and_status_load_none_of_the_transfer_machinery(tmp_path: P
         loaded, shown = _small_command(tmp_path, *argv)
         assert [m for m in TRANSFER_MODULES if m in loaded] == [], argv
     assert "not running" in _small_command(tmp_path, "status", "-c", str(config))[1]  # the pid is not alive
+
+
+def test_a_seeding_runner_without_the_dht_loads_no_magnet_fetch_nor_dht_service(tmp_path: Path) -> None:
+    """`minibt run` with .torrent files only: the magnet fetch (with BEP 9's codec) and the DHT service load
+    when a magnet link or the DHT needs them, not for every daemon (it runs for months on a Pi)."""
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"x" * 100_000)
+    torrent = tmp_path / "t.torrent"
+    torrent.write_bytes(create_torrent(str(data), piece_length=16384))
+    loaded = {}
+    for dht in ("false", "true"):
+        config = tmp_path / f"dht-{dht}.toml"
+        config.write_text(f'[client]\nstate_dir = "{tmp_path / dht}"\nlisten_port = 0\nbind = "127.0.0.1"\n'
+                          f'dht = {dht}\n\n[[torrent]]\nsource = "{torrent}"\ndir = "{tmp_path}"\nmode = "seed"\n')
+        # --once: the check, then seeding only, so the run is over at once (exit 0)
+        loaded[dht], _ = _small_command(tmp_path, "run", "-c", str(config), "--once", "--max-time", "5s")
+        assert "minibt.runner" in loaded[dht] and "minibt.client" in loaded[dht]
+    assert [m for m in MAGNET_MODULES + METADATA_MODULES + ("minibt.dhtservice",) if m in loaded["false"]] == []
+    assert "minibt.dhtservice" in loaded["true"]  # the check can fail: with the DHT the service loads
