@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import logging.handlers
 import os
 import signal
 
@@ -36,7 +35,9 @@ def _setup_logging(cfg: Config, verbose: int) -> None:
     handler: logging.Handler
     if cfg.log_file:
         os.makedirs(os.path.dirname(cfg.log_file) or ".", exist_ok=True)
-        handler = logging.handlers.WatchedFileHandler(cfg.log_file)  # logrotate-friendly
+        from logging.handlers import WatchedFileHandler  # with pickle: only for a log file (0.54 MiB)
+
+        handler = WatchedFileHandler(cfg.log_file)  # logrotate-friendly
     else:
         handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

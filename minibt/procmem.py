@@ -8,6 +8,7 @@ between two status writes (a few seconds apart) is what the OOM killer sees.  Li
 
 from __future__ import annotations
 
+import os
 import sys
 
 TYPE_CHECKING = False
@@ -30,6 +31,28 @@ def proc_status_bytes(path: str = PROC_STATUS) -> dict[str, int]:
     except OSError:
         return {}
     return out
+
+
+def process_sample(path: str = PROC_STATUS) -> tuple[int, float, int] | None:
+    """(resident bytes, CPU seconds of all threads, OS threads) of this process from /proc, as psutil's
+    ``memory_info().rss``, ``cpu_times()`` and ``num_threads()`` give them, without importing psutil
+    (1.5 MiB of a daemon's memory, with the modules it brings).  None where /proc is missing."""
+    rss, threads = -1, -1
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key == "VmRSS":
+                    parts = rest.split()
+                    rss = int(parts[0]) * 1024 if len(parts) == 2 and parts[0].isdigit() else -1
+                elif key == "Threads" and rest.strip().isdigit():
+                    threads = int(rest)
+    except OSError:
+        return None
+    if rss < 0 or threads < 1:
+        return None
+    t = os.times()  # the process's user and system time, every thread's (times(2))
+    return rss, t.user + t.system, threads
 
 
 def peak_rss_bytes(path: str = PROC_STATUS) -> int:

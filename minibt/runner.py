@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import logging.handlers
 import os
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,7 +29,7 @@ from minibt.faults import FaultKind
 from minibt.magnet import parse_magnet
 from minibt.metainfo import DEFAULT_MAX_METAINFO_BYTES, Metainfo, load_metainfo, parse_metainfo, read_capped
 from minibt.peer import PeerSource
-from minibt.procmem import peak_rss_bytes
+from minibt.procmem import peak_rss_bytes, process_sample
 from minibt.runplan import (
     DirWait,
     JobOutcome,
@@ -49,6 +47,7 @@ from minibt.torrent import Torrent
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import subprocess
     from typing import Any
 
     from minibt.magnetfetch import MagnetFetch
@@ -149,7 +148,8 @@ class Runner:
         self.stop_signal: str | None = None
         self.started_wall = client.clock.wall()
         self.peak_rss = 0
-        self._proc: Any = None
+        self._proc: Any = None  # psutil's Process, where /proc is missing
+        self._sampled = False
         self._cpu_sample = (now, 0.0)  # (clock.now(), process CPU seconds) of the last status
         self._cpu_percent = 0.0
 
@@ -676,18 +676,20 @@ class Runner:
         }
 
     def _process_info(self) -> dict[str, Any]:
-        import psutil
-
         now = self.client.clock.now()
-        first = self._proc is None
-        if first:
-            self._proc = psutil.Process()
-        p = self._proc
-        rss = int(p.memory_info().rss)
+        first, self._sampled = not self._sampled, True
+        sample = process_sample()  # /proc: the daemon needs no psutil (1.5 MiB) on Linux
+        if sample is None:
+            import psutil
+
+            if self._proc is None:
+                self._proc = psutil.Process()
+            p = self._proc
+            cpu = p.cpu_times()
+            sample = (int(p.memory_info().rss), float(cpu.user + cpu.system), int(p.num_threads()))
+        rss, cpu_s, threads = sample
         # The kernel's peak: a burst between two samples is what the OOM killer sees.
         self.peak_rss = max(self.peak_rss, rss, peak_rss_bytes())
-        cpu = p.cpu_times()
-        cpu_s = float(cpu.user + cpu.system)
         if first:
             self._cpu_sample = (now, cpu_s)
         # CPU % over the time since the previous sample (at least 1 s apart, else the last figure stays).
@@ -696,7 +698,7 @@ class Runner:
             self._cpu_percent = 100.0 * (cpu_s - last_cpu) / (now - last_now)
             self._cpu_sample = (now, cpu_s)
         return {"rss_bytes": rss, "peak_rss_bytes": self.peak_rss, "cpu_percent": round(self._cpu_percent, 1),
-                "cpu_seconds": round(cpu_s, 2), "threads": p.num_threads()}
+                "cpu_seconds": round(cpu_s, 2), "threads": threads}
 
     def write_status(self, *, now: float | None = None) -> None:
         """Write the status file; with ``now`` (the periodic refresh) only if something other than its
@@ -730,6 +732,8 @@ def _reaped(p: Any) -> bool:
 
 
 def _spawn_hook(argv: list[str]) -> subprocess.Popen[bytes]:
+    import subprocess  # only for a completion hook (0.46 MiB a daemon without one does not spend)
+
     # A list, never a shell string: torrent names cannot inject commands.
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True)
 

@@ -306,7 +306,8 @@ def test_version_info_and_status_load_none_of_the_transfer_machinery(tmp_path: P
 
 def test_a_seeding_runner_without_the_dht_loads_no_magnet_fetch_nor_dht_service(tmp_path: Path) -> None:
     """`minibt run` with .torrent files only: the magnet fetch (with BEP 9's codec) and the DHT service load
-    when a magnet link or the DHT needs them, not for every daemon (it runs for months on a Pi)."""
+    when a magnet link or the DHT needs them, psutil where there is no /proc, subprocess for a completion
+    hook and logging's file handler for a log file: not for every daemon (it runs for months on a Pi)."""
     data = tmp_path / "data.bin"
     data.write_bytes(b"x" * 100_000)
     torrent = tmp_path / "t.torrent"
@@ -320,4 +321,6 @@ def test_a_seeding_runner_without_the_dht_loads_no_magnet_fetch_nor_dht_service(
         loaded[dht], _ = _small_command(tmp_path, "run", "-c", str(config), "--once", "--max-time", "5s")
         assert "minibt.runner" in loaded[dht] and "minibt.client" in loaded[dht]
     assert [m for m in MAGNET_MODULES + METADATA_MODULES + ("minibt.dhtservice",) if m in loaded["false"]] == []
+    # its status from /proc, not psutil; no completion hook, so no subprocess; no log file, so no file handler
+    assert [m for m in ("psutil", "subprocess", "logging.handlers", "pickle") if m in loaded["false"]] == []
     assert "minibt.dhtservice" in loaded["true"]  # the check can fail: with the DHT the service loads

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from minibt.procmem import peak_rss_bytes, proc_status_bytes
+from minibt.procmem import peak_rss_bytes, proc_status_bytes, process_sample
 
 MIB = 1 << 20
 
@@ -67,3 +67,31 @@ def test_free_heap_pages_go_back_to_the_kernel() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     before, after, ok = int(out[0]), int(out[1]), out[2] == "True"
     assert ok and before - after > 16 * MIB, (before, after)
+
+
+def test_process_sample_reads_what_psutil_reads(tmp_path: Path) -> None:
+    import threading
+
+    import psutil
+
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()
+    try:
+        sample = process_sample()
+        p = psutil.Process()
+        rss, cpu = p.memory_info().rss, p.cpu_times()
+        threads = p.num_threads()
+    finally:
+        stop.set()
+        worker.join()
+    assert sample is not None
+    assert sample[2] == threads >= 2  # the OS threads, this one's included
+    assert abs(sample[0] - rss) <= 1 << 20  # the same counter, read a moment apart
+    assert 0 <= (cpu.user + cpu.system) - sample[1] <= 0.05
+    assert process_sample(str(tmp_path / "missing")) is None  # no /proc: the runner asks psutil
+    (tmp_path / "status").write_text("Name:\tx\nThreads:\t3\n")  # no VmRSS (a kernel thread's file)
+    assert process_sample(str(tmp_path / "status")) is None
+    (tmp_path / "status").write_text("Name:\tx\nVmRSS:\t  2048 kB\nThreads:\t3\n")
+    got = process_sample(str(tmp_path / "status"))
+    assert got is not None and (got[0], got[2]) == (2048 * 1024, 3)
