@@ -196,6 +196,20 @@ def dict_value_span(
     return _scan(_as_buffer(data), max_depth, max_tokens, bytes(key))
 
 
+def decode_whole_lenient(data: bytes | bytearray | memoryview) -> Any:
+    """Strict decode() if it succeeds, else :func:`decode_lenient_with_span`'s reading with nothing allowed
+    after the value: for bytes authenticated by a hash (an info dict that matches its info-hash), which
+    other clients read like a .torrent file's.  Raises BencodeError."""
+    try:
+        return decode(data)
+    except BencodeError:
+        pass
+    value, _, end = decode_lenient_with_span(data, None)
+    if end != len(_as_buffer(data)):
+        raise BencodeError(f"trailing data: {len(_as_buffer(data)) - end} bytes after the value")
+    return value
+
+
 def decode_lenient_with_span(
     data: bytes | bytearray | memoryview,
     key: bytes | None,
@@ -203,7 +217,8 @@ def decode_lenient_with_span(
     max_depth: int = DEFAULT_MAX_DEPTH,
     max_tokens: int = DEFAULT_MAX_TOKENS,
 ) -> tuple[Any, tuple[int, int] | None, int]:
-    """Decode bencode as other clients read .torrent files from disk; for disk files only.
+    """Decode bencode as other clients read .torrent files from disk; for disk files (and, through
+    :func:`decode_whole_lenient`, for an info dict that matched its info-hash) only.
 
     Unlike decode(): dict keys may come in any order (a repeated key is still an error: which value
     would count is ambiguous), and bytes after the first complete value are ignored.  Integers and

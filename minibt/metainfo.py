@@ -5,10 +5,10 @@ private flag, BEP 47 padding files (kept, marked ``pad``) and symlinks (kept wit
 created on disk), the v1 part of BEP 52 hybrid torrents (whose v2 part must agree: hybrid.py).
 Out of scope: v2-only torrents (refused), the BEP 47 executable/hidden attributes (ignored).
 The info-hash is SHA-1 over the raw ``info`` bytes as they appear in the file, never re-encoded.
-.torrent files from disk are decoded leniently (unsorted keys, trailing bytes), as other clients
-do; info dicts fetched from peers (metainfo_from_info) strictly.  Every path element is checked
-here, bounded in depth and length, and re-checked against the real filesystem by safe_join();
-the names files get on disk are filenames.py's business.
+.torrent files from disk are decoded leniently (unsorted keys, trailing bytes), as other clients do;
+an info dict fetched from peers (metainfo_from_info, hash checked) may have unsorted keys, nothing after it.
+Every path element is checked here, bounded in depth and length, and re-checked against the real
+filesystem by safe_join(); the names files get on disk are filenames.py's business.
 parse_metainfo() raises only MetainfoError, with a one-line message naming the offending field.
 """
 
@@ -21,7 +21,7 @@ import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from minibt.bencode import decode_lenient_with_span, decode_with_span, encode
+from minibt.bencode import decode_lenient_with_span, decode_whole_lenient, decode_with_span, encode
 from minibt.errors import BencodeError, MetainfoError
 from minibt.filenames import MAX_PATH_BYTES, MAX_PATH_DEPTH
 from minibt.hybrid import check_hybrid, is_hybrid
@@ -473,13 +473,6 @@ def _build(info: dict[bytes, Any], source: bytes, span: tuple[int, int], top: di
     )
 
 
-def _decode(data: bytes, what: str, key: bytes | None) -> tuple[Any, tuple[int, int] | None]:
-    try:
-        return decode_with_span(data, key)
-    except BencodeError as e:
-        raise MetainfoError(f"{what}: not valid bencode: {e}") from None
-
-
 def _decode_file(data: bytes) -> tuple[Any, tuple[int, int] | None]:
     """Strict decoding first (fast, C); if that fails, the lenient reading other clients use for
     .torrent files: unsorted dict keys, bytes after the top-level dict.  The info-hash is taken
@@ -534,7 +527,10 @@ def metainfo_from_info(
     info_bytes = bytes(info_bytes)
     if len(info_bytes) > max_size:
         raise MetainfoError(f"info: {len(info_bytes)} bytes exceeds the limit of {max_size}")
-    info, _ = _decode(info_bytes, "info", None)
+    try:  # keys out of order as in a .torrent file (fuzz, 2026-12-07: minibt seeded one it could not fetch)
+        info = decode_whole_lenient(info_bytes)
+    except BencodeError as e:
+        raise MetainfoError(f"info: not valid bencode: {e}") from None
     if not isinstance(info, dict):
         raise MetainfoError(f"info: expected a dictionary, got {_what(info)}")
     tiers = [[t.encode() for t in tier] for tier in announce_tiers]

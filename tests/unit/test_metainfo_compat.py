@@ -2,7 +2,8 @@
 
 Lenient where the meaning is unambiguous (unsorted keys, trailing bytes, path-less pad files,
 length-less symlinks, pieces up to 512 MiB); strict where it protects (deep or long paths,
-symlinks leaving the tree, inconsistent hybrids); peer metadata (metainfo_from_info) stays strict.
+symlinks leaving the tree, inconsistent hybrids); peer metadata (metainfo_from_info, checked against the
+info-hash first) takes unsorted keys as the file would, and nothing after the dictionary.
 """
 
 from __future__ import annotations
@@ -119,12 +120,21 @@ def test_trailing_bytes_after_the_torrent_are_ignored() -> None:
     assert parse_metainfo(data + b"\n").info_hash == parse_metainfo(data).info_hash
 
 
-def test_peer_metadata_stays_strict() -> None:
-    # ut_metadata info dicts (magnet links) go through the strict decoder: no unsorted keys, no tail.
+def test_peer_metadata_reads_as_the_file_but_takes_nothing_after_the_dict() -> None:
+    # ut_metadata info dicts (magnet links) are the torrent's own bytes (they matched the info-hash): unsorted
+    # keys as in the .torrent file that minibt seeds from (libtorrent takes them too), else a torrent minibt
+    # seeds could not be fetched from it by magnet.  Nothing after the dict; a repeated key stays an error.
+    from_file = parse_metainfo(b"d4:info" + UNSORTED_INFO + b"8:announce9:http://t/e")
+    fetched = metainfo_from_info(UNSORTED_INFO)
+    assert (fetched.info_hash, fetched.files, fetched.pieces) == (from_file.info_hash, from_file.files, from_file.pieces)
+    assert fetched.info_hash == hashlib.sha1(UNSORTED_INFO).digest()
+    for tail in (b"x", b"e", b"de"):
+        with pytest.raises(MetainfoError, match="trailing data"):
+            metainfo_from_info(UNSORTED_INFO + tail)
+        with pytest.raises(MetainfoError, match="trailing data"):
+            metainfo_from_info(encode(single()) + tail)
     with pytest.raises(MetainfoError, match="not valid bencode"):
-        metainfo_from_info(UNSORTED_INFO)
-    with pytest.raises(MetainfoError, match="trailing data"):
-        metainfo_from_info(encode(single()) + b"x")
+        metainfo_from_info(UNSORTED_INFO[:-1] + b"4:name1:ye")  # 'name' twice
 
 
 def test_pad_file_without_path_accepted() -> None:
