@@ -18,41 +18,35 @@ if TYPE_CHECKING:
 PROC_STATUS = "/proc/self/status"
 
 
-def proc_status_bytes(path: str = PROC_STATUS) -> dict[str, int]:
-    """The ``kB`` fields of a /proc/PID/status file (VmHWM, VmRSS, RssAnon, ...) in bytes; {} if unreadable."""
-    out: dict[str, int] = {}
+def _status_fields(path: str) -> dict[str, list[str]] | None:
+    """Each line of a /proc/PID/status file as ``key: [words]``; None if unreadable."""
     try:
         with open(path, encoding="ascii", errors="replace") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                parts = rest.split()
-                if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit():
-                    out[key] = int(parts[0]) * 1024
+            return {key: rest.split() for key, _, rest in (line.partition(":") for line in f)}
     except OSError:
-        return {}
-    return out
+        return None
+
+
+def proc_status_bytes(path: str = PROC_STATUS) -> dict[str, int]:
+    """The ``kB`` fields of a /proc/PID/status file (VmHWM, VmRSS, RssAnon, ...) in bytes; {} if unreadable."""
+    fields = _status_fields(path) or {}
+    return {key: int(parts[0]) * 1024 for key, parts in fields.items()
+            if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit()}
 
 
 def process_sample(path: str = PROC_STATUS) -> tuple[int, float, int] | None:
     """(resident bytes, CPU seconds of all threads, OS threads) of this process from /proc, as psutil's
     ``memory_info().rss``, ``cpu_times()`` and ``num_threads()`` give them, without importing psutil
     (1.5 MiB of a daemon's memory, with the modules it brings).  None where /proc is missing."""
-    rss, threads = -1, -1
-    try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key == "VmRSS":
-                    parts = rest.split()
-                    rss = int(parts[0]) * 1024 if len(parts) == 2 and parts[0].isdigit() else -1
-                elif key == "Threads" and rest.strip().isdigit():
-                    threads = int(rest)
-    except OSError:
+    fields = _status_fields(path)
+    if fields is None:
         return None
-    if rss < 0 or threads < 1:
+    rss, threads = fields.get("VmRSS", []), fields.get("Threads", [])
+    if (len(rss) != 2 or rss[1] != "kB" or not rss[0].isdigit() or len(threads) != 1 or not threads[0].isdigit()
+            or threads[0] == "0"):
         return None
     t = os.times()  # the process's user and system time, every thread's (times(2))
-    return rss, t.user + t.system, threads
+    return int(rss[0]) * 1024, t.user + t.system, int(threads[0])
 
 
 def peak_rss_bytes(path: str = PROC_STATUS) -> int:
