@@ -299,7 +299,7 @@ def test_version_info_and_status_load_none_of_the_transfer_machinery(tmp_path: P
                                                  "torrents": [{"name": "data.bin", "state": "seeding", "progress": 1.0}]})
     for argv in (["--version"], ["info", str(torrent)], ["status", "-c", str(config)],
                  ["status", "-c", str(config), "--json"]):
-        loaded, shown = _small_command(tmp_path, *argv)
+        loaded, _ = _small_command(tmp_path, *argv)
         assert [m for m in TRANSFER_MODULES if m in loaded] == [], argv
     assert "not running" in _small_command(tmp_path, "status", "-c", str(config))[1]  # the pid is not alive
 
@@ -312,7 +312,7 @@ def test_a_seeding_runner_without_the_dht_loads_no_magnet_fetch_nor_dht_service(
     data.write_bytes(b"x" * 100_000)
     torrent = tmp_path / "t.torrent"
     torrent.write_bytes(create_torrent(str(data), piece_length=16384))
-    loaded = {}
+    loaded: dict[str, set[str]] = {}
     for dht in ("false", "true"):
         config = tmp_path / f"dht-{dht}.toml"
         config.write_text(f'[client]\nstate_dir = "{tmp_path / dht}"\nlisten_port = 0\nbind = "127.0.0.1"\n'
