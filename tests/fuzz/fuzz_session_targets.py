@@ -1,12 +1,13 @@
-"""Fuzz target for a whole Session: one hostile peer against a download or a seed.
+"""Fuzz target for a whole Session: one hostile peer against a download, a seed or a magnet link's fetch.
 
 The other targets stop at one codec or one machine.  Here the peer's messages, mostly well formed and
 in range but out of order, repeated, contradictory or lying (blocks never asked for, blocks with the wrong
 bytes, bitfields after haves, rejects of nothing, ut_pex, ut_metadata and ut_holepunch messages of any
 content), go through everything a real connection reaches: the session, the torrent, the picker, the
 write cache and the hash results, the choker, the uploader, reputation and the extensions, with the clock
-moving between reads.  The loop's part is played here: hash jobs run inline, dials fail, closes come back
-as ``on_closed``, minibt's output is drained after every step.
+moving between reads.  For a magnet link the peer first serves the info dict (BEP 9), truthfully or not, and
+the download goes on over the same connection.  The loop's part is played here: hash jobs run inline, dials
+fail, closes come back as ``on_closed``, minibt's output is drained after every step.
 
 Contract (STYLE.md section 13):
 
@@ -36,14 +37,22 @@ from hypothesis import strategies as st
 from minibt import bencode
 from minibt.actions import Close, Dial
 from minibt.effects import HashPiece, SaveResume
-from minibt.errors import CloseReason, RemoteProtocolError
+from minibt.errors import BencodeError, CloseReason, RemoteProtocolError
 from minibt.extension import LOCAL_UT_HOLEPUNCH_ID, LOCAL_UT_METADATA_ID, LOCAL_UT_PEX_ID
 from minibt.handshake import PSTR, make_reserved
+from minibt.magnet import parse_magnet
+from minibt.metadata import (
+    METADATA_PIECE_LEN,
+    MSG_DATA,
+    MSG_REQUEST,
+    decode_metadata_msg,
+    encode_metadata_msg,
+)
 from minibt.metainfo import create_torrent, parse_metainfo
 from minibt.session import Session
 from minibt.settings import Encryption, Mode, SessionConfig
 from minibt.wire import PeerWire
-from minibt.wire_codec import Cancel, Piece, Request
+from minibt.wire_codec import Cancel, Extended, Piece, Request
 from minibt.workers import InlineHasher
 
 U32 = struct.Struct(">I")
@@ -69,6 +78,8 @@ def _make_torrent() -> tuple[Any, str]:
 
 
 META, WORK = _make_torrent()
+INFO = bytes(META.info)
+DOWNLOAD, SEED, MAGNET = 0, 1, 2  # what the session does with the torrent (input[0]; False/True are 0/1)
 
 
 def _piece_size(i: int) -> int:
@@ -243,8 +254,9 @@ def messages(fast: bool, ext: bool, seed: bool) -> st.SearchStrategy[bytes]:
 
 
 @st.composite
-def opening(draw: st.DrawFn, fast: bool, ext: bool, seed: bool) -> bytes:
-    """What a peer usually says first: what it has, its extensions, unchoke, interest."""
+def opening(draw: st.DrawFn, fast: bool, ext: bool, seed: bool, magnet: bool) -> bytes:
+    """What a peer usually says first: what it has, its extensions (with the info dict's size for a
+    magnet link), unchoke, interest."""
     out = b""
     have = draw(st.sampled_from(("some", "none", "nothing") if seed else ("all", "all", "some", "none", "nothing")))
     if have == "all":
@@ -253,7 +265,11 @@ def opening(draw: st.DrawFn, fast: bool, ext: bool, seed: bool) -> bytes:
         out += _frame(5, draw(st.sampled_from((b"\x80", b"\x40", b"\xa0", b"\x20"))))
     elif have == "none" and fast:
         out += _frame(0x0F)
-    if ext and draw(st.integers(0, 3)):
+    if magnet and ext and draw(st.integers(0, 5)):
+        size = draw(st.sampled_from((len(INFO), len(INFO), len(INFO) + 1, 0)))
+        out += _ext(0, bencode.encode({b"m": {b"ut_metadata": draw(st.sampled_from((2, 9))), b"ut_pex": 1},
+                                       b"metadata_size": size}))
+    elif ext and draw(st.integers(0, 3)):
         out += draw(ext_handshake())
     if draw(st.integers(0, 3)):
         out += _frame(1)  # unchoke
@@ -268,8 +284,8 @@ plans = st.sampled_from(((), (), (1,), (5, 13), (-1,)))
 @st.composite
 def steps(draw: st.DrawFn, fast: bool, ext: bool, seed: bool) -> list[Any]:
     """(0, bytes, plan): the peer's bytes, fed as the plan splits them; (1, ms): the clock moves and the
-    session ticks; (2, lie): the peer answers the requests minibt sent, with one byte flipped in every
-    block whose bit is set in ``lie`` (the n-th answer, bit n % 8)."""
+    session ticks; (2, lie): the peer answers the requests minibt sent (blocks, and pieces of the info
+    dict), with one byte flipped in every answer whose bit is set in ``lie`` (the n-th answer, bit n % 8)."""
     out: list[Any] = []
     for _ in range(draw(st.integers(0, 12))):
         kind = draw(st.integers(0, 9))
@@ -286,12 +302,12 @@ def steps(draw: st.DrawFn, fast: bool, ext: bool, seed: bool) -> list[Any]:
 
 
 @st.composite
-def session_inputs(draw: st.DrawFn) -> tuple[bool, bool, bool, list[Any]]:
-    seed = draw(st.booleans())
+def session_inputs(draw: st.DrawFn) -> tuple[int, bool, bool, list[Any]]:
+    mode = draw(st.sampled_from((DOWNLOAD, DOWNLOAD, SEED, SEED, MAGNET)))
     fast = draw(st.sampled_from((True, True, False)))
-    ext = draw(st.sampled_from((True, True, False)))
-    first = (0, draw(opening(fast, ext, seed)), draw(plans))
-    return seed, fast, ext, [first, *draw(steps(fast, ext, seed))]
+    ext = draw(st.sampled_from((True, True, True, False)))
+    first = (0, draw(opening(fast, ext, mode == SEED, mode == MAGNET)), draw(plans))
+    return mode, fast, ext, [first, *draw(steps(fast, ext, mode == SEED))]
 
 
 # ------------------------------------------------------------------------------------------ the driver
@@ -300,7 +316,7 @@ def session_inputs(draw: st.DrawFn) -> tuple[bool, bool, bool, list[Any]]:
 class _Driver:
     """The event loop's part for one session and the fuzzing peer's connection."""
 
-    def __init__(self, seed: bool, fast: bool, ext: bool, workdir: str) -> None:
+    def __init__(self, mode: int, fast: bool, ext: bool, workdir: str) -> None:
         self.name = "session"
         self.now = 1000.0
         self.s = Session(rng=random.Random(7), config=SessionConfig(encryption=Encryption.NONE, dht=False),
@@ -317,8 +333,12 @@ class _Driver:
         self.s.faults.record = keep  # type: ignore[method-assign]
         self.hasher = InlineHasher()
         self.workdir = workdir
-        self.t = self._call("add_torrent", self.s.add_torrent, META, workdir, mode=Mode.SEED if seed else Mode.DOWNLOAD,
-                            resume_path=None, now=self.now)
+        if mode == MAGNET:
+            magnet = parse_magnet(f"magnet:?xt=urn:btih:{META.info_hash.hex()}")
+            self._call("add_magnet", self.s.add_magnet, magnet, workdir, now=self.now)
+        else:
+            self._call("add_torrent", self.s.add_torrent, META, workdir, mode=Mode.SEED if mode == SEED else Mode.DOWNLOAD,
+                       resume_path=None, now=self.now)
         self.actions()
         cid = self._call("on_incoming", self.s.on_incoming, PEER_ADDR, now=self.now)
         check(self.name, "on_incoming", cid is not None, "an incoming connection was refused")
@@ -327,6 +347,7 @@ class _Driver:
         self.out = b""  # minibt's bytes not parsed yet
         self.seen_handshake = False
         self.requested: list[tuple[int, int, int]] = []  # minibt's requests not answered yet (answer())
+        self.info_requested: list[int] = []  # pieces of the info dict minibt asked for (ut_metadata)
         self.wire = PeerWire(num_pieces=NPIECES, piece_length=PLEN, total_length=TOTAL, fast=fast, extension=ext,
                              now=self.now)
 
@@ -377,6 +398,13 @@ class _Driver:
             elif isinstance(ev, Cancel):
                 with contextlib.suppress(ValueError):
                     self.requested.remove((ev.index, ev.begin, ev.length))
+            elif isinstance(ev, Extended):
+                try:
+                    msg, _ = decode_metadata_msg(ev.payload)
+                except (RemoteProtocolError, BencodeError):  # another extension's message (ut_pex, ...)
+                    continue
+                if msg.msg_type == MSG_REQUEST and msg.piece is not None:
+                    self.info_requested.append(msg.piece)
             elif isinstance(ev, Piece):
                 off = ev.index * PLEN + ev.begin
                 check(self.name, "served blocks", bytes(ev.data) == PAYLOAD[off : off + len(ev.data)],
@@ -391,8 +419,14 @@ class _Driver:
         self.drain()
 
     def answer(self, lie: int) -> None:
-        """The requests minibt sent, answered in order (a block flipped where ``lie`` says)."""
+        """The requests minibt sent, answered in order (a byte flipped where ``lie`` says)."""
         out = b""
+        for n, piece in enumerate(self.info_requested):
+            data = INFO[piece * METADATA_PIECE_LEN : (piece + 1) * METADATA_PIECE_LEN]
+            if lie >> (n % 8) & 1 and data:
+                data = bytes((data[0] ^ 1,)) + data[1:]
+            out += _ext(LOCAL_UT_METADATA_ID, encode_metadata_msg(MSG_DATA, piece, len(INFO), data))
+        self.info_requested = []
         for n, (i, begin, length) in enumerate(self.requested):
             off = i * PLEN + begin
             data = PAYLOAD[off : off + length]
@@ -412,7 +446,8 @@ class _Driver:
     def finish(self) -> None:
         """Every piece marked as had is on disk with the torrent's bytes; then a clean stop."""
         path = os.path.join(self.workdir, META.name)
-        for i in self.t.have.indexes():
+        t = self.s.torrents.get(META.info_hash)  # None while a magnet link's info dict is still missing
+        for i in t.have.indexes() if t is not None else ():
             with open(path, "rb") as f:
                 f.seek(i * PLEN)
                 got = f.read(_piece_size(i))
@@ -422,14 +457,14 @@ class _Driver:
         self.actions()
 
 
-def _run_session(inp: tuple[bool, bool, bool, list[Any]]) -> None:
-    seed, fast, ext, steps = inp
+def _run_session(inp: tuple[int, bool, bool, list[Any]]) -> None:
+    mode, fast, ext, steps = inp
     workdir = tempfile.mkdtemp(dir=WORK)
     try:
-        if seed:
+        if mode == SEED:
             with open(os.path.join(workdir, META.name), "wb") as f:
                 f.write(PAYLOAD)
-        d = _Driver(seed, fast, ext, workdir)
+        d = _Driver(mode, fast, ext, workdir)
         reserved = make_reserved(fast=fast, extension=ext)
         d.feed(bytes((len(PSTR),)) + PSTR + reserved + META.info_hash + THEIR_ID, ())
         for st_ in steps:
@@ -447,7 +482,7 @@ def _run_session(inp: tuple[bool, bool, bool, list[Any]]) -> None:
 register(Target(
     "session", session_inputs(), _run_session,
     # corpus bytes: the peer's stream after the handshake, to a download, fed by the plan
-    from_bytes=lambda d, plan: (False, True, True, [(0, d, plan)]),
-    to_bytes=lambda inp: (inp[3][0][1] if not inp[0] and inp[1] and inp[2] and len(inp[3]) == 1 and inp[3][0][0] == 0
-                          and inp[3][0][2] == () else None),
+    from_bytes=lambda d, plan: (DOWNLOAD, True, True, [(0, d, plan)]),
+    to_bytes=lambda inp: (inp[3][0][1] if inp[0] == DOWNLOAD and inp[1] and inp[2] and len(inp[3]) == 1
+                          and inp[3][0][0] == 0 and inp[3][0][2] == () else None),
 ))
