@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fuzz_dht_targets  # noqa: F401
 import fuzz_krpc_targets  # noqa: F401
 import fuzz_mse_targets  # noqa: F401
 import fuzz_outside_targets  # noqa: F401
