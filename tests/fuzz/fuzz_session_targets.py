@@ -79,7 +79,9 @@ def _make_torrent() -> tuple[Any, str]:
 
 META, WORK = _make_torrent()
 INFO = bytes(META.info)
-DOWNLOAD, SEED, MAGNET = 0, 1, 2  # what the session does with the torrent (input[0]; False/True are 0/1)
+DOWNLOAD, SEED, MAGNET = 0, 1, 2  # what the session does with the torrent (input[0] % 3; False/True are 0/1)
+LIMITED = 3  # input[0] // 3 == 1: global upload and download limits (ratelimit.py), so requests wait for tokens
+LIMIT_BPS = 20 * 1024.0  # about one block a second: a second request waits
 
 
 def _piece_size(i: int) -> int:
@@ -307,7 +309,8 @@ def session_inputs(draw: st.DrawFn) -> tuple[int, bool, bool, list[Any]]:
     fast = draw(st.sampled_from((True, True, False)))
     ext = draw(st.sampled_from((True, True, True, False)))
     first = (0, draw(opening(fast, ext, mode == SEED, mode == MAGNET)), draw(plans))
-    return mode, fast, ext, [first, *draw(steps(fast, ext, mode == SEED))]
+    limited = LIMITED if draw(st.integers(0, 3)) == 0 else 0
+    return mode + limited, fast, ext, [first, *draw(steps(fast, ext, mode == SEED))]
 
 
 # ------------------------------------------------------------------------------------------ the driver
@@ -319,8 +322,10 @@ class _Driver:
     def __init__(self, mode: int, fast: bool, ext: bool, workdir: str) -> None:
         self.name = "session"
         self.now = 1000.0
-        self.s = Session(rng=random.Random(7), config=SessionConfig(encryption=Encryption.NONE, dht=False),
-                         wall_clock=lambda: 1.7e9 + self.now)
+        limit = LIMIT_BPS if mode >= LIMITED else None
+        mode %= LIMITED
+        config = SessionConfig(encryption=Encryption.NONE, dht=False, upload_limit_bps=limit, download_limit_bps=limit)
+        self.s = Session(rng=random.Random(7), config=config, wall_clock=lambda: 1.7e9 + self.now)
         self.s.set_listen("127.0.0.1", 6881)
         self.s.reserved = make_reserved(fast=True, extension=True)
         self.faults: list[str] = []  # what each contained fault was (the session logs its traceback)
@@ -440,6 +445,9 @@ class _Driver:
     def tick(self, ms: int) -> None:
         self.now += ms / 1000
         self._call("tick", self.s.tick, now=self.now)
+        at = self._call("rate_wake_at", self.s.rate_wake_at, now=self.now)
+        if at is not None and at <= self.now:  # tokens came back: the requests that waited for them
+            self._call("on_rate_refill", self.s.on_rate_refill, now=self.now)
         self.actions()
         self.drain()
 
@@ -461,7 +469,7 @@ def _run_session(inp: tuple[int, bool, bool, list[Any]]) -> None:
     mode, fast, ext, steps = inp
     workdir = tempfile.mkdtemp(dir=WORK)
     try:
-        if mode == SEED:
+        if mode % LIMITED == SEED:
             with open(os.path.join(workdir, META.name), "wb") as f:
                 f.write(PAYLOAD)
         d = _Driver(mode, fast, ext, workdir)
