@@ -21,7 +21,6 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
-import random
 import shutil
 import struct
 import tempfile
@@ -29,18 +28,15 @@ from typing import Any
 
 from fuzzkit import Target, bvalues, call, check, mutated, register
 from hypothesis import strategies as st
+from sessionkit import LoopPart
 
 from minibt import bencode, krpc
-from minibt.actions import Close, Datagram, Dial, LookupDhtNode
 from minibt.dht import MAX_DATAGRAMS_OUT, MAX_SEARCHES, MAX_TRANSACTIONS
 from minibt.dhtstore import MAX_INFO_HASHES, MAX_PEERS_PER_HASH
-from minibt.effects import HashPiece, SaveResume
-from minibt.errors import CloseReason
 from minibt.metainfo import create_torrent, parse_metainfo
 from minibt.routing import K
-from minibt.session import Session
 from minibt.settings import Encryption, Mode, SessionConfig
-from minibt.workers import InlineHasher
+from minibt.urls import Addr
 
 BOOTSTRAP = ("127.0.0.9", 6881)
 # The fuzzing nodes' addresses (the bootstrap node first); answers come from where each query went.
@@ -149,58 +145,27 @@ step = st.one_of(
 dht_inputs = st.lists(step, max_size=40)
 
 
-class _Driver:
+class _Driver(LoopPart):
+    """The event loop's part (sessionkit.py), and the fuzzing nodes' view of what the session sent."""
+
     def __init__(self) -> None:
-        self.name = "dht"
-        self.now = 5000.0
         cfg = SessionConfig(encryption=Encryption.NONE, dht=True, dht_bootstrap=(BOOTSTRAP,))
-        self.s = Session(rng=random.Random(11), config=cfg, wall_clock=lambda: 1.7e9 + self.now)
+        super().__init__("dht", cfg, seed=11, now=5000.0, resolve_to=BOOTSTRAP)
         self.s.set_listen("127.0.0.1", OUR_PORT)
-        self.faults: list[str] = []
-        record = self.s.faults.record
-
-        def keep(kind: Any, what: str, exc: BaseException) -> str:
-            self.faults.append(f"{type(exc).__name__}: {exc}")
-            return record(kind, what, exc)
-
-        self.s.faults.record = keep  # type: ignore[method-assign]
-        self.hasher = InlineHasher()  # the torrent's start-up check (no file yet: nothing to read)
         self.pending: list[tuple[bytes, tuple[str, int]]] = []  # (transaction id, address) of our queries
         self.tokens: list[tuple[bytes, tuple[str, int]]] = []  # tokens we gave, and to whom (for announce_peer)
-        self._call("enable_dht", self.s.enable_dht, saved=None, now=self.now, port=OUR_PORT)
+        self.call("enable_dht", self.s.enable_dht, saved=None, now=self.now, port=OUR_PORT)
         # Downloading: the DHT searches for it (the directory is never written: no peer is reached)
-        self._call("add_torrent", self.s.add_torrent, META, WORK, mode=Mode.DOWNLOAD, resume_path=None, now=self.now)
+        self.call("add_torrent", self.s.add_torrent, META, WORK, mode=Mode.DOWNLOAD, resume_path=None, now=self.now)
         self.tick(0)
 
-    def _call(self, stage: str, fn: Any, *a: Any, **k: Any) -> Any:
-        result, _ = call(self.name, stage, (), fn, *a, **k)
-        check(self.name, stage, not self.faults, f"contained fault(s) {self.faults} (the log has the traceback)")
-        return result
+    def actions(self) -> int:
+        most = super().actions()
+        check(self.name, "outbox", most <= MAX_DATAGRAMS_OUT, f"{most} datagrams at once")
+        return most
 
-    def actions(self) -> None:
-        for _ in range(20):
-            acts = self._call("take_actions", self.s.take_actions)
-            if not acts:
-                return
-            sent = 0
-            for a in acts:
-                if isinstance(a, HashPiece):
-                    self.hasher.submit(a.job)
-                elif isinstance(a, SaveResume):
-                    self.hasher.run(a.run, a)
-                elif isinstance(a, Dial):
-                    self._call("on_closed", self.s.on_closed, a.cid, CloseReason.CONNECT_FAILED, "fuzz: no route",
-                               now=self.now)
-                elif isinstance(a, Close):
-                    self._call("on_closed", self.s.on_closed, a.cid, a.reason, a.detail, now=self.now)
-                elif isinstance(a, LookupDhtNode):
-                    self._call("on_dht_resolved", self.s.on_dht_resolved, [BOOTSTRAP], now=self.now)
-                elif isinstance(a, Datagram):
-                    sent += 1
-                    self._ours(a.data, a.addr)
-            for res in self.hasher.results():
-                self._call("on_hash_result", self.s.on_hash_result, res, now=self.now)
-            check(self.name, "outbox", sent <= MAX_DATAGRAMS_OUT + 64, f"{sent} datagrams at once")
+    def datagram_out(self, data: bytes, addr: Addr) -> None:
+        self._ours(data, addr)
 
     def _ours(self, data: bytes, addr: tuple[str, int]) -> None:
         """A datagram minibt sends: KRPC, and remembered so that a fuzzing node can answer it."""
@@ -214,13 +179,13 @@ class _Driver:
             del self.pending[:-MAX_TRANSACTIONS]
 
     def datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        self._call("on_dht_datagram", self.s.on_dht_datagram, data, addr, now=self.now)
+        self.call("on_dht_datagram", self.s.on_dht_datagram, data, addr, now=self.now)
         self.actions()
         self.bounds()
 
     def tick(self, ms: int) -> None:
         self.now += ms / 1000
-        self._call("tick", self.s.tick, now=self.now)
+        self.call("tick", self.s.tick, now=self.now)
         self.actions()
         self.bounds()
 
@@ -262,7 +227,7 @@ class _Driver:
                 token = next((t for t, to in reversed(self.tokens) if to == node), b"")
                 a = {**a, b"port": s[2], b"token": token, b"implied_port": int(s[3])}
                 self.datagram(bencode.encode({b"t": b"a%d" % s[1], b"y": b"q", b"q": b"announce_peer", b"a": a}), node)
-        self._call("stop", self.s.stop, now=self.now)
+        self.call("stop", self.s.stop, now=self.now)
         self.actions()
 
 

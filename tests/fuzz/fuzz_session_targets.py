@@ -25,7 +25,6 @@ import atexit
 import contextlib
 import hashlib
 import os
-import random
 import shutil
 import struct
 import tempfile
@@ -33,11 +32,10 @@ from typing import Any
 
 from fuzzkit import Target, bvalues, call, check, mutated, register, split
 from hypothesis import strategies as st
+from sessionkit import LoopPart
 
 from minibt import bencode
-from minibt.actions import Close, Dial
-from minibt.effects import HashPiece, SaveResume
-from minibt.errors import BencodeError, CloseReason, RemoteProtocolError
+from minibt.errors import BencodeError, RemoteProtocolError
 from minibt.extension import LOCAL_UT_HOLEPUNCH_ID, LOCAL_UT_METADATA_ID, LOCAL_UT_PEX_ID
 from minibt.handshake import PSTR, make_reserved
 from minibt.magnet import parse_magnet
@@ -49,11 +47,9 @@ from minibt.metadata import (
     encode_metadata_msg,
 )
 from minibt.metainfo import create_torrent, parse_metainfo
-from minibt.session import Session
 from minibt.settings import Encryption, Mode, SessionConfig
 from minibt.wire import PeerWire
 from minibt.wire_codec import Cancel, Extended, Piece, Request
-from minibt.workers import InlineHasher
 
 U32 = struct.Struct(">I")
 PLEN = 32768
@@ -316,38 +312,28 @@ def session_inputs(draw: st.DrawFn) -> tuple[int, bool, bool, list[Any]]:
 # ------------------------------------------------------------------------------------------ the driver
 
 
-class _Driver:
-    """The event loop's part for one session and the fuzzing peer's connection."""
+class _Driver(LoopPart):
+    """The event loop's part (sessionkit.py) and the fuzzing peer's connection."""
 
     def __init__(self, mode: int, fast: bool, ext: bool, workdir: str) -> None:
-        self.name = "session"
-        self.now = 1000.0
         limit = LIMIT_BPS if mode >= LIMITED else None
         mode %= LIMITED
         config = SessionConfig(encryption=Encryption.NONE, dht=False, upload_limit_bps=limit, download_limit_bps=limit)
-        self.s = Session(rng=random.Random(7), config=config, wall_clock=lambda: 1.7e9 + self.now)
+        super().__init__("session", config, seed=7, now=1000.0)
         self.s.set_listen("127.0.0.1", 6881)
         self.s.reserved = make_reserved(fast=True, extension=True)
-        self.faults: list[str] = []  # what each contained fault was (the session logs its traceback)
-        record = self.s.faults.record
-
-        def keep(kind: Any, what: str, exc: BaseException) -> str:
-            self.faults.append(f"{type(exc).__name__}: {exc}")
-            return record(kind, what, exc)
-
-        self.s.faults.record = keep  # type: ignore[method-assign]
-        self.hasher = InlineHasher()
+        self.cid = -1
         self.workdir = workdir
         if mode == MAGNET:
             magnet = parse_magnet(f"magnet:?xt=urn:btih:{META.info_hash.hex()}")
-            self._call("add_magnet", self.s.add_magnet, magnet, workdir, now=self.now)
+            self.call("add_magnet", self.s.add_magnet, magnet, workdir, now=self.now)
         else:
-            self._call("add_torrent", self.s.add_torrent, META, workdir, mode=Mode.SEED if mode == SEED else Mode.DOWNLOAD,
-                       resume_path=None, now=self.now)
+            self.call("add_torrent", self.s.add_torrent, META, workdir, mode=Mode.SEED if mode == SEED else Mode.DOWNLOAD,
+                      resume_path=None, now=self.now)
         self.actions()
-        cid = self._call("on_incoming", self.s.on_incoming, PEER_ADDR, now=self.now)
+        cid = self.call("on_incoming", self.s.on_incoming, PEER_ADDR, now=self.now)
         check(self.name, "on_incoming", cid is not None, "an incoming connection was refused")
-        self.cid: int = cid
+        self.cid = cid
         self.open = True
         self.out = b""  # minibt's bytes not parsed yet
         self.seen_handshake = False
@@ -356,36 +342,15 @@ class _Driver:
         self.wire = PeerWire(num_pieces=NPIECES, piece_length=PLEN, total_length=TOTAL, fast=fast, extension=ext,
                              now=self.now)
 
-    def _call(self, stage: str, fn: Any, *a: Any, **k: Any) -> Any:
-        result, _ = call(self.name, stage, (), fn, *a, **k)
-        check(self.name, stage, not self.faults, f"contained fault(s) {self.faults} (the log has the traceback)")
-        return result
-
-    def actions(self) -> None:
-        for _ in range(50):
-            acts = self._call("take_actions", self.s.take_actions)
-            if not acts:
-                return
-            for a in acts:
-                if isinstance(a, HashPiece):
-                    self.hasher.submit(a.job)
-                elif isinstance(a, SaveResume):
-                    self.hasher.run(a.run, a)
-                elif isinstance(a, Dial):  # nobody answers a dial here
-                    self._call("on_closed", self.s.on_closed, a.cid, CloseReason.CONNECT_FAILED, "fuzz: no route",
-                               now=self.now)
-                elif isinstance(a, Close):
-                    if a.cid == self.cid:
-                        self.open = False
-                    self._call("on_closed", self.s.on_closed, a.cid, a.reason, a.detail, now=self.now)
-                for res in self.hasher.results():
-                    self._call("on_hash_result", self.s.on_hash_result, res, now=self.now)
+    def closed(self, cid: int) -> None:
+        if cid == self.cid:
+            self.open = False
 
     def drain(self) -> None:
         """Take what minibt would send the peer and parse it as the peer would."""
         if not self.open:
             return
-        data = self._call("data_to_send", self.s.data_to_send, self.cid, READ, now=self.now)
+        data = self.call("data_to_send", self.s.data_to_send, self.cid, READ, now=self.now)
         self.out += data
         if not self.seen_handshake:
             if len(self.out) < 68:
@@ -419,7 +384,7 @@ class _Driver:
         for chunk in split(data, plan):
             if not self.open:
                 return
-            self._call("on_data", self.s.on_data, self.cid, memoryview(chunk), now=self.now)
+            self.call("on_data", self.s.on_data, self.cid, memoryview(chunk), now=self.now)
             self.actions()
         self.drain()
 
@@ -444,10 +409,10 @@ class _Driver:
 
     def tick(self, ms: int) -> None:
         self.now += ms / 1000
-        self._call("tick", self.s.tick, now=self.now)
-        at = self._call("rate_wake_at", self.s.rate_wake_at, now=self.now)
+        self.call("tick", self.s.tick, now=self.now)
+        at = self.call("rate_wake_at", self.s.rate_wake_at, now=self.now)
         if at is not None and at <= self.now:  # tokens came back: the requests that waited for them
-            self._call("on_rate_refill", self.s.on_rate_refill, now=self.now)
+            self.call("on_rate_refill", self.s.on_rate_refill, now=self.now)
         self.actions()
         self.drain()
 
@@ -461,7 +426,7 @@ class _Driver:
                 got = f.read(_piece_size(i))
             check(self.name, "verified data", got == PAYLOAD[i * PLEN : i * PLEN + _piece_size(i)],
                   f"piece {i} is marked as had but holds other bytes on disk")
-        self._call("stop", self.s.stop, now=self.now)
+        self.call("stop", self.s.stop, now=self.now)
         self.actions()
 
 
