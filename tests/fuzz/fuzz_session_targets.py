@@ -306,7 +306,10 @@ def session_inputs(draw: st.DrawFn) -> tuple[int, bool, bool, list[Any]]:
     ext = draw(st.sampled_from((True, True, True, False)))
     first = (0, draw(opening(fast, ext, mode == SEED, mode == MAGNET)), draw(plans))
     limited = LIMITED if draw(st.integers(0, 3)) == 0 else 0
-    return mode + limited, fast, ext, [first, *draw(steps(fast, ext, mode == SEED))]
+    later = draw(steps(fast, ext, mode == SEED))
+    if mode == MAGNET and draw(st.integers(0, 2)):  # mostly the info dict comes, so the download behind it runs
+        later = [(2, draw(st.sampled_from((0, 0, 0, 1)))), (1, 10), (2, 0), (2, 0), *later]
+    return mode + limited, fast, ext, [first, *later]
 
 
 # ------------------------------------------------------------------------------------------ the driver
