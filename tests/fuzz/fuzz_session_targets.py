@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from sessionkit import LoopPart
 
 from minibt import bencode
+from minibt.actions import Dial
 from minibt.errors import BencodeError, RemoteProtocolError
 from minibt.extension import LOCAL_UT_HOLEPUNCH_ID, LOCAL_UT_METADATA_ID, LOCAL_UT_PEX_ID
 from minibt.handshake import PSTR, make_reserved
@@ -47,6 +48,7 @@ from minibt.metadata import (
     encode_metadata_msg,
 )
 from minibt.metainfo import create_torrent, parse_metainfo
+from minibt.peer import PeerSource
 from minibt.settings import Encryption, Mode, SessionConfig
 from minibt.wire import PeerWire
 from minibt.wire_codec import Cancel, Extended, Piece, Request
@@ -76,7 +78,8 @@ def _make_torrent() -> tuple[Any, str]:
 META, WORK = _make_torrent()
 INFO = bytes(META.info)
 DOWNLOAD, SEED, MAGNET = 0, 1, 2  # what the session does with the torrent (input[0] % 3; False/True are 0/1)
-LIMITED = 3  # input[0] // 3 == 1: global upload and download limits (ratelimit.py), so requests wait for tokens
+LIMITED = 3  # input[0] // 3 % 2 == 1: global upload and download limits (ratelimit.py), so requests wait for tokens
+OUTGOING = 6  # input[0] >= 6: minibt dials the peer (it was given as a tracker's peer) instead of being dialled
 LIMIT_BPS = 20 * 1024.0  # about one block a second: a second request waits
 
 
@@ -305,11 +308,12 @@ def session_inputs(draw: st.DrawFn) -> tuple[int, bool, bool, list[Any]]:
     fast = draw(st.sampled_from((True, True, False)))
     ext = draw(st.sampled_from((True, True, True, False)))
     first = (0, draw(opening(fast, ext, mode == SEED, mode == MAGNET)), draw(plans))
-    limited = LIMITED if draw(st.integers(0, 3)) == 0 else 0
+    variant = LIMITED if draw(st.integers(0, 3)) == 0 else 0
+    variant += OUTGOING if draw(st.integers(0, 3)) == 0 else 0
     later = draw(steps(fast, ext, mode == SEED))
     if mode == MAGNET and draw(st.integers(0, 2)):  # mostly the info dict comes, so the download behind it runs
         later = [(2, draw(st.sampled_from((0, 0, 0, 1)))), (1, 10), (2, 0), (2, 0), *later]
-    return mode + limited, fast, ext, [first, *later]
+    return mode + variant, fast, ext, [first, *later]
 
 
 # ------------------------------------------------------------------------------------------ the driver
@@ -319,7 +323,8 @@ class _Driver(LoopPart):
     """The event loop's part (sessionkit.py) and the fuzzing peer's connection."""
 
     def __init__(self, mode: int, fast: bool, ext: bool, workdir: str) -> None:
-        limit = LIMIT_BPS if mode >= LIMITED else None
+        outgoing = mode >= OUTGOING
+        limit = LIMIT_BPS if mode % OUTGOING >= LIMITED else None
         mode %= LIMITED
         config = SessionConfig(encryption=Encryption.NONE, dht=False, upload_limit_bps=limit, download_limit_bps=limit)
         super().__init__("session", config, seed=7, now=1000.0)
@@ -334,9 +339,15 @@ class _Driver(LoopPart):
             self.call("add_torrent", self.s.add_torrent, META, workdir, mode=Mode.SEED if mode == SEED else Mode.DOWNLOAD,
                       resume_path=None, now=self.now)
         self.actions()
-        cid = self.call("on_incoming", self.s.on_incoming, PEER_ADDR, now=self.now)
-        check(self.name, "on_incoming", cid is not None, "an incoming connection was refused")
-        self.cid = cid
+        if outgoing:  # the peer, as a tracker gave it: the next tick dials it (dial() below connects)
+            self.call("add_peers", self.s.add_peers, META.info_hash, [PEER_ADDR], PeerSource.TRACKER, now=self.now)
+            self.call("tick", self.s.tick, now=self.now)
+            self.actions()
+            check(self.name, "dial", self.cid >= 0, "the peer given was not dialled")
+        else:
+            cid = self.call("on_incoming", self.s.on_incoming, PEER_ADDR, now=self.now)
+            check(self.name, "on_incoming", cid is not None, "an incoming connection was refused")
+            self.cid = cid
         self.open = True
         self.out = b""  # minibt's bytes not parsed yet
         self.seen_handshake = False
@@ -348,6 +359,13 @@ class _Driver(LoopPart):
     def closed(self, cid: int) -> None:
         if cid == self.cid:
             self.open = False
+
+    def dial(self, a: Dial) -> bool:
+        if a.addr != PEER_ADDR or self.cid >= 0:
+            return False
+        self.cid = a.cid
+        self.call("on_connected", self.s.on_connected, a.cid, now=self.now)
+        return True
 
     def drain(self) -> None:
         """Take what minibt would send the peer and parse it as the peer would."""

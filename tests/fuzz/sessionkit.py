@@ -1,8 +1,8 @@
 """The event loop's part for the fuzz targets that drive a whole Session (``session``, ``dht``).
 
 :class:`LoopPart` owns a :class:`~minibt.session.Session` and does what ``loop.py`` does with its actions,
-without sockets or threads: hash jobs and resume saves run inline, dials fail at once, closes come back as
-``on_closed``, bootstrap host names resolve to a given address, DHT datagrams go to :meth:`LoopPart.datagram_out`.
+without sockets or threads: hash jobs and resume saves run inline, closes come back as
+``on_closed``, dials fail unless the driver takes them (:meth:`LoopPart.dial`), bootstrap host names resolve to a given address, DHT datagrams go to :meth:`LoopPart.datagram_out`.
 Every session call goes through :meth:`LoopPart.call` (fuzzkit's contract: no exception escapes, no call over
 the time limit) and fails the input when the session recorded a contained fault, an exception of its own.
 """
@@ -53,6 +53,10 @@ class LoopPart:
     def datagram_out(self, data: bytes, addr: Addr) -> None:
         """A DHT datagram the session sends."""
 
+    def dial(self, a: Dial) -> bool:
+        """True if dial ``a`` reaches a peer of the driver's (it calls ``on_connected``); else it fails."""
+        return False
+
     def actions(self) -> int:
         """Carry out the session's actions until it has none; the most datagrams one take_actions gave."""
         most = 0
@@ -66,9 +70,10 @@ class LoopPart:
                     self.hasher.submit(a.job)
                 elif isinstance(a, SaveResume):
                     self.hasher.run(a.run, a)
-                elif isinstance(a, Dial):  # nobody answers a dial here
-                    self.call("on_closed", self.s.on_closed, a.cid, CloseReason.CONNECT_FAILED, "fuzz: no route",
-                              now=self.now)
+                elif isinstance(a, Dial):
+                    if not self.dial(a):
+                        self.call("on_closed", self.s.on_closed, a.cid, CloseReason.CONNECT_FAILED, "fuzz: no route",
+                                  now=self.now)
                 elif isinstance(a, Close):
                     self.closed(a.cid)
                     self.call("on_closed", self.s.on_closed, a.cid, a.reason, a.detail, now=self.now)
