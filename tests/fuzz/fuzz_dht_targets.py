@@ -18,22 +18,17 @@ searches, routing table, peer store, outbox); every datagram minibt sends decode
 
 from __future__ import annotations
 
-import atexit
 import hashlib
-import os
-import shutil
 import struct
-import tempfile
 from typing import Any
 
 from fuzzkit import Target, bvalues, call, check, mutated, register
 from hypothesis import strategies as st
-from sessionkit import LoopPart
+from sessionkit import LoopPart, temp_torrent
 
 from minibt import bencode, krpc
 from minibt.dht import MAX_DATAGRAMS_OUT, MAX_SEARCHES, MAX_TRANSACTIONS
 from minibt.dhtstore import MAX_INFO_HASHES, MAX_PEERS_PER_HASH
-from minibt.metainfo import create_torrent, parse_metainfo
 from minibt.routing import K
 from minibt.settings import Encryption, Mode, SessionConfig
 from minibt.urls import Addr
@@ -44,18 +39,7 @@ NODES = (BOOTSTRAP, ("127.0.0.10", 6881), ("127.0.0.11", 1), ("127.0.0.12", 6553
 OUR_PORT = 6881
 
 
-def _torrent() -> tuple[Any, str]:
-    d = tempfile.mkdtemp(prefix="minibt-fuzz-dht.")
-    atexit.register(shutil.rmtree, d, True)
-    src = os.path.join(d, "dht.bin")
-    with open(src, "wb") as f:
-        f.write(hashlib.shake_128(b"minibt dht fuzz").digest(50000))
-    meta = parse_metainfo(create_torrent(src, piece_length=16384))
-    os.unlink(src)
-    return meta, d
-
-
-META, WORK = _torrent()  # downloaded into WORK: nothing is ever written (no peer is reached)
+META, WORK = temp_torrent("minibt-fuzz-dht.", "dht.bin", hashlib.shake_128(b"minibt dht fuzz").digest(50000), 16384)  # downloaded into WORK: nothing is ever written (no peer is reached)
 INFO_HASH = META.info_hash
 
 

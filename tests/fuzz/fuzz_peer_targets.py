@@ -14,13 +14,16 @@ from typing import Any
 
 from fuzzkit import (
     EDGE_U32,
+    U32,
     WHOLE,
     Target,
     bvalues,
     call,
     check,
     deep,
+    ext_frame,
     feed_plans,
+    frame,
     mutated,
     mutated_from,
     register,
@@ -63,7 +66,6 @@ from minibt.wire_codec import EXT_HANDSHAKE_MAX_DEPTH, EXT_HANDSHAKE_MAX_TOKENS
 OUR_ID = b"-MB0100-fuzzfuzzfuzz"
 THEIR_ID = b"-XX0001-000000000000"
 INFO_HASH = hashlib.sha1(b"minibt fuzz").digest()
-U32 = struct.Struct(">I")
 
 # ------------------------------------------------------------------------------- bencode
 
@@ -107,10 +109,6 @@ def geometries(draw: st.DrawFn) -> Geometry:
     return (n, plen, plen * (n - 1) + last)
 
 
-def _frame(mid: int, payload: bytes = b"") -> bytes:
-    return U32.pack(1 + len(payload)) + bytes((mid,)) + payload
-
-
 ext_dicts = st.fixed_dictionaries(
     {},
     optional={
@@ -141,31 +139,31 @@ def wire_message(draw: st.DrawFn, geo: Geometry) -> bytes:
     length = draw(st.sampled_from((16384, 1, max(1, size - begin), 0, 16385, 2**32 - 1)))
     kind = draw(st.integers(0, 13))
     if kind == 0:
-        return _frame(draw(st.sampled_from((0, 1, 2, 3, 0x0E, 0x0F))))
+        return frame(draw(st.sampled_from((0, 1, 2, 3, 0x0E, 0x0F))))
     if kind == 1:
-        return _frame(4, U32.pack(index % 2**32))
+        return frame(4, U32.pack(index % 2**32))
     if kind == 2:
         nbytes = (n + 7) // 8
         bits = bytearray(draw(st.binary(min_size=nbytes, max_size=nbytes)))
         if n % 8 and draw(st.booleans()):
             bits[-1] &= (0xFF << (8 - n % 8)) & 0xFF  # spare bits zero (valid)
-        return _frame(5, bytes(bits))
+        return frame(5, bytes(bits))
     if kind in (3, 4, 5):
         mid = (6, 8, 0x10)[kind - 3]
-        return _frame(mid, struct.pack(">III", index % 2**32, begin % 2**32, length % 2**32))
+        return frame(mid, struct.pack(">III", index % 2**32, begin % 2**32, length % 2**32))
     if kind == 6:
         blen = draw(st.sampled_from((1, 100, 16384, min(16384, max(1, size - begin)))))
-        return _frame(7, struct.pack(">II", index % 2**32, begin % 2**32) + bytes(blen))
+        return frame(7, struct.pack(">II", index % 2**32, begin % 2**32) + bytes(blen))
     if kind == 7:
-        return _frame(9, struct.pack(">H", draw(st.integers(0, 0xFFFF))))
+        return frame(9, struct.pack(">H", draw(st.integers(0, 0xFFFF))))
     if kind in (8, 9):
-        return _frame(draw(st.sampled_from((0x0D, 0x11))), U32.pack(index % 2**32))
+        return frame(draw(st.sampled_from((0x0D, 0x11))), U32.pack(index % 2**32))
     if kind == 10:
-        return _frame(20, b"\x00" + draw(ext_payloads))
+        return frame(20, b"\x00" + draw(ext_payloads))
     if kind == 11:
-        return _frame(20, bytes((draw(st.integers(1, 255)),)) + draw(st.binary(max_size=200)))
+        return frame(20, bytes((draw(st.integers(1, 255)),)) + draw(st.binary(max_size=200)))
     if kind == 12:  # unknown ids are skipped
-        return _frame(draw(st.sampled_from((10, 11, 12, 21, 0x80, 0xFF))), draw(st.binary(max_size=40)))
+        return frame(draw(st.sampled_from((10, 11, 12, 21, 0x80, 0xFF))), draw(st.binary(max_size=40)))
     return U32.pack(0)  # keep-alive
 
 
@@ -173,15 +171,15 @@ def wire_message(draw: st.DrawFn, geo: Geometry) -> bytes:
 def bad_tail(draw: st.DrawFn) -> bytes:
     """One hostile message to end a feed of valid ones with (the pattern that once killed us)."""
     return draw(st.sampled_from((
-        _frame(20, b"\x00xyz"),  # extended handshake that is not bencode
-        _frame(20, b"\x00" + deep(b"l", 2000)),
+        frame(20, b"\x00xyz"),  # extended handshake that is not bencode
+        frame(20, b"\x00" + deep(b"l", 2000)),
         U32.pack(0xFFFFFFFF) + b"\x14\x00",  # length prefix near 2**32
         U32.pack(0xFFFFFFFE) + b"\x07",
         U32.pack(0x100002) + b"\x14\x01",  # just over the extended cap
-        _frame(7, b"\x00" * 8),  # piece without a block
-        _frame(5, b"\xff" * 300),  # bitfield of the wrong size
-        _frame(20),  # extended without an id
-        _frame(6, b"\x00" * 11),  # request of the wrong size
+        frame(7, b"\x00" * 8),  # piece without a block
+        frame(5, b"\xff" * 300),  # bitfield of the wrong size
+        frame(20),  # extended without an id
+        frame(6, b"\x00" * 11),  # request of the wrong size
     )))
 
 
@@ -354,10 +352,6 @@ META_HASH = hashlib.sha1(META_INFO).digest()
 META_SIZE = len(META_INFO)
 
 
-def _ext_frame(ext_id: int, payload: bytes) -> bytes:
-    return U32.pack(2 + len(payload)) + bytes((20, ext_id)) + payload
-
-
 @st.composite
 def metadata_message(draw: st.DrawFn) -> bytes:
     npieces = -(-META_SIZE // METADATA_PIECE_LEN)
@@ -365,7 +359,7 @@ def metadata_message(draw: st.DrawFn) -> bytes:
     if kind == 0:  # a BEP 10 handshake offering ut_metadata
         hs = {b"m": {b"ut_metadata": draw(st.sampled_from((3, 3, 0, 256, -1)))},
               b"metadata_size": draw(st.sampled_from((META_SIZE, META_SIZE, META_SIZE + 1, 0, 2**40)))}
-        return _ext_frame(0, bencode.encode(hs) if draw(st.booleans()) else draw(ext_payloads))
+        return ext_frame(0, bencode.encode(hs) if draw(st.booleans()) else draw(ext_payloads))
     piece = draw(st.sampled_from((*range(npieces), *range(npieces), npieces, -1, 2**20, 2**64)))
     if kind <= 3:  # data, mostly right
         start = piece * METADATA_PIECE_LEN if 0 <= piece < npieces else 0
@@ -374,12 +368,12 @@ def metadata_message(draw: st.DrawFn) -> bytes:
             body = draw(mutated(body))
         total = draw(st.sampled_from((META_SIZE,) * 6 + (META_SIZE - 1, 0, -5, 2**40)))
         head = {b"msg_type": MSG_DATA, b"piece": piece, b"total_size": total}
-        return _ext_frame(LOCAL_UT_METADATA_ID, bencode.encode(head) + body)
+        return ext_frame(LOCAL_UT_METADATA_ID, bencode.encode(head) + body)
     if kind == 4:
         head = {b"msg_type": draw(st.sampled_from((MSG_REQUEST, MSG_REJECT, 7, -1))), b"piece": piece}
-        return _ext_frame(LOCAL_UT_METADATA_ID, bencode.encode(head))
+        return ext_frame(LOCAL_UT_METADATA_ID, bencode.encode(head))
     if kind == 5:
-        return _ext_frame(LOCAL_UT_METADATA_ID, draw(mutated_from(bvalues.map(bencode.encode))))
+        return ext_frame(LOCAL_UT_METADATA_ID, draw(mutated_from(bvalues.map(bencode.encode))))
     return draw(wire_message(DEFAULT_GEO))  # other messages are skipped (kept for the hand-over)
 
 
@@ -388,10 +382,10 @@ def metadata_inputs(draw: st.DrawFn) -> tuple[bool, bytes, tuple[int, ...]]:
     msgs = draw(st.lists(metadata_message(), max_size=10))
     if draw(st.booleans()):  # a peer that serves the whole info dict, among other messages
         hs = bencode.encode({b"m": {b"ut_metadata": 3}, b"metadata_size": META_SIZE})
-        good = [_ext_frame(LOCAL_UT_METADATA_ID, bencode.encode({b"msg_type": MSG_DATA, b"piece": i, b"total_size": META_SIZE})
+        good = [ext_frame(LOCAL_UT_METADATA_ID, bencode.encode({b"msg_type": MSG_DATA, b"piece": i, b"total_size": META_SIZE})
                            + META_INFO[i * METADATA_PIECE_LEN : (i + 1) * METADATA_PIECE_LEN])
                 for i in range(-(-META_SIZE // METADATA_PIECE_LEN))]
-        msgs = [_ext_frame(0, hs)] + msgs[: len(msgs) // 2] + good + msgs[len(msgs) // 2 :]
+        msgs = [ext_frame(0, hs)] + msgs[: len(msgs) // 2] + good + msgs[len(msgs) // 2 :]
     stream = b"".join(msgs)
     if draw(st.integers(0, 3)) == 0:
         stream = draw(mutated(stream))

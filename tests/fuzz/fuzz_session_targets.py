@@ -21,7 +21,6 @@ Contract (STYLE.md section 13):
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import hashlib
 import os
@@ -30,9 +29,9 @@ import struct
 import tempfile
 from typing import Any
 
-from fuzzkit import Target, bvalues, call, check, mutated, register, split
+from fuzzkit import U32, Target, bvalues, call, check, ext_frame, frame, mutated, register, split
 from hypothesis import strategies as st
-from sessionkit import LoopPart
+from sessionkit import LoopPart, temp_torrent
 
 from minibt import bencode
 from minibt.actions import Dial
@@ -47,13 +46,11 @@ from minibt.metadata import (
     decode_metadata_msg,
     encode_metadata_msg,
 )
-from minibt.metainfo import create_torrent, parse_metainfo
 from minibt.peer import PeerSource
 from minibt.settings import Encryption, Mode, SessionConfig
 from minibt.wire import PeerWire
 from minibt.wire_codec import Cancel, Extended, Piece, Request
 
-U32 = struct.Struct(">I")
 PLEN = 32768
 BLOCK = 16384
 TOTAL = 2 * PLEN + 1000  # pieces of 2, 2 and 1 blocks; the last one short
@@ -64,18 +61,7 @@ PEER_ADDR = ("127.0.0.2", 51413)
 READ = 1 << 20  # what the driver drains from minibt's outbox per step
 
 
-def _make_torrent() -> tuple[Any, str]:
-    d = tempfile.mkdtemp(prefix="minibt-fuzz-session.")
-    atexit.register(shutil.rmtree, d, True)
-    src = os.path.join(d, "payload.bin")
-    with open(src, "wb") as f:
-        f.write(PAYLOAD)
-    meta = parse_metainfo(create_torrent(src, piece_length=PLEN))
-    os.unlink(src)
-    return meta, d
-
-
-META, WORK = _make_torrent()
+META, WORK = temp_torrent("minibt-fuzz-session.", "payload.bin", PAYLOAD, PLEN)
 INFO = bytes(META.info)
 DOWNLOAD, SEED, MAGNET = 0, 1, 2  # what the session does with the torrent (input[0] % 3; False/True are 0/1)
 LIMITED = 3  # input[0] // 3 % 2 == 1: global upload and download limits (ratelimit.py), so requests wait for tokens
@@ -85,14 +71,6 @@ LIMIT_BPS = 20 * 1024.0  # about one block a second: a second request waits
 
 def _piece_size(i: int) -> int:
     return TOTAL - PLEN * (NPIECES - 1) if i == NPIECES - 1 else PLEN
-
-
-def _frame(mid: int, payload: bytes = b"") -> bytes:
-    return U32.pack(1 + len(payload)) + bytes((mid,)) + payload
-
-
-def _ext(ext_id: int, payload: bytes) -> bytes:
-    return _frame(20, bytes((ext_id,)) + payload)
 
 
 # ------------------------------------------------------------------------------------------ messages
@@ -132,7 +110,7 @@ def piece_message(draw: st.DrawFn) -> bytes:
             data = data[:k] + bytes((data[k] ^ 0xFF,)) + data[k + 1 :]
     else:
         data = bytes(max(1, min(length, BLOCK)))
-    return _frame(7, struct.pack(">II", i % 2**32, begin % 2**32) + data)
+    return frame(7, struct.pack(">II", i % 2**32, begin % 2**32) + data)
 
 
 def _compact(draw: st.DrawFn, v6: bool) -> bytes:
@@ -164,7 +142,7 @@ def pex_message(draw: st.DrawFn) -> bytes:
     payload = bencode.encode(d)
     if draw(st.integers(0, 5)) == 0:
         payload = draw(mutated(payload))
-    return _ext(LOCAL_UT_PEX_ID, payload)
+    return ext_frame(LOCAL_UT_PEX_ID, payload)
 
 
 @st.composite
@@ -179,7 +157,7 @@ def holepunch_message(draw: st.DrawFn) -> bytes:
         body += U32.pack(draw(st.sampled_from((0, 1, 2, 3, 4, 5, 2**32 - 1))))
     if draw(st.integers(0, 5)) == 0:
         body = draw(mutated(body))
-    return _ext(LOCAL_UT_HOLEPUNCH_ID, body)
+    return ext_frame(LOCAL_UT_HOLEPUNCH_ID, body)
 
 
 @st.composite
@@ -189,7 +167,7 @@ def metadata_message(draw: st.DrawFn) -> bytes:
     if head[b"msg_type"] == 1:
         head[b"total_size"] = draw(st.sampled_from((len(META.info), 1, 2**40)))
     payload = bencode.encode(head) + (draw(st.binary(max_size=64)) if head[b"msg_type"] == 1 else b"")
-    return _ext(LOCAL_UT_METADATA_ID, payload)
+    return ext_frame(LOCAL_UT_METADATA_ID, payload)
 
 
 @st.composite
@@ -203,7 +181,7 @@ def ext_handshake(draw: st.DrawFn) -> bytes:
         d[b"p"] = draw(st.sampled_from((6881, 0, 65535)))
     if draw(st.integers(0, 3)) == 0:
         d[b"yourip"] = draw(st.sampled_from((b"\x7f\x00\x00\x01", b"\x01\x02", bytes(16))))
-    return _ext(0, bencode.encode(d))
+    return ext_frame(0, bencode.encode(d))
 
 
 @st.composite
@@ -211,29 +189,29 @@ def simple_message(draw: st.DrawFn, fast: bool) -> bytes:
     """A core message (BEP 3), or one of the fast extension's (BEP 6) when it was negotiated."""
     kind = draw(st.integers(0, 9 if fast else 5))
     if kind == 0:  # choke, unchoke, interested, not interested
-        return _frame(draw(st.sampled_from((0, 1, 1, 1, 2, 2, 3))))
+        return frame(draw(st.sampled_from((0, 1, 1, 1, 2, 2, 3))))
     if kind == 1:
-        return _frame(4, U32.pack(draw(indexes) % 2**32))
+        return frame(4, U32.pack(draw(indexes) % 2**32))
     if kind in (2, 3):  # request, cancel
         i, begin, length = draw(block_at())
-        return _frame((6, 8)[kind - 2], struct.pack(">III", i % 2**32, begin % 2**32, length % 2**32))
+        return frame((6, 8)[kind - 2], struct.pack(">III", i % 2**32, begin % 2**32, length % 2**32))
     if kind == 4:
-        return _frame(9, struct.pack(">H", draw(st.sampled_from((0, 6881, 65535)))))
+        return frame(9, struct.pack(">H", draw(st.sampled_from((0, 6881, 65535)))))
     if kind == 5:
         return U32.pack(0)  # keep-alive
     if kind == 6:  # have all, have none (as a first message they stand for the bitfield)
-        return _frame(draw(st.sampled_from((0x0E, 0x0F))))
+        return frame(draw(st.sampled_from((0x0E, 0x0F))))
     if kind == 7:
         i, begin, length = draw(block_at())
-        return _frame(0x10, struct.pack(">III", i % 2**32, begin % 2**32, length % 2**32))
-    return _frame(draw(st.sampled_from((0x0D, 0x11))), U32.pack(draw(indexes) % 2**32))  # suggest, allowed fast
+        return frame(0x10, struct.pack(">III", i % 2**32, begin % 2**32, length % 2**32))
+    return frame(draw(st.sampled_from((0x0D, 0x11))), U32.pack(draw(indexes) % 2**32))  # suggest, allowed fast
 
 
 @st.composite
 def out_of_place(draw: st.DrawFn) -> bytes:
     """A message a peer may not send here: a late bitfield, a fast or extended one not negotiated."""
-    return draw(st.sampled_from((_frame(5, b"\xe0"), _frame(5, b"\xff"), _frame(0x0E), _frame(0x10, bytes(12)),
-                                 _ext(0, b"de"), _ext(LOCAL_UT_PEX_ID, b"de"))))
+    return draw(st.sampled_from((frame(5, b"\xe0"), frame(5, b"\xff"), frame(0x0E), frame(0x10, bytes(12)),
+                                 ext_frame(0, b"de"), ext_frame(LOCAL_UT_PEX_ID, b"de"))))
 
 
 @st.composite
@@ -241,7 +219,7 @@ def request_run(draw: st.DrawFn) -> bytes:
     """Requests for real blocks, as a leecher sends them."""
     blocks = [(i, b, min(BLOCK, _piece_size(i) - b)) for i in range(NPIECES) for b in (0, BLOCK) if b < _piece_size(i)]
     picked = draw(st.lists(st.sampled_from(blocks), min_size=1, max_size=5))
-    return b"".join(_frame(6, struct.pack(">III", *blk)) for blk in picked)
+    return b"".join(frame(6, struct.pack(">III", *blk)) for blk in picked)
 
 
 def messages(fast: bool, ext: bool, seed: bool) -> st.SearchStrategy[bytes]:
@@ -261,21 +239,21 @@ def opening(draw: st.DrawFn, fast: bool, ext: bool, seed: bool, magnet: bool) ->
     out = b""
     have = draw(st.sampled_from(("some", "none", "nothing") if seed else ("all", "all", "some", "none", "nothing")))
     if have == "all":
-        out += _frame(0x0E) if fast and draw(st.booleans()) else _frame(5, b"\xe0")
+        out += frame(0x0E) if fast and draw(st.booleans()) else frame(5, b"\xe0")
     elif have == "some":
-        out += _frame(5, draw(st.sampled_from((b"\x80", b"\x40", b"\xa0", b"\x20"))))
+        out += frame(5, draw(st.sampled_from((b"\x80", b"\x40", b"\xa0", b"\x20"))))
     elif have == "none" and fast:
-        out += _frame(0x0F)
+        out += frame(0x0F)
     if magnet and ext and draw(st.integers(0, 5)):
         size = draw(st.sampled_from((len(INFO), len(INFO), len(INFO) + 1, 0)))
-        out += _ext(0, bencode.encode({b"m": {b"ut_metadata": draw(st.sampled_from((2, 9))), b"ut_pex": 1},
+        out += ext_frame(0, bencode.encode({b"m": {b"ut_metadata": draw(st.sampled_from((2, 9))), b"ut_pex": 1},
                                        b"metadata_size": size}))
     elif ext and draw(st.integers(0, 3)):
         out += draw(ext_handshake())
     if draw(st.integers(0, 3)):
-        out += _frame(1)  # unchoke
+        out += frame(1)  # unchoke
     if seed or draw(st.booleans()):
-        out += _frame(2)  # interested
+        out += frame(2)  # interested
     return out
 
 
@@ -416,14 +394,14 @@ class _Driver(LoopPart):
             data = INFO[piece * METADATA_PIECE_LEN : (piece + 1) * METADATA_PIECE_LEN]
             if lie >> (n % 8) & 1 and data:
                 data = bytes((data[0] ^ 1,)) + data[1:]
-            out += _ext(LOCAL_UT_METADATA_ID, encode_metadata_msg(MSG_DATA, piece, len(INFO), data))
+            out += ext_frame(LOCAL_UT_METADATA_ID, encode_metadata_msg(MSG_DATA, piece, len(INFO), data))
         self.info_requested = []
         for n, (i, begin, length) in enumerate(self.requested):
             off = i * PLEN + begin
             data = PAYLOAD[off : off + length]
             if lie >> (n % 8) & 1:
                 data = bytes((data[0] ^ 1,)) + data[1:]
-            out += _frame(7, struct.pack(">II", i, begin) + data)
+            out += frame(7, struct.pack(">II", i, begin) + data)
         self.requested = []
         if out:
             self.feed(out, ())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
+import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -237,6 +238,19 @@ def save_finding(target: Target, inp: Any, finding: BaseException, directory: Pa
 
 
 # -------------------------------------------------------------------------- feeding and mutation
+
+
+U32 = struct.Struct(">I")
+
+
+def frame(mid: int, payload: bytes = b"") -> bytes:
+    """A BEP 3 peer-wire message: its 4-byte length, its id, its payload."""
+    return U32.pack(1 + len(payload)) + bytes((mid,)) + payload
+
+
+def ext_frame(ext_id: int, payload: bytes) -> bytes:
+    """A BEP 10 extended message (id 20) for extension ``ext_id`` (0: the extension handshake)."""
+    return frame(20, bytes((ext_id,)) + payload)
 
 
 def split(data: bytes, plan: Sequence[int]) -> list[bytes]:

@@ -9,7 +9,11 @@ the time limit) and fails the input when the session recorded a contained fault,
 
 from __future__ import annotations
 
+import atexit
+import os
 import random
+import shutil
+import tempfile
 from typing import Any
 
 from fuzzkit import call, check
@@ -17,6 +21,7 @@ from fuzzkit import call, check
 from minibt.actions import Close, Datagram, Dial, LookupDhtNode
 from minibt.effects import HashPiece, SaveResume
 from minibt.errors import CloseReason
+from minibt.metainfo import Metainfo, create_torrent, parse_metainfo
 from minibt.session import Session
 from minibt.settings import SessionConfig
 from minibt.urls import Addr
@@ -24,6 +29,18 @@ from minibt.workers import InlineHasher
 
 MAX_ROUNDS = 50  # rounds of take_actions per step (each hash result may bring more actions)
 
+
+def temp_torrent(prefix: str, name: str, payload: bytes, piece_length: int) -> tuple[Metainfo, str]:
+    """A single-file torrent of ``payload`` named ``name``, and the temporary directory (removed at exit) that
+    its session downloads into or seeds from; the source file is gone, so the directory starts empty."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, d, True)
+    src = os.path.join(d, name)
+    with open(src, "wb") as f:
+        f.write(payload)
+    meta = parse_metainfo(create_torrent(src, piece_length=piece_length))
+    os.unlink(src)
+    return meta, d
 
 class LoopPart:
     def __init__(self, name: str, config: SessionConfig, *, seed: int, now: float, resolve_to: Addr | None = None) -> None:
