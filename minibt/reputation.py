@@ -11,7 +11,9 @@ Rules (issue 3, after Net::BitTorrent's Peer documentation):
 
 Pure: no I/O; callers pass digests in.  Outputs are events (``ReputationChanged``, ``Banned``).
 Memory is bounded: at most ``max_ips`` scores (least recently touched dropped first; banned IPs are
-kept) and ``max_ledger_pieces`` pieces in the ledger.
+kept), ``max_bans`` bans (the oldest lifted first: a hostile swarm of many addresses, an IPv6 prefix
+say, cannot grow the table; a lifted IP has to misbehave again to be banned again) and
+``max_ledger_pieces`` pieces in the ledger.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ REPUTATION_CUT = 50  # at or below: disconnect and ban for the session
 PIECE_OK_POINTS = 1
 PIECE_BAD_POINTS = 20
 MAX_IPS = 4096  # bounded table (STYLE.md section 7)
+MAX_BANS = 1024  # bounded table: about 0.3 MiB of addresses and reasons (budget.py SESSION_TABLES_BYTES)
 MAX_LEDGER_PIECES = 64
 MAX_LEDGER_ATTEMPTS = 8  # failed attempts remembered per piece
 # Block records in the whole ledger (oldest pieces dropped beyond): 64 pieces x 8 attempts of a 4 MiB piece
@@ -72,17 +75,21 @@ class Reputation:
         cut: int = REPUTATION_CUT,
         max_ips: int = MAX_IPS,
         max_ledger_pieces: int = MAX_LEDGER_PIECES,
+        max_bans: int = MAX_BANS,
     ) -> None:
         self.start = start
         self.cut = cut
         self._max_ips = max_ips
         self._max_ledger = max_ledger_pieces
+        if max_bans < 1:
+            raise ValueError("max_bans must be >= 1")
+        self._max_bans = max_bans
         self._scores: OrderedDict[str, int] = OrderedDict()
-        self._banned: dict[str, str] = {}
+        self._banned: dict[str, str] = {}  # in the order banned (the oldest is lifted first)
         # (torrent key, piece) -> one list of block records per failed attempt
         self._ledger: OrderedDict[tuple[bytes, int], list[list[BlockRecord]]] = OrderedDict()
         self._ledger_records = 0
-        self.counters = {"pieces_blamed": 0, "honest_spared": 0, "bans": 0}
+        self.counters = {"pieces_blamed": 0, "honest_spared": 0, "bans": 0, "bans_lifted": 0}
 
     # ------------------------------------------------------------------ scores and bans
 
@@ -114,6 +121,11 @@ class Reputation:
     def ban(self, ip: str, reason: str) -> list[RepEvent]:
         if ip in self._banned:
             return []
+        while len(self._banned) >= self._max_bans:  # the table is full: the oldest ban is lifted
+            oldest = next(iter(self._banned))
+            del self._banned[oldest]
+            self._scores.pop(oldest, None)
+            self.counters["bans_lifted"] += 1
         self._banned[ip] = reason
         self.counters["bans"] += 1
         return [Banned(ip, reason)]

@@ -120,7 +120,7 @@ def decode_resume(data: bytes, source: str = "<resume data>") -> ResumeData:
             raise StorageError(f"decode (bad pending: {e})", source) from e
     return ResumeData(
         info_hash, piece_length, num_pieces, have, tuple(sizes), uploaded, downloaded, saved_at, rules, renamed,
-        pending, boot.decode("ascii") or None,
+        pending, boot.decode("ascii") if pending and boot else None,  # a boot id says when ``pending`` was written
     )
 
 

@@ -30,6 +30,7 @@ from minibt.magnet import parse_magnet
 from minibt.metainfo import DEFAULT_MAX_METAINFO_BYTES, Metainfo, load_metainfo, parse_metainfo, read_capped
 from minibt.peer import PeerSource
 from minibt.procmem import peak_rss_bytes, process_sample
+from minibt.reputation import MAX_BANS
 from minibt.runplan import (
     DirWait,
     JobOutcome,
@@ -37,6 +38,7 @@ from minibt.runplan import (
     hook_argv,
     in_windows,
     once_exit_code,
+    persisted_jobs,
     plan_reload,
     state_key,
     stop_reason,
@@ -128,8 +130,10 @@ class Runner:
         self._removing: dict[str, Job] = {}
         self._pending_add: list[TorrentEntry] = []
         self._hooks: list[Any] = []
-        persisted = read_json(os.path.join(cfg.state_dir, STATE_NAME))
-        self._persist: dict[str, Any] = persisted if isinstance(persisted, dict) else {}
+        self._persist, damaged = persisted_jobs(read_json(os.path.join(cfg.state_dir, STATE_NAME)))
+        if damaged:
+            log.warning("%s: %d damaged torrent records (their seeding time, completion hook or stop reset)",
+                        os.path.join(cfg.state_dir, STATE_NAME), damaged)
         self._saved_state: dict[str, Any] | None = None
         self._saved_bans: dict[str, str] | None = None
         self._dht_saved_at = 0.0
@@ -198,12 +202,12 @@ class Runner:
             return
         info_hash = meta.info_hash if meta is not None else entry.magnet.info_hash  # type: ignore[union-attr]
         job = Job(entry, info_hash, meta)
-        st = self._persist.get(job.key, {})
-        if isinstance(st, dict):
-            job.seed_s = float(st.get("seed_s", 0.0))
-            job.hook_done = bool(st.get("hook_done", False))
-            fin = st.get("finished")
-            same_stop = st.get("finished_for") == [entry.seed_ratio, entry.seed_time_s]
+        st = self._persist.get(job.key)
+        if st is not None:
+            job.seed_s = st["seed_s"]
+            job.hook_done = st["hook_done"]
+            fin = st["finished"]
+            same_stop = st["finished_for"] == [entry.seed_ratio, entry.seed_time_s]
             # A torrent that reached its stop condition stays stopped until that condition is changed.
             job.finished = fin if isinstance(fin, str) and same_stop and not self.once else None
         self.jobs[job.ih] = job
@@ -602,8 +606,8 @@ class Runner:
 
     def _load_bans(self) -> None:
         bans = read_json(os.path.join(self.cfg.state_dir, BANS_NAME))
-        if isinstance(bans, dict):
-            for ip, why in bans.items():
+        if isinstance(bans, dict):  # at most MAX_BANS of them (a longer list: an older minibt's, or not minibt's)
+            for ip, why in list(bans.items())[-MAX_BANS:]:
                 if isinstance(ip, str) and isinstance(why, str):
                     self.client.session.ban(ip, why if why.endswith("(remembered)") else f"{why} (remembered)")
 

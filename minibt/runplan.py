@@ -8,6 +8,7 @@ applies them; tests/unit/test_runner_logic.py checks them.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from minibt.sha1 import sha1
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: `download` (cli.py imports the exit codes) needs no config-file parser
+    from typing import Any
+
     from minibt.configfile import TimeWindow, TorrentEntry
 
 DAY_S = 86400.0
@@ -117,6 +120,35 @@ def state_key(info_hash_hex: str, directory: str) -> str:
                 _KEYS.clear()
             _KEYS[(info_hash_hex, directory)] = key
     return key
+
+
+def persisted_jobs(doc: object) -> tuple[dict[str, dict[str, Any]], int]:
+    """The runner's per-torrent records from ``runner-state.json`` with every field checked, and how many
+    records were damaged (not a record at all, or a field of the wrong type: that field is reset).
+
+    A record is ``{"seed_s": seconds seeded, "hook_done": bool, "finished": why it stopped or None,
+    "finished_for": [seed_ratio, seed_time_s] it stopped under}``.  A file cut short by a power cut is not
+    JSON and reads as no records (statusfile.read_json); one whose content is of another shape (a damaged
+    card, a hand edit, another version) must not stop ``minibt run`` from starting either: a damaged
+    seeding time counts from zero, a damaged hook flag reads as not run, a damaged stop as not stopped."""
+    out: dict[str, dict[str, Any]] = {}
+    damaged = 0
+    if not isinstance(doc, dict):
+        return out, 0 if doc is None else 1
+    for key, rec in doc.items():
+        if not isinstance(rec, dict):
+            damaged += 1
+            continue
+        seed_s, hook, fin, fin_for = (rec.get(k) for k in ("seed_s", "hook_done", "finished", "finished_for"))
+        ok_seed = isinstance(seed_s, int | float) and not isinstance(seed_s, bool) and 0 <= seed_s < 1e15
+        if not ok_seed or not isinstance(hook, bool) or not (fin is None or isinstance(fin, str)) or not (
+                fin_for is None or isinstance(fin_for, list)):
+            damaged += 1
+        out[key] = {"seed_s": float(seed_s) if ok_seed and math.isfinite(seed_s) else 0.0,  # type: ignore[arg-type]
+                    "hook_done": hook is True,
+                    "finished": fin if isinstance(fin, str) else None,
+                    "finished_for": fin_for if isinstance(fin_for, list) else None}
+    return out, damaged
 
 
 def hook_argv(hook: tuple[str, ...], name: str, path: str) -> list[str]:

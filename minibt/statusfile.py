@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import grp
 import json
+import math
 import os
 import re
 import stat
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 MAX_STATE_FILE_BYTES = 16 << 20  # never read a bigger state file into memory
+MAX_STATE_DEPTH = 32  # containers nested deeper: not a file the runner wrote (its own are at most 4 deep)
 STATE_DIR_MODE = 0o750  # owner writes, the daemon's group (the administrator) reads, others nothing
 STATE_FILE_MODE = 0o640  # status.json, runner-state.json, bans.json: no secrets in them
 LOCK_NAME = "minibt.lock"
@@ -121,11 +123,26 @@ def read_status(path: str) -> dict[str, Any] | None:
         return None
     if len(raw) > MAX_STATE_FILE_BYTES:
         return None
+    doc = parse_json(raw)
+    return doc if isinstance(doc, dict) else None
+
+
+def parse_json(raw: bytes) -> Any:
+    """A state file's JSON document, or None if it is not JSON (a write cut short, a damaged card) or is nested
+    deeper than MAX_STATE_DEPTH (the runner's own files are a few levels deep; ``json`` recurses per level, so
+    a file of ``[[[[...`` would otherwise raise RecursionError, and printing one just under the limit too)."""
     try:
         doc = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    return doc if isinstance(doc, dict) else None
+    todo = [(doc, 0)]
+    while todo:
+        v, depth = todo.pop()
+        if isinstance(v, dict | list):
+            if depth >= MAX_STATE_DEPTH:
+                return None
+            todo.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return doc
 
 
 _STATE_DIR_LINE = re.compile(r"""^\s*state_dir\s*=\s*(?:"([^"\\]*)"|'([^']*)')\s*(?:#.*)?$""")
@@ -144,7 +161,7 @@ def pid_alive(pid: object) -> bool:
         os.kill(pid, 0)
     except PermissionError:
         return True
-    except OSError:  # ESRCH: no such process (or a pid out of range)
+    except (OSError, OverflowError):  # ESRCH: no such process; a pid out of range (OverflowError past a C int)
         return False
     return True
 
@@ -214,7 +231,7 @@ def _default_state_dir(base: str) -> str:
 
 
 def read_json(path: str) -> Any:
-    """The JSON in ``path``, or None if it is missing, too big or not valid JSON."""
+    """The JSON in ``path``, or None if it is missing, too big, not valid JSON or nested too deep (parse_json)."""
     try:
         with open(path, "rb") as f:
             raw = read_capped(f, MAX_STATE_FILE_BYTES)
@@ -222,41 +239,52 @@ def read_json(path: str) -> Any:
         return None
     if len(raw) > MAX_STATE_FILE_BYTES:
         return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
+    return parse_json(raw)
 
 
-def _bytes(n: float | None) -> str:
-    if n is None:
+def _num(v: object) -> float | None:
+    """A finite number from a status document (a damaged or foreign file may hold anything there), else None."""
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        f = float(v) if not isinstance(v, int) or -(2**1023) < v < 2**1023 else math.inf
+        return f if math.isfinite(f) else None
+    return None
+
+
+def _obj(v: object) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
+def _bytes(n: object) -> str:
+    v = _num(n)
+    if v is None:
         return "-"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+        if abs(v) < 1024 or unit == "TiB":
+            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
+        v /= 1024
+    return f"{v:.1f} TiB"  # pragma: no cover - the loop returns at TiB
 
 
-def _limit(v: float | None) -> str:
-    return "unlimited" if not v else f"{_bytes(v)}/s"
+def _limit(v: object) -> str:
+    return "unlimited" if not _num(v) else f"{_bytes(v)}/s"
 
 
 def format_status(st: dict[str, Any], *, now_wall: float, pid_alive: bool, touched_at: float = 0.0) -> list[str]:
     """Human-readable lines for one status JSON document; ``touched_at``: the file's mtime (the runner
-    touches it while the content stays the same, runner.STATUS_HEARTBEAT_S)."""
+    touches it while the content stays the same, runner.STATUS_HEARTBEAT_S).  A field of the wrong type
+    (a damaged file, another version's) shows as missing: ``minibt status`` never fails on the content."""
     lines = []
-    age = now_wall - max(float(st.get("updated_at", 0.0)), touched_at)
+    age = now_wall - max(_num(st.get("updated_at")) or 0.0, touched_at)
     running = st.get("running") and pid_alive
     head = f"minibt {st.get('mode', '?')} pid {st.get('pid')}: " + (
         f"running, port {st.get('listen_port')}" if running else "not running (last status shown)"
     )
     lines.append(head + f"; updated {age:.0f} s ago")
-    proc = st.get("process") or {}
-    lim = st.get("limits") or {}
+    proc = _obj(st.get("process"))
+    lim = _obj(st.get("limits"))
     lines.append(
         f"memory {_bytes(proc.get('rss_bytes'))} (peak {_bytes(proc.get('peak_rss_bytes'))}, "
-        f"budget {_bytes(lim.get('memory_budget_bytes'))}), cpu {float(proc.get('cpu_percent') or 0):.1f}% "
+        f"budget {_bytes(lim.get('memory_budget_bytes'))}), cpu {_num(proc.get('cpu_percent')) or 0:.1f}% "
         f"({proc.get('cpu_seconds', 0)} s)"
     )
     lines.append(
@@ -267,9 +295,11 @@ def format_status(st: dict[str, Any], *, now_wall: float, pid_alive: bool, touch
     if isinstance(dht, dict):
         lines.append(f"dht: {dht.get('nodes', 0)} nodes in the table ({dht.get('good', 0)} good), "
                      f"{dht.get('store_info_hashes', 0)} info-hashes stored for others")
-    for t in st.get("torrents") or []:
-        prog = t.get("progress")
-        pct = "   -  " if prog is None else f"{float(prog) * 100:5.1f}%"
+    torrents = st.get("torrents")
+    torrents = [t for t in torrents if isinstance(t, dict)] if isinstance(torrents, list) else []
+    for t in torrents:
+        prog = _num(t.get("progress"))
+        pct = "   -  " if prog is None else f"{prog * 100:5.1f}%"
         state = str(t.get("state"))
         if t.get("finished"):
             state = "finished"
@@ -291,12 +321,13 @@ def format_status(st: dict[str, Any], *, now_wall: float, pid_alive: bool, touch
             extra += f"  dht: {dht.get('peers_found', 0)} peers found" + ("" if dht.get("done") else " (searching)")
         lines.append(
             f"{t.get('name')}: {state:11s} {pct}  down {_bytes(t.get('rate_down') or 0)}/s  "
-            f"up {_bytes(t.get('rate_up') or 0)}/s  peers {t.get('peers', 0)}  ratio {float(t.get('ratio') or 0):.2f}"
+            f"up {_bytes(t.get('rate_up') or 0)}/s  peers {t.get('peers', 0)}  ratio {_num(t.get('ratio')) or 0:.2f}"
             + extra
         )
-    if not st.get("torrents"):
+    if not torrents:
         lines.append("no torrents")
     watch = st.get("watch_dir")
     if isinstance(watch, dict) and watch.get("waiting"):
         lines.append(f"watch dir {watch.get('path')}: {watch['waiting']}")
-    return lines
+    # JSON may carry lone surrogates ("\\ud800"), which no terminal encoding prints: shown escaped instead
+    return [line.encode("utf-8", "backslashreplace").decode("utf-8") for line in lines]

@@ -8,6 +8,7 @@ import fuzz_mse_targets  # noqa: F401
 import fuzz_outside_targets  # noqa: F401
 import fuzz_peer_targets  # noqa: F401
 import fuzz_session_targets  # noqa: F401
+import fuzz_state_targets  # noqa: F401
 from fuzzkit import REGISTRY
 
 TARGETS = sorted(REGISTRY)

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+
 from minibt.reputation import Banned, BlockRecord, Reputation, ReputationChanged
 
 KEY = b"\x11" * 20
@@ -105,3 +107,28 @@ def test_without_a_listener_a_verified_piece_brings_no_change_events_but_a_settl
     evs = r.piece_passed(KEY, 3, ["h"], [d(g) for g in good], changed=False)
     assert [type(e) for e in evs] == [ReputationChanged, ReputationChanged, ReputationChanged, Banned]
     assert all(e.ip == "l" for e in evs) and r.is_banned("l") and r.score("h") == 101
+
+
+def test_ban_table_is_bounded_and_lifts_the_oldest_ban_first() -> None:
+    r = Reputation(max_bans=3)
+    for i in range(3):
+        r.adjust(f"2001:db8::{i}", -50, "abuse")
+    assert list(r.banned()) == ["2001:db8::0", "2001:db8::1", "2001:db8::2"]
+    assert r.counters["bans_lifted"] == 0
+    evs = r.ban("2001:db8::3", "by hand")
+    assert evs == [Banned("2001:db8::3", "by hand")]
+    assert list(r.banned()) == ["2001:db8::1", "2001:db8::2", "2001:db8::3"]
+    assert not r.is_banned("2001:db8::0") and r.counters["bans_lifted"] == 1
+    assert r.score("2001:db8::0") == 100  # lifted: it starts again, and must misbehave again to be banned
+    assert r.ban("2001:db8::3", "again") == [] and len(r.banned()) == 3  # banning a banned IP lifts nothing
+    # Many addresses, one ban each: the table never holds more than its bound.
+    big = Reputation()
+    for i in range(5000):
+        big.adjust(f"2001:db8::{i:x}", -60, "abuse")
+    assert len(big.banned()) == 1024 and big.counters["bans"] == 5000 and big.counters["bans_lifted"] == 5000 - 1024
+    assert big.is_banned("2001:db8::1387") and not big.is_banned("2001:db8::0")
+
+
+def test_ban_table_needs_room_for_one() -> None:
+    with pytest.raises(ValueError):
+        Reputation(max_bans=0)

@@ -189,6 +189,50 @@ def test_format_status_lines() -> None:
     assert "not running" in format_status(st, now_wall=103.0, pid_alive=False)[0]
 
 
+def test_format_status_shows_fields_of_the_wrong_type_as_missing() -> None:
+    """A damaged or foreign status file: ``minibt status`` prints what it can and never fails on the content."""
+    good = {"mode": "daemon", "pid": 1, "running": True, "listen_port": 6881, "updated_at": 100.0,
+            "process": {"rss_bytes": 30 * MIB, "cpu_percent": 2.5},
+            "torrents": [{"name": "a", "state": "seeding", "progress": 1.0, "ratio": 1.5}]}
+    assert format_status(good, now_wall=103.0, pid_alive=True)[3].startswith("a: seeding     100.0%")
+    bad = {"updated_at": "yesterday", "process": [1], "limits": {"upload_limit_bps": "fast"},
+           "torrents": ["a", 5, {"name": "b", "progress": "half", "ratio": [2], "rate_down": "x"}]}
+    lines = format_status(bad, now_wall=103.0, pid_alive=False)
+    assert lines[0] == "minibt ? pid None: not running (last status shown); updated 103 s ago"
+    assert lines[1] == "memory - (peak -, budget -), cpu 0.0% (0 s)" and lines[2] == "limits up unlimited, down unlimited"
+    assert lines[3] == "b: None           -    down -/s  up 0 B/s  peers 0  ratio 0.00"
+    for doc in ({"torrents": 5}, {"torrents": "abc"}, {"updated_at": None}, {"updated_at": 10**400},
+                {"updated_at": float("nan")}, {"process": {"rss_bytes": 1e309, "cpu_percent": True}}):
+        assert format_status(doc, now_wall=0.0, pid_alive=False)[-1] == "no torrents"
+    lone = json.loads('{"torrents": [{"name": "\\ud800x"}]}')  # a lone surrogate: no terminal can print it
+    line = format_status(lone, now_wall=0.0, pid_alive=False)[3]
+    assert line.startswith("\\ud800x: ") and line.encode("utf-8")
+
+
+def test_pid_alive_takes_any_value() -> None:
+    from minibt.statusfile import pid_alive
+
+    assert pid_alive(os.getpid())
+    for pid in (0, -1, True, "1", 1.0, None, 2**31, 2**70):
+        assert not pid_alive(pid), pid
+
+
+def test_damaged_runner_state_records_are_reset_not_fatal() -> None:
+    from minibt.runplan import persisted_jobs
+
+    ok = {"seed_s": 12.5, "hook_done": True, "finished": "seed ratio 1.00 >= 1", "finished_for": [1.0, None]}
+    assert persisted_jobs({"k": ok}) == ({"k": ok}, 0)
+    assert persisted_jobs({"k": {**ok, "finished": None, "finished_for": None, "seed_s": 3}}) == (
+        {"k": {**ok, "finished": None, "finished_for": None, "seed_s": 3.0}}, 0)
+    assert persisted_jobs(None) == ({}, 0)  # no file, or not JSON (a write cut short)
+    assert persisted_jobs([1, 2]) == ({}, 1)
+    reset = {"seed_s": 0.0, "hook_done": False, "finished": None, "finished_for": None}
+    for bad in ({"seed_s": "x"}, {"seed_s": -1}, {"seed_s": float("nan")}, {"seed_s": float("inf")}, {"seed_s": True},
+                {"seed_s": 10**400}, {"hook_done": "yes"}, {"finished": 3}, {"finished_for": "1"}):
+        assert persisted_jobs({"k": bad}) == ({"k": reset}, 1), bad
+    assert persisted_jobs({"k": "x", "j": ok}) == ({"j": ok}, 1)
+
+
 # ---------------------------------------------------------------------- the Runner against a stand-in client
 
 
@@ -396,6 +440,38 @@ def test_status_and_bans_are_written_and_bans_reloaded(tmp_path: Path, clock: Fa
     r2, client2, _ = make_runner(tmp_path, cfg, clock)
     r2.start()
     assert client2.session.reputation.banned() == {"10.0.0.9": "sent bad data (remembered)"}
+
+
+def test_a_damaged_runner_state_file_does_not_stop_the_runner(tmp_path: Path, clock: FakeClock) -> None:
+    cfg = make_cfg(tmp_path, 2, seed_ratio=1.0, on_complete=("/bin/notify",))
+    r, client, _ = make_runner(tmp_path, cfg, clock)
+    r.start()
+    r.save_state(force=True)
+    path = os.path.join(cfg.state_dir, "runner-state.json")
+    keys = sorted(read_json(path))
+    doc = {keys[0]: {"seed_s": "x", "hook_done": [1], "finished": 7, "finished_for": None},
+           keys[1]: {"seed_s": 30.0, "hook_done": True, "finished": "seed ratio 1.00 >= 1", "finished_for": [1.0, None]},
+           "other": ["not a record"]}
+    write_json_atomic(path, doc)
+    r2, client2, spawned = make_runner(tmp_path, cfg, clock)
+    r2.start()  # neither record stops it
+    assert len(client2.added) == 1  # the damaged record's torrent starts afresh; the stopped one stays stopped
+    r2.save_state(force=True)
+    saved = read_json(path)
+    assert saved[keys[1]]["seed_s"] == 30.0 and saved[keys[1]]["finished"].startswith("seed ratio")
+    assert saved[keys[0]]["seed_s"] == 0.0 and saved[keys[0]]["hook_done"] is False and "other" not in saved
+
+
+def test_a_long_bans_file_loads_at_most_the_ban_table(tmp_path: Path, clock: FakeClock) -> None:
+    cfg = make_cfg(tmp_path, 1)
+    os.makedirs(cfg.state_dir, exist_ok=True)
+    written = {f"10.0.{i >> 8}.{i & 255}": "sent bad data" for i in range(1500)}
+    write_json_atomic(os.path.join(cfg.state_dir, "bans.json"), written)
+    r, client, _ = make_runner(tmp_path, cfg, clock)
+    r.start()
+    banned = client.session.reputation.banned()
+    assert len(banned) == 1024 and set(banned) <= set(written)  # reputation.MAX_BANS: not 1,500 bans and log lines
+    assert set(banned.values()) == {"sent bad data (remembered)"}
 
 
 def test_status_command_reads_the_runner_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
