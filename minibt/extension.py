@@ -55,6 +55,13 @@ MAX_CLIENT_NAME_BYTES = 64  # convention: how much of a peer's 'v' we keep
 # 'yourip', 'p', 'reqq', 'v', BEP 9 'metadata_size'; byte strings up to MAX_KEPT_VALUE_BYTES.
 KEPT_KEYS = frozenset((b"e", b"upload_only", b"yourip", b"p", b"reqq", b"v", b"metadata_size"))
 MAX_KEPT_VALUE_BYTES = 64
+# Of the peer's 'm' (extension name -> id): every name minibt speaks, and at most MAX_OTHER_EXT_NAMES others of
+# at most MAX_KEPT_VALUE_BYTES (what a library user may look at).  All of it, a 32 KiB handshake of ~4,700
+# names, was ~335 KiB a connection (budget.py CONN_OBJECTS_BYTES allows 16 KiB).
+MAX_OTHER_EXT_NAMES = 16
+# pex.PEX_EXT_NAME, metadata.METADATA_EXT_NAME, holepunch.HP_EXT_NAME (spelled here: a download without a magnet
+# loads neither metadata.py nor holepunch.py; tests/unit/test_extension.py checks they agree)
+_SPOKEN = frozenset(("ut_pex", "ut_metadata", "ut_holepunch"))
 # Our local extended-message ids (BEP 10: the peer sends us these ids; 0 would mean disabled).
 LOCAL_UT_PEX_ID = 1
 LOCAL_UT_METADATA_ID = 2
@@ -94,9 +101,18 @@ def apply_peer_handshake(peer: PeerConnection, d: dict[bytes, object]) -> None:
                                                                (isinstance(v, bytes) and len(v) <= MAX_KEPT_VALUE_BYTES))}
     m = d.get(b"m")
     if isinstance(m, dict):
-        peer.ext_ids = {
-            k.decode("utf-8", "replace"): v for k, v in m.items() if isinstance(k, bytes) and isinstance(v, int)
-        }
+        ids: dict[str, int] = {}
+        others = 0
+        for k, v in m.items():
+            if not isinstance(k, bytes) or not isinstance(v, int) or len(k) > MAX_KEPT_VALUE_BYTES:
+                continue
+            name = k.decode("utf-8", "replace")
+            if name not in _SPOKEN:
+                if others >= MAX_OTHER_EXT_NAMES:
+                    continue
+                others += 1
+            ids[name] = v
+        peer.ext_ids = ids
     reqq = d.get(b"reqq")
     if isinstance(reqq, int) and reqq > 0:
         peer.reqq = min(reqq, MAX_PEER_REQQ)
@@ -176,7 +192,8 @@ class ExtensionRouter:
         self._links: dict[int, _PexLink] = {}
         self._info_bytes = info_bytes
         self._metadata: MetadataServer | None = None
-        self._counts = {"pex_sent": 0, "pex_received": 0, "pex_ignored_local": 0, "metadata_served": 0}
+        self._counts = {"pex_sent": 0, "pex_received": 0, "pex_ignored_local": 0, "metadata_served": 0,
+                        "metadata_busy": 0}
 
     @property
     def metadata(self) -> MetadataServer:
@@ -363,7 +380,13 @@ class ExtensionRouter:
             out.append(Emit(EventName.PEX_DROPPED, peer, addr=format_peer_addr(a)))
 
     def _on_metadata(self, peer: PeerConnection, payload: bytes, now: float, out: list[Effect]) -> None:
-        from minibt.metadata import METADATA_EXT_NAME, MSG_REQUEST, decode_metadata_msg
+        from minibt.metadata import (
+            METADATA_EXT_NAME,
+            MSG_REJECT,
+            MSG_REQUEST,
+            decode_metadata_msg,
+            encode_metadata_msg,
+        )
 
         msg, _ = decode_metadata_msg(payload)  # MetadataError propagates
         if msg.msg_type != MSG_REQUEST or msg.piece is None:
@@ -371,9 +394,13 @@ class ExtensionRouter:
         their_id = peer.ext_ids.get(METADATA_EXT_NAME, 0)
         if not 0 < their_id <= 255 or peer.wire is None:
             return  # it never told us where to send ut_metadata messages
-        peer.wire.extended(their_id, self.metadata.on_request(peer.cid, msg.piece, now=now))
+        if peer.wire.can_send():
+            peer.wire.extended(their_id, self.metadata.on_request(peer.cid, msg.piece, now=now))
+            self._counts["metadata_served"] += 1
+        else:  # it has not read what we sent it yet: no 16 KiB piece on top (the wire's hard cap closes a non-reader)
+            peer.wire.extended(their_id, encode_metadata_msg(MSG_REJECT, max(0, msg.piece)))
+            self._counts["metadata_busy"] += 1
         out.append(Flush(peer.cid))
-        self._counts["metadata_served"] += 1
 
     def stats(self) -> dict[str, int]:
         return {**self._counts, "pex_links": len(self._links), **{f"metadata_{k}": v for k, v in self.metadata.stats().items()}}

@@ -17,6 +17,10 @@ FETCH_KEEPALIVE_S = 60.0  # convention: well inside libtorrent's 120 s keep-aliv
 # Convention: the peer's bitfield/have/choke... frames kept for the hand-over to the peer wire (a
 # bitfield of a 4 GiB torrent in 16 KiB pieces is 32 KiB).  Over the cap, the peer is redialled.
 FETCH_REPLAY_MAX_BYTES = 1024 * 1024
+# Convention: what we queue while fetching is small (our handshake, our requests, rejects of theirs: we have no
+# metadata to serve).  A peer whose bytes find more than this queued for it reads nothing and is closed; each
+# of its requests queues a reject, and without a cap our memory grew as fast as it sent.
+FETCH_MAX_OUTBOX_BYTES = 256 * 1024
 _U32 = struct.Struct(">I")
 
 
@@ -25,7 +29,7 @@ class FetchLink:
 
     ``receive_data`` returns the extended messages as ``(ext_id, payload)``; every other message
     is skipped after its length was checked against the cap.  Raises WireError on an oversized
-    frame.  Outgoing bytes collect in an outbox drained by :meth:`data_to_send`.
+    frame, or when the peer's bytes find over FETCH_MAX_OUTBOX_BYTES queued for it.  Outgoing bytes collect in an outbox drained by :meth:`data_to_send`.
     """
 
     def __init__(self, *, now: float) -> None:
@@ -36,6 +40,9 @@ class FetchLink:
         self.replay_overflow = False
 
     def receive_data(self, data: bytes | memoryview) -> list[tuple[int, bytes]]:
+        if len(self._out) > FETCH_MAX_OUTBOX_BYTES:
+            raise WireError(CloseReason.PROTOCOL_VIOLATION,
+                            f"reads nothing of what it asks for: {len(self._out)} bytes queued for it")
         self._buf += data
         buf = self._buf
         out: list[tuple[int, bytes]] = []

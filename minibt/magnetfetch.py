@@ -85,6 +85,9 @@ FETCH_MAX_HALF_OPEN = 8
 # closed, so peers that cannot help do not hold the few fetch slots.
 FETCH_USELESS_AFTER_S = 30.0
 METADATA_BAD_PENALTY = 20  # reputation points for a copy that did not hash to the info-hash
+# convention (like the candidate pool): the handshaken peers' addresses kept for the hand-over, newest last; one
+# a connection (a peer repeating its BEP 10 handshake with another 'p' each time replaces its own entry)
+MAX_SERVED_BY = 1000
 UNKNOWN_LEFT = 1  # announce 'left' before the size is known: non-zero, so trackers count us as a leecher
 
 
@@ -142,7 +145,8 @@ class MagnetFetch:
         self.announcer = Announcer([[t] for t in magnet.trackers], rng, now=now)
         self.links: dict[int, PeerConnection] = {}  # cids past the BT handshake
         self.half_open: set[int] = set()
-        self.served_by: dict[Addr, PeerSource] = {}  # dialable addresses of handshaken peers
+        self.served_by: dict[Addr, PeerSource] = {}  # dialable addresses of handshaken peers (_served)
+        self._served_addr: dict[int, Addr] = {}  # cid -> its entry in served_by, while connected
         self._attached_at: dict[int, float] = {}  # cid -> when; dropped once it offers metadata
         self._last_connect_at = -1.0
         self.announcer.start(now=now)
@@ -202,7 +206,7 @@ class MagnetFetch:
         self.links[conn.cid] = conn
         self._attached_at[conn.cid] = now
         if conn.outgoing:
-            self.served_by[conn.addr] = conn.source
+            self._served(conn.cid, conn.addr, conn.source)
         self.candidates.connect_succeeded(conn.addr)
         # No bitfield / Have None yet: the peer wire that takes over after the metadata sends it as
         # our first core message (libtorrent, too, sends its BEP 10 handshake before its bitfield).
@@ -219,6 +223,7 @@ class MagnetFetch:
         if conn.outgoing and conn.handshake is not None:
             self.candidates.connect_failed(conn.addr, now=now)
         self._attached_at.pop(conn.cid, None)
+        self._served_addr.pop(conn.cid, None)
         if self.links.pop(conn.cid, None) is not None:
             self.fetcher.remove_peer(conn.cid)
             self.server.forget_peer(conn.cid)
@@ -230,6 +235,18 @@ class MagnetFetch:
         self.half_open.discard(cid)
         self.links.pop(cid, None)
         self._attached_at.pop(cid, None)
+        self._served_addr.pop(cid, None)
+
+    def _served(self, cid: int, addr: Addr, source: PeerSource) -> None:
+        """Remember ``addr`` (of connection ``cid``) for the hand-over; bounded (MAX_SERVED_BY)."""
+        old = self._served_addr.get(cid)
+        if old is not None and old != addr:
+            self.served_by.pop(old, None)
+        self._served_addr[cid] = addr
+        self.served_by.pop(addr, None)
+        self.served_by[addr] = source
+        while len(self.served_by) > MAX_SERVED_BY:
+            del self.served_by[next(iter(self.served_by))]
 
     def on_data(self, conn: PeerConnection, data: bytes | memoryview, *, now: float) -> list[Effect]:
         """Bytes after the BT handshake.  Raises RemoteProtocolError (the session closes + penalises)."""
@@ -256,7 +273,7 @@ class MagnetFetch:
             return
         apply_peer_handshake(conn, d)
         if not conn.outgoing and conn.listen_port:
-            self.served_by[(conn.ip, conn.listen_port)] = PeerSource.INCOMING  # its BEP 10 'p': dialable
+            self._served(conn.cid, (conn.ip, conn.listen_port), PeerSource.INCOMING)  # its BEP 10 'p': dialable
         usable = self.fetcher.add_peer(
             conn.cid, ut_metadata=conn.ext_ids.get(METADATA_EXT_NAME), metadata_size=d.get(b"metadata_size")
         )
@@ -336,6 +353,7 @@ class MagnetFetch:
         the new torrent (or close); the fetch forgets them."""
         links, self.links = list(self.links.values()), {}
         self._attached_at.clear()
+        self._served_addr.clear()
         return links
 
     def handover_candidates(self) -> list[tuple[PeerSource, list[Addr]]]:

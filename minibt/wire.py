@@ -67,6 +67,11 @@ if TYPE_CHECKING:
 KEEPALIVE_INTERVAL_S = 120.0  # BEP 3: keep-alives "generally sent once every two minutes"
 IDLE_TIMEOUT_S = 180.0  # minibt convention (libtorrent inactivity_timeout is 600 s)
 MAX_OUTBOX_BYTES = 1024 * 1024 + 64 * 1024  # minibt convention: soft cap for can_send()
+# minibt convention: the hard cap is the soft one plus our bitfield plus this.  Blocks wait for can_send(), and
+# so do ut_metadata pieces (extension.py answers with a reject meanwhile); what else is queued is small (haves,
+# PEX, rejects).  A peer that keeps asking while it reads none of it finds that much queued for it and is closed
+# at its next bytes (each request it sends queues an answer: without a cap, our memory grew as fast as it sent).
+OUTBOX_HARD_SLACK = 256 * 1024
 
 _U32 = struct.Struct(">I")
 _HDR = struct.Struct(">IB")
@@ -195,6 +200,7 @@ class PeerWire:
         self._sent_first = False
         self._outbox: deque[bytes | memoryview] = deque()
         self._outbox_len = 0
+        self._hard_outbox = config.max_outbox_bytes + self._bitfield_len + OUTBOX_HARD_SLACK
         self._last_recv = now
         self._last_send = now
         self._closed = False
@@ -266,6 +272,10 @@ class PeerWire:
         if not data:
             return []
         self._last_recv = now
+        if self._outbox_len > self._hard_outbox:
+            self._closed = True
+            raise WireError(CloseReason.PROTOCOL_VIOLATION,
+                            f"reads nothing of what it asks for: {self._outbox_len} bytes queued for it")
         try:
             events = self._receive(data, runs)
         except RemoteProtocolError:

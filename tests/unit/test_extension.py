@@ -40,6 +40,22 @@ def test_peer_handshake_is_kept_within_bounds() -> None:
     assert c.client_name.startswith("\u03bcTorrent 3.6") and len(c.client_name.encode()) <= MAX_CLIENT_NAME_BYTES
 
 
+def test_only_a_bounded_part_of_the_peers_extension_names_is_kept() -> None:
+    from minibt.extension import _SPOKEN, MAX_OTHER_EXT_NAMES
+    from minibt.holepunch import HP_EXT_NAME
+    from minibt.metadata import METADATA_EXT_NAME
+    from minibt.pex import PEX_EXT_NAME
+
+    assert _SPOKEN == {PEX_EXT_NAME, METADATA_EXT_NAME, HP_EXT_NAME}
+    c = conn()
+    m: dict[bytes, object] = {b"x%d" % i: i for i in range(4700)}  # a 32 KiB handshake of made-up names
+    m |= {b"ut_holepunch": 4, b"ut_metadata": 3, b"ut_pex": 1, b"n" * 65: 9}
+    apply_peer_handshake(c, {b"m": m})
+    assert {k: c.ext_ids[k] for k in ("ut_pex", "ut_metadata", "ut_holepunch")} == {"ut_pex": 1, "ut_metadata": 3,
+                                                                                  "ut_holepunch": 4}
+    assert len(c.ext_ids) == 3 + MAX_OTHER_EXT_NAMES and "x0" in c.ext_ids and "n" * 65 not in c.ext_ids
+
+
 def test_out_of_range_values_change_nothing() -> None:
     c = conn()
     before = (c.reqq, c.listen_port, c.client_name, c.ext_ids)
