@@ -47,7 +47,7 @@ TORRENT_SLOTS_MIN = 4  # caches are sized for at least this many torrents, so wa
 # pieces each way + loop socket object and session/choker entries [12.8 KiB without the last two].
 CONN_OBJECTS_BYTES = 16 * KiB
 PEX_CONN_BYTES = 24 * KiB  # PexSender advertising 50 peers + PexReceiver with 50 learned [21.7 KiB]
-INCOMING_REQUEST_BYTES = 160  # one queued IncomingRequest in PeerConnection.requests_in [136 B]
+INCOMING_REQUEST_BYTES = 176  # one queued request in PeerConnection.requests_in (a tuple in a dict) [171 B]
 OUTSTANDING_REQUEST_BYTES = 256  # one block we requested, in the picker's per-peer and per-piece maps [~218 B]
 PICKER_PEER_FIXED_BYTES = 512  # _PeerState; plus one byte per piece (picker.py keeps 0/1 bytes, not bits)
 PICKER_PIECE_BYTES = 20  # per piece per torrent: availability, order and position int arrays, 4 bytearrays [16.3 B]

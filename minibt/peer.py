@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import enum
 import math
-from collections import deque
 from dataclasses import dataclass
 
 from minibt.errors import CloseReason
@@ -135,13 +134,8 @@ class Encrypting:
 Phase = Encrypting | Handshaking | FetchingMetadata | Active
 
 
-@dataclass(frozen=True, slots=True)
-class IncomingRequest:
-    """A block a peer asked us for, not served yet."""
-
-    index: int
-    begin: int
-    length: int
+# A request a peer made that we have not served yet: (piece, begin, length).
+IncomingRequest = tuple[int, int, int]
 
 
 class PeerConnection:
@@ -180,7 +174,10 @@ class PeerConnection:
         self.request_probe: tuple[int, int, float] | None = None  # (piece, begin, sent at): see min_latency
         self.min_latency = math.inf  # least seconds seen from a request sent to an idle pipeline to its block
         self.last_useful_at = now  # last moment we were interested in it or it in us
-        self.requests_in: deque[IncomingRequest] = deque()
+        # Its requests not served yet, in order: a dict used as an ordered set, so that a cancel is O(1) (a deque's
+        # remove() compared up to 500 queued requests at every cancel, one a 17-byte message could cost).
+        self.requests_in: dict[IncomingRequest, None] = {}
+        self.dup_requests = 0  # requests it repeated while the first was still queued (upload.py: a flood past the cap)
         self.read_ahead: tuple[int, int, memoryview] | None = None  # (piece, begin, data) read past a served run
         self.served_to: tuple[int, int] = (-1, 0)  # (piece, end) of the last run served (upload.py: _read)
         self.allowed_fast_in: set[int] = set()  # pieces the peer lets us request while choked

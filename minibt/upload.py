@@ -14,7 +14,6 @@ Out of scope: what we download (download.py) and which pieces we announce (torre
 from __future__ import annotations
 
 import logging
-from collections import deque
 
 from minibt import wire_codec as w
 from minibt.bitfield import Bitfield
@@ -112,10 +111,18 @@ class Uploader:
             return self._refuse(peer, index, begin, length, "request flood for pieces not offered", out)  # BEP 16
         if wire.am_choking and index not in peer.allowed_fast_out:
             return self._refuse(peer, index, begin, length, "request flood while choked", out)
-        if len(peer.requests_in) >= self._max_requests:
+        queue = peer.requests_in
+        key = (index, begin, length)
+        if key in queue:  # asked again while queued: answered once; a peer that keeps doing it floods
+            peer.dup_requests += 1
+            if peer.dup_requests >= self._max_requests:
+                out.append(ClosePeer(peer.cid, CloseReason.PROTOCOL_VIOLATION, "request flood (the same blocks again)"))
+                return False
+            return True
+        if len(queue) >= self._max_requests:
             out.append(ClosePeer(peer.cid, CloseReason.PROTOCOL_VIOLATION, "request queue flood"))
             return False
-        peer.requests_in.append(IncomingRequest(index, begin, length))
+        queue[key] = None
         return True
 
     def _refuse(self, peer: PeerConnection, index: int, begin: int, length: int, flood_detail: str,
@@ -136,10 +143,7 @@ class Uploader:
         return True
 
     def on_cancel(self, peer: PeerConnection, msg: w.Cancel) -> None:
-        try:
-            peer.requests_in.remove(IncomingRequest(msg.index, msg.begin, msg.length))
-        except ValueError:
-            pass
+        peer.requests_in.pop((msg.index, msg.begin, msg.length), None)
 
     def serve(self, peer: PeerConnection, now: float, out: list[Effect]) -> None:
         """Answer queued requests while the peer's outbox has room (backpressure).  Raises StorageError."""
@@ -151,34 +155,37 @@ class Uploader:
         queue = peer.requests_in
         served = False
         while queue and wire.outbox_len < limit:
-            if limits.up_gated and not limits.up.consume(queue[0].length, now=now):
-                limits.wait(peer.cid, queue[0].length)  # serve_waiting() retries it
+            first = next(iter(queue))
+            index, begin, length = first
+            if limits.up_gated and not limits.up.consume(length, now=now):
+                limits.wait(peer.cid, length)  # serve_waiting() retries it
                 out.append(RATE_WAIT)
                 break
-            first = queue.popleft()
+            del queue[first]
             # The requests queued next that continue the same piece (a leecher asks for a piece's blocks
             # in order) are read with the same pread, as long as each would have been served by itself
             # (room in the outbox, upload tokens): one system call for up to a piece, not one a block.
             run = [first]
-            end = first.begin + first.length
-            while queue and (r := queue[0]).index == first.index and r.begin == end:
-                if wire.outbox_len + (end - first.begin) >= limit:
+            end = begin + length
+            while queue and (r := next(iter(queue)))[0] == index and r[1] == end:
+                if wire.outbox_len + (end - begin) >= limit:
                     break
-                if limits.up_gated and not limits.up.consume(r.length, now=now):
+                if limits.up_gated and not limits.up.consume(r[2], now=now):
                     break  # the loop above asks again, and waits
-                run.append(queue.popleft())
-                end += r.length
-            data = self._read(peer, first.index, first.begin, end - first.begin)
+                del queue[r]
+                run.append(r)
+                end += r[2]
+            data = self._read(peer, index, begin, end - begin)
             if len(run) == 1:
-                wire.piece(first.index, first.begin, data)
+                wire.piece(index, begin, data)
             else:
                 view = memoryview(data)
-                for r in run:
-                    at = r.begin - first.begin
-                    wire.piece(r.index, r.begin, view[at : at + r.length])
-            peer.served_to = (first.index, end)
-            peer.up.add(end - first.begin, now)
-            self._stats.uploaded += end - first.begin
+                for r_index, r_begin, r_length in run:
+                    at = r_begin - begin
+                    wire.piece(r_index, r_begin, view[at : at + r_length])
+            peer.served_to = (index, end)
+            peer.up.add(end - begin, now)
+            self._stats.uploaded += end - begin
             served = True
         if served:
             out.append(Flush(peer.cid))
@@ -291,13 +298,13 @@ class Uploader:
     def _reject_pending(self, peer: PeerConnection) -> None:
         wire = peer.wire
         assert wire is not None
-        keep: deque[IncomingRequest] = deque()
+        keep: dict[IncomingRequest, None] = {}
         peer.read_ahead = None
         for r in peer.requests_in:
-            if r.index in peer.allowed_fast_out:
-                keep.append(r)
+            if r[0] in peer.allowed_fast_out:
+                keep[r] = None
             elif wire.fast:
-                wire.reject(r.index, r.begin, r.length)  # BEP 6: choke no longer cancels implicitly
+                wire.reject(*r)  # BEP 6: choke no longer cancels implicitly
         peer.requests_in = keep
 
 

@@ -13,7 +13,6 @@ import gc
 import random
 import struct
 import tracemalloc
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -48,8 +47,8 @@ from minibt.reputation import MAX_IPS, MAX_LEDGER_RECORDS, BlockRecord, Reputati
 from minibt.settings import DEFAULT_MAX_CANDIDATES
 from minibt.utp_codec import decode_packet
 from minibt.utp_config import UtpConfig
-from minibt.wire import PeerWire
-from minibt.wire_codec import BLOCK_LEN, MAX_EXT_LEN, Request
+from minibt.wire import PeerWire, RequestsReceived
+from minibt.wire_codec import BLOCK_LEN, MAX_EXT_LEN
 
 TOLERANCE = 3.0  # a term is at most this many times what was measured
 PIECE_LEN = 256 * 1024
@@ -135,14 +134,15 @@ def test_connection_objects_fit_their_term() -> None:
 def test_incoming_request_queue_at_its_cap_fits_its_term() -> None:
     n = 500
 
-    def grow() -> deque[IncomingRequest]:
+    def grow() -> dict[IncomingRequest, None]:
         w = make_wire()
         frames = b"".join(struct.pack(">IBIII", 13, 6, 1000 + i // 16, (i % 16) * BLOCK_LEN, BLOCK_LEN)
                           for i in range(n))
-        q: deque[IncomingRequest] = deque()
-        for m in w.receive_data(frames, now=0.0):
-            assert isinstance(m, Request)
-            q.append(IncomingRequest(m.index, m.begin, m.length))  # what upload.py queues per request
+        q: dict[IncomingRequest, None] = {}
+        for m in w.receive_data(frames, now=0.0, runs=True):  # as the session reads them
+            assert isinstance(m, RequestsReceived)
+            for r in m.requests:
+                q[r] = None  # what upload.py queues per request
         return q
 
     wire_only, _ = traced(make_wire)

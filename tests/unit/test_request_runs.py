@@ -155,3 +155,50 @@ def test_a_request_for_a_piece_we_lack_closes_the_peer_mid_run(tmp_path: Path) -
     closes = [a for a in sd.s.take_actions() if isinstance(a, Close) and a.cid == sd.cid]
     assert [c.reason for c in closes] == [CloseReason.PROTOCOL_VIOLATION]
     assert sd.reads() == sd.reads0 and sd.t.stats.uploaded == 0
+
+
+class NoWalk(dict):  # type: ignore[type-arg]
+    """A request queue that fails the test if anything walks it (a cancel must find its request directly)."""
+
+    walking = True
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        if not NoWalk.walking:
+            raise AssertionError("the request queue was walked")
+        return super().__iter__()
+
+
+def test_cancels_take_queued_requests_out_in_place_without_walking_the_queue(tmp_path: Path) -> None:
+    """The peer reads nothing: 40 requests, of which the outbox (256 KiB) takes 16 at once; cancels then
+    take out queued ones (and ones never asked or served already: nothing happens), and the rest are served in
+    the order asked once the peer reads.  A request repeated while queued is answered once."""
+    sd = Seeder(tmp_path)
+    reqs = [(i // 16, (i % 16) * BLOCK_LEN, BLOCK_LEN) for i in range(40)]
+    sd.request(*reqs, reqs[30])
+    assert len(sd.peer.requests_in) == 40 - 16 and list(sd.peer.requests_in) == reqs[16:]
+    sd.peer.requests_in = NoWalk(sd.peer.requests_in)
+    NoWalk.walking = False
+    try:
+        cancels = [reqs[20], reqs[39], reqs[3], (3, 0, BLOCK_LEN), reqs[25], reqs[20]]
+        sd.s.on_data(sd.cid, memoryview(b"".join(struct.pack(">IBIII", 13, 8, *c) for c in cancels)), now=sd.now)
+    finally:
+        NoWalk.walking = True
+    left = [r for r in reqs[16:] if r not in (reqs[20], reqs[39], reqs[25])]
+    assert list(sd.peer.requests_in) == left
+    served = [(i, b, len(d)) for i, b, d in sd.pieces()]  # the first 16, then the peer reads and the rest go out
+    for _ in range(5):
+        sd.s.on_writable(sd.cid, now=sd.now)
+        served += [(i, b, len(d)) for i, b, d in sd.pieces()]
+    assert served == reqs[:16] + left
+    assert sd.peer.dup_requests == 1
+
+
+def test_a_peer_repeating_queued_requests_is_closed_for_flooding(tmp_path: Path) -> None:
+    sd = Seeder(tmp_path)
+    reqs = [(i // 16, (i % 16) * BLOCK_LEN, BLOCK_LEN) for i in range(40)]  # 16 served, 24 queued (nothing read)
+    sd.request(*reqs)
+    sd.request(*(reqs[16:] * 20))  # 480 repeats: still open
+    assert sd.cid in sd.s.conns and not sd.s.conns[sd.cid].closing and len(sd.peer.requests_in) == 24
+    sd.request(*reqs[16:])  # past the queue's cap (500) in repeats
+    closes = [a for a in sd.s.take_actions() if isinstance(a, Close) and a.cid == sd.cid]
+    assert [c.reason for c in closes] == [CloseReason.PROTOCOL_VIOLATION]
