@@ -19,7 +19,7 @@ import random
 import struct
 import urllib.parse
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import bencode2
 
@@ -570,15 +570,20 @@ class AnnounceJob:
 
 
 class _Tracker:
-    __slots__ = ("url", "tier", "last_ok_at", "last_error", "last_result", "tracker_id")
+    __slots__ = ("url", "tier", "last_ok_at", "last_error", "last_result", "last_peers", "tracker_id")
 
     def __init__(self, url: str, tier: int) -> None:
         self.url = url
         self.tier = tier
         self.last_ok_at: float | None = None
         self.last_error: str | None = None
-        self.last_result: AnnounceResult | None = None
+        self.last_result: AnnounceResult | None = None  # without its peers: status() shows their count
+        self.last_peers: int | None = None
         self.tracker_id: bytes | None = None
+
+    def keep(self, result: AnnounceResult) -> None:
+        """Keep what status() shows of a reply, not its peer list (up to 500 addresses per tracker)."""
+        self.last_result, self.last_peers = replace(result, peers=()), len(result.peers)
 
 
 class Announcer:
@@ -709,11 +714,12 @@ class Announcer:
             return  # stale: superseded, timed out or abandoned
         tracker = self._inflight_tracker
         if result.failure is not None:
-            tracker.last_result = result
+            tracker.keep(result)
             self._failed(job, f"tracker failure: {result.failure}", now)
             return
         self._inflight = self._inflight_tracker = None
-        tracker.last_ok_at, tracker.last_result, tracker.last_error = now, result, None
+        tracker.keep(result)
+        tracker.last_ok_at, tracker.last_error = now, None
         if result.tracker_id is not None:
             tracker.tracker_id = result.tracker_id
         if self._stopping is not None:
@@ -753,7 +759,7 @@ class Announcer:
                     "last_error": t.last_error,
                     "warning": r.warning if r is not None else None,
                     "interval": r.interval if r is not None else None,
-                    "peers": len(r.peers) if r is not None else None,
+                    "peers": t.last_peers,
                     "seeders": r.complete if r is not None else None,
                     "leechers": r.incomplete if r is not None else None,
                     "updating": self._inflight_tracker is t,

@@ -4,11 +4,14 @@
 non-blocking TCP sockets of their own (:class:`~minibt.tracker.HttpRequest`; TLS through
 ``ssl.MemoryBIO``, at most 3 redirects) and BEP 15 UDP announces (one
 :class:`~minibt.tracker.UdpTrackerClient` per tracker URL, one announce at a time) sent from the
-loop's one UDP socket.  Host names are resolved on the worker pool.  It has no thread, clock or
-selector of its own: the event loop (loop.py) owns it, gives it its selector and UDP socket, and
-routes to it the ``("http", tid)`` readiness, the ``0x00`` datagrams, its lookup results and the
-tick.  Every outcome of an announce, a contained fault included (STYLE.md section 13), goes back
-to ``Session.on_announce_result``.  It never imports minibt.loop.
+loop's one UDP socket.  A UDP announce lives at most its job's ``timeout_s`` and a newer job of the
+same torrent replaces it, so a tracker's queue holds one job per torrent at most; a tracker with
+nothing to do is forgotten once its connection id has expired (STYLE.md section 7).  Host names
+are resolved on the worker pool.  It has no thread, clock or selector of its own: the event loop
+(loop.py) owns it, gives it its selector and UDP socket, and routes to it the ``("http", tid)``
+readiness, the ``0x00`` datagrams, its lookup results and the tick.  Every outcome of an announce,
+a contained fault included (STYLE.md section 13), goes back to ``Session.on_announce_result``.
+It never imports minibt.loop.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from minibt.faults import FaultKind
 from minibt.netif import Source, norm_ip, resolve
 from minibt.session import Session
 from minibt.tracker import (
+    UDP_CONNECTION_ID_TTL_S,
     AnnounceDone,
     AnnounceFailed,
     AnnounceJob,
     AnnounceParams,
+    AnnounceResult,
     HttpRequest,
     UdpTrackerClient,
     build_announce_url,
@@ -47,6 +52,8 @@ log = logging.getLogger(__name__)
 
 HTTP_TIMEOUT_S = 30.0
 STOPPED_TIMEOUT_S = 5.0
+UDP_IDLE_KEEP_S = UDP_CONNECTION_ID_TTL_S  # an idle UDP tracker is kept while its connection id may be reused
+UDP_IDLE_TRACKERS_MAX = 64  # convention: idle UDP trackers kept at most (oldest forgotten first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,14 +88,26 @@ class _HttpTxn:
 
 
 @dataclass(slots=True)
+class _UdpJob:
+    """A UDP announce, queued or running; it fails with "timed out" at ``deadline`` (now + job.timeout_s)."""
+
+    info_hash: bytes
+    job: AnnounceJob
+    params: AnnounceParams
+    deadline: float
+
+
+@dataclass(slots=True)
 class _UdpTracker:
     """A UDP tracker (BEP 15) and its connection state."""
 
+    url: str
     client: UdpTrackerClient
     addr: tuple[str, int] | None = None
-    pending: list[tuple[bytes, AnnounceJob, AnnounceParams]] = field(default_factory=list)
-    job: tuple[bytes, AnnounceJob] | None = None
+    pending: list[_UdpJob] = field(default_factory=list)  # FIFO, at most one job per info hash
+    job: _UdpJob | None = None
     resolving: bool = False
+    idle_until: float = 0.0  # while idle: when it is forgotten (with its connection id)
 
 
 class TrackerIO:
@@ -121,7 +140,9 @@ class TrackerIO:
         self._udp_addr = udp_addr
         self._udp_reaches = udp_reaches
         self._http: dict[int, _HttpTxn] = {}
-        self._udp_trackers: dict[str, _UdpTracker] = {}
+        self._udp_active: dict[str, _UdpTracker] = {}  # a job running or queued; all the loop's calls scan
+        self._udp_idle: dict[str, _UdpTracker] = {}  # nothing to do; oldest first (UDP_IDLE_TRACKERS_MAX)
+        self._counters = dict.fromkeys(("udp_timed_out", "udp_superseded", "udp_forgotten"), 0)
         self._next_tid = 1
         self._tls: ssl.SSLContext | None = None
 
@@ -130,7 +151,17 @@ class TrackerIO:
     @property
     def busy(self) -> bool:
         """Is an HTTP transaction open, or a UDP announce running or queued?"""
-        return bool(self._http) or any(u.job or u.pending for u in self._udp_trackers.values())
+        return bool(self._http) or bool(self._udp_active)
+
+    def stats(self) -> dict[str, int]:
+        """Table sizes and counters (read-only)."""
+        return {
+            "http": len(self._http),
+            "udp_active": len(self._udp_active),
+            "udp_idle": len(self._udp_idle),
+            "udp_pending": sum(len(ut.pending) for ut in self._udp_active.values()),
+            **self._counters,
+        }
 
     def announce(self, info_hash: bytes, job: AnnounceJob, params: AnnounceParams, now: float) -> None:
         """Carry out one ``Announce`` action; its outcome goes to ``session.on_announce_result``."""
@@ -163,28 +194,39 @@ class TrackerIO:
 
     def receive_datagram(self, data: memoryview, src: Addr, now: float) -> bool:
         """A BEP 15 datagram from ``src``; False if no UDP tracker there is waiting for one."""
-        matched = False
-        for ut in self._udp_trackers.values():
-            if ut.addr == src and ut.job is not None:
-                matched = True
-                self._udp_events(ut, ut.client.receive_datagram(bytes(data), now=now), now)
-        return matched
+        waiting = [ut for ut in self._udp_active.values() if ut.addr == src and ut.job is not None]
+        for ut in waiting:
+            self._udp_events(ut, ut.client.receive_datagram(bytes(data), now=now), now)
+        return bool(waiting)
 
     def next_deadline(self) -> float | None:
-        """The nearest HTTP timeout or UDP retransmission that ``tick`` acts on (None: nothing in flight)."""
+        """The nearest HTTP timeout, UDP retransmission or UDP job timeout that ``tick`` acts on
+        (None: nothing in flight)."""
         dls = [txn.deadline for txn in self._http.values()]
-        dls += [d for ut in self._udp_trackers.values() if ut.job is not None and (d := ut.client.next_deadline()) is not None]
+        for ut in self._udp_active.values():
+            dls += [p.deadline for p in ut.pending]
+            if ut.job is not None:
+                dls.append(ut.job.deadline)
+                if (d := ut.client.next_deadline()) is not None:
+                    dls.append(d)
         return min(dls, default=None)
 
     def tick(self, now: float) -> None:
-        """Time out HTTP transactions and retransmit or time out UDP announces."""
+        """Time out HTTP transactions, retransmit or time out UDP announces, forget idle UDP trackers."""
         for txn in list(self._http.values()):
             if now >= txn.deadline:
                 self._http_fail(txn, "timed out", now)
-        for ut in self._udp_trackers.values():
-            dl = ut.client.next_deadline()
-            if ut.job is not None and dl is not None and now >= dl:
+        for ut in list(self._udp_active.values()):
+            cur = ut.job
+            if cur is not None and now >= cur.deadline:
+                ut.client.cancel()  # its owner has given up on it: no retransmission outlives timeout_s
+                ut.job = None
+                self._udp_report(cur, None, "timed out", now, count="udp_timed_out")
+            elif cur is not None and (dl := ut.client.next_deadline()) is not None and now >= dl:
                 self._udp_events(ut, ut.client.handle_timeout(now=now), now)
+                continue
+            self._udp_next(ut, now)
+        self._udp_forget(now)
 
     def fail_all(self, reason: str, now: float) -> None:
         """The network went away: every open HTTP transaction fails with ``reason``."""
@@ -211,18 +253,19 @@ class TrackerIO:
         self._http_connect(txn, fam, sockaddr, now)
 
     def _resolved_udp(self, url: str, res: CallResult, now: float) -> None:
-        ut = self._udp_trackers.get(url)
+        ut = self._udp_active.get(url) or self._udp_idle.get(url)
         if ut is None:
-            return
+            return  # forgotten meanwhile
         ut.resolving = False
         found: Any = res.value or ()
         infos = [i for i in found if self._udp_reaches(i[4][0])]
         if res.error is not None or not infos:
             why = f"cannot resolve: {res.error}" if res.error is not None or not found else (
                 f"no address reachable from the UDP socket on {self.bind}")
-            for info_hash, job, _ in ut.pending:
-                self.session.on_announce_result(info_hash, job, None, why, now=now)
-            ut.pending.clear()
+            failed, ut.pending = ut.pending, []
+            self._udp_file(ut, now)
+            for p in failed:
+                self.session.on_announce_result(p.info_hash, p.job, None, why, now=now)
             return
         ut.addr = (norm_ip(infos[0][4][0]), infos[0][4][1])
         self._udp_next(ut, now)
@@ -355,44 +398,94 @@ class TrackerIO:
     # ------------------------------------------------------------------ UDP trackers (BEP 15)
 
     def _udp_start(self, info_hash: bytes, job: AnnounceJob, params: AnnounceParams, url: str, now: float) -> None:
-        ut = self._udp_trackers.get(url)
+        self._udp_forget(now)
+        ut = self._udp_active.get(url) or self._udp_idle.pop(url, None)
         if ut is None:
-            ut = _UdpTracker(UdpTrackerClient(self.session.rng))
-            self._udp_trackers[url] = ut
-        ut.pending.append((info_hash, job, params))
+            ut = _UdpTracker(url, UdpTrackerClient(self.session.rng))
         if ut.addr is None and not ut.resolving:
-            try:
-                parsed = parse_tracker_url(url, ("udp",))
-            except ValueError as e:
-                ut.pending.pop()
-                self.session.on_announce_result(info_hash, job, None, f"bad UDP tracker URL: {e}", now=now)
+            error = self._udp_locate(ut)
+            if error is not None:
+                self._udp_file(ut, now)
+                self.session.on_announce_result(info_hash, job, None, error, now=now)
                 return
-            host, port = parsed.host, parsed.port
-            if is_ip(host):
-                if not self._udp_reaches(host):
-                    ut.pending.pop()
-                    self.session.on_announce_result(info_hash, job, None,
-                                                    f"{host} is not reachable from the UDP socket on {self.bind}",
-                                                    now=now)
-                    return
-                ut.addr = (host, port)
-            else:
-                if not self.hasher.can_submit():
-                    ut.pending.pop()
-                    self.session.on_announce_result(info_hash, job, None, "busy: resolver queue full", now=now)
-                    return
-                ut.resolving = True
-                self.hasher.run(functools.partial(resolve, host, port, socket.SOCK_DGRAM), _UdpLookup(url))
-                return
+        new = _UdpJob(info_hash, job, params, now + job.timeout_s)
+        cur = ut.job
+        if cur is not None and cur.info_hash == info_hash:
+            # Its owner has moved on (it timed out there, or the torrent stops): the new job takes its
+            # place; announce() replaces the transaction in flight and keeps a connection id (BEP 15).
+            ut.job = new
+            ut.client.announce(params, now=now)
+            self._udp_send(ut, now)
+            self._udp_report(cur, None, "superseded by a newer announce", now, count="udp_superseded")
+        elif (i := next((i for i, p in enumerate(ut.pending) if p.info_hash == info_hash), -1)) >= 0:
+            stale, ut.pending[i] = ut.pending[i], new
+            self._udp_report(stale, None, "superseded by a newer announce", now, count="udp_superseded")
+        else:
+            ut.pending.append(new)
         self._udp_next(ut, now)
 
+    def _udp_locate(self, ut: _UdpTracker) -> str | None:
+        """Set ``ut.addr`` or start resolving its host; an error message if neither can be done."""
+        try:
+            parsed = parse_tracker_url(ut.url, ("udp",))
+        except ValueError as e:
+            return f"bad UDP tracker URL: {e}"
+        host, port = parsed.host, parsed.port
+        if is_ip(host):
+            if not self._udp_reaches(host):
+                return f"{host} is not reachable from the UDP socket on {self.bind}"
+            ut.addr = (host, port)
+            return None
+        if not self.hasher.can_submit():
+            return "busy: resolver queue full"
+        ut.resolving = True
+        self.hasher.run(functools.partial(resolve, host, port, socket.SOCK_DGRAM), _UdpLookup(ut.url))
+        return None
+
     def _udp_next(self, ut: _UdpTracker, now: float) -> None:
-        if ut.job is not None or not ut.pending or ut.addr is None:
+        """Fail the queued jobs whose time is up, start the next one if none runs, then file ``ut``."""
+        expired = [p for p in ut.pending if now >= p.deadline]
+        if expired:
+            ut.pending = [p for p in ut.pending if now < p.deadline]
+        if ut.job is None and ut.pending and ut.addr is not None:
+            ut.job = ut.pending.pop(0)
+            ut.client.announce(ut.job.params, now=now)
+            self._udp_send(ut, now)
+        self._udp_file(ut, now)
+        for p in expired:
+            self._udp_report(p, None, "timed out", now, count="udp_timed_out")
+
+    def _udp_file(self, ut: _UdpTracker, now: float) -> None:
+        """Put ``ut`` in the active table (a job running or queued) or the idle one, or forget it."""
+        url = ut.url
+        self._udp_idle.pop(url, None)
+        if ut.job is not None or ut.pending:
+            self._udp_active[url] = ut
             return
-        info_hash, job, params = ut.pending.pop(0)
-        ut.job = (info_hash, job)
-        ut.client.announce(params, now=now)
-        self._udp_send(ut, now)
+        self._udp_active.pop(url, None)
+        if ut.addr is None and not ut.resolving:
+            return  # nothing worth keeping: a bad URL or a failed lookup
+        ut.idle_until = now + UDP_IDLE_KEEP_S
+        self._udp_idle[url] = ut  # insertion order is idle_until order: now never goes back
+        while len(self._udp_idle) > UDP_IDLE_TRACKERS_MAX:
+            del self._udp_idle[next(iter(self._udp_idle))]
+            self._counters["udp_forgotten"] += 1
+
+    def _udp_forget(self, now: float) -> None:
+        """Forget the idle trackers whose connection id has expired (a later lookup result is ignored)."""
+        while self._udp_idle:
+            url = next(iter(self._udp_idle))
+            if now < self._udp_idle[url].idle_until:
+                return
+            del self._udp_idle[url]
+            self._counters["udp_forgotten"] += 1
+
+    def _udp_report(
+        self, p: _UdpJob, result: AnnounceResult | None, error: str | None, now: float, *, count: str = ""
+    ) -> None:
+        if count:
+            self._counters[count] += 1
+        self.session.on_announce_result(p.info_hash, p.job, result, error, now=now)
 
     def _udp_send(self, ut: _UdpTracker, now: float) -> None:
         sock = self._udp_socket()
@@ -406,15 +499,15 @@ class TrackerIO:
 
     def _udp_events(self, ut: _UdpTracker, events: list[Any], now: float) -> None:
         for ev in events:
-            if ut.job is None:
+            cur = ut.job
+            if cur is None:
                 break
-            info_hash, job = ut.job
             match ev:
                 case AnnounceDone(result=result):
                     ut.job = None
-                    self.session.on_announce_result(info_hash, job, result, None, now=now)
+                    self._udp_report(cur, result, None, now)
                 case AnnounceFailed(message=message):
                     ut.job = None
-                    self.session.on_announce_result(info_hash, job, None, message, now=now)
+                    self._udp_report(cur, None, message, now)
         self._udp_send(ut, now)
         self._udp_next(ut, now)
