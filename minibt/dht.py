@@ -45,6 +45,7 @@ BOOTSTRAP_RETRY_S = 60.0  # convention: an empty table retries the bootstrap nod
 REFRESH_CHECK_S = 60.0  # convention: how often stale buckets (routing.REFRESH_S) are looked for
 MAX_DATAGRAMS_OUT = 1024  # convention: outbox bound (a burst of answers is dropped beyond it)
 MAX_VALUES = 50  # convention (libtorrent): peers in one get_peers answer
+MAX_FOUND = 1000  # convention: peers one search collects; later values are ignored (bounds ``found``)
 _TID_BYTES = 2
 
 
@@ -286,10 +287,7 @@ class DhtNode:
         for n in (*r.nodes, *r.nodes6):
             self._add_candidate(s, n.node_id, n.addr)
         if s.peers_wanted and r.values:
-            new = tuple(p for p in r.values if p not in s.found and 0 < p[1] < 65536)
-            if new:
-                s.found.update(new)
-                self._found.append(PeersFound(s.target, new))
+            self._collect(s, r.values)
         self._step(s, now)
 
     def _on_error(self, e: krpc.ErrorReply, addr: Addr, now: float) -> None:
@@ -331,15 +329,25 @@ class DhtNode:
             if not s.candidates or len(self.table) < K:
                 s.candidates.setdefault(addr, _Candidate(addr, None))
         if peers_wanted:  # peers announced to us count too (in a small swarm we may be the closest node)
-            local = tuple(self.store.get(target, self.rng, n=MAX_VALUES, now=now))
-            if local:
-                s.found.update(local)
-                self._found.append(PeersFound(target, local))
+            self._collect(s, self.store.get(target, self.rng, n=MAX_VALUES, now=now))
         self._searches[target] = s
         while len(self._searches) > MAX_SEARCHES:
             _, old = self._searches.popitem(last=False)
             old.done = True
         self._step(s, now)
+
+    def _collect(self, s: _Search, values: tuple[Addr, ...] | list[Addr]) -> None:
+        """Hand on the peers not seen yet in this search, up to MAX_FOUND: a hostile node answering
+        every get_peers with hundreds of new values must not grow ``found`` without end."""
+        new: list[Addr] = []
+        for p in values:
+            if len(s.found) >= MAX_FOUND:
+                break
+            if p not in s.found and 0 < p[1] < 65536:
+                s.found.add(p)
+                new.append(p)
+        if new:
+            self._found.append(PeersFound(s.target, tuple(new)))
 
     def _add_candidate(self, s: _Search, node_id: bytes, addr: Addr) -> None:
         if node_id == self.node_id or node_id in s.candidates or not 0 < addr[1] < 65536:

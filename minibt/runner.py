@@ -526,6 +526,12 @@ class Runner:
         if self._watch_wait is not None:
             log.info("watch dir %s is there now", wd)
             self._watch_wait = None
+        # only names still there are remembered: a taken file is renamed away, and one dropped again
+        # later under the same name is new; a file gone before its second poll is forgotten
+        present = set(names)
+        self._watch_seen &= present
+        for gone in self._watch_sizes.keys() - present:
+            del self._watch_sizes[gone]
         for n in names:
             if not (n.endswith(".torrent") or n.endswith(".magnet")) or n in self._watch_seen:
                 continue
