@@ -122,6 +122,8 @@ class Config:
     log_file: str | None = None
     watch_dir: str | None = None
     watch_interval_s: float = 30.0
+    watch_seed_ratio: float | None = None  # the stop conditions of torrents taken from the watch dir (None: seed on)
+    watch_seed_time_s: float | None = None
     status_interval_s: float = 5.0
     resume_interval_s: float = 30.0
     disk_retry_s: float = 30.0
@@ -396,6 +398,12 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
     except ValueError as e:
         raise client.error("dht_bootstrap", str(e)) from None
     watch_dir = client.take("watch_dir", str, "a directory path (\"\" = off)")
+    watch_ratio = client.take("watch_seed_ratio", (int, float), "a number >= 0 (0 = no ratio limit)")
+    if watch_ratio is not None and not (0 <= watch_ratio <= MAX_SEED_RATIO):  # also False for nan
+        raise client.error("watch_seed_ratio",
+                           f"expected a number >= 0 and <= {MAX_SEED_RATIO}, got {str(watch_ratio)[:40]}")
+    watch_time = client.convert("watch_seed_time", (str, int, float), "a duration such as \"48h\" (0 = no time limit)",
+                                parse_duration)
     durations = {}
     for key in ("watch_interval", "status_interval", "resume_interval", "disk_retry_interval"):
         v = client.convert(key, (str, int, float), "a duration such as \"30s\"", parse_duration)
@@ -448,6 +456,8 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
         log_file=_path(base, log_file) if log_file else None,
         watch_dir=watch_dir or None,
         watch_interval_s=pick(durations["watch_interval"], d.watch_interval_s),
+        watch_seed_ratio=float(watch_ratio) if watch_ratio else None,
+        watch_seed_time_s=watch_time or None,
         status_interval_s=pick(durations["status_interval"], d.status_interval_s),
         resume_interval_s=pick(durations["resume_interval"], d.resume_interval_s),
         disk_retry_s=pick(durations["disk_retry_interval"], d.disk_retry_s),

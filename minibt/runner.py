@@ -26,7 +26,7 @@ from minibt.configfile import Config, TorrentEntry, load_config
 from minibt.durable import write_atomic
 from minibt.errors import ConfigError, MagnetError, MetainfoError, MinibtError
 from minibt.faults import FaultKind
-from minibt.magnet import parse_magnet
+from minibt.magnet import Magnet, parse_magnet
 from minibt.metainfo import DEFAULT_MAX_METAINFO_BYTES, Metainfo, load_metainfo, parse_metainfo, read_capped
 from minibt.peer import PeerSource
 from minibt.procmem import peak_rss_bytes, process_sample
@@ -495,7 +495,7 @@ class Runner:
                 except Exception as e:
                     self.client.session.faults.record(FaultKind.WATCH_FILE, path, e)
                     continue
-                out.append(TorrentEntry(source=path, dir=self.cfg.download_dir, mode=Mode.DOWNLOAD, meta=meta))
+                out.append(self._watch_entry(path, meta=meta))
             elif n.endswith(".magnet"):
                 path = os.path.join(d, n)
                 try:
@@ -504,8 +504,15 @@ class Runner:
                 except (OSError, UnicodeDecodeError, MagnetError) as e:
                     log.warning("ignoring %s: %s", path, e)
                     continue
-                out.append(TorrentEntry(source=path, dir=self.cfg.download_dir, mode=Mode.DOWNLOAD, magnet=m))
+                out.append(self._watch_entry(path, magnet=m))
         return out
+
+    def _watch_entry(self, source: str, *, meta: Metainfo | None = None, magnet: Magnet | None = None) -> TorrentEntry:
+        """A torrent taken from the watch dir: downloaded to ``download_dir``, then seeded until the config's
+        ``watch_seed_ratio`` / ``watch_seed_time`` (by default, on and on)."""
+        cfg = self.cfg
+        return TorrentEntry(source=source, dir=cfg.download_dir, mode=Mode.DOWNLOAD, meta=meta, magnet=magnet,
+                            seed_ratio=cfg.watch_seed_ratio, seed_time_s=cfg.watch_seed_time_s)
 
     def _poll_watch(self) -> None:
         """Pick up new .torrent/.magnet files once their size stopped changing between two polls."""
@@ -580,7 +587,7 @@ class Runner:
             return
         _rename(path, path + ".added")
         log.info("watch dir: %s added (%s)", meta.name, path)
-        self._add(TorrentEntry(source=copy, dir=self.cfg.download_dir, mode=Mode.DOWNLOAD, meta=meta))
+        self._add(self._watch_entry(copy, meta=meta))
 
     def _take_watch_magnet(self, path: str) -> None:
         """A ``*.magnet`` file (one magnet URI): kept in the state dir like a watched .torrent."""
@@ -606,7 +613,7 @@ class Runner:
             return
         _rename(path, path + ".added")
         log.info("watch dir: magnet %s added (%s)", m.name or m.info_hash.hex(), path)
-        self._add(TorrentEntry(source=copy, dir=self.cfg.download_dir, mode=Mode.DOWNLOAD, magnet=m))
+        self._add(self._watch_entry(copy, magnet=m))
 
     # ------------------------------------------------------------------ state files
 

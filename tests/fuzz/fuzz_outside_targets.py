@@ -414,7 +414,8 @@ toml_scalars = st.one_of(
 toml_values = st.one_of(toml_scalars, st.lists(toml_scalars, max_size=3))
 CLIENT_KEYS = ("listen_port", "bind", "state_dir", "download_dir", "max_connections", "max_peers_per_torrent",
                "upload_limit", "download_limit", "memory_budget", "transports", "watch_dir", "watch_interval",
-               "status_interval", "resume_interval", "disk_retry_interval", "on_complete", "bogus")
+               "status_interval", "resume_interval", "disk_retry_interval", "on_complete", "watch_seed_ratio",
+               "watch_seed_time", "bogus")
 SCHEDULE_KEYS = ("download_windows", "alt_rate_windows", "alt_upload_limit", "alt_download_limit")
 TORRENT_KEYS = ("source", "dir", "mode", "files", "seed_ratio", "seed_time", "peers", "on_complete")
 WINDOWS = ("01:00-07:00", "24:00-01:00", "00:00-24:00", "7-8", "25:00-01:00", "01:00-01:00", "x")

@@ -69,6 +69,8 @@ memory_budget = "64MiB"
 transports = ["utp"]
 watch_dir = "watch"
 watch_interval = "1m"
+watch_seed_ratio = 1.5
+watch_seed_time = "2d"
 on_complete = ["/bin/echo", "done"]
 [log]
 level = "DEBUG"
@@ -91,6 +93,7 @@ on_complete = []
     assert cfg.upload_limit_bps == 500 * 1024 and cfg.download_limit_bps == 2e6
     assert cfg.memory_budget_bytes == 64 << 20 and cfg.transports == ("utp",)
     assert cfg.watch_dir == str(tmp_path / "watch") and cfg.watch_interval_s == 60
+    assert cfg.watch_seed_ratio == 1.5 and cfg.watch_seed_time_s == 2 * 86400
     assert cfg.on_complete == ("/bin/echo", "done") and cfg.log_level == "debug"
     assert cfg.log_file == str(tmp_path / "log" / "minibt.log")
     assert cfg.schedule.download_windows == (TimeWindow(22 * 60, 6 * 60), TimeWindow(12 * 60, 13 * 60))
@@ -124,6 +127,10 @@ def test_torrent_dir_defaults_to_download_dir_and_mode_to_download(tmp_path: Pat
         ("[client]\ntransports = [\"quic\"]\n", "client.transports", "tcp"),
         ("[client]\nstatus_interval = \"0s\"\n", "client.status_interval", "at least 1s"),
         ("[client]\nwatch_interval = \"soon\"\n", "client.watch_interval", "duration"),
+        ("[client]\nwatch_seed_ratio = -1\n", "client.watch_seed_ratio", ">= 0"),
+        ("[client]\nwatch_seed_ratio = nan\n", "client.watch_seed_ratio", ">= 0"),
+        ("[client]\nwatch_seed_ratio = \"2\"\n", "client.watch_seed_ratio", "a number"),
+        ("[client]\nwatch_seed_time = \"forever\"\n", "client.watch_seed_time", "duration"),
         ("[client]\non_complete = \"rm -rf /\"\n", "client.on_complete", "list of strings"),
         ("[client]\non_complete = [\"\"]\n", "client.on_complete", "first item is the program"),
         ("[log]\nlevel = \"loud\"\n", "log.level", "debug, info, warning, error"),

@@ -10,6 +10,8 @@ from pathlib import Path
 from helpers import FakeClock
 from test_runner_logic import make_cfg, make_runner
 
+from minibt.settings import TorrentState
+
 INTERVAL_S = 30.0
 
 
@@ -58,3 +60,36 @@ def test_watch_names_that_are_gone_are_forgotten(tmp_path: Path, clock: FakeCloc
     assert len(list(watch.glob("t*.torrent.added"))) == 20
     # no public counter holds these: the two private sets are what the fix bounds
     assert r._watch_seen == set() and r._watch_sizes == {}
+
+
+def test_watch_dir_torrents_stop_at_the_configured_ratio_and_time(tmp_path: Path, clock: FakeClock) -> None:
+    """``watch_seed_ratio`` / ``watch_seed_time`` are the stop conditions of what the watch dir brings, also after
+    a restart (the copies in state_dir/watched); without them such a torrent seeds on."""
+    src = make_cfg(tmp_path, 2)
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    cfg = dataclasses.replace(src, torrents=(), watch_dir=str(watch), watch_interval_s=INTERVAL_S,
+                              watch_seed_ratio=1.0, watch_seed_time_s=3600.0)
+    r, client, _ = make_runner(tmp_path, cfg, clock)
+    r.start()
+    shutil.copy(src.torrents[0].source, watch / "a.torrent")
+    for _ in range(2):
+        clock.advance(INTERVAL_S)
+        r.tick(clock.now())
+    (t,) = client.added
+    (job,) = r.jobs.values()
+    assert (job.entry.seed_ratio, job.entry.seed_time_s) == (1.0, 3600.0)
+    t.state = TorrentState.SEEDING
+    t.stats.uploaded = t.meta.total_length
+    clock.advance(1.0)
+    r.tick(clock.now())
+    assert client.session.removed == [t.meta.info_hash]  # its ratio reached: it stops
+    r.save_state(force=True)
+    r2, client2, _ = make_runner(tmp_path, cfg, clock)
+    r2.start()
+    assert client2.added == []  # the watched copy comes back finished, under the same stop condition
+    unlimited = dataclasses.replace(cfg, watch_seed_ratio=None, watch_seed_time_s=None)
+    r3, client3, _ = make_runner(tmp_path, unlimited, clock)
+    r3.start()
+    (job3,) = r3.jobs.values()
+    assert (job3.entry.seed_ratio, job3.entry.seed_time_s) == (None, None) and len(client3.added) == 1
