@@ -28,9 +28,12 @@ from minibt.workers import HashJob
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class CheckJobTag:
-    """Tag of a hash job that checks a piece already on disk (its result goes to ``info_hash``'s torrent)."""
+    """Tag of a hash job that checks a piece already on disk (its result goes to ``info_hash``'s torrent).
+
+    One per Checker, compared by identity: a result of a torrent removed while checking is not taken by a
+    torrent of the same info-hash added after it (a reload that changes its dir re-adds it at once)."""
 
     info_hash: bytes
 
@@ -55,6 +58,7 @@ class Checker:
         self._resume_path = resume_path
         self._jobs_in_flight = jobs_in_flight
         self._resume_interval_s = resume_interval_s
+        self.tag = CheckJobTag(meta.info_hash)  # this checker's jobs' (by identity)
         # The pieces still to check are ``range(self._next, self._end)`` (of ``_order`` if set): a cursor, not a
         # queue of every index (a deque of 65536 ints is 2.5 MiB, more than all else a 16 GiB torrent keeps per piece).
         self._next = self._end = 0
@@ -98,7 +102,7 @@ class Checker:
                     expected=self._meta.piece_hash(i),
                     data=None,
                     spans=tuple(self._storage.read_piece_spans(i)),
-                    tag=CheckJobTag(self._meta.info_hash),
+                    tag=self.tag,
                 )
             )
             self._inflight += 1

@@ -76,9 +76,10 @@ def _lean_depth(rate: float, latency: float) -> int:
     return max(LEAN_MIN, int(rate * max(2 * latency, LEAN_TIME_S) / BLOCK_LEN) + LEAN_EXTRA)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class PieceJobTag:
-    """Tag of a hash job that verifies (and writes) a downloaded piece of ``info_hash``'s torrent."""
+    """Tag of a hash job that verifies (and writes) a downloaded piece of ``info_hash``'s torrent (one per
+    Downloader, compared by identity, like checker.CheckJobTag)."""
 
     info_hash: bytes
 
@@ -104,7 +105,7 @@ class Downloader:
         reserve_max: int = 0,
     ) -> None:
         self._meta = meta
-        self._tag = PieceJobTag(meta.info_hash)
+        self.tag = PieceJobTag(meta.info_hash)  # this downloader's jobs' (by identity)
         self.active = False  # set by the torrent while it is downloading (TorrentState.DOWNLOADING)
         self._peers = peers  # the torrent's handshaken connections (shared, not copied)
         self._have = have
@@ -563,7 +564,7 @@ class Downloader:
             expected=self._meta.piece_hash(index),
             data=self._storage.piece_buffer(index),
             spans=None,
-            tag=self._tag,
+            tag=self.tag,
             writes=writes,
         )
 

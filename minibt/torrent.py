@@ -293,9 +293,9 @@ class Torrent:
         self._now = now
         out: list[fx.Effect] = []
         match res:
-            case HashResult(tag=CheckJobTag()):
+            case HashResult(tag=CheckJobTag()) if res.tag is self.checker.tag:  # not a removed namesake's
                 self._check_done(res, now, out)
-            case HashResult(tag=PieceJobTag()):
+            case HashResult(tag=PieceJobTag()) if res.tag is self.download.tag:
                 self._piece_hashed(res, now, out)
             case CallResult(tag=fx.SaveResume()):
                 self.checker.save_done(res.error)

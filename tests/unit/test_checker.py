@@ -37,7 +37,7 @@ def test_check_jobs_stay_within_the_in_flight_limit(tmp_path: Path) -> None:
     assert [j.piece for j in first] == [0, 1] and checker.jobs(7) == []
     seen += [j.piece for j in first]
     for j in first:
-        assert j.generation == 7 and j.data is None and j.spans and j.tag == CheckJobTag(meta.info_hash)
+        assert j.generation == 7 and j.data is None and j.spans and isinstance(j.tag, CheckJobTag) and j.tag.info_hash == meta.info_hash
         assert j.expected == meta.piece_hash(j.piece)
     while not checker.done:
         checker.job_done()
