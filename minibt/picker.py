@@ -267,8 +267,10 @@ class PiecePicker:
             self._make_seed(peer, st)
 
     def peer_have_all(self, peer: Peer) -> None:
-        """BEP 6 Have All: O(1), a seed is only a counter."""
-        self._make_seed(peer, self._reset_peer(peer))
+        """BEP 6 Have All: O(1), a seed is only a counter (a peer that is one already: nothing to do)."""
+        st = self._peers.get(peer)
+        if st is None or not st.seed:
+            self._make_seed(peer, self._reset_peer(peer))
 
     def peer_have_none(self, peer: Peer) -> None:
         """BEP 6 Have None."""

@@ -81,9 +81,9 @@ def feed(wire: PeerWire, data: bytes, cuts: list[int]) -> list[Any]:
     return events
 
 
-def expect_error(wire: PeerWire, data: bytes, reason: CloseReason) -> WireError:
+def expect_error(wire: PeerWire, data: bytes, reason: CloseReason, *, now: float = 0.0) -> WireError:
     with pytest.raises(WireError) as ei:
-        wire.receive_data(data, now=0.0)
+        wire.receive_data(data, now=now)
     assert ei.value.reason is reason, ei.value
     assert ei.value.detail
     return ei.value
@@ -385,6 +385,38 @@ def test_second_bitfield_or_have_all_is_accepted(second: Message) -> None:
     wire = make_wire()
     wire.receive_data(encode(HaveNone()), now=0.0)
     assert wire.receive_data(encode(second), now=0.0) == [second]
+
+
+def test_later_bitfields_and_have_alls_are_rate_limited() -> None:
+    """Each replacement walks every piece: REPLACE_BURST at once, then one every REPLACE_EVERY_S; a flood closes."""
+    from minibt.wire import REPLACE_BURST, REPLACE_EVERY_S
+
+    wire = make_wire()
+    wire.receive_data(encode(HaveAll()), now=0.0)  # the first message: not a replacement
+    late = [HaveAll(), BitfieldMsg(b"\x80\x00")] * REPLACE_BURST
+    assert wire.receive_data(b"".join(encode(m) for m in late[:REPLACE_BURST]), now=0.0) == late[:REPLACE_BURST]
+    now = 0.0
+    for _ in range(20):  # one every REPLACE_EVERY_S goes on for ever, as aria2 needs
+        now += REPLACE_EVERY_S
+        assert wire.receive_data(encode(HaveAll()), now=now) == [HaveAll()]
+    expect_error(wire, encode(HaveAll()) * 2, CloseReason.PROTOCOL_VIOLATION, now=now + REPLACE_EVERY_S)
+
+
+def test_choke_and_interest_toggles_are_rate_limited() -> None:
+    """Each toggle makes us work over every peer or every outstanding request: TOGGLE_BURST at once, then
+    TOGGLE_PER_S a second; a flood closes the peer."""
+    from minibt.wire import TOGGLE_BURST, TOGGLE_PER_S
+
+    wire = make_wire()
+    pair = encode(Unchoke()) + encode(Choke())
+    assert len(wire.receive_data(pair * (TOGGLE_BURST // 2), now=0.0)) == TOGGLE_BURST
+    assert wire.peer_choking
+    now = 0.0
+    for _ in range(50):  # TOGGLE_PER_S a second goes on for ever
+        now += 1.0
+        got = wire.receive_data((encode(Interested()) + encode(NotInterested())) * int(TOGGLE_PER_S // 2), now=now)
+        assert len(got) == TOGGLE_PER_S and not wire.peer_interested
+    expect_error(wire, pair * int(TOGGLE_PER_S), CloseReason.PROTOCOL_VIOLATION, now=now + 1.0)
 
 
 def test_second_have_none_is_violation() -> None:
