@@ -664,6 +664,37 @@ def test_mux_half_open_cap(clock: FakeClock) -> None:
     assert accepted == 3 and m.stats()["half_open"] == 3 and m.stats()["syns_refused"] == 2
 
 
+def test_mux_syn_looks_only_at_half_open_connections(clock: FakeClock) -> None:
+    """A SYN does not walk every connection (a flood of them cost 71 us each at 500); the half-open slots of
+    connections that timed out are free again."""
+
+    class NoWalk(dict):  # type: ignore[type-arg]
+        syn = False
+
+        def values(self):  # type: ignore[no-untyped-def]
+            assert not NoWalk.syn, "a SYN walked every connection"
+            return super().values()
+
+    m = UtpMux(random.Random(1), config=UtpConfig(max_half_open=3, rst_per_s=100))
+    m._conns = NoWalk(m._conns)  # type: ignore[assignment]
+    syn = vector("syn")
+
+    def syns(host: str) -> int:
+        NoWalk.syn = True
+        try:
+            return sum(len(m.receive_datagram(syn, (host, 1000 + i), now=clock.now())) for i in range(5))
+        finally:
+            NoWalk.syn = False
+
+    assert syns("203.0.113.1") == 3
+    while (deadline := m.next_deadline()) is not None:  # the three never complete: they time out
+        clock.jump_to(deadline)
+        list(m.handle_timeout(now=clock.now()))
+        m.datagrams_to_send(now=clock.now())
+    assert len(m) == 0
+    assert syns("203.0.113.2") == 3
+
+
 def test_mux_reset_matches_either_connection_id(clock: FakeClock) -> None:
     ma, mb, ca, cb = mux_pair(clock)
     # libutp answers stray packets with a RESET carrying the id it saw: for us that is our send id
@@ -694,3 +725,16 @@ def test_is_utp_datagram() -> None:
     assert not is_utp_datagram(vector("syn")[:19])
     assert not is_utp_datagram(b"d1:ad2:id20:" + bytes(20))  # DHT
     assert not is_utp_datagram(bytes(20))  # UDP tracker connect starts 0x00
+
+
+@given(st.integers(0, 0xFFFF), st.sets(st.integers(0, 0xFFFF), max_size=1200), st.integers(0, 300))
+@settings(max_examples=200, deadline=None)
+def test_sack_of_many_held_packets_looks_at_its_window_only(ack_nr: int, far: set[int], near: int) -> None:
+    """However many packets are held, the SACK is the window's bits (the walk is bounded by the window)."""
+    from minibt.utp_codec import MAX_SACK_BYTES, build_sack
+
+    held = far | {(ack_nr + 2 + i * 3) & 0xFFFF for i in range(near)}  # often over the window's 256
+    window = MAX_SACK_BYTES * 8
+    mask = sum(1 << off for off in range(window) if (ack_nr + 2 + off) & 0xFFFF in held)
+    want = mask.to_bytes((mask.bit_length() + 31) // 32 * 4, "little") if mask else None
+    assert build_sack(ack_nr, held) == want
