@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,6 +136,8 @@ class Runner:
             log.warning("%s: %d damaged torrent records (their seeding time, completion hook or stop reset)",
                         os.path.join(cfg.state_dir, STATE_NAME), damaged)
         self._saved_state: dict[str, Any] | None = None
+        self._saved_seed: dict[str, float] = {}  # seeding times as last written
+        self._state_saved_at = -math.inf
         self._saved_bans: dict[str, str] | None = None
         self._dht_saved_at = 0.0
         self._watch_sizes: dict[str, tuple[int, int]] = {}
@@ -633,12 +636,15 @@ class Runner:
         self._persist = state
         bans = self.client.session.reputation.banned()
         try:
-            # Rewritten only when something changed (SD-card wear): the status file is the one that ticks.
-            coarse = {k: {**v, "seed_s": int(v.get("seed_s", 0) // SEED_TIME_SAVE_S)} if isinstance(v, dict) else v
-                      for k, v in state.items()}  # seeding time alone: saved every SEED_TIME_SAVE_S
-            if force or coarse != self._saved_state:
+            # Rewritten only when something changed (SD-card wear): the status file is the one that ticks.  Seeding
+            # time alone: at most every SEED_TIME_SAVE_S for all the torrents together, not for each one.
+            now = self.client.clock.now()
+            kept = {k: {**v, "seed_s": None} for k, v in state.items()}
+            if force or kept != self._saved_state or (now - self._state_saved_at >= SEED_TIME_SAVE_S and any(
+                    state[k]["seed_s"] != self._saved_seed.get(k) for k in state)):
                 write_json_atomic(os.path.join(d, STATE_NAME), state)
-                self._saved_state = coarse
+                self._saved_state, self._state_saved_at = kept, now
+                self._saved_seed = {k: v["seed_s"] for k, v in state.items()}
             if bans != self._saved_bans:
                 write_json_atomic(os.path.join(d, BANS_NAME), bans)
                 self._saved_bans = bans
@@ -723,9 +729,11 @@ class Runner:
         doc = self.status()
         path = os.path.join(self.cfg.state_dir, STATUS_NAME)
         proc = doc["process"]
+        dht = doc["dht"]  # its traffic counters tick with every datagram: only what `minibt status` shows counts
         seen = {**doc, "updated_at": None, "process": (proc["rss_bytes"] >> 20, proc["peak_rss_bytes"] >> 20,
                                                       int(proc["cpu_percent"]) // 5, proc["threads"]),
-                "torrents": [{k: v for k, v in t.items() if k not in _TORRENT_TICKING} for t in doc["torrents"]]}
+                "torrents": [{k: v for k, v in t.items() if k not in _TORRENT_TICKING} for t in doc["torrents"]],
+                "dht": dht and (dht.get("nodes"), dht.get("good"), dht.get("store_info_hashes"))}
         try:
             if now is not None and seen == self._status_seen:
                 if now - self._status_at >= STATUS_HEARTBEAT_S:

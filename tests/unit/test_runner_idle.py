@@ -180,3 +180,69 @@ def test_a_jobs_state_key_is_worked_out_once_for_an_absolute_directory(tmp_path:
     for i in range(10):
         runplan.state_key(f"{i:040x}", str(tmp_path))
         assert len(runplan._KEYS) <= 3
+
+
+class TickingDht:
+    """The DHT's status: its traffic counters move with every datagram, its table now and then."""
+
+    def __init__(self) -> None:
+        self.counts = {"nodes": 80, "good": 60, "store_info_hashes": 2, "queries_in": 0, "responses_in": 0}
+
+    def stats(self, now: float) -> dict[str, int]:
+        return dict(self.counts)
+
+    def status(self, info_hash: bytes) -> None:
+        return None
+
+
+def test_dht_traffic_alone_does_not_rewrite_the_status_file(
+    tmp_path: Path, clock: FakeClock, fixed_process: dict[str, Any]
+) -> None:
+    """On an SD card: a node pinging us every few seconds rewrote (and fsynced) status.json at every refresh."""
+    cfg = seeding_cfg(tmp_path, 1)
+    r, client, _ = make_runner(tmp_path, cfg, clock)
+    dht = TickingDht()
+    client.session.dht = dht
+    r.start()
+    path = os.path.join(cfg.state_dir, STATUS_NAME)
+    mark(path)
+    for _ in range(int(STATUS_HEARTBEAT_S // cfg.status_interval_s) - 1):
+        dht.counts["queries_in"] += 3
+        dht.counts["responses_in"] += 1
+        clock.advance(cfg.status_interval_s)
+        r.tick(clock.now())
+    assert not rewritten(path)
+    dht.counts["nodes"] += 1  # what `minibt status` shows changed
+    clock.advance(cfg.status_interval_s)
+    r.tick(clock.now())
+    assert rewritten(path)
+    doc = read_status(path)
+    assert doc is not None and doc["dht"]["nodes"] == 81 and doc["dht"]["queries_in"] == dht.counts["queries_in"]
+
+
+def test_seeding_time_rewrites_the_runner_state_once_per_interval_for_all_torrents(
+    tmp_path: Path, clock: FakeClock, fixed_process: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20 seeds whose saved seeding times differ: each crossed its own 10-minute mark at another moment, and the
+    file was rewritten 96 times an hour; now at most once per SEED_TIME_SAVE_S (and seeding time is kept)."""
+    from minibt.runner import SEED_TIME_SAVE_S
+    from minibt.statusfile import read_json, write_json_atomic
+
+    cfg = seeding_cfg(tmp_path, 20)
+    r, client, _ = make_runner(tmp_path, cfg, clock)
+    r.start()
+    for i, job in enumerate(r.jobs.values()):
+        job.seed_s = i * 31.0  # as if loaded from an earlier run
+    for t in client.added:
+        t.state = TorrentState.SEEDING
+    writes: list[str] = []
+    monkeypatch.setattr("minibt.runner.write_json_atomic",
+                        lambda p, o: (writes.append(os.path.basename(p)), write_json_atomic(p, o)))
+    hour, start = 3600.0, clock.now()
+    while clock.now() - start < hour:
+        clock.advance(cfg.status_interval_s)
+        r.tick(clock.now())
+    n = writes.count("runner-state.json")
+    assert 1 <= n <= hour / SEED_TIME_SAVE_S + 1
+    saved = read_json(os.path.join(cfg.state_dir, "runner-state.json"))
+    assert min(v["seed_s"] for v in saved.values()) >= hour - SEED_TIME_SAVE_S - 2 * cfg.status_interval_s
