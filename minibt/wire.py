@@ -72,11 +72,6 @@ MAX_OUTBOX_BYTES = 1024 * 1024 + 64 * 1024  # minibt convention: soft cap for ca
 # PEX, rejects).  A peer that keeps asking while it reads none of it finds that much queued for it and is closed
 # at its next bytes (each request it sends queues an answer: without a cap, our memory grew as fast as it sent).
 OUTBOX_HARD_SLACK = 256 * 1024
-# minibt convention: a later Bitfield or Have All replaces what the peer has (aria2 sends one instead of a run of
-# haves); each replacement walks every piece (availability), so a peer may send REPLACE_BURST at once and one
-# more every REPLACE_EVERY_S, and is closed beyond (a flood of 5-byte Have Alls cost 1.1 ms each at 65,536 pieces).
-REPLACE_BURST = 8
-REPLACE_EVERY_S = 2.0
 # minibt convention: choke, unchoke, interested and not interested each make us work over every peer (a rechoke)
 # or every request outstanding (released, picked and asked again): TOGGLE_BURST at once and TOGGLE_PER_S a
 # second on average, far more than a client that means them sends (libtorrent rechokes every 15 s).
@@ -207,8 +202,6 @@ class PeerWire:
         self._rbuf = bytearray()
         self._skip = 0  # bytes of an unknown message's payload still to discard
         self._got_first = False  # a core message was received (Have None no longer allowed)
-        self._replace_tokens = float(REPLACE_BURST)  # later Bitfield / Have All messages allowed now
-        self._replace_at = now
         self._toggle_tokens = float(TOGGLE_BURST)  # choke / unchoke / interested / not interested allowed now
         self._toggle_at = now
         self._sent_first = False
@@ -453,16 +446,6 @@ class PeerWire:
             in_counts[PIECE] += blocks
         return pos
 
-    def _replacement(self) -> None:
-        """A later Bitfield / Have All: allowed REPLACE_BURST at once and one every REPLACE_EVERY_S."""
-        now = self._last_recv
-        tokens = min(float(REPLACE_BURST), self._replace_tokens + (now - self._replace_at) / REPLACE_EVERY_S)
-        self._replace_at = now
-        if tokens < 1.0:
-            raise _violation(f"bitfield or have all sent again and again ({REPLACE_BURST} at once, then one every "
-                             f"{REPLACE_EVERY_S:g} s)")
-        self._replace_tokens = tokens - 1.0
-
     def _toggle(self) -> None:
         """Choke / unchoke / interested / not interested: TOGGLE_BURST at once, TOGGLE_PER_S a second."""
         now = self._last_recv
@@ -478,10 +461,11 @@ class PeerWire:
             # aria2 1.36 sends Bitfield (or Have All once complete) again mid-connection instead of
             # Have messages whenever that is shorter; libtorrent takes a later one as a replacement,
             # and so do we (the picker replaces the peer's set).  A late Have None has no such use.
-            if self._got_first:
-                if mid == HAVE_NONE:
-                    raise _violation(f"{MSG_NAMES[mid]} not as the first message (BEP 6)")
-                self._replacement()
+            # A replacement walks every piece (availability): a bitfield's cost is in proportion to its size, and
+            # a Have All from a peer that has every piece already costs nothing (picker.peer_have_all).  Not rate
+            # limited: aria2 sends a Bitfield whenever 20 pieces came in since its last message, many a second.
+            if self._got_first and mid == HAVE_NONE:
+                raise _violation(f"{MSG_NAMES[mid]} not as the first message (BEP 6)")
             self._got_first = True
             if isinstance(msg, BitfieldMsg) and self._spare_mask and msg.bits[-1] & self._spare_mask:
                 raise _malformed("bitfield spare bits are not zero (BEP 3)")
