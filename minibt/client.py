@@ -87,6 +87,7 @@ class Client:
         wake.append(self.loop.wake_for_result)
         self.loop.open()
         self._closed = False
+        self._dht_written: bytes | None = None  # what dht.dat holds since we last wrote it
         if self.session.config.dht:  # BEP 5: rejoin from dht.dat (our id and the nodes we knew), else bootstrap
             self.session.enable_dht(saved=self._read_dht_state(), now=self.clock.now(), port=self.loop.udp_port)
         # Public API events: the session queues them, the loop hands over before each flush.
@@ -288,9 +289,13 @@ class Client:
         path = self._dht_path()
         if path is None:
             return
+        data = self.session.dht.save()
+        if data == self._dht_written:
+            return  # the same bytes again: no write (SD-card wear; the runner saves every 10 minutes)
         try:
             os.makedirs(self.state_dir or ".", exist_ok=True)
-            write_atomic(path, self.session.dht.save())
+            write_atomic(path, data)
+            self._dht_written = data
         except OSError as e:
             log.warning("cannot write %s: %s", path, e)
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the node's modules load when a DHT starts (DhtService), not
 
 DHT_REANNOUNCE_S = 30 * 60.0  # BEP 5 / libtorrent: re-announce every 30 minutes
 DHT_RETRY_S = 5 * 60.0  # convention: search again this soon while a torrent has few peers (or no metadata)
+LOOKUP_RETRY_S = 60.0  # convention (dht.BOOTSTRAP_RETRY_S): bootstrap host names looked up again while the table is empty
 FEW_PEERS = 5  # convention: below this many peers a downloading torrent searches every DHT_RETRY_S
 DHT_FILE = "dht.dat"
 MAX_DHT_FILE_BYTES = 64 * 1024  # convention: 160 buckets x 8 nodes x 38 bytes fits; a larger file is not ours
@@ -107,6 +108,9 @@ class DhtService:
         self.node: DhtNode = DhtNode(node_id=node_id, rng=rng, now=now, read_only=read_only)
         self._saved_nodes = [addr for _, addr in nodes]
         self._names = [(h, p) for h, p in bootstrap if not is_ip(h)]  # to resolve off the loop (loop.py)
+        # Looked up again while the table is empty: at boot a Pi may start before its DNS answers, and a name
+        # whose lookup failed (or never ran: the worker pool was busy) was never tried again.
+        self._hosts, self._lookup_at = list(self._names), now
         self._addrs = [(h, p) for h, p in bootstrap if is_ip(h)]
         self._next: dict[bytes, float] = {}  # info-hash -> when to search next
         self.results: dict[bytes, SearchResult] = {}
@@ -174,6 +178,8 @@ class DhtService:
              now: float) -> None:
         """Timers, and the searches that are due; found peers are delivered."""
         self.node.handle_timeout(now=now)
+        if self._hosts and not self._names and not len(self.node.table) and now - self._lookup_at >= LOOKUP_RETRY_S:
+            self._names, self._lookup_at = list(self._hosts), now
         live = set()
         for w in self.wanted(list(torrents.values()), list(fetches.values()), listen_port):
             live.add(w.info_hash)

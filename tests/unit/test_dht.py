@@ -173,6 +173,27 @@ def test_service_resolves_names_off_the_loop_and_keeps_a_saved_id() -> None:
     assert len(s3.node.node_id) == 20
 
 
+def test_bootstrap_names_are_looked_up_again_while_the_table_is_empty() -> None:
+    """At boot a Pi may start before its DNS answers: a failed lookup (or one the busy worker pool never ran) is
+    tried again every LOOKUP_RETRY_S while the table is empty, and no more once a node is in it."""
+    from minibt.dhtservice import LOOKUP_RETRY_S
+
+    s = DhtService(rng=random.Random(2), now=0.0, saved=None, bootstrap=(("router.example", 6881),), read_only=False)
+    assert s.take_lookups() == [("router.example", 6881)]
+    s.resolved([], now=1.0)  # the lookup failed
+    now = 0.0
+    while now < LOOKUP_RETRY_S - 1:
+        now += 1.0
+        s.tick({}, {}, 6881, now=now)
+        assert s.take_lookups() == []
+    s.tick({}, {}, 6881, now=LOOKUP_RETRY_S)
+    assert s.take_lookups() == [("router.example", 6881)]
+    s.node.table.heard_from(bytes([7]) * 20, A, now=LOOKUP_RETRY_S, replied=True)  # a node answered
+    assert len(s.node.table)
+    s.tick({}, {}, 6881, now=3 * LOOKUP_RETRY_S)
+    assert s.take_lookups() == []
+
+
 class _T:
     """The parts of a Torrent the schedule reads."""
 
