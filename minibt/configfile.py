@@ -120,6 +120,7 @@ class Config:
     pex: bool = True  # BEP 11 peer exchange (never for private torrents)
     log_level: str = "info"
     log_file: str | None = None
+    log_max_bytes: int = 16 << 20  # a log file is rotated at this size (two old ones kept); 0: never (logrotate)
     watch_dir: str | None = None
     watch_interval_s: float = 30.0
     watch_seed_ratio: float | None = None  # the stop conditions of torrents taken from the watch dir (None: seed on)
@@ -416,6 +417,9 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
     if level is not None and level.lower() not in LOG_LEVELS:
         raise log.error("level", f"expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
     log_file = log.take("file", str, "a file path (\"\" = stderr)")
+    log_max = log.convert("max_size", rate, "a size such as \"16MiB\" (0 = never rotate)", parse_size)
+    if log_max is not None and 0 < log_max < 64 << 10:
+        raise log.error("max_size", f"expected 0 or at least 64KiB, got {log_max} bytes")
     log.finish()
     ddir = _path(base, download_dir) if download_dir else _path(base, d.download_dir)
     if watch_dir:
@@ -454,6 +458,7 @@ def parse_config(text: str, file: str = "<config>", *, base_dir: str | None = No
         pex=pick(pex, d.pex),
         log_level=(level or d.log_level).lower(),
         log_file=_path(base, log_file) if log_file else None,
+        log_max_bytes=d.log_max_bytes if log_max is None else int(log_max),
         watch_dir=watch_dir or None,
         watch_interval_s=pick(durations["watch_interval"], d.watch_interval_s),
         watch_seed_ratio=float(watch_ratio) if watch_ratio else None,

@@ -35,9 +35,15 @@ def _setup_logging(cfg: Config, verbose: int) -> None:
     handler: logging.Handler
     if cfg.log_file:
         os.makedirs(os.path.dirname(cfg.log_file) or ".", exist_ok=True)
-        from logging.handlers import WatchedFileHandler  # with pickle: only for a log file (0.54 MiB)
+        from logging.handlers import (  # with pickle: only for a log file
+            RotatingFileHandler,
+            WatchedFileHandler,
+        )
 
-        handler = WatchedFileHandler(cfg.log_file)  # logrotate-friendly
+        # Months unattended on an SD card: rotated at [log] max_size, two old files kept; 0: logrotate's job
+        # (a file it renames is reopened)
+        handler = (RotatingFileHandler(cfg.log_file, maxBytes=cfg.log_max_bytes, backupCount=2)
+                   if cfg.log_max_bytes else WatchedFileHandler(cfg.log_file))
     else:
         handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -467,7 +467,7 @@ def config_text(draw: st.DrawFn) -> str:
         return draw(toml_values)
 
     lines = []
-    for table, keys in (("client", CLIENT_KEYS), ("log", ("level", "file")), ("schedule", SCHEDULE_KEYS)):
+    for table, keys in (("client", CLIENT_KEYS), ("log", ("level", "file", "max_size")), ("schedule", SCHEDULE_KEYS)):
         if draw(st.booleans()):
             lines.append(f"[{table}]")
             lines += [f"{k} = {_toml(value(k))}" for k in draw(st.lists(st.sampled_from(keys), max_size=5, unique=True))]

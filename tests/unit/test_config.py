@@ -75,6 +75,7 @@ on_complete = ["/bin/echo", "done"]
 [log]
 level = "DEBUG"
 file = "log/minibt.log"
+max_size = "1MiB"
 [schedule]
 download_windows = ["22:00-06:00", "12:00-13:00"]
 alt_rate_windows = ["08:00-24:00"]
@@ -95,7 +96,7 @@ on_complete = []
     assert cfg.watch_dir == str(tmp_path / "watch") and cfg.watch_interval_s == 60
     assert cfg.watch_seed_ratio == 1.5 and cfg.watch_seed_time_s == 2 * 86400
     assert cfg.on_complete == ("/bin/echo", "done") and cfg.log_level == "debug"
-    assert cfg.log_file == str(tmp_path / "log" / "minibt.log")
+    assert cfg.log_file == str(tmp_path / "log" / "minibt.log") and cfg.log_max_bytes == 1 << 20
     assert cfg.schedule.download_windows == (TimeWindow(22 * 60, 6 * 60), TimeWindow(12 * 60, 13 * 60))
     assert cfg.schedule.alt_upload_limit_bps == 100 * 1024 and cfg.schedule.alt_download_limit_bps is None
     (t,) = cfg.torrents
@@ -134,6 +135,8 @@ def test_torrent_dir_defaults_to_download_dir_and_mode_to_download(tmp_path: Pat
         ("[client]\non_complete = \"rm -rf /\"\n", "client.on_complete", "list of strings"),
         ("[client]\non_complete = [\"\"]\n", "client.on_complete", "first item is the program"),
         ("[log]\nlevel = \"loud\"\n", "log.level", "debug, info, warning, error"),
+        ("[log]\nmax_size = \"1KiB\"\n", "log.max_size", "at least 64KiB"),
+        ("[log]\nmax_size = \"big\"\n", "log.max_size", "a size such as"),
         ("[schedule]\ndownload_windows = [\"7-9\"]\n", "schedule.download_windows", "HH:MM"),
         ("[schedule]\ndownload_windows = [\"09:00-09:00\"]\n", "schedule.download_windows", "empty window"),
         ("[schedule]\ndownload_windows = \"01:00-02:00\"\n", "schedule.download_windows", "list"),
