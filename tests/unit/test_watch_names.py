@@ -6,22 +6,31 @@ import dataclasses
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from helpers import FakeClock
 from test_runner_logic import make_cfg, make_runner
 
+from minibt.configfile import Config
+from minibt.runner import Runner
 from minibt.settings import TorrentState
 
 INTERVAL_S = 30.0
 
 
-def test_a_file_dropped_again_under_a_taken_name_is_taken_again(tmp_path: Path, clock: FakeClock) -> None:
-    src = make_cfg(tmp_path, 2)
+def watching(tmp_path: Path, clock: FakeClock, n: int, **cfg: Any) -> tuple[Config, Path, Runner, Any]:
+    """A started runner with a watch dir and no torrents of its own; ``n`` torrents made for dropping there."""
+    src = make_cfg(tmp_path, n)
     watch = tmp_path / "watch"
     watch.mkdir()
-    cfg = dataclasses.replace(src, torrents=(), watch_dir=str(watch), watch_interval_s=INTERVAL_S)
-    r, client, _ = make_runner(tmp_path, cfg, clock)
+    config = dataclasses.replace(src, torrents=(), watch_dir=str(watch), watch_interval_s=INTERVAL_S, **cfg)
+    r, client, _ = make_runner(tmp_path, config, clock)
     r.start()
+    return src, watch, r, client
+
+
+def test_a_file_dropped_again_under_a_taken_name_is_taken_again(tmp_path: Path, clock: FakeClock) -> None:
+    src, watch, r, client = watching(tmp_path, clock, 2)
 
     def poll(times: int) -> None:
         for _ in range(times):
@@ -40,12 +49,7 @@ def test_a_file_dropped_again_under_a_taken_name_is_taken_again(tmp_path: Path, 
 
 
 def test_watch_names_that_are_gone_are_forgotten(tmp_path: Path, clock: FakeClock) -> None:
-    src = make_cfg(tmp_path, 1)
-    watch = tmp_path / "watch"
-    watch.mkdir()
-    cfg = dataclasses.replace(src, torrents=(), watch_dir=str(watch), watch_interval_s=INTERVAL_S)
-    r, client, _ = make_runner(tmp_path, cfg, clock)
-    r.start()
+    src, watch, r, client = watching(tmp_path, clock, 1)
     for i in range(20):  # files taken, and files gone before their second poll (a copy given up)
         shutil.copy(src.torrents[0].source, watch / f"t{i}.torrent")
         (watch / f"partial{i}.torrent").write_bytes(b"d8:announce")
@@ -65,13 +69,8 @@ def test_watch_names_that_are_gone_are_forgotten(tmp_path: Path, clock: FakeCloc
 def test_watch_dir_torrents_stop_at_the_configured_ratio_and_time(tmp_path: Path, clock: FakeClock) -> None:
     """``watch_seed_ratio`` / ``watch_seed_time`` are the stop conditions of what the watch dir brings, also after
     a restart (the copies in state_dir/watched); without them such a torrent seeds on."""
-    src = make_cfg(tmp_path, 2)
-    watch = tmp_path / "watch"
-    watch.mkdir()
-    cfg = dataclasses.replace(src, torrents=(), watch_dir=str(watch), watch_interval_s=INTERVAL_S,
-                              watch_seed_ratio=1.0, watch_seed_time_s=3600.0)
-    r, client, _ = make_runner(tmp_path, cfg, clock)
-    r.start()
+    src, watch, r, client = watching(tmp_path, clock, 2, watch_seed_ratio=1.0, watch_seed_time_s=3600.0)
+    cfg = r.cfg
     shutil.copy(src.torrents[0].source, watch / "a.torrent")
     for _ in range(2):
         clock.advance(INTERVAL_S)
