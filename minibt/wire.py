@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import bencode2
 
 from minibt.errors import CloseReason, LocalProtocolError, RemoteProtocolError, WireError
+from minibt.ratelimit import TokenBucket
 from minibt.wire_codec import (
     ALLOWED_FAST,
     BITFIELD,
@@ -202,8 +203,7 @@ class PeerWire:
         self._rbuf = bytearray()
         self._skip = 0  # bytes of an unknown message's payload still to discard
         self._got_first = False  # a core message was received (Have None no longer allowed)
-        self._toggle_tokens = float(TOGGLE_BURST)  # choke / unchoke / interested / not interested allowed now
-        self._toggle_at = now
+        self._toggles = TokenBucket(TOGGLE_PER_S, burst_bytes=TOGGLE_BURST, now=now)  # choke, unchoke, (not) interested
         self._sent_first = False
         self._outbox: deque[bytes | memoryview] = deque()
         self._outbox_len = 0
@@ -448,12 +448,8 @@ class PeerWire:
 
     def _toggle(self) -> None:
         """Choke / unchoke / interested / not interested: TOGGLE_BURST at once, TOGGLE_PER_S a second."""
-        now = self._last_recv
-        tokens = min(float(TOGGLE_BURST), self._toggle_tokens + (now - self._toggle_at) * TOGGLE_PER_S)
-        self._toggle_at = now
-        if tokens < 1.0:
+        if not self._toggles.consume(1, now=self._last_recv):
             raise _violation(f"choke, unchoke, interested or not interested over {TOGGLE_PER_S:g} a second")
-        self._toggle_tokens = tokens - 1.0
 
     def _apply(self, mid: int, msg: Message) -> None:
         """Validate a received non-piece message against torrent and connection state."""
